@@ -1,0 +1,751 @@
+"""The compiled-network IR: a chain of integer layers over packed overlays.
+
+A :class:`Network` is what the compiler produces and what every back end
+(the numpy golden model, the hardware generator, the performance model)
+consumes. It is a straight chain of layers; each layer knows the shape it
+takes and the shape it makes, so a network can be checked as a whole.
+
+Conventions
+-----------
+* Feature maps are ``(H, W, C)`` in raster order with the channel fastest
+  (HWC), which is the order a hardware stream carries them in; vectors are
+  ``(N,)``. :class:`Flatten` turns ``(H, W, C)`` into ``(H * W * C,)`` in the
+  same HWC order (the compiler permutes ONNX's CHW flatten into it).
+* Activations are int8, symmetric, zero point 0: zero means *inactive*, so
+  sparsity survives quantization.
+* A convolution kernel is flattened as ``(ky, kx, c)`` with ``c`` fastest,
+  matching the order its receptive field arrives in.
+
+On disk a network is ``manifest.json`` (everything readable, with
+``format_version``) plus ``tensors.npz`` (the overlay memories, referenced by
+name from the manifest). :func:`load` rejects a malformed pair with a
+:class:`ManifestError` that names the file, the field and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Union
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION", "ManifestError", "Overlays", "Requant", "TensorSpec",
+    "OverlayLinear", "OverlayConv", "MaxPool", "LocalKWTA", "GlobalKWTA",
+    "Flatten", "ZeroSkip", "Densify", "Layer", "Network", "save", "load",
+    "MAX_KERNELS_PER_OVERLAY", "MAX_BOOST",
+]
+
+#: Version of the ``manifest.json`` format written by :func:`save`.
+FORMAT_VERSION = 1
+#: Kernel ids are stored in 8 bits.
+MAX_KERNELS_PER_OVERLAY = 256
+#: Boost factors are unsigned 16-bit integers (keys are at most 24 bits wide).
+MAX_BOOST = (1 << 16) - 1
+#: Requantization multipliers are unsigned 16-bit integers.
+MAX_MULTIPLIER = (1 << 16) - 1
+MAX_SHIFT = 62
+
+
+class ManifestError(ValueError):
+    """A network description is malformed; the message names the field."""
+
+
+def _fail(where: str, msg: str) -> None:
+    raise ManifestError(f"{where}: {msg}")
+
+
+# --------------------------------------------------------------------------
+# Small value types
+
+
+@dataclass(frozen=True, eq=False)
+class Overlays:
+    """Kernels packed into complementary overlays (the *Combine* step).
+
+    ``L`` overlays (lanes) of ``K`` kernels each share one weight memory. The
+    memory has one or more *words* per input row (fan-in index); a word
+    holds one slot per lane, and a slot holds a weight and the kernel id
+    (``0 .. K-1``) of the kernel it belongs to. An active input ``i`` reads
+    words ``row_start[i] .. row_start[i+1]-1``; a row needs more than one word
+    (extra *beats*) only where kernels of one overlay collide on it. Empty
+    slots hold weight 0.
+
+    Parameters
+    ----------
+    weights : ndarray of int8, shape (words, L)
+    kernel_ids : ndarray of uint8, shape (words, L)
+    row_start : ndarray of int32, shape (fan_in + 1,)
+        Non-decreasing, ``row_start[0] == 0`` and ``row_start[-1] == words``.
+    kernel_map : ndarray of int32, shape (L, K)
+        Output channel of kernel id ``j`` in lane ``l``, or -1 for an unused
+        id (the last overlay of a layer whose kernel count is not a multiple
+        of ``K``).
+    num_kernels : int
+        Number of kernels (output channels) ``M``.
+    """
+
+    weights: np.ndarray
+    kernel_ids: np.ndarray
+    row_start: np.ndarray
+    kernel_map: np.ndarray
+    num_kernels: int
+
+    def __post_init__(self) -> None:
+        self.check("overlays")
+
+    @property
+    def lanes(self) -> int:
+        """Number of overlays ``L``."""
+        return self.kernel_map.shape[0]
+
+    @property
+    def kernels_per_overlay(self) -> int:
+        """Kernels per overlay ``K``."""
+        return self.kernel_map.shape[1]
+
+    @property
+    def fan_in(self) -> int:
+        return self.row_start.shape[0] - 1
+
+    @property
+    def words(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def beats(self) -> np.ndarray:
+        """Words (memory beats) each input row needs, shape (fan_in,)."""
+        return np.diff(self.row_start)
+
+    @property
+    def nnz(self) -> int:
+        return int(np.count_nonzero(self.weights))
+
+    @property
+    def fill(self) -> float:
+        """Non-zero weights over slots (1.0 for perfectly complementary masks)."""
+        slots = self.words * self.lanes
+        return self.nnz / slots if slots else 1.0
+
+    def check(self, where: str) -> None:
+        """Raise :class:`ManifestError` unless the arrays are consistent."""
+        w, ids, rs, km = self.weights, self.kernel_ids, self.row_start, self.kernel_map
+        for name, arr, nd in (("weights", w, 2), ("kernel_ids", ids, 2),
+                              ("row_start", rs, 1), ("kernel_map", km, 2)):
+            if not isinstance(arr, np.ndarray) or arr.ndim != nd:
+                _fail(where, f"{name} must be a {nd}-D array")
+        if w.dtype != np.int8 or ids.dtype != np.uint8 or rs.dtype != np.int32 \
+                or km.dtype != np.int32:
+            _fail(where, "dtypes must be weights int8, kernel_ids uint8, "
+                         "row_start int32, kernel_map int32; got "
+                         f"{w.dtype}, {ids.dtype}, {rs.dtype}, {km.dtype}")
+        L, K = km.shape
+        if L < 1 or not 1 <= K <= MAX_KERNELS_PER_OVERLAY:
+            _fail(where, f"kernel_map shape {km.shape}: need at least one lane "
+                         f"and 1..{MAX_KERNELS_PER_OVERLAY} kernels per overlay")
+        if w.shape != ids.shape or w.shape[1] != L:
+            _fail(where, f"weights {w.shape} and kernel_ids {ids.shape} must both "
+                         f"be (words, {L})")
+        if rs.shape[0] < 2 or rs[0] != 0 or rs[-1] != w.shape[0] or np.any(np.diff(rs) < 0):
+            _fail(where, "row_start must start at 0, never decrease and end at the "
+                         f"word count {w.shape[0]}")
+        if ids.size and int(ids.max()) >= K:
+            _fail(where, f"kernel id {int(ids.max())} out of range for K={K}")
+        used = km[km >= 0]
+        if not isinstance(self.num_kernels, int) or self.num_kernels < 1:
+            _fail(where, f"num_kernels must be a positive integer, got {self.num_kernels!r}")
+        if used.size != self.num_kernels or np.any(np.sort(used) != np.arange(self.num_kernels)):
+            _fail(where, f"kernel_map must name each of the {self.num_kernels} kernels "
+                         "exactly once (others -1)")
+        live = w != 0
+        if np.any(km[np.nonzero(live)[1], ids[live].astype(np.int64)] < 0):
+            _fail(where, "a non-zero weight is routed to an unused kernel id")
+        if np.any(km < -1):
+            _fail(where, "kernel_map entries must be -1 or a kernel index")
+
+    def worst_case_sum(self) -> int:
+        """Largest |sum| one kernel's accumulator can reach with int8 inputs."""
+        acc = np.zeros(self.lanes * self.kernels_per_overlay, dtype=np.int64)
+        lane = np.broadcast_to(np.arange(self.lanes), self.weights.shape)
+        np.add.at(acc, lane.ravel() * self.kernels_per_overlay + self.kernel_ids.ravel(),
+                  np.abs(self.weights.astype(np.int64)).ravel())
+        return int(acc.max(initial=0)) * 128
+
+
+@dataclass(frozen=True, eq=False)
+class Requant:
+    """Per-channel requantization of accumulators to int8.
+
+    ``y = clamp((acc * multiplier + round) >> shift, lo, 127)`` where
+    ``acc`` already includes the layer's bias, ``round = 1 << (shift - 1)``
+    (0 when ``shift == 0``; rounding is half towards +inf), ``>>`` is an
+    arithmetic shift and ``lo`` is 0 with ``relu`` and -128 without.
+
+    Parameters
+    ----------
+    multiplier : ndarray of int32, shape (M,)
+        ``1 .. 65535``.
+    shift : ndarray of int32, shape (M,)
+        ``0 .. 62``.
+    relu : bool
+        Clamp negative results to zero (a fused ReLU).
+    """
+
+    multiplier: np.ndarray
+    shift: np.ndarray
+    relu: bool = False
+
+    def check(self, where: str, channels: int) -> None:
+        for name, arr, lo, hi in (("multiplier", self.multiplier, 1, MAX_MULTIPLIER),
+                                  ("shift", self.shift, 0, MAX_SHIFT)):
+            _check_int_vector(f"{where}.{name}", arr, channels, lo, hi)
+        if not isinstance(self.relu, bool):
+            _fail(f"{where}.relu", f"expected true or false, got {self.relu!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class TensorSpec:
+    """Shape, integer type and scale of a tensor between layers.
+
+    ``real = scale * int``; ``scale`` is one number (per tensor) or, for the
+    int32 output of a layer without requantization, one per channel.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str = "int8"
+    scale: Union[float, tuple[float, ...]] = 1.0
+
+    def check(self, where: str) -> None:
+        if not isinstance(self.shape, tuple) or len(self.shape) not in (1, 3) or \
+                not all(isinstance(d, int) and d > 0 for d in self.shape):
+            _fail(f"{where}.shape", f"expected (N,) or (H, W, C) of positive integers, "
+                                    f"got {self.shape!r}")
+        if self.dtype not in ("int8", "int32"):
+            _fail(f"{where}.dtype", f"expected 'int8' or 'int32', got {self.dtype!r}")
+        scales = self.scale if isinstance(self.scale, tuple) else (self.scale,)
+        if not scales or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0
+                                 for s in scales):
+            _fail(f"{where}.scale", f"expected positive finite numbers, got {self.scale!r}")
+        if isinstance(self.scale, tuple) and len(self.scale) != self.shape[-1]:
+            _fail(f"{where}.scale", f"per-channel scale needs {self.shape[-1]} values, "
+                                    f"got {len(self.scale)}")
+
+
+def _check_int_vector(where: str, arr: Any, n: int, lo: int, hi: int) -> None:
+    if not isinstance(arr, np.ndarray) or arr.shape != (n,) or arr.dtype.kind not in "iu":
+        got = f"shape {arr.shape} {arr.dtype}" if isinstance(arr, np.ndarray) else repr(type(arr))
+        _fail(where, f"expected {n} integers, got {got}")
+    if n and (int(arr.min()) < lo or int(arr.max()) > hi):
+        _fail(where, f"values must lie in {lo}..{hi}, found {int(arr.min())}..{int(arr.max())}")
+
+
+# --------------------------------------------------------------------------
+# Layers
+
+
+@dataclass(eq=False)
+class Layer:
+    """Base class: a named step of the chain. Subclasses set ``kind``."""
+
+    name: str
+    kind: ClassVar[str] = ""
+
+    def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
+        """Check that the layer accepts ``inp`` and return what it makes."""
+        raise NotImplementedError
+
+    #: Stream format of the output given the input's ("dense" or "sparse").
+    def output_format(self, inp: str) -> str:
+        return inp
+
+
+def _pair(where: str, v: Any, lo: int) -> tuple[int, int]:
+    if not (isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, int) and x >= lo for x in v)):
+        _fail(where, f"expected two integers >= {lo}, got {v!r}")
+    return v
+
+
+def _need_map(where: str, inp: TensorSpec) -> tuple[int, int, int]:
+    if len(inp.shape) != 3:
+        _fail(where, f"needs a (H, W, C) feature map, got shape {inp.shape}")
+    if inp.dtype != "int8":
+        _fail(where, f"needs an int8 input, got {inp.dtype}")
+    return inp.shape
+
+
+@dataclass(eq=False)
+class _OverlayLayer(Layer):
+    overlays: Overlays = None  # type: ignore[assignment]
+    bias: np.ndarray = None  # type: ignore[assignment]
+    #: Requantization to int8; ``None`` keeps the int32 accumulators (logits).
+    requant: Requant | None = None
+    #: Scale of the int8 output (ignored without requant).
+    out_scale: float = 1.0
+    #: Per-channel real scale of one accumulator unit (input scale x weight scale).
+    acc_scale: tuple[float, ...] = ()
+
+    def _check_common(self, where: str, fan_in: int) -> None:
+        ov = self.overlays
+        if not isinstance(ov, Overlays):
+            _fail(f"{where}.overlays", "missing")
+        ov.check(f"{where}.overlays")
+        if ov.fan_in != fan_in:
+            _fail(f"{where}.overlays", f"fan-in {ov.fan_in} does not match the input's {fan_in}")
+        m = ov.num_kernels
+        _check_int_vector(f"{where}.bias", self.bias, m, -(1 << 31), (1 << 31) - 1)
+        if self.requant is not None:
+            self.requant.check(f"{where}.requant", m)
+        worst = ov.worst_case_sum() + int(np.abs(self.bias.astype(np.int64)).max(initial=0))
+        if worst >= 1 << 31:
+            _fail(where, f"worst-case accumulator {worst} does not fit 32 bits")
+        if len(self.acc_scale) != m or not all(s > 0 for s in self.acc_scale):
+            _fail(f"{where}.acc_scale", f"expected {m} positive numbers")
+
+    def accumulator_bits(self) -> int:
+        """Signed accumulator width that provably holds every sum (with bias)."""
+        worst = self.overlays.worst_case_sum() + int(np.abs(self.bias.astype(np.int64)).max(initial=0))
+        return max(worst.bit_length() + 1, 2)
+
+    def _out(self, shape: tuple[int, ...]) -> TensorSpec:
+        if self.requant is None:
+            return TensorSpec(shape, "int32", tuple(self.acc_scale))
+        return TensorSpec(shape, "int8", self.out_scale)
+
+    def output_format(self, inp: str) -> str:
+        return "dense"
+
+
+@dataclass(eq=False)
+class OverlayLinear(_OverlayLayer):
+    """Complementary-sparse matrix-vector product: ``y = W x + bias`` then requant.
+
+    Each output neuron's fan-in row is a kernel; input ``(N,)`` int8, output
+    ``(M,)``. In the sparse form only the non-zero inputs are processed.
+    """
+
+    kind: ClassVar[str] = "overlay_linear"
+
+    def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
+        if len(inp.shape) != 1 or inp.dtype != "int8":
+            _fail(where, f"needs an int8 vector (N,), got {inp.dtype} {inp.shape}; "
+                         "insert a Flatten after a feature map")
+        self._check_common(where, inp.shape[0])
+        return self._out((self.overlays.num_kernels,))
+
+
+@dataclass(eq=False)
+class OverlayConv(_OverlayLayer):
+    """Complementary-sparse 2-D convolution over an (H, W, C) int8 map.
+
+    Kernels are the output filters, each flattened ``(ky, kx, c)``;
+    zero padding; ``padding`` is (top, left, bottom, right).
+    """
+
+    kind: ClassVar[str] = "overlay_conv"
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
+        h, w, c = _need_map(where, inp)
+        kh, kw = _pair(f"{where}.kernel", self.kernel, 1)
+        sh, sw = _pair(f"{where}.stride", self.stride, 1)
+        p = self.padding
+        if not (isinstance(p, tuple) and len(p) == 4 and all(isinstance(x, int) and 0 <= x < k
+                                                             for x, k in zip(p, (kh, kw, kh, kw)))):
+            _fail(f"{where}.padding", f"expected (top, left, bottom, right), each smaller "
+                                      f"than the kernel {self.kernel}, got {p!r}")
+        self._check_common(where, kh * kw * c)
+        ho = (h + p[0] + p[2] - kh) // sh + 1
+        wo = (w + p[1] + p[3] - kw) // sw + 1
+        if ho < 1 or wo < 1:
+            _fail(where, f"kernel {self.kernel} does not fit the padded {h}x{w} input")
+        return self._out((ho, wo, self.overlays.num_kernels))
+
+
+@dataclass(eq=False)
+class MaxPool(Layer):
+    """Max pooling over (H, W) windows of an int8 map; padding never wins."""
+
+    kind: ClassVar[str] = "max_pool"
+    kernel: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (2, 2)
+
+    def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
+        h, w, c = _need_map(where, inp)
+        kh, kw = _pair(f"{where}.kernel", self.kernel, 1)
+        sh, sw = _pair(f"{where}.stride", self.stride, 1)
+        if kh > h or kw > w:
+            _fail(where, f"window {self.kernel} larger than the {h}x{w} input")
+        return TensorSpec(((h - kh) // sh + 1, (w - kw) // sw + 1, c), "int8", inp.scale)
+
+
+@dataclass(eq=False)
+class _KWTA(Layer):
+    k: int = 1
+    #: Integer boost per channel (local) or per unit/channel (global), or None.
+    boost: np.ndarray | None = None
+
+    def _check_k(self, where: str, n: int) -> None:
+        if not isinstance(self.k, int) or not 1 <= self.k <= n:
+            _fail(f"{where}.k", f"expected an integer from 1 to {n}, got {self.k!r}")
+
+    def _check_boost(self, where: str, n: int) -> None:
+        if self.boost is not None:
+            _check_int_vector(f"{where}.boost", self.boost, n, 1, MAX_BOOST)
+
+    def key_bits(self) -> int:
+        """Signed width of the selection key ``x * boost``."""
+        if self.boost is None:
+            return 8
+        return 8 + int(self.boost.max()).bit_length()
+
+    def output_format(self, inp: str) -> str:
+        return "sparse"
+
+
+@dataclass(eq=False)
+class LocalKWTA(_KWTA):
+    """k-winners-take-all over the C channels at each (h, w) position."""
+
+    kind: ClassVar[str] = "local_kwta"
+
+    def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
+        _h, _w, c = _need_map(where, inp)
+        self._check_k(where, c)
+        self._check_boost(where, c)
+        return inp
+
+
+@dataclass(eq=False)
+class GlobalKWTA(_KWTA):
+    """k-winners-take-all over a whole vector or a whole (H, W, C) map.
+
+    ``boost`` has one entry per unit for a vector and one per channel for a
+    map (the boost of nupic's ``KWinners2d`` is per channel).
+    """
+
+    kind: ClassVar[str] = "global_kwta"
+
+    def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
+        if inp.dtype != "int8":
+            _fail(where, f"needs an int8 input, got {inp.dtype}")
+        self._check_k(where, int(np.prod(inp.shape)))
+        self._check_boost(where, inp.shape[-1])
+        return inp
+
+
+@dataclass(eq=False)
+class Flatten(Layer):
+    """(H, W, C) to (H*W*C,) in HWC order; free in hardware."""
+
+    kind: ClassVar[str] = "flatten"
+
+    def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
+        h, w, c = _need_map(where, inp)
+        return TensorSpec((h * w * c,), "int8", inp.scale)
+
+
+@dataclass(eq=False)
+class ZeroSkip(Layer):
+    """Dense to sparse stream: drop zeros, keep (index, value) of the rest.
+
+    Groups are positions (a feature map: the channels of one (h, w)) or the
+    whole vector. Values are unchanged.
+    """
+
+    kind: ClassVar[str] = "zero_skip"
+
+    def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
+        if inp.dtype != "int8":
+            _fail(where, f"needs an int8 input, got {inp.dtype}")
+        return inp
+
+    def output_format(self, inp: str) -> str:
+        return "sparse"
+
+
+@dataclass(eq=False)
+class Densify(Layer):
+    """Sparse to dense stream: every element, zeros included, in order."""
+
+    kind: ClassVar[str] = "densify"
+
+    def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
+        return inp
+
+    def output_format(self, inp: str) -> str:
+        return "dense"
+
+
+LAYER_KINDS: dict[str, type[Layer]] = {
+    cls.kind: cls for cls in (OverlayLinear, OverlayConv, MaxPool, LocalKWTA, GlobalKWTA,
+                              Flatten, ZeroSkip, Densify)
+}
+
+
+# --------------------------------------------------------------------------
+# Network
+
+
+@dataclass(eq=False)
+class Network:
+    """A compiled network: an input spec and a chain of layers.
+
+    Parameters
+    ----------
+    name : str
+    input : TensorSpec
+        int8 input, dense.
+    layers : list of Layer
+    meta : dict
+        Free-form JSON-serialisable facts (source model, mode, ...).
+    """
+
+    name: str
+    input: TensorSpec
+    layers: list[Layer]
+    meta: dict = field(default_factory=dict)
+
+    def specs(self) -> list[TensorSpec]:
+        """Validate the chain; return the input spec followed by each layer's output."""
+        self.input.check("input")
+        if self.input.dtype != "int8":
+            _fail("input.dtype", "the network input must be int8")
+        if not self.layers:
+            _fail("layers", "a network needs at least one layer")
+        names = set()
+        specs = [self.input]
+        for i, layer in enumerate(self.layers):
+            where = f"layers[{i}] ({layer.name})"
+            if not isinstance(layer.name, str) or not layer.name or layer.name in names:
+                _fail(where, "layer names must be unique non-empty strings")
+            names.add(layer.name)
+            if specs[-1].dtype != "int8":
+                _fail(where, "follows a layer with int32 output; only the last layer may "
+                             "skip requantization")
+            specs.append(layer.output_spec(specs[-1], where))
+        return specs
+
+    def formats(self) -> list[str]:
+        """Stream format ("dense" or "sparse") entering each layer, then the output's."""
+        fmts = ["dense"]
+        for layer in self.layers:
+            fmts.append(layer.output_format(fmts[-1]))
+        return fmts
+
+    @property
+    def output(self) -> TensorSpec:
+        return self.specs()[-1]
+
+
+# --------------------------------------------------------------------------
+# Serialisation
+
+_ARRAY_FIELDS = ("weights", "kernel_ids", "row_start", "kernel_map")
+
+
+def _vec(v: np.ndarray | None) -> list[int] | None:
+    return None if v is None else [int(x) for x in v]
+
+
+def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
+    d: dict[str, Any] = {"kind": layer.kind, "name": layer.name}
+    if isinstance(layer, _OverlayLayer):
+        ov = layer.overlays
+        for f in _ARRAY_FIELDS:
+            tensors[f"{layer.name}/{f}"] = getattr(ov, f)
+        d["overlays"] = {
+            "lanes": ov.lanes, "kernels_per_overlay": ov.kernels_per_overlay,
+            "num_kernels": ov.num_kernels, "fan_in": ov.fan_in, "words": ov.words,
+            "fill": round(ov.fill, 6),
+            "arrays": {f: f"{layer.name}/{f}" for f in _ARRAY_FIELDS},
+        }
+        d["bias"] = _vec(layer.bias)
+        d["requant"] = None if layer.requant is None else {
+            "multiplier": _vec(layer.requant.multiplier), "shift": _vec(layer.requant.shift),
+            "relu": layer.requant.relu}
+        d["out_scale"] = layer.out_scale
+        d["acc_scale"] = list(layer.acc_scale)
+        d["accumulator_bits"] = layer.accumulator_bits()
+    if isinstance(layer, OverlayConv):
+        d.update(kernel=list(layer.kernel), stride=list(layer.stride), padding=list(layer.padding))
+    if isinstance(layer, MaxPool):
+        d.update(kernel=list(layer.kernel), stride=list(layer.stride))
+    if isinstance(layer, _KWTA):
+        d.update(k=layer.k, boost=_vec(layer.boost), tie_rule="lower-index")
+    return d
+
+
+def save(net: Network, outdir: str | Path) -> Path:
+    """Write ``manifest.json`` and ``tensors.npz`` into ``outdir``; return the manifest path."""
+    specs = net.specs()
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, np.ndarray] = {}
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "name": net.name,
+        "input": _spec_to_dict(net.input),
+        "output": _spec_to_dict(specs[-1]),
+        "layers": [_layer_to_dict(layer, tensors) for layer in net.layers],
+        "meta": net.meta,
+    }
+    np.savez(outdir / "tensors.npz", **tensors)
+    path = outdir / "manifest.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def _spec_to_dict(s: TensorSpec) -> dict:
+    return {"shape": list(s.shape), "dtype": s.dtype,
+            "scale": list(s.scale) if isinstance(s.scale, tuple) else s.scale}
+
+
+class _Reader:
+    """Typed access to a JSON object that reports the path of a bad field."""
+
+    def __init__(self, obj: Any, where: str):
+        if not isinstance(obj, dict):
+            _fail(where, f"expected an object, got {type(obj).__name__}")
+        self.obj, self.where = obj, where
+
+    def get(self, key: str, types: type | tuple, *, optional: bool = False) -> Any:
+        if key not in self.obj:
+            if optional:
+                return None
+            _fail(f"{self.where}.{key}", "missing")
+        v = self.obj[key]
+        if optional and v is None:
+            return None
+        if isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            _fail(f"{self.where}.{key}", f"expected {_tname(types)}, got {v!r}")
+        if not isinstance(v, types):
+            _fail(f"{self.where}.{key}", f"expected {_tname(types)}, got {type(v).__name__}")
+        return v
+
+    def ints(self, key: str, *, n: int | None = None, optional: bool = False) -> tuple[int, ...] | None:
+        v = self.get(key, list, optional=optional)
+        if v is None:
+            return None
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in v) or (n is not None and len(v) != n):
+            _fail(f"{self.where}.{key}", f"expected a list of {n or 'some'} integers")
+        return tuple(v)
+
+    def vec(self, key: str, dtype: type, *, optional: bool = False) -> np.ndarray | None:
+        v = self.ints(key, optional=optional)
+        if v is None:
+            return None
+        lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+        if v and (min(v) < lo or max(v) > hi):
+            _fail(f"{self.where}.{key}", f"values must fit {np.dtype(dtype).name}")
+        return np.array(v, dtype=dtype)
+
+    def sub(self, key: str) -> "_Reader":
+        return _Reader(self.get(key, dict), f"{self.where}.{key}")
+
+
+def _tname(types: type | tuple) -> str:
+    ts = types if isinstance(types, tuple) else (types,)
+    return " or ".join({int: "an integer", float: "a number", str: "a string", list: "a list",
+                        dict: "an object", bool: "true/false"}.get(t, t.__name__) for t in ts)
+
+
+def _spec_from(r: _Reader) -> TensorSpec:
+    scale = r.get("scale", (int, float, list))
+    if isinstance(scale, list):
+        if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scale):
+            _fail(f"{r.where}.scale", "expected numbers")
+        scale = tuple(float(s) for s in scale)
+    else:
+        scale = float(scale)
+    spec = TensorSpec(r.ints("shape"), r.get("dtype", str), scale)
+    spec.check(r.where)
+    return spec
+
+
+def _layer_from(r: _Reader, tensors: dict[str, np.ndarray], npz_name: str) -> Layer:
+    kind = r.get("kind", str)
+    name = r.get("name", str)
+    if kind not in LAYER_KINDS:
+        _fail(f"{r.where}.kind", f"unknown layer kind {kind!r}; known: {', '.join(LAYER_KINDS)}")
+    if kind in ("overlay_linear", "overlay_conv"):
+        o = r.sub("overlays")
+        arrays = o.sub("arrays")
+        got = {}
+        for f in _ARRAY_FIELDS:
+            key = arrays.get(f, str)
+            if key not in tensors:
+                _fail(f"{arrays.where}.{f}", f"array {key!r} not found in {npz_name}")
+            got[f] = tensors[key]
+        ov = Overlays.__new__(Overlays)  # checked below with the layer's path
+        for f, v in got.items():
+            object.__setattr__(ov, f, v)
+        object.__setattr__(ov, "num_kernels", o.get("num_kernels", int))
+        ov.check(o.where)
+        rq = None
+        if r.get("requant", dict, optional=True) is not None:
+            q = r.sub("requant")
+            rq = Requant(q.vec("multiplier", np.int32), q.vec("shift", np.int32), q.get("relu", bool))
+        kw = dict(name=name, overlays=ov, bias=r.vec("bias", np.int32), requant=rq,
+                  out_scale=float(r.get("out_scale", (int, float))),
+                  acc_scale=tuple(float(s) for s in r.get("acc_scale", list)))
+        if kind == "overlay_linear":
+            return OverlayLinear(**kw)
+        return OverlayConv(kernel=r.ints("kernel", n=2), stride=r.ints("stride", n=2),
+                           padding=r.ints("padding", n=4), **kw)
+    if kind == "max_pool":
+        return MaxPool(name, kernel=r.ints("kernel", n=2), stride=r.ints("stride", n=2))
+    if kind in ("local_kwta", "global_kwta"):
+        tie = r.get("tie_rule", str, optional=True)
+        if tie not in (None, "lower-index"):
+            _fail(f"{r.where}.tie_rule", f"only 'lower-index' is supported, got {tie!r}")
+        cls = LocalKWTA if kind == "local_kwta" else GlobalKWTA
+        return cls(name, k=r.get("k", int), boost=r.vec("boost", np.int64, optional=True))
+    return LAYER_KINDS[kind](name)
+
+
+def load(path: str | Path) -> Network:
+    """Read a network from a folder (or its ``manifest.json``) and validate it.
+
+    Raises
+    ------
+    ManifestError
+        The files are missing, unreadable, of another format version, or
+        describe an inconsistent network; the message names what and where.
+    """
+    path = Path(path)
+    manifest = path / "manifest.json" if path.is_dir() else path
+    npz = manifest.with_name("tensors.npz")
+    try:
+        doc = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{manifest}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"{manifest}: not readable JSON ({e})") from None
+    r = _Reader(doc, manifest.name)
+    version = r.get("format_version", int)
+    if version != FORMAT_VERSION:
+        _fail(f"{manifest.name}.format_version",
+              f"this cosparse reads version {FORMAT_VERSION}, the file is version {version}")
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            tensors = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise ManifestError(f"{npz}: no such file (the manifest's arrays live there)") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise ManifestError(f"{npz}: not a readable .npz archive ({e})") from None
+    layers_raw = r.get("layers", list)
+    layers = [_layer_from(_Reader(x, f"{manifest.name}.layers[{i}]"), tensors, npz.name)
+              for i, x in enumerate(layers_raw)]
+    meta = r.get("meta", dict, optional=True) or {}
+    net = Network(r.get("name", str), _spec_from(r.sub("input")), layers, meta)
+    try:
+        net.specs()
+    except ManifestError as e:
+        raise ManifestError(f"{manifest.name}: {e}") from None
+    return net

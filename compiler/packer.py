@@ -1,0 +1,279 @@
+"""The overlay packer: the *Combine* step of Complementary Sparsity.
+
+:func:`pack` groups the kernels (rows of a ``[M, fan_in]`` int8 weight
+matrix) into ``L = ceil(M / K)`` overlays of ``K`` kernels and lays each
+overlay out as a dense array of slots (weight + kernel id), one word per
+input row. Kernels whose non-zero positions do not overlap share a word;
+where kernels of one overlay collide on a row, that row takes extra words
+(*beats*). Perfectly complementary masks therefore pack with fill 1.0 and
+no extra beat; arbitrary masks still pack, at a lower fill.
+
+The grouping is a greedy best fit followed by a bounded local search:
+
+1. Kernels are taken by decreasing non-zero count. Each goes to the open
+   overlay where it collides least with the kernels already there (ties:
+   the fullest overlay, so complementary partners complete their overlay
+   before others are opened, then the lowest index). With complementary
+   masks this recovers the complementary groups.
+2. Swaps of two kernels between overlays are tried on the rows that need
+   the most beats and kept when they lower the total word count. The
+   search is deterministic (seeded) and bounded by ``search_steps``.
+
+The objective is the number of words, ``sum_i max_l count[l, i]``, which is
+the weight-memory depth and the beats the engine spends on an active input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ir import MAX_KERNELS_PER_OVERLAY, Overlays
+
+__all__ = ["pack", "unpack", "PackReport", "report", "PackError"]
+
+
+class PackError(ValueError):
+    """The weights cannot be packed as asked (bad shape, dtype or K)."""
+
+
+@dataclass(frozen=True)
+class PackReport:
+    """How full the overlays of one layer are.
+
+    Attributes
+    ----------
+    kernels, fan_in : int
+        Weight matrix shape ``[M, fan_in]``.
+    lanes, kernels_per_overlay : int
+        ``L`` and ``K``.
+    nnz : int
+        Non-zero weights.
+    words : int
+        Weight-memory words (``fan_in`` plus the extra beats).
+    slots : int
+        ``words * L``.
+    fill : float
+        ``nnz / slots``: 1.0 when every slot holds a weight.
+    extra_beats : int
+        ``words - fan_in``: words beyond one per row (collisions; negative
+        when rows with no weight at all are dropped).
+    max_beats : int
+        Largest number of words one row needs.
+    """
+
+    kernels: int
+    fan_in: int
+    lanes: int
+    kernels_per_overlay: int
+    nnz: int
+    words: int
+    slots: int
+    fill: float
+    extra_beats: int
+    max_beats: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def report(ov: Overlays) -> PackReport:
+    """Summarise the fill of packed overlays."""
+    beats = ov.beats
+    return PackReport(
+        kernels=ov.num_kernels, fan_in=ov.fan_in, lanes=ov.lanes,
+        kernels_per_overlay=ov.kernels_per_overlay, nnz=ov.nnz, words=ov.words,
+        slots=ov.words * ov.lanes, fill=ov.fill, extra_beats=ov.words - ov.fan_in,
+        max_beats=int(beats.max(initial=0)))
+
+
+def _check_weights(weights: np.ndarray) -> np.ndarray:
+    if not isinstance(weights, np.ndarray) or weights.ndim != 2:
+        raise PackError(f"weights must be a 2-D [kernels, fan_in] array, got "
+                        f"{getattr(weights, 'shape', type(weights).__name__)}")
+    if weights.dtype != np.int8:
+        raise PackError(f"weights must be int8 (quantized), got {weights.dtype}")
+    if weights.shape[0] < 1 or weights.shape[1] < 1:
+        raise PackError(f"weights shape {weights.shape} is empty")
+    return weights
+
+
+def pack(weights: np.ndarray, kernels_per_overlay: int | None = None, *,
+         search_steps: int = 2000, seed: int = 0) -> Overlays:
+    """Pack the kernels of one layer into overlays.
+
+    Parameters
+    ----------
+    weights : ndarray of int8, shape (M, fan_in)
+        One kernel per row (a conv filter flattened ``(ky, kx, c)``).
+    kernels_per_overlay : int, optional
+        ``K``, 1 to 256. ``None`` picks the K that needs the fewest slots
+        among the divisors-like candidates around ``1 / density``.
+    search_steps : int
+        Swap attempts of the local search (0 disables it).
+    seed : int
+        Seed of the local search; packing is deterministic for a seed.
+
+    Returns
+    -------
+    Overlays
+        ``unpack(pack(W)) == W`` exactly.
+
+    Raises
+    ------
+    PackError
+        ``weights`` is not a non-empty 2-D int8 array, or K is out of range.
+    """
+    weights = _check_weights(weights)
+    m, fan_in = weights.shape
+    if kernels_per_overlay is None:
+        return _pack_auto(weights, search_steps, seed)
+    k = kernels_per_overlay
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_KERNELS_PER_OVERLAY:
+        raise PackError(f"kernels_per_overlay must be an integer from 1 to "
+                        f"{MAX_KERNELS_PER_OVERLAY}, got {k!r}")
+    k = int(min(k, m))
+    masks = weights != 0
+    groups = _greedy_groups(masks, k)
+    if search_steps and k > 1:
+        groups = _local_search(masks, groups, k, search_steps, seed)
+    return _layout(weights, groups, k)
+
+
+def _pack_auto(weights: np.ndarray, search_steps: int, seed: int) -> Overlays:
+    m, fan_in = weights.shape
+    masks = weights != 0
+    density = masks.mean()
+    top = min(m, MAX_KERNELS_PER_OVERLAY, max(1, round(1 / density)) if density else m)
+    candidates = sorted({1, top, *(max(1, round(top / d)) for d in (1.25, 1.5, 2, 3, 4))})
+    best = None
+    for k in candidates:
+        groups = _greedy_groups(masks, k)
+        slots = _words(masks, groups) * len(groups)
+        if best is None or slots < best[0]:
+            best = (slots, k, groups)
+    _, k, groups = best
+    if search_steps and k > 1:
+        groups = _local_search(masks, groups, k, search_steps, seed)
+    return _layout(weights, groups, k)
+
+
+def _greedy_groups(masks: np.ndarray, k: int) -> list[list[int]]:
+    m, fan_in = masks.shape
+    lanes = math.ceil(m / k)
+    counts = np.zeros((lanes, fan_in), dtype=np.int32)
+    size = np.zeros(lanes, dtype=np.int64)
+    groups: list[list[int]] = [[] for _ in range(lanes)]
+    nnz = masks.sum(axis=1)
+    order = np.argsort(-nnz, kind="stable")
+    big = np.int64(1) << 40
+    lane_ix = np.arange(lanes, dtype=np.int64)
+    for kern in order:
+        rows = np.flatnonzero(masks[kern])
+        overlap = counts[:, rows].sum(axis=1, dtype=np.int64)
+        # Lexicographic (overlap, -size, lane) as one integer; full lanes excluded.
+        score = overlap * big - size * (1 << 20) + lane_ix
+        score[size >= k] = np.iinfo(np.int64).max
+        lane = int(np.argmin(score))
+        groups[lane].append(int(kern))
+        counts[lane, rows] += 1
+        size[lane] += 1
+    return groups
+
+
+def _counts(masks: np.ndarray, groups: list[list[int]]) -> np.ndarray:
+    return np.stack([masks[g].sum(axis=0, dtype=np.int32) if g else
+                     np.zeros(masks.shape[1], np.int32) for g in groups])
+
+
+def _words(masks: np.ndarray, groups: list[list[int]]) -> int:
+    return int(_counts(masks, groups).max(axis=0).sum())
+
+
+def _local_search(masks: np.ndarray, groups: list[list[int]], k: int,
+                  steps: int, seed: int) -> list[list[int]]:
+    """Swap kernels between overlays while that lowers the word count."""
+    groups = [list(g) for g in groups]
+    counts = _counts(masks, groups)
+    beats = counts.max(axis=0)
+    if beats.max(initial=0) <= 1:
+        return groups  # already perfect: one word per row
+    rng = np.random.default_rng(seed)
+    lanes = len(groups)
+    lane_of = np.empty(masks.shape[0], dtype=np.int64)
+    for lane, g in enumerate(groups):
+        lane_of[g] = lane
+    for _ in range(steps):
+        hot = np.flatnonzero(beats == beats.max())
+        row = int(hot[rng.integers(hot.size)])
+        p_lanes = np.flatnonzero(counts[:, row] == beats[row])
+        p = int(p_lanes[rng.integers(p_lanes.size)])
+        a_cands = [x for x in groups[p] if masks[x, row]]
+        a = a_cands[rng.integers(len(a_cands))]
+        q = int(rng.integers(lanes - 1))
+        q += q >= p
+        # Swap a with a kernel of q that is free on this row, or move a if q has room.
+        b_cands = [x for x in groups[q] if not masks[x, row]]
+        b = b_cands[rng.integers(len(b_cands))] if b_cands else None
+        if b is None and len(groups[q]) >= k:
+            continue
+        touched = masks[a] | (masks[b] if b is not None else False)
+        cols = np.flatnonzero(touched)
+        sub = counts[:, cols].copy()
+        sub[p] -= masks[a, cols]
+        sub[q] += masks[a, cols]
+        if b is not None:
+            sub[q] -= masks[b, cols]
+            sub[p] += masks[b, cols]
+        new_beats = sub.max(axis=0)
+        if new_beats.sum() < beats[cols].sum() or (
+                new_beats.sum() == beats[cols].sum() and rng.random() < 0.3):
+            counts[:, cols] = sub
+            beats[cols] = new_beats
+            groups[p].remove(a)
+            groups[q].append(a)
+            lane_of[a] = q
+            if b is not None:
+                groups[q].remove(b)
+                groups[p].append(b)
+                lane_of[b] = p
+    return groups
+
+
+def _layout(weights: np.ndarray, groups: list[list[int]], k: int) -> Overlays:
+    """Place each overlay's kernels into words: row i gets max_l count[l, i] words."""
+    m, fan_in = weights.shape
+    masks = weights != 0
+    lanes = len(groups)
+    counts = _counts(masks, groups)
+    beats = counts.max(axis=0)
+    row_start = np.zeros(fan_in + 1, dtype=np.int64)
+    np.cumsum(beats, out=row_start[1:])
+    words = int(row_start[-1])
+    w_mem = np.zeros((words, lanes), dtype=np.int8)
+    id_mem = np.zeros((words, lanes), dtype=np.uint8)
+    kernel_map = np.full((lanes, k), -1, dtype=np.int32)
+    for lane, g in enumerate(groups):
+        g = sorted(g)
+        kernel_map[lane, :len(g)] = g
+        sub = masks[g]  # [len(g), fan_in]
+        # Beat of kernel j on row i: how many earlier kernels of the lane use row i.
+        beat = np.cumsum(sub, axis=0) - 1
+        j, i = np.nonzero(sub)
+        word = row_start[i] + beat[j, i]
+        w_mem[word, lane] = weights[np.asarray(g)[j], i]
+        id_mem[word, lane] = j
+    return Overlays(weights=w_mem, kernel_ids=id_mem, row_start=row_start.astype(np.int32),
+                    kernel_map=kernel_map, num_kernels=m)
+
+
+def unpack(ov: Overlays) -> np.ndarray:
+    """Rebuild the dense ``[M, fan_in]`` int8 weights from overlays."""
+    dense = np.zeros((ov.num_kernels, ov.fan_in), dtype=np.int8)
+    row_of_word = np.repeat(np.arange(ov.fan_in), ov.beats)
+    word, lane = np.nonzero(ov.weights)
+    kern = ov.kernel_map[lane, ov.kernel_ids[word, lane].astype(np.int64)]
+    dense[kern, row_of_word[word]] = ov.weights[word, lane]
+    return dense

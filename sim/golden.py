@@ -1,0 +1,263 @@
+"""The numpy golden model: the integer semantics of every IR layer.
+
+The hardware is checked against this model bit for bit, so its rules are the
+project's definition of "correct". It runs on the *packed* representation
+(overlay words, kernel ids, kernel map, requant constants), never on the
+original dense weights, so it checks the packing as well.
+
+Integer semantics
+-----------------
+Activations
+    int8 (-128..127), symmetric, zero point 0; a zero is an *inactive*
+    input and contributes nothing.
+Overlay layers (:class:`~cosparse.compiler.ir.OverlayLinear`, ``OverlayConv``)
+    For each input element ``x[i]`` (in the sparse form, each active one),
+    every word of overlay row ``i`` is read; the product of the slot's
+    weight and ``x[i]`` is routed to accumulator ``[lane][kernel id]``
+    (*Multiply*, *Route*, *Sum*). Accumulators start at the bias and are
+    exact: the IR proves per layer that the worst case
+    ``128 * max_kernel sum|w| + |bias|`` fits in
+    :meth:`accumulator_bits` (at most 32) bits, so no sum ever wraps.
+    Convolutions pad with zeros; a kernel is flattened ``(ky, kx, c)``.
+Requantization
+    ``y = clamp((acc * m + (1 << (s - 1))) >> s, lo, 127)`` with ``>>`` an
+    arithmetic shift (the rounding term is 0 when ``s == 0``). Rounding is
+    therefore *half towards +infinity* (-2.5 -> -2, 2.5 -> 3). ``lo`` is 0
+    with a fused ReLU, else -128 (saturation at both ends). A layer without
+    requantization outputs its int32 accumulators (logits).
+Max pool
+    Max over each window; an inactive (zero) element takes part as 0, so
+    negative values do not survive a window that also holds an inactive
+    element. No padding.
+k-winners-take-all (local over the C channels of a position; global over a
+vector or over a whole map in HWC order)
+    The selection key is ``x * boost`` (``boost`` a positive integer per
+    channel/unit, 1 when absent); the output keeps the original ``x`` for
+    the winners and 0 for the others. Exactly ``k`` winners per group: the
+    ``k`` largest keys, and on equal keys the *lower index wins* (channel
+    index for local, HWC flat index for global) -- which is also the order
+    the hardware stream delivers them in. Negative values can win (there
+    is no implied ReLU); a winner whose value is 0 is indistinguishable
+    from a loser and is dropped from sparse streams.
+Zero-skip / densify
+    Change only the stream representation; values are unchanged. In a
+    sparse stream each group (the channels of one position of a map, or a
+    whole vector) carries its non-zero elements in index order; a group
+    can be empty.
+
+Performance
+-----------
+Batches are processed vectorised: the route into ``[lane][kernel id]``
+accumulators is expanded once per layer into a ``[fan_in, L*K]`` matrix, and
+each chunk of the batch is one BLAS matrix product (float32 when the layer's
+worst case is below ``2**24``, float64 otherwise: exact in both cases, as
+every partial sum is an integer bounded by the worst case).
+:func:`overlay_accumulate` is the literal one-input-at-a-time form, which
+mirrors the hardware and cross-checks the vectorised one in the tests.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from cosparse.compiler.ir import (Densify, Flatten, GlobalKWTA, Layer, LocalKWTA, MaxPool,
+                                  Network, OverlayConv, OverlayLinear, Overlays, Requant,
+                                  ZeroSkip, _OverlayLayer)
+
+__all__ = ["GoldenError", "run", "run_layer", "requantize", "kwta_mask",
+           "overlay_accumulate", "overlay_matmul", "Trace"]
+
+
+class GoldenError(ValueError):
+    """The input does not match the network (shape or dtype)."""
+
+
+# --------------------------------------------------------------------------
+# Overlay arithmetic
+
+_routes: "weakref.WeakKeyDictionary[Overlays, tuple[np.ndarray, np.ndarray]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _route(ov: Overlays) -> tuple[np.ndarray, np.ndarray]:
+    """Expand overlay words into ``[fan_in, L*K]`` (row -> lane accumulator) weights.
+
+    Returns the matrix and, for each kernel m, the column of its accumulator.
+    """
+    cached = _routes.get(ov)
+    if cached is not None:
+        return cached
+    lanes, k = ov.lanes, ov.kernels_per_overlay
+    dtype = np.float32 if ov.worst_case_sum() < (1 << 24) else np.float64
+    route = np.zeros((ov.fan_in, lanes * k), dtype=dtype)
+    row_of_word = np.repeat(np.arange(ov.fan_in), ov.beats)
+    word, lane = np.nonzero(ov.weights)
+    np.add.at(route, (row_of_word[word], lane * k + ov.kernel_ids[word, lane]),
+              ov.weights[word, lane].astype(dtype))
+    column = np.empty(ov.num_kernels, dtype=np.int64)
+    lane_ix, id_ix = np.nonzero(ov.kernel_map >= 0)
+    column[ov.kernel_map[lane_ix, id_ix]] = lane_ix * k + id_ix
+    _routes[ov] = (route, column)
+    return route, column
+
+
+def overlay_matmul(ov: Overlays, x: np.ndarray) -> np.ndarray:
+    """Accumulators ``[B, M]`` (int64, no bias) for inputs ``x`` of shape ``[B, fan_in]``."""
+    route, column = _route(ov)
+    acc = x.astype(route.dtype) @ route
+    return np.rint(acc[:, column]).astype(np.int64)
+
+
+def overlay_accumulate(ov: Overlays, indices: np.ndarray, values: np.ndarray,
+                       bias: np.ndarray | None = None) -> np.ndarray:
+    """The literal sparse form: process active inputs one at a time.
+
+    For each (index, value) pair, read the words of overlay row ``index``,
+    multiply each slot's weight by ``value`` and add the product to
+    accumulator ``[lane][kernel id]``; finally map accumulators to kernels.
+    Returns int64 accumulators ``[M]`` (plus ``bias`` when given).
+    """
+    lanes, k = ov.lanes, ov.kernels_per_overlay
+    acc = np.zeros((lanes, k), dtype=np.int64)
+    lane = np.arange(lanes)
+    for i, v in zip(np.asarray(indices).tolist(), np.asarray(values).tolist()):
+        for word in range(int(ov.row_start[i]), int(ov.row_start[i + 1])):
+            np.add.at(acc, (lane, ov.kernel_ids[word].astype(np.int64)),
+                      ov.weights[word].astype(np.int64) * v)
+    out = np.zeros(ov.num_kernels, dtype=np.int64)
+    used = ov.kernel_map >= 0
+    out[ov.kernel_map[used]] = acc[used]
+    if bias is not None:
+        out += bias
+    return out
+
+
+def requantize(acc: np.ndarray, rq: Requant) -> np.ndarray:
+    """int8 outputs of accumulators ``acc[..., M]`` (bias included); see module doc."""
+    acc = acc.astype(np.int64)
+    shift = rq.shift.astype(np.int64)
+    rounding = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
+    y = (acc * rq.multiplier.astype(np.int64) + rounding) >> shift
+    return np.clip(y, 0 if rq.relu else -128, 127).astype(np.int8)
+
+
+def _im2col(x: np.ndarray, layer: OverlayConv) -> np.ndarray:
+    """``[B, Ho, Wo, kh*kw*C]`` receptive fields in (ky, kx, c) order."""
+    kh, kw = layer.kernel
+    sh, sw = layer.stride
+    pt, pl, pb, pr = layer.padding
+    if any(layer.padding):
+        x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    win = sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]  # B,Ho,Wo,C,kh,kw
+    b, ho, wo, c = win.shape[:4]
+    return win.transpose(0, 1, 2, 4, 5, 3).reshape(b, ho, wo, kh * kw * c)
+
+
+# --------------------------------------------------------------------------
+# k-WTA
+
+
+def kwta_mask(x: np.ndarray, k: int, boost: np.ndarray | None) -> np.ndarray:
+    """Winners of each row of ``x[..., N]``: exactly k, ties to the lower index.
+
+    ``boost`` broadcasts against ``x`` (per unit or per channel).
+    """
+    n = x.shape[-1]
+    key = x.astype(np.int64)
+    if boost is not None:
+        key = key * boost.astype(np.int64)
+    # A unique composite key: larger key first, then lower index.
+    comp = key * n + (n - 1 - np.arange(n, dtype=np.int64))
+    kth = np.partition(comp, n - k, axis=-1)[..., n - k:n - k + 1]
+    return comp >= kth
+
+
+# --------------------------------------------------------------------------
+# Layers
+
+
+def run_layer(layer: Layer, x: np.ndarray) -> np.ndarray:
+    """Apply one layer to a batch ``x[B, *input shape]`` of integers."""
+    if isinstance(layer, _OverlayLayer):
+        if isinstance(layer, OverlayConv):
+            cols = _im2col(x, layer)
+            b, ho, wo, f = cols.shape
+            acc = overlay_matmul(layer.overlays, cols.reshape(-1, f)).reshape(b, ho, wo, -1)
+        else:
+            acc = overlay_matmul(layer.overlays, x)
+        acc += layer.bias.astype(np.int64)
+        if layer.requant is None:
+            return acc.astype(np.int32)
+        return requantize(acc, layer.requant)
+    if isinstance(layer, MaxPool):
+        kh, kw = layer.kernel
+        sh, sw = layer.stride
+        win = sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
+        return win.max(axis=(-2, -1))
+    if isinstance(layer, LocalKWTA):
+        return np.where(kwta_mask(x, layer.k, layer.boost), x, 0).astype(x.dtype)
+    if isinstance(layer, GlobalKWTA):
+        b = x.shape[0]
+        flat = x.reshape(b, -1)
+        boost = None
+        if layer.boost is not None:
+            boost = np.tile(layer.boost, flat.shape[1] // layer.boost.shape[0])
+        return np.where(kwta_mask(flat, layer.k, boost), flat, 0).astype(x.dtype).reshape(x.shape)
+    if isinstance(layer, Flatten):
+        return x.reshape(x.shape[0], -1)
+    if isinstance(layer, (ZeroSkip, Densify)):
+        return x
+    raise TypeError(f"golden model has no semantics for layer kind {type(layer).__name__}")
+
+
+@dataclass
+class Trace:
+    """Every layer's output for a batch (``outputs[i]`` is layer i's)."""
+
+    outputs: list[np.ndarray]
+
+
+def run(net: Network, x: np.ndarray, *, chunk: int = 128, trace: bool = False):
+    """Run the network on a batch of int8 inputs ``x[B, *input shape]``.
+
+    Parameters
+    ----------
+    net : Network
+    x : ndarray of int8
+    chunk : int
+        Inferences per vectorised step (bounds memory: conv im2col).
+    trace : bool
+        Return a :class:`Trace` of every layer's output instead of the
+        network output.
+
+    Returns
+    -------
+    ndarray
+        int8 or int32 ``[B, *output shape]``; or a :class:`Trace`.
+
+    Raises
+    ------
+    GoldenError
+        ``x`` is not int8 of shape ``[B, *input shape]``.
+    """
+    net.specs()
+    want = net.input.shape
+    if not isinstance(x, np.ndarray) or x.dtype != np.int8 or x.shape[1:] != want:
+        got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise GoldenError(f"input must be int8 of shape [batch, {', '.join(map(str, want))}], "
+                          f"got {got}")
+    per_chunk: list[list[np.ndarray]] = []
+    for start in range(0, max(x.shape[0], 1), chunk):
+        y = x[start:start + chunk]
+        outs = []
+        for layer in net.layers:
+            y = run_layer(layer, y)
+            if trace:
+                outs.append(y)
+        per_chunk.append(outs if trace else [y])
+    joined = [np.concatenate(parts) for parts in zip(*per_chunk)]
+    return Trace(joined) if trace else joined[0]

@@ -136,7 +136,7 @@ def pack(weights: np.ndarray, kernels_per_overlay: int | None = None, *,
                         f"{MAX_KERNELS_PER_OVERLAY}, got {k!r}")
     k = int(min(k, m))
     masks = weights != 0
-    groups = _greedy_groups(masks, k)
+    groups = _group(masks, k)
     if search_steps and k > 1:
         groups = _local_search(masks, groups, k, search_steps, seed)
     return _layout(weights, groups, k)
@@ -147,27 +147,90 @@ def _pack_auto(weights: np.ndarray, search_steps: int, seed: int) -> Overlays:
     masks = weights != 0
     density = masks.mean()
     top = min(m, MAX_KERNELS_PER_OVERLAY, max(1, round(1 / density)) if density else m)
-    candidates = sorted({1, top, *(max(1, round(top / d)) for d in (1.25, 1.5, 2, 3, 4))})
+    candidates = sorted({1, top, *(max(1, round(top / d)) for d in (1.25, 1.5, 2, 3, 4))},
+                        reverse=True)
     best = None
     for k in candidates:
-        groups = _greedy_groups(masks, k)
+        groups = _group(masks, k)
         slots = _words(masks, groups) * len(groups)
         if best is None or slots < best[0]:
             best = (slots, k, groups)
+        if slots == int(masks.sum()):
+            break  # every slot used: nothing can beat it
     _, k, groups = best
     if search_steps and k > 1:
         groups = _local_search(masks, groups, k, search_steps, seed)
     return _layout(weights, groups, k)
 
 
-def _greedy_groups(masks: np.ndarray, k: int) -> list[list[int]]:
-    m, fan_in = masks.shape
-    lanes = math.ceil(m / k)
+def _group(masks: np.ndarray, k: int) -> list[list[int]]:
+    """Perfect (collision-free) overlays first, then a greedy fit of the rest."""
+    perfect = _perfect_groups(masks, k) if k > 1 else []
+    used = np.zeros(masks.shape[0], dtype=bool)
+    for g in perfect:
+        used[g] = True
+    rest = np.flatnonzero(~used)
+    return perfect + (_greedy_groups(masks, k, rest) if rest.size else [])
+
+
+def _perfect_groups(masks: np.ndarray, k: int) -> list[list[int]]:
+    """Find groups of k kernels with mutually disjoint masks (complementary sets).
+
+    Two kernels are *compatible* when their masks do not overlap. For each
+    kernel A (by decreasing non-zero count) the candidates are the free
+    kernels compatible with A; a member of a k-clique containing A has at
+    least k-2 compatible neighbours among them, so candidates with fewer are
+    peeled off (a k-core) until the rest is a clique, or one with the lowest
+    degree is dropped. Random masks fail fast here; complementary groups,
+    which are k-cliques planted in a sparse random compatibility graph,
+    survive the peeling intact.
+    """
+    m = masks.shape[0]
+    f = masks.astype(np.float32)
+    compat = (f @ f.T) == 0
+    np.fill_diagonal(compat, False)
+    nnz = masks.sum(axis=1)
+    free = np.ones(m, dtype=bool)
+    groups: list[list[int]] = []
+    for a in np.argsort(-nnz, kind="stable"):
+        if not free[a]:
+            continue
+        cand = np.flatnonzero(compat[a] & free)
+        if cand.size < k - 1:
+            continue
+        sub = compat[np.ix_(cand, cand)]
+        alive = np.ones(cand.size, dtype=bool)
+        while True:
+            deg = sub[alive][:, alive].sum(axis=1)
+            n_alive = int(alive.sum())
+            if n_alive < k - 1:
+                break
+            weak = deg < k - 2
+            if weak.any():
+                alive[np.flatnonzero(alive)[weak]] = False
+                continue
+            if deg.min() == n_alive - 1:
+                break  # a clique
+            alive[np.flatnonzero(alive)[np.argmin(deg)]] = False
+        members = cand[alive]
+        if members.size < k - 1:
+            continue
+        # A clique larger than needed: keep the partners with the most weights.
+        members = members[np.argsort(-nnz[members], kind="stable")[:k - 1]]
+        group = [int(a), *map(int, members)]
+        free[group] = False
+        groups.append(group)
+    return groups
+
+
+def _greedy_groups(masks: np.ndarray, k: int, kernels: np.ndarray) -> list[list[int]]:
+    fan_in = masks.shape[1]
+    lanes = math.ceil(kernels.size / k)
     counts = np.zeros((lanes, fan_in), dtype=np.int32)
     size = np.zeros(lanes, dtype=np.int64)
     groups: list[list[int]] = [[] for _ in range(lanes)]
-    nnz = masks.sum(axis=1)
-    order = np.argsort(-nnz, kind="stable")
+    nnz = masks[kernels].sum(axis=1)
+    order = kernels[np.argsort(-nnz, kind="stable")]
     big = np.int64(1) << 40
     lane_ix = np.arange(lanes, dtype=np.int64)
     for kern in order:

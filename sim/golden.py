@@ -58,7 +58,9 @@ mirrors the hardware and cross-checks the vectorised one in the tests.
 
 from __future__ import annotations
 
+import os
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,14 +81,14 @@ class GoldenError(ValueError):
 # --------------------------------------------------------------------------
 # Overlay arithmetic
 
-_routes: "weakref.WeakKeyDictionary[Overlays, tuple[np.ndarray, np.ndarray]]" = \
-    weakref.WeakKeyDictionary()
+_routes: "weakref.WeakKeyDictionary[Overlays, np.ndarray]" = weakref.WeakKeyDictionary()
 
 
-def _route(ov: Overlays) -> tuple[np.ndarray, np.ndarray]:
-    """Expand overlay words into ``[fan_in, L*K]`` (row -> lane accumulator) weights.
+def _route(ov: Overlays) -> np.ndarray:
+    """Expand overlay words into a ``[fan_in, M]`` matrix: row -> routed kernel.
 
-    Returns the matrix and, for each kernel m, the column of its accumulator.
+    Every slot's weight is added at (its row, the kernel its lane and id
+    name), which is the *Route* step done once for all inputs.
     """
     cached = _routes.get(ov)
     if cached is not None:
@@ -98,18 +100,22 @@ def _route(ov: Overlays) -> tuple[np.ndarray, np.ndarray]:
     word, lane = np.nonzero(ov.weights)
     np.add.at(route, (row_of_word[word], lane * k + ov.kernel_ids[word, lane]),
               ov.weights[word, lane].astype(dtype))
+    # Accumulator [lane][id] holds kernel kernel_map[lane, id]: order columns by kernel.
     column = np.empty(ov.num_kernels, dtype=np.int64)
     lane_ix, id_ix = np.nonzero(ov.kernel_map >= 0)
     column[ov.kernel_map[lane_ix, id_ix]] = lane_ix * k + id_ix
-    _routes[ov] = (route, column)
-    return route, column
+    route = np.ascontiguousarray(route[:, column])
+    _routes[ov] = route
+    return route
 
 
 def overlay_matmul(ov: Overlays, x: np.ndarray) -> np.ndarray:
-    """Accumulators ``[B, M]`` (int64, no bias) for inputs ``x`` of shape ``[B, fan_in]``."""
-    route, column = _route(ov)
-    acc = x.astype(route.dtype) @ route
-    return np.rint(acc[:, column]).astype(np.int64)
+    """Accumulators ``[B, M]`` (no bias) for inputs ``x`` of shape ``[B, fan_in]``.
+
+    The values are exact integers held in float64 (see the module doc).
+    """
+    route = _route(ov)
+    return (x.astype(route.dtype) @ route).astype(np.float64, copy=False)
 
 
 def overlay_accumulate(ov: Overlays, indices: np.ndarray, values: np.ndarray,
@@ -136,13 +142,23 @@ def overlay_accumulate(ov: Overlays, indices: np.ndarray, values: np.ndarray,
     return out
 
 
-def requantize(acc: np.ndarray, rq: Requant) -> np.ndarray:
-    """int8 outputs of accumulators ``acc[..., M]`` (bias included); see module doc."""
-    acc = acc.astype(np.int64)
-    shift = rq.shift.astype(np.int64)
-    rounding = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
-    y = (acc * rq.multiplier.astype(np.int64) + rounding) >> shift
-    return np.clip(y, 0 if rq.relu else -128, 127).astype(np.int8)
+def requantize(acc: np.ndarray, rq: Requant, bias: np.ndarray | None = None) -> np.ndarray:
+    """int8 outputs of accumulators ``acc[..., M]`` (plus ``bias``); see module doc.
+
+    Computed in float64 as ``floor(acc * (m / 2**s) + (bias * m / 2**s +
+    (0.5 if s else 0)))``, which equals the integer rule exactly: ``m / 2**s``
+    is a power-of-two scaling of an integer, ``|(acc + bias) * m| < 2**31 *
+    2**16 < 2**53``, and so every step is an exact float64 operation.
+    """
+    scale = rq.multiplier.astype(np.float64) * np.exp2(-rq.shift.astype(np.float64))
+    offset = np.where(rq.shift > 0, 0.5, 0.0)
+    if bias is not None:
+        offset = offset + bias * scale
+    y = np.multiply(acc, scale, dtype=np.float64)
+    y += offset
+    np.floor(y, out=y)
+    np.clip(y, 0 if rq.relu else -128, 127, out=y)
+    return y.astype(np.int8)
 
 
 def _im2col(x: np.ndarray, layer: OverlayConv) -> np.ndarray:
@@ -155,6 +171,18 @@ def _im2col(x: np.ndarray, layer: OverlayConv) -> np.ndarray:
     win = sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]  # B,Ho,Wo,C,kh,kw
     b, ho, wo, c = win.shape[:4]
     return win.transpose(0, 1, 2, 4, 5, 3).reshape(b, ho, wo, kh * kw * c)
+
+
+def _max_pool(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+    (kh, kw), (sh, sw) = kernel, stride
+    ho = (x.shape[1] - kh) // sh + 1
+    wo = (x.shape[2] - kw) // sw + 1
+    out = None
+    for dy in range(kh):
+        for dx in range(kw):
+            tap = x[:, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw]
+            out = tap.copy() if out is None else np.maximum(out, tap, out=out)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -180,24 +208,27 @@ def kwta_mask(x: np.ndarray, k: int, boost: np.ndarray | None) -> np.ndarray:
 # Layers
 
 
+def _accumulate(layer: _OverlayLayer, x: np.ndarray) -> np.ndarray:
+    """Bias-free accumulators of an overlay layer, exact integers in float."""
+    if isinstance(layer, OverlayConv):
+        cols = _im2col(x, layer)
+        b, ho, wo, f = cols.shape
+        return overlay_matmul(layer.overlays, cols.reshape(-1, f)).reshape(b, ho, wo, -1)
+    return overlay_matmul(layer.overlays, x)
+
+
+def _finish(layer: _OverlayLayer, acc: np.ndarray) -> np.ndarray:
+    if layer.requant is None:
+        return np.rint(acc + layer.bias).astype(np.int32)
+    return requantize(acc, layer.requant, layer.bias)
+
+
 def run_layer(layer: Layer, x: np.ndarray) -> np.ndarray:
     """Apply one layer to a batch ``x[B, *input shape]`` of integers."""
     if isinstance(layer, _OverlayLayer):
-        if isinstance(layer, OverlayConv):
-            cols = _im2col(x, layer)
-            b, ho, wo, f = cols.shape
-            acc = overlay_matmul(layer.overlays, cols.reshape(-1, f)).reshape(b, ho, wo, -1)
-        else:
-            acc = overlay_matmul(layer.overlays, x)
-        acc += layer.bias.astype(np.int64)
-        if layer.requant is None:
-            return acc.astype(np.int32)
-        return requantize(acc, layer.requant)
+        return _finish(layer, _accumulate(layer, x))
     if isinstance(layer, MaxPool):
-        kh, kw = layer.kernel
-        sh, sw = layer.stride
-        win = sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
-        return win.max(axis=(-2, -1))
+        return _max_pool(x, layer.kernel, layer.stride)
     if isinstance(layer, LocalKWTA):
         return np.where(kwta_mask(x, layer.k, layer.boost), x, 0).astype(x.dtype)
     if isinstance(layer, GlobalKWTA):
@@ -214,6 +245,27 @@ def run_layer(layer: Layer, x: np.ndarray) -> np.ndarray:
     raise TypeError(f"golden model has no semantics for layer kind {type(layer).__name__}")
 
 
+def _run_fused(layers: list[Layer], y: np.ndarray) -> np.ndarray:
+    """Run layers, pooling accumulators before requantization where a pool follows.
+
+    Bias plus requantization is a non-decreasing function of each channel's
+    accumulator, so it commutes with max pooling: ``pool(rq(acc)) ==
+    rq(pool(acc))`` exactly. Pooling first requantizes a quarter of the
+    values (the trace path runs the layers one by one; tests compare both).
+    """
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(layer, OverlayConv) and isinstance(nxt, MaxPool) and layer.requant:
+            y = _finish(layer, _max_pool(_accumulate(layer, y), nxt.kernel, nxt.stride))
+            i += 2
+        else:
+            y = run_layer(layer, y)
+            i += 1
+    return y
+
+
 @dataclass
 class Trace:
     """Every layer's output for a batch (``outputs[i]`` is layer i's)."""
@@ -221,7 +273,7 @@ class Trace:
     outputs: list[np.ndarray]
 
 
-def run(net: Network, x: np.ndarray, *, chunk: int = 128, trace: bool = False):
+def run(net: Network, x: np.ndarray, *, chunk: int = 32, trace: bool = False):
     """Run the network on a batch of int8 inputs ``x[B, *input shape]``.
 
     Parameters
@@ -250,14 +302,27 @@ def run(net: Network, x: np.ndarray, *, chunk: int = 128, trace: bool = False):
         got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
         raise GoldenError(f"input must be int8 of shape [batch, {', '.join(map(str, want))}], "
                           f"got {got}")
-    per_chunk: list[list[np.ndarray]] = []
-    for start in range(0, max(x.shape[0], 1), chunk):
+
+    def one_chunk(start: int) -> list[np.ndarray]:
         y = x[start:start + chunk]
-        outs = []
-        for layer in net.layers:
-            y = run_layer(layer, y)
-            if trace:
+        if trace:
+            outs = []
+            for layer in net.layers:
+                y = run_layer(layer, y)
                 outs.append(y)
-        per_chunk.append(outs if trace else [y])
+            return outs
+        return [_run_fused(net.layers, y)]
+
+    for layer in net.layers:  # build the route matrices once, before the threads
+        if isinstance(layer, _OverlayLayer):
+            _route(layer.overlays)
+    starts = range(0, max(x.shape[0], 1), chunk)
+    # numpy releases the GIL in its array loops: chunks run on all cores.
+    workers = min(len(starts), os.cpu_count() or 1)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            per_chunk = list(pool.map(one_chunk, starts))
+    else:
+        per_chunk = [one_chunk(s) for s in starts]
     joined = [np.concatenate(parts) for parts in zip(*per_chunk)]
     return Trace(joined) if trace else joined[0]

@@ -33,6 +33,8 @@ from typing import Any, ClassVar, Union
 
 import numpy as np
 
+from .errors import CosparseError
+
 __all__ = [
     "FORMAT_VERSION", "ManifestError", "Overlays", "Requant", "TensorSpec",
     "OverlayLinear", "OverlayConv", "MaxPool", "LocalKWTA", "GlobalKWTA",
@@ -51,7 +53,7 @@ MAX_MULTIPLIER = (1 << 16) - 1
 MAX_SHIFT = 62
 
 
-class ManifestError(ValueError):
+class ManifestError(CosparseError, ValueError):
     """A network description is malformed; the message names the field."""
 
 
@@ -724,7 +726,7 @@ def load(path: str | Path) -> Network:
     try:
         doc = json.loads(manifest.read_text())
     except FileNotFoundError:
-        raise ManifestError(f"{manifest}: no such file") from None
+        raise ManifestError(f"no compiled network at {path}: {manifest} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ManifestError(f"{manifest}: not readable JSON ({e})") from None
     r = _Reader(doc, manifest.name)

@@ -8,16 +8,19 @@ where kernels of one overlay collide on a row, that row takes extra words
 (*beats*). Perfectly complementary masks therefore pack with fill 1.0 and
 no extra beat; arbitrary masks still pack, at a lower fill.
 
-The grouping is a greedy best fit followed by a bounded local search:
+The grouping has three phases:
 
-1. Kernels are taken by decreasing non-zero count. Each goes to the open
-   overlay where it collides least with the kernels already there (ties:
-   the fullest overlay, so complementary partners complete their overlay
-   before others are opened, then the lowest index). With complementary
-   masks this recovers the complementary groups.
-2. Swaps of two kernels between overlays are tried on the rows that need
-   the most beats and kept when they lower the total word count. The
-   search is deterministic (seeded) and bounded by ``search_steps``.
+1. Perfect overlays: groups of K kernels with mutually disjoint masks that
+   cover every live row once (exact covers, found by a budgeted algorithm-X
+   search, with a backtracking tiling of all kernels when the masks could
+   tile), or failing that K-cliques of the compatibility graph.
+   Complementary masks at real sizes are all found here.
+2. A greedy best fit of the remaining kernels, by decreasing non-zero
+   count, each into the open overlay where it collides least (ties: the
+   fullest overlay, then the lowest index).
+3. A local search that swaps kernels between overlays on the rows that need
+   the most beats and keeps swaps that do not add words; deterministic
+   (seeded) and bounded by ``search_steps``.
 
 The objective is the number of words, ``sum_i max_l count[l, i]``, which is
 the weight-memory depth and the beats the engine spends on an active input.
@@ -30,12 +33,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import CosparseError
 from .ir import MAX_KERNELS_PER_OVERLAY, Overlays
 
 __all__ = ["pack", "unpack", "PackReport", "report", "PackError"]
 
 
-class PackError(ValueError):
+class PackError(CosparseError, ValueError):
     """The weights cannot be packed as asked (bad shape, dtype or K)."""
 
 
@@ -151,7 +155,10 @@ def _pack_auto(weights: np.ndarray, search_steps: int, seed: int) -> Overlays:
                         reverse=True)
     best = None
     for k in candidates:
-        groups = _group(masks, k)
+        # Masks at density 1/top can only tile perfectly at K = top: the others
+        # get the greedy fit alone, which keeps the search cheap.
+        groups = _group(masks, k) if k == top else \
+            _greedy_groups(masks, k, np.arange(m))
         slots = _words(masks, groups) * len(groups)
         if best is None or slots < best[0]:
             best = (slots, k, groups)
@@ -173,54 +180,125 @@ def _group(masks: np.ndarray, k: int) -> list[list[int]]:
     return perfect + (_greedy_groups(masks, k, rest) if rest.size else [])
 
 
+class _Budget:
+    def __init__(self, nodes: int):
+        self.left = nodes
+
+    def spend(self) -> bool:
+        self.left -= 1
+        return self.left >= 0
+
+
 def _perfect_groups(masks: np.ndarray, k: int) -> list[list[int]]:
     """Find groups of k kernels with mutually disjoint masks (complementary sets).
 
-    Two kernels are *compatible* when their masks do not overlap. For each
-    kernel A (by decreasing non-zero count) the candidates are the free
-    kernels compatible with A; a member of a k-clique containing A has at
-    least k-2 compatible neighbours among them, so candidates with fewer are
-    peeled off (a k-core) until the rest is a clique, or one with the lowest
-    degree is dropped. Random masks fail fast here; complementary groups,
-    which are k-cliques planted in a sparse random compatibility graph,
-    survive the peeling intact.
+    Two kernels are *compatible* when their masks do not overlap. When the
+    masks could tile (M a multiple of k, and the non-zeros add up to one
+    cover of the live rows per overlay), a backtracking search partitions
+    all kernels into exact covers: groups of k mutually compatible kernels
+    that cover every live row once (Knuth's algorithm X, branching on the
+    row with the fewest candidates, within a node budget). Otherwise, or
+    when the budget runs out, each free kernel A (by decreasing non-zero
+    count) takes the first exact cover around it, or else a k-clique of the
+    compatibility graph: a member has at least k-2 compatible neighbours
+    among A's candidates, so candidates with fewer are peeled off (a
+    k-core), then the one with the lowest degree, until the rest is a clique.
+
+    Complementary groups are k-cliques planted in a sparse random
+    compatibility graph: at real sizes the first branch is the right one.
+    Random masks fail fast and are left to the greedy fit.
     """
     m = masks.shape[0]
     f = masks.astype(np.float32)
     compat = (f @ f.T) == 0
     np.fill_diagonal(compat, False)
     nnz = masks.sum(axis=1)
+    live = masks.any(axis=0)
+    order = np.argsort(-nnz, kind="stable")
+    if m % k == 0 and int(nnz.sum()) == (m // k) * int(live.sum()):
+        tiling = _tile(masks, compat, nnz, live, k, order, np.ones(m, dtype=bool),
+                       _Budget(20_000))
+        if tiling is not None:
+            return tiling
     free = np.ones(m, dtype=bool)
     groups: list[list[int]] = []
-    for a in np.argsort(-nnz, kind="stable"):
+    for a in order:
         if not free[a]:
             continue
         cand = np.flatnonzero(compat[a] & free)
         if cand.size < k - 1:
             continue
-        sub = compat[np.ix_(cand, cand)]
-        alive = np.ones(cand.size, dtype=bool)
-        while True:
-            deg = sub[alive][:, alive].sum(axis=1)
-            n_alive = int(alive.sum())
-            if n_alive < k - 1:
-                break
-            weak = deg < k - 2
-            if weak.any():
-                alive[np.flatnonzero(alive)[weak]] = False
-                continue
-            if deg.min() == n_alive - 1:
-                break  # a clique
-            alive[np.flatnonzero(alive)[np.argmin(deg)]] = False
-        members = cand[alive]
-        if members.size < k - 1:
+        members = next(_exact_covers(masks, compat, nnz, cand, live & ~masks[a], k - 1,
+                                     _Budget(50)), None)
+        if members is None:
+            members = _clique(compat, nnz, cand, k - 1)
+        if members is None:
             continue
-        # A clique larger than needed: keep the partners with the most weights.
-        members = members[np.argsort(-nnz[members], kind="stable")[:k - 1]]
         group = [int(a), *map(int, members)]
         free[group] = False
         groups.append(group)
     return groups
+
+
+def _tile(masks, compat, nnz, live, k, order, free, budget) -> list[list[int]] | None:
+    """Partition the free kernels into exact covers, backtracking; None if not found."""
+    first = next((int(a) for a in order if free[a]), None)
+    if first is None:
+        return []
+    cand = np.flatnonzero(compat[first] & free)
+    for members in _exact_covers(masks, compat, nnz, cand, live & ~masks[first], k - 1, budget):
+        group = [first, *members]
+        free[group] = False
+        rest = _tile(masks, compat, nnz, live, k, order, free, budget)
+        if rest is not None:
+            return [group, *rest]
+        free[group] = True
+        if budget.left <= 0:
+            break
+    return None
+
+
+def _exact_covers(masks, compat, nnz, cand, uncovered, need, budget):
+    """Yield sets of ``need`` mutually compatible candidates covering ``uncovered`` once."""
+    if not budget.spend():
+        return
+    if not uncovered.any():
+        if need == 0:
+            yield []
+        return
+    if need == 0 or cand.size < need:
+        return
+    options = masks[cand]
+    per_row = options.sum(axis=0, dtype=np.int32)
+    per_row[~uncovered] = np.iinfo(np.int32).max
+    r = int(np.argmin(per_row))
+    if per_row[r] == 0:
+        return
+    covering = cand[options[:, r]]
+    for c in covering[np.argsort(-nnz[covering], kind="stable")]:
+        for rest in _exact_covers(masks, compat, nnz, cand[compat[c, cand]],
+                                  uncovered & ~masks[c], need - 1, budget):
+            yield [int(c), *rest]
+
+
+def _clique(compat: np.ndarray, nnz: np.ndarray, cand: np.ndarray, need: int) -> np.ndarray | None:
+    sub = compat[np.ix_(cand, cand)]
+    alive = np.ones(cand.size, dtype=bool)
+    while True:
+        deg = sub[alive][:, alive].sum(axis=1)
+        n_alive = int(alive.sum())
+        if n_alive < need:
+            return None
+        weak = deg < need - 1
+        if weak.any():
+            alive[np.flatnonzero(alive)[weak]] = False
+            continue
+        if deg.min() == n_alive - 1:
+            break  # a clique
+        alive[np.flatnonzero(alive)[np.argmin(deg)]] = False
+    members = cand[alive]
+    # A clique larger than needed: keep the partners with the most weights.
+    return members[np.argsort(-nnz[members], kind="stable")[:need]]
 
 
 def _greedy_groups(masks: np.ndarray, k: int, kernels: np.ndarray) -> list[list[int]]:
@@ -261,8 +339,8 @@ def _local_search(masks: np.ndarray, groups: list[list[int]], k: int,
     groups = [list(g) for g in groups]
     counts = _counts(masks, groups)
     beats = counts.max(axis=0)
-    if beats.max(initial=0) <= 1:
-        return groups  # already perfect: one word per row
+    if beats.max(initial=0) <= 1 or len(groups) < 2:
+        return groups  # already perfect (one word per row), or nothing to swap with
     rng = np.random.default_rng(seed)
     lanes = len(groups)
     lane_of = np.empty(masks.shape[0], dtype=np.int64)

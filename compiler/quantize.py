@@ -12,7 +12,7 @@ import numpy as np
 
 from .ir import MAX_MULTIPLIER, MAX_SHIFT, Requant
 
-__all__ = ["requant_for_range", "fixed_point"]
+__all__ = ["requant_for_range", "fixed_point", "quantize_input", "dequantize"]
 
 
 def fixed_point(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,3 +44,13 @@ def requant_for_range(real: np.ndarray, *, relu: bool) -> Requant:
     """A :class:`Requant` whose per-channel factor approximates ``real``."""
     mult, shift = fixed_point(real)
     return Requant(mult, shift, relu)
+
+
+def quantize_input(x: np.ndarray, scale: float) -> np.ndarray:
+    """Float inputs to int8: ``clip(round_half_even(x / scale), -128, 127)``."""
+    return np.clip(np.rint(np.asarray(x, dtype=np.float64) / scale), -128, 127).astype(np.int8)
+
+
+def dequantize(y: np.ndarray, scale: float | tuple[float, ...]) -> np.ndarray:
+    """Integer outputs to float32: ``y * scale`` (per tensor or per last-axis channel)."""
+    return (y.astype(np.float64) * np.asarray(scale, dtype=np.float64)).astype(np.float32)

@@ -85,7 +85,7 @@ def gsc_cs(*, seed: int = 0, mode: str = "sparse-sparse", reduced: bool = False,
         input; ``sparse-weights`` packs the sparse weights but feeds the
         engines dense streams; ``sparse-sparse`` skips inactive inputs.
     reduced : bool
-        A smaller network of the same shape (16x16 input, 16 channels,
+        A smaller network of the same shape (20x20 input, 16 channels,
         fc1 96) for quick tests.
     calibration_inputs : int
         Random inputs used to set the requantization constants.
@@ -93,7 +93,7 @@ def gsc_cs(*, seed: int = 0, mode: str = "sparse-sparse", reduced: bool = False,
     if mode not in ("sparse-sparse", "sparse-weights", "dense"):
         raise ValueError(f"mode must be sparse-sparse, sparse-weights or dense, got {mode!r}")
     rng = np.random.default_rng(seed)
-    size, ch, fc, k_local, k_global = (16, 16, 96, 4, 12) if reduced else (32, 64, 1500, 8, 150)
+    size, ch, fc, k_local, k_global = (20, 16, 96, 4, 12) if reduced else (32, 64, 1500, 8, 150)
     feat = ((size - 4) // 2 - 4) // 2
     k_fc1 = 8 if reduced else 25
     specs = [  # name, kernels, fan_in, K

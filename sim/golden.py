@@ -66,6 +66,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from cosparse.compiler.errors import CosparseError
 from cosparse.compiler.ir import (Densify, Flatten, GlobalKWTA, Layer, LocalKWTA, MaxPool,
                                   Network, OverlayConv, OverlayLinear, Overlays, Requant,
                                   ZeroSkip, _OverlayLayer)
@@ -74,7 +75,7 @@ __all__ = ["GoldenError", "run", "run_layer", "requantize", "kwta_mask",
            "overlay_accumulate", "overlay_matmul", "Trace"]
 
 
-class GoldenError(ValueError):
+class GoldenError(CosparseError, ValueError):
     """The input does not match the network (shape or dtype)."""
 
 

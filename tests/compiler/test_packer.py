@@ -113,6 +113,10 @@ def test_unpack_pack_is_identity(w, k):
     rep = report(ov)
     assert rep.nnz == np.count_nonzero(w) and rep.slots >= rep.nnz
     ov.check("roundtrip")  # the invariants the IR demands
+    # Used slots are exactly those before M in the drain order j * L + l.
+    lanes, k_ = ov.kernel_map.shape
+    order = np.arange(k_)[None, :] * lanes + np.arange(lanes)[:, None]
+    assert np.array_equal(ov.kernel_map >= 0, order < w.shape[0])
 
 
 @given(st.integers(1, 12), st.integers(1, 8), st.integers(0, 60), st.integers(0, 2**32 - 1))

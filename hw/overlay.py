@@ -1,0 +1,425 @@
+"""The overlay engine: Complementary Sparsity matrix-vector product in hardware.
+
+For every active input ``(index, value)`` of a group the engine reads the
+words of overlay row ``index`` (each word: one slot per lane, a slot holds a
+weight and a kernel id), multiplies each slot's weight by ``value``
+(*Multiply*), and adds the product to accumulator ``[lane][kernel id]``
+(*Route*, *Sum*). At the end of the group it emits the ``M`` sums.
+
+Structure
+---------
+::
+
+    i (sparse, R entries/beat)
+      -> A0: input register, row-table read (start word, beats) per entry
+      -> A1: sequencer: for each beat b of the rows, each pass p of the lanes,
+             one weight-memory read per entry (R read ports, P slots each)
+      -> B : P x R products (int8 x int8), accumulator-bank read
+      -> C : read-modify-write of accumulator [lane][id] (banks per entry r
+             and slot k, double-buffered)
+    drain: per block of P lanes, sum the R banks -> FIFO -> o (dense, P/beat)
+
+* ``R`` (``entries``) active inputs per beat, each with its own weight-memory
+  read port and its own accumulator banks, so entries of one beat never
+  collide on an accumulator; the drain adds the ``R`` banks.
+* ``P`` (``lanes_per_beat``) lanes per pass; ``L / P`` passes per word
+  (``P`` must divide ``L``). ``R * P`` multipliers in all.
+* Accumulator banks are memories with a synchronous read port that is
+  transparent to their write port: back-to-back hits on one accumulator see
+  the sum just written, with no stall. A first-touch bit per accumulator
+  replaces clearing: the first add of a group overwrites.
+* Two accumulator buffers: a group's drain overlaps the next group's work.
+
+Output order
+------------
+Element ``n`` of the output group is accumulator ``(lane n % L, id n // L)``;
+the packer fills exactly the slots with ``n < M``, so a group is ``M``
+elements, ``P`` per beat (the last beat zero-padded). The compiler numbers
+each layer's channels in this order (``kernel_map[l, j] == j * L + l``), which
+makes the stream order the channel order.
+
+Throughput
+----------
+One input beat per ``max(1, b) * L / P`` cycles, ``b`` the largest row beat
+count among its entries (1 for complementary masks): no bubbles between
+beats or groups in steady state. Cycles per group are therefore
+``ceil(active / R) * L / P`` for complementary masks; the drain of a group
+takes ``ceil(M / P)`` cycles and overlaps the next group, so a group takes
+``max(ceil(active / R) * L / P, ceil(M / P))`` cycles in steady state
+(measured in ``tests/hw/test_overlay.py``). Latency from the acceptance of a
+group's last input beat to its first output beat: ``7 + b * L / P`` cycles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import (Array, Cat, Const, Module, Mux, Signal, signed, unsigned)
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from cosparse.compiler.ir import Overlays
+
+from .streams import dense_layout, sparse_layout
+
+__all__ = ["OverlayEngine"]
+
+
+def _bits(n: int) -> int:
+    return max(1, ceil_log2(n))
+
+
+class OverlayEngine(wiring.Component):
+    """Complementary-sparse matrix-vector engine over packed overlays.
+
+    Parameters
+    ----------
+    overlays : Overlays
+        The packed layer (weights, kernel ids, row starts); the memories are
+        initialised from it.
+    entries : int
+        ``R``: active inputs accepted per beat (weight-memory read ports).
+    lanes_per_beat : int, optional
+        ``P``: lanes multiplied per cycle; must divide ``L`` (default ``L``).
+    acc_bits : int, optional
+        Accumulator width; default and minimum: the width that provably holds
+        every sum of this layer.
+
+    Members
+    -------
+    i : In(stream.Signature(sparse_layout(R, index_bits)))
+        Groups of active inputs (index = fan-in position).
+    o : Out(stream.Signature(dense_layout(P, signed(acc_bits))))
+        Per group, the ``M`` sums in drain order; ``last``/``end`` follow the
+        input group's.
+
+    Raises
+    ------
+    ValueError
+        A parameter is out of range, or the overlays' used slots are not a
+        prefix of the drain order.
+    """
+
+    def __init__(self, overlays: Overlays, *, entries: int = 1, lanes_per_beat: int | None = None,
+                 acc_bits: int | None = None):
+        if not isinstance(overlays, Overlays):
+            raise ValueError(f"overlays must be an Overlays, got {type(overlays).__name__}")
+        lanes, k = overlays.lanes, overlays.kernels_per_overlay
+        if not isinstance(entries, int) or not 1 <= entries <= 64:
+            raise ValueError(f"entries (R) must be an integer from 1 to 64, got {entries!r}")
+        p = lanes if lanes_per_beat is None else lanes_per_beat
+        if not isinstance(p, int) or p < 1 or lanes % p:
+            raise ValueError(f"lanes_per_beat (P) must divide the {lanes} lanes, got {p!r}")
+        used = overlays.kernel_map >= 0
+        order = np.arange(k)[None, :] * lanes + np.arange(lanes)[:, None]
+        if not np.array_equal(used, order < overlays.num_kernels):
+            raise ValueError("the used slots (lane l, id j) must be exactly those with "
+                             "j * L + l < M; pack the layer with cosparse.compiler.packer.pack")
+        worst = overlays.worst_case_sum()
+        need = max(worst.bit_length() + 1, 2)
+        acc_bits = need if acc_bits is None else acc_bits
+        if not isinstance(acc_bits, int) or not need <= acc_bits <= 48:
+            raise ValueError(f"acc_bits must be an integer from {need} (this layer's worst case "
+                             f"{worst}) to 48, got {acc_bits!r}")
+        self.overlays = overlays
+        self.entries, self.lanes_per_beat, self.acc_bits = entries, p, acc_bits
+        self.passes = lanes // p
+        self.index_bits = _bits(overlays.fan_in)
+        self.in_layout = sparse_layout(entries, self.index_bits)
+        self.out_layout = dense_layout(p, signed(acc_bits))
+        super().__init__({
+            "i": In(stream.Signature(self.in_layout)),
+            "o": Out(stream.Signature(self.out_layout)),
+        })
+
+    # ------------------------------------------------------------------
+    @property
+    def multipliers(self) -> int:
+        return self.entries * self.lanes_per_beat
+
+    def cycles_per_beat(self, row_beats: int = 1) -> int:
+        """Cycles one input beat takes when its largest row has ``row_beats`` words."""
+        return max(1, row_beats) * self.passes
+
+    def _weight_image(self, id_bits: int) -> list[int]:
+        ov, p = self.overlays, self.lanes_per_beat
+        slot_bits = 8 + id_bits
+        w = (ov.weights.astype(np.int64) & 0xFF) | (ov.kernel_ids.astype(np.int64) << 8)
+        w = w.reshape(ov.words, self.passes, p)  # word, pass, slot
+        shifts = np.arange(p, dtype=object) * slot_bits
+        return [int(sum(int(v) << int(s) for v, s in zip(row, shifts)))
+                for row in w.reshape(-1, p)] or [0]
+
+    def elaborate(self, platform):
+        m = Module()
+        ov = self.overlays
+        R, P, A = self.entries, self.lanes_per_beat, self.acc_bits
+        passes, lanes, K, M = self.passes, ov.lanes, ov.kernels_per_overlay, ov.num_kernels
+        id_bits = _bits(K)
+        slot_bits = 8 + id_bits
+        words = ov.words
+        beats = ov.beats
+        identity = bool(np.all(beats == 1))
+        max_beats = int(beats.max(initial=1))
+        word_bits = _bits(max(words, 2))
+        beat_bits = max(1, max_beats.bit_length())
+        bank_depth = 2 * passes * K  # (buffer, pass, id)
+        pass_bits = _bits(passes)
+
+        # ---------------- memories
+        wmem = Memory(shape=unsigned(P * slot_bits), depth=max(words * passes, 1),
+                      init=self._weight_image(id_bits))
+        m.submodules.weights = wmem
+        wports = [wmem.read_port() for _ in range(R)]
+        if not identity:
+            row_init = [int(s) | (int(b) << word_bits) for s, b in zip(ov.row_start[:-1], beats)]
+            rmem = Memory(shape=unsigned(word_bits + beat_bits), depth=ov.fan_in, init=row_init)
+            m.submodules.rows = rmem
+            rports = [rmem.read_port() for _ in range(R)]
+
+        banks = []  # banks[r][k]: (write port, rmw read port, drain read port)
+        for r in range(R):
+            row = []
+            for k in range(P):
+                mem = Memory(shape=signed(A), depth=bank_depth, init=[])
+                m.submodules[f"acc_{r}_{k}"] = mem
+                wp = mem.write_port()
+                row.append((wp, mem.read_port(transparent_for=(wp,)), mem.read_port()))
+            banks.append(row)
+        # First-touch bits, one per accumulator: set by an add, cleared when drained.
+        touched = [[Signal(bank_depth, name=f"touched_{r}_{k}") for k in range(P)] for r in range(R)]
+
+        # ---------------- A0: input register + row-table read
+        a0_valid = Signal()
+        a0 = Signal(self.in_layout)
+        a1_take = Signal()
+        load_a0 = Signal()
+        m.d.comb += [
+            self.i.ready.eq(~a0_valid | a1_take),
+            load_a0.eq(self.i.valid & self.i.ready),
+        ]
+        with m.If(load_a0):
+            m.d.sync += [a0_valid.eq(1), a0.eq(self.i.payload)]
+        with m.Elif(a1_take):
+            m.d.sync += a0_valid.eq(0)
+        if not identity:
+            for r in range(R):
+                m.d.comb += [rports[r].addr.eq(self.i.payload.entries[r].index),
+                             rports[r].en.eq(load_a0)]
+
+        # Row (start, beats) of each A0 entry, masked by count.
+        a0_start = [Signal(word_bits, name=f"a0_start_{r}") for r in range(R)]
+        a0_nbeats = [Signal(beat_bits, name=f"a0_nbeats_{r}") for r in range(R)]
+        for r in range(R):
+            live = Const(r) < a0.count
+            if identity:
+                m.d.comb += [a0_start[r].eq(a0.entries[r].index), a0_nbeats[r].eq(live)]
+            else:
+                data = rports[r].data
+                m.d.comb += [a0_start[r].eq(data[:word_bits]),
+                             a0_nbeats[r].eq(Mux(live, data[word_bits:], 0))]
+        a0_maxb = Signal(beat_bits)
+        acc = Const(1, beat_bits)
+        for r in range(R):
+            acc = Mux(a0_nbeats[r] > acc, a0_nbeats[r], acc)
+        m.d.comb += a0_maxb.eq(acc)
+
+        # ---------------- A1: sequencer over (row beat, pass)
+        a1_active = Signal()
+        cur_start = [Signal(word_bits, name=f"cur_start_{r}") for r in range(R)]
+        cur_nbeats = [Signal(beat_bits, name=f"cur_nbeats_{r}") for r in range(R)]
+        cur_value = [Signal(signed(8), name=f"cur_value_{r}") for r in range(R)]
+        cur_maxb = Signal(beat_bits)
+        cur_last = Signal()
+        cur_end = Signal()
+        beat = Signal(beat_bits)
+        pss = Signal(pass_bits)
+
+        acc_buf = Signal()  # buffer that new ops accumulate into
+        full = Signal(2)  # buffer holds a group not yet drained
+        drain_done = Signal()  # the drain finished a buffer this cycle
+        drain_done_buf = Signal()
+
+        issue = Signal()
+        final_op = Signal()  # the last op of the current beat
+        m.d.comb += [
+            issue.eq(a1_active & ~full.bit_select(acc_buf, 1)),
+            final_op.eq(issue & (beat == cur_maxb - 1) & (pss == passes - 1)),
+            a1_take.eq(a0_valid & (~a1_active | final_op)),
+        ]
+        with m.If(a1_take):
+            m.d.sync += [a1_active.eq(1), cur_maxb.eq(a0_maxb), cur_last.eq(a0.last),
+                         cur_end.eq(a0.end), beat.eq(0), pss.eq(0)]
+            for r in range(R):
+                m.d.sync += [cur_start[r].eq(a0_start[r]), cur_nbeats[r].eq(a0_nbeats[r]),
+                             cur_value[r].eq(a0.entries[r].value)]
+        with m.Elif(final_op):
+            m.d.sync += a1_active.eq(0)
+        with m.Elif(issue):
+            with m.If(pss == passes - 1):
+                m.d.sync += [pss.eq(0), beat.eq(beat + 1)]
+            with m.Else():
+                m.d.sync += pss.eq(pss + 1)
+
+        group_op = Signal()  # the op that completes a group
+        m.d.comb += group_op.eq(final_op & cur_last)
+        full_next = Signal(2)
+        m.d.comb += full_next.eq(full)
+        with m.If(drain_done):
+            m.d.comb += full_next.bit_select(drain_done_buf, 1).eq(0)
+        with m.If(group_op):
+            m.d.comb += full_next.bit_select(acc_buf, 1).eq(1)
+            m.d.sync += acc_buf.eq(~acc_buf)
+        m.d.sync += full.eq(full_next)
+
+        for r in range(R):
+            m.d.comb += [wports[r].addr.eq((cur_start[r] + beat) * passes + pss),
+                         wports[r].en.eq(issue)]
+
+        # ---------------- B: weights arrive; products; bank reads
+        b_valid = Signal()
+        b_live = [Signal(name=f"b_live_{r}") for r in range(R)]
+        b_value = [Signal(signed(8), name=f"b_value_{r}") for r in range(R)]
+        b_pass = Signal(pass_bits)
+        b_buf = Signal()
+        b_group = Signal()
+        b_end = Signal()
+        m.d.sync += [b_valid.eq(issue), b_pass.eq(pss), b_buf.eq(acc_buf), b_group.eq(group_op),
+                     b_end.eq(cur_end)]
+        for r in range(R):
+            m.d.sync += [b_live[r].eq(beat < cur_nbeats[r]), b_value[r].eq(cur_value[r])]
+
+        c_valid = Signal()
+        c_group = Signal()
+        c_end = Signal()
+        c_buf = Signal()
+        m.d.sync += [c_valid.eq(b_valid), c_group.eq(b_valid & b_group), c_end.eq(b_end),
+                     c_buf.eq(b_buf)]
+        c_addr = [[Signal(range(bank_depth), name=f"c_addr_{r}_{k}") for k in range(P)]
+                  for r in range(R)]
+        c_prod = [[Signal(signed(16), name=f"c_prod_{r}_{k}") for k in range(P)] for r in range(R)]
+        c_live = [Signal(name=f"c_live_{r}") for r in range(R)]
+        for r in range(R):
+            m.d.sync += c_live[r].eq(b_valid & b_live[r])
+            data = wports[r].data
+            for k in range(P):
+                slot = data[k * slot_bits:(k + 1) * slot_bits]
+                weight = slot[:8].as_signed()
+                kid = slot[8:8 + id_bits]
+                addr = Signal(range(bank_depth), name=f"b_addr_{r}_{k}")
+                m.d.comb += addr.eq((b_buf * passes + b_pass) * K + kid)
+                _, rmw, _ = banks[r][k]
+                m.d.comb += [rmw.addr.eq(addr), rmw.en.eq(b_valid)]
+                m.d.sync += [c_addr[r][k].eq(addr), c_prod[r][k].eq(weight * b_value[r])]
+
+        # ---------------- C: read-modify-write
+        for r in range(R):
+            for k in range(P):
+                wp, rmw, _ = banks[r][k]
+                seen = touched[r][k].bit_select(c_addr[r][k], 1)
+                m.d.comb += [
+                    wp.addr.eq(c_addr[r][k]),
+                    wp.data.eq(Mux(seen, rmw.data, 0) + c_prod[r][k]),
+                    wp.en.eq(c_live[r]),
+                ]
+
+        # The group in c_buf is complete after this cycle's writes.
+        pending = Signal(2)  # groups complete in a buffer, waiting for the drain
+        pending_end = Signal(2)
+
+        # ---------------- drain
+        n_blocks = -(-M // P)
+        d_active = Signal()
+        d_buf = Signal()
+        d_end = Signal()
+        d_block = Signal(range(max(n_blocks, 2)))
+        d_id = Signal(range(max(K, 2)))
+        d_pass = Signal(pass_bits)
+        d_next = Signal()  # the buffer the next drain reads (groups drain in order)
+
+        fifo = SyncFIFOBuffered(width=P * A + 2, depth=4)
+        m.submodules.fifo = fifo
+        inflight = Signal()
+        d_issue = Signal()
+        d_final = Signal()
+        m.d.comb += [
+            d_issue.eq(d_active & (fifo.level + inflight < fifo.depth)),
+            d_final.eq(d_issue & (d_block == n_blocks - 1)),
+            drain_done.eq(d_final),
+            drain_done_buf.eq(d_buf),
+        ]
+        start = Signal()
+        # A drain may start in the cycle the previous one requests its final block.
+        m.d.comb += start.eq((~d_active | d_final) & pending.bit_select(d_next, 1))
+        pend_next = Signal(2)
+        m.d.comb += pend_next.eq(pending)
+        with m.If(c_group):
+            m.d.comb += pend_next.bit_select(c_buf, 1).eq(1)
+            m.d.sync += pending_end.bit_select(c_buf, 1).eq(c_end)
+        with m.If(start):
+            m.d.comb += pend_next.bit_select(d_next, 1).eq(0)
+            m.d.sync += [d_active.eq(1), d_buf.eq(d_next), d_end.eq(pending_end.bit_select(d_next, 1)),
+                         d_block.eq(0), d_id.eq(0), d_pass.eq(0), d_next.eq(~d_next)]
+        m.d.sync += pending.eq(pend_next)
+        with m.If(d_final & ~start):
+            m.d.sync += d_active.eq(0)
+        with m.Elif(d_issue & ~d_final):
+            m.d.sync += d_block.eq(d_block + 1)
+            with m.If(d_pass == passes - 1):
+                m.d.sync += [d_pass.eq(0), d_id.eq(d_id + 1)]
+            with m.Else():
+                m.d.sync += d_pass.eq(d_pass + 1)
+
+        d_addr = Signal(range(bank_depth))
+        m.d.comb += d_addr.eq((d_buf * passes + d_pass) * K + d_id)
+        # Read the banks; latch the first-touch bits with the request (they are
+        # cleared below when the final block is requested).
+        e_valid = Signal()
+        e_last = Signal()
+        e_end = Signal()
+        e_seen = [[Signal(name=f"e_seen_{r}_{k}") for k in range(P)] for r in range(R)]
+        m.d.sync += [e_valid.eq(d_issue), e_last.eq(d_final), e_end.eq(d_final & d_end)]
+        m.d.comb += inflight.eq(e_valid)
+        for r in range(R):
+            for k in range(P):
+                _, _, dr = banks[r][k]
+                m.d.comb += [dr.addr.eq(d_addr), dr.en.eq(d_issue)]
+                m.d.sync += e_seen[r][k].eq(touched[r][k].bit_select(d_addr, 1))
+        sums = []
+        for k in range(P):
+            total = Const(0, signed(A))
+            for r in range(R):
+                total = total + Mux(e_seen[r][k], banks[r][k][2].data, 0)
+            s = Signal(signed(A), name=f"drain_sum_{k}")
+            m.d.comb += s.eq(total)
+            sums.append(s)
+        m.d.comb += [
+            fifo.w_data.eq(Cat(*sums, e_last, e_end)),
+            fifo.w_en.eq(e_valid),
+        ]
+
+        # First-touch bits: set by adds, cleared for a whole buffer when its drain ends.
+        region = (1 << (passes * K)) - 1
+        for r in range(R):
+            for k in range(P):
+                t = touched[r][k]
+                nxt = Signal(bank_depth, name=f"touched_next_{r}_{k}")
+                m.d.comb += nxt.eq(t)
+                with m.If(drain_done):
+                    with m.If(drain_done_buf):
+                        m.d.comb += nxt.eq(t & region)
+                    with m.Else():
+                        m.d.comb += nxt.eq(t & (region << (passes * K)))
+                set_bit = Signal(bank_depth, name=f"touched_set_{r}_{k}")
+                m.d.comb += set_bit.eq(Mux(c_live[r], Const(1, bank_depth) << c_addr[r][k], 0))
+                m.d.sync += t.eq(nxt | set_bit)
+
+        # ---------------- output
+        m.d.comb += [
+            self.o.valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(self.o.ready),
+            self.o.payload.as_value().eq(fifo.r_data),
+        ]
+        return m

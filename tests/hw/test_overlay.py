@@ -1,0 +1,139 @@
+"""Overlay engine against the golden model, in Amaranth's simulator and in Verilator."""
+
+import numpy as np
+import pytest
+
+from cosparse.compiler import zoo
+from cosparse.compiler.packer import pack
+from cosparse.hw.overlay import OverlayEngine
+from cosparse.hw.streams import dense_beats, sparse_beats
+from cosparse.sim import golden
+from cosparse.sim.streamsim import Port, simulate
+from cosparse.sim.verilate import run_streams
+
+
+def expected_groups(ov, groups):
+    """Golden sums of each group, in the engine's drain order n -> (lane n % L, id n // L)."""
+    order = [ov.kernel_map[n % ov.lanes, n // ov.lanes] for n in range(ov.num_kernels)]
+    out = []
+    for g in groups:
+        idx = np.array([i for i, _ in g], dtype=np.int64)
+        val = np.array([v for _, v in g], dtype=np.int64)
+        acc = golden.overlay_accumulate(ov, idx, val)
+        out.append([int(acc[k]) for k in order])
+    return out
+
+
+def random_groups(rng, fan_in, count, *, density=None):
+    groups = []
+    for g in range(count):
+        n = int(rng.integers(0, fan_in + 1)) if density is None else int(density * fan_in)
+        idx = sorted(rng.choice(fan_in, n, replace=False).tolist())
+        groups.append([(i, int(rng.integers(-128, 128))) for i in idx])
+    return groups
+
+
+def check(dut, ov, groups, *, stall=0.3, seed=0):
+    beats = sparse_beats(groups, dut.entries)
+    want = dense_beats(expected_groups(ov, groups), dut.lanes_per_beat)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=stall, seed=seed)
+    assert res.outputs[0] == want
+    return res
+
+
+CASES = [  # kernels, fan_in, K, R, P, masks
+    (12, 20, 3, 2, 2, "complementary"),
+    (16, 40, 4, 4, 4, "complementary"),
+    (10, 16, 4, 3, 1, "random"),   # collisions: rows of several words; M not a multiple of K
+    (7, 30, 3, 1, 3, "random"),
+    (8, 9, 1, 1, 8, "dense"),      # K = 1: a dense layer
+    (5, 12, 8, 2, 1, "random"),    # K > M
+]
+
+
+@pytest.mark.parametrize("m, fan_in, k, r, p, masks", CASES)
+def test_engine_matches_golden_under_stalls(m, fan_in, k, r, p, masks):
+    rng = np.random.default_rng(m * 100 + fan_in)
+    if masks == "complementary":
+        w = zoo.complementary_weights(m, fan_in, k, rng)
+    elif masks == "random":
+        w = zoo.random_sparse_weights(m, fan_in, 0.35, rng)
+    else:
+        w = rng.integers(-128, 128, (m, fan_in)).astype(np.int8)
+    ov = pack(w, k)
+    dut = OverlayEngine(ov, entries=r, lanes_per_beat=p)
+    groups = random_groups(rng, fan_in, 8)
+    groups[2] = []  # an empty group
+    groups[3] = [(i, 7) for i in range(fan_in)]  # every input, back-to-back hits
+    groups[4] = [(fan_in - 1, -128)]  # the largest index
+    check(dut, ov, groups, seed=m)
+
+
+def test_extreme_values_reach_the_worst_case_exactly():
+    w = np.full((4, 16), -128, dtype=np.int8)
+    ov = pack(w, 1)
+    dut = OverlayEngine(ov, entries=4)
+    worst = ov.worst_case_sum()
+    assert dut.acc_bits == worst.bit_length() + 1
+    groups = [[(i, -128) for i in range(16)], [(i, 127) for i in range(16)]]
+    res = check(dut, ov, groups)
+    assert res.outputs[0][0]["data"][0] == 16 * 128 * 128 == worst
+
+
+def test_throughput_has_no_bubbles():
+    """Steady state: one beat per L/P cycles, a group per max(beats * L/P, ceil(M/P))."""
+    rng = np.random.default_rng(9)
+    w = zoo.complementary_weights(64, 200, 8, rng)  # L = 8
+    ov = pack(w, 8)
+    dut = OverlayEngine(ov, entries=4, lanes_per_beat=4)  # 2 passes, drain 16 cycles
+    assert dut.passes == 2 and dut.multipliers == 16
+    groups = random_groups(rng, 200, 12, density=0.2)  # 40 active = 10 beats of 4 each
+    res = check(dut, ov, groups, stall=0.0)
+    accepted = np.diff(res.input_cycles[0])
+    assert set(accepted[5:-5].tolist()) == {2}  # one beat every L/P = 2 cycles, no bubbles
+    ends = [c for c, b in zip(res.cycles[0], res.outputs[0]) if b["last"]]
+    per_group = np.diff(ends)
+    assert set(per_group[2:].tolist()) == {max(10 * 2, 64 // 4)}  # 20 cycles per group
+    # Latency of a lone group: 7 + L/P cycles from its last input beat to its first output.
+    res = check(dut, ov, [[(5, 1)]], stall=0.0)
+    assert res.cycles[0][0] - res.input_cycles[0][-1] == 7 + dut.passes
+
+
+def test_drain_bound_groups():
+    """Small groups: the drain of ceil(M/P) beats sets the pace, overlapping the next group."""
+    rng = np.random.default_rng(2)
+    w = zoo.complementary_weights(32, 50, 4, rng)  # L = 8
+    ov = pack(w, 4)
+    dut = OverlayEngine(ov, entries=8, lanes_per_beat=8)
+    groups = random_groups(rng, 50, 10, density=0.1)  # 5 active: 1 beat per group
+    res = check(dut, ov, groups, stall=0.0)
+    ends = [c for c, b in zip(res.cycles[0], res.outputs[0]) if b["last"]]
+    assert set(np.diff(ends)[2:].tolist()) == {32 // 8}
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(entries=0), "entries"),
+    (dict(lanes_per_beat=3), "divide"),
+    (dict(acc_bits=4), "acc_bits"),
+])
+def test_bad_parameters(kwargs, match):
+    ov = pack(np.ones((4, 8), dtype=np.int8), 1)
+    with pytest.raises(ValueError, match=match):
+        OverlayEngine(ov, **kwargs)
+
+
+def test_verilator_matches_golden():
+    """The generated Verilog, in Verilator under cocotb, with random stalls on both streams."""
+    rng = np.random.default_rng(21)
+    w = zoo.random_sparse_weights(24, 60, 0.15, rng)
+    ov = pack(w, 4)
+    assert ov.words > ov.fan_in  # some rows need extra beats
+    dut = OverlayEngine(ov, entries=3, lanes_per_beat=3)
+    groups = random_groups(rng, 60, 10)
+    groups[1] = []
+    beats = sparse_beats(groups, dut.entries)
+    want = dense_beats(expected_groups(ov, groups), dut.lanes_per_beat)
+    res = run_streams(dut, "overlay_engine", [("i", dut.in_layout, beats)],
+                      [("o", dut.out_layout, len(want))], stall=0.3, seed=5)
+    assert res.outputs[0] == want

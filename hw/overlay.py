@@ -47,7 +47,7 @@ beats or groups in steady state. Cycles per group are therefore
 takes ``ceil(M / P)`` cycles and overlaps the next group, so a group takes
 ``max(ceil(active / R) * L / P, ceil(M / P))`` cycles in steady state
 (measured in ``tests/hw/test_overlay.py``). Latency from the acceptance of a
-group's last input beat to its first output beat: ``7 + b * L / P`` cycles.
+group's last input beat to its first output beat: ``8 + b * L / P`` cycles.
 """
 
 from __future__ import annotations

@@ -95,9 +95,9 @@ def test_throughput_has_no_bubbles():
     ends = [c for c, b in zip(res.cycles[0], res.outputs[0]) if b["last"]]
     per_group = np.diff(ends)
     assert set(per_group[2:].tolist()) == {max(10 * 2, 64 // 4)}  # 20 cycles per group
-    # Latency of a lone group: 7 + L/P cycles from its last input beat to its first output.
+    # Latency of a lone group: 8 + L/P cycles from its last input beat to its first output.
     res = check(dut, ov, [[(5, 1)]], stall=0.0)
-    assert res.cycles[0][0] - res.input_cycles[0][-1] == 7 + dut.passes
+    assert res.cycles[0][0] - res.input_cycles[0][-1] == 8 + dut.passes
 
 
 def test_drain_bound_groups():

@@ -36,7 +36,7 @@ import numpy as np
 from .errors import CosparseError
 from .ir import MAX_KERNELS_PER_OVERLAY, Overlays
 
-__all__ = ["pack", "unpack", "PackReport", "report", "PackError"]
+__all__ = ["pack", "unpack", "drain_order", "PackReport", "report", "PackError"]
 
 
 class PackError(CosparseError, ValueError):
@@ -423,3 +423,24 @@ def unpack(ov: Overlays) -> np.ndarray:
     kern = ov.kernel_map[lane, ov.kernel_ids[word, lane].astype(np.int64)]
     dense[kern, row_of_word[word]] = ov.weights[word, lane]
     return dense
+
+
+def drain_order(ov: Overlays) -> tuple[Overlays, np.ndarray]:
+    """Renumber the kernels so that kernel ``j * L + l`` sits in lane ``l`` with id ``j``.
+
+    The overlay engine emits accumulator ``(lane n % L, id n // L)`` as the
+    ``n``-th output of a group; with this numbering that output is kernel
+    ``n``, so the hardware stream order is the channel order. Returns the
+    renumbered overlays and ``perm``, with new kernel ``n`` = old kernel
+    ``perm[n]`` (the caller permutes whatever is indexed by output channel:
+    bias, requant constants, boost, the next layer's fan-in).
+    """
+    lanes, k = ov.kernel_map.shape
+    n = np.arange(ov.num_kernels)
+    perm = ov.kernel_map[n % lanes, n // lanes].astype(np.int64)
+    if np.any(perm < 0):
+        raise PackError("the overlays' used slots are not a prefix of the drain order")
+    order = np.arange(k)[None, :] * lanes + np.arange(lanes)[:, None]
+    kernel_map = np.where(order < ov.num_kernels, order, -1).astype(np.int32)
+    return Overlays(weights=ov.weights, kernel_ids=ov.kernel_ids, row_start=ov.row_start,
+                    kernel_map=kernel_map, num_kernels=ov.num_kernels), perm

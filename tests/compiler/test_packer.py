@@ -129,3 +129,15 @@ def test_complementary_masks_always_fill_completely(groups, k, extra, seed):
     ov = pack(w, k)
     assert ov.fill == 1.0 and ov.words == fan_in
     assert np.array_equal(unpack(ov), w)
+
+
+@given(weight_matrices(), st.integers(1, 16))
+def test_drain_order_renumbers_without_changing_the_layer(w, k):
+    from cosparse.compiler.packer import drain_order
+    ov = pack(w, k)
+    ordered, perm = drain_order(ov)
+    assert sorted(perm.tolist()) == list(range(w.shape[0]))
+    assert np.array_equal(unpack(ordered), w[perm])  # new kernel n is old kernel perm[n]
+    lanes = ordered.lanes
+    for n in range(w.shape[0]):
+        assert ordered.kernel_map[n % lanes, n // lanes] == n

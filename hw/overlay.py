@@ -16,7 +16,7 @@ Structure
              one weight-memory read per entry (R read ports, P slots each)
       -> B : P x R products (int8 x int8), accumulator-bank read
       -> C : read-modify-write of accumulator [lane][id] (banks per entry r
-             and slot k, double-buffered)
+             and slot k, one memory per buffer)
     drain: per block of P lanes, sum the R banks -> FIFO -> o (dense, P/beat)
 
 * ``R`` (``entries``) active inputs per beat, each with its own weight-memory
@@ -24,11 +24,12 @@ Structure
   collide on an accumulator; the drain adds the ``R`` banks.
 * ``P`` (``lanes_per_beat``) lanes per pass; ``L / P`` passes per word
   (``P`` must divide ``L``). ``R * P`` multipliers in all.
-* Accumulator banks are memories with a synchronous read port that is
-  transparent to their write port: back-to-back hits on one accumulator see
-  the sum just written, with no stall. A first-touch bit per accumulator
-  replaces clearing: the first add of a group overwrites.
-* Two accumulator buffers: a group's drain overlaps the next group's work.
+* Two accumulator buffers, each bank a separate memory with one synchronous
+  read port (transparent to its write port: back-to-back hits on one
+  accumulator see the sum just written, with no stall) and one write port,
+  so every bank maps to one simple dual-port RAM. While one buffer
+  accumulates a group, the other is drained: the drain reads each
+  accumulator and writes zero back, leaving the buffer clear for reuse.
 
 Output order
 ------------
@@ -165,7 +166,7 @@ class OverlayEngine(wiring.Component):
         max_beats = int(beats.max(initial=1))
         word_bits = _bits(max(words, 2))
         beat_bits = max(1, max_beats.bit_length())
-        bank_depth = 2 * passes * K  # (buffer, pass, id)
+        bank_depth = passes * K  # (pass, id), one memory per buffer
         pass_bits = _bits(passes)
 
         # ---------------- memories
@@ -179,17 +180,18 @@ class OverlayEngine(wiring.Component):
             m.submodules.rows = rmem
             rports = [rmem.read_port() for _ in range(R)]
 
-        banks = []  # banks[r][k]: (write port, rmw read port, drain read port)
+        banks = []  # banks[r][k][buffer]: (write port, read port)
         for r in range(R):
             row = []
             for k in range(P):
-                mem = Memory(shape=signed(A), depth=bank_depth, init=[])
-                m.submodules[f"acc_{r}_{k}"] = mem
-                wp = mem.write_port()
-                row.append((wp, mem.read_port(transparent_for=(wp,)), mem.read_port()))
+                pair = []
+                for b in range(2):
+                    mem = Memory(shape=signed(A), depth=bank_depth, init=[])
+                    m.submodules[f"acc_{r}_{k}_{b}"] = mem
+                    wp = mem.write_port()
+                    pair.append((wp, mem.read_port(transparent_for=(wp,))))
+                row.append(pair)
             banks.append(row)
-        # First-touch bits, one per accumulator: set by an add, cleared when drained.
-        touched = [[Signal(bank_depth, name=f"touched_{r}_{k}") for k in range(P)] for r in range(R)]
 
         # ---------------- A0: input register + row-table read
         a0_valid = Signal()
@@ -299,6 +301,7 @@ class OverlayEngine(wiring.Component):
                      c_buf.eq(b_buf)]
         c_addr = [[Signal(range(bank_depth), name=f"c_addr_{r}_{k}") for k in range(P)]
                   for r in range(R)]
+        b_addrs = [[None] * P for _ in range(R)]
         c_prod = [[Signal(signed(16), name=f"c_prod_{r}_{k}") for k in range(P)] for r in range(R)]
         c_live = [Signal(name=f"c_live_{r}") for r in range(R)]
         for r in range(R):
@@ -309,21 +312,11 @@ class OverlayEngine(wiring.Component):
                 weight = slot[:8].as_signed()
                 kid = slot[8:8 + id_bits]
                 addr = Signal(range(bank_depth), name=f"b_addr_{r}_{k}")
-                m.d.comb += addr.eq((b_buf * passes + b_pass) * K + kid)
-                _, rmw, _ = banks[r][k]
-                m.d.comb += [rmw.addr.eq(addr), rmw.en.eq(b_valid)]
+                m.d.comb += addr.eq(b_pass * K + kid)
                 m.d.sync += [c_addr[r][k].eq(addr), c_prod[r][k].eq(weight * b_value[r])]
+                b_addrs[r][k] = addr
 
-        # ---------------- C: read-modify-write
-        for r in range(R):
-            for k in range(P):
-                wp, rmw, _ = banks[r][k]
-                seen = touched[r][k].bit_select(c_addr[r][k], 1)
-                m.d.comb += [
-                    wp.addr.eq(c_addr[r][k]),
-                    wp.data.eq(Mux(seen, rmw.data, 0) + c_prod[r][k]),
-                    wp.en.eq(c_live[r]),
-                ]
+        # ---------------- C: read-modify-write (bank ports are wired below, with the drain's)
 
         # The group in c_buf is complete after this cycle's writes.
         pending = Signal(2)  # groups complete in a buffer, waiting for the drain
@@ -373,25 +366,37 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += d_pass.eq(d_pass + 1)
 
         d_addr = Signal(range(bank_depth))
-        m.d.comb += d_addr.eq((d_buf * passes + d_pass) * K + d_id)
-        # Read the banks; latch the first-touch bits with the request (they are
-        # cleared below when the final block is requested).
+        m.d.comb += d_addr.eq(d_pass * K + d_id)
         e_valid = Signal()
         e_last = Signal()
         e_end = Signal()
-        e_seen = [[Signal(name=f"e_seen_{r}_{k}") for k in range(P)] for r in range(R)]
-        m.d.sync += [e_valid.eq(d_issue), e_last.eq(d_final), e_end.eq(d_final & d_end)]
+        e_buf = Signal()
+        e_addr = Signal(range(bank_depth))  # zero written back the cycle after the read
+        m.d.sync += [e_valid.eq(d_issue), e_last.eq(d_final), e_end.eq(d_final & d_end),
+                     e_buf.eq(d_buf), e_addr.eq(d_addr)]
         m.d.comb += inflight.eq(e_valid)
+
+        # Bank ports: the buffer under accumulation serves stages B (read) and C
+        # (write); the other serves the drain (read, then clear). The two never
+        # name the same buffer: a buffer is drained only once its group is complete.
         for r in range(R):
             for k in range(P):
-                _, _, dr = banks[r][k]
-                m.d.comb += [dr.addr.eq(d_addr), dr.en.eq(d_issue)]
-                m.d.sync += e_seen[r][k].eq(touched[r][k].bit_select(d_addr, 1))
+                for b in range(2):
+                    wp, rp = banks[r][k][b]
+                    with m.If(b_valid & (b_buf == b)):
+                        m.d.comb += [rp.addr.eq(b_addrs[r][k]), rp.en.eq(b_valid)]
+                    with m.Else():
+                        m.d.comb += [rp.addr.eq(d_addr), rp.en.eq(d_issue & (d_buf == b))]
+                    with m.If(c_live[r] & (c_buf == b)):
+                        m.d.comb += [wp.addr.eq(c_addr[r][k]),
+                                     wp.data.eq(rp.data + c_prod[r][k]), wp.en.eq(1)]
+                    with m.Elif(e_valid & (e_buf == b)):
+                        m.d.comb += [wp.addr.eq(e_addr), wp.data.eq(0), wp.en.eq(1)]
         sums = []
         for k in range(P):
             total = Const(0, signed(A))
             for r in range(R):
-                total = total + Mux(e_seen[r][k], banks[r][k][2].data, 0)
+                total = total + Mux(e_buf, banks[r][k][1][1].data, banks[r][k][0][1].data)
             s = Signal(signed(A), name=f"drain_sum_{k}")
             m.d.comb += s.eq(total)
             sums.append(s)
@@ -399,22 +404,6 @@ class OverlayEngine(wiring.Component):
             fifo.w_data.eq(Cat(*sums, e_last, e_end)),
             fifo.w_en.eq(e_valid),
         ]
-
-        # First-touch bits: set by adds, cleared for a whole buffer when its drain ends.
-        region = (1 << (passes * K)) - 1
-        for r in range(R):
-            for k in range(P):
-                t = touched[r][k]
-                nxt = Signal(bank_depth, name=f"touched_next_{r}_{k}")
-                m.d.comb += nxt.eq(t)
-                with m.If(drain_done):
-                    with m.If(drain_done_buf):
-                        m.d.comb += nxt.eq(t & region)
-                    with m.Else():
-                        m.d.comb += nxt.eq(t & (region << (passes * K)))
-                set_bit = Signal(bank_depth, name=f"touched_set_{r}_{k}")
-                m.d.comb += set_bit.eq(Mux(c_live[r], Const(1, bank_depth) << c_addr[r][k], 0))
-                m.d.sync += t.eq(nxt | set_bit)
 
         # ---------------- output
         m.d.comb += [

@@ -33,6 +33,14 @@ class _Cycles:
             self.now += 1
 
 
+def _bind(obj, dut, prefix: str, clk, cycles: _Cycles, rng: random.Random, stall: float) -> None:
+    """Attach the stream ``<prefix>__payload/valid/ready`` of ``dut`` and the run's state."""
+    obj.payload = getattr(dut, f"{prefix}__payload")
+    obj.valid = getattr(dut, f"{prefix}__valid")
+    obj.ready = getattr(dut, f"{prefix}__ready")
+    obj.clk, obj.cycles, obj.rng, obj.stall = clk, cycles, rng, stall
+
+
 class StreamDriver:
     """Drives ``<prefix>__payload/valid`` and honours ``<prefix>__ready``.
 
@@ -42,11 +50,8 @@ class StreamDriver:
     valid and ready both high.
     """
 
-    def __init__(self, dut, prefix: str, clk, cycles: _Cycles, rng: random.Random, stall: float):
-        self.payload = getattr(dut, f"{prefix}__payload")
-        self.valid = getattr(dut, f"{prefix}__valid")
-        self.ready = getattr(dut, f"{prefix}__ready")
-        self.clk, self.cycles, self.rng, self.stall = clk, cycles, rng, stall
+    def __init__(self, *args):
+        _bind(self, *args)
         self.accepted: list[int] = []
         self.valid.value = 0
 
@@ -70,11 +75,8 @@ class StreamDriver:
 class StreamMonitor:
     """Collects beats from ``<prefix>__payload/valid``, driving ``ready`` with stalls."""
 
-    def __init__(self, dut, prefix: str, clk, cycles: _Cycles, rng: random.Random, stall: float):
-        self.payload = getattr(dut, f"{prefix}__payload")
-        self.valid = getattr(dut, f"{prefix}__valid")
-        self.ready = getattr(dut, f"{prefix}__ready")
-        self.clk, self.cycles, self.rng, self.stall = clk, cycles, rng, stall
+    def __init__(self, *args):
+        _bind(self, *args)
         self.beats: list[str] = []
         self.at: list[int] = []
         self.ready.value = 0

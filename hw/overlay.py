@@ -54,22 +54,20 @@ group's last input beat to its first output beat: ``8 + b * L / P`` cycles.
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import (Array, Cat, Const, Module, Mux, Signal, signed, unsigned)
+from amaranth.hdl import (Cat, Const, Module, Mux, Signal, signed, unsigned)
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
 
 from cosparse.compiler.ir import Overlays
 
+from ._util import bits
 from .streams import dense_layout, sparse_layout
 
 __all__ = ["OverlayEngine"]
 
 
-def _bits(n: int) -> int:
-    return max(1, ceil_log2(n))
 
 
 class OverlayEngine(wiring.Component):
@@ -127,7 +125,7 @@ class OverlayEngine(wiring.Component):
         self.overlays = overlays
         self.entries, self.lanes_per_beat, self.acc_bits = entries, p, acc_bits
         self.passes = lanes // p
-        self.index_bits = _bits(overlays.fan_in)
+        self.index_bits = bits(overlays.fan_in)
         self.in_layout = sparse_layout(entries, self.index_bits)
         self.out_layout = dense_layout(p, signed(acc_bits))
         super().__init__({
@@ -157,17 +155,17 @@ class OverlayEngine(wiring.Component):
         m = Module()
         ov = self.overlays
         R, P, A = self.entries, self.lanes_per_beat, self.acc_bits
-        passes, lanes, K, M = self.passes, ov.lanes, ov.kernels_per_overlay, ov.num_kernels
-        id_bits = _bits(K)
+        passes, K, M = self.passes, ov.kernels_per_overlay, ov.num_kernels
+        id_bits = bits(K)
         slot_bits = 8 + id_bits
         words = ov.words
         beats = ov.beats
         identity = bool(np.all(beats == 1))
         max_beats = int(beats.max(initial=1))
-        word_bits = _bits(max(words, 2))
+        word_bits = bits(max(words, 2))
         beat_bits = max(1, max_beats.bit_length())
         bank_depth = passes * K  # (pass, id), one memory per buffer
-        pass_bits = _bits(passes)
+        pass_bits = bits(passes)
 
         # ---------------- memories
         wmem = Memory(shape=unsigned(P * slot_bits), depth=max(words * passes, 1),

@@ -39,15 +39,13 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
 
+from ._util import bits
 from .streams import sparse_layout
 
 __all__ = ["SparseWindow"]
 
 
-def _bits(n: int) -> int:
-    return max(1, ceil_log2(n))
 
 
 def _pair(name: str, v, lo: int) -> tuple[int, int]:
@@ -110,8 +108,8 @@ class SparseWindow(wiring.Component):
         if self.out_height < 1 or self.out_width < 1:
             raise ValueError(f"kernel {kernel} does not fit the padded {height}x{width} map")
         self.rows = -(-max_active // entries)  # stored words per position
-        self.in_layout = sparse_layout(entries, _bits(channels))
-        self.out_layout = sparse_layout(entries, _bits(kh * kw * channels))
+        self.in_layout = sparse_layout(entries, bits(channels))
+        self.out_layout = sparse_layout(entries, bits(kh * kw * channels))
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
@@ -119,9 +117,9 @@ class SparseWindow(wiring.Component):
 
     def store_bits(self) -> int:
         """Bits of the double-buffered frame store (entries + word counts)."""
-        word = self.entries * (_bits(self.channels) + 8) + self.entries.bit_length()
+        word = self.entries * (bits(self.channels) + 8) + self.entries.bit_length()
         positions = self.height * self.width
-        return 2 * positions * (self.rows * word + _bits(self.rows + 1))
+        return 2 * positions * (self.rows * word + bits(self.rows + 1))
 
     def elaborate(self, platform):
         m = Module()
@@ -132,14 +130,13 @@ class SparseWindow(wiring.Component):
         pt, pl, _, _ = self.padding
         Ho, Wo = self.out_height, self.out_width
         rows, hw = self.rows, H * W
-        ib_in = _bits(C)
-        ib_out = _bits(kh * kw * C)
+        ib_in = bits(C)
         cnt_bits = R.bit_length()
         entry_bits = ib_in + 8
         word_bits = R * entry_bits + cnt_bits
 
         store = Memory(shape=unsigned(word_bits), depth=2 * hw * rows, init=[])
-        nwords = Memory(shape=unsigned(_bits(rows + 1)), depth=2 * hw, init=[])
+        nwords = Memory(shape=unsigned(bits(rows + 1)), depth=2 * hw, init=[])
         m.submodules.store = store
         m.submodules.nwords = nwords
         st_w, st_r = store.write_port(), store.read_port()

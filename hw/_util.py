@@ -1,0 +1,72 @@
+"""Small helpers shared by the hardware units: widths, parameter checks, the skid output stage."""
+
+from __future__ import annotations
+
+from functools import reduce
+from operator import or_
+
+from amaranth.hdl import Const, Module, Mux, Shape, Signal, Value
+from amaranth.utils import ceil_log2
+
+__all__ = ["bits", "check_int", "onehot", "popcount", "skid_output"]
+
+
+def bits(n: int) -> int:
+    """Bits to hold 0..n-1 (at least 1)."""
+    return max(1, ceil_log2(n))
+
+
+def check_int(name: str, v, lo: int, hi: int | None = None) -> int:
+    """``v`` if it is an integer in ``lo..hi``, else a ValueError naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        rng = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be an integer {rng}, got {v!r}")
+    return v
+
+
+def onehot(pairs, width: int = 1) -> Value:
+    """OR of ``value`` over ``(condition, value)`` pairs (at most one condition true).
+
+    ``width`` is the width of the zero returned when there are no pairs.
+    """
+    terms = [Mux(c, v, 0) for c, v in pairs]
+    return reduce(or_, terms) if terms else Const(0, width)
+
+
+def popcount(bits) -> Value:
+    """Number of set bits, as a balanced adder tree."""
+    terms = [b.as_unsigned() if isinstance(b, Value) else Const(b, 1) for b in bits]
+    if not terms:
+        return Const(0, 1)
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
+def skid_output(m: Module, o, valid: Value, payload: Value) -> Signal:
+    """Drive stream ``o`` from the last stage of a pipeline through a skid buffer.
+
+    ``valid``/``payload`` are the last stage's output in the current cycle;
+    it is taken whenever the returned ``adv`` is high. ``adv`` is a register
+    (no skid entry held), so a pipeline that advances on ``adv`` has no
+    combinational path from ``o.ready``; a beat offered while the output
+    register is full and not drained goes into the skid register, and the
+    pipeline holds on the following cycles until it drains. Throughput: one
+    beat per cycle while ``o.ready`` is high; latency one cycle.
+    """
+    width = Shape.cast(o.payload.shape()).width
+    od = Signal(width, name="out_data")
+    sd = Signal(width, name="skid_data")
+    ov = Signal(name="out_valid")
+    sv = Signal(name="skid_valid")
+    adv = Signal(name="adv")
+    m.d.comb += [adv.eq(~sv), o.valid.eq(ov), o.payload.as_value().eq(od)]
+    with m.If(sv):
+        with m.If(o.ready):
+            m.d.sync += [od.eq(sd), sv.eq(0)]
+    with m.Elif(~ov | o.ready):
+        m.d.sync += [ov.eq(valid), od.eq(payload)]
+    with m.Elif(valid):
+        m.d.sync += [sv.eq(1), sd.eq(payload)]
+    return adv

@@ -1,0 +1,384 @@
+"""Stream adapters: zero-skip (dense -> sparse), densify (sparse -> dense), skid output.
+
+:class:`ZeroSkip` and :class:`Densify` change only the representation of a
+group (the channels of one map position, or a whole vector); values are
+unchanged (golden model: ``ZeroSkip`` and ``Densify`` are the identity).
+Both keep ``last`` on the final beat of each group and ``end`` on the final
+beat of each frame, and emit sparse groups packed the canonical way
+(:func:`~cosparse.hw.streams.sparse_beats`): every beat of a group but its
+last holds exactly ``R`` entries, entries past ``count`` are zero, and a
+group without non-zeros is one beat with ``count == 0``.
+
+:func:`skid_output` is the output stage every pipelined unit of this
+package ends in: an output register plus a skid register, so that the
+pipeline's advance signal (and the unit's input ``ready``) is a register and
+never a combinational function of the downstream ``ready``.
+"""
+
+from __future__ import annotations
+
+from functools import reduce
+from operator import or_
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from ._util import bits, check_int, onehot, popcount, skid_output
+from .streams import dense_layout, sparse_layout
+
+__all__ = ["ZeroSkip", "Densify"]
+
+
+class ZeroSkip(wiring.Component):
+    """Dense to sparse: drop the zeros of each group, keep ``(index, value)`` of the rest.
+
+    The index of an element is its position within its group (the channel,
+    for a map position): ``beat * D + lane``. Up to ``D`` non-zeros of a beat
+    are compacted (prefix count over the lanes) and packed into ``R``-entry
+    output beats; ``D`` and ``R`` are independent.
+
+    Structure
+    ---------
+    ::
+
+        i (dense, D/beat) -> P: input register, non-zero flag per lane
+          -> A: compaction of the beat's non-zeros (prefix count), registered
+          -> B: packer, a buffer of max(R, D) entries; each cycle it appends
+             A's entries behind the ones it holds and emits R of them as soon
+             as more than R are known (so that the group's last beat can be
+             flagged), or the rest when the group ends
+          -> skid output
+
+    When a group ends with more than ``R`` entries buffered, the packer emits
+    the rest on the next cycle and takes the next beat at the same time.
+
+    Throughput
+    ----------
+    With ``D <= R``: one input beat per cycle, no bubbles (``ceil(C / D)``
+    cycles per group; measured at C=16, D=8, R=8: 2 cycles per group). With
+    ``D > R`` at most one output beat per cycle: a group takes about
+    ``max(ceil(C / D), ceil(nnz / R))`` cycles (the output sets the pace when a
+    beat carries more than ``R`` non-zeros; measured at C=16, D=8, R=4: 4
+    cycles per group without zeros). Latency 3 cycles from a group's last
+    input beat to its last output beat (4 when the packer holds more than
+    ``R`` entries of the group at that point). ECP5-85F (out of context,
+    registered ports): 140 MHz at C=64, D=8, R=8.
+
+    Parameters
+    ----------
+    group : int
+        ``C``, elements per group (channels of a position, or vector length).
+    width : int
+        ``D``, elements per input beat.
+    entries : int
+        ``R``, entries per output beat (1 to 64).
+
+    Members
+    -------
+    i : In(stream.Signature(dense_layout(D, signed(8))))
+    o : Out(stream.Signature(sparse_layout(R, bits(C), signed(8))))
+
+    Raises
+    ------
+    ValueError
+        A parameter is not an integer in its range.
+    """
+
+    def __init__(self, group: int, *, width: int = 8, entries: int = 8):
+        check_int("group (C)", group, 1)
+        check_int("width (D)", width, 1, 256)
+        check_int("entries (R)", entries, 1, 64)
+        self.group, self.width, self.entries = group, width, entries
+        self.beats = -(-group // width)
+        self.index_bits = bits(group)
+        self.in_layout = dense_layout(width, signed(8))
+        self.out_layout = sparse_layout(entries, self.index_bits, signed(8))
+        super().__init__({
+            "i": In(stream.Signature(self.in_layout)),
+            "o": Out(stream.Signature(self.out_layout)),
+        })
+
+    @property
+    def cycles_per_group(self) -> int:
+        """Steady-state cycles per group when ``D <= R`` (input-bound)."""
+        return self.beats
+
+    def elaborate(self, platform):
+        m = Module()
+        C, D, R, B = self.group, self.width, self.entries, self.beats
+        ib = self.index_bits
+        ew = ib + 8  # one entry: index, value
+        cap = max(R, D)  # packer buffer (entries)
+        p = self.i.payload
+
+        # ---------------- stage P: the input beat and its lanes' non-zero flags
+        p_v, p_last, p_end = Signal(), Signal(), Signal()
+        p_data = Signal(D * 8)
+        p_nz = Signal(D)
+        p_base = Signal(range(max(B, 2) * D))  # index of lane 0
+        p_free = Signal()
+        a_v, a_last, a_end = Signal(), Signal(), Signal()
+        a_free = Signal()
+        a_take = Signal()  # B takes A this cycle
+        m.d.comb += [a_free.eq(~a_v | a_take), p_free.eq(~p_v | a_free),
+                     self.i.ready.eq(p_free)]
+
+        bg = Signal(range(max(B, 2)))  # beat within the group
+        base = Signal(range(max(B, 2) * D))  # bg * D
+        with m.If(self.i.valid & p_free):
+            with m.If(p.last | (bg == B - 1)):
+                m.d.sync += [bg.eq(0), base.eq(0)]
+            with m.Else():
+                m.d.sync += [bg.eq(bg + 1), base.eq(base + D)]
+        tail = C - (B - 1) * D  # real lanes of the group's final beat
+        with m.If(p_free):
+            m.d.sync += p_v.eq(self.i.valid)
+            with m.If(self.i.valid):
+                m.d.sync += [p_data.eq(p.data.as_value()), p_base.eq(base),
+                             p_last.eq(p.last), p_end.eq(p.end)]
+                m.d.sync += [p_nz[d].eq((p.data[d] != 0) & ~((bg == B - 1) if d >= tail else 0))
+                             for d in range(D)]
+
+        # ---------------- stage A: compaction of one beat's non-zeros
+        a_k = Signal(range(D + 1))
+        a_gt = Signal(R + 1)  # a_gt[v]: v + a_k > R (precomputed for the packer's decision)
+        a_ent = Signal(D * ew)  # D entries, the first a_k valid, the rest zero
+        pos = [popcount(p_nz[:d]) for d in range(D)]  # slot of lane d among the non-zeros
+        lane_ent = [Cat((p_base + d)[:ib], p_data[d * 8:(d + 1) * 8]) for d in range(D)]
+        slots = [onehot([(p_nz[d] & (pos[d] == j), lane_ent[d]) for d in range(j, D)], ew)
+                 for j in range(D)]
+        k_in = popcount(p_nz)
+        with m.If(a_free):
+            m.d.sync += a_v.eq(p_v)
+            with m.If(p_v):
+                m.d.sync += [a_gt.eq(Cat(*[k_in > R - v for v in range(R + 1)])),
+                             a_ent.eq(Cat(*slots)), a_k.eq(k_in),
+                             a_last.eq(p_last), a_end.eq(p_end)]
+
+        # ---------------- stage B: packer
+        # buf holds n entries (the rest zero). A's entries are appended behind them
+        # (offset n) or, once the group is closed, placed after a full beat (offset
+        # R) so that they come out at the front when the beat leaves. Every emission
+        # shifts the combination down by R entries; so the next buffer is one
+        # 2:1 choice, and every decision is a function of registers only (adv, the
+        # skid output's, just enables the registers).
+        buf = Signal(cap * ew)
+        n = Signal(range(cap + 1))
+        n_le_r = Signal(init=1)  # n <= R
+        closed = Signal()  # the group's input is complete; buf holds its tail
+        cend = Signal()
+        e_valid = Signal()
+        e_ent = Signal(R * ew)
+        e_cnt = Signal(range(R + 1))
+        e_last, e_end = Signal(), Signal()
+        adv = skid_output(m, self.o, e_valid, Cat(e_ent, e_cnt, e_last, e_end))
+
+        take = Signal()  # A's entries go into the combination
+        m.d.comb += [take.eq(a_v & n_le_r), a_take.eq(adv & take)]
+        over = Signal()  # not closed: more than R entries known, a full beat leaves
+        m.d.comb += over.eq(Mux(take, reduce(or_, [(n == v) & a_gt[v] for v in range(R + 1)]),
+                                ~n_le_r))
+        width = (R + D) * ew
+        shifted = Cat(Mux(take, a_ent, 0), Const(0, R * ew))
+        off = Mux(closed, R, n)
+        for k in range(ceil_log2(R + 1)):
+            step = (1 << k) * ew
+            shifted = Mux(off[k], (shifted << step)[:width], shifted)
+        comb = Signal(width)
+        m.d.comb += comb.eq(buf | shifted)
+        m.d.comb += e_ent.eq(comb[:R * ew])  # beyond the count these are zero
+
+        m.d.comb += e_valid.eq(closed | over | (take & a_last))
+        with m.If(closed):
+            m.d.comb += [e_cnt.eq(Mux(n_le_r, n, R)), e_last.eq(n_le_r),
+                         e_end.eq(cend & n_le_r)]
+        with m.Elif(over):
+            m.d.comb += e_cnt.eq(R)
+        with m.Else():  # the group's last beat, at most R entries in all
+            m.d.comb += [e_cnt.eq(n + a_k), e_last.eq(1), e_end.eq(a_end)]
+
+        occ = Signal(range(R + D + 1))  # entries in comb, a held full beat counting R
+        m.d.comb += occ.eq(Mux(closed & n_le_r, R, n) + Mux(take, a_k, 0))
+        n_next = Signal.like(n)
+        m.d.comb += n_next.eq(Mux(e_valid, Mux(occ > R, occ - R, 0), occ))
+        with m.If(adv):
+            m.d.sync += [buf.eq(Mux(e_valid, comb[R * ew:], comb[:cap * ew])),
+                         n.eq(n_next), n_le_r.eq(n_next <= R)]
+            with m.If(closed):
+                with m.If(n_le_r):
+                    m.d.sync += [closed.eq(take & a_last), cend.eq(a_end)]
+            with m.Else():
+                m.d.sync += [closed.eq(over & take & a_last), cend.eq(a_end)]
+        return m
+
+
+class Densify(wiring.Component):
+    """Sparse to dense: every element of a group, zeros included, in order.
+
+    Each sparse group (entries in increasing index order) becomes
+    ``ceil(C / D)`` dense beats holding the values at their indices and
+    zeros elsewhere; an empty group becomes an all-zero group.
+
+    Structure
+    ---------
+    The conversion streams through the group instead of buffering it: a
+    register ``H`` holds one input beat, another the dense beat ``b`` being
+    built; each cycle every lane picks the entry of ``H`` whose index is
+    ``b * D + lane`` (``R x D`` small comparators). When ``H`` still has
+    entries past beat ``b``, beat ``b`` is complete: it is emitted and ``H``
+    stays. Otherwise ``H`` is consumed, and beat ``b`` is emitted as well if
+    ``H`` was the group's last beat (the rest of the group then follows as
+    zero beats, while the next group's first beat waits in ``H``) or if the
+    next beat, already offered at the input, starts past beat ``b``.
+
+    Why not a double-buffered group store: its write side needs ``R`` writes
+    at arbitrary indices per cycle (``C x R`` comparators and ``2 C`` byte
+    registers: too big for a vector group of 1500); the streaming form costs
+    ``R x D`` comparators for any group size and emits at the same rate,
+    except for the boundary cycles below.
+
+    Throughput
+    ----------
+    One dense beat per cycle. A group takes ``ceil(C / D) + s`` cycles, ``s``
+    the number of its input-beat boundaries that fall inside a dense beat
+    (the last entry of one input beat and the first of the next in the same
+    dense beat, or the next beat not yet offered when its predecessor is
+    consumed): each costs one cycle that consumes an input beat without
+    completing a dense beat. ``s = 0`` for groups of one input beat (at most
+    ``R`` entries, e.g. ``k <= R`` after a k-WTA). Measured at C=16, D=8,
+    R=4: 2 cycles per group of one input beat, or of two whose boundary is
+    between dense beats; 3 when the boundary is inside one. Latency 2 cycles.
+    ECP5-85F (out of context, registered ports): 117 MHz at C=64, R=8, D=8.
+
+    Parameters
+    ----------
+    group : int
+        ``C``, elements per group.
+    entries : int
+        ``R``, entries per input beat (1 to 64).
+    width : int
+        ``D``, elements per output beat.
+
+    Members
+    -------
+    i : In(stream.Signature(sparse_layout(R, bits(C), signed(8))))
+    o : Out(stream.Signature(dense_layout(D, signed(8))))
+
+    Raises
+    ------
+    ValueError
+        A parameter is not an integer in its range.
+    """
+
+    def __init__(self, group: int, *, entries: int = 8, width: int = 8):
+        check_int("group (C)", group, 1)
+        check_int("entries (R)", entries, 1, 64)
+        check_int("width (D)", width, 1, 256)
+        self.group, self.entries, self.width = group, entries, width
+        self.beats = -(-group // width)
+        self.index_bits = bits(group)
+        self.in_layout = sparse_layout(entries, self.index_bits, signed(8))
+        self.out_layout = dense_layout(width, signed(8))
+        super().__init__({
+            "i": In(stream.Signature(self.in_layout)),
+            "o": Out(stream.Signature(self.out_layout)),
+        })
+
+    def cycles_per_group(self, inner_boundaries: int = 0) -> int:
+        """Cycles per group (no stalls) with ``inner_boundaries`` input-beat boundaries
+        inside a dense beat (0 for one-beat groups); see Throughput."""
+        return self.beats + inner_boundaries
+
+    def elaborate(self, platform):
+        m = Module()
+        C, D, R, B = self.group, self.width, self.entries, self.beats
+        ib = self.index_bits
+        pow2 = D & (D - 1) == 0
+        lb = ceil_log2(D)
+
+        # ---------------- H: the held input beat, with its entries' facts precomputed
+        hv = Signal()
+        h = Signal(self.in_layout)
+        h_ok = Signal(R)  # entry r is valid (r < count)
+        h_empty = Signal()
+        h_max = Signal(ib)  # the index of its last valid entry (the largest)
+        consume = Signal()
+        m.d.comb += self.i.ready.eq(~hv | consume)
+        p = self.i.payload
+        with m.If(self.i.ready):
+            m.d.sync += hv.eq(self.i.valid)
+            with m.If(self.i.valid):
+                m.d.sync += [h.eq(p), h_ok.eq(Cat(*[r < p.count for r in range(R)])),
+                             h_empty.eq(p.count == 0),
+                             h_max.eq(onehot([(p.count == r + 1, p.entries[r].index)
+                                               for r in range(R)], ib))]
+
+        # ---------------- the dense beat being built
+        b = Signal(range(max(B, 2)))
+        base = Signal(range((max(B, 2) + 1) * D))  # b * D
+        base_next = Signal.like(base, init=D)  # (b + 1) * D
+        acc = Signal(D * 8)
+        tail, tail_end = Signal(), Signal()  # the group's input is consumed: zero beats follow
+        last_beat = Signal()
+        m.d.comb += last_beat.eq(b == B - 1)
+
+        # Lane d of beat b takes the entry whose index is b * D + d.
+        match = []  # match[r][d]
+        for r in range(R):
+            e = h.entries[r]
+            if pow2:  # index = beat * D + lane, as bit fields
+                in_b = h_ok[r] & (e.index[lb:] == b)
+                lane = e.index[:lb] if lb else Const(0, 1)
+            else:
+                diff = Signal(signed(max(ib, len(base)) + 1), name=f"rel{r}")
+                m.d.comb += diff.eq(e.index - base)
+                in_b = h_ok[r] & (diff >= 0) & (diff < D)
+                lane = diff
+            match.append([in_b & (lane == d) for d in range(D)])
+        lanes = []
+        pad_from = C - (B - 1) * D
+        for d in range(D):
+            v = onehot([(match[r][d], h.entries[r].value.as_unsigned()) for r in range(R)], 8)
+            if d >= pad_from:  # padding lane of the final beat
+                v = Mux(last_beat, 0, v)
+            lanes.append(v)
+        beat = Signal(D * 8)
+        m.d.comb += beat.eq(acc | Cat(*lanes))
+
+        # H has entries past beat b: beat b is complete, H stays.
+        beyond = Signal()
+        m.d.comb += beyond.eq(~h_empty & (h_max >= base_next) & ~last_beat)
+        # Look-ahead at the input port: beat b is complete when H is consumed and the
+        # next beat of the group (already offered) holds nothing for it.
+        next_beyond = Signal()
+        m.d.comb += next_beyond.eq(self.i.valid & ~last_beat & Mux(
+            p.count == 0, p.last, p.entries[0].index >= base_next))
+
+        # Decisions from registers (and the input port); adv only enables registers.
+        e_valid, e_last, e_end = Signal(), Signal(), Signal()
+        e_data = Signal(D * 8)
+        finish = Signal()  # H is the group's last beat and is consumed now
+        m.d.comb += [
+            finish.eq(~tail & hv & ~beyond & h.last),
+            e_valid.eq(tail | (hv & (beyond | h.last | next_beyond))),
+            e_data.eq(Mux(tail, 0, beat)),
+            e_last.eq((tail | finish) & last_beat),
+            e_end.eq(Mux(tail, tail_end, h.end) & (tail | finish) & last_beat),
+        ]
+        adv = skid_output(m, self.o, e_valid, Cat(e_data, e_last, e_end))
+        m.d.comb += consume.eq(adv & ~tail & hv & ~beyond)
+
+        with m.If(adv):
+            with m.If(e_valid):
+                m.d.sync += acc.eq(0)
+                with m.If(last_beat):
+                    m.d.sync += [b.eq(0), base.eq(0), base_next.eq(D), tail.eq(0)]
+                with m.Else():
+                    m.d.sync += [b.eq(b + 1), base.eq(base_next), base_next.eq(base_next + D)]
+                with m.If(finish):
+                    m.d.sync += [tail.eq(~last_beat), tail_end.eq(h.end)]
+            with m.Elif(hv & ~tail):
+                m.d.sync += acc.eq(beat)
+        return m

@@ -1,0 +1,297 @@
+# amaranth: UnusedElaboratable=no
+"""Local and global k-WTA units against the golden model (``golden.kwta_mask``)."""
+
+
+import numpy as np
+import pytest
+
+from cosparse.hw.kwta import GlobalKWTA, LocalKWTA, key_bits
+from cosparse.hw.streams import dense_beats, sparse_beats
+from cosparse.sim.golden import kwta_mask
+from cosparse.sim.streamsim import Port, simulate
+from cosparse.sim.verilate import run_streams
+
+# --------------------------------------------------------------------------
+# Models and stimuli
+
+
+def local_expected(x, k, boost, R):
+    """Sparse beats of frame ``x[positions, C]`` after a local k-WTA (zero winners dropped)."""
+    y = np.where(kwta_mask(x, k, None if boost is None else np.asarray(boost)), x, 0)
+    return sparse_beats([[(int(c), int(row[c])) for c in np.flatnonzero(row)] for row in y], R)
+
+
+def global_expected(x, k, boost, G, R):
+    """Sparse beats of frame ``x`` (N values in HWC order, groups of G) after a global k-WTA."""
+    flat = np.asarray(x).reshape(-1)
+    b = None if boost is None else np.tile(np.asarray(boost), flat.size // G)
+    y = np.where(kwta_mask(flat, k, b), flat, 0).reshape(-1, G)
+    return sparse_beats([[(int(c), int(row[c])) for c in np.flatnonzero(row)] for row in y], R)
+
+
+def frame_beats(x, G, D):
+    return dense_beats([[int(v) for v in row] for row in np.asarray(x).reshape(-1, G)], D)
+
+
+def special_rows(rng, n):
+    """Rows that stress the tie and zero rules, then random ones."""
+    rows = [
+        np.full(n, 5),  # all equal: ties everywhere, lower index wins
+        np.zeros(n, dtype=np.int64),  # all zero: no non-zero winner, an empty group
+        rng.integers(-128, 0, n),  # only negative values: negatives win
+        np.full(n, -128),  # smallest value everywhere
+        np.where(np.arange(n) == n - 1, 127, rng.integers(-3, 3, n)),  # the largest index wins
+        rng.integers(-2, 3, n),  # few distinct values: many ties and zero winners
+        np.where(np.arange(n) % 2, 20, 10),  # ties after a boost of 2 on even channels
+    ]
+    rows += [rng.integers(-128, 128, n) for _ in range(3)]
+    return [r.astype(np.int64) for r in rows]
+
+
+def strip(beats):
+    """Only the valid entries of each beat."""
+    return [dict(b, entries=b["entries"][:b["count"]]) for b in beats]
+
+
+# --------------------------------------------------------------------------
+# Local k-WTA
+
+LOCAL_CASES = [  # C, k, D, R, boost
+    (64, 8, 8, 8, "tie"),  # the benchmark shape, boosted
+    (10, 3, 4, 2, None),  # C not a multiple of D
+    (12, 12, 4, 5, "tie"),  # k = C keeps every non-zero
+    (5, 1, 8, 8, None),  # k = 1, one beat per position (D > C)
+    (9, 4, 3, 1, "wide"),  # 24-bit keys, one entry per beat
+    (16, 7, 16, 3, "small"),  # one beat per position, several output beats
+]
+
+
+def make_boost(kind, n, rng):
+    if kind is None:
+        return None
+    if kind == "tie":  # 2 on even channels, 1 on odd: x=10 (even) ties x=20 (odd)
+        return [2 if c % 2 == 0 else 1 for c in range(n)]
+    if kind == "small":
+        return [int(b) for b in rng.integers(1, 5, n)]
+    return [int(b) for b in rng.integers(1, 65536, n)]  # wide: up to 24-bit keys
+
+
+@pytest.mark.parametrize("C, k, D, R, boost_kind", LOCAL_CASES)
+def test_local_matches_golden_under_stalls(C, k, D, R, boost_kind):
+    rng = np.random.default_rng(C * 100 + k)
+    boost = make_boost(boost_kind, C, rng)
+    dut = LocalKWTA(C, k, width=D, entries=R, boost=boost)
+    frames = [np.stack(special_rows(rng, C)), rng.integers(-128, 128, (3, C)),
+              np.zeros((1, C), dtype=np.int64)]  # several frames, the last one empty
+    beats_in, want = [], []
+    for x in frames:
+        beats_in += frame_beats(x, C, D)
+        want += local_expected(x, k, boost, R)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=C + k)
+    assert res.outputs[0] == want  # canonical packing: identical beats, padding included
+
+
+def test_local_ties_after_boost_and_largest_index():
+    """Boost 2 on even channels: 10 (even) ties 20 (odd), and the lower channel wins."""
+    C, k = 8, 3
+    boost = [2, 1] * 4
+    x = np.array([[10, 20, 10, 20, 10, 20, 10, 20],  # all keys 20: channels 0, 1, 2 win
+                  [0, 0, 0, 0, 0, 0, 0, -1],  # winners 0..6 are zero: only the largest index
+                  [-5, -9, -7, -6, -128, -100, -8, -90]])  # negatives only
+    want = [
+        {"entries": [{"index": 0, "value": 10}, {"index": 1, "value": 20},
+                     {"index": 2, "value": 10}], "count": 3, "last": 1, "end": 0},
+        {"entries": [], "count": 0, "last": 1, "end": 0},  # winners 0, 1, 2 are zero
+        {"entries": [{"index": 0, "value": -5}, {"index": 1, "value": -9},
+                     {"index": 3, "value": -6}], "count": 3, "last": 1, "end": 1},
+    ]
+    assert strip(local_expected(x, k, boost, 4)) == want
+    dut = LocalKWTA(C, k, width=4, entries=4, boost=boost)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, frame_beats(x, C, 4))],
+                   [Port(dut.o, dut.out_layout, count=3)], stall=0.3, seed=5)
+    assert strip(res.outputs[0]) == want
+    # Largest index: k = 1 with the only positive value on the last channel.
+    dut = LocalKWTA(C, 1, width=4, entries=4)
+    x = np.array([[-1] * 7 + [3]])
+    res = simulate(dut, [Port(dut.i, dut.in_layout, frame_beats(x, C, 4))],
+                   [Port(dut.o, dut.out_layout, count=1)], stall=0.3)
+    assert strip(res.outputs[0])[0]["entries"] == [{"index": 7, "value": 3}]
+
+
+def test_local_throughput_one_position_per_beats():
+    """C=64, D=8: a position every 8 cycles, back to back, output overlapping input."""
+    rng = np.random.default_rng(2)
+    C, k, D, R = 64, 8, 8, 8
+    dut = LocalKWTA(C, k, width=D, entries=R, boost=make_boost("small", C, rng))
+    positions = 24
+    x = rng.integers(-128, 128, (positions, C))
+    x[x == 0] = 1  # every position has k non-zero winners: one output beat each
+    want = local_expected(x, k, dut.boost, R)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, frame_beats(x, C, D))],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    assert res.outputs[0] == want
+    assert dut.cycles_per_position == 8
+    ins = np.array(res.input_cycles[0])
+    assert (np.diff(ins) == 1).all()  # one beat per cycle, no bubble between positions
+    starts = ins[::dut.beats]
+    assert set(np.diff(starts)) == {dut.cycles_per_position}
+    outs = np.array(res.cycles[0])
+    assert set(np.diff(outs)) == {dut.cycles_per_position}
+    assert outs[0] - ins[dut.beats - 1] == 9  # latency stated in the docstring
+
+
+@pytest.mark.parametrize("C, k, R, out_beats", [(8, 4, 8, 1), (6, 6, 2, 3)])
+def test_local_throughput_one_beat_positions(C, k, R, out_beats):
+    """C <= D: a position per cycle, or one output beat per cycle when R is the limit."""
+    rng = np.random.default_rng(C)
+    dut = LocalKWTA(C, k, width=8, entries=R)
+    x = rng.integers(-128, 128, (20, C))
+    x[x == 0] = 3
+    want = local_expected(x, k, None, R)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, frame_beats(x, C, 8))],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    assert res.outputs[0] == want and len(want) == 20 * out_beats
+    assert set(np.diff(res.cycles[0])) == {1}  # an output beat every cycle
+    ins = res.input_cycles[0]
+    assert (ins[-1] - ins[0]) <= 19 * out_beats + 2
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    ((0, 1), {}, "channels"),
+    ((8, 0), {}, "k must be an integer from 1 to 8, got 0"),
+    ((8, 9), {}, "k must be"),
+    ((8, 2), dict(width=0), "width"),
+    ((8, 2), dict(entries=65), "entries"),
+    ((8, 2), dict(boost=[1] * 7), "boost"),
+    ((8, 2), dict(boost=[0] * 8), "from 1 to 65535, got 0"),
+    ((8, 2), dict(boost=[70000] * 8), "70000"),
+])
+def test_local_bad_parameters(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LocalKWTA(*args, **kwargs)
+
+
+def test_local_verilator_matches_golden():
+    rng = np.random.default_rng(11)
+    C, k, D, R = 64, 8, 8, 8
+    boost = [int(b) for b in rng.integers(1, 200, C)]
+    dut = LocalKWTA(C, k, width=D, entries=R, boost=boost)
+    frames = [np.stack(special_rows(rng, C)), rng.integers(-128, 128, (6, C))]
+    beats_in, want = [], []
+    for x in frames:
+        beats_in += frame_beats(x, C, D)
+        want += local_expected(x, k, boost, R)
+    res = run_streams(dut, "local_kwta", [("i", dut.in_layout, beats_in)],
+                      [("o", dut.out_layout, len(want))], stall=0.3, seed=3)
+    assert res.outputs[0] == want
+
+
+# --------------------------------------------------------------------------
+# Global k-WTA
+
+GLOBAL_CASES = [  # N, G, k, D, R, boost kind
+    (144, 16, 20, 8, 8, "small"),  # 3x3x16 map, 10-bit keys: two radix passes
+    (60, 60, 60, 16, 4, "wide"),  # a vector, k = N, 24-bit keys: three passes
+    (100, 10, 7, 4, 2, None),  # 10 positions of 10 channels (G not a multiple of D)
+    (30, 6, 1, 4, 3, "tie"),  # k = 1
+    (40, 40, 13, 3, 8, None),  # R > D
+    (24, 3, 5, 8, 2, "small"),  # groups shorter than a beat (G < D)
+]
+
+
+def global_frames(rng, N, G):
+    frames = [rng.integers(-128, 128, N)]
+    frames += [r for r in special_rows(rng, N)[:3]]  # all equal, all zero, negatives only
+    frames.append(np.where(np.arange(N) % 2, 20, 10))  # ties after the "tie" boost
+    frames.append(np.where(np.arange(N) == N - 1, 100, rng.integers(-2, 3, N)))  # largest index
+    return frames
+
+
+@pytest.mark.parametrize("N, G, k, D, R, boost_kind", GLOBAL_CASES)
+def test_global_matches_golden_under_stalls(N, G, k, D, R, boost_kind):
+    rng = np.random.default_rng(N + k)
+    boost = make_boost(boost_kind, G, rng)
+    dut = GlobalKWTA(N, k, group=G, width=D, entries=R, boost=boost)
+    assert dut.digits == -(-key_bits(dut.boost) // 8)
+    beats_in, want = [], []
+    for x in global_frames(rng, N, G):  # back to back
+        beats_in += frame_beats(x, G, D)
+        want += global_expected(x, k, boost, G, R)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=N)
+    assert res.outputs[0] == want
+
+
+def test_global_benchmark_vector_and_throughput():
+    """N=1500, k=150, D=8 (fc1): exact winners; a frame every W + 267 cycles."""
+    rng = np.random.default_rng(7)
+    N, k, D, R = 1500, 150, 8, 8
+    dut = GlobalKWTA(N, k, width=D, entries=R)
+    frames = [rng.integers(-128, 128, N), np.maximum(rng.integers(-128, 128, N), 0),
+              rng.integers(-128, 128, N)]
+    beats_in, want = [], []
+    for x in frames:
+        beats_in += frame_beats(x, N, D)
+        want += global_expected(x, k, None, N, R)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    assert res.outputs[0] == want
+    W = dut.words
+    assert W == 188 and dut.cycles_per_frame == W + 267 == 455
+    ins = res.input_cycles[0]
+    starts = [ins[f * W] for f in range(len(frames))]
+    for f in range(len(frames)):  # a frame's beats are accepted one per cycle
+        assert ins[f * W + W - 1] - ins[f * W] == W - 1
+    assert set(np.diff(starts)) == {dut.cycles_per_frame}  # emission of f hidden under f + 1
+    assert dut.cycles_per_frame < 2 * N // D + 256  # the target: about 2N/D + scan
+
+
+@pytest.mark.parametrize("boost_hi, digits", [(200, 2), (3000, 3)])
+def test_global_multipass_throughput(boost_hi, digits):
+    rng = np.random.default_rng(boost_hi)
+    N, G, k, D = 144, 16, 20, 8
+    boost = [int(b) for b in rng.integers(boost_hi // 2, boost_hi, G)]
+    dut = GlobalKWTA(N, k, group=G, width=D, entries=8, boost=boost)
+    assert dut.digits == digits
+    frames = [rng.integers(-128, 128, N) for _ in range(3)]
+    beats_in, want = [], []
+    for x in frames:
+        beats_in += frame_beats(x, G, D)
+        want += global_expected(x, k, boost, G, 8)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    assert res.outputs[0] == want
+    starts = [res.input_cycles[0][f * dut.words] for f in range(3)]
+    assert set(np.diff(starts)) == {dut.cycles_per_frame}
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    ((0, 1), {}, "size"),
+    ((10, 11), {}, "k must be an integer from 1 to 10, got 11"),
+    ((12, 2), dict(group=5), "group must divide size 12, got 5"),
+    ((12, 2), dict(group=0), "group"),
+    ((12, 2), dict(width=0), "width"),
+    ((12, 2), dict(entries=0), "entries"),
+    ((12, 2), dict(group=4, boost=[1] * 12), "boost"),
+    ((12, 2), dict(group=4, boost=[1, 2, 3, 66000]), "66000"),
+    ((12, 2), dict(group=4, boost=[1, 2, 3, 1.5]), "boost"),
+])
+def test_global_bad_parameters(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GlobalKWTA(*args, **kwargs)
+
+
+def test_global_verilator_matches_golden():
+    """A 3x3x16 map with boost (two radix passes), k=20, random stalls."""
+    rng = np.random.default_rng(12)
+    N, G, k, D, R = 144, 16, 20, 8, 8
+    boost = [int(b) for b in rng.integers(1, 200, G)]
+    dut = GlobalKWTA(N, k, group=G, width=D, entries=R, boost=boost)
+    beats_in, want = [], []
+    for x in global_frames(rng, N, G):
+        beats_in += frame_beats(x, G, D)
+        want += global_expected(x, k, boost, G, R)
+    res = run_streams(dut, "global_kwta", [("i", dut.in_layout, beats_in)],
+                      [("o", dut.out_layout, len(want))], stall=0.3, seed=4)
+    assert res.outputs[0] == want

@@ -137,7 +137,7 @@ def main() -> None:
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "synth_units.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\n| unit | ECP5 LUT4 | FF | MULT18 | DP16KD | DPR16X4 | iCE40 LUT4 | FF | MAC16 | RAM4K |")
+    print("\n| unit | ECP5 LUT4 | FF | MULT18 | DP16KD | DPR16X4 | iCE40 LUT4 | FF | MAC16 | RAM4K |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in names:
         e, i = results[n].get("ecp5", {}), results[n].get("ice40", {})

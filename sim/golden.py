@@ -68,7 +68,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from cosparse.compiler.errors import CosparseError
 from cosparse.compiler.ir import (Densify, Flatten, GlobalKWTA, Layer, LocalKWTA, MaxPool,
-                                  Network, OverlayConv, OverlayLinear, Overlays, Requant,
+                                  Network, OverlayConv, Overlays, Requant,
                                   ZeroSkip, _OverlayLayer)
 
 __all__ = ["GoldenError", "run", "run_layer", "requantize", "kwta_mask",

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from cosparse.compiler import ir, zoo
+from cosparse.compiler import zoo
 from cosparse.compiler.packer import PackError, pack, report, unpack
 
 # The paper's example: three 3x3 kernels, three non-zeros each (66% sparse),

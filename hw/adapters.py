@@ -74,6 +74,10 @@ class ZeroSkip(wiring.Component):
         ``D``, elements per input beat.
     entries : int
         ``R``, entries per output beat (1 to 64).
+    keep_zeros : bool
+        Keep the zeros too: every element becomes an entry. This is the
+        dense baselines' input path (no activation skipping), with the same
+        stream format and timing as a group without zeros.
 
     Members
     -------
@@ -86,7 +90,8 @@ class ZeroSkip(wiring.Component):
         A parameter is not an integer in its range.
     """
 
-    def __init__(self, group: int, *, width: int = 8, entries: int = 8):
+    def __init__(self, group: int, *, width: int = 8, entries: int = 8, keep_zeros: bool = False):
+        self.keep_zeros = bool(keep_zeros)
         check_int("group (C)", group, 1)
         check_int("width (D)", width, 1, 256)
         check_int("entries (R)", entries, 1, 64)
@@ -138,7 +143,8 @@ class ZeroSkip(wiring.Component):
             with m.If(self.i.valid):
                 m.d.sync += [p_data.eq(p.data.as_value()), p_base.eq(base),
                              p_last.eq(p.last), p_end.eq(p.end)]
-                m.d.sync += [p_nz[d].eq((p.data[d] != 0) & ~((bg == B - 1) if d >= tail else 0))
+                keep = [1 if self.keep_zeros else (p.data[d] != 0) for d in range(D)]
+                m.d.sync += [p_nz[d].eq(keep[d] & ~((bg == B - 1) if d >= tail else 0))
                              for d in range(D)]
 
         # ---------------- stage A: compaction of one beat's non-zeros

@@ -39,7 +39,11 @@ ICE40 = {"luts": ["SB_LUT4"], "ffs": ["SB_DFF", "SB_DFFE", "SB_DFFR", "SB_DFFER"
 
 def units() -> dict:
     """name -> (description, factory) at the gsc-cs sizes."""
+    from cosparse.hw.adapters import Densify, ZeroSkip
+    from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
     from cosparse.hw.overlay import OverlayEngine
+    from cosparse.hw.pool import MaxPool
+    from cosparse.hw.requant import Requantizer
     from cosparse.hw.window import SparseWindow
 
     rng = np.random.default_rng(0)
@@ -60,29 +64,20 @@ def units() -> dict:
         "conv2_window": ("window 14x14x64 5x5, R=8, 8 active",
                          lambda: SparseWindow(14, 14, 64, kernel=(5, 5), entries=8, max_active=8)),
     }
-    try:
-        from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
-        table["local_kwta"] = ("local k-WTA C=64 k=8, D=8 R=8",
-                               lambda: LocalKWTA(64, 8, width=8, entries=8))
-        table["global_kwta"] = ("global k-WTA N=1500 k=150, D=4 R=8",
-                                lambda: GlobalKWTA(1500, 150, group=1500, width=4, entries=8))
-    except ImportError as e:  # pragma: no cover - while a unit is missing
-        print(f"  (k-WTA units not available: {e})", file=sys.stderr)
-    try:
-        from cosparse.hw.adapters import Densify, ZeroSkip
-        from cosparse.hw.pool import MaxPool
-        from cosparse.hw.requant import Requantizer
-        m = 64
-        table["requant"] = ("requantizer C=64 D=8 acc 24 bits",
-                            lambda: Requantizer(m, width=8, acc_bits=24,
-                                                multiplier=[40000] * m, shift=[20] * m,
-                                                bias=[0] * m, relu=False))
-        table["maxpool"] = ("max pool 28x28x64 2x2, D=8",
-                            lambda: MaxPool(28, 28, 64, kernel=(2, 2), stride=(2, 2), width=8))
-        table["zero_skip"] = ("zero-skip C=64 D=8 R=8", lambda: ZeroSkip(64, width=8, entries=8))
-        table["densify"] = ("densify C=64 R=8 D=8", lambda: Densify(64, entries=8, width=8))
-    except ImportError as e:  # pragma: no cover
-        print(f"  (requant/pool/adapter units not available: {e})", file=sys.stderr)
+    m = 64
+    table.update({
+        "local_kwta": ("local k-WTA C=64 k=8, D=8 R=8",
+                       lambda: LocalKWTA(m, 8, width=8, entries=8)),
+        "global_kwta": ("global k-WTA N=1500 k=150, D=4 R=8",
+                        lambda: GlobalKWTA(1500, 150, group=1500, width=4, entries=8)),
+        "requant": ("requantizer C=64 D=8 acc 24 bits",
+                    lambda: Requantizer(m, width=8, acc_bits=24, multiplier=[40000] * m,
+                                        shift=[20] * m, bias=[0] * m, relu=False)),
+        "maxpool": ("max pool 28x28x64 2x2, D=8",
+                    lambda: MaxPool(28, 28, m, kernel=(2, 2), stride=(2, 2), width=8)),
+        "zero_skip": ("zero-skip C=64 D=8 R=8", lambda: ZeroSkip(m, width=8, entries=8)),
+        "densify": ("densify C=64 R=8 D=8", lambda: Densify(m, entries=8, width=8)),
+    })
     return table
 
 

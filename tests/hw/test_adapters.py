@@ -80,6 +80,21 @@ def test_zero_skip_matches_numpy_under_stalls(C, D, R):
     assert res.outputs[0] == want
 
 
+@pytest.mark.parametrize("C, D, R", [(16, 8, 4), (13, 4, 8), (10, 8, 3)])
+def test_zero_skip_keep_zeros_emits_every_element(C, D, R):
+    """The dense baselines' path: zeros become entries too, nothing else changes."""
+    rng = np.random.default_rng(C + D + R)
+    dut = ZeroSkip(C, width=D, entries=R, keep_zeros=True)
+    xs = frames_of(rng, 2, 4, C)
+    beats_in, want = [], []
+    for x in xs:
+        beats_in += dense_beats([list(map(int, g)) for g in x], D)
+        want += sparse_beats([[(i, int(v)) for i, v in enumerate(g)] for g in x], R)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=C)
+    assert res.outputs[0] == want
+
+
 @pytest.mark.parametrize("C, D, R", ZS_CASES)
 def test_densify_matches_numpy_under_stalls(C, D, R):
     rng = np.random.default_rng(C * 100 + D * 10 + R + 1)

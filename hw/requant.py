@@ -20,7 +20,7 @@ means ``y >= 128``, ``q <= -258`` means ``y <= -129``, ``q <= -2`` means
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 from ._util import check_int, skid_output
 from .streams import dense_layout
 
-__all__ = ["Requantizer", "MAX_MULTIPLIER", "MAX_SHIFT", "MAX_ACC_BITS"]
+__all__ = ["Requantizer", "BiasAdd", "MAX_MULTIPLIER", "MAX_SHIFT", "MAX_ACC_BITS"]
 
 MAX_MULTIPLIER = (1 << 16) - 1
 MAX_SHIFT = 62
@@ -284,4 +284,73 @@ class Requantizer(wiring.Component):
             ys.append(y)
         adv_ = skid_output(m, self.o, s5["valid"], Cat(*ys, s5["last"], s5["end"]))
         m.d.comb += adv.eq(adv_)
+        return m
+
+
+class BiasAdd(wiring.Component):
+    """Dense stream of accumulators plus a per-channel int32 bias: the logits path.
+
+    A last overlay layer without requantization outputs its 32-bit sums.
+    Element ``lane`` of beat ``b`` of a group is channel ``b * D + lane``;
+    padding lanes come out as 0. ``last``/``end`` pass through.
+
+    Throughput: one beat per cycle; latency 2 cycles (the add, then a skid
+    output).
+
+    Parameters
+    ----------
+    channels : int
+        ``C``, elements per group.
+    width : int
+        ``D``, elements per beat.
+    acc_bits : int
+        Signed width of the input accumulators, 2 to 32.
+    bias : sequence of int
+        ``C`` int32 biases; every sum plus its bias must fit 32 bits (the
+        compiler proves it).
+
+    Members
+    -------
+    i : In(stream.Signature(dense_layout(D, signed(acc_bits))))
+    o : Out(stream.Signature(dense_layout(D, signed(32))))
+    """
+
+    def __init__(self, channels: int, *, width: int = 8, acc_bits: int = 32, bias=None):
+        check_int("channels", channels, 1)
+        check_int("width (D)", width, 1, 256)
+        check_int("acc_bits", acc_bits, 2, 32)
+        self.channels, self.width, self.acc_bits = channels, width, acc_bits
+        self.bias = (_int_vector("bias", bias, channels, -(1 << 31), (1 << 31) - 1)
+                     if bias is not None else (0,) * channels)
+        self.beats = -(-channels // width)
+        self.in_layout = dense_layout(width, signed(acc_bits))
+        self.out_layout = dense_layout(width, signed(32))
+        super().__init__({
+            "i": In(stream.Signature(self.in_layout)),
+            "o": Out(stream.Signature(self.out_layout)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        C, D, B = self.channels, self.width, self.beats
+        p = self.i.payload
+        beat = Signal(range(max(B, 2)))
+        s_v, s_last, s_end = Signal(), Signal(), Signal()
+        s_sum = [Signal(signed(32), name=f"sum{d}") for d in range(D)]
+        adv = skid_output(m, self.o, s_v, Cat(*s_sum, s_last, s_end))
+        m.d.comb += self.i.ready.eq(adv)
+        with m.If(adv):
+            m.d.sync += [s_v.eq(self.i.valid), s_last.eq(p.last), s_end.eq(p.end)]
+            for d in range(D):
+                # The bias of lane d at the current beat, from a small constant table.
+                table = [self.bias[b * D + d] if b * D + d < C else 0 for b in range(B)]
+                valid_lane = [int(b * D + d < C) for b in range(B)]
+                if B == 1:
+                    bias_d, keep = Const(table[0], signed(32)), Const(valid_lane[0], 1)
+                else:
+                    bias_d = Array(Const(v, signed(32)) for v in table)[beat]
+                    keep = Array(Const(v, 1) for v in valid_lane)[beat]
+                m.d.sync += s_sum[d].eq(Mux(keep, p.data[d] + bias_d, 0))
+            with m.If(self.i.valid):
+                m.d.sync += beat.eq(Mux(p.last | (beat == B - 1), 0, beat + 1))
         return m

@@ -1,0 +1,294 @@
+"""The network core: one pipeline stage per IR layer, wired by streams.
+
+:class:`NetworkCore` turns a compiled :class:`~cosparse.compiler.ir.Network`
+and a :class:`Folding` into hardware: every layer becomes one or a few units
+of this library, connected by ``amaranth.lib.stream`` interfaces, all
+running concurrently (a dataflow pipeline: the slowest stage sets the
+interval between inferences).
+
+Layer to units
+--------------
+=================  =========================================================
+IR layer           units (input format -> output format)
+=================  =========================================================
+OverlayConv        sparse: SparseWindow -> OverlayEngine -> Requantizer
+                   (dense input: ZeroSkip(keep_zeros) first, so every input
+                   element is processed: the dense baselines)
+OverlayLinear      sparse vector: OverlayEngine -> Requantizer; the last
+                   layer without requantization: OverlayEngine -> BiasAdd
+MaxPool            dense: MaxPool; sparse: SparseMaxPool
+LocalKWTA          dense: LocalKWTA (a sparse input is densified first)
+GlobalKWTA         dense: GlobalKWTA (group = C for a map, N for a vector)
+Flatten            sparse: SparseFlatten; dense: DenseFlatten
+ZeroSkip/Densify   the adapters of the same names
+=================  =========================================================
+
+A network whose last stream is sparse gets a final Densify, so the output
+port is always dense: ``ceil(G / D)`` beats per group of the output spec.
+
+Widths
+------
+Sparse streams carry ``R`` entries per beat, set by the overlay layer that
+consumes them (its ``entries``), back through pooling, flatten and window
+stages to the unit that makes them (a k-WTA or a zero-skip). Dense streams
+carry ``D`` elements per beat, set by the unit that makes them: the input
+port's width, an engine's ``P`` (kept by its requantizer and by pooling), a
+densify's width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from amaranth.hdl import Module, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from cosparse.compiler import ir
+
+from .adapters import Densify, ZeroSkip
+from .kwta import GlobalKWTA, LocalKWTA
+from .overlay import OverlayEngine
+from .pool import MaxPool, SparseMaxPool
+from .requant import BiasAdd, Requantizer
+from .reshape import DenseFlatten, SparseFlatten
+from .streams import dense_layout
+from .window import SparseWindow
+
+__all__ = ["LayerFold", "Folding", "NetworkCore", "Stage", "FoldError"]
+
+
+class FoldError(ValueError):
+    """A folding that the network's layers cannot use."""
+
+
+@dataclass(frozen=True)
+class LayerFold:
+    """Parallelism of one layer.
+
+    Attributes
+    ----------
+    entries : int
+        ``R``: active inputs per beat into an overlay layer (its weight
+        memory read ports); ignored elsewhere.
+    lanes_per_beat : int or None
+        ``P``: lanes per pass of an overlay layer (divides ``L``; None: all).
+    width : int or None
+        ``D`` of the dense stream a densify or zero-skip layer makes (None:
+        the default width).
+    """
+
+    entries: int = 1
+    lanes_per_beat: int | None = None
+    width: int | None = None
+
+
+@dataclass
+class Folding:
+    """Parallelism of a whole network: the input width and per-layer folds."""
+
+    input_width: int = 1
+    layers: dict[str, LayerFold] = field(default_factory=dict)
+    #: Width of dense streams made by adapters the core adds itself.
+    default_width: int = 8
+    #: Entries of sparse streams no overlay layer consumes (e.g. the output).
+    default_entries: int = 8
+
+    def of(self, name: str) -> LayerFold:
+        return self.layers.get(name, LayerFold())
+
+    def to_dict(self) -> dict:
+        return {"input_width": self.input_width, "default_width": self.default_width,
+                "default_entries": self.default_entries,
+                "layers": {n: {"entries": f.entries, "lanes_per_beat": f.lanes_per_beat,
+                               "width": f.width} for n, f in self.layers.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Folding":
+        return cls(int(d.get("input_width", 1)),
+                   {n: LayerFold(int(f.get("entries", 1)), f.get("lanes_per_beat"), f.get("width"))
+                    for n, f in d.get("layers", {}).items()},
+                   int(d.get("default_width", 8)), int(d.get("default_entries", 8)))
+
+
+@dataclass
+class Stage:
+    """One unit of the pipeline, for reports and the performance model."""
+
+    layer: str  # IR layer name ("" for an adapter the core added)
+    unit: str  # class name
+    component: wiring.Component
+
+
+def _shape_groups(spec: ir.TensorSpec) -> tuple[int, int]:
+    """(groups per frame, elements per group) of a tensor on a stream."""
+    if len(spec.shape) == 3:
+        h, w, c = spec.shape
+        return h * w, c
+    return 1, int(np.prod(spec.shape))
+
+
+class NetworkCore(wiring.Component):
+    """The accelerator core of one compiled network.
+
+    Parameters
+    ----------
+    net : Network
+        A compiled network whose overlay layers are in drain order (each
+        layer's ``kernel_map[l, j] == j * L + l``; see
+        :func:`cosparse.compiler.packer.drain_order`).
+    folding : Folding
+
+    Members
+    -------
+    i : In(stream.Signature(dense_layout(input_width)))
+        The int8 input frame, ``(H, W, C)`` positions in raster order (or one
+        vector group).
+    o : Out(stream.Signature(dense_layout(D, signed(8 or 32))))
+        The output frame, dense; ``signed(32)`` for int32 logits.
+    stages : list of Stage
+        The units in pipeline order.
+
+    Raises
+    ------
+    FoldError
+        A fold does not fit its layer (``P`` not dividing ``L``, a dense
+        flatten whose width does not divide the channels, ...).
+    """
+
+    def __init__(self, net: ir.Network, folding: Folding | None = None):
+        folding = folding or Folding()
+        specs = net.specs()
+        fmts = net.formats()
+        self.net, self.folding = net, folding
+        self.stages: list[Stage] = []
+        entries_in = self._entries_into(net, folding)
+        fmt, spec = "dense", specs[0]
+        width = folding.input_width
+        max_active = _shape_groups(spec)[1]
+
+        def add(layer: str, comp):
+            self.stages.append(Stage(layer, type(comp).__name__, comp))
+            return comp
+
+        for i, layer in enumerate(net.layers):
+            inp, out = specs[i], specs[i + 1]
+            groups, g = _shape_groups(inp)
+            r_out = entries_in[i + 1]
+            fold = folding.of(layer.name)
+            try:
+                if isinstance(layer, ir.ZeroSkip):
+                    add(layer.name, ZeroSkip(g, width=width, entries=r_out))
+                    fmt = "sparse"
+                elif isinstance(layer, ir.Densify):
+                    width = fold.width or folding.default_width
+                    add(layer.name, Densify(g, entries=entries_in[i], width=width))
+                    fmt = "dense"
+                elif isinstance(layer, (ir.OverlayConv, ir.OverlayLinear)):
+                    r = entries_in[i]
+                    if fmt == "dense":  # process every element: the dense baselines
+                        add(layer.name, ZeroSkip(g, width=width, entries=r, keep_zeros=True))
+                    if isinstance(layer, ir.OverlayConv):
+                        h, w, c = inp.shape
+                        add(layer.name, SparseWindow(h, w, c, kernel=layer.kernel,
+                                                     stride=layer.stride, padding=layer.padding,
+                                                     entries=r, max_active=min(max_active, c)))
+                    elif groups != 1:
+                        raise FoldError(f"layer {layer.name}: a linear layer needs a vector input")
+                    eng = add(layer.name, OverlayEngine(layer.overlays, entries=r,
+                                                        lanes_per_beat=fold.lanes_per_beat,
+                                                        acc_bits=layer.accumulator_bits()))
+                    width = eng.lanes_per_beat
+                    m = layer.overlays.num_kernels
+                    if layer.requant is None:
+                        add(layer.name, BiasAdd(m, width=width, acc_bits=eng.acc_bits,
+                                                bias=[int(v) for v in layer.bias]))
+                    else:
+                        rq = layer.requant
+                        add(layer.name, Requantizer(m, width=width, acc_bits=eng.acc_bits,
+                                                    multiplier=[int(v) for v in rq.multiplier],
+                                                    shift=[int(v) for v in rq.shift],
+                                                    bias=[int(v) for v in layer.bias],
+                                                    relu=bool(rq.relu)))
+                    fmt, max_active = "dense", m
+                elif isinstance(layer, ir.MaxPool):
+                    h, w, c = inp.shape
+                    if fmt == "dense":
+                        add(layer.name, MaxPool(h, w, c, kernel=layer.kernel, stride=layer.stride,
+                                                width=width))
+                    else:
+                        add(layer.name, SparseMaxPool(h, w, c, kernel=layer.kernel,
+                                                      stride=layer.stride, entries=entries_in[i],
+                                                      width=fold.width or folding.default_width))
+                        max_active = min(c, max_active * layer.kernel[0] * layer.kernel[1])
+                elif isinstance(layer, (ir.LocalKWTA, ir.GlobalKWTA)):
+                    if fmt == "sparse":
+                        width = fold.width or folding.default_width
+                        add("", Densify(g, entries=entries_in[i], width=width))
+                    boost = None if layer.boost is None else [int(b) for b in layer.boost]
+                    if isinstance(layer, ir.LocalKWTA):
+                        add(layer.name, LocalKWTA(g, layer.k, width=width, entries=r_out,
+                                                  boost=boost))
+                        max_active = layer.k
+                    else:
+                        add(layer.name, GlobalKWTA(groups * g, layer.k, group=g, width=width,
+                                                   entries=r_out, boost=boost))
+                        max_active = min(g, layer.k)
+                    fmt = "sparse"
+                elif isinstance(layer, ir.Flatten):
+                    h, w, c = inp.shape
+                    if fmt == "sparse":
+                        add(layer.name, SparseFlatten(h * w, c, entries=entries_in[i]))
+                        max_active = min(h * w * c, max_active * h * w)
+                    else:
+                        add(layer.name, DenseFlatten(h * w, c, width=width))
+                else:  # pragma: no cover - every IR kind is handled above
+                    raise FoldError(f"layer {layer.name}: no hardware for kind {layer.kind!r}")
+            except ValueError as e:
+                if isinstance(e, FoldError):
+                    raise
+                raise FoldError(f"layer {layer.name} ({layer.kind}): {e}") from None
+            assert fmt == fmts[i + 1], (layer.name, fmt, fmts[i + 1])
+        out = specs[-1]
+        if fmt == "sparse":
+            groups, g = _shape_groups(out)
+            width = folding.default_width
+            add("", Densify(g, entries=entries_in[-1], width=width))
+        self.out_width = width
+        self.out_bits = 32 if out.dtype == "int32" else 8
+        self.in_layout = dense_layout(folding.input_width)
+        self.out_layout = dense_layout(width, signed(self.out_bits))
+        super().__init__({"i": In(stream.Signature(self.in_layout)),
+                          "o": Out(stream.Signature(self.out_layout))})
+
+    @staticmethod
+    def _entries_into(net: ir.Network, folding: Folding) -> list[int]:
+        """``R`` of the stream entering each layer (and, last, of the output stream).
+
+        A sparse stream's entries are those of the overlay layer that finally
+        consumes it; pooling, flatten and windows keep them; a k-WTA or a
+        densify starts a new stream.
+        """
+        n = len(net.layers)
+        r = [folding.default_entries] * (n + 1)
+        need = folding.default_entries
+        for i in range(n - 1, -1, -1):
+            layer = net.layers[i]
+            r[i + 1] = need
+            if isinstance(layer, (ir.OverlayConv, ir.OverlayLinear)):
+                need = folding.of(layer.name).entries
+            elif isinstance(layer, (ir.LocalKWTA, ir.GlobalKWTA, ir.ZeroSkip, ir.Densify)):
+                need = folding.default_entries  # what enters it is a different stream
+        r[0] = need
+        return r
+
+    def elaborate(self, platform):
+        m = Module()
+        prev = wiring.flipped(self.i)
+        for k, st in enumerate(self.stages):
+            m.submodules[f"s{k}_{st.unit.lower()}"] = st.component
+            wiring.connect(m, prev, st.component.i)
+            prev = st.component.o
+        wiring.connect(m, prev, wiring.flipped(self.o))
+        return m

@@ -16,7 +16,8 @@ from .packer import pack
 from .quantize import requant_for_range
 from cosparse.sim.golden import run_layer
 
-__all__ = ["complementary_weights", "random_sparse_weights", "gsc_cs", "calibrate_requant"]
+__all__ = ["complementary_weights", "random_sparse_weights", "gsc_cs", "calibrate_requant",
+           "random_network"]
 
 
 def _nonzero_int8(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -147,5 +148,108 @@ def gsc_cs(*, seed: int = 0, mode: str = "sparse-sparse", reduced: bool = False,
     add_overlay(OverlayLinear("fc2"), weights["fc2"], relu=False, requant=False)
     net = Network("gsc-cs-reduced" if reduced else "gsc-cs", net_input, layers,
                   meta={"mode": mode, "seed": seed, "generator": "cosparse.compiler.zoo.gsc_cs"})
+    net.specs()
+    return net
+
+
+def random_network(input_shape: tuple[int, ...], spec: list[tuple], *, seed: int = 0,
+                   mode: str = "sparse-sparse", name: str = "random",
+                   calibration_inputs: int = 32) -> Network:
+    """A random network of any chain of layers, calibrated like :func:`gsc_cs`.
+
+    Parameters
+    ----------
+    input_shape : tuple
+        ``(H, W, C)`` or ``(N,)``.
+    spec : list of tuple
+        Layers in order: ``("conv", M, (kh, kw), K[, stride, padding])``,
+        ``("linear", M, K)``, ``("logits", M, K)`` (no requant: int32 out,
+        must be last), ``("pool", (kh, kw))``, ``("local", k[, boost])``,
+        ``("global", k[, boost])``, ``("flatten",)``, and ``("relu",)``
+        right after an overlay layer to fuse a ReLU. ``boost`` is a max boost
+        (integers drawn from 1 to it) or None. ``K`` may be None (the
+        packer chooses; weights then have random masks at density 1/4).
+    mode : {"sparse-sparse", "sparse-weights", "dense"}
+        As :func:`gsc_cs`: adapters are inserted so that overlay layers see
+        sparse streams (sparse-sparse) or dense ones (the others); dense
+        also keeps every weight (K = 1, full masks).
+    """
+    if mode not in ("sparse-sparse", "sparse-weights", "dense"):
+        raise ValueError(f"mode must be sparse-sparse, sparse-weights or dense, got {mode!r}")
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, size=(calibration_inputs, *input_shape)).astype(np.int8)
+    layers: list[Layer] = []
+    fmt = "dense"
+    pending: list = []  # overlay layer waiting for a possible ("relu",)
+
+    def finish_overlay(relu: bool) -> None:
+        nonlocal x
+        layer, requant = pending.pop()
+        acc = run_layer(layer, x)
+        if requant:
+            layer.requant = calibrate_requant(acc.reshape(-1, layer.overlays.num_kernels),
+                                              relu=relu)
+            x = run_layer(layer, x)
+        else:
+            x = acc
+        layers.append(layer)
+
+    def add(layer: Layer) -> None:
+        nonlocal x
+        x = run_layer(layer, x)
+        layers.append(layer)
+
+    for n, item in enumerate(spec):
+        kind = item[0]
+        if kind != "relu" and pending:
+            finish_overlay(False)
+        if kind in ("conv", "linear", "logits"):
+            if fmt == "dense" and mode == "sparse-sparse":
+                add(ZeroSkip(f"skip{n}"))
+            elif fmt == "sparse" and mode != "sparse-sparse":
+                add(Densify(f"densify{n}"))
+            fmt = "dense"
+            m, k = item[1], item[-1] if kind != "conv" else item[3]
+            if kind == "conv":
+                kernel = item[2]
+                stride = item[4] if len(item) > 4 else (1, 1)
+                padding = item[5] if len(item) > 5 else (0, 0, 0, 0)
+                layer: Layer = OverlayConv(f"conv{n}", kernel=kernel, stride=stride,
+                                           padding=padding)
+                fan_in = kernel[0] * kernel[1] * x.shape[-1]
+            else:
+                layer = OverlayLinear(f"fc{n}")
+                fan_in = x.shape[-1]
+            if mode == "dense":
+                w, k = _nonzero_int8(rng, (m, fan_in)), 1
+            elif k is None:
+                w = random_sparse_weights(m, fan_in, 0.25, rng)
+            else:
+                w = complementary_weights(m, fan_in, k, rng)
+            layer.overlays = pack(w, k)
+            layer.bias = rng.integers(-2000, 2000, m).astype(np.int32)
+            layer.acc_scale = tuple([1.0] * m)
+            pending.append((layer, kind != "logits"))
+        elif kind == "relu":
+            finish_overlay(True)
+        elif kind == "pool":
+            add(MaxPool(f"pool{n}", kernel=item[1], stride=item[1]))
+        elif kind in ("local", "global"):
+            if fmt == "sparse":
+                add(Densify(f"densify{n}"))
+            c = x.shape[-1]
+            top = item[2] if len(item) > 2 else None
+            boost = None if top is None else rng.integers(1, top + 1, c).astype(np.int32)
+            cls = LocalKWTA if kind == "local" else GlobalKWTA
+            add(cls(f"kwta{n}", k=item[1], boost=boost))
+            fmt = "sparse"
+        elif kind == "flatten":
+            add(Flatten(f"flatten{n}"))
+        else:
+            raise ValueError(f"unknown layer kind {kind!r} in spec item {item!r}")
+    if pending:
+        finish_overlay(False)
+    net = Network(name, TensorSpec(tuple(input_shape), "int8", 1 / 64), layers,
+                  meta={"mode": mode, "seed": seed, "generator": "cosparse.compiler.zoo.random_network"})
     net.specs()
     return net

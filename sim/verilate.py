@@ -71,8 +71,14 @@ def _build(component, name: str, build_root: Path, waves: bool) -> tuple[Any, Pa
 
 
 def _build_locked(runner, src: Path, name: str, build_dir: Path, waves: bool) -> None:
-    runner.build(sources=[src], hdl_toplevel=name, build_dir=build_dir, waves=waves,
-                 build_args=["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
+    # cocotb's runner makes every signal public (--public-flat-rw), which makes
+    # Verilator register tens of thousands of signals for VPI in constructors
+    # that take minutes to compile for a whole network; only the top's ports
+    # are needed.
+    vlt = build_dir / "public.vlt"
+    vlt.write_text(f'`verilator_config\npublic_flat_rw -module "{name}" -var "*"\n')
+    runner.build(sources=[vlt, src], hdl_toplevel=name, build_dir=build_dir, waves=waves,
+                 build_args=["--no-public-flat-rw", "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
                              "-O3", "--x-assign", "fast", "--x-initial", "fast",
                              "-CFLAGS", "-O1"],
                  log_file=build_dir / "build.log")

@@ -1,0 +1,99 @@
+"""Whole networks on the network core, against the golden model, in Amaranth and Verilator."""
+
+import numpy as np
+import pytest
+
+from cosparse.compiler import zoo
+from cosparse.compiler.order import restore_output_order, to_drain_order
+from cosparse.hw.network import FoldError, Folding, LayerFold, NetworkCore
+from cosparse.hw.streams import decode, dense_beats
+from cosparse.sim import golden
+from cosparse.sim.streamsim import Port, simulate
+from cosparse.sim.verilate import run_streams
+
+
+def io_beats(core, net, x):
+    """Input beats for frames ``x`` and the output beats the golden model predicts."""
+    y = golden.run(net, x)
+    d_in = core.folding.input_width
+    beats, want = [], []
+    for xi, yi in zip(x, y):
+        beats += dense_beats([list(map(int, v)) for v in xi.reshape(-1, xi.shape[-1])], d_in)
+        want += dense_beats([list(map(int, v)) for v in yi.reshape(-1, yi.shape[-1])],
+                            core.out_width)
+    return beats, want
+
+
+NETS = {
+    # MLP: global k-WTA with boost, a random-mask layer, int32 logits
+    "mlp": ((40,), [("linear", 24, 4), ("global", 5, 9), ("linear", 16, None), ("global", 4),
+                    ("logits", 6, 2)],
+            {"fc0": LayerFold(2, 3), "fc2": LayerFold(3, 2), "fc4": LayerFold(2, 3)}, 8),
+    # CNN: conv, k-WTA then pool (sparse pool), conv with padding and stride, pool then
+    # k-WTA (dense pool), flatten, logits
+    "cnn": ((8, 8, 2), [("conv", 8, (3, 3), 2), ("local", 3, 4), ("pool", (2, 2)),
+                        ("conv", 8, (3, 3), 4, (1, 1), (1, 1, 1, 1)), ("relu",), ("pool", (2, 2)),
+                        ("local", 2), ("flatten",), ("logits", 5, 1)],
+            {"conv0": LayerFold(2, 2), "conv3": LayerFold(2, 1), "fc8": LayerFold(2, 5)}, 2),
+    # global k-WTA over a whole feature map, then a linear layer on the flattened winners
+    "mapkwta": ((6, 6, 1), [("conv", 8, (3, 3), 2), ("global", 10, 3), ("flatten",),
+                            ("linear", 12, 4), ("global", 3)],
+                {"conv0": LayerFold(1, 4), "fc3": LayerFold(4, 3)}, 1),
+}
+
+
+@pytest.mark.parametrize("mode", ["sparse-sparse", "sparse-weights", "dense"])
+@pytest.mark.parametrize("which", sorted(NETS))
+def test_network_matches_golden_under_stalls(which, mode):
+    shape, spec, folds, d_in = NETS[which]
+    net = to_drain_order(zoo.random_network(shape, spec, seed=len(which), mode=mode))
+    if mode == "dense":
+        folds = {n: LayerFold(f.entries, None) for n, f in folds.items()}
+    core = NetworkCore(net, Folding(input_width=d_in, layers=folds))
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (2, *shape)).astype(np.int8)
+    x[1, ..., :] = np.where(rng.random(x[1].shape) < 0.5, 0, x[1])  # sparse input
+    beats, want = io_beats(core, net, x)
+    res = simulate(core, [Port(core.i, core.in_layout, beats)],
+                   [Port(core.o, core.out_layout, count=len(want))], stall=0.3, seed=7,
+                   max_cycles=400_000)
+    assert res.outputs[0] == want
+
+
+def test_drain_order_keeps_the_function():
+    """Renumbering channels changes nothing once the output order is restored (no ties: k=C)."""
+    net = zoo.random_network((6, 6, 2), [("conv", 8, (3, 3), 4), ("local", 8, 5), ("pool", (2, 2)),
+                                         ("flatten",), ("linear", 10, 2), ("logits", 6, 3)],
+                             seed=2)
+    ordered = to_drain_order(net)
+    assert "output_permutation" in ordered.meta  # the logits layer was renumbered
+    x = np.random.default_rng(0).integers(-128, 128, (16, 6, 6, 2)).astype(np.int8)
+    got = restore_output_order(ordered, golden.run(ordered, x))
+    assert np.array_equal(got, golden.run(net, x))
+    for layer in ordered.layers:
+        if hasattr(layer, "overlays"):
+            ov = layer.overlays
+            n = np.arange(ov.num_kernels)
+            assert np.array_equal(ov.kernel_map[n % ov.lanes, n // ov.lanes], n)
+
+
+def test_fold_errors_name_the_layer():
+    net = to_drain_order(zoo.random_network((12,), [("linear", 8, 2), ("logits", 4, 1)]))
+    with pytest.raises(FoldError, match="fc0"):
+        NetworkCore(net, Folding(layers={"fc0": LayerFold(1, 3)}))  # P=3 does not divide L=4
+
+
+@pytest.mark.parametrize("mode", ["sparse-sparse", "sparse-weights", "dense"])
+def test_reduced_gsc_cs_in_verilator(mode):
+    """The benchmark network's shape, reduced, bit for bit, back to back, under stalls."""
+    net = to_drain_order(zoo.gsc_cs(seed=1, mode=mode, reduced=True))
+    p = {"conv1": 4, "conv2": 2, "fc1": 6, "fc2": 12} if mode != "dense" else \
+        {"conv1": 16, "conv2": 16, "fc1": 96, "fc2": 12}
+    core = NetworkCore(net, Folding(1, {n: LayerFold(1 if n == "conv1" else 4, v)
+                                        for n, v in p.items()}))
+    x = np.random.default_rng(0).integers(-128, 128, (3, 20, 20, 1)).astype(np.int8)
+    beats, want = io_beats(core, net, x)
+    res = run_streams(core, f"gsc_reduced_{mode.replace('-', '_')}", [("i", core.in_layout, beats)],
+                      [("o", core.out_layout, len(want))], stall=0.2, seed=3,
+                      max_cycles=3_000_000)
+    assert res.outputs[0] == want

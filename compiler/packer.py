@@ -105,7 +105,7 @@ def _check_weights(weights: np.ndarray) -> np.ndarray:
 
 
 def pack(weights: np.ndarray, kernels_per_overlay: int | None = None, *,
-         search_steps: int = 2000, seed: int = 0) -> Overlays:
+         search_steps: int = 2000, seed: int = 0, dense: bool = False) -> Overlays:
     """Pack the kernels of one layer into overlays.
 
     Parameters
@@ -119,6 +119,13 @@ def pack(weights: np.ndarray, kernels_per_overlay: int | None = None, *,
         Swap attempts of the local search (0 disables it).
     seed : int
         Seed of the local search; packing is deterministic for a seed.
+    dense : bool
+        Keep at least one word for every input row, also a row where every
+        kernel's weight is zero (otherwise such a row has no word and costs
+        no beat). With ``K = 1`` every kernel is its own overlay and every
+        weight, zero or not, has a slot of its own: the weight memory of a
+        *dense* baseline build, which processes every input against every
+        weight.
 
     Returns
     -------
@@ -136,7 +143,7 @@ def pack(weights: np.ndarray, kernels_per_overlay: int | None = None, *,
     weights = _check_weights(weights)
     m, fan_in = weights.shape
     if kernels_per_overlay is None:
-        return _pack_auto(weights, search_steps, seed)
+        return _pack_auto(weights, search_steps, seed, dense)
     k = kernels_per_overlay
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_KERNELS_PER_OVERLAY:
         raise PackError(f"kernels_per_overlay must be an integer from 1 to "
@@ -146,10 +153,10 @@ def pack(weights: np.ndarray, kernels_per_overlay: int | None = None, *,
     groups = _group(masks, k)
     if search_steps and k > 1:
         groups = _local_search(masks, groups, k, search_steps, seed)
-    return _layout(weights, groups, k)
+    return _layout(weights, groups, k, dense)
 
 
-def _pack_auto(weights: np.ndarray, search_steps: int, seed: int) -> Overlays:
+def _pack_auto(weights: np.ndarray, search_steps: int, seed: int, dense: bool) -> Overlays:
     m, fan_in = weights.shape
     masks = weights != 0
     density = masks.mean()
@@ -170,7 +177,7 @@ def _pack_auto(weights: np.ndarray, search_steps: int, seed: int) -> Overlays:
     _, k, groups = best
     if search_steps and k > 1:
         groups = _local_search(masks, groups, k, search_steps, seed)
-    return _layout(weights, groups, k)
+    return _layout(weights, groups, k, dense)
 
 
 def _lane_caps(m: int, k: int) -> np.ndarray:
@@ -387,13 +394,20 @@ def _local_search(masks: np.ndarray, groups: list[list[int]], k: int,
     return groups
 
 
-def _layout(weights: np.ndarray, groups: list[list[int]], k: int) -> Overlays:
-    """Place each overlay's kernels into words: row i gets max_l count[l, i] words."""
+def _layout(weights: np.ndarray, groups: list[list[int]], k: int,
+            dense: bool = False) -> Overlays:
+    """Place each overlay's kernels into words: row i gets max_l count[l, i] words.
+
+    With ``dense`` a row gets at least one word (of zero weights, kernel id 0,
+    where no kernel of the lane uses it).
+    """
     m, fan_in = weights.shape
     masks = weights != 0
     lanes = len(groups)
     counts = _counts(masks, groups)
     beats = counts.max(axis=0)
+    if dense:
+        beats = np.maximum(beats, 1)
     row_start = np.zeros(fan_in + 1, dtype=np.int64)
     np.cumsum(beats, out=row_start[1:])
     words = int(row_start[-1])

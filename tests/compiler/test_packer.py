@@ -141,3 +141,18 @@ def test_drain_order_renumbers_without_changing_the_layer(w, k):
     lanes = ordered.lanes
     for n in range(w.shape[0]):
         assert ordered.kernel_map[n % lanes, n // lanes] == n
+
+
+def test_dense_keeps_every_weight_with_one_kernel_per_overlay():
+    # Zero weights, and a row where every kernel is zero, still get their own slot.
+    w = np.array([[1, 0, 0, 2], [0, 0, 3, 0], [4, 0, 0, 0]], dtype=np.int8)
+    sparse = pack(w, 1)
+    assert sparse.beats.tolist() == [1, 0, 1, 1]  # the all-zero row has no word
+    ov = pack(w, 1, dense=True)
+    assert (ov.lanes, ov.kernels_per_overlay, ov.words) == (3, 1, 4)
+    assert ov.row_start.tolist() == [0, 1, 2, 3, 4]
+    assert ov.weights.size == w.size  # one slot per weight, zeros included
+    assert np.array_equal(unpack(ov), w)
+    # Lane l holds kernel kernel_map[l, 0]; its column is that kernel's row of w.
+    for lane in range(ov.lanes):
+        assert np.array_equal(ov.weights[:, lane], w[ov.kernel_map[lane, 0]])

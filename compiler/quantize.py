@@ -8,11 +8,14 @@ range allows, which keeps the relative error below ``2**-16``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .ir import MAX_MULTIPLIER, MAX_SHIFT, Requant
+from .ir import MAX_BOOST, MAX_MULTIPLIER, MAX_SHIFT, Requant
 
-__all__ = ["requant_for_range", "fixed_point", "quantize_input", "dequantize"]
+__all__ = ["requant_for_range", "fixed_point", "quantize_input", "dequantize",
+           "quantize_boost", "boost_ranking_exact"]
 
 
 def fixed_point(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,3 +57,71 @@ def quantize_input(x: np.ndarray, scale: float) -> np.ndarray:
 def dequantize(y: np.ndarray, scale: float | tuple[float, ...]) -> np.ndarray:
     """Integer outputs to float32: ``y * scale`` (per tensor or per last-axis channel)."""
     return (y.astype(np.float64) * np.asarray(scale, dtype=np.float64)).astype(np.float32)
+
+
+def boost_ranking_exact(boost: np.ndarray, boost_int: np.ndarray) -> bool:
+    """Whether integer boosts rank every int8 key exactly as the real ones do.
+
+    Compares the keys ``v * boost[i]`` and ``v * boost_int[i]`` over every
+    int8 value ``v`` and every unit ``i``: the integer keys must be strictly
+    increasing where the real keys are, and equal where they are equal.
+    """
+    boost = np.asarray(boost, dtype=np.float64).ravel()
+    boost_int = np.asarray(boost_int, dtype=np.int64).ravel()
+    pairs = np.unique(np.stack([boost, boost_int.astype(np.float64)]), axis=1)
+    v = np.arange(-128, 128, dtype=np.float64)[:, None]
+    real = (v * pairs[0]).ravel()
+    key = (v * pairs[1]).ravel()
+    order = np.argsort(real, kind="stable")
+    d_real, d_key = np.diff(real[order]), np.diff(key[order])
+    return bool(np.all(((d_real > 0) & (d_key > 0)) | ((d_real == 0) & (d_key == 0))))
+
+
+def quantize_boost(boost: np.ndarray) -> tuple[np.ndarray | None, dict]:
+    """Integer k-WTA boost factors for positive real ones.
+
+    The k-WTA key is ``x * boost``; only the *ranking* of keys matters, so
+    the boost may be scaled freely. The integer boost is
+    ``round(boost / min(boost) * 2**s)``: the smallest boost maps to
+    ``2**s`` and every ratio to the smallest is kept to within
+    ``2**-(s+1)``. ``s`` is the *smallest* shift for which every int8 key
+    ``v * boost[i]`` ranks exactly as the real key does (ties included), so
+    the selection key stays as narrow as it can (``8 + bits(max)`` bits);
+    where no shift up to the 16-bit limit is exact, the largest shift that
+    fits (the finest resolution) is used. Boost ratios beyond 65535 do not
+    fit: the boosts are then scaled so the largest is 65535 and the smallest
+    are clamped to 1.
+
+    Parameters
+    ----------
+    boost : ndarray of float
+        Positive boost factors (per unit or per channel).
+
+    Returns
+    -------
+    boost_int : ndarray of int64, or None
+        ``None`` when all factors are equal (no boost).
+    info : dict
+        ``shift`` (``s``, or None when the ratios do not fit 16 bits) and
+        ``exact`` (whether every int8 key ranks as with the real boost).
+
+    Raises
+    ------
+    ValueError
+        A factor is not positive and finite.
+    """
+    b = np.asarray(boost, dtype=np.float64).ravel()
+    if b.size == 0 or not np.all(np.isfinite(b)) or np.any(b <= 0):
+        raise ValueError("boost factors must be positive and finite")
+    if np.all(b == b[0]):
+        return None, {"shift": None, "exact": True}
+    ratio = b / b.min()
+    s_max = math.floor(math.log2(MAX_BOOST / ratio.max()))
+    if s_max < 0:
+        q = np.clip(np.rint(b * (MAX_BOOST / b.max())), 1, MAX_BOOST).astype(np.int64)
+        return q, {"shift": None, "exact": boost_ranking_exact(b, q)}
+    for s in range(s_max + 1):
+        q = np.rint(ratio * 2.0 ** s).astype(np.int64)
+        if boost_ranking_exact(b, q):
+            return q, {"shift": s, "exact": True}
+    return q, {"shift": s_max, "exact": False}

@@ -188,7 +188,8 @@ def _load(path: str | os.PathLike, *, with_data: bool):
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
         except Exception as e:
-            raise FrontendError(f"{p}: cannot read the model's external data ({_short(e)})") from None
+            raise FrontendError(f"{p}: cannot read the model's external data "
+                                f"({_short(e)})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise FrontendError(f"{p}: not a readable ONNX model; it holds no graph (a malformed or "
                             "truncated file)")
@@ -218,7 +219,9 @@ def _attribute_problems(node, dims: dict[str, tuple[int, ...]]) -> list[str]:
     op = node.op_type
     bad = []
     if op == "Conv":
-        rank = len(_attr(node, "kernel_shape", []) or dims.get(node.input[1], ())[2:])
+        kernel = _attr(node, "kernel_shape", None)
+        weight = dims.get(node.input[1])
+        rank = len(kernel) if kernel is not None else len(weight) - 2 if weight else 2
         if rank != 2:
             bad.append(f"a {rank}-D kernel (only 2-D convolutions)")
         if _attr(node, "group", 1) != 1:
@@ -257,7 +260,7 @@ def _check_nodes(model, path: Path) -> None:
     dims = {t.name: tuple(t.dims) for t in g.initializer}
     unsupported, attrs = [], []
     for i, node in enumerate(g.node):
-        name = node.name or f"#{i}"
+        name = node.name or f"{node.op_type}_{i}"
         if node.domain not in _DEFAULT_DOMAINS:
             unsupported.append(f"{name!r} ({node.domain}.{node.op_type})")
             continue
@@ -393,16 +396,27 @@ class _Graph:
 
 
 def _node_scope(node) -> str:
-    """Module path of a node: the dynamo exporter's name scopes, or the legacy node name."""
+    """Module path of a node: the dynamo exporter's name scopes, or the legacy node name.
+
+    Legacy names look like ``/net/conv1/Conv`` or ``/body/body.4/TopK`` (a
+    segment may repeat its parent's path); both become ``net.conv1`` /
+    ``body.4``.
+    """
+    parts: list[str] = []
     for p in node.metadata_props:
         if p.key == "pkg.torch.onnx.name_scopes":
             try:
                 parts = [s for s in ast.literal_eval(p.value)[1:-1] if s]
             except (ValueError, SyntaxError):
                 parts = []
-            return ".".join(parts)
-    parts = [s for s in node.name.split("/") if s]
-    return ".".join(parts[:-1]) if len(parts) > 1 and node.name.startswith("/") else ""
+            break
+    else:
+        if node.name.startswith("/"):
+            parts = [s for s in node.name.split("/") if s][:-1]
+    path = ""
+    for seg in parts:
+        path = seg if path and seg.startswith(path + ".") else f"{path}.{seg}" if path else seg
+    return path
 
 
 def _const_value(onnx, node, opset: int) -> np.ndarray:
@@ -596,6 +610,33 @@ def _drop_noops(g: _Graph) -> bool:
             g.rewire(n.outputs[0], src)
             g.remove(n)
             return True
+    return False
+
+
+def _value_key(g: _Graph, t: str) -> Any:
+    """A tensor's identity for merging: small constants by value, the rest by name."""
+    c = g.const(t)
+    if c is not None and c.size <= 64:
+        return (c.dtype.str, c.shape, c.tobytes())
+    return t
+
+
+def _merge_duplicates(g: _Graph) -> bool:
+    """Two identical nodes on the same inputs (e.g. two reshapes of x) become one."""
+    seen: dict[tuple, _Node] = {}
+    for n in g.nodes:
+        if n.domain not in _DEFAULT_DOMAINS:
+            continue
+        sig = (n.op, tuple(_value_key(g, x) for x in n.inputs), repr(sorted(n.attrs.items())))
+        first = seen.get(sig)
+        if first is None:
+            seen[sig] = n
+            continue
+        for old, new in zip(n.outputs, first.outputs):
+            if old:
+                g.rewire(old, new)
+        g.remove(n)
+        return True
     return False
 
 
@@ -1206,8 +1247,8 @@ def _kwta_views(g: _Graph) -> bool:
 
 
 _REWRITES: tuple[Callable[[_Graph], bool], ...] = (
-    _drop_noops, _canonical_layers, _kwta_patterns, _kwta_views, _cancel_transposes,
-    _fold_affine, _fuse_relu, _hoist_relu)
+    _drop_noops, _merge_duplicates, _canonical_layers, _kwta_patterns, _kwta_views,
+    _cancel_transposes, _fold_affine, _fuse_relu, _hoist_relu)
 
 
 def _rewrite(g: _Graph) -> None:
@@ -1241,6 +1282,7 @@ class _Step:
     exact: bool = False
     scale_names: list[str] = field(default_factory=list)
     onnx_nodes: list[str] = field(default_factory=list)
+    onnx_in: str = ""
     onnx_out: str = ""
 
 
@@ -1343,7 +1385,7 @@ def _lower(g: _Graph, chain: list[_Node]) -> tuple[list[_Step], dict]:
                              "a map to [batch, C*H*W] is supported outside a k-WTA")
             if is_map:
                 perm = _flatten_perm(dims, order)
-                steps.append(_Step("flatten", n.name, n))
+                steps.append(_Step("flatten", n.name, n, kernel=(dims["C"], 1)))
                 is_map = False
         elif n.op == "Transpose":
             p = list(a.get("perm", [3, 2, 1, 0]))
@@ -1358,7 +1400,29 @@ def _lower(g: _Graph, chain: list[_Node]) -> tuple[list[_Step], dict]:
         if len(steps) > before:
             _annotate(steps[-1], n)
     layout = {"is_map": is_map, "order": order, "perm": perm}
-    return steps, layout
+    return _kwta_before_flatten(steps), layout
+
+
+def _kwta_before_flatten(steps: list[_Step]) -> list[_Step]:
+    """Flatten then a global k-WTA becomes the k-WTA on the map, then Flatten.
+
+    The two select the same winners (the IR flattens in HWC order, the
+    k-WTA's lower-index tie rule included) when the boost is one per
+    channel; the map form keeps the boost per channel, as the IR stores it.
+    """
+    out = list(steps)
+    for i in range(len(out) - 1):
+        flat, kwta = out[i], out[i + 1]
+        if flat.kind != "flatten" or kwta.kind != "global_kwta":
+            continue
+        channels = flat.kernel[0]
+        if kwta.boost is not None:
+            rows = kwta.boost.reshape(-1, channels)
+            if np.any(rows != rows[:1]):
+                continue  # a boost per unit of the map: keep the vector form
+            kwta.boost = rows[0].copy()
+        out[i], out[i + 1] = kwta, flat
+    return out
 
 
 def _proto_like(n: _Node):
@@ -1370,6 +1434,7 @@ def _proto_like(n: _Node):
 def _annotate(step: _Step, n: _Node) -> None:
     step.onnx_nodes = list(n.attrs.get("onnx_nodes", [n.name]))
     step.scale_names = list(n.attrs.get("scale_names", [])) + [n.outputs[0]]
+    step.onnx_in = n.attrs.get("onnx_in", n.inputs[0])
     step.onnx_out = n.outputs[0]
 
 
@@ -1679,7 +1744,8 @@ def _build(g: _Graph, steps: list[_Step], calibration: np.ndarray | None, mode: 
     sources: dict[str, dict] = {}
     last = len(steps) - 1
     for i, s in enumerate(steps):
-        sources[s.name] = {"onnx_nodes": s.onnx_nodes, "onnx_output": s.onnx_out}
+        sources[s.name] = {"onnx_nodes": s.onnx_nodes, "onnx_input": s.onnx_in,
+                           "onnx_output": s.onnx_out}
         if s.kind in ("conv", "linear"):
             logits = i == last and not s.relu
             s_out = None

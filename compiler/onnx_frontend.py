@@ -18,16 +18,19 @@ The work is a flat list of steps, each small and checkable:
    scales are remembered from the weights' ``DequantizeLinear``.
 5. **Rewrite** to a fixed point (FINN/QONNX style: each rewrite is a
    function ``graph -> changed``): drop ``Identity``/``Dropout``/no-op
-   casts; ``Conv``/``Gemm``/``MatMul`` become canonical layers; the k-WTA
+   casts and reshapes; merge duplicate nodes (two reshapes of one tensor);
+   ``Conv``/``Gemm``/``MatMul`` become canonical layers; the k-WTA
    patterns become one ``KWTA`` node; reshapes or transposes around a k-WTA
    are folded into its axes; ``BatchNormalization`` and per-channel
    ``Mul``/``Add``/``Sub``/``Div`` by constants fold into the preceding
    layer's weights and bias (a scale per output channel keeps the zero
    pattern); ``Relu`` moves up through pooling, k-WTA and flattening (they
-   commute with it) and fuses into the layer's requantization.
+   commute with it: the boost is positive) and fuses into the layer's
+   requantization.
 6. **Lower** the remaining straight chain to IR steps in the IR's layout:
    maps are ``(H, W, C)``, conv kernels ``(ky, kx, c)``, and a flatten of
-   ONNX's ``CHW`` order permutes the next linear layer's input columns.
+   ONNX's ``CHW`` order permutes the next linear layer's input columns (a
+   global k-WTA right after a flatten moves before it, onto the map).
 7. **Quantize**: int8 symmetric activations with per-tensor scales (from
    the QDQ model, or ``max|x| / 127`` of each layer's float output on the
    calibration data, computed by a float numpy pass over the recognised
@@ -57,12 +60,26 @@ or map a :class:`~.ir.GlobalKWTA`.
 
 Ties: the threshold form keeps every value equal to the k-th (more than k
 winners); the IR keeps exactly k, the lower index winning (HWC order for a
-map). Outputs differ from the float model only where keys tie at the
-threshold.
+map). On the same int8 input the IR's winners differ from the ONNX
+model's only where keys tie at the k-th (or, when the boost cannot be
+represented exactly, are within its rounding of it).
 
 Boost: the IR's boost is an integer per unit (vector) or per channel
 (map); see :func:`~.quantize.quantize_boost` for how the real factors are
 scaled so that the integer keys rank like the real ones.
+
+QDQ models: the IR uses the model's activation scales (one per tensor,
+int8, zero point 0) and its per-channel int8 weights as they are; only the
+requantization rounding differs (half up with a 16-bit multiplier, where
+QDQ rounds half to even in float), and the k-WTA compares exact integer
+keys where a QDQ model may also quantize the boosted keys and the
+threshold. Scales the model lacks come from ``calibration``.
+
+Limits: one input (float32, ``[batch, C, H, W]`` or ``[batch, N]``) and one
+output; a straight chain (no residual adds or concatenations); no pooling
+other than max pooling with stride equal to the window; no activation other
+than ReLU (k-WTA sparsifies without one); the k-WTA selects over the
+channels at each position or over the whole map or vector.
 """
 
 from __future__ import annotations
@@ -194,7 +211,9 @@ def _load(path: str | os.PathLike, *, with_data: bool):
         raise FrontendError(f"{p}: not a readable ONNX model; it holds no graph (a malformed or "
                             "truncated file)")
     try:
-        onnx.checker.check_model(model)
+        # With external data the checker takes the path (it resolves the data files,
+        # already known to lie in the model's folder, and allows models over 2 GB).
+        onnx.checker.check_model(str(p) if external else model)
     except Exception as e:
         raise FrontendError(f"{p}: the ONNX checker rejects the model ({_short(e)})") from None
     if model.functions:
@@ -207,54 +226,51 @@ def _load(path: str | os.PathLike, *, with_data: bool):
 # Supported-operator check (the fast pass)
 
 
-def _attr(node, name: str, default: Any = None) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return _onnx().helper.get_attribute_value(a)
-    return default
+def _attribute_problems(op: str, a: dict[str, Any], weight: tuple[int, ...] | None,
+                        outputs: list[str]) -> list[str]:
+    """Unsupported attributes of a recognised operator, as phrases naming them.
 
-
-def _attribute_problems(node, dims: dict[str, tuple[int, ...]]) -> list[str]:
-    """Unsupported attributes of a recognised operator, as phrases naming them."""
-    op = node.op_type
+    ``a`` holds the node's attributes, ``weight`` the shape of its second
+    input when known (a Conv's kernel).
+    """
     bad = []
     if op == "Conv":
-        kernel = _attr(node, "kernel_shape", None)
-        weight = dims.get(node.input[1])
+        kernel = a.get("kernel_shape")
         rank = len(kernel) if kernel is not None else len(weight) - 2 if weight else 2
         if rank != 2:
             bad.append(f"a {rank}-D kernel (only 2-D convolutions)")
-        if _attr(node, "group", 1) != 1:
-            bad.append(f"group={_attr(node, 'group')} (only group=1)")
-        if any(d != 1 for d in _attr(node, "dilations", [])):
-            bad.append(f"dilations={list(_attr(node, 'dilations'))} (only 1)")
+        if a.get("group", 1) != 1:
+            bad.append(f"group={a['group']} (only group=1)")
+        if any(d != 1 for d in a.get("dilations", [])):
+            bad.append(f"dilations={list(a['dilations'])} (only 1)")
     elif op == "MaxPool":
-        kernel = list(_attr(node, "kernel_shape", []))
-        strides = list(_attr(node, "strides", []) or [1] * len(kernel))
+        kernel = list(a.get("kernel_shape", []))
+        strides = list(a.get("strides", []) or [1] * len(kernel))
         if len(kernel) != 2:
             bad.append(f"a {len(kernel)}-D window (only 2-D pooling)")
         elif strides != kernel:
             bad.append(f"strides={strides} with kernel_shape={kernel} (stride must equal the "
                        "kernel)")
-        if any(_attr(node, "pads", [])):
-            bad.append(f"pads={list(_attr(node, 'pads'))} (no padding)")
-        if any(d != 1 for d in _attr(node, "dilations", [])):
-            bad.append(f"dilations={list(_attr(node, 'dilations'))} (only 1)")
-        if len(node.output) > 1 and node.output[1]:
+        if any(a.get("pads", [])):
+            bad.append(f"pads={list(a['pads'])} (no padding)")
+        if any(d != 1 for d in a.get("dilations", [])):
+            bad.append(f"dilations={list(a['dilations'])} (only 1)")
+        if len(outputs) > 1 and outputs[1]:
             bad.append("an Indices output")
-    elif op == "TopK" and _attr(node, "largest", 1) != 1:
+    elif op == "TopK" and a.get("largest", 1) != 1:
         bad.append("largest=0 (k-WTA keeps the largest values)")
-    elif op == "Gemm" and _attr(node, "transA", 0):
+    elif op == "Gemm" and a.get("transA", 0):
         bad.append("transA=1")
-    elif op == "Flatten" and _attr(node, "axis", 1) != 1:
-        bad.append(f"axis={_attr(node, 'axis')} (only axis=1, which keeps the batch)")
-    elif op == "BatchNormalization" and _attr(node, "training_mode", 0):
+    elif op == "Flatten" and a.get("axis", 1) != 1:
+        bad.append(f"axis={a['axis']} (only axis=1, which keeps the batch)")
+    elif op == "BatchNormalization" and a.get("training_mode", 0):
         bad.append("training_mode=1 (export the model in eval mode)")
     return bad
 
 
 def _check_nodes(model, path: Path) -> None:
     """Raise one FrontendError listing every unsupported node and attribute."""
+    onnx = _onnx()
     g = model.graph
     known = {t.name for t in g.initializer}
     dims = {t.name: tuple(t.dims) for t in g.initializer}
@@ -272,7 +288,10 @@ def _check_nodes(model, path: Path) -> None:
         if node.op_type not in SUPPORTED_OPS:
             unsupported.append(f"{name!r} ({node.op_type})")
             continue
-        problems = _attribute_problems(node, dims)
+        values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        problems = _attribute_problems(node.op_type, values,
+                                       dims.get(node.input[1]) if len(node.input) > 1 else None,
+                                       list(node.output))
         if problems:
             attrs.append(f"{name!r} ({node.op_type}) has {' and '.join(problems)}")
     parts = []
@@ -583,7 +602,8 @@ def _strip_qdq(g: _Graph) -> None:
             g.remove(dq)
         g.remove(q)
         g.act_scale.setdefault(x, float(scale.ravel()[0]))
-    for dq in [n for n in g.nodes if n.op == "DequantizeLinear"]:
+    dq = next((n for n in g.nodes if n.op == "DequantizeLinear"), None)
+    if dq is not None:
         raise g.fail(f"DequantizeLinear {dq.name!r} reads {dq.inputs[0]!r}, which is neither a "
                      "constant nor a quantized activation (an int8 model input is not supported: "
                      "the model takes float32 and quantizes it)")
@@ -1368,7 +1388,7 @@ def _lower(g: _Graph, chain: list[_Node]) -> tuple[list[_Step], dict]:
             need_map(n, "MaxPool")
             kernel = tuple(int(v) for v in a["kernel_shape"])
             stride = tuple(int(v) for v in a.get("strides", [1, 1]))
-            problems = _attribute_problems(_proto_like(n), {})
+            problems = _attribute_problems(n.op, a, None, n.outputs)
             if problems:
                 raise g.fail(f"MaxPool {n.name!r} has {' and '.join(problems)}")
             if a.get("ceil_mode", 0) and any((d - k) % s for d, k, s in
@@ -1423,12 +1443,6 @@ def _kwta_before_flatten(steps: list[_Step]) -> list[_Step]:
             kwta.boost = rows[0].copy()
         out[i], out[i + 1] = kwta, flat
     return out
-
-
-def _proto_like(n: _Node):
-    """A NodeProto of a working node, to reuse the attribute checks."""
-    return _onnx().helper.make_node(n.op, n.inputs, n.outputs, name=n.name, **{
-        k: v for k, v in n.attrs.items() if not isinstance(v, np.ndarray)})
 
 
 def _annotate(step: _Step, n: _Node) -> None:
@@ -1719,62 +1733,81 @@ def import_onnx(path: str | os.PathLike, *, calibration: np.ndarray | None = Non
     return net
 
 
-def _build(g: _Graph, steps: list[_Step], calibration: np.ndarray | None, mode: str,
-           kfor: dict[str, int | None], name: str) -> ir.Network:
-    qdq = bool(g.act_scale)
-    peaks: list[float] | None = None
+def _overlay_layer(g: _Graph, s: _Step, s_in: float, s_out: float | None, k: int | None,
+                   mode: str) -> ir.Layer:
+    """Quantize and pack one conv or linear step."""
+    q = _quantize_layer(g, s, s_in, s_out)
+    try:
+        ov = pack(q["weights"], k, dense=mode == "dense")
+    except PackError as e:
+        raise g.fail(f"layer {s.name!r}: {e}") from None
+    common = dict(overlays=ov, bias=q["bias"], requant=q["requant"],
+                  out_scale=float(s_out or 1.0),
+                  acc_scale=tuple(float(v) for v in q["acc_scale"]))
+    if s.kind == "conv":
+        return ir.OverlayConv(s.name, kernel=s.kernel, stride=s.stride, padding=s.padding,
+                              **common)
+    return ir.OverlayLinear(s.name, **common)
 
-    def calibrated(i: int | None, what: str) -> float:
-        nonlocal peaks
-        if calibration is None:
-            why = f"the QDQ model has no scale for {what}" if qdq else "the model is a float model"
+
+def _kwta_layer(s: _Step) -> tuple[ir.Layer, dict]:
+    """The IR k-WTA of a step, and how its boost was quantized."""
+    boost, info = (None, {"shift": None, "exact": True}) if s.boost is None \
+        else quantize_boost(s.boost)
+    info = dict(info, k=s.k, onnx_form="gather-scatter" if s.exact else "threshold")
+    cls = ir.LocalKWTA if s.kind == "local_kwta" else ir.GlobalKWTA
+    return cls(s.name, k=s.k, boost=boost), info
+
+
+class _Scales:
+    """Activation scales: the QDQ model's where it has them, else from calibration."""
+
+    def __init__(self, g: _Graph, steps: list[_Step], calibration: np.ndarray | None):
+        self.g, self.steps, self.calibration = g, steps, calibration
+        self.qdq = bool(g.act_scale)
+        self._peaks: list[float] | None = None
+
+    def input(self) -> float:
+        s = self.g.act_scale.get(self.g.input)
+        return s or self._calibrated(None, f"the input {self.g.input!r}")
+
+    def output(self, i: int) -> float:
+        s = _qdq_scale(self.g, self.steps, i) if self.qdq else None
+        return s or self._calibrated(i, f"the output of {self.steps[i].name!r}")
+
+    def _calibrated(self, i: int | None, what: str) -> float:
+        g, cal = self.g, self.calibration
+        if cal is None:
+            why = f"the QDQ model has no scale for {what}" if self.qdq else \
+                "the model is a float model"
             raise g.fail(f"{why}; pass calibration data (--calibration X.npy: float32 [N, "
                          f"{', '.join(map(str, g.input_shape[1:]))}] sample inputs) to compute "
                          "activation scales")
         if i is None:
-            return _scale_from_peak(float(np.abs(calibration).max()))
-        if peaks is None:
-            peaks = _float_maxima(steps, _ir_layout(calibration))
-        return _scale_from_peak(peaks[i])
+            return _scale_from_peak(float(np.abs(cal).max()))
+        if self._peaks is None:
+            self._peaks = _float_maxima(self.steps, _ir_layout(cal))
+        return _scale_from_peak(self._peaks[i])
 
-    s_in = g.act_scale.get(g.input) or calibrated(None, f"the input {g.input!r}")
-    input_scale = s_in
+
+def _build(g: _Graph, steps: list[_Step], calibration: np.ndarray | None, mode: str,
+           kfor: dict[str, int | None], name: str) -> ir.Network:
+    """Quantize and pack the steps into a validated network with its meta facts."""
+    scales = _Scales(g, steps, calibration)
+    s_in = input_scale = scales.input()
     layers: list[ir.Layer] = []
-    boosts: dict[str, dict] = {}
-    sources: dict[str, dict] = {}
-    last = len(steps) - 1
+    kwta: dict[str, dict] = {}
     for i, s in enumerate(steps):
-        sources[s.name] = {"onnx_nodes": s.onnx_nodes, "onnx_input": s.onnx_in,
-                           "onnx_output": s.onnx_out}
         if s.kind in ("conv", "linear"):
-            logits = i == last and not s.relu
-            s_out = None
-            if not logits:
-                s_out = _qdq_scale(g, steps, i) if qdq else None
-                s_out = s_out or calibrated(i, f"the output of {s.name!r}")
-            q = _quantize_layer(g, s, s_in, s_out)
-            try:
-                ov = pack(q["weights"], kfor[s.name], dense=mode == "dense")
-            except PackError as e:
-                raise g.fail(f"layer {s.name!r}: {e}") from None
-            common = dict(overlays=ov, bias=q["bias"], requant=q["requant"],
-                          out_scale=float(s_out or 1.0),
-                          acc_scale=tuple(float(v) for v in q["acc_scale"]))
-            if s.kind == "conv":
-                layers.append(ir.OverlayConv(s.name, kernel=s.kernel, stride=s.stride,
-                                             padding=s.padding, **common))
-            else:
-                layers.append(ir.OverlayLinear(s.name, **common))
-            if s_out is not None:
-                s_in = s_out
+            logits = i == len(steps) - 1 and not s.relu  # int32 accumulators out
+            s_out = None if logits else scales.output(i)
+            layers.append(_overlay_layer(g, s, s_in, s_out, kfor[s.name], mode))
+            s_in = s_out or s_in
         elif s.kind == "pool":
             layers.append(ir.MaxPool(s.name, kernel=s.kernel, stride=s.stride))
         elif s.kind in ("local_kwta", "global_kwta"):
-            boost, info = (None, {"shift": None, "exact": True}) if s.boost is None \
-                else quantize_boost(s.boost)
-            boosts[s.name] = dict(info, selection="exactly k" if s.exact else "threshold")
-            cls = ir.LocalKWTA if s.kind == "local_kwta" else ir.GlobalKWTA
-            layers.append(cls(s.name, k=s.k, boost=boost))
+            layer, kwta[s.name] = _kwta_layer(s)
+            layers.append(layer)
         else:
             layers.append(ir.Flatten(s.name))
     net = ir.Network(name, ir.TensorSpec(_ir_shape(g.input_shape), "int8", float(input_scale)),
@@ -1783,9 +1816,12 @@ def _build(g: _Graph, steps: list[_Step], calibration: np.ndarray | None, mode: 
         out = net.specs()[-1]
     except ir.ManifestError as e:
         raise g.fail(f"the imported network is not valid: {e}") from None
-    net.meta.update(mode=mode, input_scale=float(input_scale),
-                    output_scale=list(out.scale) if isinstance(out.scale, tuple) else out.scale,
-                    quantization="qdq" if qdq else "calibration", kwta=boosts, layers=sources)
+    net.meta.update(
+        mode=mode, input_scale=float(input_scale),
+        output_scale=list(out.scale) if isinstance(out.scale, tuple) else out.scale,
+        quantization="qdq" if scales.qdq else "calibration", kwta=kwta,
+        layers={s.name: {"onnx_nodes": s.onnx_nodes, "onnx_input": s.onnx_in,
+                         "onnx_output": s.onnx_out} for s in steps})
     return net
 
 

@@ -203,8 +203,9 @@ def test_kwta_boost_and_k(imported):
     assert kwtas[0].boost is not None and kwtas[0].boost.shape == (16,)  # per channel
     assert kwtas[1].boost is None  # no boost in the model
     info = net.meta["kwta"]
-    assert info[kwtas[0].name]["selection"] == "threshold"
-    assert info[kwtas[1].name]["selection"] == "exactly k"
+    assert info[kwtas[0].name]["onnx_form"] == "threshold"
+    assert info[kwtas[1].name]["onnx_form"] == "gather-scatter"
+    assert info[kwtas[0].name]["shift"] is not None and info[kwtas[1].name]["k"] == 4
     mlp = imported("mlp_threshold")
     first = next(x for x in mlp.layers if isinstance(x, ir.GlobalKWTA))
     assert first.k == 24 and first.boost.shape == (96,)  # per unit
@@ -704,6 +705,7 @@ def _external_model(folder: Path) -> Path:
 
 def test_external_data_inside_the_folder_loads(tmp_path):
     path = _external_model(tmp_path)
+    check_supported(path)  # reads the graph only
     cal, x, _ = digits("mlp_threshold")
     net = import_onnx(path, calibration=cal)
     ref = import_onnx(DATA / "mlp_threshold_legacy.onnx", calibration=cal)

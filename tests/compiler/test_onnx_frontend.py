@@ -755,3 +755,89 @@ def test_unmatched_pattern_names_the_nodes(tmp_path):
     check_supported(path)  # every operator is known ...
     with pytest.raises(FrontendError, match=r"could not be matched: 'topk' \(TopK\)"):
         import_onnx(path, calibration=np.ones((2, 4), np.float32))  # ... the pattern is not
+
+
+# --------------------------------------------------------------------------
+# Output layouts and a network at the benchmark's size
+
+
+def test_map_output_and_flattened_output_layouts(tmp_path):
+    rng = np.random.default_rng(7)
+    w = sparse_weights(rng, (6, 2, 3, 3))
+    for flatten in (False, True):
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["c"], ["r"]),
+                 helper.make_node("MaxPool", ["r"], ["p" if flatten else "y"],
+                                  kernel_shape=[2, 2], strides=[2, 2])]
+        if flatten:
+            nodes.append(helper.make_node("Flatten", ["p"], ["y"]))
+        out = ["N", 6 * 3 * 3] if flatten else ["N", 6, 3, 3]
+        path = save(make_model(nodes, {"w": w}, ["N", 2, 6, 6], out), tmp_path / "o.onnx")
+        x = rng.normal(size=(32, 2, 6, 6)).astype(np.float32)
+        net = import_onnx(path, calibration=x)
+        assert net.meta["output_layout"] == ("vector" if flatten else "NCHW")
+        assert ("output_permutation" in net.meta) == flatten
+        y, ref = run_golden(net, x), run_ort(path, x)
+        assert y.shape == ref.shape
+        assert np.abs(y - ref).max() < 0.02 * np.abs(ref).max()
+
+
+def _gsc_model(rng) -> onnx.ModelProto:
+    """The benchmark's topology (brief section 4) with complementary weights."""
+    from cosparse.compiler import zoo
+
+    def comp(m, c, k, kk):
+        w = zoo.complementary_weights(m, c * k * k, kk, rng).astype(np.float32) / 64
+        return w.reshape(m, k, k, c).transpose(0, 3, 1, 2) if k > 1 else w
+
+    b = {i: np.exp(rng.normal(0, 0.2, n)).astype(np.float32) for i, n in ((1, 64), (2, 64),
+                                                                          (3, 1500))}
+    inits = dict(w1=comp(64, 1, 5, 2), w2=comp(64, 64, 5, 8), w3=comp(1500, 1600, 1, 25),
+                 w4=comp(12, 1500, 1, 1), b1=b[1].reshape(1, 64, 1, 1),
+                 b2=b[2].reshape(1, 64, 1, 1), b3=b[3].reshape(1, 1500),
+                 k8=np.array([8], np.int64), k150=np.array([150], np.int64),
+                 s=np.array([7], np.int64), e=np.array([8], np.int64),
+                 ax=np.array([1], np.int64), zero=np.array(0, np.float32),
+                 z=np.zeros((1, 1500), np.float32))
+    nodes = []
+    x = "x"
+    for i, (w, b_) in enumerate((("w1", "b1"), ("w2", "b2")), 1):
+        nodes += [helper.make_node("Conv", [x, w], [f"c{i}"]),
+                  helper.make_node("MaxPool", [f"c{i}"], [f"p{i}"], kernel_shape=[2, 2],
+                                   strides=[2, 2]),
+                  helper.make_node("Mul", [f"p{i}", b_], [f"key{i}"]),
+                  helper.make_node("TopK", [f"key{i}", "k8"], [f"v{i}", f"i{i}"], axis=1),
+                  helper.make_node("Slice", [f"v{i}", "s", "e", "ax"], [f"t{i}"]),
+                  helper.make_node("Less", [f"key{i}", f"t{i}"], [f"lose{i}"]),
+                  helper.make_node("Where", [f"lose{i}", "zero", f"p{i}"], [f"o{i}"])]
+        x = f"o{i}"
+    nodes += [helper.make_node("Flatten", [x], ["f"]),
+              helper.make_node("Gemm", ["f", "w3"], ["h"], transB=1),
+              helper.make_node("Mul", ["h", "b3"], ["key3"]),
+              helper.make_node("TopK", ["key3", "k150"], ["v3", "i3"], axis=1),
+              helper.make_node("GatherElements", ["h", "i3"], ["g3"], axis=1),
+              helper.make_node("ScatterElements", ["z", "i3", "g3"], ["o3"], axis=1),
+              helper.make_node("Gemm", ["o3", "w4"], ["y"], transB=1)]
+    return make_model(nodes, inits, [1, 1, 32, 32], [1, 12])
+
+
+def test_benchmark_sized_network(tmp_path):
+    """gsc-cs shapes: the packer finds the complementary groups (about 2 s on one core)."""
+    rng = np.random.default_rng(8)
+    path = save(_gsc_model(rng), tmp_path / "gsc.onnx")
+    cal = rng.normal(size=(16, 1, 32, 32)).astype(np.float32)
+    net = import_onnx(path, calibration=cal)
+    overlays = {x.name: x.overlays for x in net.layers if hasattr(x, "overlays")}
+    assert [ov.kernels_per_overlay for ov in overlays.values()] == [2, 8, 25, 1]
+    assert [ov.lanes for ov in overlays.values()] == [32, 8, 60, 12]
+    assert all(ov.fill > 0.95 for ov in overlays.values())  # int8 rounding zeros a few
+    # Random weights on random inputs are chaotic through three k-WTAs (near
+    # ties everywhere), so only the first layer is compared with ONNX Runtime.
+    x = rng.normal(size=(4, 1, 32, 32)).astype(np.float32)
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    conv1 = onnx.utils.Extractor(model).extract_model(["x"], ["c1"])
+    ref = np.concatenate([run_ort(conv1, x[i:i + 1]) for i in range(len(x))])
+    trace = golden.run(net, to_ir_input(net, x), trace=True).outputs
+    got = trace[1] * net.specs()[2].scale  # after zero-skip and conv1
+    assert np.abs(got.transpose(0, 3, 1, 2) - ref).max() < 0.02 * np.abs(ref).max()
+    assert golden.run(net, to_ir_input(net, x)).shape == (4, 12)

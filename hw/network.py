@@ -180,15 +180,16 @@ class NetworkCore(wiring.Component):
             try:
                 if isinstance(layer, ir.ZeroSkip):
                     add(layer.name, ZeroSkip(g, width=width, entries=r_out))
-                    fmt = "sparse"
+                    fmt, max_active = "sparse", g
                 elif isinstance(layer, ir.Densify):
                     width = fold.width or folding.default_width
                     add(layer.name, Densify(g, entries=entries_in[i], width=width))
-                    fmt = "dense"
+                    fmt, max_active = "dense", g
                 elif isinstance(layer, (ir.OverlayConv, ir.OverlayLinear)):
                     r = entries_in[i]
                     if fmt == "dense":  # process every element: the dense baselines
                         add(layer.name, ZeroSkip(g, width=width, entries=r, keep_zeros=True))
+                        max_active = g
                     if isinstance(layer, ir.OverlayConv):
                         h, w, c = inp.shape
                         add(layer.name, SparseWindow(h, w, c, kernel=layer.kernel,

@@ -35,6 +35,10 @@ NETS = {
                         ("conv", 8, (3, 3), 4, (1, 1), (1, 1, 1, 1)), ("relu",), ("pool", (2, 2)),
                         ("local", 2), ("flatten",), ("logits", 5, 1)],
             {"conv0": LayerFold(2, 2), "conv3": LayerFold(2, 1), "fc8": LayerFold(2, 5)}, 2),
+    # k-WTA straight into a conv (the window must size its store for the densified
+    # stream in the baselines), dense flatten
+    "kwta_conv": ((6, 6, 8), [("local", 2), ("conv", 8, (3, 3), 4), ("flatten",), ("logits", 4, 1)],
+                  {"conv1": LayerFold(3, 2), "fc3": LayerFold(2, 4)}, 4),
     # global k-WTA over a whole feature map, then a linear layer on the flattened winners
     "mapkwta": ((6, 6, 1), [("conv", 8, (3, 3), 2), ("global", 10, 3), ("flatten",),
                             ("linear", 12, 4), ("global", 3)],
@@ -87,8 +91,9 @@ def test_fold_errors_name_the_layer():
 def test_reduced_gsc_cs_in_verilator(mode):
     """The benchmark network's shape, reduced, bit for bit, back to back, under stalls."""
     net = to_drain_order(zoo.gsc_cs(seed=1, mode=mode, reduced=True))
+    # dense: K = 1, so L = M lanes; few lanes per pass keep the model small
     p = {"conv1": 4, "conv2": 2, "fc1": 6, "fc2": 12} if mode != "dense" else \
-        {"conv1": 16, "conv2": 16, "fc1": 96, "fc2": 12}
+        {"conv1": 4, "conv2": 4, "fc1": 8, "fc2": 12}
     core = NetworkCore(net, Folding(1, {n: LayerFold(1 if n == "conv1" else 4, v)
                                         for n, v in p.items()}))
     x = np.random.default_rng(0).integers(-128, 128, (3, 20, 20, 1)).astype(np.int8)

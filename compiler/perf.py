@@ -1,0 +1,174 @@
+"""Performance model: cycles per inference of every pipeline stage, from the activity.
+
+Each unit's docstring states its steady-state timing; this module applies
+those formulas to the activations the golden model computes for given
+inputs, stage by stage, so the prediction accounts for how many inputs are
+active at every position. The network core is a dataflow pipeline with all
+stages working at once, so the steady-state interval between inferences is
+the slowest stage's cycles per frame (:func:`predict`); the tests compare it
+with Verilator's count.
+
+Formulas (per frame; ``G`` elements per group, ``D`` per dense beat, ``R``
+entries per sparse beat, ``nnz`` the non-zeros of a group, ``ceil`` implied):
+
+* zero-skip: ``G/D`` per group (``max(G/D, nnz/R)`` when ``D > R``);
+* sparse window: per output position, the sum over its taps of
+  ``max(1, words)``, ``words = active/R`` of the tap's input position
+  (1 for a tap in the padding);
+* overlay engine: per group, ``max(sum over input beats of b * L/P, M/P)``,
+  ``b`` the most words any entry's overlay row needs (1 for complementary
+  masks);
+* requantizer, bias add, densify, local k-WTA: ``G/D`` per group
+  (``M/P`` for the first two);
+* max pool: ``C/D`` per input position; sparse max pool: ``C/D`` per input
+  position (its densify's rate, without the boundary cycles of groups of
+  several beats);
+* global k-WTA: ``digits * (W + 267)``, ``W`` its input beats per frame;
+* flatten: one cycle per input beat (sparse), none (dense).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cosparse.hw import adapters, kwta, overlay, pool, requant, reshape, window
+from cosparse.hw.network import Folding, NetworkCore
+from cosparse.sim import golden
+
+from . import ir
+
+__all__ = ["StageCycles", "stage_cycles", "predict"]
+
+
+def _ceil(a, b):
+    return -(-np.asarray(a) // b)
+
+
+@dataclass
+class StageCycles:
+    layer: str
+    unit: str
+    cycles: np.ndarray  # per frame
+
+    @property
+    def mean(self) -> float:
+        return float(self.cycles.mean())
+
+
+def _groups(x: np.ndarray) -> np.ndarray:
+    """``[N, groups, G]`` view of a batch of maps or vectors."""
+    return x.reshape(x.shape[0], -1, x.shape[-1]) if x.ndim == 4 else x.reshape(x.shape[0], 1, -1)
+
+
+def _window_beats(x: np.ndarray, win: window.SparseWindow) -> np.ndarray:
+    """Beats the window emits per output position, ``[N, Ho*Wo]``, and per-tap words."""
+    n, h, w, _c = x.shape
+    r = win.entries
+    words = np.maximum(1, _ceil(np.count_nonzero(x, axis=-1), r))  # [N, H, W]
+    pt, pl, pb, pr = win.padding
+    padded = np.ones((n, h + pt + pb, w + pl + pr), dtype=np.int64)
+    padded[:, pt:pt + h, pl:pl + w] = words
+    kh, kw = win.kernel
+    sh, sw = win.stride
+    ho, wo = win.out_height, win.out_width
+    total = np.zeros((n, ho, wo), dtype=np.int64)
+    for dy in range(kh):
+        for dx in range(kw):
+            total += padded[:, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw]
+    return total.reshape(n, -1)
+
+
+def _engine_cycles(beats: np.ndarray, eng: overlay.OverlayEngine) -> np.ndarray:
+    """Per frame, from ``beats`` ``[N, groups]`` input beats per group (complementary rows)."""
+    ov = eng.overlays
+    passes = ov.lanes // eng.lanes_per_beat
+    b = int(ov.beats.max(initial=1))  # the worst row (1 for complementary masks)
+    drain = -(-ov.num_kernels // eng.lanes_per_beat)
+    return np.maximum(beats * passes * b, drain).sum(axis=1)
+
+
+def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
+                 core: NetworkCore | None = None) -> list[StageCycles]:
+    """Predicted cycles per frame of every stage of the core, for int8 inputs ``x``.
+
+    Parameters
+    ----------
+    net : Network
+        In drain order (as the core needs it).
+    folding : Folding
+    x : ndarray of int8, shape ``[N, *net.input.shape]``
+
+    Notes
+    -----
+    With overlays whose rows need more than one word (non-complementary
+    masks), the engine's count uses the worst row's words for every beat: an
+    upper bound.
+    """
+    core = core or NetworkCore(net, folding)
+    acts = [np.asarray(x)]
+    for layer in net.layers:
+        acts.append(golden.run_layer(layer, acts[-1]))
+    by_layer = {layer.name: i for i, layer in enumerate(net.layers)}
+    out: list[StageCycles] = []
+    pending_beats = None  # input beats per group into the next engine
+    last_act = acts[0]
+    for st in core.stages:
+        c = st.component
+        i = by_layer.get(st.layer)
+        xin = acts[i] if i is not None else last_act
+        g = _groups(xin)
+        n = g.shape[0]
+        if isinstance(c, adapters.ZeroSkip):
+            nz = np.full(g.shape[:2], g.shape[2]) if c.keep_zeros else np.count_nonzero(g, axis=2)
+            per = np.full(g.shape[:2], c.beats)
+            if c.width > c.entries:  # the output can set the pace
+                per = np.maximum(per, _ceil(nz, c.entries))
+            cyc = per.sum(axis=1)
+            pending_beats = np.maximum(1, _ceil(nz, c.entries))
+        elif isinstance(c, window.SparseWindow):
+            pending_beats = _window_beats(xin, c)
+            cyc = pending_beats.sum(axis=1)
+        elif isinstance(c, overlay.OverlayEngine):
+            if pending_beats is None or pending_beats.shape[0] != n:
+                pending_beats = np.maximum(1, _ceil(np.count_nonzero(g, axis=2), c.entries))
+            cyc = _engine_cycles(pending_beats, c)
+            pending_beats = None
+        elif isinstance(c, (requant.Requantizer, requant.BiasAdd)):
+            cyc = np.full(n, _groups(acts[i + 1]).shape[1] * c.beats)
+        elif isinstance(c, pool.MaxPool):
+            cyc = np.full(n, g.shape[1] * -(-g.shape[2] // c.width))
+        elif isinstance(c, pool.SparseMaxPool):
+            cyc = np.full(n, g.shape[1] * c.beats)
+        elif isinstance(c, adapters.Densify):
+            cyc = np.full(n, g.shape[1] * -(-g.shape[2] // c.width))
+        elif isinstance(c, kwta.LocalKWTA):
+            cyc = np.full(n, g.shape[1] * -(-g.shape[2] // c.width))
+        elif isinstance(c, kwta.GlobalKWTA):
+            cyc = np.full(n, c.digits * (c.words + 256 + c.SCAN_OVERHEAD))
+            y = _groups(acts[i + 1])
+            pending_beats = np.maximum(1, _ceil(np.count_nonzero(y, axis=2), c.entries))
+        elif isinstance(c, reshape.SparseFlatten):
+            # beats in: one per non-empty input beat of each position, plus the closing one
+            y = _groups(xin)
+            nz = np.count_nonzero(y, axis=2)
+            cyc = np.maximum(1, _ceil(nz, c.entries)).sum(axis=1)
+            pending_beats = (_ceil(nz, c.entries).sum(axis=1)
+                             + (nz[:, -1] == 0))[:, None]
+        elif isinstance(c, reshape.DenseFlatten):
+            cyc = np.zeros(n, dtype=np.int64)
+        else:  # pragma: no cover
+            raise TypeError(f"no timing model for {type(c).__name__}")
+        out.append(StageCycles(st.layer, st.unit, np.asarray(cyc, dtype=np.int64)))
+        if i is not None:
+            last_act = acts[i + 1]
+    return out
+
+
+def predict(net: ir.Network, folding: Folding, x: np.ndarray) -> dict:
+    """Predicted steady-state interval (cycles per inference) and the bottleneck stage."""
+    stages = stage_cycles(net, folding, x)
+    worst = max(stages, key=lambda s: s.mean)
+    return {"interval_cycles": worst.mean, "bottleneck": f"{worst.layer}:{worst.unit}",
+            "stages": [{"layer": s.layer, "unit": s.unit, "cycles": s.mean} for s in stages]}

@@ -1300,6 +1300,7 @@ class _Step:
     k: int = 0
     boost: np.ndarray | None = None  # float, per channel (map) or per unit (vector)
     exact: bool = False
+    channels: int = 0  # of the map a flatten flattens
     scale_names: list[str] = field(default_factory=list)
     onnx_nodes: list[str] = field(default_factory=list)
     onnx_in: str = ""
@@ -1405,7 +1406,7 @@ def _lower(g: _Graph, chain: list[_Node]) -> tuple[list[_Step], dict]:
                              "a map to [batch, C*H*W] is supported outside a k-WTA")
             if is_map:
                 perm = _flatten_perm(dims, order)
-                steps.append(_Step("flatten", n.name, n, kernel=(dims["C"], 1)))
+                steps.append(_Step("flatten", n.name, n, channels=dims["C"]))
                 is_map = False
         elif n.op == "Transpose":
             p = list(a.get("perm", [3, 2, 1, 0]))
@@ -1435,7 +1436,7 @@ def _kwta_before_flatten(steps: list[_Step]) -> list[_Step]:
         flat, kwta = out[i], out[i + 1]
         if flat.kind != "flatten" or kwta.kind != "global_kwta":
             continue
-        channels = flat.kernel[0]
+        channels = flat.channels
         if kwta.boost is not None:
             rows = kwta.boost.reshape(-1, channels)
             if np.any(rows != rows[:1]):

@@ -5,9 +5,10 @@ quantized by ONNX Runtime (QDQ format) and returns an :class:`~.ir.Network`.
 The work is a flat list of steps, each small and checkable:
 
 1. **Load** with ``onnx.load`` (no external data yet), refuse external data
-   outside the model's folder, load the rest, run ``onnx.checker``.
+   outside the model's folder, run ``onnx.checker``.
 2. **Check** every node's operator (:func:`check_supported`, also usable on
    its own as a fast first pass): one error lists every unsupported node.
+   Only then is the external data (inside the model's folder) read.
 3. **Fold constants**: ``Constant`` nodes, shape arithmetic
    (``Shape``/``Gather``/``Concat``/``Unsqueeze``/...), ``Cast`` of
    constants, ``DequantizeLinear`` of weights, with ``onnx.reference``
@@ -189,37 +190,46 @@ def _check_external_data(model, path: Path) -> bool:
     return found
 
 
-def _load(path: str | os.PathLike, *, with_data: bool):
-    """Read, check and inline an ONNX model; external data only from its own folder."""
+def _load(path: Path):
+    """Read, check and inline an ONNX model's graph; its external data stays on disk.
+
+    Every external data file must lie in the model's own folder (checked
+    before anything reads it); :func:`_attach_data` loads it later.
+    """
     onnx = _onnx()
-    p = Path(path)
-    if not p.is_file():
-        raise FrontendError(f"{p}: no such ONNX file")
+    if not path.is_file():
+        raise FrontendError(f"{path}: no such ONNX file")
     try:
-        model = onnx.load(str(p), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError and friends
-        raise FrontendError(f"{p}: not a readable ONNX model; the file is malformed or "
+        raise FrontendError(f"{path}: not a readable ONNX model; the file is malformed or "
                             f"truncated ({_short(e)})") from None
-    external = _check_external_data(model, p)
-    if external and with_data:
-        try:
-            onnx.load_external_data_for_model(model, str(p.parent))
-        except Exception as e:
-            raise FrontendError(f"{p}: cannot read the model's external data "
-                                f"({_short(e)})") from None
+    external = _check_external_data(model, path)
     if not model.HasField("graph") or not model.graph.node:
-        raise FrontendError(f"{p}: not a readable ONNX model; it holds no graph (a malformed or "
-                            "truncated file)")
+        raise FrontendError(f"{path}: not a readable ONNX model; it holds no graph (a malformed "
+                            "or truncated file)")
     try:
         # With external data the checker takes the path (it resolves the data files,
         # already known to lie in the model's folder, and allows models over 2 GB).
-        onnx.checker.check_model(str(p) if external else model)
+        onnx.checker.check_model(str(path) if external else model)
     except Exception as e:
-        raise FrontendError(f"{p}: the ONNX checker rejects the model ({_short(e)})") from None
+        raise FrontendError(f"{path}: the ONNX checker rejects the model "
+                            f"({_short(e)})") from None
     if model.functions:
         from onnx import inliner
         model = inliner.inline_local_functions(model)
     return model
+
+
+def _attach_data(model, path: Path) -> None:
+    """Load the external data (already checked to lie in the model's folder)."""
+    if not _check_external_data(model, path):
+        return
+    try:
+        _onnx().load_external_data_for_model(model, str(path.parent))
+    except Exception as e:
+        raise FrontendError(f"{path}: cannot read the model's external data "
+                            f"({_short(e)})") from None
 
 
 # --------------------------------------------------------------------------
@@ -323,7 +333,7 @@ def check_supported(path: str | os.PathLike) -> None:
         file is not a readable ONNX model.
     """
     p = Path(path)
-    _check_nodes(_load(p, with_data=False), p)
+    _check_nodes(_load(p), p)
 
 
 # --------------------------------------------------------------------------
@@ -1714,8 +1724,9 @@ def import_onnx(path: str | os.PathLike, *, calibration: np.ndarray | None = Non
     if mode not in MODES:
         raise FrontendError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     p = Path(path)
-    model = _load(p, with_data=True)
-    _check_nodes(model, p)
+    model = _load(p)
+    _check_nodes(model, p)  # the fast pass, before reading weights held outside the file
+    _attach_data(model, p)
     g = _graph(model, p)
     del model
     _fold_all(g)

@@ -5,8 +5,9 @@ import pytest
 
 from cosparse.compiler import zoo
 from cosparse.compiler.order import restore_output_order, to_drain_order
+from cosparse.compiler.perf import predict
 from cosparse.hw.network import FoldError, Folding, LayerFold, NetworkCore
-from cosparse.hw.streams import decode, dense_beats
+from cosparse.hw.streams import dense_beats
 from cosparse.sim import golden
 from cosparse.sim.streamsim import Port, simulate
 from cosparse.sim.verilate import run_streams
@@ -102,3 +103,15 @@ def test_reduced_gsc_cs_in_verilator(mode):
                       [("o", core.out_layout, len(want))], stall=0.2, seed=3,
                       max_cycles=3_000_000)
     assert res.outputs[0] == want
+
+    # Back to back without stalls: the steady-state interval is the performance model's.
+    x = np.random.default_rng(1).integers(-128, 128, (5, 20, 20, 1)).astype(np.int8)
+    beats, want = io_beats(core, net, x)
+    res = run_streams(core, f"gsc_reduced_{mode.replace('-', '_')}", [("i", core.in_layout, beats)],
+                      [("o", core.out_layout, len(want))], stall=0.0, max_cycles=5_000_000)
+    assert res.outputs[0] == want
+    per = len(want) // len(x)
+    ends = [res.cycles[0][(f + 1) * per - 1] for f in range(len(x))]
+    measured = (ends[-1] - ends[0]) / (len(x) - 1)
+    predicted = predict(net, core.folding, x[1:])["interval_cycles"]
+    assert abs(measured - predicted) <= 0.01 * predicted, (measured, predicted)

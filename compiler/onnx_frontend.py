@@ -534,16 +534,45 @@ def _infer_shapes(g: _Graph) -> None:
 
 
 def _evaluate(g: _Graph, node: _Node, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run one node on constant inputs with ``onnx.reference``, at the model's opsets."""
     onnx = _onnx()
+    h = onnx.helper
     from onnx.reference import ReferenceEvaluator
-    proto = onnx.helper.make_node(node.op, node.inputs, node.outputs, domain=node.domain or None,
-                                  **node.attrs)
+    proto = h.make_node(node.op, node.inputs, node.outputs, domain=node.domain or None,
+                        **node.attrs)
+    inputs = [h.make_tensor_value_info(name, h.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+              for name, v in feeds.items()]
+    outputs = [h.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)
+               for name in node.outputs if name]
+    model = h.make_model(h.make_graph([proto], "fold", inputs, outputs),
+                         opset_imports=[h.make_opsetid(d, v) for d, v in g.opsets.items()])
     try:
-        out = ReferenceEvaluator(proto, opsets={"": g.opsets.get("", 13)}).run(None, feeds)
+        out = ReferenceEvaluator(model).run(None, feeds)
     except Exception as e:
-        raise g.fail(f"cannot evaluate node {node.name!r} ({node.op}) on its constant inputs "
-                     f"({_short(e)})") from None
+        try:  # onnx.reference lacks some old versions: the latest one, where unchanged
+            out = ReferenceEvaluator(proto).run(None, feeds)
+        except Exception:
+            raise g.fail(f"cannot evaluate node {node.name!r} ({node.op}) on its constant "
+                         f"inputs ({_short(e)})") from None
     return [np.asarray(v) for v in out]
+
+
+def _dequantize(g: _Graph, node: _Node) -> np.ndarray:
+    """Fold ``DequantizeLinear`` of a constant and remember its scale (per tensor or axis)."""
+    q = g.consts[node.inputs[0]]
+    scale = g.consts[node.inputs[1]].astype(np.float64)
+    zp_name = node.inputs[2] if len(node.inputs) > 2 else ""
+    zp = g.consts[zp_name].astype(np.int64) if zp_name else np.zeros(1, np.int64)
+    if node.attrs.get("block_size", 0):
+        raise g.fail(f"DequantizeLinear {node.name!r}: blocked quantization is not supported")
+    axis = None
+    if scale.size > 1:
+        axis = node.attrs.get("axis", 1) % q.ndim
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), (zp.reshape(shape) if zp.size > 1 else zp)
+    g.qinfo[node.outputs[0]] = _QInfo(scale=scale.ravel(), zero_point=zp.ravel(), axis=axis)
+    return ((q.astype(np.int64) - zp) * scale).astype(np.float32)
 
 
 def _fold_constants(g: _Graph) -> bool:
@@ -559,14 +588,10 @@ def _fold_constants(g: _Graph) -> bool:
             feeds = {x: g.consts[x] for x in data}
         else:
             continue
-        values = _evaluate(g, node, feeds)
         if node.op == "DequantizeLinear":
-            zp = g.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
-            scale = g.consts[node.inputs[1]]
-            g.qinfo[node.outputs[0]] = _QInfo(
-                scale=scale.astype(np.float64),
-                zero_point=np.zeros(1, np.int64) if zp is None else zp.astype(np.int64),
-                axis=None if scale.size == 1 else node.attrs.get("axis", 1))
+            values = [_dequantize(g, node)]
+        else:
+            values = _evaluate(g, node, feeds)
         for name, v in zip(node.outputs, values):
             g.consts[name] = v
             g.shapes[name] = tuple(v.shape)

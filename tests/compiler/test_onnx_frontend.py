@@ -862,3 +862,25 @@ def test_trained_digits_example(name):
     max_err, mean_err, agree = errors(y, ref)  # measured 0.106, 0.0145, 0.997
     assert max_err < MAX_ERR and mean_err < MEAN_ERR and agree >= 0.98, (max_err, mean_err, agree)
     assert (y.argmax(1) == labels).mean() >= (ref.argmax(1) == labels).mean() - 0.01
+
+
+def test_opset_11_shape_arithmetic_is_folded(tmp_path):
+    """x.reshape(x.shape[0], -1) as the legacy exporter writes it at opset 11."""
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Shape", ["c"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n"], ["n1"], axes=[0]),  # an attribute before 13
+             helper.make_node("Concat", ["n1", "minus1"], ["new_shape"], axis=0),
+             helper.make_node("Reshape", ["c", "new_shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    inits = dict(w=sparse_weights(rng, (4, 1, 3, 3)), zero=np.array(0, np.int64),
+                 minus1=np.array([-1], np.int64), w2=sparse_weights(rng, (3, 4 * 4 * 4)))
+    path = save(make_model(nodes, inits, ["N", 1, 6, 6], ["N", 3], opset=11),
+                tmp_path / "op11.onnx")
+    x = rng.normal(size=(64, 1, 6, 6)).astype(np.float32)
+    net = import_onnx(path, calibration=x)
+    assert [layer.kind for layer in net.layers] == ["zero_skip", "overlay_conv", "flatten",
+                                                    "zero_skip", "overlay_linear"]
+    max_err, mean_err, agree = errors(run_golden(net, x), run_ort(path, x))
+    assert max_err < 0.05 and mean_err < 0.01 and agree >= 0.95, (max_err, mean_err, agree)

@@ -50,30 +50,76 @@ def _save_npy(path: str, arr: np.ndarray) -> None:
 
 def _cmd_golden(args: argparse.Namespace) -> int:
     from cosparse.compiler import ir
-    from cosparse.compiler.quantize import dequantize, quantize_input
     from cosparse.sim import golden
 
+    from .build import network_input, network_output
+
     net = ir.load(args.outdir)
-    x = _load_npy(args.input, "input")
-    want = net.input.shape
-    if x.ndim != len(want) + 1 or x.shape[1:] != want:
-        raise CosparseError(f"input {args.input!r} has shape {x.shape}; the network "
-                            f"{net.name!r} takes [N, {', '.join(map(str, want))}]")
-    if x.dtype == np.int8:
-        xq = x
-    elif x.dtype in (np.float32, np.float64):
-        if not np.all(np.isfinite(x)):
-            raise CosparseError(f"input {args.input!r} holds NaN or infinite values")
-        xq = quantize_input(x, net.input.scale)
-    else:
-        raise CosparseError(f"input {args.input!r} has dtype {x.dtype}; expected float32 "
-                            "(quantized with the network's input scale) or int8")
+    xq = network_input(net, _load_npy(args.input, "input"), repr(args.input))
     t0 = time.perf_counter()
     y = golden.run(net, xq)
     dt = time.perf_counter() - t0
-    _save_npy(args.output, dequantize(y, net.output.scale))
+    _save_npy(args.output, network_output(net, y))
     print(f"golden: {len(xq)} inferences of {net.name} in {dt:.3f} s "
           f"({len(xq) / max(dt, 1e-9):,.0f}/s) -> {args.output}")
+    return 0
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    import json
+
+    from cosparse.compiler import ir
+    from cosparse.hw.network import Folding
+    from cosparse.sim.netsim import simulate_network
+
+    from .build import network_input, network_output
+    from .perf import predict
+
+    net = ir.load(args.outdir)
+    if "folding" not in net.meta:
+        raise CosparseError(f"{args.outdir!r} holds no folding (manifest meta.folding); "
+                            "compile it with cosparse compile")
+    folding = Folding.from_dict(net.meta["folding"])
+    xq = network_input(net, _load_npy(args.input, "input"), repr(args.input))
+    build_root = Path(args.outdir) / "sim_build"
+    print(f"sim: {len(xq)} inferences of {net.name} in Verilator "
+          f"(model built once into {build_root}) ...", flush=True)
+    t0 = time.perf_counter()
+    run = simulate_network(net, folding, xq, build_root=build_root, waves=args.waves)
+    dt = time.perf_counter() - t0
+    pred = predict(net, folding, xq[1:] if len(xq) > 1 else xq)["interval_cycles"]
+    _save_npy(args.output, network_output(net, run.outputs))
+    stats = {"network": net.name, "inferences": len(xq), "latency_cycles": run.latency_cycles,
+             "interval_cycles": run.interval_cycles, "predicted_interval_cycles": pred,
+             "total_cycles": run.total_cycles, "wall_seconds": round(dt, 3)}
+    out_json = Path(args.output).with_suffix(".json")
+    out_json.write_text(json.dumps(stats, indent=1) + "\n")
+    interval = "-" if run.interval_cycles is None else f"{run.interval_cycles:,.1f}"
+    print(f"sim: latency {run.latency_cycles:,} cycles, interval {interval} cycles per inference "
+          f"(predicted {pred:,.1f}); {dt:.1f} s -> {args.output}, {out_json}")
+    return 0
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from .build import compile_model
+
+    cal = None if args.calibration is None else _load_npy(args.calibration, "calibration")
+    compile_model(args.model, board=args.board, outdir=args.outdir, calibration=cal,
+                  mode=args.mode, config=args.config,
+                  progress=lambda s: print(f"compile: {s}", flush=True))
+    if args.bitstream:
+        raise CosparseError("--bitstream is not available yet (boards and bitstreams are "
+                            "the next step); the core and its report were written")
+    return 0
+
+
+def _cmd_boards(args: argparse.Namespace) -> int:
+    from cosparse.boards.catalog import BOARDS
+
+    print(f"{'board':<16} {'FPGA':<18} {'LUT4':>7} {'DSP':>4} {'BRAM kbit':>9} {'MHz':>5}  notes")
+    for b in BOARDS.values():
+        print(f"{b.name:<16} {b.fpga:<18} {b.luts:>7,} {b.dsps:>4} {b.bram_kbit:>9,} "
+              f"{b.clock_mhz:>5g}  {b.notes}")
     return 0
 
 
@@ -113,6 +159,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input", required=True, help="X.npy: float32 [N, *input shape] (or int8)")
     g.add_argument("-o", "--output", required=True, help="Y.npy: float32 [N, *output shape]")
     g.set_defaults(func=_cmd_golden)
+
+    s = sub.add_parser("sim", help="run a compiled network's Verilog in Verilator")
+    s.add_argument("outdir", help="compiled network folder")
+    s.add_argument("--input", required=True, help="X.npy: float32 [N, *model input shape]")
+    s.add_argument("-o", "--output", required=True,
+                   help="Y.npy: float32 [N, *model output shape]; cycle counts go to Y.json")
+    s.add_argument("--waves", action="store_true", help="write an FST trace into OUTDIR/sim_build")
+    s.set_defaults(func=_cmd_sim)
+
+    c = sub.add_parser("compile", help="compile an ONNX model (float or QDQ) to an accelerator")
+    c.add_argument("model", help="MODEL.onnx")
+    c.add_argument("--board", required=True, help="target board (see cosparse boards) or sim")
+    c.add_argument("-o", "--outdir", required=True, help="output folder")
+    c.add_argument("--calibration", help="X.npy: float32 [N, *model input shape] for a float model")
+    c.add_argument("--mode", default="sparse-sparse",
+                   choices=["dense", "sparse-weights", "sparse-sparse"])
+    c.add_argument("--config", help="JSON: {\"folding\": {layer: {entries, lanes_per_beat}}, "
+                                    "\"kernels_per_overlay\": {layer: K}}")
+    c.add_argument("--bitstream", action="store_true", help="also build the bitstream")
+    c.set_defaults(func=_cmd_compile)
+
+    b = sub.add_parser("boards", help="list the target boards and their resources")
+    b.set_defaults(func=_cmd_boards)
 
     v = sub.add_parser("version", help="print versions of cosparse and its tools")
     v.set_defaults(func=_cmd_version)

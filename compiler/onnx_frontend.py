@@ -1896,13 +1896,12 @@ def from_ir_output(net: ir.Network, y: np.ndarray) -> np.ndarray:
     out = net.output
     y = y.astype(np.float64) * np.asarray(out.scale, dtype=np.float64)
     layout = net.meta.get("output_layout", "vector")
-    if layout == "vector":
-        perm = net.meta.get("output_permutation")
-        if perm is not None:
-            z = np.empty_like(y)
-            z[:, np.asarray(perm)] = y
-            y = z
-    else:  # IR (H, W, C) -> the model's order of C, H, W
+    perm = net.meta.get("output_permutation")  # IR element n is the model's perm[n] (last axis)
+    if perm is not None:
+        z = np.empty_like(y)
+        z[..., np.asarray(perm)] = y
+        y = z
+    if layout != "vector":  # IR (H, W, C) -> the model's order of C, H, W
         order = layout[1:]
         y = y.transpose([0] + [1 + "HWC".index(a) for a in order])
     return y.astype(np.float32)

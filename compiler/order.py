@@ -8,8 +8,10 @@ through the network: the layer's bias, requant constants and accumulator
 scales, the boost of a following k-WTA, and the input rows (fan-in) of the
 next overlay layer, across pooling, k-WTA and flatten. The network computes
 the same function, with its channels permuted; the permutation of the final
-output is recorded in ``meta["output_permutation"]`` so that results can be
-put back in the source model's order.
+output is recorded in ``meta["output_permutation"]`` (output ``n`` of the
+compiled network is element ``perm[n]`` of the source model's, composed with
+any renumbering already recorded there) so that results can be put back in
+the source model's order.
 
 One visible effect: the k-WTA tie rule ("the lower index wins") applies to
 the compiled network's channel numbers.
@@ -77,11 +79,15 @@ def to_drain_order(net: ir.Network) -> ir.Network:
             h, w, c = inp.shape
             perm = (np.arange(h * w)[:, None] * c + perm[None, :]).ravel()
     net.specs()
-    out = np.arange(len(perm)) if perm is None else perm
-    if not np.array_equal(out, np.arange(len(out))):
-        net.meta["output_permutation"] = [int(v) for v in out]
-    else:
-        net.meta.pop("output_permutation", None)
+    if perm is not None:
+        # Compose with an earlier renumbering (the frontend's, of a flatten):
+        # output n is now what was output perm[n].
+        before = net.meta.get("output_permutation")
+        out = np.asarray(before)[perm] if before is not None else perm
+        if np.array_equal(out, np.arange(len(out))):
+            net.meta.pop("output_permutation", None)
+        else:
+            net.meta["output_permutation"] = [int(v) for v in out]
     return net
 
 

@@ -106,7 +106,10 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
     masks), the engine's count uses the worst row's words for every beat: an
     upper bound.
     """
+    own = core is None
     core = core or NetworkCore(net, folding)
+    if own:
+        core.discard()
     acts = [np.asarray(x)]
     for layer in net.layers:
         acts.append(golden.run_layer(layer, acts[-1]))

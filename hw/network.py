@@ -263,6 +263,11 @@ class NetworkCore(wiring.Component):
         super().__init__({"i": In(stream.Signature(self.in_layout)),
                           "o": Out(stream.Signature(self.out_layout))})
 
+    def discard(self) -> None:
+        """Mark the core and its units as deliberately unused (built only to be measured)."""
+        for obj in [self, *(st.component for st in self.stages)]:
+            obj._MustUse__silence = True
+
     @staticmethod
     def _entries_into(net: ir.Network, folding: Folding) -> list[int]:
         """``R`` of the stream entering each layer (and, last, of the output stream).

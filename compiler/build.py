@@ -1,0 +1,212 @@
+"""``cosparse compile``: an ONNX model to a compiled accelerator folder.
+
+The steps, each a function of the IR: check the operators
+(:func:`~.onnx_frontend.check_supported`, before any heavy work), import and
+quantize (:func:`~.onnx_frontend.import_onnx`), put every overlay layer in
+drain order (:func:`~.order.to_drain_order`), fold for the board
+(:func:`~.fold.choose_folding`), then emit into OUTDIR:
+
+* ``manifest.json`` + ``tensors.npz``: the network, its folding, board and
+  predicted cycles (``meta``);
+* ``rtl/cosparse_core.v``: the network core's Verilog;
+* ``report.md``: per layer shape, weight density, overlay fill, dense and
+  sparse-sparse MACs, R and P, predicted cycles, weight memory bits.
+
+Everything is written into a temporary folder beside OUTDIR and renamed at
+the end, so a failed compile leaves no half-written OUTDIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import ir
+from .errors import CosparseError
+
+__all__ = ["compile_model", "layer_table", "network_input", "network_output"]
+
+
+def _read_config(path: str | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CosparseError(f"config file {path!r} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise CosparseError(f"config file {path!r} is not readable JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CosparseError(f"config file {path!r} must hold a JSON object")
+    return cfg
+
+
+def network_input(net: ir.Network, x: np.ndarray, what: str) -> np.ndarray:
+    """Model-layout float32 inputs (or IR-layout int8) to the IR's int8 frames."""
+    from .quantize import quantize_input
+
+    model_shape = tuple(net.meta.get("input_shape", net.input.shape))
+    x = np.asarray(x)
+    if x.dtype == np.int8 and x.shape[1:] == net.input.shape:
+        return x
+    if x.ndim != len(model_shape) + 1 or tuple(x.shape[1:]) != model_shape:
+        raise CosparseError(f"input {what} has shape {list(x.shape)}; the network "
+                            f"{net.name!r} takes [N, {', '.join(map(str, model_shape))}]")
+    if x.dtype not in (np.float32, np.float64):
+        raise CosparseError(f"input {what} has dtype {x.dtype}; expected float32")
+    if not np.all(np.isfinite(x)):
+        raise CosparseError(f"input {what} holds NaN or infinite values")
+    if "input_layout" in net.meta:
+        from .onnx_frontend import to_ir_input
+        return to_ir_input(net, x)
+    return quantize_input(x, net.input.scale)
+
+
+def network_output(net: ir.Network, y: np.ndarray) -> np.ndarray:
+    """IR integer outputs to dequantized float32 in the model's layout and order."""
+    if "output_layout" in net.meta:
+        from .onnx_frontend import from_ir_output
+        return from_ir_output(net, y)
+    from .order import restore_output_order
+    from .quantize import dequantize
+    return dequantize(restore_output_order(net, y), net.output.scale)
+
+
+def layer_table(net: ir.Network, folding, sample: np.ndarray) -> list[dict]:
+    """Per overlay layer: shapes, density, fill, MACs, fold, predicted cycles, memory bits."""
+    from cosparse.sim import golden
+
+    from .perf import stage_cycles
+
+    stages = stage_cycles(net, folding, sample)
+    acts = [sample]
+    for layer in net.layers:
+        acts.append(golden.run_layer(layer, acts[-1]))
+    specs = net.specs()
+    rows = []
+    for i, layer in enumerate(net.layers):
+        cyc = max((s.mean for s in stages if s.layer == layer.name), default=0.0)
+        row = {"layer": layer.name, "kind": layer.kind, "in": list(specs[i].shape),
+               "out": list(specs[i + 1].shape), "cycles": cyc}
+        if isinstance(layer, ir._OverlayLayer):
+            ov = layer.overlays
+            m, fan_in = ov.num_kernels, ov.fan_in
+            positions = int(np.prod(specs[i + 1].shape[:-1])) if len(specs[i + 1].shape) == 3 else 1
+            x = acts[i]
+            if isinstance(layer, ir.OverlayConv):
+                from numpy.lib.stride_tricks import sliding_window_view
+                pt, pl, pb, pr = layer.padding
+                xp = np.pad(x != 0, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+                win = sliding_window_view(xp, layer.kernel, axis=(1, 2))
+                win = win[:, ::layer.stride[0], ::layer.stride[1]]
+                active = win.sum(axis=(3, 4, 5)).mean(axis=0).sum()  # active inputs per frame
+            else:
+                active = float(np.count_nonzero(x, axis=tuple(range(1, x.ndim))).mean())
+            f = folding.of(layer.name)
+            row.update(kernels=m, fan_in=fan_in, density=ov.nnz / (m * fan_in), fill=ov.fill,
+                       K=ov.kernels_per_overlay, lanes=ov.lanes,
+                       dense_macs=m * fan_in * positions,
+                       sparse_macs=float(active * ov.lanes),  # each active input x L slots
+                       R=f.entries, P=f.lanes_per_beat or ov.lanes,
+                       memory_bits=int(ov.words * ov.lanes * (8 + max(1, (ov.kernels_per_overlay - 1).bit_length()))))
+        rows.append(row)
+    return rows
+
+
+def _report(net: ir.Network, rows: list[dict], perf: dict, board, mults: int) -> str:
+    lines = [f"# {net.name}: compiled for {board.name} ({board.fpga})", "",
+             f"Mode `{net.meta.get('mode')}`, source `{net.meta.get('source', '-')}`.", "",
+             "| layer | kind | in | out | density | fill | K | dense MACs | sparse MACs | R | P | "
+             "cycles | weight bits |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "kernels" in r:
+            lines.append(f"| {r['layer']} | {r['kind']} | {r['in']} | {r['out']} | "
+                         f"{r['density']:.3f} | {r['fill']:.3f} | {r['K']} | {r['dense_macs']:,} | "
+                         f"{r['sparse_macs']:,.0f} | {r['R']} | {r['P']} | {r['cycles']:,.0f} | "
+                         f"{r['memory_bits']:,} |")
+        else:
+            lines.append(f"| {r['layer']} | {r['kind']} | {r['in']} | {r['out']} | | | | | | | | "
+                         f"{r['cycles']:,.0f} | |")
+    dense = sum(r.get("dense_macs", 0) for r in rows)
+    sparse = sum(r.get("sparse_macs", 0) for r in rows)
+    ips = board.clock_mhz * 1e6 / max(perf["interval_cycles"], 1)
+    lines += ["", f"Totals: {dense:,} dense MACs, {sparse:,.0f} sparse-sparse MACs per inference; "
+              f"{mults} multipliers (budget {board.multipliers}).", "",
+              f"Predicted interval {perf['interval_cycles']:,.0f} cycles per inference "
+              f"(bottleneck {perf['bottleneck']}): {ips:,.0f} inferences/s at "
+              f"{board.clock_mhz:g} MHz.", ""]
+    return "\n".join(lines)
+
+
+def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.PathLike,
+                  calibration: np.ndarray | None = None, mode: str = "sparse-sparse",
+                  config: str | None = None,
+                  progress: Callable[[str], None] = print) -> Path:
+    """Compile ``model`` for ``board`` into ``outdir`` (see the module doc)."""
+    from amaranth.back import verilog
+
+    from cosparse.boards.catalog import get_board
+    from cosparse.hw.network import LayerFold, NetworkCore
+
+    from .fold import choose_folding, multipliers
+    from .onnx_frontend import check_supported, import_onnx
+    from .order import to_drain_order
+    from .perf import predict
+
+    b = get_board(board)
+    out = Path(outdir)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                              and not (out / "manifest.json").exists())):
+        raise CosparseError(f"output folder {str(out)!r} exists and is not a cosparse build "
+                            "(no manifest.json); choose a new or empty folder")
+    if mode not in ("sparse-sparse", "sparse-weights", "dense"):
+        raise CosparseError(f"mode must be sparse-sparse, sparse-weights or dense, got {mode!r}")
+    cfg = _read_config(config)
+    check_supported(model)
+    progress(f"import {model} ({mode})")
+    net = import_onnx(model, calibration=calibration, mode=mode,
+                      kernels_per_overlay=cfg.get("kernels_per_overlay"))
+    net = to_drain_order(net)
+    if calibration is not None:
+        sample = network_input(net, np.asarray(calibration)[:16], "calibration")
+    else:
+        sample = np.random.default_rng(0).integers(-128, 128, (4, *net.input.shape)).astype(np.int8)
+    overrides = {n: LayerFold(int(f.get("entries", 1)), f.get("lanes_per_beat"), f.get("width"))
+                 for n, f in cfg.get("folding", {}).items()}
+    unknown = set(overrides) - {layer.name for layer in net.layers}
+    if unknown:
+        raise CosparseError(f"config folds name unknown layers {sorted(unknown)}; the layers are "
+                            f"{[layer.name for layer in net.layers]}")
+    progress(f"fold for {b.name} ({b.multipliers} multipliers)")
+    folding = choose_folding(net, sample, max_multipliers=b.multipliers, overrides=overrides)
+    perf = predict(net, folding, sample)
+    mults = multipliers(net, folding)
+    net.meta.update(board=b.name, folding=folding.to_dict(), multipliers=mults,
+                    predicted={"interval_cycles": perf["interval_cycles"],
+                               "bottleneck": perf["bottleneck"]})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        ir.save(net, tmp)
+        progress("generate Verilog")
+        core = NetworkCore(net, folding)
+        (tmp / "rtl").mkdir()
+        (tmp / "rtl" / "cosparse_core.v").write_text(
+            verilog.convert(core, name="cosparse_core", emit_src=False))
+        rows = layer_table(net, folding, sample)
+        (tmp / "report.md").write_text(_report(net, rows, perf, b, mults))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    progress(f"wrote {out}: predicted {perf['interval_cycles']:,.0f} cycles per inference "
+             f"(bottleneck {perf['bottleneck']}), {mults} multipliers")
+    return out

@@ -1,0 +1,109 @@
+"""Folding: choose each overlay layer's parallelism (R active inputs, P lanes) for a budget.
+
+The pipeline's interval is its slowest stage, so parallelism goes where the
+performance model (:mod:`cosparse.compiler.perf`) says the time is: starting
+from one multiplier per layer, the bottleneck overlay layer gets the next
+step up (more lanes per pass until all ``L`` lanes run at once, then more
+entries per beat) while the multipliers fit the budget. It stops when the
+bottleneck is not an overlay layer's stage (a k-WTA, a pool: more
+multipliers would not help) or the next step does not fit.
+
+A user can override any layer (``overrides``): those folds are kept as they
+are and the search works around them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cosparse.hw.network import Folding, LayerFold
+
+from . import ir
+from .errors import CosparseError
+from .perf import stage_cycles
+
+__all__ = ["choose_folding", "multipliers", "FoldingError"]
+
+MAX_ENTRIES = 16
+
+
+class FoldingError(CosparseError):
+    """The network cannot fit the budget even with the least parallelism."""
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def multipliers(net: ir.Network, folding: Folding) -> int:
+    """Multipliers of the overlay engines: ``sum R * P``."""
+    total = 0
+    for layer in net.layers:
+        if isinstance(layer, ir._OverlayLayer):
+            f = folding.of(layer.name)
+            total += f.entries * (f.lanes_per_beat or layer.overlays.lanes)
+    return total
+
+
+def _input_width(net: ir.Network) -> int:
+    c = net.input.shape[-1] if len(net.input.shape) == 3 else 1
+    return min(c, 8) if len(net.input.shape) == 3 else 8
+
+
+def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
+                   overrides: dict[str, LayerFold] | None = None,
+                   max_steps: int = 64) -> Folding:
+    """Balance the pipeline within ``max_multipliers``.
+
+    Parameters
+    ----------
+    net : Network
+        In drain order.
+    sample : ndarray of int8
+        A few representative inputs (the calibration set): the activity the
+        performance model uses.
+    max_multipliers : int
+        The budget (DSP blocks plus LUT multipliers the board can afford).
+    overrides : dict, optional
+        Layer name -> fold to keep.
+
+    Raises
+    ------
+    FoldingError
+        One multiplier per layer already exceeds the budget.
+    """
+    overrides = dict(overrides or {})
+    overlay = [layer for layer in net.layers if isinstance(layer, ir._OverlayLayer)]
+    folds = {}
+    for layer in overlay:
+        folds[layer.name] = overrides.get(layer.name, LayerFold(1, 1))
+    folding = Folding(input_width=_input_width(net), layers=folds)
+    need = multipliers(net, folding)
+    if need > max_multipliers:
+        raise FoldingError(f"the network needs at least {need} multipliers "
+                           f"(one per overlay layer plus the fixed folds), the budget is "
+                           f"{max_multipliers}")
+    by_name = {layer.name: layer for layer in overlay}
+    for _ in range(max_steps):
+        stages = stage_cycles(net, folding, sample)
+        worst = max(stages, key=lambda s: s.mean)
+        if worst.layer not in by_name or worst.layer in overrides:
+            break
+        layer = by_name[worst.layer]
+        f = folding.layers[layer.name]
+        lanes = layer.overlays.lanes
+        p = f.lanes_per_beat or lanes
+        bigger = [d for d in _divisors(lanes) if d > p]
+        if bigger:
+            step = LayerFold(f.entries, bigger[0], f.width)
+        elif f.entries < MAX_ENTRIES:
+            step = LayerFold(f.entries * 2, p, f.width)
+        else:
+            break
+        trial = Folding(folding.input_width, {**folding.layers, layer.name: step})
+        if multipliers(net, trial) > max_multipliers:
+            break
+        if max(s.mean for s in stage_cycles(net, trial, sample)) >= worst.mean:
+            break  # e.g. more entries into a window whose positions fit one beat already
+        folding = trial
+    return folding

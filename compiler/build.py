@@ -56,7 +56,7 @@ def network_input(net: ir.Network, x: np.ndarray, what: str) -> np.ndarray:
     if x.dtype == np.int8 and x.shape[1:] == net.input.shape:
         return x
     if x.ndim != len(model_shape) + 1 or tuple(x.shape[1:]) != model_shape:
-        raise CosparseError(f"input {what} has shape {list(x.shape)}; the network "
+        raise CosparseError(f"input {what} has shape {tuple(x.shape)}; the network "
                             f"{net.name!r} takes [N, {', '.join(map(str, model_shape))}]")
     if x.dtype not in (np.float32, np.float64):
         raise CosparseError(f"input {what} has dtype {x.dtype}; expected float32")

@@ -126,7 +126,8 @@ def _cmd_boards(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(outdir=args.outdir, count=args.count, seed=args.seed)
+    return run_demo(outdir=args.outdir, count=args.count, seed=args.seed,
+                    sim_count=args.sim_count)
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
@@ -148,9 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    d = sub.add_parser("demo", help="build a bundled network, pack it and run the golden model")
+    d = sub.add_parser("demo", help="compile the bundled digits network, run golden and Verilator")
     d.add_argument("-o", "--outdir", help="keep the compiled network here (default: a temp folder)")
-    d.add_argument("-n", "--count", type=int, default=256, help="inferences to run (default 256)")
+    d.add_argument("-n", "--count", type=int, default=256,
+                   help="golden inferences on the reduced gsc-cs network (default 256)")
+    d.add_argument("--sim-count", type=int, default=16,
+                   help="test digits run in Verilator (default 16)")
     d.add_argument("--seed", type=int, default=0, help="weights and inputs seed (default 0)")
     d.set_defaults(func=_cmd_demo)
 

@@ -21,15 +21,16 @@ def run(*args, cwd=None):
 def test_help_lists_the_commands():
     r = run("--help")
     assert r.returncode == 0
-    for cmd in ("demo", "golden", "version"):
+    for cmd in ("demo", "golden", "version", "compile", "sim", "boards"):
         assert cmd in r.stdout
 
 
 def test_demo_runs_and_checks_itself(tmp_path):
-    r = run("demo", "-n", "64", "-o", tmp_path / "out")
+    r = run("demo", "-n", "64", "--sim-count", "4", "-o", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert "golden == dense integer reference on 32 inputs: yes" in r.stdout
-    assert "conv2" in r.stdout and "fill" in r.stdout
+    assert "Verilator == golden on 4 digits: yes" in r.stdout
+    assert "fc1" in r.stdout and "fill" in r.stdout
     ir.load(tmp_path / "out")  # the kept network is valid
 
 
@@ -95,5 +96,7 @@ def test_wheel_installs_only_the_cosparse_namespace(tmp_path):
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"cosparse"}
     names = zipfile.ZipFile(wheel).namelist()
-    for pkg in ("hw", "compiler", "sim", "boards"):
+    for pkg in ("hw", "compiler", "sim", "boards", "examples"):
         assert f"cosparse/{pkg}/__init__.py" in names
+    for data in ("digits_cs.onnx", "digits_calib.npy", "digits_test.npz", "digits_cs.json"):
+        assert f"cosparse/examples/{data}" in names  # the demo's network ships in the wheel

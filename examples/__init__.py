@@ -1,0 +1,1 @@
+"""Bundled examples: the trained digits network (see README.md here)."""

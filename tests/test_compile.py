@@ -1,0 +1,127 @@
+"""``cosparse compile / sim / golden / boards`` on the bundled digits network and on bad input."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from cosparse.compiler import ir
+
+COSPARSE = shutil.which("cosparse") or pytest.fail("the cosparse entry point is not installed")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run(*args):
+    return subprocess.run([COSPARSE, *map(str, args)], capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("digits")
+    out = tmp / "build"
+    r = run("compile", EXAMPLES / "digits_cs.onnx", "--board", "sim", "-o", out,
+            "--calibration", EXAMPLES / "digits_calib.npy")
+    assert r.returncode == 0, r.stderr
+    test = np.load(EXAMPLES / "digits_test.npz")
+    np.save(tmp / "x.npy", test["x"])
+    np.save(tmp / "x8.npy", test["x"][:8])
+    return tmp, out, test
+
+
+def test_compile_writes_manifest_rtl_and_report(digits):
+    _, out, _ = digits
+    net = ir.load(out)
+    assert net.meta["board"] == "sim" and "folding" in net.meta
+    assert (out / "rtl" / "cosparse_core.v").read_text().count("module cosparse_core") == 1
+    report = (out / "report.md").read_text()
+    assert "Predicted interval" in report and "fc1" in report
+    assert not list(out.parent.glob(".build.tmp-*"))
+
+
+def test_golden_accuracy_within_a_point_of_float(digits):
+    tmp, out, test = digits
+    r = run("golden", out, "--input", tmp / "x.npy", "-o", tmp / "y.npy")
+    assert r.returncode == 0, r.stderr
+    y = np.load(tmp / "y.npy")
+    assert y.shape == (360, 10) and y.dtype == np.float32
+    acc = (y.argmax(axis=1) == test["y"]).mean()
+    float_acc = json.loads((EXAMPLES / "digits_cs.json").read_text())["accuracy"]["torch_test"]
+    assert acc >= float_acc - 0.01, (acc, float_acc)
+
+
+def test_sim_equals_golden_and_the_cycle_model(digits):
+    tmp, out, _ = digits
+    assert run("golden", out, "--input", tmp / "x8.npy", "-o", tmp / "g.npy").returncode == 0
+    r = run("sim", out, "--input", tmp / "x8.npy", "-o", tmp / "s.npy")
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.load(tmp / "s.npy"), np.load(tmp / "g.npy"))
+    stats = json.loads((tmp / "s.json").read_text())
+    assert stats["latency_cycles"] > stats["interval_cycles"] > 0
+    assert abs(stats["interval_cycles"] - stats["predicted_interval_cycles"]) \
+        <= 0.01 * stats["predicted_interval_cycles"]
+    assert (out / "sim_build").is_dir()  # the Verilator model is kept with the build
+
+
+def test_boards_lists_the_targets():
+    r = run("boards")
+    assert r.returncode == 0
+    for name in ("icebreaker", "ulx3s-85f", "orangecrab-25f", "arty-a7-100", "sim"):
+        assert name in r.stdout
+
+
+def _model_with_unsupported_op(path):
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    g = helper.make_graph([helper.make_node("Sigmoid", ["input"], ["y"], name="act")], "g", [x], [y])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unsupported", "Sigmoid"),
+    ("truncated", "digits_cs.onnx"),
+    ("board", "unknown board"),
+    ("calibration", "calibration"),
+])
+def test_compile_errors_are_one_paragraph_and_leave_nothing(tmp_path, case, message):
+    model, board, extra = EXAMPLES / "digits_cs.onnx", "sim", ["--calibration",
+                                                               EXAMPLES / "digits_calib.npy"]
+    if case == "unsupported":
+        model = tmp_path / "m.onnx"
+        _model_with_unsupported_op(model)
+    elif case == "truncated":
+        model = tmp_path / "digits_cs.onnx"
+        model.write_bytes((EXAMPLES / "digits_cs.onnx").read_bytes()[:5000])
+    elif case == "board":
+        board = "nosuchboard"
+    elif case == "calibration":
+        np.save(tmp_path / "c.npy", np.zeros((4, 8, 8), np.float32))
+        extra = ["--calibration", tmp_path / "c.npy"]
+    out = tmp_path / "out"
+    r = run("compile", model, "--board", board, "-o", out, *extra)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_compile_refuses_to_overwrite_a_foreign_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    r = run("compile", EXAMPLES / "digits_cs.onnx", "--board", "sim", "-o", out,
+            "--calibration", EXAMPLES / "digits_calib.npy")
+    assert r.returncode == 2 and "not a cosparse build" in r.stderr
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_sim_rejects_a_wrong_input_shape(digits):
+    tmp, out, _ = digits
+    np.save(tmp / "bad.npy", np.zeros((2, 1, 9, 9), np.float32))
+    r = run("sim", out, "--input", tmp / "bad.npy", "-o", tmp / "bad_y.npy")
+    assert r.returncode == 2 and "has shape (2, 1, 9, 9)" in r.stderr
+    assert not (tmp / "bad_y.npy").exists()

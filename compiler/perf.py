@@ -16,8 +16,11 @@ entries per sparse beat, ``nnz`` the non-zeros of a group, ``ceil`` implied):
   ``max(1, words)``, ``words = active/R`` of the tap's input position
   (1 for a tap in the padding);
 * overlay engine: per group, ``max(sum over input beats of b * L/P, M/P)``,
-  ``b`` the most words any entry's overlay row needs (1 for complementary
-  masks);
+  ``b`` the most words any entry of the beat needs in its overlay row (1
+  for complementary masks, at least 1 for an empty beat); the beats are
+  the producer's: canonical ``R``-entry chunks per group from a zero-skip
+  or k-WTA, per-position chunks from a flatten, the taps' stored chunks
+  from a window;
 * requantizer, bias add, densify, local k-WTA: ``G/D`` per group
   (``M/P`` for the first two);
 * max pool: ``C/D`` per input position; sparse max pool: ``C/D`` per input
@@ -25,6 +28,15 @@ entries per sparse beat, ``nnz`` the non-zeros of a group, ``ceil`` implied):
   several beats);
 * global k-WTA: ``digits * (W + 267)``, ``W`` its input beats per frame;
 * flatten: one cycle per input beat (sparse), none (dense).
+
+Known limit: the interval is the slowest stage's time only while stages
+are decoupled. A global k-WTA holds a whole frame (two halves: it writes
+frame ``f + 1`` while emitting ``f``), and when its consumer takes longer
+than the write and scan of the next frame, frames queue behind it: measured
+1,400 cycles against 897 predicted on a CNN with a map-wide k-WTA, 1,290
+against 945 on MLPs with two global k-WTAs. Where one stage dominates (the
+reduced gsc-cs network, the digits example) the prediction is within 0.2%.
+A frame-level model of the double-buffered stages is the next step.
 """
 
 from __future__ import annotations
@@ -80,13 +92,68 @@ def _window_beats(x: np.ndarray, win: window.SparseWindow) -> np.ndarray:
     return total.reshape(n, -1)
 
 
-def _engine_cycles(beats: np.ndarray, eng: overlay.OverlayEngine) -> np.ndarray:
-    """Per frame, from ``beats`` ``[N, groups]`` input beats per group (complementary rows)."""
+def _chunk_cost(active: np.ndarray, row_words: np.ndarray, r: int) -> np.ndarray:
+    """Engine beats of groups sent in canonical chunks of ``r`` entries.
+
+    ``active`` ``[N, G, C]`` marks the entries of each group, ``row_words``
+    ``[G, C]`` the overlay words of each entry's row; a chunk (one input
+    beat) costs the most words among its entries (at least 1). Returns
+    ``[N, G]``; an empty group costs 0.
+    """
+    rank = np.cumsum(active, axis=-1) - 1
+    words = np.where(active, row_words[None], 0)
+    cost = np.zeros(active.shape[:2], dtype=np.int64)
+    for j in range(-(-active.shape[-1] // r)):
+        in_chunk = active & (rank // r == j)
+        m = np.where(in_chunk, words, 0).max(axis=-1)
+        cost += np.where(in_chunk.any(axis=-1), np.maximum(m, 1), 0)
+    return cost
+
+
+def _window_cost(x: np.ndarray, win: window.SparseWindow, row_words: np.ndarray) -> np.ndarray:
+    """Engine beats per output position, ``[N, Ho*Wo]``, for the beats a window sends.
+
+    Each tap re-sends the beats its input position arrived in (``R``-entry
+    chunks of its active channels, index ``tap * C + c``); an empty position
+    or a tap in the padding is one empty beat.
+    """
+    n, h, w, c = x.shape
+    kh, kw = win.kernel
+    sh, sw = win.stride
+    pt, pl, pb, pr = win.padding
+    ho, wo = win.out_height, win.out_width
+    active = (x != 0).reshape(n, h * w, c)
+    total = np.zeros((n, ho, wo), dtype=np.int64)
+    for dy in range(kh):
+        for dx in range(kw):
+            t = dy * kw + dx
+            words = np.broadcast_to(row_words[t * c:(t + 1) * c], (h * w, c))
+            cost = _chunk_cost(active, words, win.entries).reshape(n, h, w)
+            padded = np.ones((n, h + pt + pb, w + pl + pr), dtype=np.int64)
+            padded[:, pt:pt + h, pl:pl + w] = np.maximum(cost, 1)
+            total += padded[:, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw]
+    return total.reshape(n, -1)
+
+
+def _engine_cycles(feed: tuple, eng: overlay.OverlayEngine) -> np.ndarray:
+    """Per frame: each input beat costs ``max(1, words) * L/P``; a group at least its drain."""
     ov = eng.overlays
     passes = ov.lanes // eng.lanes_per_beat
-    b = int(ov.beats.max(initial=1))  # the worst row (1 for complementary masks)
     drain = -(-ov.num_kernels // eng.lanes_per_beat)
-    return np.maximum(beats * passes * b, drain).sum(axis=1)
+    row_words = ov.beats.astype(np.int64)
+    kind = feed[0]
+    if kind == "window":
+        beats = _window_cost(feed[1], feed[2], row_words)
+    elif kind == "groups":  # canonical chunks per group (zero-skip, k-WTA); empty: one beat
+        active = feed[1]  # [N, groups, G]: a linear layer's input is one group of G = fan-in
+        words = np.broadcast_to(row_words[:active.shape[2]], active.shape[1:])
+        beats = np.maximum(_chunk_cost(active, words, eng.entries), 1)
+    else:  # "flatten": per-position chunks of one vector group, an empty last one closes it
+        active = feed[1]
+        pos_words = row_words.reshape(active.shape[1], active.shape[2])
+        cost = _chunk_cost(active, pos_words, eng.entries)
+        beats = (cost.sum(axis=1) + ~active[:, -1].any(axis=-1))[:, None]
+    return np.maximum(beats * passes, drain).sum(axis=1)
 
 
 def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
@@ -100,11 +167,6 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
     folding : Folding
     x : ndarray of int8, shape ``[N, *net.input.shape]``
 
-    Notes
-    -----
-    With overlays whose rows need more than one word (non-complementary
-    masks), the engine's count uses the worst row's words for every beat: an
-    upper bound.
     """
     own = core is None
     core = core or NetworkCore(net, folding)
@@ -115,7 +177,7 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
         acts.append(golden.run_layer(layer, acts[-1]))
     by_layer = {layer.name: i for i, layer in enumerate(net.layers)}
     out: list[StageCycles] = []
-    pending_beats = None  # input beats per group into the next engine
+    feed = None  # what the next engine receives: ("groups"|"flatten", active) or ("window", x, w)
     last_act = acts[0]
     for st in core.stages:
         c = st.component
@@ -129,15 +191,15 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
             if c.width > c.entries:  # the output can set the pace
                 per = np.maximum(per, _ceil(nz, c.entries))
             cyc = per.sum(axis=1)
-            pending_beats = np.maximum(1, _ceil(nz, c.entries))
+            feed = ("groups", np.ones(g.shape, bool) if c.keep_zeros else g != 0)
         elif isinstance(c, window.SparseWindow):
-            pending_beats = _window_beats(xin, c)
-            cyc = pending_beats.sum(axis=1)
+            cyc = _window_beats(xin, c).sum(axis=1)
+            feed = ("window", xin, c)
         elif isinstance(c, overlay.OverlayEngine):
-            if pending_beats is None or pending_beats.shape[0] != n:
-                pending_beats = np.maximum(1, _ceil(np.count_nonzero(g, axis=2), c.entries))
-            cyc = _engine_cycles(pending_beats, c)
-            pending_beats = None
+            if feed is None:
+                feed = ("groups", g != 0)
+            cyc = _engine_cycles(feed, c)
+            feed = None
         elif isinstance(c, (requant.Requantizer, requant.BiasAdd)):
             cyc = np.full(n, _groups(acts[i + 1]).shape[1] * c.beats)
         elif isinstance(c, pool.MaxPool):
@@ -150,15 +212,13 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
             cyc = np.full(n, g.shape[1] * -(-g.shape[2] // c.width))
         elif isinstance(c, kwta.GlobalKWTA):
             cyc = np.full(n, c.digits * (c.words + 256 + c.SCAN_OVERHEAD))
-            y = _groups(acts[i + 1])
-            pending_beats = np.maximum(1, _ceil(np.count_nonzero(y, axis=2), c.entries))
+            feed = ("groups", _groups(acts[i + 1]) != 0)
         elif isinstance(c, reshape.SparseFlatten):
             # beats in: one per non-empty input beat of each position, plus the closing one
             y = _groups(xin)
             nz = np.count_nonzero(y, axis=2)
             cyc = np.maximum(1, _ceil(nz, c.entries)).sum(axis=1)
-            pending_beats = (_ceil(nz, c.entries).sum(axis=1)
-                             + (nz[:, -1] == 0))[:, None]
+            feed = ("flatten", y != 0)
         elif isinstance(c, reshape.DenseFlatten):
             cyc = np.zeros(n, dtype=np.int64)
         else:  # pragma: no cover

@@ -9,6 +9,8 @@ drain order (:func:`~.order.to_drain_order`), fold for the board
 * ``manifest.json`` + ``tensors.npz``: the network, its folding, board and
   predicted cycles (``meta``);
 * ``rtl/cosparse_core.v``: the network core's Verilog;
+* ``images/``: one ``.hex`` per initialised memory and ``bundle.bin`` with
+  all of them, header and CRC (see :mod:`.images`);
 * ``report.md``: per layer shape, weight density, overlay fill, dense and
   sparse-sparse MACs, R and P, predicted cycles, weight memory bits.
 
@@ -155,6 +157,7 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
     from cosparse.hw.network import LayerFold, NetworkCore
 
     from .fold import choose_folding, multipliers
+    from .images import write_images
     from .onnx_frontend import check_supported, import_onnx
     from .order import to_drain_order
     from .perf import predict
@@ -187,6 +190,15 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
     folding = choose_folding(net, sample, max_multipliers=b.multipliers, overrides=overrides)
     perf = predict(net, folding, sample)
     mults = multipliers(net, folding)
+    rows = layer_table(net, folding, sample)
+    weight_bits = sum(r.get("memory_bits", 0) for r in rows)
+    if weight_bits > b.bram_kbit * 1024:
+        per_layer = ", ".join(f"{r['layer']} {r['memory_bits'] / 1024:,.0f}"
+                              for r in rows if "memory_bits" in r)
+        raise CosparseError(f"the network does not fit {b.name} ({b.fpga}): its weights need "
+                            f"{weight_bits / 1024:,.0f} kbit of block RAM ({per_layer}), the "
+                            f"board has {b.bram_kbit:,} kbit; choose a larger board or a "
+                            f"sparser model (mode {mode})")
     net.meta.update(board=b.name, folding=folding.to_dict(), multipliers=mults,
                     predicted={"interval_cycles": perf["interval_cycles"],
                                "bottleneck": perf["bottleneck"]})
@@ -199,7 +211,8 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
         (tmp / "rtl").mkdir()
         (tmp / "rtl" / "cosparse_core.v").write_text(
             verilog.convert(core, name="cosparse_core", emit_src=False))
-        rows = layer_table(net, folding, sample)
+        images = write_images(core, tmp / "images")
+        progress(f"wrote {len(images)} memory images and bundle.bin")
         (tmp / "report.md").write_text(_report(net, rows, perf, b, mults))
         if out.exists():
             shutil.rmtree(out)

@@ -41,6 +41,9 @@ def test_compile_writes_manifest_rtl_and_report(digits):
     assert (out / "rtl" / "cosparse_core.v").read_text().count("module cosparse_core") == 1
     report = (out / "report.md").read_text()
     assert "Predicted interval" in report and "fc1" in report
+    index = json.loads((out / "images" / "index.json").read_text())
+    assert sum("overlayengine.weights" in m["name"] for m in index) == 3
+    assert (out / "images" / "bundle.bin").stat().st_size > 0
     assert not list(out.parent.glob(".build.tmp-*"))
 
 
@@ -87,6 +90,7 @@ def _model_with_unsupported_op(path):
     ("truncated", "digits_cs.onnx"),
     ("board", "unknown board"),
     ("calibration", "calibration"),
+    ("too large", "does not fit icebreaker"),
 ])
 def test_compile_errors_are_one_paragraph_and_leave_nothing(tmp_path, case, message):
     model, board, extra = EXAMPLES / "digits_cs.onnx", "sim", ["--calibration",
@@ -99,6 +103,8 @@ def test_compile_errors_are_one_paragraph_and_leave_nothing(tmp_path, case, mess
         model.write_bytes((EXAMPLES / "digits_cs.onnx").read_bytes()[:5000])
     elif case == "board":
         board = "nosuchboard"
+    elif case == "too large":  # every weight kept: 270 kbit against 120
+        board, extra = "icebreaker", extra + ["--mode", "dense"]
     elif case == "calibration":
         np.save(tmp_path / "c.npy", np.zeros((4, 8, 8), np.float32))
         extra = ["--calibration", tmp_path / "c.npy"]

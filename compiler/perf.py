@@ -177,6 +177,7 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
         acts.append(golden.run_layer(layer, acts[-1]))
     by_layer = {layer.name: i for i, layer in enumerate(net.layers)}
     out: list[StageCycles] = []
+    keep_all = False
     feed = None  # what the next engine receives: ("groups"|"flatten", active) or ("window", x, w)
     last_act = acts[0]
     for st in core.stages:
@@ -192,14 +193,16 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
                 per = np.maximum(per, _ceil(nz, c.entries))
             cyc = per.sum(axis=1)
             feed = ("groups", np.ones(g.shape, bool) if c.keep_zeros else g != 0)
+            keep_all = c.keep_zeros  # a window after it sees every element as active
         elif isinstance(c, window.SparseWindow):
-            cyc = _window_beats(xin, c).sum(axis=1)
-            feed = ("window", xin, c)
+            seen = np.ones_like(xin) if keep_all else xin
+            cyc = _window_beats(seen, c).sum(axis=1)
+            feed = ("window", seen, c)
         elif isinstance(c, overlay.OverlayEngine):
             if feed is None:
                 feed = ("groups", g != 0)
             cyc = _engine_cycles(feed, c)
-            feed = None
+            feed, keep_all = None, False
         elif isinstance(c, (requant.Requantizer, requant.BiasAdd)):
             cyc = np.full(n, _groups(acts[i + 1]).shape[1] * c.beats)
         elif isinstance(c, pool.MaxPool):
@@ -219,7 +222,7 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
             nz = np.count_nonzero(y, axis=2)
             cyc = np.maximum(1, _ceil(nz, c.entries)).sum(axis=1)
             feed = ("flatten", y != 0)
-        elif isinstance(c, reshape.DenseFlatten):
+        elif isinstance(c, (reshape.DenseFlatten, adapters.StreamFIFO)):
             cyc = np.zeros(n, dtype=np.int64)
         else:  # pragma: no cover
             raise TypeError(f"no timing model for {type(c).__name__}")

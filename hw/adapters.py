@@ -20,7 +20,7 @@ from __future__ import annotations
 from functools import reduce
 from operator import or_
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -28,7 +28,7 @@ from amaranth.utils import ceil_log2
 from ._util import bits, check_int, onehot, popcount, skid_output
 from .streams import dense_layout, sparse_layout
 
-__all__ = ["ZeroSkip", "Densify"]
+__all__ = ["ZeroSkip", "Densify", "StreamFIFO"]
 
 
 class ZeroSkip(wiring.Component):
@@ -387,4 +387,40 @@ class Densify(wiring.Component):
                     m.d.sync += [tail.eq(~last_beat), tail_end.eq(h.end)]
             with m.Elif(hv & ~tail):
                 m.d.sync += acc.eq(beat)
+        return m
+
+
+class StreamFIFO(wiring.Component):
+    """A first-in first-out buffer of ``depth`` beats on a stream of any payload layout.
+
+    Used behind units that hold whole frames (the global k-WTA): with room
+    for a frame's output, the unit emits at its own pace and is free for the
+    next frame while a slower consumer drains this buffer, so the pipeline's
+    interval is its slowest stage's time. Throughput one beat per cycle,
+    latency 1 cycle.
+
+    Parameters
+    ----------
+    layout : data.StructLayout
+        The payload layout (both sides).
+    depth : int
+        Beats held (at least 1).
+    """
+
+    def __init__(self, layout, depth: int):
+        check_int("depth", depth, 1)
+        self.layout, self.depth = layout, depth
+        self.in_layout = self.out_layout = layout
+        super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
+
+    def elaborate(self, platform):
+        from amaranth.lib.fifo import SyncFIFOBuffered
+
+        m = Module()
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=Shape.cast(self.layout).width,
+                                                    depth=self.depth)
+        m.d.comb += [fifo.w_data.eq(self.i.payload.as_value()), fifo.w_en.eq(self.i.valid),
+                     self.i.ready.eq(fifo.w_rdy),
+                     self.o.payload.as_value().eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy),
+                     fifo.r_en.eq(self.o.ready)]
         return m

@@ -18,7 +18,8 @@ OverlayLinear      sparse vector: OverlayEngine -> Requantizer; the last
                    layer without requantization: OverlayEngine -> BiasAdd
 MaxPool            dense: MaxPool; sparse: SparseMaxPool
 LocalKWTA          dense: LocalKWTA (a sparse input is densified first)
-GlobalKWTA         dense: GlobalKWTA (group = C for a map, N for a vector)
+GlobalKWTA         dense: StreamFIFO (one input frame), GlobalKWTA (group = C for
+                   a map, N for a vector), StreamFIFO (one frame's winners)
 Flatten            sparse: SparseFlatten; dense: DenseFlatten
 ZeroSkip/Densify   the adapters of the same names
 =================  =========================================================
@@ -47,7 +48,7 @@ from amaranth.lib.wiring import In, Out
 
 from cosparse.compiler import ir
 
-from .adapters import Densify, ZeroSkip
+from .adapters import Densify, StreamFIFO, ZeroSkip
 from .kwta import GlobalKWTA, LocalKWTA
 from .overlay import OverlayEngine
 from .pool import MaxPool, SparseMaxPool
@@ -233,8 +234,16 @@ class NetworkCore(wiring.Component):
                                                   boost=boost))
                         max_active = layer.k
                     else:
-                        add(layer.name, GlobalKWTA(groups * g, layer.k, group=g, width=width,
-                                                   entries=r_out, boost=boost))
+                        # Room for a whole input frame: the upstream keeps working while
+                        # the unit scans the previous frame (it writes only between scans).
+                        add(layer.name, StreamFIFO(dense_layout(width),
+                                                   depth=groups * -(-g // width) + 2))
+                        gk = add(layer.name, GlobalKWTA(groups * g, layer.k, group=g,
+                                                        width=width, entries=r_out, boost=boost))
+                        # Room for a whole frame's winners: the unit never waits for a
+                        # slower consumer, so it can take the next frame (see StreamFIFO).
+                        add(layer.name, StreamFIFO(gk.out_layout,
+                                                   depth=groups + -(-layer.k // r_out) + 2))
                         max_active = min(g, layer.k)
                     fmt = "sparse"
                 elif isinstance(layer, ir.Flatten):

@@ -85,7 +85,9 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     print(f"sim: {len(xq)} inferences of {net.name} in Verilator "
           f"(model built once into {build_root}) ...", flush=True)
     t0 = time.perf_counter()
-    run = simulate_network(net, folding, xq, build_root=build_root, waves=args.waves)
+    run = simulate_network(net, folding, xq, build_root=build_root, waves=args.waves,
+                           progress=lambda done, total: print(f"sim: {done}/{total} inferences",
+                                                              flush=True))
     dt = time.perf_counter() - t0
     pred = predict(net, folding, xq[1:] if len(xq) > 1 else xq)["interval_cycles"]
     _save_npy(args.output, network_output(net, run.outputs))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -56,7 +57,8 @@ def frames_from_beats(beats: list[dict], shape: tuple[int, ...], width: int) -> 
 
 def simulate_network(net: ir.Network, folding: Folding, x: np.ndarray, *,
                      build_root: Path | None = None, waves: bool = False,
-                     name: str = "cosparse_core") -> NetworkRun:
+                     name: str = "cosparse_core", chunk: int = 64,
+                     progress: Callable[[int, int], None] | None = None) -> NetworkRun:
     """Run int8 frames ``x`` through the network's core in Verilator.
 
     Parameters
@@ -69,19 +71,32 @@ def simulate_network(net: ir.Network, folding: Folding, x: np.ndarray, *,
         Where the Verilator model is built and kept.
     waves : bool
         Write an FST trace into the build folder.
+    chunk : int
+        Frames per simulator run: long runs go in chunks, each back to back
+        from reset, so that ``progress(done, total)`` can report between
+        them. The latency is the first chunk's first frame; the interval is
+        the mean over all chunks' consecutive frames.
     """
     core = NetworkCore(net, folding)
     out_shape = net.output.shape
-    beats = frame_beats(x, folding.input_width)
     groups, g = _groups(out_shape)
     per_frame = groups * -(-g // core.out_width)
     n = len(x)
-    res = run_streams(core, name, [("i", core.in_layout, beats)],
-                      [("o", core.out_layout, per_frame * n)], stall=0.0,
-                      max_cycles=50_000_000, build_root=build_root, waves=waves)
-    y = frames_from_beats(res.outputs[0], out_shape, core.out_width)
-    ends = [res.cycles[0][(f + 1) * per_frame - 1] for f in range(n)]
-    start = res.input_cycles[0][0]
-    interval = (ends[-1] - ends[0]) / (n - 1) if n > 1 else None
+    ys, gaps, latency, total = [], [], 0, 0
+    for c0 in range(0, n, chunk):
+        xs = x[c0:c0 + chunk]
+        res = run_streams(core, name, [("i", core.in_layout, frame_beats(xs, folding.input_width))],
+                          [("o", core.out_layout, per_frame * len(xs))], stall=0.0,
+                          max_cycles=50_000_000, build_root=build_root, waves=waves)
+        ys.append(frames_from_beats(res.outputs[0], out_shape, core.out_width))
+        ends = [res.cycles[0][(f + 1) * per_frame - 1] for f in range(len(xs))]
+        start = res.input_cycles[0][0]
+        if c0 == 0:
+            latency = int(ends[0] - start)
+        gaps += list(np.diff(ends))
+        total += int(ends[-1] - start)
+        if progress is not None:
+            progress(min(c0 + chunk, n), n)
     dtype = np.int32 if net.output.dtype == "int32" else np.int8
-    return NetworkRun(y.astype(dtype), int(ends[0] - start), interval, int(ends[-1] - start))
+    interval = float(np.mean(gaps)) if gaps else None
+    return NetworkRun(np.concatenate(ys).astype(dtype), latency, interval, total)

@@ -94,6 +94,10 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     stats = {"network": net.name, "inferences": len(xq), "latency_cycles": run.latency_cycles,
              "interval_cycles": run.interval_cycles, "predicted_interval_cycles": pred,
              "total_cycles": run.total_cycles, "wall_seconds": round(dt, 3)}
+    if args.waves:
+        traces = sorted(p for ext in ("fst", "vcd")
+                        for p in build_root.glob(f"*-waves/cosparse_core.{ext}"))
+        print("sim: waveform " + (", ".join(map(str, traces)) or "not written (no trace file)"))
     out_json = Path(args.output).with_suffix(".json")
     out_json.write_text(json.dumps(stats, indent=1) + "\n")
     interval = "-" if run.interval_cycles is None else f"{run.interval_cycles:,.1f}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -101,7 +102,8 @@ def run_streams(component, name: str, inputs: list[tuple[str, Any, list]],
     stall : float
         Probability of a stall cycle before each beat, on every stream.
     waves : bool
-        Write an FST trace into the build folder (default: ``$WAVES``).
+        Write a trace (``<name>.fst`` or ``.vcd``) into the model's build
+        folder (default: ``$WAVES``).
     """
     from cocotb_tools.check_results import get_results
 
@@ -120,6 +122,9 @@ def run_streams(component, name: str, inputs: list[tuple[str, Any, list]],
                           extra_env={"COSPARSE_TB_SPEC": str(spec_path),
                                      "COSPARSE_TB_RESULT": str(result_path)},
                           log_file=Path(run) / "test.log")
+        if waves:  # the run folder is temporary: keep the trace beside the model
+            for trace in list(Path(run).glob("*.fst")) + list(Path(run).glob("*.vcd")):
+                shutil.copy(trace, build_dir / f"{name}{trace.suffix}")
         total, failed = get_results(xml)
         if failed or not result_path.exists():
             log = (Path(run) / "test.log").read_text()[-3000:] if (Path(run) / "test.log").exists() else ""

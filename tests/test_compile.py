@@ -131,3 +131,13 @@ def test_sim_rejects_a_wrong_input_shape(digits):
     r = run("sim", out, "--input", tmp / "bad.npy", "-o", tmp / "bad_y.npy")
     assert r.returncode == 2 and "has shape (2, 1, 9, 9)" in r.stderr
     assert not (tmp / "bad_y.npy").exists()
+
+
+def test_sim_waves_writes_a_trace_into_the_build(digits):
+    tmp, out, _ = digits
+    np.save(tmp / "x2.npy", np.load(tmp / "x8.npy")[:2])
+    r = run("sim", out, "--input", tmp / "x2.npy", "-o", tmp / "w.npy", "--waves")
+    assert r.returncode == 0, r.stderr
+    traces = [p for ext in ("fst", "vcd") for p in (out / "sim_build").glob(f"*-waves/*.{ext}")]
+    assert traces and traces[0].stat().st_size > 1000
+    assert str(traces[0]) in r.stdout

@@ -109,13 +109,14 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from .build import compile_model
 
+    if args.bitstream:
+        raise CosparseError("--bitstream is not available in this version (board tops and "
+                            "yosys/nextpnr builds come next); compile without it to get the "
+                            "core's Verilog, images and report")
     cal = None if args.calibration is None else _load_npy(args.calibration, "calibration")
     compile_model(args.model, board=args.board, outdir=args.outdir, calibration=cal,
                   mode=args.mode, config=args.config,
                   progress=lambda s: print(f"compile: {s}", flush=True))
-    if args.bitstream:
-        raise CosparseError("--bitstream is not available yet (boards and bitstreams are "
-                            "the next step); the core and its report were written")
     return 0
 
 

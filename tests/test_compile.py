@@ -141,3 +141,19 @@ def test_sim_waves_writes_a_trace_into_the_build(digits):
     traces = [p for ext in ("fst", "vcd") for p in (out / "sim_build").glob(f"*-waves/*.{ext}")]
     assert traces and traces[0].stat().st_size > 1000
     assert str(traces[0]) in r.stdout
+
+
+def test_config_overrides_a_layers_fold(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"folding": {"net.fc1": {"entries": 2, "lanes_per_beat": 16}}}))
+    out = tmp_path / "out"
+    r = run("compile", EXAMPLES / "digits_cs.onnx", "--board", "sim", "-o", out,
+            "--calibration", EXAMPLES / "digits_calib.npy", "--config", cfg)
+    assert r.returncode == 0, r.stderr
+    fold = ir.load(out).meta["folding"]["layers"]["net.fc1"]
+    assert (fold["entries"], fold["lanes_per_beat"]) == (2, 16)
+    cfg.write_text(json.dumps({"folding": {"nope": {"entries": 2}}}))
+    r = run("compile", EXAMPLES / "digits_cs.onnx", "--board", "sim", "-o", tmp_path / "o2",
+            "--calibration", EXAMPLES / "digits_calib.npy", "--config", cfg)
+    assert r.returncode == 2 and "unknown layers ['nope']" in r.stderr
+    assert not (tmp_path / "o2").exists()

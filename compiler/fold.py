@@ -24,7 +24,7 @@ from .perf import stage_cycles
 
 __all__ = ["choose_folding", "multipliers", "FoldingError"]
 
-MAX_ENTRIES = 16
+MAX_ENTRIES = 32
 
 
 class FoldingError(CosparseError):

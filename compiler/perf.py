@@ -12,6 +12,9 @@ Formulas (per frame; ``G`` elements per group, ``D`` per dense beat, ``R``
 entries per sparse beat, ``nnz`` the non-zeros of a group, ``ceil`` implied):
 
 * zero-skip: ``G/D`` per group (``max(G/D, nnz/R)`` when ``D > R``);
+* dense window: ``max(H * W, Ho * Wo)`` (writes and reads of a frame
+  overlap); the zero-skip behind it: ``max(1, active / R)`` per output
+  position, ``active`` the non-zeros of its receptive field;
 * sparse window: per output position, the sum over its taps of
   ``max(1, words)``, ``words = active/R`` of the tap's input position
   (1 for a tap in the padding);
@@ -45,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cosparse.hw import adapters, kwta, overlay, pool, requant, reshape, window
+from cosparse.hw import adapters, dense_window, kwta, overlay, pool, requant, reshape, window
 from cosparse.hw.network import Folding, NetworkCore
 from cosparse.sim import golden
 
@@ -135,6 +138,18 @@ def _window_cost(x: np.ndarray, win: window.SparseWindow, row_words: np.ndarray)
     return total.reshape(n, -1)
 
 
+def _fields(x: np.ndarray, win) -> np.ndarray:
+    """Receptive fields ``[N, Ho*Wo, kh*kw*C]`` in ``(ky, kx, c)`` order (zero padding)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    pt, pl, pb, pr = win.padding
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    v = sliding_window_view(xp, win.kernel, axis=(1, 2))  # [N, Ho', Wo', C, kh, kw]
+    v = v[:, ::win.stride[0], ::win.stride[1]][:, :win.out_height, :win.out_width]
+    v = v.transpose(0, 1, 2, 4, 5, 3)
+    return v.reshape(x.shape[0], win.out_height * win.out_width, -1)
+
+
 def _engine_cycles(feed: tuple, eng: overlay.OverlayEngine) -> np.ndarray:
     """Per frame: each input beat costs ``max(1, words) * L/P``; a group at least its drain."""
     ov = eng.overlays
@@ -178,6 +193,7 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
     by_layer = {layer.name: i for i, layer in enumerate(net.layers)}
     out: list[StageCycles] = []
     keep_all = False
+    windows = None  # receptive fields [N, Ho*Wo, kh*kw*C] from a dense window
     feed = None  # what the next engine receives: ("groups"|"flatten", active) or ("window", x, w)
     last_act = acts[0]
     for st in core.stages:
@@ -186,6 +202,9 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
         xin = acts[i] if i is not None else last_act
         g = _groups(xin)
         n = g.shape[0]
+        if isinstance(c, adapters.ZeroSkip) and windows is not None:
+            g, windows = windows, None  # a dense window's receptive fields, one group each
+            n = g.shape[0]
         if isinstance(c, adapters.ZeroSkip):
             nz = np.full(g.shape[:2], g.shape[2]) if c.keep_zeros else np.count_nonzero(g, axis=2)
             per = np.full(g.shape[:2], c.beats)
@@ -194,6 +213,9 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
             cyc = per.sum(axis=1)
             feed = ("groups", np.ones(g.shape, bool) if c.keep_zeros else g != 0)
             keep_all = c.keep_zeros  # a window after it sees every element as active
+        elif isinstance(c, dense_window.DenseWindow):
+            cyc = np.full(n, c.cycles_per_frame)
+            windows = _fields(xin, c)
         elif isinstance(c, window.SparseWindow):
             seen = np.ones_like(xin) if keep_all else xin
             cyc = _window_beats(seen, c).sum(axis=1)

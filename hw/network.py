@@ -13,7 +13,12 @@ IR layer           units (input format -> output format)
 =================  =========================================================
 OverlayConv        sparse: SparseWindow -> OverlayEngine -> Requantizer
                    (dense input: ZeroSkip(keep_zeros) first, so every input
-                   element is processed: the dense baselines)
+                   element is processed: the dense baselines). A dense map
+                   whose positions are one beat (a first layer: few
+                   channels) takes DenseWindow -> ZeroSkip instead: a whole
+                   receptive field per cycle, packed R entries per beat (an
+                   IR ZeroSkip right before the conv is done by that
+                   ZeroSkip; without one, zeros are kept)
 OverlayLinear      sparse vector: OverlayEngine -> Requantizer; the last
                    layer without requantization: OverlayEngine -> BiasAdd
 MaxPool            dense: MaxPool; sparse: SparseMaxPool
@@ -49,6 +54,7 @@ from amaranth.lib.wiring import In, Out
 from cosparse.compiler import ir
 
 from .adapters import Densify, StreamFIFO, ZeroSkip
+from .dense_window import DenseWindow
 from .kwta import GlobalKWTA, LocalKWTA
 from .overlay import OverlayEngine
 from .pool import MaxPool, SparseMaxPool
@@ -168,6 +174,7 @@ class NetworkCore(wiring.Component):
         fmt, spec = "dense", specs[0]
         width = folding.input_width
         max_active = _shape_groups(spec)[1]
+        fused_skip = False  # an IR zero-skip left to the next conv's dense window
 
         def add(layer: str, comp):
             self.stages.append(Stage(layer, type(comp).__name__, comp))
@@ -180,7 +187,11 @@ class NetworkCore(wiring.Component):
             fold = folding.of(layer.name)
             try:
                 if isinstance(layer, ir.ZeroSkip):
-                    add(layer.name, ZeroSkip(g, width=width, entries=r_out))
+                    nxt = net.layers[i + 1] if i + 1 < len(net.layers) else None
+                    if self._dense_window_fits(nxt, inp, width):
+                        fused_skip = True  # the conv's dense window skips the zeros itself
+                    else:
+                        add(layer.name, ZeroSkip(g, width=width, entries=r_out))
                     fmt, max_active = "sparse", g
                 elif isinstance(layer, ir.Densify):
                     width = fold.width or folding.default_width
@@ -188,15 +199,27 @@ class NetworkCore(wiring.Component):
                     fmt, max_active = "dense", g
                 elif isinstance(layer, (ir.OverlayConv, ir.OverlayLinear)):
                     r = entries_in[i]
-                    if fmt == "dense":  # process every element: the dense baselines
+                    windowed = False
+                    if isinstance(layer, ir.OverlayConv) and (fmt == "dense" or fused_skip) \
+                            and self._dense_window_fits(layer, inp, width):
+                        # A whole receptive field per cycle, zeros skipped (or kept, for
+                        # the dense baselines) into R-entry beats.
+                        h, w, c = inp.shape
+                        dw = add(layer.name, DenseWindow(h, w, c, kernel=layer.kernel,
+                                                         stride=layer.stride,
+                                                         padding=layer.padding))
+                        add(layer.name, ZeroSkip(dw.taps, width=dw.taps, entries=r,
+                                                 keep_zeros=not fused_skip))
+                        fused_skip, windowed = False, True
+                    elif fmt == "dense":  # process every element: the dense baselines
                         add(layer.name, ZeroSkip(g, width=width, entries=r, keep_zeros=True))
                         max_active = g
-                    if isinstance(layer, ir.OverlayConv):
+                    if isinstance(layer, ir.OverlayConv) and not windowed:
                         h, w, c = inp.shape
                         add(layer.name, SparseWindow(h, w, c, kernel=layer.kernel,
                                                      stride=layer.stride, padding=layer.padding,
                                                      entries=r, max_active=min(max_active, c)))
-                    elif groups != 1:
+                    elif isinstance(layer, ir.OverlayLinear) and groups != 1:
                         raise FoldError(f"layer {layer.name}: a linear layer needs a vector input")
                     eng = add(layer.name, OverlayEngine(layer.overlays, entries=r,
                                                         lanes_per_beat=fold.lanes_per_beat,
@@ -271,6 +294,15 @@ class NetworkCore(wiring.Component):
         self.out_layout = dense_layout(width, signed(self.out_bits))
         super().__init__({"i": In(stream.Signature(self.in_layout)),
                           "o": Out(stream.Signature(self.out_layout))})
+
+    @staticmethod
+    def _dense_window_fits(layer, inp: ir.TensorSpec, width: int) -> bool:
+        """A conv on a dense map takes the dense window when a position is one beat and
+        a receptive field fits one zero-skip beat (first layers: few channels)."""
+        if not isinstance(layer, ir.OverlayConv) or len(inp.shape) != 3:
+            return False
+        c = inp.shape[2]
+        return width == c and layer.kernel[0] * layer.kernel[1] * c <= 256
 
     def discard(self) -> None:
         """Mark the core and its units as deliberately unused (built only to be measured)."""

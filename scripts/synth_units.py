@@ -40,6 +40,7 @@ ICE40 = {"luts": ["SB_LUT4"], "ffs": ["SB_DFF", "SB_DFFE", "SB_DFFR", "SB_DFFER"
 def units() -> dict:
     """name -> (description, factory) at the gsc-cs sizes."""
     from cosparse.hw.adapters import Densify, ZeroSkip
+    from cosparse.hw.dense_window import DenseWindow
     from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
     from cosparse.hw.overlay import OverlayEngine
     from cosparse.hw.pool import MaxPool
@@ -61,6 +62,8 @@ def units() -> dict:
                        lambda: OverlayEngine(ov["fc2"], entries=4, lanes_per_beat=12)),
         "conv1_window": ("window 32x32x1 5x5, R=1",
                          lambda: SparseWindow(32, 32, 1, kernel=(5, 5), entries=1)),
+        "conv1_dense_window": ("dense window 32x32x1 5x5 (one field per cycle)",
+                               lambda: DenseWindow(32, 32, 1, kernel=(5, 5))),
         "conv2_window": ("window 14x14x64 5x5, R=8, 8 active",
                          lambda: SparseWindow(14, 14, 64, kernel=(5, 5), entries=8, max_active=8)),
     }

@@ -72,6 +72,10 @@ def memory_images(core) -> list[MemoryImage]:
             walk(sub, f"{path}.{name}" if path else str(name))
 
     walk(Fragment.get(core, None), "")
+    # Memories that start empty in hardware (iCE40 SPRAM): their contents come from the loader.
+    for port in getattr(core, "load_ports", []):
+        if not port.has_init:
+            out.append(MemoryImage(port.name, port.width, tuple(port.image)))
     return out
 
 

@@ -146,6 +146,12 @@ class NetworkCore(wiring.Component):
         layer's ``kernel_map[l, j] == j * L + l``; see
         :func:`cosparse.compiler.packer.drain_order`).
     folding : Folding
+    loadable : bool
+        Give the weight memories write ports for the host loader.
+    spram_bits : int or None
+        With ``loadable``: weight memories of at least this many bits (and
+        one read port) are single-port and start empty, for iCE40 SPRAM; the
+        loader fills them.
 
     Members
     -------
@@ -154,6 +160,11 @@ class NetworkCore(wiring.Component):
         vector group).
     o : Out(stream.Signature(dense_layout(D, signed(8 or 32))))
         The output frame, dense; ``signed(32)`` for int32 logits.
+    load_ports : list of LoadPort
+        With ``loadable``: write access to the weight, row-table and
+        requantization memories, for the host loader (see
+        :mod:`cosparse.hw.hostlink`); named ``s<k>_<unit>.<memory>`` like the
+        memory images.
     stages : list of Stage
         The units in pipeline order.
 
@@ -164,7 +175,8 @@ class NetworkCore(wiring.Component):
         flatten whose width does not divide the channels, ...).
     """
 
-    def __init__(self, net: ir.Network, folding: Folding | None = None):
+    def __init__(self, net: ir.Network, folding: Folding | None = None, *,
+                 loadable: bool = False, spram_bits: int | None = None):
         folding = folding or Folding()
         specs = net.specs()
         fmts = net.formats()
@@ -221,9 +233,15 @@ class NetworkCore(wiring.Component):
                                                      entries=r, max_active=min(max_active, c)))
                     elif isinstance(layer, ir.OverlayLinear) and groups != 1:
                         raise FoldError(f"layer {layer.name}: a linear layer needs a vector input")
+                    p_ = fold.lanes_per_beat or layer.overlays.lanes
+                    wbits = (layer.overlays.words * layer.overlays.lanes
+                             * (8 + max(1, (layer.overlays.kernels_per_overlay - 1).bit_length())))
+                    spram = (loadable and spram_bits is not None and r == 1 and wbits >= spram_bits
+                             and p_ > 0)
                     eng = add(layer.name, OverlayEngine(layer.overlays, entries=r,
                                                         lanes_per_beat=fold.lanes_per_beat,
-                                                        acc_bits=layer.accumulator_bits()))
+                                                        acc_bits=layer.accumulator_bits(),
+                                                        loadable=loadable, spram=spram))
                     width = eng.lanes_per_beat
                     m = layer.overlays.num_kernels
                     if layer.requant is None:
@@ -235,7 +253,7 @@ class NetworkCore(wiring.Component):
                                                     multiplier=[int(v) for v in rq.multiplier],
                                                     shift=[int(v) for v in rq.shift],
                                                     bias=[int(v) for v in layer.bias],
-                                                    relu=bool(rq.relu)))
+                                                    relu=bool(rq.relu), loadable=loadable))
                     fmt, max_active = "dense", m
                 elif isinstance(layer, ir.MaxPool):
                     h, w, c = inp.shape
@@ -288,6 +306,12 @@ class NetworkCore(wiring.Component):
             groups, g = _shape_groups(out)
             width = folding.default_width
             add("", Densify(g, entries=entries_in[-1], width=width))
+        # The host loader's targets, named as the memory images are (stage path . memory).
+        self.load_ports = []
+        for k, st in enumerate(self.stages):
+            for port in getattr(st.component, "load_ports", []):
+                port.name = f"s{k}_{st.unit.lower()}.{port.name}"
+                self.load_ports.append(port)
         self.out_width = width
         self.out_bits = 32 if out.dtype == "int32" else 8
         self.in_layout = dense_layout(folding.input_width)

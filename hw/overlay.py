@@ -63,6 +63,7 @@ from amaranth.lib.wiring import In, Out
 from cosparse.compiler.ir import Overlays
 
 from ._util import bits
+from .hostlink import LoadPort
 from .streams import dense_layout, sparse_layout
 
 __all__ = ["OverlayEngine"]
@@ -102,7 +103,7 @@ class OverlayEngine(wiring.Component):
     """
 
     def __init__(self, overlays: Overlays, *, entries: int = 1, lanes_per_beat: int | None = None,
-                 acc_bits: int | None = None):
+                 acc_bits: int | None = None, loadable: bool = False, spram: bool = False):
         if not isinstance(overlays, Overlays):
             raise ValueError(f"overlays must be an Overlays, got {type(overlays).__name__}")
         lanes, k = overlays.lanes, overlays.kernels_per_overlay
@@ -128,6 +129,22 @@ class OverlayEngine(wiring.Component):
         self.index_bits = bits(overlays.fan_in)
         self.in_layout = sparse_layout(entries, self.index_bits)
         self.out_layout = dense_layout(p, signed(acc_bits))
+        if spram and (not loadable or entries != 1):
+            raise ValueError("spram (a single-port weight memory without initial contents) "
+                             "needs loadable=True and entries (R) = 1")
+        self.spram = spram
+        # Host loader access: the weights, and the row table of non-complementary masks.
+        self.load_ports: list[LoadPort] = []
+        self._wload = self._rload = None
+        if loadable:
+            id_bits = bits(k)
+            self._wload = LoadPort("weights", p * (8 + id_bits),
+                                   max(overlays.words * self.passes, 1),
+                                   tuple(self._weight_image(id_bits)), has_init=not spram)
+            self.load_ports.append(self._wload)
+            if not self._identity:
+                self._rload = LoadPort("rows", *self._row_shape(), tuple(self._row_image()))
+                self.load_ports.append(self._rload)
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
@@ -151,6 +168,22 @@ class OverlayEngine(wiring.Component):
         return [int(sum(int(v) << int(s) for v, s in zip(row, shifts)))
                 for row in w.reshape(-1, p)] or [0]
 
+    @property
+    def _identity(self) -> bool:
+        """Every input's row is one word at its own index (complementary packing)."""
+        return bool(np.all(self.overlays.beats == 1))
+
+    def _row_shape(self) -> tuple[int, int]:
+        ov = self.overlays
+        word_bits = bits(max(ov.words, 2))
+        beat_bits = max(1, int(ov.beats.max(initial=1)).bit_length())
+        return word_bits + beat_bits, ov.fan_in
+
+    def _row_image(self) -> list[int]:
+        ov = self.overlays
+        word_bits = bits(max(ov.words, 2))
+        return [int(s) | (int(b) << word_bits) for s, b in zip(ov.row_start[:-1], ov.beats)]
+
     def elaborate(self, platform):
         m = Module()
         ov = self.overlays
@@ -168,15 +201,23 @@ class OverlayEngine(wiring.Component):
         pass_bits = bits(passes)
 
         # ---------------- memories
+        wload = self._wload
         wmem = Memory(shape=unsigned(P * slot_bits), depth=max(words * passes, 1),
-                      init=self._weight_image(id_bits))
+                      init=[] if self.spram else self._weight_image(id_bits))
         m.submodules.weights = wmem
         wports = [wmem.read_port() for _ in range(R)]
+        if wload is not None:
+            wp = wmem.write_port()
+            m.d.comb += [wp.addr.eq(wload.addr), wp.data.eq(wload.data), wp.en.eq(wload.en)]
         if not identity:
-            row_init = [int(s) | (int(b) << word_bits) for s, b in zip(ov.row_start[:-1], beats)]
-            rmem = Memory(shape=unsigned(word_bits + beat_bits), depth=ov.fan_in, init=row_init)
+            rmem = Memory(shape=unsigned(word_bits + beat_bits), depth=ov.fan_in,
+                          init=self._row_image())
             m.submodules.rows = rmem
             rports = [rmem.read_port() for _ in range(R)]
+            rload = self._rload
+            if rload is not None:
+                rp = rmem.write_port()
+                m.d.comb += [rp.addr.eq(rload.addr), rp.data.eq(rload.data), rp.en.eq(rload.en)]
 
         banks = []  # banks[r][k][buffer]: (write port, read port)
         for r in range(R):
@@ -277,6 +318,12 @@ class OverlayEngine(wiring.Component):
         for r in range(R):
             m.d.comb += [wports[r].addr.eq((cur_start[r] + beat) * passes + pss),
                          wports[r].en.eq(issue)]
+        if self.spram:
+            # One address for reads and loader writes (the core is idle while loading), so
+            # synthesis can map the memory to single-port RAM (iCE40 SPRAM).
+            shared = Signal.like(wports[0].addr)
+            m.d.comb += [shared.eq(Mux(wload.en, wload.addr, (cur_start[0] + beat) * passes + pss)),
+                         wports[0].addr.eq(shared), wp.addr.eq(shared)]
 
         # ---------------- B: weights arrive; products; bank reads
         b_valid = Signal()

@@ -26,6 +26,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ._util import check_int, skid_output
+from .hostlink import LoadPort
 from .streams import dense_layout
 
 __all__ = ["Requantizer", "BiasAdd", "MAX_MULTIPLIER", "MAX_SHIFT", "MAX_ACC_BITS"]
@@ -127,7 +128,7 @@ class Requantizer(wiring.Component):
     LATENCY = 7
 
     def __init__(self, channels: int, *, width: int = 8, acc_bits: int = 32, multiplier,
-                 shift, bias=None, relu: bool = False):
+                 shift, bias=None, relu: bool = False, loadable: bool = False):
         check_int("channels", channels, 1)
         check_int("width (D)", width, 1, 256)
         check_int("acc_bits", acc_bits, 2, MAX_ACC_BITS)
@@ -141,6 +142,10 @@ class Requantizer(wiring.Component):
         self.beats = -(-channels // width)
         self.in_layout = dense_layout(width, signed(acc_bits))
         self.out_layout = dense_layout(width, signed(8))
+        #: Host loader access to the constants memory (always a memory when loadable).
+        self.load_port = (LoadPort("consts", width * self._const_bits()[2], self.beats,
+                                   tuple(self._const_words())) if loadable else None)
+        self.load_ports = [self.load_port] if loadable else []
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
@@ -159,15 +164,33 @@ class Requantizer(wiring.Component):
         s = self.shift[c]
         return self.bias[c], self.multiplier[c], max(s - 1, 0), int(s > 0)
 
+    def _const_bits(self) -> tuple[int, int, int]:
+        """Bits of the bias, the multiplier and one lane's constants word."""
+        bb = _sbits(min(self.bias), max(self.bias))
+        mb = max(1, max(self.multiplier).bit_length())
+        return bb, mb, bb + mb + 6 + 1
+
+    def _const_words(self) -> list[int]:
+        """The constants memory: one word of ``D`` lanes per beat of a group."""
+        bb, mb, lw = self._const_bits()
+        words = []
+        for b in range(self.beats):
+            w = 0
+            for d in range(self.width):
+                bias, mult, sh, rnd = self._lane_constants(b, d)
+                lane = ((bias & ((1 << bb) - 1)) | mult << bb | sh << (bb + mb)
+                        | rnd << (bb + mb + 6))
+                w |= lane << (d * lw)
+            words.append(w)
+        return words
+
     def elaborate(self, platform):
         m = Module()
         D, B, ab = self.width, self.beats, self.acc_bits
-        bb = _sbits(min(self.bias), max(self.bias))
-        mb = max(1, max(self.multiplier).bit_length())
+        bb, mb, lw = self._const_bits()
         sb = _sbits(-(1 << (ab - 1)) + min(min(self.bias), 0),
                     (1 << (ab - 1)) - 1 + max(max(self.bias), 0))  # acc + bias
         pb = sb + mb  # product, signed
-        lw = bb + mb + 6 + 1  # ROM word per lane
 
         adv = Signal()
         # The ROM's read-ahead needs one cycle after reset before the first beat.
@@ -187,20 +210,16 @@ class Requantizer(wiring.Component):
             with m.Else():
                 m.d.comb += bg_next.eq(bg + 1)
         m.d.sync += bg.eq(bg_next)
-        if B == 1:
+        if B == 1 and self.load_port is None:
             consts = [[Const(v, w) for v, w in zip(self._lane_constants(0, d),
                                                    (signed(bb), mb, 6, 1))] for d in range(D)]
         else:
-            words = []
-            for b in range(B):
-                w = 0
-                for d in range(D):
-                    bias, mult, sh, rnd = self._lane_constants(b, d)
-                    lane = ((bias & ((1 << bb) - 1)) | mult << bb | sh << (bb + mb)
-                            | rnd << (bb + mb + 6))
-                    w |= lane << (d * lw)
-                words.append(w)
-            m.submodules.consts = rom = Memory(shape=unsigned(D * lw), depth=B, init=words)
+            m.submodules.consts = rom = Memory(shape=unsigned(D * lw), depth=B,
+                                               init=self._const_words())
+            if self.load_port is not None:
+                lp = self.load_port
+                wp = rom.write_port()
+                m.d.comb += [wp.addr.eq(lp.addr), wp.data.eq(lp.data), wp.en.eq(lp.en)]
             # Read ahead: the ROM output always holds the constants of the beat offered
             # at the input, and is registered into S0 with it (the block RAM's slow
             # clock-to-out then ends in a register instead of the bias adder).

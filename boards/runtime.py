@@ -1,0 +1,266 @@
+"""Host runtime: drive a board (or its Verilator model) over the UART host link.
+
+The protocol is :mod:`cosparse.hw.hostlink`'s; the layout of the frames (input
+beats, output beats, load targets) comes from ``link.json`` in the compiled
+folder, written by ``cosparse compile``. A port is anything pyserial's
+``serial_for_url`` opens: ``/dev/ttyUSB1`` for a board, ``socket://host:port``
+for the simulated board top of ``cosparse.sim.serial_bridge``.
+
+Typical use::
+
+    dev = Device.open(outdir, "/dev/ttyUSB1")
+    dev.ensure_loaded()          # load the weight bundle if the design needs it
+    y, latency = dev.infer_frames(x_int8)
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cosparse.compiler.errors import CosparseError
+from cosparse.hw.hostlink import (COMMANDS, ERRORS, MAX_LOAD_BYTES, STATUS_BYTES, STATUS_FORMAT,
+                                  SYNC_REQUEST, SYNC_RESPONSE)
+
+__all__ = ["HostLinkError", "DeviceError", "Status", "LinkLayout", "Device", "request_frame",
+           "crc16"]
+
+
+class HostLinkError(CosparseError):
+    """The link failed: no answer, a malformed or corrupted response."""
+
+
+class DeviceError(CosparseError):
+    """The device answered a request with an error code."""
+
+    def __init__(self, code: int, what: str):
+        self.code = code
+        super().__init__(f"the device refused {what}: error {code} "
+                         f"({ERRORS.get(code, 'unknown error code')})")
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/CCITT-FALSE, as the host link computes it."""
+    return binascii.crc_hqx(data, 0xFFFF)
+
+
+def request_frame(cmd: int, payload: bytes = b"") -> bytes:
+    """One request frame (see :mod:`cosparse.hw.hostlink`)."""
+    body = struct.pack("<BH", cmd, len(payload)) + payload
+    return bytes([SYNC_REQUEST]) + body + struct.pack("<H", crc16(body))
+
+
+@dataclass(frozen=True)
+class Status:
+    version: int
+    loaded: bool
+    needs_load: bool
+    last_error: int
+    design_id: int
+    weights_id: int
+    inferences: int
+    rejected: int
+    framing_errors: int
+    overruns: int
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "Status":
+        v, flags, err, did, wid, n, rej, fe, ov = struct.unpack(STATUS_FORMAT, payload)
+        return cls(v, bool(flags & 1), bool(flags & 2), err, did, wid, n, rej, fe, ov)
+
+
+@dataclass(frozen=True)
+class LinkLayout:
+    """What the host needs to know of a compiled design (``link.json``)."""
+
+    design_id: int
+    baud: int
+    in_width: int
+    in_groups: int
+    in_group_size: int
+    out_width: int
+    out_bits: int
+    out_groups: int
+    out_group_size: int
+    targets: tuple[dict, ...]  # name, width, depth, has_init
+    input_shape: tuple[int, ...]  # IR input shape
+    output_shape: tuple[int, ...]
+
+    @property
+    def in_bytes(self) -> int:
+        return self.in_groups * -(-self.in_group_size // self.in_width) * self.in_width
+
+    @property
+    def out_beats(self) -> int:
+        return self.out_groups * -(-self.out_group_size // self.out_width)
+
+    @property
+    def out_bytes(self) -> int:
+        return self.out_beats * self.out_width * self.out_bits // 8
+
+    @property
+    def needs_load(self) -> bool:
+        return any(not t["has_init"] for t in self.targets)
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LinkLayout":
+        d = dict(d)
+        d["targets"] = tuple(d["targets"])
+        d["input_shape"], d["output_shape"] = tuple(d["input_shape"]), tuple(d["output_shape"])
+        return cls(**d)
+
+    @classmethod
+    def read(cls, outdir: str | Path) -> "LinkLayout":
+        path = Path(outdir) / "link.json"
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise CosparseError(f"{outdir} has no link.json: compile the model with "
+                                "`cosparse compile` first") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise CosparseError(f"{path} is not a valid host-link description ({e})") from None
+
+    def encode_input(self, frame: np.ndarray) -> bytes:
+        """One int8 frame (IR layout) to the INFER payload: input beats, padding lanes zero."""
+        g, w = self.in_group_size, self.in_width
+        per = -(-g // w) * w
+        x = np.zeros((self.in_groups, per), np.int8)
+        x[:, :g] = np.asarray(frame, np.int8).reshape(self.in_groups, g)
+        return x.tobytes()
+
+    def decode_output(self, payload: bytes) -> np.ndarray:
+        """The output part of an INFER response to one frame (IR layout, int8 or int32)."""
+        dt = np.dtype("<i4") if self.out_bits == 32 else np.dtype(np.int8)
+        y = np.frombuffer(payload[:self.out_bytes], dt)
+        per = -(-self.out_group_size // self.out_width) * self.out_width
+        y = y.reshape(self.out_groups, per)[:, :self.out_group_size]
+        return y.reshape(self.output_shape).astype(np.int32 if self.out_bits == 32 else np.int8)
+
+
+class Device:
+    """One device (board or simulation) behind a serial port.
+
+    Parameters
+    ----------
+    port
+        An open pyserial port (``read``, ``write``; its timeout bounds each read).
+    layout : LinkLayout
+    timeout : float
+        Seconds to wait for a whole response.
+    """
+
+    def __init__(self, port, layout: LinkLayout, *, timeout: float = 5.0):
+        self.port, self.layout, self.timeout = port, layout, timeout
+
+    @classmethod
+    def open(cls, outdir: str | Path, url: str, *, baud: int | None = None,
+             timeout: float = 5.0) -> "Device":
+        """Open ``url`` with pyserial at the design's baud rate."""
+        import serial
+
+        layout = LinkLayout.read(outdir)
+        try:
+            port = serial.serial_for_url(url, baudrate=baud or layout.baud, timeout=0.05)
+        except (serial.SerialException, ValueError, OSError) as e:
+            raise HostLinkError(f"cannot open serial port {url!r}: {e}") from None
+        return cls(port, layout, timeout=timeout)
+
+    def close(self) -> None:
+        self.port.close()
+
+    # ------------------------------------------------------------------ frames
+    def _read_exact(self, n: int, deadline: float, what: str) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            if time.monotonic() > deadline:
+                raise HostLinkError(f"no complete answer to {what} within {self.timeout:g} s "
+                                    f"(got {len(buf)} of {n} bytes); is the board programmed "
+                                    "with this design and the port right?")
+            buf += self.port.read(n - len(buf))
+        return buf
+
+    def request(self, cmd: str, payload: bytes = b"") -> bytes:
+        """Send one request, return the response payload; :class:`DeviceError` on a refusal."""
+        self.port.write(request_frame(COMMANDS[cmd], payload))
+        deadline = time.monotonic() + self.timeout
+        while True:  # skip anything before the response's sync byte
+            b = self._read_exact(1, deadline, cmd)
+            if b[0] == SYNC_RESPONSE:
+                break
+        head = self._read_exact(3, deadline, cmd)
+        code, n = struct.unpack("<BH", head)
+        rest = self._read_exact(n + 2, deadline, cmd)
+        body = head + rest[:n]
+        (crc,) = struct.unpack("<H", rest[n:])
+        if crc16(body) != crc:
+            raise HostLinkError(f"the answer to {cmd} is corrupted (CRC {crc16(body):04x}, "
+                                f"received {crc:04x})")
+        if code != 0:
+            raise DeviceError(code, cmd)
+        return rest[:n]
+
+    # ------------------------------------------------------------------ commands
+    def status(self) -> Status:
+        payload = self.request("STATUS")
+        if len(payload) != STATUS_BYTES:
+            raise HostLinkError(f"STATUS answer has {len(payload)} bytes, expected {STATUS_BYTES}")
+        return Status.unpack(payload)
+
+    def check_design(self) -> Status:
+        """STATUS, and refuse a device that runs another design."""
+        st = self.status()
+        if st.design_id != self.layout.design_id:
+            raise HostLinkError(f"the device runs design {st.design_id:08x}, this folder is "
+                                f"{self.layout.design_id:08x}: program the board with this "
+                                "folder's bitstream")
+        return st
+
+    def load(self, target: int, address: int, words: list[int] | tuple[int, ...]) -> None:
+        """Write ``words`` into load target ``target`` from ``address``, in frames."""
+        t = self.layout.targets[target]
+        wb = -(-t["width"] // 8)
+        per = max(1, MAX_LOAD_BYTES // wb)
+        for k in range(0, len(words), per):
+            chunk = words[k:k + per]
+            data = b"".join(int(w).to_bytes(wb, "little") for w in chunk)
+            self.request("LOAD", struct.pack("<BI", target, address + k) + data)
+
+    def seal(self, weights_id: int) -> None:
+        self.request("SEAL", struct.pack("<I", weights_id))
+
+    def load_bundle(self, bundle: bytes, progress: Callable[[str], None] | None = None) -> int:
+        """Load every target's image from a weight bundle, then seal; returns bytes sent."""
+        from cosparse.compiler.images import read_bundle
+
+        images = {img.name: img for img in read_bundle(bundle, "weight bundle")}
+        sent = 0
+        for i, t in enumerate(self.layout.targets):
+            img = images.get(t["name"])
+            if img is None or img.width != t["width"] or img.depth != t["depth"]:
+                raise CosparseError(f"the weight bundle has no image of {t['name']!r} "
+                                    f"({t['width']} x {t['depth']}): it belongs to another design")
+            if progress:
+                progress(f"load {t['name']} ({img.depth} x {img.width} bits)")
+            self.load(i, 0, img.words)
+            sent += img.depth * -(-img.width // 8)
+        self.seal(struct.unpack("<I", bundle[-4:])[0])
+        return sent
+
+    def infer(self, frame: np.ndarray) -> tuple[np.ndarray, int, int]:
+        """One inference: (output frame, latency cycles, feed cycles)."""
+        payload = self.request("INFER", self.layout.encode_input(frame))
+        if len(payload) != self.layout.out_bytes + 8:
+            raise HostLinkError(f"INFER answer has {len(payload)} bytes, expected "
+                                f"{self.layout.out_bytes + 8}")
+        latency, feed = struct.unpack("<II", payload[-8:])
+        return self.layout.decode_output(payload), latency, feed

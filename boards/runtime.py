@@ -114,7 +114,8 @@ class LinkLayout:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LinkLayout":
-        d = dict(d)
+        names = {f for f in cls.__dataclass_fields__}
+        d = {k: v for k, v in d.items() if k in names}  # the rest is for the build
         d["targets"] = tuple(d["targets"])
         d["input_shape"], d["output_shape"] = tuple(d["input_shape"]), tuple(d["output_shape"])
         return cls(**d)

@@ -15,8 +15,6 @@ and a heartbeat on the next LED when the board has one.
 """
 
 
-import zlib
-
 import numpy as np
 
 from amaranth.hdl import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Signal
@@ -31,12 +29,7 @@ from cosparse.hw.uart import MIN_DIVISOR, UARTRx, UARTTx
 
 from .catalog import Board
 
-__all__ = ["LinkTop", "BoardTop", "ice40_pll", "ecp5_pll", "design_id", "uart_divisor"]
-
-
-def design_id(verilog_without_images: str) -> int:
-    """32-bit id of a design: CRC-32 of its core's Verilog with memory contents removed."""
-    return zlib.crc32(verilog_without_images.encode())
+__all__ = ["LinkTop", "BoardTop", "ice40_pll", "ecp5_pll", "uart_divisor", "platform_for"]
 
 
 def uart_divisor(clock_hz: float, baud: int) -> int:

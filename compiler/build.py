@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +34,8 @@ import numpy as np
 from . import ir
 from .errors import CosparseError
 
-__all__ = ["compile_model", "layer_table", "network_input", "network_output"]
+__all__ = ["compile_model", "layer_table", "network_input", "network_output",
+           "strip_memory_contents", "design_id", "DEFAULT_BAUD", "SPRAM_MIN_BITS"]
 
 
 def _read_config(path: str | None) -> dict:
@@ -146,9 +149,54 @@ def _report(net: ir.Network, rows: list[dict], perf: dict, board, mults: int) ->
     return "\n".join(lines)
 
 
+#: Baud rate of the host link unless told otherwise.
+DEFAULT_BAUD = 1_000_000
+#: On boards with SPRAM (iCE40 UltraPlus), weight memories of at least this many
+#: bits (with one read port) go to SPRAM and are filled by the loader.
+SPRAM_MIN_BITS = 16 * 1024
+
+
+def strip_memory_contents(verilog_text: str) -> str:
+    """Verilog without the initial contents of its memories (what patching may change)."""
+    return re.sub(r"(?m)^\s+\w+\[\d+\] = \d+'[hdb][0-9a-fA-F_]+;\n", "", verilog_text)
+
+
+def design_id(verilog_without_images: str) -> int:
+    """32-bit id of a design: CRC-32 of its core's Verilog without memory contents."""
+    return zlib.crc32(verilog_without_images.encode())
+
+
+def _link_top(net, folding, board, baud: int, did: int, spram_bits):
+    from cosparse.boards.top import LinkTop, uart_divisor
+
+    clock = board.clock_mhz * 1e6
+    try:
+        divisor = uart_divisor(clock, baud)
+    except ValueError as e:
+        raise CosparseError(f"host link on {board.name}: {e}") from None
+    return LinkTop(net, folding, divisor=divisor, timeout=int(clock * 0.05),
+                   spram_bits=spram_bits, design_id=did)
+
+
+def _link_json(net, link, board, baud: int, spram_bits) -> dict:
+    hl = link.link
+    out = net.specs()[-1]
+    out_groups, out_g = ((out.shape[0] * out.shape[1], out.shape[2]) if len(out.shape) == 3
+                         else (1, int(np.prod(out.shape))))
+    return {"design_id": hl.design_id, "baud": baud, "in_width": hl.in_width,
+            "in_groups": hl.in_groups, "in_group_size": hl.in_group_size,
+            "out_width": hl.out_width, "out_bits": hl.out_bits, "out_groups": out_groups,
+            "out_group_size": out_g,
+            "targets": [{"name": p.name, "width": p.width, "depth": p.depth,
+                         "has_init": p.has_init} for p in link.core.load_ports],
+            "input_shape": list(net.input.shape), "output_shape": list(out.shape),
+            "spram_bits": spram_bits, "board": board.name, "clock_mhz": board.clock_mhz}
+
+
 def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.PathLike,
                   calibration: np.ndarray | None = None, mode: str = "sparse-sparse",
-                  config: str | None = None,
+                  config: str | None = None, baud: int = DEFAULT_BAUD,
+                  spram_bits: int | None | str = "auto",
                   progress: Callable[[str], None] = print) -> Path:
     """Compile ``model`` for ``board`` into ``outdir`` (see the module doc)."""
     from amaranth.back import verilog
@@ -163,6 +211,8 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
     from .perf import predict
 
     b = get_board(board)
+    if spram_bits == "auto":
+        spram_bits = SPRAM_MIN_BITS if b.spram_kbit else None
     out = Path(outdir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir())
                                               and not (out / "manifest.json").exists())):
@@ -187,19 +237,20 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
         raise CosparseError(f"config folds name unknown layers {sorted(unknown)}; the layers are "
                             f"{[layer.name for layer in net.layers]}")
     progress(f"fold for {b.name} ({b.multipliers} multipliers)")
-    folding = choose_folding(net, sample, max_multipliers=b.multipliers, overrides=overrides)
+    folding = choose_folding(net, sample, max_multipliers=b.multipliers, overrides=overrides,
+                             area_first=b.family == "ice40")
     perf = predict(net, folding, sample)
     mults = multipliers(net, folding)
     rows = layer_table(net, folding, sample)
     weight_bits = sum(r.get("memory_bits", 0) for r in rows)
-    if weight_bits > b.bram_kbit * 1024:
+    if weight_bits > (b.bram_kbit + (b.spram_kbit if spram_bits else 0)) * 1024:
         per_layer = ", ".join(f"{r['layer']} {r['memory_bits'] / 1024:,.0f}"
                               for r in rows if "memory_bits" in r)
         raise CosparseError(f"the network does not fit {b.name} ({b.fpga}): its weights need "
                             f"{weight_bits / 1024:,.0f} kbit of block RAM ({per_layer}), the "
                             f"board has {b.bram_kbit:,} kbit; choose a larger board or a "
                             f"sparser model (mode {mode})")
-    net.meta.update(board=b.name, folding=folding.to_dict(), multipliers=mults,
+    net.meta.update(board=b.name, folding=folding.to_dict(), multipliers=mults, config=cfg,
                     predicted={"interval_cycles": perf["interval_cycles"],
                                "bottleneck": perf["bottleneck"]})
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -209,9 +260,17 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
         progress("generate Verilog")
         core = NetworkCore(net, folding)
         (tmp / "rtl").mkdir()
-        (tmp / "rtl" / "cosparse_core.v").write_text(
-            verilog.convert(core, name="cosparse_core", emit_src=False))
-        images = write_images(core, tmp / "images")
+        core_v = verilog.convert(core, name="cosparse_core", emit_src=False)
+        (tmp / "rtl" / "cosparse_core.v").write_text(core_v)
+        # The board's logic: the loadable core behind the UART host link. Its memories
+        # are the images (the loader's targets, and what `cosparse patch` replaces).
+        link = _link_top(net, folding, b, baud, design_id(strip_memory_contents(core_v)),
+                         spram_bits)
+        (tmp / "rtl" / "cosparse_link_top.v").write_text(
+            verilog.convert(link, name="cosparse_link_top", emit_src=False))
+        images = write_images(link.core, tmp / "images")
+        (tmp / "link.json").write_text(json.dumps(_link_json(net, link, b, baud, spram_bits),
+                                                  indent=1) + "\n")
         progress(f"wrote {len(images)} memory images and bundle.bin")
         (tmp / "report.md").write_text(_report(net, rows, perf, b, mults))
         if out.exists():

@@ -107,26 +107,103 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
+    from cosparse.boards.catalog import get_board
+
     from .build import compile_model
 
     if args.bitstream:
-        raise CosparseError("--bitstream is not available in this version (board tops and "
-                            "yosys/nextpnr builds come next); compile without it to get the "
-                            "core's Verilog, images and report")
+        board = get_board(args.board)
+        if board.family == "sim":
+            raise CosparseError("--bitstream needs a real board (--board B, see cosparse "
+                                "boards); 'sim' is the core alone in Verilator")
+        from .bitstream import tool_env
+        tool_env()  # the tools are there before any work is done
     cal = None if args.calibration is None else _load_npy(args.calibration, "calibration")
     compile_model(args.model, board=args.board, outdir=args.outdir, calibration=cal,
-                  mode=args.mode, config=args.config,
+                  mode=args.mode, config=args.config, baud=args.baud,
                   progress=lambda s: print(f"compile: {s}", flush=True))
+    if args.bitstream:
+        from .bitstream import build_bitstream
+        build_bitstream(args.outdir, progress=lambda s: print(f"bitstream: {s}", flush=True))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import json
+
+    from cosparse.boards.runtime import Device
+    from cosparse.compiler import ir
+
+    from .build import network_input, network_output
+
+    net = ir.load(args.outdir)
+    xq = network_input(net, _load_npy(args.input, "input"), repr(args.input))
+    say = lambda s: print(f"run: {s}", flush=True)  # noqa: E731
+    dev = Device.open(args.outdir, args.port, baud=args.baud, timeout=args.timeout)
+    try:
+        st = dev.check_design()
+        say(f"device runs design {st.design_id:08x}: weights "
+            f"{'loaded' if st.loaded else 'not loaded'}, {st.inferences} inferences so far")
+        bundle = Path(args.outdir) / "images" / "bundle.bin"
+        if args.load == "always" or (args.load == "auto" and not st.loaded):
+            t0 = time.perf_counter()
+            sent = dev.load_bundle(bundle.read_bytes(), progress=say)
+            dt = time.perf_counter() - t0
+            say(f"loaded {sent:,} bytes of weights in {dt:.1f} s ({sent / max(dt, 1e-9):,.0f} B/s)")
+        elif not st.loaded:
+            raise CosparseError("the device's weights are not loaded and --load never was given")
+        ys, lat = [], []
+        t0 = time.perf_counter()
+        step = max(1, len(xq) // 10)
+        for i, x in enumerate(xq):
+            y, latency, _ = dev.infer(x)
+            ys.append(y)
+            lat.append(latency)
+            if (i + 1) % step == 0 or i + 1 == len(xq):
+                say(f"{i + 1}/{len(xq)} inferences")
+        dt = time.perf_counter() - t0
+    finally:
+        dev.close()
+    _save_npy(args.output, network_output(net, np.stack(ys)))
+    stats = {"network": net.name, "inferences": len(xq), "latency_cycles": lat,
+             "wall_seconds": round(dt, 3), "inferences_per_s_over_link": len(xq) / max(dt, 1e-9)}
+    Path(args.output).with_suffix(".json").write_text(json.dumps(stats, indent=1) + "\n")
+    say(f"{len(xq)} inferences in {dt:.2f} s over the link; latency {min(lat):,}-{max(lat):,} "
+        f"cycles -> {args.output}")
+    return 0
+
+
+def _cmd_patch(args: argparse.Namespace) -> int:
+    from .patch import patch_model
+
+    cal = None if args.calibration is None else _load_npy(args.calibration, "calibration")
+    patch_model(args.outdir, args.model, calibration=cal,
+                progress=lambda s: print(f"patch: {s}", flush=True))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from cosparse.sim.serial_bridge import serve
+
+    res = serve(args.outdir, port=args.tcp_port, port_file=args.port_file,
+                build_root=Path(args.outdir) / "sim_build",
+                progress=lambda s: print(f"serve: {s}", flush=True),
+                ready=lambda port: print(f"serve: listening on socket://127.0.0.1:{port}",
+                                         flush=True))
+    print(f"serve: session over: {res['bytes_to_device']:,} bytes in, "
+          f"{res['bytes_from_device']:,} out, {res['cycles']:,} cycles in {res['seconds']:.1f} s",
+          flush=True)
     return 0
 
 
 def _cmd_boards(args: argparse.Namespace) -> int:
     from cosparse.boards.catalog import BOARDS
 
-    print(f"{'board':<16} {'FPGA':<18} {'LUT4':>7} {'DSP':>4} {'BRAM kbit':>9} {'MHz':>5}  notes")
+    print(f"{'board':<16} {'FPGA':<18} {'LUT4':>7} {'DSP':>4} {'BRAM kbit':>9} {'SPRAM':>6} "
+          f"{'osc':>4} {'MHz':>5}  notes")
     for b in BOARDS.values():
         print(f"{b.name:<16} {b.fpga:<18} {b.luts:>7,} {b.dsps:>4} {b.bram_kbit:>9,} "
-              f"{b.clock_mhz:>5g}  {b.notes}")
+              f"{b.spram_kbit or '-':>6} {b.osc_mhz:>4g} {b.clock_mhz:>5g}  {b.notes}")
     return 0
 
 
@@ -188,8 +265,40 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["dense", "sparse-weights", "sparse-sparse"])
     c.add_argument("--config", help="JSON: {\"folding\": {layer: {entries, lanes_per_beat}}, "
                                     "\"kernels_per_overlay\": {layer: K}}")
-    c.add_argument("--bitstream", action="store_true", help="also build the bitstream")
+    c.add_argument("--bitstream", action="store_true",
+                   help="also build the bitstream (yosys, nextpnr, pack) and its report")
+    c.add_argument("--baud", type=int, default=1_000_000, help="host link UART rate (1000000)")
     c.set_defaults(func=_cmd_compile)
+
+    r = sub.add_parser("run", help="run inferences on a board (or a simulated one) over the "
+                                   "UART host link")
+    r.add_argument("outdir", help="compiled network folder (the board runs its bitstream)")
+    r.add_argument("--port", required=True,
+                   help="serial port: /dev/ttyUSB1, COM3, or socket://127.0.0.1:PORT "
+                        "(cosparse serve)")
+    r.add_argument("--input", required=True, help="X.npy: float32 [N, *model input shape]")
+    r.add_argument("-o", "--output", required=True, help="Y.npy; cycle counts go to Y.json")
+    r.add_argument("--load", choices=["auto", "always", "never"], default="auto",
+                   help="load the weight bundle first: auto (when the device says it is not "
+                        "loaded), always, never")
+    r.add_argument("--baud", type=int, help="override the design's baud rate")
+    r.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds to wait for each answer (default 5)")
+    r.set_defaults(func=_cmd_run)
+
+    pa = sub.add_parser("patch", help="put new weights of the same topology into the built "
+                                      "bitstream (no place and route)")
+    pa.add_argument("outdir", help="compiled folder with a bitstream")
+    pa.add_argument("model", help="NEW.onnx: same layers and shapes, new weights")
+    pa.add_argument("--calibration", help="X.npy for a float model")
+    pa.set_defaults(func=_cmd_patch)
+
+    sv = sub.add_parser("serve", help="serve a compiled folder's board top in Verilator on a "
+                                      "TCP serial port (for cosparse run --port socket://...)")
+    sv.add_argument("outdir", help="compiled network folder")
+    sv.add_argument("--tcp-port", type=int, default=0, help="TCP port (default: a free one)")
+    sv.add_argument("--port-file", help="write the TCP port number here once listening")
+    sv.set_defaults(func=_cmd_serve)
 
     b = sub.add_parser("boards", help="list the target boards and their resources")
     b.set_defaults(func=_cmd_boards)

@@ -52,7 +52,7 @@ def _input_width(net: ir.Network) -> int:
 
 def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
                    overrides: dict[str, LayerFold] | None = None,
-                   max_steps: int = 64) -> Folding:
+                   max_steps: int = 64, area_first: bool = False) -> Folding:
     """Balance the pipeline within ``max_multipliers``.
 
     Parameters
@@ -66,6 +66,10 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         The budget (DSP blocks plus LUT multipliers the board can afford).
     overrides : dict, optional
         Layer name -> fold to keep.
+    area_first : bool
+        For the smallest parts (iCE40): the least parallelism everywhere (one
+        multiplier per overlay layer, one element per dense beat, no dense
+        window), so the network fits the logic; throughput comes second.
 
     Raises
     ------
@@ -83,6 +87,11 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         raise FoldingError(f"the network needs at least {need} multipliers "
                            f"(one per overlay layer plus the fixed folds), the budget is "
                            f"{max_multipliers}")
+    if area_first:
+        folding.input_width = 1
+        folding.default_width = 1
+        folding.dense_window = False
+        return folding
     by_name = {layer.name: layer for layer in overlay}
     for _ in range(max_steps):
         stages = stage_cycles(net, folding, sample)

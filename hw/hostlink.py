@@ -205,6 +205,8 @@ class HostLink(wiring.Component):
                                             init=[])
         ow = obuf.write_port()
         orr = obuf.read_port()
+        # Read ports hold their data unless a state reads (their ``en`` starts at 1).
+        m.d.comb += [pr.en.eq(0), orr.en.eq(0)]
 
         # ---------------- state
         crc = Signal(16)

@@ -101,13 +101,16 @@ class Folding:
     default_width: int = 8
     #: Entries of sparse streams no overlay layer consumes (e.g. the output).
     default_entries: int = 8
+    #: Let a first conv on a dense map take a whole receptive field per cycle
+    #: (:class:`DenseWindow`); off, it takes the small zero-skip + sparse window path.
+    dense_window: bool = True
 
     def of(self, name: str) -> LayerFold:
         return self.layers.get(name, LayerFold())
 
     def to_dict(self) -> dict:
         return {"input_width": self.input_width, "default_width": self.default_width,
-                "default_entries": self.default_entries,
+                "default_entries": self.default_entries, "dense_window": self.dense_window,
                 "layers": {n: {"entries": f.entries, "lanes_per_beat": f.lanes_per_beat,
                                "width": f.width} for n, f in self.layers.items()}}
 
@@ -116,7 +119,8 @@ class Folding:
         return cls(int(d.get("input_width", 1)),
                    {n: LayerFold(int(f.get("entries", 1)), f.get("lanes_per_beat"), f.get("width"))
                     for n, f in d.get("layers", {}).items()},
-                   int(d.get("default_width", 8)), int(d.get("default_entries", 8)))
+                   int(d.get("default_width", 8)), int(d.get("default_entries", 8)),
+                   bool(d.get("dense_window", True)))
 
 
 @dataclass
@@ -200,7 +204,7 @@ class NetworkCore(wiring.Component):
             try:
                 if isinstance(layer, ir.ZeroSkip):
                     nxt = net.layers[i + 1] if i + 1 < len(net.layers) else None
-                    if self._dense_window_fits(nxt, inp, width):
+                    if folding.dense_window and self._dense_window_fits(nxt, inp, width):
                         fused_skip = True  # the conv's dense window skips the zeros itself
                     else:
                         add(layer.name, ZeroSkip(g, width=width, entries=r_out))
@@ -213,7 +217,7 @@ class NetworkCore(wiring.Component):
                     r = entries_in[i]
                     windowed = False
                     if isinstance(layer, ir.OverlayConv) and (fmt == "dense" or fused_skip) \
-                            and self._dense_window_fits(layer, inp, width):
+                            and folding.dense_window and self._dense_window_fits(layer, inp, width):
                         # A whole receptive field per cycle, zeros skipped (or kept, for
                         # the dense baselines) into R-entry beats.
                         h, w, c = inp.shape
@@ -233,11 +237,9 @@ class NetworkCore(wiring.Component):
                                                      entries=r, max_active=min(max_active, c)))
                     elif isinstance(layer, ir.OverlayLinear) and groups != 1:
                         raise FoldError(f"layer {layer.name}: a linear layer needs a vector input")
-                    p_ = fold.lanes_per_beat or layer.overlays.lanes
                     wbits = (layer.overlays.words * layer.overlays.lanes
                              * (8 + max(1, (layer.overlays.kernels_per_overlay - 1).bit_length())))
-                    spram = (loadable and spram_bits is not None and r == 1 and wbits >= spram_bits
-                             and p_ > 0)
+                    spram = loadable and spram_bits is not None and r == 1 and wbits >= spram_bits
                     eng = add(layer.name, OverlayEngine(layer.overlays, entries=r,
                                                         lanes_per_beat=fold.lanes_per_beat,
                                                         acc_bits=layer.accumulator_bits(),

@@ -71,6 +71,45 @@ __all__ = ["OverlayEngine"]
 
 
 
+def _has_spram(platform) -> bool:
+    """The platform is an iCE40 UltraPlus (SB_SPRAM256KA blocks)."""
+    return str(getattr(platform, "device", "")).startswith("iCE40UP")
+
+
+class _SpramPort:
+    """Read-port-like signals (``addr``, ``en``, ``data``) of an SPRAM-backed memory."""
+
+    def __init__(self, width: int, depth: int):
+        self.addr = Signal(range(max(depth, 2)), name="spram_addr")
+        self.en = Signal(name="spram_en")
+        self.data = Signal(width, name="spram_data")
+
+
+def _spram_port(m: Module, width: int, depth: int, load) -> _SpramPort:
+    """A ``width`` x ``depth`` single-port memory of iCE40 ``SB_SPRAM256KA`` blocks.
+
+    Reads and the loader's writes share the address (see ``OverlayEngine``);
+    the blocks are selected only on a read or a write, so the data output
+    holds between reads like a read port's.
+    """
+    from amaranth.hdl import ClockSignal, Instance
+
+    if depth > 16384:
+        raise ValueError(f"an SPRAM weight memory holds at most 16384 words, got {depth}")
+    port = _SpramPort(width, depth)
+    for c in range(-(-width // 16)):
+        lo, hi = 16 * c, min(16 * c + 16, width)
+        dout = Signal(16, name=f"spram{c}_dout")
+        m.submodules[f"spram{c}"] = Instance(
+            "SB_SPRAM256KA",
+            i_ADDRESS=port.addr.as_unsigned()[:14] if len(port.addr) >= 14 else port.addr,
+            i_DATAIN=load.data[lo:hi], i_MASKWREN=Const(0b1111, 4), i_WREN=load.en,
+            i_CHIPSELECT=port.en | load.en, i_CLOCK=ClockSignal(), i_STANDBY=Const(0),
+            i_SLEEP=Const(0), i_POWEROFF=Const(1), o_DATAOUT=dout)
+        m.d.comb += port.data[lo:hi].eq(dout[:hi - lo])
+    return port
+
+
 class OverlayEngine(wiring.Component):
     """Complementary-sparse matrix-vector engine over packed overlays.
 
@@ -202,13 +241,18 @@ class OverlayEngine(wiring.Component):
 
         # ---------------- memories
         wload = self._wload
-        wmem = Memory(shape=unsigned(P * slot_bits), depth=max(words * passes, 1),
-                      init=[] if self.spram else self._weight_image(id_bits))
-        m.submodules.weights = wmem
-        wports = [wmem.read_port() for _ in range(R)]
-        if wload is not None:
-            wp = wmem.write_port()
-            m.d.comb += [wp.addr.eq(wload.addr), wp.data.eq(wload.data), wp.en.eq(wload.en)]
+        wdepth = max(words * passes, 1)
+        if self.spram and _has_spram(platform):
+            wports = [_spram_port(m, P * slot_bits, wdepth, wload)]
+        else:
+            wmem = Memory(shape=unsigned(P * slot_bits), depth=wdepth,
+                          init=[] if self.spram else self._weight_image(id_bits))
+            m.submodules.weights = wmem
+            wports = [wmem.read_port() for _ in range(R)]
+            if wload is not None:
+                wwp = wmem.write_port()
+                m.d.comb += [wwp.addr.eq(wload.addr), wwp.data.eq(wload.data),
+                             wwp.en.eq(wload.en)]
         if not identity:
             rmem = Memory(shape=unsigned(word_bits + beat_bits), depth=ov.fan_in,
                           init=self._row_image())
@@ -319,11 +363,10 @@ class OverlayEngine(wiring.Component):
             m.d.comb += [wports[r].addr.eq((cur_start[r] + beat) * passes + pss),
                          wports[r].en.eq(issue)]
         if self.spram:
-            # One address for reads and loader writes (the core is idle while loading), so
-            # synthesis can map the memory to single-port RAM (iCE40 SPRAM).
-            shared = Signal.like(wports[0].addr)
-            m.d.comb += [shared.eq(Mux(wload.en, wload.addr, (cur_start[0] + beat) * passes + pss)),
-                         wports[0].addr.eq(shared), wp.addr.eq(shared)]
+            # Single-port: one address for reads and loader writes (the core is idle
+            # while the host loads).
+            m.d.comb += wports[0].addr.eq(Mux(wload.en, wload.addr,
+                                              (cur_start[0] + beat) * passes + pss))
 
         # ---------------- B: weights arrive; products; bank reads
         b_valid = Signal()

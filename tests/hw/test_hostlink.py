@@ -1,0 +1,152 @@
+"""The host link over a real UART line, in the Amaranth simulator.
+
+A small network's :class:`LinkTop` (UART, host link, loadable core with an
+SPRAM-style memory that starts empty) is driven bit by bit from request
+frames made by the host runtime's own encoder; responses are decoded from
+the ``tx`` pin. Checked: every error path answers its code and changes
+nothing (corrupted, truncated, oversize, unknown command, load out of
+range, inference before the weights are sealed), loading and sealing, and
+an inference equal to the golden model's with its cycle counters.
+"""
+
+import struct
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from cosparse.boards.runtime import Status, crc16, request_frame
+from cosparse.boards.top import LinkTop
+from cosparse.compiler import zoo
+from cosparse.compiler.order import to_drain_order
+from cosparse.hw.hostlink import COMMANDS, STATUS_BYTES
+from cosparse.hw.network import Folding
+from cosparse.sim import golden
+
+DIV = 4
+TIMEOUT = 300
+
+
+def _bits(byte: int) -> list[int]:
+    return [0] + [(byte >> i) & 1 for i in range(8)] + [1]
+
+
+def run_link(top: LinkTop, requests: list[tuple[bytes, int]]) -> bytes:
+    """Send each request's bytes, then idle ``wait`` bit times; return all bytes sent back."""
+    out = bytearray()
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+
+    async def host(ctx):
+        for data, wait in requests:
+            for b in data:
+                for v in _bits(b):
+                    ctx.set(top.rx, v)
+                    await ctx.tick().repeat(DIV)
+            await ctx.tick().repeat(DIV * wait)
+
+    async def line(ctx):
+        while True:
+            await ctx.tick()
+            if ctx.get(top.tx) == 0:  # start bit: sample each data bit in its middle
+                await ctx.tick().repeat(DIV + DIV // 2)
+                v = 0
+                for i in range(8):
+                    v |= ctx.get(top.tx) << i
+                    await ctx.tick().repeat(DIV)
+                out.append(v)
+
+    sim.add_testbench(host)
+    sim.add_testbench(line, background=True)
+    sim.run()
+    return bytes(out)
+
+
+def responses(data: bytes) -> list[tuple[int, bytes]]:
+    """(code, payload) of each response frame; every CRC must match."""
+    res, i = [], 0
+    while i < len(data):
+        assert data[i] == 0xA5, f"byte {i} is {data[i]:#x}, not a response sync"
+        code, n = struct.unpack("<BH", data[i + 1:i + 4])
+        body = data[i + 1:i + 4 + n]
+        (crc,) = struct.unpack("<H", data[i + 4 + n:i + 6 + n])
+        assert crc16(body) == crc
+        res.append((code, data[i + 4:i + 4 + n]))
+        i += n + 6
+    return res
+
+
+@pytest.fixture(scope="module")
+def design():
+    net = to_drain_order(zoo.random_network((12,), [("linear", 8, 2), ("global", 3),
+                                                    ("logits", 4, 1)], seed=3))
+    top = LinkTop(net, Folding(input_width=1), divisor=DIV, timeout=TIMEOUT, spram_bits=64,
+                  design_id=0xC0FFEE)
+    return net, top
+
+
+def test_link_protocol_errors_load_seal_and_infer(design):
+    net, top = design
+    ports = top.core.load_ports
+    assert [p.has_init for p in ports].count(False) >= 1  # an SPRAM-style memory starts empty
+    x = np.random.default_rng(5).integers(-128, 128, (2, 12)).astype(np.int8)
+    want = golden.run(net, x)
+
+    def load(i, p, addr=0, words=None):
+        words = p.image if words is None else words
+        return request_frame(COMMANDS["LOAD"], struct.pack("<BI", i, addr) + b"".join(
+            int(w).to_bytes(-(-p.width // 8), "little") for w in words))
+
+    status = request_frame(COMMANDS["STATUS"])
+    infer0 = request_frame(COMMANDS["INFER"], x[0].tobytes())
+    corrupt = bytearray(infer0)
+    corrupt[6] ^= 0x10
+    reqs = [
+        (b"\x00\x13garbage", 20),                            # outside a frame: ignored
+        (status, 300),                                        # 0 status
+        (infer0, 300),                                        # 1 not loaded: refused
+        (bytes(corrupt), 300),                                # 2 CRC
+        (infer0[:9], 2 * TIMEOUT // DIV + 300),               # 3 truncated
+        (request_frame(COMMANDS["INFER"], bytes(300)), 300),  # 4 oversize
+        (request_frame(0x7E), 300),                           # 5 unknown command
+        (request_frame(COMMANDS["INFER"], x[0].tobytes()[:5]), 300),  # 6 wrong length
+        (load(len(ports), ports[0]), 300),                    # 7 no such target
+        (load(0, ports[0], addr=ports[0].depth - 1, words=ports[0].image[:2]), 300),  # 8 range
+        *[(load(i, p), 1200) for i, p in enumerate(ports)],   # loads
+        (request_frame(COMMANDS["SEAL"], struct.pack("<I", 0xABCD1234)), 300),
+        (infer0, 2500),
+        (request_frame(COMMANDS["INFER"], x[1].tobytes()), 2500),
+        (status, 300),
+    ]
+    res = responses(run_link(top, reqs))
+    assert len(res) == len(reqs) - 1  # the garbage got no answer
+    codes = [c for c, _ in res]
+    n = len(ports)
+    assert codes[:9] == [0, 7, 1, 3, 2, 4, 2, 5, 6]
+    assert codes[9:9 + n + 1] == [0] * (n + 1)
+    st0 = Status.unpack(res[0][1])
+    assert len(res[0][1]) == STATUS_BYTES
+    assert (st0.version, st0.loaded, st0.needs_load, st0.design_id) == (1, False, True, 0xC0FFEE)
+    for k, (code, payload) in enumerate(res[-3:-1]):
+        assert code == 0
+        y = np.frombuffer(payload[:16], "<i4")
+        np.testing.assert_array_equal(y, want[k])
+        latency, feed = struct.unpack("<II", payload[16:])
+        assert feed == 11  # 12 one-element beats, taken back to back
+        assert 50 < latency < 2000
+    st = Status.unpack(res[-1][1])
+    assert (st.loaded, st.weights_id, st.inferences, st.last_error) == (True, 0xABCD1234, 2, 6)
+    assert st.rejected == 8 and st.framing_errors == 0 and st.overruns == 0
+
+
+def test_partial_load_unseals(design):
+    """A load clears 'loaded' until the next seal: a half-loaded core never runs."""
+    net, _ = design
+    top = LinkTop(net, Folding(input_width=1), divisor=DIV, timeout=TIMEOUT)  # all in BRAM
+    p = top.core.load_ports[0]
+    assert all(q.has_init for q in top.core.load_ports)
+    x = np.zeros(12, np.int8)
+    reqs = [(request_frame(COMMANDS["LOAD"], struct.pack("<BI", 0, 0) + bytes(-(-p.width // 8))),
+             300),
+            (request_frame(COMMANDS["INFER"], x.tobytes()), 300)]
+    assert [c for c, _ in responses(run_link(top, reqs))] == [0, 7]

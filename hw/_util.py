@@ -8,7 +8,7 @@ from operator import or_
 from amaranth.hdl import Const, Module, Mux, Shape, Signal, Value
 from amaranth.utils import ceil_log2
 
-__all__ = ["bits", "check_int", "onehot", "popcount", "skid_output"]
+__all__ = ["bits", "check_int", "onehot", "popcount", "skid_output", "lut_mul"]
 
 
 def bits(n: int) -> int:
@@ -70,3 +70,20 @@ def skid_output(m: Module, o, valid: Value, payload: Value) -> Signal:
     with m.Elif(valid):
         m.d.sync += [sv.eq(1), sd.eq(payload)]
     return adv
+
+
+def lut_mul(a: Value, b: Value) -> Value:
+    """``a * b`` for a narrow signed ``a`` as shifted adds of unsigned ``b``.
+
+    Synthesis sees adders, not a multiplier, so no DSP block is spent on a
+    product that a few LUTs make (the high part of a split product).
+    """
+    n = len(a)
+    acc = None
+    for i in range(n):
+        term = Mux(a[i], b.as_unsigned() << i, 0)
+        if i == n - 1:  # two's complement: the sign bit weighs -2**(n-1)
+            acc = (0 - term) if acc is None else acc - term
+        else:
+            acc = term if acc is None else acc + term
+    return acc

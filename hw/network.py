@@ -104,6 +104,9 @@ class Folding:
     #: Let a first conv on a dense map take a whole receptive field per cycle
     #: (:class:`DenseWindow`); off, it takes the small zero-skip + sparse window path.
     dense_window: bool = True
+    #: Signed multiplier width of the part's DSP blocks (18 ECP5/Xilinx, 16 iCE40):
+    #: how requantizers split their products.
+    dsp_width: int = 18
 
     def of(self, name: str) -> LayerFold:
         return self.layers.get(name, LayerFold())
@@ -111,6 +114,7 @@ class Folding:
     def to_dict(self) -> dict:
         return {"input_width": self.input_width, "default_width": self.default_width,
                 "default_entries": self.default_entries, "dense_window": self.dense_window,
+                "dsp_width": self.dsp_width,
                 "layers": {n: {"entries": f.entries, "lanes_per_beat": f.lanes_per_beat,
                                "width": f.width} for n, f in self.layers.items()}}
 
@@ -120,7 +124,7 @@ class Folding:
                    {n: LayerFold(int(f.get("entries", 1)), f.get("lanes_per_beat"), f.get("width"))
                     for n, f in d.get("layers", {}).items()},
                    int(d.get("default_width", 8)), int(d.get("default_entries", 8)),
-                   bool(d.get("dense_window", True)))
+                   bool(d.get("dense_window", True)), int(d.get("dsp_width", 18)))
 
 
 @dataclass
@@ -255,7 +259,8 @@ class NetworkCore(wiring.Component):
                                                     multiplier=[int(v) for v in rq.multiplier],
                                                     shift=[int(v) for v in rq.shift],
                                                     bias=[int(v) for v in layer.bias],
-                                                    relu=bool(rq.relu), loadable=loadable))
+                                                    relu=bool(rq.relu), loadable=loadable,
+                                                    dsp_width=folding.dsp_width))
                     fmt, max_active = "dense", m
                 elif isinstance(layer, ir.MaxPool):
                     h, w, c = inp.shape

@@ -25,7 +25,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ._util import check_int, skid_output
+from ._util import lut_mul, check_int, skid_output
 from .hostlink import LoadPort
 from .streams import dense_layout
 
@@ -128,13 +128,18 @@ class Requantizer(wiring.Component):
     LATENCY = 7
 
     def __init__(self, channels: int, *, width: int = 8, acc_bits: int = 32, multiplier,
-                 shift, bias=None, relu: bool = False, loadable: bool = False):
+                 shift, bias=None, relu: bool = False, loadable: bool = False,
+                 dsp_width: int = 18):
         check_int("channels", channels, 1)
         check_int("width (D)", width, 1, 256)
         check_int("acc_bits", acc_bits, 2, MAX_ACC_BITS)
         if not isinstance(relu, bool):
             raise ValueError(f"relu must be True or False, got {relu!r}")
         self.channels, self.width, self.acc_bits, self.relu = channels, width, acc_bits, relu
+        if dsp_width not in (16, 18):
+            raise ValueError(f"dsp_width must be 16 (iCE40) or 18 (ECP5), got {dsp_width!r}")
+        #: Unsigned low part of the split product, sized for one signed DSP input.
+        self.lo_split = dsp_width - 1
         self.multiplier = _int_vector("multiplier", multiplier, channels, 0, MAX_MULTIPLIER)
         self.shift = _int_vector("shift", shift, channels, 0, MAX_SHIFT)
         self.bias = (_int_vector("bias", bias, channels, -(1 << 31), (1 << 31) - 1)
@@ -257,10 +262,14 @@ class Requantizer(wiring.Component):
         # ---------------- S1: sum = acc + bias
         s1 = stage("s1", sum=signed(sb), mult=mb, sh=6, rnd=1)
         # ---------------- S2: partial products (low part unsigned 17 bits)
-        split = sb > 18
-        lo_bits = 17 if split else sb
-        s2 = stage("s2", lo=signed(lo_bits + mb + 1), hi=signed(max(sb - 17, 1) + mb + 1),
+        ls = self.lo_split
+        split = sb > ls + 1
+        lo_bits = ls if split else sb
+        hi_bits = max(sb - ls, 1)
+        s2 = stage("s2", lo=signed(lo_bits + mb + 1), hi=signed(hi_bits + mb + 1),
                    sh=6, rnd=1)
+        # A narrow high part is a few shifted adds (no DSP block for it).
+        hi_mul = lut_mul if hi_bits <= 6 else (lambda a, b: a * b)
         # ---------------- S3..S5: product, coarse and fine shift
         s3 = stage("s3", q=signed(pb), sh=6, rnd=1)
         s4 = stage("s4", q=signed(pb), sh=3, rnd=1)
@@ -273,10 +282,10 @@ class Requantizer(wiring.Component):
                     rnd=lambda d: consts[d][3])
             if split:
                 advance(s2, s1,
-                        lo=lambda d: s1["sum"][d][:17] * s1["mult"][d],
-                        hi=lambda d: s1["sum"][d][17:].as_signed() * s1["mult"][d],
+                        lo=lambda d: s1["sum"][d][:ls] * s1["mult"][d],
+                        hi=lambda d: hi_mul(s1["sum"][d][ls:].as_signed(), s1["mult"][d]),
                         sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d])
-                advance(s3, s2, q=lambda d: (s2["hi"][d] << 17) + s2["lo"][d],
+                advance(s3, s2, q=lambda d: (s2["hi"][d] << ls) + s2["lo"][d],
                         sh=lambda d: s2["sh"][d], rnd=lambda d: s2["rnd"][d])
             else:
                 advance(s2, s1, lo=lambda d: s1["sum"][d] * s1["mult"][d],

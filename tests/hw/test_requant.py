@@ -164,3 +164,21 @@ def test_verilator_matches_golden():
     res = run_streams(dut, "requantizer", [("i", dut.in_layout, beats_in)],
                       [("o", dut.out_layout, len(beats_want))], stall=0.3, seed=6)
     assert res.outputs[0] == beats_want
+
+
+@pytest.mark.parametrize("dsp_width, C, D, loadable", [(16, 6, 2, False), (18, 5, 8, True),
+                                                       (16, 3, 1, True)])
+def test_narrow_high_part_and_loadable_constants(dsp_width, C, D, loadable):
+    """Sums a few bits wider than a DSP input: the high part is shifted adds (iCE40 16-bit
+    and ECP5 18-bit splits); a loadable unit keeps one-beat constants in a memory."""
+    rng = np.random.default_rng(dsp_width + C)
+    mult, shift, _, _ = constants(rng, C, shift_lo=8, shift_hi=24)
+    bias = rng.integers(-9000, 9000, C)
+    acc_bits = 20
+    dut = Requantizer(C, width=D, acc_bits=acc_bits, multiplier=[int(v) for v in mult],
+                      shift=[int(v) for v in shift], bias=[int(v) for v in bias],
+                      loadable=loadable, dsp_width=dsp_width)
+    assert dut.lo_split == dsp_width - 1
+    assert (dut.load_port is not None) == loadable
+    acc = random_acc(rng, (2, 5, C), acc_bits)
+    run(dut, acc, want_of(acc, mult, shift, bias, False), seed=dsp_width)

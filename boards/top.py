@@ -78,8 +78,10 @@ class LinkTop(wiring.Component):
     leds: Out(4)
 
     def __init__(self, net: ir.Network, folding: Folding, *, divisor: int, timeout: int,
-                 spram_bits: int | None = None, design_id: int = 0):
-        self.core = NetworkCore(net, folding, loadable=True, spram_bits=spram_bits)
+                 spram_bits: int | None = None, design_id: int = 0,
+                 patch_seed: int | None = None, patch_block: int = 256):
+        self.core = NetworkCore(net, folding, loadable=True, spram_bits=spram_bits,
+                                patch_seed=patch_seed, patch_block=patch_block)
         specs = net.specs()
         inp, out = specs[0], specs[-1]
         in_groups, in_g = ((inp.shape[0] * inp.shape[1], inp.shape[2]) if len(inp.shape) == 3
@@ -95,6 +97,12 @@ class LinkTop(wiring.Component):
         self.uart_rx = UARTRx(divisor)
         self.uart_tx = UARTTx(divisor)
         super().__init__()
+
+    def discard(self) -> None:
+        """Mark the top and its parts as deliberately unused (built only to be inspected)."""
+        self.core.discard()
+        for obj in (self, self.link, self.uart_rx, self.uart_tx):
+            obj._MustUse__silence = True
 
     def elaborate(self, platform):
         m = Module()
@@ -172,7 +180,8 @@ class BoardTop(Elaboratable):
     """
 
     def __init__(self, board: Board, net: ir.Network, folding: Folding, *, baud: int,
-                 design_id: int = 0, spram_bits: int | None = None):
+                 design_id: int = 0, spram_bits: int | None = None,
+                 patch_seed: int | None = None):
         if board.family not in ("ice40", "ecp5", "xc7"):
             raise ValueError(f"board {board.name!r} has no FPGA top (family {board.family})")
         self.board = board
@@ -180,7 +189,8 @@ class BoardTop(Elaboratable):
         self.baud = baud
         self.link = LinkTop(net, folding, divisor=uart_divisor(self.clock_hz, baud),
                             timeout=int(self.clock_hz * 0.05), spram_bits=spram_bits,
-                            design_id=design_id)
+                            design_id=design_id, patch_seed=patch_seed,
+                            patch_block=256 if board.family == "ice40" else 512)
 
     def achieved_clock_mhz(self) -> float:
         b = self.board

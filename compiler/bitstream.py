@@ -58,6 +58,56 @@ def tool_env() -> dict[str, str]:
     return env
 
 
+#: Seed of the placeholder contents of patchable memories (see LoadPort.placeholder).
+PATCH_SEED = 0x5EED
+
+
+def patch_placed(build: Path, family: str, env: dict, targets: list, progress,
+                 out_name: str | None = None) -> Path:
+    """Replace memory contents in the placed design of ``build``.
+
+    ``targets`` are ``(name, placeholder words, new words, width)``; the
+    pristine placed file (``.asc`` or ``.config``, as nextpnr wrote it, with
+    placeholders) is left as it is and the result written beside it.
+    """
+    src = build / f"{TOP_NAME}.{'asc' if family == 'ice40' else 'config'}"
+    cur = build / (out_name or f"{TOP_NAME}.filled{src.suffix}")
+    shutil.copy(src, cur)
+    for name, old, new, width in targets:
+        digits = width // 4
+        for fname, words in (("from.hex", old), ("to.hex", new)):
+            (build / fname).write_text("".join(f"{w:0{digits}x}\n" for w in words))
+        nxt = build / f"next{src.suffix}"
+        if family == "ice40":
+            with open(cur, "rb") as fin, open(nxt, "wb") as fout:
+                _tool(env, "ICEBRAM", ["from.hex", "to.hex"], build, stdin=fin, stdout=fout,
+                      what=name)
+        else:
+            _tool(env, "ECPBRAM", ["-i", cur.name, "-o", nxt.name, "-f", "from.hex",
+                                   "-t", "to.hex"], build, what=name)
+        os.replace(nxt, cur)
+    progress(f"wrote the contents of {len(targets)} block-RAM memories into the placed design")
+    return cur
+
+
+def pack_placed(build: Path, family: str, env: dict, placed: Path, bitstream: Path) -> None:
+    """Pack a placed design into a bitstream."""
+    if family == "ice40":
+        _tool(env, "ICEPACK", [placed.name, bitstream.name], build, what="icepack")
+    else:
+        _tool(env, "ECPPACK", ["--input", placed.name, "--bit", bitstream.name], build,
+              what="ecppack")
+
+
+def _tool(env: dict, var: str, args: list[str], cwd: Path, stdin=None, stdout=None,
+          what: str = "") -> None:
+    proc = subprocess.run([env[var], *args], cwd=cwd, stdin=stdin, stdout=stdout,
+                          stderr=subprocess.PIPE, env=env)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").replace("Preparing to run", "").strip()
+        raise BitstreamError(f"{env[var]} failed on {what}: {err[-500:]}")
+
+
 def _run_step(label: str, cmd: str, cwd: Path, env: dict, log: Path,
               progress: Callable[[str], None], heartbeat: float = 20.0) -> float:
     """Run one shell command of the build script; progress every ``heartbeat`` seconds."""
@@ -157,7 +207,7 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
                              "board (see cosparse boards)")
     folding = Folding.from_dict(net.meta["folding"])
     top = BoardTop(board, net, folding, baud=layout.baud, design_id=layout.design_id,
-                   spram_bits=link.get("spram_bits"))
+                   spram_bits=link.get("spram_bits"), patch_seed=PATCH_SEED)
     platform = platform_for(board)
     build = out / "build"
     if build.exists():
@@ -183,7 +233,8 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     plan = platform.prepare(top, name=TOP_NAME, **opts)
     plan.extract(build)
     script = (build / f"build_{TOP_NAME}.sh").read_text().splitlines()
-    cmds = [ln for ln in script if ln.startswith('"$')]
+    # The packer runs after the weights are filled in (below), not from the script.
+    cmds = [ln for ln in script if ln.startswith('"$') and "PACK" not in ln.split()[0]]
     labels = {"YOSYS": ("synthesis (yosys)", f"{TOP_NAME}.rpt"),
               "NEXTPNR_ICE40": ("place and route (nextpnr-ice40)", f"{TOP_NAME}.tim"),
               "NEXTPNR_ECP5": ("place and route (nextpnr-ecp5)", f"{TOP_NAME}.tim"),
@@ -194,18 +245,26 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
         var = cmd[2:cmd.index("}") if "}" in cmd else cmd.index('"', 2)].strip("{")
         label, log = labels.get(var, (var.lower(), f"{var.lower()}.out"))
         times[label.split()[0]] = round(_run_step(label, cmd, build, env, build / log, progress), 1)
+    # The placed design holds placeholder contents in every block-RAM weight memory;
+    # the real ones go in the way `cosparse patch` puts in new ones.
+    targets = [(p.name, p.placeholder(), p.padded_image(), p.hw_width)
+               for p in top.link.core.load_ports if p.patch_seed is not None]
+    t_fill = time.monotonic()
+    placed = patch_placed(build, board.family, env, targets, progress)
+    ext = "bin" if board.family == "ice40" else "bit"
+    pack_placed(build, board.family, env, placed, build / f"{TOP_NAME}.{ext}")
+    times["fill"] = round(time.monotonic() - t_fill, 1)
     report = json.loads((build / f"{TOP_NAME}.report.json").read_text())
     cells = _yosys_cells(build / f"{TOP_NAME}.rpt")
     res = _utilisation(board.family, report, cells, board)
     fmax = [v.get("achieved", 0.0) for v in report.get("fmax", {}).values()]
     achieved = min(fmax) if fmax else 0.0
     target = top.clock_hz / 1e6
-    ext = "bin" if board.family == "ice40" else "bit"
     rep = {"board": board.name, "fpga": board.fpga, "family": board.family,
            "clock_mhz": round(target, 3), "fmax_mhz": round(achieved, 2),
            "timing_met": achieved >= target, **res, "seconds": times,
            "total_seconds": round(time.monotonic() - t_all, 1),
-           "bitstream": f"{TOP_NAME}.{ext}"}
+           "bitstream": f"{TOP_NAME}.{ext}", "patch_seed": PATCH_SEED}
     (out / "bitstream.json").write_text(json.dumps(rep, indent=1) + "\n")
     md = bitstream_markdown(rep)
     report_md = out / "report.md"

@@ -43,7 +43,7 @@ class PatchError(CosparseError):
     """The new model cannot be patched into the bitstream."""
 
 
-def _link_verilog(net, folding, link_cfg: dict):
+def _link_verilog(net, folding, link_cfg: dict, seed: int):
     from amaranth.back import verilog
 
     from cosparse.boards.top import LinkTop
@@ -51,16 +51,10 @@ def _link_verilog(net, folding, link_cfg: dict):
     from .build import strip_memory_contents
 
     top = LinkTop(net, folding, divisor=4, timeout=16, spram_bits=link_cfg.get("spram_bits"),
-                  design_id=link_cfg["design_id"])
-    return top, strip_memory_contents(verilog.convert(top, name="cosparse_link_top",
-                                                      emit_src=False))
-
-
-def _tool(env: dict, var: str, args: list[str], cwd: Path, stdin=None, stdout=None) -> None:
-    proc = subprocess.run([env[var], *args], cwd=cwd, stdin=stdin, stdout=stdout,
-                          stderr=subprocess.PIPE, env=env)
-    if proc.returncode != 0:
-        raise PatchError(f"{env[var]} failed: {proc.stderr.decode(errors='replace').strip()[-500:]}")
+                  design_id=link_cfg["design_id"], patch_seed=seed)
+    text = strip_memory_contents(verilog.convert(top, name="cosparse_link_top", emit_src=False))
+    top.discard()
+    return top, text
 
 
 def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
@@ -69,7 +63,7 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
     """Patch ``model``'s weights into the bitstream of ``outdir`` (see the module doc)."""
     from cosparse.hw.network import Folding
 
-    from .bitstream import TOP_NAME, tool_env
+    from .bitstream import TOP_NAME, pack_placed, patch_placed, tool_env
     from .images import memory_images, write_images
     from .onnx_frontend import check_supported, import_onnx
     from .order import to_drain_order
@@ -105,8 +99,8 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
         if key in old.meta:
             new.meta[key] = old.meta[key]
     progress("check that only memory contents change")
-    old_top, old_v = _link_verilog(old, folding, link_cfg)
-    new_top, new_v = _link_verilog(new, folding, link_cfg)
+    old_top, old_v = _link_verilog(old, folding, link_cfg, rep.get("patch_seed"))
+    new_top, new_v = _link_verilog(new, folding, link_cfg, rep.get("patch_seed"))
     if old_v != new_v:
         diff = [ln for ln in difflib.unified_diff(old_v.splitlines(), new_v.splitlines(), n=0,
                                                   lineterm="")
@@ -116,54 +110,49 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
                          f"{diff[1].strip() if len(diff) > 1 else ''!r}): a constant held in "
                          "logic (a bias, a requantization constant of a one-beat layer) or a "
                          "width changed; rebuild with cosparse compile --bitstream")
-    old_imgs = {m.name: m for m in memory_images(old_top.core)}
-    new_imgs = {m.name: m for m in memory_images(new_top.core)}
-    in_spram = {t["name"] for t in link_cfg["targets"] if not t["has_init"]}
-    changed = [n for n in new_imgs if new_imgs[n].words != old_imgs[n].words]
+    seed = rep.get("patch_seed")
+    old_ports = {p.name: p for p in old_top.core.load_ports}
+    new_ports = {p.name: p for p in new_top.core.load_ports}
+    # Memories that are not load targets (k-WTA boost tables) are logic of the build.
+    fixed_old = {m.name: m.words for m in memory_images(old_top.core) if m.name not in old_ports}
+    fixed_new = {m.name: m.words for m in memory_images(new_top.core) if m.name not in new_ports}
+    if fixed_old != fixed_new:
+        names = sorted(n for n in fixed_new if fixed_old.get(n) != fixed_new[n])
+        raise PatchError(f"the new model changes memories that are not weights ({names}, "
+                         "e.g. k-WTA boost factors): rebuild with cosparse compile --bitstream")
+    changed = [n for n, p in new_ports.items() if p.image != old_ports[n].image]
+    bundle_only = [n for n in changed if not new_ports[n].has_init]
+    targets = [(n, p.placeholder(), p.padded_image(), p.hw_width) for n, p in new_ports.items()
+               if p.has_init]
+    progress(f"{len(changed)} of {len(new_ports)} memories change"
+             + (f" ({len(bundle_only)} in SPRAM: loaded at run time)" if bundle_only else ""))
     env = tool_env()
+    build = out / "build"
+    ext = "bin" if family == "ice40" else "bit"
+    placed = patch_placed(build, family, env, targets, progress,
+                          out_name=f"{TOP_NAME}.patched{placed.suffix}")
+    pack_placed(build, family, env, placed, build / f"{TOP_NAME}.patched.{ext}")
+    # Everything is ready: replace OUTDIR's files.
     work = Path(tempfile.mkdtemp(dir=out, prefix=".patch-"))
     try:
-        cur = work / placed.name
-        shutil.copy(placed, cur)
-        patched, bundle_only = [], []
-        for name in changed:
-            if name in in_spram:
-                bundle_only.append(name)
-                continue
-            a, b = old_imgs[name], new_imgs[name]
-            digits = max(1, -(-a.width // 4))
-            (work / "from.hex").write_text("".join(f"{w:0{digits}x}\n" for w in a.words))
-            (work / "to.hex").write_text("".join(f"{w:0{digits}x}\n" for w in b.words))
-            nxt = work / f"next.{placed.suffix[1:]}"
-            progress(f"patch {name} ({a.depth} x {a.width} bits)")
-            if family == "ice40":
-                with open(cur, "rb") as fin, open(nxt, "wb") as fout:
-                    _tool(env, "ICEBRAM", ["from.hex", "to.hex"], work, stdin=fin, stdout=fout)
-            else:
-                _tool(env, "ECPBRAM", ["-i", cur.name, "-o", nxt.name, "-f", "from.hex",
-                                       "-t", "to.hex"], work)
-            os.replace(nxt, cur)
-            patched.append(name)
-        ext = "bin" if family == "ice40" else "bit"
-        progress("repack the bitstream")
-        if family == "ice40":
-            _tool(env, "ICEPACK", [cur.name, f"{TOP_NAME}.{ext}"], work)
-        else:
-            _tool(env, "ECPPACK", ["--input", cur.name, "--bit", f"{TOP_NAME}.{ext}"], work)
-        # Everything is ready: replace OUTDIR's files.
         ir.save(new, work / "net")
-        write_images(new_top.core, work / "images")
+        from cosparse.boards.top import LinkTop
+        plain = LinkTop(new, folding, divisor=4, timeout=16, spram_bits=link_cfg.get("spram_bits"),
+                        design_id=link_cfg["design_id"])
+        write_images(plain.core, work / "images")
+        plain.discard()
         for f in ("manifest.json", "tensors.npz"):
             os.replace(work / "net" / f, out / f)
         shutil.rmtree(out / "images", ignore_errors=True)
         os.replace(work / "images", out / "images")
-        os.replace(cur, placed)
-        os.replace(work / f"{TOP_NAME}.{ext}", out / f"{TOP_NAME}.{ext}")
+        os.replace(placed, build / f"{TOP_NAME}.filled{placed.suffix}")
+        os.replace(build / f"{TOP_NAME}.patched.{ext}", out / f"{TOP_NAME}.{ext}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    patched = [n for n in changed if n not in bundle_only]
     dt = time.monotonic() - t0
     result = {"model": str(model), "patched": patched, "bundle_only": bundle_only,
-              "unchanged": len(new_imgs) - len(changed), "seconds": round(dt, 2)}
+              "unchanged": len(new_ports) - len(changed), "seconds": round(dt, 2)}
     rep["patch"] = result
     (out / "bitstream.json").write_text(json.dumps(rep, indent=1) + "\n")
     progress(f"patched {len(patched)} block RAM memories"

@@ -108,10 +108,46 @@ class LoadPort:
         self.addr = Signal(range(max(self.depth, 2)), name=f"{self.name}_load_addr")
         self.data = Signal(self.width, name=f"{self.name}_load_data")
         self.en = Signal(name=f"{self.name}_load_en")
+        #: Set for a bitstream whose block RAM contents are patched later (see
+        #: :mod:`cosparse.compiler.patch`): the memory is built with seeded random
+        #: contents, its width a multiple of 4 (what ``icebram``/``ecpbram`` need).
+        self.patch_seed: int | None = None
+        #: ... and its depth a multiple of this (a whole block RAM: random in every
+        #: address, so every bit column is unique for the patch tools to find).
+        self.patch_block: int = 256
 
     @property
     def word_bytes(self) -> int:
         return -(-self.width // 8)
+
+    @property
+    def hw_width(self) -> int:
+        """Width of the memory in hardware (padded for patching)."""
+        return self.width if self.patch_seed is None else -(-self.width // 4) * 4
+
+    @property
+    def hw_depth(self) -> int:
+        """Depth of the memory in hardware (padded for patching)."""
+        if self.patch_seed is None:
+            return self.depth
+        return -(-self.depth // self.patch_block) * self.patch_block
+
+    def placeholder(self) -> tuple[int, ...]:
+        """The seeded random contents a patchable memory is built with."""
+        import numpy as np
+        rng = np.random.default_rng(self.patch_seed)
+        return tuple(int.from_bytes(rng.bytes(-(-self.hw_width // 8)), "little")
+                     & ((1 << self.hw_width) - 1) for _ in range(self.hw_depth))
+
+    def padded_image(self) -> tuple[int, ...]:
+        """The image over the hardware depth (zero beyond the real words)."""
+        return (*self.image, *[0] * (self.hw_depth - self.depth))
+
+    def hw_init(self) -> tuple[int, ...] | list:
+        """Initial contents in hardware: none (SPRAM), the placeholder, or the image."""
+        if not self.has_init:
+            return []
+        return self.placeholder() if self.patch_seed is not None else self.image
 
 
 class HostLink(wiring.Component):

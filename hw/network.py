@@ -160,6 +160,10 @@ class NetworkCore(wiring.Component):
         With ``loadable``: weight memories of at least this many bits (and
         one read port) are single-port and start empty, for iCE40 SPRAM; the
         loader fills them.
+    patch_seed : int or None
+        With ``loadable``: build the block-RAM memories with seeded random
+        placeholder contents, widths padded to a multiple of 4, for a
+        bitstream that is patched with the real (or later, new) contents.
 
     Members
     -------
@@ -184,7 +188,8 @@ class NetworkCore(wiring.Component):
     """
 
     def __init__(self, net: ir.Network, folding: Folding | None = None, *,
-                 loadable: bool = False, spram_bits: int | None = None):
+                 loadable: bool = False, spram_bits: int | None = None,
+                 patch_seed: int | None = None, patch_block: int = 256):
         folding = folding or Folding()
         specs = net.specs()
         fmts = net.formats()
@@ -318,6 +323,9 @@ class NetworkCore(wiring.Component):
         for k, st in enumerate(self.stages):
             for port in getattr(st.component, "load_ports", []):
                 port.name = f"s{k}_{st.unit.lower()}.{port.name}"
+                if patch_seed is not None and port.has_init:
+                    port.patch_seed = patch_seed + len(self.load_ports)
+                    port.patch_block = patch_block
                 self.load_ports.append(port)
         self.out_width = width
         self.out_bits = 32 if out.dtype == "int32" else 8

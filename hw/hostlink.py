@@ -105,7 +105,9 @@ class LoadPort:
     has_init: bool = True
 
     def __post_init__(self):
-        self.addr = Signal(range(max(self.depth, 2)), name=f"{self.name}_load_addr")
+        # 16 bits whatever the depth: writes may reach every word of a padded memory, so
+        # synthesis keeps (and initialises) all of it.
+        self.addr = Signal(16, name=f"{self.name}_load_addr")
         self.data = Signal(self.width, name=f"{self.name}_load_data")
         self.en = Signal(name=f"{self.name}_load_en")
         #: Set for a bitstream whose block RAM contents are patched later (see

@@ -1,0 +1,100 @@
+"""A real iCE40 bitstream: yosys, nextpnr and icepack from PyPI, its report, and a weight patch.
+
+The tiny model fits an iCE40 UP5K (iCEBreaker). The patch test reads the
+patched block RAM back: putting the placeholder contents back in with the
+same tool must give nextpnr's own placed design byte for byte, which only
+happens when every bit column of the new image was found where it belongs.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from cosparse.boards.top import LinkTop
+from cosparse.compiler import ir
+from cosparse.compiler.bitstream import TOP_NAME, ice40_bram_map, read_back_ice40, tool_env
+from cosparse.compiler.cli import main
+from cosparse.hw.network import Folding
+
+from .tiny_model import write_tiny
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ice40")
+    model, cal, x = write_tiny(tmp)
+    out = tmp / "out"
+    assert main(["compile", str(model), "--board", "icebreaker", "-o", str(out),
+                 "--calibration", str(cal), "--bitstream"]) == 0
+    return tmp, out, cal
+
+
+def test_bitstream_and_report(built):
+    _, out, _ = built
+    rep = json.loads((out / "bitstream.json").read_text())
+    assert rep["board"] == "icebreaker" and rep["family"] == "ice40"
+    assert 0 < rep["luts"] <= rep["luts_available"] == 5280
+    assert 0 < rep["ffs"] and 0 < rep["brams"] <= rep["brams_available"] == 30
+    assert 0 < rep["dsps"] <= rep["dsps_available"] == 8
+    assert rep["sprams_available"] == 4
+    assert rep["clock_mhz"] == 24 and rep["fmax_mhz"] >= 24 and rep["timing_met"]
+    assert set(rep["seconds"]) >= {"synthesis", "place"}
+    assert (out / f"{TOP_NAME}.bin").stat().st_size == 104090  # a whole UP5K image
+    assert "## Bitstream: icebreaker" in (out / "report.md").read_text()
+
+
+def test_patch_puts_new_weights_in_and_reads_back(built):
+    tmp, out, cal = built
+    before = (out / f"{TOP_NAME}.bin").read_bytes()
+    new, _, _ = write_tiny(tmp / "new", negate_w2=True)
+    assert main(["patch", str(out), str(new), "--calibration", str(cal)]) == 0
+    after = (out / f"{TOP_NAME}.bin").read_bytes()
+    assert after != before and len(after) == len(before)
+    res = json.loads((out / "bitstream.json").read_text())["patch"]
+    assert len(res["patched"]) == 1 and res["patched"][0].endswith("overlayengine.weights")
+
+    # Read back: unpack the patched bitstream and read every weight memory out of its
+    # block RAM (located by the placeholders in nextpnr's placed design).
+    net = ir.load(out)
+    link = json.loads((out / "link.json").read_text())
+    top = LinkTop(net, Folding.from_dict(net.meta["folding"]), divisor=4, timeout=16,
+                  spram_bits=link["spram_bits"], design_id=link["design_id"], patch_seed=0x5EED)
+    top.discard()
+    ports = [p for p in top.core.load_ports if p.patch_seed is not None]
+    build = out / "build"
+    bram_map = ice40_bram_map(build / f"{TOP_NAME}.asc", ports)
+    env = tool_env()
+    with open(tmp / "unpacked.asc", "wb") as f:
+        subprocess.run([env["ICEUNPACK"], f"{TOP_NAME}.bin"], stdout=f, check=True, cwd=out,
+                       stderr=subprocess.DEVNULL)  # (YoWASP tools see the working folder)
+    back = read_back_ice40(tmp / "unpacked.asc", bram_map, {p.name: p.depth for p in ports})
+    for p in ports:
+        assert back[p.name] == tuple(p.image), p.name
+
+    # The folder's images are the new model's: what a fresh compile of it writes.
+    fresh = tmp / "fresh"
+    assert main(["compile", str(new), "--board", "icebreaker", "-o", str(fresh),
+                 "--calibration", str(cal)]) == 0
+    assert (out / "images" / "bundle.bin").read_bytes() == \
+        (fresh / "images" / "bundle.bin").read_bytes()
+
+
+def test_patch_refuses_a_change_of_logic(built, capsys):
+    tmp, out, cal = built
+    before = (out / f"{TOP_NAME}.bin").read_bytes()
+    # Negating the first layer changes the second layer's input scale: its bias (held in
+    # logic) changes, which a block-RAM patch cannot do.
+    import onnx
+    from onnx import numpy_helper
+    model, _, _ = write_tiny(tmp / "other")
+    m = onnx.load(model)
+    for t in m.graph.initializer:
+        if t.name == "w1":
+            t.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(t), "w1"))
+    onnx.save(m, tmp / "other" / "neg_w1.onnx")
+    assert main(["patch", str(out), str(tmp / "other" / "neg_w1.onnx"),
+                 "--calibration", str(cal)]) == 2
+    err = capsys.readouterr().err
+    assert "change the hardware" in err and "rebuild" in err
+    assert (out / f"{TOP_NAME}.bin").read_bytes() == before

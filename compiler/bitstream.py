@@ -334,13 +334,17 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     net = ir.load(out)
     layout = LinkLayout.read(out)
     link = json.loads((out / "link.json").read_text())
-    board = get_board(link["board"])
+    import dataclasses
+    board = dataclasses.replace(get_board(link["board"]), clock_mhz=float(link["clock_mhz"]))
     if board.family == "sim":
         raise BitstreamError("board 'sim' has no bitstream; compile with --board B for a real "
                              "board (see cosparse boards)")
     folding = Folding.from_dict(net.meta["folding"])
     top = BoardTop(board, net, folding, baud=layout.baud, design_id=layout.design_id,
-                   spram_bits=link.get("spram_bits"), patch_seed=PATCH_SEED)
+                   spram_bits=link.get("spram_bits"),
+                   # iCE40 only: YoWASP's ecpbram lacks its device database, so ECP5
+                   # bitstreams carry the real contents from synthesis (no patching).
+                   patch_seed=PATCH_SEED if board.family == "ice40" else None)
     platform = platform_for(board)
     build = out / "build"
     if build.exists():
@@ -382,8 +386,10 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     # the real ones go in the way `cosparse patch` puts in new ones.
     targets = [p for p in top.link.core.load_ports if p.patch_seed is not None]
     t_fill = time.monotonic()
-    placed = patch_placed(build, board.family, env, targets, progress)
     ext = "bin" if board.family == "ice40" else "bit"
+    placed = build / f"{TOP_NAME}.config"
+    if targets:
+        placed = patch_placed(build, board.family, env, targets, progress)
     pack_placed(build, board.family, env, placed, build / f"{TOP_NAME}.{ext}")
     times["fill"] = round(time.monotonic() - t_fill, 1)
     report = json.loads((build / f"{TOP_NAME}.report.json").read_text())
@@ -396,7 +402,8 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
            "clock_mhz": round(target, 3), "fmax_mhz": round(achieved, 2),
            "timing_met": achieved >= target, **res, "seconds": times,
            "total_seconds": round(time.monotonic() - t_all, 1),
-           "bitstream": f"{TOP_NAME}.{ext}", "patch_seed": PATCH_SEED}
+           "bitstream": f"{TOP_NAME}.{ext}",
+           "patch_seed": PATCH_SEED if targets else None}
     (out / "bitstream.json").write_text(json.dumps(rep, indent=1) + "\n")
     md = bitstream_markdown(rep)
     report_md = out / "report.md"

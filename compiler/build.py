@@ -196,7 +196,7 @@ def _link_json(net, link, board, baud: int, spram_bits) -> dict:
 def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.PathLike,
                   calibration: np.ndarray | None = None, mode: str = "sparse-sparse",
                   config: str | None = None, baud: int = DEFAULT_BAUD,
-                  spram_bits: int | None | str = "auto",
+                  spram_bits: int | None | str = "auto", clock_mhz: float | None = None,
                   progress: Callable[[str], None] = print) -> Path:
     """Compile ``model`` for ``board`` into ``outdir`` (see the module doc)."""
     from amaranth.back import verilog
@@ -211,6 +211,11 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
     from .perf import predict
 
     b = get_board(board)
+    if clock_mhz is not None:
+        if not 1 <= clock_mhz <= 500:
+            raise CosparseError(f"--clock must be from 1 to 500 MHz, got {clock_mhz:g}")
+        import dataclasses
+        b = dataclasses.replace(b, clock_mhz=float(clock_mhz))
     if spram_bits == "auto":
         spram_bits = SPRAM_MIN_BITS if b.spram_kbit else None
     out = Path(outdir)

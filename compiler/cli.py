@@ -120,7 +120,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         tool_env()  # the tools are there before any work is done
     cal = None if args.calibration is None else _load_npy(args.calibration, "calibration")
     compile_model(args.model, board=args.board, outdir=args.outdir, calibration=cal,
-                  mode=args.mode, config=args.config, baud=args.baud,
+                  mode=args.mode, config=args.config, baud=args.baud, clock_mhz=args.clock,
                   progress=lambda s: print(f"compile: {s}", flush=True))
     if args.bitstream:
         from .bitstream import build_bitstream
@@ -268,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bitstream", action="store_true",
                    help="also build the bitstream (yosys, nextpnr, pack) and its report")
     c.add_argument("--baud", type=int, default=1_000_000, help="host link UART rate (1000000)")
+    c.add_argument("--clock", type=float,
+                   help="core clock in MHz (default: the board's; a PLL makes it)")
     c.set_defaults(func=_cmd_compile)
 
     r = sub.add_parser("run", help="run inferences on a board (or a simulated one) over the "

@@ -76,9 +76,11 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
         raise PatchError(f"{out} has no bitstream to patch (bitstream.json): build it with "
                          "cosparse compile --board B --bitstream") from None
     family = rep.get("family")
-    if family not in ("ice40", "ecp5"):
-        raise PatchError(f"{out} holds a {family} build; patching needs an iCE40 or ECP5 "
-                         "bitstream")
+    if family != "ice40" or rep.get("patch_seed") is None:
+        raise PatchError(f"{out} holds a {family} build; patching works on iCE40 bitstreams "
+                         "(ECP5: YoWASP's ecpbram has no device database here, so ECP5 builds "
+                         "carry their contents from synthesis): rebuild with cosparse compile "
+                         "--bitstream")
     placed = out / "build" / f"{TOP_NAME}.{'asc' if family == 'ice40' else 'config'}"
     if not placed.exists():
         raise PatchError(f"{placed} is missing: the placed design is kept by the bitstream "

@@ -251,7 +251,8 @@ class HostLink(wiring.Component):
         cmd = Signal(8)
         length = Signal(16)
         hdr = Signal(2)  # header bytes seen (cmd, len lo, len hi)
-        pos = Signal(16)  # payload bytes seen
+        left = Signal(16)  # payload bytes still to come
+        hpos = Signal(range(6))  # payload bytes seen, up to the LOAD header's 5
         wa = Signal(range(buf_depth))  # payload word/lane the next byte goes to
         wl = Signal(range(max(W, 2)))
         crc_lo = Signal(8)
@@ -261,7 +262,8 @@ class HostLink(wiring.Component):
         truncated = Signal()
         # LOAD fields captured as they arrive
         target = Signal(8)
-        laddr = Signal(32)
+        laddr = Signal(16)  # the address's low half; ``laddr_hi``: the high half is not 0
+        laddr_hi = Signal()
         lane = Signal(8)  # byte of the word being received
         lwords = Signal(16)
 
@@ -269,10 +271,10 @@ class HostLink(wiring.Component):
         weights_id = Signal(32)
         last_error = Signal(8)
         error_seen = Signal()
-        inferences = Signal(32)
-        rejected = Signal(16)
+        inferences = Signal(16)
+        rejected = Signal(8)
         latency = Signal(32)
-        feed = Signal(32)
+        feed = Signal(24)
 
         resp_code = Signal(8)
         resp_len = Signal(16)
@@ -280,24 +282,28 @@ class HostLink(wiring.Component):
         running = Signal()
 
         wb_table = Array(Const(p.word_bytes, 8) for p in ports) if ports else Array([Const(1, 8)])
-        depth_table = (Array(Const(p.depth, 33) for p in ports) if ports
-                       else Array([Const(0, 33)]))
+        depth_table = (Array(Const(p.depth, 17) for p in ports) if ports
+                       else Array([Const(0, 17)]))
 
         status_bytes = Signal(STATUS_BYTES * 8)
         m.d.comb += status_bytes.eq(Cat(
             Const(PROTOCOL_VERSION, 16), loaded, Const(int(self.needs_load), 1), Const(0, 6),
-            last_error, Const(self.design_id, 32), weights_id, inferences, rejected,
-            self.framing_errors, self.overruns))
+            last_error, Const(self.design_id, 32), weights_id, inferences, Const(0, 16),
+            rejected, Const(0, 8), self.framing_errors, self.overruns))
 
 
         rxb = self.rx.payload
         take = Signal()
         m.d.comb += take.eq(self.rx.valid & self.rx.ready)
 
-        # response sender
-        sidx = Signal(17)  # byte of the response being sent (header 0..3, payload, crc)
+        # response sender: header, body, CRC phases with their own small counters
+        s_phase = Signal(2)
+        s_cnt = Signal(16)  # header byte / body bytes left / CRC byte
+        s_bi = Signal(5)  # STATUS byte
         s_oa = Signal(range(max(self.out_beats, 2)))
         s_ol = Signal(range(max(OB, 2)))
+        s_in_cnt = Signal()  # INFER: past the output bytes, into the counters
+        s_ci = Signal(3)
 
         # LOAD execution
         x_ra = Signal(range(buf_depth))
@@ -305,7 +311,7 @@ class HostLink(wiring.Component):
         x_left = Signal(16)
         x_word = Signal(8 * max((p.word_bytes for p in ports), default=1))
         x_j = Signal(8)
-        x_k = Signal(32)
+        x_k = Signal(16)
 
         # INFER feeder / collector
         f_addr = Signal(range(buf_depth + 1))
@@ -333,9 +339,10 @@ class HostLink(wiring.Component):
             with m.State("SYNC"):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take & (rxb == SYNC_REQUEST)):
-                    m.d.sync += [crc.eq(0xFFFF), hdr.eq(0), pos.eq(0), wa.eq(0), wl.eq(0),
+                    m.d.sync += [crc.eq(0xFFFF), hdr.eq(0), hpos.eq(0), wa.eq(0), wl.eq(0),
                                  idle.eq(0), oversize.eq(0), truncated.eq(0), crc_seen.eq(0),
-                                 lane.eq(0), lwords.eq(0), laddr.eq(0), target.eq(0)]
+                                 lane.eq(0), lwords.eq(0), laddr.eq(0), laddr_hi.eq(0),
+                                 target.eq(0)]
                     m.next = "HEADER"
 
             with m.State("HEADER"):
@@ -350,7 +357,7 @@ class HostLink(wiring.Component):
                         with m.Case(2):
                             m.d.sync += length[8:].eq(rxb)
                             full = Cat(length[:8], rxb)
-                            m.d.sync += oversize.eq(full > maxp)
+                            m.d.sync += [oversize.eq(full > maxp), left.eq(full)]
                             with m.If(full == 0):
                                 m.next = "CRC"
                             with m.Else():
@@ -364,7 +371,9 @@ class HostLink(wiring.Component):
             with m.State("PAYLOAD"):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += [crc.eq(crc16_update(crc, rxb)), pos.eq(pos + 1), idle.eq(0)]
+                    m.d.sync += [crc.eq(crc16_update(crc, rxb)), left.eq(left - 1), idle.eq(0)]
+                    with m.If(hpos != 5):
+                        m.d.sync += hpos.eq(hpos + 1)
                     with m.If(~oversize):
                         m.d.comb += [pw.addr.eq(wa), pw.data.eq(rxb.replicate(W)),
                                      pw.en.eq(1 << wl)]
@@ -373,16 +382,20 @@ class HostLink(wiring.Component):
                         with m.Else():
                             m.d.sync += wl.eq(wl + 1)
                     # LOAD: target, address, then count whole words of the target's width
-                    with m.If(pos == 0):
+                    with m.If(hpos == 0):
                         m.d.sync += target.eq(rxb)
-                    with m.Elif(pos < 5):
-                        m.d.sync += laddr.word_select((pos - 1)[:2], 8).eq(rxb)
+                    with m.Elif(hpos == 1):
+                        m.d.sync += laddr[:8].eq(rxb)
+                    with m.Elif(hpos == 2):
+                        m.d.sync += laddr[8:].eq(rxb)
+                    with m.Elif(hpos < 5):
+                        m.d.sync += laddr_hi.eq(laddr_hi | (rxb != 0))
                     with m.Else():
                         with m.If(lane == wb_table[target] - 1):
                             m.d.sync += [lane.eq(0), lwords.eq(lwords + 1)]
                         with m.Else():
                             m.d.sync += lane.eq(lane + 1)
-                    with m.If(pos + 1 == length):
+                    with m.If(left == 1):
                         m.next = "CRC"
                 with m.Elif(idle == self.timeout):
                     m.d.sync += truncated.eq(1)
@@ -426,7 +439,8 @@ class HostLink(wiring.Component):
                                 reject(2)
                             with m.Elif(target >= n_targets):
                                 reject(5)
-                            with m.Elif((lane != 0) | (laddr + lwords > depth_table[target])):
+                            with m.Elif((lane != 0) | laddr_hi
+                                        | (laddr + lwords > depth_table[target])):
                                 reject(6)
                             with m.Else():
                                 m.d.sync += [x_ra.eq(5 // W), x_rl.eq(5 % W), x_left.eq(length - 5),
@@ -537,56 +551,61 @@ class HostLink(wiring.Component):
                         m.d.sync += [resp_len.eq(self.out_bytes + 8), resp_kind.eq(2)]
                         m.next = "RESPOND"
 
-            # Response: header, payload, CRC, one byte per UART slot.
+            # Response: header, body, CRC, one byte per UART slot.
             with m.State("RESPOND"):
-                m.d.sync += [sidx.eq(0), s_oa.eq(0), s_ol.eq(0), crc.eq(0xFFFF)]
+                m.d.sync += [s_phase.eq(0), s_cnt.eq(0), s_bi.eq(0), s_oa.eq(0), s_ol.eq(0),
+                             s_in_cnt.eq(0), s_ci.eq(0), crc.eq(0xFFFF)]
                 m.next = "SEND_PREP"
             with m.State("SEND_PREP"):  # the output buffer's read of this byte's word
                 m.d.comb += [orr.addr.eq(s_oa), orr.en.eq(1)]
                 m.next = "SEND"
             with m.State("SEND"):
-                total = resp_len + 6
-                p_idx = (sidx - 4)[:16]
                 out_byte = orr.data.word_select(s_ol, 8) if OB > 1 else orr.data[:8]
-                cnt_bytes = Cat(latency, feed)
                 body = Signal(8)
                 with m.If(resp_kind == 1):
-                    m.d.comb += body.eq(status_bytes.word_select(p_idx[:5], 8))
-                with m.Elif(p_idx < self.out_bytes):
+                    m.d.comb += body.eq(status_bytes.word_select(s_bi, 8))
+                with m.Elif(~s_in_cnt):
                     m.d.comb += body.eq(out_byte)
                 with m.Else():
-                    m.d.comb += body.eq(cnt_bytes.word_select((p_idx - self.out_bytes)[:3], 8))
+                    m.d.comb += body.eq(Cat(latency, feed, Const(0, 8)).word_select(s_ci, 8))
                 byte = Signal(8)
-                with m.Switch(sidx):
+                with m.Switch(s_phase):
                     with m.Case(0):
-                        m.d.comb += byte.eq(SYNC_RESPONSE)
+                        m.d.comb += byte.eq(Array([Const(SYNC_RESPONSE, 8), resp_code,
+                                                   resp_len[:8], resp_len[8:]])[s_cnt[:2]])
                     with m.Case(1):
-                        m.d.comb += byte.eq(resp_code)
-                    with m.Case(2):
-                        m.d.comb += byte.eq(resp_len[:8])
-                    with m.Case(3):
-                        m.d.comb += byte.eq(resp_len[8:])
+                        m.d.comb += byte.eq(body)
                     with m.Default():
-                        with m.If(sidx == total - 2):
-                            m.d.comb += byte.eq(crc[:8])
-                        with m.Elif(sidx == total - 1):
-                            m.d.comb += byte.eq(crc[8:])
-                        with m.Else():
-                            m.d.comb += byte.eq(body)
+                        m.d.comb += byte.eq(Mux(s_cnt[0], crc[8:], crc[:8]))
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte)]
+                m.next = "SEND"
                 with m.If(self.tx.ready):
-                    m.d.sync += sidx.eq(sidx + 1)
-                    with m.If(sidx != 0):
-                        with m.If(sidx < total - 2):
-                            m.d.sync += crc.eq(crc16_update(crc, byte))
-                    with m.If((sidx >= 4) & (resp_kind == 2) & (p_idx < self.out_bytes)):
-                        with m.If(s_ol == OB - 1):
-                            m.d.sync += [s_ol.eq(0), s_oa.eq(s_oa + 1)]
-                        with m.Else():
-                            m.d.sync += s_ol.eq(s_ol + 1)
-                    with m.If(sidx == total - 1):
-                        m.next = "SYNC"
-                    with m.Else():
-                        m.next = "SEND_PREP"
+                    m.next = "SEND_PREP"
+                    with m.If(((s_phase == 0) & (s_cnt[:2] != 0)) | (s_phase == 1)):
+                        m.d.sync += crc.eq(crc16_update(crc, byte))
+                    with m.Switch(s_phase):
+                        with m.Case(0):
+                            with m.If(s_cnt[:2] == 3):
+                                m.d.sync += [s_phase.eq(Mux(resp_len == 0, 2, 1)),
+                                             s_cnt.eq(Mux(resp_len == 0, 0, resp_len))]
+                            with m.Else():
+                                m.d.sync += s_cnt.eq(s_cnt + 1)
+                        with m.Case(1):
+                            m.d.sync += [s_cnt.eq(s_cnt - 1), s_bi.eq(s_bi + 1)]
+                            with m.If(s_in_cnt):
+                                m.d.sync += s_ci.eq(s_ci + 1)
+                            with m.Elif(s_ol == OB - 1):
+                                m.d.sync += [s_ol.eq(0), s_oa.eq(s_oa + 1)]
+                                with m.If(s_oa == self.out_beats - 1):
+                                    m.d.sync += s_in_cnt.eq(1)
+                            with m.Else():
+                                m.d.sync += s_ol.eq(s_ol + 1)
+                            with m.If(s_cnt == 1):
+                                m.d.sync += [s_phase.eq(2), s_cnt.eq(0)]
+                        with m.Default():
+                            with m.If(s_cnt[0]):
+                                m.next = "SYNC"
+                            with m.Else():
+                                m.d.sync += s_cnt.eq(1)
         m.d.comb += self.leds.eq(Cat(loaded, running, error_seen, ~fsm.ongoing("SYNC")))
         return m

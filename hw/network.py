@@ -107,6 +107,9 @@ class Folding:
     #: Signed multiplier width of the part's DSP blocks (18 ECP5/Xilinx, 16 iCE40):
     #: how requantizers split their products.
     dsp_width: int = 18
+    #: One-frame FIFOs around each global k-WTA (so no stage waits on another); off
+    #: for the smallest parts, where their block RAM is needed more than the overlap.
+    frame_fifos: bool = True
 
     def of(self, name: str) -> LayerFold:
         return self.layers.get(name, LayerFold())
@@ -114,7 +117,7 @@ class Folding:
     def to_dict(self) -> dict:
         return {"input_width": self.input_width, "default_width": self.default_width,
                 "default_entries": self.default_entries, "dense_window": self.dense_window,
-                "dsp_width": self.dsp_width,
+                "dsp_width": self.dsp_width, "frame_fifos": self.frame_fifos,
                 "layers": {n: {"entries": f.entries, "lanes_per_beat": f.lanes_per_beat,
                                "width": f.width} for n, f in self.layers.items()}}
 
@@ -124,7 +127,8 @@ class Folding:
                    {n: LayerFold(int(f.get("entries", 1)), f.get("lanes_per_beat"), f.get("width"))
                     for n, f in d.get("layers", {}).items()},
                    int(d.get("default_width", 8)), int(d.get("default_entries", 8)),
-                   bool(d.get("dense_window", True)), int(d.get("dsp_width", 18)))
+                   bool(d.get("dense_window", True)), int(d.get("dsp_width", 18)),
+                   bool(d.get("frame_fifos", True)))
 
 
 @dataclass
@@ -289,14 +293,16 @@ class NetworkCore(wiring.Component):
                     else:
                         # Room for a whole input frame: the upstream keeps working while
                         # the unit scans the previous frame (it writes only between scans).
-                        add(layer.name, StreamFIFO(dense_layout(width),
-                                                   depth=groups * -(-g // width) + 2))
+                        if folding.frame_fifos:
+                            add(layer.name, StreamFIFO(dense_layout(width),
+                                                       depth=groups * -(-g // width) + 2))
                         gk = add(layer.name, GlobalKWTA(groups * g, layer.k, group=g,
                                                         width=width, entries=r_out, boost=boost))
                         # Room for a whole frame's winners: the unit never waits for a
                         # slower consumer, so it can take the next frame (see StreamFIFO).
-                        add(layer.name, StreamFIFO(gk.out_layout,
-                                                   depth=groups + -(-layer.k // r_out) + 2))
+                        if folding.frame_fifos:
+                            add(layer.name, StreamFIFO(gk.out_layout,
+                                                       depth=groups + -(-layer.k // r_out) + 2))
                         max_active = min(g, layer.k)
                     fmt = "sparse"
                 elif isinstance(layer, ir.Flatten):

@@ -211,7 +211,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(outdir=args.outdir, count=args.count, seed=args.seed,
-                    sim_count=args.sim_count, bitstream=not args.no_bitstream)
+                    sim_count=args.sim_count, bitstream=args.bitstream)
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
@@ -240,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sim-count", type=int, default=16,
                    help="test digits run in Verilator (default 16)")
     d.add_argument("--seed", type=int, default=0, help="weights and inputs seed (default 0)")
-    d.add_argument("--no-bitstream", action="store_true",
-                   help="skip the iCEBreaker bitstream (yosys + nextpnr, a few minutes)")
+    d.add_argument("--bitstream", metavar="BOARD",
+                   help="also build the digits network's bitstream for BOARD (an ECP5 board: "
+                        "ulx3s-45f/85f, orangecrab-85f; minutes) and print its report")
     d.set_defaults(func=_cmd_demo)
 
     g = sub.add_parser("golden", help="run the numpy golden model of a compiled network")

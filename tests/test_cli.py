@@ -26,7 +26,7 @@ def test_help_lists_the_commands():
 
 
 def test_demo_runs_and_checks_itself(tmp_path):
-    r = run("demo", "-n", "64", "--sim-count", "4", "-o", tmp_path / "out", "--no-bitstream")
+    r = run("demo", "-n", "64", "--sim-count", "4", "-o", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert "golden == dense integer reference on 32 inputs: yes" in r.stdout
     assert "Verilator == golden on 4 digits: yes" in r.stdout
@@ -98,6 +98,5 @@ def test_wheel_installs_only_the_cosparse_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for pkg in ("hw", "compiler", "sim", "boards", "examples"):
         assert f"cosparse/{pkg}/__init__.py" in names
-    for data in ("digits_cs.onnx", "digits_calib.npy", "digits_test.npz", "digits_cs.json",
-                 "digits_cs_noboost.onnx", "digits_cs_noboost.json"):
+    for data in ("digits_cs.onnx", "digits_calib.npy", "digits_test.npz", "digits_cs.json"):
         assert f"cosparse/examples/{data}" in names  # the demo's network ships in the wheel

@@ -115,3 +115,25 @@ def test_reduced_gsc_cs_in_verilator(mode):
     measured = (ends[-1] - ends[0]) / (len(x) - 1)
     predicted = predict(net, core.folding, x[1:])["interval_cycles"]
     assert abs(measured - predicted) <= 0.01 * predicted, (measured, predicted)
+
+
+@pytest.mark.parametrize("which", ["mapkwta", "kwta_conv"])
+def test_smallest_part_folding_matches_golden(which):
+    """The iCE40 area-first folding: one multiplier per layer, one-element dense beats, no
+    dense window, 16-bit DSP splits in the requantizers, no frame FIFOs; loadable memories."""
+    from cosparse.compiler.fold import choose_folding
+
+    shape, spec, _, _ = NETS[which]
+    net = to_drain_order(zoo.random_network(shape, spec, seed=len(which)))
+    rng = np.random.default_rng(4)
+    x = rng.integers(-128, 128, (2, *shape)).astype(np.int8)
+    folding = choose_folding(net, x, max_multipliers=8, area_first=True)
+    assert (folding.default_width, folding.dsp_width, folding.frame_fifos,
+            folding.dense_window) == (1, 16, False, False)
+    core = NetworkCore(net, folding, loadable=True)
+    assert not any(st.unit == "StreamFIFO" for st in core.stages)
+    beats, want = io_beats(core, net, x)
+    res = simulate(core, [Port(core.i, core.in_layout, beats)],
+                   [Port(core.o, core.out_layout, count=len(want))], stall=0.3, seed=5,
+                   max_cycles=400_000)
+    assert res.outputs[0] == want

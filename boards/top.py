@@ -134,11 +134,16 @@ def ice40_pll(fin_mhz: float, fout_mhz: float) -> dict:
                 continue
             for divq in range(1, 7):
                 f = fvco / (1 << divq)
+                if not 16 <= f <= 275:  # the PLL output's range
+                    continue
                 if best is None or abs(f - fout_mhz) < best[0]:
                     best = (abs(f - fout_mhz), divr, divf, divq, fpfd, f)
     if best is None:
         raise ValueError(f"no iCE40 PLL setting makes {fout_mhz} MHz from {fin_mhz} MHz")
     _, divr, divf, divq, fpfd, f = best
+    if abs(f - fout_mhz) > 0.01 * fout_mhz:
+        raise ValueError(f"no iCE40 PLL setting makes {fout_mhz:g} MHz from {fin_mhz:g} MHz "
+                         f"(closest {f:g} MHz; the PLL gives 16 to 275 MHz)")
     filt = next(i for i, top in enumerate([17, 26, 44, 66, 101, 1e9], 1) if fpfd < top)
     return {"DIVR": divr, "DIVF": divf, "DIVQ": divq, "FILTER_RANGE": filt, "fout_mhz": f}
 
@@ -162,6 +167,9 @@ def ecp5_pll(fin_mhz: float, fout_mhz: float) -> dict:
     if best is None:
         raise ValueError(f"no ECP5 PLL setting makes {fout_mhz} MHz from {fin_mhz} MHz")
     _, ref, fb, od, f, fvco = best
+    if abs(f - fout_mhz) > 0.01 * fout_mhz:
+        raise ValueError(f"no ECP5 PLL setting makes {fout_mhz:g} MHz from {fin_mhz:g} MHz "
+                         f"(closest {f:g} MHz)")
     return {"CLKI_DIV": ref, "CLKFB_DIV": fb, "CLKOP_DIV": od, "CLKOP_CPHASE": od // 2,
             "fout_mhz": f, "fvco_mhz": fvco}
 

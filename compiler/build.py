@@ -216,6 +216,12 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
             raise CosparseError(f"--clock must be from 1 to 500 MHz, got {clock_mhz:g}")
         import dataclasses
         b = dataclasses.replace(b, clock_mhz=float(clock_mhz))
+        if b.family in ("ice40", "ecp5") and b.clock_mhz != b.osc_mhz:
+            from cosparse.boards.top import ecp5_pll, ice40_pll
+            try:
+                (ice40_pll if b.family == "ice40" else ecp5_pll)(b.osc_mhz, b.clock_mhz)
+            except ValueError as e:
+                raise CosparseError(f"--clock on {b.name}: {e}") from None
     if spram_bits == "auto":
         spram_bits = SPRAM_MIN_BITS if b.spram_kbit else None
     out = Path(outdir)

@@ -10,11 +10,14 @@ steps:
    folding, widths of every constant). Anything else (a bias or
    requantization constant held in logic, a wider accumulator) needs a
    rebuild, and the error says which line of logic differs;
-2. for every memory whose contents changed: block RAM in the bitstream is
-   rewritten with ``icebram`` (iCE40, on the placed ``.asc``) or ``ecpbram``
-   (ECP5, on the ``.config``), which find the old contents and put the new
-   ones in their place; memories without initial contents (iCE40 SPRAM) are
-   only in the weight bundle, which the host loads at run time;
+2. write the new contents into the block RAM of nextpnr's placed design
+   (``build/cosparse_top.asc``): the bitstream was built with seeded random
+   placeholders in every block-RAM weight memory, which locate each memory
+   bit in any RAM mode (:func:`~.bitstream.ice40_bram_map`); the result is
+   read back and compared. Memories without initial contents (iCE40 SPRAM)
+   are only in the weight bundle, which the host loads at run time. ECP5
+   builds are refused: YoWASP's ``ecpbram`` cannot load its device database,
+   so they carry their contents from synthesis;
 3. repack the bitstream and replace, in OUTDIR, the bitstream, memory images,
    bundle, manifest and tensors; the report notes the patch.
 """

@@ -253,14 +253,23 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
     perf = predict(net, folding, sample)
     mults = multipliers(net, folding)
     rows = layer_table(net, folding, sample)
-    weight_bits = sum(r.get("memory_bits", 0) for r in rows)
-    if weight_bits > (b.bram_kbit + (b.spram_kbit if spram_bits else 0)) * 1024:
+    from cosparse.hw.network import spram_weight_layers
+    in_spram = spram_weight_layers(net, folding, spram_bits) if spram_bits else {}
+    blocks = sum(in_spram.values())
+    if blocks > b.spram_kbit // 256:
+        raise CosparseError(f"the network does not fit {b.name} ({b.fpga}): its large weight "
+                            f"memories ({', '.join(in_spram)}) need {blocks} SPRAM blocks, the "
+                            f"part has {b.spram_kbit // 256}; choose a larger board or a "
+                            f"sparser model (mode {mode})")
+    weight_bits = sum(r.get("memory_bits", 0) for r in rows if r["layer"] not in in_spram)
+    if weight_bits > b.bram_kbit * 1024:
         per_layer = ", ".join(f"{r['layer']} {r['memory_bits'] / 1024:,.0f}"
-                              for r in rows if "memory_bits" in r)
+                              for r in rows if "memory_bits" in r and r["layer"] not in in_spram)
         raise CosparseError(f"the network does not fit {b.name} ({b.fpga}): its weights need "
                             f"{weight_bits / 1024:,.0f} kbit of block RAM ({per_layer}), the "
-                            f"board has {b.bram_kbit:,} kbit; choose a larger board or a "
-                            f"sparser model (mode {mode})")
+                            f"board has {b.bram_kbit:,} kbit"
+                            + (f" (besides {blocks} SPRAM blocks)" if blocks else "")
+                            + f"; choose a larger board or a sparser model (mode {mode})")
     net.meta.update(board=b.name, folding=folding.to_dict(), multipliers=mults, config=cfg,
                     predicted={"interval_cycles": perf["interval_cycles"],
                                "bottleneck": perf["bottleneck"]})

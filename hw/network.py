@@ -63,7 +63,7 @@ from .reshape import DenseFlatten, SparseFlatten
 from .streams import dense_layout
 from .window import SparseWindow
 
-__all__ = ["LayerFold", "Folding", "NetworkCore", "Stage", "FoldError"]
+__all__ = ["LayerFold", "Folding", "NetworkCore", "Stage", "FoldError", "spram_weight_layers"]
 
 
 class FoldError(ValueError):
@@ -138,6 +138,30 @@ class Stage:
     layer: str  # IR layer name ("" for an adapter the core added)
     unit: str  # class name
     component: wiring.Component
+
+
+#: Words of one iCE40 SB_SPRAM256KA block (16 bits each).
+SPRAM_WORDS = 16384
+
+
+def spram_weight_layers(net: ir.Network, folding: "Folding", spram_bits: int) -> dict[str, int]:
+    """Overlay layers whose weight memory goes to SPRAM, with the blocks each takes.
+
+    A memory qualifies with at least ``spram_bits`` bits, one read port
+    (``R`` = 1) and at most :data:`SPRAM_WORDS` words; it takes one block per
+    16 bits of width.
+    """
+    out = {}
+    for layer in net.layers:
+        if not isinstance(layer, ir._OverlayLayer):
+            continue
+        ov, f = layer.overlays, folding.of(layer.name)
+        p = f.lanes_per_beat or ov.lanes
+        width = p * (8 + max(1, (ov.kernels_per_overlay - 1).bit_length()))
+        depth = ov.words * (ov.lanes // p)
+        if f.entries == 1 and width * depth >= spram_bits and depth <= SPRAM_WORDS:
+            out[layer.name] = -(-width // 16)
+    return out
 
 
 def _shape_groups(spec: ir.TensorSpec) -> tuple[int, int]:
@@ -250,9 +274,8 @@ class NetworkCore(wiring.Component):
                                                      entries=r, max_active=min(max_active, c)))
                     elif isinstance(layer, ir.OverlayLinear) and groups != 1:
                         raise FoldError(f"layer {layer.name}: a linear layer needs a vector input")
-                    wbits = (layer.overlays.words * layer.overlays.lanes
-                             * (8 + max(1, (layer.overlays.kernels_per_overlay - 1).bit_length())))
-                    spram = loadable and spram_bits is not None and r == 1 and wbits >= spram_bits
+                    spram = (loadable and spram_bits is not None
+                             and layer.name in spram_weight_layers(net, folding, spram_bits))
                     eng = add(layer.name, OverlayEngine(layer.overlays, entries=r,
                                                         lanes_per_beat=fold.lanes_per_beat,
                                                         acc_bits=layer.accumulator_bits(),

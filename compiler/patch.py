@@ -28,7 +28,6 @@ import difflib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -115,7 +114,6 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
                          f"{diff[1].strip() if len(diff) > 1 else ''!r}): a constant held in "
                          "logic (a bias, a requantization constant of a one-beat layer) or a "
                          "width changed; rebuild with cosparse compile --bitstream")
-    seed = rep.get("patch_seed")
     old_ports = {p.name: p for p in old_top.core.load_ports}
     new_ports = {p.name: p for p in new_top.core.load_ports}
     # Memories that are not load targets (k-WTA boost tables) are logic of the build.

@@ -48,7 +48,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ._util import bits, check_int
+from ._util import check_int
 from .streams import dense_layout
 
 __all__ = ["HostLink", "LoadPort", "SYNC_REQUEST", "SYNC_RESPONSE", "COMMANDS", "ERRORS",

@@ -79,9 +79,9 @@ class LinkTop(wiring.Component):
 
     def __init__(self, net: ir.Network, folding: Folding, *, divisor: int, timeout: int,
                  spram_bits: int | None = None, design_id: int = 0,
-                 patch_seed: int | None = None, patch_block: int = 256):
+                 patch_seed: int | None = None):
         self.core = NetworkCore(net, folding, loadable=True, spram_bits=spram_bits,
-                                patch_seed=patch_seed, patch_block=patch_block)
+                                patch_seed=patch_seed)
         specs = net.specs()
         inp, out = specs[0], specs[-1]
         in_groups, in_g = ((inp.shape[0] * inp.shape[1], inp.shape[2]) if len(inp.shape) == 3
@@ -138,12 +138,11 @@ def ice40_pll(fin_mhz: float, fout_mhz: float) -> dict:
                     continue
                 if best is None or abs(f - fout_mhz) < best[0]:
                     best = (abs(f - fout_mhz), divr, divf, divq, fpfd, f)
-    if best is None:
-        raise ValueError(f"no iCE40 PLL setting makes {fout_mhz} MHz from {fin_mhz} MHz")
-    _, divr, divf, divq, fpfd, f = best
-    if abs(f - fout_mhz) > 0.01 * fout_mhz:
+    if best is None or best[0] > 0.01 * fout_mhz:
+        closest = f"closest {best[5]:g} MHz; " if best else ""
         raise ValueError(f"no iCE40 PLL setting makes {fout_mhz:g} MHz from {fin_mhz:g} MHz "
-                         f"(closest {f:g} MHz; the PLL gives 16 to 275 MHz)")
+                         f"({closest}the PLL gives 16 to 275 MHz)")
+    _, divr, divf, divq, fpfd, f = best
     filt = next(i for i, top in enumerate([17, 26, 44, 66, 101, 1e9], 1) if fpfd < top)
     return {"DIVR": divr, "DIVF": divf, "DIVQ": divq, "FILTER_RANGE": filt, "fout_mhz": f}
 
@@ -164,12 +163,11 @@ def ecp5_pll(fin_mhz: float, fout_mhz: float) -> dict:
                 key = (abs(f - fout_mhz), abs(fvco - 600))
                 if best is None or key < best[0]:
                     best = (key, ref, fb, od, f, fvco)
-    if best is None:
-        raise ValueError(f"no ECP5 PLL setting makes {fout_mhz} MHz from {fin_mhz} MHz")
+    if best is None or best[0][0] > 0.01 * fout_mhz:
+        closest = f" (closest {best[4]:g} MHz)" if best else ""
+        raise ValueError(f"no ECP5 PLL setting makes {fout_mhz:g} MHz from {fin_mhz:g} MHz"
+                         + closest)
     _, ref, fb, od, f, fvco = best
-    if abs(f - fout_mhz) > 0.01 * fout_mhz:
-        raise ValueError(f"no ECP5 PLL setting makes {fout_mhz:g} MHz from {fin_mhz:g} MHz "
-                         f"(closest {f:g} MHz)")
     return {"CLKI_DIV": ref, "CLKFB_DIV": fb, "CLKOP_DIV": od, "CLKOP_CPHASE": od // 2,
             "fout_mhz": f, "fvco_mhz": fvco}
 
@@ -197,8 +195,7 @@ class BoardTop(Elaboratable):
         self.baud = baud
         self.link = LinkTop(net, folding, divisor=uart_divisor(self.clock_hz, baud),
                             timeout=int(self.clock_hz * 0.05), spram_bits=spram_bits,
-                            design_id=design_id, patch_seed=patch_seed,
-                            patch_block=256 if board.family == "ice40" else 512)
+                            design_id=design_id, patch_seed=patch_seed)
 
     def achieved_clock_mhz(self) -> float:
         b = self.board

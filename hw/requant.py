@@ -220,11 +220,10 @@ class Requantizer(wiring.Component):
                                                    (signed(bb), mb, 6, 1))] for d in range(D)]
         else:
             lp = self.load_port
-            m.submodules.consts = rom = Memory(shape=unsigned(lp.hw_width if lp else D * lw),
+            m.submodules.consts = rom = Memory(shape=unsigned(D * lw),
                                                depth=lp.hw_depth if lp else B,
                                                init=lp.hw_init() if lp else self._const_words())
-            if self.load_port is not None:
-                lp = self.load_port
+            if lp is not None:
                 wp = rom.write_port()
                 m.d.comb += [wp.addr.eq(lp.addr), wp.data.eq(lp.data), wp.en.eq(lp.en)]
             # Read ahead: the ROM output always holds the constants of the beat offered

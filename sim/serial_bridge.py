@@ -146,7 +146,7 @@ if cocotb is not None:
 
         cocotb.start_soon(tx_monitor())
         pending = bytearray()
-        start_cycles = 0
+        cycles = 0
         open_ = True
         while open_ or pending:
             if open_:
@@ -165,10 +165,10 @@ if cocotb is not None:
                 for bit in [0] + [(b >> i) & 1 for i in range(8)] + [1]:
                     dut.rx.value = bit
                     await ClockCycles(dut.clk, d)
-                start_cycles += 10 * d
+                cycles += 10 * d
             else:
                 await ClockCycles(dut.clk, 16 * d)
-                start_cycles += 16 * d
+                cycles += 16 * d
             if received and open_:
                 try:
                     conn.sendall(bytes(received))
@@ -180,5 +180,5 @@ if cocotb is not None:
                 break
         conn.close()
         srv.close()
-        stats.update(cycles=start_cycles, seconds=time.monotonic() - t0)
+        stats.update(cycles=cycles, seconds=time.monotonic() - t0)
         Path(os.environ["COSPARSE_SERIAL_RESULT"]).write_text(json.dumps(stats))

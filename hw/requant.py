@@ -67,21 +67,30 @@ class Requantizer(wiring.Component):
 
     Structure
     ---------
-    Six pipeline registers and the skid output register, all advancing
-    together on one enable that is itself a register (the skid output's), so
+    Pipeline registers and the skid output register, all advancing together
+    on one enable that is itself a register (the skid output's), so
     ``i.ready`` does not depend combinationally on ``o.ready``::
 
         S0 input register and the lanes' constants (bias, multiplier,
-           shift - 1, round flag), from a ROM of one word per beat of a
+           shift, round flag), from a ROM of one word per beat of a
            group, read one cycle ahead for the beat offered at the input
            (so ``i.ready`` is low for one cycle after reset)
         S1 sum = acc + bias
         S2 partial products sum[0:17] * m and sum[17:] * m (one 18x18
            multiplier each; a single product when the sum fits 18 bits)
-        S3 product = (hi << 17) + lo
-        S4 coarse shift by 8 * ((s - 1) >> 3)
-        S5 fine shift by (s - 1) & 7
+        S3 q = ((hi << 17) + lo) >> base
+        S4 coarse shift by 8 * (t >> 3)       (only when t can exceed 7)
+        S5 fine shift by t & 7
         -> round, saturate -> skid output register
+
+    The shift is split into a constant part and a variable one: with
+    ``base = min(shift) - 1`` over the channels, ``p >> (s - 1)`` is
+    ``(p >> base) >> t`` with ``t = s - 1 - base``, so the hardware only
+    shifts over the spread of the shifts (compilers choose per-channel
+    shifts within a few bits of each other) and the registers after S3 hold
+    ``p >> base``, not the whole product. The built unit serves constants
+    whose shifts stay inside its ``[min, max]`` range (a reloaded model with
+    other shifts needs a rebuild).
 
     With one beat per group the constants are wired in and the ROM
     disappears (constant multipliers, shifts).
@@ -89,11 +98,13 @@ class Requantizer(wiring.Component):
     Throughput
     ----------
     One beat per cycle, no bubbles (measured: ``N`` beats in ``N`` cycles).
-    Latency 7 cycles from an accepted input beat to its output beat.
+    Latency :attr:`latency` cycles from an accepted input beat to its output
+    beat: 7 with the coarse shift stage, 6 without.
     ECP5-85F (yosys ``synth_ecp5`` + nextpnr, out of context, registered
-    ports): 112 MHz at C=64, D=8, 24-bit accumulators (16 MULT18X18D, about
-    4.6k LUT4/carry cells: the two variable shifters dominate); 130 MHz at
-    C=1500, D=8, 32 bits (the constants in 13 DP16KD).
+    ports, before the shift split): 112 MHz at C=64, D=8, 24-bit
+    accumulators (16 MULT18X18D, about 4.6k LUT4/carry cells: the two
+    variable shifters dominate); 130 MHz at C=1500, D=8, 32 bits (the
+    constants in 13 DP16KD).
 
     Parameters
     ----------
@@ -124,8 +135,6 @@ class Requantizer(wiring.Component):
         not have ``C`` entries or holds an out-of-range value, or ``relu`` is
         not a bool.
     """
-
-    LATENCY = 7
 
     def __init__(self, channels: int, *, width: int = 8, acc_bits: int = 32, multiplier,
                  shift, bias=None, relu: bool = False, loadable: bool = False,
@@ -161,19 +170,35 @@ class Requantizer(wiring.Component):
         """Steady-state cycles per group."""
         return self.beats
 
+    @property
+    def shift_base(self) -> int:
+        """The constant part of every shift: ``min(shift) - 1`` (0 when a shift is 0)."""
+        return max(min(self.shift) - 1, 0)
+
+    @property
+    def shift_bits(self) -> int:
+        """Bits of the variable part ``t = max(s - 1, 0) - base`` (0: no shifter)."""
+        spread = max(max(self.shift) - 1, 0) - self.shift_base
+        return spread.bit_length()
+
+    @property
+    def latency(self) -> int:
+        """Cycles from an accepted input beat to its output beat."""
+        return 7 if self.shift_bits > 3 else 6
+
     def _lane_constants(self, b: int, d: int) -> tuple[int, int, int, int]:
-        """(bias, multiplier, shift - 1 (0 for 0), round flag) of lane ``d`` of beat ``b``."""
+        """(bias, multiplier, t, round flag) of lane ``d`` of beat ``b``."""
         c = b * self.width + d
         if c >= self.channels:
             return 0, 0, 0, 0
         s = self.shift[c]
-        return self.bias[c], self.multiplier[c], max(s - 1, 0), int(s > 0)
+        return self.bias[c], self.multiplier[c], max(s - 1, 0) - self.shift_base, int(s > 0)
 
     def _const_bits(self) -> tuple[int, int, int]:
         """Bits of the bias, the multiplier and one lane's constants word."""
         bb = _sbits(min(self.bias), max(self.bias))
         mb = max(1, max(self.multiplier).bit_length())
-        return bb, mb, bb + mb + 6 + 1
+        return bb, mb, bb + mb + self.shift_bits + 1
 
     def _const_words(self) -> list[int]:
         """The constants memory: one word of ``D`` lanes per beat of a group."""
@@ -184,7 +209,7 @@ class Requantizer(wiring.Component):
             for d in range(self.width):
                 bias, mult, sh, rnd = self._lane_constants(b, d)
                 lane = ((bias & ((1 << bb) - 1)) | mult << bb | sh << (bb + mb)
-                        | rnd << (bb + mb + 6))
+                        | rnd << (bb + mb + self.shift_bits))
                 w |= lane << (d * lw)
             words.append(w)
         return words
@@ -193,9 +218,11 @@ class Requantizer(wiring.Component):
         m = Module()
         D, B, ab = self.width, self.beats, self.acc_bits
         bb, mb, lw = self._const_bits()
+        tb, base = self.shift_bits, self.shift_base
         sb = _sbits(-(1 << (ab - 1)) + min(min(self.bias), 0),
                     (1 << (ab - 1)) - 1 + max(max(self.bias), 0))  # acc + bias
         pb = sb + mb  # product, signed
+        qb = max(pb - base, 11)  # p >> base (at least the 10 bits the rounding reads, signed)
 
         adv = Signal()
         # The ROM's read-ahead needs one cycle after reset before the first beat.
@@ -217,7 +244,7 @@ class Requantizer(wiring.Component):
         m.d.sync += bg.eq(bg_next)
         if B == 1 and self.load_port is None:
             consts = [[Const(v, w) for v, w in zip(self._lane_constants(0, d),
-                                                   (signed(bb), mb, 6, 1))] for d in range(D)]
+                                                   (signed(bb), mb, tb, 1))] for d in range(D)]
         else:
             lp = self.load_port
             m.submodules.consts = rom = Memory(shape=unsigned(D * lw),
@@ -237,8 +264,8 @@ class Requantizer(wiring.Component):
             consts = []
             for d in range(D):
                 f = s0_consts[d * lw:(d + 1) * lw]
-                consts.append([f[:bb].as_signed(), f[bb:bb + mb], f[bb + mb:bb + mb + 6],
-                               f[bb + mb + 6]])
+                consts.append([f[:bb].as_signed(), f[bb:bb + mb], f[bb + mb:bb + mb + tb],
+                               f[bb + mb + tb]])
 
         def stage(name, **fields):
             """Registered per-lane fields of one stage plus valid/last/end."""
@@ -261,20 +288,22 @@ class Requantizer(wiring.Component):
             m.d.sync += [s0["acc"][d].eq(p.data[d]) for d in range(D)]
 
         # ---------------- S1: sum = acc + bias
-        s1 = stage("s1", sum=signed(sb), mult=mb, sh=6, rnd=1)
+        s1 = stage("s1", sum=signed(sb), mult=mb, sh=tb, rnd=1)
         # ---------------- S2: partial products (low part unsigned 17 bits)
         ls = self.lo_split
         split = sb > ls + 1
         lo_bits = ls if split else sb
         hi_bits = max(sb - ls, 1)
         s2 = stage("s2", lo=signed(lo_bits + mb + 1), hi=signed(hi_bits + mb + 1),
-                   sh=6, rnd=1)
+                   sh=tb, rnd=1)
         # A narrow high part is a few shifted adds (no DSP block for it).
         hi_mul = lut_mul if hi_bits <= 6 else (lambda a, b: a * b)
-        # ---------------- S3..S5: product, coarse and fine shift
-        s3 = stage("s3", q=signed(pb), sh=6, rnd=1)
-        s4 = stage("s4", q=signed(pb), sh=3, rnd=1)
-        s5 = stage("s5", q=signed(pb), rnd=1)
+        # ---------------- S3: q = p >> base; S4 (wide spreads only), S5: the variable shift
+        s3 = stage("s3", q=signed(qb), sh=tb, rnd=1)
+        coarse = tb > 3
+        if coarse:
+            s4 = stage("s4", q=signed(qb), sh=3, rnd=1)
+        s5 = stage("s5", q=signed(qb), rnd=1)
 
         with m.If(adv):
             advance(s1, s0,
@@ -286,17 +315,21 @@ class Requantizer(wiring.Component):
                         lo=lambda d: s1["sum"][d][:ls] * s1["mult"][d],
                         hi=lambda d: hi_mul(s1["sum"][d][ls:].as_signed(), s1["mult"][d]),
                         sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d])
-                advance(s3, s2, q=lambda d: (s2["hi"][d] << ls) + s2["lo"][d],
+                advance(s3, s2, q=lambda d: ((s2["hi"][d] << ls) + s2["lo"][d]) >> base,
                         sh=lambda d: s2["sh"][d], rnd=lambda d: s2["rnd"][d])
             else:
                 advance(s2, s1, lo=lambda d: s1["sum"][d] * s1["mult"][d],
                         sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d])
-                advance(s3, s2, q=lambda d: s2["lo"][d],
+                advance(s3, s2, q=lambda d: s2["lo"][d] >> base,
                         sh=lambda d: s2["sh"][d], rnd=lambda d: s2["rnd"][d])
-            advance(s4, s3, q=lambda d: s3["q"][d] >> Cat(Const(0, 3), s3["sh"][d][3:]),
-                    sh=lambda d: s3["sh"][d][:3], rnd=lambda d: s3["rnd"][d])
-            advance(s5, s4, q=lambda d: s4["q"][d] >> s4["sh"][d],
-                    rnd=lambda d: s4["rnd"][d])
+            if coarse:
+                advance(s4, s3, q=lambda d: s3["q"][d] >> Cat(Const(0, 3), s3["sh"][d][3:]),
+                        sh=lambda d: s3["sh"][d][:3], rnd=lambda d: s3["rnd"][d])
+                fine = s4
+            else:
+                fine = s3
+            advance(s5, fine, q=lambda d: fine["q"][d] >> fine["sh"][d] if tb else fine["q"][d],
+                    rnd=lambda d: fine["rnd"][d])
 
         # ---------------- S6: round and saturate (combinational into the skid register)
         lo = 0 if self.relu else -128

@@ -124,7 +124,7 @@ def test_throughput_one_beat_per_cycle():
     n = 2 * 10 * dut.cycles_per_group
     assert np.all(np.diff(res.input_cycles[0]) == 1)
     assert np.all(np.diff(res.cycles[0]) == 1)
-    assert res.cycles[0][-1] - res.input_cycles[0][-1] == Requantizer.LATENCY
+    assert res.cycles[0][-1] - res.input_cycles[0][-1] == dut.latency
     assert len(res.cycles[0]) == n
 
 
@@ -182,3 +182,24 @@ def test_narrow_high_part_and_loadable_constants(dsp_width, C, D, loadable):
     assert (dut.load_port is not None) == loadable
     acc = random_acc(rng, (2, 5, C), acc_bits)
     run(dut, acc, want_of(acc, mult, shift, bias, False), seed=dsp_width)
+
+
+@pytest.mark.parametrize("shifts, bits, latency", [
+    ([23] * 7, 0, 6),  # one shift: no variable shifter at all
+    ([22, 24, 23, 24, 22, 23, 23], 2, 6),  # a compiler's spread: a 2-bit fine shift
+    ([5, 12, 9, 6, 11, 7, 5], 3, 6),  # t up to 7: still one shift stage
+    ([3, 20, 9, 6, 12, 7, 4], 5, 7),  # a wide spread keeps the coarse stage
+    ([0, 1, 2, 9, 1, 0, 2], 4, 7),  # shift 0 (no rounding) beside shift 1
+])
+def test_shift_split_into_constant_and_variable_parts(shifts, bits, latency):
+    """Only the spread of the shifts is a shifter; the rest is wiring, at every latency."""
+    rng = np.random.default_rng(len(shifts) + sum(shifts))
+    C = len(shifts)
+    mult = rng.integers(1 << 15, 1 << 16, C)
+    bias = rng.integers(-(1 << 14), 1 << 14, C)
+    dut = make(C, 2, 22, mult, shifts, bias, False)
+    assert dut.shift_bits == bits and dut.latency == latency
+    assert dut.shift_base == max(min(shifts) - 1, 0)
+    acc = random_acc(rng, (2, 6, C), 22)
+    res = run(dut, acc, want_of(acc, mult, shifts, bias, False), stall=0.0)
+    assert res.cycles[0][-1] - res.input_cycles[0][-1] == latency

@@ -34,7 +34,7 @@ import numpy as np
 from . import ir
 from .errors import CosparseError
 
-__all__ = ["compile_model", "layer_table", "network_input", "network_output",
+__all__ = ["compile_model", "compile_network", "resolve_board", "layer_table", "network_input", "network_output",
            "strip_memory_contents", "design_id", "DEFAULT_BAUD", "SPRAM_MIN_BITS"]
 
 
@@ -193,28 +193,16 @@ def _link_json(net, link, board, baud: int, spram_bits) -> dict:
             "spram_bits": spram_bits, "board": board.name, "clock_mhz": board.clock_mhz}
 
 
-def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.PathLike,
-                  calibration: np.ndarray | None = None, mode: str = "sparse-sparse",
-                  config: str | None = None, baud: int = DEFAULT_BAUD,
-                  spram_bits: int | None | str = "auto", clock_mhz: float | None = None,
-                  progress: Callable[[str], None] = print) -> Path:
-    """Compile ``model`` for ``board`` into ``outdir`` (see the module doc)."""
-    from amaranth.back import verilog
+def resolve_board(board: str, clock_mhz: float | None = None):
+    """The catalog board, at ``clock_mhz`` when given (checked against the board's PLL)."""
+    import dataclasses
 
     from cosparse.boards.catalog import get_board
-    from cosparse.hw.network import LayerFold, NetworkCore
-
-    from .fold import choose_folding, multipliers
-    from .images import write_images
-    from .onnx_frontend import check_supported, import_onnx
-    from .order import to_drain_order
-    from .perf import predict
 
     b = get_board(board)
     if clock_mhz is not None:
         if not 1 <= clock_mhz <= 500:
             raise CosparseError(f"--clock must be from 1 to 500 MHz, got {clock_mhz:g}")
-        import dataclasses
         b = dataclasses.replace(b, clock_mhz=float(clock_mhz))
         if b.family in ("ice40", "ecp5") and b.clock_mhz != b.osc_mhz:
             from cosparse.boards.top import ecp5_pll, ice40_pll
@@ -222,13 +210,28 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
                 (ice40_pll if b.family == "ice40" else ecp5_pll)(b.osc_mhz, b.clock_mhz)
             except ValueError as e:
                 raise CosparseError(f"--clock on {b.name}: {e}") from None
-    if spram_bits == "auto":
-        spram_bits = SPRAM_MIN_BITS if b.spram_kbit else None
-    out = Path(outdir)
+    return b
+
+
+def _check_outdir(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir())
                                               and not (out / "manifest.json").exists())):
         raise CosparseError(f"output folder {str(out)!r} exists and is not a cosparse build "
                             "(no manifest.json); choose a new or empty folder")
+
+
+def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.PathLike,
+                  calibration: np.ndarray | None = None, mode: str = "sparse-sparse",
+                  config: str | None = None, baud: int = DEFAULT_BAUD,
+                  spram_bits: int | None | str = "auto", clock_mhz: float | None = None,
+                  progress: Callable[[str], None] = print) -> Path:
+    """Compile ``model`` for ``board`` into ``outdir`` (see the module doc)."""
+    from .onnx_frontend import check_supported, import_onnx
+    from .order import to_drain_order
+
+    b = resolve_board(board, clock_mhz)
+    out = Path(outdir)
+    _check_outdir(out)
     if mode not in ("sparse-sparse", "sparse-weights", "dense"):
         raise CosparseError(f"mode must be sparse-sparse, sparse-weights or dense, got {mode!r}")
     cfg = _read_config(config)
@@ -241,6 +244,37 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
         sample = network_input(net, np.asarray(calibration)[:16], "calibration")
     else:
         sample = np.random.default_rng(0).integers(-128, 128, (4, *net.input.shape)).astype(np.int8)
+    return compile_network(net, sample, board=b.name, outdir=out, mode=mode, config=cfg,
+                           baud=baud, spram_bits=spram_bits, clock_mhz=clock_mhz,
+                           progress=progress)
+
+
+def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
+                    outdir: str | os.PathLike, mode: str = "sparse-sparse",
+                    config: dict | None = None, baud: int = DEFAULT_BAUD,
+                    spram_bits: int | None | str = "auto", clock_mhz: float | None = None,
+                    progress: Callable[[str], None] = print) -> Path:
+    """Compile an IR network (in drain order) for ``board`` into ``outdir``.
+
+    The part of :func:`compile_model` after the import: fold, check the fit,
+    write the network, Verilog, images, link description and report.
+    ``sample`` holds a few int8 network inputs (the activity the folding and
+    the performance model use).
+    """
+    from amaranth.back import verilog
+
+    from cosparse.hw.network import LayerFold, NetworkCore
+
+    from .fold import choose_folding, multipliers
+    from .images import write_images
+    from .perf import predict
+
+    b = resolve_board(board, clock_mhz)
+    out = Path(outdir)
+    _check_outdir(out)
+    cfg = dict(config or {})
+    if spram_bits == "auto":
+        spram_bits = SPRAM_MIN_BITS if b.spram_kbit else None
     overrides = {n: LayerFold(int(f.get("entries", 1)), f.get("lanes_per_beat"), f.get("width"))
                  for n, f in cfg.get("folding", {}).items()}
     unknown = set(overrides) - {layer.name for layer in net.layers}

@@ -214,6 +214,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     sim_count=args.sim_count, bitstream=args.bitstream)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import MODES, run_bench
+
+    modes = MODES if args.mode == "all" else tuple(args.mode.split(","))
+    pnr = () if args.no_pnr else tuple(m for m in modes if m != "dense" or args.dense_pnr)
+    run_bench(args.outdir, modes=modes, board=args.board, count=args.count, seed=args.seed,
+              reduced=args.reduced, pnr_modes=pnr)
+    return 0
+
+
 def _cmd_version(args: argparse.Namespace) -> int:
     from importlib.metadata import version
 
@@ -244,6 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also build the digits network's bitstream for BOARD (an ECP5 board: "
                         "ulx3s-45f/85f, orangecrab-85f; minutes) and print its report")
     d.set_defaults(func=_cmd_demo)
+
+    be = sub.add_parser("bench", help="benchmark gsc-cs: dense vs sparse weights vs "
+                        "sparse-sparse (Verilator cycles, nextpnr Fmax, ONNX Runtime)")
+    be.add_argument("-o", "--outdir", default="bench-out",
+                    help="bench.json, bench.md, bench.png and the builds go here")
+    be.add_argument("--mode", default="all",
+                    help="all, or a comma-separated list of dense, sparse-weights, "
+                         "sparse-sparse (default all)")
+    be.add_argument("--board", default="ulx3s-85f", help="board (default ulx3s-85f)")
+    be.add_argument("-n", "--count", type=int, default=32,
+                    help="back-to-back inputs simulated per mode (default 32)")
+    be.add_argument("--seed", type=int, default=0, help="weights and inputs seed (default 0)")
+    be.add_argument("--reduced", action="store_true",
+                    help="the reduced gsc-cs network (20x20 input, 16 channels; quick)")
+    be.add_argument("--no-pnr", action="store_true", help="skip yosys + nextpnr (no Fmax)")
+    be.add_argument("--dense-pnr", action="store_true",
+                    help="also place and route the dense build when it fits the part")
+    be.set_defaults(func=_cmd_bench)
 
     g = sub.add_parser("golden", help="run the numpy golden model of a compiled network")
     g.add_argument("outdir", help="compiled network folder (holding manifest.json)")

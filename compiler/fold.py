@@ -22,7 +22,7 @@ from . import ir
 from .errors import CosparseError
 from .perf import stage_cycles
 
-__all__ = ["choose_folding", "multipliers", "FoldingError"]
+__all__ = ["choose_folding", "multipliers", "dsp_blocks", "FoldingError"]
 
 MAX_ENTRIES = 32
 
@@ -45,6 +45,30 @@ def multipliers(net: ir.Network, folding: Folding) -> int:
     return total
 
 
+def dsp_blocks(net: ir.Network, folding: Folding) -> int:
+    """DSP multipliers the core uses: the engines' plus the requantizers' and boosts'.
+
+    A requantizer lane multiplies ``acc + bias`` by its multiplier: one DSP
+    product, two when the sum is wider than a DSP input and its high part
+    more than the few bits that become shifted adds (see
+    :class:`~cosparse.hw.requant.Requantizer`). A k-WTA with boost
+    multiplies each lane of a beat.
+    """
+    total = multipliers(net, folding)
+    for layer in net.layers:
+        if isinstance(layer, ir._OverlayLayer):
+            if layer.requant is None:
+                continue
+            f = folding.of(layer.name)
+            lanes = f.lanes_per_beat or layer.overlays.lanes
+            sum_bits = layer.accumulator_bits() + 1
+            hi_bits = sum_bits - (folding.dsp_width - 1)
+            total += lanes * (2 if sum_bits > folding.dsp_width and hi_bits > 6 else 1)
+        elif isinstance(layer, (ir.LocalKWTA, ir.GlobalKWTA)) and layer.boost is not None:
+            total += folding.of(layer.name).width or folding.default_width
+    return total
+
+
 def _input_width(net: ir.Network) -> int:
     c = net.input.shape[-1] if len(net.input.shape) == 3 else 1
     return min(c, 8) if len(net.input.shape) == 3 else 8
@@ -52,7 +76,8 @@ def _input_width(net: ir.Network) -> int:
 
 def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
                    overrides: dict[str, LayerFold] | None = None,
-                   max_steps: int = 64, area_first: bool = False) -> Folding:
+                   max_steps: int = 64, area_first: bool = False,
+                   engines_only: bool = False) -> Folding:
     """Balance the pipeline within ``max_multipliers``.
 
     Parameters
@@ -63,9 +88,14 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         A few representative inputs (the calibration set): the activity the
         performance model uses.
     max_multipliers : int
-        The budget (DSP blocks plus LUT multipliers the board can afford).
+        The budget (DSP blocks plus LUT multipliers the board can afford);
+        growing the folds counts every DSP product (:func:`dsp_blocks`: the
+        requantizers' and boosts' too), so the folded core fits the part.
     overrides : dict, optional
         Layer name -> fold to keep.
+    engines_only : bool
+        Count only the engines' multipliers against the budget (to compare
+        modes at equal multipliers, whatever else the part would need).
     area_first : bool
         For the smallest parts (iCE40): the least parallelism everywhere (one
         multiplier per overlay layer, one element per dense beat, no dense
@@ -112,9 +142,12 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         else:
             break
         trial = Folding(folding.input_width, {**folding.layers, layer.name: step})
-        if multipliers(net, trial) > max_multipliers:
+        if (multipliers if engines_only else dsp_blocks)(net, trial) > max_multipliers:
             break
-        if max(s.mean for s in stage_cycles(net, trial, sample)) >= worst.mean:
+        # The step must speed up the layer it was given to (not the whole pipeline: two
+        # layers tied as the bottleneck take turns).
+        if max(s.mean for s in stage_cycles(net, trial, sample)
+               if s.layer == layer.name) >= worst.mean:
             break  # e.g. more entries into a window whose positions fit one beat already
         folding = trial
     return folding

@@ -1,0 +1,424 @@
+"""``cosparse bench``: the gsc-cs network, dense vs sparse weights vs sparse-sparse.
+
+For each mode of :func:`cosparse.compiler.zoo.gsc_cs` (seeded random
+complementary weights, or dense ones), on one board (ULX3S-85F by default):
+
+1. fold the network for the board's multipliers (the same budget in every
+   mode, so the cycles compare at equal multipliers);
+2. simulate the network core in Verilator on ``count`` back-to-back random
+   int8 inputs (the network's own k-WTAs set the activity): latency and
+   steady-state interval, outputs checked against the golden model bit for
+   bit; the performance model's cycles per stage beside them;
+3. count the mode's useful MACs per inference (dense: every weight at every
+   position; sparse weights: every non-zero weight at every position;
+   sparse-sparse: non-zero weight x non-zero input) and the MAC utilisation
+   ``useful / (multipliers x interval)``;
+4. optionally (``pnr``) build the board bitstream with yosys + nextpnr:
+   Fmax and LUT/FF/DSP/BRAM; a mode whose weights do not fit the board's
+   block RAM reports what it needs instead;
+5. ONNX Runtime on the float model (the same layers and weights as floats)
+   on this machine's CPU: batch 1 and the best batch.
+
+Writes ``bench.json``, ``bench.md`` (the table beside the paper's figures)
+and ``bench.png`` (cycles per stage per mode, bottlenecks marked) into the
+output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import ir
+from .errors import CosparseError
+
+__all__ = ["run_bench", "useful_macs", "float_onnx", "onnxruntime_throughput", "MODES",
+           "PAPER"]
+
+MODES = ("dense", "sparse-weights", "sparse-sparse")
+
+#: The paper's figures for its speech network (brief section 4), one network instance.
+PAPER = {
+    "zu3eg_sparse_sparse_inferences_per_s": 45_455,
+    "u250_sparse_sparse_inferences_per_s": 102_564,
+    "sparse_sparse_over_dense": 33.6,
+}
+
+
+def useful_macs(net: ir.Network, x: np.ndarray, mode: str) -> dict[str, float]:
+    """Useful multiply-accumulates per inference of every overlay layer, mean over ``x``.
+
+    ``dense``: every weight at every output position; ``sparse-weights``:
+    every non-zero weight at every position; ``sparse-sparse``: products of
+    a non-zero weight and a non-zero input.
+    """
+    from cosparse.sim import golden
+
+    from .packer import unpack
+
+    acts = [np.asarray(x)]
+    for layer in net.layers:
+        acts.append(golden.run_layer(layer, acts[-1]))
+    out = {}
+    for i, layer in enumerate(net.layers):
+        if not isinstance(layer, ir._OverlayLayer):
+            continue
+        ov = layer.overlays
+        w = unpack(ov)
+        inp = acts[i]
+        if isinstance(layer, ir.OverlayConv):
+            cols = golden._im2col(inp, layer)
+            positions = cols.shape[1] * cols.shape[2]
+            active = (cols != 0).reshape(len(inp), -1, ov.fan_in)
+        else:
+            positions = 1
+            active = (inp != 0).reshape(len(inp), 1, ov.fan_in)
+        if mode == "dense":
+            out[layer.name] = float(ov.num_kernels * ov.fan_in * positions)
+        elif mode == "sparse-weights":
+            out[layer.name] = float(np.count_nonzero(w) * positions)
+        else:
+            nnz_row = (w != 0).sum(axis=0)
+            out[layer.name] = float((active @ nnz_row).sum(axis=1).mean())
+    return out
+
+
+def float_onnx(net: ir.Network):
+    """The float ONNX model of a network (NCHW input), its layers' weights as floats.
+
+    Convolutions, max pools, local k-WTA (threshold form over the channels),
+    flatten in HWC order (as the IR), Gemm, global k-WTA (top-k threshold)
+    -- the graph a PyTorch export of the network would hold.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .packer import unpack
+
+    nodes, inits = [], []
+    shape = net.input.shape
+    nchw = len(shape) == 3
+    cur = "input"
+    inp = helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, ["batch", shape[2], shape[0], shape[1]] if nchw
+        else ["batch", shape[0]])
+
+    def const(name, arr):
+        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def node(op, ins, **attrs):
+        out = f"{op.lower()}{len(nodes)}"
+        nodes.append(helper.make_node(op, ins, [out], **attrs))
+        return out
+
+    def kwta(x, k, axis):
+        vals = f"topk{len(nodes)}_v"
+        nodes.append(helper.make_node("TopK", [x, const(f"k{len(nodes)}", np.array([k], np.int64))],
+                                      [vals, f"topk{len(nodes)}_i"], axis=axis))
+        thr = node("Slice", [vals, const(f"s{len(nodes)}", np.array([k - 1], np.int64)),
+                             const(f"e{len(nodes)}", np.array([k], np.int64)),
+                             const(f"a{len(nodes)}", np.array([axis], np.int64))])
+        mask = node("Cast", [node("GreaterOrEqual", [x, thr])], to=TensorProto.FLOAT)
+        return node("Mul", [x, mask])
+
+    layout = "nchw" if nchw else "flat"
+    for layer in net.layers:
+        if isinstance(layer, (ir.ZeroSkip, ir.Densify)):
+            continue
+        if isinstance(layer, ir.OverlayConv):
+            w = unpack(layer.overlays).astype(np.float32) / 64.0
+            kh, kw = layer.kernel
+            w = w.reshape(len(w), kh, kw, -1).transpose(0, 3, 1, 2)
+            pt, pl, pb, pr = layer.padding
+            cur = node("Conv", [cur, const(f"{layer.name}.w", np.ascontiguousarray(w)),
+                                const(f"{layer.name}.b", np.zeros(len(w), np.float32))],
+                       kernel_shape=[kh, kw], strides=list(layer.stride),
+                       pads=[pt, pl, pb, pr])
+        elif isinstance(layer, ir.MaxPool):
+            cur = node("MaxPool", [cur], kernel_shape=list(layer.kernel),
+                       strides=list(layer.stride))
+        elif isinstance(layer, ir.LocalKWTA):
+            cur = kwta(cur, layer.k, 1)
+        elif isinstance(layer, ir.Flatten):
+            cur = node("Flatten", [node("Transpose", [cur], perm=[0, 2, 3, 1])], axis=1)
+            layout = "flat"
+        elif isinstance(layer, ir.OverlayLinear):
+            w = unpack(layer.overlays).astype(np.float32) / 64.0
+            cur = node("Gemm", [cur, const(f"{layer.name}.w", w),
+                                const(f"{layer.name}.b", np.zeros(len(w), np.float32))],
+                       transB=1)
+        elif isinstance(layer, ir.GlobalKWTA):
+            if layout != "flat":
+                raise CosparseError(f"float_onnx: global k-WTA {layer.name!r} on a map is not "
+                                    "exported (only after Flatten)")
+            cur = kwta(cur, layer.k, 1)
+        else:
+            raise CosparseError(f"float_onnx: layer {layer.name!r} ({layer.kind}) has no export")
+    out = helper.make_tensor_value_info(cur, TensorProto.FLOAT,
+                                        ["batch", int(np.prod(net.output.shape))])
+    graph = helper.make_graph(nodes, net.name, [inp], [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def onnxruntime_throughput(model, input_shape: tuple[int, ...], *,
+                           batches=(1, 4, 16, 64, 256), seconds: float = 1.0) -> dict:
+    """ONNX Runtime CPU inferences/s of ``model`` at each batch size (default threads)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    per_batch = {}
+    for b in batches:
+        x = rng.standard_normal((b, *input_shape)).astype(np.float32)
+        sess.run(None, {name: x})  # warm-up
+        n, t0 = 0, time.perf_counter()
+        while True:
+            sess.run(None, {name: x})
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt >= seconds and n >= 3:
+                break
+        per_batch[b] = round(n * b / dt, 1)
+    best = max(per_batch, key=per_batch.get)
+    return {"batch_1": per_batch[batches[0]] if batches[0] == 1 else None,
+            "best": per_batch[best], "best_batch": best, "per_batch": per_batch,
+            "onnxruntime": ort.__version__, "threads": os.cpu_count()}
+
+
+def _weight_kbit(rows: list[dict]) -> float:
+    return sum(r.get("memory_bits", 0) for r in rows) / 1024
+
+
+def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: bool,
+                outdir: Path, progress: Callable[[str], None],
+                engine_budget: int | None = None) -> tuple[dict, list]:
+    from cosparse.sim import golden
+    from cosparse.sim.netsim import simulate_network
+
+    from . import zoo
+    from .build import compile_network, layer_table
+    from .fold import choose_folding, multipliers
+    from .order import to_drain_order
+    from .perf import stage_cycles
+
+    net = to_drain_order(zoo.gsc_cs(seed=seed, mode=mode, reduced=reduced))
+    x = np.random.default_rng(seed + 1).integers(-128, 128, (count, *net.input.shape),
+                                                 dtype=np.int8)
+    sample = x[:8]
+    if engine_budget is None:
+        folding = choose_folding(net, sample, max_multipliers=board.multipliers)
+    else:  # the same engine multipliers as another mode, for the cycles comparison
+        folding = choose_folding(net, sample, max_multipliers=engine_budget, engines_only=True)
+    mults = multipliers(net, folding)
+    stages = stage_cycles(net, folding, x)
+    rows = layer_table(net, folding, sample)
+    macs = useful_macs(net, x, mode)
+    progress(f"{mode}: {mults} multipliers; simulating {count} inferences in Verilator")
+    t0 = time.perf_counter()
+    run = simulate_network(
+        net, folding, x, build_root=outdir / "sim" / mode, name=f"gsc_{mode.replace('-', '_')}",
+        chunk=max(8, min(64, count)),
+        progress=lambda done, total: progress(f"{mode}: {done}/{total} inferences simulated "
+                                              f"({time.perf_counter() - t0:.0f} s)"))
+    sim_s = time.perf_counter() - t0
+    exact = bool(np.array_equal(run.outputs, golden.run(net, x)))
+    if not exact:
+        raise CosparseError(f"bench {mode}: the Verilator outputs differ from the golden model")
+    interval = float(run.interval_cycles)
+    useful = sum(macs.values())
+    row = {"mode": mode, "interval_cycles": round(interval, 1),
+           "latency_cycles": int(run.latency_cycles), "multipliers": mults,
+           "useful_macs": round(useful), "macs_per_layer": {k: round(v) for k, v in macs.items()},
+           "mac_utilization": round(useful / (mults * interval), 4),
+           "predicted_interval_cycles": round(max(s.mean for s in stages), 1),
+           "bottleneck": max(stages, key=lambda s: s.mean).layer + ":"
+           + max(stages, key=lambda s: s.mean).unit,
+           "folding": folding.to_dict(), "weight_kbit": round(_weight_kbit(rows), 1),
+           "bram_kbit": board.bram_kbit, "bit_exact": exact, "inputs": count,
+           "simulation_seconds": round(sim_s, 1),
+           "fmax_mhz": None, "inferences_per_s": None, "luts": None, "ffs": None,
+           "dsps": None, "brams": None, "fits": _weight_kbit(rows) <= board.bram_kbit,
+           "place_and_route": "not run"}
+    if not row["fits"]:
+        row["place_and_route"] = (f"does not fit {board.name}: weights need "
+                                  f"{row['weight_kbit']:,.0f} kbit of block RAM, the part has "
+                                  f"{board.bram_kbit:,}")
+    elif pnr:
+        from .bitstream import BitstreamError, build_bitstream
+
+        build = outdir / "pnr" / mode
+        if build.exists():
+            shutil.rmtree(build)
+        progress(f"{mode}: compiling for {board.name} and running yosys + nextpnr")
+        t1 = time.perf_counter()
+        try:
+            compile_network(net, sample, board=board.name, outdir=build, mode=mode,
+                            config={"folding": {}}, progress=lambda s: progress(f"{mode}: {s}"))
+            rep = build_bitstream(build, progress=lambda s: progress(f"{mode}: {s}"))
+            row["place_and_route"] = "built"
+        except BitstreamError as e:
+            rep = _report_of_failed_build(build)
+            row["place_and_route"] = f"failed: {e}"
+        row["pnr_seconds"] = round(time.perf_counter() - t1)
+        if rep:
+            row.update({k: rep.get(k) for k in ("fmax_mhz", "luts", "ffs", "dsps", "brams",
+                                                 "timing_met")})
+        else:
+            row["fits"] = False
+    if row["fmax_mhz"]:
+        row["inferences_per_s"] = round(row["fmax_mhz"] * 1e6 / interval)
+    stage_rows = [{"layer": s.layer, "unit": s.unit, "cycles": round(s.mean, 1)} for s in stages]
+    return row, stage_rows
+
+
+def _report_of_failed_build(build: Path) -> dict | None:
+    p = build / "bitstream.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _markdown(res: dict) -> str:
+    modes = res["modes"]
+
+    def cell(v, fmt="{:,}"):
+        return "-" if v is None else fmt.format(v)
+
+    lines = [f"# gsc-cs benchmark on {res['board']} ({res['network']})", "",
+             "| mode | interval (cycles) | latency (cycles) | multipliers | MAC utilisation "
+             "| Fmax (MHz) | inferences/s | LUT | FF | DSP | BRAM | fits |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for m in modes:
+        lines.append(f"| {m['mode']} | {m['interval_cycles']:,.0f} | {m['latency_cycles']:,} | "
+                     f"{m['multipliers']} | {m['mac_utilization']:.3f} | "
+                     f"{cell(m['fmax_mhz'], '{:.1f}')} | {cell(m['inferences_per_s'])} | "
+                     f"{cell(m['luts'])} | {cell(m['ffs'])} | {cell(m['dsps'])} | "
+                     f"{cell(m['brams'])} | {'yes' if m['fits'] else 'no'} |")
+    ort = res["onnxruntime_cpu"]
+    lines += ["", f"ONNX Runtime {ort['onnxruntime']} on this CPU ({ort['threads']} cores), "
+              f"float model: {ort['batch_1']:,.0f} inferences/s at batch 1, "
+              f"{ort['best']:,.0f} at batch {ort['best_batch']}.", ""]
+    by = {m["mode"]: m for m in modes}
+    if "dense" in by and "sparse-sparse" in by:
+        d, s = by["dense"], by["sparse-sparse"]
+        sp = d["interval_cycles"] / s["interval_cycles"]
+        ratio = d["useful_macs"] / s["useful_macs"]
+        lines.append(f"Sparse-sparse over dense at equal multipliers: {sp:.1f}x fewer cycles "
+                     f"per inference; their MAC counts differ {ratio:.1f}x "
+                     f"({sp / ratio:.2f} of it). Paper: {PAPER['sparse_sparse_over_dense']}x.")
+    lines.append(f"Paper (one network instance): {PAPER['zu3eg_sparse_sparse_inferences_per_s']:,} "
+                 f"inferences/s sparse-sparse on a ZU3EG, "
+                 f"{PAPER['u250_sparse_sparse_inferences_per_s']:,} on an Alveo U250.")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(res: dict, stages: dict[str, list], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m["mode"] for m in res["modes"]]
+    names = []
+    for mode in modes:
+        for s in stages[mode]:
+            key = f"{s['layer']}:{s['unit']}"
+            if key not in names:
+                names.append(key)
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(names) + 3), 5))
+    width = 0.8 / len(modes)
+    for j, mode in enumerate(modes):
+        cyc = {f"{s['layer']}:{s['unit']}": s["cycles"] for s in stages[mode]}
+        vals = [cyc.get(n, 0) for n in names]
+        worst = int(np.argmax(vals))
+        bars = ax.bar(np.arange(len(names)) + (j - (len(modes) - 1) / 2) * width,
+                      [max(v, 0.5) for v in vals], width, label=mode)
+        bars[worst].set_edgecolor("black")
+        bars[worst].set_linewidth(2)
+        m = res["modes"][j]
+        ax.axhline(m["interval_cycles"], color=bars[0].get_facecolor(), ls="--", lw=1)
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(names)), [n.replace(":", "\n") for n in names], fontsize=7,
+                  rotation=60, ha="right")
+    ax.set_ylabel("cycles per inference (predicted per stage)")
+    ax.set_title(f"{res['network']} on {res['board']}: cycles per stage; bottleneck outlined, "
+                 "dashed = measured interval", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f",
+              count: int = 32, seed: int = 0, reduced: bool = False,
+              pnr_modes=("sparse-weights", "sparse-sparse"),
+              progress: Callable[[str], None] = print) -> dict:
+    """Run the benchmark (see the module doc); returns what ``bench.json`` holds."""
+    from . import zoo
+    from .build import resolve_board
+
+    for m in modes:
+        if m not in MODES:
+            raise CosparseError(f"unknown mode {m!r}; the modes are {', '.join(MODES)}")
+    if count < 2:
+        raise CosparseError(f"--count must be at least 2 (the interval needs two inferences), "
+                            f"got {count}")
+    try:
+        import matplotlib  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise CosparseError(f"cosparse bench needs {e.name}: pip install 'cosparse[bench]'") \
+            from None
+    b = resolve_board(board)
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows, stages = {}, {}
+    # Sparse-sparse first: the dense build is folded for the same engine multipliers
+    # (it would not fit the part anyway), so their cycles compare at equal multipliers.
+    for mode in sorted(modes, key=lambda m: m != "sparse-sparse"):
+        budget = (rows["sparse-sparse"]["multipliers"]
+                  if mode == "dense" and "sparse-sparse" in rows else None)
+        row, st = _bench_mode(mode, board=b, count=count, seed=seed, reduced=reduced,
+                              pnr=mode in pnr_modes, outdir=out, progress=progress,
+                              engine_budget=budget)
+        row["folded_for"] = ("the board's DSPs" if budget is None
+                             else f"{budget} engine multipliers (as sparse-sparse)")
+        rows[mode] = row
+        stages[mode] = st
+        row["stages"] = st
+    rows = [rows[m] for m in MODES if m in rows]
+    net = zoo.gsc_cs(seed=seed, mode="sparse-sparse", reduced=reduced)
+    progress("ONNX Runtime on the float model ...")
+    ort = onnxruntime_throughput(float_onnx(net), (net.input.shape[2], *net.input.shape[:2]))
+    res = {"network": net.name, "board": b.name, "fpga": b.fpga, "seed": seed, "inputs": count,
+           "modes": rows, "onnxruntime_cpu_inferences_per_s": ort["best"],
+           "onnxruntime_cpu": ort, "paper": PAPER,
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                       "processor": platform.processor() or platform.machine()},
+           "seconds": round(time.perf_counter() - t0)}
+    by = {r["mode"]: r for r in rows}
+    if "dense" in by and "sparse-sparse" in by:
+        d, s = by["dense"], by["sparse-sparse"]
+        res["sparse_sparse_over_dense"] = {
+            "cycles": round(d["interval_cycles"] / s["interval_cycles"], 2),
+            "macs": round(d["useful_macs"] / s["useful_macs"], 2)}
+    (out / "bench.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "bench.md").write_text(_markdown(res))
+    _plot(res, stages, out / "bench.png")
+    progress(f"wrote {out / 'bench.json'}, bench.md and bench.png in {res['seconds']} s")
+    return res
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: cosparse bench (or scripts/bench.py)")

@@ -1,0 +1,76 @@
+"""The gsc-cs benchmark, small: the reduced network, no place and route (what CI can afford)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cosparse.compiler import bench, zoo
+from cosparse.compiler.cli import main
+from cosparse.compiler.order import to_drain_order
+
+KEYS = ["interval_cycles", "latency_cycles", "fmax_mhz", "inferences_per_s", "multipliers",
+        "mac_utilization", "luts", "ffs", "dsps", "brams", "fits"]
+
+
+def test_useful_macs_by_mode():
+    nets = {m: to_drain_order(zoo.gsc_cs(seed=3, mode=m, reduced=True)) for m in bench.MODES}
+    x = np.random.default_rng(0).integers(-128, 128, (3, 20, 20, 1), dtype=np.int8)
+    macs = {m: bench.useful_macs(nets[m], x, m) for m in bench.MODES}
+    # dense: every weight at every position (conv1 16x25 at 16x16, conv2 16x400 at 4x4, ...)
+    assert macs["dense"] == {"conv1": 16 * 25 * 256, "conv2": 16 * 400 * 16, "fc1": 96 * 64,
+                             "fc2": 12 * 96}
+    # complementary sparse weights: 1/K of them (conv1 K=2, conv2 K=8, fc1 K=8, fc2 dense)
+    assert macs["sparse-weights"] == {"conv1": 16 * 25 * 256 / 2, "conv2": 16 * 400 * 16 / 8,
+                                      "fc1": 96 * 64 / 8, "fc2": 12 * 96}
+    for name in macs["dense"]:
+        assert 0 < macs["sparse-sparse"][name] <= macs["sparse-weights"][name]
+    # k-WTA keeps 12 of fc1's 96 outputs: fc2 sees 12 active inputs of 96
+    assert macs["sparse-sparse"]["fc2"] <= 12 * 12
+
+
+def test_float_model_runs_in_onnxruntime():
+    ort = pytest.importorskip("onnxruntime")
+    net = zoo.gsc_cs(seed=0, reduced=True)
+    model = bench.float_onnx(net)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"input": np.random.default_rng(0).standard_normal((5, 1, 20, 20),
+                                                                          dtype=np.float32)})[0]
+    assert y.shape == (5, 12) and np.isfinite(y).all() and np.abs(y).max() > 0
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Conv") == 2 and ops.count("Gemm") == 2 and ops.count("TopK") == 3
+
+
+def test_bench_reduced_without_place_and_route(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "-o", str(out), "--reduced", "--no-pnr", "-n", "4"]) == 0
+    res = json.loads((out / "bench.json").read_text())
+    assert res["network"] == "gsc-cs-reduced" and res["board"] == "ulx3s-85f"
+    assert res["onnxruntime_cpu_inferences_per_s"] > 0
+    modes = {m["mode"]: m for m in res["modes"]}
+    assert list(modes) == ["dense", "sparse-weights", "sparse-sparse"]
+    for mode, m in modes.items():
+        assert all(k in m for k in KEYS), mode
+        assert m["bit_exact"] is True
+        assert m["interval_cycles"] > 0 and m["latency_cycles"] >= m["interval_cycles"] * 0.5
+        assert 0 < m["mac_utilization"] <= 1
+        # the performance model is measured against the simulation, not assumed
+        assert m["interval_cycles"] == pytest.approx(m["predicted_interval_cycles"], rel=0.15)
+        assert m["fmax_mhz"] is None and m["inferences_per_s"] is None  # no nextpnr here
+        assert m["fits"] is True and m["place_and_route"] == "not run"
+    # cycles compared at equal multipliers: dense is folded for sparse-sparse's engines
+    assert modes["dense"]["multipliers"] <= modes["sparse-sparse"]["multipliers"]
+    assert modes["dense"]["useful_macs"] > modes["sparse-sparse"]["useful_macs"]
+    ratio = res["sparse_sparse_over_dense"]
+    assert ratio["cycles"] == pytest.approx(
+        modes["dense"]["interval_cycles"] / modes["sparse-sparse"]["interval_cycles"], rel=0.01)
+    md = (out / "bench.md").read_text()
+    assert "| sparse-sparse |" in md and "45,455" in md
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_refuses_bad_arguments(tmp_path, capsys):
+    assert main(["bench", "-o", str(tmp_path), "--mode", "sparse", "--no-pnr"]) == 2
+    assert "unknown mode 'sparse'" in capsys.readouterr().err
+    assert main(["bench", "-o", str(tmp_path), "-n", "1", "--no-pnr"]) == 2
+    assert "--count must be at least 2" in capsys.readouterr().err

@@ -14,6 +14,7 @@ Structure
       -> A0: input register, row-table read (start word, beats) per entry
       -> A1: sequencer: for each beat b of the rows, each pass p of the lanes,
              one weight-memory read per entry (R read ports, P slots each)
+      -> W : weight words out of the memories -> registered
       -> B : P x R products (int8 x int8), accumulator-bank read
       -> C : read-modify-write of accumulator [lane][id] (banks per entry r
              and slot k, one memory per buffer)
@@ -370,25 +371,39 @@ class OverlayEngine(wiring.Component):
             m.d.comb += wports[0].addr.eq(Mux(wload.en, wload.addr,
                                               (cur_start[0] + beat) * passes + pss))
 
-        # ---------------- B: weights arrive; products; bank reads
+        # ---------------- W: the weight words arrive (memory output, not yet registered)
+        w_valid = Signal()
+        w_live = [Signal(name=f"w_live_{r}") for r in range(R)]
+        w_value = [Signal(signed(8), name=f"w_value_{r}") for r in range(R)]
+        w_pass = Signal(pass_bits)
+        w_buf = Signal()
+        w_group = Signal()
+        w_end = Signal()
+        m.d.sync += [w_valid.eq(issue), w_pass.eq(pss), w_buf.eq(acc_buf), w_group.eq(group_op),
+                     w_end.eq(cur_end)]
+        for r in range(R):
+            m.d.sync += [w_live[r].eq(beat < cur_nbeats[r]), w_value[r].eq(cur_value[r])]
+
+        # ---------------- B: registered weight words; products; bank reads
+        # The register keeps the block RAM's slow clock-to-out out of the multiplier
+        # and bank-address paths (ECP5: 5.6 ns DOA, the critical path without it).
         b_valid = Signal()
         b_live = [Signal(name=f"b_live_{r}") for r in range(R)]
         b_value = [Signal(signed(8), name=f"b_value_{r}") for r in range(R)]
+        b_data = [Signal(P * slot_bits, name=f"b_data_{r}") for r in range(R)]
         b_pass = Signal(pass_bits)
         b_buf = Signal()
         b_group = Signal()
         b_end = Signal()
-        m.d.sync += [b_valid.eq(issue), b_pass.eq(pss), b_buf.eq(acc_buf), b_group.eq(group_op),
-                     b_end.eq(cur_end)]
+        m.d.sync += [b_valid.eq(w_valid), b_pass.eq(w_pass), b_buf.eq(w_buf),
+                     b_group.eq(w_group), b_end.eq(w_end)]
         for r in range(R):
-            m.d.sync += [b_live[r].eq(beat < cur_nbeats[r]), b_value[r].eq(cur_value[r])]
+            m.d.sync += [b_live[r].eq(w_live[r]), b_value[r].eq(w_value[r]),
+                         b_data[r].eq(wports[r].data)]
 
         c_valid = Signal()
-        c_group = Signal()
-        c_end = Signal()
         c_buf = Signal()
-        m.d.sync += [c_valid.eq(b_valid), c_group.eq(b_valid & b_group), c_end.eq(b_end),
-                     c_buf.eq(b_buf)]
+        m.d.sync += [c_valid.eq(b_valid), c_buf.eq(b_buf)]
         c_addr = [[Signal(range(bank_depth), name=f"c_addr_{r}_{k}") for k in range(P)]
                   for r in range(R)]
         b_addrs = [[None] * P for _ in range(R)]
@@ -396,7 +411,7 @@ class OverlayEngine(wiring.Component):
         c_live = [Signal(name=f"c_live_{r}") for r in range(R)]
         for r in range(R):
             m.d.sync += c_live[r].eq(b_valid & b_live[r])
-            data = wports[r].data
+            data = b_data[r]
             for k in range(P):
                 slot = data[k * slot_bits:(k + 1) * slot_bits]
                 weight = slot[:8].as_signed()
@@ -408,7 +423,6 @@ class OverlayEngine(wiring.Component):
 
         # ---------------- C: read-modify-write (bank ports are wired below, with the drain's)
 
-        # The group in c_buf is complete after this cycle's writes.
         pending = Signal(2)  # groups complete in a buffer, waiting for the drain
         pending_end = Signal(2)
 
@@ -438,9 +452,11 @@ class OverlayEngine(wiring.Component):
         m.d.comb += start.eq((~d_active | d_final) & pending.bit_select(d_next, 1))
         pend_next = Signal(2)
         m.d.comb += pend_next.eq(pending)
-        with m.If(c_group):
-            m.d.comb += pend_next.bit_select(c_buf, 1).eq(1)
-            m.d.sync += pending_end.bit_select(c_buf, 1).eq(c_end)
+        # A group's last op is in B: its write (C) lands this cycle, before the
+        # drain's first read (the cycle after the drain starts) -- no gap needed.
+        with m.If(b_valid & b_group):
+            m.d.comb += pend_next.bit_select(b_buf, 1).eq(1)
+            m.d.sync += pending_end.bit_select(b_buf, 1).eq(b_end)
         with m.If(start):
             m.d.comb += pend_next.bit_select(d_next, 1).eq(0)
             m.d.sync += [d_active.eq(1), d_buf.eq(d_next), d_end.eq(pending_end.bit_select(d_next, 1)),

@@ -161,6 +161,13 @@ class LocalKWTA(wiring.Component):
     positions: the winners of position ``p`` are sorted and emitted while
     ``p + 1`` is accepted.
 
+    With one element per beat (``D = 1``, the smallest parts) the unit is
+    built serially instead: each element is inserted into ``k`` cells kept
+    sorted (``k`` comparators, no merge network), and the finished
+    position's winners are emitted in channel order by picking the lowest
+    remaining channel once per cycle (``k`` cycles at most, overlapping the
+    next position's ``C``). Same interface, same ``C`` cycles per position.
+
     Throughput
     ----------
     One input beat per cycle with no bubble between positions: a position
@@ -222,6 +229,8 @@ class LocalKWTA(wiring.Component):
         return self.beats
 
     def elaborate(self, platform):
+        if self.width == 1:
+            return self._elaborate_serial()
         m = Module()
         C, k, D, R, B = self.channels, self.k, self.width, self.entries, self.beats
         ib, kb = self.index_bits, self.key_bits
@@ -431,6 +440,133 @@ class LocalKWTA(wiring.Component):
             op.last.eq(o_last),
             op.end.eq(o_end & o_last),
         ]
+        for r in range(min(R, k)):
+            m.d.comb += [op.entries[r].index.eq(o_ent[r][:ib]),
+                         op.entries[r].value.eq(o_ent[r][ib:])]
+        return m
+
+
+    def _elaborate_serial(self) -> Module:
+        """``D = 1``: insertion into ``k`` sorted cells, winners emitted one per cycle."""
+        m = Module()
+        C, k, R = self.channels, self.k, self.entries
+        ib, kb = self.index_bits, self.key_bits
+        keys = _Keys(self.boost, 1, C)
+        if keys.rom is not None:
+            m.submodules.boost_rom = keys.rom
+        adv = Signal()
+        p = self.i.payload
+        m.d.comb += self.i.ready.eq(adv)
+
+        # ---------------- P0: input register; the channel's boost is read alongside
+        ch = Signal(range(max(C, 2)))  # channel of the element being accepted
+        with m.If(self.i.valid & adv):
+            m.d.sync += ch.eq(Mux(p.last | (ch == C - 1), 0, ch + 1))
+        v0, last0, end0 = Signal(), Signal(), Signal()
+        ch0 = Signal.like(ch)
+        x0 = Signal(signed(8))
+        blane = keys.lanes(m, ch, adv)
+        with m.If(adv):
+            m.d.sync += v0.eq(self.i.valid)
+            with m.If(self.i.valid):
+                m.d.sync += [ch0.eq(ch), x0.eq(p.data[0]), last0.eq(p.last), end0.eq(p.end)]
+
+        # ---------------- P1: key
+        v1, last1, end1, first1 = Signal(), Signal(), Signal(), Signal()
+        key1 = Signal(kb)
+        idx1 = Signal(ib)
+        x1 = Signal(signed(8))
+        with m.If(adv):
+            m.d.sync += [v1.eq(v0), last1.eq(last0), end1.eq(end0), first1.eq(ch0 == 0),
+                         key1.eq(keys.ukey(x0, None if blane is None else blane[0])),
+                         idx1.eq(ch0), x1.eq(x0)]
+
+        # ---------------- cells: the best k so far, by key (desc), ties to the lower channel
+        rec_w = kb + ib + 8 + 1  # key, channel, value, valid
+        cells = [Signal(rec_w, name=f"cell_{i}") for i in range(k)]
+        valid = [c[rec_w - 1] & ~first1 for c in cells]  # a new position starts empty
+        # ge[i]: cell i keeps its place (it holds a lower channel, so it wins ties)
+        ge = [valid[i] & (cells[i][:kb] >= key1) for i in range(k)]
+        new = Cat(key1, idx1, x1, Const(1, 1))
+        inserted = []
+        for i in range(k):
+            below = Cat(cells[i - 1][:rec_w - 1], valid[i - 1]) if i else new
+            take_new = ~ge[i] & (ge[i - 1] if i else Const(1, 1))
+            inserted.append(Mux(ge[i], Cat(cells[i][:rec_w - 1], valid[i]),
+                                Mux(take_new, new, below)))
+
+        # ---------------- hold: the finished position's winners, emitted by channel
+        hold_v, hold_end = Signal(), Signal()
+        h_idx = [Signal(ib, name=f"h_idx_{i}") for i in range(k)]
+        h_x = [Signal(signed(8), name=f"h_x_{i}") for i in range(k)]
+        rem = Signal(k)  # non-zero winners not yet emitted
+        m.d.comb += adv.eq(~(v1 & last1 & hold_v))
+        with m.If(adv & v1):
+            m.d.sync += [cells[i].eq(inserted[i]) for i in range(k)]
+            with m.If(last1):
+                m.d.sync += [hold_v.eq(1), hold_end.eq(end1)]
+                for i in range(k):
+                    r = inserted[i]
+                    m.d.sync += [h_idx[i].eq(r[kb:kb + ib]), h_x[i].eq(r[kb + ib:kb + ib + 8])]
+                m.d.sync += rem.eq(Cat(*[r[rec_w - 1] & (r[kb + ib:kb + ib + 8] != 0)
+                                         for r in inserted]))
+
+        # The lowest remaining channel: a tournament over the k cells.
+        def lowest(items):  # items: (onehot, idx)
+            while len(items) > 1:
+                nxt = []
+                for a in range(0, len(items), 2):
+                    if a + 1 == len(items):
+                        nxt.append(items[a])
+                        continue
+                    (sa, ia, va), (sb, ib_, vb) = items[a], items[a + 1]
+                    pick_b = vb & (~va | (ib_ < ia))
+                    nxt.append((Mux(pick_b, sb, sa), Mux(pick_b, ib_, ia), va | vb))
+                items = nxt
+            return items[0]
+
+        sel, _, _ = lowest([(Const(1 << i, k), h_idx[i], rem[i]) for i in range(k)])
+        sel_idx = onehot((sel[i], h_idx[i]) for i in range(k))
+        sel_x = onehot((sel[i], h_x[i]) for i in range(k))
+        rem_next = Signal(k)
+        m.d.comb += rem_next.eq(rem & ~sel)
+
+        # ---------------- beat being filled, then the output register
+        b_ent = [Signal(ib + 8, name=f"b_ent_{r}") for r in range(R)]
+        b_cnt = Signal(range(R + 1))
+        o_v, o_last, o_end = Signal(), Signal(), Signal()
+        o_cnt = Signal(range(R + 1))
+        o_ent = [Signal(ib + 8, name=f"o_ent_{r}") for r in range(R)]
+        o_free = Signal()
+        m.d.comb += o_free.eq(~o_v | self.o.ready)
+        with m.If(self.o.ready):
+            m.d.sync += o_v.eq(0)
+        entry = Cat(sel_idx, sel_x)
+        done = Signal()
+        m.d.comb += done.eq(rem_next == 0)
+        with m.If(hold_v):
+            with m.If(rem == 0):  # no non-zero winner: one empty beat
+                with m.If(o_free):
+                    m.d.sync += [o_v.eq(1), o_cnt.eq(0), o_last.eq(1), o_end.eq(hold_end),
+                                 hold_v.eq(0)]
+                    m.d.sync += [o_ent[r].eq(0) for r in range(R)]
+            with m.Elif(done | (b_cnt == R - 1)):  # the entry completes a beat
+                with m.If(o_free):
+                    m.d.sync += [o_v.eq(1), o_cnt.eq(b_cnt + 1), o_last.eq(done),
+                                 o_end.eq(done & hold_end), b_cnt.eq(0), rem.eq(rem_next)]
+                    for r in range(R):
+                        m.d.sync += o_ent[r].eq(Mux(b_cnt > r, b_ent[r],
+                                                    Mux(b_cnt == r, entry, 0)))
+                    with m.If(done):
+                        m.d.sync += hold_v.eq(0)
+            with m.Else():
+                m.d.sync += [b_cnt.eq(b_cnt + 1), rem.eq(rem_next)]
+                for r in range(R):
+                    with m.If(b_cnt == r):
+                        m.d.sync += b_ent[r].eq(entry)
+        op = self.o.payload
+        m.d.comb += [self.o.valid.eq(o_v), op.count.eq(o_cnt), op.last.eq(o_last),
+                     op.end.eq(o_end)]
         for r in range(min(R, k)):
             m.d.comb += [op.entries[r].index.eq(o_ent[r][:ib]),
                          op.entries[r].value.eq(o_ent[r][ib:])]

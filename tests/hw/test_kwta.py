@@ -63,6 +63,12 @@ LOCAL_CASES = [  # C, k, D, R, boost
     (5, 1, 8, 8, None),  # k = 1, one beat per position (D > C)
     (9, 4, 3, 1, "wide"),  # 24-bit keys, one entry per beat
     (16, 7, 16, 3, "small"),  # one beat per position, several output beats
+    # D = 1: the serial unit (insertion into k cells)
+    (16, 4, 1, 1, "tie"),  # the digits shape on an iCE40
+    (9, 9, 1, 2, None),  # k = C
+    (7, 3, 1, 5, "wide"),  # R > k: one beat per position
+    (12, 5, 1, 2, "small"),  # several output beats per position
+    (1, 1, 1, 1, None),  # one channel
 ]
 
 
@@ -139,6 +145,25 @@ def test_local_throughput_one_position_per_beats():
     outs = np.array(res.cycles[0])
     assert set(np.diff(outs)) == {dut.cycles_per_position}
     assert outs[0] - ins[dut.beats - 1] == 9  # latency stated in the docstring
+
+
+@pytest.mark.parametrize("C, k, R", [(16, 4, 1), (64, 8, 8), (6, 6, 2)])
+def test_local_serial_one_element_per_cycle(C, k, R):
+    """D = 1: an element every cycle, no bubble between positions, emission overlapped."""
+    rng = np.random.default_rng(C + k)
+    dut = LocalKWTA(C, k, width=1, entries=R, boost=make_boost("small", C, rng))
+    positions = 12
+    x = rng.integers(-128, 128, (positions, C))
+    x[x == 0] = 1
+    want = local_expected(x, k, dut.boost, R)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, frame_beats(x, C, 1))],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    assert res.outputs[0] == want
+    assert dut.cycles_per_position == C
+    ins = np.array(res.input_cycles[0])
+    # k winners take k cycles to emit: they overlap the next position when k < C
+    gaps = np.diff(ins)
+    assert (gaps == 1).all() if k < C else gaps.max() <= 2
 
 
 @pytest.mark.parametrize("C, k, R, out_beats", [(8, 4, 8, 1), (6, 6, 2, 3)])

@@ -32,7 +32,8 @@ entries per sparse beat, ``nnz`` the non-zeros of a group, ``ceil`` implied):
 * max pool: ``C/D`` per input position; sparse max pool: ``C/D`` per input
   position (its densify's rate, without the boundary cycles of groups of
   several beats);
-* global k-WTA: ``digits * (W + 267)``, ``W`` its input beats per frame;
+* global k-WTA: ``digits * (W + 267)``, ``W`` its input beats per frame
+  (serial build, one element per beat: ``(kb + 2) * (N + 1) + 1``);
 * flatten: one cycle per input beat (sparse), none (dense).
 
 Known limit: the interval is the slowest stage's time only while stages
@@ -269,7 +270,7 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
         elif isinstance(c, kwta.LocalKWTA):
             cyc = np.full(n, g.shape[1] * -(-g.shape[2] // c.width))
         elif isinstance(c, kwta.GlobalKWTA):
-            cyc = np.full(n, c.digits * (c.words + 256 + c.SCAN_OVERHEAD))
+            cyc = np.full(n, c.cycles_per_frame)
             feed = ("groups", _groups(acts[i + 1]) != 0)
         elif isinstance(c, reshape.SparseFlatten):
             # beats in: one per non-empty input beat of each position, plus the closing one

@@ -609,6 +609,16 @@ class GlobalKWTA(wiring.Component):
     buffer half; writing waits for the histograms, i.e. for the scans (and
     refine passes) of frame ``f``.
 
+    With one element per beat (``D = 1``, the smallest parts) the unit is
+    built serially, without histograms: the frame is written into one half
+    of a double-buffered memory, then read ``kb`` times (the keys computed
+    as it is read) to find the threshold key bit by bit from the top (keep
+    bit ``b`` when at least ``k`` keys are ``>=`` the threshold with it
+    set), once more to count the keys above it (the quota of equal keys),
+    and once to emit.
+    ``(kb + 2) * (N + 1) + 1`` cycles per frame; the next frame is written
+    meanwhile.
+
     Throughput
     ----------
     With ``W = (N / G) * ceil(G / D)`` beats per frame, a frame takes
@@ -685,11 +695,20 @@ class GlobalKWTA(wiring.Component):
         })
 
     @property
+    def serial(self) -> bool:
+        """Built as the serial threshold search (one element per beat, ``D = 1``)."""
+        return self.width == 1
+
+    @property
     def cycles_per_frame(self) -> int:
         """Steady-state cycles per frame when emission is hidden (see Throughput)."""
+        if self.serial:  # kb search passes, the quota pass and the emission, N + 1 each
+            return (self.key_bits + 2) * (self.size + 1) + 1
         return self.digits * (self.words + 256 + self.SCAN_OVERHEAD)
 
     def elaborate(self, platform):
+        if self.serial:
+            return self._elaborate_serial()
         m = Module()
         N, k, G, D, R = self.size, self.k, self.group, self.width, self.entries
         BG, W, P = self.beats, self.words, self.digits
@@ -1049,4 +1068,153 @@ class GlobalKWTA(wiring.Component):
         for j in range(R):
             m.d.comb += [op.entries[j].index.eq(o_ent[j][:ib]),
                          op.entries[j].value.eq(o_ent[j][ib:])]
+        return m
+
+    def _elaborate_serial(self) -> Module:
+        """``D = 1``: bit-serial threshold search over a stored frame (see Algorithm)."""
+        m = Module()
+        N, k, G, R = self.size, self.k, self.group, self.entries
+        ib, kb = self.index_bits, self.key_bits
+        nb = bits(N)
+        cnt_bits = bits(N + 1)
+        keys = _Keys(self.boost, 1, G)
+        if keys.rom is not None:
+            m.submodules.boost_rom = keys.rom
+        m.submodules.frames = mem = Memory(shape=unsigned(8), depth=2 << nb, init=[])
+        wp = mem.write_port()
+        rp = mem.read_port()
+        full = Signal(2)  # a complete frame waits in that half
+        full_set = Signal(2)
+        full_clr = Signal(2)
+        m.d.sync += full.eq((full | full_set) & ~full_clr)
+
+        # ---------------- write: the values (keys are computed as the passes read them)
+        p = self.i.payload
+        wsel = Signal()  # the half being written
+        wa = Signal(range(max(N, 2)))
+        take = Signal()
+        m.d.comb += [self.i.ready.eq(~full.bit_select(wsel, 1)),
+                     take.eq(self.i.valid & self.i.ready),
+                     wp.addr.eq(Cat(wa, wsel)), wp.data.eq(p.data[0]), wp.en.eq(take)]
+        with m.If(take):
+            with m.If(wa == N - 1):
+                m.d.sync += [wa.eq(0), wsel.eq(~wsel)]
+                m.d.comb += full_set.bit_select(wsel, 1).eq(1)
+            with m.Else():
+                m.d.sync += wa.eq(wa + 1)
+
+        # ---------------- read passes over the half rsel
+        rsel = Signal()
+        busy = Signal()  # passes running on rsel
+        bi = Signal(range(max(kb, 2)))  # threshold bit of a search pass
+        kind = Signal(2)  # 0 search, 1 count above, 2 emit
+        thr = Signal(kb)
+        cand = Signal(kb)
+        m.d.comb += cand.eq(thr | (Const(1, kb) << bi))
+        count = Signal(cnt_bits)
+        quota = Signal(cnt_bits)
+        ra = Signal(range(max(N, 2)))
+        issued = Signal()  # every address of this pass has been read
+        d_v, d_last = Signal(), Signal()
+        go = Signal()  # the element in d is processed this cycle
+        advance = Signal()
+        m.d.comb += [advance.eq(~d_v | go), rp.addr.eq(Cat(ra, rsel)), rp.en.eq(advance)]
+        rg = Signal(range(max(G, 2)))  # element within its group of the address read
+        with m.If(~busy & full.bit_select(rsel, 1)):
+            m.d.sync += [busy.eq(1), kind.eq(0), bi.eq(kb - 1), thr.eq(0), count.eq(0),
+                         ra.eq(0), rg.eq(0), issued.eq(0)]
+        with m.If(advance):
+            m.d.sync += [d_v.eq(busy & ~issued), d_last.eq(ra == N - 1)]
+            with m.If(busy & ~issued):
+                m.d.sync += rg.eq(Mux(rg == G - 1, 0, rg + 1))
+                with m.If(ra == N - 1):
+                    m.d.sync += [ra.eq(0), issued.eq(1)]
+                with m.Else():
+                    m.d.sync += ra.eq(ra + 1)
+        # The boost is read with the value: the key is x * boost on every pass.
+        blane = keys.lanes(m, rg, advance)
+        x = rp.data.as_signed()
+        key = Signal(kb)
+        m.d.comb += key.eq(keys.ukey(x, None if blane is None else blane[0]))
+
+        # ---------------- search and quota passes
+        hit = Signal()
+        m.d.comb += hit.eq(Mux(kind == 0, key >= cand, key > thr))
+        total = Signal(cnt_bits)
+        m.d.comb += total.eq(count + hit)
+        eq_seen = Signal(cnt_bits)
+        gi = Signal(range(max(G, 2)))
+        with m.If(go & (kind != 2)):
+            m.d.sync += count.eq(total)
+            with m.If(d_last):  # the pass is over: decide, start the next one
+                m.d.sync += [count.eq(0), issued.eq(0)]
+                with m.If(kind == 0):
+                    with m.If(total >= k):
+                        m.d.sync += thr.eq(cand)
+                    with m.If(bi == 0):
+                        m.d.sync += kind.eq(1)
+                    with m.Else():
+                        m.d.sync += bi.eq(bi - 1)
+                with m.Else():
+                    m.d.sync += [quota.eq(k - total), kind.eq(2), eq_seen.eq(0), gi.eq(0)]
+
+        # ---------------- emission: winners in flat order, one group per input group
+        win = Signal()
+        m.d.comb += win.eq((key > thr) | ((key == thr) & (eq_seen < quota)))
+        has = Signal()
+        m.d.comb += has.eq(win & (x != 0))
+        gend = Signal()
+        m.d.comb += gend.eq(gi == G - 1)
+        # A full beat waits in b until the group shows another winner (then it goes
+        # out, not last) or ends (then it is the group's last beat): canonical packing.
+        b_ent = [Signal(ib + 8, name=f"b_ent_{r}") for r in range(R)]
+        b_cnt = Signal(range(R + 1))
+        flush, flush_end = Signal(), Signal()  # b holds a group's last beat, to send
+        o_v, o_last, o_end = Signal(), Signal(), Signal()
+        o_cnt = Signal(range(R + 1))
+        o_ent = [Signal(ib + 8, name=f"o_ent_{r}") for r in range(R)]
+        o_free = Signal()
+        m.d.comb += o_free.eq(~o_v | self.o.ready)
+        with m.If(self.o.ready):
+            m.d.sync += o_v.eq(0)
+        spill = Signal()  # a winner arrives while b is full
+        m.d.comb += spill.eq(has & (b_cnt == R))
+        complete = Signal()  # this element sends a beat
+        m.d.comb += complete.eq(gend | spill)
+        m.d.comb += go.eq(d_v & ((kind != 2) | (~flush & (~complete | o_free))))
+        entry = Cat(gi, x)
+
+        def send(n, ents, last, end):
+            m.d.sync += [o_v.eq(1), o_cnt.eq(n), o_last.eq(last), o_end.eq(end)]
+            m.d.sync += [o_ent[r].eq(e) for r, e in enumerate(ents)]
+
+        with m.If(flush & o_free):
+            send(b_cnt, [Mux(b_cnt > r, b_ent[r], 0) for r in range(R)], 1, flush_end)
+            m.d.sync += [b_cnt.eq(0), flush.eq(0)]
+        with m.If(go & (kind == 2)):
+            m.d.sync += [eq_seen.eq(eq_seen + (key == thr)),
+                         gi.eq(Mux(gend, 0, gi + 1))]
+            with m.If(spill):  # the full beat goes; the winner starts the next one
+                send(R, b_ent, 0, 0)
+                m.d.sync += [b_ent[0].eq(entry), b_cnt.eq(1)]
+                with m.If(gend):
+                    m.d.sync += [flush.eq(1), flush_end.eq(d_last)]
+            with m.Elif(gend):
+                send(b_cnt + has, [Mux(b_cnt > r, b_ent[r], Mux((b_cnt == r) & has, entry, 0))
+                                   for r in range(R)], 1, d_last)
+                m.d.sync += b_cnt.eq(0)
+            with m.Elif(has):
+                m.d.sync += b_cnt.eq(b_cnt + 1)
+                for r in range(R):
+                    with m.If(b_cnt == r):
+                        m.d.sync += b_ent[r].eq(entry)
+            with m.If(d_last):  # the frame is out: free its half
+                m.d.sync += [busy.eq(0), rsel.eq(~rsel)]
+                m.d.comb += full_clr.bit_select(rsel, 1).eq(1)
+        op = self.o.payload
+        m.d.comb += [self.o.valid.eq(o_v), op.count.eq(o_cnt), op.last.eq(o_last),
+                     op.end.eq(o_end)]
+        for r in range(min(R, k)):
+            m.d.comb += [op.entries[r].index.eq(o_ent[r][:ib]),
+                         op.entries[r].value.eq(o_ent[r][ib:])]
         return m

@@ -222,6 +222,11 @@ GLOBAL_CASES = [  # N, G, k, D, R, boost kind
     (30, 6, 1, 4, 3, "tie"),  # k = 1
     (40, 40, 13, 3, 8, None),  # R > D
     (24, 3, 5, 8, 2, "small"),  # groups shorter than a beat (G < D)
+    # D = 1: the serial threshold search
+    (128, 128, 16, 1, 1, "small"),  # the digits shape on an iCE40 (a vector)
+    (36, 4, 9, 1, 3, "tie"),  # 9 positions of 4 channels
+    (20, 20, 20, 1, 2, "wide"),  # k = N, 24-bit keys
+    (15, 5, 1, 1, 4, None),  # k = 1
 ]
 
 
@@ -231,6 +236,24 @@ def global_frames(rng, N, G):
     frames.append(np.where(np.arange(N) % 2, 20, 10))  # ties after the "tie" boost
     frames.append(np.where(np.arange(N) == N - 1, 100, rng.integers(-2, 3, N)))  # largest index
     return frames
+
+
+def test_global_serial_cycles_per_frame():
+    """D = 1: frames back to back at (kb + 2) * (N + 1) + 1 cycles, the next written meanwhile."""
+    rng = np.random.default_rng(4)
+    N, k = 40, 6
+    dut = GlobalKWTA(N, k, width=1, entries=8)
+    assert dut.serial and dut.cycles_per_frame == (8 + 2) * (N + 1) + 1
+    frames = [rng.integers(-128, 128, N) for _ in range(5)]
+    beats_in, want = [], []
+    for x in frames:
+        beats_in += frame_beats(x, N, 1)
+        want += global_expected(x, k, None, N, 8)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    assert res.outputs[0] == want
+    ends = np.diff(res.cycles[0][1:])  # one beat per frame (6 winners, R = 8)
+    assert set(ends.tolist()) == {dut.cycles_per_frame}
 
 
 @pytest.mark.parametrize("N, G, k, D, R, boost_kind", GLOBAL_CASES)

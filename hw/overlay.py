@@ -389,8 +389,10 @@ class OverlayEngine(wiring.Component):
         # and bank-address paths (ECP5: 5.6 ns DOA, the critical path without it).
         b_valid = Signal()
         b_live = [Signal(name=f"b_live_{r}") for r in range(R)]
-        b_value = [Signal(signed(8), name=f"b_value_{r}") for r in range(R)]
-        b_data = [Signal(P * slot_bits, name=f"b_data_{r}") for r in range(R)]
+        # Datapath registers without reset (the valid flags carry it): synthesis can
+        # fold them into the DSP blocks' input and output registers.
+        b_value = [Signal(signed(8), name=f"b_value_{r}", reset_less=True) for r in range(R)]
+        b_data = [Signal(P * slot_bits, name=f"b_data_{r}", reset_less=True) for r in range(R)]
         b_pass = Signal(pass_bits)
         b_buf = Signal()
         b_group = Signal()
@@ -407,7 +409,8 @@ class OverlayEngine(wiring.Component):
         c_addr = [[Signal(range(bank_depth), name=f"c_addr_{r}_{k}") for k in range(P)]
                   for r in range(R)]
         b_addrs = [[None] * P for _ in range(R)]
-        c_prod = [[Signal(signed(16), name=f"c_prod_{r}_{k}") for k in range(P)] for r in range(R)]
+        c_prod = [[Signal(signed(16), name=f"c_prod_{r}_{k}", reset_less=True) for k in range(P)]
+                  for r in range(R)]
         c_live = [Signal(name=f"c_live_{r}") for r in range(R)]
         for r in range(R):
             m.d.sync += c_live[r].eq(b_valid & b_live[r])

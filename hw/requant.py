@@ -271,8 +271,11 @@ class Requantizer(wiring.Component):
             """Registered per-lane fields of one stage plus valid/last/end."""
             regs = {"valid": Signal(name=f"{name}_valid"), "last": Signal(name=f"{name}_last"),
                     "end": Signal(name=f"{name}_end")}
+            # Data fields without reset (valid carries it): synthesis can fold them into
+            # the DSP blocks' registers.
             for f, shape in fields.items():
-                regs[f] = [Signal(shape, name=f"{name}_{f}{d}") for d in range(D)]
+                regs[f] = [Signal(shape, name=f"{name}_{f}{d}", reset_less=True)
+                           for d in range(D)]
             return regs
 
         def advance(dst, src, **values):

@@ -204,7 +204,8 @@ def _weight_kbit(rows: list[dict]) -> float:
 
 def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: bool,
                 outdir: Path, progress: Callable[[str], None],
-                engine_budget: int | None = None) -> tuple[dict, list]:
+                engine_budget: int | None = None,
+                pnr_minutes: float | None = None) -> tuple[dict, list, object]:
     from cosparse.sim import golden
     from cosparse.sim.netsim import simulate_network
 
@@ -262,14 +263,16 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
     job = None
     if row["fits"] and pnr:
         job = partial(_place_and_route, row, net, sample,
-                      {"folding": folding.to_dict()["layers"]}, board, outdir, progress)
+                      {"folding": folding.to_dict()["layers"]}, board, outdir, progress,
+                      pnr_minutes)
     return row, stage_rows, job
 
 
 def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dict, board,
-                     outdir: Path, progress: Callable[[str], None]) -> None:
+                     outdir: Path, progress: Callable[[str], None],
+                     pnr_minutes: float | None) -> None:
     """Compile ``net`` for the board with the bench's folds; yosys + nextpnr; fill ``row``."""
-    from .bitstream import BitstreamError, build_bitstream
+    from .bitstream import PlaceRouteTimeout, build_bitstream
     from .build import compile_network
 
     mode = row["mode"]
@@ -278,11 +281,20 @@ def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dic
         shutil.rmtree(build)
     progress(f"{mode}: compiling for {board.name} and running yosys + nextpnr")
     t1 = time.perf_counter()
+    rep = None
     try:
         compile_network(net, sample, board=board.name, outdir=build, mode=mode, config=config,
                         progress=lambda s: progress(f"{mode}: {s}"))
-        rep = build_bitstream(build, progress=lambda s: progress(f"{mode}: {s}"))
+        rep = build_bitstream(build, progress=lambda s: progress(f"{mode}: {s}"),
+                              pnr_minutes=pnr_minutes)
         row["place_and_route"] = "built"
+    except PlaceRouteTimeout as e:  # the figures nextpnr had reached
+        f = e.figures
+        row.update({k: f.get(k) for k in ("luts", "ffs", "dsps", "brams")})
+        row["fmax_mhz"] = f.get("fmax_mhz_after_placement")
+        row["fmax_source"] = ("nextpnr's estimate after placement (routing stopped)"
+                              if f.get("placed") else None)
+        row["place_and_route"] = f"stopped: {e}"
     except CosparseError as e:  # misses timing (figures kept) or does not fit
         rep = _report_of_failed_build(build)
         row["place_and_route"] = f"failed: {e}"
@@ -290,14 +302,20 @@ def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dic
     if rep:
         row.update({k: rep.get(k) for k in ("fmax_mhz", "luts", "ffs", "dsps", "brams",
                                              "timing_met")})
-        row["inferences_per_s"] = round(row["fmax_mhz"] * 1e6 / row["interval_cycles"])
-    else:
+        row["fmax_source"] = "nextpnr, routed"
+    elif "luts" not in row or row["luts"] is None:
         row["fits"] = False
+    if row.get("fmax_mhz"):
+        row["inferences_per_s"] = round(row["fmax_mhz"] * 1e6 / row["interval_cycles"])
 
 
 def _report_of_failed_build(build: Path) -> dict | None:
     p = build / "bitstream.json"
     return json.loads(p.read_text()) if p.exists() else None
+
+
+def _mark(m: dict) -> str:
+    return "*" if (m.get("fmax_source") or "").startswith("nextpnr's estimate") else ""
 
 
 def _markdown(res: dict) -> str:
@@ -313,10 +331,14 @@ def _markdown(res: dict) -> str:
     for m in modes:
         lines.append(f"| {m['mode']} | {m['interval_cycles']:,.0f} | {m['latency_cycles']:,} | "
                      f"{m['multipliers']} | {m['mac_utilization']:.3f} | "
-                     f"{cell(m['fmax_mhz'], '{:.1f}')} | {cell(m['inferences_per_s'])} | "
+                     f"{cell(m['fmax_mhz'], '{:.1f}')}{_mark(m)} | "
+                     f"{cell(m['inferences_per_s'])}{_mark(m)} | "
                      f"{cell(m['luts'])} | {cell(m['ffs'])} | {cell(m['dsps'])} | "
                      f"{cell(m['brams'])} | {'yes' if m['fits'] else 'no'} |")
     ort = res["onnxruntime_cpu"]
+    if any(_mark(m) for m in modes):
+        lines += ["", "\\* nextpnr's Fmax estimate after placement: routing was stopped at "
+                  "the time limit (see `place_and_route` in bench.json)."]
     lines += ["", f"ONNX Runtime {ort['onnxruntime']} on this CPU ({ort['threads']} cores), "
               f"float model: {ort['batch_1']:,.0f} inferences/s at batch 1, "
               f"{ort['best']:,.0f} at batch {ort['best_batch']}.", ""]
@@ -373,7 +395,7 @@ def _plot(res: dict, stages: dict[str, list], path: Path) -> None:
 
 def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f",
               count: int = 32, seed: int = 0, reduced: bool = False,
-              pnr_modes=("sparse-weights", "sparse-sparse"),
+              pnr_modes=("sparse-weights", "sparse-sparse"), pnr_minutes: float | None = 25,
               progress: Callable[[str], None] = print) -> dict:
     """Run the benchmark (see the module doc); returns what ``bench.json`` holds."""
     from . import zoo
@@ -403,7 +425,7 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
                   if mode == "dense" and "sparse-sparse" in rows else None)
         row, st, job = _bench_mode(mode, board=b, count=count, seed=seed, reduced=reduced,
                                    pnr=mode in pnr_modes, outdir=out, progress=progress,
-                                   engine_budget=budget)
+                                   engine_budget=budget, pnr_minutes=pnr_minutes)
         if job is not None:
             jobs.append(job)
         row["folded_for"] = ("the board's DSPs" if budget is None

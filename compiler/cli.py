@@ -219,8 +219,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     modes = MODES if args.mode == "all" else tuple(args.mode.split(","))
     pnr = () if args.no_pnr else tuple(m for m in modes if m != "dense" or args.dense_pnr)
+    if args.pnr_minutes <= 0:
+        raise CosparseError(f"--pnr-minutes must be positive, got {args.pnr_minutes:g}")
     run_bench(args.outdir, modes=modes, board=args.board, count=args.count, seed=args.seed,
-              reduced=args.reduced, pnr_modes=pnr)
+              reduced=args.reduced, pnr_modes=pnr, pnr_minutes=args.pnr_minutes)
     return 0
 
 
@@ -269,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--reduced", action="store_true",
                     help="the reduced gsc-cs network (20x20 input, 16 channels; quick)")
     be.add_argument("--no-pnr", action="store_true", help="skip yosys + nextpnr (no Fmax)")
+    be.add_argument("--pnr-minutes", type=float, default=25,
+                    help="stop each nextpnr run after this long and report what it reached "
+                         "(utilisation, Fmax estimated after placement; default 25)")
     be.add_argument("--dense-pnr", action="store_true",
                     help="also place and route the dense build when it fits the part")
     be.set_defaults(func=_cmd_bench)

@@ -18,19 +18,31 @@ import random
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import ReadOnly, RisingEdge, with_timeout
 
 __all__ = ["StreamDriver", "StreamMonitor", "run_streams"]
 
 
-class _Cycles:
-    def __init__(self, clk):
-        self.clk, self.now = clk, 0
+PERIOD_NS = 10
 
-    async def run(self):
-        while True:
-            await RisingEdge(self.clk)
-            self.now += 1
+
+class _Cycles:
+    """Rising edges since the end of reset, read off the simulation time.
+
+    No coroutine wakes on every edge to count them: the idle parts of a long
+    run cost the Python side nothing.
+    """
+
+    def __init__(self, clk):
+        self.clk, self.t0 = clk, None
+
+    def start(self) -> None:
+        self.t0 = get_sim_time("ns")
+
+    @property
+    def now(self) -> int:
+        return int(get_sim_time("ns") - self.t0) // PERIOD_NS
 
 
 def _bind(obj, dut, prefix: str, clk, cycles: _Cycles, rng: random.Random, stall: float) -> None:
@@ -65,9 +77,11 @@ class StreamDriver:
             while True:
                 await ReadOnly()
                 taken = bool(self.ready.value)
-                await RisingEdge(self.clk)
                 if taken:
+                    await RisingEdge(self.clk)
                     break
+                # Sleep until ready rises (it settles before the read-only phase).
+                await RisingEdge(self.ready)
             self.accepted.append(self.cycles.now)
         self.valid.value = 0
 
@@ -89,6 +103,9 @@ class StreamMonitor:
             if ready and self.valid.value:
                 self.beats.append(hex(self.payload.value.to_unsigned()))
                 self.at.append(self.cycles.now)
+            elif ready and not self.stall:
+                await RisingEdge(self.valid)  # nothing to take: sleep until valid rises
+                continue
             await RisingEdge(self.clk)
         self.ready.value = 0
 
@@ -108,17 +125,21 @@ async def run_streams(dut):
     for _ in range(2):
         await RisingEdge(clk)
     dut.rst.value = 0
-    cocotb.start_soon(cycles.run())
+    cycles.start()
     for d, p in zip(drivers, spec["inputs"]):
         cocotb.start_soon(d.send([int(b, 16) for b in p["beats"]]))
     waits = [cocotb.start_soon(m.receive(p["count"])) for m, p in zip(monitors, spec["outputs"])]
     deadline = spec["max_cycles"]
     for w in waits:
-        while not w.done():
-            await RisingEdge(clk)
-            assert cycles.now < deadline, (
+        left = deadline - cycles.now
+        try:
+            assert left > 0
+            await with_timeout(w, left * PERIOD_NS, "ns")
+        except (AssertionError, cocotb.triggers.SimTimeoutError):
+            raise AssertionError(
                 f"timeout after {deadline} cycles: got "
-                + ", ".join(f"{len(m.beats)}/{p['count']}" for m, p in zip(monitors, spec["outputs"])))
+                + ", ".join(f"{len(m.beats)}/{p['count']}"
+                            for m, p in zip(monitors, spec["outputs"]))) from None
     result = {"outputs": [{"port": p["port"], "beats": m.beats, "cycles": m.at}
                           for m, p in zip(monitors, spec["outputs"])],
               "inputs": [{"port": p["port"], "cycles": d.accepted}

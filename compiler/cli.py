@@ -218,7 +218,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import MODES, run_bench
 
     modes = MODES if args.mode == "all" else tuple(args.mode.split(","))
-    pnr = () if args.no_pnr else tuple(m for m in modes if m != "dense" or args.dense_pnr)
+    pnr = () if args.no_pnr else tuple(
+        m for m in (modes if args.pnr_modes is None else args.pnr_modes.split(","))
+        if m in modes and (m != "dense" or args.dense_pnr))
     if args.pnr_minutes <= 0:
         raise CosparseError(f"--pnr-minutes must be positive, got {args.pnr_minutes:g}")
     run_bench(args.outdir, modes=modes, board=args.board, count=args.count, seed=args.seed,
@@ -271,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--reduced", action="store_true",
                     help="the reduced gsc-cs network (20x20 input, 16 channels; quick)")
     be.add_argument("--no-pnr", action="store_true", help="skip yosys + nextpnr (no Fmax)")
+    be.add_argument("--pnr-modes", metavar="MODES",
+                    help="comma-separated modes to place and route (default: every mode run "
+                         "but dense)")
     be.add_argument("--pnr-minutes", type=float, default=25,
                     help="stop each nextpnr run after this long and report what it reached "
                          "(utilisation, Fmax estimated after placement; default 25)")

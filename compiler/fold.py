@@ -123,6 +123,7 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         folding.dense_window = False
         folding.dsp_width = 16
         folding.frame_fifos = False
+        folding.compact = True
         return folding
     by_name = {layer.name: layer for layer in overlay}
     for _ in range(max_steps):

@@ -609,8 +609,9 @@ class GlobalKWTA(wiring.Component):
     buffer half; writing waits for the histograms, i.e. for the scans (and
     refine passes) of frame ``f``.
 
-    With one element per beat (``D = 1``, the smallest parts) the unit is
-    built serially, without histograms: the frame is written into one half
+    With ``serial=True`` (one element per beat, ``D = 1``; for the smallest
+    parts, where area counts more than speed) the unit is built without
+    histograms: the frame is written into one half
     of a double-buffered memory, then read ``kb`` times (the keys computed
     as it is read) to find the threshold key bit by bit from the top (keep
     bit ``b`` when at least ``k`` keys are ``>=`` the threshold with it
@@ -654,6 +655,8 @@ class GlobalKWTA(wiring.Component):
     boost : sequence of int, optional
         ``G`` integers from 1 to 65535: one per unit of a vector, one per
         channel of a map.
+    serial : bool
+        The small, slow build (see Algorithm); needs ``width`` 1.
 
     Members
     -------
@@ -670,7 +673,7 @@ class GlobalKWTA(wiring.Component):
     SCAN_OVERHEAD = 11  # cycles of pipeline and hand-off around each scan
 
     def __init__(self, size: int, k: int, *, group: int | None = None, width: int = 8,
-                 entries: int = 8, boost=None):
+                 entries: int = 8, boost=None, serial: bool = False):
         check_int("size", size, 1)
         check_int("k", k, 1, size)
         group = size if group is None else group
@@ -680,6 +683,9 @@ class GlobalKWTA(wiring.Component):
         check_int("width (D)", width, 1)
         check_int("entries (R)", entries, 1, 64)
         self.size, self.k, self.group, self.width, self.entries = size, k, group, width, entries
+        if serial and width != 1:
+            raise ValueError(f"serial needs width (D) 1, got {width!r}")
+        self._serial = bool(serial)
         self.boost = _check_boost(boost, group, "unit or channel")
         self.positions = size // group
         self.beats = -(-group // width)  # beats per group
@@ -696,8 +702,8 @@ class GlobalKWTA(wiring.Component):
 
     @property
     def serial(self) -> bool:
-        """Built as the serial threshold search (one element per beat, ``D = 1``)."""
-        return self.width == 1
+        """Built as the serial threshold search (``serial=True``, one element per beat)."""
+        return self._serial
 
     @property
     def cycles_per_frame(self) -> int:

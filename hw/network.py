@@ -110,6 +110,9 @@ class Folding:
     #: One-frame FIFOs around each global k-WTA (so no stage waits on another); off
     #: for the smallest parts, where their block RAM is needed more than the overlap.
     frame_fifos: bool = True
+    #: Area before speed where a unit offers both (the serial global k-WTA): the
+    #: smallest parts.
+    compact: bool = False
 
     def of(self, name: str) -> LayerFold:
         return self.layers.get(name, LayerFold())
@@ -118,6 +121,7 @@ class Folding:
         return {"input_width": self.input_width, "default_width": self.default_width,
                 "default_entries": self.default_entries, "dense_window": self.dense_window,
                 "dsp_width": self.dsp_width, "frame_fifos": self.frame_fifos,
+                "compact": self.compact,
                 "layers": {n: {"entries": f.entries, "lanes_per_beat": f.lanes_per_beat,
                                "width": f.width} for n, f in self.layers.items()}}
 
@@ -128,7 +132,7 @@ class Folding:
                     for n, f in d.get("layers", {}).items()},
                    int(d.get("default_width", 8)), int(d.get("default_entries", 8)),
                    bool(d.get("dense_window", True)), int(d.get("dsp_width", 18)),
-                   bool(d.get("frame_fifos", True)))
+                   bool(d.get("frame_fifos", True)), bool(d.get("compact", False)))
 
 
 @dataclass
@@ -321,7 +325,8 @@ class NetworkCore(wiring.Component):
                             add(layer.name, StreamFIFO(dense_layout(width),
                                                        depth=groups * -(-g // width) + 2))
                         gk = add(layer.name, GlobalKWTA(groups * g, layer.k, group=g,
-                                                        width=width, entries=r_out, boost=boost))
+                                                        width=width, entries=r_out, boost=boost,
+                                                        serial=folding.compact and width == 1))
                         # Room for a whole frame's winners: the unit never waits for a
                         # slower consumer, so it can take the next frame (see StreamFIFO).
                         if folding.frame_fifos:

@@ -238,11 +238,27 @@ def global_frames(rng, N, G):
     return frames
 
 
+def test_global_one_element_per_beat_histogram_build():
+    """D = 1 without serial=True: the histogram build (fast parts), same results."""
+    rng = np.random.default_rng(6)
+    N, k = 50, 7
+    boost = make_boost("small", N, rng)
+    dut = GlobalKWTA(N, k, width=1, entries=2, boost=boost)
+    assert not dut.serial and dut.cycles_per_frame == dut.digits * (N + 267)
+    beats_in, want = [], []
+    for x in global_frames(rng, N, N):
+        beats_in += frame_beats(x, N, 1)
+        want += global_expected(x, k, boost, N, 2)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=2)
+    assert res.outputs[0] == want
+
+
 def test_global_serial_cycles_per_frame():
     """D = 1: frames back to back at (kb + 2) * (N + 1) + 1 cycles, the next written meanwhile."""
     rng = np.random.default_rng(4)
     N, k = 40, 6
-    dut = GlobalKWTA(N, k, width=1, entries=8)
+    dut = GlobalKWTA(N, k, width=1, entries=8, serial=True)
     assert dut.serial and dut.cycles_per_frame == (8 + 2) * (N + 1) + 1
     frames = [rng.integers(-128, 128, N) for _ in range(5)]
     beats_in, want = [], []
@@ -260,7 +276,7 @@ def test_global_serial_cycles_per_frame():
 def test_global_matches_golden_under_stalls(N, G, k, D, R, boost_kind):
     rng = np.random.default_rng(N + k)
     boost = make_boost(boost_kind, G, rng)
-    dut = GlobalKWTA(N, k, group=G, width=D, entries=R, boost=boost)
+    dut = GlobalKWTA(N, k, group=G, width=D, entries=R, boost=boost, serial=D == 1)
     assert dut.digits == -(-key_bits(dut.boost) // 8)
     beats_in, want = [], []
     for x in global_frames(rng, N, G):  # back to back

@@ -18,7 +18,8 @@ and a heartbeat on the next LED when the board has one.
 import numpy as np
 
 from amaranth.hdl import ClockDomain, Const, Elaboratable, Instance, Module, Signal
-from amaranth.lib import wiring
+from amaranth.build import ResourceError
+from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
@@ -214,7 +215,8 @@ class BoardTop(Elaboratable):
         m.domains.sync = cd_sync = ClockDomain("sync")
         locked = Signal()
         if b.clock_mhz == b.osc_mhz:
-            clk = platform.request(platform.default_clk)
+            m.submodules.clk_buf = clk = io.Buffer(
+                "i", platform.request(platform.default_clk, dir="-"))
             m.d.comb += [cd_sync.clk.eq(clk.i), locked.eq(1)]
         elif b.family == "ice40":
             p = ice40_pll(b.osc_mhz, b.clock_mhz)
@@ -226,7 +228,8 @@ class BoardTop(Elaboratable):
                 o_PLLOUTGLOBAL=cd_sync.clk, o_LOCK=locked)
         else:  # ecp5
             p = ecp5_pll(b.osc_mhz, b.clock_mhz)
-            clk = platform.request(platform.default_clk)
+            m.submodules.clk_buf = clk = io.Buffer(
+                "i", platform.request(platform.default_clk, dir="-"))
             m.submodules.pll = Instance(
                 "EHXPLLL",
                 a_FREQUENCY_PIN_CLKI=f"{b.osc_mhz:g}", a_FREQUENCY_PIN_CLKOP=f"{p['fout_mhz']:g}",
@@ -245,18 +248,24 @@ class BoardTop(Elaboratable):
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
 
         m.submodules.link = link = self.link
-        uart = platform.request("uart", 0)
-        m.d.comb += [link.rx.eq(uart.rx.i), uart.tx.o.eq(link.tx)]
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx_buf = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx_buf = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [link.rx.eq(rx.i), tx.o.eq(link.tx)]
 
-        leds = []
+        ports = []
         for i in range(8):
             try:
-                leds.append(platform.request("led", i))
-            except Exception:  # noqa: BLE001 - fewer LEDs on this board
+                ports.append(platform.request("led", i, dir="-"))
+            except ResourceError:  # fewer LEDs on this board
                 break
-        if not leds:  # OrangeCrab: the RGB LED
-            rgb = platform.request("rgb_led", 0)
-            leds = [rgb.g, rgb.b, rgb.r]
+        if not ports:  # OrangeCrab: the RGB LED
+            rgb = platform.request("rgb_led", 0, dir="-")
+            ports = [rgb.g, rgb.b, rgb.r]
+        leds = []
+        for i, port in enumerate(ports):
+            m.submodules[f"led_buf{i}"] = buf = io.Buffer("o", port)
+            leds.append(buf)
         for i, led in enumerate(leds[:4]):
             m.d.comb += led.o.eq(link.leds[i])
         if len(leds) > 4:

@@ -219,8 +219,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     modes = MODES if args.mode == "all" else tuple(args.mode.split(","))
     pnr = () if args.no_pnr else tuple(
-        m for m in (modes if args.pnr_modes is None else args.pnr_modes.split(","))
-        if m in modes and (m != "dense" or args.dense_pnr))
+        m for m in args.pnr_modes.split(",") if m in modes and (m != "dense" or args.dense_pnr))
     if args.pnr_minutes <= 0:
         raise CosparseError(f"--pnr-minutes must be positive, got {args.pnr_minutes:g}")
     run_bench(args.outdir, modes=modes, board=args.board, count=args.count, seed=args.seed,
@@ -273,12 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--reduced", action="store_true",
                     help="the reduced gsc-cs network (20x20 input, 16 channels; quick)")
     be.add_argument("--no-pnr", action="store_true", help="skip yosys + nextpnr (no Fmax)")
-    be.add_argument("--pnr-modes", metavar="MODES",
-                    help="comma-separated modes to place and route (default: every mode run "
-                         "but dense)")
-    be.add_argument("--pnr-minutes", type=float, default=25,
+    be.add_argument("--pnr-modes", metavar="MODES", default="sparse-sparse",
+                    help="comma-separated modes to place and route (default sparse-sparse; "
+                         "each nextpnr takes a core for up to --pnr-minutes)")
+    be.add_argument("--pnr-minutes", type=float, default=20,
                     help="stop each nextpnr run after this long and report what it reached "
-                         "(utilisation, Fmax estimated after placement; default 25)")
+                         "(utilisation, Fmax estimated after placement; default 20)")
     be.add_argument("--dense-pnr", action="store_true",
                     help="also place and route the dense build when it fits the part")
     be.set_defaults(func=_cmd_bench)

@@ -98,3 +98,35 @@ def test_patch_refuses_a_change_of_logic(built, capsys):
     err = capsys.readouterr().err
     assert "change the hardware" in err and "rebuild" in err
     assert (out / f"{TOP_NAME}.bin").read_bytes() == before
+
+
+def test_place_and_route_time_limit_stops_the_tool_and_keeps_its_figures(tmp_path):
+    """A nextpnr run past its time limit is stopped; the log's figures are what it reached."""
+    import os
+    import time
+
+    from cosparse.compiler.bitstream import PlaceRouteTimeout, _run_step, nextpnr_log_figures
+
+    log = tmp_path / "top.tim"
+    log.write_text(
+        "Info: Device utilisation:\n"
+        "Info: \t              DP16KD:     124/    208    59%\n"
+        "Info: \t          MULT18X18D:     136/    156    87%\n"
+        "Info: \t          TRELLIS_FF:   25230/  83640    30%\n"
+        "Info: \t        TRELLIS_COMB:   74341/  83640    88%\n"
+        "Info: Max frequency for clock '$glbnet$clk': 36.44 MHz (FAIL at 100.00 MHz)\n"
+        "Info: Routing..\n")
+    t0 = time.monotonic()
+    pidfile = tmp_path / "pid"
+    with pytest.raises(PlaceRouteTimeout, match="did not finish in"):
+        _run_step("place and route (test)", f"echo $$ > {pidfile}; exec sleep 60", tmp_path,
+                  dict(os.environ), log, lambda s: None, limit=1.0)
+    assert time.monotonic() - t0 < 10
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):  # stopped, not left running
+        os.kill(pid, 0)
+    fig = nextpnr_log_figures(log, "ecp5")
+    assert fig == {"luts": 74341, "ffs": 25230, "dsps": 136, "brams": 124,
+                   "luts_available": 83640, "ffs_available": 83640, "dsps_available": 156,
+                   "brams_available": 208, "fmax_mhz_after_placement": 36.44, "placed": True}
+    assert nextpnr_log_figures(tmp_path / "missing.tim", "ice40")["fmax_mhz_after_placement"] is None

@@ -316,7 +316,10 @@ class OverlayEngine(wiring.Component):
 
         # ---------------- A1: sequencer over (row beat, pass)
         a1_active = Signal()
-        cur_start = [Signal(word_bits, name=f"cur_start_{r}") for r in range(R)]
+        # Weight-memory address of each entry's next op: (start + beat) * passes + pss,
+        # kept as a counter (one step per op) so no adder or multiplier sits in front
+        # of the memory.
+        waddr = [Signal(range(max(wdepth, 2)), name=f"waddr_{r}") for r in range(R)]
         cur_nbeats = [Signal(beat_bits, name=f"cur_nbeats_{r}") for r in range(R)]
         cur_value = [Signal(signed(8), name=f"cur_value_{r}") for r in range(R)]
         cur_maxb = Signal(beat_bits)
@@ -341,11 +344,12 @@ class OverlayEngine(wiring.Component):
             m.d.sync += [a1_active.eq(1), cur_maxb.eq(a0_maxb), cur_last.eq(a0.last),
                          cur_end.eq(a0.end), beat.eq(0), pss.eq(0)]
             for r in range(R):
-                m.d.sync += [cur_start[r].eq(a0_start[r]), cur_nbeats[r].eq(a0_nbeats[r]),
+                m.d.sync += [waddr[r].eq(a0_start[r] * passes), cur_nbeats[r].eq(a0_nbeats[r]),
                              cur_value[r].eq(a0.entries[r].value)]
         with m.Elif(final_op):
             m.d.sync += a1_active.eq(0)
         with m.Elif(issue):
+            m.d.sync += [waddr[r].eq(waddr[r] + 1) for r in range(R)]
             with m.If(pss == passes - 1):
                 m.d.sync += [pss.eq(0), beat.eq(beat + 1)]
             with m.Else():
@@ -363,13 +367,11 @@ class OverlayEngine(wiring.Component):
         m.d.sync += full.eq(full_next)
 
         for r in range(R):
-            m.d.comb += [wports[r].addr.eq((cur_start[r] + beat) * passes + pss),
-                         wports[r].en.eq(issue)]
+            m.d.comb += [wports[r].addr.eq(waddr[r]), wports[r].en.eq(issue)]
         if self.spram:
             # Single-port: one address for reads and loader writes (the core is idle
             # while the host loads).
-            m.d.comb += wports[0].addr.eq(Mux(wload.en, wload.addr,
-                                              (cur_start[0] + beat) * passes + pss))
+            m.d.comb += wports[0].addr.eq(Mux(wload.en, wload.addr, waddr[0]))
 
         # ---------------- W: the weight words arrive (memory output, not yet registered)
         w_valid = Signal()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from cosparse.hw.network import Folding, LayerFold
+from cosparse.hw.requant import dsps_per_lane
 
 from . import ir
 from .errors import CosparseError
@@ -61,9 +62,9 @@ def dsp_blocks(net: ir.Network, folding: Folding) -> int:
                 continue
             f = folding.of(layer.name)
             lanes = f.lanes_per_beat or layer.overlays.lanes
-            sum_bits = layer.accumulator_bits() + 1
-            hi_bits = sum_bits - (folding.dsp_width - 1)
-            total += lanes * (2 if sum_bits > folding.dsp_width and hi_bits > 6 else 1)
+            bias = [int(v) for v in layer.bias] or [0]
+            total += lanes * dsps_per_lane(layer.accumulator_bits(), min(bias), max(bias),
+                                           folding.dsp_width)
         elif isinstance(layer, (ir.LocalKWTA, ir.GlobalKWTA)) and layer.boost is not None:
             total += folding.of(layer.name).width or folding.default_width
     return total

@@ -8,7 +8,7 @@ from operator import or_
 from amaranth.hdl import Const, Module, Mux, Shape, Signal, Value
 from amaranth.utils import ceil_log2
 
-__all__ = ["bits", "check_int", "onehot", "popcount", "skid_output", "lut_mul"]
+__all__ = ["bits", "check_int", "onehot", "popcount", "skid_output", "lut_mul", "const_mul"]
 
 
 def bits(n: int) -> int:
@@ -86,4 +86,19 @@ def lut_mul(a: Value, b: Value) -> Value:
             acc = (0 - term) if acc is None else acc - term
         else:
             acc = term if acc is None else acc + term
+    return acc
+
+
+def const_mul(a: Value, c: int) -> Value:
+    """``a * c`` for unsigned ``a`` and a constant ``c >= 0``, as shifted adds.
+
+    Synthesis maps a wide product by a constant to a DSP block; an address
+    times a small constant is a few adders.
+    """
+    terms = [a.as_unsigned() << i for i in range(c.bit_length()) if c >> i & 1]
+    if not terms:
+        return Const(0, 1)
+    acc = terms[0]
+    for t in terms[1:]:
+        acc = acc + t
     return acc

@@ -63,7 +63,7 @@ from amaranth.lib.wiring import In, Out
 
 from cosparse.compiler.ir import Overlays
 
-from ._util import bits
+from ._util import bits, const_mul
 from .hostlink import LoadPort
 from .streams import dense_layout, sparse_layout
 
@@ -344,7 +344,8 @@ class OverlayEngine(wiring.Component):
             m.d.sync += [a1_active.eq(1), cur_maxb.eq(a0_maxb), cur_last.eq(a0.last),
                          cur_end.eq(a0.end), beat.eq(0), pss.eq(0)]
             for r in range(R):
-                m.d.sync += [waddr[r].eq(a0_start[r] * passes), cur_nbeats[r].eq(a0_nbeats[r]),
+                m.d.sync += [waddr[r].eq(const_mul(a0_start[r], passes)),
+                             cur_nbeats[r].eq(a0_nbeats[r]),
                              cur_value[r].eq(a0.entries[r].value)]
         with m.Elif(final_op):
             m.d.sync += a1_active.eq(0)

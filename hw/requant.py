@@ -29,7 +29,8 @@ from ._util import lut_mul, check_int, skid_output
 from .hostlink import LoadPort
 from .streams import dense_layout
 
-__all__ = ["Requantizer", "BiasAdd", "MAX_MULTIPLIER", "MAX_SHIFT", "MAX_ACC_BITS"]
+__all__ = ["Requantizer", "BiasAdd", "MAX_MULTIPLIER", "MAX_SHIFT", "MAX_ACC_BITS", "sum_bits",
+           "dsps_per_lane"]
 
 MAX_MULTIPLIER = (1 << 16) - 1
 MAX_SHIFT = 62
@@ -55,6 +56,19 @@ def _sbits(lo: int, hi: int) -> int:
     """Signed width holding every integer in ``[lo, hi]``."""
     return max(1, max(lo.bit_length(), (-lo - 1).bit_length() if lo < 0 else 0,
                       hi.bit_length()) + 1)
+
+
+def sum_bits(acc_bits: int, bias_min: int, bias_max: int) -> int:
+    """Signed width of ``acc + bias`` for ``acc_bits``-bit accumulators."""
+    return _sbits(-(1 << (acc_bits - 1)) + min(bias_min, 0),
+                  (1 << (acc_bits - 1)) - 1 + max(bias_max, 0))
+
+
+def dsps_per_lane(acc_bits: int, bias_min: int, bias_max: int, dsp_width: int) -> int:
+    """DSP multipliers one requantizer lane uses: 2 when the sum's high part is wide."""
+    sb = sum_bits(acc_bits, bias_min, bias_max)
+    ls = dsp_width - 1
+    return 2 if sb > ls + 1 and sb - ls > 6 else 1
 
 
 class Requantizer(wiring.Component):
@@ -219,8 +233,7 @@ class Requantizer(wiring.Component):
         D, B, ab = self.width, self.beats, self.acc_bits
         bb, mb, lw = self._const_bits()
         tb, base = self.shift_bits, self.shift_base
-        sb = _sbits(-(1 << (ab - 1)) + min(min(self.bias), 0),
-                    (1 << (ab - 1)) - 1 + max(max(self.bias), 0))  # acc + bias
+        sb = sum_bits(ab, min(self.bias), max(self.bias))  # acc + bias
         pb = sb + mb  # product, signed
         qb = max(pb - base, 11)  # p >> base (at least the 10 bits the rounding reads, signed)
 

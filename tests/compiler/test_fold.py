@@ -1,0 +1,38 @@
+"""Folding: the DSP budget counts every product, tied bottlenecks take turns."""
+
+import numpy as np
+import pytest
+
+from cosparse.compiler import zoo
+from cosparse.compiler.fold import choose_folding, dsp_blocks, multipliers
+from cosparse.compiler.order import to_drain_order
+from cosparse.compiler.perf import stage_cycles
+
+
+def _net(mode):
+    net = to_drain_order(zoo.gsc_cs(seed=0, mode=mode, reduced=True))
+    x = np.random.default_rng(1).integers(-128, 128, (4, *net.input.shape), dtype=np.int8)
+    return net, x
+
+
+@pytest.mark.parametrize("budget", [40, 156])
+def test_budget_counts_requantizer_products(budget):
+    net, x = _net("sparse-sparse")
+    f = choose_folding(net, x, max_multipliers=budget)
+    assert multipliers(net, f) < dsp_blocks(net, f) <= budget  # requantizers count too
+
+
+def test_tied_bottlenecks_take_turns():
+    """Dense conv1 and conv2 start with equal cycles: both must still grow."""
+    net, x = _net("dense")
+    one = choose_folding(net, x, max_multipliers=4)  # one multiplier per layer
+    f = choose_folding(net, x, max_multipliers=156)
+    assert multipliers(net, f) > multipliers(net, one) + 8
+    worst = max(s.mean for s in stage_cycles(net, f, x))
+    assert worst < max(s.mean for s in stage_cycles(net, one, x)) / 8
+
+
+def test_engines_only_budget_for_equal_multiplier_comparisons():
+    net, x = _net("dense")
+    f = choose_folding(net, x, max_multipliers=60, engines_only=True)
+    assert multipliers(net, f) <= 60 < dsp_blocks(net, f)

@@ -375,8 +375,9 @@ def _plot(res: dict, stages: dict[str, list], path: Path) -> None:
         cyc = {f"{s['layer']}:{s['unit']}": s["cycles"] for s in stages[mode]}
         vals = [cyc.get(n, 0) for n in names]
         worst = int(np.argmax(vals))
+        # A stage the mode does not have (or that takes no cycles) gets no bar.
         bars = ax.bar(np.arange(len(names)) + (j - (len(modes) - 1) / 2) * width,
-                      [max(v, 0.5) for v in vals], width, label=mode)
+                      [v if v > 0 else np.nan for v in vals], width, label=mode)
         bars[worst].set_edgecolor("black")
         bars[worst].set_linewidth(2)
         m = res["modes"][j]

@@ -41,7 +41,7 @@ import numpy as np
 from . import ir
 from .errors import CosparseError
 
-__all__ = ["run_bench", "useful_macs", "float_onnx", "onnxruntime_throughput", "MODES",
+__all__ = ["run_bench", "mac_counts", "useful_macs", "float_onnx", "onnxruntime_throughput", "MODES",
            "PAPER"]
 
 MODES = ("dense", "sparse-weights", "sparse-sparse")
@@ -54,12 +54,13 @@ PAPER = {
 }
 
 
-def useful_macs(net: ir.Network, x: np.ndarray, mode: str) -> dict[str, float]:
-    """Useful multiply-accumulates per inference of every overlay layer, mean over ``x``.
+def mac_counts(net: ir.Network, x: np.ndarray) -> dict[str, dict[str, float]]:
+    """Multiply-accumulates per inference of every overlay layer, in each mode.
 
-    ``dense``: every weight at every output position; ``sparse-weights``:
-    every non-zero weight at every position; ``sparse-sparse``: products of
-    a non-zero weight and a non-zero input.
+    Per layer name: ``dense``, every weight of the dense layer at every
+    output position; ``sparse-weights``, every non-zero weight at every
+    position; ``sparse-sparse``, products of a non-zero weight and a non-zero
+    input (mean over the inputs ``x``).
     """
     from cosparse.sim import golden
 
@@ -69,12 +70,11 @@ def useful_macs(net: ir.Network, x: np.ndarray, mode: str) -> dict[str, float]:
     for layer in net.layers:
         acts.append(golden.run_layer(layer, acts[-1]))
     out = {}
-    for i, layer in enumerate(net.layers):
+    for layer, inp in zip(net.layers, acts):
         if not isinstance(layer, ir._OverlayLayer):
             continue
         ov = layer.overlays
-        w = unpack(ov)
-        inp = acts[i]
+        nnz_row = (unpack(ov) != 0).sum(axis=0)  # non-zero weights per fan-in index
         if isinstance(layer, ir.OverlayConv):
             cols = golden._im2col(inp, layer)
             positions = cols.shape[1] * cols.shape[2]
@@ -82,14 +82,16 @@ def useful_macs(net: ir.Network, x: np.ndarray, mode: str) -> dict[str, float]:
         else:
             positions = 1
             active = (inp != 0).reshape(len(inp), 1, ov.fan_in)
-        if mode == "dense":
-            out[layer.name] = float(ov.num_kernels * ov.fan_in * positions)
-        elif mode == "sparse-weights":
-            out[layer.name] = float(np.count_nonzero(w) * positions)
-        else:
-            nnz_row = (w != 0).sum(axis=0)
-            out[layer.name] = float((active @ nnz_row).sum(axis=1).mean())
+        out[layer.name] = {
+            "dense": float(ov.num_kernels * ov.fan_in * positions),
+            "sparse-weights": float(nnz_row.sum() * positions),
+            "sparse-sparse": float((active @ nnz_row).sum(axis=1).mean())}
     return out
+
+
+def useful_macs(net: ir.Network, x: np.ndarray, mode: str) -> dict[str, float]:
+    """The useful MACs of ``mode`` per overlay layer (see :func:`mac_counts`)."""
+    return {name: c[mode] for name, c in mac_counts(net, x).items()}
 
 
 def float_onnx(net: ir.Network):

@@ -29,29 +29,19 @@ def layer_table(net: ir.Network, x: np.ndarray) -> list[dict]:
     position; ``useful_macs`` only products of a non-zero weight and a
     non-zero input (per inference, averaged over ``x``).
     """
-    from cosparse.sim import golden
+    from .bench import mac_counts
 
-    trace = golden.run(net, x, trace=True).outputs
-    inputs = [x] + trace[:-1]
+    macs = mac_counts(net, x)
     rows = []
-    for layer, inp in zip(net.layers, inputs):
+    for layer in net.layers:
         if not isinstance(layer, (ir.OverlayLinear, ir.OverlayConv)):
             continue
         ov = layer.overlays
         rep = report(ov)
-        nnz_row = (unpack(ov) != 0).sum(axis=0)  # non-zero weights per fan-in index
-        if isinstance(layer, ir.OverlayConv):
-            cols = golden._im2col(inp, layer)
-            positions = cols.shape[1] * cols.shape[2]
-            active = (cols != 0).reshape(len(inp), -1, ov.fan_in)
-        else:
-            positions = 1
-            active = (inp != 0).reshape(len(inp), 1, ov.fan_in)
-        useful = float((active @ nnz_row).sum(axis=1).mean())
         rows.append(dict(name=layer.name, kernels=ov.num_kernels, fan_in=ov.fan_in,
                          K=ov.kernels_per_overlay, L=ov.lanes, words=ov.words,
-                         fill=rep.fill, nnz=ov.nnz,
-                         dense_macs=ov.num_kernels * ov.fan_in * positions, useful_macs=useful))
+                         fill=rep.fill, nnz=ov.nnz, dense_macs=int(macs[layer.name]["dense"]),
+                         useful_macs=macs[layer.name]["sparse-sparse"]))
     return rows
 
 

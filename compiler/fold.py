@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cosparse.hw.network import Folding, LayerFold
-from cosparse.hw.requant import dsps_per_lane
+from cosparse.hw.network import Folding, LayerFold, NetworkCore
 
 from . import ir
 from .errors import CosparseError
@@ -46,28 +45,17 @@ def multipliers(net: ir.Network, folding: Folding) -> int:
     return total
 
 
-def dsp_blocks(net: ir.Network, folding: Folding) -> int:
+def dsp_blocks(net: ir.Network, folding: Folding, core: NetworkCore | None = None) -> int:
     """DSP multipliers the core uses: the engines' plus the requantizers' and boosts'.
 
-    A requantizer lane multiplies ``acc + bias`` by its multiplier: one DSP
-    product, two when the sum is wider than a DSP input and its high part
-    more than the few bits that become shifted adds (see
-    :class:`~cosparse.hw.requant.Requantizer`). A k-WTA with boost
-    multiplies each lane of a beat.
+    Counted on the units themselves (:attr:`NetworkCore.dsp_products`): a
+    requantizer lane takes one or two products, a k-WTA with boost one per
+    lane. ``core``: the core of ``folding``, when already built.
     """
-    total = multipliers(net, folding)
-    for layer in net.layers:
-        if isinstance(layer, ir._OverlayLayer):
-            if layer.requant is None:
-                continue
-            f = folding.of(layer.name)
-            lanes = f.lanes_per_beat or layer.overlays.lanes
-            bias = [int(v) for v in layer.bias] or [0]
-            total += lanes * dsps_per_lane(layer.accumulator_bits(), min(bias), max(bias),
-                                           folding.dsp_width)
-        elif isinstance(layer, (ir.LocalKWTA, ir.GlobalKWTA)) and layer.boost is not None:
-            total += folding.of(layer.name).width or folding.default_width
-    return total
+    if core is None:
+        core = NetworkCore(net, folding)
+        core.discard()
+    return core.dsp_products
 
 
 def _input_width(net: ir.Network) -> int:
@@ -144,11 +132,14 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         else:
             break
         trial = Folding(folding.input_width, {**folding.layers, layer.name: step})
-        if (multipliers if engines_only else dsp_blocks)(net, trial) > max_multipliers:
+        core = NetworkCore(net, trial)  # built once for the budget and the timing model
+        core.discard()
+        used = multipliers(net, trial) if engines_only else dsp_blocks(net, trial, core)
+        if used > max_multipliers:
             break
         # The step must speed up the layer it was given to (not the whole pipeline: two
         # layers tied as the bottleneck take turns).
-        if max(s.mean for s in stage_cycles(net, trial, sample)
+        if max(s.mean for s in stage_cycles(net, trial, sample, core=core)
                if s.layer == layer.name) >= worst.mean:
             break  # e.g. more entries into a window whose positions fit one beat already
         folding = trial

@@ -123,6 +123,49 @@ class _Keys:
         return Cat(prod[:kb - 1], ~prod[kb - 1])
 
 
+class _SerialOutput:
+    """The output side of a serial k-WTA: a beat being filled, then the output register.
+
+    ``append(entry)`` adds an entry to the beat being filled; ``send(n,
+    ents, last, end)`` loads the output register (when ``free``);
+    ``with_entry(entry, has)`` is the filled entries plus ``entry`` (when
+    ``has``) at the next place, zeros after: a beat's canonical contents.
+    """
+
+    def __init__(self, m: Module, o, R: int, k: int, ib: int):
+        self.m, self.R = m, R
+        self.b_ent = [Signal(ib + 8, name=f"b_ent_{r}") for r in range(R)]
+        self.b_cnt = Signal(range(R + 1))
+        self.o_v, self.o_last, self.o_end = Signal(), Signal(), Signal()
+        self.o_cnt = Signal(range(R + 1))
+        self.o_ent = [Signal(ib + 8, name=f"o_ent_{r}") for r in range(R)]
+        self.free = Signal()
+        m.d.comb += self.free.eq(~self.o_v | o.ready)
+        with m.If(o.ready):
+            m.d.sync += self.o_v.eq(0)
+        op = o.payload
+        m.d.comb += [o.valid.eq(self.o_v), op.count.eq(self.o_cnt), op.last.eq(self.o_last),
+                     op.end.eq(self.o_end)]
+        for r in range(min(R, k)):
+            m.d.comb += [op.entries[r].index.eq(self.o_ent[r][:ib]),
+                         op.entries[r].value.eq(self.o_ent[r][ib:])]
+
+    def with_entry(self, entry, has=1) -> list:
+        b, n = self.b_ent, self.b_cnt
+        return [Mux(n > r, b[r], Mux((n == r) & has, entry, 0)) for r in range(self.R)]
+
+    def send(self, n, ents, last, end) -> None:
+        self.m.d.sync += [self.o_v.eq(1), self.o_cnt.eq(n), self.o_last.eq(last),
+                          self.o_end.eq(end)]
+        self.m.d.sync += [o.eq(e) for o, e in zip(self.o_ent, ents)]
+
+    def append(self, entry) -> None:
+        self.m.d.sync += self.b_cnt.eq(self.b_cnt + 1)
+        for r in range(self.R):
+            with self.m.If(self.b_cnt == r):
+                self.m.d.sync += self.b_ent[r].eq(entry)
+
+
 class LocalKWTA(wiring.Component):
     """k-winners-take-all over the ``C`` channels of each position of a map.
 
@@ -222,6 +265,11 @@ class LocalKWTA(wiring.Component):
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
         })
+
+    @property
+    def dsps(self) -> int:
+        """Multipliers of the keys ``x * boost``: one per lane with boost, else none."""
+        return self.width if self.boost is not None else 0
 
     @property
     def cycles_per_position(self) -> int:
@@ -532,44 +580,24 @@ class LocalKWTA(wiring.Component):
         m.d.comb += rem_next.eq(rem & ~sel)
 
         # ---------------- beat being filled, then the output register
-        b_ent = [Signal(ib + 8, name=f"b_ent_{r}") for r in range(R)]
-        b_cnt = Signal(range(R + 1))
-        o_v, o_last, o_end = Signal(), Signal(), Signal()
-        o_cnt = Signal(range(R + 1))
-        o_ent = [Signal(ib + 8, name=f"o_ent_{r}") for r in range(R)]
-        o_free = Signal()
-        m.d.comb += o_free.eq(~o_v | self.o.ready)
-        with m.If(self.o.ready):
-            m.d.sync += o_v.eq(0)
+        out = _SerialOutput(m, self.o, R, k, ib)
         entry = Cat(sel_idx, sel_x)
         done = Signal()
         m.d.comb += done.eq(rem_next == 0)
         with m.If(hold_v):
             with m.If(rem == 0):  # no non-zero winner: one empty beat
-                with m.If(o_free):
-                    m.d.sync += [o_v.eq(1), o_cnt.eq(0), o_last.eq(1), o_end.eq(hold_end),
-                                 hold_v.eq(0)]
-                    m.d.sync += [o_ent[r].eq(0) for r in range(R)]
-            with m.Elif(done | (b_cnt == R - 1)):  # the entry completes a beat
-                with m.If(o_free):
-                    m.d.sync += [o_v.eq(1), o_cnt.eq(b_cnt + 1), o_last.eq(done),
-                                 o_end.eq(done & hold_end), b_cnt.eq(0), rem.eq(rem_next)]
-                    for r in range(R):
-                        m.d.sync += o_ent[r].eq(Mux(b_cnt > r, b_ent[r],
-                                                    Mux(b_cnt == r, entry, 0)))
+                with m.If(out.free):
+                    out.send(0, [0] * R, 1, hold_end)
+                    m.d.sync += hold_v.eq(0)
+            with m.Elif(done | (out.b_cnt == R - 1)):  # the entry completes a beat
+                with m.If(out.free):
+                    out.send(out.b_cnt + 1, out.with_entry(entry), done, done & hold_end)
+                    m.d.sync += [out.b_cnt.eq(0), rem.eq(rem_next)]
                     with m.If(done):
                         m.d.sync += hold_v.eq(0)
             with m.Else():
-                m.d.sync += [b_cnt.eq(b_cnt + 1), rem.eq(rem_next)]
-                for r in range(R):
-                    with m.If(b_cnt == r):
-                        m.d.sync += b_ent[r].eq(entry)
-        op = self.o.payload
-        m.d.comb += [self.o.valid.eq(o_v), op.count.eq(o_cnt), op.last.eq(o_last),
-                     op.end.eq(o_end)]
-        for r in range(min(R, k)):
-            m.d.comb += [op.entries[r].index.eq(o_ent[r][:ib]),
-                         op.entries[r].value.eq(o_ent[r][ib:])]
+                out.append(entry)
+                m.d.sync += rem.eq(rem_next)
         return m
 
 
@@ -699,6 +727,11 @@ class GlobalKWTA(wiring.Component):
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
         })
+
+    @property
+    def dsps(self) -> int:
+        """Multipliers of the keys ``x * boost``: one per lane with boost, else none."""
+        return self.width if self.boost is not None else 0
 
     @property
     def serial(self) -> bool:
@@ -1173,54 +1206,31 @@ class GlobalKWTA(wiring.Component):
         m.d.comb += gend.eq(gi == G - 1)
         # A full beat waits in b until the group shows another winner (then it goes
         # out, not last) or ends (then it is the group's last beat): canonical packing.
-        b_ent = [Signal(ib + 8, name=f"b_ent_{r}") for r in range(R)]
-        b_cnt = Signal(range(R + 1))
+        out = _SerialOutput(m, self.o, R, k, ib)
         flush, flush_end = Signal(), Signal()  # b holds a group's last beat, to send
-        o_v, o_last, o_end = Signal(), Signal(), Signal()
-        o_cnt = Signal(range(R + 1))
-        o_ent = [Signal(ib + 8, name=f"o_ent_{r}") for r in range(R)]
-        o_free = Signal()
-        m.d.comb += o_free.eq(~o_v | self.o.ready)
-        with m.If(self.o.ready):
-            m.d.sync += o_v.eq(0)
         spill = Signal()  # a winner arrives while b is full
-        m.d.comb += spill.eq(has & (b_cnt == R))
+        m.d.comb += spill.eq(has & (out.b_cnt == R))
         complete = Signal()  # this element sends a beat
         m.d.comb += complete.eq(gend | spill)
-        m.d.comb += go.eq(d_v & ((kind != 2) | (~flush & (~complete | o_free))))
+        m.d.comb += go.eq(d_v & ((kind != 2) | (~flush & (~complete | out.free))))
         entry = Cat(gi, x)
-
-        def send(n, ents, last, end):
-            m.d.sync += [o_v.eq(1), o_cnt.eq(n), o_last.eq(last), o_end.eq(end)]
-            m.d.sync += [o_ent[r].eq(e) for r, e in enumerate(ents)]
-
-        with m.If(flush & o_free):
-            send(b_cnt, [Mux(b_cnt > r, b_ent[r], 0) for r in range(R)], 1, flush_end)
-            m.d.sync += [b_cnt.eq(0), flush.eq(0)]
+        with m.If(flush & out.free):
+            out.send(out.b_cnt, out.with_entry(entry, 0), 1, flush_end)
+            m.d.sync += [out.b_cnt.eq(0), flush.eq(0)]
         with m.If(go & (kind == 2)):
             m.d.sync += [eq_seen.eq(eq_seen + (key == thr)),
                          gi.eq(Mux(gend, 0, gi + 1))]
             with m.If(spill):  # the full beat goes; the winner starts the next one
-                send(R, b_ent, 0, 0)
-                m.d.sync += [b_ent[0].eq(entry), b_cnt.eq(1)]
+                out.send(R, out.b_ent, 0, 0)
+                m.d.sync += [out.b_ent[0].eq(entry), out.b_cnt.eq(1)]
                 with m.If(gend):
                     m.d.sync += [flush.eq(1), flush_end.eq(d_last)]
             with m.Elif(gend):
-                send(b_cnt + has, [Mux(b_cnt > r, b_ent[r], Mux((b_cnt == r) & has, entry, 0))
-                                   for r in range(R)], 1, d_last)
-                m.d.sync += b_cnt.eq(0)
+                out.send(out.b_cnt + has, out.with_entry(entry, has), 1, d_last)
+                m.d.sync += out.b_cnt.eq(0)
             with m.Elif(has):
-                m.d.sync += b_cnt.eq(b_cnt + 1)
-                for r in range(R):
-                    with m.If(b_cnt == r):
-                        m.d.sync += b_ent[r].eq(entry)
+                out.append(entry)
             with m.If(d_last):  # the frame is out: free its half
                 m.d.sync += [busy.eq(0), rsel.eq(~rsel)]
                 m.d.comb += full_clr.bit_select(rsel, 1).eq(1)
-        op = self.o.payload
-        m.d.comb += [self.o.valid.eq(o_v), op.count.eq(o_cnt), op.last.eq(o_last),
-                     op.end.eq(o_end)]
-        for r in range(min(R, k)):
-            m.d.comb += [op.entries[r].index.eq(o_ent[r][:ib]),
-                         op.entries[r].value.eq(o_ent[r][ib:])]
         return m

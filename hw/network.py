@@ -377,6 +377,11 @@ class NetworkCore(wiring.Component):
         c = inp.shape[2]
         return width == c and layer.kernel[0] * layer.kernel[1] * c <= 256
 
+    @property
+    def dsp_products(self) -> int:
+        """Multipliers of every unit: engines, requantizers, boosted k-WTA keys."""
+        return sum(getattr(st.component, "dsps", 0) for st in self.stages)
+
     def discard(self) -> None:
         """Mark the core and its units as deliberately unused (built only to be measured)."""
         for obj in [self, *(st.component for st in self.stages)]:

@@ -195,6 +195,11 @@ class OverlayEngine(wiring.Component):
     def multipliers(self) -> int:
         return self.entries * self.lanes_per_beat
 
+    @property
+    def dsps(self) -> int:
+        """DSP multipliers: the ``R * P`` products."""
+        return self.multipliers
+
     def cycles_per_beat(self, row_beats: int = 1) -> int:
         """Cycles one input beat takes when its largest row has ``row_beats`` words."""
         return max(1, row_beats) * self.passes

@@ -180,6 +180,12 @@ class Requantizer(wiring.Component):
         })
 
     @property
+    def dsps(self) -> int:
+        """DSP multipliers: one or two per lane (see :func:`dsps_per_lane`)."""
+        return self.width * dsps_per_lane(self.acc_bits, min(self.bias), max(self.bias),
+                                          self.lo_split + 1)
+
+    @property
     def cycles_per_group(self) -> int:
         """Steady-state cycles per group."""
         return self.beats

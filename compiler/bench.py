@@ -95,11 +95,14 @@ def useful_macs(net: ir.Network, x: np.ndarray, mode: str) -> dict[str, float]:
 
 
 def float_onnx(net: ir.Network):
-    """The float ONNX model of a network (NCHW input), its layers' weights as floats.
+    """A float ONNX model of a network (NCHW input) for ONNX Runtime's throughput.
 
-    Convolutions, max pools, local k-WTA (threshold form over the channels),
-    flatten in HWC order (as the IR), Gemm, global k-WTA (top-k threshold)
-    -- the graph a PyTorch export of the network would hold.
+    The same layers, shapes, weights and biases (as floats, weights / 64,
+    biases / 64**2): convolutions, max pools, local k-WTA (threshold form
+    over the channels), flatten in HWC order (as the IR), Gemm, global
+    k-WTA (top-k threshold) -- the graph a PyTorch export of the network
+    would hold. Requantization is not carried, so its outputs are not the
+    integer network's; k-WTA boosts are refused.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -123,6 +126,9 @@ def float_onnx(net: ir.Network):
         nodes.append(helper.make_node(op, ins, [out], **attrs))
         return out
 
+    def bias(layer):
+        return (np.asarray(layer.bias, np.float32) / 64.0 ** 2).astype(np.float32)
+
     def kwta(x, k, axis):
         vals = f"topk{len(nodes)}_v"
         nodes.append(helper.make_node("TopK", [x, const(f"k{len(nodes)}", np.array([k], np.int64))],
@@ -137,13 +143,16 @@ def float_onnx(net: ir.Network):
     for layer in net.layers:
         if isinstance(layer, (ir.ZeroSkip, ir.Densify)):
             continue
+        if isinstance(layer, (ir.LocalKWTA, ir.GlobalKWTA)) and layer.boost is not None:
+            raise CosparseError(f"float_onnx: k-WTA {layer.name!r} has a boost, which the "
+                                "float export does not carry")
         if isinstance(layer, ir.OverlayConv):
             w = unpack(layer.overlays).astype(np.float32) / 64.0
             kh, kw = layer.kernel
             w = w.reshape(len(w), kh, kw, -1).transpose(0, 3, 1, 2)
             pt, pl, pb, pr = layer.padding
             cur = node("Conv", [cur, const(f"{layer.name}.w", np.ascontiguousarray(w)),
-                                const(f"{layer.name}.b", np.zeros(len(w), np.float32))],
+                                const(f"{layer.name}.b", bias(layer))],
                        kernel_shape=[kh, kw], strides=list(layer.stride),
                        pads=[pt, pl, pb, pr])
         elif isinstance(layer, ir.MaxPool):
@@ -157,7 +166,7 @@ def float_onnx(net: ir.Network):
         elif isinstance(layer, ir.OverlayLinear):
             w = unpack(layer.overlays).astype(np.float32) / 64.0
             cur = node("Gemm", [cur, const(f"{layer.name}.w", w),
-                                const(f"{layer.name}.b", np.zeros(len(w), np.float32))],
+                                const(f"{layer.name}.b", bias(layer))],
                        transB=1)
         elif isinstance(layer, ir.GlobalKWTA):
             if layout != "flat":
@@ -176,7 +185,7 @@ def float_onnx(net: ir.Network):
 
 def onnxruntime_throughput(model, input_shape: tuple[int, ...], *,
                            batches=(1, 4, 16, 64, 256), seconds: float = 1.0) -> dict:
-    """ONNX Runtime CPU inferences/s of ``model`` at each batch size (default threads)."""
+    """ONNX Runtime CPU inferences/s of ``model`` at each batch size (its default threads)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -197,11 +206,7 @@ def onnxruntime_throughput(model, input_shape: tuple[int, ...], *,
     best = max(per_batch, key=per_batch.get)
     return {"batch_1": per_batch[batches[0]] if batches[0] == 1 else None,
             "best": per_batch[best], "best_batch": best, "per_batch": per_batch,
-            "onnxruntime": ort.__version__, "threads": os.cpu_count()}
-
-
-def _weight_kbit(rows: list[dict]) -> float:
-    return sum(r.get("memory_bits", 0) for r in rows) / 1024
+            "onnxruntime": ort.__version__, "cpus": os.cpu_count()}
 
 
 def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: bool,
@@ -212,7 +217,7 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
     from cosparse.sim.netsim import simulate_network
 
     from . import zoo
-    from .build import layer_table
+    from .build import weight_memory_bits
     from .fold import choose_folding, multipliers
     from .order import to_drain_order
     from .perf import stage_cycles
@@ -227,9 +232,11 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
         folding = choose_folding(net, sample, max_multipliers=engine_budget, engines_only=True)
     mults = multipliers(net, folding)
     stages = stage_cycles(net, folding, x)
-    rows = layer_table(net, folding, sample)
+    weight_kbit = sum(weight_memory_bits(layer) for layer in net.layers
+                      if isinstance(layer, ir._OverlayLayer)) / 1024
     macs = useful_macs(net, x, mode)
-    predicted = max(s.mean for s in stages)
+    worst = max(stages, key=lambda s: s.mean)
+    predicted = worst.mean
     progress(f"{mode}: {mults} multipliers; simulating {count} back-to-back inferences in "
              f"Verilator (about {predicted * count:,.0f} cycles predicted)")
     t0 = time.perf_counter()
@@ -249,13 +256,12 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
            "useful_macs": round(useful), "macs_per_layer": {k: round(v) for k, v in macs.items()},
            "mac_utilization": round(useful / (mults * interval), 4),
            "predicted_interval_cycles": round(predicted, 1),
-           "bottleneck": max(stages, key=lambda s: s.mean).layer + ":"
-           + max(stages, key=lambda s: s.mean).unit,
-           "folding": folding.to_dict(), "weight_kbit": round(_weight_kbit(rows), 1),
+           "bottleneck": f"{worst.layer}:{worst.unit}",
+           "folding": folding.to_dict(), "weight_kbit": round(weight_kbit, 1),
            "bram_kbit": board.bram_kbit, "bit_exact": exact, "inputs": count,
            "simulation_seconds": round(sim_s, 1),
            "fmax_mhz": None, "inferences_per_s": None, "luts": None, "ffs": None,
-           "dsps": None, "brams": None, "fits": _weight_kbit(rows) <= board.bram_kbit,
+           "dsps": None, "brams": None, "fits": weight_kbit <= board.bram_kbit,
            "place_and_route": "not run"}
     if not row["fits"]:
         row["place_and_route"] = (f"does not fit {board.name}: weights need "
@@ -341,7 +347,7 @@ def _markdown(res: dict) -> str:
     if any(_mark(m) for m in modes):
         lines += ["", "\\* nextpnr's Fmax estimate after placement: routing was stopped at "
                   "the time limit (see `place_and_route` in bench.json)."]
-    lines += ["", f"ONNX Runtime {ort['onnxruntime']} on this CPU ({ort['threads']} cores), "
+    lines += ["", f"ONNX Runtime {ort['onnxruntime']} on this CPU ({ort['cpus']} cores), "
               f"float model: {ort['batch_1']:,.0f} inferences/s at batch 1, "
               f"{ort['best']:,.0f} at batch {ort['best_batch']}.", ""]
     by = {m["mode"]: m for m in modes}

@@ -34,8 +34,9 @@ import numpy as np
 from . import ir
 from .errors import CosparseError
 
-__all__ = ["compile_model", "compile_network", "resolve_board", "layer_table", "network_input", "network_output",
-           "strip_memory_contents", "design_id", "DEFAULT_BAUD", "SPRAM_MIN_BITS"]
+__all__ = ["compile_model", "compile_network", "resolve_board", "layer_table",
+           "weight_memory_bits", "network_input", "network_output", "strip_memory_contents",
+           "design_id", "DEFAULT_BAUD", "SPRAM_MIN_BITS"]
 
 
 def _read_config(path: str | None) -> dict:
@@ -83,6 +84,12 @@ def network_output(net: ir.Network, y: np.ndarray) -> np.ndarray:
     return dequantize(restore_output_order(net, y), net.output.scale)
 
 
+def weight_memory_bits(layer: ir._OverlayLayer) -> int:
+    """Bits of an overlay layer's weight memory: an int8 weight and a kernel id per slot."""
+    ov = layer.overlays
+    return int(ov.words * ov.lanes * (8 + max(1, (ov.kernels_per_overlay - 1).bit_length())))
+
+
 def layer_table(net: ir.Network, folding, sample: np.ndarray) -> list[dict]:
     """Per overlay layer: shapes, density, fill, MACs, fold, predicted cycles, memory bits."""
     from cosparse.sim import golden
@@ -119,7 +126,7 @@ def layer_table(net: ir.Network, folding, sample: np.ndarray) -> list[dict]:
                        dense_macs=m * fan_in * positions,
                        sparse_macs=float(active * ov.lanes),  # each active input x L slots
                        R=f.entries, P=f.lanes_per_beat or ov.lanes,
-                       memory_bits=int(ov.words * ov.lanes * (8 + max(1, (ov.kernels_per_overlay - 1).bit_length()))))
+                       memory_bits=weight_memory_bits(layer))
         rows.append(row)
     return rows
 

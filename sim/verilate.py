@@ -117,18 +117,26 @@ def run_streams(component, name: str, inputs: list[tuple[str, Any, list]],
                 "outputs": [{"port": p, "count": n} for p, _, n in outputs]}
         spec_path, result_path = Path(run) / "spec.json", Path(run) / "result.json"
         spec_path.write_text(json.dumps(spec))
-        xml = runner.test(test_module="cosparse.sim.cocotb_streams", hdl_toplevel=name,
-                          build_dir=build_dir, test_dir=run, waves=waves,
-                          extra_env={"COSPARSE_TB_SPEC": str(spec_path),
-                                     "COSPARSE_TB_RESULT": str(result_path)},
-                          log_file=Path(run) / "test.log")
+        log_path = Path(run) / "test.log"
+
+        def failure(what: str) -> AssertionError:
+            log = log_path.read_text()[-3000:] if log_path.exists() else ""
+            return AssertionError(f"cocotb test failed ({what}):\n{log}")
+
+        try:
+            xml = runner.test(test_module="cosparse.sim.cocotb_streams", hdl_toplevel=name,
+                              build_dir=build_dir, test_dir=run, waves=waves,
+                              extra_env={"COSPARSE_TB_SPEC": str(spec_path),
+                                         "COSPARSE_TB_RESULT": str(result_path)},
+                              log_file=log_path)
+        except SystemExit:  # cocotb's runner exits when a test fails
+            raise failure("the simulation reported a failure") from None
         if waves:  # the run folder is temporary: keep the trace beside the model
             for trace in list(Path(run).glob("*.fst")) + list(Path(run).glob("*.vcd")):
                 shutil.copy(trace, build_dir / f"{name}{trace.suffix}")
         total, failed = get_results(xml)
         if failed or not result_path.exists():
-            log = (Path(run) / "test.log").read_text()[-3000:] if (Path(run) / "test.log").exists() else ""
-            raise AssertionError(f"cocotb test failed ({failed} of {total}):\n{log}")
+            raise failure(f"{failed} of {total}")
         res = json.loads(result_path.read_text())
     outs = [[decode(lay, int(b, 16)) for b in r["beats"]]
             for r, (_, lay, _) in zip(res["outputs"], outputs)]

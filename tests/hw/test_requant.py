@@ -203,3 +203,12 @@ def test_shift_split_into_constant_and_variable_parts(shifts, bits, latency):
     acc = random_acc(rng, (2, 6, C), 22)
     res = run(dut, acc, want_of(acc, mult, shifts, bias, False), stall=0.0)
     assert res.cycles[0][-1] - res.input_cycles[0][-1] == latency
+
+
+def test_verilator_run_stops_at_its_cycle_limit():
+    """A stream that never delivers what was asked ends at max_cycles with a clear failure."""
+    dut = make(4, 4, 12, [1] * 4, [0] * 4, [0] * 4, False)
+    beats = dense_beats([[1, 2, 3, 4]], 4)  # one group in, two groups asked for
+    with pytest.raises(AssertionError, match=r"timeout after 300 cycles: got 1/2"):
+        run_streams(dut, "requantizer_timeout", [("i", dut.in_layout, beats)],
+                    [("o", dut.out_layout, 2)], stall=0.0, max_cycles=300)

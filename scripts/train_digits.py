@@ -7,8 +7,8 @@ complementary weight masks and nupic-style k-winners-take-all activations::
     input 1x8x8 (pixels / 16)
     conv1   16x1x3x3, padding 1, no bias   complementary masks, K=2 (50% dense)
     bn1     BatchNorm2d(16, affine=False)
-    kwta1   local k-WTA, 4 of 16 channels at each position (threshold form)
-    pool1   max pool 2 -> 16x4x4, flatten 256
+    pool1   max pool 2 -> 16x4x4
+    kwta1   local k-WTA, 5 of 16 channels at each position (threshold form), flatten 256
     fc1     128x256 + bias                  complementary masks, K=8 (12.5% dense)
     bn2     BatchNorm1d(128, affine=False)
     kwta2   global k-WTA, 16 of 128 (GatherElements + ScatterElements form)
@@ -77,7 +77,7 @@ OPSET = 17
 # Layer sizes and sparsity (brief section 4, scaled down to 8x8 digits).
 CONV_CHANNELS = 16
 CONV_PER_OVERLAY = 2      # 50% dense
-LOCAL_K = 4               # of 16 channels at each position
+LOCAL_K = 5               # of 16 channels at each (pooled) position
 FC1_UNITS = 128
 FC1_PER_OVERLAY = 8       # 12.5% dense
 GLOBAL_K = 16             # of 128 units
@@ -234,12 +234,14 @@ class DigitsCS(nn.Module):
                 w.grad.mul_(m)
 
     def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
-        x = self.kwta1(self.bn1(self.conv1(x)))
-        if taps is not None:
-            taps["kwta1"] = x
-        x = self.pool1(x)
+        # Pool, then k-WTA (the paper's order, as in gsc-cs): fc1's input keeps
+        # exactly k of C active per position, and the hardware pools a dense map.
+        x = self.pool1(self.bn1(self.conv1(x)))
         if taps is not None:
             taps["pool1"] = x
+        x = self.kwta1(x)
+        if taps is not None:
+            taps["kwta1"] = x
         x = self.kwta2(self.bn2(self.fc1(torch.flatten(x, 1))))
         if taps is not None:
             taps["kwta2"] = x
@@ -506,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         exports[name] = summary
 
     report = {
-        "network": "conv1 16x1x3x3 (K=2) - bn1 - local k-WTA 4/16 - maxpool 2 - fc1 128x256 (K=8) - bn2 "
+        "network": "conv1 16x1x3x3 (K=2) - bn1 - maxpool 2 - local k-WTA 5/16 - fc1 128x256 (K=8) - bn2 "
                    "- global k-WTA 16/128 - fc2 10x128",
         "data": {"train": int(len(x_train)), "test": int(len(x_test)),
                  "calibration": CALIB_IMAGES, "scaling": "pixels / 16.0"},

@@ -257,7 +257,7 @@ class HostLink(wiring.Component):
         laddr = Signal(16)  # the address's low half; ``laddr_hi``: the high half is not 0
         laddr_hi = Signal()
         lane = Signal(8)  # byte of the word being received
-        lwords = Signal(16)
+        lwords = Signal(range(MAX_LOAD_BYTES + 1))  # whole words of this LOAD
 
         loaded = Signal(init=int(not self.needs_load))
         weights_id = Signal(32)
@@ -269,8 +269,11 @@ class HostLink(wiring.Component):
         feed = Signal(24)
 
         resp_code = Signal(8)
-        resp_len = Signal(16)
         resp_kind = Signal(2)  # 0 none, 1 status, 2 output
+        # The body's length follows from its kind (no register of its own).
+        resp_len = Signal(16)
+        m.d.comb += resp_len.eq(Array([Const(0, 16), Const(STATUS_BYTES, 16),
+                                       Const(self.out_bytes + 8, 16), Const(0, 16)])[resp_kind])
         running = Signal()
 
         wb_table = Array(Const(p.word_bytes, 8) for p in ports) if ports else Array([Const(1, 8)])
@@ -287,10 +290,15 @@ class HostLink(wiring.Component):
         rxb = self.rx.payload
         take = Signal()
         m.d.comb += take.eq(self.rx.valid & self.rx.ready)
+        # One CRC network for both directions: the byte received, or (SEND) the byte sent.
+        crc_byte = Signal(8)
+        crc_next = Signal(16)
+        m.d.comb += [crc_byte.eq(rxb), crc_next.eq(crc16_update(crc, crc_byte))]
 
         # response sender: header, body, CRC phases with their own small counters
         s_phase = Signal(2)
-        s_cnt = Signal(16)  # header byte / body bytes left / CRC byte
+        s_cnt = Signal(range(max(STATUS_BYTES, self.out_bytes + 8) + 1))  # header byte / body
+        # bytes left / CRC byte
         s_bi = Signal(5)  # STATUS byte
         s_oa = Signal(range(max(self.out_beats, 2)))
         s_ol = Signal(range(max(OB, 2)))
@@ -300,10 +308,10 @@ class HostLink(wiring.Component):
         # LOAD execution
         x_ra = Signal(range(buf_depth))
         x_rl = Signal(range(max(W, 2)))
-        x_left = Signal(16)
+        x_left = Signal(range(maxp + 1))
         x_word = Signal(8 * max((p.word_bytes for p in ports), default=1))
-        x_j = Signal(8)
-        x_k = Signal(16)
+        x_j = Signal(range(max((p.word_bytes for p in ports), default=1) + 5))
+        x_k = Signal(range(max((p.hw_depth for p in ports), default=1) + 1))
 
         # INFER feeder / collector
         f_addr = Signal(range(buf_depth + 1))
@@ -318,7 +326,7 @@ class HostLink(wiring.Component):
 
         def finish(code):
             """End a request: answer ``code`` with no payload."""
-            m.d.sync += [resp_code.eq(code), resp_len.eq(0), resp_kind.eq(0)]
+            m.d.sync += [resp_code.eq(code), resp_kind.eq(0)]
             if isinstance(code, int) and code == 0:
                 return
             m.d.sync += [last_error.eq(code), error_seen.eq(1)]
@@ -348,7 +356,7 @@ class HostLink(wiring.Component):
             with m.State("HEADER"):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += [crc.eq(crc16_update(crc, rxb)), hdr.eq(hdr + 1), idle.eq(0)]
+                    m.d.sync += [crc.eq(crc_next), hdr.eq(hdr + 1), idle.eq(0)]
                     with m.Switch(hdr):
                         with m.Case(0):
                             m.d.sync += cmd.eq(rxb)
@@ -368,7 +376,7 @@ class HostLink(wiring.Component):
             with m.State("PAYLOAD"):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += [crc.eq(crc16_update(crc, rxb)), left.eq(left - 1), idle.eq(0)]
+                    m.d.sync += [crc.eq(crc_next), left.eq(left - 1), idle.eq(0)]
                     with m.If(hpos != 5):
                         m.d.sync += hpos.eq(hpos + 1)
                     with m.If(~oversize):
@@ -424,7 +432,7 @@ class HostLink(wiring.Component):
                                 reject(2)
                             with m.Else():
                                 finish(0)
-                                m.d.sync += [resp_len.eq(STATUS_BYTES), resp_kind.eq(1)]
+                                m.d.sync += resp_kind.eq(1)
                         with m.Case(COMMANDS["LOAD"]):
                             with m.If(length < 5):
                                 reject(2)
@@ -539,7 +547,7 @@ class HostLink(wiring.Component):
                         m.d.sync += [running.eq(0), inferences.eq(inferences + 1),
                                      latency.eq(latency)]  # last output beat minus first input
                         finish(0)
-                        m.d.sync += [resp_len.eq(self.out_bytes + 8), resp_kind.eq(2)]
+                        m.d.sync += resp_kind.eq(2)
                         m.next = "RESPOND"
 
             # Response: header, body, CRC, one byte per UART slot.
@@ -568,12 +576,12 @@ class HostLink(wiring.Component):
                         m.d.comb += byte.eq(body)
                     with m.Default():
                         m.d.comb += byte.eq(Mux(s_cnt[0], crc[8:], crc[:8]))
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte)]
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte), crc_byte.eq(byte)]
                 m.next = "SEND"
                 with m.If(self.tx.ready):
                     m.next = "SEND_PREP"
                     with m.If(((s_phase == 0) & (s_cnt[:2] != 0)) | (s_phase == 1)):
-                        m.d.sync += crc.eq(crc16_update(crc, byte))
+                        m.d.sync += crc.eq(crc_next)
                     with m.Switch(s_phase):
                         with m.Case(0):
                             with m.If(s_cnt[:2] == 3):

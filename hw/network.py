@@ -297,7 +297,8 @@ class NetworkCore(wiring.Component):
                                                     shift=[int(v) for v in rq.shift],
                                                     bias=[int(v) for v in layer.bias],
                                                     relu=bool(rq.relu), loadable=loadable,
-                                                    dsp_width=folding.dsp_width))
+                                                    dsp_width=folding.dsp_width,
+                                                    compact=folding.compact))
                     fmt, max_active = "dense", m
                 elif isinstance(layer, ir.MaxPool):
                     h, w, c = inp.shape

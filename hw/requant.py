@@ -88,7 +88,8 @@ class Requantizer(wiring.Component):
         S0 input register and the lanes' constants (bias, multiplier,
            shift, round flag), from a ROM of one word per beat of a
            group, read one cycle ahead for the beat offered at the input
-           (so ``i.ready`` is low for one cycle after reset)
+           (so ``i.ready`` is low for one cycle after reset); not with
+           ``compact``: S1 then adds the input and the ROM's output
         S1 sum = acc + bias
         S2 partial products sum[0:17] * m and sum[17:] * m (one 18x18
            multiplier each; a single product when the sum fits 18 bits)
@@ -113,7 +114,8 @@ class Requantizer(wiring.Component):
     ----------
     One beat per cycle, no bubbles (measured: ``N`` beats in ``N`` cycles).
     Latency :attr:`latency` cycles from an accepted input beat to its output
-    beat: 7 with the coarse shift stage, 6 without.
+    beat: 7 with the coarse shift stage, 6 without, one less with
+    ``compact``.
     ECP5-85F (yosys ``synth_ecp5`` + nextpnr, out of context, registered
     ports, before the shift split): 112 MHz at C=64, D=8, 24-bit
     accumulators (16 MULT18X18D, about 4.6k LUT4/carry cells: the two
@@ -136,6 +138,15 @@ class Requantizer(wiring.Component):
         ``C`` int32 biases added to the accumulators (default zeros).
     relu : bool
         Clamp at 0 instead of -128 (fused ReLU).
+    loadable : bool
+        Constants in a memory the host loader writes (:attr:`load_port`).
+    dsp_width : int
+        Signed input width of the part's multipliers (16 iCE40, 18 ECP5).
+    compact : bool
+        No S0 register (the smallest, slowest parts): the bias adder reads
+        the input and the constants ROM directly. On iCE40 the S0 registers
+        are copies of other registers or of block RAM data, each a logic
+        cell of its own (about 50 cells a lane).
 
     Members
     -------
@@ -152,13 +163,15 @@ class Requantizer(wiring.Component):
 
     def __init__(self, channels: int, *, width: int = 8, acc_bits: int = 32, multiplier,
                  shift, bias=None, relu: bool = False, loadable: bool = False,
-                 dsp_width: int = 18):
+                 dsp_width: int = 18, compact: bool = False):
         check_int("channels", channels, 1)
         check_int("width (D)", width, 1, 256)
         check_int("acc_bits", acc_bits, 2, MAX_ACC_BITS)
-        if not isinstance(relu, bool):
-            raise ValueError(f"relu must be True or False, got {relu!r}")
+        for name, flag in (("relu", relu), ("compact", compact)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         self.channels, self.width, self.acc_bits, self.relu = channels, width, acc_bits, relu
+        self.compact = compact
         if dsp_width not in (16, 18):
             raise ValueError(f"dsp_width must be 16 (iCE40) or 18 (ECP5), got {dsp_width!r}")
         #: Unsigned low part of the split product, sized for one signed DSP input.
@@ -204,7 +217,7 @@ class Requantizer(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from an accepted input beat to its output beat."""
-        return 7 if self.shift_bits > 3 else 6
+        return (7 if self.shift_bits > 3 else 6) - int(self.compact)
 
     def _lane_constants(self, b: int, d: int) -> tuple[int, int, int, int]:
         """(bias, multiplier, t, round flag) of lane ``d`` of beat ``b``."""
@@ -277,9 +290,12 @@ class Requantizer(wiring.Component):
             # clock-to-out then ends in a register instead of the bias adder).
             port = rom.read_port()
             m.d.comb += [port.addr.eq(bg_next), port.en.eq(1)]
-            s0_consts = Signal(D * lw)
-            with m.If(adv):
-                m.d.sync += s0_consts.eq(port.data)
+            if self.compact:
+                s0_consts = port.data
+            else:
+                s0_consts = Signal(D * lw)
+                with m.If(adv):
+                    m.d.sync += s0_consts.eq(port.data)
             consts = []
             for d in range(D):
                 f = s0_consts[d * lw:(d + 1) * lw]
@@ -303,11 +319,15 @@ class Requantizer(wiring.Component):
             for f, fn in values.items():
                 m.d.sync += [dst[f][d].eq(fn(d)) for d in range(D)]
 
-        s0 = stage("s0", acc=signed(ab))
-        with m.If(adv):
-            m.d.sync += [s0["valid"].eq(take), s0["last"].eq(p.last),
-                         s0["end"].eq(p.end)]
-            m.d.sync += [s0["acc"][d].eq(p.data[d]) for d in range(D)]
+        if self.compact:  # S1 takes the input beat itself
+            s0 = {"valid": take, "last": p.last, "end": p.end,
+                  "acc": [p.data[d] for d in range(D)]}
+        else:
+            s0 = stage("s0", acc=signed(ab))
+            with m.If(adv):
+                m.d.sync += [s0["valid"].eq(take), s0["last"].eq(p.last),
+                             s0["end"].eq(p.end)]
+                m.d.sync += [s0["acc"][d].eq(p.data[d]) for d in range(D)]
 
         # ---------------- S1: sum = acc + bias
         s1 = stage("s1", sum=signed(sb), mult=mb, sh=tb, rnd=1)

@@ -137,6 +137,7 @@ def test_throughput_one_beat_per_cycle():
     (dict(bias=[0, 1 << 31, 0, 0]), r"bias\[1\]"),
     (dict(shift=[0] * 3), "4 integers"),
     (dict(relu=1), "relu"),
+    (dict(compact=1), "compact"),
 ])
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_bad_parameters(kwargs, match):
@@ -182,6 +183,30 @@ def test_narrow_high_part_and_loadable_constants(dsp_width, C, D, loadable):
     assert (dut.load_port is not None) == loadable
     acc = random_acc(rng, (2, 5, C), acc_bits)
     run(dut, acc, want_of(acc, mult, shift, bias, False), seed=dsp_width)
+
+
+@pytest.mark.parametrize("C, D, loadable, shifts", [
+    (16, 1, True, (20, 24)),  # the digits network on iCE40: one lane, loadable ROM
+    (13, 4, False, (3, 20)),  # padding lanes, the coarse shift stage
+    (6, 8, False, (8, 16)),  # one beat per group: constants wired in
+])
+def test_compact_matches_golden_without_the_input_register(C, D, loadable, shifts):
+    """``compact`` (no S0): the same values under stalls, full rate, one cycle less latency."""
+    rng = np.random.default_rng(C + D)
+    mult, shift, _, _ = constants(rng, C, shift_lo=shifts[0], shift_hi=shifts[1])
+    bias = rng.integers(-9000, 9000, C)
+    args = dict(width=D, acc_bits=20, multiplier=[int(v) for v in mult],
+                shift=[int(v) for v in shift], bias=[int(v) for v in bias], loadable=loadable,
+                dsp_width=16)
+    full, dut = Requantizer(C, **args), Requantizer(C, **args, compact=True)
+    full._MustUse__silence = True
+    assert dut.latency == full.latency - 1
+    acc = random_acc(rng, (3, 5, C), 20)
+    want = want_of(acc, mult, shift, bias, False)
+    run(dut, acc, want, seed=C)
+    res = run(dut, acc, want, stall=0.0)
+    assert np.all(np.diff(res.input_cycles[0]) == 1) and np.all(np.diff(res.cycles[0]) == 1)
+    assert res.cycles[0][-1] - res.input_cycles[0][-1] == dut.latency
 
 
 @pytest.mark.parametrize("shifts, bits, latency", [

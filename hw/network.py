@@ -284,7 +284,8 @@ class NetworkCore(wiring.Component):
                     eng = add(layer.name, OverlayEngine(layer.overlays, entries=r,
                                                         lanes_per_beat=fold.lanes_per_beat,
                                                         acc_bits=layer.accumulator_bits(),
-                                                        loadable=loadable, spram=spram))
+                                                        loadable=loadable, spram=spram,
+                                                        compact=folding.compact))
                     width = eng.lanes_per_beat
                     m = layer.overlays.num_kernels
                     if layer.requant is None:

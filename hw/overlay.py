@@ -126,6 +126,17 @@ class OverlayEngine(wiring.Component):
     acc_bits : int, optional
         Accumulator width; default and minimum: the width that provably holds
         every sum of this layer.
+    loadable : bool
+        The weights (and row table) in memories the host loader writes.
+    spram : bool
+        The weights in iCE40 SPRAM (single port, no initial contents).
+    compact : bool
+        No output FIFO (the smallest parts): the drain's sums come straight
+        from the accumulator banks, whose read data holds while the output
+        waits (a new group into that buffer waits until its last sum is
+        taken). The drain issues on ``o.ready``; same rate, two cycles less
+        latency. On iCE40, which has
+        no LUT RAM, the FIFO is about 90 logic cells.
 
     Members
     -------
@@ -143,7 +154,8 @@ class OverlayEngine(wiring.Component):
     """
 
     def __init__(self, overlays: Overlays, *, entries: int = 1, lanes_per_beat: int | None = None,
-                 acc_bits: int | None = None, loadable: bool = False, spram: bool = False):
+                 acc_bits: int | None = None, loadable: bool = False, spram: bool = False,
+                 compact: bool = False):
         if not isinstance(overlays, Overlays):
             raise ValueError(f"overlays must be an Overlays, got {type(overlays).__name__}")
         lanes, k = overlays.lanes, overlays.kernels_per_overlay
@@ -173,6 +185,9 @@ class OverlayEngine(wiring.Component):
             raise ValueError("spram (a single-port weight memory without initial contents) "
                              "needs loadable=True and entries (R) = 1")
         self.spram = spram
+        if not isinstance(compact, bool):
+            raise ValueError(f"compact must be True or False, got {compact!r}")
+        self.compact = compact
         # Host loader access: the weights, and the row table of non-complementary masks.
         self.load_ports: list[LoadPort] = []
         self._wload = self._rload = None
@@ -340,8 +355,10 @@ class OverlayEngine(wiring.Component):
 
         issue = Signal()
         final_op = Signal()  # the last op of the current beat
+        held = Signal()  # compact: the drain's last sum of buffer ``e_buf`` not yet taken
+        e_buf = Signal()
         m.d.comb += [
-            issue.eq(a1_active & ~full.bit_select(acc_buf, 1)),
+            issue.eq(a1_active & ~full.bit_select(acc_buf, 1) & ~(held & (e_buf == acc_buf))),
             final_op.eq(issue & (beat == cur_maxb - 1) & (pss == passes - 1)),
             a1_take.eq(a0_valid & (~a1_active | final_op)),
         ]
@@ -447,13 +464,24 @@ class OverlayEngine(wiring.Component):
         d_pass = Signal(pass_bits)
         d_next = Signal()  # the buffer the next drain reads (groups drain in order)
 
-        fifo = SyncFIFOBuffered(width=P * A + 2, depth=4)
-        m.submodules.fifo = fifo
         inflight = Signal()
         d_issue = Signal()
         d_final = Signal()
+        e_valid = Signal()
+        e_last = Signal()
+        if self.compact:
+            # The bank's read data is the output register: issue when it is free or taken.
+            m.d.comb += [
+                d_issue.eq(d_active & (~e_valid | self.o.ready)),
+                # A drained buffer's last sum is held in its bank's read data until it is
+                # taken: no new group may read that bank before (see ``issue``).
+                held.eq(e_valid & e_last & ~self.o.ready),
+            ]
+        else:
+            fifo = SyncFIFOBuffered(width=P * A + 2, depth=4)
+            m.submodules.fifo = fifo
+            m.d.comb += d_issue.eq(d_active & (fifo.level + inflight < fifo.depth))
         m.d.comb += [
-            d_issue.eq(d_active & (fifo.level + inflight < fifo.depth)),
             d_final.eq(d_issue & (d_block == n_blocks - 1)),
             drain_done.eq(d_final),
             drain_done_buf.eq(d_buf),
@@ -484,13 +512,15 @@ class OverlayEngine(wiring.Component):
 
         d_addr = Signal(range(bank_depth))
         m.d.comb += d_addr.eq(d_pass * K + d_id)
-        e_valid = Signal()
-        e_last = Signal()
         e_end = Signal()
-        e_buf = Signal()
-        e_addr = Signal(range(bank_depth))  # zero written back the cycle after the read
-        m.d.sync += [e_valid.eq(d_issue), e_last.eq(d_final), e_end.eq(d_final & d_end),
-                     e_buf.eq(d_buf), e_addr.eq(d_addr)]
+        e_clear = Signal()  # the cycle after a read: write zero back
+        e_addr = Signal(range(bank_depth))
+        m.d.sync += e_clear.eq(d_issue)
+        with m.If(d_issue):
+            m.d.sync += [e_valid.eq(1), e_last.eq(d_final), e_end.eq(d_final & d_end),
+                         e_buf.eq(d_buf), e_addr.eq(d_addr)]
+        with m.Elif(self.o.ready if self.compact else Const(1)):
+            m.d.sync += e_valid.eq(0)
         m.d.comb += inflight.eq(e_valid)
 
         # Bank ports: the buffer under accumulation serves stages B (read) and C
@@ -507,7 +537,7 @@ class OverlayEngine(wiring.Component):
                     with m.If(c_live[r] & (c_buf == b)):
                         m.d.comb += [wp.addr.eq(c_addr[r][k]),
                                      wp.data.eq(rp.data + c_prod[r][k]), wp.en.eq(1)]
-                    with m.Elif(e_valid & (e_buf == b)):
+                    with m.Elif(e_clear & (e_buf == b)):
                         m.d.comb += [wp.addr.eq(e_addr), wp.data.eq(0), wp.en.eq(1)]
         sums = []
         for k in range(P):
@@ -517,15 +547,16 @@ class OverlayEngine(wiring.Component):
             s = Signal(signed(A), name=f"drain_sum_{k}")
             m.d.comb += s.eq(total)
             sums.append(s)
-        m.d.comb += [
-            fifo.w_data.eq(Cat(*sums, e_last, e_end)),
-            fifo.w_en.eq(e_valid),
-        ]
-
         # ---------------- output
-        m.d.comb += [
-            self.o.valid.eq(fifo.r_rdy),
-            fifo.r_en.eq(self.o.ready),
-            self.o.payload.as_value().eq(fifo.r_data),
-        ]
+        if self.compact:
+            m.d.comb += [self.o.valid.eq(e_valid),
+                         self.o.payload.as_value().eq(Cat(*sums, e_last, e_end))]
+        else:
+            m.d.comb += [
+                fifo.w_data.eq(Cat(*sums, e_last, e_end)),
+                fifo.w_en.eq(e_valid),
+                self.o.valid.eq(fifo.r_rdy),
+                fifo.r_en.eq(self.o.ready),
+                self.o.payload.as_value().eq(fifo.r_data),
+            ]
         return m

@@ -52,8 +52,9 @@ CASES = [  # kernels, fan_in, K, R, P, masks
 ]
 
 
+@pytest.mark.parametrize("compact", [False, True])
 @pytest.mark.parametrize("m, fan_in, k, r, p, masks", CASES)
-def test_engine_matches_golden_under_stalls(m, fan_in, k, r, p, masks):
+def test_engine_matches_golden_under_stalls(m, fan_in, k, r, p, masks, compact):
     rng = np.random.default_rng(m * 100 + fan_in)
     if masks == "complementary":
         w = zoo.complementary_weights(m, fan_in, k, rng)
@@ -62,7 +63,7 @@ def test_engine_matches_golden_under_stalls(m, fan_in, k, r, p, masks):
     else:
         w = rng.integers(-128, 128, (m, fan_in)).astype(np.int8)
     ov = pack(w, k)
-    dut = OverlayEngine(ov, entries=r, lanes_per_beat=p)
+    dut = OverlayEngine(ov, entries=r, lanes_per_beat=p, compact=compact)
     groups = random_groups(rng, fan_in, 8)
     groups[2] = []  # an empty group
     groups[3] = [(i, 7) for i in range(fan_in)]  # every input, back-to-back hits
@@ -81,12 +82,13 @@ def test_extreme_values_reach_the_worst_case_exactly():
     assert res.outputs[0][0]["data"][0] == 16 * 128 * 128 == worst
 
 
-def test_throughput_has_no_bubbles():
+@pytest.mark.parametrize("compact", [False, True])
+def test_throughput_has_no_bubbles(compact):
     """Steady state: one beat per L/P cycles, a group per max(beats * L/P, ceil(M/P))."""
     rng = np.random.default_rng(9)
     w = zoo.complementary_weights(64, 200, 8, rng)  # L = 8
     ov = pack(w, 8)
-    dut = OverlayEngine(ov, entries=4, lanes_per_beat=4)  # 2 passes, drain 16 cycles
+    dut = OverlayEngine(ov, entries=4, lanes_per_beat=4, compact=compact)  # drain 16 cycles
     assert dut.passes == 2 and dut.multipliers == 16
     groups = random_groups(rng, 200, 12, density=0.2)  # 40 active = 10 beats of 4 each
     res = check(dut, ov, groups, stall=0.0)
@@ -95,27 +97,34 @@ def test_throughput_has_no_bubbles():
     ends = [c for c, b in zip(res.cycles[0], res.outputs[0]) if b["last"]]
     per_group = np.diff(ends)
     assert set(per_group[2:].tolist()) == {max(10 * 2, 64 // 4)}  # 20 cycles per group
-    # Latency of a lone group: 8 + L/P cycles from its last input beat to its first output.
+    # Latency of a lone group: 8 + L/P cycles from its last input beat to its first output
+    # (two less without the output FIFO).
     res = check(dut, ov, [[(5, 1)]], stall=0.0)
-    assert res.cycles[0][0] - res.input_cycles[0][-1] == 8 + dut.passes
+    assert res.cycles[0][0] - res.input_cycles[0][-1] == 8 + dut.passes - 2 * compact
 
 
-def test_drain_bound_groups():
+@pytest.mark.parametrize("compact", [False, True])
+def test_drain_bound_groups(compact):
     """Small groups: the drain of ceil(M/P) beats sets the pace, overlapping the next group."""
     rng = np.random.default_rng(2)
     w = zoo.complementary_weights(32, 50, 4, rng)  # L = 8
     ov = pack(w, 4)
-    dut = OverlayEngine(ov, entries=8, lanes_per_beat=8)
+    dut = OverlayEngine(ov, entries=8, lanes_per_beat=8, compact=compact)
     groups = random_groups(rng, 50, 10, density=0.1)  # 5 active: 1 beat per group
     res = check(dut, ov, groups, stall=0.0)
     ends = [c for c, b in zip(res.cycles[0], res.outputs[0]) if b["last"]]
     assert set(np.diff(ends)[2:].tolist()) == {32 // 8}
+    # Long output stalls while the next group wants the buffer whose last sum is still
+    # held (compact: in the bank's read data).
+    for seed in range(4):
+        check(dut, ov, groups, stall=0.8, seed=seed)
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(entries=0), "entries"),
     (dict(lanes_per_beat=3), "divide"),
     (dict(acc_bits=4), "acc_bits"),
+    (dict(compact=None), "compact"),
 ])
 def test_bad_parameters(kwargs, match):
     ov = pack(np.ones((4, 8), dtype=np.int8), 1)
@@ -123,17 +132,18 @@ def test_bad_parameters(kwargs, match):
         OverlayEngine(ov, **kwargs)
 
 
-def test_verilator_matches_golden():
+@pytest.mark.parametrize("compact", [False, True])
+def test_verilator_matches_golden(compact):
     """The generated Verilog, in Verilator under cocotb, with random stalls on both streams."""
     rng = np.random.default_rng(21)
     w = zoo.random_sparse_weights(24, 60, 0.15, rng)
     ov = pack(w, 4)
     assert ov.words > ov.fan_in  # some rows need extra beats
-    dut = OverlayEngine(ov, entries=3, lanes_per_beat=3)
+    dut = OverlayEngine(ov, entries=3, lanes_per_beat=3, compact=compact)
     groups = random_groups(rng, 60, 10)
     groups[1] = []
     beats = sparse_beats(groups, dut.entries)
     want = dense_beats(expected_groups(ov, groups), dut.lanes_per_beat)
-    res = run_streams(dut, "overlay_engine", [("i", dut.in_layout, beats)],
+    res = run_streams(dut, f"overlay_engine{'_compact' * compact}", [("i", dut.in_layout, beats)],
                       [("o", dut.out_layout, len(want))], stall=0.3, seed=5)
     assert res.outputs[0] == want

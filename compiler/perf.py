@@ -268,7 +268,7 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
         elif isinstance(c, adapters.Densify):
             cyc = np.full(n, g.shape[1] * -(-g.shape[2] // c.width))
         elif isinstance(c, kwta.LocalKWTA):
-            cyc = np.full(n, g.shape[1] * -(-g.shape[2] // c.width))
+            cyc = np.full(n, g.shape[1] * c.cycles_per_position)
         elif isinstance(c, kwta.GlobalKWTA):
             cyc = np.full(n, c.cycles_per_frame)
             feed = ("groups", _groups(acts[i + 1]) != 0)

@@ -209,7 +209,8 @@ class LocalKWTA(wiring.Component):
     sorted (``k`` comparators, no merge network), and the finished
     position's winners are emitted in channel order by picking the lowest
     remaining channel once per cycle (``k`` cycles at most, overlapping the
-    next position's ``C``). Same interface, same ``C`` cycles per position.
+    next position's ``C``). Same interface; ``max(C, k + 2)`` cycles per
+    position.
 
     Throughput
     ----------
@@ -273,8 +274,9 @@ class LocalKWTA(wiring.Component):
 
     @property
     def cycles_per_position(self) -> int:
-        """Steady-state cycles per position (input-bound)."""
-        return self.beats
+        """Steady-state cycles per position: input-bound; serial (``D = 1``) at least
+        ``k + 2`` (the hold load, then one winner per cycle)."""
+        return max(self.beats, self.k + 2) if self.width == 1 else self.beats
 
     def elaborate(self, platform):
         if self.width == 1:
@@ -544,36 +546,40 @@ class LocalKWTA(wiring.Component):
                                 Mux(take_new, new, below)))
 
         # ---------------- hold: the finished position's winners, emitted by channel
+        # Loaded from the cells the cycle after the position's last insertion (``pend``),
+        # while the next position's first element goes in: the insertion logic then
+        # drives only the cells (on iCE40 a LUT and its flip-flop share a cell only
+        # when the LUT drives nothing else), and the channel order of the winners is
+        # compared once, into registers, instead of on every emission.
+        pend, pend_end = Signal(), Signal()
         hold_v, hold_end = Signal(), Signal()
         h_idx = [Signal(ib, name=f"h_idx_{i}") for i in range(k)]
         h_x = [Signal(signed(8), name=f"h_x_{i}") for i in range(k)]
+        # before[i][j] (i != j): cell i's channel is lower than cell j's
+        before = [[Signal(name=f"before_{i}_{j}") if i != j else None for j in range(k)]
+                  for i in range(k)]
         rem = Signal(k)  # non-zero winners not yet emitted
-        m.d.comb += adv.eq(~(v1 & last1 & hold_v))
+        m.d.comb += adv.eq(~(v1 & last1 & (hold_v | pend)))
         with m.If(adv & v1):
             m.d.sync += [cells[i].eq(inserted[i]) for i in range(k)]
-            with m.If(last1):
-                m.d.sync += [hold_v.eq(1), hold_end.eq(end1)]
-                for i in range(k):
-                    r = inserted[i]
-                    m.d.sync += [h_idx[i].eq(r[kb:kb + ib]), h_x[i].eq(r[kb + ib:kb + ib + 8])]
-                m.d.sync += rem.eq(Cat(*[r[rec_w - 1] & (r[kb + ib:kb + ib + 8] != 0)
-                                         for r in inserted]))
+        m.d.sync += pend.eq(adv & v1 & last1)
+        with m.If(adv & v1 & last1):
+            m.d.sync += pend_end.eq(end1)
+        with m.If(pend):
+            m.d.sync += [hold_v.eq(1), hold_end.eq(pend_end)]
+            c_idx = [c[kb:kb + ib] for c in cells]
+            for i, c in enumerate(cells):
+                x = c[kb + ib:kb + ib + 8]
+                m.d.sync += [h_idx[i].eq(c_idx[i]), h_x[i].eq(x)]
+                for j in range(k):
+                    if j != i:
+                        m.d.sync += before[i][j].eq(c_idx[i] < c_idx[j])
+            m.d.sync += rem.eq(Cat(*[c[rec_w - 1] & (c[kb + ib:kb + ib + 8] != 0)
+                                     for c in cells]))
 
-        # The lowest remaining channel: a tournament over the k cells.
-        def lowest(items):  # items: (onehot, idx)
-            while len(items) > 1:
-                nxt = []
-                for a in range(0, len(items), 2):
-                    if a + 1 == len(items):
-                        nxt.append(items[a])
-                        continue
-                    (sa, ia, va), (sb, ib_, vb) = items[a], items[a + 1]
-                    pick_b = vb & (~va | (ib_ < ia))
-                    nxt.append((Mux(pick_b, sb, sa), Mux(pick_b, ib_, ia), va | vb))
-                items = nxt
-            return items[0]
-
-        sel, _, _ = lowest([(Const(1 << i, k), h_idx[i], rem[i]) for i in range(k)])
+        # The lowest remaining channel: the cell that comes before every other remaining one.
+        sel = Cat(*[rem[i] & Cat(*[~rem[j] | before[i][j] for j in range(k) if j != i]).all()
+                    for i in range(k)])
         sel_idx = onehot((sel[i], h_idx[i]) for i in range(k))
         sel_x = onehot((sel[i], h_x[i]) for i in range(k))
         rem_next = Signal(k)
@@ -582,8 +588,8 @@ class LocalKWTA(wiring.Component):
         # ---------------- beat being filled, then the output register
         out = _SerialOutput(m, self.o, R, k, ib)
         entry = Cat(sel_idx, sel_x)
-        done = Signal()
-        m.d.comb += done.eq(rem_next == 0)
+        done = Signal()  # this entry is the last: one winner remains (from rem, not sel)
+        m.d.comb += done.eq((rem & (rem - 1)) == 0)
         with m.If(hold_v):
             with m.If(rem == 0):  # no non-zero winner: one empty beat
                 with m.If(out.free):

@@ -147,9 +147,11 @@ def test_local_throughput_one_position_per_beats():
     assert outs[0] - ins[dut.beats - 1] == 9  # latency stated in the docstring
 
 
-@pytest.mark.parametrize("C, k, R", [(16, 4, 1), (64, 8, 8), (6, 6, 2)])
+@pytest.mark.parametrize("C, k, R", [(16, 4, 1), (64, 8, 8), (16, 5, 1), (6, 6, 2), (8, 7, 1),
+                                     (1, 1, 1)])
 def test_local_serial_one_element_per_cycle(C, k, R):
-    """D = 1: an element every cycle, no bubble between positions, emission overlapped."""
+    """D = 1: an element every cycle, no bubble between positions, emission overlapped
+    (k + 2 <= C); else k + 2 cycles per position (the hold load, one winner a cycle)."""
     rng = np.random.default_rng(C + k)
     dut = LocalKWTA(C, k, width=1, entries=R, boost=make_boost("small", C, rng))
     positions = 12
@@ -159,11 +161,12 @@ def test_local_serial_one_element_per_cycle(C, k, R):
     res = simulate(dut, [Port(dut.i, dut.in_layout, frame_beats(x, C, 1))],
                    [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
     assert res.outputs[0] == want
-    assert dut.cycles_per_position == C
+    assert dut.cycles_per_position == max(C, k + 2)
     ins = np.array(res.input_cycles[0])
-    # k winners take k cycles to emit: they overlap the next position when k < C
-    gaps = np.diff(ins)
-    assert (gaps == 1).all() if k < C else gaps.max() <= 2
+    if k + 2 <= C:
+        assert (np.diff(ins) == 1).all()
+    starts = ins[::C]
+    assert set(np.diff(starts)[2:].tolist()) == {dut.cycles_per_position}
 
 
 @pytest.mark.parametrize("C, k, R, out_beats", [(8, 4, 8, 1), (6, 6, 2, 3)])

@@ -280,6 +280,13 @@ class HostLink(wiring.Component):
         depth_table = (Array(Const(p.depth, 17) for p in ports) if ports
                        else Array([Const(0, 17)]))
 
+        # LOAD's target and range checks, registered: their inputs are final once the
+        # payload is in, a CRC's two bytes before CHECK reads them (off CHECK's path).
+        bad_target = Signal()
+        bad_range = Signal()
+        m.d.sync += [bad_target.eq(target >= n_targets),
+                     bad_range.eq((lane != 0) | laddr_hi | (laddr + lwords > depth_table[target]))]
+
         status_bytes = Signal(STATUS_BYTES * 8)
         m.d.comb += status_bytes.eq(Cat(
             Const(PROTOCOL_VERSION, 16), loaded, Const(int(self.needs_load), 1), Const(0, 6),
@@ -436,10 +443,9 @@ class HostLink(wiring.Component):
                         with m.Case(COMMANDS["LOAD"]):
                             with m.If(length < 5):
                                 reject(2)
-                            with m.Elif(target >= n_targets):
+                            with m.Elif(bad_target):
                                 reject(5)
-                            with m.Elif((lane != 0) | laddr_hi
-                                        | (laddr + lwords > depth_table[target])):
+                            with m.Elif(bad_range):
                                 reject(6)
                             with m.Else():
                                 m.d.sync += [x_ra.eq(5 // W), x_rl.eq(5 % W), x_left.eq(length - 5),

@@ -253,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sim-count", type=int, default=16,
                    help="test digits run in Verilator (default 16)")
     d.add_argument("--seed", type=int, default=0, help="weights and inputs seed (default 0)")
-    d.add_argument("--bitstream", metavar="BOARD",
-                   help="also build the digits network's bitstream for BOARD (an ECP5 board: "
-                        "ulx3s-45f/85f, orangecrab-85f; minutes) and print its report")
+    d.add_argument("--bitstream", metavar="BOARD", default="icebreaker",
+                   help="board of the digits network's bitstream, built last with its "
+                        "resource and timing report (default icebreaker: about 6 minutes)")
+    d.add_argument("--no-bitstream", dest="bitstream", action="store_const", const=None,
+                   help="skip the bitstream")
     d.set_defaults(func=_cmd_demo)
 
     be = sub.add_parser("bench", help="benchmark gsc-cs: dense vs sparse weights vs "

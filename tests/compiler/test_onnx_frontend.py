@@ -855,11 +855,11 @@ def test_trained_digits_example(name):
     x, labels = test["x"], test["y"]
     net = import_onnx(root / name, calibration=cal)
     assert [layer.kind for layer in net.layers] == [
-        "zero_skip", "overlay_conv", "local_kwta", "max_pool", "flatten", "overlay_linear",
+        "zero_skip", "overlay_conv", "max_pool", "local_kwta", "flatten", "overlay_linear",
         "global_kwta", "overlay_linear"]
     ref = run_ort(root / name, x)
     y = run_golden(net, x)
-    max_err, mean_err, agree = errors(y, ref)  # measured 0.106, 0.0145, 0.997
+    max_err, mean_err, agree = errors(y, ref)  # measured 0.119, 0.0142, 0.994
     assert max_err < MAX_ERR and mean_err < MEAN_ERR and agree >= 0.98, (max_err, mean_err, agree)
     assert (y.argmax(1) == labels).mean() >= (ref.argmax(1) == labels).mean() - 0.01
 

@@ -4,11 +4,9 @@ The pipeline's interval is its slowest stage, so parallelism goes where the
 performance model (:mod:`cosparse.compiler.perf`) says the time is: starting
 from one multiplier per layer, the bottleneck overlay layer gets the next
 step up (more lanes per pass until all ``L`` lanes run at once, then more
-entries per beat) while the multipliers fit the budget. A bottleneck that is
-not an overlay layer's stage but takes its dense stream's width from one (a
-k-WTA or a pool after an engine: ``P`` elements per beat) widens that
-engine's ``P``. It stops when the bottleneck gains nothing from multipliers
-(a k-WTA on a sparse stream) or the next step does not fit.
+entries per beat) while the multipliers fit the budget. It stops when the
+bottleneck is not an overlay layer's stage (a k-WTA, a pool: more
+multipliers would not help) or the next step does not fit.
 
 A user can override any layer (``overrides``): those folds are kept as they
 are and the search works around them.
@@ -58,23 +56,6 @@ def dsp_blocks(net: ir.Network, folding: Folding, core: NetworkCore | None = Non
         core = NetworkCore(net, folding)
         core.discard()
     return core.dsp_products
-
-
-def _width_source(net: ir.Network, name: str) -> str | None:
-    """The overlay layer whose ``P`` is the width of layer ``name``'s dense input, if any.
-
-    Requantizers (part of the overlay layer), dense max pools and flattens keep
-    the width; a k-WTA, zero-skip or densify starts another stream.
-    """
-    names = [layer.name for layer in net.layers]
-    if name not in names:
-        return None
-    for layer in reversed(net.layers[:names.index(name)]):
-        if isinstance(layer, ir._OverlayLayer):
-            return layer.name
-        if not isinstance(layer, (ir.MaxPool, ir.Flatten)):
-            return None
-    return None
 
 
 def _input_width(net: ir.Network) -> int:
@@ -137,18 +118,16 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
     for _ in range(max_steps):
         stages = stage_cycles(net, folding, sample)
         worst = max(stages, key=lambda s: s.mean)
-        # A width-bound stage after an engine (its P elements per beat) widens that P.
-        name = worst.layer if worst.layer in by_name else _width_source(net, worst.layer)
-        if name is None or name in overrides:
+        if worst.layer not in by_name or worst.layer in overrides:
             break
-        layer = by_name[name]
+        layer = by_name[worst.layer]
         f = folding.layers[layer.name]
         lanes = layer.overlays.lanes
         p = f.lanes_per_beat or lanes
         bigger = [d for d in _divisors(lanes) if d > p]
         if bigger:
             step = LayerFold(f.entries, bigger[0], f.width)
-        elif f.entries < MAX_ENTRIES and name == worst.layer:
+        elif f.entries < MAX_ENTRIES:
             step = LayerFold(f.entries * 2, p, f.width)
         else:
             break
@@ -158,10 +137,10 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         used = multipliers(net, trial) if engines_only else dsp_blocks(net, trial, core)
         if used > max_multipliers:
             break
-        # The step must speed up the stage it was given for (not the whole pipeline: two
+        # The step must speed up the layer it was given to (not the whole pipeline: two
         # layers tied as the bottleneck take turns).
         if max(s.mean for s in stage_cycles(net, trial, sample, core=core)
-               if s.layer == worst.layer) >= worst.mean:
+               if s.layer == layer.name) >= worst.mean:
             break  # e.g. more entries into a window whose positions fit one beat already
         folding = trial
     return folding

@@ -138,8 +138,8 @@ def run_demo(outdir: str | None = None, count: int = 256, seed: int = 0,
 
 
 #: Clocks of the digits bitstream where a board's default is too fast for it: the
-#: iCEBreaker build (95% of the UP5K's logic cells) reaches 23.5 MHz in nextpnr,
-#: short of the board's 24 MHz (its critical path: the serial global k-WTA's
+#: iCEBreaker build (96% of the UP5K's logic cells) reached 23.5 MHz in nextpnr
+#: against the board's 24 MHz (its critical path: the serial global k-WTA's
 #: emission decision, key compare to group counter).
 DEMO_CLOCK_MHZ = {"icebreaker": 20.0}
 

@@ -304,8 +304,8 @@ class HostLink(wiring.Component):
 
         # response sender: header, body, CRC phases with their own small counters
         s_phase = Signal(2)
-        s_cnt = Signal(range(max(STATUS_BYTES, self.out_bytes + 8) + 1))  # header byte / body
-        # bytes left / CRC byte
+        # header byte / body bytes left / CRC byte
+        s_cnt = Signal(range(max(STATUS_BYTES, self.out_bytes + 8) + 1))
         s_bi = Signal(5)  # STATUS byte
         s_oa = Signal(range(max(self.out_beats, 2)))
         s_ol = Signal(range(max(OB, 2)))
@@ -318,7 +318,8 @@ class HostLink(wiring.Component):
         x_left = Signal(range(maxp + 1))
         x_word = Signal(8 * max((p.word_bytes for p in ports), default=1))
         l_byte = Signal(8)
-        x_j = Signal(range(max((p.word_bytes for p in ports), default=1) + 5))
+        # byte of the word (LOAD) or of the weights id (SEAL, to 4)
+        x_j = Signal(range(max(max((p.word_bytes for p in ports), default=1), 4) + 1))
         x_k = Signal(range(max((p.hw_depth for p in ports), default=1) + 1))
 
         # INFER feeder / collector

@@ -555,9 +555,9 @@ class LocalKWTA(wiring.Component):
         hold_v, hold_end = Signal(), Signal()
         h_idx = [Signal(ib, name=f"h_idx_{i}") for i in range(k)]
         h_x = [Signal(signed(8), name=f"h_x_{i}") for i in range(k)]
-        # before[i][j] (i != j): cell i's channel is lower than cell j's
-        before = [[Signal(name=f"before_{i}_{j}") if i != j else None for j in range(k)]
-                  for i in range(k)]
+        # lower[(i, j)], i < j: cell i's channel is lower than cell j's (the channels of
+        # valid cells differ, so j's is lower when it is not; invalid cells never remain)
+        lower = {(i, j): Signal(name=f"lower_{i}_{j}") for i in range(k) for j in range(i + 1, k)}
         rem = Signal(k)  # non-zero winners not yet emitted
         m.d.comb += adv.eq(~(v1 & last1 & (hold_v | pend)))
         with m.If(adv & v1):
@@ -571,14 +571,15 @@ class LocalKWTA(wiring.Component):
             for i, c in enumerate(cells):
                 x = c[kb + ib:kb + ib + 8]
                 m.d.sync += [h_idx[i].eq(c_idx[i]), h_x[i].eq(x)]
-                for j in range(k):
-                    if j != i:
-                        m.d.sync += before[i][j].eq(c_idx[i] < c_idx[j])
+            m.d.sync += [lower[i, j].eq(c_idx[i] < c_idx[j]) for i, j in lower]
             m.d.sync += rem.eq(Cat(*[c[rec_w - 1] & (c[kb + ib:kb + ib + 8] != 0)
                                      for c in cells]))
 
         # The lowest remaining channel: the cell that comes before every other remaining one.
-        sel = Cat(*[rem[i] & Cat(*[~rem[j] | before[i][j] for j in range(k) if j != i]).all()
+        def before(i, j):
+            return lower[i, j] if i < j else ~lower[j, i]
+
+        sel = Cat(*[rem[i] & Cat(*[~rem[j] | before(i, j) for j in range(k) if j != i]).all()
                     for i in range(k)])
         sel_idx = onehot((sel[i], h_idx[i]) for i in range(k))
         sel_x = onehot((sel[i], h_x[i]) for i in range(k))

@@ -18,7 +18,8 @@ Structure
       -> B : P x R products (int8 x int8), accumulator-bank read
       -> C : read-modify-write of accumulator [lane][id] (banks per entry r
              and slot k, one memory per buffer)
-    drain: per block of P lanes, sum the R banks -> FIFO -> o (dense, P/beat)
+    drain: per block of P lanes, sum the R banks -> FIFO -> o (dense, P/beat);
+           ``compact``: no FIFO, the banks' read data is the output register
 
 * ``R`` (``entries``) active inputs per beat, each with its own weight-memory
   read port and its own accumulator banks, so entries of one beat never
@@ -135,8 +136,8 @@ class OverlayEngine(wiring.Component):
         from the accumulator banks, whose read data holds while the output
         waits (a new group into that buffer waits until its last sum is
         taken). The drain issues on ``o.ready``; same rate, two cycles less
-        latency. On iCE40, which has
-        no LUT RAM, the FIFO is about 90 logic cells.
+        latency. On iCE40, which has no LUT RAM, the FIFO is about 90 logic
+        cells.
 
     Members
     -------
@@ -519,7 +520,7 @@ class OverlayEngine(wiring.Component):
         with m.If(d_issue):
             m.d.sync += [e_valid.eq(1), e_last.eq(d_final), e_end.eq(d_final & d_end),
                          e_buf.eq(d_buf), e_addr.eq(d_addr)]
-        with m.Elif(self.o.ready if self.compact else Const(1)):
+        with m.Elif(self.o.ready | ~Const(self.compact)):  # the FIFO takes every sum
             m.d.sync += e_valid.eq(0)
         m.d.comb += inflight.eq(e_valid)
 

@@ -321,7 +321,7 @@ def accuracy_without_boost(net: DigitsCS, x: np.ndarray, y: np.ndarray) -> float
 
 
 def sparsity_figures(taps: dict, x: np.ndarray) -> dict:
-    """Fraction of zeros in the input and after each k-WTA (and the pool that follows)."""
+    """Fraction of zeros in the input, after the pool and after each k-WTA."""
     k1 = taps["kwta1"]
     active_per_position = (k1 != 0).sum(axis=1)
     return {

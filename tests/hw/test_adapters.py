@@ -5,7 +5,7 @@ import gc
 import numpy as np
 import pytest
 
-from cosparse.hw.adapters import Densify, ZeroSkip
+from cosparse.hw.adapters import Densify, Narrow, ZeroSkip
 from cosparse.hw.streams import dense_beats, sparse_beats
 from cosparse.sim.streamsim import Port, simulate
 from cosparse.sim.verilate import run_streams
@@ -66,6 +66,8 @@ def densify_io(xs, D, R, rng=None):
 
 ZS_CASES = [  # C, D, R
     (16, 8, 8), (16, 8, 4), (13, 4, 8), (1, 1, 1), (10, 8, 3), (64, 8, 8), (7, 2, 1),
+    # one-beat groups wider than the output: the picker
+    (25, 25, 2), (25, 32, 5), (9, 9, 4), (2, 2, 1),
 ]
 
 
@@ -80,7 +82,7 @@ def test_zero_skip_matches_numpy_under_stalls(C, D, R):
     assert res.outputs[0] == want
 
 
-@pytest.mark.parametrize("C, D, R", [(16, 8, 4), (13, 4, 8), (10, 8, 3)])
+@pytest.mark.parametrize("C, D, R", [(16, 8, 4), (13, 4, 8), (10, 8, 3), (25, 25, 2)])
 def test_zero_skip_keep_zeros_emits_every_element(C, D, R):
     """The dense baselines' path: zeros become entries too, nothing else changes."""
     rng = np.random.default_rng(C + D + R)
@@ -136,6 +138,23 @@ def test_zero_skip_one_beat_per_cycle():
     assert res.cycles[0][-1] - res.input_cycles[0][-1] == 3 + flush  # latency
 
 
+def test_zero_skip_picker_cycles_per_group():
+    """One-beat groups, D > R: ceil(nnz / R) cycles per group (1 if empty), no bubbles."""
+    rng = np.random.default_rng(16)
+    C, R = 25, 2
+    dut = ZeroSkip(C, width=C, entries=R)
+    assert dut.picker and not ZeroSkip(16, width=8, entries=4).picker
+    x = random_groups(rng, 60, C, p_zero=0.7)
+    beats_in, want = zero_skip_io([x], C, R)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    assert res.outputs[0] == want
+    per_group = np.maximum(1, -(-np.count_nonzero(x, axis=1) // R))
+    assert np.all(np.diff(res.cycles[0]) == 1)  # one output beat every cycle
+    # the input register and the hold: beat g + 2 is taken as group g's last chunk leaves
+    assert np.array_equal(np.diff(res.input_cycles[0])[1:], per_group[:-2])
+
+
 def test_densify_cycles_per_group():
     """ceil(C/D) cycles per group, plus one per input-beat boundary inside a dense beat."""
     rng = np.random.default_rng(7)
@@ -170,6 +189,8 @@ def test_densify_cycles_per_group():
     (Densify, dict(group=2.5), "group"),
     (Densify, dict(group=8, entries=0), "entries"),
     (Densify, dict(group=8, width=True), "width"),
+    (Narrow, dict(group=8, width_in=8, width_out=3), "divide"),
+    (Narrow, dict(group=0, width_in=8, width_out=2), "group"),
 ])
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_bad_parameters(cls, kwargs, match):
@@ -184,6 +205,64 @@ def test_verilator_zero_skip():
     beats_in, want = zero_skip_io(frames_of(rng, 3, 8, 16), 8, 4)
     res = run_streams(dut, "zero_skip", [("i", dut.in_layout, beats_in)],
                       [("o", dut.out_layout, len(want))], stall=0.3, seed=3)
+    assert res.outputs[0] == want
+
+
+def test_verilator_zero_skip_picker():
+    rng = np.random.default_rng(18)
+    dut = ZeroSkip(25, width=25, entries=3)
+    beats_in, want = zero_skip_io(frames_of(rng, 3, 8, 25), 25, 3)
+    res = run_streams(dut, "zero_skip_picker", [("i", dut.in_layout, beats_in)],
+                      [("o", dut.out_layout, len(want))], stall=0.3, seed=5)
+    assert res.outputs[0] == want
+
+
+def narrow_io(xs, P, Q):
+    """Dense groups of ``P``-element beats in (zero padded), the same in ``Q``-element beats."""
+    beats_in, want = [], []
+    for x in xs:
+        beats_in += dense_beats([list(map(int, g)) for g in x], P)
+        want += dense_beats([list(map(int, g)) for g in x], Q)
+    return beats_in, want
+
+
+@pytest.mark.parametrize("C, P, Q", [(64, 32, 8), (12, 8, 2), (1500, 2, 1), (5, 4, 4), (3, 4, 1),
+                                     (1, 2, 1)])
+def test_narrow_matches_numpy_under_stalls(C, P, Q):
+    from amaranth.hdl import signed
+
+    rng = np.random.default_rng(C + P + Q)
+    dut = Narrow(C, width_in=P, width_out=Q, elem_shape=signed(20))
+    n = 2 if C > 100 else 6
+    xs = [rng.integers(-2 ** 19, 2 ** 19, (n, C)) for _ in range(2)]
+    beats_in, want = narrow_io(xs, P, Q)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=C)
+    assert res.outputs[0] == want
+
+
+def test_narrow_one_beat_per_cycle():
+    from amaranth.hdl import signed
+
+    rng = np.random.default_rng(19)
+    C, P, Q = 64, 32, 8
+    dut = Narrow(C, width_in=P, width_out=Q, elem_shape=signed(18))
+    beats_in, want = narrow_io([rng.integers(-1000, 1000, (10, C))], P, Q)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    assert res.outputs[0] == want and dut.beats == 8
+    assert np.all(np.diff(res.cycles[0]) == 1)
+    assert res.cycles[0][0] - res.input_cycles[0][0] == 2  # latency
+
+
+def test_verilator_narrow():
+    from amaranth.hdl import signed
+
+    rng = np.random.default_rng(20)
+    dut = Narrow(12, width_in=8, width_out=2, elem_shape=signed(24))
+    beats_in, want = narrow_io([rng.integers(-2 ** 23, 2 ** 23, (5, 12)) for _ in range(2)], 8, 2)
+    res = run_streams(dut, "narrow", [("i", dut.in_layout, beats_in)],
+                      [("o", dut.out_layout, len(want))], stall=0.3, seed=6)
     assert res.outputs[0] == want
 
 

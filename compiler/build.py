@@ -126,6 +126,7 @@ def layer_table(net: ir.Network, folding, sample: np.ndarray) -> list[dict]:
                        dense_macs=m * fan_in * positions,
                        sparse_macs=float(active * ov.lanes),  # each active input x L slots
                        R=f.entries, P=f.lanes_per_beat or ov.lanes,
+                       Q=f.width or f.lanes_per_beat or ov.lanes,
                        memory_bits=weight_memory_bits(layer))
         rows.append(row)
     return rows
@@ -134,16 +135,16 @@ def layer_table(net: ir.Network, folding, sample: np.ndarray) -> list[dict]:
 def _report(net: ir.Network, rows: list[dict], perf: dict, board, mults: int) -> str:
     lines = [f"# {net.name}: compiled for {board.name} ({board.fpga})", "",
              f"Mode `{net.meta.get('mode')}`, source `{net.meta.get('source', '-')}`.", "",
-             "| layer | kind | in | out | density | fill | K | dense MACs | sparse MACs | R | P | "
-             "cycles | weight bits |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| layer | kind | in | out | density | fill | K | dense MACs | sparse MACs | R | P | Q | "
+             "cycles | weight bits |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "kernels" in r:
             lines.append(f"| {r['layer']} | {r['kind']} | {r['in']} | {r['out']} | "
                          f"{r['density']:.3f} | {r['fill']:.3f} | {r['K']} | {r['dense_macs']:,} | "
-                         f"{r['sparse_macs']:,.0f} | {r['R']} | {r['P']} | {r['cycles']:,.0f} | "
+                         f"{r['sparse_macs']:,.0f} | {r['R']} | {r['P']} | {r['Q']} | {r['cycles']:,.0f} | "
                          f"{r['memory_bits']:,} |")
         else:
-            lines.append(f"| {r['layer']} | {r['kind']} | {r['in']} | {r['out']} | | | | | | | | "
+            lines.append(f"| {r['layer']} | {r['kind']} | {r['in']} | {r['out']} | | | | | | | | | "
                          f"{r['cycles']:,.0f} | |")
     dense = sum(r.get("dense_macs", 0) for r in rows)
     sparse = sum(r.get("sparse_macs", 0) for r in rows)

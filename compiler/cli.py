@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration", help="X.npy: float32 [N, *model input shape] for a float model")
     c.add_argument("--mode", default="sparse-sparse",
                    choices=["dense", "sparse-weights", "sparse-sparse"])
-    c.add_argument("--config", help="JSON: {\"folding\": {layer: {entries, lanes_per_beat}}, "
+    c.add_argument("--config", help="JSON: {\"folding\": {layer: {entries, lanes_per_beat, width}}, "
                                     "\"kernels_per_overlay\": {layer: K}}")
     c.add_argument("--bitstream", action="store_true",
                    help="also build the bitstream (yosys, nextpnr, pack) and its report")

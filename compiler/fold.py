@@ -115,32 +115,116 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         folding.compact = True
         return folding
     by_name = {layer.name: layer for layer in overlay}
+    folding, stages = _narrowed(net, folding, sample, overrides)
     for _ in range(max_steps):
-        stages = stage_cycles(net, folding, sample)
         worst = max(stages, key=lambda s: s.mean)
         if worst.layer not in by_name or worst.layer in overrides:
             break
         layer = by_name[worst.layer]
-        f = folding.layers[layer.name]
-        lanes = layer.overlays.lanes
-        p = f.lanes_per_beat or lanes
-        bigger = [d for d in _divisors(lanes) if d > p]
-        if bigger:
-            step = LayerFold(f.entries, bigger[0], f.width)
-        elif f.entries < MAX_ENTRIES:
-            step = LayerFold(f.entries * 2, p, f.width)
-        else:
+        step = _next_step(net, folding, layer, sample, worst.mean)
+        if step is None:
             break
-        trial = Folding(folding.input_width, {**folding.layers, layer.name: step})
-        core = NetworkCore(net, trial)  # built once for the budget and the timing model
-        core.discard()
-        used = multipliers(net, trial) if engines_only else dsp_blocks(net, trial, core)
+        trial, trial_stages = _narrowed(
+            net, Folding(folding.input_width, {**folding.layers, layer.name: step}),
+            sample, overrides)
+        if engines_only:
+            used = multipliers(net, trial)
+        else:
+            core = NetworkCore(net, trial)
+            core.discard()
+            used = core.dsp_products
         if used > max_multipliers:
             break
         # The step must speed up the layer it was given to (not the whole pipeline: two
         # layers tied as the bottleneck take turns).
-        if max(s.mean for s in stage_cycles(net, trial, sample, core=core)
-               if s.layer == layer.name) >= worst.mean:
-            break  # e.g. more entries into a window whose positions fit one beat already
-        folding = trial
+        if max(s.mean for s in trial_stages if s.layer == layer.name) >= worst.mean:
+            break
+        folding, stages = trial, trial_stages
     return folding
+
+
+def _layer_cycles(net: ir.Network, folding: Folding, name: str, sample: np.ndarray) -> float:
+    return max(s.mean for s in stage_cycles(net, folding, sample) if s.layer == name)
+
+
+def _next_step(net: ir.Network, folding: Folding, layer, sample: np.ndarray,
+               now: float) -> LayerFold | None:
+    """The bottleneck layer's next fold: more lanes per pass until all ``L`` run at
+    once, then the fewest more entries per beat that shorten it (a receptive field
+    of 25 taps: 13 beats at R = 2, 9 at R = 3, ...)."""
+    f = folding.layers[layer.name]
+    lanes = layer.overlays.lanes
+    p = f.lanes_per_beat or lanes
+    bigger = [d for d in _divisors(lanes) if d > p]
+    if bigger:
+        return LayerFold(f.entries, bigger[0], None)
+    for r in range(f.entries + 1, min(2 * f.entries, MAX_ENTRIES) + 1):
+        step = LayerFold(r, p, None)
+        full = Folding(folding.input_width, {**_full_width(folding).layers, layer.name: step})
+        if _layer_cycles(net, full, layer.name, sample) < now:
+            return step
+    return None
+
+
+def _full_width(folding: Folding) -> Folding:
+    """The folding with every overlay layer's requantizer as wide as its engine."""
+    return Folding(folding.input_width,
+                   {n: LayerFold(f.entries, f.lanes_per_beat, None)
+                    for n, f in folding.layers.items()})
+
+
+def _narrowed(net: ir.Network, folding: Folding, sample: np.ndarray,
+              overrides: dict[str, LayerFold]) -> tuple[Folding, list]:
+    """Each overlay layer's requantizer as narrow as the pipeline's interval allows.
+
+    The interval ``T`` is that of the folding with full-width requantizers;
+    each layer gets the smallest ``Q`` (dividing ``P``) whose requantizer
+    takes at most ``T``, then any stage behind it that the narrower stream
+    made the slowest (a global k-WTA's beats) widens it again. Returns the
+    folding and its predicted stages.
+    """
+    full = _full_width(folding)
+    for name, f in overrides.items():
+        full.layers[name] = f
+    full_stages = stage_cycles(net, full, sample)
+    bound = max(s.mean for s in full_stages)
+    specs = net.specs()
+    widths, owner = {}, {}  # overlay layer -> Q; any layer -> the overlay layer feeding it
+    last = None
+    for i, layer in enumerate(net.layers):
+        if isinstance(layer, ir._OverlayLayer):
+            last = layer.name
+            f = full.layers[layer.name]
+            p = f.lanes_per_beat or layer.overlays.lanes
+            if layer.name in overrides:
+                continue
+            shape = specs[i + 1].shape
+            groups = int(np.prod(shape[:-1])) if len(shape) == 3 else 1
+            m = layer.overlays.num_kernels
+            widths[layer.name] = next(d for d in _divisors(p)
+                                      if groups * -(-m // d) <= bound)
+        owner[layer.name] = last
+    if not widths:
+        return full, full_stages
+    for _ in range(16):
+        trial = Folding(full.input_width, {
+            n: (LayerFold(f.entries, f.lanes_per_beat, widths[n]) if n in widths else f)
+            for n, f in full.layers.items()})
+        stages = stage_cycles(net, trial, sample)
+        worst = max(stages, key=lambda s: s.mean)
+        if worst.mean <= bound:
+            return trial, stages
+        name = owner.get(worst.layer)
+        if name not in widths:
+            break
+        f = full.layers[name]
+        p = f.lanes_per_beat or by_layer_lanes(net, name)
+        wider = [d for d in _divisors(p) if d > widths[name]]
+        if not wider:
+            break
+        widths[name] = wider[0]
+    return full, full_stages
+
+
+def by_layer_lanes(net: ir.Network, name: str) -> int:
+    return next(layer.overlays.lanes for layer in net.layers if layer.name == name)

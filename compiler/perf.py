@@ -28,7 +28,8 @@ entries per sparse beat, ``nnz`` the non-zeros of a group, ``ceil`` implied):
   or k-WTA, per-position chunks from a flatten, the taps' stored chunks
   from a window;
 * requantizer, bias add, densify, local k-WTA: ``G/D`` per group
-  (``M/P`` for the first two);
+  (``M/P`` for the first two, ``M/Q`` behind a narrow; an engine's drain
+  then goes at ``Q`` sums per cycle too);
 * max pool: ``C/D`` per input position; sparse max pool: ``C/D`` per input
   position (its densify's rate, without the boundary cycles of groups of
   several beats);
@@ -154,11 +155,15 @@ def _fields(x: np.ndarray, win) -> np.ndarray:
     return v.reshape(x.shape[0], win.out_height * win.out_width, -1)
 
 
-def _engine_cycles(feed: tuple, eng: overlay.OverlayEngine) -> np.ndarray:
-    """Per frame: each input beat costs ``max(1, words) * L/P``; a group at least its drain."""
+def _engine_cycles(feed: tuple, eng: overlay.OverlayEngine, out_width: int) -> np.ndarray:
+    """Per frame: each input beat costs ``max(1, words) * L/P``; a group at least its drain.
+
+    ``out_width``: the sums the stream behind the engine takes per cycle (``P``, or a
+    narrower requantizer's ``Q``: then the drain goes at that pace).
+    """
     ov = eng.overlays
     passes = ov.lanes // eng.lanes_per_beat
-    drain = -(-ov.num_kernels // eng.lanes_per_beat)
+    drain = -(-ov.num_kernels // min(eng.lanes_per_beat, out_width))
     row_words = ov.beats.astype(np.int64)
     kind = feed[0]
     if kind == "window":
@@ -230,7 +235,7 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
     windows = None  # receptive fields [N, Ho*Wo, kh*kw*C] from a dense window
     feed = None  # what the next engine receives: ("groups"|"flatten", active) or ("window", x, w)
     last_act = acts[0]
-    for st in core.stages:
+    for k, st in enumerate(core.stages):
         c = st.component
         i = by_layer.get(st.layer)
         xin = acts[i] if i is not None else last_act
@@ -257,8 +262,12 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
         elif isinstance(c, overlay.OverlayEngine):
             if feed is None:
                 feed = ("groups", g != 0)
-            cyc = _engine_cycles(feed, c)
+            nxt = core.stages[k + 1].component if k + 1 < len(core.stages) else None
+            cyc = _engine_cycles(feed, c, nxt.width_out if isinstance(nxt, adapters.Narrow)
+                                 else c.lanes_per_beat)
             feed, keep_all = None, False
+        elif isinstance(c, adapters.Narrow):
+            cyc = np.full(n, _groups(acts[i + 1]).shape[1] * c.beats)
         elif isinstance(c, (requant.Requantizer, requant.BiasAdd)):
             cyc = np.full(n, _groups(acts[i + 1]).shape[1] * c.beats)
         elif isinstance(c, pool.MaxPool):

@@ -298,7 +298,9 @@ class Narrow(wiring.Component):
     Throughput
     ----------
     One output beat per cycle, no bubbles between input beats:
-    ``ceil(C / Q)`` cycles per group. Latency 2 cycles.
+    ``ceil(C / Q)`` cycles per group. Latency 1 cycle. ``i.ready`` follows
+    ``o.ready`` in the same cycle (the hold register is the output
+    register: a skid buffer would double the registers of a wide beat).
 
     Parameters
     ----------
@@ -346,7 +348,11 @@ class Narrow(wiring.Component):
         g_last = Signal(init=int(B == 1))  # g == B - 1
         final = Signal()  # the held beat's last output beat
         m.d.comb += final.eq((j == n - 1) | g_last)
-        adv = skid_output(m, self.o, h_v, Cat(h_data[:w], g_last, g_last & h_end))
+        # The hold register is the output register (no skid: the payload is wide, up to
+        # P sums, and the requantizer behind registers its ready).
+        adv = Signal()
+        m.d.comb += [self.o.valid.eq(h_v), adv.eq(self.o.ready),
+                     self.o.payload.as_value().eq(Cat(h_data[:w], g_last, g_last & h_end))]
         h_free = Signal()
         m.d.comb += [h_free.eq(~h_v | (adv & final)), self.i.ready.eq(h_free)]
         with m.If(h_free):

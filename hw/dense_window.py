@@ -32,7 +32,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ._util import check_int, skid_output
+from ._util import check_int, const_mul, skid_output
 from .streams import dense_layout
 
 __all__ = ["DenseWindow"]
@@ -131,7 +131,8 @@ class DenseWindow(wiring.Component):
         take = Signal()
         m.d.comb += take.eq(self.i.valid & self.i.ready)
         waddr = Signal(range(2 * depth))
-        m.d.comb += waddr.eq(in_buf * depth + wy_q * bw + wx_q)
+        # shifted adds, not DSP blocks, for the constant factors
+        m.d.comb += waddr.eq(Mux(in_buf, depth, 0) + const_mul(wy_q, bw) + wx_q)
         for r in range(kh):
             for c in range(kw):
                 wp = wports[r * kw + c]
@@ -178,7 +179,8 @@ class DenseWindow(wiring.Component):
                 rp = rports[r * kw + c]
                 row = y_q + (r < y_r)
                 col = x_q + (c < x_r)
-                m.d.comb += [rp.addr.eq(out_buf * depth + row * bw + col), rp.en.eq(adv)]
+                m.d.comb += [rp.addr.eq(Mux(out_buf, depth, 0) + const_mul(row, bw) + col),
+                             rp.en.eq(adv)]
         mask = []
         for dy in range(kh):
             for dx in range(kw):

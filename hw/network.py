@@ -11,7 +11,7 @@ Layer to units
 =================  =========================================================
 IR layer           units (input format -> output format)
 =================  =========================================================
-OverlayConv        sparse: SparseWindow -> OverlayEngine -> Requantizer
+OverlayConv        sparse: SparseWindow -> OverlayEngine [-> Narrow] -> Requantizer
                    (dense input: ZeroSkip(keep_zeros) first, so every input
                    element is processed: the dense baselines). A dense map
                    whose positions are one beat (a first layer: few
@@ -19,7 +19,7 @@ OverlayConv        sparse: SparseWindow -> OverlayEngine -> Requantizer
                    receptive field per cycle, packed R entries per beat (an
                    IR ZeroSkip right before the conv is done by that
                    ZeroSkip; without one, zeros are kept)
-OverlayLinear      sparse vector: OverlayEngine -> Requantizer; the last
+OverlayLinear      sparse vector: OverlayEngine [-> Narrow] -> Requantizer; the last
                    layer without requantization: OverlayEngine -> BiasAdd
 MaxPool            dense: MaxPool; sparse: SparseMaxPool
 LocalKWTA          dense: LocalKWTA (a sparse input is densified first)
@@ -38,8 +38,8 @@ Sparse streams carry ``R`` entries per beat, set by the overlay layer that
 consumes them (its ``entries``), back through pooling, flatten and window
 stages to the unit that makes them (a k-WTA or a zero-skip). Dense streams
 carry ``D`` elements per beat, set by the unit that makes them: the input
-port's width, an engine's ``P`` (kept by its requantizer and by pooling), a
-densify's width.
+port's width, an engine's ``P`` or its layer's ``Q`` (a narrower requantizer;
+kept by pooling), a densify's width.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from amaranth.lib.wiring import In, Out
 
 from cosparse.compiler import ir
 
-from .adapters import Densify, StreamFIFO, ZeroSkip
+from .adapters import Densify, Narrow, StreamFIFO, ZeroSkip
 from .dense_window import DenseWindow
 from .kwta import GlobalKWTA, LocalKWTA
 from .overlay import OverlayEngine
@@ -83,7 +83,12 @@ class LayerFold:
         ``P``: lanes per pass of an overlay layer (divides ``L``; None: all).
     width : int or None
         ``D`` of the dense stream a densify or zero-skip layer makes (None:
-        the default width).
+        the default width). For an overlay layer: ``Q``, the lanes of its
+        requantizer (or bias add) and of the dense stream after it; it
+        divides ``P`` (None: ``P``). A :class:`~cosparse.hw.adapters.Narrow`
+        between the engine and the requantizer turns the engine's bursts
+        of ``P`` sums into ``Q`` per cycle: fewer DSP products where the
+        average rate is enough.
     """
 
     entries: int = 1
@@ -288,6 +293,10 @@ class NetworkCore(wiring.Component):
                                                         compact=folding.compact))
                     width = eng.lanes_per_beat
                     m = layer.overlays.num_kernels
+                    if fold.width is not None and fold.width != width:
+                        add(layer.name, Narrow(m, width_in=width, width_out=fold.width,
+                                               elem_shape=signed(eng.acc_bits)))
+                        width = fold.width
                     if layer.requant is None:
                         add(layer.name, BiasAdd(m, width=width, acc_bits=eng.acc_bits,
                                                 bias=[int(v) for v in layer.bias]))

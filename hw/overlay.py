@@ -446,7 +446,7 @@ class OverlayEngine(wiring.Component):
                 weight = slot[:8].as_signed()
                 kid = slot[8:8 + id_bits]
                 addr = Signal(range(bank_depth), name=f"b_addr_{r}_{k}")
-                m.d.comb += addr.eq(b_pass * K + kid)
+                m.d.comb += addr.eq(const_mul(b_pass, K) + kid)  # no DSP for an address
                 m.d.sync += [c_addr[r][k].eq(addr), c_prod[r][k].eq(weight * b_value[r])]
                 b_addrs[r][k] = addr
 
@@ -512,7 +512,7 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += d_pass.eq(d_pass + 1)
 
         d_addr = Signal(range(bank_depth))
-        m.d.comb += d_addr.eq(d_pass * K + d_id)
+        m.d.comb += d_addr.eq(const_mul(d_pass, K) + d_id)
         e_end = Signal()
         e_clear = Signal()  # the cycle after a read: write zero back
         e_addr = Signal(range(bank_depth))

@@ -40,7 +40,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ._util import bits
+from ._util import bits, const_mul
 from .streams import sparse_layout
 
 __all__ = ["SparseWindow"]
@@ -157,10 +157,10 @@ class SparseWindow(wiring.Component):
         packed = Cat(*[Cat(p.entries[r].index, p.entries[r].value) for r in range(R)], p.count)
         in_range = (in_pos < hw) & (in_word < rows)  # beyond: dropped (compiler guarantees)
         m.d.comb += [
-            st_w.addr.eq((in_buf * hw + in_pos) * rows + in_word),
+            st_w.addr.eq(const_mul(Mux(in_buf, hw, 0) + in_pos, rows) + in_word),
             st_w.data.eq(packed),
             st_w.en.eq(take & in_range),
-            nw_w.addr.eq(in_buf * hw + in_pos),
+            nw_w.addr.eq(Mux(in_buf, hw, 0) + in_pos),
             nw_w.data.eq(in_word + 1),
             nw_w.en.eq(take & p.last & (in_pos < hw)),
         ]
@@ -193,7 +193,8 @@ class SparseWindow(wiring.Component):
         inb = Signal()
         m.d.comb += inb.eq((iy >= 0) & (iy < H) & (ix >= 0) & (ix < W))
         pos = Signal(range(hw))
-        m.d.comb += pos.eq(iy * W + ix)
+        # only used inside the map (iy, ix >= 0); shifted adds, not a DSP block
+        m.d.comb += pos.eq(const_mul(iy.as_unsigned()[:bits(H)], W) + ix.as_unsigned())
         last_tap = Signal()
         last_pos = Signal()
         m.d.comb += [
@@ -209,7 +210,7 @@ class SparseWindow(wiring.Component):
         t_buf = Signal()
         walking = Signal()  # the tap iterator is inside a frame
         m.d.comb += t_start.eq(walking & (~t_valid | t_advance))
-        m.d.comb += [nw_r.addr.eq(out_buf * hw + pos), nw_r.en.eq(t_start)]
+        m.d.comb += [nw_r.addr.eq(Mux(out_buf, hw, 0) + pos), nw_r.en.eq(t_start)]
         with m.If(~walking & full.bit_select(out_buf, 1)):
             m.d.sync += [walking.eq(1), oy.eq(0), ox.eq(0), dy.eq(0), dx.eq(0), tap_base.eq(0)]
         with m.If(t_start):

@@ -7,6 +7,7 @@ from cosparse.compiler import zoo
 from cosparse.compiler.fold import choose_folding, dsp_blocks, multipliers
 from cosparse.compiler.order import to_drain_order
 from cosparse.compiler.perf import stage_cycles
+from cosparse.hw.network import Folding, LayerFold
 
 
 def _net(mode):
@@ -35,4 +36,32 @@ def test_tied_bottlenecks_take_turns():
 def test_engines_only_budget_for_equal_multiplier_comparisons():
     net, x = _net("dense")
     f = choose_folding(net, x, max_multipliers=60, engines_only=True)
-    assert multipliers(net, f) <= 60 < dsp_blocks(net, f)
+    assert multipliers(net, f) <= 60
+    # the same number as a whole-core budget leaves the engines less: requantizers count
+    g = choose_folding(net, x, max_multipliers=multipliers(net, f))
+    assert multipliers(net, g) < multipliers(net, f) and dsp_blocks(net, g) <= multipliers(net, f)
+
+
+def test_requantizers_narrowed_to_the_interval():
+    """Each requantizer gets the fewest lanes that keep it within the pipeline's interval."""
+    net, x = _net("sparse-sparse")
+    f = choose_folding(net, x, max_multipliers=156)
+    stages = stage_cycles(net, f, x)
+    interval = max(s.mean for s in stages)
+    narrowed = 0
+    for layer in net.layers:
+        if not hasattr(layer, "overlays"):
+            continue
+        lf = f.layers[layer.name]
+        p = lf.lanes_per_beat or layer.overlays.lanes
+        q = lf.width or p
+        assert p % q == 0
+        rq = [s.mean for s in stages if s.layer == layer.name and s.unit in
+              ("Requantizer", "BiasAdd")][0]
+        assert rq <= interval
+        narrowed += q < p
+    # the same engines with full-width requantizers need more DSP products
+    wide = Folding(f.input_width, {n: LayerFold(lf.entries, lf.lanes_per_beat)
+                                   for n, lf in f.layers.items()})
+    assert dsp_blocks(net, f) < dsp_blocks(net, wide)
+    assert narrowed >= 1

@@ -252,7 +252,7 @@ def test_narrow_one_beat_per_cycle():
                    [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
     assert res.outputs[0] == want and dut.beats == 8
     assert np.all(np.diff(res.cycles[0]) == 1)
-    assert res.cycles[0][0] - res.input_cycles[0][0] == 2  # latency
+    assert res.cycles[0][0] - res.input_cycles[0][0] == 1  # latency
 
 
 def test_verilator_narrow():

@@ -29,21 +29,22 @@ NETS = {
     # MLP: global k-WTA with boost, a random-mask layer, int32 logits
     "mlp": ((40,), [("linear", 24, 4), ("global", 5, 9), ("linear", 16, None), ("global", 4),
                     ("logits", 6, 2)],
-            {"fc0": LayerFold(2, 3), "fc2": LayerFold(3, 2), "fc4": LayerFold(2, 3)}, 8),
+            {"fc0": LayerFold(2, 3, 1), "fc2": LayerFold(3, 2), "fc4": LayerFold(2, 3)}, 8),
+    # (a third fold field: the requantizer's lanes Q, narrower than the engine's P)
     # CNN: conv, k-WTA then pool (sparse pool), conv with padding and stride, pool then
     # k-WTA (dense pool), flatten, logits
     "cnn": ((8, 8, 2), [("conv", 8, (3, 3), 2), ("local", 3, 4), ("pool", (2, 2)),
                         ("conv", 8, (3, 3), 4, (1, 1), (1, 1, 1, 1)), ("relu",), ("pool", (2, 2)),
                         ("local", 2), ("flatten",), ("logits", 5, 1)],
-            {"conv0": LayerFold(2, 2), "conv3": LayerFold(2, 1), "fc8": LayerFold(2, 5)}, 2),
+            {"conv0": LayerFold(2, 2, 1), "conv3": LayerFold(2, 1), "fc8": LayerFold(2, 5)}, 2),
     # k-WTA straight into a conv (the window must size its store for the densified
     # stream in the baselines), dense flatten
     "kwta_conv": ((6, 6, 8), [("local", 2), ("conv", 8, (3, 3), 4), ("flatten",), ("logits", 4, 1)],
-                  {"conv1": LayerFold(3, 2), "fc3": LayerFold(2, 4)}, 4),
+                  {"conv1": LayerFold(3, 2), "fc3": LayerFold(2, 4, 2)}, 4),
     # global k-WTA over a whole feature map, then a linear layer on the flattened winners
     "mapkwta": ((6, 6, 1), [("conv", 8, (3, 3), 2), ("global", 10, 3), ("flatten",),
                             ("linear", 12, 4), ("global", 3)],
-                {"conv0": LayerFold(1, 4), "fc3": LayerFold(4, 3)}, 1),
+                {"conv0": LayerFold(1, 4, 2), "fc3": LayerFold(4, 3)}, 1),
 }
 
 
@@ -95,8 +96,11 @@ def test_reduced_gsc_cs_in_verilator(mode):
     # dense: K = 1, so L = M lanes; few lanes per pass keep the model small
     p = {"conv1": 4, "conv2": 2, "fc1": 6, "fc2": 12} if mode != "dense" else \
         {"conv1": 4, "conv2": 4, "fc1": 8, "fc2": 12}
-    core = NetworkCore(net, Folding(1, {n: LayerFold(1 if n == "conv1" else 4, v)
+    # conv1's requantizer at half its engine's lanes (a Narrow between them)
+    core = NetworkCore(net, Folding(1, {n: LayerFold(1 if n == "conv1" else 4, v,
+                                                     2 if n == "conv1" else None)
                                         for n, v in p.items()}))
+    assert any(st.unit == "Narrow" for st in core.stages)
     x = np.random.default_rng(0).integers(-128, 128, (3, 20, 20, 1)).astype(np.int8)
     beats, want = io_beats(core, net, x)
     res = run_streams(core, f"gsc_reduced_{mode.replace('-', '_')}", [("i", core.in_layout, beats)],

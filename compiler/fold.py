@@ -1,12 +1,20 @@
-"""Folding: choose each overlay layer's parallelism (R active inputs, P lanes) for a budget.
+"""Folding: choose each overlay layer's parallelism (R active inputs, P lanes, Q
+requantizer lanes) for a budget.
 
 The pipeline's interval is its slowest stage, so parallelism goes where the
 performance model (:mod:`cosparse.compiler.perf`) says the time is: starting
 from one multiplier per layer, the bottleneck overlay layer gets the next
-step up (more lanes per pass until all ``L`` lanes run at once, then more
-entries per beat) while the multipliers fit the budget. It stops when the
-bottleneck is not an overlay layer's stage (a k-WTA, a pool: more
-multipliers would not help) or the next step does not fit.
+step up (more lanes per pass until all ``L`` lanes run at once, then the
+fewest more entries per beat that shorten it) while the DSP products fit
+the budget. It stops when the bottleneck is not an overlay layer's stage (a
+k-WTA, a pool: more multipliers would not help) or the next step does not
+fit.
+
+Every step's requantizers are narrowed: an engine drains its ``P`` sums per
+cycle in bursts, but its requantizer only needs the average rate, so each
+gets the fewest lanes ``Q`` that keep it within the interval (a
+:class:`~cosparse.hw.adapters.Narrow` in between). On gsc-cs the DSP blocks
+this frees pay for conv1's third entry per beat.
 
 A user can override any layer (``overrides``): those folds are kept as they
 are and the search works around them.
@@ -190,12 +198,13 @@ def _narrowed(net: ir.Network, folding: Folding, sample: np.ndarray,
     bound = max(s.mean for s in full_stages)
     specs = net.specs()
     widths, owner = {}, {}  # overlay layer -> Q; any layer -> the overlay layer feeding it
+    lanes = {}
     last = None
     for i, layer in enumerate(net.layers):
         if isinstance(layer, ir._OverlayLayer):
             last = layer.name
             f = full.layers[layer.name]
-            p = f.lanes_per_beat or layer.overlays.lanes
+            p = lanes[layer.name] = f.lanes_per_beat or layer.overlays.lanes
             if layer.name in overrides:
                 continue
             shape = specs[i + 1].shape
@@ -218,13 +227,9 @@ def _narrowed(net: ir.Network, folding: Folding, sample: np.ndarray,
         if name not in widths:
             break
         f = full.layers[name]
-        p = f.lanes_per_beat or by_layer_lanes(net, name)
+        p = f.lanes_per_beat or lanes[name]
         wider = [d for d in _divisors(p) if d > widths[name]]
         if not wider:
             break
         widths[name] = wider[0]
     return full, full_stages
-
-
-def by_layer_lanes(net: ir.Network, name: str) -> int:
-    return next(layer.overlays.lanes for layer in net.layers if layer.name == name)

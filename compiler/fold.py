@@ -22,6 +22,8 @@ are and the search works around them.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from cosparse.hw.network import Folding, LayerFold, NetworkCore
@@ -133,8 +135,7 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         if step is None:
             break
         trial, trial_stages = _narrowed(
-            net, Folding(folding.input_width, {**folding.layers, layer.name: step}),
-            sample, overrides)
+            net, replace(folding, layers={**folding.layers, layer.name: step}), sample, overrides)
         if engines_only:
             used = multipliers(net, trial)
         else:
@@ -168,7 +169,7 @@ def _next_step(net: ir.Network, folding: Folding, layer, sample: np.ndarray,
         return LayerFold(f.entries, bigger[0], None)
     for r in range(f.entries + 1, min(2 * f.entries, MAX_ENTRIES) + 1):
         step = LayerFold(r, p, None)
-        full = Folding(folding.input_width, {**_full_width(folding).layers, layer.name: step})
+        full = replace(folding, layers={**_full_width(folding).layers, layer.name: step})
         if _layer_cycles(net, full, layer.name, sample) < now:
             return step
     return None
@@ -176,9 +177,8 @@ def _next_step(net: ir.Network, folding: Folding, layer, sample: np.ndarray,
 
 def _full_width(folding: Folding) -> Folding:
     """The folding with every overlay layer's requantizer as wide as its engine."""
-    return Folding(folding.input_width,
-                   {n: LayerFold(f.entries, f.lanes_per_beat, None)
-                    for n, f in folding.layers.items()})
+    return replace(folding, layers={n: LayerFold(f.entries, f.lanes_per_beat, None)
+                                    for n, f in folding.layers.items()})
 
 
 def _narrowed(net: ir.Network, folding: Folding, sample: np.ndarray,
@@ -216,7 +216,7 @@ def _narrowed(net: ir.Network, folding: Folding, sample: np.ndarray,
     if not widths:
         return full, full_stages
     for _ in range(16):
-        trial = Folding(full.input_width, {
+        trial = replace(full, layers={
             n: (LayerFold(f.entries, f.lanes_per_beat, widths[n]) if n in widths else f)
             for n, f in full.layers.items()})
         stages = stage_cycles(net, trial, sample)

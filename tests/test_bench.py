@@ -64,6 +64,9 @@ def test_bench_reduced_without_place_and_route(tmp_path):
     ratio = res["sparse_sparse_over_dense"]
     assert ratio["cycles"] == pytest.approx(
         modes["dense"]["interval_cycles"] / modes["sparse-sparse"]["interval_cycles"], rel=0.01)
+    assert ratio["cycles_per_multiplier"] == pytest.approx(
+        ratio["cycles"] * modes["dense"]["multipliers"] / modes["sparse-sparse"]["multipliers"],
+        rel=0.01)
     md = (out / "bench.md").read_text()
     assert "| sparse-sparse |" in md and "45,455" in md
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -170,17 +170,26 @@ class DenseWindow(wiring.Component):
         issue = Signal()
         m.d.comb += issue.eq(walking & adv)
         ready_buf = full | filled  # written, or completed this cycle
-        restart = [oy.eq(0), ox.eq(0), y0.eq(0), x0.eq(0), y_q.eq(0), y_r.eq(0), x_q.eq(0),
-                   x_r.eq(0)]
+        # The window's coordinates (y_q, y_r, x_q, x_r) and buffer are registers whose next
+        # values are computed here, so every bank's read address is a register too,
+        # computed from those next values: no adder between an address and its bank.
+        n_yq, n_yr, n_xq, n_xr = Signal.like(y_q), Signal.like(y_r), Signal.like(x_q), \
+            Signal.like(x_r)
+        n_buf = Signal()
+        m.d.comb += [n_yq.eq(y_q), n_yr.eq(y_r), n_xq.eq(x_q), n_xr.eq(x_r), n_buf.eq(out_buf)]
+        m.d.sync += [y_q.eq(n_yq), y_r.eq(n_yr), x_q.eq(n_xq), x_r.eq(n_xr), out_buf.eq(n_buf)]
+        restart = [oy.eq(0), ox.eq(0), y0.eq(0), x0.eq(0)]
+        restart_next = [n_yq.eq(0), n_yr.eq(0), n_xq.eq(0), n_xr.eq(0)]
         with m.If(~walking & ready_buf.bit_select(out_buf, 1)):
             m.d.sync += [walking.eq(1), *restart]
+            m.d.comb += restart_next
         for r in range(kh):
             for c in range(kw):
                 rp = rports[r * kw + c]
-                row = y_q + (r < y_r)
-                col = x_q + (c < x_r)
-                m.d.comb += [rp.addr.eq(Mux(out_buf, depth, 0) + const_mul(row, bw) + col),
-                             rp.en.eq(adv)]
+                raddr = Signal(range(2 * depth), name=f"raddr_{r}_{c}")
+                m.d.sync += raddr.eq(Mux(n_buf, depth, 0) + const_mul(n_yq + (r < n_yr), bw)
+                                     + n_xq + (c < n_xr))
+                m.d.comb += [rp.addr.eq(raddr), rp.en.eq(adv)]
         mask = []
         for dy in range(kh):
             for dx in range(kw):
@@ -192,16 +201,16 @@ class DenseWindow(wiring.Component):
         with m.If(issue):
             with m.If(last_pos):
                 # go straight on to the other buffer if its frame is there
-                m.d.sync += [walking.eq(ready_buf.bit_select(~out_buf, 1)), out_buf.eq(~out_buf),
-                             *restart]
+                m.d.sync += [walking.eq(ready_buf.bit_select(~out_buf, 1)), *restart]
+                m.d.comb += [n_buf.eq(~out_buf), *restart_next]
                 m.d.comb += clear.bit_select(out_buf, 1).eq(1)
             with m.Elif(ox == Wo - 1):
-                m.d.sync += [ox.eq(0), x0.eq(0), x_q.eq(0), x_r.eq(0), oy.eq(oy + 1),
-                             y0.eq(y0 + sh), y_q.eq(y_q + (y_r + sh) // kh),
-                             y_r.eq((y_r + sh) % kh)]
+                m.d.sync += [ox.eq(0), x0.eq(0), oy.eq(oy + 1), y0.eq(y0 + sh)]
+                m.d.comb += [n_xq.eq(0), n_xr.eq(0), n_yq.eq(y_q + (y_r + sh) // kh),
+                             n_yr.eq((y_r + sh) % kh)]
             with m.Else():
-                m.d.sync += [ox.eq(ox + 1), x0.eq(x0 + sw), x_q.eq(x_q + (x_r + sw) // kw),
-                             x_r.eq((x_r + sw) % kw)]
+                m.d.sync += [ox.eq(ox + 1), x0.eq(x0 + sw)]
+                m.d.comb += [n_xq.eq(x_q + (x_r + sw) // kw), n_xr.eq((x_r + sw) % kw)]
 
         # ---------------- stage B: rotate the banks' pixels to their taps, mask the padding
         data = [[rports[r * kw + c].data for c in range(kw)] for r in range(kh)]

@@ -61,7 +61,8 @@ class ZeroSkip(wiring.Component):
     j*R+R-1`` leave (``R`` one-hot selections over ``D`` lanes), and the
     next beat is taken with the beat's final chunk. Same stream, same
     timing; logic ``O(R * D)`` instead of the packer's ``O(D * D)`` (ECP5, at
-    C=D=25, R=2: about a tenth).
+    C=D=25: 6,933 LUT4 for the packer at R=2, 1,068 for the picker at R=3;
+    97.6 MHz out of context).
 
     Throughput
     ----------

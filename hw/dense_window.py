@@ -166,7 +166,10 @@ class DenseWindow(wiring.Component):
         b_mask = Signal(kh * kw)  # tap (dy, dx) inside the map
         adv = Signal()
 
-        last_pos = (oy == Ho - 1) & (ox == Wo - 1)
+        # (ox == Wo - 1) and the frame's last position, kept as registers beside ox, oy:
+        # they choose the next coordinates, so no comparator sits before the addresses.
+        x_end = Signal(init=int(Wo == 1))
+        last_pos = Signal(init=int(Ho == 1 and Wo == 1))
         issue = Signal()
         m.d.comb += issue.eq(walking & adv)
         ready_buf = full | filled  # written, or completed this cycle
@@ -178,7 +181,8 @@ class DenseWindow(wiring.Component):
         n_buf = Signal()
         m.d.comb += [n_yq.eq(y_q), n_yr.eq(y_r), n_xq.eq(x_q), n_xr.eq(x_r), n_buf.eq(out_buf)]
         m.d.sync += [y_q.eq(n_yq), y_r.eq(n_yr), x_q.eq(n_xq), x_r.eq(n_xr), out_buf.eq(n_buf)]
-        restart = [oy.eq(0), ox.eq(0), y0.eq(0), x0.eq(0)]
+        restart = [oy.eq(0), ox.eq(0), y0.eq(0), x0.eq(0), x_end.eq(Wo == 1),
+                   last_pos.eq(Ho == 1 and Wo == 1)]
         restart_next = [n_yq.eq(0), n_yr.eq(0), n_xq.eq(0), n_xr.eq(0)]
         with m.If(~walking & ready_buf.bit_select(out_buf, 1)):
             m.d.sync += [walking.eq(1), *restart]
@@ -204,12 +208,14 @@ class DenseWindow(wiring.Component):
                 m.d.sync += [walking.eq(ready_buf.bit_select(~out_buf, 1)), *restart]
                 m.d.comb += [n_buf.eq(~out_buf), *restart_next]
                 m.d.comb += clear.bit_select(out_buf, 1).eq(1)
-            with m.Elif(ox == Wo - 1):
-                m.d.sync += [ox.eq(0), x0.eq(0), oy.eq(oy + 1), y0.eq(y0 + sh)]
+            with m.Elif(x_end):
+                m.d.sync += [ox.eq(0), x0.eq(0), oy.eq(oy + 1), y0.eq(y0 + sh),
+                             x_end.eq(Wo == 1), last_pos.eq((oy == Ho - 2) & (Wo == 1))]
                 m.d.comb += [n_xq.eq(0), n_xr.eq(0), n_yq.eq(y_q + (y_r + sh) // kh),
                              n_yr.eq((y_r + sh) % kh)]
             with m.Else():
-                m.d.sync += [ox.eq(ox + 1), x0.eq(x0 + sw)]
+                m.d.sync += [ox.eq(ox + 1), x0.eq(x0 + sw), x_end.eq(ox == Wo - 2),
+                             last_pos.eq((oy == Ho - 1) & (ox == Wo - 2))]
                 m.d.comb += [n_xq.eq(x_q + (x_r + sw) // kw), n_xr.eq((x_r + sw) % kw)]
 
         # ---------------- stage B: rotate the banks' pixels to their taps, mask the padding

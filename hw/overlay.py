@@ -18,7 +18,7 @@ Structure
       -> B : P x R products (int8 x int8), accumulator-bank read
       -> C : read-modify-write of accumulator [lane][id] (banks per entry r
              and slot k, one memory per buffer)
-    drain: per block of P lanes, sum the R banks -> FIFO -> o (dense, P/beat);
+    drain: per block of P lanes, sum the R banks -> registered -> FIFO -> o (dense, P/beat);
            ``compact``: no FIFO, the banks' read data is the output register
 
 * ``R`` (``entries``) active inputs per beat, each with its own weight-memory
@@ -50,7 +50,8 @@ beats or groups in steady state. Cycles per group are therefore
 takes ``ceil(M / P)`` cycles and overlaps the next group, so a group takes
 ``max(ceil(active / R) * L / P, ceil(M / P))`` cycles in steady state
 (measured in ``tests/hw/test_overlay.py``). Latency from the acceptance of a
-group's last input beat to its first output beat: ``8 + b * L / P`` cycles.
+group's last input beat to its first output beat: ``9 + b * L / P`` cycles
+(``compact``: ``6 + b * L / P``).
 """
 
 from __future__ import annotations
@@ -465,7 +466,7 @@ class OverlayEngine(wiring.Component):
         d_pass = Signal(pass_bits)
         d_next = Signal()  # the buffer the next drain reads (groups drain in order)
 
-        inflight = Signal()
+        inflight = Signal(2)
         d_issue = Signal()
         d_final = Signal()
         e_valid = Signal()
@@ -479,8 +480,9 @@ class OverlayEngine(wiring.Component):
                 held.eq(e_valid & e_last & ~self.o.ready),
             ]
         else:
-            fifo = SyncFIFOBuffered(width=P * A + 2, depth=4)
+            fifo = SyncFIFOBuffered(width=P * A + 2, depth=6)
             m.submodules.fifo = fifo
+            # Two sums in flight: one read from the banks (E), one summed into F.
             m.d.comb += d_issue.eq(d_active & (fifo.level + inflight < fifo.depth))
         m.d.comb += [
             d_final.eq(d_issue & (d_block == n_blocks - 1)),
@@ -522,7 +524,6 @@ class OverlayEngine(wiring.Component):
                          e_buf.eq(d_buf), e_addr.eq(d_addr)]
         with m.Elif(self.o.ready | ~Const(self.compact)):  # the FIFO takes every sum
             m.d.sync += e_valid.eq(0)
-        m.d.comb += inflight.eq(e_valid)
 
         # Bank ports: the buffer under accumulation serves stages B (read) and C
         # (write); the other serves the drain (read, then clear). The two never
@@ -551,11 +552,18 @@ class OverlayEngine(wiring.Component):
         # ---------------- output
         if self.compact:
             m.d.comb += [self.o.valid.eq(e_valid),
-                         self.o.payload.as_value().eq(Cat(*sums, e_last, e_end))]
+                         self.o.payload.as_value().eq(Cat(*sums, e_last, e_end)),
+                         inflight.eq(e_valid)]
         else:
+            # F: the drain's sums registered before the FIFO (the bank reads, their buffer
+            # select and the R-bank sum were the engine's critical path, 75 MHz at R=3).
+            f_valid = Signal()
+            f_data = Signal(P * A + 2, reset_less=True)
+            m.d.sync += [f_valid.eq(e_valid), f_data.eq(Cat(*sums, e_last, e_end))]
             m.d.comb += [
-                fifo.w_data.eq(Cat(*sums, e_last, e_end)),
-                fifo.w_en.eq(e_valid),
+                inflight.eq(e_valid + f_valid),
+                fifo.w_data.eq(f_data),
+                fifo.w_en.eq(f_valid),
                 self.o.valid.eq(fifo.r_rdy),
                 fifo.r_en.eq(self.o.ready),
                 self.o.payload.as_value().eq(fifo.r_data),

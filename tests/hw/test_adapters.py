@@ -199,21 +199,13 @@ def test_bad_parameters(cls, kwargs, match):
     gc.collect()  # the half-built component warns now, under the filter
 
 
-def test_verilator_zero_skip():
-    rng = np.random.default_rng(8)
-    dut = ZeroSkip(16, width=8, entries=4)
-    beats_in, want = zero_skip_io(frames_of(rng, 3, 8, 16), 8, 4)
-    res = run_streams(dut, "zero_skip", [("i", dut.in_layout, beats_in)],
-                      [("o", dut.out_layout, len(want))], stall=0.3, seed=3)
-    assert res.outputs[0] == want
-
-
-def test_verilator_zero_skip_picker():
-    rng = np.random.default_rng(18)
-    dut = ZeroSkip(25, width=25, entries=3)
-    beats_in, want = zero_skip_io(frames_of(rng, 3, 8, 25), 25, 3)
-    res = run_streams(dut, "zero_skip_picker", [("i", dut.in_layout, beats_in)],
-                      [("o", dut.out_layout, len(want))], stall=0.3, seed=5)
+@pytest.mark.parametrize("C, D, R, seed", [(16, 8, 4, 8), (25, 25, 3, 18)])  # packer, picker
+def test_verilator_zero_skip(C, D, R, seed):
+    rng = np.random.default_rng(seed)
+    dut = ZeroSkip(C, width=D, entries=R)
+    beats_in, want = zero_skip_io(frames_of(rng, 3, 8, C), D, R)
+    res = run_streams(dut, f"zero_skip_{C}_{D}_{R}", [("i", dut.in_layout, beats_in)],
+                      [("o", dut.out_layout, len(want))], stall=0.3, seed=seed)
     assert res.outputs[0] == want
 
 

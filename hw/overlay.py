@@ -57,7 +57,7 @@ group's last input beat to its first output beat: ``9 + b * L / P`` cycles
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import (Cat, Const, Module, Mux, Signal, signed, unsigned)
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -113,8 +113,14 @@ def _spram_port(m: Module, width: int, depth: int, load) -> _SpramPort:
     return port
 
 
-#: Accumulator banks of at most this many rows are built from flip-flops.
+#: Accumulator banks of at most this many rows are registers (engines with an
+#: output FIFO).
 SMALL_BANK_ROWS = 4
+
+
+def _select(rows: list[Signal], index: Value) -> Value:
+    """``rows[index]`` (a mux; no array proxy for a single row)."""
+    return rows[0] if len(rows) == 1 else Array(rows)[index]
 
 
 class OverlayEngine(wiring.Component):
@@ -292,17 +298,22 @@ class OverlayEngine(wiring.Component):
                 rp = rmem.write_port()
                 m.d.comb += [rp.addr.eq(rload.addr), rp.data.eq(rload.data), rp.en.eq(rload.en)]
 
-        banks = []  # banks[r][k][buffer]: (write port, read port)
-        # Banks of a few rows are flip-flops, not LUT RAM: a 16-row LUT RAM would
-        # waste most of its rows, and R x P x 2 of them (192 for gsc-cs conv1)
-        # fill the RAM-capable slices of an ECP5 and scatter the placement.
-        bank_attrs = {"ram_style": "logic"} if bank_depth <= SMALL_BANK_ROWS else None
+        # Banks of a few rows are registers, not LUT RAM: a 16-row LUT RAM would waste
+        # most of its rows, and R x P x 2 of them (192 for gsc-cs conv1) fill the
+        # RAM-capable slices of an ECP5 and scatter the placement. As registers they
+        # need no read stage: stage C adds into the row it names.
+        shallow = not self.compact and bank_depth <= SMALL_BANK_ROWS
+        banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (shallow)
         for r in range(R):
             row = []
             for k in range(P):
                 pair = []
                 for b in range(2):
-                    mem = Memory(shape=signed(A), depth=bank_depth, init=[], attrs=bank_attrs)
+                    if shallow:
+                        pair.append([Signal(signed(A), name=f"acc_{r}_{k}_{b}_{j}",
+                                            reset_less=True) for j in range(bank_depth)])
+                        continue
+                    mem = Memory(shape=signed(A), depth=bank_depth, init=[])
                     m.submodules[f"acc_{r}_{k}_{b}"] = mem
                     wp = mem.write_port()
                     pair.append((wp, mem.read_port(transparent_for=(wp,))))
@@ -539,6 +550,19 @@ class OverlayEngine(wiring.Component):
         for r in range(R):
             for k in range(P):
                 for b in range(2):
+                    if shallow:
+                        rows = banks[r][k][b]
+                        total = Signal(signed(A), name=f"c_sum_{r}_{k}_{b}")
+                        m.d.comb += total.eq(_select(rows, c_addr[r][k]) + c_prod[r][k])
+                        with m.If(c_live[r] & (c_buf == b)):
+                            for j, acc_row in enumerate(rows):
+                                with m.If(c_addr[r][k] == j):
+                                    m.d.sync += acc_row.eq(total)
+                        with m.Elif(e_clear & (e_buf == b)):
+                            for j, acc_row in enumerate(rows):
+                                with m.If(e_addr == j):
+                                    m.d.sync += acc_row.eq(0)
+                        continue
                     wp, rp = banks[r][k][b]
                     with m.If(b_valid & (b_buf == b)):
                         m.d.comb += [rp.addr.eq(b_addrs[r][k]), rp.en.eq(b_valid)]
@@ -549,11 +573,17 @@ class OverlayEngine(wiring.Component):
                                      wp.data.eq(rp.data + c_prod[r][k]), wp.en.eq(1)]
                     with m.Elif(e_clear & (e_buf == b)):
                         m.d.comb += [wp.addr.eq(e_addr), wp.data.eq(0), wp.en.eq(1)]
+
+        def drained(r, k, b):  # the drain's read of bank (r, k, b), in stage E
+            if shallow:
+                return _select(banks[r][k][b], e_addr)
+            return banks[r][k][b][1].data
+
         sums = []
         for k in range(P):
             total = Const(0, signed(A))
             for r in range(R):
-                total = total + Mux(e_buf, banks[r][k][1][1].data, banks[r][k][0][1].data)
+                total = total + Mux(e_buf, drained(r, k, 1), drained(r, k, 0))
             s = Signal(signed(A), name=f"drain_sum_{k}")
             m.d.comb += s.eq(total)
             sums.append(s)

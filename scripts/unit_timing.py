@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mhz", type=float, default=100.0, help="the clock nextpnr aims for")
     ap.add_argument("--router", choices=("router1", "router2"), default="router1",
                     help="nextpnr's router")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="build each unit in DIR/<unit> and keep it (netlists, nextpnr log)")
     ap.add_argument("-j", "--jobs", type=int, default=2)
     args = ap.parse_args(argv)
     table = units()
@@ -173,8 +175,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     results = {}
+    keep = Path(args.keep) if args.keep else None
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
+        clash = [n for n in names if (keep / n).exists()]
+        if clash:
+            print(f"unit_timing: {keep} already holds {', '.join(clash)}; remove them or "
+                  f"choose another --keep folder", file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory(prefix="cosparse-timing-") as tmp, \
             ThreadPoolExecutor(args.jobs) as pool:
+        tmp = keep or tmp
         futures = {pool.submit(place_and_route, n, table[n][1], Path(tmp), args.mhz,
                                args.router): n
                    for n in names}

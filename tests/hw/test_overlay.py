@@ -123,20 +123,25 @@ def test_drain_bound_groups(compact):
         check(dut, ov, groups, stall=0.8, seed=seed)
 
 
-@pytest.mark.parametrize("k, p, flip_flops", [(2, 4, True), (2, 2, True), (8, 4, False)])
-def test_shallow_banks_are_flip_flops(k, p, flip_flops):
-    """Banks of at most SMALL_BANK_ROWS rows (passes x K) ask synthesis for logic, not LUT RAM."""
+@pytest.mark.parametrize("k, p, compact, registers", [
+    (2, 4, False, True), (2, 2, False, True), (1, 4, False, True),
+    (8, 4, False, False), (2, 4, True, False)])
+def test_shallow_banks_are_registers(k, p, compact, registers):
+    """Banks of at most SMALL_BANK_ROWS rows (passes x K) are registers, not memories,
+    in engines with an output FIFO; the others stay memories."""
     rng = np.random.default_rng(k)
     ov = pack(zoo.complementary_weights(4 * k, 20, k, rng), k)  # L = 4 lanes
-    dut = OverlayEngine(ov, entries=2, lanes_per_beat=p)
+    dut = OverlayEngine(ov, entries=2, lanes_per_beat=p, compact=compact)
     rows = dut.passes * k
-    assert (rows <= SMALL_BANK_ROWS) == flip_flops
     text = rtlil.convert(dut)
-    banks = re.findall(r'((?:  attribute .*\n)*)  memory width \d+ size (\d+) \\acc_', text)
-    assert len(banks) == 2 * 2 * p  # R x P x two buffers
-    for attrs, size in banks:
-        assert int(size) == rows
-        assert ('ram_style "logic"' in attrs) == flip_flops
+    memories = re.findall(r"memory width \d+ size (\d+) \\acc_", text)
+    if registers:
+        assert rows <= SMALL_BANK_ROWS and not memories
+        regs = re.findall(r"wire width \d+ signed \\acc_\d+_\d+_\d+_\d+\n", text)
+        assert len(regs) == 2 * 2 * p * rows
+    else:
+        assert len(memories) == 2 * 2 * p  # R x P x two buffers
+        assert {int(n) for n in memories} == {rows}
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -151,18 +156,21 @@ def test_bad_parameters(kwargs, match):
         OverlayEngine(ov, **kwargs)
 
 
-@pytest.mark.parametrize("compact", [False, True])
-def test_verilator_matches_golden(compact):
-    """The generated Verilog, in Verilator under cocotb, with random stalls on both streams."""
+@pytest.mark.parametrize("compact, p", [(False, 3), (True, 3), (False, 6)])
+def test_verilator_matches_golden(compact, p):
+    """The generated Verilog, in Verilator under cocotb, with random stalls on both streams
+    (P = 6: one pass, banks of K = 4 rows, registers)."""
     rng = np.random.default_rng(21)
     w = zoo.random_sparse_weights(24, 60, 0.15, rng)
     ov = pack(w, 4)
     assert ov.words > ov.fan_in  # some rows need extra beats
-    dut = OverlayEngine(ov, entries=3, lanes_per_beat=3, compact=compact)
+    dut = OverlayEngine(ov, entries=3, lanes_per_beat=p, compact=compact)
+    assert (dut.passes * 4 <= SMALL_BANK_ROWS) == (p == 6)
     groups = random_groups(rng, 60, 10)
     groups[1] = []
     beats = sparse_beats(groups, dut.entries)
     want = dense_beats(expected_groups(ov, groups), dut.lanes_per_beat)
-    res = run_streams(dut, f"overlay_engine{'_compact' * compact}", [("i", dut.in_layout, beats)],
+    res = run_streams(dut, f"overlay_engine{'_compact' * compact}_p{p}",
+                      [("i", dut.in_layout, beats)],
                       [("o", dut.out_layout, len(want))], stall=0.3, seed=5)
     assert res.outputs[0] == want

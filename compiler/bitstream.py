@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..hw._util import KEEP_REPLICAS
 from .errors import CosparseError
 
 __all__ = ["BitstreamError", "build_bitstream", "tool_env", "TOP_NAME"]
@@ -388,7 +389,8 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
         return rep
 
     env = tool_env()
-    opts = {"nextpnr_opts": f"--report {TOP_NAME}.report.json --timing-allow-fail --seed {seed}"}
+    opts = {"nextpnr_opts": f"--report {TOP_NAME}.report.json --timing-allow-fail --seed {seed}",
+            "script_after_read": KEEP_REPLICAS}
     if board.family == "ice40":
         # -dff: ABC9 optimises across flip-flops too; on the digits network's
         # UP5K build it saves about 4% of the logic cells (5,698 -> 5,461).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import reduce
 from operator import or_
 
-from amaranth.hdl import Const, Module, Mux, Shape, Signal, Value
+from amaranth.hdl import Const, Elaboratable, Module, Mux, Shape, Signal, Value
 from amaranth.utils import ceil_log2
 
 __all__ = ["bits", "check_int", "onehot", "popcount", "skid_output", "lut_mul", "const_mul"]
@@ -102,3 +102,51 @@ def const_mul(a: Value, c: int) -> Value:
     for t in terms[1:]:
         acc = acc + t
     return acc
+
+
+
+#: Name prefix of the submodules that hold register copies (:func:`replicate`).
+REPLICA_PREFIX = "replica_"
+
+#: yosys command (after reading the design) that keeps each register copy in its own
+#: module, so ``opt_merge`` cannot fold identical copies back into one flip-flop.
+#: (A ``keep`` attribute on the flip-flops does that too, but makes yosys-abc fail on
+#: some designs.)
+KEEP_REPLICAS = f"setattr -mod -set keep_hierarchy 1 *.{REPLICA_PREFIX}*"
+
+
+class Replica(Elaboratable):
+    """One register: ``q`` takes ``d`` in every cycle with ``en`` set."""
+
+    def __init__(self, shape, *, reset_less: bool = False):
+        self.d = Signal(shape)
+        self.en = Signal(init=1)
+        self.q = Signal(shape, reset_less=reset_less)
+
+    def elaborate(self, platform):
+        m = Module()
+        with m.If(self.en):
+            m.d.sync += self.q.eq(self.d)
+        return m
+
+
+def replicate(m: Module, name: str, value: Value, copies: int, *, en: Value | None = None,
+              reset_less: bool = False) -> list[Signal]:
+    """``copies`` registers of ``value`` (loaded when ``en``), for a wide fan-out.
+
+    One register driving every lane of a wide unit spans the die (a 13 ns route
+    for the accumulator-buffer select of a 96-multiplier engine on an ECP5-85F);
+    a copy per group of lanes is placed beside its group. Each copy is its own
+    submodule, which board builds keep as a hierarchy (:data:`KEEP_REPLICAS`).
+    Returns the copies' outputs.
+    """
+    value = Value.cast(value)
+    out = []
+    for i in range(copies):
+        rep = Replica(value.shape(), reset_less=reset_less)
+        m.submodules[f"{REPLICA_PREFIX}{name}_{i}"] = rep
+        m.d.comb += rep.d.eq(value)
+        if en is not None:
+            m.d.comb += rep.en.eq(en)
+        out.append(rep.q)
+    return out

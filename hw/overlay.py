@@ -32,6 +32,14 @@ Structure
   so every bank maps to one simple dual-port RAM. While one buffer
   accumulates a group, the other is drained: the drain reads each
   accumulator and writes zero back, leaving the buffer clear for reuse.
+  Banks of at most ``SMALL_BANK_ROWS`` rows (``L / P * K``; gsc-cs conv1: 2)
+  are registers instead (engines with a FIFO): stage C adds into the row it
+  names, with no read port; a 16-row LUT RAM would hold two of its rows, and
+  conv1's 192 banks filled 96% of an ECP5-85F's RAM-capable slices.
+* The registers every lane reads (the entries' values, the pass, the buffer
+  selects and live flags of stages B and C, the drain's address) have a copy
+  per ``LANES_PER_COPY`` lanes, so no one register drives a whole engine
+  spread over the die's DSP rows.
 
 Output order
 ------------

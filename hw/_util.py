@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import reduce
 from operator import or_
 
-from amaranth.hdl import Const, Elaboratable, Module, Mux, Shape, Signal, Value
+from amaranth.hdl import Const, Elaboratable, Module, Mux, ResetSignal, Shape, Signal, Value
 from amaranth.utils import ceil_log2
 
 __all__ = ["bits", "check_int", "onehot", "popcount", "skid_output", "lut_mul", "const_mul"]
@@ -116,17 +116,16 @@ KEEP_REPLICAS = f"setattr -mod -set keep_hierarchy 1 *.{REPLICA_PREFIX}*"
 
 
 class Replica(Elaboratable):
-    """One register: ``q`` takes ``d`` in every cycle with ``en`` set."""
+    """A bare register, ``q`` takes ``d`` every cycle (no reset, no enable: the module
+    holds one flip-flop per bit and no logic)."""
 
-    def __init__(self, shape, *, reset_less: bool = False):
+    def __init__(self, shape):
         self.d = Signal(shape)
-        self.en = Signal(init=1)
-        self.q = Signal(shape, reset_less=reset_less)
+        self.q = Signal(shape, reset_less=True)
 
     def elaborate(self, platform):
         m = Module()
-        with m.If(self.en):
-            m.d.sync += self.q.eq(self.d)
+        m.d.sync += self.q.eq(self.d)
         return m
 
 
@@ -137,16 +136,19 @@ def replicate(m: Module, name: str, value: Value, copies: int, *, en: Value | No
     One register driving every lane of a wide unit spans the die (a 13 ns route
     for the accumulator-buffer select of a 96-multiplier engine on an ECP5-85F);
     a copy per group of lanes is placed beside its group. Each copy is its own
-    submodule, which board builds keep as a hierarchy (:data:`KEEP_REPLICAS`).
+    submodule, which board builds keep as a hierarchy (:data:`KEEP_REPLICAS`);
+    its enable and reset are logic in ``m``, so the submodule is a bare register
+    (yosys-abc fails on some of the tiny modules a register with logic makes).
     Returns the copies' outputs.
     """
     value = Value.cast(value)
     out = []
     for i in range(copies):
-        rep = Replica(value.shape(), reset_less=reset_less)
+        rep = Replica(value.shape())
         m.submodules[f"{REPLICA_PREFIX}{name}_{i}"] = rep
-        m.d.comb += rep.d.eq(value)
-        if en is not None:
-            m.d.comb += rep.en.eq(en)
+        d = value if en is None else Mux(en, value, rep.q)
+        if not reset_less:
+            d = Mux(ResetSignal(), 0, d)
+        m.d.comb += rep.d.eq(d)
         out.append(rep.q)
     return out

@@ -15,8 +15,7 @@ Structure
       -> A1: sequencer: for each beat b of the rows, each pass p of the lanes,
              one weight-memory read per entry (R read ports, P slots each)
       -> W : weight words out of the memories -> registered
-      -> B : P x R products (int8 x int8)
-      -> M : products and bank addresses registered; accumulator-bank read
+      -> B : P x R products (int8 x int8), accumulator-bank read
       -> C : read-modify-write of accumulator [lane][id] (banks per entry r
              and slot k, one memory per buffer)
     drain: per block of P lanes, sum the R banks -> registered -> FIFO -> o (dense, P/beat);
@@ -59,7 +58,7 @@ beats or groups in steady state. Cycles per group are therefore
 takes ``ceil(M / P)`` cycles and overlaps the next group, so a group takes
 ``max(ceil(active / R) * L / P, ceil(M / P))`` cycles in steady state
 (measured in ``tests/hw/test_overlay.py``). Latency from the acceptance of a
-group's last input beat to its first output beat: ``10 + b * L / P`` cycles
+group's last input beat to its first output beat: ``9 + b * L / P`` cycles
 (``compact``: ``6 + b * L / P``).
 """
 
@@ -391,15 +390,8 @@ class OverlayEngine(wiring.Component):
         final_op = Signal()  # the last op of the current beat
         held = Signal()  # compact: the drain's last sum of buffer ``e_buf`` not yet taken
         e_buf = Signal()
-        # The buffer whose drain issues its last read now may take new ops now: their
-        # first bank access (M, three cycles on) follows the drain's last read and
-        # clear. (Not compact: there a drained sum stays in the bank's read data.)
-        release = Signal()
-        if not self.compact:
-            m.d.comb += release.eq(drain_done & (drain_done_buf == acc_buf))
         m.d.comb += [
-            issue.eq(a1_active & (~full.bit_select(acc_buf, 1) | release)
-                     & ~(held & (e_buf == acc_buf))),
+            issue.eq(a1_active & ~full.bit_select(acc_buf, 1) & ~(held & (e_buf == acc_buf))),
             final_op.eq(issue & (beat == cur_maxb - 1) & (pss == passes - 1)),
             a1_take.eq(a0_valid & (~a1_active | final_op)),
         ]
@@ -472,25 +464,18 @@ class OverlayEngine(wiring.Component):
         rb_value = [replicate(m, f"b_value_{r}", w_value[r], copies, reset_less=True)
                     for r in range(R)]
         rb_pass = replicate(m, "b_pass", w_pass, copies)
+        if not shallow:  # the banks' read ports: B's address or the drain's
+            rb_valid = replicate(m, "b_valid", w_valid, copies)
+            rb_buf = replicate(m, "b_buf", w_buf, copies)
 
-        # ---------------- M: products and bank addresses registered; bank reads
-        # A second register after the multiplier: the placer can put one beside the
-        # DSP block and one beside the banks (DSP -> bank register was the conv1
-        # engine's critical path on the ECP5-85F: 96 DSPs spread over the die).
-        # (compact: no M register, the smallest parts' engines are not spread out)
-        mstage = m.d.comb if self.compact else m.d.sync
-        m_valid, m_group, m_buf, m_end = Signal(), Signal(), Signal(), Signal()
-        m_live = [Signal(name=f"m_live_{r}") for r in range(R)]
-        mstage += [m_valid.eq(b_valid), m_group.eq(b_group), m_buf.eq(b_buf),
-                   m_end.eq(b_end), *[m_live[r].eq(b_live[r]) for r in range(R)]]
-        if self.compact:  # the banks' read ports: M's address or the drain's
-            rm_valid, rm_buf = [b_valid] * copies, [b_buf] * copies
-        elif not shallow:
-            rm_valid = replicate(m, "m_valid", b_valid, copies)
-            rm_buf = replicate(m, "m_buf", b_buf, copies)
-        m_addr = [[Signal(range(bank_depth), name=f"m_addr_{r}_{k}") for k in range(P)]
+        c_valid = Signal()
+        m.d.sync += c_valid.eq(b_valid)
+        rc_buf = replicate(m, "c_buf", b_buf, copies)
+        rc_live = [replicate(m, f"c_live_{r}", b_valid & b_live[r], copies) for r in range(R)]
+        c_addr = [[Signal(range(bank_depth), name=f"c_addr_{r}_{k}") for k in range(P)]
                   for r in range(R)]
-        m_prod = [[Signal(signed(16), name=f"m_prod_{r}_{k}", reset_less=True) for k in range(P)]
+        b_addrs = [[None] * P for _ in range(R)]
+        c_prod = [[Signal(signed(16), name=f"c_prod_{r}_{k}", reset_less=True) for k in range(P)]
                   for r in range(R)]
         for r in range(R):
             data = b_data[r]
@@ -498,18 +483,11 @@ class OverlayEngine(wiring.Component):
                 slot = data[k * slot_bits:(k + 1) * slot_bits]
                 weight = slot[:8].as_signed()
                 kid = slot[8:8 + id_bits]
-                mstage += [m_addr[r][k].eq(const_mul(rb_pass[k // G], K) + kid),  # no DSP
-                           m_prod[r][k].eq(weight * rb_value[r][k // G])]
-
-        rc_buf = replicate(m, "c_buf", m_buf, copies)
-        rc_live = [replicate(m, f"c_live_{r}", m_valid & m_live[r], copies) for r in range(R)]
-        c_addr = [[Signal(range(bank_depth), name=f"c_addr_{r}_{k}") for k in range(P)]
-                  for r in range(R)]
-        c_prod = [[Signal(signed(16), name=f"c_prod_{r}_{k}", reset_less=True) for k in range(P)]
-                  for r in range(R)]
-        for r in range(R):
-            for k in range(P):
-                m.d.sync += [c_addr[r][k].eq(m_addr[r][k]), c_prod[r][k].eq(m_prod[r][k])]
+                addr = Signal(range(bank_depth), name=f"b_addr_{r}_{k}")
+                m.d.comb += addr.eq(const_mul(rb_pass[k // G], K) + kid)  # no DSP here
+                m.d.sync += [c_addr[r][k].eq(addr),
+                             c_prod[r][k].eq(weight * rb_value[r][k // G])]
+                b_addrs[r][k] = addr
 
         # ---------------- C: read-modify-write (bank ports are wired below, with the drain's)
 
@@ -554,11 +532,11 @@ class OverlayEngine(wiring.Component):
         m.d.comb += start.eq((~d_active | d_final) & pending.bit_select(d_next, 1))
         pend_next = Signal(2)
         m.d.comb += pend_next.eq(pending)
-        # A group's last op is in M: its write (C) lands the next cycle, as the
-        # drain's first read at the earliest (the cycle after the drain starts).
-        with m.If(m_valid & m_group):
-            m.d.comb += pend_next.bit_select(m_buf, 1).eq(1)
-            m.d.sync += pending_end.bit_select(m_buf, 1).eq(m_end)
+        # A group's last op is in B: its write (C) lands this cycle, before the
+        # drain's first read (the cycle after the drain starts) -- no gap needed.
+        with m.If(b_valid & b_group):
+            m.d.comb += pend_next.bit_select(b_buf, 1).eq(1)
+            m.d.sync += pending_end.bit_select(b_buf, 1).eq(b_end)
         with m.If(start):
             m.d.comb += pend_next.bit_select(d_next, 1).eq(0)
             m.d.sync += [d_active.eq(1), d_buf.eq(d_next), d_end.eq(pending_end.bit_select(d_next, 1)),
@@ -610,8 +588,8 @@ class OverlayEngine(wiring.Component):
                                     m.d.sync += acc_row.eq(0)
                         continue
                     wp, rp = banks[r][k][b]
-                    with m.If(rm_valid[g] & (rm_buf[g] == b)):
-                        m.d.comb += [rp.addr.eq(m_addr[r][k]), rp.en.eq(1)]
+                    with m.If(rb_valid[g] & (rb_buf[g] == b)):
+                        m.d.comb += [rp.addr.eq(b_addrs[r][k]), rp.en.eq(1)]
                     with m.Else():
                         m.d.comb += [rp.addr.eq(d_addr), rp.en.eq(d_issue & (d_buf == b))]
                     with m.If(live & (cbuf == b)):

@@ -104,10 +104,10 @@ def test_throughput_has_no_bubbles(compact):
     ends = [c for c, b in zip(res.cycles[0], res.outputs[0]) if b["last"]]
     per_group = np.diff(ends)
     assert set(per_group[2:].tolist()) == {max(10 * 2, 64 // 4)}  # 20 cycles per group
-    # Latency of a lone group: 10 + L/P cycles from its last input beat to its first output
-    # (four less without the product register M, the output register and the FIFO).
+    # Latency of a lone group: 9 + L/P cycles from its last input beat to its first output
+    # (three less without the output register and FIFO).
     res = check(dut, ov, [[(5, 1)]], stall=0.0)
-    assert res.cycles[0][0] - res.input_cycles[0][-1] == 10 + dut.passes - 4 * compact
+    assert res.cycles[0][0] - res.input_cycles[0][-1] == 9 + dut.passes - 3 * compact
 
 
 @pytest.mark.parametrize("compact", [False, True])

@@ -8,7 +8,8 @@ from operator import or_
 from amaranth.hdl import Const, Elaboratable, Module, Mux, ResetSignal, Shape, Signal, Value
 from amaranth.utils import ceil_log2
 
-__all__ = ["bits", "check_int", "onehot", "popcount", "skid_output", "lut_mul", "const_mul"]
+__all__ = ["bits", "check_int", "onehot", "popcount", "skid_output", "lut_mul", "const_mul",
+           "replicate", "KEEP_REPLICAS"]
 
 
 def bits(n: int) -> int:
@@ -104,7 +105,6 @@ def const_mul(a: Value, c: int) -> Value:
     return acc
 
 
-
 #: Name prefix of the submodules that hold register copies (:func:`replicate`).
 REPLICA_PREFIX = "replica_"
 
@@ -142,6 +142,11 @@ def replicate(m: Module, name: str, value: Value, copies: int, *, en: Value | No
     Returns the copies' outputs.
     """
     value = Value.cast(value)
+    if copies == 1:  # nothing to keep apart: a plain register, which synthesis may simplify
+        reg = Signal(value.shape(), name=name, reset_less=reset_less)
+        with m.If(Const(1) if en is None else en):
+            m.d.sync += reg.eq(value)
+        return [reg]
     out = []
     for i in range(copies):
         rep = Replica(value.shape())

@@ -447,8 +447,7 @@ class OverlayEngine(wiring.Component):
         # and bank-address paths (ECP5: 5.6 ns DOA, the critical path without it).
         b_valid = Signal()
         b_live = [Signal(name=f"b_live_{r}") for r in range(R)]
-        # Datapath registers without reset (the valid flags carry it): synthesis can
-        # fold them into the DSP blocks' input and output registers.
+        # Datapath registers without reset (the valid flags carry it).
         b_data = [Signal(P * slot_bits, name=f"b_data_{r}", reset_less=True) for r in range(R)]
         b_buf = Signal()
         b_group = Signal()
@@ -463,7 +462,8 @@ class OverlayEngine(wiring.Component):
         copies = -(-P // G)
         rb_value = [replicate(m, f"b_value_{r}", w_value[r], copies, reset_less=True)
                     for r in range(R)]
-        rb_pass = replicate(m, "b_pass", w_pass, copies)
+        rb_pass = (replicate(m, "b_pass", w_pass, copies) if passes > 1
+                   else [Const(0, pass_bits)] * copies)  # one pass: no register to copy
         if not shallow:  # the banks' read ports: B's address or the drain's
             rb_valid = replicate(m, "b_valid", w_valid, copies)
             rb_buf = replicate(m, "b_buf", w_buf, copies)

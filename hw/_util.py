@@ -5,11 +5,11 @@ from __future__ import annotations
 from functools import reduce
 from operator import or_
 
-from amaranth.hdl import Const, Elaboratable, Module, Mux, ResetSignal, Shape, Signal, Value
+from amaranth.hdl import Const, Elaboratable, Module, Mux, ResetSignal, Shape, Signal, Value, signed
 from amaranth.utils import ceil_log2
 
 __all__ = ["bits", "check_int", "onehot", "popcount", "skid_output", "lut_mul", "const_mul",
-           "replicate", "KEEP_REPLICAS"]
+           "replicate", "KEEP_REPLICAS", "is_ecp5", "registered_product"]
 
 
 def bits(n: int) -> int:
@@ -157,3 +157,51 @@ def replicate(m: Module, name: str, value: Value, copies: int, *, en: Value | No
         m.d.comb += rep.d.eq(d)
         out.append(rep.q)
     return out
+
+
+def is_ecp5(platform) -> bool:
+    """The platform is a Lattice ECP5 (``LFE5U``/``LFE5UM`` devices)."""
+    return str(getattr(platform, "device", "")).startswith("LFE5")
+
+
+def registered_product(m: Module, name: str, a: Value, b: Value, platform) -> Signal:
+    """``a * b`` of two signed operands of at most 18 bits, two cycles later.
+
+    Both operands are registered, then their product (no enable, no reset).
+    On ECP5 it is one ``MULT18X18D`` with its input and output registers
+    enabled (``REG_INPUTA/B_CLK``, ``REG_OUTPUT_CLK``): yosys maps only the
+    multiplier itself into a DSP block, and the fabric registers it leaves
+    around it sit far from the die's DSP rows (on an ECP5-85F, routes of 5 ns
+    into and out of the block). Elsewhere it is two fabric registers, ``*``
+    and a third register.
+    """
+    a, b = Value.cast(a), Value.cast(b)
+    wa, wb = len(a), len(b)
+    if wa > 18 or wb > 18:
+        raise ValueError(f"registered_product takes operands of at most 18 bits, got {wa} and {wb}")
+    prod = Signal(signed(wa + wb), name=name, reset_less=True)
+    if not is_ecp5(platform):
+        ra = Signal(signed(wa), name=f"{name}_a", reset_less=True)
+        rb = Signal(signed(wb), name=f"{name}_b", reset_less=True)
+        m.d.sync += [ra.eq(a), rb.eq(b), prod.eq(ra * rb)]
+        return prod
+    from amaranth.hdl import ClockSignal, Instance
+
+    ea = Signal(18, name=f"{name}_a")
+    eb = Signal(18, name=f"{name}_b")
+    p = Signal(36, name=f"{name}_p")
+    m.d.comb += [ea.eq(a.as_signed()), eb.eq(b.as_signed()), prod.eq(p[:wa + wb])]
+    ports = {f"i_A{i}": ea[i] for i in range(18)}
+    ports.update({f"i_B{i}": eb[i] for i in range(18)})
+    ports.update({f"o_P{i}": p[i] for i in range(36)})
+    m.submodules[f"{name}_dsp"] = Instance(
+        "MULT18X18D",
+        p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
+        p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
+        p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
+        p_REG_PIPELINE_CLK="NONE", p_REG_INPUTC_CLK="NONE",
+        p_GSR="DISABLED", p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT",
+        p_CLK0_DIV="ENABLED", p_MULT_BYPASS="DISABLED",
+        i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
+        i_CLK0=ClockSignal(), i_CE0=Const(1), i_RST0=Const(0), **ports)
+    return prod

@@ -73,7 +73,7 @@ from amaranth.lib.wiring import In, Out
 
 from cosparse.compiler.ir import Overlays
 
-from ._util import bits, const_mul, replicate
+from ._util import bits, const_mul, is_ecp5, registered_product, replicate
 from .hostlink import LoadPort
 from .streams import dense_layout, sparse_layout
 
@@ -460,8 +460,11 @@ class OverlayEngine(wiring.Component):
         # rb_value[r][g] is entry r's value for lanes g * G ... g * G + G - 1.
         G = LANES_PER_COPY
         copies = -(-P // G)
-        rb_value = [replicate(m, f"b_value_{r}", w_value[r], copies, reset_less=True)
-                    for r in range(R)]
+        # ECP5: the operand and product registers are the DSP blocks' own (no copies).
+        dsp_registers = is_ecp5(platform)
+        rb_value = ([] if dsp_registers else
+                    [replicate(m, f"b_value_{r}", w_value[r], copies, reset_less=True)
+                     for r in range(R)])
         rb_pass = (replicate(m, "b_pass", w_pass, copies) if passes > 1
                    else [Const(0, pass_bits)] * copies)  # one pass: no register to copy
         if not shallow:  # the banks' read ports: B's address or the drain's
@@ -475,19 +478,23 @@ class OverlayEngine(wiring.Component):
         c_addr = [[Signal(range(bank_depth), name=f"c_addr_{r}_{k}") for k in range(P)]
                   for r in range(R)]
         b_addrs = [[None] * P for _ in range(R)]
-        c_prod = [[Signal(signed(16), name=f"c_prod_{r}_{k}", reset_less=True) for k in range(P)]
-                  for r in range(R)]
+        c_prod = [[None] * P for _ in range(R)]
         for r in range(R):
             data = b_data[r]
             for k in range(P):
                 slot = data[k * slot_bits:(k + 1) * slot_bits]
-                weight = slot[:8].as_signed()
                 kid = slot[8:8 + id_bits]
                 addr = Signal(range(bank_depth), name=f"b_addr_{r}_{k}")
                 m.d.comb += addr.eq(const_mul(rb_pass[k // G], K) + kid)  # no DSP here
-                m.d.sync += [c_addr[r][k].eq(addr),
-                             c_prod[r][k].eq(weight * rb_value[r][k // G])]
+                m.d.sync += c_addr[r][k].eq(addr)
                 b_addrs[r][k] = addr
+                if dsp_registers:  # the same two register stages, inside MULT18X18D
+                    w_weight = wports[r].data[k * slot_bits:k * slot_bits + 8].as_signed()
+                    c_prod[r][k] = registered_product(m, f"c_prod_{r}_{k}", w_weight,
+                                                      w_value[r], platform)
+                else:
+                    c_prod[r][k] = Signal(signed(16), name=f"c_prod_{r}_{k}", reset_less=True)
+                    m.d.sync += c_prod[r][k].eq(slot[:8].as_signed() * rb_value[r][k // G])
 
         # ---------------- C: read-modify-write (bank ports are wired below, with the drain's)
 

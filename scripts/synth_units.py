@@ -89,7 +89,11 @@ def synth(name: str, factory, family: str, workdir: Path) -> dict:
     top = factory()
     # YoWASP tools see only their working directory: relative names, cwd=workdir.
     il = f"{name}.{family}.il"
-    (workdir / il).write_text(rtlil.convert(top, name="top"))
+    platform = None
+    if family == "ecp5":  # the board's platform: DSP-registered products
+        from amaranth_boards.ulx3s import ULX3S_85F_Platform
+        platform = ULX3S_85F_Platform()
+    (workdir / il).write_text(rtlil.convert(top, name="top", platform=platform))
     stat = workdir / f"{name}.{family}.json"
     cmd = ("synth_ecp5 -top top" if family == "ecp5" else "synth_ice40 -dsp -top top")
     script = f"read_rtlil {il}; {KEEP_REPLICAS}; {cmd}; tee -q -o {stat.name} stat -json"

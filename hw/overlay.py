@@ -374,7 +374,6 @@ class OverlayEngine(wiring.Component):
         # of the memory.
         waddr = [Signal(range(max(wdepth, 2)), name=f"waddr_{r}") for r in range(R)]
         cur_nbeats = [Signal(beat_bits, name=f"cur_nbeats_{r}") for r in range(R)]
-        cur_value = [Signal(signed(8), name=f"cur_value_{r}") for r in range(R)]
         cur_maxb = Signal(beat_bits)
         cur_last = Signal()
         cur_end = Signal()
@@ -400,8 +399,7 @@ class OverlayEngine(wiring.Component):
                          cur_end.eq(a0.end), beat.eq(0), pss.eq(0)]
             for r in range(R):
                 m.d.sync += [waddr[r].eq(const_mul(a0_start[r], passes)),
-                             cur_nbeats[r].eq(a0_nbeats[r]),
-                             cur_value[r].eq(a0.entries[r].value)]
+                             cur_nbeats[r].eq(a0_nbeats[r])]
         with m.Elif(final_op):
             m.d.sync += a1_active.eq(0)
         with m.Elif(issue):
@@ -410,6 +408,15 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += [pss.eq(0), beat.eq(beat + 1)]
             with m.Else():
                 m.d.sync += pss.eq(pss + 1)
+
+        # Each entry's value, one copy per G lanes from here on (``replicate``): the
+        # A1 copy, then W's register of it, then the product's operand register
+        # (ECP5: in the DSP block), so no register drives more than G multipliers.
+        G = LANES_PER_COPY
+        copies = -(-P // G)
+        dsp_registers = is_ecp5(platform)
+        rcur_value = [replicate(m, f"cur_value_{r}", a0.entries[r].value, copies, en=a1_take,
+                                reset_less=True) for r in range(R)]
 
         group_op = Signal()  # the op that completes a group
         m.d.comb += group_op.eq(final_op & cur_last)
@@ -432,7 +439,6 @@ class OverlayEngine(wiring.Component):
         # ---------------- W: the weight words arrive (memory output, not yet registered)
         w_valid = Signal()
         w_live = [Signal(name=f"w_live_{r}") for r in range(R)]
-        w_value = [Signal(signed(8), name=f"w_value_{r}") for r in range(R)]
         w_pass = Signal(pass_bits)
         w_buf = Signal()
         w_group = Signal()
@@ -440,7 +446,11 @@ class OverlayEngine(wiring.Component):
         m.d.sync += [w_valid.eq(issue), w_pass.eq(pss), w_buf.eq(acc_buf), w_group.eq(group_op),
                      w_end.eq(cur_end)]
         for r in range(R):
-            m.d.sync += [w_live[r].eq(beat < cur_nbeats[r]), w_value[r].eq(cur_value[r])]
+            m.d.sync += w_live[r].eq(beat < cur_nbeats[r])
+
+        rw_value = [[Signal(signed(8), name=f"w_value_{r}_{g}", reset_less=True)
+                     for g in range(copies)] for r in range(R)]
+        m.d.sync += [rw_value[r][g].eq(rcur_value[r][g]) for r in range(R) for g in range(copies)]
 
         # ---------------- B: registered weight words; products; bank reads
         # The register keeps the block RAM's slow clock-to-out out of the multiplier
@@ -456,15 +466,13 @@ class OverlayEngine(wiring.Component):
                      b_group.eq(w_group), b_end.eq(w_end)]
         for r in range(R):
             m.d.sync += [b_live[r].eq(w_live[r]), b_data[r].eq(wports[r].data)]
-        # The registers every lane reads, one copy per group of G lanes (``replicate``):
-        # rb_value[r][g] is entry r's value for lanes g * G ... g * G + G - 1.
-        G = LANES_PER_COPY
-        copies = -(-P // G)
-        # ECP5: the operand and product registers are the DSP blocks' own (no copies).
-        dsp_registers = is_ecp5(platform)
-        rb_value = ([] if dsp_registers else
-                    [replicate(m, f"b_value_{r}", w_value[r], copies, reset_less=True)
-                     for r in range(R)])
+        # The registers every lane reads, one copy per group of G lanes (``replicate``).
+        # rb_value[r][g] is entry r's value for lanes g * G ... g * G + G - 1 (ECP5: the
+        # DSP blocks' input registers instead).
+        rb_value = [[Signal(signed(8), name=f"b_value_{r}_{g}", reset_less=True)
+                     for g in range(copies)] for r in range(R)] if not dsp_registers else []
+        for r, g in ((r, g) for r in range(len(rb_value)) for g in range(copies)):
+            m.d.sync += rb_value[r][g].eq(rw_value[r][g])
         rb_pass = (replicate(m, "b_pass", w_pass, copies) if passes > 1
                    else [Const(0, pass_bits)] * copies)  # one pass: no register to copy
         if not shallow:  # the banks' read ports: B's address or the drain's
@@ -491,7 +499,7 @@ class OverlayEngine(wiring.Component):
                 if dsp_registers:  # the same two register stages, inside MULT18X18D
                     w_weight = wports[r].data[k * slot_bits:k * slot_bits + 8].as_signed()
                     c_prod[r][k] = registered_product(m, f"c_prod_{r}_{k}", w_weight,
-                                                      w_value[r], platform)
+                                                      rw_value[r][k // G], platform)
                 else:
                     c_prod[r][k] = Signal(signed(16), name=f"c_prod_{r}_{k}", reset_less=True)
                     m.d.sync += c_prod[r][k].eq(slot[:8].as_signed() * rb_value[r][k // G])

@@ -39,7 +39,14 @@ Structure
 * The registers every lane reads (the entries' values, the pass, the buffer
   selects and live flags of stages B and C, the drain's address) have a copy
   per ``LANES_PER_COPY`` lanes, so no one register drives a whole engine
-  spread over the die's DSP rows.
+  spread over the die's DSP rows. An entry's value is copied from the
+  sequencer (A1) on, so each copy chain ends at ``LANES_PER_COPY``
+  multipliers.
+* Elaborated for an ECP5 platform, each product is one ``MULT18X18D`` whose
+  own input and output registers are stage B's operand registers and the
+  product register (:func:`~cosparse.hw._util.registered_product`): the
+  same cycles, with the routes into and out of the DSP block register to
+  register.
 
 Output order
 ------------

@@ -39,9 +39,8 @@ Structure
 * The registers every lane reads (the entries' values, the pass, the buffer
   selects and live flags of stages B and C, the drain's address) have a copy
   per ``LANES_PER_COPY`` lanes, so no one register drives a whole engine
-  spread over the die's DSP rows. An entry's value is copied from the
-  sequencer (A1) on, so each copy chain ends at ``LANES_PER_COPY``
-  multipliers.
+  spread over the die's DSP rows. An entry's value is copied from stage W
+  on, so each copy chain ends at ``LANES_PER_COPY`` multipliers.
 * Elaborated for an ECP5 platform, each product is one ``MULT18X18D`` whose
   own input and output registers are stage B's operand registers and the
   product register (:func:`~cosparse.hw._util.registered_product`): the
@@ -381,6 +380,7 @@ class OverlayEngine(wiring.Component):
         # of the memory.
         waddr = [Signal(range(max(wdepth, 2)), name=f"waddr_{r}") for r in range(R)]
         cur_nbeats = [Signal(beat_bits, name=f"cur_nbeats_{r}") for r in range(R)]
+        cur_value = [Signal(signed(8), name=f"cur_value_{r}", reset_less=True) for r in range(R)]
         cur_maxb = Signal(beat_bits)
         cur_last = Signal()
         cur_end = Signal()
@@ -406,7 +406,8 @@ class OverlayEngine(wiring.Component):
                          cur_end.eq(a0.end), beat.eq(0), pss.eq(0)]
             for r in range(R):
                 m.d.sync += [waddr[r].eq(const_mul(a0_start[r], passes)),
-                             cur_nbeats[r].eq(a0_nbeats[r])]
+                             cur_nbeats[r].eq(a0_nbeats[r]),
+                             cur_value[r].eq(a0.entries[r].value)]
         with m.Elif(final_op):
             m.d.sync += a1_active.eq(0)
         with m.Elif(issue):
@@ -416,14 +417,9 @@ class OverlayEngine(wiring.Component):
             with m.Else():
                 m.d.sync += pss.eq(pss + 1)
 
-        # Each entry's value, one copy per G lanes from here on (``replicate``): the
-        # A1 copy, then W's register of it, then the product's operand register
-        # (ECP5: in the DSP block), so no register drives more than G multipliers.
         G = LANES_PER_COPY
         copies = -(-P // G)
         dsp_registers = is_ecp5(platform)
-        rcur_value = [replicate(m, f"cur_value_{r}", a0.entries[r].value, copies, en=a1_take,
-                                reset_less=True) for r in range(R)]
 
         group_op = Signal()  # the op that completes a group
         m.d.comb += group_op.eq(final_op & cur_last)
@@ -455,9 +451,11 @@ class OverlayEngine(wiring.Component):
         for r in range(R):
             m.d.sync += w_live[r].eq(beat < cur_nbeats[r])
 
-        rw_value = [[Signal(signed(8), name=f"w_value_{r}_{g}", reset_less=True)
-                     for g in range(copies)] for r in range(R)]
-        m.d.sync += [rw_value[r][g].eq(rcur_value[r][g]) for r in range(R) for g in range(copies)]
+        # Each entry's value, one copy per G lanes from W on (``replicate``; no enable, so
+        # no logic fans out to the copies): W's copies, then the products' operand
+        # registers (ECP5: in the DSP blocks). No register drives more than G multipliers.
+        rw_value = [replicate(m, f"w_value_{r}", cur_value[r], copies, reset_less=True)
+                    for r in range(R)]
 
         # ---------------- B: registered weight words; products; bank reads
         # The register keeps the block RAM's slow clock-to-out out of the multiplier

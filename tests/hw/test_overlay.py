@@ -169,7 +169,7 @@ def test_synthesis_keeps_a_register_copy_per_lane_group(tmp_path):
         kinds = collections.Counter(
             re.sub(r"_\d+$", "", c["type"].split(".replica_")[1])
             for c in mods["top"]["cells"].values() if ".replica_" in c["type"])
-        want = {"cur_value_0": copies, "cur_value_1": copies, "c_buf": copies,  # one pass: no b_pass
+        want = {"w_value_0": copies, "w_value_1": copies, "c_buf": copies,  # one pass: no b_pass
                 "c_live_0": copies, "c_live_1": copies, "e_clear": copies, "e_addr": copies,
                 "e_buf": copies}
         assert {k: v for k, v in kinds.items() if k in want} == (want if keep else {})

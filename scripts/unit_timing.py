@@ -22,6 +22,7 @@ Needs the ``bitstream`` extra (``pip install -e '.[bitstream]'``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import subprocess
@@ -188,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unit_timing: {keep} already holds {', '.join(clash)}; remove them or "
                   f"choose another --keep folder", file=sys.stderr)
             return 2
-    with tempfile.TemporaryDirectory(prefix="cosparse-timing-") as tmp, \
-            ThreadPoolExecutor(args.jobs) as pool:
-        tmp = keep or tmp
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(args.jobs))
+        # --keep builds in DIR; otherwise in a temporary folder, removed afterwards.
+        tmp = keep or stack.enter_context(tempfile.TemporaryDirectory(prefix="cosparse-timing-"))
         futures = {pool.submit(place_and_route, n, table[n][1], Path(tmp), args.mhz,
                                args.router): n
                    for n in names}

@@ -164,10 +164,13 @@ def is_ecp5(platform) -> bool:
     return str(getattr(platform, "device", "")).startswith("LFE5")
 
 
-def registered_product(m: Module, name: str, a: Value, b: Value, platform) -> Signal:
+def registered_product(m: Module, name: str, a: Value, b: Value, platform, *,
+                       a_registered: bool = False) -> Signal:
     """``a * b`` of two signed operands of at most 18 bits, two cycles later.
 
     Both operands are registered, then their product (no enable, no reset).
+    ``a_registered``: ``a`` is a register already (it takes the place of the
+    operand register, so the product is one cycle after ``a``).
     On ECP5 it is one ``MULT18X18D`` with its input and output registers
     enabled (``REG_INPUTA/B_CLK``, ``REG_OUTPUT_CLK``): yosys maps only the
     multiplier itself into a DSP block, and the fabric registers it leaves
@@ -181,9 +184,11 @@ def registered_product(m: Module, name: str, a: Value, b: Value, platform) -> Si
         raise ValueError(f"registered_product takes operands of at most 18 bits, got {wa} and {wb}")
     prod = Signal(signed(wa + wb), name=name, reset_less=True)
     if not is_ecp5(platform):
-        ra = Signal(signed(wa), name=f"{name}_a", reset_less=True)
+        ra = a if a_registered else Signal(signed(wa), name=f"{name}_a", reset_less=True)
         rb = Signal(signed(wb), name=f"{name}_b", reset_less=True)
-        m.d.sync += [ra.eq(a), rb.eq(b), prod.eq(ra * rb)]
+        m.d.sync += [rb.eq(b), prod.eq(ra.as_signed() * rb)]
+        if not a_registered:
+            m.d.sync += ra.eq(a)
         return prod
     from amaranth.hdl import ClockSignal, Instance
 
@@ -196,7 +201,8 @@ def registered_product(m: Module, name: str, a: Value, b: Value, platform) -> Si
     ports.update({f"o_P{i}": p[i] for i in range(36)})
     m.submodules[f"{name}_dsp"] = Instance(
         "MULT18X18D",
-        p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
+        p_REG_INPUTA_CLK="NONE" if a_registered else "CLK0", p_REG_INPUTA_CE="CE0",
+        p_REG_INPUTA_RST="RST0",
         p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
         p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
         p_REG_PIPELINE_CLK="NONE", p_REG_INPUTC_CLK="NONE",

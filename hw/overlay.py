@@ -45,7 +45,9 @@ Structure
   own input and output registers are stage B's operand registers and the
   product register (:func:`~cosparse.hw._util.registered_product`): the
   same cycles, with the routes into and out of the DSP block register to
-  register.
+  register. Weight memories deeper than ``DSP_DIRECT_WEIGHT_WORDS`` keep
+  their fabric register behind the block RAMs' output multiplexer, and it
+  feeds the DSP block.
 
 Output order
 ------------
@@ -130,6 +132,12 @@ def _spram_port(m: Module, width: int, depth: int, load) -> _SpramPort:
 #: Accumulator banks of at most this many rows are registers (engines with an
 #: output FIFO).
 SMALL_BANK_ROWS = 4
+
+#: ECP5: weight memories of at most this many words (one DP16KD deep) feed the DSP
+#: blocks' input registers directly; deeper ones are several blocks behind an output
+#: multiplexer, which keeps its fabric register (gsc-cs fc1: 48,000 words, a 5-level
+#: multiplexer, 17.4 ns from block RAM to DSP input without it).
+DSP_DIRECT_WEIGHT_WORDS = 512
 
 #: Lanes served by one copy of each register that all lanes read (see
 #: :func:`~cosparse.hw._util.replicate`).
@@ -502,9 +510,12 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += c_addr[r][k].eq(addr)
                 b_addrs[r][k] = addr
                 if dsp_registers:  # the same two register stages, inside MULT18X18D
-                    w_weight = wports[r].data[k * slot_bits:k * slot_bits + 8].as_signed()
+                    direct = wdepth <= DSP_DIRECT_WEIGHT_WORDS  # else b_data is A's register
+                    w_weight = (wports[r].data[k * slot_bits:k * slot_bits + 8] if direct
+                                else slot[:8]).as_signed()
                     c_prod[r][k] = registered_product(m, f"c_prod_{r}_{k}", w_weight,
-                                                      rw_value[r][k // G], platform)
+                                                      rw_value[r][k // G], platform,
+                                                      a_registered=not direct)
                 else:
                     c_prod[r][k] = Signal(signed(16), name=f"c_prod_{r}_{k}", reset_less=True)
                     m.d.sync += c_prod[r][k].eq(slot[:8].as_signed() * rb_value[r][k // G])

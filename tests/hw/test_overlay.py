@@ -209,11 +209,18 @@ def test_verilator_matches_golden(compact, p):
     assert res.outputs[0] == want
 
 
-def test_verilator_matches_golden_with_ecp5_dsp_registers():
+@pytest.mark.parametrize("deep", [False, True])
+def test_verilator_matches_golden_with_ecp5_dsp_registers(deep, monkeypatch):
     """Elaborated for the ULX3S (ECP5), every product is a MULT18X18D with its input and
     output registers (cosparse.sim.primitives models it): still the golden sums under
-    random stalls, and the same cycles as the generic registers."""
+    random stalls, and the same cycles as the generic registers. ``deep``: a weight
+    memory deeper than DSP_DIRECT_WEIGHT_WORDS, whose fabric register is the weight's
+    (no input register A in the DSP block)."""
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    import cosparse.hw.overlay as overlay
+    if deep:
+        monkeypatch.setattr(overlay, "DSP_DIRECT_WEIGHT_WORDS", 1)
 
     rng = np.random.default_rng(8)
     ov = pack(zoo.random_sparse_weights(12, 30, 0.3, rng), 3)
@@ -221,6 +228,8 @@ def test_verilator_matches_golden_with_ecp5_dsp_registers():
     text = rtlil.convert(dut, name="top", platform=ULX3S_85F_Platform())
     assert len(re.findall(r"cell \\MULT18X18D ", text)) == dut.multipliers
     assert len(re.findall(r'parameter \\REG_OUTPUT_CLK "CLK0"', text)) == dut.multipliers
+    assert (len(re.findall(r'parameter \\REG_INPUTA_CLK "NONE"', text))
+            == (dut.multipliers if deep else 0))
     assert not re.search(r"cell \$mul ", text)
     groups = random_groups(rng, 30, 8)
     groups[2] = []
@@ -229,7 +238,8 @@ def test_verilator_matches_golden_with_ecp5_dsp_registers():
     runs = {}
     for plat in (ULX3S_85F_Platform(), None):
         dut = OverlayEngine(ov, entries=2, lanes_per_beat=ov.lanes // 2)
-        runs[plat is None] = run_streams(dut, f"overlay_engine_dsp{'_generic' * (plat is None)}",
+        runs[plat is None] = run_streams(dut, f"overlay_engine_dsp{'_generic' * (plat is None)}"
+                                         f"{'_deep' * deep}",
                                          [("i", dut.in_layout, beats)],
                                          [("o", dut.out_layout, len(want))], stall=0.3, seed=2,
                                          platform=plat)

@@ -183,7 +183,7 @@ def registered_product(m: Module, name: str, a: Value, b: Value, platform, *,
     if wa > 18 or wb > 18:
         raise ValueError(f"registered_product takes operands of at most 18 bits, got {wa} and {wb}")
     prod = Signal(signed(wa + wb), name=name, reset_less=True)
-    if not is_ecp5(platform):
+    if not is_ecp5(platform):  # (synthesis merges equal operand registers of a shared b)
         ra = a if a_registered else Signal(signed(wa), name=f"{name}_a", reset_less=True)
         rb = Signal(signed(wb), name=f"{name}_b", reset_less=True)
         m.d.sync += [rb.eq(b), prod.eq(ra.as_signed() * rb)]

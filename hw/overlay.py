@@ -480,12 +480,6 @@ class OverlayEngine(wiring.Component):
         for r in range(R):
             m.d.sync += [b_live[r].eq(w_live[r]), b_data[r].eq(wports[r].data)]
         # The registers every lane reads, one copy per group of G lanes (``replicate``).
-        # rb_value[r][g] is entry r's value for lanes g * G ... g * G + G - 1 (ECP5: the
-        # DSP blocks' input registers instead).
-        rb_value = [[Signal(signed(8), name=f"b_value_{r}_{g}", reset_less=True)
-                     for g in range(copies)] for r in range(R)] if not dsp_registers else []
-        for r, g in ((r, g) for r in range(len(rb_value)) for g in range(copies)):
-            m.d.sync += rb_value[r][g].eq(rw_value[r][g])
         rb_pass = (replicate(m, "b_pass", w_pass, copies) if passes > 1
                    else [Const(0, pass_bits)] * copies)  # one pass: no register to copy
         if not shallow:  # the banks' read ports: B's address or the drain's
@@ -509,16 +503,15 @@ class OverlayEngine(wiring.Component):
                 m.d.comb += addr.eq(const_mul(rb_pass[k // G], K) + kid)  # no DSP here
                 m.d.sync += c_addr[r][k].eq(addr)
                 b_addrs[r][k] = addr
-                if dsp_registers:  # the same two register stages, inside MULT18X18D
-                    direct = wdepth <= DSP_DIRECT_WEIGHT_WORDS  # else b_data is A's register
-                    w_weight = (wports[r].data[k * slot_bits:k * slot_bits + 8] if direct
-                                else slot[:8]).as_signed()
-                    c_prod[r][k] = registered_product(m, f"c_prod_{r}_{k}", w_weight,
-                                                      rw_value[r][k // G], platform,
-                                                      a_registered=not direct)
-                else:
-                    c_prod[r][k] = Signal(signed(16), name=f"c_prod_{r}_{k}", reset_less=True)
-                    m.d.sync += c_prod[r][k].eq(slot[:8].as_signed() * rb_value[r][k // G])
+                # B's operand registers and C's product register (ECP5: in MULT18X18D).
+                # The weight's operand register is b_data, except that a weight memory of
+                # one block's depth feeds the DSP block's own input register directly.
+                direct = dsp_registers and wdepth <= DSP_DIRECT_WEIGHT_WORDS
+                weight = (wports[r].data[k * slot_bits:k * slot_bits + 8] if direct
+                          else slot[:8]).as_signed()
+                c_prod[r][k] = registered_product(m, f"c_prod_{r}_{k}", weight,
+                                                  rw_value[r][k // G], platform,
+                                                  a_registered=not direct)
 
         # ---------------- C: read-modify-write (bank ports are wired below, with the drain's)
 

@@ -135,10 +135,10 @@ def place_and_route(name: str, factory, workdir: Path, mhz: float,
     harness = Harness(factory())
     d = workdir / name
     d.mkdir()
-    # YoWASP tools see only their working directory: relative names, cwd=d.
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
     # The board's platform: units build what they build for it (DSP-registered products).
+    # YoWASP tools see only their working directory: relative names, cwd=d.
     (d / "top.il").write_text(rtlil.convert(
         harness, name="top", platform=ULX3S_85F_Platform(),
         ports=[harness.sin, harness.vin, harness.rin, harness.out, harness.vout]))

@@ -48,6 +48,11 @@ Structure
   register. Weight memories deeper than ``DSP_DIRECT_WEIGHT_WORDS`` keep
   their fabric register behind the block RAMs' output multiplexer, and it
   feeds the DSP block.
+* Weight memories deeper than ``WEIGHT_BANK_WORDS`` are banks, each bank's
+  read data registered before the bank multiplexer (stage W2).
+* With three passes or more, the accumulator banks' read data is registered
+  before the add (stage C2): two ops on one accumulator are ``passes`` cycles
+  apart, so no bypass is needed.
 
 Output order
 ------------
@@ -67,7 +72,8 @@ takes ``ceil(M / P)`` cycles and overlaps the next group, so a group takes
 ``max(ceil(active / R) * L / P, ceil(M / P))`` cycles in steady state
 (measured in ``tests/hw/test_overlay.py``). Latency from the acceptance of a
 group's last input beat to its first output beat: ``9 + b * L / P`` cycles
-(``compact``: ``6 + b * L / P``).
+(``compact``: ``6 + b * L / P``), one more with banked weights (W2) and one
+more with three passes or more on bank memories (C2).
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
 
 from cosparse.compiler.ir import Overlays
 
@@ -139,9 +146,25 @@ SMALL_BANK_ROWS = 4
 #: multiplexer, 17.4 ns from block RAM to DSP input without it).
 DSP_DIRECT_WEIGHT_WORDS = 512
 
+#: Weight memories deeper than this many words are split into banks of this depth
+#: (2048: one DP16KD column of 9-bit words), each bank's read data registered beside
+#: its block RAMs, then the bank multiplexer: one cycle more latency, no slower rate.
+#: Without it the block RAM's clock-to-out (ECP5: 5.8 ns), the route out of the RAM
+#: column and the multiplexer tree over the blocks are one path (gsc-cs fc1: 48,000
+#: words, 17.4 ns, the routed whole build's critical path).
+WEIGHT_BANK_WORDS = 2048
+
 #: Lanes served by one copy of each register that all lanes read (see
 #: :func:`~cosparse.hw._util.replicate`).
 LANES_PER_COPY = 4
+
+
+def _register(m: Module, name: str, value: Value, *, reset_less: bool = False) -> Signal:
+    """``value``, registered every cycle."""
+    value = Value.cast(value)
+    reg = Signal(value.shape(), name=name, reset_less=reset_less)
+    m.d.sync += reg.eq(value)
+    return reg
 
 
 def _select(rows: list[Signal], index: Value) -> Value:
@@ -282,6 +305,39 @@ class OverlayEngine(wiring.Component):
         word_bits = bits(max(ov.words, 2))
         return [int(s) | (int(b) << word_bits) for s, b in zip(ov.row_start[:-1], ov.beats)]
 
+    def _weight_banks(self, m: Module, depth: int, width: int, init, waddr: list[Signal],
+                      issue: Value) -> list[Value]:
+        """Weight memory of ``depth`` words as banks of ``WEIGHT_BANK_WORDS``.
+
+        Every bank is read at each entry's low address bits; its read data is
+        registered (placed beside the bank's block RAMs), and the entry's bank,
+        registered along, selects among them. Returns each entry's word, two
+        cycles after ``issue`` (one for a single memory).
+        """
+        lo = exact_log2(WEIGHT_BANK_WORDS)
+        n = -(-depth // WEIGHT_BANK_WORDS)
+        wload = self._wload
+        q = [[] for _ in waddr]  # q[r][bank]: the bank's registered read data
+        for b in range(n):
+            part = init[b * WEIGHT_BANK_WORDS:(b + 1) * WEIGHT_BANK_WORDS]
+            mem = Memory(shape=unsigned(width), depth=min(WEIGHT_BANK_WORDS,
+                                                          depth - b * WEIGHT_BANK_WORDS),
+                         init=part)
+            m.submodules[f"weights_{b}"] = mem
+            for r, addr in enumerate(waddr):
+                rp = mem.read_port()
+                m.d.comb += [rp.addr.eq(addr[:lo]), rp.en.eq(issue)]
+                q[r].append(_register(m, f"wbank_{b}_{r}", rp.data, reset_less=True))
+            if wload is not None:
+                wp = mem.write_port()
+                m.d.comb += [wp.addr.eq(wload.addr[:lo]), wp.data.eq(wload.data),
+                             wp.en.eq(wload.en & (wload.addr[lo:] == b))]
+        out = []
+        for r, addr in enumerate(waddr):
+            sel = _register(m, f"wbank_sel_{r}", _register(m, f"w_bank_{r}", addr[lo:]))
+            out.append(Array(q[r])[sel])
+        return out
+
     def elaborate(self, platform):
         m = Module()
         ov = self.overlays
@@ -301,18 +357,22 @@ class OverlayEngine(wiring.Component):
         # ---------------- memories
         wload = self._wload
         wdepth = max(words * passes, 1)
+        wbits = P * slot_bits
+        banked = False
         if self.spram and _has_spram(platform):
-            wports = [_spram_port(m, P * slot_bits, wdepth, wload)]
+            wports = [_spram_port(m, wbits, wdepth, wload)]
         else:
-            wmem = Memory(shape=unsigned(P * slot_bits),
-                          depth=wload.hw_depth if wload else wdepth,
-                          init=wload.hw_init() if wload else self._weight_image(id_bits))
-            m.submodules.weights = wmem
-            wports = [wmem.read_port() for _ in range(R)]
-            if wload is not None:
-                wwp = wmem.write_port()
-                m.d.comb += [wwp.addr.eq(wload.addr), wwp.data.eq(wload.data),
-                             wwp.en.eq(wload.en)]
+            hw_depth = wload.hw_depth if wload else wdepth
+            init = wload.hw_init() if wload else self._weight_image(id_bits)
+            banked = hw_depth > WEIGHT_BANK_WORDS
+            if not banked:
+                wmem = Memory(shape=unsigned(wbits), depth=hw_depth, init=init)
+                m.submodules.weights = wmem
+                wports = [wmem.read_port() for _ in range(R)]
+                if wload is not None:
+                    wwp = wmem.write_port()
+                    m.d.comb += [wwp.addr.eq(wload.addr), wwp.data.eq(wload.data),
+                                 wwp.en.eq(wload.en)]
         if not identity:
             rload = self._rload
             rmem = Memory(shape=unsigned(word_bits + beat_bits),
@@ -329,6 +389,11 @@ class OverlayEngine(wiring.Component):
         # RAM-capable slices of an ECP5 and scatter the placement. As registers they
         # need no read stage: stage C adds into the row it names.
         shallow = not self.compact and bank_depth <= SMALL_BANK_ROWS
+        # Two ops on one accumulator (pass, id) are at least ``passes`` cycles apart, so
+        # with three passes or more a bank's read data can be registered before the add
+        # (stage C2): no bypass for back-to-back hits, and the block RAM's clock-to-out
+        # (ECP5: 5.8 ns) is not in the read-add-write loop (gsc-cs fc1: 61.7 MHz with it).
+        split = not shallow and passes >= 3
         banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (shallow)
         for r in range(R):
             row = []
@@ -342,7 +407,7 @@ class OverlayEngine(wiring.Component):
                     mem = Memory(shape=signed(A), depth=bank_depth, init=[])
                     m.submodules[f"acc_{r}_{k}_{b}"] = mem
                     wp = mem.write_port()
-                    pair.append((wp, mem.read_port(transparent_for=(wp,))))
+                    pair.append((wp, mem.read_port(transparent_for=() if split else (wp,))))
                 row.append(pair)
             banks.append(row)
 
@@ -440,29 +505,36 @@ class OverlayEngine(wiring.Component):
             m.d.sync += acc_buf.eq(~acc_buf)
         m.d.sync += full.eq(full_next)
 
-        for r in range(R):
-            m.d.comb += [wports[r].addr.eq(waddr[r]), wports[r].en.eq(issue)]
+        if banked:
+            wdata = self._weight_banks(m, hw_depth, wbits, init, waddr, issue)
+        else:
+            for r in range(R):
+                m.d.comb += [wports[r].addr.eq(waddr[r]), wports[r].en.eq(issue)]
+            wdata = [wports[r].data for r in range(R)]
         if self.spram:
             # Single-port: one address for reads and loader writes (the core is idle
             # while the host loads).
             m.d.comb += wports[0].addr.eq(Mux(wload.en, wload.addr, waddr[0]))
 
-        # ---------------- W: the weight words arrive (memory output, not yet registered)
-        w_valid = Signal()
-        w_live = [Signal(name=f"w_live_{r}") for r in range(R)]
-        w_pass = Signal(pass_bits)
-        w_buf = Signal()
-        w_group = Signal()
-        w_end = Signal()
-        m.d.sync += [w_valid.eq(issue), w_pass.eq(pss), w_buf.eq(acc_buf), w_group.eq(group_op),
-                     w_end.eq(cur_end)]
-        for r in range(R):
-            m.d.sync += w_live[r].eq(beat < cur_nbeats[r])
+        # ---------------- W: the weight words arrive (memory output, not yet registered;
+        # banked memories: a cycle later, out of the bank multiplexer)
+        w_live = [beat < cur_nbeats[r] for r in range(R)]
+        w_value = cur_value
+        w_valid, w_pass, w_buf, w_group, w_end = issue, pss, acc_buf, group_op, cur_end
+        for stage in ("w", "w2")[:1 + banked]:
+            w_valid, w_pass, w_buf, w_group, w_end, *w_live = [
+                _register(m, f"{stage}_{name}", v) for name, v in zip(
+                    ("valid", "pass", "buf", "group", "end", *(f"live_{r}" for r in range(R))),
+                    (w_valid, w_pass, w_buf, w_group, w_end, *w_live))]
+        if banked:  # the values wait a cycle before their copies
+            w_value = [_register(m, f"w_value_{r}", v, reset_less=True)
+                       for r, v in enumerate(cur_value)]
 
         # Each entry's value, one copy per G lanes from W on (``replicate``; no enable, so
         # no logic fans out to the copies): W's copies, then the products' operand
         # registers (ECP5: in the DSP blocks). No register drives more than G multipliers.
-        rw_value = [replicate(m, f"w_value_{r}", cur_value[r], copies, reset_less=True)
+        rw_value = [replicate(m, f"w_value_{r}_rep" if banked else f"w_value_{r}", w_value[r],
+                              copies, reset_less=True)
                     for r in range(R)]
 
         # ---------------- B: registered weight words; products; bank reads
@@ -478,7 +550,7 @@ class OverlayEngine(wiring.Component):
         m.d.sync += [b_valid.eq(w_valid), b_buf.eq(w_buf),
                      b_group.eq(w_group), b_end.eq(w_end)]
         for r in range(R):
-            m.d.sync += [b_live[r].eq(w_live[r]), b_data[r].eq(wports[r].data)]
+            m.d.sync += [b_live[r].eq(w_live[r]), b_data[r].eq(wdata[r])]
         # The registers every lane reads, one copy per group of G lanes (``replicate``).
         rb_pass = (replicate(m, "b_pass", w_pass, copies) if passes > 1
                    else [Const(0, pass_bits)] * copies)  # one pass: no register to copy
@@ -486,8 +558,6 @@ class OverlayEngine(wiring.Component):
             rb_valid = replicate(m, "b_valid", w_valid, copies)
             rb_buf = replicate(m, "b_buf", w_buf, copies)
 
-        c_valid = Signal()
-        m.d.sync += c_valid.eq(b_valid)
         rc_buf = replicate(m, "c_buf", b_buf, copies)
         rc_live = [replicate(m, f"c_live_{r}", b_valid & b_live[r], copies) for r in range(R)]
         c_addr = [[Signal(range(bank_depth), name=f"c_addr_{r}_{k}") for k in range(P)]
@@ -506,8 +576,8 @@ class OverlayEngine(wiring.Component):
                 # B's operand registers and C's product register (ECP5: in MULT18X18D).
                 # The weight's operand register is b_data, except that a weight memory of
                 # one block's depth feeds the DSP block's own input register directly.
-                direct = dsp_registers and wdepth <= DSP_DIRECT_WEIGHT_WORDS
-                weight = (wports[r].data[k * slot_bits:k * slot_bits + 8] if direct
+                direct = dsp_registers and not banked and wdepth <= DSP_DIRECT_WEIGHT_WORDS
+                weight = (wdata[r][k * slot_bits:k * slot_bits + 8] if direct
                           else slot[:8]).as_signed()
                 c_prod[r][k] = registered_product(m, f"c_prod_{r}_{k}", weight,
                                                   rw_value[r][k // G], platform,
@@ -558,9 +628,14 @@ class OverlayEngine(wiring.Component):
         m.d.comb += pend_next.eq(pending)
         # A group's last op is in B: its write (C) lands this cycle, before the
         # drain's first read (the cycle after the drain starts) -- no gap needed.
-        with m.If(b_valid & b_group):
-            m.d.comb += pend_next.bit_select(b_buf, 1).eq(1)
-            m.d.sync += pending_end.bit_select(b_buf, 1).eq(b_end)
+        # (split: the write lands a cycle later, in C2, so the group is complete in C.)
+        g_valid, g_group, g_buf, g_end = b_valid, b_group, b_buf, b_end
+        if split:
+            g_valid, g_group, g_buf, g_end = [_register(m, f"c_{n}", v) for n, v in zip(
+                ("valid", "group", "buf", "end"), (b_valid, b_group, b_buf, b_end))]
+        with m.If(g_valid & g_group):
+            m.d.comb += pend_next.bit_select(g_buf, 1).eq(1)
+            m.d.sync += pending_end.bit_select(g_buf, 1).eq(g_end)
         with m.If(start):
             m.d.comb += pend_next.bit_select(d_next, 1).eq(0)
             m.d.sync += [d_active.eq(1), d_buf.eq(d_next), d_end.eq(pending_end.bit_select(d_next, 1)),
@@ -592,6 +667,13 @@ class OverlayEngine(wiring.Component):
         # Bank ports: the buffer under accumulation serves stages B (read) and C
         # (write); the other serves the drain (read, then clear). The two never
         # name the same buffer: a buffer is drained only once its group is complete.
+        if split:  # stage C2's copies of C's registers, and its products and addresses
+            rc_live = [[_register(m, f"c2_live_{r}_{g}", v) for g, v in enumerate(row)]
+                       for r, row in enumerate(rc_live)]
+            rc_buf = [_register(m, f"c2_buf_{g}", v) for g, v in enumerate(rc_buf)]
+            c2 = [[(_register(m, f"c2_prod_{r}_{k}", c_prod[r][k], reset_less=True),
+                    _register(m, f"c2_addr_{r}_{k}", c_addr[r][k], reset_less=True))
+                   for k in range(P)] for r in range(R)]
         for r in range(R):
             for k in range(P):
                 g = k // G
@@ -616,9 +698,12 @@ class OverlayEngine(wiring.Component):
                         m.d.comb += [rp.addr.eq(b_addrs[r][k]), rp.en.eq(1)]
                     with m.Else():
                         m.d.comb += [rp.addr.eq(d_addr), rp.en.eq(d_issue & (d_buf == b))]
+                    old, prod, addr = rp.data, c_prod[r][k], c_addr[r][k]
+                    if split:  # C2: C's read data, product and address, registered
+                        old = _register(m, f"c2_old_{r}_{k}_{b}", rp.data, reset_less=True)
+                        prod, addr = c2[r][k]
                     with m.If(live & (cbuf == b)):
-                        m.d.comb += [wp.addr.eq(c_addr[r][k]),
-                                     wp.data.eq(rp.data + c_prod[r][k]), wp.en.eq(1)]
+                        m.d.comb += [wp.addr.eq(addr), wp.data.eq(old + prod), wp.en.eq(1)]
                     with m.Elif(clear & (ebuf == b)):
                         m.d.comb += [wp.addr.eq(eaddr), wp.data.eq(0), wp.en.eq(1)]
 

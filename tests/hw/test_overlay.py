@@ -89,9 +89,14 @@ def test_extreme_values_reach_the_worst_case_exactly():
     assert res.outputs[0][0]["data"][0] == 16 * 128 * 128 == worst
 
 
-@pytest.mark.parametrize("compact", [False, True])
-def test_throughput_has_no_bubbles(compact):
-    """Steady state: one beat per L/P cycles, a group per max(beats * L/P, ceil(M/P))."""
+@pytest.mark.parametrize("compact, banked", [(False, False), (True, False), (False, True)])
+def test_throughput_has_no_bubbles(compact, banked, monkeypatch):
+    """Steady state: one beat per L/P cycles, a group per max(beats * L/P, ceil(M/P)).
+    ``banked``: a weight memory in banks (WEIGHT_BANK_WORDS) costs one cycle of latency
+    and no rate."""
+    import cosparse.hw.overlay as overlay
+    if banked:
+        monkeypatch.setattr(overlay, "WEIGHT_BANK_WORDS", 64)
     rng = np.random.default_rng(9)
     w = zoo.complementary_weights(64, 200, 8, rng)  # L = 8
     ov = pack(w, 8)
@@ -107,7 +112,32 @@ def test_throughput_has_no_bubbles(compact):
     # Latency of a lone group: 9 + L/P cycles from its last input beat to its first output
     # (three less without the output register and FIFO).
     res = check(dut, ov, [[(5, 1)]], stall=0.0)
-    assert res.cycles[0][0] - res.input_cycles[0][-1] == 9 + dut.passes - 3 * compact
+    assert res.cycles[0][0] - res.input_cycles[0][-1] == 9 + dut.passes - 3 * compact + banked
+    # The memory of 400 words is 7 banks of 64 (the last one short), or one memory.
+    text = rtlil.convert(dut, name="top")
+    assert len(re.findall(r"^ *memory .* \\weights(_\d+)?$", text, re.M)) == (7 if banked else 1)
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_three_passes_register_the_bank_read(compact):
+    """With three passes or more, two ops on one accumulator are at least three cycles
+    apart: the bank's read data is registered (stage C2) and its read port has no bypass.
+    The golden sums under stalls, one beat per L/P cycles, one cycle more latency."""
+    rng = np.random.default_rng(4)
+    ov = pack(zoo.complementary_weights(48, 120, 4, rng), 4)  # L = 12
+    dut = OverlayEngine(ov, entries=2, lanes_per_beat=4, compact=compact)  # 3 passes
+    assert dut.passes == 3
+    text = rtlil.convert(dut, name="top")
+    assert len(re.findall(r"c2_old_", text)) > 0
+    assert not re.search(r"TRANSPARENCY_MASK \d+'\d*1", text)
+    groups = random_groups(rng, 120, 8, density=0.25)  # 30 active: 15 beats of 2
+    res = check(dut, ov, groups, stall=0.0)
+    accepted = np.diff(res.input_cycles[0])
+    assert set(accepted[5:-5].tolist()) == {3}
+    res = check(dut, ov, [[(5, 1)]], stall=0.0)
+    assert res.cycles[0][0] - res.input_cycles[0][-1] == 9 + dut.passes - 3 * compact + 1
+    for seed in range(3):
+        check(dut, ov, random_groups(rng, 120, 6), stall=0.5, seed=seed)
 
 
 @pytest.mark.parametrize("compact", [False, True])
@@ -189,10 +219,11 @@ def test_bad_parameters(kwargs, match):
         OverlayEngine(ov, **kwargs)
 
 
-@pytest.mark.parametrize("compact, p", [(False, 3), (True, 3), (False, 6)])
+@pytest.mark.parametrize("compact, p", [(False, 3), (True, 3), (False, 6), (False, 2)])
 def test_verilator_matches_golden(compact, p):
     """The generated Verilog, in Verilator under cocotb, with random stalls on both streams
-    (P = 6: one pass, banks of K = 4 rows, registers)."""
+    (P = 6: one pass, banks of K = 4 rows, registers; P = 2: three passes, the banks'
+    read data registered before the add)."""
     rng = np.random.default_rng(21)
     w = zoo.random_sparse_weights(24, 60, 0.15, rng)
     ov = pack(w, 4)
@@ -209,18 +240,22 @@ def test_verilator_matches_golden(compact, p):
     assert res.outputs[0] == want
 
 
-@pytest.mark.parametrize("deep", [False, True])
-def test_verilator_matches_golden_with_ecp5_dsp_registers(deep, monkeypatch):
+@pytest.mark.parametrize("depth", ["direct", "deep", "banked"])
+def test_verilator_matches_golden_with_ecp5_dsp_registers(depth, monkeypatch):
     """Elaborated for the ULX3S (ECP5), every product is a MULT18X18D with its input and
     output registers (cosparse.sim.primitives models it): still the golden sums under
     random stalls, and the same cycles as the generic registers. ``deep``: a weight
     memory deeper than DSP_DIRECT_WEIGHT_WORDS, whose fabric register is the weight's
-    (no input register A in the DSP block)."""
+    (no input register A in the DSP block); ``banked``: also deeper than
+    WEIGHT_BANK_WORDS, in banks."""
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
     import cosparse.hw.overlay as overlay
+    deep = depth != "direct"
     if deep:
         monkeypatch.setattr(overlay, "DSP_DIRECT_WEIGHT_WORDS", 1)
+    if depth == "banked":
+        monkeypatch.setattr(overlay, "WEIGHT_BANK_WORDS", 8)
 
     rng = np.random.default_rng(8)
     ov = pack(zoo.random_sparse_weights(12, 30, 0.3, rng), 3)
@@ -239,7 +274,7 @@ def test_verilator_matches_golden_with_ecp5_dsp_registers(deep, monkeypatch):
     for plat in (ULX3S_85F_Platform(), None):
         dut = OverlayEngine(ov, entries=2, lanes_per_beat=ov.lanes // 2)
         runs[plat is None] = run_streams(dut, f"overlay_engine_dsp{'_generic' * (plat is None)}"
-                                         f"{'_deep' * deep}",
+                                         f"_{depth}",
                                          [("i", dut.in_layout, beats)],
                                          [("o", dut.out_layout, len(want))], stall=0.3, seed=2,
                                          platform=plat)

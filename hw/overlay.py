@@ -552,8 +552,9 @@ class OverlayEngine(wiring.Component):
         for r in range(R):
             m.d.sync += [b_live[r].eq(w_live[r]), b_data[r].eq(wdata[r])]
         # The registers every lane reads, one copy per group of G lanes (``replicate``).
-        rb_pass = (replicate(m, "b_pass", w_pass, copies) if passes > 1
-                   else [Const(0, pass_bits)] * copies)  # one pass: no register to copy
+        # (The pass's first bank row, pass * K, so one adder sits before a bank address.)
+        rb_pass = (replicate(m, "b_pass", const_mul(w_pass, K), copies) if passes > 1
+                   else [Const(0, 1)] * copies)  # one pass: no register to copy
         if not shallow:  # the banks' read ports: B's address or the drain's
             rb_valid = replicate(m, "b_valid", w_valid, copies)
             rb_buf = replicate(m, "b_buf", w_buf, copies)
@@ -570,7 +571,7 @@ class OverlayEngine(wiring.Component):
                 slot = data[k * slot_bits:(k + 1) * slot_bits]
                 kid = slot[8:8 + id_bits]
                 addr = Signal(range(bank_depth), name=f"b_addr_{r}_{k}")
-                m.d.comb += addr.eq(const_mul(rb_pass[k // G], K) + kid)  # no DSP here
+                m.d.comb += addr.eq(rb_pass[k // G] + kid)
                 m.d.sync += c_addr[r][k].eq(addr)
                 b_addrs[r][k] = addr
                 # B's operand registers and C's product register (ECP5: in MULT18X18D).
@@ -596,6 +597,7 @@ class OverlayEngine(wiring.Component):
         d_block = Signal(range(max(n_blocks, 2)))
         d_id = Signal(range(max(K, 2)))
         d_pass = Signal(pass_bits)
+        d_addr = Signal(range(bank_depth))  # d_pass * K + d_id, stepped with them
         d_next = Signal()  # the buffer the next drain reads (groups drain in order)
 
         inflight = Signal(2)
@@ -639,19 +641,17 @@ class OverlayEngine(wiring.Component):
         with m.If(start):
             m.d.comb += pend_next.bit_select(d_next, 1).eq(0)
             m.d.sync += [d_active.eq(1), d_buf.eq(d_next), d_end.eq(pending_end.bit_select(d_next, 1)),
-                         d_block.eq(0), d_id.eq(0), d_pass.eq(0), d_next.eq(~d_next)]
+                         d_block.eq(0), d_id.eq(0), d_pass.eq(0), d_addr.eq(0),
+                         d_next.eq(~d_next)]
         m.d.sync += pending.eq(pend_next)
         with m.If(d_final & ~start):
             m.d.sync += d_active.eq(0)
         with m.Elif(d_issue & ~d_final):
             m.d.sync += d_block.eq(d_block + 1)
             with m.If(d_pass == passes - 1):
-                m.d.sync += [d_pass.eq(0), d_id.eq(d_id + 1)]
+                m.d.sync += [d_pass.eq(0), d_id.eq(d_id + 1), d_addr.eq(d_id + 1)]
             with m.Else():
-                m.d.sync += d_pass.eq(d_pass + 1)
-
-        d_addr = Signal(range(bank_depth))
-        m.d.comb += d_addr.eq(const_mul(d_pass, K) + d_id)
+                m.d.sync += [d_pass.eq(d_pass + 1), d_addr.eq(d_addr + K)]
         e_end = Signal()
         # Stage E, per group of lanes: the bank address read, and a clear (write zero
         # back) the cycle after the read.

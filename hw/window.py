@@ -175,6 +175,10 @@ class SparseWindow(wiring.Component):
         m.d.sync += full.eq((full | filled) & ~clear)
 
         # ---------------- read side, stage T: one tap per step
+        # The tap's map coordinates (iy, ix) and its word-count address (buffer * H * W +
+        # iy * W + ix) are registers stepped by constants as the taps are walked, so the
+        # nwords read address is a register (computing it from (oy, dy, ox, dx) took four
+        # adders before a LUT-RAM read: 74 MHz on the ECP5).
         out_buf = Signal()
         oy = Signal(range(Ho))
         ox = Signal(range(Wo))
@@ -184,25 +188,26 @@ class SparseWindow(wiring.Component):
         t_valid = Signal()  # a tap is held in T for W
         t_advance = Signal()  # W takes the held tap this cycle
         t_start = Signal()
-        iy = Signal(range(-pt, Ho * sh + kh))
-        ix = Signal(range(-pl, Wo * sw + kw))
-        m.d.comb += [  # signed: a tap can fall into the top or left padding
-            iy.eq(Cat(oy * sh + dy, 0).as_signed() - pt),
-            ix.eq(Cat(ox * sw + dx, 0).as_signed() - pl),
-        ]
+        iy_bits = range(-pt, Ho * sh + kh)
+        ix_bits = range(-pl, Wo * sw + kw)
+        a_bits = range(-pt * W - pl, 2 * hw + (Ho * sh + kh) * W + Wo * sw + kw)
+        iy, ix = Signal(iy_bits, init=-pt), Signal(ix_bits, init=-pl)  # tap (dy, dx)
+        oiy, oix = Signal(iy_bits, init=-pt), Signal(ix_bits, init=-pl)  # tap (0, 0)
+        addr = Signal(a_bits, init=-pt * W - pl)  # tap (dy, dx)
+        row_addr = Signal(a_bits, init=-pt * W - pl)  # tap (dy, 0)
+        org_addr = Signal(a_bits, init=-pt * W - pl)  # tap (0, 0)
+        line_addr = Signal(a_bits, init=-pt * W - pl)  # tap (0, 0) of output (oy, 0)
         inb = Signal()
         m.d.comb += inb.eq((iy >= 0) & (iy < H) & (ix >= 0) & (ix < W))
-        pos = Signal(range(hw))
-        # only used inside the map (iy, ix >= 0); shifted adds, not a DSP block
-        m.d.comb += pos.eq(const_mul(iy.as_unsigned()[:bits(H)], W) + ix.as_unsigned())
         last_tap = Signal()
         last_pos = Signal()
         m.d.comb += [
             last_tap.eq((dy == kh - 1) & (dx == kw - 1)),
             last_pos.eq((oy == Ho - 1) & (ox == Wo - 1)),
         ]
-        # T holds one tap: its (pos, inbounds, base, flags) registered, nwords read in flight.
-        t_pos = Signal(range(hw))
+        # T holds one tap: its (row address, inbounds, base, flags) registered, nwords read
+        # in flight.
+        t_row = Signal(range(2 * hw * rows))  # its first store word
         t_inb = Signal()
         t_base = Signal(range(kh * kw * C))
         t_last_tap = Signal()
@@ -210,24 +215,41 @@ class SparseWindow(wiring.Component):
         t_buf = Signal()
         walking = Signal()  # the tap iterator is inside a frame
         m.d.comb += t_start.eq(walking & (~t_valid | t_advance))
-        m.d.comb += [nw_r.addr.eq(Mux(out_buf, hw, 0) + pos), nw_r.en.eq(t_start)]
+        m.d.comb += [nw_r.addr.eq(addr.as_unsigned()[:len(nw_r.addr)]), nw_r.en.eq(t_start)]
+
+        def frame_start(buf):  # the coordinates of a frame's first tap, in buffer ``buf``
+            first = Mux(buf, hw, 0) - (pt * W + pl)
+            return [oy.eq(0), ox.eq(0), dy.eq(0), dx.eq(0), tap_base.eq(0), iy.eq(-pt),
+                    ix.eq(-pl), oiy.eq(-pt), oix.eq(-pl), addr.eq(first), row_addr.eq(first),
+                    org_addr.eq(first), line_addr.eq(first)]
+
         with m.If(~walking & full.bit_select(out_buf, 1)):
-            m.d.sync += [walking.eq(1), oy.eq(0), ox.eq(0), dy.eq(0), dx.eq(0), tap_base.eq(0)]
+            m.d.sync += [walking.eq(1), *frame_start(out_buf)]
         with m.If(t_start):
-            m.d.sync += [t_valid.eq(1), t_pos.eq(pos), t_inb.eq(inb), t_base.eq(tap_base),
-                         t_last_tap.eq(last_tap), t_last_pos.eq(last_pos), t_buf.eq(out_buf)]
+            m.d.sync += [t_valid.eq(1), t_row.eq(const_mul(addr.as_unsigned()[:len(nw_r.addr)],
+                                                          rows)),
+                         t_inb.eq(inb), t_base.eq(tap_base), t_last_tap.eq(last_tap),
+                         t_last_pos.eq(last_pos), t_buf.eq(out_buf)]
             with m.If(last_tap):
                 m.d.sync += [dy.eq(0), dx.eq(0), tap_base.eq(0)]
                 with m.If(last_pos):
                     m.d.sync += [walking.eq(0), out_buf.eq(~out_buf)]
-                with m.Elif(ox == Wo - 1):
-                    m.d.sync += [ox.eq(0), oy.eq(oy + 1)]
-                with m.Else():
-                    m.d.sync += ox.eq(ox + 1)
-            with m.Elif(dx == kw - 1):
-                m.d.sync += [dx.eq(0), dy.eq(dy + 1), tap_base.eq(tap_base + C)]
+                with m.Elif(ox == Wo - 1):  # the next output row
+                    m.d.sync += [ox.eq(0), oy.eq(oy + 1), oiy.eq(oiy + sh), iy.eq(oiy + sh),
+                                 oix.eq(-pl), ix.eq(-pl), addr.eq(line_addr + sh * W),
+                                 row_addr.eq(line_addr + sh * W),
+                                 org_addr.eq(line_addr + sh * W),
+                                 line_addr.eq(line_addr + sh * W)]
+                with m.Else():  # the next output position
+                    m.d.sync += [ox.eq(ox + 1), oix.eq(oix + sw), ix.eq(oix + sw), iy.eq(oiy),
+                                 addr.eq(org_addr + sw), row_addr.eq(org_addr + sw),
+                                 org_addr.eq(org_addr + sw)]
+            with m.Elif(dx == kw - 1):  # the next tap row
+                m.d.sync += [dx.eq(0), dy.eq(dy + 1), tap_base.eq(tap_base + C), iy.eq(iy + 1),
+                             ix.eq(oix), addr.eq(row_addr + W), row_addr.eq(row_addr + W)]
             with m.Else():
-                m.d.sync += [dx.eq(dx + 1), tap_base.eq(tap_base + C)]
+                m.d.sync += [dx.eq(dx + 1), tap_base.eq(tap_base + C), ix.eq(ix + 1),
+                             addr.eq(addr + 1)]
         with m.Elif(t_advance):
             m.d.sync += t_valid.eq(0)
 
@@ -247,7 +269,7 @@ class SparseWindow(wiring.Component):
             # An out-of-bounds tap emits one empty beat.
             final_word.eq(~t_inb | (w_idx + 1 >= n_here)),
             t_advance.eq(issue & final_word),
-            st_r.addr.eq((t_buf * hw + t_pos) * rows + w_idx),
+            st_r.addr.eq(t_row + w_idx),
             st_r.en.eq(issue),
         ]
         with m.If(issue):

@@ -254,9 +254,10 @@ class SparseWindow(wiring.Component):
             m.d.sync += t_valid.eq(0)
 
         # ---------------- stage W: the words of the held tap
-        fifo = SyncFIFOBuffered(width=self.out_layout.size, depth=4)
+        # Room for the two beats in flight (E, E2) and a full rate.
+        fifo = SyncFIFOBuffered(width=self.out_layout.size, depth=6)
         m.submodules.fifo = fifo
-        inflight = Signal()
+        inflight = Signal(2)
         room = Signal()
         m.d.comb += room.eq(fifo.level + inflight < fifo.depth)
         w_idx = Signal(range(rows + 1))
@@ -285,8 +286,15 @@ class SparseWindow(wiring.Component):
         e_end = Signal()
         m.d.sync += [e_valid.eq(issue), e_inb.eq(t_inb), e_base.eq(t_base),
                      e_last.eq(final_word & t_last_tap), e_end.eq(final_word & t_last_tap & t_last_pos)]
-        m.d.comb += inflight.eq(e_valid)
-        word = st_r.data
+        # E2: the store's read data registered before the index adders (the block RAM's
+        # clock-to-out, 5.8 ns on the ECP5, and an adder were one path into the FIFO).
+        word = Signal.like(st_r.data)
+        e2 = [Signal.like(v, name=f"e2_{v.name[2:]}") for v in (e_valid, e_inb, e_base, e_last,
+                                                                 e_end)]
+        m.d.sync += [word.eq(st_r.data), *(a.eq(b) for a, b in
+                                           zip(e2, (e_valid, e_inb, e_base, e_last, e_end)))]
+        m.d.comb += inflight.eq(e_valid + e2[0])
+        e_valid, e_inb, e_base, e_last, e_end = e2
         out = Signal(self.out_layout)
         for r in range(R):
             ent = word[r * entry_bits:(r + 1) * entry_bits]

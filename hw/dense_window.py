@@ -187,13 +187,30 @@ class DenseWindow(wiring.Component):
         with m.If(~walking & ready_buf.bit_select(out_buf, 1)):
             m.d.sync += [walking.eq(1), *restart]
             m.d.comb += restart_next
+        # Bank (r, c)'s word of the window is row part + column part: buffer * depth +
+        # (y_q + (r < y_r)) * bw and x_q + (c < x_r). Both are registers: a step of the
+        # window by s adds to bank row r the number of rows y in [y0, y0 + s) with
+        # y mod kh == r (a constant per y_r), and likewise per column, so one adder sits
+        # before each bank address (from the next coordinates it was four: 89 MHz).
+        row_part = [Signal(range(2 * depth), name=f"row_part_{r}") for r in range(kh)]
+        col_part = [Signal(range(bw + 1), name=f"col_part_{c}") for c in range(kw)]
+
+        def crossed(rem, mod, s, i):  # rows (columns) y in [y0, y0 + s) with y % mod == i
+            return Array(sum((yr + j) % mod == i for j in range(s)) for yr in range(mod))[rem]
+
+        with m.If((~walking & ready_buf.bit_select(out_buf, 1)) | (issue & last_pos)):
+            m.d.sync += [rp.eq(Mux(n_buf, depth, 0)) for rp in row_part]
+            m.d.sync += [cp.eq(0) for cp in col_part]
+        with m.Elif(issue & x_end):
+            m.d.sync += [rp.eq(rp + const_mul(crossed(y_r, kh, sh, r), bw))
+                         for r, rp in enumerate(row_part)]
+            m.d.sync += [cp.eq(0) for cp in col_part]
+        with m.Elif(issue):
+            m.d.sync += [cp.eq(cp + crossed(x_r, kw, sw, c)) for c, cp in enumerate(col_part)]
         for r in range(kh):
             for c in range(kw):
                 rp = rports[r * kw + c]
-                raddr = Signal(range(2 * depth), name=f"raddr_{r}_{c}")
-                m.d.sync += raddr.eq(Mux(n_buf, depth, 0) + const_mul(n_yq + (r < n_yr), bw)
-                                     + n_xq + (c < n_xr))
-                m.d.comb += [rp.addr.eq(raddr), rp.en.eq(adv)]
+                m.d.comb += [rp.addr.eq(row_part[r] + col_part[c]), rp.en.eq(adv)]
         mask = []
         for dy in range(kh):
             for dx in range(kw):

@@ -35,6 +35,7 @@ CASES = [  # H, W, C, kernel, stride, padding
     (8, 8, 1, (5, 5), (2, 2), (2, 2, 1, 1)),
     (5, 6, 3, (2, 3), (2, 1), (1, 0, 1, 2)),
     (4, 4, 1, (4, 4), (1, 1), (0, 0, 0, 0)),  # one output position
+    (9, 10, 1, (2, 2), (3, 3), (0, 1, 0, 0)),  # stride beyond the kernel
 ]
 
 

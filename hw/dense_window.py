@@ -130,11 +130,9 @@ class DenseWindow(wiring.Component):
         m.d.comb += self.i.ready.eq(~full.bit_select(in_buf, 1) | clear.bit_select(in_buf, 1))
         take = Signal()
         m.d.comb += take.eq(self.i.valid & self.i.ready)
-        # The write address, buffer * depth + wy_q * bw + wx_q, and its row's start are
-        # registers stepped with the coordinates (the adders were the unit's critical path).
-        first = init_y[0] * bw + init_x[0]
-        waddr = Signal(range(2 * depth), init=first)
-        wrow = Signal(range(2 * depth), init=init_y[0] * bw)  # waddr at wx_q == 0
+        waddr = Signal(range(2 * depth))
+        # shifted adds, not DSP blocks, for the constant factors
+        m.d.comb += waddr.eq(Mux(in_buf, depth, 0) + const_mul(wy_q, bw) + wx_q)
         for r in range(kh):
             for c in range(kw):
                 wp = wports[r * kw + c]
@@ -147,22 +145,14 @@ class DenseWindow(wiring.Component):
         with m.If(take):
             with m.If(self.i.payload.end):
                 m.d.sync += [in_buf.eq(~in_buf), wx.eq(0), wy_q.eq(init_y[0]), wy_r.eq(init_y[1]),
-                             wx_q.eq(init_x[0]), wx_r.eq(init_x[1]),
-                             waddr.eq(Mux(in_buf, 0, depth) + first),
-                             wrow.eq(Mux(in_buf, 0, depth) + init_y[0] * bw)]
+                             wx_q.eq(init_x[0]), wx_r.eq(init_x[1])]
                 m.d.comb += filled.bit_select(in_buf, 1).eq(1)
             with m.Elif(wx == W - 1):
                 m.d.sync += [wx.eq(0), wx_q.eq(init_x[0]), wx_r.eq(init_x[1])]
                 m.d.sync += step(wy_q, wy_r, kh)
-                with m.If(wy_r == kh - 1):
-                    m.d.sync += [wrow.eq(wrow + bw), waddr.eq(wrow + bw + init_x[0])]
-                with m.Else():
-                    m.d.sync += waddr.eq(wrow + init_x[0])
             with m.Else():
                 m.d.sync += wx.eq(wx + 1)
                 m.d.sync += step(wx_q, wx_r, kw)
-                with m.If(wx_r == kw - 1):
-                    m.d.sync += waddr.eq(waddr + 1)
 
         # ---------------- read side, stage A: issue the reads of one window
         out_buf = Signal()

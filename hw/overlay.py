@@ -394,6 +394,11 @@ class OverlayEngine(wiring.Component):
         # (stage C2): no bypass for back-to-back hits, and the block RAM's clock-to-out
         # (ECP5: 5.8 ns) is not in the read-add-write loop (gsc-cs fc1: 61.7 MHz with it).
         split = not shallow and passes >= 3
+        # With C2 the product is needed a cycle later. On ECP5 it is registered once more
+        # after the DSP block; elsewhere the operands wait instead: yosys's ice40_dsp takes
+        # a product register followed by a second one into SB_MAC16 but leaves the second
+        # behind, undriven, and opt_dff then ties the product to 0 (yosys 0.52).
+        late_product = split and not is_ecp5(platform)
         banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (shallow)
         for r in range(R):
             row = []
@@ -580,9 +585,12 @@ class OverlayEngine(wiring.Component):
                 direct = dsp_registers and not banked and wdepth <= DSP_DIRECT_WEIGHT_WORDS
                 weight = (wdata[r][k * slot_bits:k * slot_bits + 8] if direct
                           else slot[:8]).as_signed()
-                c_prod[r][k] = registered_product(m, f"c_prod_{r}_{k}", weight,
-                                                  rw_value[r][k // G], platform,
-                                                  a_registered=not direct)
+                value = rw_value[r][k // G]
+                if late_product:  # the operands wait a cycle, so the product is C2's
+                    weight = _register(m, f"b2_weight_{r}_{k}", weight, reset_less=True)
+                    value = _register(m, f"b2_value_{r}_{k}", value, reset_less=True)
+                c_prod[r][k] = registered_product(m, f"c_prod_{r}_{k}", weight, value,
+                                                  platform, a_registered=not direct)
 
         # ---------------- C: read-modify-write (bank ports are wired below, with the drain's)
 
@@ -671,7 +679,8 @@ class OverlayEngine(wiring.Component):
             rc_live = [[_register(m, f"c2_live_{r}_{g}", v) for g, v in enumerate(row)]
                        for r, row in enumerate(rc_live)]
             rc_buf = [_register(m, f"c2_buf_{g}", v) for g, v in enumerate(rc_buf)]
-            c2 = [[(_register(m, f"c2_prod_{r}_{k}", c_prod[r][k], reset_less=True),
+            c2 = [[(c_prod[r][k] if late_product else
+                    _register(m, f"c2_prod_{r}_{k}", c_prod[r][k], reset_less=True),
                     _register(m, f"c2_addr_{r}_{k}", c_addr[r][k], reset_less=True))
                    for k in range(P)] for r in range(R)]
         for r in range(R):

@@ -52,7 +52,9 @@ def _build(component, name: str, build_root: Path, waves: bool,
     text = verilog.convert(component, name=name, platform=platform, emit_src=False)
     models = models_for(platform)
     digest = hashlib.sha256("".join([text, *models.values()]).encode()).hexdigest()[:16]
-    build_dir = build_root / f"{name}-{digest}{'-waves' if waves else ''}"
+    # Absolute: the simulator runs in a run folder below it, where a relative path
+    # (``cosparse sim out ...``) would name nothing.
+    build_dir = Path(build_root).resolve() / f"{name}-{digest}{'-waves' if waves else ''}"
     build_dir.mkdir(parents=True, exist_ok=True)
     srcs = []
     for fname, body in [(f"{name}.v", text), *models.items()]:

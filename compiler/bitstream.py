@@ -297,7 +297,7 @@ def check_synthesis_log(rpt: Path) -> None:
 
     yosys resolves such a conflict by picking one driver and goes on, so the
     build would succeed with logic that computes something other than the
-    simulated design (yosys 0.52's ice40_dsp left a register it had taken
+    simulated design (yosys 0.70's ice40_dsp left a register it had taken
     into an SB_MAC16 behind, undriven, and opt_dff tied its products to 0).
     """
     if not rpt.exists():

@@ -397,7 +397,7 @@ class OverlayEngine(wiring.Component):
         # With C2 the product is needed a cycle later. On ECP5 it is registered once more
         # after the DSP block; elsewhere the operands wait instead: yosys's ice40_dsp takes
         # a product register followed by a second one into SB_MAC16 but leaves the second
-        # behind, undriven, and opt_dff then ties the product to 0 (yosys 0.52).
+        # behind, undriven, and opt_dff then ties the product to 0 (yosys 0.70).
         late_product = split and not is_ecp5(platform)
         banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (shallow)
         for r in range(R):

@@ -165,10 +165,12 @@ def is_ecp5(platform) -> bool:
 
 
 def registered_product(m: Module, name: str, a: Value, b: Value, platform, *,
-                       a_registered: bool = False) -> Signal:
-    """``a * b`` of two signed operands of at most 18 bits, two cycles later.
+                       a_registered: bool = False, en: Value | None = None) -> Signal:
+    """``a * b``, two cycles later: signed operands of at most 18 bits, unsigned of 17.
 
-    Both operands are registered, then their product (no enable, no reset).
+    Both operands are registered, then their product (no reset); with ``en``
+    the three registers load only when it is high (a stalling pipeline's
+    advance), else every cycle.
     ``a_registered``: ``a`` is a register already (it takes the place of the
     operand register, so the product is one cycle after ``a``).
     On ECP5 it is one ``MULT18X18D`` with its input and output registers
@@ -179,23 +181,27 @@ def registered_product(m: Module, name: str, a: Value, b: Value, platform, *,
     and a third register.
     """
     a, b = Value.cast(a), Value.cast(b)
-    wa, wb = len(a), len(b)
-    if wa > 18 or wb > 18:
-        raise ValueError(f"registered_product takes operands of at most 18 bits, got {wa} and {wb}")
-    prod = Signal(signed(wa + wb), name=name, reset_less=True)
+    for v in (a, b):
+        if len(v) > (18 if v.shape().signed else 17):
+            raise ValueError(f"registered_product takes signed operands of at most 18 bits "
+                             f"and unsigned of 17, got {v.shape()}")
+    prod = Signal((a * b).shape(), name=name, reset_less=True)
     if not is_ecp5(platform):  # (synthesis merges equal operand registers of a shared b)
-        ra = a if a_registered else Signal(signed(wa), name=f"{name}_a", reset_less=True)
-        rb = Signal(signed(wb), name=f"{name}_b", reset_less=True)
-        m.d.sync += [rb.eq(b), prod.eq(ra.as_signed() * rb)]
-        if not a_registered:
-            m.d.sync += ra.eq(a)
+        ra = a if a_registered else Signal(a.shape(), name=f"{name}_a", reset_less=True)
+        rb = Signal(b.shape(), name=f"{name}_b", reset_less=True)
+        with m.If(Const(1) if en is None else en):
+            m.d.sync += [rb.eq(b), prod.eq(ra * rb)]
+            if not a_registered:
+                m.d.sync += ra.eq(a)
         return prod
     from amaranth.hdl import ClockSignal, Instance
 
     ea = Signal(18, name=f"{name}_a")
     eb = Signal(18, name=f"{name}_b")
     p = Signal(36, name=f"{name}_p")
-    m.d.comb += [ea.eq(a.as_signed()), eb.eq(b.as_signed()), prod.eq(p[:wa + wb])]
+    # Each operand extends by its own signedness (unsigned: a zero above, so the
+    # block's signed product is right); the product keeps ``a * b``'s shape.
+    m.d.comb += [ea.eq(a), eb.eq(b), prod.eq(p[:len(prod)])]
     ports = {f"i_A{i}": ea[i] for i in range(18)}
     ports.update({f"i_B{i}": eb[i] for i in range(18)})
     ports.update({f"o_P{i}": p[i] for i in range(36)})
@@ -209,5 +215,5 @@ def registered_product(m: Module, name: str, a: Value, b: Value, platform, *,
         p_GSR="DISABLED", p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT",
         p_CLK0_DIV="ENABLED", p_MULT_BYPASS="DISABLED",
         i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
-        i_CLK0=ClockSignal(), i_CE0=Const(1), i_RST0=Const(0), **ports)
+        i_CLK0=ClockSignal(), i_CE0=Const(1) if en is None else en, i_RST0=Const(0), **ports)
     return prod

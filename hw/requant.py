@@ -25,7 +25,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ._util import lut_mul, check_int, skid_output
+from ._util import check_int, lut_mul, registered_product, skid_output
 from .hostlink import LoadPort
 from .streams import dense_layout
 
@@ -336,10 +336,20 @@ class Requantizer(wiring.Component):
         split = sb > ls + 1
         lo_bits = ls if split else sb
         hi_bits = max(sb - ls, 1)
-        s2 = stage("s2", lo=signed(lo_bits + mb + 1), hi=signed(hi_bits + mb + 1),
-                   sh=tb, rnd=1)
-        # A narrow high part is a few shifted adds (no DSP block for it).
-        hi_mul = lut_mul if hi_bits <= 6 else (lambda a, b: a * b)
+        s2 = stage("s2", sh=tb, rnd=1, **({"hi": signed(hi_bits + mb + 1)}
+                                             if split and hi_bits <= 6 else {}))
+        # The DSP products take their operands where S1 registers them, in the blocks'
+        # own input registers, and are registered there as S2 (``registered_product``;
+        # ECP5: MULT18X18D with CE = adv). A fabric S1 register into a bare multiplier,
+        # out to S2, was two routes across the die (gsc-cs fc2's requantizer, 15.4 ns:
+        # the routed whole build's critical path).
+        total = [Signal(signed(sb), name=f"s0_sum{d}") for d in range(D)]  # S1's sum
+        m.d.comb += [total[d].eq(s0["acc"][d] + consts[d][0]) for d in range(D)]
+        s2["lo"] = [registered_product(m, f"s2_lo{d}", total[d][:ls] if split else total[d],
+                                       consts[d][1], platform, en=adv) for d in range(D)]
+        if split and hi_bits > 6:
+            s2["hi"] = [registered_product(m, f"s2_hi{d}", total[d][ls:].as_signed(),
+                                           consts[d][1], platform, en=adv) for d in range(D)]
         # ---------------- S3: q = p >> base; S4 (wide spreads only), S5: the variable shift
         s3 = stage("s3", q=signed(qb), sh=tb, rnd=1)
         coarse = tb > 3
@@ -349,19 +359,18 @@ class Requantizer(wiring.Component):
 
         with m.If(adv):
             advance(s1, s0,
-                    sum=lambda d: s0["acc"][d] + consts[d][0],
+                    sum=lambda d: total[d],
                     mult=lambda d: consts[d][1], sh=lambda d: consts[d][2],
                     rnd=lambda d: consts[d][3])
             if split:
-                advance(s2, s1,
-                        lo=lambda d: s1["sum"][d][:ls] * s1["mult"][d],
-                        hi=lambda d: hi_mul(s1["sum"][d][ls:].as_signed(), s1["mult"][d]),
-                        sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d])
+                # A narrow high part is a few shifted adds (no DSP block for it).
+                advance(s2, s1, sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d],
+                        **({"hi": lambda d: lut_mul(s1["sum"][d][ls:].as_signed(),
+                                                    s1["mult"][d])} if hi_bits <= 6 else {}))
                 advance(s3, s2, q=lambda d: ((s2["hi"][d] << ls) + s2["lo"][d]) >> base,
                         sh=lambda d: s2["sh"][d], rnd=lambda d: s2["rnd"][d])
             else:
-                advance(s2, s1, lo=lambda d: s1["sum"][d] * s1["mult"][d],
-                        sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d])
+                advance(s2, s1, sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d])
                 advance(s3, s2, q=lambda d: s2["lo"][d] >> base,
                         sh=lambda d: s2["sh"][d], rnd=lambda d: s2["rnd"][d])
             if coarse:

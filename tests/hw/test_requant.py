@@ -237,3 +237,48 @@ def test_verilator_run_stops_at_its_cycle_limit():
     with pytest.raises(AssertionError, match=r"timeout after 300 cycles: got 1/2"):
         run_streams(dut, "requantizer_timeout", [("i", dut.in_layout, beats)],
                     [("o", dut.out_layout, 2)], stall=0.0, max_cycles=300)
+
+
+@pytest.mark.parametrize("C, D, acc_bits, compact", [
+    (20, 4, 32, False),  # wide sum: two DSP products per lane (high part of 16 bits)
+    (8, 4, 12, False),  # one product per lane
+    (6, 2, 24, True),  # no input register: the products' operands come from the input
+])
+def test_ecp5_products_are_registered_dsp_blocks(C, D, acc_bits, compact):
+    # On ECP5 the partial products are MULT18X18D blocks whose input and output
+    # registers are S1 and S2, loaded on the pipeline's advance: no bare multiplier
+    # between fabric registers. Verilator (with the block's model) == golden under
+    # stalls, in the same cycles as the generic build.
+    import re
+
+    from amaranth.back import rtlil
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    rng = np.random.default_rng(11)
+    mult, shift, bias, relu = constants(rng, C, shift_hi=30)
+
+    def build():
+        return Requantizer(C, width=D, acc_bits=acc_bits, multiplier=[int(v) for v in mult],
+                           shift=[int(v) for v in shift], bias=[int(v) for v in bias],
+                           relu=relu, compact=compact)
+
+    dut = build()
+    text = rtlil.convert(dut, name="top", platform=ULX3S_85F_Platform())
+    assert len(re.findall(r"cell \\MULT18X18D ", text)) == dut.dsps
+    assert not re.search(r"cell \$mul ", text)
+    assert len(re.findall(r"connect \\CE0 \\adv ", text)) == dut.dsps  # loads on advance
+    acc = random_acc(rng, (2, 3, C), acc_bits)
+    want = want_of(acc, mult, shift, bias, relu)
+    beats_in, beats_want = [], []
+    for f in range(acc.shape[0]):
+        beats_in += dense_beats([list(map(int, g)) for g in acc[f]], D)
+        beats_want += dense_beats([list(map(int, g)) for g in want[f]], D)
+    runs = {}
+    for plat in (ULX3S_85F_Platform(), None):
+        dut = build()
+        runs[plat is None] = run_streams(
+            dut, f"requant_dsp_{C}_{acc_bits}{'_generic' * (plat is None)}",
+            [("i", dut.in_layout, beats_in)], [("o", dut.out_layout, len(beats_want))],
+            stall=0.3, seed=3, platform=plat)
+        assert runs[plat is None].outputs[0] == beats_want
+    assert runs[True].cycles == runs[False].cycles

@@ -516,7 +516,7 @@ class OverlayEngine(wiring.Component):
             for r in range(R):
                 m.d.comb += [wports[r].addr.eq(waddr[r]), wports[r].en.eq(issue)]
             wdata = [wports[r].data for r in range(R)]
-        if self.spram:
+        if self.spram and not banked:  # (banked: a model of the SPRAM off the iCE40)
             # Single-port: one address for reads and loader writes (the core is idle
             # while the host loads).
             m.d.comb += wports[0].addr.eq(Mux(wload.en, wload.addr, waddr[0]))

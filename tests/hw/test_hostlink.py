@@ -150,3 +150,26 @@ def test_partial_load_unseals(design):
              300),
             (request_frame(COMMANDS["INFER"], x.tobytes()), 300)]
     assert [c for c, _ in responses(run_link(top, reqs))] == [0, 7]
+
+
+def test_spram_weights_banked_off_the_ice40_load_and_infer(design, monkeypatch):
+    """An SPRAM-style weight memory deeper than a bank, elaborated off the iCE40 (as
+    Verilator and the demo's simulation do): banked, loaded by the host, == golden."""
+    from cosparse.hw import overlay
+
+    net, _ = design
+    monkeypatch.setattr(overlay, "WEIGHT_BANK_WORDS", 2)
+    top = LinkTop(net, Folding(input_width=1), divisor=DIV, timeout=TIMEOUT, spram_bits=64)
+    ports = top.core.load_ports
+    spram = [p for p in ports if not p.has_init]
+    assert spram and max(p.hw_depth for p in spram) > overlay.WEIGHT_BANK_WORDS
+    x = np.random.default_rng(9).integers(-128, 128, (1, 12)).astype(np.int8)
+    want = golden.run(net, x)
+    reqs = [(request_frame(COMMANDS["LOAD"], struct.pack("<BI", i, 0) + b"".join(
+                int(w).to_bytes(-(-p.width // 8), "little") for w in p.image)), 1200)
+            for i, p in enumerate(ports)]
+    reqs += [(request_frame(COMMANDS["SEAL"], struct.pack("<I", 1)), 300),
+             (request_frame(COMMANDS["INFER"], x[0].tobytes()), 2500)]
+    res = responses(run_link(top, reqs))
+    assert [c for c, _ in res] == [0] * len(reqs)
+    np.testing.assert_array_equal(np.frombuffer(res[-1][1][:16], "<i4"), want[0])

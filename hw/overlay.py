@@ -50,7 +50,7 @@ Structure
   feeds the DSP block.
 * Weight memories deeper than ``WEIGHT_BANK_WORDS`` are banks, each bank's
   read data registered before the bank multiplexer (stage W2).
-* With three passes or more, the accumulator banks' read data is registered
+* With three passes or more (not ``compact``), the accumulator banks' read data is registered
   before the add (stage C2): two ops on one accumulator are ``passes`` cycles
   apart, so no bypass is needed.
 
@@ -73,7 +73,7 @@ takes ``ceil(M / P)`` cycles and overlaps the next group, so a group takes
 (measured in ``tests/hw/test_overlay.py``). Latency from the acceptance of a
 group's last input beat to its first output beat: ``9 + b * L / P`` cycles
 (``compact``: ``6 + b * L / P``), one more with banked weights (W2) and one
-more with three passes or more on bank memories (C2).
+more with three passes or more on bank memories (C2; not ``compact``).
 """
 
 from __future__ import annotations
@@ -393,7 +393,9 @@ class OverlayEngine(wiring.Component):
         # with three passes or more a bank's read data can be registered before the add
         # (stage C2): no bypass for back-to-back hits, and the block RAM's clock-to-out
         # (ECP5: 5.8 ns) is not in the read-add-write loop (gsc-cs fc1: 61.7 MHz with it).
-        split = not shallow and passes >= 3
+        # Not for compact (area-first) engines: C2's registers cost the iCEBreaker's
+        # digits build about 300 logic cells more than the UP5K has.
+        split = not shallow and not self.compact and passes >= 3
         # With C2 the product is needed a cycle later. On ECP5 it is registered once more
         # after the DSP block; elsewhere the operands wait instead: yosys's ice40_dsp takes
         # a product register followed by a second one into SB_MAC16 but leaves the second

@@ -30,13 +30,15 @@ def want_of(acc, mult, shift, bias, relu):
     return golden.requantize(acc.astype(np.float64), rq, np.asarray(bias, np.int64))
 
 
+def frame_beats(a, D: int) -> list:
+    """``a[F, G, C]``: every group of every frame as beats of ``D`` lanes."""
+    return [beat for frame in a for beat in dense_beats([list(map(int, g)) for g in frame], D)]
+
+
 def run(dut, acc, want, *, stall=0.3, seed=0):
     """``acc[F, G, C]``: F frames of G groups; returns the SimResult after checking values."""
     D = dut.width
-    beats_in, beats_want = [], []
-    for f in range(acc.shape[0]):
-        beats_in += dense_beats([list(map(int, g)) for g in acc[f]], D)
-        beats_want += dense_beats([list(map(int, g)) for g in want[f]], D)
+    beats_in, beats_want = frame_beats(acc, D), frame_beats(want, D)
     res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
                    [Port(dut.o, dut.out_layout, count=len(beats_want))], stall=stall, seed=seed)
     assert res.outputs[0] == beats_want
@@ -158,10 +160,7 @@ def test_verilator_matches_golden():
     dut = make(C, D, acc_bits, mult, shift, bias, relu)
     acc = random_acc(rng, (3, 4, C), acc_bits)
     want = want_of(acc, mult, shift, bias, relu)
-    beats_in, beats_want = [], []
-    for f in range(acc.shape[0]):
-        beats_in += dense_beats([list(map(int, g)) for g in acc[f]], D)
-        beats_want += dense_beats([list(map(int, g)) for g in want[f]], D)
+    beats_in, beats_want = frame_beats(acc, D), frame_beats(want, D)
     res = run_streams(dut, "requantizer", [("i", dut.in_layout, beats_in)],
                       [("o", dut.out_layout, len(beats_want))], stall=0.3, seed=6)
     assert res.outputs[0] == beats_want
@@ -269,10 +268,7 @@ def test_ecp5_products_are_registered_dsp_blocks(C, D, acc_bits, compact):
     assert len(re.findall(r"connect \\CE0 \\adv ", text)) == dut.dsps  # loads on advance
     acc = random_acc(rng, (2, 3, C), acc_bits)
     want = want_of(acc, mult, shift, bias, relu)
-    beats_in, beats_want = [], []
-    for f in range(acc.shape[0]):
-        beats_in += dense_beats([list(map(int, g)) for g in acc[f]], D)
-        beats_want += dense_beats([list(map(int, g)) for g in want[f]], D)
+    beats_in, beats_want = frame_beats(acc, D), frame_beats(want, D)
     runs = {}
     for plat in (ULX3S_85F_Platform(), None):
         dut = build()

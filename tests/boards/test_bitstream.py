@@ -167,3 +167,17 @@ def test_a_netlist_with_two_drivers_is_refused(tmp_path, then_add):
     else:
         with pytest.raises(BitstreamError, match=r"two drivers \(1: .*p2"):
             check_synthesis_log(log)
+
+
+def test_ecp5_bitstream_routed_by_router2(tmp_path):
+    """A ULX3S build end to end (yosys, nextpnr-ecp5 with router2, ecppack)."""
+    model, cal, _ = write_tiny(tmp_path)
+    out = tmp_path / "out"
+    assert main(["compile", str(model), "--board", "ulx3s-12f", "-o", str(out),
+                 "--calibration", str(cal), "--bitstream", "--clock", "50"]) == 0
+    rep = json.loads((out / "bitstream.json").read_text())
+    assert rep["board"] == "ulx3s-12f" and rep["family"] == "ecp5"
+    assert 0 < rep["luts"] <= rep["luts_available"] and 0 < rep["dsps"] <= rep["dsps_available"]
+    assert rep["fmax_mhz"] >= 50 and rep["timing_met"]
+    assert "Router2 time" in (out / "build" / f"{TOP_NAME}.tim").read_text()
+    assert (out / f"{TOP_NAME}.bit").stat().st_size > 100_000

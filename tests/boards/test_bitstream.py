@@ -13,7 +13,8 @@ import pytest
 
 from cosparse.boards.top import LinkTop
 from cosparse.compiler import ir
-from cosparse.compiler.bitstream import ECP5_ROUTER, TOP_NAME, ice40_bram_map, read_back_ice40, tool_env
+from cosparse.compiler.bitstream import (ECP5_ROUTER, TOP_NAME, ice40_bram_map, read_back_ice40,
+                                         tool_env)
 from cosparse.compiler.cli import main
 from cosparse.hw.network import Folding
 

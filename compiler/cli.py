@@ -274,9 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--reduced", action="store_true",
                     help="the reduced gsc-cs network (20x20 input, 16 channels; quick)")
     be.add_argument("--no-pnr", action="store_true", help="skip yosys + nextpnr (no Fmax)")
-    be.add_argument("--pnr-modes", metavar="MODES", default="sparse-sparse",
-                    help="comma-separated modes to place and route (default sparse-sparse; "
-                         "each nextpnr takes a core for up to --pnr-minutes)")
+    be.add_argument("--pnr-modes", metavar="MODES", default="sparse-weights,sparse-sparse",
+                    help="comma-separated modes to place and route (default "
+                         "sparse-weights,sparse-sparse: the modes that fit; each nextpnr takes "
+                         "a core for up to --pnr-minutes)")
     be.add_argument("--pnr-minutes", type=float, default=20,
                     help="stop each nextpnr run after this long and report what it reached "
                          "(utilisation, Fmax estimated after placement; default 20)")

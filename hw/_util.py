@@ -172,7 +172,9 @@ def registered_product(m: Module, name: str, a: Value, b: Value, platform, *,
     the three registers load only when it is high (a stalling pipeline's
     advance), else every cycle.
     ``a_registered``: ``a`` is a register already (it takes the place of the
-    operand register, so the product is one cycle after ``a``).
+    operand register, so the product is one cycle after ``a``). On ECP5 that
+    leaves the block's register A out while B's is in, a mix nextpnr times as
+    if neither input were registered: the engines no longer ask for it there.
     On ECP5 it is one ``MULT18X18D`` with its input and output registers
     enabled (``REG_INPUTA/B_CLK``, ``REG_OUTPUT_CLK``): yosys maps only the
     multiplier itself into a DSP block, and the fabric registers it leaves

@@ -47,7 +47,11 @@ Structure
   same cycles, with the routes into and out of the DSP block register to
   register. Weight memories deeper than ``DSP_DIRECT_WEIGHT_WORDS`` keep
   their fabric register behind the block RAMs' output multiplexer, and it
-  feeds the DSP block.
+  feeds the DSP block's input register A as a stage of its own (D), the
+  value a cycle later to match: no block mixes a registered and an
+  unregistered input, which nextpnr would time as all-combinational. The
+  product is then C2's (three passes or more), or stage C comes a cycle
+  later: one more cycle of latency.
 * Weight memories deeper than ``WEIGHT_BANK_WORDS`` are banks, each bank's
   read data registered before the bank multiplexer (stage W2).
 * With three passes or more (not ``compact``), the accumulator banks' read data is registered
@@ -72,8 +76,10 @@ takes ``ceil(M / P)`` cycles and overlaps the next group, so a group takes
 ``max(ceil(active / R) * L / P, ceil(M / P))`` cycles in steady state
 (measured in ``tests/hw/test_overlay.py``). Latency from the acceptance of a
 group's last input beat to its first output beat: ``9 + b * L / P`` cycles
-(``compact``: ``6 + b * L / P``), one more with banked weights (W2) and one
-more with three passes or more on bank memories (C2; not ``compact``).
+(``compact``: ``6 + b * L / P``), one more with banked weights (W2), one
+more with three passes or more on bank memories (C2; not ``compact``) and,
+on ECP5, one more with a weight memory deeper than
+``DSP_DIRECT_WEIGHT_WORDS`` and fewer than three passes (D).
 """
 
 from __future__ import annotations
@@ -400,7 +406,18 @@ class OverlayEngine(wiring.Component):
         # after the DSP block; elsewhere the operands wait instead: yosys's ice40_dsp takes
         # a product register followed by a second one into SB_MAC16 but leaves the second
         # behind, undriven, and opt_dff then ties the product to 0 (yosys 0.70).
-        late_product = split and not is_ecp5(platform)
+        dsp_registers = is_ecp5(platform)
+        # ECP5: a weight memory of one block's depth feeds the DSP blocks' input register
+        # A directly; a deeper one (behind an output multiplexer, or banked) keeps its
+        # fabric register b_data, and the DSP's register A is one more stage (D), so no
+        # block mixes a registered and an unregistered input (nextpnr times such a block
+        # as all-combinational). The value waits a cycle to match, and the product is a
+        # cycle later: with C2 (split) it is C2's product; otherwise stage C (the bank
+        # read, then the write) moves a cycle later (``c_late``).
+        direct = dsp_registers and not banked and wdepth <= DSP_DIRECT_WEIGHT_WORDS
+        a_stage = dsp_registers and not direct
+        late_product = split and (not dsp_registers or a_stage)
+        c_late = a_stage and not split
         banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (shallow)
         for r in range(R):
             row = []
@@ -499,7 +516,6 @@ class OverlayEngine(wiring.Component):
 
         G = LANES_PER_COPY
         copies = -(-P // G)
-        dsp_registers = is_ecp5(platform)
 
         group_op = Signal()  # the op that completes a group
         m.d.comb += group_op.eq(final_op & cur_last)
@@ -562,11 +578,17 @@ class OverlayEngine(wiring.Component):
         # (The pass's first bank row, pass * K, so one adder sits before a bank address.)
         rb_pass = (replicate(m, "b_pass", const_mul(w_pass, K), copies) if passes > 1
                    else [Const(0, 1)] * copies)  # one pass: no register to copy
-        if not shallow:  # the banks' read ports: B's address or the drain's
+        if not shallow and not c_late:  # the banks' read ports: B's address or the drain's
             rb_valid = replicate(m, "b_valid", w_valid, copies)
             rb_buf = replicate(m, "b_buf", w_buf, copies)
 
         rc_buf = replicate(m, "c_buf", b_buf, copies)
+        if c_late and not shallow:  # the bank reads move to stage C
+            rc_valid = replicate(m, "c_valid", b_valid, copies)
+        # The value's wait for register D (``a_stage``) or for C2 (off ECP5), per copy.
+        rd_value = ([[_register(m, f"b2_value_{r}_{g}", v, reset_less=True)
+                      for g, v in enumerate(rw_value[r])] for r in range(R)]
+                    if late_product or c_late else rw_value)
         rc_live = [replicate(m, f"c_live_{r}", b_valid & b_live[r], copies) for r in range(R)]
         c_addr = [[Signal(range(bank_depth), name=f"c_addr_{r}_{k}") for k in range(P)]
                   for r in range(R)]
@@ -582,17 +604,17 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += c_addr[r][k].eq(addr)
                 b_addrs[r][k] = addr
                 # B's operand registers and C's product register (ECP5: in MULT18X18D).
-                # The weight's operand register is b_data, except that a weight memory of
-                # one block's depth feeds the DSP block's own input register directly.
-                direct = dsp_registers and not banked and wdepth <= DSP_DIRECT_WEIGHT_WORDS
+                # The weight's operand register is b_data (ECP5: then the DSP's register
+                # A, ``a_stage``), except that a weight memory of one block's depth feeds
+                # the DSP block's own input register directly.
                 weight = (wdata[r][k * slot_bits:k * slot_bits + 8] if direct
                           else slot[:8]).as_signed()
-                value = rw_value[r][k // G]
-                if late_product:  # the operands wait a cycle, so the product is C2's
+                value = rd_value[r][k // G]
+                if late_product and not a_stage:  # off ECP5 the weight waits in the fabric
                     weight = _register(m, f"b2_weight_{r}_{k}", weight, reset_less=True)
-                    value = _register(m, f"b2_value_{r}_{k}", value, reset_less=True)
                 c_prod[r][k] = registered_product(m, f"c_prod_{r}_{k}", weight, value,
-                                                  platform, a_registered=not direct)
+                                                  platform,
+                                                  a_registered=not (direct or a_stage))
 
         # ---------------- C: read-modify-write (bank ports are wired below, with the drain's)
 
@@ -642,7 +664,7 @@ class OverlayEngine(wiring.Component):
         # drain's first read (the cycle after the drain starts) -- no gap needed.
         # (split: the write lands a cycle later, in C2, so the group is complete in C.)
         g_valid, g_group, g_buf, g_end = b_valid, b_group, b_buf, b_end
-        if split:
+        if split or c_late:
             g_valid, g_group, g_buf, g_end = [_register(m, f"c_{n}", v) for n, v in zip(
                 ("valid", "group", "buf", "end"), (b_valid, b_group, b_buf, b_end))]
         with m.If(g_valid & g_group):
@@ -677,11 +699,14 @@ class OverlayEngine(wiring.Component):
         # Bank ports: the buffer under accumulation serves stages B (read) and C
         # (write); the other serves the drain (read, then clear). The two never
         # name the same buffer: a buffer is drained only once its group is complete.
-        if split:  # stage C2's copies of C's registers, and its products and addresses
+        rd_buf = rc_buf  # (c_late: the bank reads' buffer, in stage C)
+        # The writes' product and address: stage C's, or (split, c_late) a cycle later.
+        c2 = [[(c_prod[r][k], c_addr[r][k]) for k in range(P)] for r in range(R)]
+        if split or c_late:  # stage C2's copies of C's registers, and its products and addresses
             rc_live = [[_register(m, f"c2_live_{r}_{g}", v) for g, v in enumerate(row)]
                        for r, row in enumerate(rc_live)]
             rc_buf = [_register(m, f"c2_buf_{g}", v) for g, v in enumerate(rc_buf)]
-            c2 = [[(c_prod[r][k] if late_product else
+            c2 = [[(c_prod[r][k] if late_product or c_late else
                     _register(m, f"c2_prod_{r}_{k}", c_prod[r][k], reset_less=True),
                     _register(m, f"c2_addr_{r}_{k}", c_addr[r][k], reset_less=True))
                    for k in range(P)] for r in range(R)]
@@ -690,14 +715,15 @@ class OverlayEngine(wiring.Component):
                 g = k // G
                 live, cbuf = rc_live[r][g], rc_buf[g]
                 clear, ebuf, eaddr = re_clear[g], re_buf[g], re_addr[g]
+                prod, addr = c2[r][k]
                 for b in range(2):
                     if shallow:
                         rows = banks[r][k][b]
                         total = Signal(signed(A), name=f"c_sum_{r}_{k}_{b}")
-                        m.d.comb += total.eq(_select(rows, c_addr[r][k]) + c_prod[r][k])
+                        m.d.comb += total.eq(_select(rows, addr) + prod)
                         with m.If(live & (cbuf == b)):
                             for j, acc_row in enumerate(rows):
-                                with m.If(c_addr[r][k] == j):
+                                with m.If(addr == j):
                                     m.d.sync += acc_row.eq(total)
                         with m.Elif(clear & (ebuf == b)):
                             for j, acc_row in enumerate(rows):
@@ -705,14 +731,17 @@ class OverlayEngine(wiring.Component):
                                     m.d.sync += acc_row.eq(0)
                         continue
                     wp, rp = banks[r][k][b]
-                    with m.If(rb_valid[g] & (rb_buf[g] == b)):
-                        m.d.comb += [rp.addr.eq(b_addrs[r][k]), rp.en.eq(1)]
+                    if c_late:  # read in C, written in C2
+                        rd = (rc_valid[g] & (rd_buf[g] == b), c_addr[r][k])
+                    else:
+                        rd = (rb_valid[g] & (rb_buf[g] == b), b_addrs[r][k])
+                    with m.If(rd[0]):
+                        m.d.comb += [rp.addr.eq(rd[1]), rp.en.eq(1)]
                     with m.Else():
                         m.d.comb += [rp.addr.eq(d_addr), rp.en.eq(d_issue & (d_buf == b))]
-                    old, prod, addr = rp.data, c_prod[r][k], c_addr[r][k]
-                    if split:  # C2: C's read data, product and address, registered
+                    old = rp.data
+                    if split:  # C2: C's read data registered (product and address: c2)
                         old = _register(m, f"c2_old_{r}_{k}_{b}", rp.data, reset_less=True)
-                        prod, addr = c2[r][k]
                     with m.If(live & (cbuf == b)):
                         m.d.comb += [wp.addr.eq(addr), wp.data.eq(old + prod), wp.en.eq(1)]
                     with m.Elif(clear & (ebuf == b)):

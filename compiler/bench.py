@@ -7,8 +7,9 @@ complementary weights, or dense ones), on one board (ULX3S-85F by default):
    sparse-sparse fold's engine multipliers, so their cycles compare at
    about equal multipliers; where the dense fold's steps stop short of
    that count, ``cycles_per_multiplier`` compares cycles x multipliers);
-2. simulate the network core in Verilator on ``count`` back-to-back random
-   int8 inputs (the network's own k-WTAs set the activity): latency and
+2. simulate the network core, elaborated for the board (its vendor
+   primitives by their Verilog models), in Verilator on ``count``
+   back-to-back random int8 inputs (the network's own k-WTAs set the activity): latency and
    steady-state interval, outputs checked against the golden model bit for
    bit; the performance model's cycles per stage beside them;
 3. count the mode's useful MACs per inference (dense: every weight at every
@@ -242,9 +243,14 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
     progress(f"{mode}: {mults} multipliers; simulating {count} back-to-back inferences in "
              f"Verilator (about {predicted * count:,.0f} cycles predicted)")
     t0 = time.perf_counter()
+    from cosparse.boards.top import platform_for
+
+    # The core as the board's bitstream elaborates it (ECP5: every product a MULT18X18D
+    # with its registers, by its Verilog model), so the cycles are the board's.
     run = simulate_network(
         net, folding, x, build_root=outdir / "sim" / mode, name=f"gsc_{mode.replace('-', '_')}",
         chunk=max(8, min(64, count)),
+        platform=None if board.family == "sim" else platform_for(board),
         progress=lambda done, total: progress(f"{mode}: {done}/{total} inferences simulated "
                                               f"({time.perf_counter() - t0:.0f} s)"))
     sim_s = time.perf_counter() - t0

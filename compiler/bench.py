@@ -221,7 +221,7 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
 
     from . import zoo
     from .build import weight_memory_bits
-    from .fold import choose_folding, multipliers
+    from .fold import block_rams, board_block_rams, choose_folding, multipliers
     from .order import to_drain_order
     from .perf import stage_cycles
 
@@ -229,14 +229,17 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
     x = np.random.default_rng(seed + 1).integers(-128, 128, (count, *net.input.shape),
                                                  dtype=np.int8)
     sample = x[:8]
+    bram_budget = board_block_rams(board)
     if engine_budget is None:
-        folding = choose_folding(net, sample, max_multipliers=board.multipliers)
+        folding = choose_folding(net, sample, max_multipliers=board.multipliers,
+                                 max_block_rams=bram_budget)
     else:  # the same engine multipliers as another mode, for the cycles comparison
         folding = choose_folding(net, sample, max_multipliers=engine_budget, engines_only=True)
     mults = multipliers(net, folding)
     stages = stage_cycles(net, folding, x)
     weight_kbit = sum(weight_memory_bits(layer) for layer in net.layers
                       if isinstance(layer, ir._OverlayLayer)) / 1024
+    brams = block_rams(net, folding, board.family)  # the core's, estimated (ECP5)
     macs = useful_macs(net, x, mode)
     worst = max(stages, key=lambda s: s.mean)
     predicted = worst.mean
@@ -269,12 +272,17 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
            "bram_kbit": board.bram_kbit, "bit_exact": exact, "inputs": count,
            "simulation_seconds": round(sim_s, 1),
            "fmax_mhz": None, "inferences_per_s": None, "luts": None, "ffs": None,
-           "dsps": None, "brams": None, "fits": weight_kbit <= board.bram_kbit,
+           "dsps": None, "brams": None, "brams_estimated": brams,
+           "fits": (weight_kbit <= board.bram_kbit
+                    and (brams is None or brams <= bram_budget)),
            "place_and_route": "not run"}
     if not row["fits"]:
-        row["place_and_route"] = (f"does not fit {board.name}: weights need "
-                                  f"{row['weight_kbit']:,.0f} kbit of block RAM, the part has "
-                                  f"{board.bram_kbit:,}")
+        row["place_and_route"] = (
+            f"does not fit {board.name}: weights need {row['weight_kbit']:,.0f} kbit of block "
+            f"RAM, the part has {board.bram_kbit:,}"
+            + ("" if brams is None else
+               f"; its memories need about {brams:,} block RAMs (each weight-memory read port "
+               f"a copy), the part leaves the core {bram_budget}"))
     stage_rows = [{"layer": s.layer, "unit": s.unit, "cycles": round(s.mean, 1)} for s in stages]
     job = None
     if row["fits"] and pnr:

@@ -132,7 +132,10 @@ def layer_table(net: ir.Network, folding, sample: np.ndarray) -> list[dict]:
     return rows
 
 
-def _report(net: ir.Network, rows: list[dict], perf: dict, board, mults: int) -> str:
+def _report(net: ir.Network, rows: list[dict], perf: dict, board, mults: int,
+            brams: int | None = None) -> str:
+    from .fold import ECP5_BRAM_KBIT
+
     lines = [f"# {net.name}: compiled for {board.name} ({board.fpga})", "",
              f"Mode `{net.meta.get('mode')}`, source `{net.meta.get('source', '-')}`.", "",
              "| layer | kind | in | out | density | fill | K | dense MACs | sparse MACs | R | P | Q | "
@@ -150,7 +153,10 @@ def _report(net: ir.Network, rows: list[dict], perf: dict, board, mults: int) ->
     sparse = sum(r.get("sparse_macs", 0) for r in rows)
     ips = board.clock_mhz * 1e6 / max(perf["interval_cycles"], 1)
     lines += ["", f"Totals: {dense:,} dense MACs, {sparse:,.0f} sparse-sparse MACs per inference; "
-              f"{mults} multipliers (budget {board.multipliers}).", "",
+              f"{mults} multipliers (budget {board.multipliers})"
+              + ("." if brams is None else
+                 f"; about {brams:,} block RAMs (the core's memories, each weight-memory read "
+                 f"port a copy; {board.bram_kbit // ECP5_BRAM_KBIT} on the part)."), "",
               f"Predicted interval {perf['interval_cycles']:,.0f} cycles per inference "
               f"(bottleneck {perf['bottleneck']}): {ips:,.0f} inferences/s at "
               f"{board.clock_mhz:g} MHz.", ""]
@@ -273,7 +279,7 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
 
     from cosparse.hw.network import LayerFold, NetworkCore
 
-    from .fold import choose_folding, multipliers
+    from .fold import block_rams, board_block_rams, choose_folding, multipliers
     from .images import write_images
     from .perf import predict
 
@@ -291,7 +297,8 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
                             f"{[layer.name for layer in net.layers]}")
     progress(f"fold for {b.name} ({b.multipliers} multipliers)")
     folding = choose_folding(net, sample, max_multipliers=b.multipliers, overrides=overrides,
-                             area_first=b.family == "ice40")
+                             area_first=b.family == "ice40",
+                             max_block_rams=board_block_rams(b))
     perf = predict(net, folding, sample)
     mults = multipliers(net, folding)
     rows = layer_table(net, folding, sample)
@@ -334,7 +341,8 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
         (tmp / "link.json").write_text(json.dumps(_link_json(net, link, b, baud, spram_bits),
                                                   indent=1) + "\n")
         progress(f"wrote {len(images)} memory images and bundle.bin")
-        (tmp / "report.md").write_text(_report(net, rows, perf, b, mults))
+        (tmp / "report.md").write_text(_report(net, rows, perf, b, mults,
+                                                  block_rams(net, folding, b.family)))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -16,6 +16,14 @@ gets the fewest lanes ``Q`` that keep it within the interval (a
 :class:`~cosparse.hw.adapters.Narrow` in between). On gsc-cs the DSP blocks
 this frees pay for conv1's third entry per beat.
 
+On ECP5 a step must also fit the block RAM: every weight-memory read port
+is a copy of the memory (a DP16KD has two ports, and the host loader writes
+through one), so more entries per beat multiply a layer's weight blocks
+(:func:`block_rams` counts the elaborated core's memories the way yosys maps
+them). gsc-cs sparse weights: conv2 at R = 10 and fc1 at P = 5 needed 231 of
+the ECP5-85F's 208 blocks and nextpnr stopped; the fold now stops at R = 8,
+P = 4 (205).
+
 A user can override any layer (``overrides``): those folds are kept as they
 are and the search works around them.
 """
@@ -32,7 +40,9 @@ from . import ir
 from .errors import CosparseError
 from .perf import stage_cycles
 
-__all__ = ["choose_folding", "multipliers", "dsp_blocks", "FoldingError"]
+__all__ = ["choose_folding", "multipliers", "dsp_blocks", "block_rams", "board_block_rams",
+           "memory_census",
+           "FoldingError", "ECP5_BRAM_KBIT"]
 
 MAX_ENTRIES = 32
 
@@ -68,6 +78,79 @@ def dsp_blocks(net: ir.Network, folding: Folding, core: NetworkCore | None = Non
     return core.dsp_products
 
 
+#: ECP5 block RAM (DP16KD): 18 kbit, as ``(width, depth)`` configurations; 36 bits wide
+#: only with one read and one write port (PDPW16KD).
+ECP5_BRAM_KBIT = 18
+_DP16KD_SHAPES = ((18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
+
+#: yosys (``memory_libmap``) puts an ECP5 memory in LUT RAM when it is at most this
+#: deep or holds fewer bits than ``LUTRAM_MAX_BITS``; otherwise in DP16KD. Fitted to
+#: the gsc-cs builds: 98 x 8, 392 x 2, 64 x 19 and 25 x 288 (three read ports) went to
+#: LUT RAM; 56 x 128, 152 x 22, 320 x 8 and 256 x 11 to block RAM.
+LUTRAM_MAX_DEPTH = 32
+LUTRAM_MAX_BITS = 2048
+
+
+def memory_census(core: NetworkCore) -> list[tuple[str, int, int, int, int]]:
+    """Every memory of the elaborated core: ``(path, depth, width, read ports, write ports)``."""
+    from amaranth.hdl import Shape
+    from amaranth.hdl._ir import Fragment
+    from amaranth.hdl._mem import MemoryInstance
+
+    mems = []
+
+    def walk(frag, path):
+        for sub, name, *_ in frag.subfragments:
+            if isinstance(sub, MemoryInstance):
+                data = sub._data
+                mems.append((f"{path}.{name}", data.depth, Shape.cast(data.shape).width,
+                             len(sub._read_ports), len(sub._write_ports)))
+            else:
+                walk(sub, f"{path}.{name}")
+
+    walk(Fragment.get(core, None), "core")
+    return mems
+
+
+def _ecp5_blocks(depth: int, width: int, reads: int, writes: int) -> int:
+    """DP16KD blocks of one memory as yosys maps it (see ``LUTRAM_MAX_*``).
+
+    A block has two ports: with a write port each read port takes a copy of the
+    memory, a ROM puts two read ports on each copy.
+    """
+    if depth <= LUTRAM_MAX_DEPTH or depth * width < LUTRAM_MAX_BITS or reads == 0:
+        return 0
+    copies = reads if writes else -(-reads // 2)
+    shapes = _DP16KD_SHAPES + (((36, 512),) if copies == reads and reads * max(writes, 1) == 1
+                               else ())
+    per_copy = min(-(-width // w) * -(-depth // d) for w, d in shapes)
+    return copies * per_copy
+
+
+#: Block RAMs of a board top besides the core's (the host link's payload buffer).
+HOST_LINK_BLOCK_RAMS = 1
+
+
+def board_block_rams(board) -> int | None:
+    """Block RAMs a board leaves the core (None where :func:`block_rams` has no model)."""
+    if board.family != "ecp5":
+        return None
+    return board.bram_kbit // ECP5_BRAM_KBIT - HOST_LINK_BLOCK_RAMS
+
+
+def block_rams(net: ir.Network, folding: Folding, family: str = "ecp5") -> int | None:
+    """Block RAMs of the core as a board build has it (weights loadable), for ``family``.
+
+    ECP5 only (DP16KD, see :func:`_ecp5_blocks`: an estimate of yosys's mapping,
+    within 3% of the gsc-cs builds); None for the other families, whose folds
+    are not grown (iCE40) or not built here (Xilinx).
+    """
+    if family != "ecp5":
+        return None
+    core = NetworkCore(net, folding, loadable=True)
+    return sum(_ecp5_blocks(d, w, r, wr) for _, d, w, r, wr in memory_census(core))
+
+
 def _input_width(net: ir.Network) -> int:
     c = net.input.shape[-1] if len(net.input.shape) == 3 else 1
     return min(c, 8) if len(net.input.shape) == 3 else 8
@@ -76,7 +159,8 @@ def _input_width(net: ir.Network) -> int:
 def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
                    overrides: dict[str, LayerFold] | None = None,
                    max_steps: int = 64, area_first: bool = False,
-                   engines_only: bool = False) -> Folding:
+                   engines_only: bool = False,
+                   max_block_rams: int | None = None) -> Folding:
     """Balance the pipeline within ``max_multipliers``.
 
     Parameters
@@ -95,6 +179,10 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
     engines_only : bool
         Count only the engines' multipliers against the budget (to compare
         modes at equal multipliers, whatever else the part would need).
+    max_block_rams : int, optional
+        ECP5 block RAMs the core may take (:func:`board_block_rams`): a step
+        whose memories (:func:`block_rams`: each weight-memory read port is a
+        copy of the memory) would not fit is not taken.
     area_first : bool
         For the smallest parts (iCE40): the least parallelism everywhere (one
         multiplier per overlay layer, one element per dense beat, no dense
@@ -125,30 +213,43 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         folding.compact = True
         return folding
     by_name = {layer.name: layer for layer in overlay}
-    folding, stages = _narrowed(net, folding, sample, overrides)
-    for _ in range(max_steps):
-        worst = max(stages, key=lambda s: s.mean)
-        if worst.layer not in by_name or worst.layer in overrides:
-            break
-        layer = by_name[worst.layer]
-        step = _next_step(net, folding, layer, sample, worst.mean)
-        if step is None:
-            break
-        trial, trial_stages = _narrowed(
-            net, replace(folding, layers={**folding.layers, layer.name: step}), sample, overrides)
-        if engines_only:
-            used = multipliers(net, trial)
-        else:
-            core = NetworkCore(net, trial)
-            core.discard()
-            used = core.dsp_products
-        if used > max_multipliers:
-            break
-        # The step must speed up the layer it was given to (not the whole pipeline: two
-        # layers tied as the bottleneck take turns).
-        if max(s.mean for s in trial_stages if s.layer == layer.name) >= worst.mean:
-            break
-        folding, stages = trial, trial_stages
+    first = _narrowed(net, folding, sample, overrides)
+
+    def grow(check_brams: bool) -> Folding:
+        folding, stages = first
+        for _ in range(max_steps):
+            worst = max(stages, key=lambda s: s.mean)
+            if worst.layer not in by_name or worst.layer in overrides:
+                break
+            layer = by_name[worst.layer]
+            step = _next_step(net, folding, layer, sample, worst.mean)
+            if step is None:
+                break
+            trial, trial_stages = _narrowed(
+                net, replace(folding, layers={**folding.layers, layer.name: step}), sample,
+                overrides)
+            if engines_only:
+                used = multipliers(net, trial)
+            else:
+                core = NetworkCore(net, trial)
+                core.discard()
+                used = core.dsp_products
+            if used > max_multipliers:
+                break
+            if check_brams and block_rams(net, trial) > max_block_rams:
+                break
+            # The step must speed up the layer it was given to (not the whole pipeline: two
+            # layers tied as the bottleneck take turns).
+            if max(s.mean for s in trial_stages if s.layer == layer.name) >= worst.mean:
+                break
+            folding, stages = trial, trial_stages
+        return folding
+
+    # The block-RAM census elaborates the whole core (a second or two): the fold grows
+    # without it, and again with it at every step only when the result does not fit.
+    folding = grow(False)
+    if max_block_rams is not None and block_rams(net, folding) > max_block_rams:
+        folding = grow(True)
     return folding
 
 

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from cosparse.compiler import zoo
-from cosparse.compiler.fold import choose_folding, dsp_blocks, multipliers
+from cosparse.compiler.fold import (_ecp5_blocks, block_rams, choose_folding, dsp_blocks,
+                                    memory_census, multipliers)
 from cosparse.compiler.order import to_drain_order
 from cosparse.compiler.perf import stage_cycles
-from cosparse.hw.network import Folding, LayerFold
+from cosparse.hw.network import Folding, LayerFold, NetworkCore
 
 
 def _net(mode):
@@ -86,3 +87,41 @@ def test_chunk_cost_matches_a_plain_count(max_words):
                     want[n, g] += max(1, row_words[g, idx[j:j + r]].max())
         assert np.array_equal(_chunk_cost(active, row_words, r), want)
     assert want[0, 0] == 0 and want.max() > 0
+
+
+@pytest.mark.parametrize("depth, width, reads, writes, blocks", [
+    # yosys's choices in the gsc-cs ULX3S-85F builds (memory_libmap in the synthesis log)
+    (98, 8, 1, 1, 0), (392, 2, 1, 1, 0), (64, 19, 1, 0, 0), (25, 288, 3, 1, 0),  # LUT RAM
+    (56, 128, 1, 1, 4), (320, 8, 1, 1, 1), (3000, 8, 1, 1, 2),
+    (1600, 88, 4, 1, 40),   # conv2's weights, R = 4: a copy per read port, 10 blocks each
+    (2048, 26, 1, 1, 3),    # one of fc1's weight banks: 2048 x 9 per block
+    (1600, 88, 4, 0, 20),   # a ROM: two read ports per copy
+])
+def test_ecp5_block_ram_estimate(depth, width, reads, writes, blocks):
+    assert _ecp5_blocks(depth, width, reads, writes) == blocks
+
+
+def test_census_finds_each_weight_memory_with_its_read_ports():
+    net, x = _net("sparse-sparse")
+    f = choose_folding(net, x, max_multipliers=156)
+    mems = memory_census(NetworkCore(net, f, loadable=True))
+    weights = [m for m in mems if m[0].endswith(".weights")]
+    entries = [f.of(layer.name).entries for layer in net.layers if hasattr(layer, "overlays")]
+    assert sorted(m[3] for m in weights) == sorted(entries)  # R read ports each
+    assert all(m[4] == 1 for m in weights)  # and the loader's write port
+
+
+def test_fold_stops_where_block_ram_runs_out():
+    """A step whose weight-memory copies would not fit the block RAM is not taken."""
+    net, x = _net("sparse-weights")
+    free = choose_folding(net, x, max_multipliers=156)
+    need = block_rams(net, free)
+    smallest = block_rams(net, choose_folding(net, x, max_multipliers=4))
+    assert smallest < need
+    budget = (smallest + need) // 2
+    f = choose_folding(net, x, max_multipliers=156, max_block_rams=budget)
+    assert smallest <= block_rams(net, f) <= budget
+    assert multipliers(net, f) < multipliers(net, free)
+    # a budget the unconstrained fold fits gives that fold
+    same = choose_folding(net, x, max_multipliers=156, max_block_rams=need)
+    assert same.to_dict() == free.to_dict()

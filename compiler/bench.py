@@ -7,8 +7,8 @@ complementary weights, or dense ones), on one board (ULX3S-85F by default):
    sparse-sparse fold's engine multipliers, so their cycles compare at
    about equal multipliers; where the dense fold's steps stop short of
    that count, ``cycles_per_multiplier`` compares cycles x multipliers);
-2. simulate the network core, elaborated for the board (its vendor
-   primitives by their Verilog models), in Verilator on ``count``
+2. simulate the network core (a mode that fits: elaborated for the board,
+   its vendor primitives by their Verilog models) in Verilator on ``count``
    back-to-back random int8 inputs (the network's own k-WTAs set the activity): latency and
    steady-state interval, outputs checked against the golden model bit for
    bit; the performance model's cycles per stage beside them;
@@ -248,12 +248,15 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
     t0 = time.perf_counter()
     from cosparse.boards.top import platform_for
 
-    # The core as the board's bitstream elaborates it (ECP5: every product a MULT18X18D
-    # with its registers, by its Verilog model), so the cycles are the board's.
+    # A mode that fits: the core as the board's bitstream elaborates it (ECP5: every
+    # product a MULT18X18D with its registers, by its Verilog model), so the cycles are
+    # the board's. One that does not (dense: 160k cycles an inference) runs generic,
+    # whose intervals are the same and which Verilator runs faster.
+    fits = weight_kbit <= board.bram_kbit and (brams is None or brams <= bram_budget)
+    as_board = fits and board.family != "sim"
     run = simulate_network(
         net, folding, x, build_root=outdir / "sim" / mode, name=f"gsc_{mode.replace('-', '_')}",
-        chunk=max(8, min(64, count)),
-        platform=None if board.family == "sim" else platform_for(board),
+        chunk=max(8, min(64, count)), platform=platform_for(board) if as_board else None,
         progress=lambda done, total: progress(f"{mode}: {done}/{total} inferences simulated "
                                               f"({time.perf_counter() - t0:.0f} s)"))
     sim_s = time.perf_counter() - t0
@@ -272,9 +275,8 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
            "bram_kbit": board.bram_kbit, "bit_exact": exact, "inputs": count,
            "simulation_seconds": round(sim_s, 1),
            "fmax_mhz": None, "inferences_per_s": None, "luts": None, "ffs": None,
-           "dsps": None, "brams": None, "brams_estimated": brams,
-           "fits": (weight_kbit <= board.bram_kbit
-                    and (brams is None or brams <= bram_budget)),
+           "dsps": None, "brams": None, "brams_estimated": brams, "fits": fits,
+           "simulated_as": f"{board.name} elaboration" if as_board else "generic",
            "place_and_route": "not run"}
     if not row["fits"]:
         row["place_and_route"] = (
@@ -322,6 +324,11 @@ def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dic
     except CosparseError as e:  # misses timing (figures kept) or does not fit
         rep = _report_of_failed_build(build)
         row["place_and_route"] = f"failed: {e}"
+        if rep is None:  # nextpnr stopped (a resource over the part): what it needed
+            from .bitstream import TOP_NAME, nextpnr_log_figures
+
+            log = build / "build" / f"{TOP_NAME}.tim"
+            row["pnr_needs"] = nextpnr_log_figures(log, board.family)
     row["pnr_seconds"] = round(time.perf_counter() - t1)
     if rep:
         row.update({k: rep.get(k) for k in ("fmax_mhz", "luts", "ffs", "dsps", "brams",
@@ -342,6 +349,18 @@ def _mark(m: dict) -> str:
     return "*" if (m.get("fmax_source") or "").startswith("nextpnr's estimate") else ""
 
 
+def _fits(m: dict) -> str:
+    """The table's ``fits`` cell: what a mode that does not fit needs."""
+    if m["fits"]:
+        return "yes"
+    need = m.get("pnr_needs") or {}
+    if need.get("brams", 0) > need.get("brams_available", 1 << 30):
+        return f"no ({need['brams']} of {need['brams_available']} block RAMs)"
+    if m.get("brams_estimated"):
+        return f"no (about {m['brams_estimated']:,} block RAMs)"
+    return "no"
+
+
 def _markdown(res: dict) -> str:
     modes = res["modes"]
 
@@ -358,7 +377,7 @@ def _markdown(res: dict) -> str:
                      f"{cell(m['fmax_mhz'], '{:.1f}')}{_mark(m)} | "
                      f"{cell(m['inferences_per_s'])}{_mark(m)} | "
                      f"{cell(m['luts'])} | {cell(m['ffs'])} | {cell(m['dsps'])} | "
-                     f"{cell(m['brams'])} | {'yes' if m['fits'] else 'no'} |")
+                     f"{cell(m['brams'])} | {_fits(m)} |")
     ort = res["onnxruntime_cpu"]
     if any(_mark(m) for m in modes):
         lines += ["", "\\* nextpnr's Fmax estimate after placement: routing was stopped at "

@@ -241,9 +241,10 @@ def test_verilator_matches_golden(compact, p):
     assert res.outputs[0] == want
 
 
-@pytest.mark.parametrize("depth, passes", [("direct", 2), ("deep", 1), ("deep", 2), ("banked", 2),
-                                           ("banked", 4)])
-def test_verilator_matches_golden_with_ecp5_dsp_registers(depth, passes, monkeypatch):
+@pytest.mark.parametrize("depth, passes, compact", [
+    ("direct", 2, False), ("deep", 1, False), ("deep", 2, False), ("deep", 2, True),
+    ("banked", 2, False), ("banked", 4, False)])
+def test_verilator_matches_golden_with_ecp5_dsp_registers(depth, passes, compact, monkeypatch):
     """Elaborated for the ULX3S (ECP5), every product is a MULT18X18D with its input and
     output registers (cosparse.sim.primitives models it): still the golden sums under
     random stalls. ``deep``: a weight memory deeper than DSP_DIRECT_WEIGHT_WORDS, whose
@@ -266,7 +267,7 @@ def test_verilator_matches_golden_with_ecp5_dsp_registers(depth, passes, monkeyp
     assert ov.lanes == 4
 
     def engine():
-        return OverlayEngine(ov, entries=2, lanes_per_beat=ov.lanes // passes)
+        return OverlayEngine(ov, entries=2, lanes_per_beat=ov.lanes // passes, compact=compact)
 
     text = rtlil.convert(engine(), name="top", platform=ULX3S_85F_Platform())
     dut = engine()
@@ -280,7 +281,8 @@ def test_verilator_matches_golden_with_ecp5_dsp_registers(depth, passes, monkeyp
     want = dense_beats(expected_groups(ov, groups), dut.lanes_per_beat)
     cycles = {}
     for plat in (ULX3S_85F_Platform(), None):
-        name = f"overlay_engine_dsp{'_generic' * (plat is None)}_{depth}_{passes}"
+        name = (f"overlay_engine_dsp{'_generic' * (plat is None)}_{depth}_{passes}"
+                f"{'_compact' * compact}")
         for stall in (0.3, 0.0):
             dut = engine()
             res = run_streams(dut, name, [("i", dut.in_layout, beats)],

@@ -214,8 +214,8 @@ def onnxruntime_throughput(model, input_shape: tuple[int, ...], *,
 
 def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: bool,
                 outdir: Path, progress: Callable[[str], None],
-                engine_budget: int | None = None,
-                pnr_minutes: float | None = None) -> tuple[dict, list, object]:
+                engine_budget: int | None = None, pnr_minutes: float | None = None,
+                pnr_deadline: float | None = None) -> tuple[dict, list, object]:
     from cosparse.sim import golden
     from cosparse.sim.netsim import simulate_network
 
@@ -290,13 +290,13 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
     if row["fits"] and pnr:
         job = partial(_place_and_route, row, net, sample,
                       {"folding": folding.to_dict()["layers"]}, board, outdir, progress,
-                      pnr_minutes)
+                      pnr_minutes, pnr_deadline)
     return row, stage_rows, job
 
 
 def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dict, board,
                      outdir: Path, progress: Callable[[str], None],
-                     pnr_minutes: float | None) -> None:
+                     pnr_minutes: float | None, pnr_deadline: float | None = None) -> None:
     """Compile ``net`` for the board with the bench's folds; yosys + nextpnr; fill ``row``."""
     from .bitstream import PlaceRouteTimeout, build_bitstream
     from .build import compile_network
@@ -312,7 +312,7 @@ def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dic
         compile_network(net, sample, board=board.name, outdir=build, mode=mode, config=config,
                         progress=lambda s: progress(f"{mode}: {s}"))
         rep = build_bitstream(build, progress=lambda s: progress(f"{mode}: {s}"),
-                              pnr_minutes=pnr_minutes)
+                              pnr_minutes=pnr_minutes, pnr_deadline=pnr_deadline)
         row["place_and_route"] = "built"
     except PlaceRouteTimeout as e:  # the figures nextpnr had reached
         f = e.figures
@@ -443,9 +443,14 @@ def _plot(res: dict, stages: dict[str, list], path: Path) -> None:
 
 def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f",
               count: int = 32, seed: int = 0, reduced: bool = False,
-              pnr_modes=("sparse-weights", "sparse-sparse"), pnr_minutes: float | None = 20,
-              progress: Callable[[str], None] = print) -> dict:
-    """Run the benchmark (see the module doc); returns what ``bench.json`` holds."""
+              pnr_modes=("sparse-weights", "sparse-sparse"), pnr_minutes: float | None = None,
+              minutes: float | None = 29, progress: Callable[[str], None] = print) -> dict:
+    """Run the benchmark (see the module doc); returns what ``bench.json`` holds.
+
+    ``pnr_minutes`` caps each nextpnr run; ``minutes`` the whole bench: every
+    nextpnr still running then is stopped (its figures so far are reported),
+    so the bench ends within about that time once its simulations are done.
+    """
     from . import zoo
     from .build import resolve_board
 
@@ -465,6 +470,8 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    # (monotonic, as the build steps' own clocks; 20 s left to write the results)
+    deadline = None if minutes is None else time.monotonic() + minutes * 60 - 20
     # ONNX Runtime first, on an otherwise idle machine (it uses every core).
     net = zoo.gsc_cs(seed=seed, mode="sparse-sparse", reduced=reduced)
     progress("ONNX Runtime on the float model ...")
@@ -484,7 +491,8 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
                       if mode == "dense" and "sparse-sparse" in rows else None)
             row, st, job = _bench_mode(mode, board=b, count=count, seed=seed, reduced=reduced,
                                        pnr=mode in pnr_modes, outdir=out, progress=progress,
-                                       engine_budget=budget, pnr_minutes=pnr_minutes)
+                                       engine_budget=budget, pnr_minutes=pnr_minutes,
+                                       pnr_deadline=deadline)
             if job is not None:
                 running.append(pool.submit(job))
             row["folded_for"] = ("the board's DSPs" if budget is None

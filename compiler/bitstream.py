@@ -376,13 +376,25 @@ def _utilisation(family: str, report: dict, cells: dict[str, int], board) -> dic
     return res
 
 
+def pnr_limit(minutes: float | None, deadline: float | None) -> float | None:
+    """Seconds a nextpnr run starting now may take: ``minutes``, and no later than
+    ``deadline`` (a ``time.monotonic()`` instant; at least a second, so a run past
+    it still starts and reports nothing placed); None for no limit."""
+    limits = [minutes * 60] if minutes else []
+    if deadline is not None:
+        limits.append(max(deadline - time.monotonic(), 1.0))
+    return min(limits, default=None)
+
+
 def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None] = print,
-                    seed: int = 1, pnr_minutes: float | None = None) -> dict:
+                    seed: int = 1, pnr_minutes: float | None = None,
+                    pnr_deadline: float | None = None) -> dict:
     """Build the bitstream of a compiled folder (see the module doc); returns the report.
 
     ``pnr_minutes`` bounds place and route: a longer nextpnr run is stopped
     and :class:`PlaceRouteTimeout` carries the figures its log had reached
-    (utilisation, the Fmax estimated after placement).
+    (utilisation, the Fmax estimated after placement). ``pnr_deadline``
+    (a ``time.monotonic()`` instant) stops it then at the latest.
     """
     from cosparse.boards.catalog import get_board
     from cosparse.boards.runtime import LinkLayout
@@ -445,7 +457,7 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     for cmd in cmds:
         var = cmd[2:cmd.index("}") if "}" in cmd else cmd.index('"', 2)].strip("{")
         label, log = labels.get(var, (var.lower(), f"{var.lower()}.out"))
-        limit = pnr_minutes * 60 if pnr_minutes and var.startswith("NEXTPNR") else None
+        limit = pnr_limit(pnr_minutes, pnr_deadline) if var.startswith("NEXTPNR") else None
         try:
             times[label.split()[0]] = round(_run_step(label, cmd, build, env, build / log,
                                                       progress, limit=limit), 1)

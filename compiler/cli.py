@@ -220,10 +220,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     modes = MODES if args.mode == "all" else tuple(args.mode.split(","))
     pnr = () if args.no_pnr else tuple(
         m for m in args.pnr_modes.split(",") if m in modes and (m != "dense" or args.dense_pnr))
-    if args.pnr_minutes <= 0:
-        raise CosparseError(f"--pnr-minutes must be positive, got {args.pnr_minutes:g}")
+    for flag, v in (("--pnr-minutes", args.pnr_minutes), ("--minutes", args.minutes)):
+        if v is not None and v <= 0:
+            raise CosparseError(f"{flag} must be positive, got {v:g}")
     run_bench(args.outdir, modes=modes, board=args.board, count=args.count, seed=args.seed,
-              reduced=args.reduced, pnr_modes=pnr, pnr_minutes=args.pnr_minutes)
+              reduced=args.reduced, pnr_modes=pnr, pnr_minutes=args.pnr_minutes,
+              minutes=args.minutes)
     return 0
 
 
@@ -278,9 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated modes to place and route (default "
                          "sparse-weights,sparse-sparse: the modes that fit; each nextpnr takes "
                          "a core for up to --pnr-minutes)")
-    be.add_argument("--pnr-minutes", type=float, default=20,
+    be.add_argument("--pnr-minutes", type=float, default=None,
                     help="stop each nextpnr run after this long and report what it reached "
-                         "(utilisation, Fmax estimated after placement; default 20)")
+                         "(utilisation, Fmax estimated after placement; default: no cap "
+                         "but --minutes)")
+    be.add_argument("--minutes", type=float, default=29,
+                    help="stop every nextpnr still running this long after the bench "
+                         "started, so the bench ends within about this time (default 29: "
+                         "Fmax estimated after placement; a routed Fmax of gsc-cs takes "
+                         "about 60-90 with YoWASP's nextpnr)")
     be.add_argument("--dense-pnr", action="store_true",
                     help="also place and route the dense build when it fits the part")
     be.set_defaults(func=_cmd_bench)

@@ -77,3 +77,5 @@ def test_bench_refuses_bad_arguments(tmp_path, capsys):
     assert "unknown mode 'sparse'" in capsys.readouterr().err
     assert main(["bench", "-o", str(tmp_path), "-n", "1", "--no-pnr"]) == 2
     assert "--count must be at least 2" in capsys.readouterr().err
+    assert main(["bench", "-o", str(tmp_path), "--minutes", "0", "--no-pnr"]) == 2
+    assert "--minutes must be positive, got 0" in capsys.readouterr().err

@@ -182,3 +182,16 @@ def test_ecp5_bitstream(tmp_path):
     assert rep["fmax_mhz"] >= 50 and rep["timing_met"]
     assert f"--router {ECP5_ROUTER}" in (out / "build" / f"build_{TOP_NAME}.sh").read_text()
     assert (out / f"{TOP_NAME}.bit").stat().st_size > 100_000
+
+
+def test_place_and_route_limit_is_the_earlier_of_cap_and_deadline():
+    import time
+
+    from cosparse.compiler.bitstream import pnr_limit
+
+    assert pnr_limit(None, None) is None
+    assert pnr_limit(20, None) == 1200
+    now = time.monotonic()
+    assert 590 <= pnr_limit(20, now + 600) <= 600  # the bench's deadline comes first
+    assert pnr_limit(5, now + 600) == 300
+    assert pnr_limit(None, now - 50) == 1.0  # past the deadline: stopped at once

@@ -334,8 +334,12 @@ def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dic
         row.update({k: rep.get(k) for k in ("fmax_mhz", "luts", "ffs", "dsps", "brams",
                                              "timing_met")})
         row["fmax_source"] = "nextpnr, routed"
-    elif "luts" not in row or row["luts"] is None:
-        row["fits"] = False
+    else:  # a resource over the part's, in what nextpnr printed before it stopped
+        need = row.get("pnr_needs") or {}
+        if any(need.get(k, 0) > need.get(f"{k}_available", 1 << 30)
+               for k in ("luts", "ffs", "dsps", "brams")):
+            row["fits"] = False
+        # (a run stopped at the time limit before placement keeps the estimate's verdict)
     if row.get("fmax_mhz"):
         row["inferences_per_s"] = round(row["fmax_mhz"] * 1e6 / row["interval_cycles"])
 

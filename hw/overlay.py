@@ -50,8 +50,8 @@ Structure
   feeds the DSP block's input register A as a stage of its own (D), the
   value a cycle later to match: no block mixes a registered and an
   unregistered input, which nextpnr would time as all-combinational. The
-  product is then C2's (three passes or more), or stage C comes a cycle
-  later: one more cycle of latency.
+  product is then C2's (where there is a C2, below), or stage C comes a
+  cycle later: one more cycle of latency.
 * Weight memories deeper than ``WEIGHT_BANK_WORDS`` are banks, each bank's
   read data registered before the bank multiplexer (stage W2).
 * With three passes or more (not ``compact``), the accumulator banks' read data is registered
@@ -79,7 +79,7 @@ group's last input beat to its first output beat: ``9 + b * L / P`` cycles
 (``compact``: ``6 + b * L / P``), one more with banked weights (W2), one
 more with three passes or more on bank memories (C2; not ``compact``) and,
 on ECP5, one more with a weight memory deeper than
-``DSP_DIRECT_WEIGHT_WORDS`` and fewer than three passes (D).
+``DSP_DIRECT_WEIGHT_WORDS`` and no C2 (D).
 """
 
 from __future__ import annotations

@@ -125,3 +125,12 @@ def test_fold_stops_where_block_ram_runs_out():
     # a budget the unconstrained fold fits gives that fold
     same = choose_folding(net, x, max_multipliers=156, max_block_rams=need)
     assert same.to_dict() == free.to_dict()
+
+
+def test_least_parallelism_over_the_block_ram_is_refused():
+    from cosparse.compiler.fold import FoldingError
+
+    net, x = _net("sparse-weights")
+    least = block_rams(net, choose_folding(net, x, max_multipliers=4))
+    with pytest.raises(FoldingError, match=f"need about {least} block RAMs at the least"):
+        choose_folding(net, x, max_multipliers=156, max_block_rams=least - 1)

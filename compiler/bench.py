@@ -483,22 +483,32 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
     rows, stages, running = {}, {}, []
     # A mode's place and route starts as soon as its simulation is done and runs
     # beside the next simulations (one nextpnr per core).
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    # Three workers: the simulation of a mode that is not placed (dense: 160k cycles an
+    # inference, the bench's long pole) and the two place-and-route runs.
+    with ThreadPoolExecutor(max_workers=3) as pool:
         # Sparse-sparse first: the dense build is folded for the same engine multipliers
         # (it would not fit the part anyway), so their cycles compare at equal multipliers.
-        # Then the other modes that are placed and routed, so their nextpnr starts early
-        # and runs beside the longest simulation (dense: 160k cycles an inference).
-        for mode in sorted(modes, key=lambda m: (m != "sparse-sparse", m not in pnr_modes)):
+        # Then the modes that are not placed, whose simulations start at once in the pool,
+        # then the placed ones, whose nextpnr starts as soon as each simulation is done.
+        pending = {}
+        for mode in sorted(modes, key=lambda m: (m != "sparse-sparse", m in pnr_modes)):
             budget = (rows["sparse-sparse"]["multipliers"]
                       if mode == "dense" and "sparse-sparse" in rows else None)
-            row, st, job = _bench_mode(mode, board=b, count=count, seed=seed, reduced=reduced,
-                                       pnr=mode in pnr_modes, outdir=out, progress=progress,
-                                       engine_budget=budget, pnr_minutes=pnr_minutes,
-                                       pnr_deadline=deadline)
-            if job is not None:
-                running.append(pool.submit(job))
+            run = partial(_bench_mode, mode, board=b, count=count, seed=seed, reduced=reduced,
+                          pnr=mode in pnr_modes, outdir=out, progress=progress,
+                          engine_budget=budget, pnr_minutes=pnr_minutes, pnr_deadline=deadline)
+            if mode == "sparse-sparse" or mode in pnr_modes:
+                row, st, job = run()
+                if job is not None:
+                    running.append(pool.submit(job))
+                rows[mode] = row  # (dense's budget is sparse-sparse's multipliers)
+                pending[mode] = (budget, (row, st))
+            else:
+                pending[mode] = (budget, pool.submit(run))
+        for mode, (budget, got) in pending.items():
+            row, st = got.result()[:2] if isinstance(got, Future) else got
             row["folded_for"] = ("the board's DSPs" if budget is None
                                  else f"{budget} engine multipliers (as sparse-sparse)")
             rows[mode] = row

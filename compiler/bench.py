@@ -334,12 +334,9 @@ def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dic
         row.update({k: rep.get(k) for k in ("fmax_mhz", "luts", "ffs", "dsps", "brams",
                                              "timing_met")})
         row["fmax_source"] = "nextpnr, routed"
-    else:  # a resource over the part's, in what nextpnr printed before it stopped
-        need = row.get("pnr_needs") or {}
-        if any(need.get(k, 0) > need.get(f"{k}_available", 1 << 30)
-               for k in ("luts", "ffs", "dsps", "brams")):
-            row["fits"] = False
+    elif _over_part(row.get("pnr_needs") or {}):  # in what nextpnr printed before it stopped
         # (a run stopped at the time limit before placement keeps the estimate's verdict)
+        row["fits"] = False
     if row.get("fmax_mhz"):
         row["inferences_per_s"] = round(row["fmax_mhz"] * 1e6 / row["interval_cycles"])
 
@@ -353,13 +350,22 @@ def _mark(m: dict) -> str:
     return "*" if (m.get("fmax_source") or "").startswith("nextpnr's estimate") else ""
 
 
+def _over_part(need: dict) -> list[str]:
+    """The resources of a nextpnr log's figures that exceed the part's."""
+    return [k for k in ("luts", "ffs", "dsps", "brams")
+            if need.get(k, 0) > need.get(f"{k}_available", 1 << 30)]
+
+
 def _fits(m: dict) -> str:
     """The table's ``fits`` cell: what a mode that does not fit needs."""
     if m["fits"]:
         return "yes"
     need = m.get("pnr_needs") or {}
-    if need.get("brams", 0) > need.get("brams_available", 1 << 30):
-        return f"no ({need['brams']} of {need['brams_available']} block RAMs)"
+    names = {"luts": "LUTs", "ffs": "FFs", "dsps": "DSP blocks", "brams": "block RAMs"}
+    over = _over_part(need)
+    if over:
+        return "no (" + ", ".join(f"{need[k]:,} of {need[k + '_available']:,} {names[k]}"
+                                  for k in over) + ")"
     if m.get("brams_estimated"):
         return f"no (about {m['brams_estimated']:,} block RAMs)"
     return "no"

@@ -121,8 +121,7 @@ def _ecp5_blocks(depth: int, width: int, reads: int, writes: int) -> int:
     if depth <= LUTRAM_MAX_DEPTH or depth * width < LUTRAM_MAX_BITS or reads == 0:
         return 0
     copies = reads if writes else -(-reads // 2)
-    shapes = _DP16KD_SHAPES + (((36, 512),) if copies == reads and reads * max(writes, 1) == 1
-                               else ())
+    shapes = _DP16KD_SHAPES + (((36, 512),) if reads == 1 and writes <= 1 else ())
     per_copy = min(-(-width // w) * -(-depth // d) for w, d in shapes)
     return copies * per_copy
 

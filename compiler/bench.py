@@ -221,7 +221,7 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
 
     from . import zoo
     from .build import weight_memory_bits
-    from .fold import block_rams, board_block_rams, choose_folding, multipliers
+    from .fold import FoldingError, block_rams, board_block_rams, choose_folding, multipliers
     from .order import to_drain_order
     from .perf import stage_cycles
 
@@ -231,8 +231,14 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
     sample = x[:8]
     bram_budget = board_block_rams(board)
     if engine_budget is None:
-        folding = choose_folding(net, sample, max_multipliers=board.multipliers,
-                                 max_block_rams=bram_budget)
+        try:
+            folding = choose_folding(net, sample, max_multipliers=board.multipliers,
+                                     max_block_rams=bram_budget)
+        except FoldingError:
+            # Not even the least parallelism's memories fit the part (dense, benched
+            # alone): fold for its multipliers; the row says what the mode needs, and
+            # its cycles still come from simulation.
+            folding = choose_folding(net, sample, max_multipliers=board.multipliers)
     else:  # the same engine multipliers as another mode, for the cycles comparison
         folding = choose_folding(net, sample, max_multipliers=engine_budget, engines_only=True)
     mults = multipliers(net, folding)

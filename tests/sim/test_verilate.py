@@ -1,7 +1,7 @@
 """The Verilator build cache: shared by processes, keyed by what the model links."""
 
-from concurrent.futures import ProcessPoolExecutor
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 

@@ -4,7 +4,7 @@ The protocol is :mod:`cosparse.hw.hostlink`'s; the layout of the frames (input
 beats, output beats, load targets) comes from ``link.json`` in the compiled
 folder, written by ``cosparse compile``. A port is anything pyserial's
 ``serial_for_url`` opens: ``/dev/ttyUSB1`` for a board, ``socket://host:port``
-for the simulated board top of ``cosparse.sim.serial_bridge``.
+for the simulated board top of ``cosparse.boards.serial_bridge``.
 
 Typical use::
 

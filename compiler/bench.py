@@ -74,12 +74,12 @@ def mac_counts(net: ir.Network, x: np.ndarray) -> dict[str, dict[str, float]]:
         acts.append(golden.run_layer(layer, acts[-1]))
     out = {}
     for layer, inp in zip(net.layers, acts):
-        if not isinstance(layer, ir._OverlayLayer):
+        if not isinstance(layer, ir.OverlayLayer):
             continue
         ov = layer.overlays
         nnz_row = (unpack(ov) != 0).sum(axis=0)  # non-zero weights per fan-in index
         if isinstance(layer, ir.OverlayConv):
-            cols = golden._im2col(inp, layer)
+            cols = golden.im2col(inp, layer)
             positions = cols.shape[1] * cols.shape[2]
             active = (cols != 0).reshape(len(inp), -1, ov.fan_in)
         else:
@@ -244,7 +244,7 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
     mults = multipliers(net, folding)
     stages = stage_cycles(net, folding, x)
     weight_kbit = sum(weight_memory_bits(layer) for layer in net.layers
-                      if isinstance(layer, ir._OverlayLayer)) / 1024
+                      if isinstance(layer, ir.OverlayLayer)) / 1024
     brams = block_rams(net, folding, board.family)  # the core's, estimated (ECP5)
     macs = useful_macs(net, x, mode)
     worst = max(stages, key=lambda s: s.mean)
@@ -304,7 +304,7 @@ def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dic
                      outdir: Path, progress: Callable[[str], None],
                      pnr_minutes: float | None, pnr_deadline: float | None = None) -> None:
     """Compile ``net`` for the board with the bench's folds; yosys + nextpnr; fill ``row``."""
-    from .bitstream import PlaceRouteTimeout, build_bitstream
+    from cosparse.boards.bitstream import PlaceRouteTimeout, build_bitstream
     from .build import compile_network
 
     mode = row["mode"]
@@ -331,7 +331,7 @@ def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dic
         rep = _report_of_failed_build(build)
         row["place_and_route"] = f"failed: {e}"
         if rep is None:  # nextpnr stopped (a resource over the part): what it needed
-            from .bitstream import TOP_NAME, nextpnr_log_figures
+            from cosparse.boards.bitstream import TOP_NAME, nextpnr_log_figures
 
             log = build / "build" / f"{TOP_NAME}.tim"
             row["pnr_needs"] = nextpnr_log_figures(log, board.family)

@@ -84,7 +84,7 @@ def network_output(net: ir.Network, y: np.ndarray) -> np.ndarray:
     return dequantize(restore_output_order(net, y), net.output.scale)
 
 
-def weight_memory_bits(layer: ir._OverlayLayer) -> int:
+def weight_memory_bits(layer: ir.OverlayLayer) -> int:
     """Bits of an overlay layer's weight memory: an int8 weight and a kernel id per slot."""
     ov = layer.overlays
     return int(ov.words * ov.lanes * (8 + max(1, (ov.kernels_per_overlay - 1).bit_length())))
@@ -106,7 +106,7 @@ def layer_table(net: ir.Network, folding, sample: np.ndarray) -> list[dict]:
         cyc = max((s.mean for s in stages if s.layer == layer.name), default=0.0)
         row = {"layer": layer.name, "kind": layer.kind, "in": list(specs[i].shape),
                "out": list(specs[i + 1].shape), "cycles": cyc}
-        if isinstance(layer, ir._OverlayLayer):
+        if isinstance(layer, ir.OverlayLayer):
             ov = layer.overlays
             m, fan_in = ov.num_kernels, ov.fan_in
             positions = int(np.prod(specs[i + 1].shape[:-1])) if len(specs[i + 1].shape) == 3 else 1

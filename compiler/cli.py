@@ -116,14 +116,14 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         if board.family == "sim":
             raise CosparseError("--bitstream needs a real board (--board B, see cosparse "
                                 "boards); 'sim' is the core alone in Verilator")
-        from .bitstream import tool_env
+        from cosparse.boards.bitstream import tool_env
         tool_env()  # the tools are there before any work is done
     cal = None if args.calibration is None else _load_npy(args.calibration, "calibration")
     compile_model(args.model, board=args.board, outdir=args.outdir, calibration=cal,
                   mode=args.mode, config=args.config, baud=args.baud, clock_mhz=args.clock,
                   progress=lambda s: print(f"compile: {s}", flush=True))
     if args.bitstream:
-        from .bitstream import build_bitstream
+        from cosparse.boards.bitstream import build_bitstream
         build_bitstream(args.outdir, progress=lambda s: print(f"bitstream: {s}", flush=True))
     return 0
 
@@ -174,7 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_patch(args: argparse.Namespace) -> int:
-    from .patch import patch_model
+    from cosparse.boards.patch import patch_model
 
     cal = None if args.calibration is None else _load_npy(args.calibration, "calibration")
     patch_model(args.outdir, args.model, calibration=cal,
@@ -183,7 +183,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from cosparse.sim.serial_bridge import serve
+    from cosparse.boards.serial_bridge import serve
 
     res = serve(args.outdir, port=args.tcp_port, port_file=args.port_file,
                 build_root=Path(args.outdir) / "sim_build",

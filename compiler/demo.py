@@ -146,7 +146,7 @@ DEMO_CLOCK_MHZ = {"icebreaker": 20.0}
 
 def _bitstream_step(board: str, out: Path, cal) -> bool:
     """Build the digits network's bitstream for ``board`` and print its report."""
-    from .bitstream import build_bitstream
+    from cosparse.boards.bitstream import build_bitstream
     from .build import compile_model
 
     clock = DEMO_CLOCK_MHZ.get(board)

@@ -59,7 +59,7 @@ def multipliers(net: ir.Network, folding: Folding) -> int:
     """Multipliers of the overlay engines: ``sum R * P``."""
     total = 0
     for layer in net.layers:
-        if isinstance(layer, ir._OverlayLayer):
+        if isinstance(layer, ir.OverlayLayer):
             f = folding.of(layer.name)
             total += f.entries * (f.lanes_per_beat or layer.overlays.lanes)
     return total
@@ -199,7 +199,7 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         parallelism's memories exceed ``max_block_rams``.
     """
     overrides = dict(overrides or {})
-    overlay = [layer for layer in net.layers if isinstance(layer, ir._OverlayLayer)]
+    overlay = [layer for layer in net.layers if isinstance(layer, ir.OverlayLayer)]
     folds = {}
     for layer in overlay:
         folds[layer.name] = overrides.get(layer.name, LayerFold(1, 1))
@@ -314,7 +314,7 @@ def _narrowed(net: ir.Network, folding: Folding, sample: np.ndarray,
     lanes = {}
     last = None
     for i, layer in enumerate(net.layers):
-        if isinstance(layer, ir._OverlayLayer):
+        if isinstance(layer, ir.OverlayLayer):
             last = layer.name
             f = full.layers[layer.name]
             p = lanes[layer.name] = f.lanes_per_beat or layer.overlays.lanes

@@ -280,7 +280,9 @@ def _need_map(where: str, inp: TensorSpec) -> tuple[int, int, int]:
 
 
 @dataclass(eq=False)
-class _OverlayLayer(Layer):
+class OverlayLayer(Layer):
+    """Base of the layers that multiply by overlays: a linear or a conv layer."""
+
     overlays: Overlays = None  # type: ignore[assignment]
     bias: np.ndarray = None  # type: ignore[assignment]
     #: Requantization to int8; ``None`` keeps the int32 accumulators (logits).
@@ -322,7 +324,7 @@ class _OverlayLayer(Layer):
 
 
 @dataclass(eq=False)
-class OverlayLinear(_OverlayLayer):
+class OverlayLinear(OverlayLayer):
     """Complementary-sparse matrix-vector product: ``y = W x + bias`` then requant.
 
     Each output neuron's fan-in row is a kernel; input ``(N,)`` int8, output
@@ -340,7 +342,7 @@ class OverlayLinear(_OverlayLayer):
 
 
 @dataclass(eq=False)
-class OverlayConv(_OverlayLayer):
+class OverlayConv(OverlayLayer):
     """Complementary-sparse 2-D convolution over an (H, W, C) int8 map.
 
     Kernels are the output filters, each flattened ``(ky, kx, c)``;
@@ -387,7 +389,9 @@ class MaxPool(Layer):
 
 
 @dataclass(eq=False)
-class _KWTA(Layer):
+class KWTALayer(Layer):
+    """Base of the k-winners-take-all layers: local (per position) and global."""
+
     k: int = 1
     #: Integer boost per channel (local) or per unit/channel (global), or None.
     boost: np.ndarray | None = None
@@ -411,7 +415,7 @@ class _KWTA(Layer):
 
 
 @dataclass(eq=False)
-class LocalKWTA(_KWTA):
+class LocalKWTA(KWTALayer):
     """k-winners-take-all over the C channels at each (h, w) position."""
 
     kind: ClassVar[str] = "local_kwta"
@@ -424,7 +428,7 @@ class LocalKWTA(_KWTA):
 
 
 @dataclass(eq=False)
-class GlobalKWTA(_KWTA):
+class GlobalKWTA(KWTALayer):
     """k-winners-take-all over a whole vector or a whole (H, W, C) map.
 
     ``boost`` has one entry per unit for a vector and one per channel for a
@@ -557,7 +561,7 @@ def _vec(v: np.ndarray | None) -> list[int] | None:
 
 def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
     d: dict[str, Any] = {"kind": layer.kind, "name": layer.name}
-    if isinstance(layer, _OverlayLayer):
+    if isinstance(layer, OverlayLayer):
         ov = layer.overlays
         for f in _ARRAY_FIELDS:
             tensors[f"{layer.name}/{f}"] = getattr(ov, f)
@@ -578,7 +582,7 @@ def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
         d.update(kernel=list(layer.kernel), stride=list(layer.stride), padding=list(layer.padding))
     if isinstance(layer, MaxPool):
         d.update(kernel=list(layer.kernel), stride=list(layer.stride))
-    if isinstance(layer, _KWTA):
+    if isinstance(layer, KWTALayer):
         d.update(k=layer.k, boost=_vec(layer.boost), tie_rule="lower-index")
     return d
 

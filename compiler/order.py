@@ -59,7 +59,7 @@ def to_drain_order(net: ir.Network) -> ir.Network:
     perm: np.ndarray | None = None  # new channel n of the current tensor = old perm[n]
     for i, layer in enumerate(net.layers):
         inp = specs[i]
-        if isinstance(layer, ir._OverlayLayer):
+        if isinstance(layer, ir.OverlayLayer):
             if perm is not None and not np.array_equal(perm, np.arange(len(perm))):
                 layer.overlays = permute_rows(layer.overlays, _row_perm(layer, inp, perm))
             layer.overlays, p = drain_order(layer.overlays)

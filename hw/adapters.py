@@ -25,7 +25,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from ._util import bits, check_int, onehot, popcount, skid_output
+from .util import bits, check_int, onehot, popcount, skid_output
 from .streams import dense_layout, sparse_layout
 
 __all__ = ["ZeroSkip", "Densify", "Narrow", "StreamFIFO"]

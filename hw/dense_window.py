@@ -32,7 +32,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ._util import check_int, const_mul, skid_output
+from .util import check_int, const_mul, skid_output
 from .streams import dense_layout
 
 __all__ = ["DenseWindow"]

@@ -48,7 +48,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ._util import check_int
+from .util import check_int
 from .streams import dense_layout
 
 __all__ = ["HostLink", "LoadPort", "SYNC_REQUEST", "SYNC_RESPONSE", "COMMANDS", "ERRORS",
@@ -114,7 +114,7 @@ class LoadPort:
         self.data = Signal(self.width, name=f"{self.name}_load_data")
         self.en = Signal(name=f"{self.name}_load_en")
         #: Set for a bitstream whose block RAM contents are patched later (see
-        #: :mod:`cosparse.compiler.patch`): the memory is built with seeded random
+        #: :mod:`cosparse.boards.patch`): the memory is built with seeded random
         #: contents over whole block RAMs (:data:`PATCH_BLOCK` words), so every bit
         #: column is a unique pattern the patcher can find.
         self.patch_seed: int | None = None

@@ -33,7 +33,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from ._util import bits, check_int, onehot, popcount
+from .util import bits, check_int, onehot, popcount
 from .streams import dense_layout, sparse_layout
 
 __all__ = ["LocalKWTA", "GlobalKWTA", "MAX_BOOST", "key_bits"]

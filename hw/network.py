@@ -162,7 +162,7 @@ def spram_weight_layers(net: ir.Network, folding: "Folding", spram_bits: int) ->
     """
     out = {}
     for layer in net.layers:
-        if not isinstance(layer, ir._OverlayLayer):
+        if not isinstance(layer, ir.OverlayLayer):
             continue
         ov, f = layer.overlays, folding.of(layer.name)
         p = f.lanes_per_beat or ov.lanes

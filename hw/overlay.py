@@ -43,7 +43,7 @@ Structure
   on, so each copy chain ends at ``LANES_PER_COPY`` multipliers.
 * Elaborated for an ECP5 platform, each product is one ``MULT18X18D`` whose
   own input and output registers are stage B's operand registers and the
-  product register (:func:`~cosparse.hw._util.registered_product`): the
+  product register (:func:`~cosparse.hw.util.registered_product`): the
   same cycles, with the routes into and out of the DSP block register to
   register. Weight memories deeper than ``DSP_DIRECT_WEIGHT_WORDS`` keep
   their fabric register behind the block RAMs' output multiplexer, and it
@@ -94,7 +94,7 @@ from amaranth.utils import exact_log2
 
 from cosparse.compiler.ir import Overlays
 
-from ._util import bits, const_mul, is_ecp5, registered_product, replicate
+from .util import bits, const_mul, is_ecp5, registered_product, replicate
 from .hostlink import LoadPort
 from .streams import dense_layout, sparse_layout
 
@@ -161,7 +161,7 @@ DSP_DIRECT_WEIGHT_WORDS = 512
 WEIGHT_BANK_WORDS = 2048
 
 #: Lanes served by one copy of each register that all lanes read (see
-#: :func:`~cosparse.hw._util.replicate`).
+#: :func:`~cosparse.hw.util.replicate`).
 LANES_PER_COPY = 4
 
 

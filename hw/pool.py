@@ -15,7 +15,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .adapters import Densify, ZeroSkip
-from ._util import bits, check_int, skid_output
+from .util import bits, check_int, skid_output
 from .streams import dense_layout, sparse_layout
 
 __all__ = ["MaxPool", "SparseMaxPool"]

@@ -25,7 +25,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ._util import check_int, lut_mul, registered_product, skid_output
+from .util import check_int, lut_mul, registered_product, skid_output
 from .hostlink import LoadPort
 from .streams import dense_layout
 

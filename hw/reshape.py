@@ -12,7 +12,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ._util import bits, check_int, skid_output
+from .util import bits, check_int, skid_output
 from .streams import dense_layout, sparse_layout
 
 __all__ = ["SparseFlatten", "DenseFlatten"]

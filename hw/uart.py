@@ -15,7 +15,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
-from ._util import check_int
+from .util import check_int
 
 __all__ = ["UARTRx", "UARTTx", "MIN_DIVISOR"]
 

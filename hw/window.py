@@ -40,7 +40,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ._util import bits, const_mul
+from .util import bits, const_mul
 from .streams import sparse_layout
 
 __all__ = ["SparseWindow"]

@@ -28,7 +28,7 @@ from amaranth.back import rtlil
 
 from cosparse.compiler import zoo
 from cosparse.compiler.packer import pack
-from cosparse.hw._util import KEEP_REPLICAS
+from cosparse.hw.util import KEEP_REPLICAS
 
 ECP5 = {"luts": ["LUT4"], "ffs": ["TRELLIS_FF"], "dsps": ["MULT18X18D", "ALU54B"],
         "brams": ["DP16KD", "PDPW16KD"], "lutram": ["TRELLIS_DPR16X4"], "carry": ["CCU2C"]}

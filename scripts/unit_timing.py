@@ -36,7 +36,7 @@ import numpy as np
 from amaranth.back import rtlil
 from amaranth.hdl import Cat, Elaboratable, Module, Shape, Signal, signed
 
-from cosparse.hw._util import KEEP_REPLICAS
+from cosparse.hw.util import KEEP_REPLICAS
 
 
 class Harness(Elaboratable):

@@ -69,7 +69,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from cosparse.compiler.errors import CosparseError
 from cosparse.compiler.ir import (Densify, Flatten, GlobalKWTA, Layer, LocalKWTA, MaxPool,
                                   Network, OverlayConv, Overlays, Requant,
-                                  ZeroSkip, _OverlayLayer)
+                                  ZeroSkip, OverlayLayer)
 
 __all__ = ["GoldenError", "run", "run_layer", "requantize", "kwta_mask",
            "overlay_accumulate", "overlay_matmul", "Trace"]
@@ -162,7 +162,7 @@ def requantize(acc: np.ndarray, rq: Requant, bias: np.ndarray | None = None) -> 
     return y.astype(np.int8)
 
 
-def _im2col(x: np.ndarray, layer: OverlayConv) -> np.ndarray:
+def im2col(x: np.ndarray, layer: OverlayConv) -> np.ndarray:
     """``[B, Ho, Wo, kh*kw*C]`` receptive fields in (ky, kx, c) order."""
     kh, kw = layer.kernel
     sh, sw = layer.stride
@@ -209,16 +209,16 @@ def kwta_mask(x: np.ndarray, k: int, boost: np.ndarray | None) -> np.ndarray:
 # Layers
 
 
-def _accumulate(layer: _OverlayLayer, x: np.ndarray) -> np.ndarray:
+def _accumulate(layer: OverlayLayer, x: np.ndarray) -> np.ndarray:
     """Bias-free accumulators of an overlay layer, exact integers in float."""
     if isinstance(layer, OverlayConv):
-        cols = _im2col(x, layer)
+        cols = im2col(x, layer)
         b, ho, wo, f = cols.shape
         return overlay_matmul(layer.overlays, cols.reshape(-1, f)).reshape(b, ho, wo, -1)
     return overlay_matmul(layer.overlays, x)
 
 
-def _finish(layer: _OverlayLayer, acc: np.ndarray) -> np.ndarray:
+def _finish(layer: OverlayLayer, acc: np.ndarray) -> np.ndarray:
     if layer.requant is None:
         return np.rint(acc + layer.bias).astype(np.int32)
     return requantize(acc, layer.requant, layer.bias)
@@ -226,7 +226,7 @@ def _finish(layer: _OverlayLayer, acc: np.ndarray) -> np.ndarray:
 
 def run_layer(layer: Layer, x: np.ndarray) -> np.ndarray:
     """Apply one layer to a batch ``x[B, *input shape]`` of integers."""
-    if isinstance(layer, _OverlayLayer):
+    if isinstance(layer, OverlayLayer):
         return _finish(layer, _accumulate(layer, x))
     if isinstance(layer, MaxPool):
         return _max_pool(x, layer.kernel, layer.stride)
@@ -315,7 +315,7 @@ def run(net: Network, x: np.ndarray, *, chunk: int = 32, trace: bool = False):
         return [_run_fused(net.layers, y)]
 
     for layer in net.layers:  # build the route matrices once, before the threads
-        if isinstance(layer, _OverlayLayer):
+        if isinstance(layer, OverlayLayer):
             _route(layer.overlays)
     starts = range(0, max(x.shape[0], 1), chunk)
     # numpy releases the GIL in its array loops: chunks run on all cores.

@@ -1,7 +1,7 @@
 """Simulation models of the vendor primitives that board builds instantiate.
 
 Verilator sees the same Verilog as a board build when a unit is elaborated
-for a board's platform (see :func:`cosparse.hw._util.registered_product`);
+for a board's platform (see :func:`cosparse.hw.util.registered_product`);
 these models stand in for the primitives there. Each models only the modes
 the hardware library uses and stops the simulation on any other, so a test
 cannot pass on a mode the model gets wrong.
@@ -9,7 +9,7 @@ cannot pass on a mode the model gets wrong.
 
 from __future__ import annotations
 
-from cosparse.hw._util import is_ecp5
+from cosparse.hw.util import is_ecp5
 
 __all__ = ["MULT18X18D_MODEL", "models_for"]
 

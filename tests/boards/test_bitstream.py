@@ -13,7 +13,7 @@ import pytest
 
 from cosparse.boards.top import LinkTop
 from cosparse.compiler import ir
-from cosparse.compiler.bitstream import (ECP5_ROUTER, TOP_NAME, ice40_bram_map, read_back_ice40,
+from cosparse.boards.bitstream import (ECP5_ROUTER, TOP_NAME, ice40_bram_map, read_back_ice40,
                                          tool_env)
 from cosparse.compiler.cli import main
 from cosparse.hw.network import Folding
@@ -106,7 +106,7 @@ def test_place_and_route_time_limit_stops_the_tool_and_keeps_its_figures(tmp_pat
     import os
     import time
 
-    from cosparse.compiler.bitstream import PlaceRouteTimeout, _run_step, nextpnr_log_figures
+    from cosparse.boards.bitstream import PlaceRouteTimeout, _run_step, nextpnr_log_figures
 
     log = tmp_path / "top.tim"
     log.write_text(
@@ -155,7 +155,7 @@ def test_a_netlist_with_two_drivers_is_refused(tmp_path, then_add):
     # yosys's ice40_dsp takes both product registers into an SB_MAC16 and leaves the
     # second behind, undriven; opt_dff ties it to 0 and warns of a driver conflict.
     # The build must stop there rather than ship a board that multiplies by nothing.
-    from cosparse.compiler.bitstream import BitstreamError, check_synthesis_log
+    from cosparse.boards.bitstream import BitstreamError, check_synthesis_log
 
     il = _product_twice_registered(tmp_path, then_add)
     log = tmp_path / "yosys.log"
@@ -187,7 +187,7 @@ def test_ecp5_bitstream(tmp_path):
 def test_place_and_route_limit_is_the_earlier_of_cap_and_deadline():
     import time
 
-    from cosparse.compiler.bitstream import pnr_limit
+    from cosparse.boards.bitstream import pnr_limit
 
     assert pnr_limit(None, None) is None
     assert pnr_limit(20, None) == 1200

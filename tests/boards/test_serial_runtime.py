@@ -15,7 +15,7 @@ import numpy as np
 
 from cosparse.compiler.build import compile_model
 from cosparse.compiler.cli import main
-from cosparse.sim.serial_bridge import serve
+from cosparse.boards.serial_bridge import serve
 
 from .tiny_model import write_tiny
 

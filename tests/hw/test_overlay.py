@@ -11,7 +11,7 @@ from amaranth.back import rtlil
 
 from cosparse.compiler import zoo
 from cosparse.compiler.packer import pack
-from cosparse.hw._util import KEEP_REPLICAS
+from cosparse.hw.util import KEEP_REPLICAS
 from cosparse.hw.overlay import LANES_PER_COPY, SMALL_BANK_ROWS, OverlayEngine
 from cosparse.hw.streams import dense_beats, sparse_beats
 from cosparse.sim import golden

@@ -105,7 +105,7 @@ def test_window_feeds_the_golden_convolution():
     from cosparse.compiler.packer import pack
     layer = ir.OverlayConv("c", overlays=pack(wts.astype(np.int8), 1), bias=np.zeros(4, np.int32),
                            acc_scale=(1.0,) * 4, kernel=(3, 3), padding=(1, 1, 1, 1))
-    cols = golden._im2col(x[None].astype(np.int8), layer)
+    cols = golden.im2col(x[None].astype(np.int8), layer)
     want = cols.reshape(-1, 9 * c).astype(np.int64) @ wts.T
     assert np.array_equal(np.array(acc), want)
 

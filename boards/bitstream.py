@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..hw._util import KEEP_REPLICAS
-from .errors import CosparseError
+from cosparse.hw.util import KEEP_REPLICAS
+from cosparse.compiler.errors import CosparseError
 
 __all__ = ["BitstreamError", "build_bitstream", "tool_env", "TOP_NAME"]
 
@@ -401,7 +401,7 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     from cosparse.boards.top import BoardTop, platform_for
     from cosparse.hw.network import Folding
 
-    from . import ir
+    from cosparse.compiler import ir
 
     out = Path(outdir)
     net = ir.load(out)

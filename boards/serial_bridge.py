@@ -58,7 +58,7 @@ def serve(outdir: str | Path, *, port: int = 0, port_file: str | Path | None = N
     """
     from cocotb_tools.check_results import get_results
 
-    from .verilate import _build, default_build_root
+    from cosparse.sim.verilate import _build, default_build_root
 
     top = link_top_for(outdir)
     progress("build the simulated board top with Verilator")
@@ -84,7 +84,7 @@ def serve(outdir: str | Path, *, port: int = 0, port_file: str | Path | None = N
         watcher = threading.Thread(target=announce, daemon=True)
         watcher.start()
         try:
-            xml = runner.test(test_module="cosparse.sim.serial_bridge", hdl_toplevel="cosparse_link_top",
+            xml = runner.test(test_module="cosparse.boards.serial_bridge", hdl_toplevel="cosparse_link_top",
                               build_dir=build_dir, test_dir=run, extra_env=env,
                               log_file=Path(run) / "test.log")
         finally:

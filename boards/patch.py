@@ -35,8 +35,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import ir
-from .errors import CosparseError
+from cosparse.compiler import ir
+from cosparse.compiler.errors import CosparseError
 
 __all__ = ["patch_model", "PatchError"]
 
@@ -50,7 +50,7 @@ def _link_verilog(net, folding, link_cfg: dict, seed: int):
 
     from cosparse.boards.top import LinkTop
 
-    from .build import strip_memory_contents
+    from cosparse.compiler.build import strip_memory_contents
 
     top = LinkTop(net, folding, divisor=4, timeout=16, spram_bits=link_cfg.get("spram_bits"),
                   design_id=link_cfg["design_id"], patch_seed=seed)
@@ -65,10 +65,10 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
     """Patch ``model``'s weights into the bitstream of ``outdir`` (see the module doc)."""
     from cosparse.hw.network import Folding
 
-    from .bitstream import TOP_NAME, pack_placed, patch_placed, tool_env
-    from .images import memory_images, write_images
-    from .onnx_frontend import check_supported, import_onnx
-    from .order import to_drain_order
+    from cosparse.boards.bitstream import TOP_NAME, pack_placed, patch_placed, tool_env
+    from cosparse.compiler.images import memory_images, write_images
+    from cosparse.compiler.onnx_frontend import check_supported, import_onnx
+    from cosparse.compiler.order import to_drain_order
 
     t0 = time.monotonic()
     out = Path(outdir)

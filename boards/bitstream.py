@@ -399,7 +399,7 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     from cosparse.boards.catalog import get_board
     from cosparse.boards.runtime import LinkLayout
     from cosparse.boards.top import BoardTop, platform_for
-    from cosparse.hw.network import Folding
+    from cosparse.compiler.folding import Folding
 
     from cosparse.compiler import ir
 

@@ -50,12 +50,11 @@ def _link_verilog(net, folding, link_cfg: dict, seed: int):
 
     from cosparse.boards.top import LinkTop
 
-    from cosparse.compiler.build import strip_memory_contents
+    from cosparse.boards.top import strip_memory_contents
 
     top = LinkTop(net, folding, divisor=4, timeout=16, spram_bits=link_cfg.get("spram_bits"),
                   design_id=link_cfg["design_id"], patch_seed=seed)
     text = strip_memory_contents(verilog.convert(top, name="cosparse_link_top", emit_src=False))
-    top.discard()
     return top, text
 
 
@@ -63,10 +62,11 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
                 calibration: np.ndarray | None = None,
                 progress: Callable[[str], None] = print) -> dict:
     """Patch ``model``'s weights into the bitstream of ``outdir`` (see the module doc)."""
-    from cosparse.hw.network import Folding
+    from cosparse.compiler.folding import Folding
+    from cosparse.compiler.lower import lower
 
     from cosparse.boards.bitstream import TOP_NAME, pack_placed, patch_placed, tool_env
-    from cosparse.compiler.images import memory_images, write_images
+    from cosparse.compiler.emit import memory_images, write_images
     from cosparse.compiler.onnx_frontend import check_supported, import_onnx
     from cosparse.compiler.order import to_drain_order
 
@@ -137,11 +137,9 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
     work = Path(tempfile.mkdtemp(dir=out, prefix=".patch-"))
     try:
         ir.save(new, work / "net")
-        from cosparse.boards.top import LinkTop
-        plain = LinkTop(new, folding, divisor=4, timeout=16, spram_bits=link_cfg.get("spram_bits"),
-                        design_id=link_cfg["design_id"])
-        write_images(plain.core, work / "images")
-        plain.discard()
+        # The load ports' names and contents are the core's, as the link top builds it.
+        write_images(lower(new, folding, loadable=True, spram_bits=link_cfg.get("spram_bits")),
+                     work / "images")
         for f in ("manifest.json", "tensors.npz"):
             os.replace(work / "net" / f, out / f)
         shutil.rmtree(out / "images", ignore_errors=True)

@@ -36,7 +36,7 @@ def link_top_for(outdir: str | Path):
     from cosparse.boards.runtime import LinkLayout
     from cosparse.boards.top import LinkTop
     from cosparse.compiler import ir
-    from cosparse.hw.network import Folding
+    from cosparse.compiler.folding import Folding
 
     net = ir.load(outdir)
     layout = LinkLayout.read(outdir)
@@ -58,12 +58,12 @@ def serve(outdir: str | Path, *, port: int = 0, port_file: str | Path | None = N
     """
     from cocotb_tools.check_results import get_results
 
-    from cosparse.sim.verilate import _build, default_build_root
+    from cosparse.sim.verilate import built_model, default_build_root
 
     top = link_top_for(outdir)
     progress("build the simulated board top with Verilator")
-    runner, build_dir = _build(top, "cosparse_link_top", build_root or default_build_root(), False)
-    with tempfile.TemporaryDirectory(dir=build_dir, prefix="serve-") as run:
+    with built_model(top, "cosparse_link_top", build_root or default_build_root()) as \
+            (runner, build_dir), tempfile.TemporaryDirectory(dir=build_dir, prefix="serve-") as run:
         result = Path(run) / "result.json"
         run = str(Path(run).resolve())
         pf = Path(port_file) if port_file else Path(run) / "port"

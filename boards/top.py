@@ -14,6 +14,8 @@ external 3.3 V adapter) and the LEDs: loaded, running, error, link busy,
 and a heartbeat on the next LED when the board has one.
 """
 
+import re
+import zlib
 
 import numpy as np
 
@@ -25,12 +27,24 @@ from amaranth.lib.wiring import In, Out
 
 from cosparse.compiler import ir
 from cosparse.hw.hostlink import HostLink
-from cosparse.hw.network import Folding, NetworkCore
+from cosparse.compiler.folding import Folding
+from cosparse.compiler.lower import lower
 from cosparse.hw.uart import MIN_DIVISOR, UARTRx, UARTTx
 
 from .catalog import Board
 
-__all__ = ["LinkTop", "BoardTop", "ice40_pll", "ecp5_pll", "uart_divisor", "platform_for"]
+__all__ = ["LinkTop", "BoardTop", "ice40_pll", "ecp5_pll", "uart_divisor", "platform_for",
+           "strip_memory_contents", "design_id"]
+
+
+def strip_memory_contents(verilog_text: str) -> str:
+    """Verilog without the initial contents of its memories (what patching may change)."""
+    return re.sub(r"(?m)^\s+\w+\[\d+\] = \d+'[hdb][0-9a-fA-F_]+;\n", "", verilog_text)
+
+
+def design_id(verilog_without_images: str) -> int:
+    """32-bit id of a design: CRC-32 of its core's Verilog without memory contents."""
+    return zlib.crc32(verilog_without_images.encode())
 
 
 def uart_divisor(clock_hz: float, baud: int) -> int:
@@ -81,8 +95,8 @@ class LinkTop(wiring.Component):
     def __init__(self, net: ir.Network, folding: Folding, *, divisor: int, timeout: int,
                  spram_bits: int | None = None, design_id: int = 0,
                  patch_seed: int | None = None):
-        self.core = NetworkCore(net, folding, loadable=True, spram_bits=spram_bits,
-                                patch_seed=patch_seed)
+        self.core = lower(net, folding, loadable=True, spram_bits=spram_bits,
+                          patch_seed=patch_seed)
         specs = net.specs()
         inp, out = specs[0], specs[-1]
         in_groups, in_g = ((inp.shape[0] * inp.shape[1], inp.shape[2]) if len(inp.shape) == 3
@@ -98,12 +112,6 @@ class LinkTop(wiring.Component):
         self.uart_rx = UARTRx(divisor)
         self.uart_tx = UARTTx(divisor)
         super().__init__()
-
-    def discard(self) -> None:
-        """Mark the top and its parts as deliberately unused (built only to be inspected)."""
-        self.core.discard()
-        for obj in (self, self.link, self.uart_rx, self.uart_tx):
-            obj._MustUse__silence = True
 
     def elaborate(self, platform):
         m = Module()

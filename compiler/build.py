@@ -22,21 +22,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
-import zlib
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from cosparse.boards.top import design_id, strip_memory_contents
+
 from . import ir
 from .errors import CosparseError
 
 __all__ = ["compile_model", "compile_network", "resolve_board", "layer_table",
-           "weight_memory_bits", "network_input", "network_output", "strip_memory_contents",
-           "design_id", "DEFAULT_BAUD", "SPRAM_MIN_BITS"]
+           "weight_memory_bits", "network_input", "network_output", "DEFAULT_BAUD", "SPRAM_MIN_BITS"]
 
 
 def _read_config(path: str | None) -> dict:
@@ -170,16 +169,6 @@ DEFAULT_BAUD = 1_000_000
 SPRAM_MIN_BITS = 16 * 1024
 
 
-def strip_memory_contents(verilog_text: str) -> str:
-    """Verilog without the initial contents of its memories (what patching may change)."""
-    return re.sub(r"(?m)^\s+\w+\[\d+\] = \d+'[hdb][0-9a-fA-F_]+;\n", "", verilog_text)
-
-
-def design_id(verilog_without_images: str) -> int:
-    """32-bit id of a design: CRC-32 of its core's Verilog without memory contents."""
-    return zlib.crc32(verilog_without_images.encode())
-
-
 def _link_top(net, folding, board, baud: int, did: int, spram_bits):
     from cosparse.boards.top import LinkTop, uart_divisor
 
@@ -277,10 +266,11 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
     """
     from amaranth.back import verilog
 
-    from cosparse.hw.network import LayerFold, NetworkCore
+    from cosparse.compiler.folding import LayerFold
+    from cosparse.compiler.lower import lower
 
     from .fold import block_rams, board_block_rams, choose_folding, multipliers
-    from .images import write_images
+    from .emit import write_images
     from .perf import predict
 
     b = resolve_board(board, clock_mhz)
@@ -302,7 +292,7 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
     perf = predict(net, folding, sample)
     mults = multipliers(net, folding)
     rows = layer_table(net, folding, sample)
-    from cosparse.hw.network import spram_weight_layers
+    from cosparse.compiler.lower import spram_weight_layers
     in_spram = spram_weight_layers(net, folding, spram_bits) if spram_bits else {}
     blocks = sum(in_spram.values())
     if blocks > b.spram_kbit // 256:
@@ -327,7 +317,7 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
     try:
         ir.save(net, tmp)
         progress("generate Verilog")
-        core = NetworkCore(net, folding)
+        core = lower(net, folding)
         (tmp / "rtl").mkdir()
         core_v = verilog.convert(core, name="cosparse_core", emit_src=False)
         (tmp / "rtl" / "cosparse_core.v").write_text(core_v)

@@ -69,7 +69,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     import json
 
     from cosparse.compiler import ir
-    from cosparse.hw.network import Folding
+    from cosparse.compiler.folding import Folding
     from cosparse.sim.netsim import simulate_network
 
     from .build import network_input, network_output

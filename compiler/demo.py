@@ -72,7 +72,7 @@ def run_demo(outdir: str | None = None, count: int = 256, seed: int = 0,
                             f"got {count} and {sim_count}")
     import json
 
-    from cosparse.hw.network import Folding
+    from cosparse.compiler.folding import Folding
     from cosparse.sim import golden
     from cosparse.sim.netsim import simulate_network
     from cosparse.sim.reference import reference_run

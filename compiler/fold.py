@@ -34,7 +34,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from cosparse.hw.network import Folding, LayerFold, NetworkCore
+from cosparse.compiler.folding import Folding, LayerFold
+from cosparse.compiler.lower import lower
+from cosparse.hw.network import NetworkCore
 
 from . import ir
 from .errors import CosparseError
@@ -73,8 +75,7 @@ def dsp_blocks(net: ir.Network, folding: Folding, core: NetworkCore | None = Non
     lane. ``core``: the core of ``folding``, when already built.
     """
     if core is None:
-        core = NetworkCore(net, folding)
-        core.discard()
+        core = lower(net, folding)
     return core.dsp_products
 
 
@@ -151,7 +152,7 @@ def block_rams(net: ir.Network, folding: Folding, family: str = "ecp5") -> int |
     """
     if family != "ecp5":
         return None
-    core = NetworkCore(net, folding, loadable=True)
+    core = lower(net, folding, loadable=True)
     return sum(_ecp5_blocks(d, w, r, wr) for _, d, w, r, wr in memory_census(core))
 
 
@@ -236,8 +237,7 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
             if engines_only:
                 used = multipliers(net, trial)
             else:
-                core = NetworkCore(net, trial)
-                core.discard()
+                core = lower(net, trial)
                 used = core.dsp_products
             if used > max_multipliers:
                 break

@@ -1,10 +1,10 @@
-"""Memory images: the initial contents of every memory of a generated core.
+"""Memory images: the initial contents of a generated core's memories, and their file formats.
 
-The network core's memories are found by elaborating it and walking the
-design: every memory with initial contents (overlay weights and kernel ids,
-requantization constants, boost tables) gets one image; memories that start
+Every memory with initial contents (overlay weights and kernel ids,
+requantization constants, boost tables) has one image; memories that start
 at zero and only hold run-time state (accumulators, FIFOs, histograms, frame
-stores) get none.
+stores) have none. :mod:`cosparse.compiler.emit` finds them in a core; this
+module is the format alone (no Amaranth), for the host runtime too.
 
 Two forms are written into ``images/``:
 
@@ -23,19 +23,13 @@ and ``index.json`` (name, width, depth, file of each image).
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
-
-from amaranth.hdl import Fragment, Shape
-from amaranth.hdl._mem import MemoryInstance
 
 from .errors import CosparseError
 
-__all__ = ["MemoryImage", "memory_images", "write_images", "read_bundle", "BundleError",
-           "MAGIC", "VERSION"]
+__all__ = ["MemoryImage", "pack_bundle", "read_bundle", "BundleError", "MAGIC", "VERSION"]
 
 MAGIC = b"CSPB"
 VERSION = 1
@@ -54,55 +48,6 @@ class MemoryImage:
     @property
     def depth(self) -> int:
         return len(self.words)
-
-
-def memory_images(core) -> list[MemoryImage]:
-    """Images of every memory of ``core`` with non-zero initial contents, in design order."""
-    out: list[MemoryImage] = []
-
-    def walk(frag, path: str) -> None:
-        if isinstance(frag, MemoryInstance):
-            data = frag._data
-            width = Shape.cast(data.shape).width
-            mask = (1 << width) - 1
-            words = tuple(int(v) & mask for v in _raw(data))
-            if any(words):
-                out.append(MemoryImage(path, width, words))
-        for sub, name, _ in frag.subfragments:
-            walk(sub, f"{path}.{name}" if path else str(name))
-
-    walk(Fragment.get(core, None), "")
-    # Memories that start empty in hardware (iCE40 SPRAM): their contents come from the loader.
-    for port in getattr(core, "load_ports", []):
-        if not port.has_init:
-            out.append(MemoryImage(port.name, port.width, tuple(port.image)))
-    return out
-
-
-def _raw(data) -> list[int]:
-    """Initial words of a MemoryData as integers (struct or signed shapes included)."""
-    from amaranth.hdl import Const
-    vals = []
-    for v in data.init:
-        vals.append(Const.cast(v).value if not isinstance(v, int) else v)
-    return vals
-
-
-def write_images(core, folder: str | Path) -> list[MemoryImage]:
-    """Write ``.hex`` files, ``bundle.bin`` and ``index.json`` into ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    images = memory_images(core)
-    index = []
-    for img in images:
-        digits = max(1, -(-img.width // 4))
-        name = img.name.replace("/", ".")
-        (folder / f"{name}.hex").write_text("".join(f"{w:0{digits}x}\n" for w in img.words))
-        index.append({"name": img.name, "width": img.width, "depth": img.depth,
-                      "file": f"{name}.hex"})
-    (folder / "bundle.bin").write_bytes(pack_bundle(images))
-    (folder / "index.json").write_text(json.dumps(index, indent=1) + "\n")
-    return images
 
 
 def pack_bundle(images: list[MemoryImage]) -> bytes:

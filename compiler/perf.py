@@ -54,7 +54,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from cosparse.hw import adapters, dense_window, kwta, overlay, pool, requant, reshape, window
-from cosparse.hw.network import Folding, NetworkCore
+from cosparse.compiler.folding import Folding
+from cosparse.compiler.lower import lower
+from cosparse.hw.network import NetworkCore
 from cosparse.sim import golden
 
 from . import ir
@@ -226,10 +228,7 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
     x : ndarray of int8, shape ``[N, *net.input.shape]``
 
     """
-    own = core is None
-    core = core or NetworkCore(net, folding)
-    if own:
-        core.discard()
+    core = core or lower(net, folding)
     acts = [np.asarray(x)]
     for layer in net.layers:
         acts.append(golden.run_layer(layer, acts[-1]))

@@ -25,7 +25,7 @@ from cosparse.compiler.build import compile_model, network_input
 from cosparse.compiler.fold import choose_folding
 from cosparse.compiler.order import to_drain_order
 from cosparse.compiler.perf import predict
-from cosparse.hw.network import Folding
+from cosparse.compiler.folding import Folding
 from cosparse.sim import golden
 from cosparse.sim.netsim import simulate_network
 

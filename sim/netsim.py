@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 
 from cosparse.compiler import ir
-from cosparse.hw.network import Folding, NetworkCore
+from cosparse.compiler.folding import Folding
+from cosparse.compiler.lower import lower
 from cosparse.hw.streams import dense_beats
 
 from .verilate import run_streams
@@ -82,7 +83,7 @@ def simulate_network(net: ir.Network, folding: Folding, x: np.ndarray, *,
         (vendor primitives by their :mod:`cosparse.sim.primitives` models):
         the cycles and outputs of the board's own netlist.
     """
-    core = NetworkCore(net, folding)
+    core = lower(net, folding)
     out_shape = net.output.shape
     groups, g = _groups(out_shape)
     per_frame = groups * -(-g // core.out_width)

@@ -9,24 +9,26 @@ reuses one model), and runs the generic stream testbench of
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import threading
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from amaranth.back import verilog
 
 from cosparse.hw.streams import decode, encode
 
+from . import cache
 from . import verilator as _verilator
+from .primitives import models_for
 
-__all__ = ["VerilatorResult", "run_streams", "default_build_root"]
+__all__ = ["VerilatorResult", "run_streams", "built_model", "default_build_root"]
 
 _lock = threading.Lock()
 
@@ -56,12 +58,18 @@ class VerilatorResult:
     input_cycles: list[list[int]]
 
 
-def _build(component, name: str, build_root: Path, waves: bool,
-           platform=None) -> tuple[Any, Path]:
+@contextmanager
+def built_model(component, name: str, build_root: Path, waves: bool = False,
+                platform=None) -> Iterator[tuple[Any, Path]]:
+    """Build ``component``'s Verilator model (once per distinct Verilog) and hold it in use.
+
+    Yields ``(runner, build_dir)``: cocotb's runner and the model's folder
+    under ``build_root``, which :func:`cosparse.sim.cache.prune` leaves alone
+    until the ``with`` block ends. A new model prunes the cache to its size
+    limit.
+    """
     from cocotb_tools.config import libs_dir
     from cocotb_tools.runner import get_runner
-
-    from .primitives import models_for
 
     text = verilog.convert(component, name=name, platform=platform, emit_src=False)
     models = models_for(platform)
@@ -71,31 +79,36 @@ def _build(component, name: str, build_root: Path, waves: bool,
     digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
     # Absolute: the simulator runs in a run folder below it, where a relative path
     # (``cosparse sim out ...``) would name nothing.
-    build_dir = Path(build_root).resolve() / f"{name}-{digest}{'-waves' if waves else ''}"
-    build_dir.mkdir(parents=True, exist_ok=True)
+    build_root = Path(build_root).resolve()
+    build_dir = build_root / f"{name}-{digest}{'-waves' if waves else ''}"
+    new = not build_dir.exists()
     _verilator.setup()
     runner = get_runner("verilator")
-    flags = os.environ.get("MAKEFLAGS", "")
-    # The thread lock guards MAKEFLAGS; the file lock keeps another process
-    # (a second test run, a bench) from writing the sources or running make in
-    # the same folder at once.
-    with _lock, open(build_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        srcs = []
-        for fname, body in [(f"{name}.v", text), *models.items()]:
-            src = build_dir / fname
-            if not src.exists() or src.read_text() != body:
-                src.write_text(body)
-            srcs.append(src)
-        os.environ["MAKEFLAGS"] = (flags + " " if flags else "") + _MAKE_OVERRIDES
-        try:
-            _build_locked(runner, srcs, name, build_dir, waves)
-        finally:
-            if flags:
-                os.environ["MAKEFLAGS"] = flags
-            else:
-                os.environ.pop("MAKEFLAGS", None)
-    return runner, build_dir
+    with ExitStack() as in_use:
+        # The thread lock guards MAKEFLAGS; the file lock keeps another process
+        # (a second test run, a bench) from writing the sources or running make in
+        # the same folder at once.
+        with _lock, cache.locked(build_dir):
+            srcs = []
+            for fname, body in [(f"{name}.v", text), *models.items()]:
+                src = build_dir / fname
+                if not src.exists() or src.read_text() != body:
+                    src.write_text(body)
+                srcs.append(src)
+            flags = os.environ.get("MAKEFLAGS", "")
+            os.environ["MAKEFLAGS"] = (flags + " " if flags else "") + _MAKE_OVERRIDES
+            try:
+                _build_locked(runner, srcs, name, build_dir, waves)
+            finally:
+                if flags:
+                    os.environ["MAKEFLAGS"] = flags
+                else:
+                    os.environ.pop("MAKEFLAGS", None)
+            in_use.enter_context(cache.locked(build_dir, ".inuse", shared=True))
+        cache.mark_used(build_dir)
+        if new:
+            cache.prune(build_root, keep=build_dir)
+        yield runner, build_dir
 
 
 def _build_locked(runner, srcs: list[Path], name: str, build_dir: Path, waves: bool) -> None:
@@ -133,8 +146,8 @@ def run_streams(component, name: str, inputs: list[tuple[str, Any, list]],
 
     waves = bool(int(os.environ.get("WAVES", "0"))) if waves is None else waves
     build_root = build_root or default_build_root()
-    runner, build_dir = _build(component, name, build_root, waves, platform)
-    with tempfile.TemporaryDirectory(dir=build_dir, prefix="run-") as run:
+    with built_model(component, name, build_root, waves, platform) as (runner, build_dir), \
+            tempfile.TemporaryDirectory(dir=build_dir, prefix="run-") as run:
         spec = {"seed": seed, "stall": stall, "max_cycles": max_cycles,
                 "inputs": [{"port": p, "beats": [hex(encode(lay, b)) for b in beats]}
                            for p, lay, beats in inputs],

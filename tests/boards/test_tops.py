@@ -10,7 +10,7 @@ from cosparse.boards.top import BoardTop, ecp5_pll, ice40_pll, platform_for, uar
 from cosparse.compiler import ir
 from cosparse.compiler.build import compile_model
 from cosparse.compiler.cli import main
-from cosparse.hw.network import Folding
+from cosparse.compiler.folding import Folding
 
 from .tiny_model import write_tiny
 

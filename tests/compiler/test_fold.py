@@ -8,7 +8,8 @@ from cosparse.compiler.fold import (_ecp5_blocks, block_rams, choose_folding, ds
                                     memory_census, multipliers)
 from cosparse.compiler.order import to_drain_order
 from cosparse.compiler.perf import stage_cycles
-from cosparse.hw.network import Folding, LayerFold, NetworkCore
+from cosparse.compiler.folding import Folding, LayerFold
+from cosparse.compiler.lower import lower
 
 
 def _net(mode):
@@ -104,7 +105,7 @@ def test_ecp5_block_ram_estimate(depth, width, reads, writes, blocks):
 def test_census_finds_each_weight_memory_with_its_read_ports():
     net, x = _net("sparse-sparse")
     f = choose_folding(net, x, max_multipliers=156)
-    mems = memory_census(NetworkCore(net, f, loadable=True))
+    mems = memory_census(lower(net, f, loadable=True))
     weights = [m for m in mems if m[0].endswith(".weights")]
     entries = [f.of(layer.name).entries for layer in net.layers if hasattr(layer, "overlays")]
     assert sorted(m[3] for m in weights) == sorted(entries)  # R read ports each

@@ -3,16 +3,17 @@ import struct
 import pytest
 
 from cosparse.compiler import zoo
-from cosparse.compiler.images import (BundleError, MemoryImage, memory_images, pack_bundle,
-                                      read_bundle, write_images)
+from cosparse.compiler.emit import memory_images, write_images
+from cosparse.compiler.images import BundleError, MemoryImage, pack_bundle, read_bundle
 from cosparse.compiler.order import to_drain_order
-from cosparse.hw.network import Folding, LayerFold, NetworkCore
+from cosparse.compiler.folding import Folding, LayerFold
+from cosparse.compiler.lower import lower
 
 
 def small_core():
     net = to_drain_order(zoo.random_network((12,), [("linear", 8, 2), ("global", 3, 5),
                                                    ("logits", 4, 1)], seed=3))
-    return NetworkCore(net, Folding(layers={"fc0": LayerFold(2, 2), "fc2": LayerFold(1, 4)}))
+    return lower(net, Folding(layers={"fc0": LayerFold(2, 2), "fc2": LayerFold(1, 4)}))
 
 
 def test_every_initialised_memory_gets_an_image(tmp_path):
@@ -34,7 +35,7 @@ def test_images_follow_the_weights():
     assert a == b  # deterministic
     net = to_drain_order(zoo.random_network((12,), [("linear", 8, 2), ("global", 3, 5),
                                                    ("logits", 4, 1)], seed=4))
-    c = memory_images(NetworkCore(net, Folding(layers={"fc0": LayerFold(2, 2),
+    c = memory_images(lower(net, Folding(layers={"fc0": LayerFold(2, 2),
                                                        "fc2": LayerFold(1, 4)})))
     assert [i.name for i in c] == [i.name for i in a] and c != a
 

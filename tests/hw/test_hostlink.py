@@ -20,7 +20,7 @@ from cosparse.boards.top import LinkTop
 from cosparse.compiler import zoo
 from cosparse.compiler.order import to_drain_order
 from cosparse.hw.hostlink import COMMANDS, STATUS_BYTES
-from cosparse.hw.network import Folding
+from cosparse.compiler.folding import Folding
 from cosparse.sim import golden
 
 DIV = 4

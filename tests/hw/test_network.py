@@ -6,7 +6,8 @@ import pytest
 from cosparse.compiler import zoo
 from cosparse.compiler.order import restore_output_order, to_drain_order
 from cosparse.compiler.perf import predict
-from cosparse.hw.network import FoldError, Folding, LayerFold, NetworkCore
+from cosparse.compiler.folding import Folding, FoldingError, LayerFold
+from cosparse.compiler.lower import lower
 from cosparse.hw.streams import dense_beats
 from cosparse.sim import golden
 from cosparse.sim.streamsim import Port, simulate
@@ -16,7 +17,7 @@ from cosparse.sim.verilate import run_streams
 def io_beats(core, net, x):
     """Input beats for frames ``x`` and the output beats the golden model predicts."""
     y = golden.run(net, x)
-    d_in = core.folding.input_width
+    d_in = core.input_width
     beats, want = [], []
     for xi, yi in zip(x, y):
         beats += dense_beats([list(map(int, v)) for v in xi.reshape(-1, xi.shape[-1])], d_in)
@@ -55,7 +56,7 @@ def test_network_matches_golden_under_stalls(which, mode):
     net = to_drain_order(zoo.random_network(shape, spec, seed=len(which), mode=mode))
     if mode == "dense":
         folds = {n: LayerFold(f.entries, None) for n, f in folds.items()}
-    core = NetworkCore(net, Folding(input_width=d_in, layers=folds))
+    core = lower(net, Folding(input_width=d_in, layers=folds))
     rng = np.random.default_rng(3)
     x = rng.integers(-128, 128, (2, *shape)).astype(np.int8)
     x[1, ..., :] = np.where(rng.random(x[1].shape) < 0.5, 0, x[1])  # sparse input
@@ -85,8 +86,8 @@ def test_drain_order_keeps_the_function():
 
 def test_fold_errors_name_the_layer():
     net = to_drain_order(zoo.random_network((12,), [("linear", 8, 2), ("logits", 4, 1)]))
-    with pytest.raises(FoldError, match="fc0"):
-        NetworkCore(net, Folding(layers={"fc0": LayerFold(1, 3)}))  # P=3 does not divide L=4
+    with pytest.raises(FoldingError, match="fc0"):
+        lower(net, Folding(layers={"fc0": LayerFold(1, 3)}))  # P=3 does not divide L=4
 
 
 @pytest.mark.parametrize("mode", ["sparse-sparse", "sparse-weights", "dense"])
@@ -97,9 +98,9 @@ def test_reduced_gsc_cs_in_verilator(mode):
     p = {"conv1": 4, "conv2": 2, "fc1": 6, "fc2": 12} if mode != "dense" else \
         {"conv1": 4, "conv2": 4, "fc1": 8, "fc2": 12}
     # conv1's requantizer at half its engine's lanes (a Narrow between them)
-    core = NetworkCore(net, Folding(1, {n: LayerFold(1 if n == "conv1" else 4, v,
-                                                     2 if n == "conv1" else None)
-                                        for n, v in p.items()}))
+    folding = Folding(1, {n: LayerFold(1 if n == "conv1" else 4, v, 2 if n == "conv1" else None)
+                          for n, v in p.items()})
+    core = lower(net, folding)
     assert any(st.unit == "Narrow" for st in core.stages)
     x = np.random.default_rng(0).integers(-128, 128, (3, 20, 20, 1)).astype(np.int8)
     beats, want = io_beats(core, net, x)
@@ -117,7 +118,7 @@ def test_reduced_gsc_cs_in_verilator(mode):
     per = len(want) // len(x)
     ends = [res.cycles[0][(f + 1) * per - 1] for f in range(len(x))]
     measured = (ends[-1] - ends[0]) / (len(x) - 1)
-    predicted = predict(net, core.folding, x[1:])["interval_cycles"]
+    predicted = predict(net, folding, x[1:])["interval_cycles"]
     assert abs(measured - predicted) <= 0.01 * predicted, (measured, predicted)
 
 
@@ -134,7 +135,7 @@ def test_smallest_part_folding_matches_golden(which):
     folding = choose_folding(net, x, max_multipliers=8, area_first=True)
     assert (folding.default_width, folding.dsp_width, folding.frame_fifos,
             folding.dense_window) == (1, 16, False, False)
-    core = NetworkCore(net, folding, loadable=True)
+    core = lower(net, folding, loadable=True)
     assert not any(st.unit == "StreamFIFO" for st in core.stages)
     beats, want = io_beats(core, net, x)
     res = simulate(core, [Port(core.i, core.in_layout, beats)],

@@ -1,0 +1,388 @@
+"""The public Python API: compile a model, run it, build it, keep it.
+
+::
+
+    from cosparse.compiler import api
+
+    acc = api.compile("model.onnx", board="ulx3s-85f", calibration=x_cal)
+    y = acc.golden(x)              # the bit-exact integer model, outputs as the ONNX model's
+    sim = acc.simulate(x[:8])      # Verilator: sim.outputs == acc.golden(x[:8]), sim.interval_cycles
+    acc.save("out/")               # the folder `cosparse compile` writes
+    report = acc.build()           # bitstream and its report (yosys, nextpnr)
+    acc = api.load("out/")
+
+Every command of the ``cosparse`` CLI is a call of this module. Failures are
+:class:`~cosparse.compiler.errors.CosparseError` with a one-paragraph message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from cosparse.boards.bitstream import build_bitstream, tool_env
+from cosparse.boards.catalog import BOARDS, Board, get_board
+from cosparse.boards.patch import patch_model
+from cosparse.boards.runtime import Device
+from cosparse.boards.serial_bridge import serve as serve_board
+from cosparse.sim import golden as golden_model
+from cosparse.sim.netsim import simulate_network
+
+from . import ir
+from .build import DEFAULT_BAUD, compile_model, compile_network, network_input, network_output
+from .errors import CosparseError
+from .folding import Folding
+from .perf import predict
+
+__all__ = ["compile", "compile_ir", "load", "boards", "Accelerator", "Simulation", "BoardRun",
+           "MODES"]
+
+#: What a build processes: every weight and input (dense), the non-zero weights
+#: (sparse-weights), or the non-zero weights of the active inputs (sparse-sparse).
+MODES = ("sparse-sparse", "sparse-weights", "dense")
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Simulation:
+    """Outputs and cycle counts of inferences in Verilator.
+
+    Attributes
+    ----------
+    outputs : ndarray
+        Float outputs in the model's layout (as :meth:`Accelerator.golden`).
+    raw : ndarray
+        The core's integer outputs (int8, or int32 logits), in the IR's layout.
+    latency_cycles : int
+        Input of the first frame to its last output beat.
+    interval_cycles : float or None
+        Mean cycles between consecutive outputs (None for one input).
+    predicted_interval_cycles : float
+        The performance model's interval for the same inputs.
+    total_cycles : int
+    seconds : float
+        Wall time of the simulation.
+    """
+
+    outputs: np.ndarray
+    raw: np.ndarray
+    latency_cycles: int
+    interval_cycles: float | None
+    predicted_interval_cycles: float
+    total_cycles: int
+    seconds: float
+
+
+@dataclass
+class BoardRun:
+    """Outputs of inferences on a board (or a simulated one) over the UART link."""
+
+    outputs: np.ndarray
+    raw: np.ndarray
+    latency_cycles: list[int]
+    seconds: float
+    loaded_bytes: int
+
+
+class Accelerator:
+    """A compiled network for one board: its IR, folding and report, and its folder.
+
+    Made by :func:`compile` or :func:`load`, not directly.
+
+    Attributes
+    ----------
+    network : ir.Network
+        The quantized network, overlay layers in drain order; ``network.meta``
+        holds the board, folding and predicted cycles.
+    folding : Folding
+        Each layer's parallelism.
+    board : Board
+    report : str
+        ``report.md``: per layer shapes, density, fill, MACs, fold, cycles, memory.
+    folder : Path
+        The compiled folder (a temporary one until :meth:`save`).
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, temporary: bool = False):
+        self.folder = Path(folder)
+        self.network = ir.load(self.folder)
+        if "folding" not in self.network.meta:
+            raise CosparseError(f"{str(self.folder)!r} holds no folding (manifest "
+                                "meta.folding); compile it with cosparse compile")
+        self.folding = Folding.from_dict(self.network.meta["folding"])
+        self.board = get_board(self.network.meta.get("board", "sim"))
+        report = self.folder / "report.md"
+        self.report = report.read_text() if report.exists() else ""
+        self._cleanup = (weakref.finalize(self, shutil.rmtree, self.folder.parent, True)
+                         if temporary else None)
+
+    def __repr__(self) -> str:
+        return (f"<Accelerator {self.network.name!r} for {self.board.name}, "
+                f"{len(self.network.layers)} layers, {str(self.folder)!r}>")
+
+    @property
+    def predicted_interval_cycles(self) -> float:
+        """The performance model's cycles per inference on the compile's sample."""
+        return float(self.network.meta.get("predicted", {}).get("interval_cycles", float("nan")))
+
+    def quantize(self, x: np.ndarray, what: str = "input") -> np.ndarray:
+        """Float inputs in the model's layout (or the IR's int8 frames) as int8 frames."""
+        return network_input(self.network, np.asarray(x), what)
+
+    def dequantize(self, y: np.ndarray) -> np.ndarray:
+        """The core's integer outputs as float32 in the model's layout and order."""
+        return network_output(self.network, y)
+
+    def golden(self, x: np.ndarray, *, raw: bool = False) -> np.ndarray:
+        """The golden model's outputs for inputs ``x`` ``[N, ...]``.
+
+        Float outputs in the model's layout, or with ``raw`` the integer
+        outputs the hardware produces (bit for bit).
+        """
+        y = golden_model.run(self.network, self.quantize(x))
+        return y if raw else self.dequantize(y)
+
+    def predict(self, x: np.ndarray) -> dict:
+        """The performance model's cycles per stage and interval for inputs ``x``."""
+        return predict(self.network, self.folding, self.quantize(x))
+
+    def simulate(self, x: np.ndarray, *, waves: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> Simulation:
+        """Run inputs ``x`` back to back through the core in Verilator.
+
+        The model is built once into ``folder/sim_build`` and reused. With
+        ``waves``, an FST trace is written beside it.
+        """
+        xq = self.quantize(x)
+        t0 = time.perf_counter()
+        run = simulate_network(self.network, self.folding, xq, build_root=self.sim_build,
+                               waves=waves, progress=progress)
+        dt = time.perf_counter() - t0
+        pred = predict(self.network, self.folding, xq[1:] if len(xq) > 1 else xq)
+        return Simulation(self.dequantize(run.outputs), run.outputs, run.latency_cycles,
+                          run.interval_cycles, pred["interval_cycles"], run.total_cycles, dt)
+
+    @property
+    def sim_build(self) -> Path:
+        """Where the Verilator models of this accelerator are built."""
+        return self.folder / "sim_build"
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Copy the compiled folder to ``folder`` (a new or empty folder, or an
+        earlier build); this accelerator then lives there."""
+        out = Path(folder)
+        if out.resolve() == self.folder.resolve():
+            return out
+        _check_outdir(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            shutil.copytree(self.folder, tmp, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("sim_build", "build"))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self._cleanup is not None:
+            self._cleanup()
+            self._cleanup = None
+        self.folder = out
+        return out
+
+    def build(self, *, progress: Progress = _quiet, pnr_minutes: float | None = None) -> dict:
+        """Synthesise, place, route and pack the board's bitstream into ``folder/build``.
+
+        Returns the bitstream report (``bitstream.json``: tools, utilisation,
+        Fmax). Needs a real board (not ``sim``).
+        """
+        if self.board.family == "sim":
+            raise CosparseError("a bitstream needs a real board; this accelerator was compiled "
+                                "for 'sim' (the core alone in Verilator)")
+        tool_env()
+        return build_bitstream(self.folder, progress=progress, pnr_minutes=pnr_minutes)
+
+    def patch(self, model: str | os.PathLike, *, calibration: np.ndarray | None = None,
+              progress: Progress = _quiet) -> None:
+        """New weights of ``model`` (same topology) into the built iCE40 bitstream,
+        without place and route."""
+        patch_model(self.folder, model, calibration=calibration, progress=progress)
+        self.network = ir.load(self.folder)
+
+    def run(self, x: np.ndarray, port: str, *, baud: int | None = None, timeout: float = 5.0,
+            load: str = "auto", progress: Progress = _quiet) -> BoardRun:
+        """Inferences on a board programmed with this build, over its serial ``port``.
+
+        ``load``: ``auto`` loads the weight bundle when the device has none,
+        ``always`` loads it anyway, ``never`` refuses a device without weights.
+        """
+        if load not in ("auto", "always", "never"):
+            raise CosparseError(f"load must be auto, always or never, not {load!r}")
+        xq = self.quantize(x)
+        dev = Device.open(self.folder, port, baud=baud, timeout=timeout)
+        sent = 0
+        try:
+            st = dev.check_design()
+            progress(f"device runs design {st.design_id:08x}: weights "
+                     f"{'loaded' if st.loaded else 'not loaded'}, {st.inferences} inferences "
+                     "so far")
+            if load == "always" or (load == "auto" and not st.loaded):
+                t0 = time.perf_counter()
+                sent = dev.load_bundle((self.folder / "images" / "bundle.bin").read_bytes(),
+                                       progress=progress)
+                dt = time.perf_counter() - t0
+                progress(f"loaded {sent:,} bytes of weights in {dt:.1f} s "
+                         f"({sent / max(dt, 1e-9):,.0f} B/s)")
+            elif not st.loaded:
+                raise CosparseError("the device's weights are not loaded and load='never'")
+            ys, lat = [], []
+            t0 = time.perf_counter()
+            step = max(1, len(xq) // 10)
+            for i, xi in enumerate(xq):
+                y, latency, _ = dev.infer(xi)
+                ys.append(y)
+                lat.append(latency)
+                if (i + 1) % step == 0 or i + 1 == len(xq):
+                    progress(f"{i + 1}/{len(xq)} inferences")
+            dt = time.perf_counter() - t0
+        finally:
+            dev.close()
+        raw = np.stack(ys)
+        return BoardRun(self.dequantize(raw), raw, lat, dt, sent)
+
+    def serve(self, *, port: int = 0, port_file: str | os.PathLike | None = None,
+              progress: Progress = _quiet, ready: Callable[[int], None] | None = None) -> dict:
+        """The board top in Verilator behind a TCP serial port (``socket://127.0.0.1:port``)
+        for one client; returns the session's figures."""
+        return serve_board(self.folder, port=port, port_file=port_file,
+                           build_root=self.sim_build, progress=progress, ready=ready)
+
+
+def _check_outdir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                              and not (out / "manifest.json").exists())):
+        raise CosparseError(f"output folder {str(out)!r} exists and is not a cosparse build "
+                            "(no manifest.json); choose a new or empty folder")
+
+
+def _model_path(model: str | os.PathLike | onnx.ModelProto, work: Path) -> Path:
+    if isinstance(model, onnx.ModelProto):
+        path = work / "model.onnx"
+        onnx.save(model, str(path))
+        return path
+    return Path(model)
+
+
+def compile(model: str | os.PathLike | onnx.ModelProto, *, board: str = "sim",
+            calibration: np.ndarray | None = None, mode: str = "sparse-sparse",
+            outdir: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
+            baud: int = DEFAULT_BAUD, clock_mhz: float | None = None,
+            progress: Progress = _quiet) -> Accelerator:
+    """Compile an ONNX model into an accelerator for ``board``.
+
+    Parameters
+    ----------
+    model : path or onnx.ModelProto
+        A float or QDQ model (PyTorch's exporters, ONNX Runtime's quantizer).
+    board : str
+        A catalog board (:func:`boards`), or ``sim`` for the core alone.
+    calibration : ndarray, optional
+        Float inputs ``[N, ...]`` in the model's layout, to quantize a float
+        model's activations (and to fold on real activity).
+    mode : str
+        One of :data:`MODES`.
+    outdir : path, optional
+        Write the compiled folder there (default: a temporary folder until
+        :meth:`Accelerator.save`).
+    config : path, optional
+        A JSON config (``kernels_per_overlay``, per-layer ``folding``).
+    baud, clock_mhz
+        The host link's baud rate and the design's clock (default the board's).
+
+    Returns
+    -------
+    Accelerator
+
+    Raises
+    ------
+    CosparseError
+        An unsupported model, one that does not fit the board, bad arguments.
+    """
+    if outdir is not None:
+        out, temporary = Path(outdir), False
+    else:
+        out, temporary = Path(tempfile.mkdtemp(prefix="cosparse-")) / "accelerator", True
+    try:
+        model_path = _model_path(model, out.parent if temporary else Path(tempfile.mkdtemp()))
+        compile_model(model_path, board=board, outdir=out, calibration=calibration, mode=mode,
+                      config=None if config is None else str(config), baud=baud,
+                      clock_mhz=clock_mhz, progress=progress)
+    except BaseException:
+        if temporary:
+            shutil.rmtree(out.parent, ignore_errors=True)
+        raise
+    finally:
+        if isinstance(model, onnx.ModelProto) and not temporary:
+            shutil.rmtree(model_path.parent, ignore_errors=True)
+    return Accelerator(out, temporary=temporary)
+
+
+def compile_ir(net: ir.Network, sample: np.ndarray, *, board: str = "sim",
+               mode: str = "sparse-sparse", outdir: str | os.PathLike | None = None,
+               config: dict | None = None, progress: Progress = _quiet) -> Accelerator:
+    """Compile an IR network (overlay layers in drain order) for ``board``.
+
+    ``sample`` holds a few int8 network inputs: the activity the fold and
+    the performance model use. Otherwise as :func:`compile`.
+    """
+    if outdir is not None:
+        out, temporary = Path(outdir), False
+    else:
+        out, temporary = Path(tempfile.mkdtemp(prefix="cosparse-")) / "accelerator", True
+    try:
+        compile_network(net, np.asarray(sample), board=board, outdir=out, mode=mode,
+                        config=config, progress=progress)
+    except BaseException:
+        if temporary:
+            shutil.rmtree(out.parent, ignore_errors=True)
+        raise
+    return Accelerator(out, temporary=temporary)
+
+
+def load(folder: str | os.PathLike) -> Accelerator:
+    """The accelerator compiled into ``folder`` (by :func:`compile` or ``cosparse compile``)."""
+    folder = Path(folder)
+    if not (folder / "manifest.json").exists():
+        raise CosparseError(f"{str(folder)!r} is not a compiled cosparse folder "
+                            "(no manifest.json); compile a model into it first")
+    return Accelerator(folder)
+
+
+def boards() -> dict[str, Board]:
+    """The target boards by name, with their resources."""
+    return dict(BOARDS)
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """``data`` as indented JSON, written whole or not at all."""
+    out = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, out)

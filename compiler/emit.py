@@ -1,0 +1,66 @@
+"""Memory images of a core: what its memories hold, as files for the tools and the loader.
+
+:func:`write_images` writes one ``.hex`` file per memory (for ``$readmemh``,
+icebram and ecpbram), the binary bundle of :mod:`cosparse.compiler.images`
+for the run-time loader, and ``index.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from amaranth.hdl import Const, Fragment, Shape
+from amaranth.hdl._mem import MemoryInstance
+
+from .images import MemoryImage, pack_bundle
+
+__all__ = ["memory_images", "write_images"]
+
+
+def memory_images(core) -> list[MemoryImage]:
+    """Images of every memory of ``core`` with non-zero initial contents, in design order."""
+    out: list[MemoryImage] = []
+
+    def walk(frag, path: str) -> None:
+        if isinstance(frag, MemoryInstance):
+            data = frag._data
+            width = Shape.cast(data.shape).width
+            mask = (1 << width) - 1
+            words = tuple(int(v) & mask for v in _raw(data))
+            if any(words):
+                out.append(MemoryImage(path, width, words))
+        for sub, name, _ in frag.subfragments:
+            walk(sub, f"{path}.{name}" if path else str(name))
+
+    walk(Fragment.get(core, None), "")
+    # Memories that start empty in hardware (iCE40 SPRAM): their contents come from the loader.
+    for port in getattr(core, "load_ports", []):
+        if not port.has_init:
+            out.append(MemoryImage(port.name, port.width, tuple(port.image)))
+    return out
+
+
+def _raw(data) -> list[int]:
+    """Initial words of a MemoryData as integers (struct or signed shapes included)."""
+    vals = []
+    for v in data.init:
+        vals.append(Const.cast(v).value if not isinstance(v, int) else v)
+    return vals
+
+
+def write_images(core, folder: str | Path) -> list[MemoryImage]:
+    """Write ``.hex`` files, ``bundle.bin`` and ``index.json`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = memory_images(core)
+    index = []
+    for img in images:
+        digits = max(1, -(-img.width // 4))
+        name = img.name.replace("/", ".")
+        (folder / f"{name}.hex").write_text("".join(f"{w:0{digits}x}\n" for w in img.words))
+        index.append({"name": img.name, "width": img.width, "depth": img.depth,
+                      "file": f"{name}.hex"})
+    (folder / "bundle.bin").write_bytes(pack_bundle(images))
+    (folder / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    return images

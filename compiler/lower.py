@@ -1,0 +1,322 @@
+# amaranth: UnusedElaboratable=no
+"""Lowering: a compiled network and its folding to the hardware units of its core.
+
+Every IR layer becomes one or a few units of :mod:`cosparse.hw`, in pipeline
+order, connected by streams inside :class:`~cosparse.hw.network.NetworkCore`:
+
+=================  =========================================================
+IR layer           units (input format -> output format)
+=================  =========================================================
+OverlayConv        sparse: SparseWindow -> OverlayEngine [-> Narrow] -> Requantizer
+                   (dense input: ZeroSkip(keep_zeros) first, so every input
+                   element is processed: the dense baselines). A dense map
+                   whose positions are one beat (a first layer: few
+                   channels) takes DenseWindow -> ZeroSkip instead: a whole
+                   receptive field per cycle, packed R entries per beat (an
+                   IR ZeroSkip right before the conv is done by that
+                   ZeroSkip; without one, zeros are kept)
+OverlayLinear      sparse vector: OverlayEngine [-> Narrow] -> Requantizer; the last
+                   layer without requantization: OverlayEngine -> BiasAdd
+MaxPool            dense: MaxPool; sparse: SparseMaxPool
+LocalKWTA          dense: LocalKWTA (a sparse input is densified first)
+GlobalKWTA         dense: StreamFIFO (one input frame), GlobalKWTA (group = C for
+                   a map, N for a vector), StreamFIFO (one frame's winners)
+Flatten            sparse: SparseFlatten; dense: DenseFlatten
+ZeroSkip/Densify   the adapters of the same names
+=================  =========================================================
+
+The units are also inspected without being elaborated (the performance
+model, the fold's counts), hence the linter option on the first line.
+
+A network whose last stream is sparse gets a final Densify, so the output
+port is always dense. Sparse streams carry ``R`` entries per beat, set by the
+overlay layer that consumes them; dense streams ``D`` elements per beat, set
+by the unit that makes them (the input port, an engine's ``P`` or its
+layer's ``Q``, a densify's width).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import signed
+
+from cosparse.hw.adapters import Densify, Narrow, StreamFIFO, ZeroSkip
+from cosparse.hw.dense_window import DenseWindow
+from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
+from cosparse.hw.network import NetworkCore, Stage
+from cosparse.hw.overlay import OverlayEngine
+from cosparse.hw.pool import MaxPool, SparseMaxPool
+from cosparse.hw.requant import BiasAdd, Requantizer
+from cosparse.hw.reshape import DenseFlatten, SparseFlatten
+from cosparse.hw.streams import dense_layout
+from cosparse.hw.window import SparseWindow
+
+from . import ir
+from .folding import Folding, FoldingError
+
+__all__ = ["lower", "spram_weight_layers", "entries_into", "SPRAM_WORDS"]
+
+#: Words of one iCE40 SB_SPRAM256KA block (16 bits each).
+SPRAM_WORDS = 16384
+
+#: Largest receptive field (``kh * kw * C``) a dense window hands to one zero-skip beat.
+DENSE_WINDOW_MAX_TAPS = 256
+
+
+def spram_weight_layers(net: ir.Network, folding: Folding, spram_bits: int) -> dict[str, int]:
+    """Overlay layers whose weight memory goes to SPRAM, with the blocks each takes.
+
+    A memory qualifies with at least ``spram_bits`` bits, one read port
+    (``R`` = 1) and at most :data:`SPRAM_WORDS` words; it takes one block per
+    16 bits of width.
+    """
+    out = {}
+    for layer in net.layers:
+        if not isinstance(layer, ir.OverlayLayer):
+            continue
+        ov, f = layer.overlays, folding.of(layer.name)
+        p = f.lanes_per_beat or ov.lanes
+        width = p * (8 + max(1, (ov.kernels_per_overlay - 1).bit_length()))
+        depth = ov.words * (ov.lanes // p)
+        if f.entries == 1 and width * depth >= spram_bits and depth <= SPRAM_WORDS:
+            out[layer.name] = -(-width // 16)
+    return out
+
+
+def entries_into(net: ir.Network, folding: Folding) -> list[int]:
+    """``R`` of the stream entering each layer (and, last, of the output stream).
+
+    A sparse stream's entries are those of the overlay layer that finally
+    consumes it; pooling, flatten and windows keep them; a k-WTA or a
+    densify starts a new stream.
+    """
+    n = len(net.layers)
+    r = [folding.default_entries] * (n + 1)
+    need = folding.default_entries
+    for i in range(n - 1, -1, -1):
+        layer = net.layers[i]
+        r[i + 1] = need
+        if isinstance(layer, ir.OverlayLayer):
+            need = folding.of(layer.name).entries
+        elif isinstance(layer, (ir.KWTALayer, ir.ZeroSkip, ir.Densify)):
+            need = folding.default_entries  # what enters it is a different stream
+    r[0] = need
+    return r
+
+
+def dense_window_fits(layer: ir.Layer | None, inp: ir.TensorSpec, width: int) -> bool:
+    """A conv on a dense map takes the dense window when a position is one beat and
+    a receptive field fits one zero-skip beat (first layers: few channels)."""
+    if not isinstance(layer, ir.OverlayConv) or len(inp.shape) != 3:
+        return False
+    c = inp.shape[2]
+    return width == c and layer.kernel[0] * layer.kernel[1] * c <= DENSE_WINDOW_MAX_TAPS
+
+
+def _shape_groups(spec: ir.TensorSpec) -> tuple[int, int]:
+    """(groups per frame, elements per group) of a tensor on a stream."""
+    if len(spec.shape) == 3:
+        h, w, c = spec.shape
+        return h * w, c
+    return 1, int(np.prod(spec.shape))
+
+
+class _Lowering:
+    """The walk over the layers: the stream's format, width and activity so far."""
+
+    def __init__(self, net: ir.Network, folding: Folding, *, loadable: bool,
+                 in_spram: dict[str, int]):
+        self.net, self.folding = net, folding
+        self.loadable, self.in_spram = loadable, in_spram
+        self.specs = net.specs()
+        self.entries = entries_into(net, folding)
+        self.stages: list[Stage] = []
+        self.fmt = "dense"
+        self.width = folding.input_width
+        self.max_active = _shape_groups(self.specs[0])[1]
+        self.fused_skip = False  # an IR zero-skip left to the next conv's dense window
+
+    def add(self, layer: str, comp):
+        self.stages.append(Stage(layer, type(comp).__name__, comp))
+        return comp
+
+    def run(self) -> list[Stage]:
+        fmts = self.net.formats()
+        handlers = [(ir.ZeroSkip, self.zero_skip), (ir.Densify, self.densify),
+                    (ir.OverlayLayer, self.overlay), (ir.MaxPool, self.max_pool),
+                    (ir.KWTALayer, self.kwta), (ir.Flatten, self.flatten)]
+        for i, layer in enumerate(self.net.layers):
+            handler = next((h for kind, h in handlers if isinstance(layer, kind)), None)
+            if handler is None:  # pragma: no cover - every IR kind is handled above
+                raise FoldingError(f"layer {layer.name}: no hardware for kind {layer.kind!r}")
+            try:
+                handler(i, layer)
+            except FoldingError:
+                raise
+            except ValueError as e:
+                raise FoldingError(f"layer {layer.name} ({layer.kind}): {e}") from None
+            assert self.fmt == fmts[i + 1], (layer.name, self.fmt, fmts[i + 1])
+        if self.fmt == "sparse":
+            g = _shape_groups(self.specs[-1])[1]
+            self.width = self.folding.default_width
+            self.add("", Densify(g, entries=self.entries[-1], width=self.width))
+        return self.stages
+
+    def zero_skip(self, i: int, layer: ir.ZeroSkip) -> None:
+        inp = self.specs[i]
+        g = _shape_groups(inp)[1]
+        nxt = self.net.layers[i + 1] if i + 1 < len(self.net.layers) else None
+        if self.folding.dense_window and dense_window_fits(nxt, inp, self.width):
+            self.fused_skip = True  # the conv's dense window skips the zeros itself
+        else:
+            self.add(layer.name, ZeroSkip(g, width=self.width, entries=self.entries[i + 1]))
+        self.fmt, self.max_active = "sparse", g
+
+    def densify(self, i: int, layer: ir.Densify) -> None:
+        g = _shape_groups(self.specs[i])[1]
+        self.width = self.folding.of(layer.name).width or self.folding.default_width
+        self.add(layer.name, Densify(g, entries=self.entries[i], width=self.width))
+        self.fmt, self.max_active = "dense", g
+
+    def overlay(self, i: int, layer: ir.OverlayLayer) -> None:
+        inp, folding = self.specs[i], self.folding
+        groups, g = _shape_groups(inp)
+        fold = folding.of(layer.name)
+        r = self.entries[i]
+        windowed = False
+        if isinstance(layer, ir.OverlayConv) and (self.fmt == "dense" or self.fused_skip) \
+                and folding.dense_window and dense_window_fits(layer, inp, self.width):
+            # A whole receptive field per cycle, zeros skipped (or kept, for the
+            # dense baselines) into R-entry beats.
+            h, w, c = inp.shape
+            dw = self.add(layer.name, DenseWindow(h, w, c, kernel=layer.kernel,
+                                                  stride=layer.stride, padding=layer.padding))
+            self.add(layer.name, ZeroSkip(dw.taps, width=dw.taps, entries=r,
+                                          keep_zeros=not self.fused_skip))
+            self.fused_skip, windowed = False, True
+        elif self.fmt == "dense":  # process every element: the dense baselines
+            self.add(layer.name, ZeroSkip(g, width=self.width, entries=r, keep_zeros=True))
+            self.max_active = g
+        if isinstance(layer, ir.OverlayConv) and not windowed:
+            h, w, c = inp.shape
+            self.add(layer.name, SparseWindow(h, w, c, kernel=layer.kernel, stride=layer.stride,
+                                              padding=layer.padding, entries=r,
+                                              max_active=min(self.max_active, c)))
+        elif isinstance(layer, ir.OverlayLinear) and groups != 1:
+            raise FoldingError(f"layer {layer.name}: a linear layer needs a vector input")
+        eng = self.add(layer.name, OverlayEngine(layer.overlays, entries=r,
+                                                 lanes_per_beat=fold.lanes_per_beat,
+                                                 acc_bits=layer.accumulator_bits(),
+                                                 loadable=self.loadable,
+                                                 spram=layer.name in self.in_spram,
+                                                 compact=folding.compact))
+        self.width = eng.lanes_per_beat
+        m = layer.overlays.num_kernels
+        if fold.width is not None and fold.width != self.width:
+            self.add(layer.name, Narrow(m, width_in=self.width, width_out=fold.width,
+                                        elem_shape=signed(eng.acc_bits)))
+            self.width = fold.width
+        bias = [int(v) for v in layer.bias]
+        if layer.requant is None:
+            self.add(layer.name, BiasAdd(m, width=self.width, acc_bits=eng.acc_bits, bias=bias))
+        else:
+            rq = layer.requant
+            self.add(layer.name, Requantizer(m, width=self.width, acc_bits=eng.acc_bits,
+                                             multiplier=[int(v) for v in rq.multiplier],
+                                             shift=[int(v) for v in rq.shift], bias=bias,
+                                             relu=bool(rq.relu), loadable=self.loadable,
+                                             dsp_width=folding.dsp_width,
+                                             compact=folding.compact))
+        self.fmt, self.max_active = "dense", m
+
+    def max_pool(self, i: int, layer: ir.MaxPool) -> None:
+        h, w, c = self.specs[i].shape
+        if self.fmt == "dense":
+            self.add(layer.name, MaxPool(h, w, c, kernel=layer.kernel, stride=layer.stride,
+                                         width=self.width))
+        else:
+            width = self.folding.of(layer.name).width or self.folding.default_width
+            self.add(layer.name, SparseMaxPool(h, w, c, kernel=layer.kernel, stride=layer.stride,
+                                               entries=self.entries[i], width=width))
+            self.max_active = min(c, self.max_active * layer.kernel[0] * layer.kernel[1])
+
+    def kwta(self, i: int, layer: ir.KWTALayer) -> None:
+        groups, g = _shape_groups(self.specs[i])
+        folding, r_out = self.folding, self.entries[i + 1]
+        if self.fmt == "sparse":
+            self.width = folding.of(layer.name).width or folding.default_width
+            self.add("", Densify(g, entries=self.entries[i], width=self.width))
+        boost = None if layer.boost is None else [int(b) for b in layer.boost]
+        width = self.width
+        if isinstance(layer, ir.LocalKWTA):
+            self.add(layer.name, LocalKWTA(g, layer.k, width=width, entries=r_out, boost=boost))
+            self.max_active = layer.k
+        else:
+            # Room for a whole input frame: the upstream keeps working while the
+            # unit scans the previous frame (it writes only between scans).
+            if folding.frame_fifos:
+                self.add(layer.name, StreamFIFO(dense_layout(width),
+                                                depth=groups * -(-g // width) + 2))
+            gk = self.add(layer.name, GlobalKWTA(groups * g, layer.k, group=g, width=width,
+                                                 entries=r_out, boost=boost,
+                                                 serial=folding.compact and width == 1))
+            # Room for a whole frame's winners: the unit never waits for a slower
+            # consumer, so it can take the next frame (see StreamFIFO).
+            if folding.frame_fifos:
+                self.add(layer.name, StreamFIFO(gk.out_layout,
+                                                depth=groups + -(-layer.k // r_out) + 2))
+            self.max_active = min(g, layer.k)
+        self.fmt = "sparse"
+
+    def flatten(self, i: int, layer: ir.Flatten) -> None:
+        h, w, c = self.specs[i].shape
+        if self.fmt == "sparse":
+            self.add(layer.name, SparseFlatten(h * w, c, entries=self.entries[i]))
+            self.max_active = min(h * w * c, self.max_active * h * w)
+        else:
+            self.add(layer.name, DenseFlatten(h * w, c, width=self.width))
+
+
+def lower(net: ir.Network, folding: Folding | None = None, *, loadable: bool = False,
+          spram_bits: int | None = None, patch_seed: int | None = None) -> NetworkCore:
+    """The accelerator core of a compiled network.
+
+    Parameters
+    ----------
+    net : Network
+        A compiled network whose overlay layers are in drain order (each
+        layer's ``kernel_map[l, j] == j * L + l``; see
+        :func:`cosparse.compiler.packer.drain_order`).
+    folding : Folding, optional
+        Each layer's parallelism (default: :class:`Folding`'s defaults).
+    loadable : bool
+        Give the weight memories write ports for the host loader.
+    spram_bits : int or None
+        With ``loadable``: weight memories of at least this many bits (and
+        one read port) are single-port and start empty, for iCE40 SPRAM; the
+        loader fills them.
+    patch_seed : int or None
+        With ``loadable``: build the block-RAM memories with seeded random
+        placeholder contents over whole block RAMs, for a bitstream that is
+        patched with the real (or later, new) contents.
+
+    Returns
+    -------
+    NetworkCore
+        One stage per unit, input ``dense_layout(folding.input_width)``,
+        output dense (``signed(32)`` elements for int32 logits).
+
+    Raises
+    ------
+    FoldingError
+        A fold does not fit its layer (``P`` not dividing ``L``, a dense
+        flatten whose width does not divide the channels, ...).
+    """
+    folding = folding or Folding()
+    in_spram = (spram_weight_layers(net, folding, spram_bits)
+                if loadable and spram_bits is not None else {})
+    walk = _Lowering(net, folding, loadable=loadable, in_spram=in_spram)
+    stages = walk.run()
+    return NetworkCore(stages, input_width=folding.input_width, out_width=walk.width,
+                       out_bits=32 if net.specs()[-1].dtype == "int32" else 8,
+                       patch_seed=patch_seed)

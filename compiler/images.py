@@ -29,9 +29,6 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth.hdl import Fragment, Shape
-from amaranth.hdl._mem import MemoryInstance
-
 from .errors import CosparseError
 
 __all__ = ["MemoryImage", "memory_images", "write_images", "read_bundle", "BundleError",
@@ -58,6 +55,10 @@ class MemoryImage:
 
 def memory_images(core) -> list[MemoryImage]:
     """Images of every memory of ``core`` with non-zero initial contents, in design order."""
+    # Imported here: reading a bundle (the host runtime) needs no Amaranth.
+    from amaranth.hdl import Fragment, Shape
+    from amaranth.hdl._mem import MemoryInstance
+
     out: list[MemoryImage] = []
 
     def walk(frag, path: str) -> None:

@@ -55,7 +55,6 @@ def _link_verilog(net, folding, link_cfg: dict, seed: int):
     top = LinkTop(net, folding, divisor=4, timeout=16, spram_bits=link_cfg.get("spram_bits"),
                   design_id=link_cfg["design_id"], patch_seed=seed)
     text = strip_memory_contents(verilog.convert(top, name="cosparse_link_top", emit_src=False))
-    top.discard()
     return top, text
 
 
@@ -138,10 +137,8 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
     try:
         ir.save(new, work / "net")
         from cosparse.boards.top import LinkTop
-        plain = LinkTop(new, folding, divisor=4, timeout=16, spram_bits=link_cfg.get("spram_bits"),
-                        design_id=link_cfg["design_id"])
-        write_images(plain.core, work / "images")
-        plain.discard()
+        plain = LinkTop.loadable_core(new, folding, spram_bits=link_cfg.get("spram_bits"))
+        write_images(plain, work / "images")
         for f in ("manifest.json", "tensors.npz"):
             os.replace(work / "net" / f, out / f)
         shutil.rmtree(out / "images", ignore_errors=True)

@@ -59,10 +59,10 @@ def test_patch_puts_new_weights_in_and_reads_back(built):
     # block RAM (located by the placeholders in nextpnr's placed design).
     net = ir.load(out)
     link = json.loads((out / "link.json").read_text())
-    top = LinkTop(net, Folding.from_dict(net.meta["folding"]), divisor=4, timeout=16,
-                  spram_bits=link["spram_bits"], design_id=link["design_id"], patch_seed=0x5EED)
-    top.discard()
-    ports = [p for p in top.core.load_ports if p.patch_seed is not None]
+    core = LinkTop.loadable_core(net, Folding.from_dict(net.meta["folding"]),
+                                 spram_bits=link["spram_bits"], patch_seed=0x5EED)
+    core.discard()
+    ports = [p for p in core.load_ports if p.patch_seed is not None]
     build = out / "build"
     bram_map = ice40_bram_map(build / f"{TOP_NAME}.asc", ports)
     env = tool_env()

@@ -27,7 +27,6 @@ from cosparse.compiler import ir
 from cosparse.hw.hostlink import HostLink
 from cosparse.hw.network import Folding, NetworkCore
 from cosparse.hw.uart import MIN_DIVISOR, UARTRx, UARTTx
-from cosparse.hw.util import check_int
 
 from .catalog import Board
 
@@ -90,29 +89,28 @@ class LinkTop(wiring.Component):
         out_groups, out_g = ((out.shape[0] * out.shape[1], out.shape[2]) if len(out.shape) == 3
                              else (1, int(np.prod(out.shape))))
         self.out_beats = out_groups * -(-out_g // self.core.out_width)
-        # The link and the UART are built in ``elaborate``: a top made only to look at its
-        # core leaves nothing unused behind.
-        self._link_args = dict(in_width=folding.input_width, in_groups=in_groups,
-                               in_group_size=in_g, out_width=self.core.out_width,
-                               out_bits=self.core.out_bits, out_beats=self.out_beats,
-                               load_ports=self.core.load_ports, design_id=design_id,
-                               timeout=check_int("timeout", timeout, 16))
-        self.divisor = check_int("divisor", divisor, MIN_DIVISOR, 1 << 20)
+        self.link = HostLink(in_width=folding.input_width, in_groups=in_groups,
+                             in_group_size=in_g, out_width=self.core.out_width,
+                             out_bits=self.core.out_bits, out_beats=self.out_beats,
+                             load_ports=self.core.load_ports, design_id=design_id,
+                             timeout=timeout)
+        self.uart_rx = UARTRx(divisor)
+        self.uart_tx = UARTTx(divisor)
         super().__init__()
 
     @staticmethod
     def loadable_core(net: ir.Network, folding: Folding, *, spram_bits: int | None = None,
                       patch_seed: int | None = None) -> NetworkCore:
-        """The network core as a :class:`LinkTop` builds it (to inspect its load ports and
-        memory images without a top)."""
+        """The network core as a :class:`LinkTop` builds it, for callers that only inspect
+        its load ports and memory images (a top that is never elaborated is unused)."""
         return NetworkCore(net, folding, loadable=True, spram_bits=spram_bits,
                            patch_seed=patch_seed)
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.uart_rx = rx = UARTRx(self.divisor)
-        m.submodules.uart_tx = tx = UARTTx(self.divisor)
-        m.submodules.link = link = HostLink(**self._link_args)
+        m.submodules.uart_rx = rx = self.uart_rx
+        m.submodules.uart_tx = tx = self.uart_tx
+        m.submodules.link = link = self.link
         m.submodules.core = core = self.core
         m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx), self.leds.eq(link.leds),
                      link.framing_errors.eq(rx.framing_errors), link.overruns.eq(rx.overruns)]

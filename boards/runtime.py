@@ -1,6 +1,6 @@
 """Host runtime: drive a board (or its Verilator model) over the UART host link.
 
-The protocol is :mod:`cosparse.hw.hostlink`'s; the layout of the frames (input
+The protocol is :mod:`cosparse.hw.protocol`'s; the layout of the frames (input
 beats, output beats, load targets) comes from ``link.json`` in the compiled
 folder, written by ``cosparse compile``. A port is anything pyserial's
 ``serial_for_url`` opens: ``/dev/ttyUSB1`` for a board, ``socket://host:port``
@@ -15,7 +15,6 @@ Typical use::
 
 from __future__ import annotations
 
-import binascii
 import json
 import struct
 import time
@@ -26,8 +25,10 @@ from typing import Callable
 import numpy as np
 
 from cosparse.compiler.errors import CosparseError
-from cosparse.hw.hostlink import (COMMANDS, ERRORS, MAX_LOAD_BYTES, STATUS_BYTES, STATUS_FORMAT,
-                                  SYNC_REQUEST, SYNC_RESPONSE)
+from cosparse.compiler.images import read_bundle
+from cosparse.hw.protocol import (CRC_FORMAT, ERRORS, HEADER_FORMAT, INFER_TRAILER_FORMAT,
+                                  MAX_LOAD_BYTES, SEAL_FORMAT, STATUS_BYTES, SYNC_RESPONSE,
+                                  Command, Status, crc16, load_payload, request_frame)
 
 __all__ = ["HostLinkError", "DeviceError", "Status", "LinkLayout", "Device", "request_frame",
            "crc16"]
@@ -44,36 +45,6 @@ class DeviceError(CosparseError):
         self.code = code
         super().__init__(f"the device refused {what}: error {code} "
                          f"({ERRORS.get(code, 'unknown error code')})")
-
-
-def crc16(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE, as the host link computes it."""
-    return binascii.crc_hqx(data, 0xFFFF)
-
-
-def request_frame(cmd: int, payload: bytes = b"") -> bytes:
-    """One request frame (see :mod:`cosparse.hw.hostlink`)."""
-    body = struct.pack("<BH", cmd, len(payload)) + payload
-    return bytes([SYNC_REQUEST]) + body + struct.pack("<H", crc16(body))
-
-
-@dataclass(frozen=True)
-class Status:
-    version: int
-    loaded: bool
-    needs_load: bool
-    last_error: int
-    design_id: int
-    weights_id: int
-    inferences: int
-    rejected: int
-    framing_errors: int
-    overruns: int
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> "Status":
-        v, flags, err, did, wid, n, rej, fe, ov = struct.unpack(STATUS_FORMAT, payload)
-        return cls(v, bool(flags & 1), bool(flags & 2), err, did, wid, n, rej, fe, ov)
 
 
 @dataclass(frozen=True)
@@ -192,17 +163,17 @@ class Device:
 
     def request(self, cmd: str, payload: bytes = b"") -> bytes:
         """Send one request, return the response payload; :class:`DeviceError` on a refusal."""
-        self.port.write(request_frame(COMMANDS[cmd], payload))
+        self.port.write(request_frame(Command[cmd], payload))
         deadline = time.monotonic() + self.timeout
         while True:  # skip anything before the response's sync byte
             b = self._read_exact(1, deadline, cmd)
             if b[0] == SYNC_RESPONSE:
                 break
         head = self._read_exact(3, deadline, cmd)
-        code, n = struct.unpack("<BH", head)
+        code, n = struct.unpack(HEADER_FORMAT, head)
         rest = self._read_exact(n + 2, deadline, cmd)
         body = head + rest[:n]
-        (crc,) = struct.unpack("<H", rest[n:])
+        (crc,) = struct.unpack(CRC_FORMAT, rest[n:])
         if crc16(body) != crc:
             raise HostLinkError(f"the answer to {cmd} is corrupted (CRC {crc16(body):04x}, "
                                 f"received {crc:04x})")
@@ -232,17 +203,13 @@ class Device:
         wb = -(-t["width"] // 8)
         per = max(1, MAX_LOAD_BYTES // wb)
         for k in range(0, len(words), per):
-            chunk = words[k:k + per]
-            data = b"".join(int(w).to_bytes(wb, "little") for w in chunk)
-            self.request("LOAD", struct.pack("<BI", target, address + k) + data)
+            self.request("LOAD", load_payload(target, address + k, words[k:k + per], wb))
 
     def seal(self, weights_id: int) -> None:
-        self.request("SEAL", struct.pack("<I", weights_id))
+        self.request("SEAL", struct.pack(SEAL_FORMAT, weights_id))
 
     def load_bundle(self, bundle: bytes, progress: Callable[[str], None] | None = None) -> int:
         """Load every target's image from a weight bundle, then seal; returns bytes sent."""
-        from cosparse.compiler.images import read_bundle
-
         images = {img.name: img for img in read_bundle(bundle, "weight bundle")}
         sent = 0
         for i, t in enumerate(self.layout.targets):
@@ -263,5 +230,5 @@ class Device:
         if len(payload) != self.layout.out_bytes + 8:
             raise HostLinkError(f"INFER answer has {len(payload)} bytes, expected "
                                 f"{self.layout.out_bytes + 8}")
-        latency, feed = struct.unpack("<II", payload[-8:])
+        latency, feed = struct.unpack(INFER_TRAILER_FORMAT, payload[-8:])
         return self.layout.decode_output(payload), latency, feed

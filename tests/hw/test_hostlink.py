@@ -15,20 +15,17 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from cosparse.boards.runtime import Status, crc16, request_frame
 from cosparse.boards.top import LinkTop
 from cosparse.compiler import zoo
 from cosparse.compiler.order import to_drain_order
-from cosparse.hw.hostlink import COMMANDS, STATUS_BYTES
 from cosparse.compiler.folding import Folding
+from cosparse.hw.protocol import STATUS_BYTES, Command, Status, load_payload, request_frame
 from cosparse.sim import golden
+
+from ..helpers import parse_responses, uart_bits
 
 DIV = 4
 TIMEOUT = 300
-
-
-def _bits(byte: int) -> list[int]:
-    return [0] + [(byte >> i) & 1 for i in range(8)] + [1]
 
 
 def run_link(top: LinkTop, requests: list[tuple[bytes, int]]) -> bytes:
@@ -40,7 +37,7 @@ def run_link(top: LinkTop, requests: list[tuple[bytes, int]]) -> bytes:
     async def host(ctx):
         for data, wait in requests:
             for b in data:
-                for v in _bits(b):
+                for v in uart_bits(b):
                     ctx.set(top.rx, v)
                     await ctx.tick().repeat(DIV)
             await ctx.tick().repeat(DIV * wait)
@@ -62,20 +59,6 @@ def run_link(top: LinkTop, requests: list[tuple[bytes, int]]) -> bytes:
     return bytes(out)
 
 
-def responses(data: bytes) -> list[tuple[int, bytes]]:
-    """(code, payload) of each response frame; every CRC must match."""
-    res, i = [], 0
-    while i < len(data):
-        assert data[i] == 0xA5, f"byte {i} is {data[i]:#x}, not a response sync"
-        code, n = struct.unpack("<BH", data[i + 1:i + 4])
-        body = data[i + 1:i + 4 + n]
-        (crc,) = struct.unpack("<H", data[i + 4 + n:i + 6 + n])
-        assert crc16(body) == crc
-        res.append((code, data[i + 4:i + 4 + n]))
-        i += n + 6
-    return res
-
-
 @pytest.fixture(scope="module")
 def design():
     net = to_drain_order(zoo.random_network((12,), [("linear", 8, 2), ("global", 3),
@@ -94,11 +77,10 @@ def test_link_protocol_errors_load_seal_and_infer(design):
 
     def load(i, p, addr=0, words=None):
         words = p.image if words is None else words
-        return request_frame(COMMANDS["LOAD"], struct.pack("<BI", i, addr) + b"".join(
-            int(w).to_bytes(-(-p.width // 8), "little") for w in words))
+        return request_frame(Command.LOAD, load_payload(i, addr, words, p.word_bytes))
 
-    status = request_frame(COMMANDS["STATUS"])
-    infer0 = request_frame(COMMANDS["INFER"], x[0].tobytes())
+    status = request_frame(Command.STATUS)
+    infer0 = request_frame(Command.INFER, x[0].tobytes())
     corrupt = bytearray(infer0)
     corrupt[6] ^= 0x10
     reqs = [
@@ -107,18 +89,18 @@ def test_link_protocol_errors_load_seal_and_infer(design):
         (infer0, 300),                                        # 1 not loaded: refused
         (bytes(corrupt), 300),                                # 2 CRC
         (infer0[:9], 2 * TIMEOUT // DIV + 300),               # 3 truncated
-        (request_frame(COMMANDS["INFER"], bytes(300)), 300),  # 4 oversize
+        (request_frame(Command.INFER, bytes(300)), 300),  # 4 oversize
         (request_frame(0x7E), 300),                           # 5 unknown command
-        (request_frame(COMMANDS["INFER"], x[0].tobytes()[:5]), 300),  # 6 wrong length
+        (request_frame(Command.INFER, x[0].tobytes()[:5]), 300),  # 6 wrong length
         (load(len(ports), ports[0]), 300),                    # 7 no such target
         (load(0, ports[0], addr=ports[0].depth - 1, words=ports[0].image[:2]), 300),  # 8 range
         *[(load(i, p), 1200) for i, p in enumerate(ports)],   # loads
-        (request_frame(COMMANDS["SEAL"], struct.pack("<I", 0xABCD1234)), 300),
+        (request_frame(Command.SEAL, struct.pack("<I", 0xABCD1234)), 300),
         (infer0, 2500),
-        (request_frame(COMMANDS["INFER"], x[1].tobytes()), 2500),
+        (request_frame(Command.INFER, x[1].tobytes()), 2500),
         (status, 300),
     ]
-    res = responses(run_link(top, reqs))
+    res = parse_responses(run_link(top, reqs))
     assert len(res) == len(reqs) - 1  # the garbage got no answer
     codes = [c for c, _ in res]
     n = len(ports)
@@ -146,10 +128,9 @@ def test_partial_load_unseals(design):
     p = top.core.load_ports[0]
     assert all(q.has_init for q in top.core.load_ports)
     x = np.zeros(12, np.int8)
-    reqs = [(request_frame(COMMANDS["LOAD"], struct.pack("<BI", 0, 0) + bytes(-(-p.width // 8))),
-             300),
-            (request_frame(COMMANDS["INFER"], x.tobytes()), 300)]
-    assert [c for c, _ in responses(run_link(top, reqs))] == [0, 7]
+    reqs = [(request_frame(Command.LOAD, load_payload(0, 0, [0], p.word_bytes)), 300),
+            (request_frame(Command.INFER, x.tobytes()), 300)]
+    assert [c for c, _ in parse_responses(run_link(top, reqs))] == [0, 7]
 
 
 def test_spram_weights_banked_off_the_ice40_load_and_infer(design, monkeypatch):
@@ -165,11 +146,10 @@ def test_spram_weights_banked_off_the_ice40_load_and_infer(design, monkeypatch):
     assert spram and max(p.hw_depth for p in spram) > overlay.WEIGHT_BANK_WORDS
     x = np.random.default_rng(9).integers(-128, 128, (1, 12)).astype(np.int8)
     want = golden.run(net, x)
-    reqs = [(request_frame(COMMANDS["LOAD"], struct.pack("<BI", i, 0) + b"".join(
-                int(w).to_bytes(-(-p.width // 8), "little") for w in p.image)), 1200)
+    reqs = [(request_frame(Command.LOAD, load_payload(i, 0, p.image, p.word_bytes)), 1200)
             for i, p in enumerate(ports)]
-    reqs += [(request_frame(COMMANDS["SEAL"], struct.pack("<I", 1)), 300),
-             (request_frame(COMMANDS["INFER"], x[0].tobytes()), 2500)]
-    res = responses(run_link(top, reqs))
+    reqs += [(request_frame(Command.SEAL, struct.pack("<I", 1)), 300),
+             (request_frame(Command.INFER, x[0].tobytes()), 2500)]
+    res = parse_responses(run_link(top, reqs))
     assert [c for c, _ in res] == [0] * len(reqs)
     np.testing.assert_array_equal(np.frombuffer(res[-1][1][:16], "<i4"), want[0])

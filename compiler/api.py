@@ -17,7 +17,6 @@ Every command of the ``cosparse`` CLI is a call of this module. Failures are
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -44,8 +43,8 @@ from .errors import CosparseError
 from .folding import Folding
 from .perf import predict
 
-__all__ = ["compile", "compile_ir", "load", "boards", "Accelerator", "Simulation", "BoardRun",
-           "MODES"]
+__all__ = ["compile", "compile_ir", "load", "boards", "patch", "serve", "check_bitstream_tools",
+           "Accelerator", "Simulation", "BoardRun", "MODES"]
 
 #: What a build processes: every weight and input (dense), the non-zero weights
 #: (sparse-weights), or the non-zero weights of the active inputs (sparse-sparse).
@@ -109,8 +108,9 @@ class Accelerator:
     network : ir.Network
         The quantized network, overlay layers in drain order; ``network.meta``
         holds the board, folding and predicted cycles.
-    folding : Folding
-        Each layer's parallelism.
+    folding : Folding or None
+        Each layer's parallelism (None for a network saved without one,
+        which only the golden model can run).
     board : Board
     report : str
         ``report.md``: per layer shapes, density, fill, MACs, fold, cycles, memory.
@@ -121,10 +121,8 @@ class Accelerator:
     def __init__(self, folder: str | os.PathLike, *, temporary: bool = False):
         self.folder = Path(folder)
         self.network = ir.load(self.folder)
-        if "folding" not in self.network.meta:
-            raise CosparseError(f"{str(self.folder)!r} holds no folding (manifest "
-                                "meta.folding); compile it with cosparse compile")
-        self.folding = Folding.from_dict(self.network.meta["folding"])
+        fold = self.network.meta.get("folding")
+        self.folding = None if fold is None else Folding.from_dict(fold)
         self.board = get_board(self.network.meta.get("board", "sim"))
         report = self.folder / "report.md"
         self.report = report.read_text() if report.exists() else ""
@@ -157,8 +155,15 @@ class Accelerator:
         y = golden_model.run(self.network, self.quantize(x))
         return y if raw else self.dequantize(y)
 
+    def require_folding(self) -> None:
+        """Raise :class:`CosparseError` unless the folder holds a folding (a core to build)."""
+        if self.folding is None:
+            raise CosparseError(f"{str(self.folder)!r} holds no folding (manifest meta.folding); "
+                                "compile it with cosparse compile")
+
     def predict(self, x: np.ndarray) -> dict:
         """The performance model's cycles per stage and interval for inputs ``x``."""
+        self.require_folding()
         return predict(self.network, self.folding, self.quantize(x))
 
     def simulate(self, x: np.ndarray, *, waves: bool = False,
@@ -168,6 +173,7 @@ class Accelerator:
         The model is built once into ``folder/sim_build`` and reused. With
         ``waves``, an FST trace is written beside it.
         """
+        self.require_folding()
         xq = self.quantize(x)
         t0 = time.perf_counter()
         run = simulate_network(self.network, self.folding, xq, build_root=self.sim_build,
@@ -222,7 +228,7 @@ class Accelerator:
               progress: Progress = _quiet) -> None:
         """New weights of ``model`` (same topology) into the built iCE40 bitstream,
         without place and route."""
-        patch_model(self.folder, model, calibration=calibration, progress=progress)
+        patch(self.folder, model, calibration=calibration, progress=progress)
         self.network = ir.load(self.folder)
 
     def run(self, x: np.ndarray, port: str, *, baud: int | None = None, timeout: float = 5.0,
@@ -270,8 +276,8 @@ class Accelerator:
               progress: Progress = _quiet, ready: Callable[[int], None] | None = None) -> dict:
         """The board top in Verilator behind a TCP serial port (``socket://127.0.0.1:port``)
         for one client; returns the session's figures."""
-        return serve_board(self.folder, port=port, port_file=port_file,
-                           build_root=self.sim_build, progress=progress, ready=ready)
+        return serve(self.folder, port=port, port_file=port_file, progress=progress,
+                     ready=ready)
 
 
 def _check_outdir(out: Path) -> None:
@@ -283,7 +289,9 @@ def _check_outdir(out: Path) -> None:
 
 def _model_path(model: str | os.PathLike | onnx.ModelProto, work: Path) -> Path:
     if isinstance(model, onnx.ModelProto):
-        path = work / "model.onnx"
+        # Named after the graph, as a file of the model usually is (the network's name).
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in model.graph.name)
+        path = work / f"{stem or 'model'}.onnx"
         onnx.save(model, str(path))
         return path
     return Path(model)
@@ -367,22 +375,36 @@ def compile_ir(net: ir.Network, sample: np.ndarray, *, board: str = "sim",
 
 def load(folder: str | os.PathLike) -> Accelerator:
     """The accelerator compiled into ``folder`` (by :func:`compile` or ``cosparse compile``)."""
-    folder = Path(folder)
-    if not (folder / "manifest.json").exists():
-        raise CosparseError(f"{str(folder)!r} is not a compiled cosparse folder "
-                            "(no manifest.json); compile a model into it first")
     return Accelerator(folder)
+
+
+def check_bitstream_tools(board: str) -> Board:
+    """The catalog board, after checking that it is real and that yosys and nextpnr run,
+    before any long work."""
+    b = get_board(board)
+    if b.family == "sim":
+        raise CosparseError("--bitstream needs a real board (--board B, see cosparse boards); "
+                            "'sim' is the core alone in Verilator")
+    tool_env()
+    return b
+
+
+def patch(folder: str | os.PathLike, model: str | os.PathLike, *,
+          calibration: np.ndarray | None = None, progress: Progress = _quiet) -> None:
+    """New weights of ``model`` (same topology) into the iCE40 bitstream built in
+    ``folder``, without place and route (see :meth:`Accelerator.patch`)."""
+    patch_model(folder, model, calibration=calibration, progress=progress)
+
+
+def serve(folder: str | os.PathLike, *, port: int = 0,
+          port_file: str | os.PathLike | None = None, progress: Progress = _quiet,
+          ready: Callable[[int], None] | None = None) -> dict:
+    """The board top of the compiled ``folder`` in Verilator on a TCP serial port
+    (see :meth:`Accelerator.serve`)."""
+    return serve_board(folder, port=port, port_file=port_file,
+                       build_root=Path(folder) / "sim_build", progress=progress, ready=ready)
 
 
 def boards() -> dict[str, Board]:
     """The target boards by name, with their resources."""
     return dict(BOARDS)
-
-
-def write_json(path: str | os.PathLike, data: dict) -> None:
-    """``data`` as indented JSON, written whole or not at all."""
-    out = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, out)

@@ -10,6 +10,7 @@ file behind.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import api
 from .errors import CosparseError
 
 __all__ = ["main"]
@@ -48,148 +50,89 @@ def _save_npy(path: str, arr: np.ndarray) -> None:
         raise
 
 
+def _say(prefix: str):
+    return lambda s: print(f"{prefix}: {s}", flush=True)
+
+
 def _cmd_golden(args: argparse.Namespace) -> int:
-    from cosparse.compiler import ir
-    from cosparse.sim import golden
-
-    from .build import network_input, network_output
-
-    net = ir.load(args.outdir)
-    xq = network_input(net, _load_npy(args.input, "input"), repr(args.input))
+    acc = api.load(args.outdir)
+    xq = acc.quantize(_load_npy(args.input, "input"), repr(args.input))
     t0 = time.perf_counter()
-    y = golden.run(net, xq)
+    y = acc.golden(xq, raw=True)
     dt = time.perf_counter() - t0
-    _save_npy(args.output, network_output(net, y))
-    print(f"golden: {len(xq)} inferences of {net.name} in {dt:.3f} s "
+    _save_npy(args.output, acc.dequantize(y))
+    print(f"golden: {len(xq)} inferences of {acc.network.name} in {dt:.3f} s "
           f"({len(xq) / max(dt, 1e-9):,.0f}/s) -> {args.output}")
     return 0
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
-    import json
-
-    from cosparse.compiler import ir
-    from cosparse.compiler.folding import Folding
-    from cosparse.sim.netsim import simulate_network
-
-    from .build import network_input, network_output
-    from .perf import predict
-
-    net = ir.load(args.outdir)
-    if "folding" not in net.meta:
-        raise CosparseError(f"{args.outdir!r} holds no folding (manifest meta.folding); "
-                            "compile it with cosparse compile")
-    folding = Folding.from_dict(net.meta["folding"])
-    xq = network_input(net, _load_npy(args.input, "input"), repr(args.input))
-    build_root = Path(args.outdir) / "sim_build"
-    print(f"sim: {len(xq)} inferences of {net.name} in Verilator "
-          f"(model built once into {build_root}) ...", flush=True)
-    t0 = time.perf_counter()
-    run = simulate_network(net, folding, xq, build_root=build_root, waves=args.waves,
-                           progress=lambda done, total: print(f"sim: {done}/{total} inferences",
-                                                              flush=True))
-    dt = time.perf_counter() - t0
-    pred = predict(net, folding, xq[1:] if len(xq) > 1 else xq)["interval_cycles"]
-    _save_npy(args.output, network_output(net, run.outputs))
-    stats = {"network": net.name, "inferences": len(xq), "latency_cycles": run.latency_cycles,
-             "interval_cycles": run.interval_cycles, "predicted_interval_cycles": pred,
-             "total_cycles": run.total_cycles, "wall_seconds": round(dt, 3)}
+    acc = api.load(args.outdir)
+    acc.require_folding()
+    xq = acc.quantize(_load_npy(args.input, "input"), repr(args.input))
+    print(f"sim: {len(xq)} inferences of {acc.network.name} in Verilator "
+          f"(model built once into {acc.sim_build}) ...", flush=True)
+    run = acc.simulate(xq, waves=args.waves,
+                       progress=lambda done, total: print(f"sim: {done}/{total} inferences",
+                                                          flush=True))
+    _save_npy(args.output, run.outputs)
+    stats = {"network": acc.network.name, "inferences": len(xq),
+             "latency_cycles": run.latency_cycles, "interval_cycles": run.interval_cycles,
+             "predicted_interval_cycles": run.predicted_interval_cycles,
+             "total_cycles": run.total_cycles, "wall_seconds": round(run.seconds, 3)}
     if args.waves:
         traces = sorted(p for ext in ("fst", "vcd")
-                        for p in build_root.glob(f"*-waves/cosparse_core.{ext}"))
+                        for p in acc.sim_build.glob(f"*-waves/cosparse_core.{ext}"))
         print("sim: waveform " + (", ".join(map(str, traces)) or "not written (no trace file)"))
     out_json = Path(args.output).with_suffix(".json")
     out_json.write_text(json.dumps(stats, indent=1) + "\n")
     interval = "-" if run.interval_cycles is None else f"{run.interval_cycles:,.1f}"
     print(f"sim: latency {run.latency_cycles:,} cycles, interval {interval} cycles per inference "
-          f"(predicted {pred:,.1f}); {dt:.1f} s -> {args.output}, {out_json}")
+          f"(predicted {run.predicted_interval_cycles:,.1f}); {run.seconds:.1f} s -> "
+          f"{args.output}, {out_json}")
     return 0
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from cosparse.boards.catalog import get_board
-
-    from .build import compile_model
-
     if args.bitstream:
-        board = get_board(args.board)
-        if board.family == "sim":
-            raise CosparseError("--bitstream needs a real board (--board B, see cosparse "
-                                "boards); 'sim' is the core alone in Verilator")
-        from cosparse.boards.bitstream import tool_env
-        tool_env()  # the tools are there before any work is done
+        api.check_bitstream_tools(args.board)  # before any work is done
     cal = None if args.calibration is None else _load_npy(args.calibration, "calibration")
-    compile_model(args.model, board=args.board, outdir=args.outdir, calibration=cal,
-                  mode=args.mode, config=args.config, baud=args.baud, clock_mhz=args.clock,
-                  progress=lambda s: print(f"compile: {s}", flush=True))
+    acc = api.compile(args.model, board=args.board, outdir=args.outdir, calibration=cal,
+                      mode=args.mode, config=args.config, baud=args.baud, clock_mhz=args.clock,
+                      progress=_say("compile"))
     if args.bitstream:
-        from cosparse.boards.bitstream import build_bitstream
-        build_bitstream(args.outdir, progress=lambda s: print(f"bitstream: {s}", flush=True))
+        acc.build(progress=_say("bitstream"))
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import json
-
-    from cosparse.boards.runtime import Device
-    from cosparse.compiler import ir
-
-    from .build import network_input, network_output
-
-    net = ir.load(args.outdir)
-    xq = network_input(net, _load_npy(args.input, "input"), repr(args.input))
-    say = lambda s: print(f"run: {s}", flush=True)  # noqa: E731
-    dev = Device.open(args.outdir, args.port, baud=args.baud, timeout=args.timeout)
-    try:
-        st = dev.check_design()
-        say(f"device runs design {st.design_id:08x}: weights "
-            f"{'loaded' if st.loaded else 'not loaded'}, {st.inferences} inferences so far")
-        bundle = Path(args.outdir) / "images" / "bundle.bin"
-        if args.load == "always" or (args.load == "auto" and not st.loaded):
-            t0 = time.perf_counter()
-            sent = dev.load_bundle(bundle.read_bytes(), progress=say)
-            dt = time.perf_counter() - t0
-            say(f"loaded {sent:,} bytes of weights in {dt:.1f} s ({sent / max(dt, 1e-9):,.0f} B/s)")
-        elif not st.loaded:
-            raise CosparseError("the device's weights are not loaded and --load never was given")
-        ys, lat = [], []
-        t0 = time.perf_counter()
-        step = max(1, len(xq) // 10)
-        for i, x in enumerate(xq):
-            y, latency, _ = dev.infer(x)
-            ys.append(y)
-            lat.append(latency)
-            if (i + 1) % step == 0 or i + 1 == len(xq):
-                say(f"{i + 1}/{len(xq)} inferences")
-        dt = time.perf_counter() - t0
-    finally:
-        dev.close()
-    _save_npy(args.output, network_output(net, np.stack(ys)))
-    stats = {"network": net.name, "inferences": len(xq), "latency_cycles": lat,
-             "wall_seconds": round(dt, 3), "inferences_per_s_over_link": len(xq) / max(dt, 1e-9)}
+    acc = api.load(args.outdir)
+    xq = acc.quantize(_load_npy(args.input, "input"), repr(args.input))
+    say = _say("run")
+    res = acc.run(xq, args.port, baud=args.baud, timeout=args.timeout, load=args.load,
+                  progress=say)
+    _save_npy(args.output, res.outputs)
+    n, lat = len(res.raw), res.latency_cycles
+    stats = {"network": acc.network.name, "inferences": n, "latency_cycles": lat,
+             "wall_seconds": round(res.seconds, 3),
+             "inferences_per_s_over_link": n / max(res.seconds, 1e-9)}
     Path(args.output).with_suffix(".json").write_text(json.dumps(stats, indent=1) + "\n")
-    say(f"{len(xq)} inferences in {dt:.2f} s over the link; latency {min(lat):,}-{max(lat):,} "
+    say(f"{n} inferences in {res.seconds:.2f} s over the link; latency {min(lat):,}-{max(lat):,} "
         f"cycles -> {args.output}")
     return 0
 
 
 def _cmd_patch(args: argparse.Namespace) -> int:
-    from cosparse.boards.patch import patch_model
-
     cal = None if args.calibration is None else _load_npy(args.calibration, "calibration")
-    patch_model(args.outdir, args.model, calibration=cal,
-                progress=lambda s: print(f"patch: {s}", flush=True))
+    api.patch(args.outdir, args.model, calibration=cal, progress=_say("patch"))
     return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from cosparse.boards.serial_bridge import serve
-
-    res = serve(args.outdir, port=args.tcp_port, port_file=args.port_file,
-                build_root=Path(args.outdir) / "sim_build",
-                progress=lambda s: print(f"serve: {s}", flush=True),
-                ready=lambda port: print(f"serve: listening on socket://127.0.0.1:{port}",
-                                         flush=True))
+    res = api.serve(args.outdir, port=args.tcp_port, port_file=args.port_file,
+                    progress=_say("serve"),
+                    ready=lambda port: print(f"serve: listening on socket://127.0.0.1:{port}",
+                                             flush=True))
     print(f"serve: session over: {res['bytes_to_device']:,} bytes in, "
           f"{res['bytes_from_device']:,} out, {res['cycles']:,} cycles in {res['seconds']:.1f} s",
           flush=True)
@@ -197,11 +140,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_boards(args: argparse.Namespace) -> int:
-    from cosparse.boards.catalog import BOARDS
-
     print(f"{'board':<16} {'FPGA':<18} {'LUT4':>7} {'DSP':>4} {'BRAM kbit':>9} {'SPRAM':>6} "
           f"{'osc':>4} {'MHz':>5}  notes")
-    for b in BOARDS.values():
+    for b in api.boards().values():
         print(f"{b.name:<16} {b.fpga:<18} {b.luts:>7,} {b.dsps:>4} {b.bram_kbit:>9,} "
               f"{b.spram_kbit or '-':>6} {b.osc_mhz:>4g} {b.clock_mhz:>5g}  {b.notes}")
     return 0
@@ -249,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     d = sub.add_parser("demo", help="compile the bundled digits network, run golden and Verilator")
-    d.add_argument("-o", "--outdir", help="keep the compiled network here (default: a temp folder)")
+    d.add_argument("-o", "--outdir", default="cosparse-demo",
+                   help="keep what the demo builds here: digits/ (the compiled network) and "
+                        "digits_BOARD/ (its bitstream) (default ./cosparse-demo)")
     d.add_argument("-n", "--count", type=int, default=256,
                    help="golden inferences on the reduced gsc-cs network (default 256)")
     d.add_argument("--sim-count", type=int, default=16,

@@ -9,40 +9,21 @@ gsc-cs network.
 
 from __future__ import annotations
 
-import tempfile
+import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import ir, zoo
+from cosparse.sim import golden
+from cosparse.sim.reference import reference_run
+
+from . import api, ir, zoo
 from .errors import CosparseError
-from .packer import report, unpack
+from .packer import unpack
 
-__all__ = ["run_demo", "layer_table"]
-
-
-def layer_table(net: ir.Network, x: np.ndarray) -> list[dict]:
-    """Per overlay layer: packing and the activity measured on inputs ``x``.
-
-    ``dense_macs`` counts every weight of the dense layer at every output
-    position; ``useful_macs`` only products of a non-zero weight and a
-    non-zero input (per inference, averaged over ``x``).
-    """
-    from .bench import mac_counts
-
-    macs = mac_counts(net, x)
-    rows = []
-    for layer in net.layers:
-        if not isinstance(layer, (ir.OverlayLinear, ir.OverlayConv)):
-            continue
-        ov = layer.overlays
-        rep = report(ov)
-        rows.append(dict(name=layer.name, kernels=ov.num_kernels, fan_in=ov.fan_in,
-                         K=ov.kernels_per_overlay, L=ov.lanes, words=ov.words,
-                         fill=rep.fill, nnz=ov.nnz, dense_macs=int(macs[layer.name]["dense"]),
-                         useful_macs=macs[layer.name]["sparse-sparse"]))
-    return rows
+__all__ = ["run_demo", "DEFAULT_DEMO_DIR"]
 
 
 def _example(name: str) -> Path:
@@ -51,9 +32,17 @@ def _example(name: str) -> Path:
     return Path(str(files("cosparse.examples") / name))
 
 
-def run_demo(outdir: str | None = None, count: int = 256, seed: int = 0,
+#: Where the demo keeps what it builds, in the working directory, unless ``-o`` says.
+DEFAULT_DEMO_DIR = "cosparse-demo"
+
+
+def run_demo(outdir: str | os.PathLike | None = None, count: int = 256, seed: int = 0,
              sim_count: int = 16, bitstream: str | None = None) -> int:
     """Run the demo; return the process exit status.
+
+    Everything is kept in ``outdir`` (default :data:`DEFAULT_DEMO_DIR`):
+    ``digits/`` (the compiled network, its Verilator model) and, with a
+    bitstream, ``digits_<board>/``.
 
     1. Compile the bundled digits network (``examples/digits_cs.onnx``, a
        trained dual-sparse CNN) for the ``sim`` board.
@@ -70,71 +59,52 @@ def run_demo(outdir: str | None = None, count: int = 256, seed: int = 0,
     if count < 1 or sim_count < 2:
         raise CosparseError(f"--count must be at least 1 and --sim-count at least 2, "
                             f"got {count} and {sim_count}")
-    import json
+    root = Path(outdir if outdir is not None else DEFAULT_DEMO_DIR)
+    info = json.loads(_example("digits_cs.json").read_text())
+    test = np.load(_example("digits_test.npz"))
+    cal = np.load(_example("digits_calib.npy"))
+    print(f"cosparse demo: {info['network']}")
+    t0 = time.perf_counter()
+    acc = api.compile(_example("digits_cs.onnx"), board="sim", outdir=root / "digits",
+                      calibration=cal, progress=lambda m: print(f"  compile: {m}", flush=True))
+    print(f"  compiled in {time.perf_counter() - t0:.1f} s -> {acc.folder}")
+    print("\n" + "\n".join("  " + line for line in acc.report.splitlines()[4:]))
 
-    from cosparse.compiler.folding import Folding
-    from cosparse.sim import golden
-    from cosparse.sim.netsim import simulate_network
-    from cosparse.sim.reference import reference_run
+    xq = acc.quantize(test["x"], "digits test split")
+    t0 = time.perf_counter()
+    yq = acc.golden(xq, raw=True)
+    dt = time.perf_counter() - t0
+    acc_golden = float((acc.dequantize(yq).argmax(axis=1) == test["y"]).mean())
+    acc_float = info["accuracy"]["torch_test"]
+    print(f"\n  test split, {len(xq)} digits: float {acc_float:.2%}, golden (int8) "
+          f"{acc_golden:.2%} ({dt * 1e3:.0f} ms)")
 
-    from .build import compile_model, network_input, network_output
+    n = min(sim_count, len(xq))
+    print(f"  Verilator: building the core and running {n} digits back to back ...", flush=True)
+    run = acc.simulate(xq[:n])
+    exact = bool(np.array_equal(run.raw, yq[:n]))
+    acc_sim = float((run.outputs.argmax(axis=1) == test["y"][:n]).mean())
+    print(f"  Verilator == golden on {n} digits: {'yes' if exact else 'NO'}; accuracy "
+          f"{acc_sim:.2%}; latency {run.latency_cycles:,} cycles, interval "
+          f"{run.interval_cycles:,.0f} cycles per inference (predicted "
+          f"{acc.predicted_interval_cycles:,.0f}); {run.seconds:.1f} s")
 
-    with tempfile.TemporaryDirectory(prefix="cosparse-demo-") as tmp:
-        out = Path(outdir) if outdir else Path(tmp) / "digits"
-        model = _example("digits_cs.onnx")
-        info = json.loads(_example("digits_cs.json").read_text())
-        test = np.load(_example("digits_test.npz"))
-        cal = np.load(_example("digits_calib.npy"))
-        print(f"cosparse demo: {info['network']}")
-        t0 = time.perf_counter()
-        compile_model(model, board="sim", outdir=out, calibration=cal,
-                      progress=lambda m: print(f"  compile: {m}", flush=True))
-        print(f"  compiled in {time.perf_counter() - t0:.1f} s -> {out}"
-              + ("" if outdir else " (temporary)"))
-        print("\n" + "\n".join("  " + line for line in (out / "report.md").read_text().splitlines()[4:]))
-
-        net = ir.load(out)
-        xq = network_input(net, test["x"], "digits test split")
-        t0 = time.perf_counter()
-        yq = golden.run(net, xq)
-        dt = time.perf_counter() - t0
-        acc_golden = float((network_output(net, yq).argmax(axis=1) == test["y"]).mean())
-        acc_float = info["accuracy"]["torch_test"]
-        print(f"\n  test split, {len(xq)} digits: float {acc_float:.2%}, golden (int8) "
-              f"{acc_golden:.2%} ({dt * 1e3:.0f} ms)")
-
-        n = min(sim_count, len(xq))
-        print(f"  Verilator: building the core and running {n} digits back to back ...",
-              flush=True)
-        t0 = time.perf_counter()
-        build_root = out / "sim_build" if outdir else None
-        run = simulate_network(net, Folding.from_dict(net.meta["folding"]), xq[:n],
-                               build_root=build_root)
-        dt = time.perf_counter() - t0
-        exact = bool(np.array_equal(run.outputs, yq[:n]))
-        acc_sim = float((network_output(net, run.outputs).argmax(axis=1) == test["y"][:n]).mean())
-        pred = net.meta["predicted"]["interval_cycles"]
-        print(f"  Verilator == golden on {n} digits: {'yes' if exact else 'NO'}; accuracy "
-              f"{acc_sim:.2%}; latency {run.latency_cycles:,} cycles, interval "
-              f"{run.interval_cycles:,.0f} cycles per inference (predicted {pred:,.0f}); "
-              f"{dt:.1f} s")
-
-        print(f"\n  reduced gsc-cs (seed {seed}): golden model vs dense integer reference")
-        gnet = zoo.gsc_cs(seed=seed, reduced=True)
-        x = np.random.default_rng(seed + 1).integers(-128, 128, (count, *gnet.input.shape))
-        x = x.astype(np.int8)
-        t0 = time.perf_counter()
-        y = golden.run(gnet, x)
-        dt = time.perf_counter() - t0
-        dense_w = {layer.name: unpack(layer.overlays) for layer in gnet.layers
-                   if isinstance(layer, (ir.OverlayLinear, ir.OverlayConv))}
-        same = bool(np.array_equal(y[:32], reference_run(gnet, dense_w, x[:32])))
-        print(f"  golden model: {count} inferences in {dt:.3f} s ({count / dt:,.0f}/s)")
-        print(f"  golden == dense integer reference on 32 inputs: {'yes' if same else 'NO'}")
-        ok = same and exact
-        if bitstream:
-            ok = _bitstream_step(bitstream, out.parent / f"digits_{bitstream}", cal) and ok
-        return 0 if ok else 1
+    print(f"\n  reduced gsc-cs (seed {seed}): golden model vs dense integer reference")
+    gnet = zoo.gsc_cs(seed=seed, reduced=True)
+    x = np.random.default_rng(seed + 1).integers(-128, 128, (count, *gnet.input.shape))
+    x = x.astype(np.int8)
+    t0 = time.perf_counter()
+    y = golden.run(gnet, x)
+    dt = time.perf_counter() - t0
+    dense_w = {layer.name: unpack(layer.overlays) for layer in gnet.layers
+               if isinstance(layer, ir.OverlayLayer)}
+    same = bool(np.array_equal(y[:32], reference_run(gnet, dense_w, x[:32])))
+    print(f"  golden model: {count} inferences in {dt:.3f} s ({count / dt:,.0f}/s)")
+    print(f"  golden == dense integer reference on 32 inputs: {'yes' if same else 'NO'}")
+    ok = same and exact
+    if bitstream:
+        ok = _bitstream_step(bitstream, root / f"digits_{bitstream}", cal) and ok
+    return 0 if ok else 1
 
 
 #: Clocks of the digits bitstream where a board's default is too fast for it: the
@@ -146,16 +116,13 @@ DEMO_CLOCK_MHZ = {"icebreaker": 20.0}
 
 def _bitstream_step(board: str, out: Path, cal) -> bool:
     """Build the digits network's bitstream for ``board`` and print its report."""
-    from cosparse.boards.bitstream import build_bitstream
-    from .build import compile_model
-
     clock = DEMO_CLOCK_MHZ.get(board)
     print(f"\n  {board} bitstream of the digits network"
           + (f" at {clock:g} MHz" if clock else "") + " ...", flush=True)
-    compile_model(_example("digits_cs.onnx"), board=board, outdir=out, calibration=cal,
-                  clock_mhz=clock, progress=lambda m: print(f"  compile: {m}", flush=True))
+    acc = api.compile(_example("digits_cs.onnx"), board=board, outdir=out, calibration=cal,
+                      clock_mhz=clock, progress=lambda m: print(f"  compile: {m}", flush=True))
     try:
-        rep = build_bitstream(out, progress=lambda m: print(f"  bitstream: {m}", flush=True))
+        rep = acc.build(progress=lambda m: print(f"  bitstream: {m}", flush=True))
     except CosparseError as e:
         print(f"  bitstream: {e}")
         return False

@@ -1,5 +1,6 @@
 """The command line as a user runs it: the installed ``cosparse`` entry point."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import pytest
 
 from cosparse.compiler import ir, zoo
 from cosparse.sim import golden
+
+from .helpers import write_tiny
 
 COSPARSE = shutil.which("cosparse") or pytest.fail("the cosparse entry point is not installed")
 
@@ -25,14 +28,17 @@ def test_help_lists_the_commands():
         assert cmd in r.stdout
 
 
-def test_demo_runs_and_checks_itself(tmp_path):
+def test_demo_runs_checks_itself_and_keeps_what_it_prints(tmp_path):
     # (the bitstream step is the board tests' business: tests/boards)
-    r = run("demo", "-n", "64", "--sim-count", "4", "-o", tmp_path / "out", "--no-bitstream")
+    r = run("demo", "-n", "64", "--sim-count", "4", "--no-bitstream", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "golden == dense integer reference on 32 inputs: yes" in r.stdout
     assert "Verilator == golden on 4 digits: yes" in r.stdout
     assert "fc1" in r.stdout and "fill" in r.stdout
-    ir.load(tmp_path / "out")  # the kept network is valid
+    # Kept in ./cosparse-demo by default; every folder the demo names is there.
+    ir.load(tmp_path / "cosparse-demo" / "digits")
+    printed = re.findall(r"-> (\S+)", r.stdout)
+    assert printed and all((tmp_path / p).exists() for p in printed), printed
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +86,6 @@ def test_golden_on_a_folder_without_network(tmp_path):
 def test_sim_with_relative_paths_matches_golden(tmp_path):
     # As a user types it, from the folder that holds the model: every path relative
     # (the simulator itself runs in a folder of its own).
-    from tests.boards.tiny_model import write_tiny
 
     write_tiny(tmp_path)
     r = run("compile", "tiny.onnx", "--board", "sim", "-o", "out", "--calibration", "cal.npy",

@@ -18,7 +18,7 @@ from cosparse.boards.bitstream import (ECP5_ROUTER, TOP_NAME, ice40_bram_map, re
 from cosparse.compiler.cli import main
 from cosparse.compiler.folding import Folding
 
-from .tiny_model import write_tiny
+from ..helpers import write_tiny
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from cosparse.compiler.build import compile_model
 from cosparse.compiler.cli import main
 from cosparse.boards.serial_bridge import serve
 
-from .tiny_model import write_tiny
+from ..helpers import write_tiny
 
 
 def test_run_over_simulated_serial_equals_golden(tmp_path):

@@ -12,7 +12,7 @@ from cosparse.compiler.build import compile_model
 from cosparse.compiler.cli import main
 from cosparse.compiler.folding import Folding
 
-from .tiny_model import write_tiny
+from ..helpers import write_tiny
 
 
 def test_pll_settings_match_icepll_and_ecppll():

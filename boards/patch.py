@@ -67,7 +67,7 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
 
     from cosparse.boards.bitstream import TOP_NAME, pack_placed, patch_placed, tool_env
     from cosparse.compiler.emit import memory_images, write_images
-    from cosparse.compiler.onnx_frontend import check_supported, import_onnx
+    from cosparse.compiler.frontend import check_supported, import_onnx
     from cosparse.compiler.order import to_drain_order
 
     t0 = time.monotonic()

@@ -1,8 +1,8 @@
 """``cosparse compile``: an ONNX model to a compiled accelerator folder.
 
 The steps, each a function of the IR: check the operators
-(:func:`~.onnx_frontend.check_supported`, before any heavy work), import and
-quantize (:func:`~.onnx_frontend.import_onnx`), put every overlay layer in
+(:func:`~.frontend.check_supported`, before any heavy work), import and
+quantize (:func:`~.frontend.import_onnx`), put every overlay layer in
 drain order (:func:`~.order.to_drain_order`), fold for the board
 (:func:`~.fold.choose_folding`), then emit into OUTDIR:
 
@@ -68,7 +68,7 @@ def network_input(net: ir.Network, x: np.ndarray, what: str) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise CosparseError(f"input {what} holds NaN or infinite values")
     if "input_layout" in net.meta:
-        from .onnx_frontend import to_ir_input
+        from .frontend import to_ir_input
         return to_ir_input(net, x)
     return quantize_input(x, net.input.scale)
 
@@ -76,7 +76,7 @@ def network_input(net: ir.Network, x: np.ndarray, what: str) -> np.ndarray:
 def network_output(net: ir.Network, y: np.ndarray) -> np.ndarray:
     """IR integer outputs to dequantized float32 in the model's layout and order."""
     if "output_layout" in net.meta:
-        from .onnx_frontend import from_ir_output
+        from .frontend import from_ir_output
         return from_ir_output(net, y)
     from .order import restore_output_order
     from .quantize import dequantize
@@ -229,7 +229,7 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
                   spram_bits: int | None | str = "auto", clock_mhz: float | None = None,
                   progress: Callable[[str], None] = print) -> Path:
     """Compile ``model`` for ``board`` into ``outdir`` (see the module doc)."""
-    from .onnx_frontend import check_supported, import_onnx
+    from .frontend import check_supported, import_onnx
     from .order import to_drain_order
 
     b = resolve_board(board, clock_mhz)

@@ -41,7 +41,6 @@ LAYERS = {
     "cosparse.sim.golden": 3,
     "cosparse.sim.reference": 3,
     "cosparse.compiler.frontend": 4,
-    "cosparse.compiler.onnx_frontend": 4,
     "cosparse.compiler.packer": 4,
     "cosparse.compiler.quantize": 4,
     "cosparse.compiler.order": 4,

@@ -22,28 +22,19 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from cosparse.compiler import ir  # noqa: E402
-from cosparse.compiler.onnx_frontend import (FrontendError, check_supported,  # noqa: E402
-                                             from_ir_output, import_onnx, to_ir_input)
+from cosparse.compiler.frontend import (FrontendError, check_supported,  # noqa: E402
+                                        from_ir_output, import_onnx, to_ir_input)
 from cosparse.compiler.packer import unpack  # noqa: E402
 from cosparse.compiler.quantize import boost_ranking_exact, quantize_boost  # noqa: E402
 from cosparse.sim import golden  # noqa: E402
+from tests.helpers import ONNX_DATA as DATA, digits, quantize_qdq  # noqa: E402
 
-DATA = Path(__file__).parent / "data"
 MODELS = ["mlp_threshold", "mlp_scatter", "cnn_local", "cnn_global", "cnn_permute"]
 EXPORTERS = ["legacy", "dynamo"]
 
 
 # --------------------------------------------------------------------------
 # Helpers
-
-
-def digits(model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(calibration, test inputs, labels) in the model's input layout."""
-    d = np.load(DATA / "digits.npz")
-    cal, x = d["calib"], d["x"]
-    if model.startswith("mlp"):
-        cal, x = cal.reshape(len(cal), -1), x.reshape(len(x), -1)
-    return cal, x, d["y"]
 
 
 def run_ort(model, x: np.ndarray) -> np.ndarray:
@@ -72,7 +63,7 @@ def run_ort_qdq(path: Path, x: np.ndarray) -> np.ndarray:
         n.output[:] = [g.output[0].name if t == q.input[0] else t for t in n.output]
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3  # the output's scale is now an unused initializer
+    opts.log_severity_level = 3  # the output's scale is an initializer nothing reads
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
@@ -395,29 +386,11 @@ def test_kernels_per_overlay_errors(tmp_path):
 # QDQ models from ONNX Runtime's static quantizer
 
 
-def _quantize_qdq(src: Path, dst: Path, cal: np.ndarray) -> Path:
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"x": cal[i:i + 32]} for i in range(0, len(cal), 32)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-    return dst
-
-
 @pytest.mark.parametrize("model,exporter", [("cnn_local", "dynamo"), ("mlp_threshold", "legacy")])
 def test_qdq_model_takes_scales_and_weights_from_the_model(model, exporter, tmp_path):
     cal, x, labels = digits(model)
     float_path = DATA / f"{model}_{exporter}.onnx"
-    path = _quantize_qdq(float_path, tmp_path / "qdq.onnx", cal[:128])
+    path = quantize_qdq(float_path, tmp_path / "qdq.onnx", cal[:128])
     net = import_onnx(path)  # no calibration needed
     assert net.meta["quantization"] == "qdq"
     q = onnx.load(str(path))
@@ -438,7 +411,8 @@ def test_qdq_model_takes_scales_and_weights_from_the_model(model, exporter, tmp_
     assert max_err < MAX_ERR and mean_err < MEAN_ERR and agree >= AGREE, (max_err, mean_err, agree)
     max_err, mean_err, agree = errors(y, run_ort(float_path, x))
     assert max_err < MAX_ERR and mean_err < MEAN_ERR and agree >= AGREE, (max_err, mean_err, agree)
-    assert (y.argmax(1) == labels).mean() >= (run_ort(float_path, x).argmax(1) == labels).mean() - 0.03
+    float_acc = (run_ort(float_path, x).argmax(1) == labels).mean()
+    assert (y.argmax(1) == labels).mean() >= float_acc - 0.03
 
 
 def test_qdq_conv_chain_matches_onnxruntime_qdq(tmp_path):
@@ -457,7 +431,7 @@ def test_qdq_conv_chain_matches_onnxruntime_qdq(tmp_path):
     inits = {k: np.asarray(v, np.float32) for k, v in inits.items()}
     src = save(make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10]), tmp_path / "f.onnx")
     cal, x, _ = digits("cnn_local")
-    path = _quantize_qdq(src, tmp_path / "qdq.onnx", cal[:128])
+    path = quantize_qdq(src, tmp_path / "qdq.onnx", cal[:128])
     net = import_onnx(path)
     y = run_golden(net, x)
     # Equal up to rounding (the IR rounds half up with a 16-bit multiplier, QDQ
@@ -710,7 +684,8 @@ def test_external_data_inside_the_folder_loads(tmp_path):
     cal, x, _ = digits("mlp_threshold")
     net = import_onnx(path, calibration=cal)
     ref = import_onnx(DATA / "mlp_threshold_legacy.onnx", calibration=cal)
-    assert np.array_equal(golden.run(net, to_ir_input(net, x)), golden.run(ref, to_ir_input(ref, x)))
+    assert np.array_equal(golden.run(net, to_ir_input(net, x)),
+                          golden.run(ref, to_ir_input(ref, x)))
 
 
 @pytest.mark.parametrize("where", ["parent", "absolute"])

@@ -1,0 +1,177 @@
+"""Quantization and packing: lowered steps to a validated IR network.
+
+Names each step after its PyTorch module, quantizes weights (int8 per output
+channel), bias (int32) and requantization, packs each layer into overlays,
+and inserts the ``ZeroSkip``/``Densify`` adapters of the build mode.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .. import ir
+from ..packer import PackError, pack
+from ..quantize import quantize_boost, requant_for_range
+from .calibrate import Scales
+from .graph import Graph
+from .layout import ir_shape
+from .lower import Step
+
+__all__ = ["name_steps", "kernels_for", "build_network"]
+
+
+def _clean(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name).strip("._") or "layer"
+
+
+_STEP_WORDS = {"conv": "conv", "linear": "linear", "pool": "pool", "local_kwta": "kwta",
+               "global_kwta": "kwta", "flatten": "flatten"}
+
+
+def _weight_module(name: str) -> str:
+    """``fc1.weight`` (or its QDQ forms ``fc1.weight_quantized`` ...) -> ``fc1``."""
+    name = re.sub(r"(_DequantizeLinear_Output|_quantized|_dequantized)$", "", name)
+    return name[:-len(".weight")] if name.endswith(".weight") else ""
+
+
+def name_steps(steps: list[Step]) -> None:
+    """IR layer names from the PyTorch module paths (weight names, exporter scopes)."""
+    scopes = [_weight_module(s.node.attrs.get("weight_name", "")) or s.node.scope
+              for s in steps]
+    taken: set[str] = set()
+    for s, scope in zip(steps, scopes):
+        word = _STEP_WORDS[s.kind]
+        container = any(o != scope and o.startswith(scope + ".") for o in scopes)
+        base = _clean(f"{scope}.{word}" if scope and container else scope or word)
+        name, i = base, 2
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        s.name = name
+
+
+def kernels_for(g: Graph, steps: list[Step], kernels_per_overlay: dict | None,
+                mode: str) -> dict[str, int | None]:
+    """``K`` per overlay layer (None: the packer chooses) from the user's choices by name."""
+    layers = [s for s in steps if s.kind in ("conv", "linear")]
+    if mode == "dense":
+        if kernels_per_overlay:
+            raise g.fail("kernels_per_overlay does not apply to mode 'dense', which keeps every "
+                         "weight with one kernel per overlay")
+        return {s.name: 1 for s in layers}
+    chosen: dict[str, int | None] = {s.name: None for s in layers}
+    for key, k in (kernels_per_overlay or {}).items():
+        hit = [s for s in layers if key == s.name or key in s.onnx_nodes]
+        if not hit:
+            raise g.fail(f"kernels_per_overlay names {key!r}, which is not a layer; the "
+                         f"layers are {', '.join(s.name for s in layers)}")
+        for s in hit:
+            chosen[s.name] = k
+    return chosen
+
+
+def _with_adapters(layers: list[ir.Layer], mode: str) -> list[ir.Layer]:
+    """ZeroSkip before a dense-fed overlay layer (sparse-sparse); Densify after a k-WTA
+    feeding one (sparse-weights, dense)."""
+    overlay = (ir.OverlayConv, ir.OverlayLinear)
+    out: list[ir.Layer] = []
+    fmt = "dense"
+    for i, layer in enumerate(layers):
+        if mode == "sparse-sparse" and isinstance(layer, overlay) and fmt == "dense":
+            out.append(ir.ZeroSkip(f"{layer.name}.zero_skip"))
+            fmt = "sparse"
+        out.append(layer)
+        fmt = layer.output_format(fmt)
+        if mode != "sparse-sparse" and isinstance(layer, (ir.LocalKWTA, ir.GlobalKWTA)):
+            nxt = next((x for x in layers[i + 1:] if not isinstance(x, (ir.MaxPool, ir.Flatten))),
+                       None)
+            if isinstance(nxt, overlay):
+                out.append(ir.Densify(f"{layer.name}.densify"))
+                fmt = "dense"
+    return out
+
+
+def _quantize_layer(g: Graph, s: Step, s_in: float, s_out: float | None) -> dict:
+    """int8 weights, int32 bias, accumulator scales and requantization of one layer."""
+    w = s.weight
+    if s.w_scale is not None:
+        w_scale = s.w_scale
+    else:
+        peak = np.abs(w).max(axis=1)
+        w_scale = np.where(peak > 0, peak / 127, 1.0)
+    wq = np.clip(np.rint(w / w_scale[:, None]), -128, 127).astype(np.int8)
+    acc_scale = s_in * w_scale
+    bq = np.rint(s.bias / acc_scale)
+    if np.any(np.abs(bq) >= 2**31):
+        raise g.fail(f"layer {s.name!r}: bias {float(np.abs(s.bias).max()):.6g} does not fit "
+                     f"int32 at the accumulator scale {float(acc_scale.min()):.3g}")
+    rq = None
+    if s_out is not None:
+        try:
+            rq = requant_for_range(acc_scale / s_out, relu=s.relu)
+        except ValueError as e:
+            raise g.fail(f"layer {s.name!r}: cannot requantize ({e})") from None
+    return dict(weights=wq, bias=bq.astype(np.int32), acc_scale=acc_scale, requant=rq)
+
+
+def _overlay_layer(g: Graph, s: Step, s_in: float, s_out: float | None, k: int | None,
+                   mode: str) -> ir.Layer:
+    """Quantize and pack one conv or linear step."""
+    q = _quantize_layer(g, s, s_in, s_out)
+    try:
+        ov = pack(q["weights"], k, dense=mode == "dense")
+    except PackError as e:
+        raise g.fail(f"layer {s.name!r}: {e}") from None
+    common = dict(overlays=ov, bias=q["bias"], requant=q["requant"],
+                  out_scale=float(s_out or 1.0),
+                  acc_scale=tuple(float(v) for v in q["acc_scale"]))
+    if s.kind == "conv":
+        return ir.OverlayConv(s.name, kernel=s.kernel, stride=s.stride, padding=s.padding,
+                              **common)
+    return ir.OverlayLinear(s.name, **common)
+
+
+def _kwta_layer(s: Step) -> tuple[ir.Layer, dict]:
+    """The IR k-WTA of a step, and how its boost was quantized."""
+    boost, info = (None, {"shift": None, "exact": True}) if s.boost is None \
+        else quantize_boost(s.boost)
+    info = dict(info, k=s.k, onnx_form="gather-scatter" if s.exact else "threshold")
+    cls = ir.LocalKWTA if s.kind == "local_kwta" else ir.GlobalKWTA
+    return cls(s.name, k=s.k, boost=boost), info
+
+
+def build_network(g: Graph, steps: list[Step], calibration: np.ndarray | None, mode: str,
+                  kfor: dict[str, int | None], name: str) -> ir.Network:
+    """Quantize and pack the steps into a validated network with its meta facts."""
+    scales = Scales(g, steps, calibration)
+    s_in = input_scale = scales.input()
+    layers: list[ir.Layer] = []
+    kwta: dict[str, dict] = {}
+    for i, s in enumerate(steps):
+        if s.kind in ("conv", "linear"):
+            logits = i == len(steps) - 1 and not s.relu  # int32 accumulators out
+            s_out = None if logits else scales.output(i)
+            layers.append(_overlay_layer(g, s, s_in, s_out, kfor[s.name], mode))
+            s_in = s_out or s_in
+        elif s.kind == "pool":
+            layers.append(ir.MaxPool(s.name, kernel=s.kernel, stride=s.stride))
+        elif s.kind in ("local_kwta", "global_kwta"):
+            layer, kwta[s.name] = _kwta_layer(s)
+            layers.append(layer)
+        else:
+            layers.append(ir.Flatten(s.name))
+    net = ir.Network(name, ir.TensorSpec(ir_shape(g.input_shape), "int8", float(input_scale)),
+                     _with_adapters(layers, mode))
+    try:
+        out = net.specs()[-1]
+    except ir.ManifestError as e:
+        raise g.fail(f"the imported network is not valid: {e}") from None
+    net.meta.update(
+        mode=mode, input_scale=float(input_scale),
+        output_scale=list(out.scale) if isinstance(out.scale, tuple) else out.scale,
+        quantization="qdq" if scales.qdq else "calibration", kwta=kwta,
+        layers={s.name: {"onnx_nodes": s.onnx_nodes, "onnx_input": s.onnx_in,
+                         "onnx_output": s.onnx_out} for s in steps})
+    return net

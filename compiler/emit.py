@@ -10,30 +10,45 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from amaranth.hdl import Const, Fragment, Shape
-from amaranth.hdl._mem import MemoryInstance
+from amaranth.hdl import Const, Fragment, MemoryInstance, Shape
+from amaranth.lib.memory import Memory
 
 from .images import MemoryImage, pack_bundle
 
-__all__ = ["memory_images", "write_images"]
+__all__ = ["core_memories", "memory_images", "write_images"]
+
+
+def core_memories(core) -> list[tuple[str, Memory]]:
+    """Every memory of the elaborated ``core`` as ``(path, memory)``, in design order.
+
+    ``path`` names the memory by the submodules that hold it, below the core
+    (``s3_overlayengine.weights``).
+    """
+    found: list[tuple[str, Memory]] = []
+
+    def walk(frag: Fragment, path: str) -> None:
+        mems = [o for o in (frag.origins or ()) if isinstance(o, Memory)]
+        if mems:
+            found.append((path, mems[0]))
+            return
+        if isinstance(frag, MemoryInstance):
+            raise TypeError(f"memory {path} is not an amaranth.lib.memory.Memory")
+        for sub, name, *_ in frag.subfragments:
+            walk(sub, f"{path}.{name}" if path else str(name))
+
+    walk(Fragment.get(core, None), "")
+    return found
 
 
 def memory_images(core) -> list[MemoryImage]:
     """Images of every memory of ``core`` with non-zero initial contents, in design order."""
     out: list[MemoryImage] = []
-
-    def walk(frag, path: str) -> None:
-        if isinstance(frag, MemoryInstance):
-            data = frag._data
-            width = Shape.cast(data.shape).width
-            mask = (1 << width) - 1
-            words = tuple(int(v) & mask for v in _raw(data))
-            if any(words):
-                out.append(MemoryImage(path, width, words))
-        for sub, name, _ in frag.subfragments:
-            walk(sub, f"{path}.{name}" if path else str(name))
-
-    walk(Fragment.get(core, None), "")
+    for path, mem in core_memories(core):
+        width = Shape.cast(mem.shape).width
+        mask = (1 << width) - 1
+        words = tuple(int(v) & mask for v in _raw(mem.data))
+        if any(words):
+            out.append(MemoryImage(path, width, words))
     # Memories that start empty in hardware (iCE40 SPRAM): their contents come from the loader.
     for port in getattr(core, "load_ports", []):
         if not port.has_init:

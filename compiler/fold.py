@@ -33,12 +33,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+from amaranth.hdl import Shape
 
-from cosparse.compiler.folding import Folding, LayerFold
-from cosparse.compiler.lower import lower
 from cosparse.hw.network import NetworkCore
 
 from . import ir
+from .emit import core_memories
+from .folding import Folding, LayerFold
+from .lower import lower
 from .errors import CosparseError
 from .perf import stage_cycles
 
@@ -94,23 +96,8 @@ LUTRAM_MAX_BITS = 2048
 
 def memory_census(core: NetworkCore) -> list[tuple[str, int, int, int, int]]:
     """Every memory of the elaborated core: ``(path, depth, width, read ports, write ports)``."""
-    from amaranth.hdl import Shape
-    from amaranth.hdl._ir import Fragment
-    from amaranth.hdl._mem import MemoryInstance
-
-    mems = []
-
-    def walk(frag, path):
-        for sub, name, *_ in frag.subfragments:
-            if isinstance(sub, MemoryInstance):
-                data = sub._data
-                mems.append((f"{path}.{name}", data.depth, Shape.cast(data.shape).width,
-                             len(sub._read_ports), len(sub._write_ports)))
-            else:
-                walk(sub, f"{path}.{name}")
-
-    walk(Fragment.get(core, None), "core")
-    return mems
+    return [(f"core.{path}", mem.depth, Shape.cast(mem.shape).width, len(mem.read_ports),
+             len(mem.write_ports)) for path, mem in core_memories(core)]
 
 
 def _ecp5_blocks(depth: int, width: int, reads: int, writes: int) -> int:

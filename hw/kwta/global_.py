@@ -17,8 +17,14 @@ from amaranth.lib.wiring import In, Out
 from ..streams import dense_layout, sparse_layout
 from ..util import bits, check_int
 from .common import Keys, SerialOutput, check_boost, key_bits
-from .threshold import (FrameReader, FrameWriter, LaneHistograms, ThresholdCompare,
-                        ThresholdScan, WinnerPacker)
+from .threshold import (
+    FrameReader,
+    FrameWriter,
+    LaneHistograms,
+    ThresholdCompare,
+    ThresholdScan,
+    WinnerPacker,
+)
 
 __all__ = ["GlobalKWTA", "HistogramGlobalKWTA", "SerialGlobalKWTA"]
 
@@ -70,9 +76,10 @@ class GlobalKWTA(wiring.Component):
 
     def __new__(cls, size=None, k=None, *, group=None, width: int = 8, entries: int = 8,
                 boost=None, serial: bool = False):
+        design = cls
         if cls is GlobalKWTA:
-            cls = SerialGlobalKWTA if serial else HistogramGlobalKWTA
-        return super().__new__(cls, src_loc_at=1)
+            design = SerialGlobalKWTA if serial else HistogramGlobalKWTA
+        return super().__new__(design, src_loc_at=1)
 
     def __init__(self, size: int, k: int, *, group: int | None = None, width: int = 8,
                  entries: int = 8, boost=None, serial: bool = False):

@@ -58,9 +58,8 @@ class LocalKWTA(wiring.Component):
     """
 
     def __new__(cls, channels=None, k=None, *, width: int = 8, entries: int = 8, boost=None):
-        if cls is LocalKWTA:
-            cls = InsertionLocalKWTA if width == 1 else MergeLocalKWTA
-        return super().__new__(cls, src_loc_at=1)
+        design = (InsertionLocalKWTA if width == 1 else MergeLocalKWTA) if cls is LocalKWTA else cls
+        return super().__new__(design, src_loc_at=1)
 
     def __init__(self, channels: int, k: int, *, width: int = 8, entries: int = 8, boost=None):
         check_int("channels", channels, 1)

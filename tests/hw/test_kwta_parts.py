@@ -7,11 +7,16 @@ from collections import Counter
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
-
 from cosparse.hw.kwta.order import WinnerPicker, WinnerSorter
-from cosparse.hw.kwta.sort import BeatSorter, MergeArray, SortedInsert, beat_layout
-from cosparse.hw.kwta.threshold import (FrameReader, FrameWriter, LaneHistograms,
-                                        ThresholdCompare, ThresholdScan, WinnerPacker)
+from cosparse.hw.kwta.sort import BeatSorter, MergeArray, SortedInsert
+from cosparse.hw.kwta.threshold import (
+    FrameReader,
+    FrameWriter,
+    LaneHistograms,
+    ThresholdCompare,
+    ThresholdScan,
+    WinnerPacker,
+)
 from cosparse.hw.streams import decode, dense_beats, encode, sparse_beats
 from cosparse.sim.streamsim import Port, simulate
 

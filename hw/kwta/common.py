@@ -1,0 +1,154 @@
+"""Parts shared by the k-WTA units: boost checks, the key datapath, the winners layout,
+the serial output beat."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data
+from amaranth.lib.memory import Memory
+from amaranth.utils import ceil_log2
+
+__all__ = ["MAX_BOOST", "key_bits", "offset_key", "check_boost", "boost_rom", "Keys", "SerialOutput",
+           "winner_layout", "winners_layout"]
+
+#: Largest boost factor (unsigned 16 bits, as in the IR).
+MAX_BOOST = (1 << 16) - 1
+
+
+def key_bits(boost) -> int:
+    """Signed width of ``x * boost`` for int8 ``x``: ``8 + ceil(log2(max boost))``."""
+    if boost is None:
+        return 8
+    return 8 + ceil_log2(max(boost))
+
+
+def check_boost(boost, n: int, what: str) -> tuple[int, ...] | None:
+    """A tuple of ``n`` integers in 1..MAX_BOOST, or None (all ones is None)."""
+    if boost is None:
+        return None
+    try:
+        vals = [int(b) for b in boost]
+        ok = all(float(b) == int(b) for b in boost)
+    except (TypeError, ValueError):
+        raise ValueError(f"boost must be a sequence of {n} integers, got {boost!r}") from None
+    if not ok or len(vals) != n:
+        raise ValueError(f"boost must be a sequence of {n} integers (one per {what}), "
+                         f"got {len(vals)} values: {boost!r}")
+    bad = [b for b in vals if not 1 <= b <= MAX_BOOST]
+    if bad:
+        raise ValueError(f"boost values must be integers from 1 to {MAX_BOOST}, got {bad[0]!r}")
+    if all(b == 1 for b in vals):
+        return None
+    return tuple(vals)
+
+
+def boost_rom(boost, D: int, beats: int, bb: int) -> Memory | None:
+    """Per-beat boost factors of the ``D`` lanes, one word per beat of a group."""
+    if boost is None or beats == 1:
+        return None
+    words = []
+    for b in range(beats):
+        w = 0
+        for d in range(D):
+            c = b * D + d
+            w |= (boost[c] if c < len(boost) else 0) << (d * bb)
+        words.append(w)
+    return Memory(shape=unsigned(D * bb), depth=beats, init=words)
+
+
+def winner_layout(index_bits: int) -> data.StructLayout:
+    """One winner candidate: ``index``, ``value`` and ``valid`` (the cell holds one)."""
+    return data.StructLayout({"index": unsigned(index_bits), "value": signed(8),
+                              "valid": unsigned(1)})
+
+
+def winners_layout(k: int, index_bits: int) -> data.StructLayout:
+    """A group's ``k`` winner cells in any order, and the frame's ``end`` flag."""
+    return data.StructLayout({"cells": data.ArrayLayout(winner_layout(index_bits), k),
+                              "end": unsigned(1)})
+
+
+def offset_key(x, b, kb: int) -> Value:
+    """Offset-binary key of int8 ``x`` with boost ``b`` (None: 1), ``kb`` bits.
+
+    The sign bit is inverted, so unsigned comparison orders the keys like
+    the signed products ``x * b``.
+    """
+    if b is None:
+        return Cat(x[:7], ~x[7])
+    prod = x.as_signed() * b
+    return Cat(prod[:kb - 1], ~prod[kb - 1])
+
+
+class Keys:
+    """Key datapath: lane boosts one cycle after the beat address, then ``x * boost``.
+
+    ``lanes(port)`` gives the ``D`` boost values of a ROM read port (or the
+    constants when a group is one beat); ``ukey(x, b)`` is the offset key.
+    The ROM (:attr:`rom`, None when there is none) is added to the module by
+    the unit that owns it.
+    """
+
+    def __init__(self, boost, D: int, beats: int):
+        self.boost, self.D, self.beats = boost, D, beats
+        self.kb = key_bits(boost)
+        self.bb = max(boost).bit_length() if boost is not None else 1
+        self.rom = boost_rom(boost, D, beats, self.bb)
+
+    def lanes(self, m: Module, addr, en) -> list | None:
+        """The ``D`` boost values of beat ``addr`` (a ROM read, one cycle later), or None."""
+        if self.boost is None:
+            return None
+        if self.rom is None:
+            return [Const(self.boost[d] if d < len(self.boost) else 0, self.bb)
+                    for d in range(self.D)]
+        port = self.rom.read_port()
+        m.d.comb += [port.addr.eq(addr), port.en.eq(en)]
+        return [port.data[d * self.bb:(d + 1) * self.bb] for d in range(self.D)]
+
+    def ukey(self, x, b) -> Value:
+        """Offset-binary key of int8 ``x`` with boost ``b`` (None: 1), ``kb`` bits."""
+        return offset_key(x, b, self.kb)
+
+
+class SerialOutput:
+    """The output side of a serial k-WTA: a beat being filled, then the output register.
+
+    ``append(entry)`` adds an entry to the beat being filled; ``send(n,
+    ents, last, end)`` loads the output register (when ``free``);
+    ``with_entry(entry, has)`` is the filled entries plus ``entry`` (when
+    ``has``) at the next place, zeros after: a beat's canonical contents.
+    """
+
+    def __init__(self, m: Module, o, R: int, k: int, ib: int):
+        self.m, self.R = m, R
+        self.b_ent = [Signal(ib + 8, name=f"b_ent_{r}") for r in range(R)]
+        self.b_cnt = Signal(range(R + 1))
+        self.o_v, self.o_last, self.o_end = Signal(), Signal(), Signal()
+        self.o_cnt = Signal(range(R + 1))
+        self.o_ent = [Signal(ib + 8, name=f"o_ent_{r}") for r in range(R)]
+        self.free = Signal()
+        m.d.comb += self.free.eq(~self.o_v | o.ready)
+        with m.If(o.ready):
+            m.d.sync += self.o_v.eq(0)
+        op = o.payload
+        m.d.comb += [o.valid.eq(self.o_v), op.count.eq(self.o_cnt), op.last.eq(self.o_last),
+                     op.end.eq(self.o_end)]
+        for r in range(min(R, k)):
+            m.d.comb += [op.entries[r].index.eq(self.o_ent[r][:ib]),
+                         op.entries[r].value.eq(self.o_ent[r][ib:])]
+
+    def with_entry(self, entry, has=1) -> list:
+        b, n = self.b_ent, self.b_cnt
+        return [Mux(n > r, b[r], Mux((n == r) & has, entry, 0)) for r in range(self.R)]
+
+    def send(self, n, ents, last, end) -> None:
+        self.m.d.sync += [self.o_v.eq(1), self.o_cnt.eq(n), self.o_last.eq(last),
+                          self.o_end.eq(end)]
+        self.m.d.sync += [o.eq(e) for o, e in zip(self.o_ent, ents)]
+
+    def append(self, entry) -> None:
+        self.m.d.sync += self.b_cnt.eq(self.b_cnt + 1)
+        for r in range(self.R):
+            with self.m.If(self.b_cnt == r):
+                self.m.d.sync += self.b_ent[r].eq(entry)

@@ -1,0 +1,417 @@
+"""Global k-WTA: exactly ``k`` winners over a whole frame, by a threshold search.
+
+:class:`GlobalKWTA` builds :class:`HistogramGlobalKWTA` (radix histograms,
+one word of ``D`` elements per cycle) or, with ``serial=True``,
+:class:`SerialGlobalKWTA` (a bit-serial search over the stored frame, the
+smallest build); both have the same interface. See ``docs/kwta.md`` for the
+algorithm, throughput and measured timing.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..streams import dense_layout, sparse_layout
+from ..util import bits, check_int
+from .common import Keys, SerialOutput, check_boost, key_bits
+from .threshold import (
+    FrameReader,
+    FrameWriter,
+    LaneHistograms,
+    ThresholdCompare,
+    ThresholdScan,
+    WinnerPacker,
+)
+
+__all__ = ["GlobalKWTA", "HistogramGlobalKWTA", "SerialGlobalKWTA"]
+
+
+class GlobalKWTA(wiring.Component):
+    """k-winners-take-all over a whole frame: a vector or a whole (H, W, C) map.
+
+    A frame is ``size`` (``N``) elements in ``N / G`` groups of ``group``
+    (``G``) elements: a vector is one group (``G = N``), a map one group of
+    ``C`` channels per position (``N = H * W * C``). Exactly ``k`` winners
+    per frame, ties to the lower flat index (position * G + channel). The
+    output has one sparse group per input group (empty ones included), index
+    = element within the group.
+
+    ``GlobalKWTA(...)`` builds :class:`HistogramGlobalKWTA`, or
+    :class:`SerialGlobalKWTA` with ``serial=True``.
+
+    Parameters
+    ----------
+    size : int
+        ``N``, elements per frame.
+    k : int
+        Winners per frame, 1 to ``N``.
+    group : int, optional
+        ``G``, elements per group; must divide ``N`` (default ``N``: a vector).
+    width : int
+        ``D``, elements per input beat.
+    entries : int
+        ``R``, entries per output beat (1 to 64).
+    boost : sequence of int, optional
+        ``G`` integers from 1 to 65535: one per unit of a vector, one per
+        channel of a map.
+    serial : bool
+        The small, slow build (:class:`SerialGlobalKWTA`); needs ``width`` 1.
+
+    Members
+    -------
+    i : In(stream.Signature(dense_layout(D, signed(8))))
+    o : Out(stream.Signature(sparse_layout(R, bits(G), signed(8))))
+
+    Raises
+    ------
+    ValueError
+        A parameter is not an integer in its range, ``group`` does not
+        divide ``size``, or ``boost`` has the wrong length or a bad value.
+    """
+
+    SCAN_OVERHEAD = 11  # cycles of pipeline and hand-off around each scan
+
+    def __new__(cls, size=None, k=None, *, group=None, width: int = 8, entries: int = 8,
+                boost=None, serial: bool = False):
+        design = cls
+        if cls is GlobalKWTA:
+            design = SerialGlobalKWTA if serial else HistogramGlobalKWTA
+        return super().__new__(design, src_loc_at=1)
+
+    def __init__(self, size: int, k: int, *, group: int | None = None, width: int = 8,
+                 entries: int = 8, boost=None, serial: bool = False):
+        check_int("size", size, 1)
+        check_int("k", k, 1, size)
+        group = size if group is None else group
+        check_int("group", group, 1, size)
+        if size % group:
+            raise ValueError(f"group must divide size {size}, got {group!r}")
+        check_int("width (D)", width, 1)
+        check_int("entries (R)", entries, 1, 64)
+        self.size, self.k, self.group, self.width, self.entries = size, k, group, width, entries
+        if serial and width != 1:
+            raise ValueError(f"serial needs width (D) 1, got {width!r}")
+        if bool(serial) != self.serial:
+            raise ValueError(f"{type(self).__name__} is built with serial={self.serial}, "
+                             f"got serial={serial!r}")
+        self.boost = check_boost(boost, group, "unit or channel")
+        self.positions = size // group
+        self.beats = -(-group // width)  # beats per group
+        self.words = self.positions * self.beats  # beats per frame
+        self.index_bits = bits(group)
+        self.key_bits = key_bits(self.boost)
+        self.digits = -(-self.key_bits // 8)
+        self.in_layout = dense_layout(width, signed(8))
+        self.out_layout = sparse_layout(entries, self.index_bits, signed(8))
+        super().__init__({
+            "i": In(stream.Signature(self.in_layout)),
+            "o": Out(stream.Signature(self.out_layout)),
+        })
+
+    @property
+    def dsps(self) -> int:
+        """Multipliers of the keys ``x * boost``: one per lane with boost, else none."""
+        return self.width if self.boost is not None else 0
+
+    @property
+    def serial(self) -> bool:
+        """Built as the serial threshold search (:class:`SerialGlobalKWTA`)."""
+        return isinstance(self, SerialGlobalKWTA)
+
+    @property
+    def cycles_per_frame(self) -> int:
+        """Steady-state cycles per frame when emission is hidden."""
+        raise NotImplementedError
+
+
+class HistogramGlobalKWTA(GlobalKWTA):
+    """Global k-WTA by radix histograms of the keys' 8-bit digits.
+
+    ::
+
+        i -> FrameWriter -> frame buffer (two halves)
+               |  top digit of each key
+               v
+             LaneHistograms <- FrameReader (refine: next digit) <- frame buffer
+               |  ThresholdScan per digit (256 bins, top down)
+               v
+             threshold key T, quota q
+               -> FrameReader (emit) -> ThresholdCompare -> WinnerPacker -> o
+
+    A frame takes ``P * (W + 256 + SCAN_OVERHEAD)`` cycles in steady state
+    (``P`` digits, ``W`` words); emission overlaps the next frame's write.
+    Parameters and members as :class:`GlobalKWTA` (``serial`` False).
+    """
+
+    @property
+    def cycles_per_frame(self) -> int:
+        """Steady-state cycles per frame: ``P`` scans of 256 bins and ``P - 1`` refine reads
+        around the write of ``W`` words."""
+        return self.digits * (self.words + 256 + self.SCAN_OVERHEAD)
+
+    def elaborate(self, platform):
+        m = Module()
+        N, k, G, D, R = self.size, self.k, self.group, self.width, self.entries
+        BG, W, P = self.beats, self.words, self.digits
+        ib, kb = self.index_bits, self.key_bits
+        KP = 8 * P
+        cnt = bits(N + 1)
+        lane_cnt = bits(W + 1)
+        keys = Keys(self.boost, D, BG)
+        if keys.rom is not None:
+            m.submodules.boost_rom = keys.rom
+        bb = keys.bb if self.boost is not None else 0
+        m.submodules.buf = buf = Memory(shape=unsigned(D * 8), depth=2 * W, init=[])
+        buf_w, buf_r = buf.write_port(), buf.read_port()
+        m.submodules.writer = writer = FrameWriter(W, BG, D, G, kb, bb)
+        m.submodules.reader = reader = FrameReader(W, BG, D, G, kb, bb)
+        m.submodules.hist = hist = LaneHistograms(D, lane_cnt)
+        m.submodules.scan = scan = ThresholdScan(D, lane_cnt, cnt)
+        m.submodules.compare = compare = ThresholdCompare(D, KP, ib, cnt, BG)
+        m.submodules.packer = packer = WinnerPacker(D, R, ib)
+
+        # writer: frame -> buffer, top digit -> histograms
+        wiring.connect(m, wiring.flipped(self.i), writer.i)
+        m.d.comb += [buf_w.addr.eq(writer.buf_addr), buf_w.data.eq(writer.buf_data),
+                     buf_w.en.eq(writer.buf_en)]
+        wboost = keys.lanes(m, writer.boost_addr, 1)
+        if wboost is not None:
+            m.d.comb += writer.boost.eq(Cat(*wboost))
+
+        # reader: refine passes and emission
+        REFINE, EMIT = 0, 1
+        rd_mode = Signal()
+        adv_r = Signal()
+        m.d.comb += [buf_r.addr.eq(reader.buf_addr), buf_r.en.eq(adv_r),
+                     reader.buf_data.eq(buf_r.data), reader.en.eq(adv_r),
+                     reader.slot.eq(writer.slot)]
+        rboost = keys.lanes(m, reader.boost_addr, adv_r)
+        if rboost is not None:
+            m.d.comb += reader.boost.eq(Cat(*rboost))
+        r2 = reader.o
+        rd_idle = Signal()
+        m.d.comb += rd_idle.eq(~reader.busy & ~compare.busy)
+
+        # histogram update: the writer's top digit or a refine pass's next digit
+        sel_pass = Signal(range(max(P, 2)))
+        prefix = Signal(KP)  # threshold digits found so far (right-aligned)
+        with m.If((rd_mode == REFINE) & r2.valid):
+            m.d.comb += hist.valid.eq(1)
+            with m.Switch(sel_pass):
+                for q in range(1, P):
+                    with m.Case(q):
+                        hi = 8 * (P - q)
+                        for d in range(D):
+                            key = r2.lanes[d].key
+                            m.d.comb += [
+                                hist.digits[d].eq(key[hi - 8:hi]),
+                                hist.incs[d].eq(r2.lanes[d].valid & (key[hi:] == prefix[:8 * q])),
+                            ]
+        with m.Else():
+            m.d.comb += hist.valid.eq(writer.keys_valid)
+            for d in range(D):
+                m.d.comb += [hist.digits[d].eq(writer.keys[d].key[KP - 8:]),
+                             hist.incs[d].eq(writer.keys_valid & writer.keys[d].valid)]
+        m.d.comb += [hist.scanning.eq(scan.scanning), hist.scan_bin.eq(scan.bin),
+                     hist.clear_bin.eq(scan.clear_bin), hist.clear.eq(scan.clear),
+                     scan.counts.eq(hist.counts)]
+
+        # selector: scans, refine passes, hand-off to emission
+        need = Signal(cnt)
+        m.d.comb += scan.need.eq(need)
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(writer.filled & ~writer.busy & ~hist.busy):
+                    m.d.sync += [sel_pass.eq(0), prefix.eq(0), need.eq(k)]
+                    m.d.comb += scan.start.eq(1)
+                    m.next = "SCAN"
+            with m.State("SCAN"):
+                with m.If(scan.done):
+                    m.next = "FINISH"
+            with m.State("FINISH"):
+                m.d.sync += [prefix.eq(Cat(scan.digit, prefix[:KP - 8])),
+                             need.eq(need - scan.above)]
+                with m.If(sel_pass == P - 1):
+                    m.next = "DONE"
+                with m.Else():
+                    m.d.sync += sel_pass.eq(sel_pass + 1)
+                    m.next = "WAIT_READER"
+            with m.State("WAIT_READER"):
+                with m.If(rd_idle):
+                    m.d.sync += rd_mode.eq(REFINE)
+                    m.d.comb += reader.start.eq(1)
+                    m.next = "REFINE"
+            with m.State("REFINE"):
+                with m.If(rd_idle & ~hist.busy):
+                    m.d.comb += scan.start.eq(1)
+                    m.next = "SCAN"
+            with m.State("DONE"):
+                with m.If(rd_idle):
+                    m.d.sync += rd_mode.eq(EMIT)
+                    m.d.comb += [reader.start.eq(1), compare.load.eq(1), writer.release.eq(1)]
+                    m.next = "IDLE"
+
+        # emission: the winners of each word, packed R per beat
+        m.d.comb += [compare.en.eq(adv_r), compare.i.eq(r2),
+                     compare.i.valid.eq(r2.valid & (rd_mode == EMIT)),
+                     compare.thr.eq(prefix), compare.quota.eq(need)]
+        m.d.comb += [packer.i.valid.eq(compare.o.valid), packer.i.payload.win.eq(compare.o.win),
+                     packer.i.payload.last.eq(compare.o.glast),
+                     packer.i.payload.end.eq(compare.o.fend),
+                     packer.i.payload.entries.eq(compare.o.entries)]
+        m.d.comb += adv_r.eq((rd_mode == REFINE) | packer.i.ready)
+        wiring.connect(m, packer.o, wiring.flipped(self.o))
+        return m
+
+
+class SerialGlobalKWTA(GlobalKWTA):
+    """Global k-WTA for the smallest parts: a bit-serial threshold search, no histograms.
+
+    The frame (one element per beat) is written into one half of a
+    double-buffered memory, then read ``kb`` times (the keys computed as it
+    is read) to find the threshold key bit by bit from the top (keep bit
+    ``b`` when at least ``k`` keys are ``>=`` the threshold with it set),
+    once more to count the keys above it (the quota of equal keys), and
+    once to emit. ``(kb + 2) * (N + 1) + 1`` cycles per frame; the next
+    frame is written meanwhile. Parameters and members as
+    :class:`GlobalKWTA` (``serial`` True, ``width`` 1).
+    """
+
+    def __init__(self, size: int, k: int, *, group: int | None = None, width: int = 1,
+                 entries: int = 8, boost=None, serial: bool = True):
+        super().__init__(size, k, group=group, width=width, entries=entries, boost=boost,
+                         serial=serial)
+
+    @property
+    def cycles_per_frame(self) -> int:
+        """Steady-state cycles per frame: ``kb`` search passes, the quota pass and the
+        emission, ``N + 1`` each."""
+        return (self.key_bits + 2) * (self.size + 1) + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        N, k, G, R = self.size, self.k, self.group, self.entries
+        ib, kb = self.index_bits, self.key_bits
+        nb = bits(N)
+        cnt_bits = bits(N + 1)
+        keys = Keys(self.boost, 1, G)
+        if keys.rom is not None:
+            m.submodules.boost_rom = keys.rom
+        m.submodules.frames = mem = Memory(shape=unsigned(8), depth=2 << nb, init=[])
+        wp = mem.write_port()
+        rp = mem.read_port()
+        full = Signal(2)  # a complete frame waits in that half
+        full_set = Signal(2)
+        full_clr = Signal(2)
+        m.d.sync += full.eq((full | full_set) & ~full_clr)
+
+        # write: the values (keys are computed as the passes read them)
+        p = self.i.payload
+        wsel = Signal()  # the half being written
+        wa = Signal(range(max(N, 2)))
+        take = Signal()
+        m.d.comb += [self.i.ready.eq(~full.bit_select(wsel, 1)),
+                     take.eq(self.i.valid & self.i.ready),
+                     wp.addr.eq(Cat(wa, wsel)), wp.data.eq(p.data[0]), wp.en.eq(take)]
+        with m.If(take):
+            with m.If(wa == N - 1):
+                m.d.sync += [wa.eq(0), wsel.eq(~wsel)]
+                m.d.comb += full_set.bit_select(wsel, 1).eq(1)
+            with m.Else():
+                m.d.sync += wa.eq(wa + 1)
+
+        # read passes over the half rsel
+        rsel = Signal()
+        busy = Signal()  # passes running on rsel
+        bi = Signal(range(max(kb, 2)))  # threshold bit of a search pass
+        kind = Signal(2)  # 0 search, 1 count above, 2 emit
+        thr = Signal(kb)
+        cand = Signal(kb)
+        m.d.comb += cand.eq(thr | (Const(1, kb) << bi))
+        count = Signal(cnt_bits)
+        quota = Signal(cnt_bits)
+        ra = Signal(range(max(N, 2)))
+        issued = Signal()  # every address of this pass has been read
+        d_v, d_last = Signal(), Signal()
+        go = Signal()  # the element in d is processed this cycle
+        advance = Signal()
+        m.d.comb += [advance.eq(~d_v | go), rp.addr.eq(Cat(ra, rsel)), rp.en.eq(advance)]
+        rg = Signal(range(max(G, 2)))  # element within its group of the address read
+        with m.If(~busy & full.bit_select(rsel, 1)):
+            m.d.sync += [busy.eq(1), kind.eq(0), bi.eq(kb - 1), thr.eq(0), count.eq(0),
+                         ra.eq(0), rg.eq(0), issued.eq(0)]
+        with m.If(advance):
+            m.d.sync += [d_v.eq(busy & ~issued), d_last.eq(ra == N - 1)]
+            with m.If(busy & ~issued):
+                m.d.sync += rg.eq(Mux(rg == G - 1, 0, rg + 1))
+                with m.If(ra == N - 1):
+                    m.d.sync += [ra.eq(0), issued.eq(1)]
+                with m.Else():
+                    m.d.sync += ra.eq(ra + 1)
+        # The boost is read with the value: the key is x * boost on every pass.
+        blane = keys.lanes(m, rg, advance)
+        x = rp.data.as_signed()
+        key = Signal(kb)
+        m.d.comb += key.eq(keys.ukey(x, None if blane is None else blane[0]))
+
+        # search and quota passes
+        hit = Signal()
+        m.d.comb += hit.eq(Mux(kind == 0, key >= cand, key > thr))
+        total = Signal(cnt_bits)
+        m.d.comb += total.eq(count + hit)
+        eq_seen = Signal(cnt_bits)
+        gi = Signal(range(max(G, 2)))
+        with m.If(go & (kind != 2)):
+            m.d.sync += count.eq(total)
+            with m.If(d_last):  # the pass is over: decide, start the next one
+                m.d.sync += [count.eq(0), issued.eq(0)]
+                with m.If(kind == 0):
+                    with m.If(total >= k):
+                        m.d.sync += thr.eq(cand)
+                    with m.If(bi == 0):
+                        m.d.sync += kind.eq(1)
+                    with m.Else():
+                        m.d.sync += bi.eq(bi - 1)
+                with m.Else():
+                    m.d.sync += [quota.eq(k - total), kind.eq(2), eq_seen.eq(0), gi.eq(0)]
+
+        # emission: winners in flat order, one group per input group
+        win = Signal()
+        m.d.comb += win.eq((key > thr) | ((key == thr) & (eq_seen < quota)))
+        has = Signal()
+        m.d.comb += has.eq(win & (x != 0))
+        gend = Signal()
+        m.d.comb += gend.eq(gi == G - 1)
+        # A full beat waits in b until the group shows another winner (then it goes
+        # out, not last) or ends (then it is the group's last beat): canonical packing.
+        out = SerialOutput(m, self.o, R, k, ib)
+        flush, flush_end = Signal(), Signal()  # b holds a group's last beat, to send
+        spill = Signal()  # a winner arrives while b is full
+        m.d.comb += spill.eq(has & (out.b_cnt == R))
+        complete = Signal()  # this element sends a beat
+        m.d.comb += complete.eq(gend | spill)
+        m.d.comb += go.eq(d_v & ((kind != 2) | (~flush & (~complete | out.free))))
+        entry = Cat(gi, x)
+        with m.If(flush & out.free):
+            out.send(out.b_cnt, out.with_entry(entry, 0), 1, flush_end)
+            m.d.sync += [out.b_cnt.eq(0), flush.eq(0)]
+        with m.If(go & (kind == 2)):
+            m.d.sync += [eq_seen.eq(eq_seen + (key == thr)),
+                         gi.eq(Mux(gend, 0, gi + 1))]
+            with m.If(spill):  # the full beat goes; the winner starts the next one
+                out.send(R, out.b_ent, 0, 0)
+                m.d.sync += [out.b_ent[0].eq(entry), out.b_cnt.eq(1)]
+                with m.If(gend):
+                    m.d.sync += [flush.eq(1), flush_end.eq(d_last)]
+            with m.Elif(gend):
+                out.send(out.b_cnt + has, out.with_entry(entry, has), 1, d_last)
+                m.d.sync += out.b_cnt.eq(0)
+            with m.Elif(has):
+                out.append(entry)
+            with m.If(d_last):  # the frame is out: free its half
+                m.d.sync += [busy.eq(0), rsel.eq(~rsel)]
+                m.d.comb += full_clr.bit_select(rsel, 1).eq(1)
+        return m

@@ -1,0 +1,255 @@
+"""Local k-WTA: the ``k`` winners over the channels of each position.
+
+:class:`LocalKWTA` builds :class:`MergeLocalKWTA` (sorted beats merged into
+``k`` cells) or, with one element per beat, :class:`InsertionLocalKWTA`
+(each element inserted into ``k`` cells); both have the same interface.
+See ``docs/kwta.md`` for the structure and measured timing.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..streams import dense_layout, sparse_layout
+from ..util import bits, check_int
+from .common import Keys, check_boost, key_bits
+from .order import WinnerPicker, WinnerSorter
+from .sort import BeatSorter, MergeArray, SortedInsert
+
+__all__ = ["LocalKWTA", "MergeLocalKWTA", "InsertionLocalKWTA"]
+
+
+class LocalKWTA(wiring.Component):
+    """k-winners-take-all over the ``C`` channels of each position of a map.
+
+    Each group of the dense input (one position's channels, ``ceil(C / D)``
+    beats) becomes one group of the sparse output: its ``k`` winners with a
+    non-zero value, as ``(channel, value)`` in channel order. Any number of
+    positions per frame; ``end`` is passed on to the frame's final beat.
+
+    ``LocalKWTA(...)`` builds :class:`MergeLocalKWTA` when ``width > 1`` and
+    :class:`InsertionLocalKWTA` when ``width == 1``.
+
+    Parameters
+    ----------
+    channels : int
+        ``C``, channels per position.
+    k : int
+        Winners per position, 1 to ``C`` (``k == C`` keeps every non-zero).
+    width : int
+        ``D``, elements per input beat.
+    entries : int
+        ``R``, entries per output beat (1 to 64).
+    boost : sequence of int, optional
+        Per-channel boost, ``C`` integers from 1 to 65535.
+
+    Members
+    -------
+    i : In(stream.Signature(dense_layout(D, signed(8))))
+    o : Out(stream.Signature(sparse_layout(R, bits(C), signed(8))))
+
+    Raises
+    ------
+    ValueError
+        A parameter is not an integer in its range, or ``boost`` has the
+        wrong length or an out-of-range value.
+    """
+
+    def __new__(cls, channels=None, k=None, *, width: int = 8, entries: int = 8, boost=None):
+        design = (InsertionLocalKWTA if width == 1 else MergeLocalKWTA) if cls is LocalKWTA else cls
+        return super().__new__(design, src_loc_at=1)
+
+    def __init__(self, channels: int, k: int, *, width: int = 8, entries: int = 8, boost=None):
+        check_int("channels", channels, 1)
+        check_int("k", k, 1, channels)
+        check_int("width (D)", width, 1)
+        check_int("entries (R)", entries, 1, 64)
+        self.channels, self.k, self.width, self.entries = channels, k, width, entries
+        self.boost = check_boost(boost, channels, "channel")
+        self.beats = -(-channels // width)
+        self.index_bits = bits(channels)
+        self.key_bits = key_bits(self.boost)
+        self.in_layout = dense_layout(width, signed(8))
+        self.out_layout = sparse_layout(entries, self.index_bits, signed(8))
+        super().__init__({
+            "i": In(stream.Signature(self.in_layout)),
+            "o": Out(stream.Signature(self.out_layout)),
+        })
+
+    @property
+    def dsps(self) -> int:
+        """Multipliers of the keys ``x * boost``: one per lane with boost, else none."""
+        return self.width if self.boost is not None else 0
+
+    @property
+    def cycles_per_position(self) -> int:
+        """Steady-state cycles per position."""
+        raise NotImplementedError
+
+
+class MergeLocalKWTA(LocalKWTA):
+    """Local k-WTA as a merge array: ``min(D, k)`` lanes merged into ``k`` cells per cycle.
+
+    ::
+
+        i (dense, D/beat) -> P0 register, boost ROM read -> P1 keys x * boost
+          -> BeatSorter (rank, sort) -> MergeArray (PN, PM, k cells)
+          -> WinnerSorter (hold, slot, out: channel order, R per beat)
+
+    The whole front moves together; it stops only when the position
+    finishing in the merge array finds the emitter full. One input beat per
+    cycle with no bubble between positions (``ceil(C / D)`` cycles per
+    position) as long as the output beats fit in that time. Parameters and
+    members as :class:`LocalKWTA`; ``width`` at least 2.
+    """
+
+    def __init__(self, channels: int, k: int, *, width: int = 8, entries: int = 8, boost=None):
+        super().__init__(channels, k, width=width, entries=entries, boost=boost)
+        if width == 1:
+            raise ValueError(f"MergeLocalKWTA needs width (D) 2 or more, got {width!r}")
+
+    @property
+    def cycles_per_position(self) -> int:
+        """Steady-state cycles per position: input-bound, ``ceil(C / D)``."""
+        return self.beats
+
+    def elaborate(self, platform):
+        m = Module()
+        C, k, D, R, B = self.channels, self.k, self.width, self.entries, self.beats
+        ib, kb = self.index_bits, self.key_bits
+        keys = Keys(self.boost, D, B)
+        if keys.rom is not None:
+            m.submodules.boost_rom = keys.rom
+        m.submodules.sorter = sorter = BeatSorter(D, k, kb, ib)
+        m.submodules.merge = merge = MergeArray(sorter.kept, k, kb, ib)
+        m.submodules.emit = emit = WinnerSorter(k, R, ib)
+
+        adv = Signal()  # the whole front pipeline (P0..P3, merge) moves
+        p = self.i.payload
+        m.d.comb += self.i.ready.eq(adv)
+
+        # P0: input register; the boost ROM is read alongside
+        bg = Signal(range(max(B, 2)))  # beat of the position being accepted
+        with m.If(self.i.valid & adv):
+            with m.If(p.last):
+                m.d.sync += bg.eq(0)
+            with m.Elif(bg != B - 1):
+                m.d.sync += bg.eq(bg + 1)
+        v0, last0, end0 = Signal(), Signal(), Signal()
+        bg0 = Signal.like(bg)
+        x0 = [Signal(signed(8), name=f"x0_{d}") for d in range(D)]
+        blanes = keys.lanes(m, bg, adv)
+        with m.If(adv):
+            m.d.sync += v0.eq(self.i.valid)
+            with m.If(self.i.valid):
+                m.d.sync += [bg0.eq(bg), last0.eq(p.last), end0.eq(p.end)]
+                m.d.sync += [x0[d].eq(p.data[d]) for d in range(D)]
+
+        # P1: keys
+        v1, last1, end1, first1 = Signal(), Signal(), Signal(), Signal()
+        key1 = [Signal(kb, name=f"key1_{d}") for d in range(D)]
+        idx1 = [Signal(ib, name=f"idx1_{d}") for d in range(D)]
+        x1 = [Signal(signed(8), name=f"x1_{d}") for d in range(D)]
+        lv1 = [Signal(name=f"lv1_{d}") for d in range(D)]
+        with m.If(adv):
+            m.d.sync += [v1.eq(v0), last1.eq(last0), end1.eq(end0), first1.eq(bg0 == 0)]
+            for d in range(D):
+                m.d.sync += [
+                    key1[d].eq(keys.ukey(x0[d], None if blanes is None else blanes[d])),
+                    idx1[d].eq(bg0 * D + d),
+                    x1[d].eq(x0[d]),
+                    lv1[d].eq(bg0 * D + d < C),
+                ]
+
+        # sort, merge, emit
+        m.d.comb += [sorter.en.eq(adv), sorter.i.valid.eq(v1), sorter.i.first.eq(first1),
+                     sorter.i.last.eq(last1), sorter.i.end.eq(end1)]
+        m.d.comb += [sorter.i.lanes[d].as_value().eq(Cat(key1[d], idx1[d], x1[d], lv1[d]))
+                     for d in range(D)]
+        m.d.comb += [merge.en.eq(adv), merge.i.eq(sorter.o)]
+        m.d.comb += [emit.i.valid.eq(merge.o.valid & merge.o.last), emit.i.payload.end.eq(merge.o.end)]
+        m.d.comb += [emit.i.payload.cells[j].as_value().eq(merge.o.cells[j].as_value()[kb:])
+                     for j in range(k)]
+        m.d.comb += adv.eq(~(merge.o.valid & merge.o.last) | emit.i.ready)
+        wiring.connect(m, emit.o, wiring.flipped(self.o))
+        return m
+
+
+class InsertionLocalKWTA(LocalKWTA):
+    """Local k-WTA for one element per beat: insertion into ``k`` sorted cells.
+
+    ::
+
+        i (dense, 1/beat) -> P0 register, boost ROM read -> P1 key x * boost
+          -> SortedInsert (k cells) -> WinnerPicker (lowest channel per cycle)
+
+    The picker takes the finished position's cells the cycle after its last
+    insertion, while the next position's first element goes in: the
+    insertion logic then drives only the cells (on iCE40 a LUT and its
+    flip-flop share a cell only when the LUT drives nothing else).
+    ``max(C, k + 2)`` cycles per position. Parameters and members as
+    :class:`LocalKWTA`; ``width`` must be 1.
+    """
+
+    def __init__(self, channels: int, k: int, *, width: int = 1, entries: int = 8, boost=None):
+        super().__init__(channels, k, width=width, entries=entries, boost=boost)
+        if width != 1:
+            raise ValueError(f"InsertionLocalKWTA needs width (D) 1, got {width!r}")
+
+    @property
+    def cycles_per_position(self) -> int:
+        """Steady-state cycles per position: at least ``k + 2`` (the hold load, then one
+        winner per cycle)."""
+        return max(self.beats, self.k + 2)
+
+    def elaborate(self, platform):
+        m = Module()
+        C, k, R = self.channels, self.k, self.entries
+        ib, kb = self.index_bits, self.key_bits
+        keys = Keys(self.boost, 1, C)
+        if keys.rom is not None:
+            m.submodules.boost_rom = keys.rom
+        m.submodules.cells = cells = SortedInsert(k, kb, ib)
+        m.submodules.emit = emit = WinnerPicker(k, R, ib)
+        adv = Signal()
+        p = self.i.payload
+        m.d.comb += self.i.ready.eq(adv)
+
+        # P0: input register; the channel's boost is read alongside
+        ch = Signal(range(max(C, 2)))  # channel of the element being accepted
+        with m.If(self.i.valid & adv):
+            m.d.sync += ch.eq(Mux(p.last | (ch == C - 1), 0, ch + 1))
+        v0, last0, end0 = Signal(), Signal(), Signal()
+        ch0 = Signal.like(ch)
+        x0 = Signal(signed(8))
+        blane = keys.lanes(m, ch, adv)
+        with m.If(adv):
+            m.d.sync += v0.eq(self.i.valid)
+            with m.If(self.i.valid):
+                m.d.sync += [ch0.eq(ch), x0.eq(p.data[0]), last0.eq(p.last), end0.eq(p.end)]
+
+        # P1: key
+        v1, last1, end1, first1 = Signal(), Signal(), Signal(), Signal()
+        key1 = Signal(kb)
+        idx1 = Signal(ib)
+        x1 = Signal(signed(8))
+        with m.If(adv):
+            m.d.sync += [v1.eq(v0), last1.eq(last0), end1.eq(end0), first1.eq(ch0 == 0),
+                         key1.eq(keys.ukey(x0, None if blane is None else blane[0])),
+                         idx1.eq(ch0), x1.eq(x0)]
+
+        # cells: the best k so far; the picker takes them the cycle after the last insertion
+        pend, pend_end = Signal(), Signal()
+        m.d.comb += [cells.en.eq(adv & v1), cells.i.key.eq(key1), cells.i.index.eq(idx1),
+                     cells.i.value.eq(x1), cells.i.first.eq(first1)]
+        m.d.comb += adv.eq(~(v1 & last1 & (~emit.i.ready | pend)))
+        m.d.sync += pend.eq(adv & v1 & last1)
+        with m.If(adv & v1 & last1):
+            m.d.sync += pend_end.eq(end1)
+        m.d.comb += [emit.i.valid.eq(pend), emit.i.payload.end.eq(pend_end)]
+        m.d.comb += [emit.i.payload.cells[i].as_value().eq(cells.cells[i].as_value()[kb:])
+                     for i in range(k)]
+        wiring.connect(m, emit.o, wiring.flipped(self.o))
+        return m

@@ -21,6 +21,7 @@ Vivado build plan in ``OUTDIR/vivado``, to be run where Vivado is.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -31,8 +32,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cosparse.hw.util import KEEP_REPLICAS
+from cosparse.compiler import ir
 from cosparse.compiler.errors import CosparseError
+from cosparse.compiler.folding import Folding
+from cosparse.hw.util import KEEP_REPLICAS
+
+from .catalog import get_board
+from .runtime import LinkLayout
+from .top import BoardTop, platform_for
 
 __all__ = ["BitstreamError", "build_bitstream", "tool_env", "TOP_NAME"]
 
@@ -396,18 +403,10 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     (utilisation, the Fmax estimated after placement). ``pnr_deadline``
     (a ``time.monotonic()`` instant) stops it then at the latest.
     """
-    from cosparse.boards.catalog import get_board
-    from cosparse.boards.runtime import LinkLayout
-    from cosparse.boards.top import BoardTop, platform_for
-    from cosparse.compiler.folding import Folding
-
-    from cosparse.compiler import ir
-
     out = Path(outdir)
     net = ir.load(out)
     layout = LinkLayout.read(out)
     link = json.loads((out / "link.json").read_text())
-    import dataclasses
     board = dataclasses.replace(get_board(link["board"]), clock_mhz=float(link["clock_mhz"]))
     if board.family == "sim":
         raise BitstreamError("board 'sim' has no bitstream; compile with --board B for a real "

@@ -47,7 +47,7 @@ __all__ = ["run_bench", "mac_counts", "useful_macs", "float_onnx", "onnxruntime_
 
 MODES = ("dense", "sparse-weights", "sparse-sparse")
 
-#: The paper's figures for its speech network (brief section 4), one network instance.
+#: The paper's figures for its speech network, one network instance (docs/benchmark.md).
 PAPER = {
     "zu3eg_sparse_sparse_inferences_per_s": 45_455,
     "u250_sparse_sparse_inferences_per_s": 102_564,

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from cosparse.hw import adapters, dense_window, kwta, overlay, pool, requant, reshape, window
 from cosparse.compiler.folding import Folding
@@ -117,8 +118,6 @@ def _window_cost(x: np.ndarray, win: window.SparseWindow, row_words: np.ndarray)
 
 def _fields(x: np.ndarray, win) -> np.ndarray:
     """Receptive fields ``[N, Ho*Wo, kh*kw*C]`` in ``(ky, kx, c)`` order (zero padding)."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
     pt, pl, pb, pr = win.padding
     xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     v = sliding_window_view(xp, win.kernel, axis=(1, 2))  # [N, Ho', Wo', C, kh, kw]

@@ -269,8 +269,6 @@ class Narrow(wiring.Component):
     ``ceil(C / Q)`` beats (the input's padding beyond ``C`` is dropped),
     ``last``/``end`` on its final beat.
 
-    Throughput
-    ----------
     One output beat per cycle, no bubbles between input beats:
     ``ceil(C / Q)`` cycles per group. Latency 1 cycle. ``i.ready`` follows
     ``o.ready`` in the same cycle (the hold register is the output

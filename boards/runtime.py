@@ -138,7 +138,7 @@ class Device:
     def open(cls, outdir: str | Path, url: str, *, baud: int | None = None,
              timeout: float = 5.0) -> "Device":
         """Open ``url`` with pyserial at the design's baud rate."""
-        import serial
+        import serial  # only a host that opens a port needs pyserial
 
         layout = LinkLayout.read(outdir)
         try:

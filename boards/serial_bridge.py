@@ -23,6 +23,13 @@ import threading
 import time
 from pathlib import Path
 
+from cosparse.compiler import ir
+from cosparse.compiler.folding import Folding
+from cosparse.sim.verilate import built_model, default_build_root
+
+from .runtime import LinkLayout
+from .top import LinkTop
+
 __all__ = ["serve", "SIM_DIVISOR", "SIM_TIMEOUT"]
 
 #: Clock cycles per UART bit in simulation.
@@ -33,11 +40,6 @@ SIM_TIMEOUT = 20_000
 
 def link_top_for(outdir: str | Path):
     """The simulated board top of a compiled folder."""
-    from cosparse.boards.runtime import LinkLayout
-    from cosparse.boards.top import LinkTop
-    from cosparse.compiler import ir
-    from cosparse.compiler.folding import Folding
-
     net = ir.load(outdir)
     layout = LinkLayout.read(outdir)
     link = json.loads((Path(outdir) / "link.json").read_text())
@@ -56,9 +58,7 @@ def serve(outdir: str | Path, *, port: int = 0, port_file: str | Path | None = N
     bytes each way, simulated cycles, wall seconds.
     ``ready(port)`` is called once it listens.
     """
-    from cocotb_tools.check_results import get_results
-
-    from cosparse.sim.verilate import built_model, default_build_root
+    from cocotb_tools.check_results import get_results  # cocotb's runner side, as sim.verilate
 
     top = link_top_for(outdir)
     progress("build the simulated board top with Verilator")

@@ -20,10 +20,11 @@ import zlib
 import numpy as np
 
 from amaranth.hdl import ClockDomain, Const, Elaboratable, Instance, Module, Signal
-from amaranth.build import ResourceError
+from amaranth.build import Attrs, ResourceError
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
+from amaranth_boards.resources import UARTResource
 
 from cosparse.compiler import ir
 from cosparse.hw.hostlink import HostLink
@@ -289,9 +290,7 @@ class BoardTop(Elaboratable):
 
 def platform_for(board: Board):
     """The ``amaranth-boards`` platform of a catalog board (with the OrangeCrab's UART pins)."""
-    from amaranth.build import Attrs
-    from amaranth_boards.resources import UARTResource
-
+    # Each board's module is imported only when that board is asked for.
     name = board.name
     if name == "icebreaker":
         from amaranth_boards.icebreaker import ICEBreakerPlatform

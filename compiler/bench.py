@@ -1,30 +1,14 @@
 """``cosparse bench``: the gsc-cs network, dense vs sparse weights vs sparse-sparse.
 
-For each mode of :func:`cosparse.compiler.zoo.gsc_cs` (seeded random
-complementary weights, or dense ones), on one board (ULX3S-85F by default):
-
-1. fold the network for the board's DSP blocks (the dense mode for the
-   sparse-sparse fold's engine multipliers, so their cycles compare at
-   about equal multipliers; where the dense fold's steps stop short of
-   that count, ``cycles_per_multiplier`` compares cycles x multipliers);
-2. simulate the network core (a mode that fits: elaborated for the board,
-   its vendor primitives by their Verilog models) in Verilator on ``count``
-   back-to-back random int8 inputs (the network's own k-WTAs set the activity): latency and
-   steady-state interval, outputs checked against the golden model bit for
-   bit; the performance model's cycles per stage beside them;
-3. count the mode's useful MACs per inference (dense: every weight at every
-   position; sparse weights: every non-zero weight at every position;
-   sparse-sparse: non-zero weight x non-zero input) and the MAC utilisation
-   ``useful / (multipliers x interval)``;
-4. optionally (``pnr``) build the board bitstream with yosys + nextpnr:
-   Fmax and LUT/FF/DSP/BRAM; a mode whose weights do not fit the board's
-   block RAM reports what it needs instead;
-5. ONNX Runtime on the float model (the same layers and weights as floats)
-   on this machine's CPU: batch 1 and the best batch.
-
-Writes ``bench.json``, ``bench.md`` (the table beside the paper's figures)
-and ``bench.png`` (cycles per stage per mode, bottlenecks marked) into the
-output folder.
+For each mode of :func:`cosparse.compiler.zoo.gsc_cs` on one board
+(ULX3S-85F by default): fold the network for the board's DSP blocks,
+simulate the core in Verilator on back-to-back random inputs (latency,
+interval, outputs checked against the golden model bit for bit, the
+performance model beside them), count the useful MACs and the MAC
+utilisation, optionally (``pnr``) build the bitstream for Fmax and
+resources, and run ONNX Runtime on the float model on this machine's CPU.
+Writes ``bench.json``, ``bench.md`` and ``bench.png`` into the output
+folder. See docs/benchmark.md, 'Method'.
 """
 
 from __future__ import annotations
@@ -35,21 +19,35 @@ import platform
 import shutil
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
-from . import ir
+from cosparse.boards.bitstream import (TOP_NAME, PlaceRouteTimeout, build_bitstream,
+                                       nextpnr_log_figures)
+from cosparse.boards.top import platform_for
+from cosparse.sim import golden
+from cosparse.sim.netsim import simulate_network
+
+from . import ir, zoo
+from .build import compile_network, resolve_board, weight_memory_bits
 from .errors import CosparseError
+from .fold import FoldingError, block_rams, board_block_rams, choose_folding, multipliers
+from .order import to_drain_order
+from .packer import unpack
+from .perf import stage_cycles
 
 __all__ = ["run_bench", "mac_counts", "useful_macs", "float_onnx", "onnxruntime_throughput", "MODES",
            "PAPER"]
 
 MODES = ("dense", "sparse-weights", "sparse-sparse")
 
-#: The paper's figures for its speech network (brief section 4), one network instance.
+#: The paper's figures for its speech network, one network instance (docs/benchmark.md).
 PAPER = {
     "zu3eg_sparse_sparse_inferences_per_s": 45_455,
     "u250_sparse_sparse_inferences_per_s": 102_564,
@@ -65,10 +63,6 @@ def mac_counts(net: ir.Network, x: np.ndarray) -> dict[str, dict[str, float]]:
     position; ``sparse-sparse``, products of a non-zero weight and a non-zero
     input (mean over the inputs ``x``).
     """
-    from cosparse.sim import golden
-
-    from .packer import unpack
-
     acts = [np.asarray(x)]
     for layer in net.layers:
         acts.append(golden.run_layer(layer, acts[-1]))
@@ -107,11 +101,6 @@ def float_onnx(net: ir.Network):
     would hold. Requantization is not carried, so its outputs are not the
     integer network's; k-WTA boosts are refused.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from .packer import unpack
-
     nodes, inits = [], []
     shape = net.input.shape
     nchw = len(shape) == 3
@@ -189,7 +178,7 @@ def float_onnx(net: ir.Network):
 def onnxruntime_throughput(model, input_shape: tuple[int, ...], *,
                            batches=(1, 4, 16, 64, 256), seconds: float = 1.0) -> dict:
     """ONNX Runtime CPU inferences/s of ``model`` at each batch size (its default threads)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional (cosparse[bench]); heavy
 
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
@@ -216,15 +205,6 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
                 outdir: Path, progress: Callable[[str], None],
                 engine_budget: int | None = None, pnr_minutes: float | None = None,
                 pnr_deadline: float | None = None) -> tuple[dict, list, object]:
-    from cosparse.sim import golden
-    from cosparse.sim.netsim import simulate_network
-
-    from . import zoo
-    from .build import weight_memory_bits
-    from .fold import FoldingError, block_rams, board_block_rams, choose_folding, multipliers
-    from .order import to_drain_order
-    from .perf import stage_cycles
-
     net = to_drain_order(zoo.gsc_cs(seed=seed, mode=mode, reduced=reduced))
     x = np.random.default_rng(seed + 1).integers(-128, 128, (count, *net.input.shape),
                                                  dtype=np.int8)
@@ -252,8 +232,6 @@ def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: 
     progress(f"{mode}: {mults} multipliers; simulating {count} back-to-back inferences in "
              f"Verilator (about {predicted * count:,.0f} cycles predicted)")
     t0 = time.perf_counter()
-    from cosparse.boards.top import platform_for
-
     # A mode that fits: the core as the board's bitstream elaborates it (ECP5: every
     # product a MULT18X18D with its registers, by its Verilog model), so the cycles are
     # the board's. One that does not (dense: 160k cycles an inference) runs generic,
@@ -304,9 +282,6 @@ def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dic
                      outdir: Path, progress: Callable[[str], None],
                      pnr_minutes: float | None, pnr_deadline: float | None = None) -> None:
     """Compile ``net`` for the board with the bench's folds; yosys + nextpnr; fill ``row``."""
-    from cosparse.boards.bitstream import PlaceRouteTimeout, build_bitstream
-    from .build import compile_network
-
     mode = row["mode"]
     build = outdir / "pnr" / mode
     if build.exists():
@@ -331,8 +306,6 @@ def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dic
         rep = _report_of_failed_build(build)
         row["place_and_route"] = f"failed: {e}"
         if rep is None:  # nextpnr stopped (a resource over the part): what it needed
-            from cosparse.boards.bitstream import TOP_NAME, nextpnr_log_figures
-
             log = build / "build" / f"{TOP_NAME}.tim"
             row["pnr_needs"] = nextpnr_log_figures(log, board.family)
     row["pnr_seconds"] = round(time.perf_counter() - t1)
@@ -420,7 +393,7 @@ def _markdown(res: dict) -> str:
 
 
 def _plot(res: dict, stages: dict[str, list], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # optional (cosparse[bench]); heavy
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -467,9 +440,6 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
     nextpnr still running then is stopped (its figures so far are reported),
     so the bench ends within about that time once its simulations are done.
     """
-    from . import zoo
-    from .build import resolve_board
-
     for m in modes:
         if m not in MODES:
             raise CosparseError(f"unknown mode {m!r}; the modes are {', '.join(MODES)}")
@@ -495,8 +465,6 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
     rows, stages, running = {}, {}, []
     # A mode's place and route starts as soon as its simulation is done and runs
     # beside the next simulations (one nextpnr per core).
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     # Three workers: the simulation of a mode that is not placed (dense: 160k cycles an
     # inference, the bench's long pole) and the two place-and-route runs.
     with ThreadPoolExecutor(max_workers=3) as pool:

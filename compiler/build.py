@@ -20,6 +20,7 @@ the end, so a failed compile leaves no half-written OUTDIR.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -28,11 +29,24 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from amaranth.back import verilog
+from numpy.lib.stride_tricks import sliding_window_view
 
-from cosparse.boards.top import design_id, strip_memory_contents
+from cosparse.boards.catalog import get_board
+from cosparse.boards.top import (LinkTop, design_id, ecp5_pll, ice40_pll, strip_memory_contents,
+                                 uart_divisor)
+from cosparse.sim import golden
 
 from . import ir
+from .emit import write_images
 from .errors import CosparseError
+from .fold import ECP5_BRAM_KBIT, block_rams, board_block_rams, choose_folding, multipliers
+from .folding import LayerFold
+from .frontend import check_supported, from_ir_output, import_onnx, to_ir_input
+from .lower import lower, spram_weight_layers
+from .order import restore_output_order, to_drain_order
+from .perf import predict, stage_cycles
+from .quantize import dequantize, quantize_input
 
 __all__ = ["compile_model", "compile_network", "resolve_board", "layer_table",
            "weight_memory_bits", "network_input", "network_output", "DEFAULT_BAUD", "SPRAM_MIN_BITS"]
@@ -54,8 +68,6 @@ def _read_config(path: str | None) -> dict:
 
 def network_input(net: ir.Network, x: np.ndarray, what: str) -> np.ndarray:
     """Model-layout float32 inputs (or IR-layout int8) to the IR's int8 frames."""
-    from .quantize import quantize_input
-
     model_shape = tuple(net.meta.get("input_shape", net.input.shape))
     x = np.asarray(x)
     if x.dtype == np.int8 and x.shape[1:] == net.input.shape:
@@ -68,7 +80,6 @@ def network_input(net: ir.Network, x: np.ndarray, what: str) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise CosparseError(f"input {what} holds NaN or infinite values")
     if "input_layout" in net.meta:
-        from .frontend import to_ir_input
         return to_ir_input(net, x)
     return quantize_input(x, net.input.scale)
 
@@ -76,10 +87,7 @@ def network_input(net: ir.Network, x: np.ndarray, what: str) -> np.ndarray:
 def network_output(net: ir.Network, y: np.ndarray) -> np.ndarray:
     """IR integer outputs to dequantized float32 in the model's layout and order."""
     if "output_layout" in net.meta:
-        from .frontend import from_ir_output
         return from_ir_output(net, y)
-    from .order import restore_output_order
-    from .quantize import dequantize
     return dequantize(restore_output_order(net, y), net.output.scale)
 
 
@@ -91,10 +99,6 @@ def weight_memory_bits(layer: ir.OverlayLayer) -> int:
 
 def layer_table(net: ir.Network, folding, sample: np.ndarray) -> list[dict]:
     """Per overlay layer: shapes, density, fill, MACs, fold, predicted cycles, memory bits."""
-    from cosparse.sim import golden
-
-    from .perf import stage_cycles
-
     stages = stage_cycles(net, folding, sample)
     acts = [sample]
     for layer in net.layers:
@@ -111,7 +115,6 @@ def layer_table(net: ir.Network, folding, sample: np.ndarray) -> list[dict]:
             positions = int(np.prod(specs[i + 1].shape[:-1])) if len(specs[i + 1].shape) == 3 else 1
             x = acts[i]
             if isinstance(layer, ir.OverlayConv):
-                from numpy.lib.stride_tricks import sliding_window_view
                 pt, pl, pb, pr = layer.padding
                 xp = np.pad(x != 0, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
                 win = sliding_window_view(xp, layer.kernel, axis=(1, 2))
@@ -133,8 +136,6 @@ def layer_table(net: ir.Network, folding, sample: np.ndarray) -> list[dict]:
 
 def _report(net: ir.Network, rows: list[dict], perf: dict, board, mults: int,
             brams: int | None = None) -> str:
-    from .fold import ECP5_BRAM_KBIT
-
     lines = [f"# {net.name}: compiled for {board.name} ({board.fpga})", "",
              f"Mode `{net.meta.get('mode')}`, source `{net.meta.get('source', '-')}`.", "",
              "| layer | kind | in | out | density | fill | K | dense MACs | sparse MACs | R | P | Q | "
@@ -170,8 +171,6 @@ SPRAM_MIN_BITS = 16 * 1024
 
 
 def _link_top(net, folding, board, baud: int, did: int, spram_bits):
-    from cosparse.boards.top import LinkTop, uart_divisor
-
     clock = board.clock_mhz * 1e6
     try:
         divisor = uart_divisor(clock, baud)
@@ -198,17 +197,12 @@ def _link_json(net, link, board, baud: int, spram_bits) -> dict:
 
 def resolve_board(board: str, clock_mhz: float | None = None):
     """The catalog board, at ``clock_mhz`` when given (checked against the board's PLL)."""
-    import dataclasses
-
-    from cosparse.boards.catalog import get_board
-
     b = get_board(board)
     if clock_mhz is not None:
         if not 1 <= clock_mhz <= 500:
             raise CosparseError(f"--clock must be from 1 to 500 MHz, got {clock_mhz:g}")
         b = dataclasses.replace(b, clock_mhz=float(clock_mhz))
         if b.family in ("ice40", "ecp5") and b.clock_mhz != b.osc_mhz:
-            from cosparse.boards.top import ecp5_pll, ice40_pll
             try:
                 (ice40_pll if b.family == "ice40" else ecp5_pll)(b.osc_mhz, b.clock_mhz)
             except ValueError as e:
@@ -229,9 +223,6 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
                   spram_bits: int | None | str = "auto", clock_mhz: float | None = None,
                   progress: Callable[[str], None] = print) -> Path:
     """Compile ``model`` for ``board`` into ``outdir`` (see the module doc)."""
-    from .frontend import check_supported, import_onnx
-    from .order import to_drain_order
-
     b = resolve_board(board, clock_mhz)
     out = Path(outdir)
     _check_outdir(out)
@@ -264,15 +255,6 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
     ``sample`` holds a few int8 network inputs (the activity the folding and
     the performance model use).
     """
-    from amaranth.back import verilog
-
-    from cosparse.compiler.folding import LayerFold
-    from cosparse.compiler.lower import lower
-
-    from .fold import block_rams, board_block_rams, choose_folding, multipliers
-    from .emit import write_images
-    from .perf import predict
-
     b = resolve_board(board, clock_mhz)
     out = Path(outdir)
     _check_outdir(out)
@@ -292,7 +274,6 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
     perf = predict(net, folding, sample)
     mults = multipliers(net, folding)
     rows = layer_table(net, folding, sample)
-    from cosparse.compiler.lower import spram_weight_layers
     in_spram = spram_weight_layers(net, folding, spram_bits) if spram_bits else {}
     blocks = sum(in_spram.values())
     if blocks > b.spram_kbit // 256:

@@ -15,11 +15,17 @@ import os
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
+import amaranth
 import numpy as np
 
+from cosparse.sim import verilator
+
 from . import api
+from .bench import MODES, run_bench
+from .demo import run_demo
 from .errors import CosparseError
 
 __all__ = ["main"]
@@ -149,15 +155,11 @@ def _cmd_boards(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     return run_demo(outdir=args.outdir, count=args.count, seed=args.seed,
                     sim_count=args.sim_count, bitstream=args.bitstream)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import MODES, run_bench
-
     modes = MODES if args.mode == "all" else tuple(args.mode.split(","))
     pnr = () if args.no_pnr else tuple(
         m for m in args.pnr_modes.split(",") if m in modes and (m != "dense" or args.dense_pnr))
@@ -171,13 +173,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
-    from importlib.metadata import version
-
-    from cosparse.sim import verilator
-
     print(f"cosparse {version('cosparse')}")
     print(f"verilator {verilator.version()} ({verilator.root()})")
-    import amaranth
     print(f"amaranth {amaranth.__version__}")
     return 0
 

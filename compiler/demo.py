@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,6 @@ __all__ = ["run_demo", "DEFAULT_DEMO_DIR"]
 
 
 def _example(name: str) -> Path:
-    from importlib.resources import files
-
     return Path(str(files("cosparse.examples") / name))
 
 

@@ -2,30 +2,12 @@
 requantizer lanes) for a budget.
 
 The pipeline's interval is its slowest stage, so parallelism goes where the
-performance model (:mod:`cosparse.compiler.perf`) says the time is: starting
-from one multiplier per layer, the bottleneck overlay layer gets the next
-step up (more lanes per pass until all ``L`` lanes run at once, then the
-fewest more entries per beat that shorten it) while the DSP products fit
-the budget. It stops when the bottleneck is not an overlay layer's stage (a
-k-WTA, a pool: more multipliers would not help) or the next step does not
-fit.
-
-Every step's requantizers are narrowed: an engine drains its ``P`` sums per
-cycle in bursts, but its requantizer only needs the average rate, so each
-gets the fewest lanes ``Q`` that keep it within the interval (a
-:class:`~cosparse.hw.adapters.Narrow` in between). On gsc-cs the DSP blocks
-this frees pay for conv1's third entry per beat.
-
-On ECP5 a step must also fit the block RAM: every weight-memory read port
-is a copy of the memory (a DP16KD has two ports, and the host loader writes
-through one), so more entries per beat multiply a layer's weight blocks
-(:func:`block_rams` counts the elaborated core's memories the way yosys maps
-them). gsc-cs sparse weights: conv2 at R = 10 and fc1 at P = 5 needed 231 of
-the ECP5-85F's 208 blocks and nextpnr stopped; the fold now stops at R = 8,
-P = 4 (205 estimated for the core).
-
-A user can override any layer (``overrides``): those folds are kept as they
-are and the search works around them.
+performance model (:mod:`cosparse.compiler.perf`) says the time is: the
+bottleneck overlay layer gets the next step up while the DSP products (and,
+on ECP5, the block RAMs: :func:`block_rams`) fit the budget; every step's
+requantizers are narrowed to the fewest lanes that keep the interval. A user
+can override any layer (``overrides``): those folds are kept as they are and
+the search works around them. See docs/compiler.md, 'Folding'.
 """
 
 from __future__ import annotations

@@ -2,37 +2,14 @@
 """Lowering: a compiled network and its folding to the hardware units of its core.
 
 Every IR layer becomes one or a few units of :mod:`cosparse.hw`, in pipeline
-order, connected by streams inside :class:`~cosparse.hw.network.NetworkCore`:
-
-=================  =========================================================
-IR layer           units (input format -> output format)
-=================  =========================================================
-OverlayConv        sparse: SparseWindow -> OverlayEngine [-> Narrow] -> Requantizer
-                   (dense input: ZeroSkip(keep_zeros) first, so every input
-                   element is processed: the dense baselines). A dense map
-                   whose positions are one beat (a first layer: few
-                   channels) takes DenseWindow -> ZeroSkip instead: a whole
-                   receptive field per cycle, packed R entries per beat (an
-                   IR ZeroSkip right before the conv is done by that
-                   ZeroSkip; without one, zeros are kept)
-OverlayLinear      sparse vector: OverlayEngine [-> Narrow] -> Requantizer; the last
-                   layer without requantization: OverlayEngine -> BiasAdd
-MaxPool            dense: MaxPool; sparse: SparseMaxPool
-LocalKWTA          dense: LocalKWTA (a sparse input is densified first)
-GlobalKWTA         dense: StreamFIFO (one input frame), GlobalKWTA (group = C for
-                   a map, N for a vector), StreamFIFO (one frame's winners)
-Flatten            sparse: SparseFlatten; dense: DenseFlatten
-ZeroSkip/Densify   the adapters of the same names
-=================  =========================================================
+order, connected by streams inside :class:`~cosparse.hw.network.NetworkCore`
+(an overlay layer: window, engine, narrow, requantizer; a global k-WTA
+between one-frame FIFOs). A network whose last stream is sparse gets a final
+Densify, so the output port is always dense. The table of units per layer and
+the stream widths are in docs/compiler.md, 'Lowering: IR to units'.
 
 The units are also inspected without being elaborated (the performance
 model, the fold's counts), hence the linter option on the first line.
-
-A network whose last stream is sparse gets a final Densify, so the output
-port is always dense. Sparse streams carry ``R`` entries per beat, set by the
-overlay layer that consumes them; dense streams ``D`` elements per beat, set
-by the unit that makes them (the input port, an engine's ``P`` or its
-layer's ``Q``, a densify's width).
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def to_drain_order(net: ir.Network) -> ir.Network:
     net.specs()
     if perm is not None:
         # Compose with an earlier renumbering (the frontend's, of a flatten):
-        # output n is now what was output perm[n].
+        # output n of the renumbered network is output perm[n] of the network it was given.
         before = net.meta.get("output_permutation")
         out = np.asarray(before)[perm] if before is not None else perm
         if np.array_equal(out, np.arange(len(out))):

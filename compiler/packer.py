@@ -6,24 +6,10 @@ overlay out as a dense array of slots (weight + kernel id), one word per
 input row. Kernels whose non-zero positions do not overlap share a word;
 where kernels of one overlay collide on a row, that row takes extra words
 (*beats*). Perfectly complementary masks therefore pack with fill 1.0 and
-no extra beat; arbitrary masks still pack, at a lower fill.
-
-The grouping has three phases:
-
-1. Perfect overlays: groups of K kernels with mutually disjoint masks that
-   cover every live row once (exact covers, found by a budgeted algorithm-X
-   search, with a backtracking tiling of all kernels when the masks could
-   tile), or failing that K-cliques of the compatibility graph.
-   Complementary masks at real sizes are all found here.
-2. A greedy best fit of the remaining kernels, by decreasing non-zero
-   count, each into the open overlay where it collides least (ties: the
-   fullest overlay, then the lowest index).
-3. A local search that swaps kernels between overlays on the rows that need
-   the most beats and keeps swaps that do not add words; deterministic
-   (seeded) and bounded by ``search_steps``.
-
-The objective is the number of words, ``sum_i max_l count[l, i]``, which is
-the weight-memory depth and the beats the engine spends on an active input.
+no extra beat; arbitrary masks still pack, at a lower fill. The grouping
+(perfect overlays, a greedy best fit, a seeded local search) minimises the
+number of words, ``sum_i max_l count[l, i]``; see docs/compiler.md,
+'Overlay packing'.
 """
 
 from __future__ import annotations

@@ -8,43 +8,9 @@ stages working at once, so the steady-state interval between inferences is
 the slowest stage's cycles per frame (:func:`predict`); the tests compare it
 with Verilator's count.
 
-Formulas (per frame; ``G`` elements per group, ``D`` per dense beat, ``R``
-entries per sparse beat, ``nnz`` the non-zeros of a group, ``ceil`` implied):
-
-* zero-skip: ``G/D`` per group (``max(G/D, nnz/R)`` when ``D > R``);
-* dense window: ``max(H * W, Ho * Wo)`` (writes and reads of a frame
-  overlap); the zero-skip behind it: ``max(1, active / R)`` per output
-  position, ``active`` the non-zeros of its receptive field;
-* sparse window: per output position, the sum over its taps of
-  ``max(1, words)``, ``words = active/R`` of the tap's input position
-  (1 for a tap in the padding);
-* overlay engine: per group, ``sum over input beats of b * L/P`` cycles of
-  accumulation, scheduled on two buffers that drain in ``M/P`` cycles each
-  (:func:`_group_schedule`: long groups cost their accumulation, short ones
-  the drain);
-  ``b`` the most words any entry of the beat needs in its overlay row (1
-  for complementary masks, at least 1 for an empty beat); the beats are
-  the producer's: canonical ``R``-entry chunks per group from a zero-skip
-  or k-WTA, per-position chunks from a flatten, the taps' stored chunks
-  from a window;
-* requantizer, bias add, densify, local k-WTA: ``G/D`` per group
-  (``M/P`` for the first two, ``M/Q`` behind a narrow; an engine's drain
-  then goes at ``Q`` sums per cycle too);
-* max pool: ``C/D`` per input position; sparse max pool: ``C/D`` per input
-  position (its densify's rate, without the boundary cycles of groups of
-  several beats);
-* global k-WTA: ``digits * (W + 267)``, ``W`` its input beats per frame
-  (serial build, one element per beat: ``(kb + 2) * (N + 1) + 1``);
-* flatten: one cycle per input beat (sparse), none (dense).
-
-Known limit: the interval is the slowest stage's time only while stages
-are decoupled. A global k-WTA holds a whole frame (two halves: it writes
-frame ``f + 1`` while emitting ``f``), and when its consumer takes longer
-than the write and scan of the next frame, frames queue behind it: measured
-1,400 cycles against 897 predicted on a CNN with a map-wide k-WTA, 1,290
-against 945 on MLPs with two global k-WTAs. Where one stage dominates (the
-reduced gsc-cs network, the digits example) the prediction is within 0.2%.
-A frame-level model of the double-buffered stages is the next step.
+The formulas per stage, their accuracy and the known limit (frames that
+queue behind a global k-WTA whose consumer is slower than its next frame's
+write and scan are not modelled) are in docs/compiler.md, 'Performance model'.
 """
 
 from __future__ import annotations
@@ -52,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from cosparse.hw import adapters, dense_window, kwta, overlay, pool, requant, reshape, window
 from cosparse.compiler.folding import Folding
@@ -151,8 +118,6 @@ def _window_cost(x: np.ndarray, win: window.SparseWindow, row_words: np.ndarray)
 
 def _fields(x: np.ndarray, win) -> np.ndarray:
     """Receptive fields ``[N, Ho*Wo, kh*kw*C]`` in ``(ky, kx, c)`` order (zero padding)."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
     pt, pl, pb, pr = win.padding
     xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     v = sliding_window_view(xp, win.kernel, axis=(1, 2))  # [N, Ho', Wo', C, kh, kw]

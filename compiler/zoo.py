@@ -71,7 +71,7 @@ def calibrate_requant(acc: np.ndarray, *, relu: bool, headroom: float = 1.0) -> 
 
 def gsc_cs(*, seed: int = 0, mode: str = "sparse-sparse", reduced: bool = False,
            calibration_inputs: int = 64) -> Network:
-    """The benchmark network of the brief (section 4), with random weights.
+    """The gsc-cs benchmark network (docs/benchmark.md), with random weights.
 
     conv1 64x1x5x5 (K=2), maxpool 2, local k-WTA 8/64; conv2 64x64x5x5
     (K=8), maxpool 2, local k-WTA 8/64; flatten 1600; fc1 1500 (K=25),

@@ -22,6 +22,7 @@ from operator import or_
 
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed
 from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -37,44 +38,16 @@ class ZeroSkip(wiring.Component):
     The index of an element is its position within its group (the channel,
     for a map position): ``beat * D + lane``. Up to ``D`` non-zeros of a beat
     are compacted (prefix count over the lanes) and packed into ``R``-entry
-    output beats; ``D`` and ``R`` are independent.
+    output beats of a packer; ``D`` and ``R`` are independent. Groups of one
+    beat wider than the output (``C <= D``, ``D > R``: a dense window's
+    receptive field) take a smaller *picker* (:attr:`picker`) with the same
+    stream and timing.
 
-    Structure
-    ---------
-    ::
-
-        i (dense, D/beat) -> P: input register, non-zero flag per lane
-          -> A: compaction of the beat's non-zeros (prefix count), registered
-          -> B: packer, a buffer of max(R, D) entries; each cycle it appends
-             A's entries behind the ones it holds and emits R of them as soon
-             as more than R are known (so that the group's last beat can be
-             flagged), or the rest when the group ends
-          -> skid output
-
-    When a group ends with more than ``R`` entries buffered, the packer emits
-    the rest on the next cycle and takes the next beat at the same time.
-
-    Groups of one beat wider than the output (``C <= D``, ``D > R``: a dense
-    window's receptive field) take a smaller structure, a *picker*: stage P
-    as above, then a hold register with each lane's rank among the beat's
-    non-zeros (prefix count); every cycle the entries of ranks ``j*R ..
-    j*R+R-1`` leave (``R`` one-hot selections over ``D`` lanes), and the
-    next beat is taken with the beat's final chunk. Same stream, same
-    timing; logic ``O(R * D)`` instead of the packer's ``O(D * D)`` (ECP5, at
-    C=D=25: 6,933 LUT4 for the packer at R=2, 1,068 for the picker at R=3;
-    97.6 MHz out of context).
-
-    Throughput
-    ----------
-    With ``D <= R``: one input beat per cycle, no bubbles (``ceil(C / D)``
-    cycles per group; measured at C=16, D=8, R=8: 2 cycles per group). With
-    ``D > R`` at most one output beat per cycle: a group takes about
-    ``max(ceil(C / D), ceil(nnz / R))`` cycles (the output sets the pace when a
-    beat carries more than ``R`` non-zeros; measured at C=16, D=8, R=4: 4
-    cycles per group without zeros). Latency 3 cycles from a group's last
-    input beat to its last output beat (4 when the packer holds more than
-    ``R`` entries of the group at that point). ECP5-85F (out of context,
-    registered ports): 140 MHz at C=64, D=8, R=8.
+    With ``D <= R`` one input beat per cycle, no bubbles (``ceil(C / D)``
+    cycles per group); with ``D > R`` about ``max(ceil(C / D), ceil(nnz /
+    R))`` cycles per group. Latency 3 cycles from a group's last input beat
+    to its last output beat (4 when the packer holds more than ``R`` entries
+    of the group at that point). See docs/hardware.md, 'Stream adapters'.
 
     Parameters
     ----------
@@ -122,7 +95,7 @@ class ZeroSkip(wiring.Component):
 
     @property
     def picker(self) -> bool:
-        """One-beat groups wider than the output: the picker structure (see Structure)."""
+        """One-beat groups wider than the output: the picker structure (docs/hardware.md)."""
         return self.beats == 1 and self.width > self.entries
 
     def elaborate(self, platform):
@@ -296,8 +269,6 @@ class Narrow(wiring.Component):
     ``ceil(C / Q)`` beats (the input's padding beyond ``C`` is dropped),
     ``last``/``end`` on its final beat.
 
-    Throughput
-    ----------
     One output beat per cycle, no bubbles between input beats:
     ``ceil(C / Q)`` cycles per group. Latency 1 cycle. ``i.ready`` follows
     ``o.ready`` in the same cycle (the hold register is the output
@@ -378,36 +349,12 @@ class Densify(wiring.Component):
     ``ceil(C / D)`` dense beats holding the values at their indices and
     zeros elsewhere; an empty group becomes an all-zero group.
 
-    Structure
-    ---------
-    The conversion streams through the group instead of buffering it: a
-    register ``H`` holds one input beat, another the dense beat ``b`` being
-    built; each cycle every lane picks the entry of ``H`` whose index is
-    ``b * D + lane`` (``R x D`` small comparators). When ``H`` still has
-    entries past beat ``b``, beat ``b`` is complete: it is emitted and ``H``
-    stays. Otherwise ``H`` is consumed, and beat ``b`` is emitted as well if
-    ``H`` was the group's last beat (the rest of the group then follows as
-    zero beats, while the next group's first beat waits in ``H``) or if the
-    next beat, already offered at the input, starts past beat ``b``.
-
-    Why not a double-buffered group store: its write side needs ``R`` writes
-    at arbitrary indices per cycle (``C x R`` comparators and ``2 C`` byte
-    registers: too big for a vector group of 1500); the streaming form costs
-    ``R x D`` comparators for any group size and emits at the same rate,
-    except for the boundary cycles below.
-
-    Throughput
-    ----------
-    One dense beat per cycle. A group takes ``ceil(C / D) + s`` cycles, ``s``
-    the number of its input-beat boundaries that fall inside a dense beat
-    (the last entry of one input beat and the first of the next in the same
-    dense beat, or the next beat not yet offered when its predecessor is
-    consumed): each costs one cycle that consumes an input beat without
-    completing a dense beat. ``s = 0`` for groups of one input beat (at most
-    ``R`` entries, e.g. ``k <= R`` after a k-WTA). Measured at C=16, D=8,
-    R=4: 2 cycles per group of one input beat, or of two whose boundary is
-    between dense beats; 3 when the boundary is inside one. Latency 2 cycles.
-    ECP5-85F (out of context, registered ports): 117 MHz at C=64, R=8, D=8.
+    The conversion streams through the group (a held input beat ``H``, the
+    dense beat being built, ``R x D`` comparators) rather than buffering it.
+    One dense beat per cycle: a group takes ``ceil(C / D) + s`` cycles, ``s``
+    the number of its input-beat boundaries that fall inside a dense beat (0
+    for groups of one input beat, e.g. ``k <= R`` after a k-WTA). Latency 2
+    cycles. See docs/hardware.md, 'Stream adapters'.
 
     Parameters
     ----------
@@ -516,7 +463,7 @@ class Densify(wiring.Component):
         # Decisions from registers (and the input port); adv only enables registers.
         e_valid, e_last, e_end = Signal(), Signal(), Signal()
         e_data = Signal(D * 8)
-        finish = Signal()  # H is the group's last beat and is consumed now
+        finish = Signal()  # H is the group's last beat and is consumed this cycle
         m.d.comb += [
             finish.eq(~tail & hv & ~beyond & h.last),
             e_valid.eq(tail | (hv & (beyond | h.last | next_beyond))),
@@ -565,8 +512,6 @@ class StreamFIFO(wiring.Component):
         super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
 
     def elaborate(self, platform):
-        from amaranth.lib.fifo import SyncFIFOBuffered
-
         m = Module()
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=Shape.cast(self.layout).width,
                                                     depth=self.depth)

@@ -1,7 +1,7 @@
 """Max pooling over (H, W) windows of a feature map: dense and sparse streams.
 
-The rule is the golden model's (:func:`cosparse.sim.golden._max_pool`): the
-max over each window, no padding; rows and columns beyond the last whole
+The rule is the golden model's for an IR ``MaxPool`` layer (docs/ir.md,
+'Integer semantics'): the max over each window, no padding; rows and columns beyond the last whole
 window are dropped. On a sparse map an inactive element takes part as 0, so
 a negative value does not survive a window that also holds an inactive
 element. Only non-overlapping windows (``stride == kernel``) are built.
@@ -47,27 +47,11 @@ class MaxPool(wiring.Component):
     pooled map in the same form, ``Ho x Wo`` positions with ``Ho = H // kh``,
     ``Wo = W // kw``.
 
-    Structure
-    ---------
-    A row buffer (``Memory``, ``Wo * ceil(C / D)`` words of ``D`` bytes) holds
-    the partial maxima of the current output row. Input beat ``(y, x, b)``
-    reads word ``(x // kw) * beats + b`` (read issued on acceptance, data
-    registered into S1: the block RAM's slow clock-to-out ends in a
-    register), takes the lane-wise max with it in S1 (the window's first beat
-    takes the input as is) and writes it back from a register (S2), or, on
-    the window's final beat, sends it to the skid output instead. Beats close
-    together can hit the same word (``ceil(C / D) <= 2`` and ``kw >= 2``): a
-    beat up to three behind a write gets the new value forwarded into its S1
-    register (from S1, S2 or the write before), so the read port needs no
-    transparency and the block RAM output goes straight into a register.
-
-    Throughput
-    ----------
-    One input beat per cycle, no bubbles: ``H * W * ceil(C / D)`` cycles per
-    frame (measured: 6x6x16, D=8: 72 cycles). An output position leaves
+    A row buffer of ``Wo * ceil(C / D)`` words holds the partial maxima of
+    the current output row. One input beat per cycle, no bubbles:
+    ``H * W * ceil(C / D)`` cycles per frame; an output position leaves
     ``ceil(C / D)`` beats on consecutive cycles when its window completes,
-    latency 3 cycles. ECP5-85F (out of context): 112 MHz at 28x28x64, D=8
-    (2 DP16KD, about 800 LUT4/carry cells, 720 FF).
+    latency 3 cycles. See docs/hardware.md, 'Max pool'.
 
     Parameters
     ----------
@@ -229,27 +213,13 @@ class SparseMaxPool(wiring.Component):
     position (canonical packing, an empty group for a window without
     non-zeros). Inactive elements take part in the max as 0.
 
-    Structure
-    ---------
-    The three units in a row, a ``D``-wide dense stream between them. A
-    direct sparse pool would merge the sorted entry lists of a window's
-    positions and apply the zero rule (a channel missing from any position
-    of the window pools to at least 0); the composition reuses the tested
-    units, at the rate of the dense stream inside.
-
-    Throughput
-    ----------
-    Set by the densify stage: ``ceil(C / D)`` cycles per input position whose
-    active channels fit one sparse beat (``k <= R`` after a local k-WTA;
-    measured at 6x6x16, D=8, R=8: 2 cycles per input position, 72 per
-    frame), plus one cycle per boundary between two of its sparse beats that
-    falls inside a dense beat (see :class:`Densify`). Pool and zero-skip
-    (``D <= R``) take one beat per cycle and never slow it down; with
-    ``D > R`` a pooled position with more than ``R`` non-zeros in a dense beat
-    can. Latency from a window's last input beat to the last output beat of
-    its pooled position: ``7 + ceil(C / D)`` cycles (one more when that
-    position has more than ``R`` non-zeros). ECP5-85F (out of context,
-    registered ports): 109 MHz at 28x28x64, R=8, D=8.
+    The three units in a row, a ``D``-wide dense stream between them, paced
+    by the densify: ``ceil(C / D)`` cycles per input position whose active
+    channels fit one sparse beat, plus the boundary cycles of
+    :class:`~cosparse.hw.adapters.Densify`. Latency from a window's last
+    input beat to the last output beat of its pooled position:
+    ``7 + ceil(C / D)`` cycles (one more when that position has more than
+    ``R`` non-zeros). See docs/hardware.md, 'Max pool'.
 
     Parameters
     ----------

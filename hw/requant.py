@@ -79,48 +79,17 @@ class Requantizer(wiring.Component):
     are ``ceil(C / D)`` beats (a map position, or a whole vector); ``last``
     and ``end`` pass through.
 
-    Structure
-    ---------
-    Pipeline registers and the skid output register, all advancing together
-    on one enable that is itself a register (the skid output's), so
-    ``i.ready`` does not depend combinationally on ``o.ready``::
-
-        S0 input register and the lanes' constants (bias, multiplier,
-           shift, round flag), from a ROM of one word per beat of a
-           group, read one cycle ahead for the beat offered at the input
-           (so ``i.ready`` is low for one cycle after reset); not with
-           ``compact``: S1 then adds the input and the ROM's output
-        S1 sum = acc + bias
-        S2 partial products sum[0:17] * m and sum[17:] * m (one 18x18
-           multiplier each; a single product when the sum fits 18 bits)
-        S3 q = ((hi << 17) + lo) >> base
-        S4 coarse shift by 8 * (t >> 3)       (only when t can exceed 7)
-        S5 fine shift by t & 7
-        -> round, saturate -> skid output register
-
-    The shift is split into a constant part and a variable one: with
-    ``base = min(shift) - 1`` over the channels, ``p >> (s - 1)`` is
-    ``(p >> base) >> t`` with ``t = s - 1 - base``, so the hardware only
-    shifts over the spread of the shifts (compilers choose per-channel
-    shifts within a few bits of each other) and the registers after S3 hold
-    ``p >> base``, not the whole product. The built unit serves constants
-    whose shifts stay inside its ``[min, max]`` range (a reloaded model with
-    other shifts needs a rebuild).
-
-    With one beat per group the constants are wired in and the ROM
-    disappears (constant multipliers, shifts).
-
-    Throughput
-    ----------
-    One beat per cycle, no bubbles (measured: ``N`` beats in ``N`` cycles).
-    Latency :attr:`latency` cycles from an accepted input beat to its output
-    beat: 7 with the coarse shift stage, 6 without, one less with
-    ``compact``.
-    ECP5-85F (yosys ``synth_ecp5`` + nextpnr, out of context, registered
-    ports, before the shift split): 112 MHz at C=64, D=8, 24-bit
-    accumulators (16 MULT18X18D, about 4.6k LUT4/carry cells: the two
-    variable shifters dominate); 130 MHz at C=1500, D=8, 32 bits (the
-    constants in 13 DP16KD).
+    Pipeline registers S0-S5 and the skid output advance on one registered
+    enable, so ``i.ready`` does not depend combinationally on ``o.ready``.
+    The lanes' constants come from a ROM of one word per beat of a group,
+    read one cycle ahead (``i.ready`` is low for one cycle after reset); with
+    one beat per group they are wired in. The shift is split into a constant
+    part ``base = min(shift) - 1`` and a variable part over the spread of the
+    shifts, so a built unit serves constants whose shifts stay inside its
+    ``[min, max]`` range (other shifts need a rebuild). One beat per cycle,
+    no bubbles; latency :attr:`latency` cycles from an accepted input beat to
+    its output beat (7 with the coarse shift stage, 6 without, one less with
+    ``compact``). See docs/hardware.md, 'Requantizer and bias add'.
 
     Parameters
     ----------
@@ -341,8 +310,8 @@ class Requantizer(wiring.Component):
         # The DSP products take their operands where S1 registers them, in the blocks'
         # own input registers, and are registered there as S2 (``registered_product``;
         # ECP5: MULT18X18D with CE = adv). A fabric S1 register into a bare multiplier,
-        # out to S2, was two routes across the die (gsc-cs fc2's requantizer, 15.4 ns:
-        # the routed whole build's critical path).
+        # out to S2, would be two routes across the die (gsc-cs fc2's requantizer: 15.4 ns,
+        # the critical path of the routed whole build).
         total = [Signal(signed(sb), name=f"s0_sum{d}") for d in range(D)]  # S1's sum
         m.d.comb += [total[d].eq(s0["acc"][d] + consts[d][0]) for d in range(D)]
         s2["lo"] = [registered_product(m, f"s2_lo{d}", total[d][:ls] if split else total[d],

@@ -5,7 +5,8 @@ from __future__ import annotations
 from functools import reduce
 from operator import or_
 
-from amaranth.hdl import Const, Elaboratable, Module, Mux, ResetSignal, Shape, Signal, Value, signed
+from amaranth.hdl import (ClockSignal, Const, Elaboratable, Instance, Module, Mux, ResetSignal, Shape,
+                          Signal, Value)
 from amaranth.utils import ceil_log2
 
 __all__ = ["bits", "check_int", "onehot", "popcount", "skid_output", "lut_mul", "const_mul",
@@ -174,7 +175,7 @@ def registered_product(m: Module, name: str, a: Value, b: Value, platform, *,
     ``a_registered``: ``a`` is a register already (it takes the place of the
     operand register, so the product is one cycle after ``a``). On ECP5 that
     leaves the block's register A out while B's is in, a mix nextpnr times as
-    if neither input were registered: the engines no longer ask for it there.
+    if neither input were registered, so the engines do not ask for it there.
     On ECP5 it is one ``MULT18X18D`` with its input and output registers
     enabled (``REG_INPUTA/B_CLK``, ``REG_OUTPUT_CLK``): yosys maps only the
     multiplier itself into a DSP block, and the fabric registers it leaves
@@ -196,8 +197,6 @@ def registered_product(m: Module, name: str, a: Value, b: Value, platform, *,
             if not a_registered:
                 m.d.sync += ra.eq(a)
         return prod
-    from amaranth.hdl import ClockSignal, Instance
-
     ea = Signal(18, name=f"{name}_a")
     eb = Signal(18, name=f"{name}_b")
     p = Signal(36, name=f"{name}_p")

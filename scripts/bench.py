@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""The gsc-cs benchmark (issue 6): ``cosparse bench`` under another name.
+"""The gsc-cs benchmark: ``cosparse bench`` under another name.
 
     python3 scripts/bench.py -o bench-out            # all modes, ULX3S-85F, with nextpnr
     python3 scripts/bench.py -o out --reduced --no-pnr -n 8   # the quick version CI runs
 
-See :mod:`cosparse.compiler.bench` for what is measured.
+See docs/benchmark.md for what is measured.
 """
 
 import sys

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Foundation figures: packer time and fill, golden-model throughput.
 
-Packs the gsc-cs layers (brief section 4) with complementary masks and with
+Packs the gsc-cs layers (docs/benchmark.md, 'The network') with complementary masks and with
 random per-kernel masks of the same density, and runs the golden model on
 the gsc-cs network. Writes ``foundation.json`` into the output folder and
 prints a table. Not part of CI (it takes about a minute).

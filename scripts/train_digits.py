@@ -1,34 +1,11 @@
 #!/usr/bin/env python3
 """Train a small dual-sparse network on scikit-learn's 8x8 digits and export it to ONNX.
 
-The network is the kind the compiler is meant for (brief sections 1 and 2):
-complementary weight masks and nupic-style k-winners-take-all activations::
-
-    input 1x8x8 (pixels / 16)
-    conv1   16x1x3x3, padding 1, no bias   complementary masks, K=2 (50% dense)
-    bn1     BatchNorm2d(16, affine=False)
-    pool1   max pool 2 -> 16x4x4
-    kwta1   local k-WTA, 5 of 16 channels at each position (threshold form), flatten 256
-    fc1     128x256 + bias                  complementary masks, K=8 (12.5% dense)
-    bn2     BatchNorm1d(128, affine=False)
-    kwta2   global k-WTA, 16 of 128 (GatherElements + ScatterElements form)
-    fc2     10x128 + bias                   dense
-    logits  [batch, 10]
-
-Both k-WTAs choose winners on ``x * boost`` and output ``x`` (no ReLU:
-negative values may win). During training the boost follows nupic
-(``exp(boost_strength * (target_density - duty_cycle))`` with running duty
-cycles); at the end it is frozen into a constant per-channel / per-unit
-buffer, which is what the ONNX files hold.
-
-A BatchNorm without affine parameters sits before each k-WTA (as in nupic's
-sparse GSC networks); both exporters fold the conv one into the Conv, the
-dynamo exporter also folds the other into fc1's Gemm.
-
-Masks are applied to the gradients before each Adam step and to the weights
-after it, so the exported weights are exactly zero outside their masks.
-Training is seeded and deterministic on CPU (one thread); the whole script
-takes about 20 s and its outputs are byte-identical from run to run.
+The network (complementary weight masks, nupic-style k-winners-take-all
+with boost, BatchNorms the exporters fold) and how it is trained are in
+docs/compiler.md, 'Test models'. Training is seeded and deterministic on CPU
+(one thread); the whole script takes about 20 s and its outputs are
+byte-identical from run to run.
 
 Writes into the output folder (default ``examples/``):
 
@@ -74,7 +51,7 @@ SEED = 0
 CALIB_IMAGES = 256
 OPSET = 17
 
-# Layer sizes and sparsity (brief section 4, scaled down to 8x8 digits).
+# Layer sizes and sparsity (the gsc-cs network's kind, scaled down to 8x8 digits).
 CONV_CHANNELS = 16
 CONV_PER_OVERLAY = 2      # 50% dense
 LOCAL_K = 5               # of 16 channels at each (pooled) position

@@ -4,8 +4,8 @@
 A whole gsc-cs build takes nextpnr about 17 minutes to place and longer to
 route, and before routing it prints no critical path; out of context, one
 unit routes in a few minutes and names the path that limits it. Each unit
-is built at the sizes of the benchmark's sparse-sparse fold (README,
-Benchmark) inside a harness that keeps the pin count small: the input
+is built at the sizes of the benchmark's sparse-sparse fold
+(docs/benchmark.md) inside a harness that keeps the pin count small: the input
 payload comes from a shift register fed by one pin, the output payload is
 registered, folded by XOR into 16 bits and registered again, and
 ``valid``/``ready`` are registered pins. So every path of the unit starts
@@ -16,7 +16,7 @@ and ends at a register, as it does in the core.
 
 Writes ``unit_timing.json`` (per unit: Fmax, the critical path's source and
 sink cells, the ``hw/*.py`` lines on it, LUT/FF counts) and prints a table.
-Needs the ``bitstream`` extra (``pip install -e '.[bitstream]'``).
+Uses the YoWASP yosys and nextpnr-ecp5 that cosparse depends on.
 """
 
 from __future__ import annotations
@@ -35,8 +35,18 @@ from pathlib import Path
 import numpy as np
 from amaranth.back import rtlil
 from amaranth.hdl import Cat, Elaboratable, Module, Shape, Signal, signed
+from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
+from cosparse.compiler import zoo
+from cosparse.compiler.packer import pack
+from cosparse.hw.adapters import Narrow, ZeroSkip
+from cosparse.hw.dense_window import DenseWindow
+from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
+from cosparse.hw.overlay import OverlayEngine
+from cosparse.hw.pool import MaxPool
+from cosparse.hw.requant import Requantizer
 from cosparse.hw.util import KEEP_REPLICAS
+from cosparse.hw.window import SparseWindow
 
 
 class Harness(Elaboratable):
@@ -70,16 +80,6 @@ class Harness(Elaboratable):
 
 def units() -> dict:
     """name -> (description, factory), at the benchmark's sparse-sparse fold."""
-    from cosparse.compiler import zoo
-    from cosparse.compiler.packer import pack
-    from cosparse.hw.adapters import Narrow, ZeroSkip
-    from cosparse.hw.dense_window import DenseWindow
-    from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
-    from cosparse.hw.overlay import OverlayEngine
-    from cosparse.hw.pool import MaxPool
-    from cosparse.hw.requant import Requantizer
-    from cosparse.hw.window import SparseWindow
-
     rng = np.random.default_rng(0)
     ov = {name: pack(zoo.complementary_weights(m, f, k, rng), k)
           for name, m, f, k in [("conv1", 64, 25, 2), ("conv2", 64, 1600, 8),
@@ -135,8 +135,6 @@ def place_and_route(name: str, factory, workdir: Path, mhz: float,
     harness = Harness(factory())
     d = workdir / name
     d.mkdir()
-    from amaranth_boards.ulx3s import ULX3S_85F_Platform
-
     # The board's platform: units build what they build for it (DSP-registered products).
     # YoWASP tools see only their working directory: relative names, cwd=d.
     (d / "top.il").write_text(rtlil.convert(

@@ -3,57 +3,11 @@
 The hardware is checked against this model bit for bit, so its rules are the
 project's definition of "correct". It runs on the *packed* representation
 (overlay words, kernel ids, kernel map, requant constants), never on the
-original dense weights, so it checks the packing as well.
-
-Integer semantics
------------------
-Activations
-    int8 (-128..127), symmetric, zero point 0; a zero is an *inactive*
-    input and contributes nothing.
-Overlay layers (:class:`~cosparse.compiler.ir.OverlayLinear`, ``OverlayConv``)
-    For each input element ``x[i]`` (in the sparse form, each active one),
-    every word of overlay row ``i`` is read; the product of the slot's
-    weight and ``x[i]`` is routed to accumulator ``[lane][kernel id]``
-    (*Multiply*, *Route*, *Sum*). Accumulators start at the bias and are
-    exact: the IR proves per layer that the worst case
-    ``128 * max_kernel sum|w| + |bias|`` fits in
-    :meth:`accumulator_bits` (at most 32) bits, so no sum ever wraps.
-    Convolutions pad with zeros; a kernel is flattened ``(ky, kx, c)``.
-Requantization
-    ``y = clamp((acc * m + (1 << (s - 1))) >> s, lo, 127)`` with ``>>`` an
-    arithmetic shift (the rounding term is 0 when ``s == 0``). Rounding is
-    therefore *half towards +infinity* (-2.5 -> -2, 2.5 -> 3). ``lo`` is 0
-    with a fused ReLU, else -128 (saturation at both ends). A layer without
-    requantization outputs its int32 accumulators (logits).
-Max pool
-    Max over each window; an inactive (zero) element takes part as 0, so
-    negative values do not survive a window that also holds an inactive
-    element. No padding.
-k-winners-take-all (local over the C channels of a position; global over a
-vector or over a whole map in HWC order)
-    The selection key is ``x * boost`` (``boost`` a positive integer per
-    channel/unit, 1 when absent); the output keeps the original ``x`` for
-    the winners and 0 for the others. Exactly ``k`` winners per group: the
-    ``k`` largest keys, and on equal keys the *lower index wins* (channel
-    index for local, HWC flat index for global) -- which is also the order
-    the hardware stream delivers them in. Negative values can win (there
-    is no implied ReLU); a winner whose value is 0 is indistinguishable
-    from a loser and is dropped from sparse streams.
-Zero-skip / densify
-    Change only the stream representation; values are unchanged. In a
-    sparse stream each group (the channels of one position of a map, or a
-    whole vector) carries its non-zero elements in index order; a group
-    can be empty.
-
-Performance
------------
-Batches are processed vectorised: the route into ``[lane][kernel id]``
-accumulators is expanded once per layer into a ``[fan_in, L*K]`` matrix, and
-each chunk of the batch is one BLAS matrix product (float32 when the layer's
-worst case is below ``2**24``, float64 otherwise: exact in both cases, as
-every partial sum is an integer bounded by the worst case).
+original dense weights, so it checks the packing as well. Batches are
+vectorised (each layer one exact BLAS product per chunk of the batch);
 :func:`overlay_accumulate` is the literal one-input-at-a-time form, which
-mirrors the hardware and cross-checks the vectorised one in the tests.
+mirrors the hardware and cross-checks the vectorised one. The rules per
+layer are in docs/ir.md, 'Integer semantics'.
 """
 
 from __future__ import annotations

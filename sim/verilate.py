@@ -68,6 +68,7 @@ def built_model(component, name: str, build_root: Path, waves: bool = False,
     until the ``with`` block ends. A new model prunes the cache to its size
     limit.
     """
+    # cocotb's runner side: imported only when a model is built (heavy).
     from cocotb_tools.config import libs_dir
     from cocotb_tools.runner import get_runner
 
@@ -142,7 +143,7 @@ def run_streams(component, name: str, inputs: list[tuple[str, Any, list]],
         Elaborate for this board's platform (what a board build instantiates,
         with :mod:`cosparse.sim.primitives` models of its vendor primitives).
     """
-    from cocotb_tools.check_results import get_results
+    from cocotb_tools.check_results import get_results  # as in built_model
 
     waves = bool(int(os.environ.get("WAVES", "0"))) if waves is None else waves
     build_root = build_root or default_build_root()

@@ -90,6 +90,15 @@ def dense_window_fits(layer: ir.Layer | None, inp: ir.TensorSpec, width: int) ->
     return width == c and layer.kernel[0] * layer.kernel[1] * c <= DENSE_WINDOW_MAX_TAPS
 
 
+def unit_name(comp) -> str:
+    """A stage's unit name in reports, Verilog paths and memory image names: the
+    k-WTA designs go by their kind (``LocalKWTA``, ``GlobalKWTA``), others by class."""
+    for kind in (LocalKWTA, GlobalKWTA):
+        if isinstance(comp, kind):
+            return kind.__name__
+    return type(comp).__name__
+
+
 def _shape_groups(spec: ir.TensorSpec) -> tuple[int, int]:
     """(groups per frame, elements per group) of a tensor on a stream."""
     if len(spec.shape) == 3:
@@ -114,7 +123,7 @@ class _Lowering:
         self.fused_skip = False  # an IR zero-skip left to the next conv's dense window
 
     def add(self, layer: str, comp):
-        self.stages.append(Stage(layer, type(comp).__name__, comp))
+        self.stages.append(Stage(layer, unit_name(comp), comp))
         return comp
 
     def run(self) -> list[Stage]:

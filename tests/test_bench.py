@@ -87,7 +87,8 @@ def test_fits_cell_names_what_a_mode_needs():
     need = {"luts": 70710, "luts_available": 83640, "brams": 231, "brams_available": 208}
     assert bench.over_part(need) == ["brams"]
     assert bench.fits_cell({"fits": False, "pnr_needs": need}) == "no (231 of 208 block RAMs)"
-    assert bench.fits_cell({"fits": False, "brams_estimated": 1315}) == "no (about 1,315 block RAMs)"
+    assert (bench.fits_cell({"fits": False, "brams_estimated": 1315})
+            == "no (about 1,315 block RAMs)")
     assert bench.fits_cell({"fits": True, "pnr_needs": need}) == "yes"
 
 

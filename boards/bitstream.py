@@ -41,7 +41,7 @@ from .catalog import get_board
 from .runtime import LinkLayout
 from .top import BoardTop, platform_for
 
-__all__ = ["BitstreamError", "build_bitstream", "tool_env", "TOP_NAME"]
+__all__ = ["BitstreamError", "build_bitstream", "tool_env", "TOP_NAME", "run_step"]
 
 TOP_NAME = "cosparse_top"
 
@@ -267,13 +267,45 @@ def _tool(env: dict, var: str, args: list[str], cwd: Path, stdin=None, stdout=No
         raise BitstreamError(f"{env[var]} failed on {what}: {err[-500:]}")
 
 
-def _run_step(label: str, cmd: str, cwd: Path, env: dict, log: Path,
-              progress: Callable[[str], None], heartbeat: float = 20.0,
-              limit: float | None = None) -> float:
+def run_step(label: str, cmd: str, cwd: Path, env: dict, log: Path,
+             progress: Callable[[str], None], heartbeat: float = 20.0,
+             limit: float | None = None) -> float:
     """Run one shell command of the build script; progress every ``heartbeat`` seconds.
 
-    With ``limit`` (seconds) the command is stopped when it runs longer and
-    :class:`PlaceRouteTimeout` is raised.
+    Parameters
+    ----------
+    label : str
+        The step's name in progress and error messages; its first word names
+        the file ``<word>.out`` in ``cwd`` that takes the command's output.
+    cmd : str
+        The command, run by ``sh -c`` in a session of its own.
+    cwd : Path
+        The folder it runs in.
+    env : dict
+        Its environment.
+    log : Path
+        The tool's own log: its last line is shown with the progress, and it is
+        searched for ``ERROR`` lines when the command fails.
+    progress : callable
+        Called with a line of text at the start, every ``heartbeat`` seconds and
+        at the end.
+    heartbeat : float
+        Seconds between progress lines while the command runs.
+    limit : float or None
+        Seconds the command may run; it is stopped (with its process group)
+        when it runs longer.
+
+    Returns
+    -------
+    float
+        The seconds the command took.
+
+    Raises
+    ------
+    PlaceRouteTimeout
+        The command ran longer than ``limit``.
+    BitstreamError
+        The command failed; the message holds its last ``ERROR`` line.
     """
     t0 = time.monotonic()
     progress(f"{label} ...")
@@ -459,7 +491,7 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
         label, log = labels.get(var, (var.lower(), f"{var.lower()}.out"))
         limit = pnr_limit(pnr_minutes, pnr_deadline) if var.startswith("NEXTPNR") else None
         try:
-            times[label.split()[0]] = round(_run_step(label, cmd, build, env, build / log,
+            times[label.split()[0]] = round(run_step(label, cmd, build, env, build / log,
                                                       progress, limit=limit), 1)
         except PlaceRouteTimeout as e:
             e.figures.update(nextpnr_log_figures(build / log, board.family))

@@ -43,7 +43,7 @@ from .packer import unpack
 from .perf import stage_cycles
 
 __all__ = ["run_bench", "mac_counts", "useful_macs", "float_onnx", "onnxruntime_throughput", "MODES",
-           "PAPER"]
+           "PAPER", "bench_mode", "over_part", "fits_cell"]
 
 MODES = ("dense", "sparse-weights", "sparse-sparse")
 
@@ -201,10 +201,60 @@ def onnxruntime_throughput(model, input_shape: tuple[int, ...], *,
             "onnxruntime": ort.__version__, "cpus": os.cpu_count()}
 
 
-def _bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: bool,
-                outdir: Path, progress: Callable[[str], None],
-                engine_budget: int | None = None, pnr_minutes: float | None = None,
-                pnr_deadline: float | None = None) -> tuple[dict, list, object]:
+def bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: bool,
+               outdir: Path, progress: Callable[[str], None],
+               engine_budget: int | None = None, pnr_minutes: float | None = None,
+               pnr_deadline: float | None = None) -> tuple[dict, list, object]:
+    """Fold, simulate and measure one mode of the gsc-cs network: one row of the bench.
+
+    Parameters
+    ----------
+    mode : str
+        One of :data:`MODES`.
+    board : Board
+        The board the mode is folded for (its multipliers and block RAM).
+    count : int
+        Back-to-back inferences simulated in Verilator (at least 2).
+    seed : int
+        Seed of the network and of its random inputs.
+    reduced : bool
+        The reduced network (20x20 input) in place of the full one.
+    pnr : bool
+        Return a place-and-route job when the mode fits the board.
+    outdir : Path
+        The bench's folder; the simulation builds under ``outdir / "sim" / mode``.
+    progress : callable
+        Called with a line of text as the mode's steps go.
+    engine_budget : int or None
+        Fold for at most this many engine multipliers (to compare cycles with
+        another mode) in place of the board's budget.
+    pnr_minutes, pnr_deadline : float or None
+        Passed to the place-and-route job: its time cap and the bench's deadline.
+
+    Returns
+    -------
+    row : dict
+        The mode's figures (``bench.json``'s row); place-and-route figures ``None``.
+    stages : list of dict
+        The predicted cycles of each stage.
+    job : callable or None
+        Runs place and route and fills ``row``; ``None`` without ``pnr`` or when
+        the mode does not fit.
+
+    Raises
+    ------
+    CosparseError
+        The Verilator outputs differ from the golden model's.
+    """
+    from cosparse.sim import golden
+    from cosparse.sim.netsim import simulate_network
+
+    from . import zoo
+    from .build import weight_memory_bits
+    from .fold import FoldingError, block_rams, board_block_rams, choose_folding, multipliers
+    from .order import to_drain_order
+    from .perf import stage_cycles
+
     net = to_drain_order(zoo.gsc_cs(seed=seed, mode=mode, reduced=reduced))
     x = np.random.default_rng(seed + 1).integers(-128, 128, (count, *net.input.shape),
                                                  dtype=np.int8)
@@ -313,7 +363,7 @@ def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dic
         row.update({k: rep.get(k) for k in ("fmax_mhz", "luts", "ffs", "dsps", "brams",
                                              "timing_met")})
         row["fmax_source"] = "nextpnr, routed"
-    elif _over_part(row.get("pnr_needs") or {}):  # in what nextpnr printed before it stopped
+    elif over_part(row.get("pnr_needs") or {}):  # in what nextpnr printed before it stopped
         # (a run stopped at the time limit before placement keeps the estimate's verdict)
         row["fits"] = False
     if row.get("fmax_mhz"):
@@ -329,19 +379,44 @@ def _mark(m: dict) -> str:
     return "*" if (m.get("fmax_source") or "").startswith("nextpnr's estimate") else ""
 
 
-def _over_part(need: dict) -> list[str]:
-    """The resources of a nextpnr log's figures that exceed the part's."""
+def over_part(need: dict) -> list[str]:
+    """The resources of a nextpnr log's figures that exceed the part's.
+
+    Parameters
+    ----------
+    need : dict
+        Figures as :func:`cosparse.boards.bitstream.nextpnr_log_figures` returns
+        them: ``luts``, ``ffs``, ``dsps``, ``brams`` and each one's ``*_available``.
+
+    Returns
+    -------
+    list of str
+        The names of the resources used beyond the part's, in that order.
+    """
     return [k for k in ("luts", "ffs", "dsps", "brams")
             if need.get(k, 0) > need.get(f"{k}_available", 1 << 30)]
 
 
-def _fits(m: dict) -> str:
-    """The table's ``fits`` cell: what a mode that does not fit needs."""
+def fits_cell(m: dict) -> str:
+    """The table's ``fits`` cell: what a mode that does not fit needs.
+
+    Parameters
+    ----------
+    m : dict
+        A mode's row (:func:`bench_mode`): ``fits``, and ``pnr_needs`` or
+        ``brams_estimated`` where it does not fit.
+
+    Returns
+    -------
+    str
+        ``"yes"``; or ``"no"`` with the resources over the part's as nextpnr
+        counted them, else the estimated block RAMs.
+    """
     if m["fits"]:
         return "yes"
     need = m.get("pnr_needs") or {}
     names = {"luts": "LUTs", "ffs": "FFs", "dsps": "DSP blocks", "brams": "block RAMs"}
-    over = _over_part(need)
+    over = over_part(need)
     if over:
         return "no (" + ", ".join(f"{need[k]:,} of {need[k + '_available']:,} {names[k]}"
                                   for k in over) + ")"
@@ -366,7 +441,7 @@ def _markdown(res: dict) -> str:
                      f"{cell(m['fmax_mhz'], '{:.1f}')}{_mark(m)} | "
                      f"{cell(m['inferences_per_s'])}{_mark(m)} | "
                      f"{cell(m['luts'])} | {cell(m['ffs'])} | {cell(m['dsps'])} | "
-                     f"{cell(m['brams'])} | {_fits(m)} |")
+                     f"{cell(m['brams'])} | {fits_cell(m)} |")
     ort = res["onnxruntime_cpu"]
     if any(_mark(m) for m in modes):
         lines += ["", "\\* nextpnr's Fmax estimate after placement: routing was stopped at "
@@ -476,7 +551,7 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
         for mode in sorted(modes, key=lambda m: (m != "sparse-sparse", m in pnr_modes)):
             budget = (rows["sparse-sparse"]["multipliers"]
                       if mode == "dense" and "sparse-sparse" in rows else None)
-            run = partial(_bench_mode, mode, board=b, count=count, seed=seed, reduced=reduced,
+            run = partial(bench_mode, mode, board=b, count=count, seed=seed, reduced=reduced,
                           pnr=mode in pnr_modes, outdir=out, progress=progress,
                           engine_budget=budget, pnr_minutes=pnr_minutes, pnr_deadline=deadline)
             if mode == "sparse-sparse" or mode in pnr_modes:

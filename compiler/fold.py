@@ -27,7 +27,7 @@ from .errors import CosparseError
 from .perf import stage_cycles
 
 __all__ = ["choose_folding", "multipliers", "dsp_blocks", "block_rams", "board_block_rams",
-           "memory_census",
+           "memory_census", "ecp5_blocks",
            "FoldingError", "ECP5_BRAM_KBIT"]
 
 MAX_ENTRIES = 32
@@ -82,11 +82,23 @@ def memory_census(core: NetworkCore) -> list[tuple[str, int, int, int, int]]:
              len(mem.write_ports)) for path, mem in core_memories(core)]
 
 
-def _ecp5_blocks(depth: int, width: int, reads: int, writes: int) -> int:
+def ecp5_blocks(depth: int, width: int, reads: int, writes: int) -> int:
     """DP16KD blocks of one memory as yosys maps it (see ``LUTRAM_MAX_*``).
 
     A block has two ports: with a write port each read port takes a copy of the
     memory, a ROM puts two read ports on each copy.
+
+    Parameters
+    ----------
+    depth, width : int
+        The memory's words and bits per word.
+    reads, writes : int
+        Its read and write ports.
+
+    Returns
+    -------
+    int
+        The DP16KD blocks; 0 for a memory yosys puts in LUT RAM (or one never read).
     """
     if depth <= LUTRAM_MAX_DEPTH or depth * width < LUTRAM_MAX_BITS or reads == 0:
         return 0
@@ -115,14 +127,14 @@ def board_block_rams(board) -> int | None:
 def block_rams(net: ir.Network, folding: Folding, family: str = "ecp5") -> int | None:
     """Block RAMs of the core as a board build has it (weights loadable), for ``family``.
 
-    ECP5 only (DP16KD, see :func:`_ecp5_blocks`: an estimate of yosys's mapping,
+    ECP5 only (DP16KD, see :func:`ecp5_blocks`: an estimate of yosys's mapping,
     within 3% of the gsc-cs builds); None for the other families, whose folds
     are not grown (iCE40) or not built here (Xilinx).
     """
     if family != "ecp5":
         return None
     core = lower(net, folding, loadable=True)
-    return sum(_ecp5_blocks(d, w, r, wr) for _, d, w, r, wr in memory_census(core))
+    return sum(ecp5_blocks(d, w, r, wr) for _, d, w, r, wr in memory_census(core))
 
 
 def _input_width(net: ir.Network) -> int:

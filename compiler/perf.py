@@ -28,7 +28,7 @@ from cosparse.sim import golden
 
 from . import ir
 
-__all__ = ["StageCycles", "stage_cycles", "predict"]
+__all__ = ["StageCycles", "stage_cycles", "predict", "chunk_cost"]
 
 
 def _ceil(a, b):
@@ -69,13 +69,24 @@ def _window_beats(x: np.ndarray, win: window.SparseWindow) -> np.ndarray:
     return total.reshape(n, -1)
 
 
-def _chunk_cost(active: np.ndarray, row_words: np.ndarray, r: int) -> np.ndarray:
+def chunk_cost(active: np.ndarray, row_words: np.ndarray, r: int) -> np.ndarray:
     """Engine beats of groups sent in canonical chunks of ``r`` entries.
 
-    ``active`` ``[N, G, C]`` marks the entries of each group, ``row_words``
-    ``[G, C]`` the overlay words of each entry's row; a chunk (one input
-    beat) costs the most words among its entries (at least 1). Returns
-    ``[N, G]``; an empty group costs 0.
+    A chunk (one input beat) costs the most words among its entries (at least 1).
+
+    Parameters
+    ----------
+    active : numpy.ndarray
+        ``[N, G, C]`` booleans: the entries of each group.
+    row_words : numpy.ndarray
+        ``[G, C]``: the overlay words of each entry's row.
+    r : int
+        Entries per chunk.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[N, G]`` engine beats; an empty group costs 0.
     """
     if row_words.size == 0 or row_words.max() <= 1:
         # Every chunk of one-word rows costs one beat (complementary masks: the common
@@ -109,7 +120,7 @@ def _window_cost(x: np.ndarray, win: window.SparseWindow, row_words: np.ndarray)
         for dx in range(kw):
             t = dy * kw + dx
             words = np.broadcast_to(row_words[t * c:(t + 1) * c], (h * w, c))
-            cost = _chunk_cost(active, words, win.entries).reshape(n, h, w)
+            cost = chunk_cost(active, words, win.entries).reshape(n, h, w)
             padded = np.ones((n, h + pt + pb, w + pl + pr), dtype=np.int64)
             padded[:, pt:pt + h, pl:pl + w] = np.maximum(cost, 1)
             total += padded[:, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw]
@@ -142,11 +153,11 @@ def _engine_cycles(feed: tuple, eng: overlay.OverlayEngine, out_width: int) -> n
     elif kind == "groups":  # canonical chunks per group (zero-skip, k-WTA); empty: one beat
         active = feed[1]  # [N, groups, G]: a linear layer's input is one group of G = fan-in
         words = np.broadcast_to(row_words[:active.shape[2]], active.shape[1:])
-        beats = np.maximum(_chunk_cost(active, words, eng.entries), 1)
+        beats = np.maximum(chunk_cost(active, words, eng.entries), 1)
     else:  # "flatten": per-position chunks of one vector group, an empty last one closes it
         active = feed[1]
         pos_words = row_words.reshape(active.shape[1], active.shape[2])
-        cost = _chunk_cost(active, pos_words, eng.entries)
+        cost = chunk_cost(active, pos_words, eng.entries)
         beats = (cost.sum(axis=1) + ~active[:, -1].any(axis=-1))[:, None]
     return _group_schedule(beats * passes, drain)
 

@@ -2,12 +2,136 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
+from amaranth.sim import Simulator
 
+from cosparse.compiler import ir
+from cosparse.compiler.packer import pack
 from cosparse.hw.protocol import CRC_FORMAT, HEADER_FORMAT, SYNC_RESPONSE, crc16
+from cosparse.hw.requant import Requantizer
+from cosparse.hw.streams import dense_beats, sparse_beats
+from cosparse.sim import golden
+from cosparse.sim.streamsim import Port, SimResult, simulate
+from cosparse.sim.verilate import VerilatorResult, run_streams
+
+#: The paper's example: three 3x3 kernels, three non-zeros each (66% sparse),
+#: complementary, overlay into one dense 3x3.
+PAPER_W = np.zeros((3, 9), dtype=np.int8)
+PAPER_W[0, [0, 4, 8]] = [1, 2, 3]
+PAPER_W[1, [1, 5, 6]] = [4, 5, 6]
+PAPER_W[2, [2, 3, 7]] = [-1, -2, -3]
+
+
+def run_cli(*args, cwd=None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """The installed ``cosparse`` entry point run with ``args`` (text output captured)."""
+    exe = shutil.which("cosparse") or pytest.fail("the cosparse entry point is not installed")
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+
+
+def dense_frames(frames, width: int) -> list[dict]:
+    """Dense beats of ``width`` lanes of every frame (``[..., C]``), a group per ``C`` vector."""
+    beats = []
+    for x in frames:
+        x = np.asarray(x)
+        beats += dense_beats(x.reshape(-1, x.shape[-1]).astype(np.int64).tolist(), width)
+    return beats
+
+
+def nonzero_pairs(vector) -> list[tuple[int, int]]:
+    """The (index, value) pairs of the non-zero elements of ``vector``."""
+    return [(int(i), int(vector[i])) for i in np.flatnonzero(vector)]
+
+
+def sparse_frames(frames, entries: int) -> list[dict]:
+    """Sparse beats of ``entries`` of every frame (``[..., C]``): each vector's non-zero pairs."""
+    beats = []
+    for x in frames:
+        x = np.asarray(x)
+        beats += sparse_beats([nonzero_pairs(g) for g in x.reshape(-1, x.shape[-1])], entries)
+    return beats
+
+
+def simulate_io(dut, beats: list[dict], count: int, **kw) -> SimResult:
+    """Amaranth simulation of ``dut``: ``beats`` into stream ``i``, ``count`` beats out of ``o``."""
+    return simulate(dut, [Port(dut.i, dut.in_layout, beats)],
+                    [Port(dut.o, dut.out_layout, count=count)], **kw)
+
+
+def verilate_io(dut, name: str, beats: list[dict], count: int, **kw) -> VerilatorResult:
+    """Verilator run of ``dut``: ``beats`` into stream ``i``, ``count`` beats out of ``o``."""
+    return run_streams(dut, name, [("i", dut.in_layout, beats)], [("o", dut.out_layout, count)],
+                       **kw)
+
+
+def run_sim(dut, testbenches=(), processes=(), background=()) -> None:
+    """Run the Amaranth simulator on ``dut`` (1 MHz clock) until its testbenches end."""
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    for bench in testbenches:
+        sim.add_testbench(bench)
+    for bench in background:
+        sim.add_testbench(bench, background=True)
+    for proc in processes:
+        sim.add_process(proc)
+    sim.run()
+
+
+async def pulse(ctx, signal) -> None:
+    """Hold ``signal`` at 1 for one clock cycle (in an Amaranth testbench)."""
+    ctx.set(signal, 1)
+    await ctx.tick()
+    ctx.set(signal, 0)
+
+
+def requant_constants(rng, channels: int, *, shift_lo: int = 0, shift_hi: int = 24,
+                      relu: bool = False) -> tuple:
+    """Random requantizer constants of ``channels`` channels: (multiplier, shift, bias, relu)."""
+    mult = rng.integers(1, 1 << 16, channels)
+    shift = rng.integers(shift_lo, shift_hi + 1, channels)
+    bias = rng.integers(-(1 << 20), 1 << 20, channels)
+    return mult, shift, bias, relu
+
+
+def requantizer(channels: int, width: int, acc_bits: int, mult, shift, bias, relu) -> Requantizer:
+    """A :class:`Requantizer` of ``width`` lanes over these per-channel constants."""
+    return Requantizer(channels, width=width, acc_bits=acc_bits,
+                       multiplier=[int(v) for v in mult], shift=[int(v) for v in shift],
+                       bias=[int(v) for v in bias], relu=relu)
+
+
+def requant_golden(acc, mult, shift, bias, relu) -> np.ndarray:
+    """The golden model's requantization of accumulators ``acc`` (channels last)."""
+    rq = ir.Requant(np.asarray(mult, np.int32), np.asarray(shift, np.int32), relu)
+    return golden.requantize(acc.astype(np.float64), rq, np.asarray(bias, np.int64))
+
+
+def random_acc(rng, shape, acc_bits: int) -> np.ndarray:
+    """Accumulators spread over every magnitude, including both extremes."""
+    mag = rng.integers(0, acc_bits, shape)
+    acc = rng.integers(-(1 << 62), 1 << 62, shape) >> (62 - mag)
+    acc = np.clip(acc, -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1)
+    flat = acc.reshape(-1)
+    flat[:4] = [-(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1, 0, -1]
+    return acc
+
+
+def overlay_layer(cls, name: str, w: np.ndarray, k: int | None, rng: np.random.Generator,
+                  *, requant: bool = True, relu: bool = False, **kw) -> ir.Layer:
+    """An overlay layer over int8 weights ``w`` with random bias and requant constants."""
+    m = w.shape[0]
+    rq = None
+    if requant:
+        rq = ir.Requant(rng.integers(1, 1 << 16, m).astype(np.int32),
+                        rng.integers(8, 24, m).astype(np.int32), relu)
+    return cls(name, overlays=pack(w, k), bias=rng.integers(-5000, 5000, m).astype(np.int32),
+               requant=rq, acc_scale=tuple([0.01] * m), **kw)
 
 
 def uart_bits(byte: int) -> list[int]:
@@ -60,6 +184,8 @@ def write_tiny(folder: Path, *, negate_w2: bool = False, seed: int = 0) -> tuple
     np.save(folder / "cal.npy", rng.normal(0, 1, (64, 16)).astype(np.float32))
     np.save(folder / "x.npy", rng.normal(0, 1, (5, 16)).astype(np.float32))
     return path, folder / "cal.npy", folder / "x.npy"
+
+
 #: The small ONNX test models and their digits data (``scripts/make_test_models.py``).
 ONNX_DATA = Path(__file__).resolve().parent / "compiler" / "data"
 

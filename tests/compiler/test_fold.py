@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cosparse.compiler import zoo
-from cosparse.compiler.fold import (_ecp5_blocks, block_rams, choose_folding, dsp_blocks,
+from cosparse.compiler.fold import (block_rams, choose_folding, dsp_blocks, ecp5_blocks,
                                     memory_census, multipliers)
 from cosparse.compiler.order import to_drain_order
 from cosparse.compiler.perf import stage_cycles
@@ -73,7 +73,7 @@ def test_requantizers_narrowed_to_the_interval():
 def test_chunk_cost_matches_a_plain_count(max_words):
     """The performance model's beats per group: chunks of R entries in order, each as
     dear as its longest row (at least one beat). One-word rows take a shortcut."""
-    from cosparse.compiler.perf import _chunk_cost
+    from cosparse.compiler.perf import chunk_cost
 
     rng = np.random.default_rng(max_words)
     active = rng.random((3, 5, 23)) < 0.4
@@ -86,7 +86,7 @@ def test_chunk_cost_matches_a_plain_count(max_words):
                 idx = np.flatnonzero(active[n, g])
                 for j in range(0, len(idx), r):
                     want[n, g] += max(1, row_words[g, idx[j:j + r]].max())
-        assert np.array_equal(_chunk_cost(active, row_words, r), want)
+        assert np.array_equal(chunk_cost(active, row_words, r), want)
     assert want[0, 0] == 0 and want.max() > 0
 
 
@@ -99,7 +99,7 @@ def test_chunk_cost_matches_a_plain_count(max_words):
     (1600, 88, 4, 0, 20),   # a ROM: two read ports per copy
 ])
 def test_ecp5_block_ram_estimate(depth, width, reads, writes, blocks):
-    assert _ecp5_blocks(depth, width, reads, writes) == blocks
+    assert ecp5_blocks(depth, width, reads, writes) == blocks
 
 
 def test_census_finds_each_weight_memory_with_its_read_ports():

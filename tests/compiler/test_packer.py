@@ -5,12 +5,7 @@ from hypothesis import given, strategies as st
 from cosparse.compiler import zoo
 from cosparse.compiler.packer import PackError, pack, report, unpack
 
-# The paper's example: three 3x3 kernels, three non-zeros each (66% sparse),
-# complementary, overlay into one dense 3x3.
-PAPER_W = np.zeros((3, 9), dtype=np.int8)
-PAPER_W[0, [0, 4, 8]] = [1, 2, 3]
-PAPER_W[1, [1, 5, 6]] = [4, 5, 6]
-PAPER_W[2, [2, 3, 7]] = [-1, -2, -3]
+from ..helpers import PAPER_W
 
 
 def test_paper_example_packs_into_one_dense_overlay():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cosparse.hw.adapters import Densify, Narrow, ZeroSkip
-from cosparse.hw.streams import dense_beats, sparse_beats
-from cosparse.sim.streamsim import Port, simulate
-from cosparse.sim.verilate import run_streams
+from cosparse.hw.streams import sparse_beats
+
+from ..helpers import dense_frames, nonzero_pairs, simulate_io, sparse_frames, verilate_io
 
 
 def random_groups(rng, n, c, *, p_zero=0.6):
@@ -28,40 +28,30 @@ def frames_of(rng, frames, n, c, **kw):
     return [random_groups(rng, n, c, **kw) for _ in range(frames)]
 
 
-def pairs(g):
-    return [(int(i), int(g[i])) for i in np.flatnonzero(g)]
-
-
 def zero_skip_io(xs, D, R):
-    beats_in, want = [], []
-    for x in xs:
-        beats_in += dense_beats([list(map(int, g)) for g in x], D)
-        want += sparse_beats([pairs(g) for g in x], R)
-    return beats_in, want
+    return dense_frames(xs, D), sparse_frames(xs, R)
 
 
 def densify_io(xs, D, R, rng=None):
     """Sparse input beats (canonical, or a random packing when ``rng`` is given)."""
-    beats_in, want = [], []
+    if rng is None:
+        return sparse_frames(xs, R), dense_frames(xs, D)
+    beats_in = []
     for x in xs:
-        if rng is None:
-            beats_in += sparse_beats([pairs(g) for g in x], R)
-        else:
-            for gi, g in enumerate(x):
-                ps = pairs(g)
-                chunks = []
-                while ps:
-                    n = int(rng.integers(1, R + 1))
-                    chunks.append(ps[:n])
-                    ps = ps[n:]
-                chunks = chunks or [[]]
-                for ci, ch in enumerate(chunks):
-                    b = sparse_beats([ch], R)[0]
-                    b["last"] = int(ci == len(chunks) - 1)
-                    b["end"] = int(gi == len(x) - 1 and b["last"])
-                    beats_in.append(b)
-        want += dense_beats([list(map(int, g)) for g in x], D)
-    return beats_in, want
+        for gi, g in enumerate(x):
+            ps = nonzero_pairs(g)
+            chunks = []
+            while ps:
+                n = int(rng.integers(1, R + 1))
+                chunks.append(ps[:n])
+                ps = ps[n:]
+            chunks = chunks or [[]]
+            for ci, ch in enumerate(chunks):
+                b = sparse_beats([ch], R)[0]
+                b["last"] = int(ci == len(chunks) - 1)
+                b["end"] = int(gi == len(x) - 1 and b["last"])
+                beats_in.append(b)
+    return beats_in, dense_frames(xs, D)
 
 
 ZS_CASES = [  # C, D, R
@@ -77,8 +67,7 @@ def test_zero_skip_matches_numpy_under_stalls(C, D, R):
     dut = ZeroSkip(C, width=D, entries=R)
     xs = frames_of(rng, 3, 5, C)
     beats_in, want = zero_skip_io(xs, D, R)
-    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=C + R)
+    res = simulate_io(dut, beats_in, len(want), stall=0.3, seed=C + R)
     assert res.outputs[0] == want
 
 
@@ -88,12 +77,11 @@ def test_zero_skip_keep_zeros_emits_every_element(C, D, R):
     rng = np.random.default_rng(C + D + R)
     dut = ZeroSkip(C, width=D, entries=R, keep_zeros=True)
     xs = frames_of(rng, 2, 4, C)
-    beats_in, want = [], []
+    beats_in = dense_frames(xs, D)
+    want = []
     for x in xs:
-        beats_in += dense_beats([list(map(int, g)) for g in x], D)
         want += sparse_beats([[(i, int(v)) for i, v in enumerate(g)] for g in x], R)
-    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=C)
+    res = simulate_io(dut, beats_in, len(want), stall=0.3, seed=C)
     assert res.outputs[0] == want
 
 
@@ -103,8 +91,7 @@ def test_densify_matches_numpy_under_stalls(C, D, R):
     dut = Densify(C, entries=R, width=D)
     xs = frames_of(rng, 3, 5, C)
     beats_in, want = densify_io(xs, D, R, rng)
-    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=C + R)
+    res = simulate_io(dut, beats_in, len(want), stall=0.3, seed=C + R)
     assert res.outputs[0] == want
 
 
@@ -114,11 +101,9 @@ def test_zero_skip_then_densify_round_trip():
     xs = frames_of(rng, 2, 6, C, p_zero=0.5)
     zs, dn = ZeroSkip(C, width=D, entries=R), Densify(C, entries=R, width=D)
     beats_in, mid = zero_skip_io(xs, D, R)
-    res = simulate(zs, [Port(zs.i, zs.in_layout, beats_in)],
-                   [Port(zs.o, zs.out_layout, count=len(mid))], stall=0.3)
+    res = simulate_io(zs, beats_in, len(mid), stall=0.3)
     assert res.outputs[0] == mid
-    res = simulate(dn, [Port(dn.i, dn.in_layout, res.outputs[0])],
-                   [Port(dn.o, dn.out_layout, count=len(beats_in))], stall=0.3, seed=1)
+    res = simulate_io(dn, res.outputs[0], len(beats_in), stall=0.3, seed=1)
     assert res.outputs[0] == beats_in
 
 
@@ -129,8 +114,7 @@ def test_zero_skip_one_beat_per_cycle():
     dut = ZeroSkip(C, width=D, entries=R)
     xs = frames_of(rng, 2, 20, C, p_zero=0.3)
     beats_in, want = zero_skip_io(xs, D, R)
-    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    res = simulate_io(dut, beats_in, len(want), stall=0.0)
     assert res.outputs[0] == want
     assert dut.cycles_per_group == 2
     assert np.all(np.diff(res.input_cycles[0]) == 1)
@@ -146,8 +130,7 @@ def test_zero_skip_picker_cycles_per_group():
     assert dut.picker and not ZeroSkip(16, width=8, entries=4).picker
     x = random_groups(rng, 60, C, p_zero=0.7)
     beats_in, want = zero_skip_io([x], C, R)
-    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    res = simulate_io(dut, beats_in, len(want), stall=0.0)
     assert res.outputs[0] == want
     per_group = np.maximum(1, -(-np.count_nonzero(x, axis=1) // R))
     assert np.all(np.diff(res.cycles[0]) == 1)  # one output beat every cycle
@@ -163,8 +146,7 @@ def test_densify_cycles_per_group():
 
     def cycles(x, latency=2):
         beats_in, want = densify_io([x], D, R)
-        res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                       [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+        res = simulate_io(dut, beats_in, len(want), stall=0.0)
         assert res.outputs[0] == want
         assert res.cycles[0][0] - res.input_cycles[0][0] == latency
         return np.diff(res.cycles[0][dut.beats - 1::dut.beats])  # group to group
@@ -204,18 +186,13 @@ def test_verilator_zero_skip(C, D, R, seed):
     rng = np.random.default_rng(seed)
     dut = ZeroSkip(C, width=D, entries=R)
     beats_in, want = zero_skip_io(frames_of(rng, 3, 8, C), D, R)
-    res = run_streams(dut, f"zero_skip_{C}_{D}_{R}", [("i", dut.in_layout, beats_in)],
-                      [("o", dut.out_layout, len(want))], stall=0.3, seed=seed)
+    res = verilate_io(dut, f"zero_skip_{C}_{D}_{R}", beats_in, len(want), stall=0.3, seed=seed)
     assert res.outputs[0] == want
 
 
 def narrow_io(xs, P, Q):
     """Dense groups of ``P``-element beats in (zero padded), the same in ``Q``-element beats."""
-    beats_in, want = [], []
-    for x in xs:
-        beats_in += dense_beats([list(map(int, g)) for g in x], P)
-        want += dense_beats([list(map(int, g)) for g in x], Q)
-    return beats_in, want
+    return dense_frames(xs, P), dense_frames(xs, Q)
 
 
 @pytest.mark.parametrize("C, P, Q", [(64, 32, 8), (12, 8, 2), (1500, 2, 1), (5, 4, 4), (3, 4, 1),
@@ -228,8 +205,7 @@ def test_narrow_matches_numpy_under_stalls(C, P, Q):
     n = 2 if C > 100 else 6
     xs = [rng.integers(-2 ** 19, 2 ** 19, (n, C)) for _ in range(2)]
     beats_in, want = narrow_io(xs, P, Q)
-    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=C)
+    res = simulate_io(dut, beats_in, len(want), stall=0.3, seed=C)
     assert res.outputs[0] == want
 
 
@@ -240,8 +216,7 @@ def test_narrow_one_beat_per_cycle():
     C, P, Q = 64, 32, 8
     dut = Narrow(C, width_in=P, width_out=Q, elem_shape=signed(18))
     beats_in, want = narrow_io([rng.integers(-1000, 1000, (10, C))], P, Q)
-    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    res = simulate_io(dut, beats_in, len(want), stall=0.0)
     assert res.outputs[0] == want and dut.beats == 8
     assert np.all(np.diff(res.cycles[0]) == 1)
     assert res.cycles[0][0] - res.input_cycles[0][0] == 1  # latency
@@ -253,8 +228,7 @@ def test_verilator_narrow():
     rng = np.random.default_rng(20)
     dut = Narrow(12, width_in=8, width_out=2, elem_shape=signed(24))
     beats_in, want = narrow_io([rng.integers(-2 ** 23, 2 ** 23, (5, 12)) for _ in range(2)], 8, 2)
-    res = run_streams(dut, "narrow", [("i", dut.in_layout, beats_in)],
-                      [("o", dut.out_layout, len(want))], stall=0.3, seed=6)
+    res = verilate_io(dut, "narrow", beats_in, len(want), stall=0.3, seed=6)
     assert res.outputs[0] == want
 
 
@@ -262,6 +236,5 @@ def test_verilator_densify():
     rng = np.random.default_rng(9)
     dut = Densify(16, entries=4, width=8)
     beats_in, want = densify_io(frames_of(rng, 3, 8, 16), 8, 4, rng)
-    res = run_streams(dut, "densify", [("i", dut.in_layout, beats_in)],
-                      [("o", dut.out_layout, len(want))], stall=0.3, seed=4)
+    res = verilate_io(dut, "densify", beats_in, len(want), stall=0.3, seed=4)
     assert res.outputs[0] == want

@@ -13,7 +13,6 @@ import struct
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from cosparse.boards.top import LinkTop
 from cosparse.compiler import zoo
@@ -22,7 +21,7 @@ from cosparse.compiler.folding import Folding
 from cosparse.hw.protocol import STATUS_BYTES, Command, Status, load_payload, request_frame
 from cosparse.sim import golden
 
-from ..helpers import parse_responses, uart_bits
+from ..helpers import parse_responses, run_sim, uart_bits
 
 DIV = 4
 TIMEOUT = 300
@@ -31,8 +30,6 @@ TIMEOUT = 300
 def run_link(top: LinkTop, requests: list[tuple[bytes, int]]) -> bytes:
     """Send each request's bytes, then idle ``wait`` bit times; return all bytes sent back."""
     out = bytearray()
-    sim = Simulator(top)
-    sim.add_clock(1e-6)
 
     async def host(ctx):
         for data, wait in requests:
@@ -53,9 +50,7 @@ def run_link(top: LinkTop, requests: list[tuple[bytes, int]]) -> bytes:
                     await ctx.tick().repeat(DIV)
                 out.append(v)
 
-    sim.add_testbench(host)
-    sim.add_testbench(line, background=True)
-    sim.run()
+    run_sim(top, [host], background=[line])
     return bytes(out)
 
 

@@ -13,7 +13,6 @@ import pytest
 from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.sim import Simulator
 
 from cosparse.hw import protocol
 from cosparse.hw.hostlink_parts import (CRC16, Body, Code, Command, Executor, Framer, InferRunner,
@@ -22,7 +21,7 @@ from cosparse.hw.protocol import Command as Cmd
 from cosparse.hw.protocol import Status, crc16, load_payload, request_frame, response_frame
 from cosparse.hw.streams import dense_layout
 
-from ..helpers import parse_responses
+from ..helpers import parse_responses, pulse, run_sim
 
 
 async def send_byte(ctx, stream, byte, rng):
@@ -60,9 +59,7 @@ def test_crc_and_tables_equal_the_protocol():
 
     async def bench(ctx):
         for d in data:
-            ctx.set(proc.start, 1)
-            await ctx.tick()
-            ctx.set(proc.start, 0)
+            await pulse(ctx, proc.start)
             for b in d:
                 ctx.set(proc.data, b)
                 ctx.set(proc.valid, rng.random() < 0.7)
@@ -73,10 +70,7 @@ def test_crc_and_tables_equal_the_protocol():
             ctx.set(proc.valid, 0)
             got.append(ctx.get(proc.crc))
 
-    sim = Simulator(proc)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    run_sim(proc, [bench])
     assert got == [crc16(d) for d in data]
 
 
@@ -125,12 +119,7 @@ def test_framer_requests_and_payload():
             starts.append(start)
             overlap.append(rv and rr)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(host)
-    sim.add_testbench(sink)
-    sim.add_process(monitor)
-    sim.run()
+    run_sim(dut, [host, sink], [monitor])
     assert got == [(int(c), n, e) for c, n, e in want]
     assert payloads[1] == bytes(range(1, 8)) and payloads[5] == b"\xAA\xBB"
     assert sum(starts) == len(want) and not any(overlap)  # no byte taken while a request waits
@@ -152,9 +141,7 @@ def test_load_check(payload, verdict):
 
     async def bench(ctx):
         for junk in (b"\x01\x02\x03\x04\x05\x06\x07", payload):  # a frame before resets nothing wrong
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
+            await pulse(ctx, dut.start)
             for b in junk:
                 ctx.set(dut.payload.payload, b)
                 ctx.set(dut.payload.valid, 1)
@@ -166,10 +153,7 @@ def test_load_check(payload, verdict):
         v = ctx.get(dut.verdict)
         got.extend([v.target, v.address, v.bad_target, v.bad_range])
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    run_sim(dut, [bench])
     assert [g for g, w in zip(got, verdict) if w is not None] == [w for w in verdict if w is not None]
 
 
@@ -192,9 +176,7 @@ def test_infer_runner_feeds_and_collects():
     beats, outs, written, taken, trailer = [], [rng.getrandbits(64) for _ in range(3)], {}, [], []
 
     async def bench(ctx):
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
+        await pulse(ctx, dut.start)
         ctx.set(dut.run, 1)
         await ctx.tick().until(dut.done)
         ctx.set(dut.run, 0)
@@ -223,11 +205,7 @@ def test_infer_runner_feeds_and_collects():
             else:
                 ctx.set(dut.core_o.valid, 0)
 
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.add_process(core)
-    sim.run()
+    run_sim(m, [bench], [core])
     assert beats == [(words[0], 0, 0), (words[1], 1, 0), (words[2], 0, 0), (words[3], 1, 1)]
     assert written == dict(enumerate(outs))
     ins, outs_at = taken[:4], taken[4:]
@@ -303,11 +281,7 @@ def test_executor_commands():
             ctx.set(dut.core_i.ready, rng.random() < 0.5)
             ctx.set(dut.core_o.valid, len(fed) == 2 and out_sent < 2 and rng.random() < 0.5)
 
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.add_process(world)
-    sim.run()
+    run_sim(m, [bench], [world])
     assert got == want
     assert writes == [(0, 2, 0x0102), (0, 3, 0x0304)]
     first, last = status[0], status[-1]
@@ -343,11 +317,7 @@ def test_responder_frames():
                 sent.append(b)
             ctx.set(dut.tx.ready, rng.random() < 0.4)
 
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.add_process(line)
-    sim.run()
+    run_sim(m, [bench], [line])
     output = b"".join(b.to_bytes(2, "little") for b in beats)
     trailer = (0x11223344).to_bytes(4, "little") + (0x55).to_bytes(4, "little")
     assert bytes(sent) == (response_frame(0, st.pack()) + response_frame(1)

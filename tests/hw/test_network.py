@@ -8,22 +8,14 @@ from cosparse.compiler.order import restore_output_order, to_drain_order
 from cosparse.compiler.perf import predict
 from cosparse.compiler.folding import Folding, FoldingError, LayerFold
 from cosparse.compiler.lower import lower
-from cosparse.hw.streams import dense_beats
 from cosparse.sim import golden
-from cosparse.sim.streamsim import Port, simulate
-from cosparse.sim.verilate import run_streams
+
+from ..helpers import dense_frames, simulate_io, verilate_io
 
 
 def io_beats(core, net, x):
     """Input beats for frames ``x`` and the output beats the golden model predicts."""
-    y = golden.run(net, x)
-    d_in = core.input_width
-    beats, want = [], []
-    for xi, yi in zip(x, y):
-        beats += dense_beats([list(map(int, v)) for v in xi.reshape(-1, xi.shape[-1])], d_in)
-        want += dense_beats([list(map(int, v)) for v in yi.reshape(-1, yi.shape[-1])],
-                            core.out_width)
-    return beats, want
+    return dense_frames(x, core.input_width), dense_frames(golden.run(net, x), core.out_width)
 
 
 NETS = {
@@ -61,9 +53,7 @@ def test_network_matches_golden_under_stalls(which, mode):
     x = rng.integers(-128, 128, (2, *shape)).astype(np.int8)
     x[1, ..., :] = np.where(rng.random(x[1].shape) < 0.5, 0, x[1])  # sparse input
     beats, want = io_beats(core, net, x)
-    res = simulate(core, [Port(core.i, core.in_layout, beats)],
-                   [Port(core.o, core.out_layout, count=len(want))], stall=0.3, seed=7,
-                   max_cycles=400_000)
+    res = simulate_io(core, beats, len(want), stall=0.3, seed=7, max_cycles=400_000)
     assert res.outputs[0] == want
 
 
@@ -104,16 +94,14 @@ def test_reduced_gsc_cs_in_verilator(mode):
     assert any(st.unit == "Narrow" for st in core.stages)
     x = np.random.default_rng(0).integers(-128, 128, (3, 20, 20, 1)).astype(np.int8)
     beats, want = io_beats(core, net, x)
-    res = run_streams(core, f"gsc_reduced_{mode.replace('-', '_')}", [("i", core.in_layout, beats)],
-                      [("o", core.out_layout, len(want))], stall=0.2, seed=3,
-                      max_cycles=3_000_000)
+    name = f"gsc_reduced_{mode.replace('-', '_')}"
+    res = verilate_io(core, name, beats, len(want), stall=0.2, seed=3, max_cycles=3_000_000)
     assert res.outputs[0] == want
 
     # Back to back without stalls: the steady-state interval is the performance model's.
     x = np.random.default_rng(1).integers(-128, 128, (5, 20, 20, 1)).astype(np.int8)
     beats, want = io_beats(core, net, x)
-    res = run_streams(core, f"gsc_reduced_{mode.replace('-', '_')}", [("i", core.in_layout, beats)],
-                      [("o", core.out_layout, len(want))], stall=0.0, max_cycles=5_000_000)
+    res = verilate_io(core, name, beats, len(want), stall=0.0, max_cycles=5_000_000)
     assert res.outputs[0] == want
     per = len(want) // len(x)
     ends = [res.cycles[0][(f + 1) * per - 1] for f in range(len(x))]
@@ -138,7 +126,5 @@ def test_smallest_part_folding_matches_golden(which):
     core = lower(net, folding, loadable=True)
     assert not any(st.unit == "StreamFIFO" for st in core.stages)
     beats, want = io_beats(core, net, x)
-    res = simulate(core, [Port(core.i, core.in_layout, beats)],
-                   [Port(core.o, core.out_layout, count=len(want))], stall=0.3, seed=5,
-                   max_cycles=400_000)
+    res = simulate_io(core, beats, len(want), stall=0.3, seed=5, max_cycles=400_000)
     assert res.outputs[0] == want

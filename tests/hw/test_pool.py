@@ -7,10 +7,9 @@ import pytest
 
 from cosparse.compiler import ir
 from cosparse.hw.pool import MaxPool, SparseMaxPool
-from cosparse.hw.streams import dense_beats, sparse_beats
 from cosparse.sim import golden
-from cosparse.sim.streamsim import Port, simulate
-from cosparse.sim.verilate import run_streams
+
+from ..helpers import dense_frames, simulate_io, sparse_frames, verilate_io
 
 
 def golden_pool(x, kernel):
@@ -18,28 +17,11 @@ def golden_pool(x, kernel):
     return golden.run_layer(ir.MaxPool("pool", kernel=kernel, stride=kernel), x.astype(np.int8))
 
 
-def dense_frames(xs, D):
-    beats = []
-    for x in xs:
-        beats += dense_beats([list(map(int, x[yy, xx])) for yy in range(x.shape[0])
-                              for xx in range(x.shape[1])], D)
-    return beats
-
-
-def sparse_frames(xs, R):
-    beats = []
-    for x in xs:
-        beats += sparse_beats([[(int(c), int(x[yy, xx, c])) for c in np.flatnonzero(x[yy, xx])]
-                               for yy in range(x.shape[0]) for xx in range(x.shape[1])], R)
-    return beats
-
-
 def run(dut, beats_in, count, **kw):
-    """:func:`simulate` for maps whose last rows are dropped: the input driver is still
+    """:func:`simulate_io` for maps whose last rows are dropped: the input driver is still
     sending them when the last output arrives and the simulation ends; its coroutine
     is closed here (not in a later test) and the warning about it silenced."""
-    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                   [Port(dut.o, dut.out_layout, count=count)], **kw)
+    res = simulate_io(dut, beats_in, count, **kw)
     gc.collect()
     return res
 
@@ -81,8 +63,7 @@ def test_max_pool_one_beat_per_cycle():
     dut = MaxPool(6, 6, 16, width=8)
     x = random_map(rng, 3, 6, 6, 16)
     want = dense_frames(golden_pool(x, (2, 2)), 8)
-    res = simulate(dut, [Port(dut.i, dut.in_layout, dense_frames(x, 8))],
-                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    res = simulate_io(dut, dense_frames(x, 8), len(want), stall=0.0)
     assert res.outputs[0] == want
     cyc = res.input_cycles[0]
     assert np.all(np.diff(cyc) == 1)
@@ -122,8 +103,7 @@ def test_sparse_max_pool_throughput():
                 ch = rng.choice(16, 8, replace=False)
                 x[f, yy, xx, ch] = rng.integers(1, 128, 8)
     want = sparse_frames(golden_pool(x, (2, 2)), 8)
-    res = simulate(dut, [Port(dut.i, dut.in_layout, sparse_frames(x, 8))],
-                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    res = simulate_io(dut, sparse_frames(x, 8), len(want), stall=0.0)
     assert res.outputs[0] == want
     assert dut.cycles_per_position() == 2
     cyc = res.input_cycles[0]
@@ -156,8 +136,7 @@ def test_verilator_max_pool():
     dut = MaxPool(6, 6, 16, width=8)
     x = random_map(rng, 3, 6, 6, 16)
     want = dense_frames(golden_pool(x, (2, 2)), 8)
-    res = run_streams(dut, "max_pool", [("i", dut.in_layout, dense_frames(x, 8))],
-                      [("o", dut.out_layout, len(want))], stall=0.3, seed=5)
+    res = verilate_io(dut, "max_pool", dense_frames(x, 8), len(want), stall=0.3, seed=5)
     assert res.outputs[0] == want
 
 
@@ -168,6 +147,5 @@ def test_verilator_sparse_max_pool():
     x = random_map(rng, 2, 6, 6, 16, p_zero=0.6)
     x[1, :, :, 3] = -9  # negative everywhere: loses to inactive elements
     want = sparse_frames(golden_pool(x, (2, 2)), 8)
-    res = run_streams(dut, "sparse_max_pool", [("i", dut.in_layout, sparse_frames(x, 8))],
-                      [("o", dut.out_layout, len(want))], stall=0.3, seed=6)
+    res = verilate_io(dut, "sparse_max_pool", sparse_frames(x, 8), len(want), stall=0.3, seed=6)
     assert res.outputs[0] == want

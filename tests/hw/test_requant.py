@@ -5,54 +5,20 @@ import gc
 import numpy as np
 import pytest
 
-from cosparse.compiler import ir
 from cosparse.hw.requant import Requantizer
 from cosparse.hw.streams import dense_beats
-from cosparse.sim import golden
-from cosparse.sim.streamsim import Port, simulate
-from cosparse.sim.verilate import run_streams
 
-
-def constants(rng, C, *, shift_lo=0, shift_hi=24, relu=False):
-    mult = rng.integers(1, 1 << 16, C)
-    shift = rng.integers(shift_lo, shift_hi + 1, C)
-    bias = rng.integers(-(1 << 20), 1 << 20, C)
-    return mult, shift, bias, relu
-
-
-def make(C, D, acc_bits, mult, shift, bias, relu):
-    return Requantizer(C, width=D, acc_bits=acc_bits, multiplier=[int(v) for v in mult],
-                       shift=[int(v) for v in shift], bias=[int(v) for v in bias], relu=relu)
-
-
-def want_of(acc, mult, shift, bias, relu):
-    rq = ir.Requant(np.asarray(mult, np.int32), np.asarray(shift, np.int32), relu)
-    return golden.requantize(acc.astype(np.float64), rq, np.asarray(bias, np.int64))
-
-
-def frame_beats(a, D: int) -> list:
-    """``a[F, G, C]``: every group of every frame as beats of ``D`` lanes."""
-    return [beat for frame in a for beat in dense_beats([list(map(int, g)) for g in frame], D)]
+from ..helpers import (dense_frames, random_acc, requant_constants, requant_golden, requantizer,
+                       simulate_io, verilate_io)
 
 
 def run(dut, acc, want, *, stall=0.3, seed=0):
     """``acc[F, G, C]``: F frames of G groups; returns the SimResult after checking values."""
     D = dut.width
-    beats_in, beats_want = frame_beats(acc, D), frame_beats(want, D)
-    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                   [Port(dut.o, dut.out_layout, count=len(beats_want))], stall=stall, seed=seed)
+    beats_in, beats_want = dense_frames(acc, D), dense_frames(want, D)
+    res = simulate_io(dut, beats_in, len(beats_want), stall=stall, seed=seed)
     assert res.outputs[0] == beats_want
     return res
-
-
-def random_acc(rng, shape, acc_bits):
-    """Accumulators spread over every magnitude, including both extremes."""
-    mag = rng.integers(0, acc_bits, shape)
-    acc = rng.integers(-(1 << 62), 1 << 62, shape) >> (62 - mag)
-    acc = np.clip(acc, -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1)
-    flat = acc.reshape(-1)
-    flat[:4] = [-(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1, 0, -1]
-    return acc
 
 
 @pytest.mark.parametrize("C, D, acc_bits, relu", [
@@ -63,13 +29,13 @@ def random_acc(rng, shape, acc_bits):
 ])
 def test_matches_golden_under_stalls(C, D, acc_bits, relu):
     rng = np.random.default_rng(C * 7 + D)
-    mult, shift, bias, _ = constants(rng, C, shift_hi=min(40, acc_bits + 16))
+    mult, shift, bias, _ = requant_constants(rng, C, shift_hi=min(40, acc_bits + 16))
     shift[0] = 0
     bias[1] = (1 << 31) - 1
     bias[2 % C] = -(1 << 31)
-    dut = make(C, D, acc_bits, mult, shift, bias, relu)
+    dut = requantizer(C, D, acc_bits, mult, shift, bias, relu)
     acc = random_acc(rng, (3, 6, C), acc_bits)
-    want = want_of(acc, mult, shift, bias, relu)
+    want = requant_golden(acc, mult, shift, bias, relu)
     assert (want == 127).any() and (want == (0 if relu else -128)).any()  # both ends saturate
     run(dut, acc, want, seed=C)
 
@@ -78,10 +44,10 @@ def test_vector_layer_constants():
     """A few thousand channels (a vector layer): constants from a ROM of 188 words."""
     rng = np.random.default_rng(9)
     C, D = 1500, 8
-    mult, shift, bias, _ = constants(rng, C, shift_hi=40)
-    dut = make(C, D, 32, mult, shift, bias, True)
+    mult, shift, bias, _ = requant_constants(rng, C, shift_hi=40)
+    dut = requantizer(C, D, 32, mult, shift, bias, True)
     acc = random_acc(rng, (2, 1, C), 32)
-    run(dut, acc, want_of(acc, mult, shift, bias, True), seed=9)
+    run(dut, acc, requant_golden(acc, mult, shift, bias, True), seed=9)
 
 
 def test_rounding_half_up_and_shift_zero():
@@ -90,17 +56,17 @@ def test_rounding_half_up_and_shift_zero():
     mult = [1] * C
     shift = [1, 1, 1, 1, 2, 2, 0, 0]
     bias = [0] * C
-    dut = make(C, 8, 16, mult, shift, bias, False)
+    dut = requantizer(C, 8, 16, mult, shift, bias, False)
     acc = np.array([[[5, -5, 3, -3, 10, -10, 127, -128],  # 2.5 -1.5 1.5 ... 2.5 -2.5
                      [255, -257, 254, -258, 510, -514, 128, -129]]])
-    want = want_of(acc, mult, shift, bias, False)
+    want = requant_golden(acc, mult, shift, bias, False)
     assert want[0, 0].tolist() == [3, -2, 2, -1, 3, -2, 127, -128]
     assert want[0, 1].tolist() == [127, -128, 127, -128, 127, -128, 127, -128]
     run(dut, acc, want)
     # relu: values that round to 0 from below, and -1
-    dut = make(C, 8, 16, mult, shift, bias, True)
+    dut = requantizer(C, 8, 16, mult, shift, bias, True)
     acc = np.array([[[-1, -2, -3, 1, -4, -6, -1, 0]]])
-    want = want_of(acc, mult, shift, bias, True)
+    want = requant_golden(acc, mult, shift, bias, True)
     assert want.tolist() == [[[0, 0, 0, 1, 0, 0, 0, 0]]]
     run(dut, acc, want)
 
@@ -111,18 +77,18 @@ def test_large_shifts_and_multipliers():
     mult = np.full(C, (1 << 16) - 1)
     shift = np.array([62, 61, 47, 46, 40, 33, 32, 31, 30, 24, 17, 16, 9, 8, 1, 0])
     bias = rng.integers(-(1 << 31), 1 << 31, C)
-    dut = make(C, 8, 32, mult, shift, bias, False)
+    dut = requantizer(C, 8, 32, mult, shift, bias, False)
     acc = random_acc(rng, (2, 4, C), 32)
-    run(dut, acc, want_of(acc, mult, shift, bias, False), seed=3)
+    run(dut, acc, requant_golden(acc, mult, shift, bias, False), seed=3)
 
 
 def test_throughput_one_beat_per_cycle():
     rng = np.random.default_rng(4)
     C, D = 24, 8
-    mult, shift, bias, relu = constants(rng, C)
-    dut = make(C, D, 24, mult, shift, bias, relu)
+    mult, shift, bias, relu = requant_constants(rng, C)
+    dut = requantizer(C, D, 24, mult, shift, bias, relu)
     acc = random_acc(rng, (2, 10, C), 24)
-    res = run(dut, acc, want_of(acc, mult, shift, bias, relu), stall=0.0)
+    res = run(dut, acc, requant_golden(acc, mult, shift, bias, relu), stall=0.0)
     n = 2 * 10 * dut.cycles_per_group
     assert np.all(np.diff(res.input_cycles[0]) == 1)
     assert np.all(np.diff(res.cycles[0]) == 1)
@@ -155,14 +121,13 @@ def test_bad_parameters(kwargs, match):
 def test_verilator_matches_golden():
     rng = np.random.default_rng(5)
     C, D, acc_bits = 64, 8, 24
-    mult, shift, bias, relu = constants(rng, C, shift_hi=36)
+    mult, shift, bias, relu = requant_constants(rng, C, shift_hi=36)
     shift[:4] = [0, 1, 2, 36]
-    dut = make(C, D, acc_bits, mult, shift, bias, relu)
+    dut = requantizer(C, D, acc_bits, mult, shift, bias, relu)
     acc = random_acc(rng, (3, 4, C), acc_bits)
-    want = want_of(acc, mult, shift, bias, relu)
-    beats_in, beats_want = frame_beats(acc, D), frame_beats(want, D)
-    res = run_streams(dut, "requantizer", [("i", dut.in_layout, beats_in)],
-                      [("o", dut.out_layout, len(beats_want))], stall=0.3, seed=6)
+    want = requant_golden(acc, mult, shift, bias, relu)
+    beats_in, beats_want = dense_frames(acc, D), dense_frames(want, D)
+    res = verilate_io(dut, "requantizer", beats_in, len(beats_want), stall=0.3, seed=6)
     assert res.outputs[0] == beats_want
 
 
@@ -172,7 +137,7 @@ def test_narrow_high_part_and_loadable_constants(dsp_width, C, D, loadable):
     """Sums a few bits wider than a DSP input: the high part is shifted adds (iCE40 16-bit
     and ECP5 18-bit splits); a loadable unit keeps one-beat constants in a memory."""
     rng = np.random.default_rng(dsp_width + C)
-    mult, shift, _, _ = constants(rng, C, shift_lo=8, shift_hi=24)
+    mult, shift, _, _ = requant_constants(rng, C, shift_lo=8, shift_hi=24)
     bias = rng.integers(-9000, 9000, C)
     acc_bits = 20
     dut = Requantizer(C, width=D, acc_bits=acc_bits, multiplier=[int(v) for v in mult],
@@ -181,7 +146,7 @@ def test_narrow_high_part_and_loadable_constants(dsp_width, C, D, loadable):
     assert dut.lo_split == dsp_width - 1
     assert (dut.load_port is not None) == loadable
     acc = random_acc(rng, (2, 5, C), acc_bits)
-    run(dut, acc, want_of(acc, mult, shift, bias, False), seed=dsp_width)
+    run(dut, acc, requant_golden(acc, mult, shift, bias, False), seed=dsp_width)
 
 
 @pytest.mark.parametrize("C, D, loadable, shifts", [
@@ -192,7 +157,7 @@ def test_narrow_high_part_and_loadable_constants(dsp_width, C, D, loadable):
 def test_compact_matches_golden_without_the_input_register(C, D, loadable, shifts):
     """``compact`` (no S0): the same values under stalls, full rate, one cycle less latency."""
     rng = np.random.default_rng(C + D)
-    mult, shift, _, _ = constants(rng, C, shift_lo=shifts[0], shift_hi=shifts[1])
+    mult, shift, _, _ = requant_constants(rng, C, shift_lo=shifts[0], shift_hi=shifts[1])
     bias = rng.integers(-9000, 9000, C)
     args = dict(width=D, acc_bits=20, multiplier=[int(v) for v in mult],
                 shift=[int(v) for v in shift], bias=[int(v) for v in bias], loadable=loadable,
@@ -200,7 +165,7 @@ def test_compact_matches_golden_without_the_input_register(C, D, loadable, shift
     full, dut = Requantizer(C, **args), Requantizer(C, **args, compact=True)
     assert dut.latency == full.latency - 1
     acc = random_acc(rng, (3, 5, C), 20)
-    want = want_of(acc, mult, shift, bias, False)
+    want = requant_golden(acc, mult, shift, bias, False)
     run(dut, acc, want, seed=C)
     res = run(dut, acc, want, stall=0.0)
     assert np.all(np.diff(res.input_cycles[0]) == 1) and np.all(np.diff(res.cycles[0]) == 1)
@@ -220,21 +185,20 @@ def test_shift_split_into_constant_and_variable_parts(shifts, bits, latency):
     C = len(shifts)
     mult = rng.integers(1 << 15, 1 << 16, C)
     bias = rng.integers(-(1 << 14), 1 << 14, C)
-    dut = make(C, 2, 22, mult, shifts, bias, False)
+    dut = requantizer(C, 2, 22, mult, shifts, bias, False)
     assert dut.shift_bits == bits and dut.latency == latency
     assert dut.shift_base == max(min(shifts) - 1, 0)
     acc = random_acc(rng, (2, 6, C), 22)
-    res = run(dut, acc, want_of(acc, mult, shifts, bias, False), stall=0.0)
+    res = run(dut, acc, requant_golden(acc, mult, shifts, bias, False), stall=0.0)
     assert res.cycles[0][-1] - res.input_cycles[0][-1] == latency
 
 
 def test_verilator_run_stops_at_its_cycle_limit():
     """A stream that never delivers what was asked ends at max_cycles with a clear failure."""
-    dut = make(4, 4, 12, [1] * 4, [0] * 4, [0] * 4, False)
+    dut = requantizer(4, 4, 12, [1] * 4, [0] * 4, [0] * 4, False)
     beats = dense_beats([[1, 2, 3, 4]], 4)  # one group in, two groups asked for
     with pytest.raises(AssertionError, match=r"timeout after 300 cycles: got 1/2"):
-        run_streams(dut, "requantizer_timeout", [("i", dut.in_layout, beats)],
-                    [("o", dut.out_layout, 2)], stall=0.0, max_cycles=300)
+        verilate_io(dut, "requantizer_timeout", beats, 2, stall=0.0, max_cycles=300)
 
 
 @pytest.mark.parametrize("C, D, acc_bits, compact", [
@@ -253,7 +217,7 @@ def test_ecp5_products_are_registered_dsp_blocks(C, D, acc_bits, compact):
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
     rng = np.random.default_rng(11)
-    mult, shift, bias, relu = constants(rng, C, shift_hi=30)
+    mult, shift, bias, relu = requant_constants(rng, C, shift_hi=30)
 
     def build():
         return Requantizer(C, width=D, acc_bits=acc_bits, multiplier=[int(v) for v in mult],
@@ -266,14 +230,13 @@ def test_ecp5_products_are_registered_dsp_blocks(C, D, acc_bits, compact):
     assert not re.search(r"cell \$mul ", text)
     assert len(re.findall(r"connect \\CE0 \\adv ", text)) == dut.dsps  # loads on advance
     acc = random_acc(rng, (2, 3, C), acc_bits)
-    want = want_of(acc, mult, shift, bias, relu)
-    beats_in, beats_want = frame_beats(acc, D), frame_beats(want, D)
+    want = requant_golden(acc, mult, shift, bias, relu)
+    beats_in, beats_want = dense_frames(acc, D), dense_frames(want, D)
     runs = {}
     for plat in (ULX3S_85F_Platform(), None):
         dut = build()
-        runs[plat is None] = run_streams(
-            dut, f"requant_dsp_{C}_{acc_bits}{'_generic' * (plat is None)}",
-            [("i", dut.in_layout, beats_in)], [("o", dut.out_layout, len(beats_want))],
-            stall=0.3, seed=3, platform=plat)
+        runs[plat is None] = verilate_io(
+            dut, f"requant_dsp_{C}_{acc_bits}{'_generic' * (plat is None)}", beats_in,
+            len(beats_want), stall=0.3, seed=3, platform=plat)
         assert runs[plat is None].outputs[0] == beats_want
     assert runs[True].cycles == runs[False].cycles

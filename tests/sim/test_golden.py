@@ -7,8 +7,7 @@ from cosparse.compiler.packer import pack, unpack
 from cosparse.sim import golden
 from cosparse.sim.reference import reference_run
 
-from ..compiler.test_packer import PAPER_W
-from ..conftest import overlay_layer
+from ..helpers import PAPER_W, overlay_layer
 
 
 def _rq(m, s, relu=False, n=None):

@@ -5,22 +5,20 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from cosparse.sim.verilate import run_streams
+from ..helpers import (dense_frames, random_acc, requant_constants, requant_golden, requantizer,
+                       verilate_io)
 
 
 def _requantizer_run(build_root: str, seed: int) -> bool:
     """Build (or reuse) and run one small requantizer; True when it matches golden."""
-    from tests.hw.test_requant import constants, frame_beats, make, random_acc, want_of
-
     C, D, acc_bits = 6, 2, 20
     rng = np.random.default_rng(0)  # same design text in every process: one cache entry
-    mult, shift, bias, relu = constants(rng, C)
-    dut = make(C, D, acc_bits, mult, shift, bias, relu)
+    mult, shift, bias, relu = requant_constants(rng, C)
+    dut = requantizer(C, D, acc_bits, mult, shift, bias, relu)
     acc = random_acc(np.random.default_rng(seed), (3, 1, C), acc_bits)
-    want = want_of(acc, mult, shift, bias, relu)
-    beats_in, beats_want = frame_beats(acc, D), frame_beats(want, D)
-    res = run_streams(dut, "requantizer_shared", [("i", dut.in_layout, beats_in)],
-                      [("o", dut.out_layout, len(beats_want))], stall=0.3, seed=seed,
+    want = requant_golden(acc, mult, shift, bias, relu)
+    beats_in, beats_want = dense_frames(acc, D), dense_frames(want, D)
+    res = verilate_io(dut, "requantizer_shared", beats_in, len(beats_want), stall=0.3, seed=seed,
                       build_root=build_root)
     return res.outputs[0] == beats_want
 

@@ -246,15 +246,6 @@ def bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: b
     CosparseError
         The Verilator outputs differ from the golden model's.
     """
-    from cosparse.sim import golden
-    from cosparse.sim.netsim import simulate_network
-
-    from . import zoo
-    from .build import weight_memory_bits
-    from .fold import FoldingError, block_rams, board_block_rams, choose_folding, multipliers
-    from .order import to_drain_order
-    from .perf import stage_cycles
-
     net = to_drain_order(zoo.gsc_cs(seed=seed, mode=mode, reduced=reduced))
     x = np.random.default_rng(seed + 1).integers(-128, 128, (count, *net.input.shape),
                                                  dtype=np.int8)

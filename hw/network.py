@@ -52,6 +52,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from cosparse.compiler import ir
+from cosparse.compiler.packer import engine_parameters
 
 from .adapters import Densify, Narrow, StreamFIFO, ZeroSkip
 from .dense_window import DenseWindow
@@ -286,7 +287,8 @@ class NetworkCore(wiring.Component):
                     elif isinstance(layer, ir.OverlayLinear) and groups != 1:
                         raise FoldError(f"layer {layer.name}: a linear layer needs a vector input")
                     spram = layer.name in in_spram
-                    eng = add(layer.name, OverlayEngine(layer.overlays, entries=r,
+                    eng = add(layer.name, OverlayEngine(**engine_parameters(layer.overlays),
+                                                        entries=r,
                                                         lanes_per_beat=fold.lanes_per_beat,
                                                         acc_bits=layer.accumulator_bits(),
                                                         loadable=loadable, spram=spram,

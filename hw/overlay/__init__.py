@@ -265,8 +265,11 @@ class OverlayEngine(wiring.Component):
                          *(table.addr[r].eq(seq.row_addr[r]) for r in range(R)),
                          *(seq.row_data[r].eq(table.data[r]) for r in range(R))]
         # The memories are the engine's own submodules: their paths (``<unit>.weights``)
-        # name the memory images and load targets.
-        for part in (weights, table) if seq.table else (weights,):
+        # name the memory images and load targets (images in this order: a banked
+        # weight memory after the row table).
+        parts_in_order = (weights,) if not seq.table else (
+            (table, weights) if weights.banked else (weights, table))
+        for part in parts_in_order:
             for name, mem in part.memories.items():
                 m.submodules[name] = mem
 

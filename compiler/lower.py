@@ -30,6 +30,7 @@ from cosparse.hw.window import SparseWindow
 
 from . import ir
 from .folding import Folding, FoldingError
+from .packer import engine_parameters
 
 __all__ = ["lower", "spram_weight_layers", "entries_into", "SPRAM_WORDS"]
 
@@ -190,8 +191,8 @@ class _Lowering:
                                               max_active=min(self.max_active, c)))
         elif isinstance(layer, ir.OverlayLinear) and groups != 1:
             raise FoldingError(f"layer {layer.name}: a linear layer needs a vector input")
-        eng = self.add(layer.name, OverlayEngine(layer.overlays, entries=r,
-                                                 lanes_per_beat=fold.lanes_per_beat,
+        eng = self.add(layer.name, OverlayEngine(**engine_parameters(layer.overlays),
+                                                 entries=r, lanes_per_beat=fold.lanes_per_beat,
                                                  acc_bits=layer.accumulator_bits(),
                                                  loadable=self.loadable,
                                                  spram=layer.name in self.in_spram,

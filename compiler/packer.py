@@ -22,7 +22,8 @@ import numpy as np
 from .errors import CosparseError
 from .ir import MAX_KERNELS_PER_OVERLAY, Overlays
 
-__all__ = ["pack", "unpack", "drain_order", "PackReport", "report", "PackError"]
+__all__ = ["pack", "unpack", "drain_order", "engine_parameters", "PackReport", "report",
+           "PackError"]
 
 
 class PackError(CosparseError, ValueError):
@@ -77,6 +78,16 @@ def report(ov: Overlays) -> PackReport:
         kernels_per_overlay=ov.kernels_per_overlay, nnz=ov.nnz, words=ov.words,
         slots=ov.words * ov.lanes, fill=ov.fill, extra_beats=ov.words - ov.fan_in,
         max_beats=int(beats.max(initial=0)))
+
+
+def engine_parameters(ov: Overlays) -> dict:
+    """The arrays of packed overlays an overlay engine is built from.
+
+    ``OverlayEngine(**engine_parameters(ov), entries=r, ...)``
+    (:class:`cosparse.hw.overlay.OverlayEngine`).
+    """
+    return dict(weights=ov.weights, kernel_ids=ov.kernel_ids, row_start=ov.row_start,
+                kernel_map=ov.kernel_map)
 
 
 def _check_weights(weights: np.ndarray) -> np.ndarray:

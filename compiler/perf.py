@@ -143,10 +143,9 @@ def _engine_cycles(feed: tuple, eng: overlay.OverlayEngine, out_width: int) -> n
     ``out_width``: the sums the stream behind the engine takes per cycle (``P``, or a
     narrower requantizer's ``Q``: then the drain goes at that pace).
     """
-    ov = eng.overlays
-    passes = ov.lanes // eng.lanes_per_beat
-    drain = -(-ov.num_kernels // min(eng.lanes_per_beat, out_width))
-    row_words = ov.beats.astype(np.int64)
+    passes = eng.lanes // eng.lanes_per_beat
+    drain = -(-eng.num_kernels // min(eng.lanes_per_beat, out_width))
+    row_words = eng.row_beats.astype(np.int64)
     kind = feed[0]
     if kind == "window":
         beats = _window_cost(feed[1], feed[2], row_words)

@@ -38,7 +38,7 @@ from amaranth.hdl import Cat, Elaboratable, Module, Shape, Signal, signed
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from cosparse.compiler import zoo
-from cosparse.compiler.packer import pack
+from cosparse.compiler.packer import engine_parameters, pack
 from cosparse.hw.adapters import Narrow, ZeroSkip
 from cosparse.hw.dense_window import DenseWindow
 from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
@@ -81,7 +81,7 @@ class Harness(Elaboratable):
 def units() -> dict:
     """name -> (description, factory), at the benchmark's sparse-sparse fold."""
     rng = np.random.default_rng(0)
-    ov = {name: pack(zoo.complementary_weights(m, f, k, rng), k)
+    ov = {name: engine_parameters(pack(zoo.complementary_weights(m, f, k, rng), k))
           for name, m, f, k in [("conv1", 64, 25, 2), ("conv2", 64, 1600, 8),
                                 ("fc1", 1500, 1600, 25)]}
     mult = [int(v) for v in rng.integers(1 << 14, 1 << 16, 64)]
@@ -90,7 +90,7 @@ def units() -> dict:
         "dense_window": ("dense window 32x32x1 5x5", lambda: DenseWindow(32, 32, 1, kernel=(5, 5))),
         "picker": ("zero-skip picker C=D=25, R=3", lambda: ZeroSkip(25, width=25, entries=3)),
         "conv1_engine": ("overlay engine conv1 64x25 K=2, R=3 P=32",
-                         lambda: OverlayEngine(ov["conv1"], entries=3, lanes_per_beat=32)),
+                         lambda: OverlayEngine(**ov["conv1"], entries=3, lanes_per_beat=32)),
         "narrow": ("narrow 64 sums, 32 -> 16 of 20 bits",
                    lambda: Narrow(64, width_in=32, width_out=16, elem_shape=signed(20))),
         "requant": ("requantizer C=64 D=16, 20-bit sums",
@@ -103,9 +103,9 @@ def units() -> dict:
         "conv2_window": ("window 14x14x64 5x5, R=4, 8 active",
                          lambda: SparseWindow(14, 14, 64, kernel=(5, 5), entries=4, max_active=8)),
         "conv2_engine": ("overlay engine conv2 64x1600 K=8, R=4 P=8",
-                         lambda: OverlayEngine(ov["conv2"], entries=4, lanes_per_beat=8)),
+                         lambda: OverlayEngine(**ov["conv2"], entries=4, lanes_per_beat=8)),
         "fc1_engine": ("overlay engine fc1 1500x1600 K=25, R=1 P=2",
-                       lambda: OverlayEngine(ov["fc1"], entries=1, lanes_per_beat=2)),
+                       lambda: OverlayEngine(**ov["fc1"], entries=1, lanes_per_beat=2)),
         "global_kwta": ("global k-WTA N=1500 k=150, D=1 R=1",
                         lambda: GlobalKWTA(1500, 150, group=1500, width=1, entries=1)),
     }

@@ -11,7 +11,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from cosparse.compiler import ir, zoo
-from cosparse.compiler.packer import drain_order, pack
+from cosparse.compiler.packer import drain_order, engine_parameters, pack
 from cosparse.hw.adapters import ZeroSkip
 from cosparse.hw.overlay import OverlayEngine
 from cosparse.hw.requant import Requantizer
@@ -30,7 +30,8 @@ class ConvChain(wiring.Component):
         self.skip = ZeroSkip(channels, width=in_width, entries=entries)
         self.window = SparseWindow(height, width, channels, kernel=layer.kernel, stride=layer.stride,
                                    padding=layer.padding, entries=entries)
-        self.engine = OverlayEngine(layer.overlays, entries=entries, lanes_per_beat=lanes_per_beat)
+        self.engine = OverlayEngine(**engine_parameters(layer.overlays), entries=entries,
+                                    lanes_per_beat=lanes_per_beat)
         rq = layer.requant
         self.requant = Requantizer(layer.overlays.num_kernels, width=lanes_per_beat,
                                    acc_bits=self.engine.acc_bits,

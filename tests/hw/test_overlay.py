@@ -10,7 +10,7 @@ import pytest
 from amaranth.back import rtlil
 
 from cosparse.compiler import zoo
-from cosparse.compiler.packer import pack
+from cosparse.compiler.packer import engine_parameters, pack
 from cosparse.hw.util import KEEP_REPLICAS
 from cosparse.hw.overlay import LANES_PER_COPY, SMALL_BANK_ROWS, OverlayEngine
 from cosparse.hw.streams import dense_beats, sparse_beats
@@ -70,7 +70,7 @@ def test_engine_matches_golden_under_stalls(m, fan_in, k, r, p, masks, compact):
     else:
         w = rng.integers(-128, 128, (m, fan_in)).astype(np.int8)
     ov = pack(w, k)
-    dut = OverlayEngine(ov, entries=r, lanes_per_beat=p, compact=compact)
+    dut = OverlayEngine(**engine_parameters(ov), entries=r, lanes_per_beat=p, compact=compact)
     groups = random_groups(rng, fan_in, 8)
     groups[2] = []  # an empty group
     groups[3] = [(i, 7) for i in range(fan_in)]  # every input, back-to-back hits
@@ -81,7 +81,7 @@ def test_engine_matches_golden_under_stalls(m, fan_in, k, r, p, masks, compact):
 def test_extreme_values_reach_the_worst_case_exactly():
     w = np.full((4, 16), -128, dtype=np.int8)
     ov = pack(w, 1)
-    dut = OverlayEngine(ov, entries=4)
+    dut = OverlayEngine(**engine_parameters(ov), entries=4)
     worst = ov.worst_case_sum()
     assert dut.acc_bits == worst.bit_length() + 1
     groups = [[(i, -128) for i in range(16)], [(i, 127) for i in range(16)]]
@@ -100,7 +100,8 @@ def test_throughput_has_no_bubbles(compact, banked, monkeypatch):
     rng = np.random.default_rng(9)
     w = zoo.complementary_weights(64, 200, 8, rng)  # L = 8
     ov = pack(w, 8)
-    dut = OverlayEngine(ov, entries=4, lanes_per_beat=4, compact=compact)  # drain 16 cycles
+    dut = OverlayEngine(**engine_parameters(ov), entries=4, lanes_per_beat=4,
+                        compact=compact)  # drain 16 cycles
     assert dut.passes == 2 and dut.multipliers == 16
     groups = random_groups(rng, 200, 12, density=0.2)  # 40 active = 10 beats of 4 each
     res = check(dut, ov, groups, stall=0.0)
@@ -125,7 +126,8 @@ def test_three_passes_register_the_bank_read(compact):
     The golden sums under stalls, one beat per L/P cycles, one cycle more latency."""
     rng = np.random.default_rng(4)
     ov = pack(zoo.complementary_weights(48, 120, 4, rng), 4)  # L = 12
-    dut = OverlayEngine(ov, entries=2, lanes_per_beat=4, compact=compact)  # 3 passes
+    dut = OverlayEngine(**engine_parameters(ov), entries=2, lanes_per_beat=4,
+                        compact=compact)  # 3 passes
     assert dut.passes == 3
     text = rtlil.convert(dut, name="top")
     # (compact, area-first engines keep the bypass: no C2 registers)
@@ -147,7 +149,7 @@ def test_drain_bound_groups(compact):
     rng = np.random.default_rng(2)
     w = zoo.complementary_weights(32, 50, 4, rng)  # L = 8
     ov = pack(w, 4)
-    dut = OverlayEngine(ov, entries=8, lanes_per_beat=8, compact=compact)
+    dut = OverlayEngine(**engine_parameters(ov), entries=8, lanes_per_beat=8, compact=compact)
     groups = random_groups(rng, 50, 10, density=0.1)  # 5 active: 1 beat per group
     res = check(dut, ov, groups, stall=0.0)
     ends = [c for c, b in zip(res.cycles[0], res.outputs[0]) if b["last"]]
@@ -166,7 +168,7 @@ def test_shallow_banks_are_registers(k, p, compact, registers):
     in engines with an output FIFO; the others stay memories."""
     rng = np.random.default_rng(k)
     ov = pack(zoo.complementary_weights(4 * k, 20, k, rng), k)  # L = 4 lanes
-    dut = OverlayEngine(ov, entries=2, lanes_per_beat=p, compact=compact)
+    dut = OverlayEngine(**engine_parameters(ov), entries=2, lanes_per_beat=p, compact=compact)
     rows = dut.passes * k
     text = rtlil.convert(dut)
     memories = re.findall(r"memory width \d+ size (\d+) \\acc_", text)
@@ -185,7 +187,7 @@ def test_synthesis_keeps_a_register_copy_per_lane_group(tmp_path):
     opt_merge fold the copies into one flip-flop."""
     rng = np.random.default_rng(3)
     ov = pack(zoo.complementary_weights(16, 20, 2, rng), 2)  # L = 8
-    dut = OverlayEngine(ov, entries=2, lanes_per_beat=8)
+    dut = OverlayEngine(**engine_parameters(ov), entries=2, lanes_per_beat=8)
     copies = 8 // LANES_PER_COPY
     assert copies > 1
     (tmp_path / "e.il").write_text(rtlil.convert(dut, name="top"))
@@ -217,7 +219,7 @@ def test_synthesis_keeps_a_register_copy_per_lane_group(tmp_path):
 def test_bad_parameters(kwargs, match):
     ov = pack(np.ones((4, 8), dtype=np.int8), 1)
     with pytest.raises(ValueError, match=match):
-        OverlayEngine(ov, **kwargs)
+        OverlayEngine(**engine_parameters(ov), **kwargs)
 
 
 @pytest.mark.parametrize("compact, p", [(False, 3), (True, 3), (False, 6), (False, 2)])
@@ -229,7 +231,7 @@ def test_verilator_matches_golden(compact, p):
     w = zoo.random_sparse_weights(24, 60, 0.15, rng)
     ov = pack(w, 4)
     assert ov.words > ov.fan_in  # some rows need extra beats
-    dut = OverlayEngine(ov, entries=3, lanes_per_beat=p, compact=compact)
+    dut = OverlayEngine(**engine_parameters(ov), entries=3, lanes_per_beat=p, compact=compact)
     assert (dut.passes * 4 <= SMALL_BANK_ROWS) == (p == 6)
     groups = random_groups(rng, 60, 10)
     groups[1] = []
@@ -267,7 +269,8 @@ def test_verilator_matches_golden_with_ecp5_dsp_registers(depth, passes, compact
     assert ov.lanes == 4
 
     def engine():
-        return OverlayEngine(ov, entries=2, lanes_per_beat=ov.lanes // passes, compact=compact)
+        return OverlayEngine(**engine_parameters(ov), entries=2,
+                             lanes_per_beat=ov.lanes // passes, compact=compact)
 
     text = rtlil.convert(engine(), name="top", platform=ULX3S_85F_Platform())
     dut = engine()

@@ -1,0 +1,153 @@
+"""The overlay engine's accumulator banks: two buffers of ``R x P`` banks."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .common import register, select
+
+__all__ = ["AccumulatorBanks"]
+
+
+class AccumulatorBanks(wiring.Component):
+    """Accumulators ``[buffer][entry r][lane k][row]``, one bank per (buffer, r, k).
+
+    The products of entry ``r`` in lane ``k`` add into bank ``(r, k)`` of the
+    buffer under accumulation: the entries of one beat never collide on an
+    accumulator. The other buffer serves the drain, which reads each row,
+    sums the ``R`` banks of a lane (``sums``) and writes zero back the cycle
+    after the read, leaving the buffer clear for reuse. The two never name
+    the same buffer: a buffer is drained only once its group is complete.
+
+    A bank is a memory with one synchronous read port and one write port (one
+    simple dual-port RAM); the read port is the accumulation's when it reads,
+    else the drain's. Its read data is transparent to the write port (back-to-
+    back hits on one accumulator see the sum just written), or, with
+    ``read_register``, registered before the add (stage C2: two ops on one
+    accumulator are at least three cycles apart, so no bypass is needed, and
+    the block RAM's clock-to-out is not in the read-add-write loop). Banks of
+    a few rows are registers instead (``registers``): a write adds into the
+    row it names, with no read port; a 16-row LUT RAM would waste most of its
+    rows.
+
+    Parameters
+    ----------
+    entries, lanes_per_beat : int
+        ``R`` and ``P``.
+    rows : int
+        Rows per bank (``passes * K``).
+    acc_bits : int
+        Accumulator width.
+    lanes_per_copy : int
+        Lanes served by one copy of the per-lane-group controls.
+    registers : bool
+        The banks are registers.
+    read_register : bool
+        The read data is registered before the add (memory banks).
+
+    Members
+    -------
+    read_valid, read_buf : In(1).array(copies); read_addr : In(range(rows)).array(R, P)
+        The accumulation's read of row ``read_addr`` in buffer ``read_buf``
+        (memory banks), the cycle before its write (two with ``read_register``).
+    write_live : In(1).array(R, copies); write_buf : In(1).array(copies)
+    write_addr : In(range(rows)).array(R, P); prod : In(signed(16)).array(R, P)
+        The accumulation's write: ``prod`` added into row ``write_addr``.
+    drain_en, drain_buf : In(1); drain_addr : In(range(rows))
+        The drain's read (memory banks).
+    clear, clear_buf : In(1).array(copies); clear_addr : In(range(rows)).array(copies)
+        The row the drain read the cycle before, written with zero; the
+        register banks' drain read.
+    sums : Out(signed(acc_bits)).array(P)
+        Per lane, the sum over the ``R`` banks of row ``clear_addr`` of buffer
+        ``clear_buf`` (memory banks: of the drain's read the cycle before).
+    """
+
+    def __init__(self, entries: int, lanes_per_beat: int, rows: int, acc_bits: int, *,
+                 lanes_per_copy: int, registers: bool, read_register: bool):
+        self.entries, self.lanes_per_beat, self.rows = entries, lanes_per_beat, rows
+        self.acc_bits, self.lanes_per_copy = acc_bits, lanes_per_copy
+        self.copies = -(-lanes_per_beat // lanes_per_copy)
+        self.registers, self.read_register = registers, read_register
+        R, P, c = entries, lanes_per_beat, self.copies
+        super().__init__({
+            "read_valid": In(1).array(c), "read_buf": In(1).array(c),
+            "read_addr": In(range(rows)).array(R, P),
+            "write_live": In(1).array(R, c), "write_buf": In(1).array(c),
+            "write_addr": In(range(rows)).array(R, P), "prod": In(signed(16)).array(R, P),
+            "drain_en": In(1), "drain_buf": In(1), "drain_addr": In(range(rows)),
+            "clear": In(1).array(c), "clear_buf": In(1).array(c),
+            "clear_addr": In(range(rows)).array(c),
+            "sums": Out(signed(acc_bits)).array(P),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R, P, A, G = self.entries, self.lanes_per_beat, self.acc_bits, self.lanes_per_copy
+        shallow, split = self.registers, self.read_register
+        banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (registers)
+        for r in range(R):
+            row = []
+            for k in range(P):
+                pair = []
+                for b in range(2):
+                    if shallow:
+                        pair.append([Signal(signed(A), name=f"acc_{r}_{k}_{b}_{j}",
+                                            reset_less=True) for j in range(self.rows)])
+                        continue
+                    mem = Memory(shape=signed(A), depth=self.rows, init=[])
+                    m.submodules[f"acc_{r}_{k}_{b}"] = mem
+                    wp = mem.write_port()
+                    pair.append((wp, mem.read_port(transparent_for=() if split else (wp,))))
+                row.append(pair)
+            banks.append(row)
+
+        for r in range(R):
+            for k in range(P):
+                g = k // G
+                live, cbuf = self.write_live[r][g], self.write_buf[g]
+                clear, ebuf, eaddr = self.clear[g], self.clear_buf[g], self.clear_addr[g]
+                prod, addr = self.prod[r][k], self.write_addr[r][k]
+                for b in range(2):
+                    if shallow:
+                        rows = banks[r][k][b]
+                        total = Signal(signed(A), name=f"c_sum_{r}_{k}_{b}")
+                        m.d.comb += total.eq(select(rows, addr) + prod)
+                        with m.If(live & (cbuf == b)):
+                            for j, acc_row in enumerate(rows):
+                                with m.If(addr == j):
+                                    m.d.sync += acc_row.eq(total)
+                        with m.Elif(clear & (ebuf == b)):
+                            for j, acc_row in enumerate(rows):
+                                with m.If(eaddr == j):
+                                    m.d.sync += acc_row.eq(0)
+                        continue
+                    wp, rp = banks[r][k][b]
+                    with m.If(self.read_valid[g] & (self.read_buf[g] == b)):
+                        m.d.comb += [rp.addr.eq(self.read_addr[r][k]), rp.en.eq(1)]
+                    with m.Else():
+                        m.d.comb += [rp.addr.eq(self.drain_addr),
+                                     rp.en.eq(self.drain_en & (self.drain_buf == b))]
+                    old = rp.data
+                    if split:  # C2: the read data registered
+                        old = register(m, f"c2_old_{r}_{k}_{b}", rp.data, reset_less=True)
+                    with m.If(live & (cbuf == b)):
+                        m.d.comb += [wp.addr.eq(addr), wp.data.eq(old + prod), wp.en.eq(1)]
+                    with m.Elif(clear & (ebuf == b)):
+                        m.d.comb += [wp.addr.eq(eaddr), wp.data.eq(0), wp.en.eq(1)]
+
+        def drained(r, k, b):  # the drain's read of bank (r, k, b)
+            if shallow:
+                return select(banks[r][k][b], self.clear_addr[k // G])
+            return banks[r][k][b][1].data
+
+        for k in range(P):
+            total = Const(0, signed(A))
+            for r in range(R):
+                total = total + Mux(self.clear_buf[k // G], drained(r, k, 1), drained(r, k, 0))
+            s = Signal(signed(A), name=f"drain_sum_{k}")
+            m.d.comb += [s.eq(total), self.sums[k].eq(s)]
+        return m

@@ -126,6 +126,8 @@ class LinkTop(wiring.Component):
         wiring.connect(m, link.tx, tx.i)
         wiring.connect(m, link.core_i, core.i)
         wiring.connect(m, core.o, link.core_o)
+        if core.load_ports:
+            wiring.connect(m, link.load, core.load)
         return m
 
 

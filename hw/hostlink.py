@@ -9,78 +9,20 @@ timing are described in ``docs/host-link.md``.
 """
 
 import struct
-from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from . import protocol
 from .hostlink_parts import Executor, Framer, LoadCheck, Responder
+from .loader import LoadPort, load_bus_signature
 from .protocol import LOAD_HEADER_BYTES, MAX_LOAD_BYTES
 from .streams import dense_layout
 from .util import check_int
 
-__all__ = ["HostLink", "LoadPort", "PATCH_BLOCK"]
-
-#: Words of one iCE40 block RAM in its 256 x 16 mode: patchable memories are padded
-#: to whole blocks.
-PATCH_BLOCK = 256
-
-
-@dataclass(eq=False)
-class LoadPort:
-    """Write access of the host loader to one memory of a unit.
-
-    The unit creates it (``addr``, ``data``, ``en`` are plain signals the
-    loader drives) and adds a write port to the memory in ``elaborate``.
-    ``image`` is the memory's contents for the weight bundle (also when the
-    memory itself has no initial contents: ``has_init`` False).
-    """
-
-    name: str
-    width: int
-    depth: int
-    image: tuple[int, ...]
-    has_init: bool = True
-
-    def __post_init__(self):
-        # 16 bits whatever the depth: writes may reach every word of a padded memory, so
-        # synthesis keeps (and initialises) all of it.
-        self.addr = Signal(16, name=f"{self.name}_load_addr")
-        self.data = Signal(self.width, name=f"{self.name}_load_data")
-        self.en = Signal(name=f"{self.name}_load_en")
-        #: Set for a bitstream whose block RAM contents are patched later (see
-        #: :mod:`cosparse.boards.patch`): the memory is built with seeded random
-        #: contents over whole block RAMs (:data:`PATCH_BLOCK` words), so every bit
-        #: column is a unique pattern the patcher can find.
-        self.patch_seed: int | None = None
-
-    @property
-    def word_bytes(self) -> int:
-        return -(-self.width // 8)
-
-    @property
-    def hw_depth(self) -> int:
-        """Depth of the memory in hardware (padded for patching)."""
-        if self.patch_seed is None:
-            return self.depth
-        return -(-self.depth // PATCH_BLOCK) * PATCH_BLOCK
-
-    def placeholder(self) -> tuple[int, ...]:
-        """The seeded random contents a patchable memory is built with."""
-        import numpy as np
-        rng = np.random.default_rng(self.patch_seed)
-        return tuple(int.from_bytes(rng.bytes(self.word_bytes), "little")
-                     & ((1 << self.width) - 1) for _ in range(self.hw_depth))
-
-    def hw_init(self) -> tuple[int, ...] | list:
-        """Initial contents in hardware: none (SPRAM), the placeholder, or the image."""
-        if not self.has_init:
-            return []
-        return self.placeholder() if self.patch_seed is not None else self.image
-
+__all__ = ["HostLink"]
 
 class HostLink(wiring.Component):
     """Request/response protocol engine between the UART byte streams and the core.
@@ -118,6 +60,9 @@ class HostLink(wiring.Component):
         3 a frame is being received or answered.
     framing_errors, overruns : In(8)
         The UART receiver's counters, reported by STATUS.
+    load : Out(load_bus_signature(...))
+        With load ports: LOAD's words for the core's load bus (target numbers
+        index ``load_ports``).
     """
 
     def __init__(self, *, in_width: int, in_groups: int, in_group_size: int, out_width: int,
@@ -154,6 +99,8 @@ class HostLink(wiring.Component):
             "leds": Out(4),
             "framing_errors": In(8),
             "overruns": In(8),
+            **({"load": Out(load_bus_signature(max(p.width for p in self.load_ports)))}
+               if self.load_ports else {}),
         })
 
     def elaborate(self, platform):
@@ -193,17 +140,10 @@ class HostLink(wiring.Component):
                      ex.framing_errors.eq(self.framing_errors), ex.overruns.eq(self.overruns),
                      self.leds.eq(Cat(ex.loaded, ex.running, ex.error_seen, framer.busy))]
 
-        # A word's write: registered per target memory (address, data, enable) and
-        # landing the cycle after the executor's, so the route from the link to a memory
-        # across the die has a cycle of its own (the state decode in front of a
-        # LUT RAM's write address was a 20 ns path on an ECP5-85F build).
-        w = ex.write
-        for t, lp in enumerate(ports):
-            w_addr = Signal.like(lp.addr, name=f"{lp.name}_{t}_w_addr")
-            w_data = Signal(lp.width, name=f"{lp.name}_{t}_w_data", reset_less=True)
-            w_en = Signal(name=f"{lp.name}_{t}_w_en")
-            m.d.sync += w_en.eq(w.en & (w.target == t))
-            with m.If(w.en):
-                m.d.sync += [w_addr.eq(w.addr), w_data.eq(w.data[:lp.width])]
-            m.d.comb += [lp.addr.eq(w_addr), lp.data.eq(w_data), lp.en.eq(w_en)]
+        # A word's write goes out on the core's load bus, whose decoder registers it
+        # per target memory (the route across the die gets a cycle of its own).
+        if ports:
+            w = ex.write
+            m.d.comb += [self.load.en.eq(w.en), self.load.target.eq(w.target),
+                         self.load.addr.eq(w.addr), self.load.data.eq(w.data[:len(self.load.data)])]
         return m

@@ -15,6 +15,7 @@ from amaranth.hdl import Module, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .loader import LoadDecoder, load_bus_signature
 from .streams import dense_layout
 from .util import check_int
 
@@ -56,10 +57,13 @@ class NetworkCore(wiring.Component):
         vector group).
     o : Out(stream.Signature(dense_layout(out_width, signed(out_bits))))
         The output frame, dense.
+    load : In(load_bus_signature(...))
+        With loadable units: the host loader's writes, a word for the memory
+        numbered ``target`` (an index of ``load_ports``), decoded by a
+        :class:`~cosparse.hw.loader.LoadDecoder`.
     load_ports : list of LoadPort
-        The units' loadable memories, for the host loader (see
-        :mod:`cosparse.hw.hostlink`); named ``s<k>_<unit>.<memory>`` like the
-        memory images.
+        The units' loadable memories, in target order; named
+        ``s<k>_<unit>.<memory>`` like the memory images.
     """
 
     def __init__(self, stages: list[Stage], *, input_width: int, out_width: int,
@@ -71,21 +75,27 @@ class NetworkCore(wiring.Component):
         if not stages:
             raise ValueError("a network core needs at least one stage")
         self.stages = list(stages)
-        # The host loader's targets, named as the memory images are (stage path . memory).
+        # The host loader's targets, named as the memory images are (stage path . memory),
+        # numbered in pipeline order: the load bus's target numbers.
         self.load_ports = []
+        self._load_units = []
         for k, st in enumerate(self.stages):
             for port in getattr(st.component, "load_ports", []):
                 port.name = f"s{k}_{st.unit.lower()}.{port.name}"
                 if patch_seed is not None and port.has_init:
                     port.patch_seed = patch_seed + len(self.load_ports)
                 self.load_ports.append(port)
+                self._load_units.append(st.component)
         self.input_width = input_width
         self.out_width = out_width
         self.out_bits = out_bits
         self.in_layout = dense_layout(input_width)
         self.out_layout = dense_layout(out_width, signed(out_bits))
-        super().__init__({"i": In(stream.Signature(self.in_layout)),
-                          "o": Out(stream.Signature(self.out_layout))})
+        members = {"i": In(stream.Signature(self.in_layout)),
+                   "o": Out(stream.Signature(self.out_layout))}
+        if self.load_ports:
+            members["load"] = In(load_bus_signature(max(p.width for p in self.load_ports)))
+        super().__init__(members)
 
     @property
     def dsp_products(self) -> int:
@@ -100,4 +110,9 @@ class NetworkCore(wiring.Component):
             wiring.connect(m, prev, st.component.i)
             prev = st.component.o
         wiring.connect(m, prev, wiring.flipped(self.o))
+        if self.load_ports:
+            m.submodules.loader = dec = LoadDecoder([p.width for p in self.load_ports])
+            wiring.connect(m, wiring.flipped(self.load), dec.bus)
+            for t, (port, unit) in enumerate(zip(self.load_ports, self._load_units)):
+                wiring.connect(m, getattr(dec, f"t{t}"), getattr(unit, port.member))
         return m

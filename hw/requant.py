@@ -26,7 +26,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .util import check_int, lut_mul, registered_product, skid_output
-from .hostlink import LoadPort
+from .loader import LoadPort
 from .streams import dense_layout
 
 __all__ = ["Requantizer", "BiasAdd", "MAX_MULTIPLIER", "MAX_SHIFT", "MAX_ACC_BITS", "sum_bits",
@@ -121,6 +121,9 @@ class Requantizer(wiring.Component):
     -------
     i : In(stream.Signature(dense_layout(D, signed(acc_bits))))
     o : Out(stream.Signature(dense_layout(D, signed(8))))
+    load_consts : In(LoadSignature(...))
+        With ``loadable``: writes into the constants memory (``load_port``
+        describes it), one word of ``D`` lanes per beat of a group.
 
     Raises
     ------
@@ -159,6 +162,7 @@ class Requantizer(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
+            **{lp.member: In(lp.signature) for lp in self.load_ports},
         })
 
     @property
@@ -253,7 +257,8 @@ class Requantizer(wiring.Component):
                                                init=lp.hw_init() if lp else self._const_words())
             if lp is not None:
                 wp = rom.write_port()
-                m.d.comb += [wp.addr.eq(lp.addr), wp.data.eq(lp.data), wp.en.eq(lp.en)]
+                load = self.load_consts
+                m.d.comb += [wp.addr.eq(load.addr), wp.data.eq(load.data), wp.en.eq(load.en)]
             # Read ahead: the ROM output always holds the constants of the beat offered
             # at the input, and is registered into S0 with it (the block RAM's slow
             # clock-to-out then ends in a register instead of the bias adder).

@@ -18,7 +18,7 @@ from amaranth.hdl import Module, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..hostlink import LoadPort
+from ..loader import LoadPort
 from ..streams import dense_layout, sparse_layout
 from ..util import bits
 from .banks import AccumulatorBanks
@@ -143,6 +143,9 @@ class OverlayEngine(wiring.Component):
     o : Out(stream.Signature(dense_layout(P, signed(acc_bits))))
         Per group, the ``M`` sums in drain order; ``last``/``end`` follow the
         input group's.
+    load_weights, load_rows : In(LoadSignature(...))
+        With ``loadable``: the loader's writes into the weight memory and (for
+        a row table) the row table.
 
     Raises
     ------
@@ -204,6 +207,7 @@ class OverlayEngine(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
+            **{lp.member: In(lp.signature) for lp in self.load_ports},
         })
 
     # ------------------------------------------------------------------
@@ -255,12 +259,16 @@ class OverlayEngine(wiring.Component):
                              load=wload, bank_words=WEIGHT_BANK_WORDS,
                              single_port=self.spram, spram=spram_blocks)
         m.submodules.weight_memory = weights
+        if wload is not None:
+            wiring.connect(m, wiring.flipped(self.load_weights), weights.load)
         seq = m.submodules.sequencer = Sequencer(R, self.row_start, passes)
         if seq.table:
             table = ReadMemory("rows", seq.word_bits + seq.beat_bits,
                                rload.image if rload else row_table(self.row_start)[1],
                                reads=R, load=rload)
             m.submodules.row_table = table
+            if rload is not None:
+                wiring.connect(m, wiring.flipped(self.load_rows), table.load)
             m.d.comb += [table.en.eq(seq.row_en),
                          *(table.addr[r].eq(seq.row_addr[r]) for r in range(R)),
                          *(seq.row_data[r].eq(table.data[r]) for r in range(R))]

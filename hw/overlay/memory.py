@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
-from ..hostlink import LoadPort
+from ..loader import LoadPort
 from .common import register
 
 __all__ = ["ReadMemory", "SPRAM_WORDS"]
@@ -31,8 +31,9 @@ class ReadMemory(wiring.Component):
     reads : int
         Read ports, all enabled by ``en``.
     load : LoadPort or None
-        The host loader's write port; the memory's depth and initial contents
-        are then its ``hw_depth`` and ``hw_init()``.
+        A memory the host loader writes (kept as ``load_port``): the memory's
+        depth and initial contents are then its ``hw_depth`` and ``hw_init()``,
+        and the writes come through the ``load`` member.
     bank_words : int or None
         A memory deeper than this is banks of ``bank_words`` words, each
         bank's read data registered beside its block RAMs, then the bank
@@ -62,6 +63,8 @@ class ReadMemory(wiring.Component):
         Read enable of every port; ``data`` holds between reads (banks: while
         ``addr`` holds, as the bank select follows it).
     data : Out(width).array(reads)
+    load : In(LoadSignature(width))
+        With ``load``: the loader's writes.
 
     Raises
     ------
@@ -71,7 +74,7 @@ class ReadMemory(wiring.Component):
 
     def __init__(self, name: str, width: int, image, *, reads: int, load: LoadPort | None = None,
                  bank_words: int | None = None, single_port: bool = False, spram: bool = False):
-        self.name, self.width, self.reads, self.load = name, width, reads, load
+        self.name, self.width, self.reads, self.load_port = name, width, reads, load
         self.words = max(len(image), 1)
         self.depth = load.hw_depth if load is not None else self.words
         self.spram = spram
@@ -99,11 +102,12 @@ class ReadMemory(wiring.Component):
             "addr": In(range(max(self.words, 2))).array(reads),
             "en": In(1),
             "data": Out(width).array(reads),
+            **({"load": In(load.signature)} if load is not None else {}),
         })
 
     def elaborate(self, platform):
         m = Module()
-        load = self.load
+        load = self.load if self.load_port is not None else None
         if self.spram:
             self._spram_blocks(m)
         elif not self.banked:

@@ -5,7 +5,7 @@ import pytest
 from amaranth.hdl import Elaboratable, Module
 from amaranth.sim import Simulator
 
-from cosparse.hw.hostlink import LoadPort
+from cosparse.hw.loader import LoadPort
 from cosparse.hw.overlay.banks import AccumulatorBanks
 from cosparse.hw.overlay.drain import Drain
 from cosparse.hw.overlay.memory import ReadMemory
@@ -55,11 +55,11 @@ def test_read_memory_reads_and_loads(bank_words, single_port, loadable):
         if loadable:  # overwrite a few words
             for a in (0, 9, 29):
                 want[a] = (a * 77) & 0xFFF
-                ctx.set(load.addr, a)
-                ctx.set(load.data, want[a])
-                ctx.set(load.en, 1)
+                ctx.set(mem.load.addr, a)
+                ctx.set(mem.load.data, want[a])
+                ctx.set(mem.load.en, 1)
                 await ctx.tick()
-            ctx.set(load.en, 0)
+            ctx.set(mem.load.en, 0)
         history, addrs = [], [0] * reads
         for _ in range(60):
             en = int(rng.integers(0, 2))

@@ -38,7 +38,8 @@ from cosparse.sim import golden as golden_model
 from cosparse.sim.netsim import simulate_network
 
 from . import ir
-from .build import DEFAULT_BAUD, compile_model, compile_network, network_input, network_output
+from .build import (DEFAULT_BAUD, check_outdir, compile_model, compile_network, network_input,
+                    network_output, new_folder)
 from .errors import CosparseError
 from .folding import Folding
 from .perf import predict
@@ -194,18 +195,10 @@ class Accelerator:
         out = Path(folder)
         if out.resolve() == self.folder.resolve():
             return out
-        _check_outdir(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-        try:
+        check_outdir(out)
+        with new_folder(out) as tmp:
             shutil.copytree(self.folder, tmp, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("sim_build", "build"))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         if self._cleanup is not None:
             self._cleanup()
             self._cleanup = None
@@ -278,13 +271,6 @@ class Accelerator:
         for one client; returns the session's figures."""
         return serve(self.folder, port=port, port_file=port_file, progress=progress,
                      ready=ready)
-
-
-def _check_outdir(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                              and not (out / "manifest.json").exists())):
-        raise CosparseError(f"output folder {str(out)!r} exists and is not a cosparse build "
-                            "(no manifest.json); choose a new or empty folder")
 
 
 def _model_path(model: str | os.PathLike | onnx.ModelProto, work: Path) -> Path:

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import contextmanager
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from amaranth.back import verilog
@@ -210,11 +211,28 @@ def resolve_board(board: str, clock_mhz: float | None = None):
     return b
 
 
-def _check_outdir(out: Path) -> None:
+def check_outdir(out: Path) -> None:
+    """Refuse an output folder that exists and is not a cosparse build (nor empty)."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir())
                                               and not (out / "manifest.json").exists())):
         raise CosparseError(f"output folder {str(out)!r} exists and is not a cosparse build "
                             "(no manifest.json); choose a new or empty folder")
+
+
+@contextmanager
+def new_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that replaces ``out`` when the block ends,
+    or is removed if it raises: never a half-written ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.PathLike,
@@ -225,7 +243,7 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
     """Compile ``model`` for ``board`` into ``outdir`` (see the module doc)."""
     b = resolve_board(board, clock_mhz)
     out = Path(outdir)
-    _check_outdir(out)
+    check_outdir(out)
     if mode not in ("sparse-sparse", "sparse-weights", "dense"):
         raise CosparseError(f"mode must be sparse-sparse, sparse-weights or dense, got {mode!r}")
     cfg = _read_config(config)
@@ -257,7 +275,7 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
     """
     b = resolve_board(board, clock_mhz)
     out = Path(outdir)
-    _check_outdir(out)
+    check_outdir(out)
     cfg = dict(config or {})
     if spram_bits == "auto":
         spram_bits = SPRAM_MIN_BITS if b.spram_kbit else None
@@ -293,9 +311,7 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
     net.meta.update(board=b.name, folding=folding.to_dict(), multipliers=mults, config=cfg,
                     predicted={"interval_cycles": perf["interval_cycles"],
                                "bottleneck": perf["bottleneck"]})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with new_folder(out) as tmp:
         ir.save(net, tmp)
         progress("generate Verilog")
         core = lower(net, folding)
@@ -314,12 +330,6 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
         progress(f"wrote {len(images)} memory images and bundle.bin")
         (tmp / "report.md").write_text(_report(net, rows, perf, b, mults,
                                                   block_rams(net, folding, b.family)))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     progress(f"wrote {out}: predicted {perf['interval_cycles']:,.0f} cycles per inference "
              f"(bottleneck {perf['bottleneck']}), {mults} multipliers")
     return out

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from amaranth.hdl import Const, Fragment, MemoryInstance, Shape
+from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
 from .images import MemoryImage, pack_bundle
@@ -56,11 +57,16 @@ def memory_images(core) -> list[MemoryImage]:
     return out
 
 
-def _raw(data) -> list[int]:
-    """Initial words of a MemoryData as integers (struct or signed shapes included)."""
+def _raw(mem_data) -> list[int]:
+    """Initial words of a MemoryData as integers (layout or signed shapes included)."""
     vals = []
-    for v in data.init:
-        vals.append(Const.cast(v).value if not isinstance(v, int) else v)
+    for v in mem_data.init:
+        if isinstance(v, int):
+            vals.append(v)
+        elif isinstance(v, data.Const):
+            vals.append(v.as_bits())
+        else:
+            vals.append(Const.cast(v).value)
     return vals
 
 

@@ -21,7 +21,7 @@ means ``y >= 128``, ``q <= -258`` means ``y <= -129``, ``q <= -2`` means
 from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -206,24 +206,26 @@ class Requantizer(wiring.Component):
         mb = max(1, max(self.multiplier).bit_length())
         return bb, mb, bb + mb + self.shift_bits + 1
 
+    @property
+    def consts_layout(self) -> data.ArrayLayout:
+        """One word of the constants memory: per lane the bias, multiplier, variable
+        shift ``t`` and round flag."""
+        bb, mb, _ = self._const_bits()
+        lane = data.StructLayout({"bias": signed(bb), "mult": unsigned(mb),
+                                  "t": unsigned(self.shift_bits), "rnd": unsigned(1)})
+        return data.ArrayLayout(lane, self.width)
+
     def _const_words(self) -> list[int]:
         """The constants memory: one word of ``D`` lanes per beat of a group."""
-        bb, mb, lw = self._const_bits()
-        words = []
-        for b in range(self.beats):
-            w = 0
-            for d in range(self.width):
-                bias, mult, sh, rnd = self._lane_constants(b, d)
-                lane = ((bias & ((1 << bb) - 1)) | mult << bb | sh << (bb + mb)
-                        | rnd << (bb + mb + self.shift_bits))
-                w |= lane << (d * lw)
-            words.append(w)
-        return words
+        layout = self.consts_layout
+        return [layout.const([dict(zip(("bias", "mult", "t", "rnd"), self._lane_constants(b, d)))
+                              for d in range(self.width)]).as_bits()
+                for b in range(self.beats)]
 
     def elaborate(self, platform):
         m = Module()
         D, B, ab = self.width, self.beats, self.acc_bits
-        bb, mb, lw = self._const_bits()
+        bb, mb, _ = self._const_bits()
         tb, base = self.shift_bits, self.shift_base
         sb = sum_bits(ab, min(self.bias), max(self.bias))  # acc + bias
         pb = sb + mb  # product, signed
@@ -252,9 +254,10 @@ class Requantizer(wiring.Component):
                                                    (signed(bb), mb, tb, 1))] for d in range(D)]
         else:
             lp = self.load_port
-            m.submodules.consts = rom = Memory(shape=unsigned(D * lw),
-                                               depth=lp.hw_depth if lp else B,
-                                               init=lp.hw_init() if lp else self._const_words())
+            layout = self.consts_layout
+            words = lp.hw_init() if lp else self._const_words()
+            m.submodules.consts = rom = Memory(shape=layout, depth=lp.hw_depth if lp else B,
+                                               init=[layout.from_bits(w) for w in words])
             if lp is not None:
                 wp = rom.write_port()
                 load = self.load_consts
@@ -267,14 +270,10 @@ class Requantizer(wiring.Component):
             if self.compact:
                 s0_consts = port.data
             else:
-                s0_consts = Signal(D * lw)
+                s0_consts = Signal(layout)
                 with m.If(adv):
                     m.d.sync += s0_consts.eq(port.data)
-            consts = []
-            for d in range(D):
-                f = s0_consts[d * lw:(d + 1) * lw]
-                consts.append([f[:bb].as_signed(), f[bb:bb + mb], f[bb + mb:bb + mb + tb],
-                               f[bb + mb + tb]])
+            consts = [[f.bias, f.mult, f.t, f.rnd] for f in (s0_consts[d] for d in range(D))]
 
         def stage(name, **fields):
             """Registered per-lane fields of one stage plus valid/last/end."""

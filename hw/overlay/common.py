@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Signal, Value
+from amaranth.hdl import Array, Module, Signal, Value, signed, unsigned
+from amaranth.lib import data
 
-__all__ = ["register", "select"]
+__all__ = ["register", "select", "slot_layout", "word_layout"]
+
+
+def slot_layout(id_bits: int) -> data.StructLayout:
+    """One slot of an overlay word: the weight and the id of the kernel it belongs to."""
+    return data.StructLayout({"weight": signed(8), "kernel_id": unsigned(id_bits)})
+
+
+def word_layout(lanes: int, id_bits: int) -> data.ArrayLayout:
+    """A weight-memory word: ``lanes`` slots, slot 0 in the low bits."""
+    return data.ArrayLayout(slot_layout(id_bits), lanes)
 
 
 def register(m: Module, name: str, value: Value, *, reset_less: bool = False) -> Signal:

@@ -7,7 +7,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..util import bits, const_mul, is_ecp5, registered_product, replicate
-from .common import register
+from .common import register, word_layout
 
 __all__ = ["Products"]
 
@@ -52,7 +52,7 @@ class Products(wiring.Component):
     -------
     issue, pass_index, buf, group, end, live, value : In
         The sequencer's op (see :class:`~.sequencer.Sequencer`).
-    word : In(P * (8 + bits(K))).array(R)
+    word : In(word_layout(P, bits(K))).array(R)
         The weight memory's words, ``1 + banked_weights`` cycles after ``issue``.
     read_valid, read_buf : Out(1).array(copies)
         A bank read of the accumulated sums, into buffer ``read_buf``, per
@@ -82,7 +82,7 @@ class Products(wiring.Component):
         super().__init__({
             "issue": In(1), "pass_index": In(bits(passes)), "buf": In(1), "group": In(1),
             "end": In(1), "live": In(1).array(R), "value": In(signed(8)).array(R),
-            "word": In(P * (8 + self.id_bits)).array(R),
+            "word": In(word_layout(P, self.id_bits)).array(R),
             "read_valid": Out(1).array(c), "read_buf": Out(1).array(c),
             "read_addr": Out(rows).array(R, P),
             "write_live": Out(1).array(R, c), "write_buf": Out(1).array(c),
@@ -94,7 +94,6 @@ class Products(wiring.Component):
         m = Module()
         R, P, K, passes = self.entries, self.lanes_per_beat, self.kernels_per_overlay, self.passes
         G, copies, id_bits = self.lanes_per_copy, self.copies, self.id_bits
-        slot_bits = 8 + id_bits
         banked, shallow, split = self.banked_weights, self.registers, self.split
         # With C2 the product is needed a cycle later. On ECP5 it is registered once more
         # after the DSP block; elsewhere the operands wait instead: yosys's ice40_dsp takes
@@ -131,7 +130,8 @@ class Products(wiring.Component):
         b_valid = Signal()
         b_live = [Signal(name=f"b_live_{r}") for r in range(R)]
         # Datapath registers without reset (the valid flags carry it).
-        b_data = [Signal(P * slot_bits, name=f"b_data_{r}", reset_less=True) for r in range(R)]
+        b_data = [Signal(word_layout(P, id_bits), name=f"b_data_{r}", reset_less=True)
+                  for r in range(R)]
         b_buf = Signal()
         b_group = Signal()
         b_end = Signal()
@@ -159,9 +159,9 @@ class Products(wiring.Component):
         c_prod = [[None] * P for _ in range(R)]
         for r in range(R):
             for k in range(P):
-                slot = b_data[r][k * slot_bits:(k + 1) * slot_bits]
+                slot = b_data[r][k]
                 addr = Signal(range(passes * K), name=f"b_addr_{r}_{k}")
-                m.d.comb += addr.eq(rb_pass[k // G] + slot[8:8 + id_bits])
+                m.d.comb += addr.eq(rb_pass[k // G] + slot.kernel_id)
                 m.d.sync += c_addr[r][k].eq(addr)
                 if not shallow:
                     m.d.comb += self.read_addr[r][k].eq(c_addr[r][k] if c_late else addr)
@@ -169,8 +169,7 @@ class Products(wiring.Component):
                 # The weight's operand register is b_data (ECP5: then the DSP's register
                 # A, ``a_stage``), except that a weight memory of one block's depth feeds
                 # the DSP block's own input register directly.
-                weight = (wdata[r][k * slot_bits:k * slot_bits + 8] if direct
-                          else slot[:8]).as_signed()
+                weight = wdata[r][k].weight if direct else slot.weight
                 if late_product and not a_stage:  # off ECP5 the weight waits in the fabric
                     weight = register(m, f"b2_weight_{r}_{k}", weight, reset_less=True)
                 c_prod[r][k] = registered_product(m, f"c_prod_{r}_{k}", weight,

@@ -5,12 +5,17 @@ import pytest
 from amaranth.hdl import Elaboratable, Module
 from amaranth.sim import Simulator
 
+from cosparse.compiler import zoo
+from cosparse.compiler.packer import engine_parameters, pack
 from cosparse.hw.loader import LoadPort
+from cosparse.hw.overlay import OverlayEngine
 from cosparse.hw.overlay.banks import AccumulatorBanks
+from cosparse.hw.overlay.common import word_layout
 from cosparse.hw.overlay.drain import Drain
 from cosparse.hw.overlay.memory import ReadMemory
 from cosparse.hw.overlay.products import Products
 from cosparse.hw.overlay.sequencer import Sequencer, row_table
+from cosparse.hw.util import bits
 
 
 def run(dut, bench):
@@ -201,7 +206,6 @@ def test_products_multiply_and_route(banked, split):
     R, P, K, passes = 2, 4, 3, 2 + split
     prods = Products(R, P, K, passes, lanes_per_copy=2, banked_weights=banked,
                      direct_weights=False, registers=False, split=split)
-    slot_bits = 8 + 2
     latency = 3 + banked + split  # issue -> the write
     ops = []
 
@@ -220,8 +224,8 @@ def test_products_multiply_and_route(banked, split):
             for r in range(R):
                 ctx.set(prods.live[r], op["live"][r])
                 ctx.set(prods.value[r], op["value"][r])
-                word = sum(((op["w"][r][k] & 0xFF) | (op["ids"][r][k] << 8)) << (k * slot_bits)
-                           for k in range(P))
+                word = word_layout(P, bits(K)).const(
+                    [{"weight": op["w"][r][k], "kernel_id": op["ids"][r][k]} for k in range(P)])
                 pending.append((cycle + 1 + banked, r, word))
             ops.append(op)
             for due, r, word in [x for x in pending if x[0] == cycle]:
@@ -374,3 +378,18 @@ def test_drain_emits_each_group_under_output_stalls(compact):
     sim.add_testbench(take)
     sim.run()
     assert got == want
+
+
+def test_weight_words_are_the_typed_word_layout():
+    """The loader's weight image holds, per overlay word and pass, ``P`` slots of
+    (weight, kernel id) exactly as the products read them (``word_layout``)."""
+    rng = np.random.default_rng(5)
+    ov = pack(zoo.complementary_weights(24, 30, 4, rng), 4)
+    eng = OverlayEngine(**engine_parameters(ov), entries=2, lanes_per_beat=3, loadable=True)
+    layout = word_layout(3, bits(4))
+    w = ov.weights.reshape(ov.words, eng.passes, 3)
+    ids = ov.kernel_ids.reshape(ov.words, eng.passes, 3)
+    want = [layout.const([{"weight": int(w[i, q, k]), "kernel_id": int(ids[i, q, k])}
+                          for k in range(3)]).as_bits()
+            for i in range(ov.words) for q in range(eng.passes)]
+    assert list(eng.load_ports[0].image) == want

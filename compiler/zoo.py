@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from cosparse.sim.golden import run_layer
+
+from .formats import insert_adapters
 from .ir import (Flatten, GlobalKWTA, Layer, LocalKWTA, MaxPool, Network, OverlayConv,
-                 OverlayLinear, Requant, TensorSpec, ZeroSkip, Densify)
+                 OverlayLinear, Requant, TensorSpec)
 from .packer import pack
 from .quantize import requant_for_range
-from cosparse.sim.golden import run_layer
 
 __all__ = ["complementary_weights", "random_sparse_weights", "gsc_cs", "calibrate_requant",
            "random_network"]
@@ -107,12 +109,7 @@ def gsc_cs(*, seed: int = 0, mode: str = "sparse-sparse", reduced: bool = False,
         else:
             weights[name] = complementary_weights(m, fan_in, k, rng)
     kfor = {name: (1 if mode == "dense" else k) for name, _, _, k in specs}
-    sparse = mode == "sparse-sparse"
-
-    def adapter() -> list[Layer]:
-        return [] if sparse else [Densify(f"densify{len(layers)}")]
-
-    layers: list[Layer] = [ZeroSkip("input_skip")] if sparse else []
+    layers: list[Layer] = []
     x = rng.integers(-128, 128, size=(calibration_inputs, size, size, 1)).astype(np.int8)
     net_input = TensorSpec((size, size, 1), "int8", 1 / 64)
 
@@ -136,16 +133,14 @@ def gsc_cs(*, seed: int = 0, mode: str = "sparse-sparse", reduced: bool = False,
     add_overlay(OverlayConv("conv1", kernel=(5, 5)), weights["conv1"], relu=False)
     add(MaxPool("pool1"))
     add(LocalKWTA("kwta1", k=k_local))
-    layers.extend(adapter())
     add_overlay(OverlayConv("conv2", kernel=(5, 5)), weights["conv2"], relu=False)
     add(MaxPool("pool2"))
     add(LocalKWTA("kwta2", k=k_local))
     add(Flatten("flatten"))
-    layers.extend(adapter())
     add_overlay(OverlayLinear("fc1"), weights["fc1"], relu=False)
     add(GlobalKWTA("kwta3", k=k_global))
-    layers.extend(adapter())
     add_overlay(OverlayLinear("fc2"), weights["fc2"], relu=False, requant=False)
+    layers = insert_adapters(layers, mode, densify_at="consumer")
     net = Network("gsc-cs-reduced" if reduced else "gsc-cs", net_input, layers,
                   meta={"mode": mode, "seed": seed, "generator": "cosparse.compiler.zoo.gsc_cs"})
     net.specs()
@@ -179,7 +174,6 @@ def random_network(input_shape: tuple[int, ...], spec: list[tuple], *, seed: int
     rng = np.random.default_rng(seed)
     x = rng.integers(-128, 128, size=(calibration_inputs, *input_shape)).astype(np.int8)
     layers: list[Layer] = []
-    fmt = "dense"
     pending: list = []  # overlay layer waiting for a possible ("relu",)
 
     def finish_overlay(relu: bool) -> None:
@@ -204,11 +198,6 @@ def random_network(input_shape: tuple[int, ...], spec: list[tuple], *, seed: int
         if kind != "relu" and pending:
             finish_overlay(False)
         if kind in ("conv", "linear", "logits"):
-            if fmt == "dense" and mode == "sparse-sparse":
-                add(ZeroSkip(f"skip{n}"))
-            elif fmt == "sparse" and mode != "sparse-sparse":
-                add(Densify(f"densify{n}"))
-            fmt = "dense"
             m, k = item[1], item[-1] if kind != "conv" else item[3]
             if kind == "conv":
                 kernel = item[2]
@@ -235,20 +224,18 @@ def random_network(input_shape: tuple[int, ...], spec: list[tuple], *, seed: int
         elif kind == "pool":
             add(MaxPool(f"pool{n}", kernel=item[1], stride=item[1]))
         elif kind in ("local", "global"):
-            if fmt == "sparse":
-                add(Densify(f"densify{n}"))
             c = x.shape[-1]
             top = item[2] if len(item) > 2 else None
             boost = None if top is None else rng.integers(1, top + 1, c).astype(np.int32)
             cls = LocalKWTA if kind == "local" else GlobalKWTA
             add(cls(f"kwta{n}", k=item[1], boost=boost))
-            fmt = "sparse"
         elif kind == "flatten":
             add(Flatten(f"flatten{n}"))
         else:
             raise ValueError(f"unknown layer kind {kind!r} in spec item {item!r}")
     if pending:
         finish_overlay(False)
+    layers = insert_adapters(layers, mode, densify_at="consumer")
     net = Network(name, TensorSpec(tuple(input_shape), "int8", 1 / 64), layers,
                   meta={"mode": mode, "seed": seed, "generator": "cosparse.compiler.zoo.random_network"})
     net.specs()

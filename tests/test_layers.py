@@ -45,6 +45,7 @@ LAYERS = {
     "cosparse.compiler.quantize": 4,
     "cosparse.compiler.order": 4,
     "cosparse.compiler.folding": 4,
+    "cosparse.compiler.formats": 4,
     "cosparse.compiler.lower": 4,
     "cosparse.compiler.perf": 4,
     "cosparse.compiler.fold": 4,

@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from .. import ir
+from ..formats import insert_adapters
 from ..packer import PackError, pack
 from ..quantize import quantize_boost, requant_for_range
 from .calibrate import Scales
@@ -70,27 +71,6 @@ def kernels_for(g: Graph, steps: list[Step], kernels_per_overlay: dict | None,
         for s in hit:
             chosen[s.name] = k
     return chosen
-
-
-def _with_adapters(layers: list[ir.Layer], mode: str) -> list[ir.Layer]:
-    """ZeroSkip before a dense-fed overlay layer (sparse-sparse); Densify after a k-WTA
-    feeding one (sparse-weights, dense)."""
-    overlay = (ir.OverlayConv, ir.OverlayLinear)
-    out: list[ir.Layer] = []
-    fmt = "dense"
-    for i, layer in enumerate(layers):
-        if mode == "sparse-sparse" and isinstance(layer, overlay) and fmt == "dense":
-            out.append(ir.ZeroSkip(f"{layer.name}.zero_skip"))
-            fmt = "sparse"
-        out.append(layer)
-        fmt = layer.output_format(fmt)
-        if mode != "sparse-sparse" and isinstance(layer, (ir.LocalKWTA, ir.GlobalKWTA)):
-            nxt = next((x for x in layers[i + 1:] if not isinstance(x, (ir.MaxPool, ir.Flatten))),
-                       None)
-            if isinstance(nxt, overlay):
-                out.append(ir.Densify(f"{layer.name}.densify"))
-                fmt = "dense"
-    return out
 
 
 def _quantize_layer(g: Graph, s: Step, s_in: float, s_out: float | None) -> dict:
@@ -163,7 +143,7 @@ def build_network(g: Graph, steps: list[Step], calibration: np.ndarray | None, m
         else:
             layers.append(ir.Flatten(s.name))
     net = ir.Network(name, ir.TensorSpec(ir_shape(g.input_shape), "int8", float(input_scale)),
-                     _with_adapters(layers, mode))
+                     insert_adapters(layers, mode))
     try:
         out = net.specs()[-1]
     except ir.ManifestError as e:

@@ -26,7 +26,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .util import bits, check_int, onehot, popcount, skid_output
+from .util import bits, check_int, onehot, popcount, skid_output, typed_payload
 from .streams import dense_layout, sparse_layout
 
 __all__ = ["ZeroSkip", "Densify", "Narrow", "StreamFIFO"]
@@ -169,7 +169,9 @@ class ZeroSkip(wiring.Component):
         e_ent = Signal(R * ew)
         e_cnt = Signal(range(R + 1))
         e_last, e_end = Signal(), Signal()
-        adv = skid_output(m, self.o, e_valid, Cat(e_ent, e_cnt, e_last, e_end))
+        adv = skid_output(m, self.o, e_valid,
+                          typed_payload(m, self.o, entries=e_ent, count=e_cnt, last=e_last,
+                                        end=e_end))
 
         take = Signal()  # A's entries go into the combination
         m.d.comb += [take.eq(a_v & n_le_r), a_take.eq(adv & take)]
@@ -242,7 +244,9 @@ class ZeroSkip(wiring.Component):
             sel = [(h_nz[d] & (h_rank[d] == h_base[s]),
                     Cat(Const(d, ib), h_data[d * 8:(d + 1) * 8])) for d in range(s, C)]
             ents.append(onehot(sel, ib + 8))
-        adv = skid_output(m, self.o, h_v, Cat(*ents, e_cnt, h_final, h_final & h_end))
+        out = typed_payload(m, self.o, entries=ents, count=e_cnt, last=h_final,
+                            end=h_final & h_end)
+        adv = skid_output(m, self.o, h_v, out)
         m.d.comb += h_free.eq(~h_v | (adv & h_final))
         nnz = popcount(p_nz)
         with m.If(h_free):
@@ -471,7 +475,8 @@ class Densify(wiring.Component):
             e_last.eq((tail | finish) & last_beat),
             e_end.eq(Mux(tail, tail_end, h.end) & (tail | finish) & last_beat),
         ]
-        adv = skid_output(m, self.o, e_valid, Cat(e_data, e_last, e_end))
+        adv = skid_output(m, self.o, e_valid,
+                          typed_payload(m, self.o, data=e_data, last=e_last, end=e_end))
         m.d.comb += consume.eq(adv & ~tail & hv & ~beyond)
 
         with m.If(adv):

@@ -16,7 +16,7 @@ from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .util import check_int, const_mul, skid_output
+from .util import check_int, const_mul, skid_output, typed_payload
 from .streams import dense_layout
 
 __all__ = ["DenseWindow", "BankWriter", "BankWalker", "FieldPacker"]
@@ -345,8 +345,9 @@ class FieldPacker(wiring.Component):
                 sel = Array(Array(w.words[(dy + yr) % kh][(dx + xr) % kw] for xr in range(kw))
                             for yr in range(kh))[w.yr][w.xr]
                 taps.append(Mux(w.mask[dy * kw + dx], sel, 0))
-        m.d.comb += self.win.ready.eq(skid_output(m, self.o, self.win.valid,
-                                                  Cat(*taps, w.last, w.end)))
+        # Each tap is a word of C channels: the taps together are the beat's elements.
+        out = typed_payload(m, self.o, data=Cat(*taps), last=w.last, end=w.end)
+        m.d.comb += self.win.ready.eq(skid_output(m, self.o, self.win.valid, out))
         return m
 
 

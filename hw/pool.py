@@ -15,7 +15,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .adapters import Densify, ZeroSkip
-from .util import bits, check_int, skid_output
+from .util import bits, check_int, skid_output, typed_payload
 from .streams import dense_layout, sparse_layout
 
 __all__ = ["MaxPool", "SparseMaxPool"]
@@ -200,7 +200,9 @@ class MaxPool(wiring.Component):
             lanes.append(Mux(s1["first"] | (new > old), new, old))
         m.d.comb += best.eq(Cat(*lanes))
         m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
-        adv_ = skid_output(m, self.o, s1["valid"] & s1["emit"], Cat(best, s1["last"], s1["end"]))
+        adv_ = skid_output(m, self.o, s1["valid"] & s1["emit"],
+                           typed_payload(m, self.o, data=best, last=s1["last"],
+                                         end=s1["end"]))
         m.d.comb += adv.eq(adv_)
         return m
 

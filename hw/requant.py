@@ -25,7 +25,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .util import check_int, lut_mul, registered_product, skid_output
+from .util import check_int, lut_mul, registered_product, skid_output, typed_payload
 from .loader import LoadPort
 from .streams import dense_layout
 
@@ -367,7 +367,9 @@ class Requantizer(wiring.Component):
             y = Signal(signed(8), name=f"s6_y{d}")
             m.d.comb += y.eq(Mux(over, 127, Mux(under, lo, small)))
             ys.append(y)
-        adv_ = skid_output(m, self.o, s5["valid"], Cat(*ys, s5["last"], s5["end"]))
+        adv_ = skid_output(m, self.o, s5["valid"],
+                           typed_payload(m, self.o, data=ys, last=s5["last"],
+                                         end=s5["end"]))
         m.d.comb += adv.eq(adv_)
         return m
 
@@ -422,7 +424,8 @@ class BiasAdd(wiring.Component):
         beat = Signal(range(max(B, 2)))
         s_v, s_last, s_end = Signal(), Signal(), Signal()
         s_sum = [Signal(signed(32), name=f"sum{d}") for d in range(D)]
-        adv = skid_output(m, self.o, s_v, Cat(*s_sum, s_last, s_end))
+        adv = skid_output(m, self.o, s_v,
+                          typed_payload(m, self.o, data=s_sum, last=s_last, end=s_end))
         m.d.comb += self.i.ready.eq(adv)
         with m.If(adv):
             m.d.sync += [s_v.eq(self.i.valid), s_last.eq(p.last), s_end.eq(p.end)]

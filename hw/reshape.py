@@ -12,7 +12,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .util import bits, check_int, skid_output
+from .util import bits, check_int, skid_output, typed_payload
 from .streams import dense_layout, sparse_layout
 
 __all__ = ["SparseFlatten", "DenseFlatten"]
@@ -64,7 +64,8 @@ class SparseFlatten(wiring.Component):
         ents = [Cat((base + p.entries[r].index)[:ob], p.entries[r].value) for r in range(R)]
         keep = (p.count != 0) | p.end
         adv = skid_output(m, self.o, self.i.valid & keep,
-                          Cat(*ents, p.count, p.end, p.end))
+                          typed_payload(m, self.o, entries=ents, count=p.count, last=p.end,
+                                        end=p.end))
         m.d.comb += self.i.ready.eq(adv)
         with m.If(self.i.valid & adv & p.last):
             m.d.sync += base.eq(Mux(p.end, 0, base + C))

@@ -7,6 +7,7 @@ from operator import or_
 
 from amaranth.hdl import (ClockSignal, Const, Elaboratable, Instance, Module, Mux, ResetSignal, Shape,
                           Signal, Value)
+from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
 __all__ = ["bits", "check_int", "onehot", "popcount", "skid_output", "lut_mul", "const_mul",
@@ -44,6 +45,22 @@ def popcount(bits) -> Value:
         terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
                  for i in range(0, len(terms), 2)]
     return terms[0]
+
+
+def typed_payload(m: Module, o, **fields) -> data.View:
+    """A payload for stream ``o`` with its fields driven by name.
+
+    A field given as a list drives the elements of an array field one by one;
+    any other value drives the whole field (a flat value of the field's width).
+    """
+    payload = Signal(o.payload.shape(), name="beat")
+    for name, value in fields.items():
+        field = payload[name]
+        if isinstance(value, (list, tuple)):
+            m.d.comb += [field[k].eq(v) for k, v in enumerate(value)]
+        else:
+            m.d.comb += field.eq(value)
+    return payload
 
 
 def skid_output(m: Module, o, valid: Value, payload: Value) -> Signal:

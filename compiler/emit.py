@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from amaranth.hdl import Const, Fragment, MemoryInstance, Shape
+from amaranth.hdl import Const, Fragment, Shape
 from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
@@ -32,8 +32,6 @@ def core_memories(core) -> list[tuple[str, Memory]]:
         if mems:
             found.append((path, mems[0]))
             return
-        if isinstance(frag, MemoryInstance):
-            raise TypeError(f"memory {path} is not an amaranth.lib.memory.Memory")
         for sub, name, *_ in frag.subfragments:
             walk(sub, f"{path}.{name}" if path else str(name))
 

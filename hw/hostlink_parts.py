@@ -555,7 +555,7 @@ class Executor(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         W = self.in_width
-        req, load, buf = self.req.payload, self.load, self.buf
+        load, buf = self.load, self.buf
         loaded, running = self.loaded, self.running
         wb_table = _table(self.word_bytes, 8, 1)
         m.d.comb += buf.en.eq(0)  # a read port holds its data unless a state reads
@@ -582,6 +582,8 @@ class Executor(wiring.Component):
         # byte of the word (LOAD) or of the weights id (SEAL, to 4)
         x_j = Signal(range(max(self.word_bits // 8, 4) + 1))
         x_k = Signal(range(max(self.hw_depths, default=1) + 1))
+        r = types.SimpleNamespace(ra=x_ra, rl=x_rl, left=x_left, j=x_j, k=x_k, loaded=loaded,
+                            running=running)
 
         st = self.status  # the constant fields are its initial value
         m.d.comb += [
@@ -613,44 +615,7 @@ class Executor(wiring.Component):
 
         with m.FSM(name="executor"):
             with m.State("IDLE"):
-                with m.If(self.req.valid):
-                    with m.If(req.error != Code.OK):
-                        reject(req.error)
-                    with m.Elif(req.cmd == Command.STATUS):
-                        with m.If(req.length != 0):
-                            reject(Code.LENGTH)
-                        with m.Else():
-                            finish(Code.OK, Body.STATUS)
-                    with m.Elif(req.cmd == Command.LOAD):
-                        with m.If(req.length < LOAD_HEADER_BYTES):
-                            reject(Code.LENGTH)
-                        with m.Elif(load.bad_target):
-                            reject(Code.UNKNOWN_TARGET)
-                        with m.Elif(load.bad_range):
-                            reject(Code.RANGE)
-                        with m.Else():
-                            m.d.sync += [x_ra.eq(LOAD_HEADER_BYTES // W),
-                                         x_rl.eq(LOAD_HEADER_BYTES % W),
-                                         x_left.eq(req.length - LOAD_HEADER_BYTES),
-                                         x_j.eq(0), x_k.eq(load.address), loaded.eq(0)]
-                            m.next = "LOAD_READ"
-                    with m.Elif(req.cmd == Command.SEAL):
-                        with m.If(req.length != 4):
-                            reject(Code.LENGTH)
-                        with m.Else():
-                            m.d.sync += [x_ra.eq(0), x_rl.eq(0), x_j.eq(0)]
-                            m.next = "SEAL_READ"
-                    with m.Elif(req.cmd == Command.INFER):
-                        with m.If(req.length != self.in_beats * W):
-                            reject(Code.LENGTH)
-                        with m.Elif(~loaded):
-                            reject(Code.NOT_LOADED)
-                        with m.Else():
-                            m.d.comb += infer.start.eq(1)
-                            m.d.sync += running.eq(1)
-                            m.next = "INFER"
-                    with m.Else():
-                        reject(Code.UNKNOWN_COMMAND)
+                self._decide(m, r, infer, reject, finish)
 
             # LOAD: read payload bytes in order, assemble words, write them.
             with m.State("LOAD_READ"):
@@ -706,6 +671,50 @@ class Executor(wiring.Component):
                     m.d.comb += self.req.ready.eq(1)
                     m.next = "IDLE"
         return m
+
+
+    def _decide(self, m: Module, r: types.SimpleNamespace, infer: InferRunner, reject,
+                finish) -> None:
+        """IDLE: a request's checks, and the first state of the command it passes to."""
+        W, req, load = self.in_width, self.req.payload, self.load
+        with m.If(self.req.valid):
+            with m.If(req.error != Code.OK):
+                reject(req.error)
+            with m.Elif(req.cmd == Command.STATUS):
+                with m.If(req.length != 0):
+                    reject(Code.LENGTH)
+                with m.Else():
+                    finish(Code.OK, Body.STATUS)
+            with m.Elif(req.cmd == Command.LOAD):
+                with m.If(req.length < LOAD_HEADER_BYTES):
+                    reject(Code.LENGTH)
+                with m.Elif(load.bad_target):
+                    reject(Code.UNKNOWN_TARGET)
+                with m.Elif(load.bad_range):
+                    reject(Code.RANGE)
+                with m.Else():
+                    m.d.sync += [r.ra.eq(LOAD_HEADER_BYTES // W),
+                                 r.rl.eq(LOAD_HEADER_BYTES % W),
+                                 r.left.eq(req.length - LOAD_HEADER_BYTES),
+                                 r.j.eq(0), r.k.eq(load.address), r.loaded.eq(0)]
+                    m.next = "LOAD_READ"
+            with m.Elif(req.cmd == Command.SEAL):
+                with m.If(req.length != 4):
+                    reject(Code.LENGTH)
+                with m.Else():
+                    m.d.sync += [r.ra.eq(0), r.rl.eq(0), r.j.eq(0)]
+                    m.next = "SEAL_READ"
+            with m.Elif(req.cmd == Command.INFER):
+                with m.If(req.length != self.in_beats * W):
+                    reject(Code.LENGTH)
+                with m.Elif(~r.loaded):
+                    reject(Code.NOT_LOADED)
+                with m.Else():
+                    m.d.comb += infer.start.eq(1)
+                    m.d.sync += r.running.eq(1)
+                    m.next = "INFER"
+            with m.Else():
+                reject(Code.UNKNOWN_COMMAND)
 
 
 class Responder(wiring.Component):

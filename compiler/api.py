@@ -190,15 +190,16 @@ class Accelerator:
         return self.folder / "sim_build"
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Copy the compiled folder to ``folder`` (a new or empty folder, or an
-        earlier build); this accelerator then lives there."""
+        """Copy the compiled folder (and its bitstream build, if any; not the Verilator
+        models) to ``folder`` (a new or empty folder, or an earlier build); this
+        accelerator then lives there."""
         out = Path(folder)
         if out.resolve() == self.folder.resolve():
             return out
         check_outdir(out)
         with new_folder(out) as tmp:
             shutil.copytree(self.folder, tmp, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("sim_build", "build"))
+                            ignore=shutil.ignore_patterns("sim_build"))
         if self._cleanup is not None:
             self._cleanup()
             self._cleanup = None
@@ -322,8 +323,13 @@ def compile(model: str | os.PathLike | onnx.ModelProto, *, board: str = "sim",
         out, temporary = Path(outdir), False
     else:
         out, temporary = Path(tempfile.mkdtemp(prefix="cosparse-")) / "accelerator", True
+    # A ModelProto is written to a file first: in the temporary folder, or in one of
+    # its own beside a given outdir, removed after the compile.
+    work = None
+    if isinstance(model, onnx.ModelProto) and not temporary:
+        work = Path(tempfile.mkdtemp(prefix="cosparse-model-"))
     try:
-        model_path = _model_path(model, out.parent if temporary else Path(tempfile.mkdtemp()))
+        model_path = _model_path(model, work or out.parent)
         compile_model(model_path, board=board, outdir=out, calibration=calibration, mode=mode,
                       config=None if config is None else str(config), baud=baud,
                       clock_mhz=clock_mhz, progress=progress)
@@ -332,8 +338,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, *, board: str = "sim",
             shutil.rmtree(out.parent, ignore_errors=True)
         raise
     finally:
-        if isinstance(model, onnx.ModelProto) and not temporary:
-            shutil.rmtree(model_path.parent, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     return Accelerator(out, temporary=temporary)
 
 

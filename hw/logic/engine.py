@@ -1,0 +1,171 @@
+"""The weights-in-logic engine: a fixed-weight layer as pipelined shift-and-add logic."""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..streams import dense_layout
+from ..util import bits, check_int, skid_output, typed_payload
+from .graph import AdderGraph
+
+__all__ = ["LogicEngine"]
+
+
+class LogicEngine(wiring.Component):
+    """``y = W x`` for fixed weights: no multiplier, no weight memory.
+
+    Every input beat is a whole fan-in vector (a receptive field from
+    :class:`~cosparse.hw.dense_window.DenseWindow`); the products are the
+    shift-and-add plan of :class:`~cosparse.hw.logic.graph.AdderGraph`
+    (products shared by every kernel that reads an input, then one adder
+    tree per kernel), with a register after every adder. All ``M`` sums of
+    a beat leave as one group of ``ceil(M / P)`` beats of ``P`` sums, in
+    kernel order.
+
+    Throughput: one input beat every ``ceil(M / P)`` cycles (``P = M``: one
+    per cycle), no bubbles. Latency: ``depth + 3`` cycles from an input beat
+    to its group's first output beat (input register, ``depth`` adder
+    stages, the sums' register, the output register).
+
+    The pipeline advances on one enable (a stall holds every stage), taken
+    from the output's skid register, so no path runs from ``o.ready`` to
+    ``i.ready``.
+
+    Parameters
+    ----------
+    weights : array of int, shape (M, fan_in)
+        The weights, kernel ``m`` in row ``m`` (int8 values).
+    lanes_per_beat : int, optional
+        ``P``: sums per output beat (default ``M``).
+    acc_bits : int, optional
+        Output element width (default: the width the largest sum needs).
+    in_range : (int, int)
+        The inputs' value range (default int8's).
+
+    Attributes
+    ----------
+    graph : AdderGraph
+        The plan.
+    num_kernels, fan_in, lanes_per_beat, acc_bits, beats_per_group, latency : int
+
+    Members
+    -------
+    i : In(stream.Signature(dense_layout(fan_in)))
+        One fan-in vector per beat; ``end`` on a frame's last.
+    o : Out(stream.Signature(dense_layout(P, signed(acc_bits))))
+        The ``M`` sums of each input beat; ``last`` on a group's final beat,
+        ``end`` on the frame's.
+    """
+
+    def __init__(self, weights: np.ndarray, *, lanes_per_beat: int | None = None,
+                 acc_bits: int | None = None, in_range: tuple[int, int] = (-128, 127)):
+        w = np.asarray(weights)
+        if w.ndim != 2 or not np.issubdtype(w.dtype, np.integer) or w.size == 0:
+            raise ValueError(f"weights must be a non-empty [M, fan_in] integer array, got "
+                             f"shape {getattr(w, 'shape', None)}")
+        if w.min() < -128 or w.max() > 127:
+            raise ValueError(f"weights must be int8 values, got {int(w.min())} .. {int(w.max())}")
+        self.graph = AdderGraph(w, in_range)
+        self.num_kernels, self.fan_in = w.shape
+        self.lanes_per_beat = check_int("lanes_per_beat", lanes_per_beat or self.num_kernels,
+                                        1, self.num_kernels)
+        need = max([self._root_bits(r) for r in self.graph.roots] + [2])
+        self.acc_bits = check_int("acc_bits", acc_bits or need, need, 64)
+        self.beats_per_group = -(-self.num_kernels // self.lanes_per_beat)
+        self.latency = self.graph.depth + 3
+        self.in_layout = dense_layout(self.fan_in, signed(8))
+        self.out_layout = dense_layout(self.lanes_per_beat, signed(self.acc_bits))
+        super().__init__({"i": In(stream.Signature(self.in_layout)),
+                          "o": Out(stream.Signature(self.out_layout))})
+
+    def _root_bits(self, root) -> int:
+        if root.node < 0:
+            return 1
+        n = self.graph.nodes[root.node]
+        lo, hi = (n.lo << root.shift, n.hi << root.shift)
+        if root.sign < 0:
+            lo, hi = -hi, -lo
+        return max(int(lo).bit_length(), int(hi).bit_length()) + 1
+
+    def lut_estimate(self) -> int:
+        """LUTs: the plan's adders and the output beat multiplexer."""
+        mux = self.lanes_per_beat * self.acc_bits * (self.beats_per_group - 1)
+        return self.graph.lut_estimate() + mux
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self.graph
+        p, s = self.lanes_per_beat, self.beats_per_group
+        depth = g.depth
+
+        valid = [Signal(name=f"valid_{k}") for k in range(depth + 2)]
+        end = [Signal(name=f"end_{k}") for k in range(depth + 2)]
+        beat = Signal(range(max(s, 2)))
+        go = Signal()  # every stage advances
+        m.d.comb += self.i.ready.eq(go)
+
+        # Stage 0: the input vector; then one register per adder, and delay registers
+        # where a later stage reads an earlier value.
+        regs: dict[tuple[int, int], Signal] = {}
+        for t in range(self.fan_in):
+            r = Signal(signed(8), name=f"x_{t}", reset_less=True)
+            with m.If(go):
+                m.d.sync += r.eq(self.i.payload.data[t])
+            regs[(t, 0)] = r
+
+        def at(node: int, level: int) -> Signal:
+            key = (node, level)
+            if key not in regs:
+                prev = at(node, level - 1)
+                r = Signal(prev.shape(), name=f"n{node}_d{level}", reset_less=True)
+                with m.If(go):
+                    m.d.sync += r.eq(prev)
+                regs[key] = r
+            return regs[key]
+
+        for k in range(self.fan_in, len(g.nodes)):
+            n = g.nodes[k]
+            a = at(n.a, n.level - 1).as_signed() << n.ia
+            b = at(n.b, n.level - 1).as_signed() << n.ib
+            total = (a + b) if n.sb > 0 else (a - b)
+            r = Signal(signed(n.bits), name=f"n{k}", reset_less=True)
+            with m.If(go):
+                m.d.sync += r.eq(total >> n.shr if n.shr else total)
+            regs[(k, n.level)] = r
+
+        # The sums, each with its sign and shift, in one register stage.
+        sums = [Signal(signed(self.acc_bits), name=f"sum_{j}", reset_less=True)
+                for j in range(s * p)]
+        for j, root in enumerate(g.roots):
+            if root.node < 0:
+                value = Const(0, signed(self.acc_bits))
+            else:
+                v = at(root.node, depth).as_signed() << root.shift
+                value = -v if root.sign < 0 else v
+            with m.If(go):
+                m.d.sync += sums[j].eq(value)
+
+        with m.If(go):
+            m.d.sync += [valid[0].eq(self.i.valid), end[0].eq(self.i.payload.end)]
+            m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, depth + 2)]
+            m.d.sync += [end[k].eq(end[k - 1]) for k in range(1, depth + 2)]
+        full = valid[depth + 1]
+
+        # Output: the group's beats, P sums each, through the skid register.
+        final = beat == s - 1
+        lanes = [Signal(signed(self.acc_bits), name=f"lane_{q}") for q in range(p)]
+        for q in range(p):
+            choices = [sums[b * p + q] for b in range(s)]
+            value = choices[0]
+            for b in range(1, s):
+                value = Mux(beat == b, choices[b], value)
+            m.d.comb += lanes[q].eq(value)
+        payload = typed_payload(m, self.o, data=lanes, last=final, end=end[depth + 1] & final)
+        adv = skid_output(m, self.o, full, payload)
+        m.d.comb += go.eq(adv & (final | ~full))
+        with m.If(adv & full):
+            m.d.sync += beat.eq(Mux(final, 0, beat + 1))
+        return m

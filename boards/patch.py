@@ -43,11 +43,12 @@ from cosparse.compiler.folding import Folding
 from cosparse.compiler.frontend import check_supported, import_onnx
 from cosparse.compiler.lower import lower
 from cosparse.compiler.order import to_drain_order
+from cosparse.compiler.packer import unpack
 
 from .bitstream import TOP_NAME, pack_placed, patch_placed, tool_env
 from .top import LinkTop, strip_memory_contents
 
-__all__ = ["patch_model", "PatchError"]
+__all__ = ["patch_model", "logic_changes", "PatchError"]
 
 
 class PatchError(CosparseError):
@@ -59,6 +60,13 @@ def _link_verilog(net, folding, link_cfg: dict, seed: int):
                   design_id=link_cfg["design_id"], patch_seed=seed)
     text = strip_memory_contents(verilog.convert(top, name="cosparse_link_top", emit_src=False))
     return top, text
+
+
+def logic_changes(old: ir.Network, new: ir.Network, folding: Folding) -> list[str]:
+    """The layers whose weights are logic in ``folding`` and differ between the two networks."""
+    layers = {la.name: la for la in new.layers}
+    return [la.name for la in old.layers if la.name in folding.logic_layers
+            and not np.array_equal(unpack(la.overlays), unpack(layers[la.name].overlays))]
 
 
 def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
@@ -94,6 +102,12 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
     if ([(la.name, la.kind) for la in new.layers], [s.shape for s in new.specs()]) != shape:
         raise PatchError(f"{model} is not the topology of {out} (layers or shapes differ); "
                          "compile it anew")
+    fixed = logic_changes(old, new, folding)
+    if fixed:
+        raise PatchError(f"the new model changes the weights of {', '.join(fixed)}, which this "
+                         f"build holds as logic (shift-and-add, fixed at build time), not in "
+                         f"memory: rebuild with cosparse compile --bitstream (or compile with "
+                         f"--weights-in-logic none to patch those weights later)")
     for key in ("board", "folding", "multipliers", "predicted", "config"):
         if key in old.meta:
             new.meta[key] = old.meta[key]

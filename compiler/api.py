@@ -288,6 +288,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto, *, board: str = "sim",
             calibration: np.ndarray | None = None, mode: str = "sparse-sparse",
             outdir: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
             baud: int = DEFAULT_BAUD, clock_mhz: float | None = None,
+            weights_in_logic: str | list[str] = "auto",
             progress: Progress = _quiet) -> Accelerator:
     """Compile an ONNX model into an accelerator for ``board``.
 
@@ -309,6 +310,12 @@ def compile(model: str | os.PathLike | onnx.ModelProto, *, board: str = "sim",
         A JSON config (``kernels_per_overlay``, per-layer ``folding``).
     baud, clock_mhz
         The host link's baud rate and the design's clock (default the board's).
+    weights_in_logic : "auto", "none" or list of str
+        Layers whose weights become shift-and-add logic instead of an engine
+        of DSP multipliers and weight memory (a first conv on a dense map):
+        ``"auto"`` takes them where the part's LUTs allow, a list names them.
+        Their weights are fixed at build time (:meth:`Accelerator.patch`
+        refuses to change them).
 
     Returns
     -------
@@ -332,7 +339,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto, *, board: str = "sim",
         model_path = _model_path(model, work or out.parent)
         compile_model(model_path, board=board, outdir=out, calibration=calibration, mode=mode,
                       config=None if config is None else str(config), baud=baud,
-                      clock_mhz=clock_mhz, progress=progress)
+                      clock_mhz=clock_mhz, weights_in_logic=weights_in_logic, progress=progress)
     except BaseException:
         if temporary:
             shutil.rmtree(out.parent, ignore_errors=True)
@@ -345,7 +352,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, *, board: str = "sim",
 
 def compile_ir(net: ir.Network, sample: np.ndarray, *, board: str = "sim",
                mode: str = "sparse-sparse", outdir: str | os.PathLike | None = None,
-               config: dict | None = None, progress: Progress = _quiet) -> Accelerator:
+               config: dict | None = None, weights_in_logic: str | list[str] = "auto",
+               progress: Progress = _quiet) -> Accelerator:
     """Compile an IR network (overlay layers in drain order) for ``board``.
 
     ``sample`` holds a few int8 network inputs: the activity the fold and
@@ -357,7 +365,7 @@ def compile_ir(net: ir.Network, sample: np.ndarray, *, board: str = "sim",
         out, temporary = Path(tempfile.mkdtemp(prefix="cosparse-")) / "accelerator", True
     try:
         compile_network(net, np.asarray(sample), board=board, outdir=out, mode=mode,
-                        config=config, progress=progress)
+                        config=config, weights_in_logic=weights_in_logic, progress=progress)
     except BaseException:
         if temporary:
             shutil.rmtree(out.parent, ignore_errors=True)

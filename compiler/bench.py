@@ -254,18 +254,22 @@ def bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: b
     if engine_budget is None:
         try:
             folding = choose_folding(net, sample, max_multipliers=board.multipliers,
+                                     weights_in_logic="auto", max_luts=board.luts,
                                      max_block_rams=bram_budget)
         except FoldingError:
             # Not even the least parallelism's memories fit the part (dense, benched
             # alone): fold for its multipliers; the row says what the mode needs, and
             # its cycles still come from simulation.
-            folding = choose_folding(net, sample, max_multipliers=board.multipliers)
+            folding = choose_folding(net, sample, max_multipliers=board.multipliers,
+                                     weights_in_logic="auto", max_luts=board.luts)
     else:  # the same engine multipliers as another mode, for the cycles comparison
-        folding = choose_folding(net, sample, max_multipliers=engine_budget, engines_only=True)
+        folding = choose_folding(net, sample, max_multipliers=engine_budget, engines_only=True,
+                                 weights_in_logic="auto", max_luts=board.luts)
     mults = multipliers(net, folding)
     stages = stage_cycles(net, folding, x)
     weight_kbit = sum(weight_memory_bits(layer) for layer in net.layers
-                      if isinstance(layer, ir.OverlayLayer)) / 1024
+                      if isinstance(layer, ir.OverlayLayer)
+                      and not folding.of(layer.name).in_logic) / 1024
     brams = block_rams(net, folding, board.family)  # the core's, estimated (ECP5)
     macs = useful_macs(net, x, mode)
     worst = max(stages, key=lambda s: s.mean)

@@ -41,7 +41,8 @@ from cosparse.sim import golden
 from . import ir
 from .emit import write_images
 from .errors import CosparseError
-from .fold import ECP5_BRAM_KBIT, block_rams, board_block_rams, choose_folding, multipliers
+from .fold import (ECP5_BRAM_KBIT, block_rams, board_block_rams, choose_folding, logic_luts,
+                   multipliers)
 from .folding import LayerFold
 from .frontend import check_supported, from_ir_output, import_onnx, to_ir_input
 from .lower import lower, spram_weight_layers
@@ -124,13 +125,16 @@ def layer_table(net: ir.Network, folding, sample: np.ndarray) -> list[dict]:
             else:
                 active = float(np.count_nonzero(x, axis=tuple(range(1, x.ndim))).mean())
             f = folding.of(layer.name)
+            p = f.lanes_per_beat or (m if f.in_logic else ov.lanes)
             row.update(kernels=m, fan_in=fan_in, density=ov.nnz / (m * fan_in), fill=ov.fill,
                        K=ov.kernels_per_overlay, lanes=ov.lanes,
                        dense_macs=m * fan_in * positions,
                        sparse_macs=float(active * ov.lanes),  # each active input x L slots
-                       R=f.entries, P=f.lanes_per_beat or ov.lanes,
-                       Q=f.width or f.lanes_per_beat or ov.lanes,
-                       memory_bits=weight_memory_bits(layer))
+                       engine=f.engine, R=None if f.in_logic else f.entries, P=p,
+                       Q=f.width or p,
+                       memory_bits=0 if f.in_logic else weight_memory_bits(layer))
+            if f.in_logic:
+                row["luts"] = logic_luts(layer, p)
         rows.append(row)
     return rows
 
@@ -139,17 +143,26 @@ def _report(net: ir.Network, rows: list[dict], perf: dict, board, mults: int,
             brams: int | None = None) -> str:
     lines = [f"# {net.name}: compiled for {board.name} ({board.fpga})", "",
              f"Mode `{net.meta.get('mode')}`, source `{net.meta.get('source', '-')}`.", "",
-             "| layer | kind | in | out | density | fill | K | dense MACs | sparse MACs | R | P | Q | "
-             "cycles | weight bits |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| layer | kind | in | out | density | fill | K | dense MACs | sparse MACs | engine | "
+             "R | P | Q | cycles | weight bits |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "kernels" in r:
             lines.append(f"| {r['layer']} | {r['kind']} | {r['in']} | {r['out']} | "
                          f"{r['density']:.3f} | {r['fill']:.3f} | {r['K']} | {r['dense_macs']:,} | "
-                         f"{r['sparse_macs']:,.0f} | {r['R']} | {r['P']} | {r['Q']} | {r['cycles']:,.0f} | "
-                         f"{r['memory_bits']:,} |")
+                         f"{r['sparse_macs']:,.0f} | {r['engine']} | {r['R'] or '-'} | {r['P']} | "
+                         f"{r['Q']} | {r['cycles']:,.0f} | {r['memory_bits']:,} |")
         else:
             lines.append(f"| {r['layer']} | {r['kind']} | {r['in']} | {r['out']} | | | | | | | | | "
-                         f"{r['cycles']:,.0f} | |")
+                         f"| {r['cycles']:,.0f} | |")
+    logic = [r for r in rows if r.get("engine") == "logic"]
+    if logic:
+        lines += ["", "Weights in logic (shift-and-add, no multiplier or weight memory; fixed "
+                  "at build time, so `cosparse patch` cannot change them): "
+                  + "; ".join(f"{r['layer']} about {r['luts']:,} LUTs, {r['P']} sums per cycle"
+                              for r in logic)
+                  + (f" ({sum(r['luts'] for r in logic):,} of the part's {board.luts:,} LUTs)."
+                     if board.luts else ".")]
     dense = sum(r.get("dense_macs", 0) for r in rows)
     sparse = sum(r.get("sparse_macs", 0) for r in rows)
     ips = board.clock_mhz * 1e6 / max(perf["interval_cycles"], 1)
@@ -239,6 +252,7 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
                   calibration: np.ndarray | None = None, mode: str = "sparse-sparse",
                   config: str | None = None, baud: int = DEFAULT_BAUD,
                   spram_bits: int | None | str = "auto", clock_mhz: float | None = None,
+                  weights_in_logic="auto",
                   progress: Callable[[str], None] = print) -> Path:
     """Compile ``model`` for ``board`` into ``outdir`` (see the module doc)."""
     b = resolve_board(board, clock_mhz)
@@ -258,20 +272,22 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
         sample = np.random.default_rng(0).integers(-128, 128, (4, *net.input.shape)).astype(np.int8)
     return compile_network(net, sample, board=b.name, outdir=out, mode=mode, config=cfg,
                            baud=baud, spram_bits=spram_bits, clock_mhz=clock_mhz,
-                           progress=progress)
+                           weights_in_logic=weights_in_logic, progress=progress)
 
 
 def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
                     outdir: str | os.PathLike, mode: str = "sparse-sparse",
                     config: dict | None = None, baud: int = DEFAULT_BAUD,
                     spram_bits: int | None | str = "auto", clock_mhz: float | None = None,
+                    weights_in_logic="auto",
                     progress: Callable[[str], None] = print) -> Path:
     """Compile an IR network (in drain order) for ``board`` into ``outdir``.
 
     The part of :func:`compile_model` after the import: fold, check the fit,
     write the network, Verilog, images, link description and report.
     ``sample`` holds a few int8 network inputs (the activity the folding and
-    the performance model use).
+    the performance model use). ``weights_in_logic``: ``"auto"``, ``"none"``
+    or a list of layer names (:func:`~.fold.choose_engines`).
     """
     b = resolve_board(board, clock_mhz)
     out = Path(outdir)
@@ -279,7 +295,8 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
     cfg = dict(config or {})
     if spram_bits == "auto":
         spram_bits = SPRAM_MIN_BITS if b.spram_kbit else None
-    overrides = {n: LayerFold(int(f.get("entries", 1)), f.get("lanes_per_beat"), f.get("width"))
+    overrides = {n: LayerFold(int(f.get("entries", 1)), f.get("lanes_per_beat"), f.get("width"),
+                              str(f.get("engine", "dsp")))
                  for n, f in cfg.get("folding", {}).items()}
     unknown = set(overrides) - {layer.name for layer in net.layers}
     if unknown:
@@ -288,7 +305,10 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
     progress(f"fold for {b.name} ({b.multipliers} multipliers)")
     folding = choose_folding(net, sample, max_multipliers=b.multipliers, overrides=overrides,
                              area_first=b.family == "ice40",
-                             max_block_rams=board_block_rams(b))
+                             max_block_rams=board_block_rams(b),
+                             weights_in_logic=weights_in_logic, max_luts=b.luts)
+    if folding.logic_layers:
+        progress(f"weights in logic: {', '.join(folding.logic_layers)}")
     perf = predict(net, folding, sample)
     mults = multipliers(net, folding)
     rows = layer_table(net, folding, sample)

@@ -99,12 +99,24 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logic_layers(value: str) -> str | list[str]:
+    """``--weights-in-logic``: auto, none, or a comma-separated list of layers."""
+    value = value.strip()
+    if value in ("auto", "none"):
+        return value
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise CosparseError("--weights-in-logic takes auto, none or layer names separated by commas")
+    return names
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     if args.bitstream:
         api.check_bitstream_tools(args.board)  # before any work is done
     cal = None if args.calibration is None else _load_npy(args.calibration, "calibration")
     acc = api.compile(args.model, board=args.board, outdir=args.outdir, calibration=cal,
                       mode=args.mode, config=args.config, baud=args.baud, clock_mhz=args.clock,
+                      weights_in_logic=_logic_layers(args.weights_in_logic),
                       progress=_say("compile"))
     if args.bitstream:
         acc.build(progress=_say("bitstream"))
@@ -261,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--baud", type=int, default=1_000_000, help="host link UART rate (1000000)")
     c.add_argument("--clock", type=float,
                    help="core clock in MHz (default: the board's; a PLL makes it)")
+    c.add_argument("--weights-in-logic", default="auto", metavar="auto|none|LAYER,...",
+                   help="layers whose fixed weights become shift-and-add logic (a first conv "
+                        "on a dense map): auto (where the part's LUTs allow), none, or names")
     c.set_defaults(func=_cmd_compile)
 
     r = sub.add_parser("run", help="run inferences on a board (or a simulated one) over the "

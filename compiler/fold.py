@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Folding: choose each overlay layer's parallelism (R active inputs, P lanes, Q
 requantizer lanes) for a budget.
 
@@ -17,24 +18,26 @@ from dataclasses import replace
 import numpy as np
 from amaranth.hdl import Shape
 
+from cosparse.hw.logic import LogicEngine
 from cosparse.hw.network import NetworkCore
 
 from . import ir
 from .emit import core_memories
-from .folding import Folding, LayerFold
-from .lower import lower
-from .errors import CosparseError
+from .folding import Folding, FoldingError, LayerFold
+from .lower import logic_candidates, lower
+from .packer import unpack
 from .perf import stage_cycles
 
-__all__ = ["choose_folding", "multipliers", "dsp_blocks", "block_rams", "board_block_rams",
+__all__ = ["choose_folding", "choose_engines", "logic_luts", "LOGIC_LUT_SHARE", "multipliers", "dsp_blocks", "block_rams", "board_block_rams",
            "memory_census", "ecp5_blocks",
            "FoldingError", "ECP5_BRAM_KBIT"]
 
 MAX_ENTRIES = 32
 
-
-class FoldingError(CosparseError):
-    """The network cannot fit the budget even with the least parallelism."""
+#: Share of the part's LUTs that ``weights_in_logic="auto"`` gives the logic engines
+#: together; the rest is for the other units (the gsc-cs core's other units take about
+#: half of an ECP5-85F).
+LOGIC_LUT_SHARE = 0.3
 
 
 def _divisors(n: int) -> list[int]:
@@ -45,10 +48,73 @@ def multipliers(net: ir.Network, folding: Folding) -> int:
     """Multipliers of the overlay engines: ``sum R * P``."""
     total = 0
     for layer in net.layers:
-        if isinstance(layer, ir.OverlayLayer):
+        if isinstance(layer, ir.OverlayLayer) and not folding.of(layer.name).in_logic:
             f = folding.of(layer.name)
             total += f.entries * (f.lanes_per_beat or layer.overlays.lanes)
     return total
+
+
+def _lanes(layer: ir.OverlayLayer, f: LayerFold) -> int:
+    """``P`` of a fold: all lanes by default (a logic engine: all ``M`` sums)."""
+    return f.lanes_per_beat or (layer.overlays.num_kernels if f.in_logic else layer.overlays.lanes)
+
+
+def logic_luts(layer: ir.OverlayLayer, lanes_per_beat: int | None = None) -> int:
+    """Estimated LUTs of ``layer``'s weights as logic (:meth:`LogicEngine.lut_estimate`)."""
+    return LogicEngine(unpack(layer.overlays), lanes_per_beat=lanes_per_beat,
+                       acc_bits=layer.accumulator_bits()).lut_estimate()
+
+
+def choose_engines(net: ir.Network, folding: Folding, weights_in_logic="auto", *,
+                   max_luts: int | None = None) -> dict[str, int]:
+    """The layers whose weights become logic, with their estimated LUTs.
+
+    Parameters
+    ----------
+    weights_in_logic : "auto", "none" or list of str
+        ``"auto"``: every layer that can (:func:`~.lower.logic_candidates`),
+        largest first, while together they take at most
+        :data:`LOGIC_LUT_SHARE` of ``max_luts`` (none without ``max_luts``).
+        A list names the layers; each must be able to.
+    max_luts : int, optional
+        The part's LUTs.
+
+    Raises
+    ------
+    FoldingError
+        A named layer is not an overlay layer, cannot be logic, or its logic
+        alone exceeds ``max_luts``.
+    """
+    can = logic_candidates(net, folding)
+    by_name = {layer.name: layer for layer in net.layers}
+    if weights_in_logic == "none":
+        return {}
+    if weights_in_logic == "auto":
+        if max_luts is None:
+            return {}
+        out, used = {}, 0
+        layers = sorted((by_name[n] for n, why in can.items() if why is None),
+                        key=lambda layer: -layer.overlays.nnz)
+        for layer in layers:
+            luts = logic_luts(layer)
+            if used + luts <= LOGIC_LUT_SHARE * max_luts:
+                out[layer.name], used = luts, used + luts
+        return out
+    if isinstance(weights_in_logic, str):
+        raise FoldingError(f"weights in logic must be auto, none or a list of layers, got "
+                           f"{weights_in_logic!r}")
+    out = {}
+    for name in weights_in_logic:
+        if name not in can:
+            raise FoldingError(f"weights in logic: {name!r} is not a conv or linear layer; "
+                               f"those are {', '.join(can) or 'none'}")
+        if can[name] is not None:
+            raise FoldingError(f"layer {name} cannot have its weights in logic: {can[name]}")
+        out[name] = logic_luts(by_name[name])
+        if max_luts is not None and out[name] > max_luts:
+            raise FoldingError(f"layer {name}'s weights as logic need about {out[name]:,} LUTs, "
+                               f"more than the part's {max_luts:,}")
+    return out
 
 
 def dsp_blocks(net: ir.Network, folding: Folding, core: NetworkCore | None = None) -> int:
@@ -146,7 +212,8 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
                    overrides: dict[str, LayerFold] | None = None,
                    max_steps: int = 64, area_first: bool = False,
                    engines_only: bool = False,
-                   max_block_rams: int | None = None) -> Folding:
+                   max_block_rams: int | None = None,
+                   weights_in_logic="none", max_luts: int | None = None) -> Folding:
     """Balance the pipeline within ``max_multipliers``.
 
     Parameters
@@ -173,6 +240,12 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         For the smallest parts (iCE40): the least parallelism everywhere (one
         multiplier per overlay layer, one element per dense beat, no dense
         window), so the network fits the logic; throughput comes second.
+        No layer's weights go to logic.
+    weights_in_logic : "auto", "none" or list of str
+        Which layers' weights become shift-and-add logic (:func:`choose_engines`);
+        an override's own engine is kept. Their ``P`` grows like an engine's.
+    max_luts : int, optional
+        The part's LUTs (for ``weights_in_logic="auto"``).
 
     Raises
     ------
@@ -182,10 +255,15 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
     """
     overrides = dict(overrides or {})
     overlay = [layer for layer in net.layers if isinstance(layer, ir.OverlayLayer)]
+    folding = Folding(input_width=_input_width(net))
+    logic = {} if area_first else choose_engines(
+        net, folding, [n for n in weights_in_logic if n not in overrides]
+        if isinstance(weights_in_logic, (list, tuple)) else weights_in_logic, max_luts=max_luts)
     folds = {}
     for layer in overlay:
-        folds[layer.name] = overrides.get(layer.name, LayerFold(1, 1))
-    folding = Folding(input_width=_input_width(net), layers=folds)
+        folds[layer.name] = overrides.get(
+            layer.name, LayerFold(1, 1, engine="logic" if layer.name in logic else "dsp"))
+    folding.layers = folds
     need = multipliers(net, folding)
     if need > max_multipliers:
         raise FoldingError(f"the network needs at least {need} multipliers "
@@ -256,6 +334,10 @@ def _next_step(net: ir.Network, folding: Folding, layer, sample: np.ndarray,
     once, then the fewest more entries per beat that shorten it (a receptive field
     of 25 taps: 13 beats at R = 2, 9 at R = 3, ...)."""
     f = folding.layers[layer.name]
+    if f.in_logic:  # more sums per beat: the next divisor of M
+        m = layer.overlays.num_kernels
+        bigger = [d for d in _divisors(m) if d > _lanes(layer, f)]
+        return LayerFold(1, bigger[0], None, "logic") if bigger else None
     lanes = layer.overlays.lanes
     p = f.lanes_per_beat or lanes
     bigger = [d for d in _divisors(lanes) if d > p]
@@ -271,7 +353,7 @@ def _next_step(net: ir.Network, folding: Folding, layer, sample: np.ndarray,
 
 def _full_width(folding: Folding) -> Folding:
     """The folding with every overlay layer's requantizer as wide as its engine."""
-    return replace(folding, layers={n: LayerFold(f.entries, f.lanes_per_beat, None)
+    return replace(folding, layers={n: LayerFold(f.entries, f.lanes_per_beat, None, f.engine)
                                     for n, f in folding.layers.items()})
 
 
@@ -298,7 +380,7 @@ def _narrowed(net: ir.Network, folding: Folding, sample: np.ndarray,
         if isinstance(layer, ir.OverlayLayer):
             last = layer.name
             f = full.layers[layer.name]
-            p = lanes[layer.name] = f.lanes_per_beat or layer.overlays.lanes
+            p = lanes[layer.name] = _lanes(layer, f)
             if layer.name in overrides:
                 continue
             shape = specs[i + 1].shape
@@ -311,7 +393,7 @@ def _narrowed(net: ir.Network, folding: Folding, sample: np.ndarray,
         return full, full_stages
     for _ in range(16):
         trial = replace(full, layers={
-            n: (LayerFold(f.entries, f.lanes_per_beat, widths[n]) if n in widths else f)
+            n: (LayerFold(f.entries, f.lanes_per_beat, widths[n], f.engine) if n in widths else f)
             for n, f in full.layers.items()})
         stages = stage_cycles(net, trial, sample)
         worst = max(stages, key=lambda s: s.mean)
@@ -321,7 +403,7 @@ def _narrowed(net: ir.Network, folding: Folding, sample: np.ndarray,
         if name not in widths:
             break
         f = full.layers[name]
-        p = f.lanes_per_beat or lanes[name]
+        p = lanes[name]
         wider = [d for d in _divisors(p) if d > widths[name]]
         if not wider:
             break

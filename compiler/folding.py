@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 
 from .errors import CosparseError
 
-__all__ = ["Folding", "LayerFold", "FoldingError"]
+__all__ = ["Folding", "LayerFold", "FoldingError", "ENGINES"]
+
+#: The engines an overlay layer can have (:attr:`LayerFold.engine`).
+ENGINES = ("dsp", "logic")
 
 
 class FoldingError(CosparseError, ValueError):
@@ -40,11 +43,27 @@ class LayerFold:
         between the engine and the requantizer turns the engine's bursts
         of ``P`` sums into ``Q`` per cycle: fewer DSP products where the
         average rate is enough.
+    engine : str
+        An overlay layer's engine: ``"dsp"``, the overlay engine (weights in
+        memory, ``R * P`` multipliers), or ``"logic"``, the weights as
+        shift-and-add logic (:class:`~cosparse.hw.logic.LogicEngine`: a
+        whole receptive field per beat, ``P`` sums per cycle, no multiplier
+        and no weight memory; ``R`` is ignored, ``P`` defaults to ``M``).
     """
 
     entries: int = 1
     lanes_per_beat: int | None = None
     width: int | None = None
+    engine: str = "dsp"
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise FoldingError(f"a layer's engine must be one of {', '.join(ENGINES)}, "
+                               f"got {self.engine!r}")
+
+    @property
+    def in_logic(self) -> bool:
+        return self.engine == "logic"
 
 
 @dataclass
@@ -73,18 +92,25 @@ class Folding:
     def of(self, name: str) -> LayerFold:
         return self.layers.get(name, LayerFold())
 
+    @property
+    def logic_layers(self) -> list[str]:
+        """The layers whose weights are logic (:attr:`LayerFold.engine` ``"logic"``)."""
+        return [n for n, f in self.layers.items() if f.in_logic]
+
     def to_dict(self) -> dict:
         return {"input_width": self.input_width, "default_width": self.default_width,
                 "default_entries": self.default_entries, "dense_window": self.dense_window,
                 "dsp_width": self.dsp_width, "frame_fifos": self.frame_fifos,
                 "compact": self.compact,
                 "layers": {n: {"entries": f.entries, "lanes_per_beat": f.lanes_per_beat,
-                               "width": f.width} for n, f in self.layers.items()}}
+                               "width": f.width, "engine": f.engine}
+                           for n, f in self.layers.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Folding":
         return cls(int(d.get("input_width", 1)),
-                   {n: LayerFold(int(f.get("entries", 1)), f.get("lanes_per_beat"), f.get("width"))
+                   {n: LayerFold(int(f.get("entries", 1)), f.get("lanes_per_beat"), f.get("width"),
+                                 str(f.get("engine", "dsp")))
                     for n, f in d.get("layers", {}).items()},
                    int(d.get("default_width", 8)), int(d.get("default_entries", 8)),
                    bool(d.get("dense_window", True)), int(d.get("dsp_width", 18)),

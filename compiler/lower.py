@@ -20,6 +20,7 @@ from amaranth.hdl import signed
 from cosparse.hw.adapters import Densify, Narrow, StreamFIFO, ZeroSkip
 from cosparse.hw.dense_window import DenseWindow
 from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
+from cosparse.hw.logic import LogicEngine
 from cosparse.hw.network import NetworkCore, Stage
 from cosparse.hw.overlay import OverlayEngine
 from cosparse.hw.pool import MaxPool, SparseMaxPool
@@ -30,9 +31,9 @@ from cosparse.hw.window import SparseWindow
 
 from . import ir
 from .folding import Folding, FoldingError
-from .packer import engine_parameters
+from .packer import engine_parameters, unpack
 
-__all__ = ["lower", "spram_weight_layers", "entries_into", "SPRAM_WORDS"]
+__all__ = ["lower", "spram_weight_layers", "entries_into", "logic_candidates", "SPRAM_WORDS"]
 
 #: Words of one iCE40 SB_SPRAM256KA block (16 bits each).
 SPRAM_WORDS = 16384
@@ -50,7 +51,7 @@ def spram_weight_layers(net: ir.Network, folding: Folding, spram_bits: int) -> d
     """
     out = {}
     for layer in net.layers:
-        if not isinstance(layer, ir.OverlayLayer):
+        if not isinstance(layer, ir.OverlayLayer) or folding.of(layer.name).in_logic:
             continue
         ov, f = layer.overlays, folding.of(layer.name)
         p = f.lanes_per_beat or ov.lanes
@@ -89,6 +90,33 @@ def dense_window_fits(layer: ir.Layer | None, inp: ir.TensorSpec, width: int) ->
         return False
     c = inp.shape[2]
     return width == c and layer.kernel[0] * layer.kernel[1] * c <= DENSE_WINDOW_MAX_TAPS
+
+
+def logic_candidates(net: ir.Network, folding: Folding) -> dict[str, str | None]:
+    """Per overlay layer: ``None`` if its weights can be logic, else why not.
+
+    A logic engine takes a whole receptive field per beat, so it serves a
+    conv on a dense map that the dense window reads: a first layer (behind
+    the input's zero-skip at most), with ``folding.dense_window``.
+    """
+    specs = net.specs()
+    out: dict[str, str | None] = {}
+    for i, layer in enumerate(net.layers):
+        if not isinstance(layer, ir.OverlayLayer):
+            continue
+        first = all(isinstance(p, ir.ZeroSkip) for p in net.layers[:i])
+        if not isinstance(layer, ir.OverlayConv):
+            out[layer.name] = "it is a linear layer (a logic engine takes a conv's receptive field)"
+        elif not first:
+            out[layer.name] = ("it reads the output of another layer (a logic engine takes a first "
+                               "conv, whose dense map the dense window reads)")
+        elif not folding.dense_window or not dense_window_fits(layer, specs[i], folding.input_width):
+            out[layer.name] = (f"its receptive field does not arrive as one beat (the dense "
+                               f"window takes at most {DENSE_WINDOW_MAX_TAPS} taps, one position "
+                               f"per beat of all its channels)")
+        else:
+            out[layer.name] = None
+    return out
 
 
 def unit_name(comp) -> str:
@@ -171,6 +199,9 @@ class _Lowering:
         fold = folding.of(layer.name)
         r = self.entries[i]
         windowed = False
+        if fold.in_logic:
+            self.logic(i, layer)
+            return
         if isinstance(layer, ir.OverlayConv) and (self.fmt == "dense" or self.fused_skip) \
                 and folding.dense_window and dense_window_fits(layer, inp, self.width):
             # A whole receptive field per cycle, zeros skipped (or kept, for the
@@ -197,6 +228,27 @@ class _Lowering:
                                                  loadable=self.loadable,
                                                  spram=layer.name in self.in_spram,
                                                  compact=folding.compact))
+        self.output(layer, eng)
+
+    def logic(self, i: int, layer: ir.OverlayLayer) -> None:
+        """A dense window and the weights as logic, then the output stages."""
+        inp, fold = self.specs[i], self.folding.of(layer.name)
+        if not (isinstance(layer, ir.OverlayConv) and (self.fmt == "dense" or self.fused_skip)
+                and self.folding.dense_window and dense_window_fits(layer, inp, self.width)):
+            why = logic_candidates(self.net, self.folding).get(layer.name) or "its input is sparse"
+            raise FoldingError(f"layer {layer.name} cannot have its weights in logic: {why}")
+        h, w, c = inp.shape
+        self.add(layer.name, DenseWindow(h, w, c, kernel=layer.kernel, stride=layer.stride,
+                                         padding=layer.padding))
+        eng = self.add(layer.name, LogicEngine(unpack(layer.overlays),
+                                               lanes_per_beat=fold.lanes_per_beat,
+                                               acc_bits=layer.accumulator_bits()))
+        self.fused_skip = False
+        self.output(layer, eng)
+
+    def output(self, layer: ir.OverlayLayer, eng) -> None:
+        """The narrow (if any) and the requantizer or bias add behind an engine."""
+        fold, folding = self.folding.of(layer.name), self.folding
         self.width = eng.lanes_per_beat
         m = layer.overlays.num_kernels
         if fold.width is not None and fold.width != self.width:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from cosparse.hw import adapters, dense_window, kwta, overlay, pool, requant, reshape, window
+from cosparse.hw import adapters, dense_window, kwta, logic, overlay, pool, requant, reshape, window
 from cosparse.compiler.folding import Folding
 from cosparse.compiler.lower import lower
 from cosparse.hw.network import NetworkCore
@@ -233,6 +233,10 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
         elif isinstance(c, dense_window.DenseWindow):
             cyc = np.full(n, c.cycles_per_frame)
             windows = _fields(xin, c)
+        elif isinstance(c, logic.LogicEngine):
+            # one receptive field per ceil(M / P) cycles, whatever its values
+            cyc = np.full(n, windows.shape[1] * c.beats_per_group)
+            windows, feed, keep_all = None, None, False
         elif isinstance(c, window.SparseWindow):
             seen = np.ones_like(xin) if keep_all else xin
             cyc = _window_beats(seen, c).sum(axis=1)

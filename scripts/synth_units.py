@@ -28,10 +28,11 @@ from amaranth.back import rtlil
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from cosparse.compiler import zoo
-from cosparse.compiler.packer import engine_parameters, pack
+from cosparse.compiler.packer import engine_parameters, pack, unpack
 from cosparse.hw.adapters import Densify, ZeroSkip
 from cosparse.hw.dense_window import DenseWindow
 from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
+from cosparse.hw.logic import LogicEngine
 from cosparse.hw.overlay import OverlayEngine
 from cosparse.hw.pool import MaxPool
 from cosparse.hw.requant import Requantizer
@@ -49,9 +50,12 @@ ICE40 = {"luts": ["SB_LUT4"], "ffs": ["SB_DFF", "SB_DFFE", "SB_DFFR", "SB_DFFER"
 def units() -> dict:
     """name -> (description, factory) at the gsc-cs sizes."""
     rng = np.random.default_rng(0)
-    ov = {name: engine_parameters(pack(zoo.complementary_weights(m, f, k, rng), k))
-          for name, m, f, k in [("conv1", 64, 25, 2), ("conv2", 64, 1600, 8),
-                                ("fc1", 1500, 1600, 25), ("fc2", 12, 1500, 1)]}
+    w = {name: zoo.complementary_weights(m, f, k, rng)
+         for name, m, f, k in [("conv1", 64, 25, 2), ("conv2", 64, 1600, 8),
+                               ("fc1", 1500, 1600, 25), ("fc2", 12, 1500, 1)]}
+    ov = {name: engine_parameters(pack(w[name], k))
+          for name, k in [("conv1", 2), ("conv2", 8), ("fc1", 25), ("fc2", 1)]}
+    conv1 = w["conv1"]
     table = {
         "conv1_engine": ("overlay engine conv1 64x25 K=2, R=1 P=32",
                          lambda: OverlayEngine(**ov["conv1"], entries=1, lanes_per_beat=32)),
@@ -61,6 +65,8 @@ def units() -> dict:
                        lambda: OverlayEngine(**ov["fc1"], entries=2, lanes_per_beat=30)),
         "fc2_engine": ("overlay engine fc2 12x1500 K=1, R=4 P=12",
                        lambda: OverlayEngine(**ov["fc2"], entries=4, lanes_per_beat=12)),
+        "conv1_logic": ("weights in logic conv1 64x25 K=2, P=32",
+                        lambda: LogicEngine(unpack(pack(conv1, 2)), lanes_per_beat=32)),
         "conv1_window": ("window 32x32x1 5x5, R=1",
                          lambda: SparseWindow(32, 32, 1, kernel=(5, 5), entries=1)),
         "conv1_dense_window": ("dense window 32x32x1 5x5 (one field per cycle)",

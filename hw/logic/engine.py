@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..streams import dense_layout
-from ..util import bits, check_int, skid_output, typed_payload
+from ..util import check_int, skid_output, typed_payload
 from .graph import AdderGraph
 
 __all__ = ["LogicEngine"]

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from amaranth.back import rtlil
+
 from cosparse.compiler import ir
 from cosparse.compiler.errors import CosparseError
 from cosparse.compiler.folding import Folding
@@ -41,7 +43,7 @@ from .catalog import get_board
 from .runtime import LinkLayout
 from .top import BoardTop, platform_for
 
-__all__ = ["BitstreamError", "build_bitstream", "tool_env", "TOP_NAME", "run_step"]
+__all__ = ["BitstreamError", "build_bitstream", "tool_env", "TOP_NAME", "run_step", "synth_unit"]
 
 TOP_NAME = "cosparse_top"
 
@@ -388,6 +390,28 @@ def _yosys_cells(rpt: Path) -> dict[str, int]:
         else:
             cells[m.group(2)] = cells.get(m.group(2), 0) + int(m.group(1))
     return cells
+
+
+def synth_unit(component, family: str, workdir: Path, *, platform=None,
+               name: str = "unit") -> dict[str, int]:
+    """yosys's resources for one unit alone (``synth_ecp5``, or ``synth_ice40 -dsp``).
+
+    Returns ``luts`` as nextpnr counts them (ECP5: a ``CCU2C`` carry cell is two
+    LUT4s), ``ffs`` and ``dsps``. ``platform``: elaborate for a board's platform.
+    """
+    env = tool_env()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / f"{name}.il").write_text(rtlil.convert(component, name="top", platform=platform))
+    cmd = "synth_ecp5 -top top" if family == "ecp5" else "synth_ice40 -dsp -top top"
+    script = f"read_rtlil {name}.il; {KEEP_REPLICAS}; {cmd}; tee -q -o {name}.json stat -json"
+    _tool(env, "YOSYS", ["-q", "-p", script], workdir, what=f"{name} ({family})")
+    cells = json.loads((workdir / f"{name}.json").read_text())["design"]["num_cells_by_type"]
+    count = lambda *kinds: sum(int(cells.get(k, 0)) for k in kinds)  # noqa: E731
+    if family == "ecp5":
+        return {"luts": count("LUT4") + 2 * count("CCU2C"), "ffs": count("TRELLIS_FF"),
+                "dsps": count("MULT18X18D")}
+    return {"luts": count("SB_LUT4"), "ffs": sum(v for k, v in cells.items() if k.startswith("SB_DFF")),
+            "dsps": count("SB_MAC16")}
 
 
 def _utilisation(family: str, report: dict, cells: dict[str, int], board) -> dict:

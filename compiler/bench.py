@@ -28,9 +28,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cosparse.boards.bitstream import (TOP_NAME, PlaceRouteTimeout, build_bitstream,
+from cosparse.boards.bitstream import (TOP_NAME, PlaceRouteTimeout, build_bitstream, synth_unit,
                                        nextpnr_log_figures)
 from cosparse.boards.top import platform_for
+from cosparse.hw.logic import LogicEngine
 from cosparse.sim import golden
 from cosparse.sim.netsim import simulate_network
 
@@ -38,6 +39,7 @@ from . import ir, zoo
 from .build import compile_network, resolve_board, weight_memory_bits
 from .errors import CosparseError
 from .fold import FoldingError, block_rams, board_block_rams, choose_folding, multipliers
+from .lower import lower
 from .order import to_drain_order
 from .packer import unpack
 from .perf import stage_cycles
@@ -294,10 +296,13 @@ def bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: b
         raise CosparseError(f"bench {mode}: the Verilator outputs differ from the golden model")
     interval = float(run.interval_cycles)
     useful = sum(macs.values())
+    on_dsps = sum(v for k, v in macs.items() if not folding.of(k).in_logic)
+    logic = logic_figures(net, folding, board, outdir / "synth" / mode if pnr else None, progress)
     row = {"mode": mode, "interval_cycles": round(interval, 1),
            "latency_cycles": int(run.latency_cycles), "multipliers": mults,
            "useful_macs": round(useful), "macs_per_layer": {k: round(v) for k, v in macs.items()},
-           "mac_utilization": round(useful / (mults * interval), 4),
+           "mac_utilization": round(on_dsps / (mults * interval), 4) if mults else None,
+           "logic_layers": logic,
            "predicted_interval_cycles": round(predicted, 1),
            "bottleneck": f"{worst.layer}:{worst.unit}",
            "folding": folding.to_dict(), "weight_kbit": round(weight_kbit, 1),
@@ -321,6 +326,30 @@ def bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: b
                       {"folding": folding.to_dict()["layers"]}, board, outdir, progress,
                       pnr_minutes, pnr_deadline)
     return row, stage_rows, job
+
+
+def logic_figures(net: ir.Network, folding, board, synth_dir: Path | None,
+                  progress: Callable[[str], None]) -> dict[str, dict]:
+    """Per layer in logic: sums and positions per cycle, adders, LUTs estimated and (with
+    ``synth_dir``) yosys's count of the engine alone, and the estimate's error."""
+    out = {}
+    for st in lower(net, folding).stages:
+        c = st.component
+        if not isinstance(c, LogicEngine):
+            continue
+        est = c.lut_estimate(board.family)
+        fig = {"sums_per_cycle": c.lanes_per_beat,
+               "positions_per_cycle": round(1 / c.beats_per_group, 4),
+               "adders": c.graph.adders, "shared_product_adders": c.graph.product_adders,
+               "luts_estimated": est, "luts_yosys": None, "lut_estimate_error": None}
+        if synth_dir is not None and board.family in ("ecp5", "ice40"):
+            progress(f"{st.layer}: yosys on the logic engine alone (LUT estimate {est:,})")
+            got = synth_unit(c, board.family, synth_dir, platform=platform_for(board),
+                             name=f"{st.layer}_logic")
+            fig.update(luts_yosys=got["luts"], ffs_yosys=got["ffs"],
+                       lut_estimate_error=round((est - got["luts"]) / got["luts"], 4))
+        out[st.layer] = fig
+    return out
 
 
 def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dict, board,

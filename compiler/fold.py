@@ -59,10 +59,11 @@ def _lanes(layer: ir.OverlayLayer, f: LayerFold) -> int:
     return f.lanes_per_beat or (layer.overlays.num_kernels if f.in_logic else layer.overlays.lanes)
 
 
-def logic_luts(layer: ir.OverlayLayer, lanes_per_beat: int | None = None) -> int:
+def logic_luts(layer: ir.OverlayLayer, lanes_per_beat: int | None = None,
+               family: str = "ecp5") -> int:
     """Estimated LUTs of ``layer``'s weights as logic (:meth:`LogicEngine.lut_estimate`)."""
     return LogicEngine(unpack(layer.overlays), lanes_per_beat=lanes_per_beat,
-                       acc_bits=layer.accumulator_bits()).lut_estimate()
+                       acc_bits=layer.accumulator_bits()).lut_estimate(family)
 
 
 def choose_engines(net: ir.Network, folding: Folding, weights_in_logic="auto", *,

@@ -5,8 +5,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cosparse.boards.catalog import get_board
 from cosparse.boards.patch import logic_changes
 from cosparse.compiler import api, zoo
+from cosparse.compiler.bench import logic_figures
 from cosparse.compiler.fold import LOGIC_LUT_SHARE, choose_engines, choose_folding, logic_luts
 from cosparse.compiler.folding import Folding, FoldingError, LayerFold
 from cosparse.compiler.lower import logic_candidates, lower
@@ -162,3 +164,13 @@ def test_cli_refuses_a_layer_that_cannot_be_logic(tmp_path):
     assert "'nosuch' is not a conv or linear layer" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_lut_estimate_against_yosys(tmp_path):
+    """The fold's LUT estimate of a logic engine, against yosys's count on ECP5."""
+    net = to_drain_order(zoo.gsc_cs(seed=1, reduced=True))
+    folding = Folding(1, {"conv1": LayerFold(1, 8, None, "logic")})
+    fig = logic_figures(net, folding, get_board("ulx3s-85f"), tmp_path, lambda line: None)["conv1"]
+    assert fig["positions_per_cycle"] == 0.5 and fig["sums_per_cycle"] == 8
+    assert fig["luts_estimated"] == logic_luts(net.layers[1], 8)
+    assert abs(fig["lut_estimate_error"]) < 0.05, fig

@@ -42,6 +42,7 @@ from cosparse.compiler.packer import engine_parameters, pack
 from cosparse.hw.adapters import Narrow, ZeroSkip
 from cosparse.hw.dense_window import DenseWindow
 from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
+from cosparse.hw.logic import LogicEngine
 from cosparse.hw.overlay import OverlayEngine
 from cosparse.hw.pool import MaxPool
 from cosparse.hw.requant import Requantizer
@@ -81,9 +82,10 @@ class Harness(Elaboratable):
 def units() -> dict:
     """name -> (description, factory), at the benchmark's sparse-sparse fold."""
     rng = np.random.default_rng(0)
-    ov = {name: engine_parameters(pack(zoo.complementary_weights(m, f, k, rng), k))
-          for name, m, f, k in [("conv1", 64, 25, 2), ("conv2", 64, 1600, 8),
-                                ("fc1", 1500, 1600, 25)]}
+    w = {name: zoo.complementary_weights(m, f, k, rng)
+         for name, m, f, k in [("conv1", 64, 25, 2), ("conv2", 64, 1600, 8), ("fc1", 1500, 1600, 25)]}
+    ov = {name: engine_parameters(pack(w[name], k))
+          for name, k in [("conv1", 2), ("conv2", 8), ("fc1", 25)]}
     mult = [int(v) for v in rng.integers(1 << 14, 1 << 16, 64)]
     bias = [int(v) for v in rng.integers(-1000, 1000, 64)]
     return {
@@ -91,6 +93,8 @@ def units() -> dict:
         "picker": ("zero-skip picker C=D=25, R=3", lambda: ZeroSkip(25, width=25, entries=3)),
         "conv1_engine": ("overlay engine conv1 64x25 K=2, R=3 P=32",
                          lambda: OverlayEngine(**ov["conv1"], entries=3, lanes_per_beat=32)),
+        "conv1_logic": ("weights in logic conv1 64x25 K=2, P=32",
+                        lambda: LogicEngine(w["conv1"], lanes_per_beat=32)),
         "narrow": ("narrow 64 sums, 32 -> 16 of 20 bits",
                    lambda: Narrow(64, width_in=32, width_out=16, elem_shape=signed(20))),
         "requant": ("requantizer C=64 D=16, 20-bit sums",
@@ -100,10 +104,10 @@ def units() -> dict:
                     lambda: MaxPool(28, 28, 64, kernel=(2, 2), stride=(2, 2), width=16)),
         "local_kwta": ("local k-WTA C=64 k=8, D=16 R=4",
                        lambda: LocalKWTA(64, 8, width=16, entries=4)),
-        "conv2_window": ("window 14x14x64 5x5, R=4, 8 active",
-                         lambda: SparseWindow(14, 14, 64, kernel=(5, 5), entries=4, max_active=8)),
-        "conv2_engine": ("overlay engine conv2 64x1600 K=8, R=4 P=8",
-                         lambda: OverlayEngine(**ov["conv2"], entries=4, lanes_per_beat=8)),
+        "conv2_window": ("window 14x14x64 5x5, R=8, 8 active",
+                         lambda: SparseWindow(14, 14, 64, kernel=(5, 5), entries=8, max_active=8)),
+        "conv2_engine": ("overlay engine conv2 64x1600 K=8, R=8 P=8",
+                         lambda: OverlayEngine(**ov["conv2"], entries=8, lanes_per_beat=8)),
         "fc1_engine": ("overlay engine fc1 1500x1600 K=25, R=1 P=2",
                        lambda: OverlayEngine(**ov["fc1"], entries=1, lanes_per_beat=2)),
         "global_kwta": ("global k-WTA N=1500 k=150, D=1 R=1",

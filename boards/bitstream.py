@@ -75,23 +75,36 @@ class PlaceRouteTimeout(CosparseError):
 
 
 def nextpnr_log_figures(log: Path, family: str) -> dict:
-    """Utilisation and the first Fmax estimate (after placement) from a nextpnr log.
+    """Utilisation and Fmax from a nextpnr log.
 
     For a run that did not finish: the figures nextpnr printed before it
-    was stopped (``None`` where it had not got that far).
+    was stopped (``None`` where it had not got that far). nextpnr prints
+    its timing analysis once after placement (an estimate: the routes are
+    not known yet) and once after routing; ``fmax_mhz_after_placement`` is
+    the first, ``fmax_mhz_routed`` the second (``None`` until routing is
+    done), and ``fmax_kind`` says which one the log reached: ``"routed"``,
+    ``"estimated"`` or ``None``.
     """
     text = log.read_text(errors="replace") if log.exists() else ""
     util = {m.group(1): (int(m.group(2)), int(m.group(3)))
             for m in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)", text, re.M)}
-    fmax = re.search(r"Max frequency for clock [^:]*: ([\d.]+) MHz", text)
+    fmax = [(m.start(), float(m.group(1)))
+            for m in re.finditer(r"Max frequency for clock [^:]*: ([\d.]+) MHz", text)]
+    # Routing starts with "Routing globals..." (ECP5) or "Routing.." (the routers).
+    routing = re.search(r"^Info: Routing", text, re.M)
+    start = routing.start() if routing else len(text)
+    placed = [f for at, f in fmax if at < start]
+    routed = [f for at, f in fmax if at > start]  # one line per clock
     keys = ({"luts": "ICESTORM_LC", "dsps": "ICESTORM_DSP", "brams": "ICESTORM_RAM"}
             if family == "ice40" else
             {"luts": "TRELLIS_COMB", "ffs": "TRELLIS_FF", "dsps": "MULT18X18D",
              "brams": "DP16KD"})
     out = {k: util[v][0] for k, v in keys.items() if v in util}
     out.update({f"{k}_available": util[v][1] for k, v in keys.items() if v in util})
-    out["fmax_mhz_after_placement"] = float(fmax.group(1)) if fmax else None
-    out["placed"] = "Routing" in text
+    out["fmax_mhz_after_placement"] = placed[0] if placed else None
+    out["fmax_mhz_routed"] = min(routed) if routed else None
+    out["fmax_kind"] = "routed" if routed else "estimated" if placed else None
+    out["placed"] = routing is not None
     return out
 
 

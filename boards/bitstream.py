@@ -13,10 +13,14 @@ itself, one by one with progress lines, using the YoWASP tools from PyPI
   SPRAM) used and available, nextpnr's Fmax against the target clock,
   build times.
 
-A design that does not fit, or misses its clock, ends with a
-:class:`BitstreamError` that gives the figures (the report is still
-written; no bitstream is). Xilinx boards get the Verilog and Amaranth's
-Vivado build plan in ``OUTDIR/vivado``, to be run where Vivado is.
+A folder compiled at the board's default clock whose routed Fmax misses it
+is built once more at the highest clock the board's PLL makes at or below
+:data:`CLOCK_MARGIN` x that Fmax (the report says so). A design that does
+not fit, or misses its clock (one given to ``--clock``, or the lowered
+one), ends with a :class:`BitstreamError` that gives the figures (the
+report is still written; no bitstream is). Xilinx boards get the Verilog
+and Amaranth's Vivado build plan in ``OUTDIR/vivado``, to be run where
+Vivado is.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -41,9 +46,10 @@ from cosparse.hw.util import KEEP_REPLICAS
 
 from .catalog import get_board
 from .runtime import LinkLayout
-from .top import BoardTop, platform_for
+from .top import BoardTop, highest_pll_clock, platform_for
 
-__all__ = ["BitstreamError", "build_bitstream", "tool_env", "TOP_NAME", "run_step", "synth_unit"]
+__all__ = ["BitstreamError", "build_bitstream", "tool_env", "TOP_NAME", "run_step",
+           "CLOCK_MARGIN", "synth_unit"]
 
 TOP_NAME = "cosparse_top"
 
@@ -71,23 +77,36 @@ class PlaceRouteTimeout(CosparseError):
 
 
 def nextpnr_log_figures(log: Path, family: str) -> dict:
-    """Utilisation and the first Fmax estimate (after placement) from a nextpnr log.
+    """Utilisation and Fmax from a nextpnr log.
 
     For a run that did not finish: the figures nextpnr printed before it
-    was stopped (``None`` where it had not got that far).
+    was stopped (``None`` where it had not got that far). nextpnr prints
+    its timing analysis once after placement (an estimate: the routes are
+    not known yet) and once after routing; ``fmax_mhz_after_placement`` is
+    the first, ``fmax_mhz_routed`` the second (``None`` until routing is
+    done), and ``fmax_kind`` says which one the log reached: ``"routed"``,
+    ``"estimated"`` or ``None``.
     """
     text = log.read_text(errors="replace") if log.exists() else ""
     util = {m.group(1): (int(m.group(2)), int(m.group(3)))
             for m in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)", text, re.M)}
-    fmax = re.search(r"Max frequency for clock [^:]*: ([\d.]+) MHz", text)
+    fmax = [(m.start(), float(m.group(1)))
+            for m in re.finditer(r"Max frequency for clock [^:]*: ([\d.]+) MHz", text)]
+    # Routing starts with "Routing globals..." (ECP5) or "Routing.." (the routers).
+    routing = re.search(r"^Info: Routing", text, re.M)
+    start = routing.start() if routing else len(text)
+    placed = [f for at, f in fmax if at < start]
+    routed = [f for at, f in fmax if at > start]  # one line per clock
     keys = ({"luts": "ICESTORM_LC", "dsps": "ICESTORM_DSP", "brams": "ICESTORM_RAM"}
             if family == "ice40" else
             {"luts": "TRELLIS_COMB", "ffs": "TRELLIS_FF", "dsps": "MULT18X18D",
              "brams": "DP16KD"})
     out = {k: util[v][0] for k, v in keys.items() if v in util}
     out.update({f"{k}_available": util[v][1] for k, v in keys.items() if v in util})
-    out["fmax_mhz_after_placement"] = float(fmax.group(1)) if fmax else None
-    out["placed"] = "Routing" in text
+    out["fmax_mhz_after_placement"] = placed[0] if placed else None
+    out["fmax_mhz_routed"] = min(routed) if routed else None
+    out["fmax_kind"] = "routed" if routed else "estimated" if placed else None
+    out["placed"] = routing is not None
     return out
 
 
@@ -450,25 +469,30 @@ def pnr_limit(minutes: float | None, deadline: float | None) -> float | None:
     return min(limits, default=None)
 
 
-def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None] = print,
-                    seed: int = 1, pnr_minutes: float | None = None,
-                    pnr_deadline: float | None = None) -> dict:
-    """Build the bitstream of a compiled folder (see the module doc); returns the report.
+#: A build whose routed Fmax misses the board's default clock is built again at the
+#: highest clock the board's PLL makes at or below this fraction of that Fmax. The
+#: second run synthesises and places anew (the PLL settings, the UART divisor and the
+#: link's timeout are constants of the netlist), and its Fmax differs from the first
+#: by a few percent either way (placement is a search): the 5% keeps most second
+#: runs above their clock.
+CLOCK_MARGIN = 0.95
 
-    ``pnr_minutes`` bounds place and route: a longer nextpnr run is stopped
-    and :class:`PlaceRouteTimeout` carries the figures its log had reached
-    (utilisation, the Fmax estimated after placement). ``pnr_deadline``
-    (a ``time.monotonic()`` instant) stops it then at the latest.
-    """
-    out = Path(outdir)
-    net = ir.load(out)
-    layout = LinkLayout.read(out)
-    link = json.loads((out / "link.json").read_text())
-    board = dataclasses.replace(get_board(link["board"]), clock_mhz=float(link["clock_mhz"]))
-    if board.family == "sim":
-        raise BitstreamError("board 'sim' has no bitstream; compile with --board B for a real "
-                             "board (see cosparse boards)")
-    folding = Folding.from_dict(net.meta["folding"])
+
+@dataclasses.dataclass
+class _Run:
+    """One synthesis, place and route of the board top at one clock."""
+
+    top: BoardTop
+    clock_mhz: float  # the PLL's output
+    fmax_mhz: float  # nextpnr's, routed (the slowest clock domain)
+    report: dict  # nextpnr's report.json
+    seconds: dict  # per step
+
+
+def _synthesise_and_route(out: Path, board, net, folding, layout: LinkLayout, link: dict,
+                          env: dict, seed: int, pnr_minutes: float | None,
+                          pnr_deadline: float | None, progress: Callable[[str], None]) -> _Run:
+    """yosys and nextpnr on the board top at ``board.clock_mhz``, in a new ``out/build``."""
     top = BoardTop(board, net, folding, baud=layout.baud, design_id=layout.design_id,
                    spram_bits=link.get("spram_bits"),
                    # iCE40 only: YoWASP's ecpbram lacks its device database, so ECP5
@@ -478,17 +502,6 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     build = out / "build"
     if build.exists():
         shutil.rmtree(build)
-    if board.family == "xc7":
-        plan = platform.prepare(top, name=TOP_NAME)
-        plan.extract(out / "vivado")
-        rep = {"board": board.name, "family": "xc7", "needs": "Vivado",
-               "plan": str(out / "vivado" / f"build_{TOP_NAME}.sh")}
-        (out / "bitstream.json").write_text(json.dumps(rep, indent=1) + "\n")
-        progress(f"wrote the Vivado build plan into {out / 'vivado'}: run "
-                 f"build_{TOP_NAME}.sh there on a machine with Vivado (not built here)")
-        return rep
-
-    env = tool_env()
     opts = {"nextpnr_opts": f"--report {TOP_NAME}.report.json --timing-allow-fail --seed {seed}",
             "script_after_read": KEEP_REPLICAS}
     if board.family == "ecp5":
@@ -502,14 +515,12 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     plan = platform.prepare(top, name=TOP_NAME, **opts)
     plan.extract(build)
     script = (build / f"build_{TOP_NAME}.sh").read_text().splitlines()
-    # The packer runs after the weights are filled in (below), not from the script.
+    # The packer runs after the weights are filled in, not from the script.
     cmds = [ln for ln in script if ln.startswith('"$') and "PACK" not in ln.split()[0]]
     labels = {"YOSYS": ("synthesis (yosys)", f"{TOP_NAME}.rpt"),
               "NEXTPNR_ICE40": ("place and route (nextpnr-ice40)", f"{TOP_NAME}.tim"),
-              "NEXTPNR_ECP5": ("place and route (nextpnr-ecp5)", f"{TOP_NAME}.tim"),
-              "ICEPACK": ("pack (icepack)", "pack.out"), "ECPPACK": ("pack (ecppack)", "pack.out")}
+              "NEXTPNR_ECP5": ("place and route (nextpnr-ecp5)", f"{TOP_NAME}.tim")}
     times = {}
-    t_all = time.monotonic()
     for cmd in cmds:
         var = cmd[2:cmd.index("}") if "}" in cmd else cmd.index('"', 2)].strip("{")
         label, log = labels.get(var, (var.lower(), f"{var.lower()}.out"))
@@ -522,6 +533,75 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
             raise
         if var == "YOSYS":
             check_synthesis_log(build / log)
+    report = json.loads((build / f"{TOP_NAME}.report.json").read_text())
+    fmax = [v.get("achieved", 0.0) for v in report.get("fmax", {}).values()]
+    return _Run(top, top.clock_hz / 1e6, min(fmax) if fmax else 0.0, report, times)
+
+
+def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None] = print,
+                    seed: int = 1, pnr_minutes: float | None = None,
+                    pnr_deadline: float | None = None, lower_clock: bool = True) -> dict:
+    """Build the bitstream of a compiled folder (see the module doc); returns the report.
+
+    A folder compiled without ``--clock`` is built at the board's default
+    clock; when its routed Fmax misses it (and ``lower_clock``), the build
+    is made once more at the highest clock the board's PLL makes at or below
+    :data:`CLOCK_MARGIN` x that Fmax (with a UART divisor for the link's baud
+    rate), and ``link.json`` takes the clock the bitstream runs at. A clock
+    given to ``--clock`` is kept: a build that misses it fails.
+
+    ``pnr_minutes`` bounds place and route: a longer nextpnr run is stopped
+    and :class:`PlaceRouteTimeout` carries the figures its log had reached
+    (utilisation, the Fmax estimated after placement). ``pnr_deadline``
+    (a ``time.monotonic()`` instant) stops it then at the latest.
+    """
+    out = Path(outdir)
+    net = ir.load(out)
+    layout = LinkLayout.read(out)
+    link = json.loads((out / "link.json").read_text())
+    default = get_board(link["board"])
+    # (a link.json without the field: forced when it is not the board's default)
+    forced = bool(link.get("clock_forced", float(link["clock_mhz"]) != default.clock_mhz))
+    board = dataclasses.replace(default, clock_mhz=float(link["clock_mhz"]) if forced
+                                else default.clock_mhz)
+    if board.family == "sim":
+        raise BitstreamError("board 'sim' has no bitstream; compile with --board B for a real "
+                             "board (see cosparse boards)")
+    folding = Folding.from_dict(net.meta["folding"])
+    if board.family == "xc7":
+        top = BoardTop(board, net, folding, baud=layout.baud, design_id=layout.design_id,
+                       spram_bits=link.get("spram_bits"))
+        build = out / "build"
+        if build.exists():
+            shutil.rmtree(build)
+        plan = platform_for(board).prepare(top, name=TOP_NAME)
+        plan.extract(out / "vivado")
+        rep = {"board": board.name, "family": "xc7", "needs": "Vivado",
+               "plan": str(out / "vivado" / f"build_{TOP_NAME}.sh")}
+        (out / "bitstream.json").write_text(json.dumps(rep, indent=1) + "\n")
+        progress(f"wrote the Vivado build plan into {out / 'vivado'}: run "
+                 f"build_{TOP_NAME}.sh there on a machine with Vivado (not built here)")
+        return rep
+
+    env = tool_env()
+    t_all = time.monotonic()
+    route = partial(_synthesise_and_route, out, net=net, folding=folding, layout=layout,
+                    link=link, env=env, seed=seed, pnr_minutes=pnr_minutes,
+                    pnr_deadline=pnr_deadline, progress=progress)
+    run = route(board)
+    missed = None  # the run at the default clock, when it missed and was redone lower
+    if run.fmax_mhz < run.clock_mhz and lower_clock and not forced:
+        try:
+            lower = highest_pll_clock(board, run.fmax_mhz * CLOCK_MARGIN, baud=layout.baud)
+        except ValueError:
+            lower = None  # no clock of the board is that slow: the miss is reported below
+        if lower is not None:
+            progress(f"the {run.clock_mhz:g} MHz default clock is missed (Fmax "
+                     f"{run.fmax_mhz:.1f} MHz): synthesising, placing and routing again at "
+                     f"{lower:g} MHz")
+            missed = run
+            run = route(dataclasses.replace(board, clock_mhz=lower))
+    top, build = run.top, out / "build"
     # The placed design holds placeholder contents in every block-RAM weight memory;
     # the real ones go in the way `cosparse patch` puts in new ones.
     targets = [p for p in top.link.core.load_ports if p.patch_seed is not None]
@@ -531,19 +611,25 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     if targets:
         placed = patch_placed(build, targets, progress)
     pack_placed(build, board.family, env, placed, build / f"{TOP_NAME}.{ext}")
-    times["fill"] = round(time.monotonic() - t_fill, 1)
-    report = json.loads((build / f"{TOP_NAME}.report.json").read_text())
+    times = {**run.seconds, "fill": round(time.monotonic() - t_fill, 1)}
     cells = _yosys_cells(build / f"{TOP_NAME}.rpt")
-    res = _utilisation(board.family, report, cells, board)
-    fmax = [v.get("achieved", 0.0) for v in report.get("fmax", {}).values()]
-    achieved = min(fmax) if fmax else 0.0
-    target = top.clock_hz / 1e6
+    res = _utilisation(board.family, run.report, cells, board)
+    achieved, target = run.fmax_mhz, run.clock_mhz
+    interval = net.meta.get("predicted", {}).get("interval_cycles")
     rep = {"board": board.name, "fpga": board.fpga, "family": board.family,
            "clock_mhz": round(target, 3), "fmax_mhz": round(achieved, 2),
-           "timing_met": achieved >= target, **res, "seconds": times,
+           "timing_met": achieved >= target, "default_clock_mhz": default.clock_mhz,
+           "clock_forced": forced, "clock_lowered": missed is not None,
+           **res, "seconds": times,
            "total_seconds": round(time.monotonic() - t_all, 1),
            "bitstream": f"{TOP_NAME}.{ext}",
            "patch_seed": PATCH_SEED if targets else None}
+    if missed is not None:
+        rep["first_run"] = {"clock_mhz": round(missed.clock_mhz, 3),
+                            "fmax_mhz": round(missed.fmax_mhz, 2), "seconds": missed.seconds,
+                            "margin": CLOCK_MARGIN}
+    if interval:
+        rep["predicted_inferences_per_s"] = round(target * 1e6 / interval)
     (out / "bitstream.json").write_text(json.dumps(rep, indent=1) + "\n")
     md = bitstream_markdown(rep)
     report_md = out / "report.md"
@@ -551,11 +637,19 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
     text = text.split("\n## Bitstream")[0].rstrip("\n") + "\n\n" + md
     report_md.write_text(text)
     if not rep["timing_met"]:
+        again = ("" if missed is None else
+                 f", to which the build lowered the {missed.clock_mhz:g} MHz default clock "
+                 f"(missed at Fmax {missed.fmax_mhz:.1f} MHz)")
         raise BitstreamError(f"the design misses timing on {board.name}: nextpnr's Fmax "
-                             f"{achieved:.1f} MHz < the {target:g} MHz clock ({res['luts']:,} of "
-                             f"{res['luts_available']:,} LUTs); no bitstream written. Lower the "
-                             f"board's clock or fold with fewer multipliers (report: "
-                             f"{out / 'bitstream.json'})")
+                             f"{achieved:.1f} MHz < the {target:g} MHz clock{again} "
+                             f"({res['luts']:,} of {res['luts_available']:,} LUTs); no "
+                             f"bitstream written. Lower the board's clock (--clock) or fold "
+                             f"with fewer multipliers (report: {out / 'bitstream.json'})")
+    if not forced and float(link["clock_mhz"]) != target:
+        # the host link's description: the clock the bitstream runs at (lowered, or the
+        # default again after an earlier build lowered it)
+        link["clock_mhz"] = target
+        (out / "link.json").write_text(json.dumps(link, indent=1) + "\n")
     shutil.copy(build / f"{TOP_NAME}.{ext}", out / f"{TOP_NAME}.{ext}")
     progress(f"wrote {out / rep['bitstream']}: Fmax {achieved:.1f} MHz (target {target:g}), "
              f"{res['luts']:,}/{res['luts_available']:,} LUTs, {res['ffs']:,} FFs, "
@@ -578,5 +672,16 @@ def bitstream_markdown(rep: dict) -> str:
         lines.append(f"| {name} | {rep[key]:,} | {avail:,} | {pct} |")
     lines += ["", f"Fmax {rep['fmax_mhz']:.1f} MHz against a {rep['clock_mhz']:g} MHz clock: "
               f"timing {'met' if rep['timing_met'] else 'MISSED'}. Build "
-              + ", ".join(f"{k} {v:.0f} s" for k, v in rep["seconds"].items()) + ".", ""]
+              + ", ".join(f"{k} {v:.0f} s" for k, v in rep["seconds"].items()) + "."]
+    missed = rep.get("first_run")
+    if missed:
+        lines[-1] += (
+            f" The board's {missed['clock_mhz']:g} MHz default clock was missed (Fmax "
+            f"{missed['fmax_mhz']:.1f} MHz at it, after "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in missed["seconds"].items())
+            + f"): the design was built again at {rep['clock_mhz']:g} MHz, the highest clock "
+            f"of the board's PLL at or below {missed['margin']:g} x that Fmax"
+            + (f"; predicted {rep['predicted_inferences_per_s']:,} inferences/s at it"
+               if rep.get("predicted_inferences_per_s") else "") + ".")
+    lines.append("")
     return "\n".join(lines)

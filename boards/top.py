@@ -34,8 +34,8 @@ from cosparse.hw.uart import MIN_DIVISOR, UARTRx, UARTTx
 
 from .catalog import Board
 
-__all__ = ["LinkTop", "BoardTop", "ice40_pll", "ecp5_pll", "uart_divisor", "platform_for",
-           "strip_memory_contents", "design_id"]
+__all__ = ["LinkTop", "BoardTop", "ice40_pll", "ecp5_pll", "pll_outputs", "highest_pll_clock",
+           "uart_divisor", "platform_for", "strip_memory_contents", "design_id"]
 
 
 def strip_memory_contents(verilog_text: str) -> str:
@@ -182,6 +182,66 @@ def ecp5_pll(fin_mhz: float, fout_mhz: float) -> dict:
     _, ref, fb, od, f, fvco = best
     return {"CLKI_DIV": ref, "CLKFB_DIV": fb, "CLKOP_DIV": od, "CLKOP_CPHASE": od // 2,
             "fout_mhz": f, "fvco_mhz": fvco}
+
+
+def pll_outputs(family: str, fin_mhz: float) -> list[float]:
+    """Every output (MHz) of the family's PLL from ``fin``, in ascending order.
+
+    The settings :func:`ice40_pll` and :func:`ecp5_pll` search, computed as
+    they compute them, so each value asked of them comes back exactly.
+    """
+    found = set()
+    if family == "ice40":
+        for divr in range(16):
+            fpfd = fin_mhz / (divr + 1)
+            if not 10 <= fpfd <= 133:
+                continue
+            for divf in range(128):
+                fvco = fpfd * (divf + 1)
+                if 533 <= fvco <= 1066:
+                    found.update(f for f in (fvco / (1 << q) for q in range(1, 7))
+                                 if 16 <= f <= 275)
+    elif family == "ecp5":
+        for ref in range(1, 129):
+            fpfd = fin_mhz / ref
+            if not 3.125 <= fpfd <= 400:
+                continue
+            for fb in range(1, 81):
+                for od in range(1, 129):
+                    fvco = fpfd * fb * od
+                    if 400 <= fvco <= 800:
+                        found.add(fvco / od)
+    else:
+        raise ValueError(f"the {family} tops have no PLL")
+    return sorted(found)
+
+
+def highest_pll_clock(board: Board, max_mhz: float, *, baud: int | None = None) -> float:
+    """The highest core clock (MHz) ``board`` can run at that is at most ``max_mhz``.
+
+    The candidates are the outputs of the board's PLL from its oscillator
+    (:func:`pll_outputs`) and the oscillator itself (which the top uses
+    without a PLL). Given ``baud``, only clocks whose UART divisor makes
+    that rate (:func:`uart_divisor`) count.
+
+    Raises
+    ------
+    ValueError
+        No clock of the board is at or below ``max_mhz`` (with that baud rate).
+    """
+    clocks = set(pll_outputs(board.family, board.osc_mhz)) | {board.osc_mhz}
+    for f in sorted(clocks, reverse=True):
+        if f > max_mhz:
+            continue
+        if baud is not None:
+            try:
+                uart_divisor(f * 1e6, baud)
+            except ValueError:
+                continue
+        return f
+    raise ValueError(f"{board.name} has no clock at or below {max_mhz:g} MHz"
+                     + (f" that makes {baud:,} baud" if baud is not None else "")
+                     + f" (its PLL runs from a {board.osc_mhz:g} MHz oscillator)")
 
 
 class BoardTop(Elaboratable):

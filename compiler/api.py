@@ -210,7 +210,10 @@ class Accelerator:
         """Synthesise, place, route and pack the board's bitstream into ``folder/build``.
 
         Returns the bitstream report (``bitstream.json``: tools, utilisation,
-        Fmax). Needs a real board (not ``sim``).
+        Fmax, clock). Needs a real board (not ``sim``). Compiled without
+        ``clock_mhz``, a design that misses the board's default clock is built
+        once more at the highest PLL clock below its Fmax (with a margin: see
+        :func:`~cosparse.boards.bitstream.build_bitstream`).
         """
         if self.board.family == "sim":
             raise CosparseError("a bitstream needs a real board; this accelerator was compiled "

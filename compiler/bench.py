@@ -45,9 +45,17 @@ from .packer import unpack
 from .perf import stage_cycles
 
 __all__ = ["run_bench", "mac_counts", "useful_macs", "float_onnx", "onnxruntime_throughput", "MODES",
-           "PAPER", "bench_mode", "over_part", "fits_cell"]
+           "PAPER", "bench_mode", "place_and_route", "bench_markdown", "over_part", "fits_cell",
+           "fmax_of", "DEFAULT_MINUTES", "ROUTE_MINUTES"]
 
 MODES = ("dense", "sparse-weights", "sparse-sparse")
+
+#: The bench's time limit (minutes): every nextpnr still running then is stopped and
+#: reports its estimate after placement, so the whole bench stays under 30 minutes.
+DEFAULT_MINUTES = 29.0
+#: The limit with ``route``: long enough for gsc-cs's place and route to finish (60-90
+#: minutes of YoWASP's nextpnr-ecp5, the placed modes side by side, one per core).
+ROUTE_MINUTES = 150.0
 
 #: The paper's figures for its speech network, one network instance (docs/benchmark.md).
 PAPER = {
@@ -308,7 +316,8 @@ def bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: b
            "folding": folding.to_dict(), "weight_kbit": round(weight_kbit, 1),
            "bram_kbit": board.bram_kbit, "bit_exact": exact, "inputs": count,
            "simulation_seconds": round(sim_s, 1),
-           "fmax_mhz": None, "inferences_per_s": None, "luts": None, "ffs": None,
+           "fmax_mhz": None, "fmax_kind": None, "inferences_per_s": None, "luts": None,
+           "ffs": None,
            "dsps": None, "brams": None, "brams_estimated": brams, "fits": fits,
            "simulated_as": f"{board.name} elaboration" if as_board else "generic",
            "place_and_route": "not run"}
@@ -322,7 +331,7 @@ def bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: b
     stage_rows = [{"layer": s.layer, "unit": s.unit, "cycles": round(s.mean, 1)} for s in stages]
     job = None
     if row["fits"] and pnr:
-        job = partial(_place_and_route, row, net, sample,
+        job = partial(place_and_route, row, net, sample,
                       {"folding": folding.to_dict()["layers"]}, board, outdir, progress,
                       pnr_minutes, pnr_deadline)
     return row, stage_rows, job
@@ -352,10 +361,30 @@ def logic_figures(net: ir.Network, folding, board, synth_dir: Path | None,
     return out
 
 
-def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dict, board,
-                     outdir: Path, progress: Callable[[str], None],
-                     pnr_minutes: float | None, pnr_deadline: float | None = None) -> None:
-    """Compile ``net`` for the board with the bench's folds; yosys + nextpnr; fill ``row``."""
+def place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dict, board,
+                    outdir: Path, progress: Callable[[str], None],
+                    pnr_minutes: float | None, pnr_deadline: float | None = None) -> None:
+    """Compile ``net`` for the board with the bench's folds; yosys + nextpnr; fill ``row``.
+
+    Parameters
+    ----------
+    row : dict
+        The mode's row (:func:`bench_mode`): ``mode`` and ``interval_cycles`` are
+        read; the place-and-route figures are filled in: ``fmax_mhz`` with
+        ``fmax_kind`` (``"routed"``, or ``"estimated"`` after placement when
+        nextpnr was stopped at the time limit, or ``None``), inferences/s,
+        LUT/FF/DSP/BRAM, ``place_and_route`` (what happened), ``pnr_seconds``.
+    net, sample, config
+        The network in drain order, a few of its inputs, the ``folding`` config.
+    board : Board
+        The board, built at its default clock (never lowered: Fmax is the figure).
+    outdir : Path
+        The bench's folder; the build goes to ``outdir / "pnr" / mode``.
+    progress : callable
+        Called with a line of text as the build goes.
+    pnr_minutes, pnr_deadline : float or None
+        nextpnr's time cap and the bench's deadline (``time.monotonic()``).
+    """
     mode = row["mode"]
     build = outdir / "pnr" / mode
     if build.exists():
@@ -366,15 +395,16 @@ def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dic
     try:
         compile_network(net, sample, board=board.name, outdir=build, mode=mode, config=config,
                         progress=lambda s: progress(f"{mode}: {s}"))
+        # At the board's clock only: the bench measures Fmax, and a second run at a
+        # lower clock would double its time.
         rep = build_bitstream(build, progress=lambda s: progress(f"{mode}: {s}"),
-                              pnr_minutes=pnr_minutes, pnr_deadline=pnr_deadline)
+                              pnr_minutes=pnr_minutes, pnr_deadline=pnr_deadline,
+                              lower_clock=False)
         row["place_and_route"] = "built"
     except PlaceRouteTimeout as e:  # the figures nextpnr had reached
         f = e.figures
         row.update({k: f.get(k) for k in ("luts", "ffs", "dsps", "brams")})
-        row["fmax_mhz"] = f.get("fmax_mhz_after_placement")
-        row["fmax_source"] = ("nextpnr's estimate after placement (routing stopped)"
-                              if f.get("placed") else None)
+        row.update(fmax_of(f))
         row["place_and_route"] = f"stopped: {e}"
     except CosparseError as e:  # misses timing (figures kept) or does not fit
         rep = _report_of_failed_build(build)
@@ -386,7 +416,7 @@ def _place_and_route(row: dict, net: ir.Network, sample: np.ndarray, config: dic
     if rep:
         row.update({k: rep.get(k) for k in ("fmax_mhz", "luts", "ffs", "dsps", "brams",
                                              "timing_met")})
-        row["fmax_source"] = "nextpnr, routed"
+        row.update(fmax_kind="routed", fmax_source="nextpnr, routed")
     elif over_part(row.get("pnr_needs") or {}):  # in what nextpnr printed before it stopped
         # (a run stopped at the time limit before placement keeps the estimate's verdict)
         row["fits"] = False
@@ -399,8 +429,32 @@ def _report_of_failed_build(build: Path) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def fmax_of(figures: dict) -> dict:
+    """A row's Fmax fields from the figures of a nextpnr log that may not have finished.
+
+    Parameters
+    ----------
+    figures : dict
+        As :func:`cosparse.boards.bitstream.nextpnr_log_figures` returns them.
+
+    Returns
+    -------
+    dict
+        ``fmax_mhz``: the routed Fmax when routing finished, else the estimate
+        after placement, else ``None``; ``fmax_kind``: ``"routed"``,
+        ``"estimated"`` or ``None``; ``fmax_source``: the same in words.
+    """
+    kind = figures.get("fmax_kind")
+    fmax = {"routed": figures.get("fmax_mhz_routed"),
+            "estimated": figures.get("fmax_mhz_after_placement")}.get(kind)
+    source = {"routed": "nextpnr, routed",
+              "estimated": "nextpnr's estimate after placement (routing stopped)"}.get(kind)
+    return {"fmax_mhz": fmax, "fmax_kind": kind, "fmax_source": source}
+
+
 def _mark(m: dict) -> str:
-    return "*" if (m.get("fmax_source") or "").startswith("nextpnr's estimate") else ""
+    """The table's mark of an Fmax (and the inferences/s from it) that is an estimate."""
+    return "*" if m.get("fmax_kind") == "estimated" else ""
 
 
 def over_part(need: dict) -> list[str]:
@@ -449,7 +503,9 @@ def fits_cell(m: dict) -> str:
     return "no"
 
 
-def _markdown(res: dict) -> str:
+def bench_markdown(res: dict) -> str:
+    """``bench.md``: the table of the modes (Fmax estimates marked ``*``), ONNX Runtime's
+    figures and the paper's, from what ``bench.json`` holds."""
     modes = res["modes"]
 
     def cell(v, fmt="{:,}"):
@@ -468,8 +524,10 @@ def _markdown(res: dict) -> str:
                      f"{cell(m['brams'])} | {fits_cell(m)} |")
     ort = res["onnxruntime_cpu"]
     if any(_mark(m) for m in modes):
-        lines += ["", "\\* nextpnr's Fmax estimate after placement: routing was stopped at "
-                  "the time limit (see `place_and_route` in bench.json)."]
+        lines += ["", "\\* nextpnr's Fmax estimate after placement (`fmax_kind` "
+                  "\"estimated\" in bench.json): routing was stopped at the bench's "
+                  f"{res['minutes']:g}-minute limit (see `place_and_route`); "
+                  "`cosparse bench --route` lets it finish."]
     lines += ["", f"ONNX Runtime {ort['onnxruntime']} on this CPU ({ort['cpus']} cores), "
               f"float model: {ort['batch_1']:,.0f} inferences/s at batch 1, "
               f"{ort['best']:,.0f} at batch {ort['best_batch']}.", ""]
@@ -532,13 +590,23 @@ def _plot(res: dict, stages: dict[str, list], path: Path) -> None:
 def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f",
               count: int = 32, seed: int = 0, reduced: bool = False,
               pnr_modes=("sparse-weights", "sparse-sparse"), pnr_minutes: float | None = None,
-              minutes: float | None = 29, progress: Callable[[str], None] = print) -> dict:
+              minutes: float | None = None, route: bool = False,
+              progress: Callable[[str], None] = print) -> dict:
     """Run the benchmark (see the module doc); returns what ``bench.json`` holds.
 
-    ``pnr_minutes`` caps each nextpnr run; ``minutes`` the whole bench: every
-    nextpnr still running then is stopped (its figures so far are reported),
-    so the bench ends within about that time once its simulations are done.
+    ``pnr_minutes`` caps each nextpnr run; ``minutes`` the whole bench
+    (default :data:`DEFAULT_MINUTES`, or :data:`ROUTE_MINUTES` with
+    ``route``): every nextpnr still running then is stopped (its figures so
+    far are reported: the Fmax estimated after placement), so the bench ends
+    within about that time once its simulations are done. ``route`` lets
+    place and route finish, for routed Fmax figures; it takes no
+    ``pnr_minutes``.
     """
+    if route and pnr_minutes is not None:
+        raise CosparseError("--route lets every place and route finish; it takes no "
+                            "--pnr-minutes (--minutes still bounds the whole bench)")
+    if minutes is None:
+        minutes = ROUTE_MINUTES if route else DEFAULT_MINUTES
     for m in modes:
         if m not in MODES:
             raise CosparseError(f"unknown mode {m!r}; the modes are {', '.join(MODES)}")
@@ -556,7 +624,7 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     # (monotonic, as the build steps' own clocks; 20 s left to write the results)
-    deadline = None if minutes is None else time.monotonic() + minutes * 60 - 20
+    deadline = time.monotonic() + minutes * 60 - 20
     # ONNX Runtime first, on an otherwise idle machine (it uses every core).
     net = zoo.gsc_cs(seed=seed, mode="sparse-sparse", reduced=reduced)
     progress("ONNX Runtime on the float model ...")
@@ -599,7 +667,7 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
             f.result()
     rows = [rows[m] for m in MODES if m in rows]
     res = {"network": net.name, "board": b.name, "fpga": b.fpga, "seed": seed, "inputs": count,
-           "modes": rows, "onnxruntime_cpu_inferences_per_s": ort["best"],
+           "route": route, "minutes": minutes, "pnr_minutes": pnr_minutes, "modes": rows, "onnxruntime_cpu_inferences_per_s": ort["best"],
            "onnxruntime_cpu": ort, "paper": PAPER,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                        "processor": platform.processor() or platform.machine()},
@@ -614,7 +682,7 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
                                            / (s["interval_cycles"] * s["multipliers"]), 2),
             "macs": round(d["useful_macs"] / s["useful_macs"], 2)}
     (out / "bench.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / "bench.md").write_text(_markdown(res))
+    (out / "bench.md").write_text(bench_markdown(res))
     _plot(res, stages, out / "bench.png")
     progress(f"wrote {out / 'bench.json'}, bench.md and bench.png in {res['seconds']} s")
     return res

@@ -194,7 +194,9 @@ def _link_top(net, folding, board, baud: int, did: int, spram_bits):
                    spram_bits=spram_bits, design_id=did)
 
 
-def _link_json(net, link, board, baud: int, spram_bits) -> dict:
+def _link_json(net, link, board, baud: int, spram_bits, clock_forced: bool) -> dict:
+    """The host link's layout, and what the bitstream build needs: board, clock (and
+    whether ``--clock`` forced it, which keeps a build from lowering it)."""
     hl = link.link
     out = net.specs()[-1]
     out_groups, out_g = ((out.shape[0] * out.shape[1], out.shape[2]) if len(out.shape) == 3
@@ -206,7 +208,8 @@ def _link_json(net, link, board, baud: int, spram_bits) -> dict:
             "targets": [{"name": p.name, "width": p.width, "depth": p.depth,
                          "has_init": p.has_init} for p in link.core.load_ports],
             "input_shape": list(net.input.shape), "output_shape": list(out.shape),
-            "spram_bits": spram_bits, "board": board.name, "clock_mhz": board.clock_mhz}
+            "spram_bits": spram_bits, "board": board.name, "clock_mhz": board.clock_mhz,
+            "clock_forced": clock_forced}
 
 
 def resolve_board(board: str, clock_mhz: float | None = None):
@@ -345,8 +348,8 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
         (tmp / "rtl" / "cosparse_link_top.v").write_text(
             verilog.convert(link, name="cosparse_link_top", emit_src=False))
         images = write_images(link.core, tmp / "images")
-        (tmp / "link.json").write_text(json.dumps(_link_json(net, link, b, baud, spram_bits),
-                                                  indent=1) + "\n")
+        (tmp / "link.json").write_text(json.dumps(
+            _link_json(net, link, b, baud, spram_bits, clock_mhz is not None), indent=1) + "\n")
         progress(f"wrote {len(images)} memory images and bundle.bin")
         (tmp / "report.md").write_text(_report(net, rows, perf, b, mults,
                                                   block_rams(net, folding, b.family)))

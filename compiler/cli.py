@@ -180,7 +180,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise CosparseError(f"{flag} must be positive, got {v:g}")
     run_bench(args.outdir, modes=modes, board=args.board, count=args.count, seed=args.seed,
               reduced=args.reduced, pnr_modes=pnr, pnr_minutes=args.pnr_minutes,
-              minutes=args.minutes)
+              minutes=args.minutes, route=args.route)
     return 0
 
 
@@ -236,11 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop each nextpnr run after this long and report what it reached "
                          "(utilisation, Fmax estimated after placement; default: no cap "
                          "but --minutes)")
-    be.add_argument("--minutes", type=float, default=29,
+    be.add_argument("--minutes", type=float, default=None,
                     help="stop every nextpnr still running this long after the bench "
                          "started, so the bench ends within about this time (default 29: "
-                         "Fmax estimated after placement; a routed Fmax of gsc-cs takes "
-                         "about 60-90 with YoWASP's nextpnr)")
+                         "Fmax estimated after placement; 150 with --route)")
+    be.add_argument("--route", action="store_true",
+                    help="let place and route finish, for routed Fmax figures (a routed "
+                         "gsc-cs takes YoWASP's nextpnr 60-120 minutes: the bench's limit "
+                         "becomes 150 minutes)")
     be.add_argument("--dense-pnr", action="store_true",
                     help="also place and route the dense build when it fits the part")
     be.set_defaults(func=_cmd_bench)

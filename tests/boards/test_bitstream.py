@@ -40,6 +40,7 @@ def test_bitstream_and_report(built):
     assert 0 < rep["dsps"] <= rep["dsps_available"] == 8
     assert rep["sprams_available"] == 4
     assert rep["clock_mhz"] == 24 and rep["fmax_mhz"] >= 24 and rep["timing_met"]
+    assert rep["default_clock_mhz"] == 24 and rep["clock_lowered"] is False
     assert set(rep["seconds"]) >= {"synthesis", "place"}
     assert (out / f"{TOP_NAME}.bin").stat().st_size == 104090  # a whole UP5K image
     assert "## Bitstream: icebreaker" in (out / "report.md").read_text()
@@ -128,7 +129,8 @@ def test_place_and_route_time_limit_stops_the_tool_and_keeps_its_figures(tmp_pat
     fig = nextpnr_log_figures(log, "ecp5")
     assert fig == {"luts": 74341, "ffs": 25230, "dsps": 136, "brams": 124,
                    "luts_available": 83640, "ffs_available": 83640, "dsps_available": 156,
-                   "brams_available": 208, "fmax_mhz_after_placement": 36.44, "placed": True}
+                   "brams_available": 208, "fmax_mhz_after_placement": 36.44,
+                   "fmax_mhz_routed": None, "fmax_kind": "estimated", "placed": True}
     assert nextpnr_log_figures(tmp_path / "missing.tim", "ice40")["fmax_mhz_after_placement"] is None
 
 
@@ -179,6 +181,7 @@ def test_ecp5_bitstream(tmp_path):
     assert rep["board"] == "ulx3s-12f" and rep["family"] == "ecp5"
     assert 0 < rep["luts"] <= rep["luts_available"] and 0 < rep["dsps"] <= rep["dsps_available"]
     assert rep["fmax_mhz"] >= 50 and rep["timing_met"]
+    assert rep["clock_mhz"] == 50 and rep["clock_forced"] and not rep["clock_lowered"]
     assert f"--router {ECP5_ROUTER}" in (out / "build" / f"build_{TOP_NAME}.sh").read_text()
     assert (out / f"{TOP_NAME}.bit").stat().st_size > 100_000
 

@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from cosparse.compiler import ir
+from cosparse.compiler.folding import Folding
 
 from .helpers import run_cli
 
@@ -36,7 +37,11 @@ def test_compile_writes_manifest_rtl_and_report(digits):
     report = (out / "report.md").read_text()
     assert "Predicted interval" in report and "fc1" in report
     index = json.loads((out / "images" / "index.json").read_text())
-    assert sum("overlayengine.weights" in m["name"] for m in index) == 3
+    # a weight memory per layer on an overlay engine; the first conv's weights are logic
+    folding = Folding.from_dict(net.meta["folding"])
+    assert folding.logic_layers == [net.layers[1].name]
+    assert "| logic | - |" in report
+    assert sum("overlayengine.weights" in m["name"] for m in index) == 2
     assert (out / "images" / "bundle.bin").stat().st_size > 0
     assert not list(out.parent.glob(".build.tmp-*"))
 

@@ -24,7 +24,7 @@ from cosparse.hw.network import NetworkCore
 from . import ir
 from .emit import core_memories
 from .folding import Folding, FoldingError, LayerFold
-from .lower import logic_candidates, lower
+from .lower import logic_candidates, lower, pools_before_requant
 from .packer import unpack
 from .perf import stage_cycles
 
@@ -277,6 +277,7 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         folding.dsp_width = 16
         folding.frame_fifos = False
         folding.compact = True
+        folding.pool_before_requant = False
         return folding
     by_name = {layer.name: layer for layer in overlay}
     first = _narrowed(net, folding, sample, overrides)
@@ -374,6 +375,7 @@ def _narrowed(net: ir.Network, folding: Folding, sample: np.ndarray,
     full_stages = stage_cycles(net, full, sample)
     bound = max(s.mean for s in full_stages)
     specs = net.specs()
+    pooled = pools_before_requant(net, folding)
     widths, owner = {}, {}  # overlay layer -> Q; any layer -> the overlay layer feeding it
     lanes = {}
     last = None
@@ -384,7 +386,8 @@ def _narrowed(net: ir.Network, folding: Folding, sample: np.ndarray,
             p = lanes[layer.name] = _lanes(layer, f)
             if layer.name in overrides:
                 continue
-            shape = specs[i + 1].shape
+            # its requantizer's positions: those of the pool its sums go through first
+            shape = specs[i + 2 if layer.name in pooled else i + 1].shape
             groups = int(np.prod(shape[:-1])) if len(shape) == 3 else 1
             m = layer.overlays.num_kernels
             widths[layer.name] = next(d for d in _divisors(p)

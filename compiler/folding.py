@@ -88,6 +88,10 @@ class Folding:
     #: Area before speed where a unit offers both (the serial global k-WTA): the
     #: smallest parts.
     compact: bool = False
+    #: Max-pool an overlay layer's accumulators before requantizing them, where a
+    #: dense max pool follows it: requantization is monotonic, so the result is the
+    #: same, and the requantizer (and what follows) sees a quarter of the positions.
+    pool_before_requant: bool = True
 
     def of(self, name: str) -> LayerFold:
         return self.layers.get(name, LayerFold())
@@ -101,7 +105,7 @@ class Folding:
         return {"input_width": self.input_width, "default_width": self.default_width,
                 "default_entries": self.default_entries, "dense_window": self.dense_window,
                 "dsp_width": self.dsp_width, "frame_fifos": self.frame_fifos,
-                "compact": self.compact,
+                "compact": self.compact, "pool_before_requant": self.pool_before_requant,
                 "layers": {n: {"entries": f.entries, "lanes_per_beat": f.lanes_per_beat,
                                "width": f.width, "engine": f.engine}
                            for n, f in self.layers.items()}}
@@ -114,4 +118,5 @@ class Folding:
                     for n, f in d.get("layers", {}).items()},
                    int(d.get("default_width", 8)), int(d.get("default_entries", 8)),
                    bool(d.get("dense_window", True)), int(d.get("dsp_width", 18)),
-                   bool(d.get("frame_fifos", True)), bool(d.get("compact", False)))
+                   bool(d.get("frame_fifos", True)), bool(d.get("compact", False)),
+                   bool(d.get("pool_before_requant", False)))

@@ -119,6 +119,23 @@ def logic_candidates(net: ir.Network, folding: Folding) -> dict[str, str | None]
     return out
 
 
+def pools_before_requant(net: ir.Network, folding: Folding) -> dict[str, str]:
+    """Overlay layers whose accumulators are max-pooled before their requantizer.
+
+    With ``folding.pool_before_requant``: a layer with a requantization that a
+    dense max pool follows. Requantization is monotonic (positive multipliers),
+    so pooling first gives the same int8 map while the requantizer, and every
+    unit behind it, handles ``kh * kw`` times fewer positions. Returns the
+    overlay layer's name -> the pool's.
+    """
+    if not folding.pool_before_requant:
+        return {}
+    layers = net.layers
+    return {layer.name: nxt.name for layer, nxt in zip(layers, layers[1:])
+            if isinstance(layer, ir.OverlayLayer) and layer.requant is not None
+            and isinstance(nxt, ir.MaxPool)}
+
+
 def unit_name(comp) -> str:
     """A stage's unit name in reports, Verilog paths and memory image names: the
     k-WTA designs go by their kind (``LocalKWTA``, ``GlobalKWTA``), others by class."""
@@ -150,6 +167,7 @@ class _Lowering:
         self.width = folding.input_width
         self.max_active = _shape_groups(self.specs[0])[1]
         self.fused_skip = False  # an IR zero-skip left to the next conv's dense window
+        self.pool_first = pools_before_requant(net, folding)
 
     def add(self, layer: str, comp):
         self.stages.append(Stage(layer, unit_name(comp), comp))
@@ -157,10 +175,13 @@ class _Lowering:
 
     def run(self) -> list[Stage]:
         fmts = self.net.formats()
+        pooled = set(self.pool_first.values())
         handlers = [(ir.ZeroSkip, self.zero_skip), (ir.Densify, self.densify),
                     (ir.OverlayLayer, self.overlay), (ir.MaxPool, self.max_pool),
                     (ir.KWTALayer, self.kwta), (ir.Flatten, self.flatten)]
         for i, layer in enumerate(self.net.layers):
+            if layer.name in pooled:  # done by the overlay layer before it
+                continue
             handler = next((h for kind, h in handlers if isinstance(layer, kind)), None)
             if handler is None:  # pragma: no cover - every IR kind is handled above
                 raise FoldingError(f"layer {layer.name}: no hardware for kind {layer.kind!r}")
@@ -228,7 +249,7 @@ class _Lowering:
                                                  loadable=self.loadable,
                                                  spram=layer.name in self.in_spram,
                                                  compact=folding.compact))
-        self.output(layer, eng)
+        self.output(i, layer, eng)
 
     def logic(self, i: int, layer: ir.OverlayLayer) -> None:
         """A dense window and the weights as logic, then the output stages."""
@@ -244,23 +265,32 @@ class _Lowering:
                                                lanes_per_beat=fold.lanes_per_beat,
                                                acc_bits=layer.accumulator_bits()))
         self.fused_skip = False
-        self.output(layer, eng)
+        self.output(i, layer, eng)
 
-    def output(self, layer: ir.OverlayLayer, eng) -> None:
-        """The narrow (if any) and the requantizer or bias add behind an engine."""
+    def output(self, i: int, layer: ir.OverlayLayer, eng) -> None:
+        """Behind an engine: the max pool of its sums (see :func:`pools_before_requant`),
+        the narrow (if any) and the requantizer or bias add. The stages behind a pool
+        carry the pool's name: they work on its positions."""
         fold, folding = self.folding.of(layer.name), self.folding
         self.width = eng.lanes_per_beat
         m = layer.overlays.num_kernels
+        name = layer.name
+        if layer.name in self.pool_first:
+            pool = self.net.layers[i + 1]
+            h, w, _ = self.specs[i + 1].shape
+            self.add(pool.name, MaxPool(h, w, m, kernel=pool.kernel, stride=pool.stride,
+                                        width=self.width, elem_bits=eng.acc_bits))
+            name = pool.name
         if fold.width is not None and fold.width != self.width:
-            self.add(layer.name, Narrow(m, width_in=self.width, width_out=fold.width,
-                                        elem_shape=signed(eng.acc_bits)))
+            self.add(name, Narrow(m, width_in=self.width, width_out=fold.width,
+                                  elem_shape=signed(eng.acc_bits)))
             self.width = fold.width
         bias = [int(v) for v in layer.bias]
         if layer.requant is None:
-            self.add(layer.name, BiasAdd(m, width=self.width, acc_bits=eng.acc_bits, bias=bias))
+            self.add(name, BiasAdd(m, width=self.width, acc_bits=eng.acc_bits, bias=bias))
         else:
             rq = layer.requant
-            self.add(layer.name, Requantizer(m, width=self.width, acc_bits=eng.acc_bits,
+            self.add(name, Requantizer(m, width=self.width, acc_bits=eng.acc_bits,
                                              multiplier=[int(v) for v in rq.multiplier],
                                              shift=[int(v) for v in rq.shift], bias=bias,
                                              relu=bool(rq.relu), loadable=self.loadable,

@@ -63,11 +63,14 @@ class MaxPool(wiring.Component):
         Window ``(kh, kw)`` and stride; the stride must equal the kernel.
     width : int
         ``D``, elements per beat.
+    elem_bits : int
+        Signed width of an element (8: activations; wider: accumulators pooled
+        before their requantization, which is monotonic, so the two commute).
 
     Members
     -------
-    i : In(stream.Signature(dense_layout(D, signed(8))))
-    o : Out(stream.Signature(dense_layout(D, signed(8))))
+    i : In(stream.Signature(dense_layout(D, signed(elem_bits))))
+    o : Out(stream.Signature(dense_layout(D, signed(elem_bits))))
 
     Raises
     ------
@@ -78,14 +81,16 @@ class MaxPool(wiring.Component):
     """
 
     def __init__(self, height: int, width_px: int, channels: int, *, kernel=(2, 2),
-                 stride=(2, 2), width: int = 8):
+                 stride=(2, 2), width: int = 8, elem_bits: int = 8):
         self.out_height, self.out_width = _pool_params(height, width_px, channels, kernel, stride)
         check_int("width (D)", width, 1, 256)
+        check_int("elem_bits", elem_bits, 2, 64)
         self.height, self.width_px, self.channels = height, width_px, channels
         self.kernel, self.stride, self.width = kernel, stride, width
+        self.elem_bits = elem_bits
         self.beats = -(-channels // width)
-        self.in_layout = dense_layout(width, signed(8))
-        self.out_layout = dense_layout(width, signed(8))
+        self.in_layout = dense_layout(width, signed(elem_bits))
+        self.out_layout = dense_layout(width, signed(elem_bits))
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
@@ -99,11 +104,12 @@ class MaxPool(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         H, W, D, B = self.height, self.width_px, self.width, self.beats
+        E = self.elem_bits
         kh, kw = self.kernel
         Ho, Wo = self.out_height, self.out_width
         p = self.i.payload
 
-        m.submodules.rows = rows = Memory(shape=unsigned(D * 8), depth=Wo * B, init=[])
+        m.submodules.rows = rows = Memory(shape=unsigned(D * E), depth=Wo * B, init=[])
         wp = rows.write_port()
         rp = rows.read_port()
 
@@ -146,7 +152,7 @@ class MaxPool(wiring.Component):
         # ---------------- S0: the accepted beat, its word read in flight
         s0 = {n: Signal(name=f"s0_{n}") for n in ("valid", "first", "emit", "last", "end")}
         s0_addr = Signal.like(rp.addr)
-        s0_data = Signal(D * 8)
+        s0_data = Signal(D * E)
         with m.If(adv):
             inside = (ox < Wo) & (oy < Ho)
             window_end = (dx == kw - 1) & (dy == kh - 1)
@@ -163,21 +169,21 @@ class MaxPool(wiring.Component):
         # ---------------- S1: the beat with its stored partial maxima (registered)
         s1 = {n: Signal(name=f"s1_{n}") for n in s0}
         s1_addr = Signal.like(rp.addr)
-        s1_data = Signal(D * 8)
-        s1_mem = Signal(D * 8)  # the block RAM output, straight into a register
+        s1_data = Signal(D * E)
+        s1_mem = Signal(D * E)  # the block RAM output, straight into a register
         s1_fwd = Signal()
-        s1_fwd_data = Signal(D * 8)
-        s1_old = Signal(D * 8)
-        best = Signal(D * 8)  # S1's lane-wise max, written back or emitted
+        s1_fwd_data = Signal(D * E)
+        s1_old = Signal(D * E)
+        best = Signal(D * E)  # S1's lane-wise max, written back or emitted
         writes = Signal()
         m.d.comb += writes.eq(s1["valid"] & ~s1["emit"])
         # S2: the write-back, from registers (the block RAM's inputs are far away).
         w_en = Signal()
         w_addr = Signal.like(rp.addr)
-        w_data = Signal(D * 8)
+        w_data = Signal(D * E)
         w2_en = Signal()  # the write before (in flight while the beat in S0 was read)
         w2_addr = Signal.like(rp.addr)
-        w2_data = Signal(D * 8)
+        w2_data = Signal(D * E)
         # Forwarding into S1: a beat that read its word fewer than three beats after
         # the word's last write gets the new value from S1 (it was not computed yet),
         # S2 (not written yet) or the write before (written in the cycle of the read).
@@ -195,8 +201,8 @@ class MaxPool(wiring.Component):
         m.d.comb += s1_old.eq(Mux(s1_fwd, s1_fwd_data, s1_mem))
         lanes = []
         for d in range(D):
-            new = s1_data[d * 8:(d + 1) * 8].as_signed()
-            old = s1_old[d * 8:(d + 1) * 8].as_signed()
+            new = s1_data[d * E:(d + 1) * E].as_signed()
+            old = s1_old[d * E:(d + 1) * E].as_signed()
             lanes.append(Mux(s1["first"] | (new > old), new, old))
         m.d.comb += best.eq(Cat(*lanes))
         m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]

@@ -9,7 +9,7 @@ from cosparse.compiler.fold import (block_rams, choose_folding, dsp_blocks, ecp5
 from cosparse.compiler.order import to_drain_order
 from cosparse.compiler.perf import stage_cycles
 from cosparse.compiler.folding import Folding, LayerFold
-from cosparse.compiler.lower import lower
+from cosparse.compiler.lower import lower, pools_before_requant
 
 
 def _net(mode):
@@ -58,7 +58,8 @@ def test_requantizers_narrowed_to_the_interval():
         p = lf.lanes_per_beat or layer.overlays.lanes
         q = lf.width or p
         assert p % q == 0
-        rq = [s.mean for s in stages if s.layer == layer.name and s.unit in
+        owner = pools_before_requant(net, f).get(layer.name, layer.name)  # behind its pool
+        rq = [s.mean for s in stages if s.layer == owner and s.unit in
               ("Requantizer", "BiasAdd")][0]
         assert rq <= interval
         narrowed += q < p

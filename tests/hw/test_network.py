@@ -128,3 +128,29 @@ def test_smallest_part_folding_matches_golden(which):
     beats, want = io_beats(core, net, x)
     res = simulate_io(core, beats, len(want), stall=0.3, seed=5, max_cycles=400_000)
     assert res.outputs[0] == want
+
+
+def test_pool_before_requant_keeps_the_function():
+    """A conv's sums max-pooled before their requantizer: the same outputs, the
+    requantizer on a quarter of the positions."""
+    from cosparse.compiler.perf import stage_cycles
+
+    net = to_drain_order(zoo.random_network((8, 8, 2), [("conv", 8, (3, 3), 2), ("relu",),
+                                                        ("pool", (2, 2)), ("flatten",),
+                                                        ("logits", 4, 1)], seed=3))
+    x = np.random.default_rng(2).integers(-128, 128, (2, 8, 8, 2)).astype(np.int8)
+    units = {}
+    for first in (True, False):
+        folding = Folding(input_width=2, layers={"conv0": LayerFold(2, 4, 2)},
+                          pool_before_requant=first)
+        core = lower(net, folding)
+        units[first] = [(st.layer, st.unit) for st in core.stages]
+        beats, want = io_beats(core, net, x)
+        assert simulate_io(core, beats, len(want), stall=0.3, seed=4).outputs[0] == want
+        rq = [s.mean for s in stage_cycles(net, folding, x) if s.unit == "Requantizer"][0]
+        units[first].append(rq)
+    assert units[True][2:5] == [("conv0", "OverlayEngine"), ("pool2", "MaxPool"),
+                                ("pool2", "Narrow")]
+    assert ("pool2", "MaxPool") in units[False] and units[False].index(("pool2", "MaxPool")) > \
+        units[False].index(("conv0", "Requantizer"))
+    assert units[True][-1] * 4 == units[False][-1]  # 9 positions against 36

@@ -58,6 +58,23 @@ def test_max_pool_matches_golden_under_stalls(h, w, c, kernel, D):
     assert res.outputs[0] == want
 
 
+@drops_rows
+@pytest.mark.parametrize("bits", [9, 20, 32])
+def test_max_pool_of_wide_accumulators(bits):
+    """Accumulators pooled before their requantization: any signed width, extremes kept."""
+    rng = np.random.default_rng(bits)
+    h, w, c, kernel, d = 5, 6, 6, (2, 2), 4
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    x = rng.integers(lo, hi + 1, (3, h, w, c), dtype=np.int64)
+    x[0, :2, :2] = lo
+    x[1, 0, 0] = hi
+    v = np.lib.stride_tricks.sliding_window_view(x[:, :4, :6], kernel, axis=(1, 2))[:, ::2, ::2]
+    want = dense_frames(v.max(axis=(-2, -1)), d)
+    dut = MaxPool(h, w, c, kernel=kernel, stride=kernel, width=d, elem_bits=bits)
+    res = run(dut, dense_frames(x, d), len(want), stall=0.3, seed=bits)
+    assert res.outputs[0] == want
+
+
 def test_max_pool_one_beat_per_cycle():
     rng = np.random.default_rng(1)
     dut = MaxPool(6, 6, 16, width=8)

@@ -423,7 +423,15 @@ def synth_unit(component, family: str, workdir: Path, *, platform=None,
     (workdir / f"{name}.il").write_text(rtlil.convert(component, name="top", platform=platform))
     cmd = "synth_ecp5 -top top" if family == "ecp5" else "synth_ice40 -dsp -top top"
     script = f"read_rtlil {name}.il; {KEEP_REPLICAS}; {cmd}; tee -q -o {name}.json stat -json"
-    _tool(env, "YOSYS", ["-q", "-p", script], workdir, what=f"{name} ({family})")
+    try:
+        _tool(env, "YOSYS", ["-q", "-p", script], workdir, what=f"{name} ({family})")
+    except BitstreamError:
+        if family != "ecp5":
+            raise
+        # The WebAssembly ABC aborts without a message on some netlists (a wide
+        # requantizer): once more without ABC9.
+        _tool(env, "YOSYS", ["-q", "-p", script.replace(cmd, cmd + " -noabc9")], workdir,
+              what=f"{name} ({family}, -noabc9)")
     cells = json.loads((workdir / f"{name}.json").read_text())["design"]["num_cells_by_type"]
     count = lambda *kinds: sum(int(cells.get(k, 0)) for k in kinds)  # noqa: E731
     if family == "ecp5":

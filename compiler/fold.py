@@ -24,15 +24,20 @@ from cosparse.hw.network import NetworkCore
 from . import ir
 from .emit import core_memories
 from .folding import Folding, FoldingError, LayerFold
+from .area import core_luts
 from .lower import logic_candidates, lower, pools_before_requant
 from .packer import unpack
 from .perf import stage_cycles
 
-__all__ = ["choose_folding", "choose_engines", "logic_luts", "LOGIC_LUT_SHARE", "multipliers", "dsp_blocks", "block_rams", "board_block_rams",
+__all__ = ["choose_folding", "choose_engines", "logic_luts", "LOGIC_LUT_SHARE", "LUT_SHARE", "multipliers", "dsp_blocks", "block_rams", "board_block_rams",
            "memory_census", "ecp5_blocks",
            "FoldingError", "ECP5_BRAM_KBIT"]
 
 MAX_ENTRIES = 32
+
+#: Share of the part's LUTs the folded core may take, as placed (:func:`~.area.core_luts`):
+#: room left for routing (a gsc-cs build at 74% routed, at 108% did not place).
+LUT_SHARE = 0.8
 
 #: Share of the part's LUTs that ``weights_in_logic="auto"`` gives the logic engines
 #: together; the rest is for the other units (the gsc-cs core's other units take about
@@ -246,7 +251,9 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         Which layers' weights become shift-and-add logic (:func:`choose_engines`);
         an override's own engine is kept. Their ``P`` grows like an engine's.
     max_luts : int, optional
-        The part's LUTs (for ``weights_in_logic="auto"``).
+        The part's LUTs: a step that would take the core past :data:`LUT_SHARE`
+        of them (:func:`~.area.core_luts`) is not taken, and ``"auto"`` puts no
+        layer in logic when the least parallelism with it would not fit.
 
     Raises
     ------
@@ -280,15 +287,26 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         folding.pool_before_requant = False
         return folding
     by_name = {layer.name: layer for layer in overlay}
+    # a stage behind a pool of sums is its overlay layer's (see pools_before_requant)
+    owner_of = {pool: name for name, pool in pools_before_requant(net, folding).items()}
+    lut_budget = None if max_luts is None else LUT_SHARE * max_luts
     first = _narrowed(net, folding, sample, overrides)
+    if logic and weights_in_logic == "auto" and lut_budget is not None \
+            and core_luts(lower(net, first[0])) > lut_budget:
+        # the least parallelism with those layers in logic does not fit the LUTs: none
+        return choose_folding(net, sample, max_multipliers=max_multipliers, overrides=overrides,
+                              max_steps=max_steps, engines_only=engines_only,
+                              max_block_rams=max_block_rams, weights_in_logic="none",
+                              max_luts=max_luts)
 
     def grow(check_brams: bool) -> Folding:
         folding, stages = first
         for _ in range(max_steps):
             worst = max(stages, key=lambda s: s.mean)
-            if worst.layer not in by_name or worst.layer in overrides:
+            name = owner_of.get(worst.layer, worst.layer)
+            if name not in by_name or name in overrides:
                 break
-            layer = by_name[worst.layer]
+            layer = by_name[name]
             step = _next_step(net, folding, layer, sample, worst.mean)
             if step is None:
                 break
@@ -300,13 +318,16 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
             else:
                 core = lower(net, trial)
                 used = core.dsp_products
+                if lut_budget is not None and core_luts(core) > lut_budget:
+                    break
             if used > max_multipliers:
                 break
             if check_brams and block_rams(net, trial) > max_block_rams:
                 break
             # The step must speed up the layer it was given to (not the whole pipeline: two
             # layers tied as the bottleneck take turns).
-            if max(s.mean for s in trial_stages if s.layer == layer.name) >= worst.mean:
+            if max(s.mean for s in trial_stages
+                   if owner_of.get(s.layer, s.layer) == layer.name) >= worst.mean:
                 break
             folding, stages = trial, trial_stages
         return folding

@@ -1,0 +1,81 @@
+# amaranth: UnusedElaboratable=no
+"""Area model: the LUTs of every unit of a core, as yosys maps them for ECP5.
+
+The fold keeps a core within the part's LUTs with these estimates, the way
+:mod:`cosparse.compiler.perf` keeps its cycles. A LUT here is what nextpnr
+counts as one: a LUT4, or half a CCU2C carry cell. The formulas are fitted
+to yosys ``synth_ecp5`` counts of each unit alone at the gsc-cs sizes and a
+few others (``scripts/synth_units.py``); the logic engine's is exact (its
+adders, :meth:`~cosparse.hw.logic.LogicEngine.lut_estimate`). The fitted
+figures and their errors are in docs/compiler.md, 'Area model'.
+
+A placed design takes more LUTs than the sum of its units (carry-chain
+ends, unpaired LUTs): :data:`PLACEMENT_FACTOR`, measured on a gsc-cs build.
+"""
+
+from __future__ import annotations
+
+from cosparse.hw import adapters, dense_window, kwta, logic, overlay, pool, requant, reshape, window
+from cosparse.hw.network import NetworkCore
+
+__all__ = ["unit_luts", "core_luts", "PLACEMENT_FACTOR", "LINK_LUTS"]
+
+#: nextpnr's LUTs (TRELLIS_COMB) over the sum of the units' yosys counts, on a
+#: gsc-cs build: 90,353 placed against 73,667 (LUT4 + 2 per CCU2C + 2 per LUT RAM).
+PLACEMENT_FACTOR = 1.22
+
+#: The board top's host link, UART and loader (LUTs), beside the core.
+LINK_LUTS = 2_000
+
+#: Weight-memory words of one block-RAM bank (:data:`cosparse.hw.overlay.WEIGHT_BANK_WORDS`).
+_BANK_WORDS = 2048
+
+
+def _engine(c: overlay.OverlayEngine) -> float:
+    # 223 per multiplier (accumulator banks, their adders, the drain's sums), 140 per
+    # read port, and the bank multiplexers of deep weight memories. Fitted on nine
+    # engines from 1 to 96 multipliers: within 10% from 32 multipliers up.
+    r, p = c.entries, c.lanes_per_beat
+    depth = c.words * (c.lanes // p)
+    banks = -(-depth // _BANK_WORDS)
+    return 223 * r * p + 140 * r + 258 + (18 * banks * r * p if banks > 1 else 0)
+
+
+def unit_luts(c) -> float:
+    """Estimated LUTs of one unit (ECP5)."""
+    if isinstance(c, logic.LogicEngine):
+        return c.lut_estimate()
+    if isinstance(c, overlay.OverlayEngine):
+        return _engine(c)
+    if isinstance(c, kwta.LocalKWTA):
+        d = c.width
+        return 950 if d == 1 else 400 * d + 1_000
+    if isinstance(c, kwta.GlobalKWTA):
+        return 600 + 300 * c.width
+    if isinstance(c, requant.Requantizer):
+        return 600 + 270 * min(c.width, 16) + 30 * max(c.width - 16, 0)
+    if isinstance(c, requant.BiasAdd):
+        return 40 + 2 * c.width * c.acc_bits
+    if isinstance(c, pool.MaxPool):
+        return 150 + 12 * c.width * c.elem_bits
+    if isinstance(c, pool.SparseMaxPool):
+        return 1_000 + 300 * c.width
+    if isinstance(c, adapters.Narrow):
+        return 4 * c.width_in * c.elem_shape.width
+    if isinstance(c, adapters.ZeroSkip):
+        return 300 + 250 * c.entries + 4 * c.width
+    if isinstance(c, adapters.Densify):
+        return 300 + 250 * c.width
+    if isinstance(c, dense_window.DenseWindow):
+        return 33 * c.taps * 8 * max(c.kernel) // 8 + 300
+    if isinstance(c, window.SparseWindow):
+        return 600 + 40 * c.entries
+    if isinstance(c, (reshape.SparseFlatten, reshape.DenseFlatten, adapters.StreamFIFO)):
+        return 100
+    return 500  # pragma: no cover - every unit the lowering makes is listed above
+
+
+def core_luts(core: NetworkCore) -> int:
+    """Estimated LUTs of a whole core and its board top's host link, as placed."""
+    return round((sum(unit_luts(st.component) for st in core.stages) + LINK_LUTS)
+                 * PLACEMENT_FACTOR)

@@ -48,8 +48,10 @@ def unit_luts(c) -> float:
     if isinstance(c, overlay.OverlayEngine):
         return _engine(c)
     if isinstance(c, kwta.LocalKWTA):
-        d = c.width
-        return 950 if d == 1 else 400 * d + 1_000
+        # the merge array: k cells of (key, index) per lane merged; the D = 1 design
+        # is an insertion into k cells
+        key = 8 + max(1, (c.channels - 1).bit_length())
+        return 950 if c.width == 1 else 3.7 * key * c.k * c.width + 400
     if isinstance(c, kwta.GlobalKWTA):
         return 600 + 300 * c.width
     if isinstance(c, requant.Requantizer):

@@ -261,9 +261,37 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         One multiplier per layer already exceeds the budget, or the least
         parallelism's memories exceed ``max_block_rams``.
     """
+    kw = dict(max_multipliers=max_multipliers, overrides=overrides, max_steps=max_steps,
+              area_first=area_first, engines_only=engines_only, max_block_rams=max_block_rams,
+              weights_in_logic=weights_in_logic, max_luts=max_luts)
+    if area_first:
+        return _choose_folding(net, sample, pool_first=False, **kw)
+    # Pooling sums before their requantizer saves DSP products and requantizer lanes,
+    # but pools wider elements: fold both ways, keep the faster (then the smaller).
+    best, error = None, None
+    for pool_first in (False, True):
+        try:
+            folding = _choose_folding(net, sample, pool_first=pool_first, **kw)
+        except FoldingError as e:  # (pooled sums take wider pool memories)
+            error = error or e
+            continue
+        core = lower(net, folding)
+        key = (max(s.mean for s in stage_cycles(net, folding, sample, core)), core_luts(core))
+        if best is None or key < best[0]:
+            best = (key, folding)
+    if best is None:
+        raise error
+    return best[1]
+
+
+def _choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
+                    overrides: dict[str, LayerFold] | None, max_steps: int, area_first: bool,
+                    engines_only: bool, max_block_rams: int | None, weights_in_logic,
+                    max_luts: int | None, pool_first: bool) -> Folding:
+    """:func:`choose_folding` with sums pooled before requantization or not."""
     overrides = dict(overrides or {})
     overlay = [layer for layer in net.layers if isinstance(layer, ir.OverlayLayer)]
-    folding = Folding(input_width=_input_width(net))
+    folding = Folding(input_width=_input_width(net), pool_before_requant=pool_first)
     logic = {} if area_first else choose_engines(
         net, folding, [n for n in weights_in_logic if n not in overrides]
         if isinstance(weights_in_logic, (list, tuple)) else weights_in_logic, max_luts=max_luts)
@@ -294,10 +322,11 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
     if logic and weights_in_logic == "auto" and lut_budget is not None \
             and core_luts(lower(net, first[0])) > lut_budget:
         # the least parallelism with those layers in logic does not fit the LUTs: none
-        return choose_folding(net, sample, max_multipliers=max_multipliers, overrides=overrides,
-                              max_steps=max_steps, engines_only=engines_only,
-                              max_block_rams=max_block_rams, weights_in_logic="none",
-                              max_luts=max_luts)
+        return _choose_folding(net, sample, max_multipliers=max_multipliers,
+                               overrides=overrides, max_steps=max_steps, area_first=area_first,
+                               engines_only=engines_only, max_block_rams=max_block_rams,
+                               weights_in_logic="none", max_luts=max_luts,
+                               pool_first=pool_first)
 
     def grow(check_brams: bool) -> Folding:
         folding, stages = first
@@ -380,6 +409,30 @@ def _full_width(folding: Folding) -> Folding:
                                     for n, f in folding.layers.items()})
 
 
+def _kwta_widths(net: ir.Network, widths: dict[str, int], overrides: dict[str, LayerFold],
+                 bound: float) -> dict[str, LayerFold]:
+    """Each local k-WTA on a requantizer's dense stream as narrow as ``bound`` allows.
+
+    Its input is ``Q`` wide (the requantizer's, through a dense max pool); a
+    k-WTA's logic grows with its width, so it takes the fewest elements per
+    beat (dividing ``Q``) that keep it within the interval, a Narrow in front.
+    """
+    out, q = {}, None
+    specs = net.specs()
+    for i, layer in enumerate(net.layers):
+        if isinstance(layer, ir.OverlayLayer):
+            q = widths.get(layer.name)
+        elif isinstance(layer, ir.LocalKWTA) and q is not None and layer.name not in overrides:
+            h, w, c = specs[i].shape
+            cycles = [(d, h * w * (-(-c // d) if d > 1 else max(c, layer.k + 2)))
+                      for d in _divisors(q)]
+            out[layer.name] = LayerFold(width=next((d for d, t in cycles if t <= bound), q))
+            q = None
+        elif not isinstance(layer, ir.MaxPool):
+            q = None
+    return out
+
+
 def _narrowed(net: ir.Network, folding: Folding, sample: np.ndarray,
               overrides: dict[str, LayerFold]) -> tuple[Folding, list]:
     """Each overlay layer's requantizer as narrow as the pipeline's interval allows.
@@ -420,6 +473,7 @@ def _narrowed(net: ir.Network, folding: Folding, sample: np.ndarray,
         trial = replace(full, layers={
             n: (LayerFold(f.entries, f.lanes_per_beat, widths[n], f.engine) if n in widths else f)
             for n, f in full.layers.items()})
+        trial.layers.update(_kwta_widths(net, widths, overrides, bound))
         stages = stage_cycles(net, trial, sample)
         worst = max(stages, key=lambda s: s.mean)
         if worst.mean <= bound:

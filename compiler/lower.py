@@ -316,6 +316,11 @@ class _Lowering:
             self.width = folding.of(layer.name).width or folding.default_width
             self.add("", Densify(g, entries=self.entries[i], width=self.width))
         boost = None if layer.boost is None else [int(b) for b in layer.boost]
+        narrow = folding.of(layer.name).width
+        if isinstance(layer, ir.LocalKWTA) and narrow and narrow < self.width \
+                and self.width % narrow == 0:  # the fold's narrower k-WTA (fold._kwta_widths)
+            self.add(layer.name, Narrow(g, width_in=self.width, width_out=narrow))
+            self.width = narrow
         width = self.width
         if isinstance(layer, ir.LocalKWTA):
             self.add(layer.name, LocalKWTA(g, layer.k, width=width, entries=r_out, boost=boost))

@@ -136,3 +136,50 @@ def test_least_parallelism_over_the_block_ram_is_refused():
     least = block_rams(net, choose_folding(net, x, max_multipliers=4))
     with pytest.raises(FoldingError, match=f"need about {least} block RAMs at the least"):
         choose_folding(net, x, max_multipliers=156, max_block_rams=least - 1)
+
+
+def test_fold_keeps_the_core_within_the_luts():
+    """A step that would take the core past LUT_SHARE of the part's LUTs is not taken;
+    fewer LUTs, no faster a fold; auto logic goes when even its least fold does not fit."""
+    from cosparse.compiler.area import core_luts
+    from cosparse.compiler.fold import LUT_SHARE
+    from cosparse.compiler.perf import predict
+
+    net, x = _net("sparse-sparse")
+    intervals = []
+    for luts in (84_000, 40_000, 25_000):
+        f = choose_folding(net, x, max_multipliers=156, weights_in_logic="auto", max_luts=luts)
+        least = choose_folding(net, x, max_multipliers=156, weights_in_logic="auto",
+                               max_luts=luts, max_steps=0)
+        used = core_luts(lower(net, f))
+        assert used <= LUT_SHARE * luts or f == least, (luts, used)
+        intervals.append(predict(net, f, x)["interval_cycles"])
+    assert intervals == sorted(intervals)
+    tiny = choose_folding(net, x, max_multipliers=156, weights_in_logic="auto", max_luts=8_000)
+    assert tiny.logic_layers == []
+
+
+def test_local_kwta_narrowed_to_the_interval():
+    """A local k-WTA behind a wide requantizer takes fewer elements per beat (a Narrow in
+    front) when the interval allows; the network computes the same."""
+    from ..helpers import dense_frames, simulate_io
+    from cosparse.sim import golden
+
+    net = to_drain_order(zoo.random_network((6, 6, 1), [("conv", 16, (3, 3), 2), ("local", 4),
+                                                        ("flatten",), ("linear", 20, 4),
+                                                        ("global", 3)], seed=1))
+    x = np.random.default_rng(0).integers(-128, 128, (2, 6, 6, 1)).astype(np.int8)
+    folding = Folding(1, {"conv0": LayerFold(1, 16, 16, "logic"), "kwta1": LayerFold(width=4)})
+    core = lower(net, folding)
+    units = [(st.layer, st.unit) for st in core.stages]
+    assert ("kwta1", "Narrow") in units and core.stages[units.index(("kwta1", "LocalKWTA"))] \
+        .component.width == 4
+    beats = dense_frames(x, 1)
+    want = dense_frames(golden.run(net, x), core.out_width)
+    assert simulate_io(core, beats, len(want), stall=0.3, seed=2).outputs[0] == want
+    # the fold narrows gsc-cs's first k-WTA by itself: it is far from the interval at
+    # the requantizer's width
+    net, x = _net("sparse-sparse")
+    f = choose_folding(net, x, max_multipliers=156)
+    q = f.of("conv1").width
+    assert q > 1 and f.of("kwta1").width < q and q % f.of("kwta1").width == 0

@@ -512,7 +512,7 @@ def bench_markdown(res: dict) -> str:
         return "-" if v is None else fmt.format(v)
 
     lines = [f"# gsc-cs benchmark on {res['board']} ({res['network']})", "",
-             "| mode | interval (cycles) | latency (cycles) | multipliers | MAC utilisation "
+             "| mode | interval (cycles) | latency (cycles) | multipliers | DSP MAC utilisation "
              "| Fmax (MHz) | inferences/s | LUT | FF | DSP | BRAM | fits |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for m in modes:
@@ -522,6 +522,15 @@ def bench_markdown(res: dict) -> str:
                      f"{cell(m['inferences_per_s'])}{_mark(m)} | "
                      f"{cell(m['luts'])} | {cell(m['ffs'])} | {cell(m['dsps'])} | "
                      f"{cell(m['brams'])} | {fits_cell(m)} |")
+    for m in modes:
+        for name, fig in (m.get("logic_layers") or {}).items():
+            yosys = ("" if fig["luts_yosys"] is None else
+                     f", {fig['luts_yosys']:,} in yosys ({fig['lut_estimate_error']:+.1%})")
+            lines += ["", f"{m['mode']}: {name}'s weights in logic, {fig['positions_per_cycle']:g} "
+                      f"positions per cycle, {fig['adders']:,} adders, {fig['luts_estimated']:,} "
+                      f"LUTs estimated{yosys}."]
+    lines += ["", "DSP MAC utilisation: useful MACs of the layers on DSP engines over (their "
+              "multipliers x interval)."]
     ort = res["onnxruntime_cpu"]
     if any(_mark(m) for m in modes):
         lines += ["", "\\* nextpnr's Fmax estimate after placement (`fmax_kind` "

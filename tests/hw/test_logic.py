@@ -6,6 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from cosparse.boards.catalog import get_board
+from cosparse.boards.top import platform_for
 from cosparse.hw.logic import AdderGraph, LogicEngine
 from cosparse.hw.logic.graph import csd_digits, odd_part
 from cosparse.hw.streams import dense_beats
@@ -119,12 +121,16 @@ def test_parameters_are_checked():
         LogicEngine(np.ones(4, dtype=np.int8))
 
 
-def test_verilator_matches_numpy():
+@pytest.mark.parametrize("board", [None, "icebreaker", "ulx3s-85f"])
+def test_verilator_matches_numpy(board):
+    """Generic, and as elaborated for an iCE40 and an ECP5 board."""
     rng = np.random.default_rng(5)
     w = rng.integers(-128, 128, (12, 25))
     w[rng.random(w.shape) < 0.5] = 0
     x = rng.integers(-128, 128, (9, 25))
     dut = LogicEngine(w, lanes_per_beat=6)
     want = groups(x, w, 6)
-    res = verilate_io(dut, "logic_engine", inputs(x), len(want), stall=0.3, seed=4)
+    platform = None if board is None else platform_for(get_board(board))
+    res = verilate_io(dut, f"logic_engine_{board or 'generic'}".replace("-", "_"), inputs(x),
+                      len(want), stall=0.3, seed=4, platform=platform)
     assert res.outputs[0] == want

@@ -133,9 +133,8 @@ class LinkTop(wiring.Component):
 
 # ---------------------------------------------------------------------------- PLLs
 
-def ice40_pll(fin_mhz: float, fout_mhz: float) -> dict:
-    """``SB_PLL40`` parameters (SIMPLE feedback) closest to ``fout``, as ``icepll`` finds them."""
-    best = None
+def _ice40_settings(fin_mhz: float):
+    """Every ``SB_PLL40`` setting from ``fin``: ``(divr, divf, divq, fpfd, fout)``."""
     for divr in range(16):
         fpfd = fin_mhz / (divr + 1)
         if not 10 <= fpfd <= 133:
@@ -146,10 +145,29 @@ def ice40_pll(fin_mhz: float, fout_mhz: float) -> dict:
                 continue
             for divq in range(1, 7):
                 f = fvco / (1 << divq)
-                if not 16 <= f <= 275:  # the PLL output's range
-                    continue
-                if best is None or abs(f - fout_mhz) < best[0]:
-                    best = (abs(f - fout_mhz), divr, divf, divq, fpfd, f)
+                if 16 <= f <= 275:  # the PLL output's range
+                    yield divr, divf, divq, fpfd, f
+
+
+def _ecp5_settings(fin_mhz: float):
+    """Every ``EHXPLLL`` setting from ``fin``: ``(ref, fb, od, fvco, fout)``."""
+    for ref in range(1, 129):
+        fpfd = fin_mhz / ref
+        if not 3.125 <= fpfd <= 400:
+            continue
+        for fb in range(1, 81):
+            for od in range(1, 129):
+                fvco = fpfd * fb * od
+                if 400 <= fvco <= 800:
+                    yield ref, fb, od, fvco, fvco / od
+
+
+def ice40_pll(fin_mhz: float, fout_mhz: float) -> dict:
+    """``SB_PLL40`` parameters (SIMPLE feedback) closest to ``fout``, as ``icepll`` finds them."""
+    best = None
+    for divr, divf, divq, fpfd, f in _ice40_settings(fin_mhz):
+        if best is None or abs(f - fout_mhz) < best[0]:
+            best = (abs(f - fout_mhz), divr, divf, divq, fpfd, f)
     if best is None or best[0] > 0.01 * fout_mhz:
         closest = f"closest {best[5]:g} MHz; " if best else ""
         raise ValueError(f"no iCE40 PLL setting makes {fout_mhz:g} MHz from {fin_mhz:g} MHz "
@@ -162,19 +180,10 @@ def ice40_pll(fin_mhz: float, fout_mhz: float) -> dict:
 def ecp5_pll(fin_mhz: float, fout_mhz: float) -> dict:
     """``EHXPLLL`` dividers closest to ``fout`` (VCO near 600 MHz), as ``ecppll`` finds them."""
     best = None
-    for ref in range(1, 129):
-        fpfd = fin_mhz / ref
-        if not 3.125 <= fpfd <= 400:
-            continue
-        for fb in range(1, 81):
-            for od in range(1, 129):
-                fvco = fpfd * fb * od
-                if not 400 <= fvco <= 800:
-                    continue
-                f = fvco / od
-                key = (abs(f - fout_mhz), abs(fvco - 600))
-                if best is None or key < best[0]:
-                    best = (key, ref, fb, od, f, fvco)
+    for ref, fb, od, fvco, f in _ecp5_settings(fin_mhz):
+        key = (abs(f - fout_mhz), abs(fvco - 600))
+        if best is None or key < best[0]:
+            best = (key, ref, fb, od, f, fvco)
     if best is None or best[0][0] > 0.01 * fout_mhz:
         closest = f" (closest {best[4]:g} MHz)" if best else ""
         raise ValueError(f"no ECP5 PLL setting makes {fout_mhz:g} MHz from {fin_mhz:g} MHz"
@@ -187,33 +196,14 @@ def ecp5_pll(fin_mhz: float, fout_mhz: float) -> dict:
 def pll_outputs(family: str, fin_mhz: float) -> list[float]:
     """Every output (MHz) of the family's PLL from ``fin``, in ascending order.
 
-    The settings :func:`ice40_pll` and :func:`ecp5_pll` search, computed as
-    they compute them, so each value asked of them comes back exactly.
+    The settings :func:`ice40_pll` and :func:`ecp5_pll` search, so each value
+    asked of them comes back exactly.
     """
-    found = set()
     if family == "ice40":
-        for divr in range(16):
-            fpfd = fin_mhz / (divr + 1)
-            if not 10 <= fpfd <= 133:
-                continue
-            for divf in range(128):
-                fvco = fpfd * (divf + 1)
-                if 533 <= fvco <= 1066:
-                    found.update(f for f in (fvco / (1 << q) for q in range(1, 7))
-                                 if 16 <= f <= 275)
-    elif family == "ecp5":
-        for ref in range(1, 129):
-            fpfd = fin_mhz / ref
-            if not 3.125 <= fpfd <= 400:
-                continue
-            for fb in range(1, 81):
-                for od in range(1, 129):
-                    fvco = fpfd * fb * od
-                    if 400 <= fvco <= 800:
-                        found.add(fvco / od)
-    else:
-        raise ValueError(f"the {family} tops have no PLL")
-    return sorted(found)
+        return sorted({s[-1] for s in _ice40_settings(fin_mhz)})
+    if family == "ecp5":
+        return sorted({s[-1] for s in _ecp5_settings(fin_mhz)})
+    raise ValueError(f"the {family} tops have no PLL")
 
 
 def highest_pll_clock(board: Board, max_mhz: float, *, baud: int | None = None) -> float:

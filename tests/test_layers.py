@@ -49,6 +49,7 @@ LAYERS = {
     "cosparse.compiler.lower": 4,
     "cosparse.compiler.perf": 4,
     "cosparse.compiler.fold": 4,
+    "cosparse.compiler.area": 4,
     "cosparse.compiler.zoo": 4,
     "cosparse.compiler.emit": 4,
     "cosparse.sim": 5,

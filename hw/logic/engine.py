@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..streams import dense_layout
@@ -30,13 +31,15 @@ class LogicEngine(wiring.Component):
     kernel order.
 
     Throughput: one input beat every ``ceil(M / P)`` cycles (``P = M``: one
-    per cycle), no bubbles. Latency: ``depth + 3`` cycles from an input beat
+    per cycle), no bubbles. Latency: ``depth + 5`` cycles from an input beat
     to its group's first output beat (input register, ``depth`` adder
-    stages, the sums' register, the output register).
+    stages, the sums' register, the output FIFO, the output register).
 
-    The pipeline advances on one enable (a stall holds every stage), taken
-    from the output's skid register, so no path runs from ``o.ready`` to
-    ``i.ready``.
+    The pipeline never stalls, so its registers have no enable (an enable
+    on every stage would be one net to every flip-flop): a field enters only
+    while the output FIFO has room for it and for every field in flight
+    (:attr:`fifo_depth` fields), and ``i.ready`` is a comparison of that
+    count, so no path runs from ``o.ready`` to ``i.ready``.
 
     Parameters
     ----------
@@ -53,7 +56,7 @@ class LogicEngine(wiring.Component):
     ----------
     graph : AdderGraph
         The plan.
-    num_kernels, fan_in, lanes_per_beat, acc_bits, beats_per_group, latency : int
+    num_kernels, fan_in, lanes_per_beat, acc_bits, beats_per_group, latency, fifo_depth : int
 
     Members
     -------
@@ -79,7 +82,9 @@ class LogicEngine(wiring.Component):
         need = max([self._root_bits(r) for r in self.graph.roots] + [2])
         self.acc_bits = check_int("acc_bits", acc_bits or need, need, 64)
         self.beats_per_group = -(-self.num_kernels // self.lanes_per_beat)
-        self.latency = self.graph.depth + 3
+        #: Fields the output FIFO holds: enough for those in flight at full rate.
+        self.fifo_depth = -(-(self.graph.depth + 6) // self.beats_per_group) + 2
+        self.latency = self.graph.depth + 5
         self.in_layout = dense_layout(self.fan_in, signed(8))
         self.out_layout = dense_layout(self.lanes_per_beat, signed(self.acc_bits))
         super().__init__({"i": In(stream.Signature(self.in_layout)),
@@ -95,14 +100,15 @@ class LogicEngine(wiring.Component):
         return max(int(lo).bit_length(), int(hi).bit_length()) + 1
 
     def lut_estimate(self, family: str = "ecp5") -> int:
-        """LUTs: the plan's adders and the output beat multiplexer.
+        """LUTs: the plan's adders, the output FIFO and beat multiplexer.
 
         On ECP5 one LUT per sum bit (yosys's count of the gsc-cs conv1 engine is
         within 1%); iCE40 takes :data:`ICE40_LUT_FACTOR` as many (its carry
         chains leave some sum bits to a LUT of their own).
         """
         mux = self.lanes_per_beat * self.acc_bits * (self.beats_per_group - 1)
-        luts = self.graph.lut_estimate() + mux
+        fifo = (self.num_kernels * self.acc_bits) // 2  # LUT RAM, 4 bits x 16 words per 2 LUTs
+        luts = self.graph.lut_estimate() + mux + fifo
         return round(luts * ICE40_LUT_FACTOR) if family == "ice40" else luts
 
     def elaborate(self, platform):
@@ -111,19 +117,29 @@ class LogicEngine(wiring.Component):
         p, s = self.lanes_per_beat, self.beats_per_group
         depth = g.depth
 
+        # Credits: a field enters only when the output FIFO has room for it and for
+        # every field still in the pipeline, so the pipeline never stalls and its
+        # registers need no enable (one enable would fan out to every flip-flop).
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=s * p * self.acc_bits + 1,
+                                                    depth=self.fifo_depth)
+        held = Signal(range(self.fifo_depth + 1))  # fields in the pipeline or the FIFO
+        take = Signal()
+        pop = Signal()
+        m.d.comb += [self.i.ready.eq(held < self.fifo_depth), take.eq(self.i.valid & self.i.ready)]
+        m.d.sync += held.eq(held + take - pop)
+
         valid = [Signal(name=f"valid_{k}") for k in range(depth + 2)]
-        end = [Signal(name=f"end_{k}") for k in range(depth + 2)]
-        beat = Signal(range(max(s, 2)))
-        go = Signal()  # every stage advances
-        m.d.comb += self.i.ready.eq(go)
+        end = [Signal(name=f"end_{k}", reset_less=True) for k in range(depth + 2)]
+        m.d.sync += [valid[0].eq(take), end[0].eq(self.i.payload.end)]
+        m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, depth + 2)]
+        m.d.sync += [end[k].eq(end[k - 1]) for k in range(1, depth + 2)]
 
         # Stage 0: the input vector; then one register per adder, and delay registers
         # where a later stage reads an earlier value.
         regs: dict[tuple[int, int], Signal] = {}
         for t in range(self.fan_in):
             r = Signal(signed(8), name=f"x_{t}", reset_less=True)
-            with m.If(go):
-                m.d.sync += r.eq(self.i.payload.data[t])
+            m.d.sync += r.eq(self.i.payload.data[t])
             regs[(t, 0)] = r
 
         def at(node: int, level: int) -> Signal:
@@ -131,8 +147,7 @@ class LogicEngine(wiring.Component):
             if key not in regs:
                 prev = at(node, level - 1)
                 r = Signal(prev.shape(), name=f"n{node}_d{level}", reset_less=True)
-                with m.If(go):
-                    m.d.sync += r.eq(prev)
+                m.d.sync += r.eq(prev)
                 regs[key] = r
             return regs[key]
 
@@ -142,40 +157,35 @@ class LogicEngine(wiring.Component):
             b = at(n.b, n.level - 1).as_signed() << n.ib
             total = (a + b) if n.sb > 0 else (a - b)
             r = Signal(signed(n.bits), name=f"n{k}", reset_less=True)
-            with m.If(go):
-                m.d.sync += r.eq(total >> n.shr if n.shr else total)
+            m.d.sync += r.eq(total >> n.shr if n.shr else total)
             regs[(k, n.level)] = r
 
-        # The sums, each with its sign and shift, in one register stage.
+        # The sums, each with its sign and shift, in one register stage, into the FIFO.
         sums = [Signal(signed(self.acc_bits), name=f"sum_{j}", reset_less=True)
                 for j in range(s * p)]
         for j, root in enumerate(g.roots):
             if root.node < 0:
-                value = Const(0, signed(self.acc_bits))
-            else:
-                v = at(root.node, depth).as_signed() << root.shift
-                value = -v if root.sign < 0 else v
-            with m.If(go):
-                m.d.sync += sums[j].eq(value)
+                continue  # no weight: always 0
+            v = at(root.node, depth).as_signed() << root.shift
+            m.d.sync += sums[j].eq(-v if root.sign < 0 else v)
+        m.d.comb += [fifo.w_en.eq(valid[depth + 1]),
+                     fifo.w_data.eq(Cat(*sums, end[depth + 1]))]
 
-        with m.If(go):
-            m.d.sync += [valid[0].eq(self.i.valid), end[0].eq(self.i.payload.end)]
-            m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, depth + 2)]
-            m.d.sync += [end[k].eq(end[k - 1]) for k in range(1, depth + 2)]
-        full = valid[depth + 1]
-
-        # Output: the group's beats, P sums each, through the skid register.
+        # Output: each field's beats, P sums each, through the skid register.
+        beat = Signal(range(max(s, 2)))
         final = beat == s - 1
-        lanes = [Signal(signed(self.acc_bits), name=f"lane_{q}") for q in range(p)]
+        width = self.acc_bits
+        lanes = [Signal(signed(width), name=f"lane_{q}") for q in range(p)]
         for q in range(p):
-            choices = [sums[b * p + q] for b in range(s)]
-            value = choices[0]
+            value = fifo.r_data[q * width:(q + 1) * width]
             for b in range(1, s):
-                value = Mux(beat == b, choices[b], value)
+                lo = (b * p + q) * width
+                value = Mux(beat == b, fifo.r_data[lo:lo + width], value)
             m.d.comb += lanes[q].eq(value)
-        payload = typed_payload(m, self.o, data=lanes, last=final, end=end[depth + 1] & final)
-        adv = skid_output(m, self.o, full, payload)
-        m.d.comb += go.eq(adv & (final | ~full))
-        with m.If(adv & full):
+        payload = typed_payload(m, self.o, data=lanes, last=final,
+                                end=fifo.r_data[-1] & final)
+        adv = skid_output(m, self.o, fifo.r_rdy, payload)
+        with m.If(adv & fifo.r_rdy):
             m.d.sync += beat.eq(Mux(final, 0, beat + 1))
+        m.d.comb += [pop.eq(adv & fifo.r_rdy & final), fifo.r_en.eq(pop)]
         return m

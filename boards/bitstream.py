@@ -416,7 +416,8 @@ def synth_unit(component, family: str, workdir: Path, *, platform=None,
     """yosys's resources for one unit alone (``synth_ecp5``, or ``synth_ice40 -dsp``).
 
     Returns ``luts`` as nextpnr counts them (ECP5: a ``CCU2C`` carry cell is two
-    LUT4s), ``ffs`` and ``dsps``. ``platform``: elaborate for a board's platform.
+    LUT4s), ``ffs``, ``dsps``, ``brams`` and ``lutram`` (ECP5 ``DPR16X4``;
+    iCE40: SPRAM blocks). ``platform``: elaborate for a board's platform.
     """
     env = tool_env()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -436,9 +437,12 @@ def synth_unit(component, family: str, workdir: Path, *, platform=None,
     count = lambda *kinds: sum(int(cells.get(k, 0)) for k in kinds)  # noqa: E731
     if family == "ecp5":
         return {"luts": count("LUT4") + 2 * count("CCU2C"), "ffs": count("TRELLIS_FF"),
-                "dsps": count("MULT18X18D")}
-    return {"luts": count("SB_LUT4"), "ffs": sum(v for k, v in cells.items() if k.startswith("SB_DFF")),
-            "dsps": count("SB_MAC16")}
+                "dsps": count("MULT18X18D"), "brams": count("DP16KD", "PDPW16KD"),
+                "lutram": count("TRELLIS_DPR16X4")}
+    return {"luts": count("SB_LUT4"),
+            "ffs": sum(int(v) for k, v in cells.items() if k.startswith("SB_DFF")),
+            "dsps": count("SB_MAC16"), "brams": count("SB_RAM40_4K"),
+            "lutram": count("SB_SPRAM256KA")}
 
 
 def _utilisation(family: str, report: dict, cells: dict[str, int], board) -> dict:

@@ -18,6 +18,7 @@ from dataclasses import replace
 import numpy as np
 from amaranth.hdl import Shape
 
+from cosparse.hw.kwta import LocalKWTA
 from cosparse.hw.logic import LogicEngine
 from cosparse.hw.network import NetworkCore
 
@@ -29,9 +30,9 @@ from .lower import logic_candidates, lower, pools_before_requant
 from .packer import unpack
 from .perf import stage_cycles
 
-__all__ = ["choose_folding", "choose_engines", "logic_luts", "LOGIC_LUT_SHARE", "LUT_SHARE", "multipliers", "dsp_blocks", "block_rams", "board_block_rams",
-           "memory_census", "ecp5_blocks",
-           "FoldingError", "ECP5_BRAM_KBIT"]
+__all__ = ["choose_folding", "choose_engines", "logic_luts", "LOGIC_LUT_SHARE", "LUT_SHARE",
+           "multipliers", "dsp_blocks", "block_rams", "board_block_rams", "memory_census",
+           "ecp5_blocks", "FoldingError", "ECP5_BRAM_KBIT"]
 
 MAX_ENTRIES = 32
 
@@ -64,11 +65,10 @@ def _lanes(layer: ir.OverlayLayer, f: LayerFold) -> int:
     return f.lanes_per_beat or (layer.overlays.num_kernels if f.in_logic else layer.overlays.lanes)
 
 
-def logic_luts(layer: ir.OverlayLayer, lanes_per_beat: int | None = None,
-               family: str = "ecp5") -> int:
-    """Estimated LUTs of ``layer``'s weights as logic (:meth:`LogicEngine.lut_estimate`)."""
+def logic_luts(layer: ir.OverlayLayer, lanes_per_beat: int | None = None) -> int:
+    """Estimated ECP5 LUTs of ``layer``'s weights as logic (:meth:`LogicEngine.lut_estimate`)."""
     return LogicEngine(unpack(layer.overlays), lanes_per_beat=lanes_per_beat,
-                       acc_bits=layer.accumulator_bits()).lut_estimate(family)
+                       acc_bits=layer.accumulator_bits()).lut_estimate()
 
 
 def choose_engines(net: ir.Network, folding: Folding, weights_in_logic="auto", *,
@@ -424,7 +424,7 @@ def _kwta_widths(net: ir.Network, widths: dict[str, int], overrides: dict[str, L
             q = widths.get(layer.name)
         elif isinstance(layer, ir.LocalKWTA) and q is not None and layer.name not in overrides:
             h, w, c = specs[i].shape
-            cycles = [(d, h * w * (-(-c // d) if d > 1 else max(c, layer.k + 2)))
+            cycles = [(d, h * w * LocalKWTA(c, layer.k, width=d).cycles_per_position)
                       for d in _divisors(q)]
             out[layer.name] = LayerFold(width=next((d for d, t in cycles if t <= bound), q))
             q = None

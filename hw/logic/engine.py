@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
@@ -17,6 +19,13 @@ __all__ = ["LogicEngine", "ICE40_LUT_FACTOR"]
 #: yosys's iCE40 LUTs over the ECP5 count of the same engine (measured: 6,394 / 5,331
 #: on the reduced gsc-cs conv1).
 ICE40_LUT_FACTOR = 1.2
+
+
+@lru_cache(maxsize=16)
+def _plan(weights: bytes, shape: tuple[int, int], in_range: tuple[int, int]) -> AdderGraph:
+    """The plan of a weight matrix, made once: the fold lowers the same layer at every
+    step (an AdderGraph is not changed after it is made)."""
+    return AdderGraph(np.frombuffer(weights, dtype=np.int64).reshape(shape), in_range)
 
 
 class LogicEngine(wiring.Component):
@@ -75,7 +84,7 @@ class LogicEngine(wiring.Component):
                              f"shape {getattr(w, 'shape', None)}")
         if w.min() < -128 or w.max() > 127:
             raise ValueError(f"weights must be int8 values, got {int(w.min())} .. {int(w.max())}")
-        self.graph = AdderGraph(w, in_range)
+        self.graph = _plan(w.astype(np.int64).tobytes(), w.shape, in_range)
         self.num_kernels, self.fan_in = w.shape
         self.lanes_per_beat = check_int("lanes_per_beat", lanes_per_beat or self.num_kernels,
                                         1, self.num_kernels)

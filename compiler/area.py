@@ -27,9 +27,6 @@ PLACEMENT_FACTOR = 1.22
 #: The board top's host link, UART and loader (LUTs), beside the core.
 LINK_LUTS = 2_000
 
-#: Weight-memory words of one block-RAM bank (:data:`cosparse.hw.overlay.WEIGHT_BANK_WORDS`).
-_BANK_WORDS = 2048
-
 
 def _engine(c: overlay.OverlayEngine) -> float:
     # 223 per multiplier (accumulator banks, their adders, the drain's sums), 140 per
@@ -37,7 +34,7 @@ def _engine(c: overlay.OverlayEngine) -> float:
     # engines from 1 to 96 multipliers: within 10% from 32 multipliers up.
     r, p = c.entries, c.lanes_per_beat
     depth = c.words * (c.lanes // p)
-    banks = -(-depth // _BANK_WORDS)
+    banks = -(-depth // overlay.WEIGHT_BANK_WORDS)
     return 223 * r * p + 140 * r + 258 + (18 * banks * r * p if banks > 1 else 0)
 
 

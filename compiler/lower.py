@@ -223,8 +223,7 @@ class _Lowering:
         if fold.in_logic:
             self.logic(i, layer)
             return
-        if isinstance(layer, ir.OverlayConv) and (self.fmt == "dense" or self.fused_skip) \
-                and folding.dense_window and dense_window_fits(layer, inp, self.width):
+        if self.windowed(i, layer):
             # A whole receptive field per cycle, zeros skipped (or kept, for the
             # dense baselines) into R-entry beats.
             h, w, c = inp.shape
@@ -251,11 +250,17 @@ class _Lowering:
                                                  compact=folding.compact))
         self.output(i, layer, eng)
 
+    def windowed(self, i: int, layer: ir.OverlayLayer) -> bool:
+        """The layer reads a whole receptive field per beat from a dense window: a conv
+        on a dense map (or behind a zero-skip left to it) whose positions are one beat."""
+        return (isinstance(layer, ir.OverlayConv) and (self.fmt == "dense" or self.fused_skip)
+                and self.folding.dense_window
+                and dense_window_fits(layer, self.specs[i], self.width))
+
     def logic(self, i: int, layer: ir.OverlayLayer) -> None:
         """A dense window and the weights as logic, then the output stages."""
         inp, fold = self.specs[i], self.folding.of(layer.name)
-        if not (isinstance(layer, ir.OverlayConv) and (self.fmt == "dense" or self.fused_skip)
-                and self.folding.dense_window and dense_window_fits(layer, inp, self.width)):
+        if not self.windowed(i, layer):
             why = logic_candidates(self.net, self.folding).get(layer.name) or "its input is sparse"
             raise FoldingError(f"layer {layer.name} cannot have its weights in logic: {why}")
         h, w, c = inp.shape

@@ -48,7 +48,7 @@ def unit_luts(c) -> float:
         # the merge array: k cells of (key, index) per lane merged; the D = 1 design
         # is an insertion into k cells
         key = 8 + max(1, (c.channels - 1).bit_length())
-        return 950 if c.width == 1 else 3.7 * key * c.k * c.width + 400
+        return 950 if c.width == 1 else 3.7 * key * c.cells * c.width + 400
     if isinstance(c, kwta.GlobalKWTA):
         return 600 + 300 * c.width
     if isinstance(c, requant.Requantizer):

@@ -51,6 +51,8 @@ MAX_BOOST = (1 << 16) - 1
 #: Requantization multipliers are unsigned 16-bit integers.
 MAX_MULTIPLIER = (1 << 16) - 1
 MAX_SHIFT = 62
+#: A quantized k-WTA key's right shift (the boost holds at most 16 bits).
+MAX_KEY_SHIFT = 24
 
 
 class ManifestError(CosparseError, ValueError):
@@ -395,18 +397,46 @@ class KWTALayer(Layer):
     k: int = 1
     #: Integer boost per channel (local) or per unit/channel (global), or None.
     boost: np.ndarray | None = None
+    #: None: exactly ``k`` winners, ties to the lower index. An integer ``B >= k``:
+    #: the threshold rule, every key equal to the ``k``-th largest also wins, up to
+    #: ``B`` winners in all (lower index first among the ties at the bound).
+    max_winners: int | None = None
+    #: None: the key is ``x * boost``. An integer ``s``: the key is quantized as a
+    #: QuantizeLinear on the boosted key would, ``clamp(round_half_even(x * boost /
+    #: 2**s), -128, 127)`` (ties in the quantized keys then follow the tie rule).
+    key_shift: int | None = None
+
+    @property
+    def winners(self) -> int:
+        """The most winners a group can have (``k``, or ``max_winners``)."""
+        return self.k if self.max_winners is None else self.max_winners
+
+    @property
+    def tie_rule(self) -> str:
+        """``"lower-index"`` (exactly ``k``) or ``"threshold"`` (ties at the ``k``-th win)."""
+        return "lower-index" if self.max_winners is None else "threshold"
 
     def _check_k(self, where: str, n: int) -> None:
         if not isinstance(self.k, int) or not 1 <= self.k <= n:
             _fail(f"{where}.k", f"expected an integer from 1 to {n}, got {self.k!r}")
+        b = self.max_winners
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool)
+                              or not self.k <= b <= n):
+            _fail(f"{where}.max_winners", f"expected an integer from k={self.k} to {n} (or "
+                                          f"none: exactly k winners), got {b!r}")
 
     def _check_boost(self, where: str, n: int) -> None:
         if self.boost is not None:
             _check_int_vector(f"{where}.boost", self.boost, n, 1, MAX_BOOST)
+        s = self.key_shift
+        if s is not None and (not isinstance(s, int) or isinstance(s, bool)
+                              or not 0 <= s <= MAX_KEY_SHIFT):
+            _fail(f"{where}.key_shift", f"expected an integer from 0 to {MAX_KEY_SHIFT} (or "
+                                        f"none: exact keys), got {s!r}")
 
     def key_bits(self) -> int:
-        """Signed width of the selection key ``x * boost``."""
-        if self.boost is None:
+        """Signed width of the selection key: 8 when quantized, else of ``x * boost``."""
+        if self.boost is None or self.key_shift is not None:
             return 8
         return 8 + int(self.boost.max()).bit_length()
 
@@ -583,7 +613,11 @@ def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
     if isinstance(layer, MaxPool):
         d.update(kernel=list(layer.kernel), stride=list(layer.stride))
     if isinstance(layer, KWTALayer):
-        d.update(k=layer.k, boost=_vec(layer.boost), tie_rule="lower-index")
+        d.update(k=layer.k, boost=_vec(layer.boost), tie_rule=layer.tie_rule)
+        if layer.max_winners is not None:
+            d["max_winners"] = layer.max_winners
+        if layer.key_shift is not None:
+            d["key_shift"] = layer.key_shift
     return d
 
 
@@ -709,10 +743,15 @@ def _layer_from(r: _Reader, tensors: dict[str, np.ndarray], npz_name: str) -> La
         return MaxPool(name, kernel=r.ints("kernel", n=2), stride=r.ints("stride", n=2))
     if kind in ("local_kwta", "global_kwta"):
         tie = r.get("tie_rule", str, optional=True)
-        if tie not in (None, "lower-index"):
-            _fail(f"{r.where}.tie_rule", f"only 'lower-index' is supported, got {tie!r}")
+        if tie not in (None, "lower-index", "threshold"):
+            _fail(f"{r.where}.tie_rule", f"expected 'lower-index' or 'threshold', got {tie!r}")
+        bound = r.get("max_winners", int, optional=True)
+        if (tie == "threshold") != (bound is not None):
+            _fail(f"{r.where}.max_winners", "the 'threshold' tie rule needs max_winners, and "
+                                            "only it takes one")
         cls = LocalKWTA if kind == "local_kwta" else GlobalKWTA
-        return cls(name, k=r.get("k", int), boost=r.vec("boost", np.int64, optional=True))
+        return cls(name, k=r.get("k", int), boost=r.vec("boost", np.int64, optional=True),
+                   max_winners=bound, key_shift=r.get("key_shift", int, optional=True))
     return LAYER_KINDS[kind](name)
 
 

@@ -328,8 +328,9 @@ class _Lowering:
             self.width = narrow
         width = self.width
         if isinstance(layer, ir.LocalKWTA):
-            self.add(layer.name, LocalKWTA(g, layer.k, width=width, entries=r_out, boost=boost))
-            self.max_active = layer.k
+            self.add(layer.name, LocalKWTA(g, layer.k, width=width, entries=r_out, boost=boost,
+                                           max_winners=layer.max_winners))
+            self.max_active = layer.winners
         else:
             # Room for a whole input frame: the upstream keeps working while the
             # unit scans the previous frame (it writes only between scans).
@@ -338,13 +339,14 @@ class _Lowering:
                                                 depth=groups * -(-g // width) + 2))
             gk = self.add(layer.name, GlobalKWTA(groups * g, layer.k, group=g, width=width,
                                                  entries=r_out, boost=boost,
-                                                 serial=folding.compact and width == 1))
+                                                 serial=folding.compact and width == 1,
+                                                 max_winners=layer.max_winners))
             # Room for a whole frame's winners: the unit never waits for a slower
             # consumer, so it can take the next frame (see StreamFIFO).
             if folding.frame_fifos:
                 self.add(layer.name, StreamFIFO(gk.out_layout,
-                                                depth=groups + -(-layer.k // r_out) + 2))
-            self.max_active = min(g, layer.k)
+                                                depth=groups + -(-layer.winners // r_out) + 2))
+            self.max_active = min(g, layer.winners)
         self.fmt = "sparse"
 
     def flatten(self, i: int, layer: ir.Flatten) -> None:

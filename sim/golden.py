@@ -25,7 +25,7 @@ from cosparse.compiler.ir import (Densify, Flatten, GlobalKWTA, Layer, LocalKWTA
                                   Network, OverlayConv, Overlays, Requant,
                                   ZeroSkip, OverlayLayer)
 
-__all__ = ["GoldenError", "run", "run_layer", "requantize", "kwta_mask",
+__all__ = ["GoldenError", "run", "run_layer", "requantize", "kwta_mask", "kwta_keys",
            "overlay_accumulate", "overlay_matmul", "Trace"]
 
 
@@ -144,19 +144,42 @@ def _max_pool(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -
 # k-WTA
 
 
-def kwta_mask(x: np.ndarray, k: int, boost: np.ndarray | None) -> np.ndarray:
-    """Winners of each row of ``x[..., N]``: exactly k, ties to the lower index.
-
-    ``boost`` broadcasts against ``x`` (per unit or per channel).
-    """
-    n = x.shape[-1]
+def kwta_keys(x: np.ndarray, boost: np.ndarray | None,
+              key_shift: int | None = None) -> np.ndarray:
+    """Selection keys: ``x * boost``, or quantized, ``clamp(round_half_even(x * boost /
+    2**key_shift), -128, 127)``; int64, ``boost`` broadcast against ``x``."""
     key = x.astype(np.int64)
     if boost is not None:
         key = key * boost.astype(np.int64)
+    if key_shift is None:
+        return key
+    if key_shift:
+        low = key & ((1 << key_shift) - 1)
+        key = key >> key_shift
+        half = 1 << (key_shift - 1)
+        key = key + ((low > half) | ((low == half) & (key & 1 == 1)))
+    return np.clip(key, -128, 127)
+
+
+def kwta_mask(x: np.ndarray, k: int, boost: np.ndarray | None,
+              max_winners: int | None = None, key_shift: int | None = None) -> np.ndarray:
+    """Winners of each row of ``x[..., N]``.
+
+    With ``max_winners`` None: exactly ``k``, ties to the lower index. With
+    ``max_winners = B``: every key at least the ``k``-th largest (the
+    threshold rule), and of those the ``B`` best, ties to the lower index.
+    ``boost`` broadcasts against ``x`` (per unit or per channel); the keys
+    are :func:`kwta_keys`.
+    """
+    n = x.shape[-1]
+    key = kwta_keys(x, boost, key_shift)
+    bound = k if max_winners is None else max_winners
     # A unique composite key: larger key first, then lower index.
     comp = key * n + (n - 1 - np.arange(n, dtype=np.int64))
-    kth = np.partition(comp, n - k, axis=-1)[..., n - k:n - k + 1]
-    return comp >= kth
+    best = comp >= np.partition(comp, n - bound, axis=-1)[..., n - bound:n - bound + 1]
+    if bound == k:
+        return best
+    return best & (key >= np.partition(key, n - k, axis=-1)[..., n - k:n - k + 1])
 
 
 # --------------------------------------------------------------------------
@@ -185,14 +208,16 @@ def run_layer(layer: Layer, x: np.ndarray) -> np.ndarray:
     if isinstance(layer, MaxPool):
         return _max_pool(x, layer.kernel, layer.stride)
     if isinstance(layer, LocalKWTA):
-        return np.where(kwta_mask(x, layer.k, layer.boost), x, 0).astype(x.dtype)
+        win = kwta_mask(x, layer.k, layer.boost, layer.max_winners, layer.key_shift)
+        return np.where(win, x, 0).astype(x.dtype)
     if isinstance(layer, GlobalKWTA):
         b = x.shape[0]
         flat = x.reshape(b, -1)
         boost = None
         if layer.boost is not None:
             boost = np.tile(layer.boost, flat.shape[1] // layer.boost.shape[0])
-        return np.where(kwta_mask(flat, layer.k, boost), flat, 0).astype(x.dtype).reshape(x.shape)
+        win = kwta_mask(flat, layer.k, boost, layer.max_winners, layer.key_shift)
+        return np.where(win, flat, 0).astype(x.dtype).reshape(x.shape)
     if isinstance(layer, Flatten):
         return x.reshape(x.shape[0], -1)
     if isinstance(layer, (ZeroSkip, Densify)):

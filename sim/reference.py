@@ -8,6 +8,8 @@ which checks the packer, the route and the vectorised golden model at once.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 from cosparse.compiler.ir import (Densify, Flatten, GlobalKWTA, LocalKWTA, MaxPool, Network,
@@ -27,12 +29,24 @@ def _requant(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, relu: bool) -
     return np.clip(out, 0 if relu else -128, 127).astype(np.int8)
 
 
-def _topk_rows(x: np.ndarray, k: int, boost: np.ndarray | None) -> np.ndarray:
+def _round_half_even(num: int, shift: int) -> int:
+    """``num / 2**shift`` rounded half to even, with Python's exact rationals."""
+    return round(Fraction(num, 1 << shift))
+
+
+def _topk_rows(x: np.ndarray, k: int, boost: np.ndarray | None,
+               max_winners: int | None = None, key_shift: int | None = None) -> np.ndarray:
     key = x.astype(np.int64) * (1 if boost is None else boost.astype(np.int64))
+    if key_shift is not None:
+        key = np.vectorize(lambda v: min(127, max(-128, _round_half_even(int(v), key_shift))),
+                           otypes=[np.int64])(key)
     out = np.zeros_like(x)
     for r in range(x.shape[0]):
         order = np.argsort(-key[r], kind="stable")  # stable: lower index first on ties
         win = order[:k]
+        if max_winners is not None:  # the threshold rule: ties at the k-th too, up to B
+            kth = key[r, order[k - 1]]
+            win = [i for i in order[:max_winners] if key[r, i] >= kth]
         out[r, win] = x[r, win]
     return out
 
@@ -76,13 +90,15 @@ def reference_run(net: Network, dense_weights: dict[str, np.ndarray], x: np.ndar
             y = out
         elif isinstance(layer, LocalKWTA):
             b, h, wd, c = y.shape
-            y = _topk_rows(y.reshape(-1, c), layer.k, layer.boost).reshape(y.shape)
+            y = _topk_rows(y.reshape(-1, c), layer.k, layer.boost, layer.max_winners,
+                           layer.key_shift).reshape(y.shape)
         elif isinstance(layer, GlobalKWTA):
             shape = y.shape
             flat = y.reshape(shape[0], -1)
             boost = None if layer.boost is None else \
                 np.tile(layer.boost, flat.shape[1] // layer.boost.size)
-            y = _topk_rows(flat, layer.k, boost).reshape(shape)
+            y = _topk_rows(flat, layer.k, boost, layer.max_winners,
+                           layer.key_shift).reshape(shape)
         elif isinstance(layer, Flatten):
             y = y.reshape(y.shape[0], -1)
         elif isinstance(layer, (ZeroSkip, Densify)):

@@ -51,6 +51,7 @@ LAYERS = {
     "cosparse.compiler.fold": 4,
     "cosparse.compiler.area": 4,
     "cosparse.compiler.zoo": 4,
+    "cosparse.compiler.fidelity": 4,
     "cosparse.compiler.emit": 4,
     "cosparse.sim": 5,
     "cosparse.boards": 6,

@@ -113,13 +113,53 @@ def _overlay_layer(g: Graph, s: Step, s_in: float, s_out: float | None, k: int |
     return ir.OverlayLinear(s.name, **common)
 
 
-def _kwta_layer(s: Step) -> tuple[ir.Layer, dict]:
-    """The IR k-WTA of a step, and how its boost was quantized."""
+def quantized_key(real: np.ndarray) -> tuple[np.ndarray, int]:
+    """Integer boosts and a shift for quantized keys ``round(x * real)``: the boosts
+    ``round(real * 2**shift)`` of at most 16 bits, with the largest shift that fits."""
+    top = float(real.max())
+    shift = int(np.clip(np.floor(np.log2(ir.MAX_BOOST / top)), 0, ir.MAX_KEY_SHIFT))
+    boost = np.clip(np.rint(real * 2.0 ** shift), 1, ir.MAX_BOOST).astype(np.int64)
+    return boost, shift
+
+
+def _kwta_layer(s: Step, s_in: float) -> tuple[ir.Layer, dict]:
+    """The IR k-WTA of a step, and how its boost (or its quantized key) was made."""
+    cls = ir.LocalKWTA if s.kind == "local_kwta" else ir.GlobalKWTA
+    form = {"k": s.k, "onnx_form": "gather-scatter" if s.exact else "threshold"}
+    if s.key_scale is not None and s.boost is not None:
+        # keys as the model quantizes them: round(x * s_in * boost / s_key)
+        boost, shift = quantized_key(s.boost * (s_in / s.key_scale))
+        info = dict(form, key="quantized", key_scale=s.key_scale, shift=shift, exact=False)
+        return cls(s.name, k=s.k, boost=boost, key_shift=shift), info
     boost, info = (None, {"shift": None, "exact": True}) if s.boost is None \
         else quantize_boost(s.boost)
-    info = dict(info, k=s.k, onnx_form="gather-scatter" if s.exact else "threshold")
-    cls = ir.LocalKWTA if s.kind == "local_kwta" else ir.GlobalKWTA
-    return cls(s.name, k=s.k, boost=boost), info
+    return cls(s.name, k=s.k, boost=boost), dict(info, **form)
+
+
+def _layer_meta(g: Graph, s: Step) -> dict:
+    """Where a step came from: its ONNX nodes, tensors and (QDQ) quantized output tensor."""
+    meta = {"onnx_nodes": s.onnx_nodes, "onnx_input": s.onnx_in, "onnx_output": s.onnx_out}
+    shape = g.shape(s.onnx_out)
+    quantized = [g.act_quantized[t] for t in reversed(s.scale_names)
+                 if t in g.act_quantized and g.shape(t) == shape]
+    if quantized:
+        meta["onnx_quantized"] = quantized[0]
+    return meta
+
+
+#: A threshold-form k-WTA keeps every key equal to the k-th; the IR bounds its winners
+#: at this many times k (or the group size), which sizes the hardware's winner cells.
+THRESHOLD_WINNERS = 2
+
+
+def _bound_ties(net: ir.Network, threshold: set[str]) -> None:
+    """Give each threshold-form k-WTA its winner bound, ``min(n, THRESHOLD_WINNERS * k)``."""
+    specs = net.specs()
+    for i, layer in enumerate(net.layers):
+        if layer.name in threshold:
+            shape = specs[i].shape
+            n = shape[-1] if isinstance(layer, ir.LocalKWTA) else int(np.prod(shape))
+            layer.max_winners = min(n, THRESHOLD_WINNERS * layer.k)
 
 
 def build_network(g: Graph, steps: list[Step], calibration: np.ndarray | None, mode: str,
@@ -138,20 +178,23 @@ def build_network(g: Graph, steps: list[Step], calibration: np.ndarray | None, m
         elif s.kind == "pool":
             layers.append(ir.MaxPool(s.name, kernel=s.kernel, stride=s.stride))
         elif s.kind in ("local_kwta", "global_kwta"):
-            layer, kwta[s.name] = _kwta_layer(s)
+            layer, kwta[s.name] = _kwta_layer(s, s_in)
             layers.append(layer)
         else:
             layers.append(ir.Flatten(s.name))
     net = ir.Network(name, ir.TensorSpec(ir_shape(g.input_shape), "int8", float(input_scale)),
                      insert_adapters(layers, mode))
     try:
+        _bound_ties(net, {name for name, info in kwta.items() if info["onnx_form"] == "threshold"})
         out = net.specs()[-1]
     except ir.ManifestError as e:
         raise g.fail(f"the imported network is not valid: {e}") from None
+    for layer in net.layers:
+        if isinstance(layer, ir.KWTALayer):
+            kwta[layer.name].update(tie_rule=layer.tie_rule, max_winners=layer.winners)
     net.meta.update(
         mode=mode, input_scale=float(input_scale),
         output_scale=list(out.scale) if isinstance(out.scale, tuple) else out.scale,
         quantization="qdq" if scales.qdq else "calibration", kwta=kwta,
-        layers={s.name: {"onnx_nodes": s.onnx_nodes, "onnx_input": s.onnx_in,
-                         "onnx_output": s.onnx_out} for s in steps})
+        layers={s.name: _layer_meta(g, s) for s in steps})
     return net

@@ -155,6 +155,7 @@ def strip_qdq(g: Graph) -> None:
             g.remove(dq)
         g.remove(q)
         g.act_scale.setdefault(x, float(scale.ravel()[0]))
+        g.act_quantized.setdefault(x, q.outputs[0])
     dq = next((n for n in g.nodes if n.op == "DequantizeLinear"), None)
     if dq is not None:
         raise g.fail(f"DequantizeLinear {dq.name!r} reads {dq.inputs[0]!r}, which is neither a "

@@ -85,6 +85,8 @@ class Graph:
         self.opsets: dict[str, int] = {}
         self.ir_version = 8
         self.act_scale: dict[str, float] = {}
+        #: The QuantizeLinear output (the model's integer tensor) of each quantized activation.
+        self.act_quantized: dict[str, str] = {}
         self.qinfo: dict[str, QInfo] = {}
 
     # -- queries
@@ -119,6 +121,8 @@ class Graph:
             self.output = new
         if old in self.act_scale and new not in self.act_scale:
             self.act_scale[new] = self.act_scale[old]
+        if old in self.act_quantized and new not in self.act_quantized:
+            self.act_quantized[new] = self.act_quantized[old]
 
     def remove(self, *nodes: Node) -> None:
         """Remove the given nodes (those still in the graph)."""

@@ -346,9 +346,11 @@ def _make_kwta(g: Graph, m: _KwtaMatch) -> None:
     boost_c = next((g.const(i) for n in m.nodes if n.op == "Mul" and m.key in n.outputs
                     for i in n.inputs if g.const(i) is not None), None)
     boost = _boost_over_group(g, where, boost_c, shape, group)
+    # A QDQ model that quantizes the boosted key compares the quantized keys.
+    key_scale = g.act_scale.get(m.key) if m.key != m.x else None
     kwta = Node(KWTA_OP, m.topk.name, [m.x], [m.out], dict(
         k=m.k, axes=group, boost=boost, exact=m.exact, onnx_nodes=[n.name for n in m.nodes],
-        onnx_in=m.x, onnx_out=m.out), scope=m.topk.scope)
+        onnx_in=m.x, onnx_out=m.out, key_scale=key_scale), scope=m.topk.scope)
     anchor = max(m.nodes, key=g.nodes.index)
     g.replace(m.nodes, kwta, anchor)
 

@@ -35,6 +35,7 @@ class Step:
     k: int = 0
     boost: np.ndarray | None = None  # float, per channel (map) or per unit (vector)
     exact: bool = False
+    key_scale: float | None = None  # a QDQ model's scale of the boosted key
     channels: int = 0  # of the map a flatten flattens
     scale_names: list[str] = field(default_factory=list)
     onnx_nodes: list[str] = field(default_factory=list)
@@ -203,6 +204,7 @@ def _kwta_step(g: Graph, n: Node, is_map: bool, order: tuple[str, ...], dims: di
         if a["axes"] != [1]:
             raise g.fail(f"{where} selects over axes {a['axes']} of a vector")
         return Step("global_kwta", n.name, n, k=a["k"], exact=a["exact"],
+                    key_scale=a.get("key_scale"),
                     boost=None if boost is None else boost.ravel()[perm])
     letters = [order[ax - 1] for ax in a["axes"]]
     if letters == ["C"] or (sorted(letters) == ["C", "H", "W"]):
@@ -215,6 +217,7 @@ def _kwta_step(g: Graph, n: Node, is_map: bool, order: tuple[str, ...], dims: di
                              "this boost varies across positions")
             boost = by_c[:, 0]
         return Step("local_kwta" if local else "global_kwta", n.name, n, k=a["k"],
-                    exact=a["exact"], boost=None if boost is None else boost.ravel())
+                    exact=a["exact"], key_scale=a.get("key_scale"),
+                    boost=None if boost is None else boost.ravel())
     raise g.fail(f"{where} selects over the {'/'.join(letters)} axes of a map; the IR selects "
                  "over the channels at each position (local) or over the whole map (global)")

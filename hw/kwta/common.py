@@ -8,18 +8,28 @@ from amaranth.lib import data
 from amaranth.lib.memory import Memory
 from amaranth.utils import ceil_log2
 
-__all__ = ["MAX_BOOST", "key_bits", "offset_key", "check_boost", "boost_rom", "Keys", "SerialOutput",
+from ..util import check_int
+
+__all__ = ["MAX_BOOST", "key_bits", "check_key_shift", "offset_key", "check_boost", "boost_rom", "Keys", "SerialOutput",
            "winner_layout", "winners_layout"]
 
 #: Largest boost factor (unsigned 16 bits, as in the IR).
 MAX_BOOST = (1 << 16) - 1
 
 
-def key_bits(boost) -> int:
-    """Signed width of ``x * boost`` for int8 ``x``: ``8 + ceil(log2(max boost))``."""
-    if boost is None:
+def key_bits(boost, key_shift: int | None = None) -> int:
+    """Signed width of the key: ``x * boost`` for int8 ``x``, ``8 + ceil(log2(max boost))``;
+    8 for a quantized key (``key_shift`` not None)."""
+    if boost is None or key_shift is not None:
         return 8
     return 8 + ceil_log2(max(boost))
+
+
+def check_key_shift(key_shift) -> int | None:
+    """None, or an integer from 0 to 24: the quantized key's right shift."""
+    if key_shift is not None:
+        check_int("key_shift", key_shift, 0, 24)
+    return key_shift
 
 
 def check_boost(boost, n: int, what: str) -> tuple[int, ...] | None:
@@ -68,12 +78,24 @@ def winners_layout(k: int, index_bits: int) -> data.StructLayout:
                               "end": unsigned(1)})
 
 
-def offset_key(x, b, kb: int) -> Value:
+def offset_key(x, b, kb: int, key_shift: int | None = None) -> Value:
     """Offset-binary key of int8 ``x`` with boost ``b`` (None: 1), ``kb`` bits.
 
     The sign bit is inverted, so unsigned comparison orders the keys like
-    the signed products ``x * b``.
+    the signed products ``x * b``. With ``key_shift`` the key is quantized
+    (8 bits): ``x * b / 2**key_shift`` rounded half to even, saturated to
+    -128..127, as the golden model's :func:`~cosparse.sim.golden.kwta_keys`.
     """
+    if key_shift is not None:
+        prod = x.as_signed() if b is None else x.as_signed() * b
+        r = prod
+        if key_shift:
+            q = prod >> key_shift  # arithmetic: prod is signed
+            low = prod.as_unsigned()[:key_shift]
+            half = 1 << (key_shift - 1)
+            r = q + ((low > half) | ((low == half) & q[0]))
+        sat = Mux(r > 127, 127, Mux(r < -128, -128, r))
+        return Cat(sat[:7], ~sat[7])
     if b is None:
         return Cat(x[:7], ~x[7])
     prod = x.as_signed() * b
@@ -89,9 +111,9 @@ class Keys:
     the unit that owns it.
     """
 
-    def __init__(self, boost, D: int, beats: int):
-        self.boost, self.D, self.beats = boost, D, beats
-        self.kb = key_bits(boost)
+    def __init__(self, boost, D: int, beats: int, key_shift: int | None = None):
+        self.boost, self.D, self.beats, self.key_shift = boost, D, beats, key_shift
+        self.kb = key_bits(boost, key_shift)
         self.bb = max(boost).bit_length() if boost is not None else 1
         self.rom = boost_rom(boost, D, beats, self.bb)
 
@@ -108,7 +130,7 @@ class Keys:
 
     def ukey(self, x, b) -> Value:
         """Offset-binary key of int8 ``x`` with boost ``b`` (None: 1), ``kb`` bits."""
-        return offset_key(x, b, self.kb)
+        return offset_key(x, b, self.kb, self.key_shift)
 
 
 class SerialOutput:

@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..streams import dense_layout, sparse_layout
 from ..util import bits, check_int
-from .common import Keys, SerialOutput, check_boost, key_bits
+from .common import Keys, SerialOutput, check_boost, check_key_shift, key_bits
 from .threshold import (
     FrameReader,
     FrameWriter,
@@ -59,6 +59,13 @@ class GlobalKWTA(wiring.Component):
         channel of a map.
     serial : bool
         The small, slow build (:class:`SerialGlobalKWTA`); needs ``width`` 1.
+    max_winners : int, optional
+        ``B``: the threshold tie rule, every key equal to the ``k``-th best
+        also wins, up to ``B`` winners per frame (``k`` to ``N``; the first
+        ones in flat order among the ties). None: exactly ``k`` winners.
+    key_shift : int, optional
+        Quantized keys: ``x * boost / 2**key_shift`` rounded half to even and
+        saturated to int8 (0 to 24). None: the exact ``x * boost``.
 
     Members
     -------
@@ -75,16 +82,22 @@ class GlobalKWTA(wiring.Component):
     SCAN_OVERHEAD = 11  # cycles of pipeline and hand-off around each scan
 
     def __new__(cls, size=None, k=None, *, group=None, width: int = 8, entries: int = 8,
-                boost=None, serial: bool = False):
+                boost=None, serial: bool = False, max_winners=None, key_shift=None):
         design = cls
         if cls is GlobalKWTA:
             design = SerialGlobalKWTA if serial else HistogramGlobalKWTA
         return super().__new__(design, src_loc_at=1)
 
     def __init__(self, size: int, k: int, *, group: int | None = None, width: int = 8,
-                 entries: int = 8, boost=None, serial: bool = False):
+                 entries: int = 8, boost=None, serial: bool = False,
+                 max_winners: int | None = None, key_shift: int | None = None):
         check_int("size", size, 1)
         check_int("k", k, 1, size)
+        if max_winners is not None:
+            check_int("max_winners", max_winners, k, size)
+        self.max_winners = max_winners
+        #: The most winners a frame can have.
+        self.winners = k if max_winners is None else max_winners
         group = size if group is None else group
         check_int("group", group, 1, size)
         if size % group:
@@ -98,11 +111,12 @@ class GlobalKWTA(wiring.Component):
             raise ValueError(f"{type(self).__name__} is built with serial={self.serial}, "
                              f"got serial={serial!r}")
         self.boost = check_boost(boost, group, "unit or channel")
+        self.key_shift = check_key_shift(key_shift)
         self.positions = size // group
         self.beats = -(-group // width)  # beats per group
         self.words = self.positions * self.beats  # beats per frame
         self.index_bits = bits(group)
-        self.key_bits = key_bits(self.boost)
+        self.key_bits = key_bits(self.boost, self.key_shift)
         self.digits = -(-self.key_bits // 8)
         self.in_layout = dense_layout(width, signed(8))
         self.out_layout = sparse_layout(entries, self.index_bits, signed(8))
@@ -160,14 +174,14 @@ class HistogramGlobalKWTA(GlobalKWTA):
         KP = 8 * P
         cnt = bits(N + 1)
         lane_cnt = bits(W + 1)
-        keys = Keys(self.boost, D, BG)
+        keys = Keys(self.boost, D, BG, self.key_shift)
         if keys.rom is not None:
             m.submodules.boost_rom = keys.rom
         bb = keys.bb if self.boost is not None else 0
         m.submodules.buf = buf = Memory(shape=unsigned(D * 8), depth=2 * W, init=[])
         buf_w, buf_r = buf.write_port(), buf.read_port()
-        m.submodules.writer = writer = FrameWriter(W, BG, D, G, kb, bb)
-        m.submodules.reader = reader = FrameReader(W, BG, D, G, kb, bb)
+        m.submodules.writer = writer = FrameWriter(W, BG, D, G, kb, bb, self.key_shift)
+        m.submodules.reader = reader = FrameReader(W, BG, D, G, kb, bb, self.key_shift)
         m.submodules.hist = hist = LaneHistograms(D, lane_cnt)
         m.submodules.scan = scan = ThresholdScan(D, lane_cnt, cnt)
         m.submodules.compare = compare = ThresholdCompare(D, KP, ib, cnt, BG)
@@ -257,7 +271,7 @@ class HistogramGlobalKWTA(GlobalKWTA):
         # emission: the winners of each word, packed R per beat
         m.d.comb += [compare.en.eq(adv_r), compare.i.eq(r2),
                      compare.i.valid.eq(r2.valid & (rd_mode == EMIT)),
-                     compare.thr.eq(prefix), compare.quota.eq(need)]
+                     compare.thr.eq(prefix), compare.quota.eq(need + (self.winners - k))]
         m.d.comb += [packer.i.valid.eq(compare.o.valid), packer.i.payload.win.eq(compare.o.win),
                      packer.i.payload.last.eq(compare.o.glast),
                      packer.i.payload.end.eq(compare.o.fend),
@@ -281,9 +295,10 @@ class SerialGlobalKWTA(GlobalKWTA):
     """
 
     def __init__(self, size: int, k: int, *, group: int | None = None, width: int = 1,
-                 entries: int = 8, boost=None, serial: bool = True):
+                 entries: int = 8, boost=None, serial: bool = True,
+                 max_winners: int | None = None, key_shift: int | None = None):
         super().__init__(size, k, group=group, width=width, entries=entries, boost=boost,
-                         serial=serial)
+                         serial=serial, max_winners=max_winners, key_shift=key_shift)
 
     @property
     def cycles_per_frame(self) -> int:
@@ -297,7 +312,7 @@ class SerialGlobalKWTA(GlobalKWTA):
         ib, kb = self.index_bits, self.key_bits
         nb = bits(N)
         cnt_bits = bits(N + 1)
-        keys = Keys(self.boost, 1, G)
+        keys = Keys(self.boost, 1, G, self.key_shift)
         if keys.rom is not None:
             m.submodules.boost_rom = keys.rom
         m.submodules.frames = mem = Memory(shape=unsigned(8), depth=2 << nb, init=[])
@@ -376,7 +391,8 @@ class SerialGlobalKWTA(GlobalKWTA):
                     with m.Else():
                         m.d.sync += bi.eq(bi - 1)
                 with m.Else():
-                    m.d.sync += [quota.eq(k - total), kind.eq(2), eq_seen.eq(0), gi.eq(0)]
+                    m.d.sync += [quota.eq(self.winners - total), kind.eq(2), eq_seen.eq(0),
+                                 gi.eq(0)]
 
         # emission: winners in flat order, one group per input group
         win = Signal()
@@ -387,7 +403,7 @@ class SerialGlobalKWTA(GlobalKWTA):
         m.d.comb += gend.eq(gi == G - 1)
         # A full beat waits in b until the group shows another winner (then it goes
         # out, not last) or ends (then it is the group's last beat): canonical packing.
-        out = SerialOutput(m, self.o, R, k, ib)
+        out = SerialOutput(m, self.o, R, self.winners, ib)
         flush, flush_end = Signal(), Signal()  # b holds a group's last beat, to send
         spill = Signal()  # a winner arrives while b is full
         m.d.comb += spill.eq(has & (out.b_cnt == R))

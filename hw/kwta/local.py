@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..streams import dense_layout, sparse_layout
 from ..util import bits, check_int
-from .common import Keys, check_boost, key_bits
+from .common import Keys, check_boost, check_key_shift, key_bits
 from .order import WinnerPicker, WinnerSorter
 from .sort import BeatSorter, MergeArray, SortedInsert
 
@@ -44,6 +44,13 @@ class LocalKWTA(wiring.Component):
         ``R``, entries per output beat (1 to 64).
     boost : sequence of int, optional
         Per-channel boost, ``C`` integers from 1 to 65535.
+    max_winners : int, optional
+        ``B``: the threshold tie rule, every key equal to the ``k``-th best
+        also wins, up to ``B`` winners (``k`` to ``C``; ``B`` cells). None:
+        exactly ``k`` winners.
+    key_shift : int, optional
+        Quantized keys: ``x * boost / 2**key_shift`` rounded half to even and
+        saturated to int8 (0 to 24). None: the exact ``x * boost``.
 
     Members
     -------
@@ -57,20 +64,28 @@ class LocalKWTA(wiring.Component):
         wrong length or an out-of-range value.
     """
 
-    def __new__(cls, channels=None, k=None, *, width: int = 8, entries: int = 8, boost=None):
+    def __new__(cls, channels=None, k=None, *, width: int = 8, entries: int = 8, boost=None,
+                max_winners=None, key_shift=None):
         design = (InsertionLocalKWTA if width == 1 else MergeLocalKWTA) if cls is LocalKWTA else cls
         return super().__new__(design, src_loc_at=1)
 
-    def __init__(self, channels: int, k: int, *, width: int = 8, entries: int = 8, boost=None):
+    def __init__(self, channels: int, k: int, *, width: int = 8, entries: int = 8, boost=None,
+                 max_winners: int | None = None, key_shift: int | None = None):
         check_int("channels", channels, 1)
         check_int("k", k, 1, channels)
         check_int("width (D)", width, 1)
         check_int("entries (R)", entries, 1, 64)
+        if max_winners is not None:
+            check_int("max_winners", max_winners, k, channels)
         self.channels, self.k, self.width, self.entries = channels, k, width, entries
+        self.max_winners = max_winners
+        #: Winner cells: ``k``, or ``max_winners`` with the threshold tie rule.
+        self.cells = k if max_winners is None else max_winners
         self.boost = check_boost(boost, channels, "channel")
+        self.key_shift = check_key_shift(key_shift)
         self.beats = -(-channels // width)
         self.index_bits = bits(channels)
-        self.key_bits = key_bits(self.boost)
+        self.key_bits = key_bits(self.boost, self.key_shift)
         self.in_layout = dense_layout(width, signed(8))
         self.out_layout = sparse_layout(entries, self.index_bits, signed(8))
         super().__init__({
@@ -89,6 +104,18 @@ class LocalKWTA(wiring.Component):
         raise NotImplementedError
 
 
+    def _emit_cells(self, m: Module, emit, cells, kb: int) -> None:
+        """Connect the finished position's cells (best first) to the emitter: a cell past the
+        ``k``-th wins only on a key equal to the ``k``-th's (the threshold rule)."""
+        k = self.k
+        for j in range(self.cells):
+            rec = cells[j].as_value()
+            m.d.comb += emit.i.payload.cells[j].as_value().eq(rec[kb:])
+            if j >= k:
+                m.d.comb += emit.i.payload.cells[j].valid.eq(
+                    cells[j].valid & (rec[:kb] == cells[k - 1].as_value()[:kb]))
+
+
 class MergeLocalKWTA(LocalKWTA):
     """Local k-WTA as a merge array: ``min(D, k)`` lanes merged into ``k`` cells per cycle.
 
@@ -105,8 +132,10 @@ class MergeLocalKWTA(LocalKWTA):
     members as :class:`LocalKWTA`; ``width`` at least 2.
     """
 
-    def __init__(self, channels: int, k: int, *, width: int = 8, entries: int = 8, boost=None):
-        super().__init__(channels, k, width=width, entries=entries, boost=boost)
+    def __init__(self, channels: int, k: int, *, width: int = 8, entries: int = 8, boost=None,
+                 max_winners: int | None = None, key_shift: int | None = None):
+        super().__init__(channels, k, width=width, entries=entries, boost=boost,
+                         max_winners=max_winners, key_shift=key_shift)
         if width == 1:
             raise ValueError(f"MergeLocalKWTA needs width (D) 2 or more, got {width!r}")
 
@@ -117,9 +146,9 @@ class MergeLocalKWTA(LocalKWTA):
 
     def elaborate(self, platform):
         m = Module()
-        C, k, D, R, B = self.channels, self.k, self.width, self.entries, self.beats
+        C, k, D, R, B = self.channels, self.cells, self.width, self.entries, self.beats
         ib, kb = self.index_bits, self.key_bits
-        keys = Keys(self.boost, D, B)
+        keys = Keys(self.boost, D, B, self.key_shift)
         if keys.rom is not None:
             m.submodules.boost_rom = keys.rom
         m.submodules.sorter = sorter = BeatSorter(D, k, kb, ib)
@@ -170,8 +199,7 @@ class MergeLocalKWTA(LocalKWTA):
                      for d in range(D)]
         m.d.comb += [merge.en.eq(adv), merge.i.eq(sorter.o)]
         m.d.comb += [emit.i.valid.eq(merge.o.valid & merge.o.last), emit.i.payload.end.eq(merge.o.end)]
-        m.d.comb += [emit.i.payload.cells[j].as_value().eq(merge.o.cells[j].as_value()[kb:])
-                     for j in range(k)]
+        self._emit_cells(m, emit, merge.o.cells, kb)
         m.d.comb += adv.eq(~(merge.o.valid & merge.o.last) | emit.i.ready)
         wiring.connect(m, emit.o, wiring.flipped(self.o))
         return m
@@ -193,22 +221,24 @@ class InsertionLocalKWTA(LocalKWTA):
     :class:`LocalKWTA`; ``width`` must be 1.
     """
 
-    def __init__(self, channels: int, k: int, *, width: int = 1, entries: int = 8, boost=None):
-        super().__init__(channels, k, width=width, entries=entries, boost=boost)
+    def __init__(self, channels: int, k: int, *, width: int = 1, entries: int = 8, boost=None,
+                 max_winners: int | None = None, key_shift: int | None = None):
+        super().__init__(channels, k, width=width, entries=entries, boost=boost,
+                         max_winners=max_winners, key_shift=key_shift)
         if width != 1:
             raise ValueError(f"InsertionLocalKWTA needs width (D) 1, got {width!r}")
 
     @property
     def cycles_per_position(self) -> int:
-        """Steady-state cycles per position: at least ``k + 2`` (the hold load, then one
-        winner per cycle)."""
-        return max(self.beats, self.k + 2)
+        """Steady-state cycles per position: at least ``cells + 2`` (the hold load, then
+        one winner per cycle)."""
+        return max(self.beats, self.cells + 2)
 
     def elaborate(self, platform):
         m = Module()
-        C, k, R = self.channels, self.k, self.entries
+        C, k, R = self.channels, self.cells, self.entries
         ib, kb = self.index_bits, self.key_bits
-        keys = Keys(self.boost, 1, C)
+        keys = Keys(self.boost, 1, C, self.key_shift)
         if keys.rom is not None:
             m.submodules.boost_rom = keys.rom
         m.submodules.cells = cells = SortedInsert(k, kb, ib)
@@ -249,7 +279,6 @@ class InsertionLocalKWTA(LocalKWTA):
         with m.If(adv & v1 & last1):
             m.d.sync += pend_end.eq(end1)
         m.d.comb += [emit.i.valid.eq(pend), emit.i.payload.end.eq(pend_end)]
-        m.d.comb += [emit.i.payload.cells[i].as_value().eq(cells.cells[i].as_value()[kb:])
-                     for i in range(k)]
+        self._emit_cells(m, emit, cells.cells, kb)
         wiring.connect(m, emit.o, wiring.flipped(self.o))
         return m

@@ -28,8 +28,8 @@ def lane_layout(key_width: int) -> data.StructLayout:
                               "valid": unsigned(1)})
 
 
-def _padded_key(x, b, kb: int, KP: int):
-    u = offset_key(x, b, kb)
+def _padded_key(x, b, kb: int, KP: int, key_shift: int | None):
+    u = offset_key(x, b, kb, key_shift)
     return Cat(u, Const(0, KP - kb)) if KP > kb else u
 
 
@@ -69,9 +69,9 @@ class FrameWriter(wiring.Component):
     """
 
     def __init__(self, words: int, beats: int, width: int, group: int, key_bits: int,
-                 boost_bits: int):
+                 boost_bits: int, key_shift: int | None = None):
         self.W, self.BG, self.D, self.G = words, beats, width, group
-        self.kb, self.bb = key_bits, boost_bits
+        self.kb, self.bb, self.key_shift = key_bits, boost_bits, key_shift
         self.KP = 8 * -(-key_bits // 8)
         super().__init__({
             "i": In(stream.Signature(dense_layout(width, signed(8)))),
@@ -124,7 +124,7 @@ class FrameWriter(wiring.Component):
         m.d.sync += self.keys_valid.eq(wb_v)
         for d in range(D):
             m.d.sync += [self.keys[d].key.eq(_padded_key(wb_x[d], None if wb_b is None else wb_b[d],
-                                                         self.kb, self.KP)),
+                                                         self.kb, self.KP, self.key_shift)),
                          self.keys[d].valid.eq(wb_bg * D + d < G)]
         m.d.comb += self.busy.eq(w0_v | wb_v | self.keys_valid)
         return m
@@ -163,9 +163,9 @@ class FrameReader(wiring.Component):
     """
 
     def __init__(self, words: int, beats: int, width: int, group: int, key_bits: int,
-                 boost_bits: int):
+                 boost_bits: int, key_shift: int | None = None):
         self.W, self.BG, self.D, self.G = words, beats, width, group
-        self.kb, self.bb = key_bits, boost_bits
+        self.kb, self.bb, self.key_shift = key_bits, boost_bits, key_shift
         self.KP = 8 * -(-key_bits // 8)
         super().__init__({
             "start": In(1), "slot": In(1), "en": In(1),
@@ -217,7 +217,8 @@ class FrameReader(wiring.Component):
                          o.fend.eq(rb_fend)]
             for d in range(D):
                 m.d.sync += [o.lanes[d].key.eq(_padded_key(rb_x[d], None if rb_b is None
-                                                           else rb_b[d], self.kb, self.KP)),
+                                                           else rb_b[d], self.kb, self.KP,
+                                                           self.key_shift)),
                              o.lanes[d].value.eq(rb_x[d]), o.lanes[d].valid.eq(rb_bg * D + d < G)]
         m.d.comb += self.busy.eq(rd_active | r1_v | rb_v | o.valid)
         return m

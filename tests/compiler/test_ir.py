@@ -37,6 +37,18 @@ def test_roundtrip_keeps_every_field(tmp_path, small_net):
     assert doc["layers"][1]["overlays"]["fill"] == 1.0
 
 
+def test_threshold_tie_rule_roundtrips(tmp_path):
+    net = zoo.gsc_cs(seed=3, reduced=True)
+    kw = next(l for l in net.layers if isinstance(l, ir.LocalKWTA))
+    kw.max_winners = min(kw.k * 2, 16)
+    ir.save(net, tmp_path)
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    assert _layer(doc, kw.name)["tie_rule"] == "threshold"
+    back = next(l for l in ir.load(tmp_path).layers if l.name == kw.name)
+    assert back.max_winners == kw.max_winners and back.winners == kw.max_winners
+    assert back.tie_rule == "threshold"
+
+
 def test_specs_chain_shapes(small_net):
     specs = small_net.specs()
     assert specs[0].shape == (20, 20, 1)
@@ -66,6 +78,10 @@ def _layer(doc, name):
     (lambda d: _layer(d, "kwta1").update(k=17), r"kwta1.*k: expected an integer from 1 to 16"),
     (lambda d: _layer(d, "kwta1").update(k=True), r"k: expected an integer"),
     (lambda d: _layer(d, "kwta1").update(tie_rule="random"), r"tie_rule"),
+    (lambda d: _layer(d, "kwta1").update(tie_rule="threshold"), r"kwta1.*max_winners"),
+    (lambda d: _layer(d, "kwta1").update(max_winners=8), r"max_winners"),
+    (lambda d: _layer(d, "kwta1").update(tie_rule="threshold", max_winners=17),
+     r"kwta1.*max_winners: expected an integer from k=\d+ to 16"),
     (lambda d: _layer(d, "kwta1").update(boost=[0] * 16), r"boost: values must lie in 1\.\.65535"),
     (lambda d: _layer(d, "conv1").update(kind="conv3d"), r"unknown layer kind 'conv3d'"),
     (lambda d: _layer(d, "conv1").update(bias=[0] * 15), r"conv1.*bias: expected 16 integers"),

@@ -15,17 +15,18 @@ from cosparse.sim.verilate import run_streams
 # Models and stimuli
 
 
-def local_expected(x, k, boost, R):
+def local_expected(x, k, boost, R, max_winners=None, key_shift=None):
     """Sparse beats of frame ``x[positions, C]`` after a local k-WTA (zero winners dropped)."""
-    y = np.where(kwta_mask(x, k, None if boost is None else np.asarray(boost)), x, 0)
+    y = np.where(kwta_mask(x, k, None if boost is None else np.asarray(boost), max_winners,
+                           key_shift), x, 0)
     return sparse_beats([[(int(c), int(row[c])) for c in np.flatnonzero(row)] for row in y], R)
 
 
-def global_expected(x, k, boost, G, R):
+def global_expected(x, k, boost, G, R, max_winners=None, key_shift=None):
     """Sparse beats of frame ``x`` (N values in HWC order, groups of G) after a global k-WTA."""
     flat = np.asarray(x).reshape(-1)
     b = None if boost is None else np.tile(np.asarray(boost), flat.size // G)
-    y = np.where(kwta_mask(flat, k, b), flat, 0).reshape(-1, G)
+    y = np.where(kwta_mask(flat, k, b, max_winners, key_shift), flat, 0).reshape(-1, G)
     return sparse_beats([[(int(c), int(row[c])) for c in np.flatnonzero(row)] for row in y], R)
 
 
@@ -96,6 +97,51 @@ def test_local_matches_golden_under_stalls(C, k, D, R, boost_kind):
     res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
                    [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=C + k)
     assert res.outputs[0] == want  # canonical packing: identical beats, padding included
+
+
+THRESHOLD_CASES = [  # C, k, B, D, R, boost kind: the threshold tie rule, up to B winners
+    (16, 4, 8, 4, 4, "small"),
+    (12, 3, 12, 8, 2, None),  # B = C: every tie at the k-th wins
+    (9, 2, 5, 1, 2, "tie"),  # the serial unit
+    (64, 8, 16, 8, 8, "small"),
+]
+
+
+@pytest.mark.parametrize("C, k, B, D, R, boost_kind", THRESHOLD_CASES)
+def test_local_threshold_ties_match_golden(C, k, B, D, R, boost_kind):
+    """Keys equal to the k-th also win, up to B; the golden model's rule, under stalls."""
+    rng = np.random.default_rng(C * 10 + B)
+    boost = make_boost(boost_kind, C, rng)
+    dut = LocalKWTA(C, k, width=D, entries=R, boost=boost, max_winners=B)
+    x = np.concatenate([np.stack(special_rows(rng, C)), rng.integers(-3, 4, (6, C))])
+    want = local_expected(x, k, boost, R, B)
+    more = np.count_nonzero(kwta_mask(x, k, None if boost is None else np.asarray(boost), B),
+                            axis=1)
+    assert more.max() > k  # the frame has positions with more than k winners
+    res = simulate(dut, [Port(dut.i, dut.in_layout, frame_beats(x, C, D))],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=B)
+    assert res.outputs[0] == want
+
+
+QUANTIZED_KEY_CASES = [  # C, k, B, D, shift, boost range: keys x * boost / 2**shift, int8
+    (16, 4, 8, 4, 3, (5, 12)),  # exact halves: rounding half to even decides
+    (12, 3, None, 8, 0, (1, 3)),  # no shift: saturation only
+    (10, 2, 6, 1, 9, (200, 2000)),  # the serial unit, keys saturate at both ends
+    (32, 5, 10, 8, 12, (3000, 9000)),
+]
+
+
+@pytest.mark.parametrize("C, k, B, D, shift, brange", QUANTIZED_KEY_CASES)
+def test_local_quantized_keys_match_golden(C, k, B, D, shift, brange):
+    rng = np.random.default_rng(C + shift)
+    boost = [int(b) for b in rng.integers(*brange, C)]
+    dut = LocalKWTA(C, k, width=D, entries=3, boost=boost, max_winners=B, key_shift=shift)
+    assert dut.key_bits == 8
+    x = np.concatenate([np.stack(special_rows(rng, C)), rng.integers(-128, 128, (6, C))])
+    want = local_expected(x, k, boost, 3, B, shift)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, frame_beats(x, C, D))],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=shift)
+    assert res.outputs[0] == want
 
 
 def test_local_ties_after_boost_and_largest_index():
@@ -287,6 +333,44 @@ def test_global_matches_golden_under_stalls(N, G, k, D, R, boost_kind):
         want += global_expected(x, k, boost, G, R)
     res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
                    [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=N)
+    assert res.outputs[0] == want
+
+
+@pytest.mark.parametrize("N, G, k, B, D, R, serial", [
+    (48, 8, 5, 12, 4, 3, False), (30, 30, 4, 30, 8, 8, False), (24, 4, 3, 7, 1, 2, True)])
+def test_global_threshold_ties_match_golden(N, G, k, B, D, R, serial):
+    """Keys equal to the k-th also win, up to B per frame, first in flat order."""
+    rng = np.random.default_rng(N + B)
+    boost = make_boost("small", G, rng)
+    dut = GlobalKWTA(N, k, group=G, width=D, entries=R, boost=boost, serial=serial,
+                     max_winners=B)
+    frames = global_frames(rng, N, G) + [rng.integers(-2, 3, N) for _ in range(3)]
+    beats_in, want, most = [], [], 0
+    for x in frames:
+        beats_in += frame_beats(x, G, D)
+        want += global_expected(x, k, boost, G, R, B)
+        flat = np.asarray(x).reshape(-1)
+        most = max(most, int(kwta_mask(flat, k, np.tile(boost, N // G), B).sum()))
+    assert most > k
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=B)
+    assert res.outputs[0] == want
+
+
+@pytest.mark.parametrize("N, G, k, B, D, shift, serial", [
+    (48, 8, 5, 12, 4, 3, False), (30, 30, 4, None, 8, 10, False), (24, 4, 3, 7, 1, 5, True)])
+def test_global_quantized_keys_match_golden(N, G, k, B, D, shift, serial):
+    rng = np.random.default_rng(N + shift)
+    boost = [int(b) for b in rng.integers(1, 1 << (shift + 1), G)]
+    dut = GlobalKWTA(N, k, group=G, width=D, entries=3, boost=boost, serial=serial,
+                     max_winners=B, key_shift=shift)
+    assert dut.key_bits == 8 and dut.digits == 1
+    beats_in, want = [], []
+    for x in global_frames(rng, N, G) + [rng.integers(-128, 128, N) for _ in range(2)]:
+        beats_in += frame_beats(x, G, D)
+        want += global_expected(x, k, boost, G, 3, B, shift)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=shift)
     assert res.outputs[0] == want
 
 

@@ -58,6 +58,26 @@ def test_kwta_ties_go_to_the_lower_index():
     assert golden.kwta_mask(x, 2, None)[0].tolist() == [False, True, True, False, False]
 
 
+def test_kwta_threshold_rule_keeps_ties_at_the_kth_up_to_the_bound():
+    x = np.array([[3, 5, 5, 5, 1, 5, 0, 2]])
+    # the 2nd largest key is 5: every 5 wins, up to the bound, lower index first
+    assert np.flatnonzero(golden.kwta_mask(x, 2, None, 8)[0]).tolist() == [1, 2, 3, 5]
+    assert np.flatnonzero(golden.kwta_mask(x, 2, None, 3)[0]).tolist() == [1, 2, 3]
+    assert np.flatnonzero(golden.kwta_mask(x, 2, None, 2)[0]).tolist() == [1, 2]
+    # no tie at the k-th: the bound changes nothing
+    assert np.flatnonzero(golden.kwta_mask(x, 5, None, 8)[0]).tolist() == [0, 1, 2, 3, 5]
+
+
+def test_quantized_keys_round_half_to_even_and_saturate():
+    x = np.array([[1, 3, 5, 7, -1, -3, 100, -100]])
+    boost = np.array([4, 4, 4, 4, 4, 4, 20, 20])
+    # x * 4 / 8: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, 3.5 -> 4, -0.5 -> 0, -1.5 -> -2; 250 and -250 saturate
+    assert golden.kwta_keys(x, boost, 3).tolist() == [[0, 2, 2, 4, 0, -2, 127, -128]]
+    assert golden.kwta_keys(x, boost, None).tolist() == [(x * boost).ravel().tolist()]
+    # the quantized keys tie: 3 and 5 both map to 2, so with k=2 the threshold rule keeps 3
+    assert np.flatnonzero(golden.kwta_mask(x[:, :4], 2, boost[:4], 4, 3)[0]).tolist() == [1, 2, 3]
+
+
 def test_kwta_boost_selects_but_keeps_original_values():
     layer = ir.LocalKWTA("k", k=1, boost=np.array([3, 1], dtype=np.int64))
     x = np.array([10, 20], dtype=np.int8).reshape(1, 1, 1, 2)
@@ -104,6 +124,11 @@ def test_bad_input_rejected():
         golden.run(net, np.zeros((2, 20, 20), np.int8))
 
 
+def tie_bound(draw, k: int, n: int) -> int | None:
+    """None (exactly k winners) or a bound B from k to n (the threshold tie rule)."""
+    return draw(st.one_of(st.none(), st.integers(k, n)))
+
+
 @st.composite
 def networks(draw):
     """A random chain: conv layers (pool and k-WTA in either order), then linear layers."""
@@ -127,8 +152,10 @@ def networks(draw):
                                     padding=(pad, pad, pad, pad)))
         dense[f"conv{i}"] = w
         shape = layers[-1].output_spec(ir.TensorSpec(shape), "t").shape
-        kwta = ir.LocalKWTA(f"kwta{i}", k=draw(st.integers(1, m)),
-                            boost=rng.integers(1, 300, m) if draw(st.booleans()) else None)
+        k = draw(st.integers(1, m))
+        kwta = ir.LocalKWTA(f"kwta{i}", k=k, max_winners=tie_bound(draw, k, m),
+                            boost=rng.integers(1, 300, m) if draw(st.booleans()) else None,
+                            key_shift=draw(st.one_of(st.none(), st.integers(0, 10))))
         stages = [kwta]
         if shape[0] >= 2 and draw(st.booleans()):
             stages.append(ir.MaxPool(f"pool{i}"))
@@ -138,7 +165,8 @@ def networks(draw):
         layers.extend(stages)
     if draw(st.booleans()):  # global k-WTA over the whole map
         n = int(np.prod(shape))
-        layers.append(ir.GlobalKWTA("gmap", k=draw(st.integers(1, n)),
+        k = draw(st.integers(1, n))
+        layers.append(ir.GlobalKWTA("gmap", k=k, max_winners=tie_bound(draw, k, n),
                                     boost=rng.integers(1, 50, shape[2]) if draw(st.booleans()) else None))
     layers.append(ir.Flatten("flat"))
     n = int(np.prod(shape))
@@ -152,7 +180,8 @@ def networks(draw):
         n = m
         if last:
             break
-        layers.append(ir.GlobalKWTA(f"g{j}", k=draw(st.integers(1, m)),
+        k = draw(st.integers(1, m))
+        layers.append(ir.GlobalKWTA(f"g{j}", k=k, max_winners=tie_bound(draw, k, m),
                                     boost=rng.integers(1, 1000, m) if draw(st.booleans()) else None))
     net = ir.Network("random", ir.TensorSpec((h, h, c)), layers)
     net.specs()

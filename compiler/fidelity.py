@@ -1,0 +1,209 @@
+"""Fidelity to a quantized model: the golden model's activations against ONNX Runtime's.
+
+A model that arrives quantized (QDQ, QCDQ) states every activation's
+integer value: the output of each activation's ``QuantizeLinear``. The IR
+layer made from an ONNX layer should compute the same integers.
+:func:`layer_agreement` runs both on the same inputs and reports, per IR
+layer, the fraction of elements equal to ONNX Runtime's and the largest
+difference, and the share of inputs whose top-1 class agrees.
+
+ONNX Runtime runs the QDQ graph with graph optimizations off by default,
+so each operator computes in float between its Q/DQ pairs, as the graph
+says; ``optimized=True`` measures the fused integer kernels instead (on
+AVX2 machines without VNNI they may saturate: ONNX Runtime's own
+``reduce_range`` advice).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import ir
+from .errors import CosparseError
+from .frontend.layout import from_ir_output, to_ir_input
+from ..sim import golden
+
+__all__ = ["FidelityError", "LayerAgreement", "Fidelity", "layer_agreement", "format_table"]
+
+
+class FidelityError(CosparseError, ValueError):
+    """The comparison cannot run: no ONNX Runtime, not a quantized model, bad inputs."""
+
+
+@dataclass(frozen=True)
+class LayerAgreement:
+    """One IR layer against the model's quantized tensor.
+
+    ``equal`` is the fraction of elements whose integer value is ONNX
+    Runtime's; ``max_diff`` the largest |difference| in integer steps;
+    ``tensor`` the model's quantized tensor (None when the layer has none:
+    its agreement is then None).
+    """
+
+    layer: str
+    kind: str
+    tensor: str | None
+    elements: int
+    equal: float | None
+    max_diff: int | None
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Per-layer agreement and the top-1 agreement of the outputs."""
+
+    layers: list[LayerAgreement]
+    top1: float
+    inputs: int
+
+    def worst(self) -> float:
+        """The lowest per-layer agreement (1.0 when no layer was compared)."""
+        vals = [a.equal for a in self.layers if a.equal is not None]
+        return min(vals, default=1.0)
+
+    def to_dict(self) -> dict:
+        return {"inputs": self.inputs, "top1": self.top1, "worst_layer": self.worst(),
+                "layers": [a.__dict__ for a in self.layers]}
+
+
+def _session(model, optimized: bool):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise FidelityError("measuring fidelity needs ONNX Runtime: pip install onnxruntime"
+                            ) from None
+    opts = ort.SessionOptions()
+    if not optimized:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def _to_ir(a: np.ndarray, spec: ir.TensorSpec, prev: ir.TensorSpec | None,
+           flatten: bool) -> np.ndarray | None:  # noqa: C901
+    """ONNX Runtime's tensor ``a[B, ...]`` in the IR's layout for ``spec``, or None."""
+    shape = spec.shape
+    if a.ndim == 4 and len(shape) == 3 and a.shape[1:] == (shape[2], shape[0], shape[1]):
+        return a.transpose(0, 2, 3, 1)
+    if a.ndim == 2 and len(shape) == 3 and a.shape[1] == int(np.prod(shape)):
+        h, w, c = shape  # a map the model holds flattened in CHW order
+        return a.reshape(len(a), c, h, w).transpose(0, 2, 3, 1)
+    if a.ndim == 2 and len(shape) == 1 and a.shape[1] == shape[0]:
+        if flatten and prev is not None and len(prev.shape) == 3:
+            h, w, c = prev.shape  # ONNX flattens CHW, the IR HWC
+            return a.reshape(len(a), c, h, w).transpose(0, 2, 3, 1).reshape(len(a), -1)
+        return a
+    return None
+
+
+def _quantizer_scales(model) -> dict[str, float]:
+    """The scale of each QuantizeLinear output with a constant per-tensor scale."""
+    from onnx import numpy_helper
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1:
+            out[n.output[0]] = float(inits[n.input[1]].ravel()[0])
+    return out
+
+
+def _quantize_logits(acc: np.ndarray, acc_scale, out_scale: float, dtype) -> np.ndarray:
+    """int32 accumulators as a QuantizeLinear of their real values (half to even, saturated)."""
+    info = np.iinfo(dtype)
+    real = acc.astype(np.float64) * np.asarray(acc_scale, dtype=np.float64)
+    return np.clip(np.rint(real / out_scale), info.min, info.max).astype(dtype)
+
+
+def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarray, *,
+                    optimized: bool = False) -> Fidelity:
+    """Compare the golden model on ``net`` with ONNX Runtime on the model it came from.
+
+    Parameters
+    ----------
+    model_path : path-like
+        The quantized ONNX model ``net`` was imported from.
+    net : ir.Network
+        Its import (``meta["layers"]`` names each layer's quantized tensor).
+    x : ndarray of float32, shape (N, *input shape)
+        Inputs in the model's layout.
+    optimized : bool
+        Run ONNX Runtime with its graph optimizations (fused integer
+        kernels) instead of the graph's own float-between-QDQ semantics.
+
+    Returns
+    -------
+    Fidelity
+
+    Raises
+    ------
+    FidelityError
+        ONNX Runtime is missing, the network was not imported from a
+        quantized model, or ``x`` is not float inputs of the model's shape.
+    """
+    import onnx
+    if net.meta.get("quantization") != "qdq":
+        raise FidelityError(f"network {net.name!r} was not imported from a quantized (QDQ) "
+                            "model: its activations have no integer values to compare with")
+    want = tuple(net.meta.get("input_shape", ()))
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f" or x.shape[1:] != want or not len(x):
+        got = f"{x.dtype} {list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise FidelityError(f"inputs must be float [N, {', '.join(map(str, want))}], got {got}")
+    model = onnx.load(str(model_path))
+    g = model.graph
+    layer_meta = net.meta.get("layers", {})
+    wanted = [m["onnx_quantized"] for m in layer_meta.values() if "onnx_quantized" in m]
+    have = {o.name for o in g.output}
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    for name in dict.fromkeys(wanted):
+        if name not in have:
+            g.output.append(onnx.helper.make_tensor_value_info(
+                name, types.get(name, onnx.TensorProto.INT8), None))
+    sess = _session(model, optimized)
+    names = [o.name for o in sess.get_outputs()]
+    got = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})))
+    trace = golden.run(net, to_ir_input(net, x), trace=True).outputs
+    specs = net.specs()
+    scales = _quantizer_scales(model)
+    rows = []
+    for i, layer in enumerate(net.layers):
+        if isinstance(layer, (ir.ZeroSkip, ir.Densify, ir.Flatten)):
+            continue  # the previous layer's values, in another stream or shape
+        tensor = layer_meta.get(layer.name, {}).get("onnx_quantized")
+        ref = None
+        if tensor is not None:
+            ref = _to_ir(got[tensor], specs[i + 1], specs[i], False)
+        y = trace[i]
+        if ref is not None and y.dtype == np.int32 and tensor in scales:
+            # int32 logits: quantized as the model's QuantizeLinear does
+            y = _quantize_logits(y, specs[i + 1].scale, scales[tensor], ref.dtype)
+        if ref is None:
+            rows.append(LayerAgreement(layer.name, layer.kind, None, y[0].size, None, None))
+            continue
+        diff = np.abs(y.astype(np.int64) - ref.astype(np.int64))
+        rows.append(LayerAgreement(layer.name, layer.kind, tensor, y[0].size,
+                                   float((diff == 0).mean()), int(diff.max(initial=0))))
+    ort_out = got[g.output[0].name].reshape(len(x), -1)
+    gold = from_ir_output(net, trace[-1]).reshape(len(x), -1)
+    out_q = layer_meta.get(net.layers[-1].name, {}).get("onnx_quantized")
+    if trace[-1].dtype == np.int32 and out_q in scales:  # the logits as the model quantizes them
+        gold = _quantize_logits(gold, 1.0, scales[out_q], got[out_q].dtype)
+    top1 = float((gold.argmax(1) == ort_out.argmax(1)).mean()) \
+        if ort_out.shape[1] == gold.shape[1] else float("nan")
+    return Fidelity(rows, top1, len(x))
+
+
+def format_table(f: Fidelity) -> str:
+    """The per-layer agreement as a markdown table."""
+    lines = ["| layer | kind | elements | equal to ONNX Runtime | max diff |",
+             "|---|---|---:|---:|---:|"]
+    for a in f.layers:
+        eq = "not compared" if a.equal is None else f"{100 * a.equal:.3f}%"
+        md = "" if a.max_diff is None else str(a.max_diff)
+        lines.append(f"| {a.layer} | {a.kind} | {a.elements:,} | {eq} | {md} |")
+    lines.append(f"\ntop-1 agreement: {100 * f.top1:.2f}% of {f.inputs:,} inputs")
+    return "\n".join(lines)

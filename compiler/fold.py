@@ -425,7 +425,8 @@ def _kwta_widths(net: ir.Network, widths: dict[str, int], overrides: dict[str, L
         elif isinstance(layer, ir.LocalKWTA) and q is not None and layer.name not in overrides:
             h, w, c = specs[i].shape
             cycles = [(d, h * w * LocalKWTA(c, layer.k, width=d,
-                                                    max_winners=layer.max_winners).cycles_per_position)
+                                                    max_winners=layer.max_winners,
+                                                    key_shift=layer.key_shift).cycles_per_position)
                       for d in _divisors(q)]
             out[layer.name] = LayerFold(width=next((d for d, t in cycles if t <= bound), q))
             q = None

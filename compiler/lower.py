@@ -329,7 +329,8 @@ class _Lowering:
         width = self.width
         if isinstance(layer, ir.LocalKWTA):
             self.add(layer.name, LocalKWTA(g, layer.k, width=width, entries=r_out, boost=boost,
-                                           max_winners=layer.max_winners))
+                                           max_winners=layer.max_winners,
+                                           key_shift=layer.key_shift))
             self.max_active = layer.winners
         else:
             # Room for a whole input frame: the upstream keeps working while the
@@ -340,7 +341,8 @@ class _Lowering:
             gk = self.add(layer.name, GlobalKWTA(groups * g, layer.k, group=g, width=width,
                                                  entries=r_out, boost=boost,
                                                  serial=folding.compact and width == 1,
-                                                 max_winners=layer.max_winners))
+                                                 max_winners=layer.max_winners,
+                                                 key_shift=layer.key_shift))
             # Room for a whole frame's winners: the unit never waits for a slower
             # consumer, so it can take the next frame (see StreamFIFO).
             if folding.frame_fifos:

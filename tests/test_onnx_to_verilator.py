@@ -22,7 +22,8 @@ from tests.helpers import ONNX_DATA, digits, quantize_qdq
     ("cnn_global_dynamo", "sparse-sparse", False),  # global k-WTA over a map
     ("cnn_permute_legacy", "sparse-weights", False),  # channels-last k-WTA, dense engines
     ("mlp_scatter_dynamo", "sparse-sparse", False),   # gather/scatter k-WTA, boost
-    ("mlp_threshold_legacy", "sparse-sparse", True),  # ONNX Runtime QDQ
+    ("mlp_threshold_legacy", "sparse-sparse", True),  # ONNX Runtime QDQ: quantized keys
+    ("cnn_permute_dynamo", "sparse-sparse", True),  # QDQ local k-WTA, threshold tie rule
 ])
 def test_onnx_model_in_verilator_equals_golden(model, mode, quantized, tmp_path):
     cal, x, _ = digits(model)

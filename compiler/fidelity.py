@@ -155,7 +155,10 @@ def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarra
     model = onnx.load(str(model_path))
     g = model.graph
     layer_meta = net.meta.get("layers", {})
-    wanted = [m["onnx_quantized"] for m in layer_meta.values() if "onnx_quantized" in m]
+    # A layer's quantized tensor, or else its float output (a pool or k-WTA between
+    # quantizers keeps its input's grid: its values divided by the scale are integers).
+    wanted = [m.get("onnx_quantized") or m.get("onnx_output") for m in layer_meta.values()]
+    wanted = [t for t in wanted if t]
     have = {o.name for o in g.output}
     types = {vi.name: vi.type.tensor_type.elem_type
              for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
@@ -165,7 +168,11 @@ def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarra
                 name, types.get(name, onnx.TensorProto.INT8), None))
     sess = _session(model, optimized)
     names = [o.name for o in sess.get_outputs()]
-    got = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})))
+    inp = sess.get_inputs()[0]
+    batch = inp.shape[0] if isinstance(inp.shape[0], int) else len(x)  # a model of batch 1
+    runs = [sess.run(None, {inp.name: x[i:i + batch].astype(np.float32)})
+            for i in range(0, len(x), batch)]
+    got = {name: np.concatenate([r[j] for r in runs]) for j, name in enumerate(names)}
     trace = golden.run(net, to_ir_input(net, x), trace=True).outputs
     specs = net.specs()
     scales = _quantizer_scales(model)
@@ -173,10 +180,16 @@ def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarra
     for i, layer in enumerate(net.layers):
         if isinstance(layer, (ir.ZeroSkip, ir.Densify, ir.Flatten)):
             continue  # the previous layer's values, in another stream or shape
-        tensor = layer_meta.get(layer.name, {}).get("onnx_quantized")
+        lm = layer_meta.get(layer.name, {})
+        tensor = lm.get("onnx_quantized")
         ref = None
         if tensor is not None:
             ref = _to_ir(got[tensor], specs[i + 1], specs[i], False)
+        elif lm.get("onnx_output") in got and specs[i + 1].dtype == "int8":
+            tensor = lm["onnx_output"]
+            grid = got[tensor] / np.float64(specs[i + 1].scale)
+            if np.abs(grid - np.rint(grid)).max(initial=0) < 1e-3:  # on the grid
+                ref = _to_ir(np.rint(grid).astype(np.int64), specs[i + 1], specs[i], False)
         y = trace[i]
         if ref is not None and y.dtype == np.int32 and tensor in scales:
             # int32 logits: quantized as the model's QuantizeLinear does

@@ -51,6 +51,8 @@ MAX_BOOST = (1 << 16) - 1
 #: Requantization multipliers are unsigned 16-bit integers.
 MAX_MULTIPLIER = (1 << 16) - 1
 MAX_SHIFT = 62
+#: Requantization rounding rules (see :class:`Requant`).
+ROUNDINGS = ("half-up", "half-even")
 #: A quantized k-WTA key's right shift (the boost holds at most 16 bits).
 MAX_KEY_SHIFT = 24
 
@@ -184,10 +186,12 @@ class Overlays:
 class Requant:
     """Per-channel requantization of accumulators to int8.
 
-    ``y = clamp((acc * multiplier + round) >> shift, lo, 127)`` where
-    ``acc`` already includes the layer's bias, ``round = 1 << (shift - 1)``
-    (0 when ``shift == 0``; rounding is half towards +inf), ``>>`` is an
-    arithmetic shift and ``lo`` is 0 with ``relu`` and -128 without.
+    ``y = clamp(round((acc * multiplier) / 2**shift), lo, hi)`` where ``acc``
+    already includes the layer's bias and ``round`` is ``rounding``:
+    ``"half-up"`` (half towards +inf: ``(p + (1 << (shift - 1))) >> shift``)
+    or ``"half-even"`` (half to even, as ONNX's QuantizeLinear); a shift of 0
+    does not round. ``lo`` and ``hi`` default to -128 (0 with ``relu``) and
+    127; a model quantized to fewer bits narrows them.
 
     Parameters
     ----------
@@ -196,12 +200,26 @@ class Requant:
     shift : ndarray of int32, shape (M,)
         ``0 .. 62``.
     relu : bool
-        Clamp negative results to zero (a fused ReLU).
+        Clamp negative results to zero (a fused ReLU): ``lo`` at least 0.
+    lo, hi : int, optional
+        The output range, ``-128 <= lo <= 0 <= hi <= 127``.
+    rounding : {"half-up", "half-even"}
     """
 
     multiplier: np.ndarray
     shift: np.ndarray
     relu: bool = False
+    lo: int | None = None
+    hi: int | None = None
+    rounding: str = "half-up"
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """``(lo, hi)``: the clamp range of the outputs."""
+        lo = (0 if self.relu else -128) if self.lo is None else self.lo
+        if self.relu:
+            lo = max(lo, 0)
+        return lo, 127 if self.hi is None else self.hi
 
     def check(self, where: str, channels: int) -> None:
         for name, arr, lo, hi in (("multiplier", self.multiplier, 1, MAX_MULTIPLIER),
@@ -209,6 +227,13 @@ class Requant:
             _check_int_vector(f"{where}.{name}", arr, channels, lo, hi)
         if not isinstance(self.relu, bool):
             _fail(f"{where}.relu", f"expected true or false, got {self.relu!r}")
+        for name, v, a, b in (("lo", self.lo, -128, 0), ("hi", self.hi, 0, 127)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool)
+                                  or not a <= v <= b):
+                _fail(f"{where}.{name}", f"expected an integer from {a} to {b}, got {v!r}")
+        if self.rounding not in ROUNDINGS:
+            _fail(f"{where}.rounding", f"expected one of {', '.join(ROUNDINGS)}, "
+                                       f"got {self.rounding!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -604,7 +629,8 @@ def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
         d["bias"] = _vec(layer.bias)
         d["requant"] = None if layer.requant is None else {
             "multiplier": _vec(layer.requant.multiplier), "shift": _vec(layer.requant.shift),
-            "relu": layer.requant.relu}
+            "relu": layer.requant.relu, "lo": layer.requant.bounds[0],
+            "hi": layer.requant.bounds[1], "rounding": layer.requant.rounding}
         d["out_scale"] = layer.out_scale
         d["acc_scale"] = list(layer.acc_scale)
         d["accumulator_bits"] = layer.accumulator_bits()
@@ -731,7 +757,10 @@ def _layer_from(r: _Reader, tensors: dict[str, np.ndarray], npz_name: str) -> La
         rq = None
         if r.get("requant", dict, optional=True) is not None:
             q = r.sub("requant")
-            rq = Requant(q.vec("multiplier", np.int32), q.vec("shift", np.int32), q.get("relu", bool))
+            rq = Requant(q.vec("multiplier", np.int32), q.vec("shift", np.int32),
+                         q.get("relu", bool), lo=q.get("lo", int, optional=True),
+                         hi=q.get("hi", int, optional=True),
+                         rounding=q.get("rounding", str, optional=True) or "half-up")
         kw = dict(name=name, overlays=ov, bias=r.vec("bias", np.int32), requant=rq,
                   out_scale=float(r.get("out_scale", (int, float))),
                   acc_scale=tuple(float(s) for s in r.get("acc_scale", list)))

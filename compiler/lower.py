@@ -298,7 +298,9 @@ class _Lowering:
             self.add(name, Requantizer(m, width=self.width, acc_bits=eng.acc_bits,
                                              multiplier=[int(v) for v in rq.multiplier],
                                              shift=[int(v) for v in rq.shift], bias=bias,
-                                             relu=bool(rq.relu), loadable=self.loadable,
+                                             relu=bool(rq.relu), lo=rq.bounds[0],
+                                             hi=rq.bounds[1], rounding=rq.rounding,
+                                             loadable=self.loadable,
                                              dsp_width=folding.dsp_width,
                                              compact=folding.compact))
         self.fmt, self.max_active = "dense", m

@@ -19,6 +19,8 @@ the compiled network's channel numbers.
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 
 import numpy as np
@@ -65,8 +67,9 @@ def to_drain_order(net: ir.Network) -> ir.Network:
             layer.overlays, p = drain_order(layer.overlays)
             layer.bias = np.asarray(layer.bias)[p]
             if layer.requant is not None:
-                layer.requant = ir.Requant(np.asarray(layer.requant.multiplier)[p],
-                                           np.asarray(layer.requant.shift)[p], layer.requant.relu)
+                rq = layer.requant
+                layer.requant = dataclasses.replace(rq, multiplier=np.asarray(rq.multiplier)[p],
+                                                    shift=np.asarray(rq.shift)[p])
             layer.acc_scale = tuple(np.asarray(layer.acc_scale, dtype=np.float64)[p].tolist())
             perm = p
         elif perm is None:

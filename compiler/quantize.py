@@ -43,10 +43,12 @@ def fixed_point(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mult.astype(np.int32), shift.astype(np.int32)
 
 
-def requant_for_range(real: np.ndarray, *, relu: bool) -> Requant:
-    """A :class:`Requant` whose per-channel factor approximates ``real``."""
+def requant_for_range(real: np.ndarray, *, relu: bool, lo: int | None = None,
+                      hi: int | None = None, rounding: str = "half-up") -> Requant:
+    """A :class:`Requant` whose per-channel factor approximates ``real``, clamped to
+    ``lo..hi`` (default the int8 range, from 0 with ``relu``)."""
     mult, shift = fixed_point(real)
-    return Requant(mult, shift, relu)
+    return Requant(mult, shift, relu, lo=lo, hi=hi, rounding=rounding)
 
 
 def quantize_input(x: np.ndarray, scale: float) -> np.ndarray:

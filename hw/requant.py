@@ -20,7 +20,7 @@ means ``y >= 128``, ``q <= -258`` means ``y <= -129``, ``q <= -2`` means
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -107,6 +107,11 @@ class Requantizer(wiring.Component):
         ``C`` int32 biases added to the accumulators (default zeros).
     relu : bool
         Clamp at 0 instead of -128 (fused ReLU).
+    lo, hi : int, optional
+        The output range (default -128, or 0 with ``relu``, and 127).
+    rounding : {"half-up", "half-even"}
+        Rounding of ``p / 2**shift``: half towards +inf, or half to even
+        (the bits shifted out are or-ed into a sticky bit on the way).
     loadable : bool
         Constants in a memory the host loader writes (:attr:`load_port`).
     dsp_width : int
@@ -135,14 +140,21 @@ class Requantizer(wiring.Component):
 
     def __init__(self, channels: int, *, width: int = 8, acc_bits: int = 32, multiplier,
                  shift, bias=None, relu: bool = False, loadable: bool = False,
-                 dsp_width: int = 18, compact: bool = False):
+                 dsp_width: int = 18, compact: bool = False, lo: int | None = None,
+                 hi: int | None = None, rounding: str = "half-up"):
         check_int("channels", channels, 1)
         check_int("width (D)", width, 1, 256)
         check_int("acc_bits", acc_bits, 2, MAX_ACC_BITS)
         for name, flag in (("relu", relu), ("compact", compact)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
+        if rounding not in ("half-up", "half-even"):
+            raise ValueError(f"rounding must be 'half-up' or 'half-even', got {rounding!r}")
         self.channels, self.width, self.acc_bits, self.relu = channels, width, acc_bits, relu
+        self.lo = max(check_int("lo", lo, -128, 0), 0 if relu else -128) if lo is not None \
+            else (0 if relu else -128)
+        self.hi = check_int("hi", hi, 0, 127) if hi is not None else 127
+        self.rounding = rounding
         self.compact = compact
         if dsp_width not in (16, 18):
             raise ValueError(f"dsp_width must be 16 (iCE40) or 18 (ECP5), got {dsp_width!r}")
@@ -324,11 +336,17 @@ class Requantizer(wiring.Component):
             s2["hi"] = [registered_product(m, f"s2_hi{d}", total[d][ls:].as_signed(),
                                            consts[d][1], platform, en=adv) for d in range(D)]
         # ---------------- S3: q = p >> base; S4 (wide spreads only), S5: the variable shift
-        s3 = stage("s3", q=signed(qb), sh=tb, rnd=1)
+        even = self.rounding == "half-even"
+        st = {"sticky": 1} if even else {}  # a bit shifted out so far was 1
+        s3 = stage("s3", q=signed(qb), sh=tb, rnd=1, **st)
         coarse = tb > 3
         if coarse:
-            s4 = stage("s4", q=signed(qb), sh=3, rnd=1)
-        s5 = stage("s5", q=signed(qb), rnd=1)
+            s4 = stage("s4", q=signed(qb), sh=3, rnd=1, **st)
+        s5 = stage("s5", q=signed(qb), rnd=1, **st)
+
+        def dropped(q, amount) -> Value:
+            """Whether ``q >> amount`` (a variable amount) drops a 1."""
+            return (q.as_unsigned() & ((Const(1, qb + 1) << amount) - 1)[:qb]) != 0
 
         with m.If(adv):
             advance(s1, s0, sh=lambda d: consts[d][2], rnd=lambda d: consts[d][3],
@@ -339,33 +357,53 @@ class Requantizer(wiring.Component):
                 advance(s2, s1, sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d],
                         **({"hi": lambda d: lut_mul(s1["sum"][d][ls:].as_signed(),
                                                     s1["mult"][d])} if narrow_hi else {}))
-                advance(s3, s2, q=lambda d: ((s2["hi"][d] << ls) + s2["lo"][d]) >> base,
-                        sh=lambda d: s2["sh"][d], rnd=lambda d: s2["rnd"][d])
+                prod = [(s2["hi"][d] << ls) + s2["lo"][d] for d in range(D)]
             else:
                 advance(s2, s1, sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d])
-                advance(s3, s2, q=lambda d: s2["lo"][d] >> base,
-                        sh=lambda d: s2["sh"][d], rnd=lambda d: s2["rnd"][d])
+                prod = [s2["lo"][d] for d in range(D)]
+            advance(s3, s2, q=lambda d: prod[d] >> base,
+                    sh=lambda d: s2["sh"][d], rnd=lambda d: s2["rnd"][d],
+                    **({"sticky": lambda d: (prod[d][:base] != 0) if base else 0}
+                       if even else {}))
             if coarse:
-                advance(s4, s3, q=lambda d: s3["q"][d] >> Cat(Const(0, 3), s3["sh"][d][3:]),
-                        sh=lambda d: s3["sh"][d][:3], rnd=lambda d: s3["rnd"][d])
+                coarse_amt = [Cat(Const(0, 3), s3["sh"][d][3:]) for d in range(D)]
+                advance(s4, s3, q=lambda d: s3["q"][d] >> coarse_amt[d],
+                        sh=lambda d: s3["sh"][d][:3], rnd=lambda d: s3["rnd"][d],
+                        **({"sticky": lambda d: s3["sticky"][d] | dropped(s3["q"][d],
+                                                                           coarse_amt[d])}
+                           if even else {}))
                 fine = s4
             else:
                 fine = s3
             advance(s5, fine, q=lambda d: fine["q"][d] >> fine["sh"][d] if tb else fine["q"][d],
-                    rnd=lambda d: fine["rnd"][d])
+                    rnd=lambda d: fine["rnd"][d],
+                    **({"sticky": lambda d: fine["sticky"][d] | dropped(fine["q"][d],
+                                                                         fine["sh"][d])
+                        if tb else fine["sticky"][d]} if even else {}))
 
         # ---------------- S6: round and saturate (combinational into the skid register)
-        lo = 0 if self.relu else -128
+        lo, hi = self.lo, self.hi
         ys = []
         for d in range(D):
             q, rnd = s5["q"][d], s5["rnd"][d]
-            # Thresholds on q for y = (q + 1) >> 1 (rnd) or y = q (no rnd).
-            over = Mux(rnd, q >= 255, q >= 128)
-            under = Mux(rnd, q < 2 * lo - 1, q < lo)
+            # y = (q + up) >> 1 (rnd) or y = q (no rnd). Half up: up = 1. Half to even:
+            # q's lowest bit is the half, the sticky bit says whether more was dropped;
+            # an exact half rounds up only to an even result.
+            if even:
+                up = Signal(name=f"s6_up{d}")
+                m.d.comb += up.eq(~(q[0] & ~s5["sticky"][d] & ~q[1]))
+                qa = Signal(signed(qb + 1), name=f"s6_qa{d}")
+                m.d.comb += qa.eq(q + up)
+                over = Mux(rnd, qa >= 2 * hi + 2, q > hi)
+                under = Mux(rnd, qa < 2 * lo, q < lo)
+            else:
+                up = 1
+                over = Mux(rnd, q >= 2 * hi + 1, q > hi)
+                under = Mux(rnd, q < 2 * lo - 1, q < lo)
             small = Signal(signed(10), name=f"s6_small{d}")
-            m.d.comb += small.eq(Mux(rnd, (q[:10].as_signed() + 1) >> 1, q[:10].as_signed()))
+            m.d.comb += small.eq(Mux(rnd, (q[:10].as_signed() + up) >> 1, q[:10].as_signed()))
             y = Signal(signed(8), name=f"s6_y{d}")
-            m.d.comb += y.eq(Mux(over, 127, Mux(under, lo, small)))
+            m.d.comb += y.eq(Mux(over, hi, Mux(under, lo, small)))
             ys.append(y)
         adv_ = skid_output(m, self.o, s5["valid"],
                            typed_payload(m, self.o, data=ys, last=s5["last"],

@@ -100,19 +100,23 @@ def overlay_accumulate(ov: Overlays, indices: np.ndarray, values: np.ndarray,
 def requantize(acc: np.ndarray, rq: Requant, bias: np.ndarray | None = None) -> np.ndarray:
     """int8 outputs of accumulators ``acc[..., M]`` (plus ``bias``); see module doc.
 
-    Computed in float64 as ``floor(acc * (m / 2**s) + (bias * m / 2**s +
-    (0.5 if s else 0)))``, which equals the integer rule exactly: ``m / 2**s``
-    is a power-of-two scaling of an integer, ``|(acc + bias) * m| < 2**31 *
-    2**16 < 2**53``, and so every step is an exact float64 operation.
+    Computed in float64 as ``acc * (m / 2**s) + bias * m / 2**s``, rounded
+    (``floor(v + 0.5)`` half up, ``rint`` half to even), which equals the
+    integer rule exactly: ``m / 2**s`` is a power-of-two scaling of an
+    integer, ``|(acc + bias) * m| < 2**31 * 2**16 < 2**53``, and so every
+    step is an exact float64 operation.
     """
     scale = rq.multiplier.astype(np.float64) * np.exp2(-rq.shift.astype(np.float64))
-    offset = np.where(rq.shift > 0, 0.5, 0.0)
-    if bias is not None:
-        offset = offset + bias * scale
     y = np.multiply(acc, scale, dtype=np.float64)
-    y += offset
-    np.floor(y, out=y)
-    np.clip(y, 0 if rq.relu else -128, 127, out=y)
+    if bias is not None:
+        y += bias * scale
+    if rq.rounding == "half-even":
+        np.rint(y, out=y)
+    else:
+        y += np.where(rq.shift > 0, 0.5, 0.0)
+        np.floor(y, out=y)
+    lo, hi = rq.bounds
+    np.clip(y, lo, hi, out=y)
     return y.astype(np.int8)
 
 

@@ -18,15 +18,19 @@ from cosparse.compiler.ir import (Densify, Flatten, GlobalKWTA, LocalKWTA, MaxPo
 __all__ = ["reference_run"]
 
 
-def _requant(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, relu: bool) -> np.ndarray:
+def _requant(acc: np.ndarray, rq) -> np.ndarray:
     out = np.empty(acc.shape, dtype=np.int64)
     flat_acc = acc.reshape(-1, acc.shape[-1])
     flat_out = out.reshape(-1, acc.shape[-1])
     for c in range(acc.shape[-1]):
-        s = int(shift[c])
-        v = flat_acc[:, c] * int(mult[c]) + ((1 << (s - 1)) if s else 0)
-        flat_out[:, c] = v >> s
-    return np.clip(out, 0 if relu else -128, 127).astype(np.int8)
+        s, m = int(rq.shift[c]), int(rq.multiplier[c])
+        if rq.rounding == "half-even":
+            flat_out[:, c] = [_round_half_even(int(a) * m, s) for a in flat_acc[:, c]]
+        else:
+            v = flat_acc[:, c] * m + ((1 << (s - 1)) if s else 0)
+            flat_out[:, c] = v >> s
+    lo, hi = rq.bounds
+    return np.clip(out, lo, hi).astype(np.int8)
 
 
 def _round_half_even(num: int, shift: int) -> int:
@@ -76,8 +80,7 @@ def reference_run(net: Network, dense_weights: dict[str, np.ndarray], x: np.ndar
             if layer.requant is None:
                 y = acc.astype(np.int32)
             else:
-                rq = layer.requant
-                y = _requant(acc, rq.multiplier, rq.shift, rq.relu)
+                y = _requant(acc, layer.requant)
         elif isinstance(layer, MaxPool):
             kh, kw = layer.kernel
             sh, sw = layer.stride

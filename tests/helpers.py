@@ -99,16 +99,19 @@ def requant_constants(rng, channels: int, *, shift_lo: int = 0, shift_hi: int = 
     return mult, shift, bias, relu
 
 
-def requantizer(channels: int, width: int, acc_bits: int, mult, shift, bias, relu) -> Requantizer:
-    """A :class:`Requantizer` of ``width`` lanes over these per-channel constants."""
+def requantizer(channels: int, width: int, acc_bits: int, mult, shift, bias, relu,
+                **kw) -> Requantizer:
+    """A :class:`Requantizer` of ``width`` lanes over these per-channel constants (``kw``:
+    ``lo``, ``hi``, ``rounding``, ...)."""
     return Requantizer(channels, width=width, acc_bits=acc_bits,
                        multiplier=[int(v) for v in mult], shift=[int(v) for v in shift],
-                       bias=[int(v) for v in bias], relu=relu)
+                       bias=[int(v) for v in bias], relu=relu, **kw)
 
 
-def requant_golden(acc, mult, shift, bias, relu) -> np.ndarray:
-    """The golden model's requantization of accumulators ``acc`` (channels last)."""
-    rq = ir.Requant(np.asarray(mult, np.int32), np.asarray(shift, np.int32), relu)
+def requant_golden(acc, mult, shift, bias, relu, **kw) -> np.ndarray:
+    """The golden model's requantization of accumulators ``acc`` (channels last); ``kw``:
+    ``lo``, ``hi``, ``rounding``."""
+    rq = ir.Requant(np.asarray(mult, np.int32), np.asarray(shift, np.int32), relu, **kw)
     return golden.requantize(acc.astype(np.float64), rq, np.asarray(bias, np.int64))
 
 
@@ -123,13 +126,15 @@ def random_acc(rng, shape, acc_bits: int) -> np.ndarray:
 
 
 def overlay_layer(cls, name: str, w: np.ndarray, k: int | None, rng: np.random.Generator,
-                  *, requant: bool = True, relu: bool = False, **kw) -> ir.Layer:
-    """An overlay layer over int8 weights ``w`` with random bias and requant constants."""
+                  *, requant: bool = True, relu: bool = False, rq_kw: dict | None = None,
+                  **kw) -> ir.Layer:
+    """An overlay layer over int8 weights ``w`` with random bias and requant constants
+    (``rq_kw``: the requantization's ``lo``, ``hi``, ``rounding``)."""
     m = w.shape[0]
     rq = None
     if requant:
         rq = ir.Requant(rng.integers(1, 1 << 16, m).astype(np.int32),
-                        rng.integers(8, 24, m).astype(np.int32), relu)
+                        rng.integers(8, 24, m).astype(np.int32), relu, **(rq_kw or {}))
     return cls(name, overlays=pack(w, k), bias=rng.integers(-5000, 5000, m).astype(np.int32),
                requant=rq, acc_scale=tuple([0.01] * m), **kw)
 
@@ -193,12 +198,12 @@ ONNX_DATA = Path(__file__).resolve().parent / "compiler" / "data"
 def digits(model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(calibration, test inputs, labels) of the 8x8 digits in ``model``'s input layout.
 
-    Models whose name starts with ``mlp`` take flat vectors, the others
-    ``[N, 1, 8, 8]`` maps.
+    Models whose name starts with ``mlp`` (or ``bv_mlp``, the Brevitas ones) take
+    flat vectors, the others ``[N, 1, 8, 8]`` maps.
     """
     d = np.load(ONNX_DATA / "digits.npz")
     cal, x = d["calib"], d["x"]
-    if model.startswith("mlp"):
+    if model.startswith(("mlp", "bv_mlp")):
         cal, x = cal.reshape(len(cal), -1), x.reshape(len(x), -1)
     return cal, x, d["y"]
 

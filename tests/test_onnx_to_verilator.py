@@ -22,14 +22,16 @@ from tests.helpers import ONNX_DATA, digits, quantize_qdq
     ("cnn_global_dynamo", "sparse-sparse", False),  # global k-WTA over a map
     ("cnn_permute_legacy", "sparse-weights", False),  # channels-last k-WTA, dense engines
     ("mlp_scatter_dynamo", "sparse-sparse", False),   # gather/scatter k-WTA, boost
-    ("mlp_threshold_legacy", "sparse-sparse", True),  # ONNX Runtime QDQ: quantized keys
-    ("cnn_permute_dynamo", "sparse-sparse", True),  # QDQ local k-WTA, threshold tie rule
+    ("mlp_threshold_legacy", "sparse-sparse", "ort"),  # ONNX Runtime QDQ: quantized keys
+    ("cnn_permute_dynamo", "sparse-sparse", "ort"),  # QDQ local k-WTA, threshold tie rule
+    ("bv_cnn_qonnx_dynamo", "sparse-sparse", "model"),  # Brevitas QONNX: uint4, half to even
+    ("bv_mlp_qcdq_legacy", "sparse-weights", "model"),  # Brevitas QCDQ: uint7, int8
 ])
 def test_onnx_model_in_verilator_equals_golden(model, mode, quantized, tmp_path):
     cal, x, _ = digits(model)
     x = x[:6]
     path = ONNX_DATA / f"{model}.onnx"
-    if quantized:
+    if quantized == "ort":
         path = quantize_qdq(path, tmp_path / "qdq.onnx", cal[:128])
     net = to_drain_order(import_onnx(path, calibration=None if quantized else cal, mode=mode))
     xq = to_ir_input(net, x)

@@ -73,7 +73,8 @@ def kernels_for(g: Graph, steps: list[Step], kernels_per_overlay: dict | None,
     return chosen
 
 
-def _quantize_layer(g: Graph, s: Step, s_in: float, s_out: float | None) -> dict:
+def _quantize_layer(g: Graph, s: Step, s_in: float, s_out: float | None,
+                    out_range: tuple[int, int] | None = None) -> dict:
     """int8 weights, int32 bias, accumulator scales and requantization of one layer."""
     w = s.weight
     if s.w_scale is not None:
@@ -90,16 +91,19 @@ def _quantize_layer(g: Graph, s: Step, s_in: float, s_out: float | None) -> dict
     rq = None
     if s_out is not None:
         try:
-            rq = requant_for_range(acc_scale / s_out, relu=s.relu)
+            # Rounded half to even, as the QuantizeLinear of a quantized model does.
+            lo, hi = out_range or (None, None)
+            rq = requant_for_range(acc_scale / s_out, relu=s.relu, rounding="half-even",
+                                   lo=lo, hi=hi)
         except ValueError as e:
             raise g.fail(f"layer {s.name!r}: cannot requantize ({e})") from None
     return dict(weights=wq, bias=bq.astype(np.int32), acc_scale=acc_scale, requant=rq)
 
 
 def _overlay_layer(g: Graph, s: Step, s_in: float, s_out: float | None, k: int | None,
-                   mode: str) -> ir.Layer:
+                   mode: str, out_range: tuple[int, int] | None = None) -> ir.Layer:
     """Quantize and pack one conv or linear step."""
-    q = _quantize_layer(g, s, s_in, s_out)
+    q = _quantize_layer(g, s, s_in, s_out, out_range)
     try:
         ov = pack(q["weights"], k, dense=mode == "dense")
     except PackError as e:
@@ -173,7 +177,8 @@ def build_network(g: Graph, steps: list[Step], calibration: np.ndarray | None, m
         if s.kind in ("conv", "linear"):
             logits = i == len(steps) - 1 and not s.relu  # int32 accumulators out
             s_out = None if logits else scales.output(i)
-            layers.append(_overlay_layer(g, s, s_in, s_out, kfor[s.name], mode))
+            layers.append(_overlay_layer(g, s, s_in, s_out, kfor[s.name], mode,
+                                         None if logits else scales.output_range(i)))
             s_in = s_out or s_in
         elif s.kind == "pool":
             layers.append(ir.MaxPool(s.name, kernel=s.kernel, stride=s.stride))
@@ -196,5 +201,6 @@ def build_network(g: Graph, steps: list[Step], calibration: np.ndarray | None, m
         mode=mode, input_scale=float(input_scale),
         output_scale=list(out.scale) if isinstance(out.scale, tuple) else out.scale,
         quantization="qdq" if scales.qdq else "calibration", kwta=kwta,
+        input_range=list(scales.input_range() or (-128, 127)),
         layers={s.name: _layer_meta(g, s) for s in steps})
     return net

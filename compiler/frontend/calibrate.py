@@ -85,18 +85,25 @@ def _scale_from_peak(peak: float) -> float:
     return peak / 127 if peak > 0 else 1.0
 
 
-def _qdq_scale(g: Graph, steps: list[Step], i: int) -> float | None:
-    """Scale of step i's output in a QDQ model: its own tensors, then scale-keeping successors."""
+def _qdq_tensor(g: Graph, steps: list[Step], i: int) -> str | None:
+    """The quantized tensor that gives step i's output its scale in a QDQ model: its own
+    tensors, then those of the scale-keeping steps after it."""
     for name in reversed(steps[i].scale_names):
         if name in g.act_scale:
-            return g.act_scale[name]
+            return name
     for s in steps[i + 1:]:
         if s.kind in ("conv", "linear"):
             break
         for name in reversed(s.scale_names):
             if name in g.act_scale:
-                return g.act_scale[name]
+                return name
     return None
+
+
+def _qdq_scale(g: Graph, steps: list[Step], i: int) -> float | None:
+    """Scale of step i's output in a QDQ model, or None."""
+    name = _qdq_tensor(g, steps, i)
+    return None if name is None else g.act_scale[name]
 
 
 class Scales:
@@ -116,6 +123,15 @@ class Scales:
         """The scale of step ``i``'s output."""
         s = _qdq_scale(self.g, self.steps, i) if self.qdq else None
         return s or self._calibrated(i, f"the output of {self.steps[i].name!r}")
+
+    def output_range(self, i: int) -> tuple[int, int] | None:
+        """The integer range the model quantizes step ``i``'s output to (None: int8)."""
+        name = _qdq_tensor(self.g, self.steps, i) if self.qdq else None
+        return None if name is None else self.g.act_range.get(name)
+
+    def input_range(self) -> tuple[int, int] | None:
+        """The integer range the model quantizes its input to (None: int8)."""
+        return self.g.act_range.get(self.g.input)
 
     def _calibrated(self, i: int | None, what: str) -> float:
         g, cal = self.g, self.calibration

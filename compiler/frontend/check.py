@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .graph import DEFAULT_DOMAINS, NEVER_FOLD, FrontendError, onnx_module
+from .graph import DEFAULT_DOMAINS, NEVER_FOLD, QONNX_DOMAINS, FrontendError, onnx_module
 from .load import load_model
 
 __all__ = ["SUPPORTED_OPS", "attribute_problems", "check_nodes", "check_supported"]
@@ -36,6 +36,18 @@ SUPPORTED_OPS: dict[str, str] = {
     "ScatterElements": "k-WTA output", "Squeeze": "k-WTA threshold view",
     "Unsqueeze": "k-WTA threshold view", "Expand": "k-WTA threshold view",
     "QuantizeLinear": "QDQ activation scale", "DequantizeLinear": "QDQ scale",
+    "Clip": "the range of a quantized tensor (QCDQ: QuantizeLinear -> Clip -> DequantizeLinear)",
+    "Quant": "QONNX quantization (2 to 8 bits, rounding ROUND)",
+}
+
+#: QONNX and FINN operators the frontend refuses, and why.
+REFUSED_QONNX_OPS: dict[str, str] = {
+    "BipolarQuant": "binary (bipolar, +1/-1) quantization is not supported; quantize to 2 to 8 "
+                    "bits with Quant",
+    "Trunc": "truncation (the rescaling after an average pooling) is not supported; the IR has "
+             "max pooling only",
+    "MultiThreshold": "multi-threshold activations (a FINN streamlining result) are not "
+                      "supported; give the model before streamlining (Quant nodes)",
 }
 
 
@@ -78,6 +90,11 @@ def attribute_problems(op: str, a: dict[str, Any], weight: tuple[int, ...] | Non
         bad.append(f"axis={a['axis']} (only axis=1, which keeps the batch)")
     elif op == "BatchNormalization" and a.get("training_mode", 0):
         bad.append("training_mode=1 (export the model in eval mode)")
+    elif op == "Quant":
+        mode = a.get("rounding_mode", b"ROUND")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        if mode.upper() != "ROUND":
+            bad.append(f"rounding_mode={mode} (only ROUND: half to even, as QuantizeLinear)")
     return bad
 
 
@@ -90,7 +107,11 @@ def check_nodes(model, path: Path) -> None:
     unsupported, attrs = [], []
     for i, node in enumerate(g.node):
         name = node.name or f"{node.op_type}_{i}"
-        if node.domain not in DEFAULT_DOMAINS:
+        if node.domain in QONNX_DOMAINS and node.op_type in REFUSED_QONNX_OPS:
+            attrs.append(f"{name!r} ({node.op_type}): {REFUSED_QONNX_OPS[node.op_type]}")
+            continue
+        if node.domain not in DEFAULT_DOMAINS and not (
+                node.domain in QONNX_DOMAINS and node.op_type == "Quant"):
             unsupported.append(f"{name!r} ({node.domain}.{node.op_type})")
             continue
         const = node.op_type == "Constant" or node.op_type in ("Shape", "Size") or (

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import DEFAULT_DOMAINS, NEVER_FOLD, Graph, Node, QInfo, onnx_module, short_error
+from .graph import (DEFAULT_DOMAINS, NEVER_FOLD, Graph, Node, QInfo, is_quant, onnx_module,
+                    short_error)
 
 __all__ = ["fold_all", "strip_qdq"]
 
@@ -32,7 +33,9 @@ def _infer_shapes(g: Graph) -> None:
         else:  # large float weights: their shape is all inference needs
             inputs.append(h.make_tensor_value_info(name, h.np_dtype_to_tensor_dtype(v.dtype),
                                                    v.shape))
-    nodes = [h.make_node(n.op, n.inputs, n.outputs, name=n.name, domain=n.domain or None,
+    # QONNX's Quant keeps its input's shape: inference sees an Identity.
+    nodes = [h.make_node("Identity", n.inputs[:1], n.outputs, name=n.name) if is_quant(n) else
+             h.make_node(n.op, n.inputs, n.outputs, name=n.name, domain=n.domain or None,
                          **n.attrs) for n in g.nodes]
     graph = h.make_graph(nodes, "g", inputs,
                          [h.make_tensor_value_info(g.output, onnx.TensorProto.FLOAT, None)],
@@ -92,10 +95,72 @@ def _dequantize(g: Graph, node: Node) -> np.ndarray:
     return ((q.astype(np.int64) - zp) * scale).astype(np.float32)
 
 
+def quant_params(g: Graph, node: Node) -> dict:
+    """A QONNX ``Quant``'s constants, checked: scale, zero point, range and rounding.
+
+    Returns ``scale`` and ``zero_point`` (float64 arrays as given), ``lo`` and
+    ``hi`` (the integer range: signed or unsigned, narrow or not, of the bit
+    width) and ``signed``.
+    """
+    where = f"Quant {node.name!r}"
+    names = node.inputs[1:4]
+    if len(names) < 3 or any(x not in g.consts for x in names):
+        raise g.fail(f"{where}: its scale, zero point and bit width must be constants")
+    scale, zp, bits = (g.consts[x].astype(np.float64) for x in names)
+    if bits.size != 1 or bits.ravel()[0] != round(float(bits.ravel()[0])) or \
+            not 2 <= bits.ravel()[0] <= 8:
+        raise g.fail(f"{where}: bit width {bits.ravel().tolist()}; the IR takes integer bit "
+                     "widths from 2 to 8")
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        raise g.fail(f"{where}: its scale must be positive and finite")
+    if np.any(zp != np.rint(zp)):
+        raise g.fail(f"{where}: zero point {zp.ravel()[:4].tolist()} is not an integer")
+    b = int(bits.ravel()[0])
+    signed, narrow = bool(node.attrs.get("signed", 1)), bool(node.attrs.get("narrow", 0))
+    lo, hi = ((-(1 << (b - 1)) + narrow, (1 << (b - 1)) - 1) if signed
+              else (0, (1 << b) - 1 - narrow))
+    return dict(scale=scale, zero_point=zp, lo=lo, hi=hi, signed=signed, bits=b)
+
+
+def _broadcast_axis(g: Graph, where: str, v: np.ndarray, rank: int) -> int | None:
+    """The one axis (of a rank-``rank`` tensor) a broadcast parameter varies along, or None."""
+    if v.size == 1:
+        return None
+    shape = (1,) * (rank - v.ndim) + v.shape
+    axes = [i for i, d in enumerate(shape) if d > 1]
+    if len(axes) != 1:
+        raise g.fail(f"{where}: a scale or zero point of shape {list(v.shape)} varies along "
+                     "more than one axis; the IR takes one per tensor or per channel")
+    return axes[0]
+
+
+def _quant_const(g: Graph, node: Node) -> np.ndarray:
+    """Fold QONNX ``Quant`` of a constant (a weight); remember its integer scale."""
+    p = quant_params(g, node)
+    w = g.consts[node.inputs[0]].astype(np.float64)
+    where = f"Quant {node.name!r}"
+    axis = _broadcast_axis(g, where, p["scale"], w.ndim)
+    zaxis = _broadcast_axis(g, where, p["zero_point"], w.ndim)
+    if zaxis is not None and zaxis != axis:
+        raise g.fail(f"{where}: the zero point varies along another axis than the scale")
+    q = np.clip(np.rint(w / p["scale"] + p["zero_point"]), p["lo"], p["hi"])
+    scale = p["scale"].ravel() if axis is not None else p["scale"].reshape(1)
+    zp = p["zero_point"].ravel() if zaxis is not None else p["zero_point"].reshape(1)
+    g.qinfo[node.outputs[0]] = QInfo(scale=scale, zero_point=zp.astype(np.int64), axis=axis)
+    return ((q - p["zero_point"]) * p["scale"]).astype(np.float32)
+
+
 def _fold_constants(g: Graph) -> bool:
     """Evaluate every node whose inputs are known; record dequantized weights' scales."""
     changed = False
     for node in list(g.nodes):
+        if is_quant(node) and all(x in g.consts for x in node.inputs if x):
+            values = [_quant_const(g, node)]
+            g.consts[node.outputs[0]] = values[0]
+            g.shapes[node.outputs[0]] = tuple(values[0].shape)
+            g.remove(node)
+            changed = True
+            continue
         if node.domain not in DEFAULT_DOMAINS or node.op in NEVER_FOLD:
             continue
         data = [x for x in node.inputs if x]
@@ -126,9 +191,57 @@ def fold_all(g: Graph) -> None:
         raise g.fail(f"the output {g.output!r} does not depend on the input")
 
 
+_NINE_BITS = ("the IR's activations are 8-bit signed integers with zero point 0 (an unsigned "
+              "8-bit range needs 9 bits, which the hardware does not carry yet); quantize "
+              "activations as signed int8 (activation_type=QInt8, ActivationSymmetric=True), "
+              "or unsigned with at most 7 bits")
+
+
+def _record(g: Graph, x: str, out: str, scale: float, lo: int, hi: int) -> None:
+    """Remember activation ``x``'s scale, integer range and quantized tensor ``out``."""
+    g.act_scale.setdefault(x, scale)
+    g.act_range.setdefault(x, (lo, hi))
+    g.act_quantized.setdefault(x, out)
+
+
+def _strip_quant(g: Graph, node: Node) -> None:
+    """Remove QONNX ``Quant`` on an activation, keeping its scale and range."""
+    where = f"Quant {node.name!r} (on {node.inputs[0]!r})"
+    p = quant_params(g, node)
+    if p["scale"].size != 1:
+        raise g.fail(f"{where} has a per-channel scale; activations need one scale per tensor")
+    if np.any(p["zero_point"] != 0):
+        raise g.fail(f"{where} has zero point {p['zero_point'].ravel()[:4].tolist()}; "
+                     + _NINE_BITS)
+    if p["hi"] > 127:
+        raise g.fail(f"{where} quantizes to unsigned {p['bits']} bits (0..{p['hi']}); "
+                     + _NINE_BITS)
+    x = node.inputs[0]
+    _record(g, x, node.outputs[0], float(p["scale"].ravel()[0]), p["lo"], p["hi"])
+    g.rewire(node.outputs[0], x)
+    g.remove(node)
+
+
+def _clip_range(g: Graph, clip: Node) -> tuple[float, float]:
+    """The constant (min, max) of a Clip (absent bounds are infinite)."""
+    lo = g.consts.get(clip.inputs[1]) if len(clip.inputs) > 1 and clip.inputs[1] else None
+    hi = g.consts.get(clip.inputs[2]) if len(clip.inputs) > 2 and clip.inputs[2] else None
+    if (len(clip.inputs) > 1 and clip.inputs[1] and lo is None) or \
+            (len(clip.inputs) > 2 and clip.inputs[2] and hi is None):
+        raise g.fail(f"Clip {clip.name!r}: its bounds must be constants")
+    return (float("-inf") if lo is None else float(lo.ravel()[0]),
+            float("inf") if hi is None else float(hi.ravel()[0]))
+
+
 def strip_qdq(g: Graph) -> None:
-    """Remove QuantizeLinear -> DequantizeLinear pairs on activations, keeping their scales."""
+    """Remove the quantizers on activations, keeping their scales and integer ranges.
+
+    ``QuantizeLinear -> DequantizeLinear`` (QDQ), ``QuantizeLinear -> Clip ->
+    DequantizeLinear`` (Brevitas's QCDQ) and QONNX's ``Quant``.
+    """
     onnx = onnx_module()
+    for node in [n for n in g.nodes if is_quant(n)]:
+        _strip_quant(g, node)
     for q in [n for n in g.nodes if n.op == "QuantizeLinear"]:
         x = q.inputs[0]
         scale = g.consts.get(q.inputs[1])
@@ -140,22 +253,31 @@ def strip_qdq(g: Graph) -> None:
         out_type = q.attrs.get("output_dtype", 0) or (
             onnx.helper.np_dtype_to_tensor_dtype(zp.dtype) if zp is not None
             else onnx.TensorProto.UINT8)
-        if out_type != onnx.TensorProto.INT8 or (zp is not None and np.any(zp != 0)):
-            raise g.fail(f"{where} quantizes to {onnx.TensorProto.DataType.Name(out_type)} with "
-                         f"zero point {0 if zp is None else zp.ravel().tolist()}; the IR's "
-                         "activations are int8 symmetric (quantize with activation_type=QInt8 "
-                         "and ActivationSymmetric=True)")
+        type_name = onnx.TensorProto.DataType.Name(out_type)
+        ranges = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255)}
+        if out_type not in ranges or (zp is not None and np.any(zp != 0)):
+            raise g.fail(f"{where} quantizes to {type_name} with zero point "
+                         f"{0 if zp is None else zp.ravel().tolist()}; " + _NINE_BITS)
+        lo, hi = ranges[out_type]
         readers = g.consumers(q.outputs[0])
-        if q.outputs[0] == g.output or any(r.op != "DequantizeLinear" for r in readers):
+        clip = readers[0] if len(readers) == 1 and readers[0].op == "Clip" and \
+            q.outputs[0] != g.output else None
+        tail = clip.outputs[0] if clip else q.outputs[0]
+        if clip is not None:
+            c_lo, c_hi = _clip_range(g, clip)
+            lo, hi = int(max(lo, np.ceil(c_lo))), int(min(hi, np.floor(c_hi)))
+            readers = g.consumers(tail)
+        if tail == g.output or any(r.op != "DequantizeLinear" for r in readers):
             raise g.fail(f"{where} feeds {', '.join(repr(r.name) for r in readers) or 'the output'}"
                          "; only QDQ models (QuantizeLinear -> DequantizeLinear around float "
                          "operators) are supported, not integer operators (QOperator format)")
+        if hi > 127:
+            raise g.fail(f"{where} quantizes to {type_name} ({lo}..{hi}); " + _NINE_BITS)
         for dq in readers:
             g.rewire(dq.outputs[0], x)
             g.remove(dq)
-        g.remove(q)
-        g.act_scale.setdefault(x, float(scale.ravel()[0]))
-        g.act_quantized.setdefault(x, q.outputs[0])
+        g.remove(q, *([clip] if clip else []))
+        _record(g, x, tail, float(scale.ravel()[0]), lo, hi)
     dq = next((n for n in g.nodes if n.op == "DequantizeLinear"), None)
     if dq is not None:
         raise g.fail(f"DequantizeLinear {dq.name!r} reads {dq.inputs[0]!r}, which is neither a "

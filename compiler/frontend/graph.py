@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import CosparseError
 
 __all__ = ["FrontendError", "Graph", "Node", "QInfo", "onnx_module", "short_error", "NEVER_FOLD",
-           "VIEWS", "DEFAULT_DOMAINS", "LAYER_OP", "KWTA_OP"]
+           "VIEWS", "DEFAULT_DOMAINS", "QONNX_DOMAINS", "LAYER_OP", "KWTA_OP", "is_quant"]
 
 #: Operators never evaluated, even on constants.
 NEVER_FOLD = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
@@ -26,6 +26,9 @@ NEVER_FOLD = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUnifor
 VIEWS = ("Reshape", "Flatten", "Transpose")
 #: The ONNX operator domains (the default one, by either name).
 DEFAULT_DOMAINS = ("", "ai.onnx")
+#: The domains of QONNX's quantization operators (``Quant``), by their names in
+#: QONNX, FINN and older Brevitas exports.
+QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas", "finn")
 #: Operator name of a canonical layer node (Conv or linear).
 LAYER_OP = "CosparseLayer"
 #: Operator name of a k-WTA node.
@@ -61,6 +64,11 @@ class Node:
     scope: str = ""  # the PyTorch module path, when the exporter recorded it
 
 
+def is_quant(node: "Node") -> bool:
+    """Whether ``node`` is QONNX's ``Quant``."""
+    return node.op == "Quant" and node.domain in QONNX_DOMAINS
+
+
 @dataclass
 class QInfo:
     """How a constant was dequantized: ``real = (q - zero_point) * scale`` along ``axis``."""
@@ -87,6 +95,8 @@ class Graph:
         self.act_scale: dict[str, float] = {}
         #: The QuantizeLinear output (the model's integer tensor) of each quantized activation.
         self.act_quantized: dict[str, str] = {}
+        #: The integer range ``(lo, hi)`` a quantized activation takes (zero point 0).
+        self.act_range: dict[str, tuple[int, int]] = {}
         self.qinfo: dict[str, QInfo] = {}
 
     # -- queries
@@ -121,8 +131,9 @@ class Graph:
             self.output = new
         if old in self.act_scale and new not in self.act_scale:
             self.act_scale[new] = self.act_scale[old]
-        if old in self.act_quantized and new not in self.act_quantized:
-            self.act_quantized[new] = self.act_quantized[old]
+        for table in (self.act_quantized, self.act_range):
+            if old in table and new not in table:
+                table[new] = table[old]
 
     def remove(self, *nodes: Node) -> None:
         """Remove the given nodes (those still in the graph)."""

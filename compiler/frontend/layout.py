@@ -35,7 +35,8 @@ def to_ir_input(net: ir.Network, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if net.meta.get("input_layout") == "NCHW":
         x = x.transpose(0, 2, 3, 1)
-    return quantize_input(x, net.input.scale)
+    lo, hi = net.meta.get("input_range", (-128, 127))
+    return np.clip(quantize_input(x, net.input.scale), lo, hi).astype(np.int8)
 
 
 def from_ir_output(net: ir.Network, y: np.ndarray) -> np.ndarray:

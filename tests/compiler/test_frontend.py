@@ -456,7 +456,7 @@ def test_qdq_rejects_asymmetric_activations(tmp_path):
     quantize_static(str(DATA / "mlp_threshold_legacy.onnx"), str(out), Reader(),
                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8)
-    with pytest.raises(FrontendError, match="int8 symmetric.*ActivationSymmetric=True"):
+    with pytest.raises(FrontendError, match=r"UINT8 .*signed int8 \(activation_type=QInt8, ActivationSymmetric=True\)"):
         import_onnx(out)
 
 
@@ -617,7 +617,7 @@ def test_unsupported_ops_are_all_listed(tmp_path):
         msg = str(e.value)
         assert "bad_ops.onnx" in msg and "2 node(s)" in msg
         assert "'act' (Sigmoid)" in msg and "'prob' (Softmax)" in msg
-        assert "Supported operators: Add, BatchNormalization, Cast, Conv" in msg
+        assert "Supported operators: Add, BatchNormalization, Cast, Clip, Conv" in msg
         assert "\n" not in msg
 
 

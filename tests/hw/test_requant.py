@@ -118,6 +118,69 @@ def test_bad_parameters(kwargs, match):
     gc.collect()  # the half-built component warns now, under the filter
 
 
+def tie_acc(rng, shift, mult, bias, shape, acc_bits: int = 20, lo=None, hi=None) -> np.ndarray:
+    """Accumulators whose ``(acc + bias) * mult`` falls exactly on halves (and next to them)."""
+    C = len(shift)
+    acc = np.empty(shape, dtype=np.int64)
+    for c in range(C):
+        s, m = int(shift[c]), int(mult[c])
+        # (acc + bias) * m = (2j + 1) * 2**(s-1): acc + bias = (2j + 1) * 2**(s-1) / m where
+        # that is an integer (m odd: only when s - 1 covers m's twos)
+        g = np.gcd(m, 1 << max(s - 1, 0))
+        step = (1 << max(s - 1, 0)) // g
+        # y is about j * m / g: j spans the output range (and a little past it)
+        span = max(1, (1 << (acc_bits - 3)) // max(2 * step, 1))
+        ylo, yhi = (-130 if lo is None else lo - 2), (130 if hi is None else hi + 2)
+        j = rng.integers(max(-span, ylo * g // m - 1), min(span, yhi * g // m + 1) + 1,
+                         shape[:-1])
+        base = (2 * j + 1) * step if s else j
+        if 3 * step >= 1 << (acc_bits - 2):  # no half fits the accumulators: any values
+            base = rng.integers(-(1 << (acc_bits - 3)), 1 << (acc_bits - 3), shape[:-1])
+        acc[..., c] = base + rng.integers(-1, 2, shape[:-1]) * rng.integers(0, 2, shape[:-1]) \
+            - int(bias[c])
+    return acc
+
+
+@pytest.mark.parametrize("C, D, acc_bits, shifts, lo, hi, dsp_width", [
+    (12, 4, 24, (1, 3), None, None, 18),  # no coarse stage, a base of 0
+    (10, 8, 28, (9, 30), -100, 90, 18),  # coarse and fine shifts, narrowed range
+    (6, 2, 20, (6, 6), 0, 15, 16),  # one shift (base only), unsigned 4-bit outputs
+    (7, 1, 24, (0, 12), -8, 7, 16),  # shift 0 beside others: signed 4-bit outputs, split sum
+])
+def test_half_even_rounding_and_narrow_ranges(C, D, acc_bits, shifts, lo, hi, dsp_width):
+    """Exact halves round to even (2.5 -> 2, 3.5 -> 4, -2.5 -> -2); the range clamps."""
+    rng = np.random.default_rng(C + acc_bits)
+    mult = rng.integers(1, 1 << 16, C)
+    mult[: C // 2] = 2 * rng.integers(0, 4, C // 2) + 1  # small odd multipliers: many ties
+    shift = rng.integers(shifts[0], shifts[1] + 1, C)
+    shift[0] = shifts[0]
+    bias = rng.integers(-(1 << 10), 1 << 10, C)
+    kw = dict(lo=lo, hi=hi, rounding="half-even")
+    dut = requantizer(C, D, acc_bits, mult, shift, bias, False, dsp_width=dsp_width, **kw)
+    acc = np.concatenate([tie_acc(rng, shift, mult, bias, (2, 4, C), acc_bits, lo, hi),
+                          random_acc(rng, (2, 4, C), acc_bits - 2)])
+    want = requant_golden(acc, mult, shift, bias, False, **kw)
+    up = requant_golden(acc, mult, shift, bias, False, lo=lo, hi=hi)
+    assert (want != up).any()  # ties that half up would round the other way
+    run(dut, acc, want, seed=C)
+
+
+def test_verilator_matches_golden_half_even():
+    rng = np.random.default_rng(15)
+    C, D, acc_bits = 16, 8, 24
+    mult = 2 * rng.integers(0, 8, C) + 1
+    shift = rng.integers(1, 20, C)
+    bias = rng.integers(-500, 500, C)
+    kw = dict(lo=-50, hi=60, rounding="half-even")
+    dut = requantizer(C, D, acc_bits, mult, shift, bias, False, **kw)
+    acc = np.concatenate([tie_acc(rng, shift, mult, bias, (2, 3, C), acc_bits, -50, 60),
+                          random_acc(rng, (1, 3, C), 20)])
+    want = requant_golden(acc, mult, shift, bias, False, **kw)
+    beats_in, beats_want = dense_frames(acc, D), dense_frames(want, D)
+    res = verilate_io(dut, "requantizer_even", beats_in, len(beats_want), stall=0.3, seed=7)
+    assert res.outputs[0] == beats_want
+
+
 def test_verilator_matches_golden():
     rng = np.random.default_rng(5)
     C, D, acc_bits = 64, 8, 24

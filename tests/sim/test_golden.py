@@ -1,3 +1,6 @@
+import dataclasses
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -41,14 +44,30 @@ def test_requant_rounds_half_up_and_saturates():
 
 @given(st.lists(st.tuples(st.integers(-(2**31), 2**31 - 1), st.integers(1, 65535),
                           st.integers(0, 62), st.integers(-(2**31), 2**31 - 1)),
-                min_size=1, max_size=20), st.booleans())
-def test_requant_matches_integer_rule(cases, relu):
+                min_size=1, max_size=20), st.booleans(),
+       st.sampled_from(["half-up", "half-even"]), st.integers(-128, 0), st.integers(0, 127))
+def test_requant_matches_integer_rule(cases, relu, rounding, lo, hi):
     acc, mult, shift, bias = (np.array(c, dtype=np.int64) for c in zip(*cases))
-    got = golden.requantize(acc[None], _rq(mult, shift, relu), bias)[0]
-    lo = 0 if relu else -128
-    want = [min(max(((int(a) + int(b)) * int(m) + ((1 << (int(s) - 1)) if s else 0)) >> int(s), lo), 127)
+    rq = dataclasses.replace(_rq(mult, shift, relu), lo=lo, hi=hi, rounding=rounding)
+    got = golden.requantize(acc[None], rq, bias)[0]
+    low = max(lo, 0) if relu else lo
+
+    def rounded(p: int, s: int) -> int:
+        if rounding == "half-even":
+            return round(Fraction(p, 1 << s))
+        return (p + ((1 << (s - 1)) if s else 0)) >> s
+    want = [min(max(rounded((int(a) + int(b)) * int(m), int(s)), low), hi)
             for a, m, s, b in zip(acc, mult, shift, bias)]
     assert got.tolist() == want
+
+
+def test_requant_half_even_and_narrow_range():
+    acc = np.array([[5, -5, 3, -3, 7, 1 << 20, -(1 << 20)]])
+    rq = dataclasses.replace(_rq(1, 1, n=7), rounding="half-even")
+    # 2.5 -> 2, -2.5 -> -2, 1.5 -> 2, -1.5 -> -2, 3.5 -> 4
+    assert golden.requantize(acc, rq).tolist() == [[2, -2, 2, -2, 4, 127, -128]]
+    rq = dataclasses.replace(rq, lo=-2, hi=3)
+    assert golden.requantize(acc, rq).tolist() == [[2, -2, 2, -2, 3, 3, -2]]
 
 
 def test_kwta_ties_go_to_the_lower_index():
@@ -147,7 +166,10 @@ def networks(draw):
         density = draw(st.sampled_from([0.1, 0.3, 1.0]))
         w = zoo.random_sparse_weights(m, kh * kh * shape[2], density, rng)
         k = draw(st.integers(1, 6))
+        rq_kw = draw(st.sampled_from([{}, {"rounding": "half-even"},
+                                      {"rounding": "half-even", "lo": -8, "hi": 7}]))
         layers.append(overlay_layer(ir.OverlayConv, f"conv{i}", w, k, rng, relu=draw(st.booleans()),
+                                    rq_kw=rq_kw,
                                     kernel=(kh, kh), stride=(stride, stride),
                                     padding=(pad, pad, pad, pad)))
         dense[f"conv{i}"] = w

@@ -85,6 +85,9 @@ class _KwtaMatch:
     exact: bool  # gather/scatter: exactly k winners; threshold: ties kept
 
 
+#: Views a k-WTA may sit between (a view and its inverse fold into its axes).
+_RESHAPES = (*VIEWS, "Squeeze", "Unsqueeze")
+
 _COMPARES = {  # op -> (position of the key, True if "compare true" means "winner")
     "GreaterOrEqual": (0, True), "LessOrEqual": (1, True),
     "Less": (0, False), "Greater": (1, False),
@@ -372,12 +375,12 @@ def kwta_views(g: Graph) -> bool:
             continue
         pin = g.producer(n.inputs[0])
         readers = g.consumers(n.outputs[0])
-        if pin is None or pin.op not in VIEWS or g.uses(n.inputs[0]) != 1 or \
+        if pin is None or pin.op not in _RESHAPES or g.uses(n.inputs[0]) != 1 or \
                 len(readers) != 1 or g.uses(n.outputs[0]) != 1:
             continue
         pout = readers[0]
         src = pin.inputs[0]
-        if pout.op not in VIEWS or g.shape(pout.outputs[0]) != g.shape(src) or \
+        if pout.op not in _RESHAPES or g.shape(pout.outputs[0]) != g.shape(src) or \
                 (pin.op == "Transpose") != (pout.op == "Transpose"):
             continue
         if pin.op == "Transpose":

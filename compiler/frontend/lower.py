@@ -207,8 +207,9 @@ def _kwta_step(g: Graph, n: Node, is_map: bool, order: tuple[str, ...], dims: di
                     key_scale=a.get("key_scale"),
                     boost=None if boost is None else boost.ravel()[perm])
     letters = [order[ax - 1] for ax in a["axes"]]
-    if letters == ["C"] or (sorted(letters) == ["C", "H", "W"]):
-        local = letters == ["C"]
+    ones = {x for x in "CHW" if dims[x] == 1}  # an axis of one element is in any group
+    if set(letters) - ones == {"C"} - ones or set(letters) | ones == {"C", "H", "W"}:
+        local = set(letters) | ones != {"C", "H", "W"} or ones >= {"H", "W"}
         if boost is not None and not local:  # over (order) axes -> per channel
             full = boost.reshape([dims[x] for x in order])
             by_c = np.moveaxis(full, order.index("C"), 0).reshape(dims["C"], -1)

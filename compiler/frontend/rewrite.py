@@ -14,8 +14,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .graph import DEFAULT_DOMAINS, KWTA_OP, LAYER_OP, VIEWS, Graph, Node, QInfo
+from .graph import DEFAULT_DOMAINS, KWTA_OP, LAYER_OP, NEVER_FOLD, VIEWS, Graph, Node, QInfo
 from .kwta import kwta_patterns, kwta_views
+from .kwta_meaning import kwta_by_meaning
 
 __all__ = ["rewrite"]
 
@@ -24,8 +25,12 @@ _MAX_REWRITES = 10_000
 
 
 def _drop_noops(g: Graph) -> bool:
-    """Identity, Dropout (inference), casts to the same type and reshapes to the same shape."""
+    """Identity, Dropout (inference), casts to the same type and reshapes to the same shape;
+    and nodes nothing reads (a view an exporter left behind)."""
     for n in g.nodes:
+        if n.op not in NEVER_FOLD and not any(g.uses(o) for o in n.outputs if o):
+            g.remove(n)
+            return True
         src = n.inputs[0] if n.inputs else ""
         noop = n.op == "Identity" or (
             n.op == "Cast" and g.types.get(src) == n.attrs.get("to")) or (
@@ -289,7 +294,7 @@ def _cancel_transposes(g: Graph) -> bool:
 
 _REWRITES: tuple[Callable[[Graph], bool], ...] = (
     _drop_noops, _merge_duplicates, _canonical_layers, kwta_patterns, kwta_views,
-    _cancel_transposes, _fold_affine, _fuse_relu, _hoist_relu)
+    _cancel_transposes, _fold_affine, _fuse_relu, _hoist_relu, kwta_by_meaning)
 
 
 def rewrite(g: Graph) -> None:

@@ -266,3 +266,32 @@ def test_any_spelling_is_recognised_and_matches_onnxruntime(tmp_path_factory, s,
     if len(s["shape"]) == 4:
         ref = ref.transpose(0, 2, 3, 1)
     assert np.array_equal(got.reshape(ref.shape), np.rint(ref))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spellings(), st.integers(0, 2**31 - 1))
+def test_any_spelling_quantized_by_onnxruntime_is_recognised(tmp_path_factory, s, seed):
+    """The same spellings with ONNX Runtime's QDQ pairs around every piece."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    model, _ = build_model(s)
+    folder = tmp_path_factory.mktemp("qdq")
+    src, dst = folder / "m.onnx", folder / "qdq.onnx"
+    onnx.save(model, str(src))
+    x = tie_free_inputs(s, np.random.default_rng(seed), 16)
+
+    class OneAtATime(CalibrationDataReader):  # a spelling may hold batch-1 shapes
+        def __init__(self):
+            self.rows = iter(x[i:i + 1] for i in range(len(x)))
+
+        def get_next(self):
+            row = next(self.rows, None)
+            return None if row is None else {"x": row}
+
+    quantize_static(str(src), str(dst), OneAtATime(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    net = import_onnx(dst, calibration=x)  # the input's scale, where ONNX Runtime gave none
+    kwtas = [la for la in net.layers if isinstance(la, ir.KWTALayer)]
+    assert len(kwtas) == 1 and kwtas[0].k == s["k"], [la.kind for la in net.layers]
+    assert net.meta["quantization"] == "qdq"

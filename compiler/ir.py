@@ -430,6 +430,12 @@ class KWTALayer(Layer):
     #: QuantizeLinear on the boosted key would, ``clamp(round_half_even(x * boost /
     #: 2**s), -128, 127)`` (ties in the quantized keys then follow the tie rule).
     key_shift: int | None = None
+    #: None: the winners keep ``x``. ``(m, s)``: they keep ``clamp(round_half_even(x * m /
+    #: 2**s), -128, 127)``, at the scale ``out_scale`` (a model that requantizes the
+    #: k-WTA's output to a scale of its own; a winner that becomes 0 is inactive).
+    rescale: tuple[int, int] | None = None
+    #: The output's scale with ``rescale`` (the input's without).
+    out_scale: float | None = None
 
     @property
     def winners(self) -> int:
@@ -458,6 +464,21 @@ class KWTALayer(Layer):
                               or not 0 <= s <= MAX_KEY_SHIFT):
             _fail(f"{where}.key_shift", f"expected an integer from 0 to {MAX_KEY_SHIFT} (or "
                                         f"none: exact keys), got {s!r}")
+        r = self.rescale
+        if r is not None and not (isinstance(r, tuple) and len(r) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in r)
+                and 1 <= r[0] <= MAX_MULTIPLIER and 0 <= r[1] <= MAX_KEY_SHIFT + 16):
+            _fail(f"{where}.rescale", f"expected (multiplier 1..{MAX_MULTIPLIER}, shift "
+                                      f"0..{MAX_KEY_SHIFT + 16}) or none, got {r!r}")
+        if (r is None) != (self.out_scale is None) or (
+                self.out_scale is not None and not (math.isfinite(self.out_scale)
+                                                    and self.out_scale > 0)):
+            _fail(f"{where}.out_scale", "a rescaled k-WTA needs a positive output scale, and "
+                                        "only it takes one")
+
+    def _out(self, inp: TensorSpec) -> TensorSpec:
+        return inp if self.out_scale is None else TensorSpec(inp.shape, inp.dtype,
+                                                             float(self.out_scale))
 
     def key_bits(self) -> int:
         """Signed width of the selection key: 8 when quantized, else of ``x * boost``."""
@@ -479,7 +500,7 @@ class LocalKWTA(KWTALayer):
         _h, _w, c = _need_map(where, inp)
         self._check_k(where, c)
         self._check_boost(where, c)
-        return inp
+        return self._out(inp)
 
 
 @dataclass(eq=False)
@@ -497,7 +518,7 @@ class GlobalKWTA(KWTALayer):
             _fail(where, f"needs an int8 input, got {inp.dtype}")
         self._check_k(where, int(np.prod(inp.shape)))
         self._check_boost(where, inp.shape[-1])
-        return inp
+        return self._out(inp)
 
 
 @dataclass(eq=False)
@@ -644,6 +665,8 @@ def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
             d["max_winners"] = layer.max_winners
         if layer.key_shift is not None:
             d["key_shift"] = layer.key_shift
+        if layer.rescale is not None:
+            d.update(rescale=list(layer.rescale), out_scale=layer.out_scale)
     return d
 
 
@@ -779,8 +802,11 @@ def _layer_from(r: _Reader, tensors: dict[str, np.ndarray], npz_name: str) -> La
             _fail(f"{r.where}.max_winners", "the 'threshold' tie rule needs max_winners, and "
                                             "only it takes one")
         cls = LocalKWTA if kind == "local_kwta" else GlobalKWTA
+        rescale = r.ints("rescale", n=2, optional=True)
+        out_scale = r.get("out_scale", (int, float), optional=True)
         return cls(name, k=r.get("k", int), boost=r.vec("boost", np.int64, optional=True),
-                   max_winners=bound, key_shift=r.get("key_shift", int, optional=True))
+                   max_winners=bound, key_shift=r.get("key_shift", int, optional=True),
+                   rescale=rescale, out_scale=None if out_scale is None else float(out_scale))
     return LAYER_KINDS[kind](name)
 
 

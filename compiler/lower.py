@@ -332,7 +332,7 @@ class _Lowering:
         if isinstance(layer, ir.LocalKWTA):
             self.add(layer.name, LocalKWTA(g, layer.k, width=width, entries=r_out, boost=boost,
                                            max_winners=layer.max_winners,
-                                           key_shift=layer.key_shift))
+                                           key_shift=layer.key_shift, rescale=layer.rescale))
             self.max_active = layer.winners
         else:
             # Room for a whole input frame: the upstream keeps working while the
@@ -344,7 +344,8 @@ class _Lowering:
                                                  entries=r_out, boost=boost,
                                                  serial=folding.compact and width == 1,
                                                  max_winners=layer.max_winners,
-                                                 key_shift=layer.key_shift))
+                                                 key_shift=layer.key_shift,
+                                                 rescale=layer.rescale))
             # Room for a whole frame's winners: the unit never waits for a slower
             # consumer, so it can take the next frame (see StreamFIFO).
             if folding.frame_fifos:

@@ -25,7 +25,7 @@ from cosparse.compiler.ir import (Densify, Flatten, GlobalKWTA, Layer, LocalKWTA
                                   Network, OverlayConv, Overlays, Requant,
                                   ZeroSkip, OverlayLayer)
 
-__all__ = ["GoldenError", "run", "run_layer", "requantize", "kwta_mask", "kwta_keys",
+__all__ = ["GoldenError", "run", "run_layer", "requantize", "kwta_mask", "kwta_keys", "kwta_values",
            "overlay_accumulate", "overlay_matmul", "Trace"]
 
 
@@ -165,6 +165,14 @@ def kwta_keys(x: np.ndarray, boost: np.ndarray | None,
     return np.clip(key, -128, 127)
 
 
+def kwta_values(x: np.ndarray, rescale: tuple[int, int] | None) -> np.ndarray:
+    """The values winners keep: ``x``, or ``clamp(round_half_even(x * m / 2**s), -128, 127)``
+    for ``rescale = (m, s)``."""
+    if rescale is None:
+        return x
+    return kwta_keys(x, np.int64(rescale[0]), rescale[1]).astype(x.dtype)
+
+
 def kwta_mask(x: np.ndarray, k: int, boost: np.ndarray | None,
               max_winners: int | None = None, key_shift: int | None = None) -> np.ndarray:
     """Winners of each row of ``x[..., N]``.
@@ -213,7 +221,7 @@ def run_layer(layer: Layer, x: np.ndarray) -> np.ndarray:
         return _max_pool(x, layer.kernel, layer.stride)
     if isinstance(layer, LocalKWTA):
         win = kwta_mask(x, layer.k, layer.boost, layer.max_winners, layer.key_shift)
-        return np.where(win, x, 0).astype(x.dtype)
+        return np.where(win, kwta_values(x, layer.rescale), 0).astype(x.dtype)
     if isinstance(layer, GlobalKWTA):
         b = x.shape[0]
         flat = x.reshape(b, -1)
@@ -221,7 +229,7 @@ def run_layer(layer: Layer, x: np.ndarray) -> np.ndarray:
         if layer.boost is not None:
             boost = np.tile(layer.boost, flat.shape[1] // layer.boost.shape[0])
         win = kwta_mask(flat, layer.k, boost, layer.max_winners, layer.key_shift)
-        return np.where(win, flat, 0).astype(x.dtype).reshape(x.shape)
+        return np.where(win, kwta_values(flat, layer.rescale), 0).astype(x.dtype).reshape(x.shape)
     if isinstance(layer, Flatten):
         return x.reshape(x.shape[0], -1)
     if isinstance(layer, (ZeroSkip, Densify)):

@@ -39,7 +39,8 @@ def _round_half_even(num: int, shift: int) -> int:
 
 
 def _topk_rows(x: np.ndarray, k: int, boost: np.ndarray | None,
-               max_winners: int | None = None, key_shift: int | None = None) -> np.ndarray:
+               max_winners: int | None = None, key_shift: int | None = None,
+               rescale: tuple[int, int] | None = None) -> np.ndarray:
     key = x.astype(np.int64) * (1 if boost is None else boost.astype(np.int64))
     if key_shift is not None:
         key = np.vectorize(lambda v: min(127, max(-128, _round_half_even(int(v), key_shift))),
@@ -51,7 +52,11 @@ def _topk_rows(x: np.ndarray, k: int, boost: np.ndarray | None,
         if max_winners is not None:  # the threshold rule: ties at the k-th too, up to B
             kth = key[r, order[k - 1]]
             win = [i for i in order[:max_winners] if key[r, i] >= kth]
-        out[r, win] = x[r, win]
+        for i in win:
+            v = int(x[r, i])
+            if rescale is not None:
+                v = min(127, max(-128, _round_half_even(v * rescale[0], rescale[1])))
+            out[r, i] = v
     return out
 
 
@@ -94,14 +99,14 @@ def reference_run(net: Network, dense_weights: dict[str, np.ndarray], x: np.ndar
         elif isinstance(layer, LocalKWTA):
             b, h, wd, c = y.shape
             y = _topk_rows(y.reshape(-1, c), layer.k, layer.boost, layer.max_winners,
-                           layer.key_shift).reshape(y.shape)
+                           layer.key_shift, layer.rescale).reshape(y.shape)
         elif isinstance(layer, GlobalKWTA):
             shape = y.shape
             flat = y.reshape(shape[0], -1)
             boost = None if layer.boost is None else \
                 np.tile(layer.boost, flat.shape[1] // layer.boost.size)
             y = _topk_rows(flat, layer.k, boost, layer.max_winners,
-                           layer.key_shift).reshape(shape)
+                           layer.key_shift, layer.rescale).reshape(shape)
         elif isinstance(layer, Flatten):
             y = y.reshape(y.shape[0], -1)
         elif isinstance(layer, (ZeroSkip, Densify)):

@@ -229,3 +229,36 @@ def quantize_qdq(src: Path, dst: Path, cal: np.ndarray) -> Path:
                     weight_type=QuantType.QInt8,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     return dst
+
+
+def rescaled_kwta_model(path, rng) -> None:
+    """x -> QDQ -> Gemm -> QDQ(s1) -> k-WTA (threshold, mask Mul) -> QDQ(s2 != s1) -> Gemm."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    n_in, n_hid, k = 12, 24, 6
+    z = "zp"
+
+    def qdq(t, scale):
+        return [helper.make_node("QuantizeLinear", [t, scale, z], [t + "_q"]),
+                helper.make_node("DequantizeLinear", [t + "_q", scale, z], [t + "_d"])]
+    w1 = rng.integers(-127, 128, (n_hid, n_in)).astype(np.int8)  # int8 weights, scale 0.004
+    w2 = rng.integers(-127, 128, (3, n_hid)).astype(np.int8)
+    nodes = [helper.make_node("DequantizeLinear", ["w1q", "sw", z], ["w1"]),
+             helper.make_node("DequantizeLinear", ["w2q", "sw", z], ["w2"]), *qdq("x", "sx"),
+             helper.make_node("Gemm", ["x_d", "w1", "b1"], ["h"], transB=1), *qdq("h", "s1"),
+             helper.make_node("TopK", ["h_d", "k"], ["v", "i"], axis=1),
+             helper.make_node("Slice", ["v", "km1", "k", "one"], ["thr"]),
+             helper.make_node("GreaterOrEqual", ["h_d", "thr"], ["m"]),
+             helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["h_d", "mf"], ["y1"]), *qdq("y1", "s2"),
+             helper.make_node("Gemm", ["y1_d", "w2", "b2"], ["y"], transB=1)]
+    inits = {"sx": np.float32(1 / 127), "s1": np.float32(0.05), "s2": np.float32(0.037),
+             "zp": np.int8(0), "w1q": w1, "w2q": w2, "sw": np.float32(0.004),
+             "b1": np.zeros(n_hid, np.float32), "b2": np.zeros(3, np.float32),
+             "k": np.array([k], np.int64), "km1": np.array([k - 1], np.int64),
+             "one": np.array([1], np.int64)}
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        initializer=[numpy_helper.from_array(np.asarray(v), name) for name, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))

@@ -14,7 +14,7 @@ from cosparse.compiler.order import to_drain_order
 from cosparse.compiler.perf import predict
 from cosparse.sim import golden
 from cosparse.sim.netsim import simulate_network
-from tests.helpers import ONNX_DATA, digits, quantize_qdq
+from tests.helpers import ONNX_DATA, digits, quantize_qdq, rescaled_kwta_model
 
 
 @pytest.mark.parametrize("model, mode, quantized", [
@@ -41,3 +41,16 @@ def test_onnx_model_in_verilator_equals_golden(model, mode, quantized, tmp_path)
     predicted = predict(net, folding, xq[1:])["interval_cycles"]
     assert abs(run.interval_cycles - predicted) <= 0.01 * predicted, (run.interval_cycles,
                                                                         predicted)
+
+
+def test_rescaled_kwta_in_verilator_equals_golden(tmp_path):
+    """A k-WTA whose winners the model requantizes to a scale of their own."""
+    rng = np.random.default_rng(8)
+    path = tmp_path / "rescale.onnx"
+    rescaled_kwta_model(path, rng)
+    net = to_drain_order(import_onnx(path))
+    assert any(getattr(la, "rescale", None) for la in net.layers)
+    xq = to_ir_input(net, rng.uniform(-1, 1, (6, 12)).astype(np.float32))
+    folding = choose_folding(net, xq, max_multipliers=8)
+    run = simulate_network(net, folding, xq, name="onnx_rescale")
+    assert np.array_equal(run.outputs, golden.run(net, xq))

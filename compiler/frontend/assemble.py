@@ -14,7 +14,7 @@ import numpy as np
 from .. import ir
 from ..formats import insert_adapters
 from ..packer import PackError, pack
-from ..quantize import quantize_boost, requant_for_range
+from ..quantize import fixed_point, quantize_boost, requant_for_range
 from .calibrate import Scales
 from .graph import Graph
 from .layout import ir_shape
@@ -184,6 +184,12 @@ def build_network(g: Graph, steps: list[Step], calibration: np.ndarray | None, m
             layers.append(ir.MaxPool(s.name, kernel=s.kernel, stride=s.stride))
         elif s.kind in ("local_kwta", "global_kwta"):
             layer, kwta[s.name] = _kwta_layer(s, s_in)
+            if s.out_scale is not None and abs(s.out_scale / s_in - 1) > 1e-6:
+                # the model requantizes the winners to a scale of their own
+                mult, shift = fixed_point(np.array([s_in / s.out_scale]))
+                layer.rescale, layer.out_scale = (int(mult[0]), int(shift[0])), s.out_scale
+                kwta[s.name]["rescale"] = [int(mult[0]), int(shift[0])]
+                s_in = s.out_scale
             layers.append(layer)
         else:
             layers.append(ir.Flatten(s.name))

@@ -36,6 +36,7 @@ class Step:
     boost: np.ndarray | None = None  # float, per channel (map) or per unit (vector)
     exact: bool = False
     key_scale: float | None = None  # a QDQ model's scale of the boosted key
+    out_scale: float | None = None  # a QDQ model's scale of a k-WTA's output
     channels: int = 0  # of the map a flatten flattens
     scale_names: list[str] = field(default_factory=list)
     onnx_nodes: list[str] = field(default_factory=list)
@@ -148,6 +149,7 @@ def lower(g: Graph, chain: list[Node]) -> tuple[list[Step], dict]:
         if len(steps) > before:
             _annotate(steps[-1], n)
     layout = {"is_map": is_map, "order": order, "perm": perm}
+    _kwta_out_scale(g, steps)
     return _kwta_before_flatten(steps), layout
 
 
@@ -186,6 +188,13 @@ def _kwta_before_flatten(steps: list[Step]) -> list[Step]:
             kwta.boost = rows[0].copy()
         out[i], out[i + 1] = kwta, flat
     return out
+
+
+def _kwta_out_scale(g: Graph, steps: list[Step]) -> None:
+    """Each k-WTA step's output scale in a QDQ model (its own quantizer, if any)."""
+    for s in steps:
+        if s.kind in ("local_kwta", "global_kwta"):
+            s.out_scale = g.act_scale.get(s.onnx_out)
 
 
 def _annotate(step: Step, n: Node) -> None:

@@ -10,7 +10,7 @@ from amaranth.utils import ceil_log2
 
 from ..util import check_int
 
-__all__ = ["MAX_BOOST", "key_bits", "check_key_shift", "offset_key", "check_boost", "boost_rom", "Keys", "SerialOutput",
+__all__ = ["MAX_BOOST", "key_bits", "check_key_shift", "check_rescale", "rescaled", "offset_key", "check_boost", "boost_rom", "Keys", "SerialOutput",
            "winner_layout", "winners_layout"]
 
 #: Largest boost factor (unsigned 16 bits, as in the IR).
@@ -100,6 +100,29 @@ def offset_key(x, b, kb: int, key_shift: int | None = None) -> Value:
         return Cat(x[:7], ~x[7])
     prod = x.as_signed() * b
     return Cat(prod[:kb - 1], ~prod[kb - 1])
+
+
+def check_rescale(rescale) -> tuple[int, int] | None:
+    """None, or ``(m, s)``: a multiplier from 1 to 65535 and a shift from 0 to 40."""
+    if rescale is None:
+        return None
+    try:
+        m, s = (int(v) for v in rescale)
+    except (TypeError, ValueError):
+        raise ValueError(f"rescale must be (multiplier, shift), got {rescale!r}") from None
+    check_int("rescale multiplier", m, 1, (1 << 16) - 1)
+    check_int("rescale shift", s, 0, 40)
+    return m, s
+
+
+def rescaled(x, rescale: tuple[int, int] | None) -> Value:
+    """The value a winner keeps: int8 ``x``, or ``x * m / 2**s`` rounded half to even and
+    saturated to int8 for ``rescale = (m, s)`` (the golden model's ``kwta_values``)."""
+    if rescale is None:
+        return x
+    m, s = rescale
+    u = offset_key(x, Const(m, unsigned(m.bit_length())), 8, s)
+    return Cat(u[:7], ~u[7]).as_signed()
 
 
 class Keys:

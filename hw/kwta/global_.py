@@ -16,7 +16,8 @@ from amaranth.lib.wiring import In, Out
 
 from ..streams import dense_layout, sparse_layout
 from ..util import bits, check_int
-from .common import Keys, SerialOutput, check_boost, check_key_shift, key_bits
+from .common import (Keys, SerialOutput, check_boost, check_key_shift, check_rescale, key_bits,
+                     rescaled)
 from .threshold import (
     FrameReader,
     FrameWriter,
@@ -66,6 +67,9 @@ class GlobalKWTA(wiring.Component):
     key_shift : int, optional
         Quantized keys: ``x * boost / 2**key_shift`` rounded half to even and
         saturated to int8 (0 to 24). None: the exact ``x * boost``.
+    rescale : (int, int), optional
+        ``(m, s)``: winners keep ``x * m / 2**s`` rounded half to even and
+        saturated (a winner that becomes 0 is dropped). None: they keep ``x``.
 
     Members
     -------
@@ -82,7 +86,7 @@ class GlobalKWTA(wiring.Component):
     SCAN_OVERHEAD = 11  # cycles of pipeline and hand-off around each scan
 
     def __new__(cls, size=None, k=None, *, group=None, width: int = 8, entries: int = 8,
-                boost=None, serial: bool = False, max_winners=None, key_shift=None):
+                boost=None, serial: bool = False, max_winners=None, key_shift=None, rescale=None):
         design = cls
         if cls is GlobalKWTA:
             design = SerialGlobalKWTA if serial else HistogramGlobalKWTA
@@ -90,7 +94,8 @@ class GlobalKWTA(wiring.Component):
 
     def __init__(self, size: int, k: int, *, group: int | None = None, width: int = 8,
                  entries: int = 8, boost=None, serial: bool = False,
-                 max_winners: int | None = None, key_shift: int | None = None):
+                 max_winners: int | None = None, key_shift: int | None = None,
+                 rescale: tuple[int, int] | None = None):
         check_int("size", size, 1)
         check_int("k", k, 1, size)
         if max_winners is not None:
@@ -112,6 +117,7 @@ class GlobalKWTA(wiring.Component):
                              f"got serial={serial!r}")
         self.boost = check_boost(boost, group, "unit or channel")
         self.key_shift = check_key_shift(key_shift)
+        self.rescale = check_rescale(rescale)
         self.positions = size // group
         self.beats = -(-group // width)  # beats per group
         self.words = self.positions * self.beats  # beats per frame
@@ -181,7 +187,7 @@ class HistogramGlobalKWTA(GlobalKWTA):
         m.submodules.buf = buf = Memory(shape=unsigned(D * 8), depth=2 * W, init=[])
         buf_w, buf_r = buf.write_port(), buf.read_port()
         m.submodules.writer = writer = FrameWriter(W, BG, D, G, kb, bb, self.key_shift)
-        m.submodules.reader = reader = FrameReader(W, BG, D, G, kb, bb, self.key_shift)
+        m.submodules.reader = reader = FrameReader(W, BG, D, G, kb, bb, self.key_shift, self.rescale)
         m.submodules.hist = hist = LaneHistograms(D, lane_cnt)
         m.submodules.scan = scan = ThresholdScan(D, lane_cnt, cnt)
         m.submodules.compare = compare = ThresholdCompare(D, KP, ib, cnt, BG)
@@ -296,9 +302,11 @@ class SerialGlobalKWTA(GlobalKWTA):
 
     def __init__(self, size: int, k: int, *, group: int | None = None, width: int = 1,
                  entries: int = 8, boost=None, serial: bool = True,
-                 max_winners: int | None = None, key_shift: int | None = None):
+                 max_winners: int | None = None, key_shift: int | None = None,
+                 rescale: tuple[int, int] | None = None):
         super().__init__(size, k, group=group, width=width, entries=entries, boost=boost,
-                         serial=serial, max_winners=max_winners, key_shift=key_shift)
+                         serial=serial, max_winners=max_winners, key_shift=key_shift,
+                         rescale=rescale)
 
     @property
     def cycles_per_frame(self) -> int:
@@ -368,9 +376,11 @@ class SerialGlobalKWTA(GlobalKWTA):
                     m.d.sync += ra.eq(ra + 1)
         # The boost is read with the value: the key is x * boost on every pass.
         blane = keys.lanes(m, rg, advance)
-        x = rp.data.as_signed()
+        x_in = rp.data.as_signed()
+        x = Signal(signed(8))  # the value a winner keeps
+        m.d.comb += x.eq(rescaled(x_in, self.rescale))
         key = Signal(kb)
-        m.d.comb += key.eq(keys.ukey(x, None if blane is None else blane[0]))
+        m.d.comb += key.eq(keys.ukey(x_in, None if blane is None else blane[0]))
 
         # search and quota passes
         hit = Signal()

@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..streams import dense_layout, sparse_layout
 from ..util import bits, check_int
-from .common import Keys, check_boost, check_key_shift, key_bits
+from .common import Keys, check_boost, check_key_shift, check_rescale, key_bits, rescaled
 from .order import WinnerPicker, WinnerSorter
 from .sort import BeatSorter, MergeArray, SortedInsert
 
@@ -51,6 +51,9 @@ class LocalKWTA(wiring.Component):
     key_shift : int, optional
         Quantized keys: ``x * boost / 2**key_shift`` rounded half to even and
         saturated to int8 (0 to 24). None: the exact ``x * boost``.
+    rescale : (int, int), optional
+        ``(m, s)``: winners keep ``x * m / 2**s`` rounded half to even and
+        saturated (a winner that becomes 0 is dropped). None: they keep ``x``.
 
     Members
     -------
@@ -65,12 +68,13 @@ class LocalKWTA(wiring.Component):
     """
 
     def __new__(cls, channels=None, k=None, *, width: int = 8, entries: int = 8, boost=None,
-                max_winners=None, key_shift=None):
+                max_winners=None, key_shift=None, rescale=None):
         design = (InsertionLocalKWTA if width == 1 else MergeLocalKWTA) if cls is LocalKWTA else cls
         return super().__new__(design, src_loc_at=1)
 
     def __init__(self, channels: int, k: int, *, width: int = 8, entries: int = 8, boost=None,
-                 max_winners: int | None = None, key_shift: int | None = None):
+                 max_winners: int | None = None, key_shift: int | None = None,
+                 rescale: tuple[int, int] | None = None):
         check_int("channels", channels, 1)
         check_int("k", k, 1, channels)
         check_int("width (D)", width, 1)
@@ -83,6 +87,7 @@ class LocalKWTA(wiring.Component):
         self.cells = k if max_winners is None else max_winners
         self.boost = check_boost(boost, channels, "channel")
         self.key_shift = check_key_shift(key_shift)
+        self.rescale = check_rescale(rescale)
         self.beats = -(-channels // width)
         self.index_bits = bits(channels)
         self.key_bits = key_bits(self.boost, self.key_shift)
@@ -133,9 +138,10 @@ class MergeLocalKWTA(LocalKWTA):
     """
 
     def __init__(self, channels: int, k: int, *, width: int = 8, entries: int = 8, boost=None,
-                 max_winners: int | None = None, key_shift: int | None = None):
+                 max_winners: int | None = None, key_shift: int | None = None,
+                 rescale: tuple[int, int] | None = None):
         super().__init__(channels, k, width=width, entries=entries, boost=boost,
-                         max_winners=max_winners, key_shift=key_shift)
+                         max_winners=max_winners, key_shift=key_shift, rescale=rescale)
         if width == 1:
             raise ValueError(f"MergeLocalKWTA needs width (D) 2 or more, got {width!r}")
 
@@ -188,7 +194,7 @@ class MergeLocalKWTA(LocalKWTA):
                 m.d.sync += [
                     key1[d].eq(keys.ukey(x0[d], None if blanes is None else blanes[d])),
                     idx1[d].eq(bg0 * D + d),
-                    x1[d].eq(x0[d]),
+                    x1[d].eq(rescaled(x0[d], self.rescale)),
                     lv1[d].eq(bg0 * D + d < C),
                 ]
 
@@ -222,9 +228,10 @@ class InsertionLocalKWTA(LocalKWTA):
     """
 
     def __init__(self, channels: int, k: int, *, width: int = 1, entries: int = 8, boost=None,
-                 max_winners: int | None = None, key_shift: int | None = None):
+                 max_winners: int | None = None, key_shift: int | None = None,
+                 rescale: tuple[int, int] | None = None):
         super().__init__(channels, k, width=width, entries=entries, boost=boost,
-                         max_winners=max_winners, key_shift=key_shift)
+                         max_winners=max_winners, key_shift=key_shift, rescale=rescale)
         if width != 1:
             raise ValueError(f"InsertionLocalKWTA needs width (D) 1, got {width!r}")
 
@@ -268,7 +275,7 @@ class InsertionLocalKWTA(LocalKWTA):
         with m.If(adv):
             m.d.sync += [v1.eq(v0), last1.eq(last0), end1.eq(end0), first1.eq(ch0 == 0),
                          key1.eq(keys.ukey(x0, None if blane is None else blane[0])),
-                         idx1.eq(ch0), x1.eq(x0)]
+                         idx1.eq(ch0), x1.eq(rescaled(x0, self.rescale))]
 
         # cells: the best k so far; the picker takes them the cycle after the last insertion
         pend, pend_end = Signal(), Signal()

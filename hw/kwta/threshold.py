@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..streams import dense_layout, entry_layout, sparse_layout
 from ..util import bits, onehot, popcount
-from .common import offset_key
+from .common import offset_key, rescaled
 
 __all__ = ["lane_layout", "FrameWriter", "FrameReader", "LaneHistograms", "ThresholdScan",
            "ThresholdCompare", "WinnerPacker"]
@@ -163,9 +163,10 @@ class FrameReader(wiring.Component):
     """
 
     def __init__(self, words: int, beats: int, width: int, group: int, key_bits: int,
-                 boost_bits: int, key_shift: int | None = None):
+                 boost_bits: int, key_shift: int | None = None,
+                 rescale: tuple[int, int] | None = None):
         self.W, self.BG, self.D, self.G = words, beats, width, group
-        self.kb, self.bb, self.key_shift = key_bits, boost_bits, key_shift
+        self.kb, self.bb, self.key_shift, self.rescale = key_bits, boost_bits, key_shift, rescale
         self.KP = 8 * -(-key_bits // 8)
         super().__init__({
             "start": In(1), "slot": In(1), "en": In(1),
@@ -219,7 +220,8 @@ class FrameReader(wiring.Component):
                 m.d.sync += [o.lanes[d].key.eq(_padded_key(rb_x[d], None if rb_b is None
                                                            else rb_b[d], self.kb, self.KP,
                                                            self.key_shift)),
-                             o.lanes[d].value.eq(rb_x[d]), o.lanes[d].valid.eq(rb_bg * D + d < G)]
+                             o.lanes[d].value.eq(rescaled(rb_x[d], self.rescale)),
+                             o.lanes[d].valid.eq(rb_bg * D + d < G)]
         m.d.comb += self.busy.eq(rd_active | r1_v | rb_v | o.valid)
         return m
 

@@ -11,10 +11,12 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
+import onnx  # noqa: E402
+
 from cosparse.compiler import ir  # noqa: E402
 from cosparse.compiler.fidelity import FidelityError, layer_agreement  # noqa: E402
 from cosparse.compiler.frontend import import_onnx  # noqa: E402
-from tests.helpers import ONNX_DATA as DATA, digits, quantize_qdq  # noqa: E402
+from tests.helpers import ONNX_DATA as DATA, digits, quantize_qdq, rescaled_kwta_model  # noqa: E402,E501
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,3 +94,17 @@ def test_script_prints_layers_and_fails_below_the_bound(tmp_path):
     missing = subprocess.run([sys.executable, str(script), str(tmp_path / "none.onnx"),
                               "--inputs", str(tmp_path / "x.npy")], capture_output=True, text=True)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+def test_kwta_output_requantized_to_its_own_scale(tmp_path):
+    """The model requantizes the winners (s1 -> s2): the IR's k-WTA rescales them too."""
+    rng = np.random.default_rng(8)
+    path = tmp_path / "rescale.onnx"
+    rescaled_kwta_model(path, rng)
+    net = import_onnx(path)
+    kw = next(la for la in net.layers if isinstance(la, ir.KWTALayer))
+    assert kw.rescale is not None and kw.out_scale == pytest.approx(0.037)
+    fid = layer_agreement(path, net, rng.uniform(-1, 1, (300, 12)).astype(np.float32))
+    row = next(a for a in fid.layers if a.layer == kw.name)
+    assert row.equal is not None and row.equal >= 0.999, fid.layers
+    assert fid.worst() >= 0.999 and fid.top1 >= 0.99

@@ -47,6 +47,10 @@ def test_threshold_tie_rule_roundtrips(tmp_path):
     back = next(l for l in ir.load(tmp_path).layers if l.name == kw.name)
     assert back.max_winners == kw.max_winners and back.winners == kw.max_winners
     assert back.tie_rule == "threshold"
+    kw.rescale, kw.out_scale = (40000, 17), 0.25
+    ir.save(net, tmp_path)
+    back = next(l for l in ir.load(tmp_path).layers if l.name == kw.name)
+    assert back.rescale == (40000, 17) and back.out_scale == 0.25
 
 
 def test_specs_chain_shapes(small_net):

@@ -7,7 +7,7 @@ import pytest
 
 from cosparse.hw.kwta import GlobalKWTA, LocalKWTA, key_bits
 from cosparse.hw.streams import dense_beats, sparse_beats
-from cosparse.sim.golden import kwta_mask
+from cosparse.sim.golden import kwta_mask, kwta_values
 from cosparse.sim.streamsim import Port, simulate
 from cosparse.sim.verilate import run_streams
 
@@ -15,18 +15,19 @@ from cosparse.sim.verilate import run_streams
 # Models and stimuli
 
 
-def local_expected(x, k, boost, R, max_winners=None, key_shift=None):
+def local_expected(x, k, boost, R, max_winners=None, key_shift=None, rescale=None):
     """Sparse beats of frame ``x[positions, C]`` after a local k-WTA (zero winners dropped)."""
     y = np.where(kwta_mask(x, k, None if boost is None else np.asarray(boost), max_winners,
-                           key_shift), x, 0)
+                           key_shift), kwta_values(x, rescale), 0)
     return sparse_beats([[(int(c), int(row[c])) for c in np.flatnonzero(row)] for row in y], R)
 
 
-def global_expected(x, k, boost, G, R, max_winners=None, key_shift=None):
+def global_expected(x, k, boost, G, R, max_winners=None, key_shift=None, rescale=None):
     """Sparse beats of frame ``x`` (N values in HWC order, groups of G) after a global k-WTA."""
     flat = np.asarray(x).reshape(-1)
     b = None if boost is None else np.tile(np.asarray(boost), flat.size // G)
-    y = np.where(kwta_mask(flat, k, b, max_winners, key_shift), flat, 0).reshape(-1, G)
+    y = np.where(kwta_mask(flat, k, b, max_winners, key_shift), kwta_values(flat, rescale),
+                 0).reshape(-1, G)
     return sparse_beats([[(int(c), int(row[c])) for c in np.flatnonzero(row)] for row in y], R)
 
 
@@ -141,6 +142,22 @@ def test_local_quantized_keys_match_golden(C, k, B, D, shift, brange):
     want = local_expected(x, k, boost, 3, B, shift)
     res = simulate(dut, [Port(dut.i, dut.in_layout, frame_beats(x, C, D))],
                    [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=shift)
+    assert res.outputs[0] == want
+
+
+@pytest.mark.parametrize("C, k, D, rescale", [
+    (16, 4, 4, (3, 2)),  # x * 3 / 4: halves round to even, large values saturate
+    (12, 5, 1, (40000, 17)),  # x * 0.305: small winners become 0 and are dropped
+    (10, 3, 8, (1, 0)),  # the identity
+])
+def test_local_rescaled_winners_match_golden(C, k, D, rescale):
+    rng = np.random.default_rng(C + rescale[1])
+    boost = make_boost("small", C, rng)
+    dut = LocalKWTA(C, k, width=D, entries=3, boost=boost, rescale=rescale)
+    x = np.concatenate([np.stack(special_rows(rng, C)), rng.integers(-128, 128, (5, C))])
+    want = local_expected(x, k, boost, 3, rescale=rescale)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, frame_beats(x, C, D))],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=C)
     assert res.outputs[0] == want
 
 
@@ -371,6 +388,23 @@ def test_global_quantized_keys_match_golden(N, G, k, B, D, shift, serial):
         want += global_expected(x, k, boost, G, 3, B, shift)
     res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
                    [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=shift)
+    assert res.outputs[0] == want
+
+
+@pytest.mark.parametrize("N, G, k, D, rescale, serial", [
+    (48, 8, 7, 4, (3, 2), False), (30, 30, 6, 1, (40000, 17), True),
+    (24, 4, 5, 8, (5, 3), False)])
+def test_global_rescaled_winners_match_golden(N, G, k, D, rescale, serial):
+    rng = np.random.default_rng(N + k)
+    boost = make_boost("small", G, rng)
+    dut = GlobalKWTA(N, k, group=G, width=D, entries=3, boost=boost, serial=serial,
+                     rescale=rescale)
+    beats_in, want = [], []
+    for x in global_frames(rng, N, G):
+        beats_in += frame_beats(x, G, D)
+        want += global_expected(x, k, boost, G, 3, rescale=rescale)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=N)
     assert res.outputs[0] == want
 
 

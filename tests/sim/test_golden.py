@@ -97,6 +97,17 @@ def test_quantized_keys_round_half_to_even_and_saturate():
     assert np.flatnonzero(golden.kwta_mask(x[:, :4], 2, boost[:4], 4, 3)[0]).tolist() == [1, 2, 3]
 
 
+def test_rescaled_winners_keep_their_requantized_values():
+    x = np.array([[10, -7, 3, 1, 120, 2]])
+    # winners by x (k = 3: 120, 10, 3), values x * 3 / 4 half to even: 90, 7.5 -> 8, 2.25 -> 2
+    layer = ir.GlobalKWTA("g", k=3, rescale=(3, 2), out_scale=0.5)
+    assert golden.run_layer(layer, x.astype(np.int8)).tolist() == [[8, 0, 2, 0, 90, 0]]
+    assert layer.output_spec(ir.TensorSpec((6,), "int8", 0.375), "g").scale == 0.5
+    # a winner that rescales to 0 becomes inactive
+    small = ir.GlobalKWTA("g", k=2, rescale=(1, 3), out_scale=1.0)
+    assert golden.run_layer(small, np.array([[3, 9, 1]], np.int8)).tolist() == [[0, 1, 0]]
+
+
 def test_kwta_boost_selects_but_keeps_original_values():
     layer = ir.LocalKWTA("k", k=1, boost=np.array([3, 1], dtype=np.int64))
     x = np.array([10, 20], dtype=np.int8).reshape(1, 1, 1, 2)
@@ -175,9 +186,11 @@ def networks(draw):
         dense[f"conv{i}"] = w
         shape = layers[-1].output_spec(ir.TensorSpec(shape), "t").shape
         k = draw(st.integers(1, m))
+        rescale = draw(st.one_of(st.none(), st.tuples(st.integers(1, 65535), st.integers(0, 20))))
         kwta = ir.LocalKWTA(f"kwta{i}", k=k, max_winners=tie_bound(draw, k, m),
                             boost=rng.integers(1, 300, m) if draw(st.booleans()) else None,
-                            key_shift=draw(st.one_of(st.none(), st.integers(0, 10))))
+                            key_shift=draw(st.one_of(st.none(), st.integers(0, 10))),
+                            rescale=rescale, out_scale=None if rescale is None else 0.1)
         stages = [kwta]
         if shape[0] >= 2 and draw(st.booleans()):
             stages.append(ir.MaxPool(f"pool{i}"))

@@ -11,7 +11,6 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-import onnx  # noqa: E402
 
 from cosparse.compiler import ir  # noqa: E402
 from cosparse.compiler.fidelity import FidelityError, layer_agreement  # noqa: E402

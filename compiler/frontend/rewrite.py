@@ -77,7 +77,7 @@ def _merge_duplicates(g: Graph) -> bool:
 
 def _per_tensor_or_axis(q: QInfo | None, axis: int, m: int) -> np.ndarray | None:
     """Per-output-channel weight scales from a dequantization, if it had them."""
-    if q is None or np.any(q.zero_point != 0):
+    if q is None:
         return None
     if q.scale.size == 1:
         return np.full(m, float(q.scale.ravel()[0]))
@@ -101,6 +101,11 @@ def _canonical_layers(g: Graph) -> bool:
             raise g.fail(f"{n.op} {n.name!r}: its weight {n.inputs[1]!r} is not a constant")
         b = g.const(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
         q = g.qinfo.get(n.inputs[1])
+        if q is not None and np.any(q.zero_point != 0):
+            raise g.fail(f"{n.op} {n.name!r}: its weight {n.inputs[1]!r} is quantized with zero "
+                         f"point {q.zero_point.ravel()[:4].tolist()}; the IR's weights are "
+                         "symmetric integers (zero point 0): quantize the weights symmetric "
+                         "(WeightSymmetric=True, or a symmetric weight quantizer)")
         if n.op == "Conv":
             attrs = _conv_attrs(g, n, w)
             weight = w.astype(np.float64)

@@ -161,3 +161,15 @@ def test_qcdq_clip_narrows_an_int8_activation(tmp_path):
     trace = golden.run(net, to_ir_input(net, x), trace=True).outputs
     hidden = trace[net.layers.index(first)]
     assert hidden.min() == -8 and hidden.max() == 7  # the range is reached and kept
+
+
+def test_asymmetric_weights_are_refused_by_name(tmp_path):
+    def edit(model):
+        wq = next(n for n in _quant_nodes(model)
+                  if next(a.i for a in n.attribute if a.name == "signed") == 1
+                  and n.input[0] not in ("x",))  # a weight's Quant
+        model.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32),
+                                                               "wzp"))
+        wq.input[2] = "wzp"
+    with pytest.raises(FrontendError, match=r"weight .* zero point \[1\]; .*symmetric"):
+        import_onnx(_edited(tmp_path, edit))

@@ -95,6 +95,23 @@ def test_densify_matches_numpy_under_stalls(C, D, R):
     assert res.outputs[0] == want
 
 
+@pytest.mark.parametrize("C, D, R", [(16, 8, 4), (25, 25, 2), (13, 4, 8)])
+def test_nine_bit_values_round_trip(C, D, R):
+    """int9 activations (a model's uint8, its zero point off): -255..255 pass unchanged."""
+    rng = np.random.default_rng(C + D + R)
+    xs = [np.where(rng.random((4, C)) < 0.5, 0, rng.integers(-255, 256, (4, C)))
+          for _ in range(2)]
+    xs[0][1, :] = 255
+    xs[0][2, :] = -255
+    zs = ZeroSkip(C, width=D, entries=R, value_bits=9)
+    dn = Densify(C, entries=R, width=D, value_bits=9)
+    beats_in, mid = zero_skip_io(xs, D, R)
+    res = simulate_io(zs, beats_in, len(mid), stall=0.3, seed=C)
+    assert res.outputs[0] == mid
+    res = simulate_io(dn, res.outputs[0], len(beats_in), stall=0.3, seed=D)
+    assert res.outputs[0] == beats_in
+
+
 def test_zero_skip_then_densify_round_trip():
     rng = np.random.default_rng(5)
     C, D, R = 24, 8, 4

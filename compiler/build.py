@@ -208,6 +208,7 @@ def _link_json(net, link, board, baud: int, spram_bits, clock_forced: bool) -> d
             "targets": [{"name": p.name, "width": p.width, "depth": p.depth,
                          "has_init": p.has_init} for p in link.core.load_ports],
             "input_shape": list(net.input.shape), "output_shape": list(out.shape),
+            "in_offset": net.input.bounds[0] if net.input.dtype == "int9" else 0,
             "spram_bits": spram_bits, "board": board.name, "clock_mhz": board.clock_mhz,
             "clock_forced": clock_forced}
 

@@ -29,7 +29,7 @@ from amaranth.utils import ceil_log2
 from .util import bits, check_int, onehot, popcount, skid_output, typed_payload
 from .streams import dense_layout, sparse_layout
 
-__all__ = ["ZeroSkip", "Densify", "Narrow", "StreamFIFO"]
+__all__ = ["InputOffset", "Widen", "ZeroSkip", "Densify", "Narrow", "StreamFIFO"]
 
 
 class ZeroSkip(wiring.Component):
@@ -532,4 +532,75 @@ class StreamFIFO(wiring.Component):
                      self.i.ready.eq(fifo.w_rdy),
                      self.o.payload.as_value().eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy),
                      fifo.r_en.eq(self.o.ready)]
+        return m
+
+
+class InputOffset(wiring.Component):
+    """The network input's bytes to int9 values: ``v = byte + offset`` (bytes unsigned).
+
+    A model whose input is a uint8 (or an int8 with a zero point) has values
+    ``lo..lo + 255`` once its zero point is subtracted; the host sends
+    ``v - lo`` as one byte each, and this adds ``lo`` back. Combinational, no
+    latency: a constant add per lane.
+
+    Parameters
+    ----------
+    width : int
+        ``D``, elements per beat.
+    offset : int
+        ``lo``, -255 to 0.
+
+    Members
+    -------
+    i : In(stream.Signature(dense_layout(D, signed(8))))
+        Bytes (their bits read unsigned).
+    o : Out(stream.Signature(dense_layout(D, signed(9))))
+    """
+
+    def __init__(self, width: int, offset: int):
+        check_int("width (D)", width, 1, 256)
+        self.width, self.offset = width, check_int("offset", offset, -255, 0)
+        self.in_layout = dense_layout(width, signed(8))
+        self.out_layout = dense_layout(width, signed(9))
+        super().__init__({"i": In(stream.Signature(self.in_layout)),
+                          "o": Out(stream.Signature(self.out_layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        p, q = self.i.payload, self.o.payload
+        m.d.comb += [self.o.valid.eq(self.i.valid), self.i.ready.eq(self.o.ready),
+                     q.last.eq(p.last), q.end.eq(p.end)]
+        m.d.comb += [q.data[d].eq(p.data[d].as_unsigned() + self.offset)
+                     for d in range(self.width)]
+        return m
+
+
+class Widen(wiring.Component):
+    """A dense stream's elements sign-extended to a wider shape (int9 outputs to 16 bits
+    for the host link's whole bytes). Combinational, no latency.
+
+    Parameters
+    ----------
+    width : int
+        ``D``, elements per beat.
+    in_bits, out_bits : int
+        Signed element widths, ``in_bits <= out_bits``.
+    """
+
+    def __init__(self, width: int, in_bits: int, out_bits: int):
+        check_int("width (D)", width, 1, 256)
+        check_int("in_bits", in_bits, 1, 64)
+        check_int("out_bits", out_bits, in_bits, 64)
+        self.width = width
+        self.in_layout = dense_layout(width, signed(in_bits))
+        self.out_layout = dense_layout(width, signed(out_bits))
+        super().__init__({"i": In(stream.Signature(self.in_layout)),
+                          "o": Out(stream.Signature(self.out_layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        p, q = self.i.payload, self.o.payload
+        m.d.comb += [self.o.valid.eq(self.i.valid), self.i.ready.eq(self.o.ready),
+                     q.last.eq(p.last), q.end.eq(p.end)]
+        m.d.comb += [q.data[d].eq(p.data[d]) for d in range(self.width)]
         return m

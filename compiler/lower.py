@@ -260,7 +260,8 @@ class _Lowering:
                                                  acc_bits=layer.accumulator_bits(),
                                                  loadable=self.loadable,
                                                  spram=layer.name in self.in_spram,
-                                                 compact=folding.compact, value_bits=vb))
+                                                 compact=folding.compact, value_bits=vb,
+                                                 input_bound=layer.input_bound))
         self.output(i, layer, eng)
 
     def windowed(self, i: int, layer: ir.OverlayLayer) -> bool:

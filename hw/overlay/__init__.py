@@ -130,6 +130,9 @@ class OverlayEngine(wiring.Component):
         cells.
     value_bits : int
         Signed bits of an input value: 8 (int8 activations) or 9 (int9).
+    input_bound : int, optional
+        The largest |input value| (default ``2**(value_bits - 1)``): the
+        accumulators are proven for it.
 
     Attributes
     ----------
@@ -161,9 +164,11 @@ class OverlayEngine(wiring.Component):
     def __init__(self, weights: np.ndarray, kernel_ids: np.ndarray, row_start: np.ndarray,
                  kernel_map: np.ndarray, *, entries: int = 1, lanes_per_beat: int | None = None,
                  acc_bits: int | None = None, loadable: bool = False, spram: bool = False,
-                 compact: bool = False, value_bits: int = 8):
+                 compact: bool = False, value_bits: int = 8, input_bound: int | None = None):
         _check_arrays(weights, kernel_ids, row_start, kernel_map)
         self.value_bits = check_int("value_bits", value_bits, 2, 10)
+        bound = 1 << (value_bits - 1) if input_bound is None else check_int(
+            "input_bound", input_bound, 1, 1 << (value_bits - 1))
         lanes, k = kernel_map.shape
         if not isinstance(entries, int) or not 1 <= entries <= 64:
             raise ValueError(f"entries (R) must be an integer from 1 to 64, got {entries!r}")
@@ -175,7 +180,7 @@ class OverlayEngine(wiring.Component):
         if not np.array_equal(used, order < np.count_nonzero(used)):
             raise ValueError("the used slots (lane l, id j) must be exactly those with "
                              "j * L + l < M; pack the layer with cosparse.compiler.packer.pack")
-        worst = worst_case_sum(weights, kernel_ids, k, 1 << (value_bits - 1))
+        worst = worst_case_sum(weights, kernel_ids, k, bound)
         need = max(worst.bit_length() + 1, 2)
         acc_bits = need if acc_bits is None else acc_bits
         if not isinstance(acc_bits, int) or not need <= acc_bits <= 48:

@@ -535,6 +535,16 @@ class StreamFIFO(wiring.Component):
         return m
 
 
+def _lanewise(unit, f) -> Module:
+    """A combinational dense-stream unit: ``o.data[d] = f(i.data[d])``, flags passed on."""
+    m = Module()
+    p, q = unit.i.payload, unit.o.payload
+    m.d.comb += [unit.o.valid.eq(unit.i.valid), unit.i.ready.eq(unit.o.ready),
+                 q.last.eq(p.last), q.end.eq(p.end)]
+    m.d.comb += [q.data[d].eq(f(p.data[d])) for d in range(unit.width)]
+    return m
+
+
 class InputOffset(wiring.Component):
     """The network input's bytes to int9 values: ``v = byte + offset`` (bytes unsigned).
 
@@ -566,13 +576,7 @@ class InputOffset(wiring.Component):
                           "o": Out(stream.Signature(self.out_layout))})
 
     def elaborate(self, platform):
-        m = Module()
-        p, q = self.i.payload, self.o.payload
-        m.d.comb += [self.o.valid.eq(self.i.valid), self.i.ready.eq(self.o.ready),
-                     q.last.eq(p.last), q.end.eq(p.end)]
-        m.d.comb += [q.data[d].eq(p.data[d].as_unsigned() + self.offset)
-                     for d in range(self.width)]
-        return m
+        return _lanewise(self, lambda v: v.as_unsigned() + self.offset)
 
 
 class Widen(wiring.Component):
@@ -598,9 +602,4 @@ class Widen(wiring.Component):
                           "o": Out(stream.Signature(self.out_layout))})
 
     def elaborate(self, platform):
-        m = Module()
-        p, q = self.i.payload, self.o.payload
-        m.d.comb += [self.o.valid.eq(self.i.valid), self.i.ready.eq(self.o.ready),
-                     q.last.eq(p.last), q.end.eq(p.end)]
-        m.d.comb += [q.data[d].eq(p.data[d]) for d in range(self.width)]
-        return m
+        return _lanewise(self, lambda v: v)

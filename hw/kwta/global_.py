@@ -319,16 +319,8 @@ class SerialGlobalKWTA(GlobalKWTA):
     :class:`GlobalKWTA` (``serial`` True, ``width`` 1).
     """
 
-    def __init__(self, size: int, k: int, *, group: int | None = None, width: int = 1,
-                 entries: int = 8, boost=None, serial: bool = True,
-                 max_winners: int | None = None, key_shift: int | None = None,
-                 rescale: tuple[int, int] | None = None, value_bits: int = 8,
-                 key_range: tuple[int, int] = (-128, 127),
-                 out_range: tuple[int, int] = (-128, 127)):
-        super().__init__(size, k, group=group, width=width, entries=entries, boost=boost,
-                         serial=serial, max_winners=max_winners, key_shift=key_shift,
-                         rescale=rescale, value_bits=value_bits, key_range=key_range,
-                         out_range=out_range)
+    def __init__(self, size: int, k: int, *, width: int = 1, serial: bool = True, **params):
+        super().__init__(size, k, width=width, serial=serial, **params)
 
     @property
     def cycles_per_frame(self) -> int:

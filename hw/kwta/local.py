@@ -153,14 +153,8 @@ class MergeLocalKWTA(LocalKWTA):
     members as :class:`LocalKWTA`; ``width`` at least 2.
     """
 
-    def __init__(self, channels: int, k: int, *, width: int = 8, entries: int = 8, boost=None,
-                 max_winners: int | None = None, key_shift: int | None = None,
-                 rescale: tuple[int, int] | None = None, value_bits: int = 8,
-                 key_range: tuple[int, int] = (-128, 127),
-                 out_range: tuple[int, int] = (-128, 127)):
-        super().__init__(channels, k, width=width, entries=entries, boost=boost,
-                         max_winners=max_winners, key_shift=key_shift, rescale=rescale,
-                         value_bits=value_bits, key_range=key_range, out_range=out_range)
+    def __init__(self, channels: int, k: int, *, width: int = 8, **params):
+        super().__init__(channels, k, width=width, **params)
         if width == 1:
             raise ValueError(f"MergeLocalKWTA needs width (D) 2 or more, got {width!r}")
 
@@ -247,14 +241,8 @@ class InsertionLocalKWTA(LocalKWTA):
     :class:`LocalKWTA`; ``width`` must be 1.
     """
 
-    def __init__(self, channels: int, k: int, *, width: int = 1, entries: int = 8, boost=None,
-                 max_winners: int | None = None, key_shift: int | None = None,
-                 rescale: tuple[int, int] | None = None, value_bits: int = 8,
-                 key_range: tuple[int, int] = (-128, 127),
-                 out_range: tuple[int, int] = (-128, 127)):
-        super().__init__(channels, k, width=width, entries=entries, boost=boost,
-                         max_winners=max_winners, key_shift=key_shift, rescale=rescale,
-                         value_bits=value_bits, key_range=key_range, out_range=out_range)
+    def __init__(self, channels: int, k: int, *, width: int = 1, **params):
+        super().__init__(channels, k, width=width, **params)
         if width != 1:
             raise ValueError(f"InsertionLocalKWTA needs width (D) 1, got {width!r}")
 

@@ -191,9 +191,9 @@ def networks(draw):
         dense[f"conv{i}"] = w
         lo, hi = layers[-1].requant.bounds
         bound = max(-lo, hi) if max(-lo, hi) > 128 else 128
-        shape = layers[-1].output_spec(ir.TensorSpec(shape, "int9", 1.0, -255, 255)
-                                       if layers[-1].input_bound > 128 else ir.TensorSpec(shape),
-                                       "t").shape
+        in_bound = layers[-1].input_bound
+        shape = layers[-1].output_spec(ir.TensorSpec(shape, "int9", 1.0, -in_bound, 0)
+                                       if in_bound > 128 else ir.TensorSpec(shape), "t").shape
         k = draw(st.integers(1, m))
         rescale = draw(st.one_of(st.none(), st.tuples(st.integers(1, 65535), st.integers(0, 20))))
         kwta = ir.LocalKWTA(f"kwta{i}", k=k, max_winners=tie_bound(draw, k, m),

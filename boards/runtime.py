@@ -63,6 +63,8 @@ class LinkLayout:
     targets: tuple[dict, ...]  # name, width, depth, has_init
     input_shape: tuple[int, ...]  # IR input shape
     output_shape: tuple[int, ...]
+    #: The bytes sent are ``value - in_offset`` (int9 inputs: 0..255); 0: int8 bytes.
+    in_offset: int = 0
 
     @property
     def in_bytes(self) -> int:
@@ -106,17 +108,19 @@ class LinkLayout:
         """One int8 frame (IR layout) to the INFER payload: input beats, padding lanes zero."""
         g, w = self.in_group_size, self.in_width
         per = -(-g // w) * w
-        x = np.zeros((self.in_groups, per), np.int8)
-        x[:, :g] = np.asarray(frame, np.int8).reshape(self.in_groups, g)
+        v = np.asarray(frame, np.int64).reshape(self.in_groups, g) - self.in_offset
+        x = np.zeros((self.in_groups, per), np.uint8 if self.in_offset else np.int8)
+        x[:, :g] = v
         return x.tobytes()
 
     def decode_output(self, payload: bytes) -> np.ndarray:
         """The output part of an INFER response to one frame (IR layout, int8 or int32)."""
-        dt = np.dtype("<i4") if self.out_bits == 32 else np.dtype(np.int8)
+        dt = {32: np.dtype("<i4"), 16: np.dtype("<i2")}.get(self.out_bits, np.dtype(np.int8))
         y = np.frombuffer(payload[:self.out_bytes], dt)
         per = -(-self.out_group_size // self.out_width) * self.out_width
         y = y.reshape(self.out_groups, per)[:, :self.out_group_size]
-        return y.reshape(self.output_shape).astype(np.int32 if self.out_bits == 32 else np.int8)
+        return y.reshape(self.output_shape).astype(
+            {32: np.int32, 16: np.int16}.get(self.out_bits, np.int8))
 
 
 class Device:

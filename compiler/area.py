@@ -69,7 +69,8 @@ def unit_luts(c) -> float:
         return 33 * c.taps * 8 * max(c.kernel) // 8 + 300
     if isinstance(c, window.SparseWindow):
         return 600 + 40 * c.entries
-    if isinstance(c, (reshape.SparseFlatten, reshape.DenseFlatten, adapters.StreamFIFO)):
+    if isinstance(c, (reshape.SparseFlatten, reshape.DenseFlatten, adapters.StreamFIFO,
+                      adapters.InputOffset, adapters.Widen)):
         return 100
     return 500  # pragma: no cover - every unit the lowering makes is listed above
 

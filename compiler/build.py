@@ -69,10 +69,16 @@ def _read_config(path: str | None) -> dict:
 
 
 def network_input(net: ir.Network, x: np.ndarray, what: str) -> np.ndarray:
-    """Model-layout float32 inputs (or IR-layout int8) to the IR's int8 frames."""
+    """Model-layout float32 inputs (or IR-layout integer frames) to the IR's frames (int8,
+    or int16 for an int9 input)."""
     model_shape = tuple(net.meta.get("input_shape", net.input.shape))
     x = np.asarray(x)
-    if x.dtype == np.int8 and x.shape[1:] == net.input.shape:
+    ir_dtype = np.int8 if net.input.dtype == "int8" else np.int16
+    if x.dtype == ir_dtype and x.shape[1:] == net.input.shape:
+        lo, hi = net.input.bounds
+        if x.size and (int(x.min()) < lo or int(x.max()) > hi):
+            raise CosparseError(f"input {what} holds values {int(x.min())}..{int(x.max())} "
+                                f"outside the network input's range {lo}..{hi}")
         return x
     if x.ndim != len(model_shape) + 1 or tuple(x.shape[1:]) != model_shape:
         raise CosparseError(f"input {what} has shape {tuple(x.shape)}; the network "
@@ -208,6 +214,7 @@ def _link_json(net, link, board, baud: int, spram_bits, clock_forced: bool) -> d
             "targets": [{"name": p.name, "width": p.width, "depth": p.depth,
                          "has_init": p.has_init} for p in link.core.load_ports],
             "input_shape": list(net.input.shape), "output_shape": list(out.shape),
+            "in_offset": net.input.bounds[0] if net.input.dtype == "int9" else 0,
             "spram_bits": spram_bits, "board": board.name, "clock_mhz": board.clock_mhz,
             "clock_forced": clock_forced}
 

@@ -100,22 +100,31 @@ def _to_ir(a: np.ndarray, spec: ir.TensorSpec, prev: ir.TensorSpec | None,
     return None
 
 
-def _quantizer_scales(model) -> dict[str, float]:
-    """The scale of each QuantizeLinear output with a constant per-tensor scale."""
+def _quantizers(model) -> dict[str, tuple[float, int]]:
+    """``(scale, zero point)`` of each QuantizeLinear output (and of a Clip right after
+    one) with a constant per-tensor scale."""
     from onnx import numpy_helper
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     out = {}
     for n in model.graph.node:
         if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1:
-            out[n.output[0]] = float(inits[n.input[1]].ravel()[0])
+            zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+            out[n.output[0]] = (float(inits[n.input[1]].ravel()[0]),
+                                0 if zp is None else int(zp.ravel()[0]))
+    for n in model.graph.node:
+        if n.op_type == "Clip" and n.input[0] in out:
+            out[n.output[0]] = out[n.input[0]]
     return out
 
 
-def _quantize_logits(acc: np.ndarray, acc_scale, out_scale: float, dtype) -> np.ndarray:
-    """int32 accumulators as a QuantizeLinear of their real values (half to even, saturated)."""
+def _quantize_logits(acc: np.ndarray, acc_scale, quantizer: tuple[float, int],
+                     dtype) -> np.ndarray:
+    """int32 accumulators as a QuantizeLinear of their real values (half to even, saturated),
+    the zero point subtracted again."""
+    scale, zp = quantizer
     info = np.iinfo(dtype)
     real = acc.astype(np.float64) * np.asarray(acc_scale, dtype=np.float64)
-    return np.clip(np.rint(real / out_scale), info.min, info.max).astype(dtype)
+    return np.clip(np.rint(real / scale) + zp, info.min, info.max).astype(np.int64) - zp
 
 
 def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarray, *,
@@ -175,7 +184,7 @@ def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarra
     got = {name: np.concatenate([r[j] for r in runs]) for j, name in enumerate(names)}
     trace = golden.run(net, to_ir_input(net, x), trace=True).outputs
     specs = net.specs()
-    scales = _quantizer_scales(model)
+    quantizers = _quantizers(model)
     rows = []
     for i, layer in enumerate(net.layers):
         if isinstance(layer, (ir.ZeroSkip, ir.Densify, ir.Flatten)):
@@ -184,16 +193,17 @@ def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarra
         tensor = lm.get("onnx_quantized")
         ref = None
         if tensor is not None:
-            ref = _to_ir(got[tensor], specs[i + 1], specs[i], False)
+            zp = quantizers.get(tensor, (1.0, 0))[1]
+            ref = _to_ir(got[tensor].astype(np.int64) - zp, specs[i + 1], specs[i], False)
         elif lm.get("onnx_output") in got and specs[i + 1].dtype == "int8":
             tensor = lm["onnx_output"]
             grid = got[tensor] / np.float64(specs[i + 1].scale)
             if np.abs(grid - np.rint(grid)).max(initial=0) < 1e-3:  # on the grid
                 ref = _to_ir(np.rint(grid).astype(np.int64), specs[i + 1], specs[i], False)
         y = trace[i]
-        if ref is not None and y.dtype == np.int32 and tensor in scales:
+        if ref is not None and y.dtype == np.int32 and tensor in quantizers:
             # int32 logits: quantized as the model's QuantizeLinear does
-            y = _quantize_logits(y, specs[i + 1].scale, scales[tensor], ref.dtype)
+            y = _quantize_logits(y, specs[i + 1].scale, quantizers[tensor], got[tensor].dtype)
         if ref is None:
             rows.append(LayerAgreement(layer.name, layer.kind, None, y[0].size, None, None))
             continue
@@ -203,8 +213,8 @@ def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarra
     ort_out = got[g.output[0].name].reshape(len(x), -1)
     gold = from_ir_output(net, trace[-1]).reshape(len(x), -1)
     out_q = layer_meta.get(net.layers[-1].name, {}).get("onnx_quantized")
-    if trace[-1].dtype == np.int32 and out_q in scales:  # the logits as the model quantizes them
-        gold = _quantize_logits(gold, 1.0, scales[out_q], got[out_q].dtype)
+    if trace[-1].dtype == np.int32 and out_q in quantizers:  # the logits as the model has them
+        gold = _quantize_logits(gold, 1.0, quantizers[out_q], got[out_q].dtype)
     top1 = float((gold.argmax(1) == ort_out.argmax(1)).mean()) \
         if ort_out.shape[1] == gold.shape[1] else float("nan")
     return Fidelity(rows, top1, len(x))

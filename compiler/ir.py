@@ -24,6 +24,7 @@ name from the manifest). :func:`load` rejects a malformed pair with a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import zipfile
@@ -51,6 +52,27 @@ MAX_BOOST = (1 << 16) - 1
 #: Requantization multipliers are unsigned 16-bit integers.
 MAX_MULTIPLIER = (1 << 16) - 1
 MAX_SHIFT = 62
+#: Activation dtypes: int8, or int9 for the values of a model's uint8 (or int8 with a
+#: zero point) with the zero point subtracted (so that 0 stays inactive).
+ACTIVATION_DTYPES = ("int8", "int9")
+#: Largest |value| of an int9 activation.
+MAX_ACTIVATION = 255
+
+
+def value_bits(lo: int, hi: int) -> int:
+    """Signed bits that hold every integer of ``lo..hi``."""
+    return max((-lo - 1).bit_length() if lo < 0 else 0, hi.bit_length() if hi > 0 else 0) + 1
+
+
+def activation_spec(shape: tuple[int, ...], scale: float, lo: int = -128,
+                    hi: int = 127) -> "TensorSpec":
+    """The spec of an activation of range ``lo..hi``: int8 where it fits, else int9."""
+    if -128 <= lo and hi <= 127:
+        return TensorSpec(shape, "int8", scale, None if lo == -128 else lo,
+                          None if hi == 127 else hi)
+    return TensorSpec(shape, "int9", scale, lo, hi)
+
+
 #: Requantization rounding rules (see :class:`Requant`).
 ROUNDINGS = ("half-up", "half-even")
 #: A quantized k-WTA key's right shift (the boost holds at most 16 bits).
@@ -173,13 +195,14 @@ class Overlays:
         if np.any(km < -1):
             _fail(where, "kernel_map entries must be -1 or a kernel index")
 
-    def worst_case_sum(self) -> int:
-        """Largest |sum| one kernel's accumulator can reach with int8 inputs."""
+    def worst_case_sum(self, input_bound: int = 128) -> int:
+        """Largest |sum| one kernel's accumulator can reach with inputs of at most
+        ``input_bound`` in magnitude (128: int8)."""
         acc = np.zeros(self.lanes * self.kernels_per_overlay, dtype=np.int64)
         lane = np.broadcast_to(np.arange(self.lanes), self.weights.shape)
         np.add.at(acc, lane.ravel() * self.kernels_per_overlay + self.kernel_ids.ravel(),
                   np.abs(self.weights.astype(np.int64)).ravel())
-        return int(acc.max(initial=0)) * 128
+        return int(acc.max(initial=0)) * input_bound
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,7 +225,8 @@ class Requant:
     relu : bool
         Clamp negative results to zero (a fused ReLU): ``lo`` at least 0.
     lo, hi : int, optional
-        The output range, ``-128 <= lo <= 0 <= hi <= 127``.
+        The output range, ``lo <= 0 <= hi``, at most 256 values within -255..255 (a
+        range beyond int8's makes an int9 activation).
     rounding : {"half-up", "half-even"}
     """
 
@@ -227,10 +251,14 @@ class Requant:
             _check_int_vector(f"{where}.{name}", arr, channels, lo, hi)
         if not isinstance(self.relu, bool):
             _fail(f"{where}.relu", f"expected true or false, got {self.relu!r}")
-        for name, v, a, b in (("lo", self.lo, -128, 0), ("hi", self.hi, 0, 127)):
+        for name, v, a, b in (("lo", self.lo, -MAX_ACTIVATION, 0),
+                              ("hi", self.hi, 0, MAX_ACTIVATION)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool)
                                   or not a <= v <= b):
                 _fail(f"{where}.{name}", f"expected an integer from {a} to {b}, got {v!r}")
+        lo, hi = self.bounds
+        if hi - lo > 255:
+            _fail(f"{where}", f"the output range {lo}..{hi} has more than 256 values")
         if self.rounding not in ROUNDINGS:
             _fail(f"{where}.rounding", f"expected one of {', '.join(ROUNDINGS)}, "
                                        f"got {self.rounding!r}")
@@ -247,14 +275,45 @@ class TensorSpec:
     shape: tuple[int, ...]
     dtype: str = "int8"
     scale: Union[float, tuple[float, ...]] = 1.0
+    #: The integer range of an activation (default int8's); an "int9" activation (a
+    #: model's uint8 or int8 with a zero point, the zero point subtracted) needs one.
+    lo: int | None = None
+    hi: int | None = None
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """``(lo, hi)``: the values the tensor can hold."""
+        if self.dtype == "int32":
+            return -(1 << 31), (1 << 31) - 1
+        return (-128 if self.lo is None else self.lo), (127 if self.hi is None else self.hi)
+
+    @property
+    def activation(self) -> bool:
+        """Whether it is an activation (int8 or int9), not int32 logits."""
+        return self.dtype in ACTIVATION_DTYPES
+
+    @property
+    def value_bits(self) -> int:
+        """Signed bits of a value (8 or 9; 32 for logits)."""
+        return value_bits(*self.bounds)
 
     def check(self, where: str) -> None:
         if not isinstance(self.shape, tuple) or len(self.shape) not in (1, 3) or \
                 not all(isinstance(d, int) and d > 0 for d in self.shape):
             _fail(f"{where}.shape", f"expected (N,) or (H, W, C) of positive integers, "
                                     f"got {self.shape!r}")
-        if self.dtype not in ("int8", "int32"):
-            _fail(f"{where}.dtype", f"expected 'int8' or 'int32', got {self.dtype!r}")
+        if self.dtype not in ("int8", "int9", "int32"):
+            _fail(f"{where}.dtype", f"expected 'int8', 'int9' or 'int32', got {self.dtype!r}")
+        if self.activation:
+            lo, hi = self.bounds
+            wide = self.dtype == "int9"
+            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) and (
+                (-MAX_ACTIVATION <= lo <= 0 <= hi <= MAX_ACTIVATION and hi - lo <= 255) if wide
+                else -128 <= lo <= 0 <= hi <= 127)
+            if not ok:
+                _fail(f"{where}.range", f"{self.dtype} values {lo}..{hi}: expected lo <= 0 <= hi "
+                                        + ("within -255..255, at most 256 values" if wide
+                                           else "within -128..127"))
         scales = self.scale if isinstance(self.scale, tuple) else (self.scale,)
         if not scales or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0
                                  for s in scales):
@@ -301,8 +360,8 @@ def _pair(where: str, v: Any, lo: int) -> tuple[int, int]:
 def _need_map(where: str, inp: TensorSpec) -> tuple[int, int, int]:
     if len(inp.shape) != 3:
         _fail(where, f"needs a (H, W, C) feature map, got shape {inp.shape}")
-    if inp.dtype != "int8":
-        _fail(where, f"needs an int8 input, got {inp.dtype}")
+    if not inp.activation:
+        _fail(where, f"needs an int8 or int9 activation, got {inp.dtype}")
     return inp.shape
 
 
@@ -318,6 +377,8 @@ class OverlayLayer(Layer):
     out_scale: float = 1.0
     #: Per-channel real scale of one accumulator unit (input scale x weight scale).
     acc_scale: tuple[float, ...] = ()
+    #: The largest |input value| the accumulators are proven for (128: int8).
+    input_bound: int = 128
 
     def _check_common(self, where: str, fan_in: int) -> None:
         ov = self.overlays
@@ -330,21 +391,32 @@ class OverlayLayer(Layer):
         _check_int_vector(f"{where}.bias", self.bias, m, -(1 << 31), (1 << 31) - 1)
         if self.requant is not None:
             self.requant.check(f"{where}.requant", m)
-        worst = ov.worst_case_sum() + int(np.abs(self.bias.astype(np.int64)).max(initial=0))
+        if not isinstance(self.input_bound, int) or not 1 <= self.input_bound <= MAX_ACTIVATION + 1:
+            _fail(f"{where}.input_bound", f"expected an integer from 1 to {MAX_ACTIVATION + 1}, "
+                                          f"got {self.input_bound!r}")
+        worst = ov.worst_case_sum(self.input_bound) + int(np.abs(self.bias.astype(np.int64)).max(
+            initial=0))
         if worst >= 1 << 31:
             _fail(where, f"worst-case accumulator {worst} does not fit 32 bits")
         if len(self.acc_scale) != m or not all(s > 0 for s in self.acc_scale):
             _fail(f"{where}.acc_scale", f"expected {m} positive numbers")
 
+    def _check_input(self, where: str, inp: TensorSpec) -> None:
+        lo, hi = inp.bounds
+        if max(-lo, hi) > self.input_bound:
+            _fail(where, f"input values {lo}..{hi} exceed the input bound {self.input_bound} "
+                         "its accumulators are proven for")
+
     def accumulator_bits(self) -> int:
         """Signed accumulator width that provably holds every sum (with bias)."""
-        worst = self.overlays.worst_case_sum() + int(np.abs(self.bias.astype(np.int64)).max(initial=0))
+        worst = self.overlays.worst_case_sum(self.input_bound) + int(
+            np.abs(self.bias.astype(np.int64)).max(initial=0))
         return max(worst.bit_length() + 1, 2)
 
     def _out(self, shape: tuple[int, ...]) -> TensorSpec:
         if self.requant is None:
             return TensorSpec(shape, "int32", tuple(self.acc_scale))
-        return TensorSpec(shape, "int8", self.out_scale)
+        return activation_spec(shape, self.out_scale, *self.requant.bounds)
 
     def output_format(self, inp: str) -> str:
         return "dense"
@@ -361,10 +433,11 @@ class OverlayLinear(OverlayLayer):
     kind: ClassVar[str] = "overlay_linear"
 
     def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
-        if len(inp.shape) != 1 or inp.dtype != "int8":
-            _fail(where, f"needs an int8 vector (N,), got {inp.dtype} {inp.shape}; "
+        if len(inp.shape) != 1 or not inp.activation:
+            _fail(where, f"needs an int8 or int9 vector (N,), got {inp.dtype} {inp.shape}; "
                          "insert a Flatten after a feature map")
         self._check_common(where, inp.shape[0])
+        self._check_input(where, inp)
         return self._out((self.overlays.num_kernels,))
 
 
@@ -391,6 +464,7 @@ class OverlayConv(OverlayLayer):
             _fail(f"{where}.padding", f"expected (top, left, bottom, right), each smaller "
                                       f"than the kernel {self.kernel}, got {p!r}")
         self._check_common(where, kh * kw * c)
+        self._check_input(where, inp)
         ho = (h + p[0] + p[2] - kh) // sh + 1
         wo = (w + p[1] + p[3] - kw) // sw + 1
         if ho < 1 or wo < 1:
@@ -412,7 +486,7 @@ class MaxPool(Layer):
         sh, sw = _pair(f"{where}.stride", self.stride, 1)
         if kh > h or kw > w:
             _fail(where, f"window {self.kernel} larger than the {h}x{w} input")
-        return TensorSpec(((h - kh) // sh + 1, (w - kw) // sw + 1, c), "int8", inp.scale)
+        return dataclasses.replace(inp, shape=((h - kh) // sh + 1, (w - kw) // sw + 1, c))
 
 
 @dataclass(eq=False)
@@ -436,6 +510,10 @@ class KWTALayer(Layer):
     rescale: tuple[int, int] | None = None
     #: The output's scale with ``rescale`` (the input's without).
     out_scale: float | None = None
+    #: The clamp range of quantized keys (a key quantized with a zero point: shifted).
+    key_range: tuple[int, int] = (-128, 127)
+    #: The clamp range of rescaled values (the output's range with ``rescale``).
+    out_range: tuple[int, int] = (-128, 127)
 
     @property
     def winners(self) -> int:
@@ -470,6 +548,13 @@ class KWTALayer(Layer):
                 and 1 <= r[0] <= MAX_MULTIPLIER and 0 <= r[1] <= MAX_KEY_SHIFT + 16):
             _fail(f"{where}.rescale", f"expected (multiplier 1..{MAX_MULTIPLIER}, shift "
                                       f"0..{MAX_KEY_SHIFT + 16}) or none, got {r!r}")
+        for name, rng in (("key_range", self.key_range), ("out_range", self.out_range)):
+            if not (isinstance(rng, tuple) and len(rng) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in rng)
+                    and -MAX_ACTIVATION <= rng[0] <= 0 <= rng[1] <= MAX_ACTIVATION
+                    and rng[1] - rng[0] <= 255):
+                _fail(f"{where}.{name}", f"expected (lo, hi) with lo <= 0 <= hi, at most 256 "
+                                         f"values within -255..255, got {rng!r}")
         if (r is None) != (self.out_scale is None) or (
                 self.out_scale is not None and not (math.isfinite(self.out_scale)
                                                     and self.out_scale > 0)):
@@ -477,14 +562,18 @@ class KWTALayer(Layer):
                                         "only it takes one")
 
     def _out(self, inp: TensorSpec) -> TensorSpec:
-        return inp if self.out_scale is None else TensorSpec(inp.shape, inp.dtype,
-                                                             float(self.out_scale))
+        if self.out_scale is None:
+            return inp
+        return activation_spec(inp.shape, float(self.out_scale), *self.out_range)
 
-    def key_bits(self) -> int:
-        """Signed width of the selection key: 8 when quantized, else of ``x * boost``."""
-        if self.boost is None or self.key_shift is not None:
-            return 8
-        return 8 + int(self.boost.max()).bit_length()
+    def key_bits(self, bits: int = 8) -> int:
+        """Signed width of the selection key: of ``key_range`` when quantized, else of
+        ``x * boost`` for values of ``bits`` bits."""
+        if self.key_shift is not None:
+            return value_bits(*self.key_range)
+        if self.boost is None:
+            return bits
+        return bits + int(self.boost.max()).bit_length()
 
     def output_format(self, inp: str) -> str:
         return "sparse"
@@ -514,8 +603,8 @@ class GlobalKWTA(KWTALayer):
     kind: ClassVar[str] = "global_kwta"
 
     def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
-        if inp.dtype != "int8":
-            _fail(where, f"needs an int8 input, got {inp.dtype}")
+        if not inp.activation:
+            _fail(where, f"needs an int8 or int9 activation, got {inp.dtype}")
         self._check_k(where, int(np.prod(inp.shape)))
         self._check_boost(where, inp.shape[-1])
         return self._out(inp)
@@ -529,7 +618,7 @@ class Flatten(Layer):
 
     def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
         h, w, c = _need_map(where, inp)
-        return TensorSpec((h * w * c,), "int8", inp.scale)
+        return dataclasses.replace(inp, shape=(h * w * c,))
 
 
 @dataclass(eq=False)
@@ -543,8 +632,8 @@ class ZeroSkip(Layer):
     kind: ClassVar[str] = "zero_skip"
 
     def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
-        if inp.dtype != "int8":
-            _fail(where, f"needs an int8 input, got {inp.dtype}")
+        if not inp.activation:
+            _fail(where, f"needs an int8 or int9 activation, got {inp.dtype}")
         return inp
 
     def output_format(self, inp: str) -> str:
@@ -596,8 +685,8 @@ class Network:
     def specs(self) -> list[TensorSpec]:
         """Validate the chain; return the input spec followed by each layer's output."""
         self.input.check("input")
-        if self.input.dtype != "int8":
-            _fail("input.dtype", "the network input must be int8")
+        if not self.input.activation:
+            _fail("input.dtype", "the network input must be an int8 or int9 activation")
         if not self.layers:
             _fail("layers", "a network needs at least one layer")
         names = set()
@@ -607,7 +696,7 @@ class Network:
             if not isinstance(layer.name, str) or not layer.name or layer.name in names:
                 _fail(where, "layer names must be unique non-empty strings")
             names.add(layer.name)
-            if specs[-1].dtype != "int8":
+            if not specs[-1].activation:
                 _fail(where, "follows a layer with int32 output; only the last layer may "
                              "skip requantization")
             specs.append(layer.output_spec(specs[-1], where))
@@ -655,6 +744,7 @@ def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
         d["out_scale"] = layer.out_scale
         d["acc_scale"] = list(layer.acc_scale)
         d["accumulator_bits"] = layer.accumulator_bits()
+        d["input_bound"] = layer.input_bound
     if isinstance(layer, OverlayConv):
         d.update(kernel=list(layer.kernel), stride=list(layer.stride), padding=list(layer.padding))
     if isinstance(layer, MaxPool):
@@ -666,7 +756,10 @@ def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
         if layer.key_shift is not None:
             d["key_shift"] = layer.key_shift
         if layer.rescale is not None:
-            d.update(rescale=list(layer.rescale), out_scale=layer.out_scale)
+            d.update(rescale=list(layer.rescale), out_scale=layer.out_scale,
+                     out_range=list(layer.out_range))
+        if layer.key_shift is not None:
+            d["key_range"] = list(layer.key_range)
     return d
 
 
@@ -691,8 +784,11 @@ def save(net: Network, outdir: str | Path) -> Path:
 
 
 def _spec_to_dict(s: TensorSpec) -> dict:
-    return {"shape": list(s.shape), "dtype": s.dtype,
-            "scale": list(s.scale) if isinstance(s.scale, tuple) else s.scale}
+    d = {"shape": list(s.shape), "dtype": s.dtype,
+         "scale": list(s.scale) if isinstance(s.scale, tuple) else s.scale}
+    if s.activation:
+        d["range"] = list(s.bounds)
+    return d
 
 
 class _Reader:
@@ -752,7 +848,9 @@ def _spec_from(r: _Reader) -> TensorSpec:
         scale = tuple(float(s) for s in scale)
     else:
         scale = float(scale)
-    spec = TensorSpec(r.ints("shape"), r.get("dtype", str), scale)
+    rng = r.ints("range", n=2, optional=True)
+    spec = TensorSpec(r.ints("shape"), r.get("dtype", str), scale,
+                      *(rng if rng is not None else (None, None)))
     spec.check(r.where)
     return spec
 
@@ -786,7 +884,8 @@ def _layer_from(r: _Reader, tensors: dict[str, np.ndarray], npz_name: str) -> La
                          rounding=q.get("rounding", str, optional=True) or "half-up")
         kw = dict(name=name, overlays=ov, bias=r.vec("bias", np.int32), requant=rq,
                   out_scale=float(r.get("out_scale", (int, float))),
-                  acc_scale=tuple(float(s) for s in r.get("acc_scale", list)))
+                  acc_scale=tuple(float(s) for s in r.get("acc_scale", list)),
+                  input_bound=r.get("input_bound", int, optional=True) or 128)
         if kind == "overlay_linear":
             return OverlayLinear(**kw)
         return OverlayConv(kernel=r.ints("kernel", n=2), stride=r.ints("stride", n=2),
@@ -804,9 +903,11 @@ def _layer_from(r: _Reader, tensors: dict[str, np.ndarray], npz_name: str) -> La
         cls = LocalKWTA if kind == "local_kwta" else GlobalKWTA
         rescale = r.ints("rescale", n=2, optional=True)
         out_scale = r.get("out_scale", (int, float), optional=True)
+        ranges = {f: r.ints(f, n=2, optional=True) for f in ("key_range", "out_range")}
         return cls(name, k=r.get("k", int), boost=r.vec("boost", np.int64, optional=True),
                    max_winners=bound, key_shift=r.get("key_shift", int, optional=True),
-                   rescale=rescale, out_scale=None if out_scale is None else float(out_scale))
+                   rescale=rescale, out_scale=None if out_scale is None else float(out_scale),
+                   **{f: v for f, v in ranges.items() if v is not None})
     return LAYER_KINDS[kind](name)
 
 

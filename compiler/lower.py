@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from amaranth.hdl import signed
 
-from cosparse.hw.adapters import Densify, Narrow, StreamFIFO, ZeroSkip
+from cosparse.hw.adapters import Densify, InputOffset, Narrow, StreamFIFO, Widen, ZeroSkip
 from cosparse.hw.dense_window import DenseWindow
 from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
 from cosparse.hw.logic import LogicEngine
@@ -173,12 +173,18 @@ class _Lowering:
         self.stages.append(Stage(layer, unit_name(comp), comp))
         return comp
 
+    def vbits(self, i: int) -> int:
+        """Signed bits of the values entering layer ``i`` (8, or 9 for int9)."""
+        return max(8, self.specs[i].value_bits)
+
     def run(self) -> list[Stage]:
         fmts = self.net.formats()
         pooled = set(self.pool_first.values())
         handlers = [(ir.ZeroSkip, self.zero_skip), (ir.Densify, self.densify),
                     (ir.OverlayLayer, self.overlay), (ir.MaxPool, self.max_pool),
                     (ir.KWTALayer, self.kwta), (ir.Flatten, self.flatten)]
+        if self.specs[0].dtype == "int9":  # the host sends value - lo as a byte
+            self.add("", InputOffset(self.width, self.specs[0].bounds[0]))
         for i, layer in enumerate(self.net.layers):
             if layer.name in pooled:  # done by the overlay layer before it
                 continue
@@ -195,7 +201,8 @@ class _Lowering:
         if self.fmt == "sparse":
             g = _shape_groups(self.specs[-1])[1]
             self.width = self.folding.default_width
-            self.add("", Densify(g, entries=self.entries[-1], width=self.width))
+            self.add("", Densify(g, entries=self.entries[-1], width=self.width,
+                                 value_bits=self.vbits(len(self.net.layers))))
         return self.stages
 
     def zero_skip(self, i: int, layer: ir.ZeroSkip) -> None:
@@ -205,13 +212,15 @@ class _Lowering:
         if self.folding.dense_window and dense_window_fits(nxt, inp, self.width):
             self.fused_skip = True  # the conv's dense window skips the zeros itself
         else:
-            self.add(layer.name, ZeroSkip(g, width=self.width, entries=self.entries[i + 1]))
+            self.add(layer.name, ZeroSkip(g, width=self.width, entries=self.entries[i + 1],
+                                          value_bits=self.vbits(i)))
         self.fmt, self.max_active = "sparse", g
 
     def densify(self, i: int, layer: ir.Densify) -> None:
         g = _shape_groups(self.specs[i])[1]
         self.width = self.folding.of(layer.name).width or self.folding.default_width
-        self.add(layer.name, Densify(g, entries=self.entries[i], width=self.width))
+        self.add(layer.name, Densify(g, entries=self.entries[i], width=self.width,
+                                     value_bits=self.vbits(i)))
         self.fmt, self.max_active = "dense", g
 
     def overlay(self, i: int, layer: ir.OverlayLayer) -> None:
@@ -219,6 +228,7 @@ class _Lowering:
         groups, g = _shape_groups(inp)
         fold = folding.of(layer.name)
         r = self.entries[i]
+        vb = self.vbits(i)
         windowed = False
         if fold.in_logic:
             self.logic(i, layer)
@@ -228,18 +238,21 @@ class _Lowering:
             # dense baselines) into R-entry beats.
             h, w, c = inp.shape
             dw = self.add(layer.name, DenseWindow(h, w, c, kernel=layer.kernel,
-                                                  stride=layer.stride, padding=layer.padding))
+                                                  stride=layer.stride, padding=layer.padding,
+                                                  value_bits=vb))
             self.add(layer.name, ZeroSkip(dw.taps, width=dw.taps, entries=r,
-                                          keep_zeros=not self.fused_skip))
+                                          keep_zeros=not self.fused_skip, value_bits=vb))
             self.fused_skip, windowed = False, True
         elif self.fmt == "dense":  # process every element: the dense baselines
-            self.add(layer.name, ZeroSkip(g, width=self.width, entries=r, keep_zeros=True))
+            self.add(layer.name, ZeroSkip(g, width=self.width, entries=r, keep_zeros=True,
+                                          value_bits=vb))
             self.max_active = g
         if isinstance(layer, ir.OverlayConv) and not windowed:
             h, w, c = inp.shape
             self.add(layer.name, SparseWindow(h, w, c, kernel=layer.kernel, stride=layer.stride,
                                               padding=layer.padding, entries=r,
-                                              max_active=min(self.max_active, c)))
+                                              max_active=min(self.max_active, c),
+                                              value_bits=vb))
         elif isinstance(layer, ir.OverlayLinear) and groups != 1:
             raise FoldingError(f"layer {layer.name}: a linear layer needs a vector input")
         eng = self.add(layer.name, OverlayEngine(**engine_parameters(layer.overlays),
@@ -247,7 +260,8 @@ class _Lowering:
                                                  acc_bits=layer.accumulator_bits(),
                                                  loadable=self.loadable,
                                                  spram=layer.name in self.in_spram,
-                                                 compact=folding.compact))
+                                                 compact=folding.compact, value_bits=vb,
+                                                 input_bound=layer.input_bound))
         self.output(i, layer, eng)
 
     def windowed(self, i: int, layer: ir.OverlayLayer) -> bool:
@@ -265,10 +279,11 @@ class _Lowering:
             raise FoldingError(f"layer {layer.name} cannot have its weights in logic: {why}")
         h, w, c = inp.shape
         self.add(layer.name, DenseWindow(h, w, c, kernel=layer.kernel, stride=layer.stride,
-                                         padding=layer.padding))
+                                         padding=layer.padding, value_bits=self.vbits(i)))
         eng = self.add(layer.name, LogicEngine(unpack(layer.overlays),
                                                lanes_per_beat=fold.lanes_per_beat,
-                                               acc_bits=layer.accumulator_bits()))
+                                               acc_bits=layer.accumulator_bits(),
+                                               in_range=inp.bounds))
         self.fused_skip = False
         self.output(i, layer, eng)
 
@@ -307,45 +322,51 @@ class _Lowering:
 
     def max_pool(self, i: int, layer: ir.MaxPool) -> None:
         h, w, c = self.specs[i].shape
+        vb = self.vbits(i)
         if self.fmt == "dense":
             self.add(layer.name, MaxPool(h, w, c, kernel=layer.kernel, stride=layer.stride,
-                                         width=self.width))
+                                         width=self.width, elem_bits=vb))
         else:
             width = self.folding.of(layer.name).width or self.folding.default_width
             self.add(layer.name, SparseMaxPool(h, w, c, kernel=layer.kernel, stride=layer.stride,
-                                               entries=self.entries[i], width=width))
+                                               entries=self.entries[i], width=width,
+                                               value_bits=vb))
             self.max_active = min(c, self.max_active * layer.kernel[0] * layer.kernel[1])
 
     def kwta(self, i: int, layer: ir.KWTALayer) -> None:
         groups, g = _shape_groups(self.specs[i])
         folding, r_out = self.folding, self.entries[i + 1]
+        vb = self.vbits(i)
+        ranges = dict(value_bits=vb, key_range=layer.key_range, out_range=layer.out_range)
         if self.fmt == "sparse":
             self.width = folding.of(layer.name).width or folding.default_width
-            self.add("", Densify(g, entries=self.entries[i], width=self.width))
+            self.add("", Densify(g, entries=self.entries[i], width=self.width, value_bits=vb))
         boost = None if layer.boost is None else [int(b) for b in layer.boost]
         narrow = folding.of(layer.name).width
         if isinstance(layer, ir.LocalKWTA) and narrow and narrow < self.width \
                 and self.width % narrow == 0:  # the fold's narrower k-WTA (fold._kwta_widths)
-            self.add(layer.name, Narrow(g, width_in=self.width, width_out=narrow))
+            self.add(layer.name, Narrow(g, width_in=self.width, width_out=narrow,
+                                        elem_shape=signed(vb)))
             self.width = narrow
         width = self.width
         if isinstance(layer, ir.LocalKWTA):
             self.add(layer.name, LocalKWTA(g, layer.k, width=width, entries=r_out, boost=boost,
                                            max_winners=layer.max_winners,
-                                           key_shift=layer.key_shift, rescale=layer.rescale))
+                                           key_shift=layer.key_shift, rescale=layer.rescale,
+                                           **ranges))
             self.max_active = layer.winners
         else:
             # Room for a whole input frame: the upstream keeps working while the
             # unit scans the previous frame (it writes only between scans).
             if folding.frame_fifos:
-                self.add(layer.name, StreamFIFO(dense_layout(width),
+                self.add(layer.name, StreamFIFO(dense_layout(width, signed(vb)),
                                                 depth=groups * -(-g // width) + 2))
             gk = self.add(layer.name, GlobalKWTA(groups * g, layer.k, group=g, width=width,
                                                  entries=r_out, boost=boost,
                                                  serial=folding.compact and width == 1,
                                                  max_winners=layer.max_winners,
                                                  key_shift=layer.key_shift,
-                                                 rescale=layer.rescale))
+                                                 rescale=layer.rescale, **ranges))
             # Room for a whole frame's winners: the unit never waits for a slower
             # consumer, so it can take the next frame (see StreamFIFO).
             if folding.frame_fifos:
@@ -357,10 +378,12 @@ class _Lowering:
     def flatten(self, i: int, layer: ir.Flatten) -> None:
         h, w, c = self.specs[i].shape
         if self.fmt == "sparse":
-            self.add(layer.name, SparseFlatten(h * w, c, entries=self.entries[i]))
+            self.add(layer.name, SparseFlatten(h * w, c, entries=self.entries[i],
+                                               value_bits=self.vbits(i)))
             self.max_active = min(h * w * c, self.max_active * h * w)
         else:
-            self.add(layer.name, DenseFlatten(h * w, c, width=self.width))
+            self.add(layer.name, DenseFlatten(h * w, c, width=self.width,
+                                              value_bits=self.vbits(i)))
 
 
 def lower(net: ir.Network, folding: Folding | None = None, *, loadable: bool = False,
@@ -403,6 +426,9 @@ def lower(net: ir.Network, folding: Folding | None = None, *, loadable: bool = F
                 if loadable and spram_bits is not None else {})
     walk = _Lowering(net, folding, loadable=loadable, in_spram=in_spram)
     stages = walk.run()
+    out = net.specs()[-1]
+    out_bits = 32 if out.dtype == "int32" else 8 if out.value_bits <= 8 else 16
+    if out_bits == 16:  # int9 values in whole bytes for the host link
+        stages.append(Stage("", "Widen", Widen(walk.width, 9, 16)))
     return NetworkCore(stages, input_width=folding.input_width, out_width=walk.width,
-                       out_bits=32 if net.specs()[-1].dtype == "int32" else 8,
-                       patch_seed=patch_seed)
+                       out_bits=out_bits, patch_seed=patch_seed)

@@ -269,7 +269,8 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
             nz = np.count_nonzero(y, axis=2)
             cyc = np.maximum(1, _ceil(nz, c.entries)).sum(axis=1)
             feed = ("flatten", y != 0)
-        elif isinstance(c, (reshape.DenseFlatten, adapters.StreamFIFO)):
+        elif isinstance(c, (reshape.DenseFlatten, adapters.StreamFIFO, adapters.InputOffset,
+                            adapters.Widen)):
             cyc = np.zeros(n, dtype=np.int64)
         else:  # pragma: no cover
             raise TypeError(f"no timing model for {type(c).__name__}")

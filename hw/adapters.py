@@ -29,7 +29,7 @@ from amaranth.utils import ceil_log2
 from .util import bits, check_int, onehot, popcount, skid_output, typed_payload
 from .streams import dense_layout, sparse_layout
 
-__all__ = ["ZeroSkip", "Densify", "Narrow", "StreamFIFO"]
+__all__ = ["InputOffset", "Widen", "ZeroSkip", "Densify", "Narrow", "StreamFIFO"]
 
 
 class ZeroSkip(wiring.Component):
@@ -64,8 +64,10 @@ class ZeroSkip(wiring.Component):
 
     Members
     -------
-    i : In(stream.Signature(dense_layout(D, signed(8))))
-    o : Out(stream.Signature(sparse_layout(R, bits(C), signed(8))))
+    i : In(stream.Signature(dense_layout(D, signed(V))))
+    o : Out(stream.Signature(sparse_layout(R, bits(C), signed(V))))
+
+    ``V`` is ``value_bits``: 8 for int8 activations, 9 for int9 ones.
 
     Raises
     ------
@@ -73,16 +75,18 @@ class ZeroSkip(wiring.Component):
         A parameter is not an integer in its range.
     """
 
-    def __init__(self, group: int, *, width: int = 8, entries: int = 8, keep_zeros: bool = False):
+    def __init__(self, group: int, *, width: int = 8, entries: int = 8, keep_zeros: bool = False,
+                 value_bits: int = 8):
         self.keep_zeros = bool(keep_zeros)
         check_int("group (C)", group, 1)
         check_int("width (D)", width, 1, 256)
         check_int("entries (R)", entries, 1, 64)
+        self.value_bits = check_int("value_bits", value_bits, 2, 16)
         self.group, self.width, self.entries = group, width, entries
         self.beats = -(-group // width)
         self.index_bits = bits(group)
-        self.in_layout = dense_layout(width, signed(8))
-        self.out_layout = sparse_layout(entries, self.index_bits, signed(8))
+        self.in_layout = dense_layout(width, signed(value_bits))
+        self.out_layout = sparse_layout(entries, self.index_bits, signed(value_bits))
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
@@ -101,8 +105,8 @@ class ZeroSkip(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         C, D, R, B = self.group, self.width, self.entries, self.beats
-        ib = self.index_bits
-        ew = ib + 8  # one entry: index, value
+        ib, vb = self.index_bits, self.value_bits
+        ew = ib + vb  # one entry: index, value
         if self.picker:
             return self._elaborate_picker(m)
         cap = max(R, D)  # packer buffer (entries)
@@ -110,7 +114,7 @@ class ZeroSkip(wiring.Component):
 
         # ---------------- stage P: the input beat and its lanes' non-zero flags
         p_v, p_last, p_end = Signal(), Signal(), Signal()
-        p_data = Signal(D * 8)
+        p_data = Signal(D * vb)
         p_nz = Signal(D)
         p_base = Signal(range(max(B, 2) * D))  # index of lane 0
         p_free = Signal()
@@ -142,7 +146,7 @@ class ZeroSkip(wiring.Component):
         a_gt = Signal(R + 1)  # a_gt[v]: v + a_k > R (precomputed for the packer's decision)
         a_ent = Signal(D * ew)  # D entries, the first a_k valid, the rest zero
         pos = [popcount(p_nz[:d]) for d in range(D)]  # slot of lane d among the non-zeros
-        lane_ent = [Cat((p_base + d)[:ib], p_data[d * 8:(d + 1) * 8]) for d in range(D)]
+        lane_ent = [Cat((p_base + d)[:ib], p_data[d * vb:(d + 1) * vb]) for d in range(D)]
         slots = [onehot([(p_nz[d] & (pos[d] == j), lane_ent[d]) for d in range(j, D)], ew)
                  for j in range(D)]
         k_in = popcount(p_nz)
@@ -213,11 +217,11 @@ class ZeroSkip(wiring.Component):
 
     def _elaborate_picker(self, m: Module) -> Module:
         C, R = self.group, self.entries
-        ib = self.index_bits
+        ib, vb = self.index_bits, self.value_bits
         p = self.i.payload
         # ---------------- stage P: the input beat, its real lanes' non-zero flags
         p_v, p_end = Signal(), Signal()
-        p_data = Signal(C * 8)
+        p_data = Signal(C * vb)
         p_nz = Signal(C)
         h_free = Signal()
         p_free = Signal()
@@ -225,13 +229,13 @@ class ZeroSkip(wiring.Component):
         with m.If(p_free):
             m.d.sync += p_v.eq(self.i.valid)
             with m.If(self.i.valid):
-                m.d.sync += [p_data.eq(p.data.as_value()[:C * 8]), p_end.eq(p.end),
+                m.d.sync += [p_data.eq(p.data.as_value()[:C * vb]), p_end.eq(p.end),
                              p_nz.eq(Cat(*[1 if self.keep_zeros else (p.data[d] != 0)
                                            for d in range(C)]))]
 
         # ---------------- stage H: the held beat, lane ranks, the chunk being emitted
         h_v, h_end = Signal(), Signal()
-        h_data = Signal(C * 8)
+        h_data = Signal(C * vb)
         h_nz = Signal(C)
         h_rank = [Signal(range(C), name=f"h_rank_{d}") for d in range(C)]
         h_base = [Signal(range(C + R), name=f"h_base_{s}") for s in range(R)]  # j*R + s
@@ -242,8 +246,8 @@ class ZeroSkip(wiring.Component):
         ents = []
         for s in range(R):
             sel = [(h_nz[d] & (h_rank[d] == h_base[s]),
-                    Cat(Const(d, ib), h_data[d * 8:(d + 1) * 8])) for d in range(s, C)]
-            ents.append(onehot(sel, ib + 8))
+                    Cat(Const(d, ib), h_data[d * vb:(d + 1) * vb])) for d in range(s, C)]
+            ents.append(onehot(sel, ib + vb))
         out = typed_payload(m, self.o, entries=ents, count=e_cnt, last=h_final,
                             end=h_final & h_end)
         adv = skid_output(m, self.o, h_v, out)
@@ -371,8 +375,10 @@ class Densify(wiring.Component):
 
     Members
     -------
-    i : In(stream.Signature(sparse_layout(R, bits(C), signed(8))))
-    o : Out(stream.Signature(dense_layout(D, signed(8))))
+    i : In(stream.Signature(sparse_layout(R, bits(C), signed(V))))
+    o : Out(stream.Signature(dense_layout(D, signed(V))))
+
+    ``V`` is ``value_bits`` (8, or 9 for int9 activations).
 
     Raises
     ------
@@ -380,15 +386,16 @@ class Densify(wiring.Component):
         A parameter is not an integer in its range.
     """
 
-    def __init__(self, group: int, *, entries: int = 8, width: int = 8):
+    def __init__(self, group: int, *, entries: int = 8, width: int = 8, value_bits: int = 8):
         check_int("group (C)", group, 1)
         check_int("entries (R)", entries, 1, 64)
         check_int("width (D)", width, 1, 256)
+        self.value_bits = check_int("value_bits", value_bits, 2, 16)
         self.group, self.entries, self.width = group, entries, width
         self.beats = -(-group // width)
         self.index_bits = bits(group)
-        self.in_layout = sparse_layout(entries, self.index_bits, signed(8))
-        self.out_layout = dense_layout(width, signed(8))
+        self.in_layout = sparse_layout(entries, self.index_bits, signed(value_bits))
+        self.out_layout = dense_layout(width, signed(value_bits))
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
@@ -427,7 +434,8 @@ class Densify(wiring.Component):
         b = Signal(range(max(B, 2)))
         base = Signal(range((max(B, 2) + 1) * D))  # b * D
         base_next = Signal.like(base, init=D)  # (b + 1) * D
-        acc = Signal(D * 8)
+        vb = self.value_bits
+        acc = Signal(D * vb)
         tail, tail_end = Signal(), Signal()  # the group's input is consumed: zero beats follow
         last_beat = Signal()
         m.d.comb += last_beat.eq(b == B - 1)
@@ -448,11 +456,11 @@ class Densify(wiring.Component):
         lanes = []
         pad_from = C - (B - 1) * D
         for d in range(D):
-            v = onehot([(match[r][d], h.entries[r].value.as_unsigned()) for r in range(R)], 8)
+            v = onehot([(match[r][d], h.entries[r].value.as_unsigned()) for r in range(R)], vb)
             if d >= pad_from:  # padding lane of the final beat
                 v = Mux(last_beat, 0, v)
             lanes.append(v)
-        beat = Signal(D * 8)
+        beat = Signal(D * vb)
         m.d.comb += beat.eq(acc | Cat(*lanes))
 
         # H has entries past beat b: beat b is complete, H stays.
@@ -466,7 +474,7 @@ class Densify(wiring.Component):
 
         # Decisions from registers (and the input port); adv only enables registers.
         e_valid, e_last, e_end = Signal(), Signal(), Signal()
-        e_data = Signal(D * 8)
+        e_data = Signal(D * vb)
         finish = Signal()  # H is the group's last beat and is consumed this cycle
         m.d.comb += [
             finish.eq(~tail & hv & ~beyond & h.last),
@@ -525,3 +533,73 @@ class StreamFIFO(wiring.Component):
                      self.o.payload.as_value().eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy),
                      fifo.r_en.eq(self.o.ready)]
         return m
+
+
+def _lanewise(unit, f) -> Module:
+    """A combinational dense-stream unit: ``o.data[d] = f(i.data[d])``, flags passed on."""
+    m = Module()
+    p, q = unit.i.payload, unit.o.payload
+    m.d.comb += [unit.o.valid.eq(unit.i.valid), unit.i.ready.eq(unit.o.ready),
+                 q.last.eq(p.last), q.end.eq(p.end)]
+    m.d.comb += [q.data[d].eq(f(p.data[d])) for d in range(unit.width)]
+    return m
+
+
+class InputOffset(wiring.Component):
+    """The network input's bytes to int9 values: ``v = byte + offset`` (bytes unsigned).
+
+    A model whose input is a uint8 (or an int8 with a zero point) has values
+    ``lo..lo + 255`` once its zero point is subtracted; the host sends
+    ``v - lo`` as one byte each, and this adds ``lo`` back. Combinational, no
+    latency: a constant add per lane.
+
+    Parameters
+    ----------
+    width : int
+        ``D``, elements per beat.
+    offset : int
+        ``lo``, -255 to 0.
+
+    Members
+    -------
+    i : In(stream.Signature(dense_layout(D, signed(8))))
+        Bytes (their bits read unsigned).
+    o : Out(stream.Signature(dense_layout(D, signed(9))))
+    """
+
+    def __init__(self, width: int, offset: int):
+        check_int("width (D)", width, 1, 256)
+        self.width, self.offset = width, check_int("offset", offset, -255, 0)
+        self.in_layout = dense_layout(width, signed(8))
+        self.out_layout = dense_layout(width, signed(9))
+        super().__init__({"i": In(stream.Signature(self.in_layout)),
+                          "o": Out(stream.Signature(self.out_layout))})
+
+    def elaborate(self, platform):
+        return _lanewise(self, lambda v: v.as_unsigned() + self.offset)
+
+
+class Widen(wiring.Component):
+    """A dense stream's elements sign-extended to a wider shape (int9 outputs to 16 bits
+    for the host link's whole bytes). Combinational, no latency.
+
+    Parameters
+    ----------
+    width : int
+        ``D``, elements per beat.
+    in_bits, out_bits : int
+        Signed element widths, ``in_bits <= out_bits``.
+    """
+
+    def __init__(self, width: int, in_bits: int, out_bits: int):
+        check_int("width (D)", width, 1, 256)
+        check_int("in_bits", in_bits, 1, 64)
+        check_int("out_bits", out_bits, in_bits, 64)
+        self.width = width
+        self.in_layout = dense_layout(width, signed(in_bits))
+        self.out_layout = dense_layout(width, signed(out_bits))
+        super().__init__({"i": In(stream.Signature(self.in_layout)),
+                          "o": Out(stream.Signature(self.out_layout))})
+
+    def elaborate(self, platform):
+        return _lanewise(self, lambda v: v)

@@ -53,18 +53,19 @@ def _bank_shape(height, width, kernel, padding) -> tuple[int, int]:
     return bw, -(-(height + pt + pb) // kh) * bw
 
 
-def _bank_signature(port, height, width, channels, kernel, padding):
+def _bank_signature(port, height, width, channels, kernel, padding, value_bits=8):
     """The ``kh x kw`` array of bank ports (``port``: ReadPort or WritePort), both buffers."""
     _, depth = _bank_shape(height, width, kernel, padding)
-    sig = port.Signature(addr_width=ceil_log2(2 * depth), shape=unsigned(8 * channels))
+    sig = port.Signature(addr_width=ceil_log2(2 * depth), shape=unsigned(value_bits * channels))
     return In(sig).array(*kernel)
 
 
-def _window_layout(channels: int, kernel) -> data.StructLayout:
+def _window_layout(channels: int, kernel, value_bits: int = 8) -> data.StructLayout:
     """One window as :class:`BankWalker` hands it to :class:`FieldPacker`."""
     kh, kw = kernel
     return data.StructLayout({
-        "words": data.ArrayLayout(data.ArrayLayout(unsigned(8 * channels), kw), kh),  # per bank
+        "words": data.ArrayLayout(data.ArrayLayout(unsigned(value_bits * channels), kw),
+                                  kh),  # per bank
         "yr": range(kh),  # window top row mod kh
         "xr": range(kw),  # window left column mod kw
         "mask": kh * kw,  # tap (dy, dx) inside the map
@@ -101,14 +102,16 @@ class BankWriter(wiring.Component):
         The read side releases a buffer.
     """
 
-    def __init__(self, height: int, width: int, channels: int, *, kernel, padding):
+    def __init__(self, height: int, width: int, channels: int, *, kernel, padding,
+                 value_bits: int = 8):
         _check_geometry(height, width, channels, kernel, (1, 1), padding)
         self.height, self.width, self.channels = height, width, channels
         self.kernel, self.padding = kernel, padding
-        self.in_layout = dense_layout(channels, signed(8))
+        self.in_layout = dense_layout(channels, signed(value_bits))
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
-            "banks": _bank_signature(WritePort, height, width, channels, kernel, padding),
+            "banks": _bank_signature(WritePort, height, width, channels, kernel, padding,
+                                     value_bits),
             "written": Out(2),
             "clear": In(2),
         })
@@ -196,16 +199,18 @@ class BankWalker(wiring.Component):
         frame's last.
     """
 
-    def __init__(self, height: int, width: int, channels: int, *, kernel, stride, padding):
+    def __init__(self, height: int, width: int, channels: int, *, kernel, stride, padding,
+                 value_bits: int = 8):
         self.out_height, self.out_width = _check_geometry(height, width, channels, kernel,
                                                           stride, padding)
         self.height, self.width, self.channels = height, width, channels
         self.kernel, self.stride, self.padding = kernel, stride, padding
-        self.window_layout = _window_layout(channels, kernel)
+        self.window_layout = _window_layout(channels, kernel, value_bits)
         super().__init__({
             "written": In(2),
             "clear": Out(2),
-            "banks": _bank_signature(ReadPort, height, width, channels, kernel, padding),
+            "banks": _bank_signature(ReadPort, height, width, channels, kernel, padding,
+                                     value_bits),
             "win": Out(stream.Signature(self.window_layout)),
         })
 
@@ -326,12 +331,12 @@ class FieldPacker(wiring.Component):
         One beat per window (``last`` set), ``end`` on the frame's last.
     """
 
-    def __init__(self, channels: int, *, kernel):
+    def __init__(self, channels: int, *, kernel, value_bits: int = 8):
         check_int("channels", channels, 1)
         _check_pair("kernel", kernel)
         self.channels, self.kernel = channels, kernel
-        self.window_layout = _window_layout(channels, kernel)
-        self.out_layout = dense_layout(kernel[0] * kernel[1] * channels, signed(8))
+        self.window_layout = _window_layout(channels, kernel, value_bits)
+        self.out_layout = dense_layout(kernel[0] * kernel[1] * channels, signed(value_bits))
         super().__init__({"win": In(stream.Signature(self.window_layout)),
                           "o": Out(stream.Signature(self.out_layout))})
 
@@ -374,14 +379,15 @@ class DenseWindow(wiring.Component):
     """
 
     def __init__(self, height: int, width: int, channels: int, *, kernel=(3, 3), stride=(1, 1),
-                 padding=(0, 0, 0, 0)):
+                 padding=(0, 0, 0, 0), value_bits: int = 8):
         self.out_height, self.out_width = _check_geometry(height, width, channels, kernel,
                                                           stride, padding)
+        self.value_bits = check_int("value_bits", value_bits, 2, 16)
         self.height, self.width, self.channels = height, width, channels
         self.kernel, self.stride, self.padding = kernel, stride, padding
         self.taps = kernel[0] * kernel[1] * channels
-        self.in_layout = dense_layout(channels, signed(8))
-        self.out_layout = dense_layout(self.taps, signed(8))
+        self.in_layout = dense_layout(channels, signed(value_bits))
+        self.out_layout = dense_layout(self.taps, signed(value_bits))
         super().__init__({"i": In(stream.Signature(self.in_layout)),
                           "o": Out(stream.Signature(self.out_layout))})
 
@@ -398,15 +404,17 @@ class DenseWindow(wiring.Component):
         wports, rports = [], []
         for r in range(kh):
             for c in range(kw):
-                bank = Memory(shape=unsigned(8 * C), depth=2 * depth, init=[])
+                bank = Memory(shape=unsigned(self.value_bits * C), depth=2 * depth, init=[])
                 m.submodules[f"bank_{r}_{c}"] = bank
                 wports.append(bank.write_port())
                 rports.append(bank.read_port())
+        vb = self.value_bits
         m.submodules.writer = writer = BankWriter(H, W, C, kernel=self.kernel,
-                                                  padding=self.padding)
+                                                  padding=self.padding, value_bits=vb)
         m.submodules.walker = walker = BankWalker(H, W, C, kernel=self.kernel,
-                                                  stride=self.stride, padding=self.padding)
-        m.submodules.packer = packer = FieldPacker(C, kernel=self.kernel)
+                                                  stride=self.stride, padding=self.padding,
+                                                  value_bits=vb)
+        m.submodules.packer = packer = FieldPacker(C, kernel=self.kernel, value_bits=vb)
         for r in range(kh):
             for c in range(kw):
                 wiring.connect(m, writer.banks[r][c], wports[r * kw + c])

@@ -72,8 +72,8 @@ class HostLink(wiring.Component):
         self.in_groups = check_int("in_groups", in_groups, 1)
         self.in_group_size = check_int("in_group_size", in_group_size, 1)
         self.out_width = check_int("out_width", out_width, 1, 256)
-        if out_bits not in (8, 32):
-            raise ValueError(f"out_bits must be 8 or 32, got {out_bits!r}")
+        if out_bits not in (8, 16, 32):
+            raise ValueError(f"out_bits must be 8, 16 or 32, got {out_bits!r}")
         self.out_bits = out_bits
         self.out_beats = check_int("out_beats", out_beats, 1)
         self.load_ports = list(load_ports)

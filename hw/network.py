@@ -70,8 +70,8 @@ class NetworkCore(wiring.Component):
                  out_bits: int, patch_seed: int | None = None):
         check_int("input_width", input_width, 1)
         check_int("out_width", out_width, 1)
-        if out_bits not in (8, 32):
-            raise ValueError(f"out_bits must be 8 or 32, not {out_bits!r}")
+        if out_bits not in (8, 16, 32):
+            raise ValueError(f"out_bits must be 8, 16 or 32, not {out_bits!r}")
         if not stages:
             raise ValueError("a network core needs at least one stage")
         self.stages = list(stages)

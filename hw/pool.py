@@ -244,8 +244,10 @@ class SparseMaxPool(wiring.Component):
 
     Members
     -------
-    i : In(stream.Signature(sparse_layout(R, bits(C), signed(8))))
-    o : Out(stream.Signature(sparse_layout(R, bits(C), signed(8))))
+    i : In(stream.Signature(sparse_layout(R, bits(C), signed(V))))
+    o : Out(stream.Signature(sparse_layout(R, bits(C), signed(V))))
+
+    ``V`` is ``value_bits`` (8, or 9 for int9 activations).
 
     Raises
     ------
@@ -254,14 +256,15 @@ class SparseMaxPool(wiring.Component):
     """
 
     def __init__(self, height: int, width_px: int, channels: int, *, kernel=(2, 2),
-                 stride=(2, 2), entries: int = 8, width: int = 8):
+                 stride=(2, 2), entries: int = 8, width: int = 8, value_bits: int = 8):
         self.out_height, self.out_width = _pool_params(height, width_px, channels, kernel, stride)
         check_int("entries (R)", entries, 1, 64)
         check_int("width (D)", width, 1, 256)
         self.height, self.width_px, self.channels = height, width_px, channels
         self.kernel, self.stride, self.entries, self.width = kernel, stride, entries, width
         self.beats = -(-channels // width)
-        self.in_layout = sparse_layout(entries, bits(channels), signed(8))
+        self.value_bits = check_int("value_bits", value_bits, 2, 16)
+        self.in_layout = sparse_layout(entries, bits(channels), signed(value_bits))
         self.out_layout = self.in_layout
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
@@ -275,10 +278,11 @@ class SparseMaxPool(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         C, R, D = self.channels, self.entries, self.width
-        m.submodules.densify = dn = Densify(C, entries=R, width=D)
+        vb = self.value_bits
+        m.submodules.densify = dn = Densify(C, entries=R, width=D, value_bits=vb)
         m.submodules.pool = pool = MaxPool(self.height, self.width_px, C, kernel=self.kernel,
-                                           stride=self.stride, width=D)
-        m.submodules.zero_skip = zs = ZeroSkip(C, width=D, entries=R)
+                                           stride=self.stride, width=D, elem_bits=vb)
+        m.submodules.zero_skip = zs = ZeroSkip(C, width=D, entries=R, value_bits=vb)
         wiring.connect(m, wiring.flipped(self.i), dn.i)
         wiring.connect(m, dn.o, pool.i)
         wiring.connect(m, pool.o, zs.i)

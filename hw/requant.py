@@ -25,7 +25,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .util import check_int, lut_mul, registered_product, skid_output, typed_payload
+from .util import (check_int, lut_mul, registered_product, skid_output, typed_payload,
+                   value_bits)
 from .loader import LoadPort
 from .streams import dense_layout
 
@@ -151,10 +152,14 @@ class Requantizer(wiring.Component):
         if rounding not in ("half-up", "half-even"):
             raise ValueError(f"rounding must be 'half-up' or 'half-even', got {rounding!r}")
         self.channels, self.width, self.acc_bits, self.relu = channels, width, acc_bits, relu
-        self.lo = max(check_int("lo", lo, -128, 0), 0 if relu else -128) if lo is not None \
-            else (0 if relu else -128)
-        self.hi = check_int("hi", hi, 0, 127) if hi is not None else 127
+        self.lo = (0 if relu else -128) if lo is None else (
+            max(check_int("lo", lo, -255, 0), 0) if relu else check_int("lo", lo, -255, 0))
+        self.hi = check_int("hi", hi, 0, 255) if hi is not None else 127
+        if self.hi - self.lo > 255:
+            raise ValueError(f"the output range {self.lo}..{self.hi} has more than 256 values")
         self.rounding = rounding
+        #: Signed bits of an output: 8, or 9 for a range beyond int8's.
+        self.out_bits = max(8, value_bits(self.lo, self.hi))
         self.compact = compact
         if dsp_width not in (16, 18):
             raise ValueError(f"dsp_width must be 16 (iCE40) or 18 (ECP5), got {dsp_width!r}")
@@ -166,7 +171,7 @@ class Requantizer(wiring.Component):
                      if bias is not None else (0,) * channels)
         self.beats = -(-channels // width)
         self.in_layout = dense_layout(width, signed(acc_bits))
-        self.out_layout = dense_layout(width, signed(8))
+        self.out_layout = dense_layout(width, signed(self.out_bits))
         #: Host loader access to the constants memory (always a memory when loadable).
         self.load_port = (LoadPort("consts", width * self._const_bits()[2], self.beats,
                                    tuple(self._const_words())) if loadable else None)
@@ -400,9 +405,10 @@ class Requantizer(wiring.Component):
                 up = 1
                 over = Mux(rnd, q >= 2 * hi + 1, q > hi)
                 under = Mux(rnd, q < 2 * lo - 1, q < lo)
-            small = Signal(signed(10), name=f"s6_small{d}")
-            m.d.comb += small.eq(Mux(rnd, (q[:10].as_signed() + up) >> 1, q[:10].as_signed()))
-            y = Signal(signed(8), name=f"s6_y{d}")
+            nb = self.out_bits + 2  # q near the range: the rounding add's width
+            small = Signal(signed(nb), name=f"s6_small{d}")
+            m.d.comb += small.eq(Mux(rnd, (q[:nb].as_signed() + up) >> 1, q[:nb].as_signed()))
+            y = Signal(signed(self.out_bits), name=f"s6_y{d}")
             m.d.comb += y.eq(Mux(over, hi, Mux(under, lo, small)))
             ys.append(y)
         adv_ = skid_output(m, self.o, s5["valid"],

@@ -43,13 +43,14 @@ class SparseFlatten(wiring.Component):
     o : Out(stream.Signature(sparse_layout(R, bits(positions * C))))
     """
 
-    def __init__(self, positions: int, channels: int, *, entries: int = 8):
+    def __init__(self, positions: int, channels: int, *, entries: int = 8, value_bits: int = 8):
         check_int("positions", positions, 1)
         check_int("channels", channels, 1)
         check_int("entries (R)", entries, 1, 64)
+        self.value_bits = check_int("value_bits", value_bits, 2, 16)
         self.positions, self.channels, self.entries = positions, channels, entries
-        self.in_layout = sparse_layout(entries, bits(channels), signed(8))
-        self.out_layout = sparse_layout(entries, bits(positions * channels), signed(8))
+        self.in_layout = sparse_layout(entries, bits(channels), signed(value_bits))
+        self.out_layout = sparse_layout(entries, bits(positions * channels), signed(value_bits))
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
@@ -90,15 +91,16 @@ class DenseFlatten(wiring.Component):
     o : Out(stream.Signature(dense_layout(D)))
     """
 
-    def __init__(self, positions: int, channels: int, *, width: int = 8):
+    def __init__(self, positions: int, channels: int, *, width: int = 8, value_bits: int = 8):
         check_int("positions", positions, 1)
         check_int("channels", channels, 1)
         check_int("width (D)", width, 1, 256)
+        self.value_bits = check_int("value_bits", value_bits, 2, 16)
         if channels % width:
             raise ValueError(f"a dense flatten needs the width {width} to divide the "
                              f"{channels} channels (no padding lanes inside the vector)")
         self.positions, self.channels, self.width = positions, channels, width
-        self.in_layout = self.out_layout = dense_layout(width, signed(8))
+        self.in_layout = self.out_layout = dense_layout(width, signed(value_bits))
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),

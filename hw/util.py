@@ -10,8 +10,13 @@ from amaranth.hdl import (ClockSignal, Const, Elaboratable, Instance, Module, Mu
 from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
-__all__ = ["bits", "check_int", "onehot", "popcount", "skid_output", "lut_mul", "const_mul",
+__all__ = ["bits", "value_bits", "check_int", "onehot", "popcount", "skid_output", "lut_mul", "const_mul",
            "replicate", "KEEP_REPLICAS", "is_ecp5", "registered_product"]
+
+
+def value_bits(lo: int, hi: int) -> int:
+    """Signed bits that hold every integer of ``lo..hi``."""
+    return max((-lo - 1).bit_length() if lo < 0 else 0, hi.bit_length() if hi > 0 else 0) + 1
 
 
 def bits(n: int) -> int:

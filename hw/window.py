@@ -10,7 +10,7 @@ throughput.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory, ReadPort, WritePort
@@ -37,9 +37,9 @@ def _check_padding(padding, kernel) -> tuple[int, int, int, int]:
     return padding
 
 
-def _word_bits(entries: int, channels: int) -> int:
-    """Bits of a stored word: ``R`` entries (index, 8-bit value) and the count."""
-    return entries * (bits(channels) + 8) + entries.bit_length()
+def _word_bits(entries: int, channels: int, value_bits: int = 8) -> int:
+    """Bits of a stored word: ``R`` entries (index, value) and the count."""
+    return entries * (bits(channels) + value_bits) + entries.bit_length()
 
 
 def _tap_layout(positions: int, rows: int, field: int) -> data.StructLayout:
@@ -88,16 +88,18 @@ class PositionWriter(wiring.Component):
         The read side releases a buffer.
     """
 
-    def __init__(self, positions: int, channels: int, entries: int, rows: int):
+    def __init__(self, positions: int, channels: int, entries: int, rows: int,
+                 value_bits: int = 8):
         for name, v in (("positions", positions), ("channels", channels), ("entries", entries),
                         ("rows", rows)):
             check_int(name, v, 1)
         self.positions, self.channels, self.entries, self.rows = positions, channels, entries, rows
-        self.in_layout = sparse_layout(entries, bits(channels))
+        self.in_layout = sparse_layout(entries, bits(channels), signed(value_bits))
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "store": In(WritePort.Signature(addr_width=ceil_log2(2 * positions * rows),
-                                            shape=unsigned(_word_bits(entries, channels)))),
+                                            shape=unsigned(_word_bits(entries, channels,
+                                                                      value_bits)))),
             "nwords": In(WritePort.Signature(addr_width=ceil_log2(2 * positions),
                                              shape=unsigned(bits(rows + 1)))),
             "full": Out(2),
@@ -324,18 +326,20 @@ class TapReader(wiring.Component):
     o : Out(stream.Signature(sparse_layout(R, bits(field))))
     """
 
-    def __init__(self, positions: int, channels: int, field: int, entries: int, rows: int):
+    def __init__(self, positions: int, channels: int, field: int, entries: int, rows: int,
+                 value_bits: int = 8):
         for name, v in (("positions", positions), ("channels", channels), ("field", field),
                         ("entries", entries), ("rows", rows)):
             check_int(name, v, 1)
         self.positions, self.channels, self.field = positions, channels, field
-        self.entries, self.rows = entries, rows
+        self.entries, self.rows, self.value_bits = entries, rows, value_bits
         self.tap_layout = _tap_layout(positions, rows, field)
-        self.out_layout = sparse_layout(entries, bits(field))
+        self.out_layout = sparse_layout(entries, bits(field), signed(value_bits))
         super().__init__({
             "taps": In(stream.Signature(self.tap_layout)),
             "store": In(ReadPort.Signature(addr_width=ceil_log2(2 * positions * rows),
-                                           shape=unsigned(_word_bits(entries, channels)))),
+                                           shape=unsigned(_word_bits(entries, channels,
+                                                                     value_bits)))),
             "o": Out(stream.Signature(self.out_layout)),
         })
 
@@ -343,7 +347,7 @@ class TapReader(wiring.Component):
         m = Module()
         R, rows = self.entries, self.rows
         ib_in = bits(self.channels)
-        entry_bits = ib_in + 8
+        entry_bits = ib_in + self.value_bits
         st_r, tap = self.store, self.taps.payload
 
         # stage W: the words of the held tap
@@ -434,7 +438,8 @@ class SparseWindow(wiring.Component):
     """
 
     def __init__(self, height: int, width: int, channels: int, *, kernel=(3, 3), stride=(1, 1),
-                 padding=(0, 0, 0, 0), entries: int = 1, max_active: int | None = None):
+                 padding=(0, 0, 0, 0), entries: int = 1, max_active: int | None = None,
+                 value_bits: int = 8):
         for name, v in (("height", height), ("width", width), ("channels", channels)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -454,8 +459,9 @@ class SparseWindow(wiring.Component):
         if self.out_height < 1 or self.out_width < 1:
             raise ValueError(f"kernel {kernel} does not fit the padded {height}x{width} map")
         self.rows = -(-max_active // entries)  # stored words per position
-        self.in_layout = sparse_layout(entries, bits(channels))
-        self.out_layout = sparse_layout(entries, bits(kh * kw * channels))
+        self.value_bits = check_int("value_bits", value_bits, 2, 16)
+        self.in_layout = sparse_layout(entries, bits(channels), signed(value_bits))
+        self.out_layout = sparse_layout(entries, bits(kh * kw * channels), signed(value_bits))
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
@@ -463,26 +469,28 @@ class SparseWindow(wiring.Component):
 
     def store_bits(self) -> int:
         """Bits of the double-buffered frame store (entries + word counts)."""
-        word = _word_bits(self.entries, self.channels)
+        word = _word_bits(self.entries, self.channels, self.value_bits)
         positions = self.height * self.width
         return 2 * positions * (self.rows * word + bits(self.rows + 1))
 
     def elaborate(self, platform):
         m = Module()
         hw, rows = self.height * self.width, self.rows
-        store = Memory(shape=unsigned(_word_bits(self.entries, self.channels)),
+        store = Memory(shape=unsigned(_word_bits(self.entries, self.channels, self.value_bits)),
                        depth=2 * hw * rows, init=[])
         nwords = Memory(shape=unsigned(bits(rows + 1)), depth=2 * hw, init=[])
         m.submodules.store = store
         m.submodules.nwords = nwords
         st_w, st_r = store.write_port(), store.read_port()
         nw_w, nw_r = nwords.write_port(), nwords.read_port()
-        m.submodules.writer = writer = PositionWriter(hw, self.channels, self.entries, rows)
+        m.submodules.writer = writer = PositionWriter(hw, self.channels, self.entries, rows,
+                                                      self.value_bits)
         m.submodules.walker = walker = TapWalker(
             self.height, self.width, self.channels, kernel=self.kernel, stride=self.stride,
             padding=self.padding, rows=rows)
         field = self.kernel[0] * self.kernel[1] * self.channels
-        m.submodules.reader = reader = TapReader(hw, self.channels, field, self.entries, rows)
+        m.submodules.reader = reader = TapReader(hw, self.channels, field, self.entries, rows,
+                                                 self.value_bits)
         wiring.connect(m, writer.store, st_w)
         wiring.connect(m, writer.nwords, nw_w)
         wiring.connect(m, walker.nwords, nw_r)

@@ -26,6 +26,7 @@ from cosparse.compiler.ir import (Densify, Flatten, GlobalKWTA, Layer, LocalKWTA
                                   ZeroSkip, OverlayLayer)
 
 __all__ = ["GoldenError", "run", "run_layer", "requantize", "kwta_mask", "kwta_keys", "kwta_values",
+           "value_dtype",
            "overlay_accumulate", "overlay_matmul", "Trace"]
 
 
@@ -49,7 +50,8 @@ def _route(ov: Overlays) -> np.ndarray:
     if cached is not None:
         return cached
     lanes, k = ov.lanes, ov.kernels_per_overlay
-    dtype = np.float32 if ov.worst_case_sum() < (1 << 24) else np.float64
+    # exact in float32 while every sum of int9 (or narrower) inputs stays below 2**24
+    dtype = np.float32 if ov.worst_case_sum(256) < (1 << 24) else np.float64
     route = np.zeros((ov.fan_in, lanes * k), dtype=dtype)
     row_of_word = np.repeat(np.arange(ov.fan_in), ov.beats)
     word, lane = np.nonzero(ov.weights)
@@ -117,7 +119,7 @@ def requantize(acc: np.ndarray, rq: Requant, bias: np.ndarray | None = None) -> 
         np.floor(y, out=y)
     lo, hi = rq.bounds
     np.clip(y, lo, hi, out=y)
-    return y.astype(np.int8)
+    return y.astype(value_dtype(lo, hi))
 
 
 def im2col(x: np.ndarray, layer: OverlayConv) -> np.ndarray:
@@ -148,10 +150,16 @@ def _max_pool(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -
 # k-WTA
 
 
+def value_dtype(lo: int, hi: int) -> type:
+    """The numpy type of activations of range ``lo..hi``: int8 where it fits, else int16."""
+    return np.int8 if -128 <= lo and hi <= 127 else np.int16
+
+
 def kwta_keys(x: np.ndarray, boost: np.ndarray | None,
-              key_shift: int | None = None) -> np.ndarray:
+              key_shift: int | None = None,
+              key_range: tuple[int, int] = (-128, 127)) -> np.ndarray:
     """Selection keys: ``x * boost``, or quantized, ``clamp(round_half_even(x * boost /
-    2**key_shift), -128, 127)``; int64, ``boost`` broadcast against ``x``."""
+    2**key_shift), *key_range)``; int64, ``boost`` broadcast against ``x``."""
     key = x.astype(np.int64)
     if boost is not None:
         key = key * boost.astype(np.int64)
@@ -162,19 +170,22 @@ def kwta_keys(x: np.ndarray, boost: np.ndarray | None,
         key = key >> key_shift
         half = 1 << (key_shift - 1)
         key = key + ((low > half) | ((low == half) & (key & 1 == 1)))
-    return np.clip(key, -128, 127)
+    return np.clip(key, *key_range)
 
 
-def kwta_values(x: np.ndarray, rescale: tuple[int, int] | None) -> np.ndarray:
-    """The values winners keep: ``x``, or ``clamp(round_half_even(x * m / 2**s), -128, 127)``
-    for ``rescale = (m, s)``."""
+def kwta_values(x: np.ndarray, rescale: tuple[int, int] | None,
+                out_range: tuple[int, int] = (-128, 127)) -> np.ndarray:
+    """The values winners keep: ``x``, or ``clamp(round_half_even(x * m / 2**s), *out_range)``
+    for ``rescale = (m, s)`` (int16 where the range needs it)."""
     if rescale is None:
         return x
-    return kwta_keys(x, np.int64(rescale[0]), rescale[1]).astype(x.dtype)
+    return kwta_keys(x, np.int64(rescale[0]), rescale[1], out_range).astype(
+        np.promote_types(x.dtype, value_dtype(*out_range)))
 
 
 def kwta_mask(x: np.ndarray, k: int, boost: np.ndarray | None,
-              max_winners: int | None = None, key_shift: int | None = None) -> np.ndarray:
+              max_winners: int | None = None, key_shift: int | None = None,
+              key_range: tuple[int, int] = (-128, 127)) -> np.ndarray:
     """Winners of each row of ``x[..., N]``.
 
     With ``max_winners`` None: exactly ``k``, ties to the lower index. With
@@ -184,7 +195,7 @@ def kwta_mask(x: np.ndarray, k: int, boost: np.ndarray | None,
     are :func:`kwta_keys`.
     """
     n = x.shape[-1]
-    key = kwta_keys(x, boost, key_shift)
+    key = kwta_keys(x, boost, key_shift, key_range)
     bound = k if max_winners is None else max_winners
     # A unique composite key: larger key first, then lower index.
     comp = key * n + (n - 1 - np.arange(n, dtype=np.int64))
@@ -220,16 +231,20 @@ def run_layer(layer: Layer, x: np.ndarray) -> np.ndarray:
     if isinstance(layer, MaxPool):
         return _max_pool(x, layer.kernel, layer.stride)
     if isinstance(layer, LocalKWTA):
-        win = kwta_mask(x, layer.k, layer.boost, layer.max_winners, layer.key_shift)
-        return np.where(win, kwta_values(x, layer.rescale), 0).astype(x.dtype)
+        win = kwta_mask(x, layer.k, layer.boost, layer.max_winners, layer.key_shift,
+                        layer.key_range)
+        values = kwta_values(x, layer.rescale, layer.out_range)
+        return np.where(win, values, 0).astype(values.dtype)
     if isinstance(layer, GlobalKWTA):
         b = x.shape[0]
         flat = x.reshape(b, -1)
         boost = None
         if layer.boost is not None:
             boost = np.tile(layer.boost, flat.shape[1] // layer.boost.shape[0])
-        win = kwta_mask(flat, layer.k, boost, layer.max_winners, layer.key_shift)
-        return np.where(win, kwta_values(flat, layer.rescale), 0).astype(x.dtype).reshape(x.shape)
+        win = kwta_mask(flat, layer.k, boost, layer.max_winners, layer.key_shift,
+                        layer.key_range)
+        values = kwta_values(flat, layer.rescale, layer.out_range)
+        return np.where(win, values, 0).astype(values.dtype).reshape(x.shape)
     if isinstance(layer, Flatten):
         return x.reshape(x.shape[0], -1)
     if isinstance(layer, (ZeroSkip, Densify)):
@@ -290,10 +305,11 @@ def run(net: Network, x: np.ndarray, *, chunk: int = 32, trace: bool = False):
     """
     net.specs()
     want = net.input.shape
-    if not isinstance(x, np.ndarray) or x.dtype != np.int8 or x.shape[1:] != want:
+    dtype = value_dtype(*net.input.bounds)
+    if not isinstance(x, np.ndarray) or x.dtype != dtype or x.shape[1:] != want:
         got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
-        raise GoldenError(f"input must be int8 of shape [batch, {', '.join(map(str, want))}], "
-                          f"got {got}")
+        raise GoldenError(f"input must be {np.dtype(dtype).name} of shape [batch, "
+                          f"{', '.join(map(str, want))}], got {got}")
 
     def one_chunk(start: int) -> list[np.ndarray]:
         y = x[start:start + chunk]

@@ -38,6 +38,15 @@ def _groups(shape: tuple[int, ...]) -> tuple[int, int]:
     return (shape[0] * shape[1], shape[2]) if len(shape) == 3 else (1, int(np.prod(shape)))
 
 
+def input_bytes(net: ir.Network, x: np.ndarray) -> np.ndarray:
+    """The core's input bytes (as int8) of frames ``x``: the values, or for an int9 input
+    ``value - lo`` (0..255, the host link's bytes)."""
+    if net.input.dtype != "int9":
+        return x
+    b = np.asarray(x, np.int64) - net.input.bounds[0]
+    return np.where(b > 127, b - 256, b)
+
+
 def frame_beats(x: np.ndarray, width: int) -> list[dict]:
     """Dense input beats of frames ``x`` ``[N, *shape]``."""
     beats: list[dict] = []
@@ -90,7 +99,7 @@ def simulate_network(net: ir.Network, folding: Folding, x: np.ndarray, *,
     n = len(x)
     ys, gaps, latency, total = [], [], 0, 0
     for c0 in range(0, n, chunk):
-        xs = x[c0:c0 + chunk]
+        xs = input_bytes(net, x[c0:c0 + chunk])
         res = run_streams(core, name, [("i", core.in_layout, frame_beats(xs, folding.input_width))],
                           [("o", core.out_layout, per_frame * len(xs))], stall=0.0,
                           max_cycles=50_000_000, build_root=build_root, waves=waves,

@@ -30,7 +30,7 @@ def _requant(acc: np.ndarray, rq) -> np.ndarray:
             v = flat_acc[:, c] * m + ((1 << (s - 1)) if s else 0)
             flat_out[:, c] = v >> s
     lo, hi = rq.bounds
-    return np.clip(out, lo, hi).astype(np.int8)
+    return np.clip(out, lo, hi).astype(np.int8 if -128 <= lo and hi <= 127 else np.int16)
 
 
 def _round_half_even(num: int, shift: int) -> int:
@@ -40,12 +40,16 @@ def _round_half_even(num: int, shift: int) -> int:
 
 def _topk_rows(x: np.ndarray, k: int, boost: np.ndarray | None,
                max_winners: int | None = None, key_shift: int | None = None,
-               rescale: tuple[int, int] | None = None) -> np.ndarray:
+               rescale: tuple[int, int] | None = None, key_range=(-128, 127),
+               out_range=(-128, 127)) -> np.ndarray:
     key = x.astype(np.int64) * (1 if boost is None else boost.astype(np.int64))
+    klo, khi = key_range
     if key_shift is not None:
-        key = np.vectorize(lambda v: min(127, max(-128, _round_half_even(int(v), key_shift))),
+        key = np.vectorize(lambda v: min(khi, max(klo, _round_half_even(int(v), key_shift))),
                            otypes=[np.int64])(key)
-    out = np.zeros_like(x)
+    olo, ohi = out_range
+    out = np.zeros(x.shape, np.promote_types(
+        x.dtype, np.int8 if -128 <= olo and ohi <= 127 or rescale is None else np.int16))
     for r in range(x.shape[0]):
         order = np.argsort(-key[r], kind="stable")  # stable: lower index first on ties
         win = order[:k]
@@ -55,7 +59,7 @@ def _topk_rows(x: np.ndarray, k: int, boost: np.ndarray | None,
         for i in win:
             v = int(x[r, i])
             if rescale is not None:
-                v = min(127, max(-128, _round_half_even(v * rescale[0], rescale[1])))
+                v = min(ohi, max(olo, _round_half_even(v * rescale[0], rescale[1])))
             out[r, i] = v
     return out
 
@@ -99,14 +103,15 @@ def reference_run(net: Network, dense_weights: dict[str, np.ndarray], x: np.ndar
         elif isinstance(layer, LocalKWTA):
             b, h, wd, c = y.shape
             y = _topk_rows(y.reshape(-1, c), layer.k, layer.boost, layer.max_winners,
-                           layer.key_shift, layer.rescale).reshape(y.shape)
+                           layer.key_shift, layer.rescale, layer.key_range,
+                           layer.out_range).reshape(y.shape)
         elif isinstance(layer, GlobalKWTA):
             shape = y.shape
             flat = y.reshape(shape[0], -1)
             boost = None if layer.boost is None else \
                 np.tile(layer.boost, flat.shape[1] // layer.boost.size)
-            y = _topk_rows(flat, layer.k, boost, layer.max_winners,
-                           layer.key_shift, layer.rescale).reshape(shape)
+            y = _topk_rows(flat, layer.k, boost, layer.max_winners, layer.key_shift,
+                           layer.rescale, layer.key_range, layer.out_range).reshape(shape)
         elif isinstance(layer, Flatten):
             y = y.reshape(y.shape[0], -1)
         elif isinstance(layer, (ZeroSkip, Densify)):

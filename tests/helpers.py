@@ -208,11 +208,11 @@ def digits(model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return cal, x, d["y"]
 
 
-def quantize_qdq(src: Path, dst: Path, cal: np.ndarray) -> Path:
+def quantize_qdq(src: Path, dst: Path, cal: np.ndarray, *, symmetric: bool = True) -> Path:
     """ONNX Runtime's static QDQ quantization of ``src`` into ``dst``, calibrated on ``cal``.
 
-    int8 symmetric activations and per-channel int8 symmetric weights, the
-    form the frontend takes.
+    int8 symmetric activations and per-channel int8 symmetric weights; with
+    ``symmetric=False``, ONNX Runtime's default activations (uint8, zero points).
     """
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
@@ -225,9 +225,10 @@ def quantize_qdq(src: Path, dst: Path, cal: np.ndarray) -> Path:
             return next(self.batches, None)
 
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8,
+                    per_channel=True,
+                    activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                    extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
     return dst
 
 

@@ -26,13 +26,15 @@ from tests.helpers import ONNX_DATA, digits, quantize_qdq, rescaled_kwta_model
     ("cnn_permute_dynamo", "sparse-sparse", "ort"),  # QDQ local k-WTA, threshold tie rule
     ("bv_cnn_qonnx_dynamo", "sparse-sparse", "model"),  # Brevitas QONNX: uint4, half to even
     ("bv_mlp_qcdq_legacy", "sparse-weights", "model"),  # Brevitas QCDQ: uint7, int8
+    ("cnn_local_dynamo", "sparse-sparse", "ort-u8"),  # ONNX Runtime's defaults: int9 values
+    ("mlp_threshold_legacy", "sparse-weights", "ort-u8"),
 ])
 def test_onnx_model_in_verilator_equals_golden(model, mode, quantized, tmp_path):
     cal, x, _ = digits(model)
     x = x[:6]
     path = ONNX_DATA / f"{model}.onnx"
-    if quantized == "ort":
-        path = quantize_qdq(path, tmp_path / "qdq.onnx", cal[:128])
+    if quantized in ("ort", "ort-u8"):
+        path = quantize_qdq(path, tmp_path / "qdq.onnx", cal[:128], symmetric=quantized == "ort")
     net = to_drain_order(import_onnx(path, calibration=None if quantized else cal, mode=mode))
     xq = to_ir_input(net, x)
     folding = choose_folding(net, xq, max_multipliers=24)

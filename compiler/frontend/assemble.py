@@ -171,29 +171,40 @@ def build_network(g: Graph, steps: list[Step], calibration: np.ndarray | None, m
     """Quantize and pack the steps into a validated network with its meta facts."""
     scales = Scales(g, steps, calibration)
     s_in = input_scale = scales.input()
+    in_range = rng = scales.input_range() or (-128, 127)  # the values flowing, zero point off
     layers: list[ir.Layer] = []
     kwta: dict[str, dict] = {}
     for i, s in enumerate(steps):
         if s.kind in ("conv", "linear"):
             logits = i == len(steps) - 1 and not s.relu  # int32 accumulators out
             s_out = None if logits else scales.output(i)
-            layers.append(_overlay_layer(g, s, s_in, s_out, kfor[s.name], mode,
-                                         None if logits else scales.output_range(i)))
+            layer = _overlay_layer(g, s, s_in, s_out, kfor[s.name], mode,
+                                   None if logits else scales.output_range(i))
+            if rng[0] < -128 or rng[1] > 127:  # int9 inputs: accumulators for their bound
+                layer.input_bound = max(-rng[0], rng[1])
+            layers.append(layer)
             s_in = s_out or s_in
+            rng = layer.requant.bounds if layer.requant is not None else rng
         elif s.kind == "pool":
             layers.append(ir.MaxPool(s.name, kernel=s.kernel, stride=s.stride))
         elif s.kind in ("local_kwta", "global_kwta"):
             layer, kwta[s.name] = _kwta_layer(s, s_in)
-            if s.out_scale is not None and abs(s.out_scale / s_in - 1) > 1e-6:
-                # the model requantizes the winners to a scale of their own
+            if s.key_range is not None and layer.key_shift is not None:
+                layer.key_range = s.key_range  # the key's quantizer, its zero point off
+            out_range = g.act_range.get(s.onnx_out)
+            if s.out_scale is not None and (abs(s.out_scale / s_in - 1) > 1e-6 or (
+                    out_range is not None and out_range != tuple(rng))):
+                # the model requantizes the winners to a scale (or range) of their own
                 mult, shift = fixed_point(np.array([s_in / s.out_scale]))
                 layer.rescale, layer.out_scale = (int(mult[0]), int(shift[0])), s.out_scale
+                layer.out_range = out_range or (-128, 127)
                 kwta[s.name]["rescale"] = [int(mult[0]), int(shift[0])]
-                s_in = s.out_scale
+                s_in, rng = s.out_scale, layer.out_range
             layers.append(layer)
         else:
             layers.append(ir.Flatten(s.name))
-    net = ir.Network(name, ir.TensorSpec(ir_shape(g.input_shape), "int8", float(input_scale)),
+    net = ir.Network(name, ir.activation_spec(ir_shape(g.input_shape), float(input_scale),
+                                              *in_range),
                      insert_adapters(layers, mode))
     try:
         _bound_ties(net, {name for name, info in kwta.items() if info["onnx_form"] == "threshold"})
@@ -207,6 +218,6 @@ def build_network(g: Graph, steps: list[Step], calibration: np.ndarray | None, m
         mode=mode, input_scale=float(input_scale),
         output_scale=list(out.scale) if isinstance(out.scale, tuple) else out.scale,
         quantization="qdq" if scales.qdq else "calibration", kwta=kwta,
-        input_range=list(scales.input_range() or (-128, 127)),
+        input_range=list(in_range),
         layers={s.name: _layer_meta(g, s) for s in steps})
     return net

@@ -191,10 +191,8 @@ def fold_all(g: Graph) -> None:
         raise g.fail(f"the output {g.output!r} does not depend on the input")
 
 
-_NINE_BITS = ("the IR's activations are 8-bit signed integers with zero point 0 (an unsigned "
-              "8-bit range needs 9 bits, which the hardware does not carry yet); quantize "
-              "activations as signed int8 (activation_type=QInt8, ActivationSymmetric=True), "
-              "or unsigned with at most 7 bits")
+_RANGE = ("the IR takes activations of at most 8 bits, signed or unsigned, with any zero "
+          "point inside their range")
 
 
 def _record(g: Graph, x: str, out: str, scale: float, lo: int, hi: int) -> None:
@@ -208,16 +206,15 @@ def _strip_quant(g: Graph, node: Node) -> None:
     """Remove QONNX ``Quant`` on an activation, keeping its scale and range."""
     where = f"Quant {node.name!r} (on {node.inputs[0]!r})"
     p = quant_params(g, node)
-    if p["scale"].size != 1:
-        raise g.fail(f"{where} has a per-channel scale; activations need one scale per tensor")
-    if np.any(p["zero_point"] != 0):
-        raise g.fail(f"{where} has zero point {p['zero_point'].ravel()[:4].tolist()}; "
-                     + _NINE_BITS)
-    if p["hi"] > 127:
-        raise g.fail(f"{where} quantizes to unsigned {p['bits']} bits (0..{p['hi']}); "
-                     + _NINE_BITS)
+    if p["scale"].size != 1 or p["zero_point"].size != 1:
+        raise g.fail(f"{where} has a per-channel scale or zero point; activations need one "
+                     "of each per tensor")
+    zp = int(p["zero_point"].ravel()[0])
+    if not p["lo"] <= zp <= p["hi"]:
+        raise g.fail(f"{where} has zero point {zp} outside its range {p['lo']}..{p['hi']}; "
+                     + _RANGE)
     x = node.inputs[0]
-    _record(g, x, node.outputs[0], float(p["scale"].ravel()[0]), p["lo"], p["hi"])
+    _record(g, x, node.outputs[0], float(p["scale"].ravel()[0]), p["lo"] - zp, p["hi"] - zp)
     g.rewire(node.outputs[0], x)
     g.remove(node)
 
@@ -255,10 +252,11 @@ def strip_qdq(g: Graph) -> None:
             else onnx.TensorProto.UINT8)
         type_name = onnx.TensorProto.DataType.Name(out_type)
         ranges = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255)}
-        if out_type not in ranges or (zp is not None and np.any(zp != 0)):
+        if out_type not in ranges or (zp is not None and zp.size != 1):
             raise g.fail(f"{where} quantizes to {type_name} with zero point "
-                         f"{0 if zp is None else zp.ravel().tolist()}; " + _NINE_BITS)
+                         f"{0 if zp is None else zp.ravel().tolist()}; " + _RANGE)
         lo, hi = ranges[out_type]
+        z = 0 if zp is None else int(zp.ravel()[0])
         readers = g.consumers(q.outputs[0])
         clip = readers[0] if len(readers) == 1 and readers[0].op == "Clip" and \
             q.outputs[0] != g.output else None
@@ -271,13 +269,13 @@ def strip_qdq(g: Graph) -> None:
             raise g.fail(f"{where} feeds {', '.join(repr(r.name) for r in readers) or 'the output'}"
                          "; only QDQ models (QuantizeLinear -> DequantizeLinear around float "
                          "operators) are supported, not integer operators (QOperator format)")
-        if hi > 127:
-            raise g.fail(f"{where} quantizes to {type_name} ({lo}..{hi}); " + _NINE_BITS)
+        if not lo <= z <= hi:
+            raise g.fail(f"{where}: zero point {z} outside the range {lo}..{hi}; " + _RANGE)
         for dq in readers:
             g.rewire(dq.outputs[0], x)
             g.remove(dq)
         g.remove(q, *([clip] if clip else []))
-        _record(g, x, tail, float(scale.ravel()[0]), lo, hi)
+        _record(g, x, tail, float(scale.ravel()[0]), lo - z, hi - z)
     dq = next((n for n in g.nodes if n.op == "DequantizeLinear"), None)
     if dq is not None:
         raise g.fail(f"DequantizeLinear {dq.name!r} reads {dq.inputs[0]!r}, which is neither a "

@@ -353,7 +353,8 @@ def _make_kwta(g: Graph, m: _KwtaMatch) -> None:
     key_scale = g.act_scale.get(m.key) if m.key != m.x else None
     kwta = Node(KWTA_OP, m.topk.name, [m.x], [m.out], dict(
         k=m.k, axes=group, boost=boost, exact=m.exact, onnx_nodes=[n.name for n in m.nodes],
-        onnx_in=m.x, onnx_out=m.out, key_scale=key_scale), scope=m.topk.scope)
+        onnx_in=m.x, onnx_out=m.out, key_scale=key_scale,
+        key_range=g.act_range.get(m.key) if key_scale else None), scope=m.topk.scope)
     anchor = max(m.nodes, key=g.nodes.index)
     g.replace(m.nodes, kwta, anchor)
 

@@ -212,15 +212,15 @@ def _meaning(g: Graph, topk: Node, x: str, nodes: list[Node], out: str) -> dict 
                 exact=exact)
 
 
-def _key_scale(g: Graph, chain: list[str], x: str) -> float | None:
-    """A QDQ model's scale of the boosted key (the product's quantizer), if it has one."""
+def _key_quantizer(g: Graph, chain: list[str], x: str) -> tuple[float | None, tuple | None]:
+    """A QDQ model's scale and integer range of the boosted key (the product's quantizer)."""
     for t in chain:
         if t == x:
-            return None
+            break
         p = g.producer(t)
         if p is not None and p.op in ("Mul", "Div") and t in g.act_scale:
-            return g.act_scale[t]
-    return None
+            return g.act_scale[t], g.act_range.get(t)
+    return None, None
 
 
 def kwta_by_meaning(g: Graph) -> bool:
@@ -241,11 +241,12 @@ def kwta_by_meaning(g: Graph) -> bool:
             boost = None
             if m["boost"] is not None:
                 boost = _boost_over_group(g, where, m["boost"], g.shape(x), m["axes"])
+            key_scale, key_range = _key_quantizer(g, chain, x) if boost is not None else (
+                None, None)
             kwta = Node(KWTA_OP, topk.name, [x], [out], dict(
                 k=m["k"], axes=m["axes"], boost=boost, exact=m["exact"],
                 onnx_nodes=[n.name for n in nodes], onnx_in=x, onnx_out=out,
-                key_scale=_key_scale(g, chain, x) if boost is not None else None),
-                scope=topk.scope)
+                key_scale=key_scale, key_range=key_range), scope=topk.scope)
             g.replace(nodes, kwta, nodes[-1])
             return True
     return False

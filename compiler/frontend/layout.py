@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ir
-from ..quantize import quantize_input
 from .graph import Graph
 
 __all__ = ["ir_shape", "layout_meta", "to_ir_input", "from_ir_output"]
@@ -36,7 +35,8 @@ def to_ir_input(net: ir.Network, x: np.ndarray) -> np.ndarray:
     if net.meta.get("input_layout") == "NCHW":
         x = x.transpose(0, 2, 3, 1)
     lo, hi = net.meta.get("input_range", (-128, 127))
-    return np.clip(quantize_input(x, net.input.scale), lo, hi).astype(np.int8)
+    v = np.clip(np.rint(np.asarray(x, dtype=np.float64) / net.input.scale), lo, hi)
+    return v.astype(np.int8 if -128 <= lo and hi <= 127 else np.int16)
 
 
 def from_ir_output(net: ir.Network, y: np.ndarray) -> np.ndarray:

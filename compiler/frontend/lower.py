@@ -36,6 +36,7 @@ class Step:
     boost: np.ndarray | None = None  # float, per channel (map) or per unit (vector)
     exact: bool = False
     key_scale: float | None = None  # a QDQ model's scale of the boosted key
+    key_range: tuple[int, int] | None = None  # ... and its integer range, zero point off
     out_scale: float | None = None  # a QDQ model's scale of a k-WTA's output
     channels: int = 0  # of the map a flatten flattens
     scale_names: list[str] = field(default_factory=list)
@@ -213,7 +214,7 @@ def _kwta_step(g: Graph, n: Node, is_map: bool, order: tuple[str, ...], dims: di
         if a["axes"] != [1]:
             raise g.fail(f"{where} selects over axes {a['axes']} of a vector")
         return Step("global_kwta", n.name, n, k=a["k"], exact=a["exact"],
-                    key_scale=a.get("key_scale"),
+                    key_scale=a.get("key_scale"), key_range=a.get("key_range"),
                     boost=None if boost is None else boost.ravel()[perm])
     letters = [order[ax - 1] for ax in a["axes"]]
     ones = {x for x in "CHW" if dims[x] == 1}  # an axis of one element is in any group
@@ -228,6 +229,6 @@ def _kwta_step(g: Graph, n: Node, is_map: bool, order: tuple[str, ...], dims: di
             boost = by_c[:, 0]
         return Step("local_kwta" if local else "global_kwta", n.name, n, k=a["k"],
                     exact=a["exact"], key_scale=a.get("key_scale"),
-                    boost=None if boost is None else boost.ravel())
+                    key_range=a.get("key_range"), boost=None if boost is None else boost.ravel())
     raise g.fail(f"{where} selects over the {'/'.join(letters)} axes of a map; the IR selects "
                  "over the channels at each position (local) or over the whole map (global)")

@@ -10,19 +10,39 @@ from amaranth.utils import ceil_log2
 
 from ..util import check_int
 
-__all__ = ["MAX_BOOST", "key_bits", "check_key_shift", "check_rescale", "rescaled", "offset_key", "check_boost", "boost_rom", "Keys", "SerialOutput",
+__all__ = ["MAX_BOOST", "key_bits", "check_key_shift", "check_rescale", "check_range", "rescaled",
+           "offset_key", "check_boost", "boost_rom", "Keys", "SerialOutput",
            "winner_layout", "winners_layout"]
 
 #: Largest boost factor (unsigned 16 bits, as in the IR).
 MAX_BOOST = (1 << 16) - 1
 
 
-def key_bits(boost, key_shift: int | None = None) -> int:
-    """Signed width of the key: ``x * boost`` for int8 ``x``, ``8 + ceil(log2(max boost))``;
-    8 for a quantized key (``key_shift`` not None)."""
-    if boost is None or key_shift is not None:
-        return 8
-    return 8 + ceil_log2(max(boost))
+def key_bits(boost, key_shift: int | None = None, value_bits: int = 8,
+             key_range: tuple[int, int] = (-128, 127)) -> int:
+    """Signed width of the key: ``x * boost`` for ``value_bits``-bit ``x``, ``value_bits +
+    ceil(log2(max boost))``; that of ``key_range`` for a quantized key (``key_shift``)."""
+    if key_shift is not None:
+        return max(8, _range_bits(*key_range))
+    if boost is None:
+        return value_bits
+    return value_bits + ceil_log2(max(boost))
+
+
+def _range_bits(lo: int, hi: int) -> int:
+    return max((-lo - 1).bit_length() if lo < 0 else 0, hi.bit_length() if hi > 0 else 0) + 1
+
+
+def check_range(name: str, rng) -> tuple[int, int]:
+    """``(lo, hi)``: integers with ``lo <= 0 <= hi``, at most 256 values within -255..255."""
+    try:
+        lo, hi = (int(v) for v in rng)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be (lo, hi), got {rng!r}") from None
+    if not -255 <= lo <= 0 <= hi <= 255 or hi - lo > 255:
+        raise ValueError(f"{name} must have lo <= 0 <= hi, at most 256 values within "
+                         f"-255..255, got {rng!r}")
+    return lo, hi
 
 
 def check_key_shift(key_shift) -> int | None:
@@ -66,25 +86,28 @@ def boost_rom(boost, D: int, beats: int, bb: int) -> Memory | None:
     return Memory(shape=unsigned(D * bb), depth=beats, init=words)
 
 
-def winner_layout(index_bits: int) -> data.StructLayout:
+def winner_layout(index_bits: int, value_bits: int = 8) -> data.StructLayout:
     """One winner candidate: ``index``, ``value`` and ``valid`` (the cell holds one)."""
-    return data.StructLayout({"index": unsigned(index_bits), "value": signed(8),
+    return data.StructLayout({"index": unsigned(index_bits), "value": signed(value_bits),
                               "valid": unsigned(1)})
 
 
-def winners_layout(k: int, index_bits: int) -> data.StructLayout:
+def winners_layout(k: int, index_bits: int, value_bits: int = 8) -> data.StructLayout:
     """A group's ``k`` winner cells in any order, and the frame's ``end`` flag."""
-    return data.StructLayout({"cells": data.ArrayLayout(winner_layout(index_bits), k),
+    return data.StructLayout({"cells": data.ArrayLayout(winner_layout(index_bits, value_bits),
+                                                        k),
                               "end": unsigned(1)})
 
 
-def offset_key(x, b, kb: int, key_shift: int | None = None) -> Value:
-    """Offset-binary key of int8 ``x`` with boost ``b`` (None: 1), ``kb`` bits.
+def offset_key(x, b, kb: int, key_shift: int | None = None,
+               key_range: tuple[int, int] = (-128, 127)) -> Value:
+    """Offset-binary key of signed ``x`` with boost ``b`` (None: 1), ``kb`` bits.
 
     The sign bit is inverted, so unsigned comparison orders the keys like
     the signed products ``x * b``. With ``key_shift`` the key is quantized
-    (8 bits): ``x * b / 2**key_shift`` rounded half to even, saturated to
-    -128..127, as the golden model's :func:`~cosparse.sim.golden.kwta_keys`.
+    (``kb`` bits): ``x * b / 2**key_shift`` rounded half to even, saturated
+    to ``key_range``, as the golden model's
+    :func:`~cosparse.sim.golden.kwta_keys`.
     """
     if key_shift is not None:
         prod = x.as_signed() if b is None else x.as_signed() * b
@@ -94,10 +117,12 @@ def offset_key(x, b, kb: int, key_shift: int | None = None) -> Value:
             low = prod.as_unsigned()[:key_shift]
             half = 1 << (key_shift - 1)
             r = q + ((low > half) | ((low == half) & q[0]))
-        sat = Mux(r > 127, 127, Mux(r < -128, -128, r))
-        return Cat(sat[:7], ~sat[7])
+        lo, hi = key_range
+        sat = Mux(r > hi, hi, Mux(r < lo, lo, r))
+        return Cat(sat[:kb - 1], ~sat[kb - 1])
     if b is None:
-        return Cat(x[:7], ~x[7])
+        n = len(x)
+        return Cat(x[:n - 1], ~x[n - 1])
     prod = x.as_signed() * b
     return Cat(prod[:kb - 1], ~prod[kb - 1])
 
@@ -115,14 +140,17 @@ def check_rescale(rescale) -> tuple[int, int] | None:
     return m, s
 
 
-def rescaled(x, rescale: tuple[int, int] | None) -> Value:
-    """The value a winner keeps: int8 ``x``, or ``x * m / 2**s`` rounded half to even and
-    saturated to int8 for ``rescale = (m, s)`` (the golden model's ``kwta_values``)."""
+def rescaled(x, rescale: tuple[int, int] | None,
+             out_range: tuple[int, int] = (-128, 127)) -> Value:
+    """The value a winner keeps: ``x``, or ``x * m / 2**s`` rounded half to even and
+    saturated to ``out_range`` for ``rescale = (m, s)`` (the golden model's
+    ``kwta_values``)."""
     if rescale is None:
         return x
     m, s = rescale
-    u = offset_key(x, Const(m, unsigned(m.bit_length())), 8, s)
-    return Cat(u[:7], ~u[7]).as_signed()
+    ob = max(8, _range_bits(*out_range))
+    u = offset_key(x, Const(m, unsigned(m.bit_length())), ob, s, out_range)
+    return Cat(u[:ob - 1], ~u[ob - 1]).as_signed()
 
 
 class Keys:
@@ -134,9 +162,11 @@ class Keys:
     the unit that owns it.
     """
 
-    def __init__(self, boost, D: int, beats: int, key_shift: int | None = None):
+    def __init__(self, boost, D: int, beats: int, key_shift: int | None = None,
+                 value_bits: int = 8, key_range: tuple[int, int] = (-128, 127)):
         self.boost, self.D, self.beats, self.key_shift = boost, D, beats, key_shift
-        self.kb = key_bits(boost, key_shift)
+        self.key_range = key_range
+        self.kb = key_bits(boost, key_shift, value_bits, key_range)
         self.bb = max(boost).bit_length() if boost is not None else 1
         self.rom = boost_rom(boost, D, beats, self.bb)
 
@@ -153,7 +183,7 @@ class Keys:
 
     def ukey(self, x, b) -> Value:
         """Offset-binary key of int8 ``x`` with boost ``b`` (None: 1), ``kb`` bits."""
-        return offset_key(x, b, self.kb, self.key_shift)
+        return offset_key(x, b, self.kb, self.key_shift, self.key_range)
 
 
 class SerialOutput:
@@ -165,13 +195,13 @@ class SerialOutput:
     ``has``) at the next place, zeros after: a beat's canonical contents.
     """
 
-    def __init__(self, m: Module, o, R: int, k: int, ib: int):
+    def __init__(self, m: Module, o, R: int, k: int, ib: int, vb: int = 8):
         self.m, self.R = m, R
-        self.b_ent = [Signal(ib + 8, name=f"b_ent_{r}") for r in range(R)]
+        self.b_ent = [Signal(ib + vb, name=f"b_ent_{r}") for r in range(R)]
         self.b_cnt = Signal(range(R + 1))
         self.o_v, self.o_last, self.o_end = Signal(), Signal(), Signal()
         self.o_cnt = Signal(range(R + 1))
-        self.o_ent = [Signal(ib + 8, name=f"o_ent_{r}") for r in range(R)]
+        self.o_ent = [Signal(ib + vb, name=f"o_ent_{r}") for r in range(R)]
         self.free = Signal()
         m.d.comb += self.free.eq(~self.o_v | o.ready)
         with m.If(o.ready):

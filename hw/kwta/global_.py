@@ -16,8 +16,9 @@ from amaranth.lib.wiring import In, Out
 
 from ..streams import dense_layout, sparse_layout
 from ..util import bits, check_int
-from .common import (Keys, SerialOutput, check_boost, check_key_shift, check_rescale, key_bits,
-                     rescaled)
+from ..util import value_bits as range_bits
+from .common import (Keys, SerialOutput, check_boost, check_key_shift, check_range,
+                     check_rescale, key_bits, rescaled)
 from .threshold import (
     FrameReader,
     FrameWriter,
@@ -69,12 +70,17 @@ class GlobalKWTA(wiring.Component):
         saturated to int8 (0 to 24). None: the exact ``x * boost``.
     rescale : (int, int), optional
         ``(m, s)``: winners keep ``x * m / 2**s`` rounded half to even and
-        saturated (a winner that becomes 0 is dropped). None: they keep ``x``.
+        saturated to ``out_range`` (a winner that becomes 0 is dropped). None:
+        they keep ``x``.
+    value_bits : int
+        Signed bits of an input value (8, or 9 for int9 activations).
+    key_range, out_range : (int, int)
+        The clamp ranges of quantized keys and of rescaled values.
 
     Members
     -------
-    i : In(stream.Signature(dense_layout(D, signed(8))))
-    o : Out(stream.Signature(sparse_layout(R, bits(G), signed(8))))
+    i : In(stream.Signature(dense_layout(D, signed(value_bits))))
+    o : Out(stream.Signature(sparse_layout(R, bits(G), signed(out_bits))))
 
     Raises
     ------
@@ -86,7 +92,8 @@ class GlobalKWTA(wiring.Component):
     SCAN_OVERHEAD = 11  # cycles of pipeline and hand-off around each scan
 
     def __new__(cls, size=None, k=None, *, group=None, width: int = 8, entries: int = 8,
-                boost=None, serial: bool = False, max_winners=None, key_shift=None, rescale=None):
+                boost=None, serial: bool = False, max_winners=None, key_shift=None, rescale=None,
+                value_bits=8, key_range=(-128, 127), out_range=(-128, 127)):
         design = cls
         if cls is GlobalKWTA:
             design = SerialGlobalKWTA if serial else HistogramGlobalKWTA
@@ -95,7 +102,9 @@ class GlobalKWTA(wiring.Component):
     def __init__(self, size: int, k: int, *, group: int | None = None, width: int = 8,
                  entries: int = 8, boost=None, serial: bool = False,
                  max_winners: int | None = None, key_shift: int | None = None,
-                 rescale: tuple[int, int] | None = None):
+                 rescale: tuple[int, int] | None = None, value_bits: int = 8,
+                 key_range: tuple[int, int] = (-128, 127),
+                 out_range: tuple[int, int] = (-128, 127)):
         check_int("size", size, 1)
         check_int("k", k, 1, size)
         if max_winners is not None:
@@ -118,14 +127,20 @@ class GlobalKWTA(wiring.Component):
         self.boost = check_boost(boost, group, "unit or channel")
         self.key_shift = check_key_shift(key_shift)
         self.rescale = check_rescale(rescale)
+        self.value_bits = check_int("value_bits", value_bits, 2, 16)
+        self.key_range = check_range("key_range", key_range)
+        self.out_range = check_range("out_range", out_range)
+        #: Signed bits of an output value (the rescaled range's with ``rescale``).
+        self.out_bits = max(8, range_bits(*self.out_range)) if rescale is not None \
+            else value_bits
         self.positions = size // group
         self.beats = -(-group // width)  # beats per group
         self.words = self.positions * self.beats  # beats per frame
         self.index_bits = bits(group)
-        self.key_bits = key_bits(self.boost, self.key_shift)
+        self.key_bits = key_bits(self.boost, self.key_shift, value_bits, self.key_range)
         self.digits = -(-self.key_bits // 8)
-        self.in_layout = dense_layout(width, signed(8))
-        self.out_layout = sparse_layout(entries, self.index_bits, signed(8))
+        self.in_layout = dense_layout(width, signed(value_bits))
+        self.out_layout = sparse_layout(entries, self.index_bits, signed(self.out_bits))
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
@@ -180,18 +195,22 @@ class HistogramGlobalKWTA(GlobalKWTA):
         KP = 8 * P
         cnt = bits(N + 1)
         lane_cnt = bits(W + 1)
-        keys = Keys(self.boost, D, BG, self.key_shift)
+        keys = Keys(self.boost, D, BG, self.key_shift, self.value_bits, self.key_range)
+        vb, ob = self.value_bits, self.out_bits
         if keys.rom is not None:
             m.submodules.boost_rom = keys.rom
         bb = keys.bb if self.boost is not None else 0
-        m.submodules.buf = buf = Memory(shape=unsigned(D * 8), depth=2 * W, init=[])
+        m.submodules.buf = buf = Memory(shape=unsigned(D * vb), depth=2 * W, init=[])
         buf_w, buf_r = buf.write_port(), buf.read_port()
-        m.submodules.writer = writer = FrameWriter(W, BG, D, G, kb, bb, self.key_shift)
-        m.submodules.reader = reader = FrameReader(W, BG, D, G, kb, bb, self.key_shift, self.rescale)
+        m.submodules.writer = writer = FrameWriter(W, BG, D, G, kb, bb, self.key_shift, vb,
+                                                   self.key_range)
+        m.submodules.reader = reader = FrameReader(W, BG, D, G, kb, bb, self.key_shift,
+                                                   self.rescale, vb, self.key_range,
+                                                   self.out_range, ob)
         m.submodules.hist = hist = LaneHistograms(D, lane_cnt)
         m.submodules.scan = scan = ThresholdScan(D, lane_cnt, cnt)
-        m.submodules.compare = compare = ThresholdCompare(D, KP, ib, cnt, BG)
-        m.submodules.packer = packer = WinnerPacker(D, R, ib)
+        m.submodules.compare = compare = ThresholdCompare(D, KP, ib, cnt, BG, ob)
+        m.submodules.packer = packer = WinnerPacker(D, R, ib, ob)
 
         # writer: frame -> buffer, top digit -> histograms
         wiring.connect(m, wiring.flipped(self.i), writer.i)
@@ -300,13 +319,8 @@ class SerialGlobalKWTA(GlobalKWTA):
     :class:`GlobalKWTA` (``serial`` True, ``width`` 1).
     """
 
-    def __init__(self, size: int, k: int, *, group: int | None = None, width: int = 1,
-                 entries: int = 8, boost=None, serial: bool = True,
-                 max_winners: int | None = None, key_shift: int | None = None,
-                 rescale: tuple[int, int] | None = None):
-        super().__init__(size, k, group=group, width=width, entries=entries, boost=boost,
-                         serial=serial, max_winners=max_winners, key_shift=key_shift,
-                         rescale=rescale)
+    def __init__(self, size: int, k: int, *, width: int = 1, serial: bool = True, **params):
+        super().__init__(size, k, width=width, serial=serial, **params)
 
     @property
     def cycles_per_frame(self) -> int:
@@ -320,10 +334,11 @@ class SerialGlobalKWTA(GlobalKWTA):
         ib, kb = self.index_bits, self.key_bits
         nb = bits(N)
         cnt_bits = bits(N + 1)
-        keys = Keys(self.boost, 1, G, self.key_shift)
+        keys = Keys(self.boost, 1, G, self.key_shift, self.value_bits, self.key_range)
+        vb, ob = self.value_bits, self.out_bits
         if keys.rom is not None:
             m.submodules.boost_rom = keys.rom
-        m.submodules.frames = mem = Memory(shape=unsigned(8), depth=2 << nb, init=[])
+        m.submodules.frames = mem = Memory(shape=unsigned(vb), depth=2 << nb, init=[])
         wp = mem.write_port()
         rp = mem.read_port()
         full = Signal(2)  # a complete frame waits in that half
@@ -377,8 +392,8 @@ class SerialGlobalKWTA(GlobalKWTA):
         # The boost is read with the value: the key is x * boost on every pass.
         blane = keys.lanes(m, rg, advance)
         x_in = rp.data.as_signed()
-        x = Signal(signed(8))  # the value a winner keeps
-        m.d.comb += x.eq(rescaled(x_in, self.rescale))
+        x = Signal(signed(ob))  # the value a winner keeps
+        m.d.comb += x.eq(rescaled(x_in, self.rescale, self.out_range))
         key = Signal(kb)
         m.d.comb += key.eq(keys.ukey(x_in, None if blane is None else blane[0]))
 
@@ -413,7 +428,7 @@ class SerialGlobalKWTA(GlobalKWTA):
         m.d.comb += gend.eq(gi == G - 1)
         # A full beat waits in b until the group shows another winner (then it goes
         # out, not last) or ends (then it is the group's last beat): canonical packing.
-        out = SerialOutput(m, self.o, R, self.winners, ib)
+        out = SerialOutput(m, self.o, R, self.winners, ib, ob)
         flush, flush_end = Signal(), Signal()  # b holds a group's last beat, to send
         spill = Signal()  # a winner arrives while b is full
         m.d.comb += spill.eq(has & (out.b_cnt == R))

@@ -14,7 +14,9 @@ from amaranth.lib.wiring import In, Out
 
 from ..streams import dense_layout, sparse_layout
 from ..util import bits, check_int
-from .common import Keys, check_boost, check_key_shift, check_rescale, key_bits, rescaled
+from ..util import value_bits as range_bits
+from .common import (Keys, check_boost, check_key_shift, check_range, check_rescale, key_bits,
+                     rescaled)
 from .order import WinnerPicker, WinnerSorter
 from .sort import BeatSorter, MergeArray, SortedInsert
 
@@ -53,12 +55,17 @@ class LocalKWTA(wiring.Component):
         saturated to int8 (0 to 24). None: the exact ``x * boost``.
     rescale : (int, int), optional
         ``(m, s)``: winners keep ``x * m / 2**s`` rounded half to even and
-        saturated (a winner that becomes 0 is dropped). None: they keep ``x``.
+        saturated to ``out_range`` (a winner that becomes 0 is dropped). None:
+        they keep ``x``.
+    value_bits : int
+        Signed bits of an input value (8, or 9 for int9 activations).
+    key_range, out_range : (int, int)
+        The clamp ranges of quantized keys and of rescaled values.
 
     Members
     -------
-    i : In(stream.Signature(dense_layout(D, signed(8))))
-    o : Out(stream.Signature(sparse_layout(R, bits(C), signed(8))))
+    i : In(stream.Signature(dense_layout(D, signed(value_bits))))
+    o : Out(stream.Signature(sparse_layout(R, bits(C), signed(out_bits))))
 
     Raises
     ------
@@ -68,13 +75,16 @@ class LocalKWTA(wiring.Component):
     """
 
     def __new__(cls, channels=None, k=None, *, width: int = 8, entries: int = 8, boost=None,
-                max_winners=None, key_shift=None, rescale=None):
+                max_winners=None, key_shift=None, rescale=None, value_bits=8,
+                key_range=(-128, 127), out_range=(-128, 127)):
         design = (InsertionLocalKWTA if width == 1 else MergeLocalKWTA) if cls is LocalKWTA else cls
         return super().__new__(design, src_loc_at=1)
 
     def __init__(self, channels: int, k: int, *, width: int = 8, entries: int = 8, boost=None,
                  max_winners: int | None = None, key_shift: int | None = None,
-                 rescale: tuple[int, int] | None = None):
+                 rescale: tuple[int, int] | None = None, value_bits: int = 8,
+                 key_range: tuple[int, int] = (-128, 127),
+                 out_range: tuple[int, int] = (-128, 127)):
         check_int("channels", channels, 1)
         check_int("k", k, 1, channels)
         check_int("width (D)", width, 1)
@@ -88,11 +98,17 @@ class LocalKWTA(wiring.Component):
         self.boost = check_boost(boost, channels, "channel")
         self.key_shift = check_key_shift(key_shift)
         self.rescale = check_rescale(rescale)
+        self.value_bits = check_int("value_bits", value_bits, 2, 16)
+        self.key_range = check_range("key_range", key_range)
+        self.out_range = check_range("out_range", out_range)
+        #: Signed bits of an output value (the rescaled range's with ``rescale``).
+        self.out_bits = max(8, range_bits(*self.out_range)) if rescale is not None \
+            else value_bits
         self.beats = -(-channels // width)
         self.index_bits = bits(channels)
-        self.key_bits = key_bits(self.boost, self.key_shift)
-        self.in_layout = dense_layout(width, signed(8))
-        self.out_layout = sparse_layout(entries, self.index_bits, signed(8))
+        self.key_bits = key_bits(self.boost, self.key_shift, value_bits, self.key_range)
+        self.in_layout = dense_layout(width, signed(value_bits))
+        self.out_layout = sparse_layout(entries, self.index_bits, signed(self.out_bits))
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
@@ -137,11 +153,8 @@ class MergeLocalKWTA(LocalKWTA):
     members as :class:`LocalKWTA`; ``width`` at least 2.
     """
 
-    def __init__(self, channels: int, k: int, *, width: int = 8, entries: int = 8, boost=None,
-                 max_winners: int | None = None, key_shift: int | None = None,
-                 rescale: tuple[int, int] | None = None):
-        super().__init__(channels, k, width=width, entries=entries, boost=boost,
-                         max_winners=max_winners, key_shift=key_shift, rescale=rescale)
+    def __init__(self, channels: int, k: int, *, width: int = 8, **params):
+        super().__init__(channels, k, width=width, **params)
         if width == 1:
             raise ValueError(f"MergeLocalKWTA needs width (D) 2 or more, got {width!r}")
 
@@ -154,12 +167,13 @@ class MergeLocalKWTA(LocalKWTA):
         m = Module()
         C, k, D, R, B = self.channels, self.cells, self.width, self.entries, self.beats
         ib, kb = self.index_bits, self.key_bits
-        keys = Keys(self.boost, D, B, self.key_shift)
+        keys = Keys(self.boost, D, B, self.key_shift, self.value_bits, self.key_range)
+        vb, ob = self.value_bits, self.out_bits
         if keys.rom is not None:
             m.submodules.boost_rom = keys.rom
-        m.submodules.sorter = sorter = BeatSorter(D, k, kb, ib)
-        m.submodules.merge = merge = MergeArray(sorter.kept, k, kb, ib)
-        m.submodules.emit = emit = WinnerSorter(k, R, ib)
+        m.submodules.sorter = sorter = BeatSorter(D, k, kb, ib, ob)
+        m.submodules.merge = merge = MergeArray(sorter.kept, k, kb, ib, ob)
+        m.submodules.emit = emit = WinnerSorter(k, R, ib, ob)
 
         adv = Signal()  # the whole front pipeline (P0..P3, merge) moves
         p = self.i.payload
@@ -174,7 +188,7 @@ class MergeLocalKWTA(LocalKWTA):
                 m.d.sync += bg.eq(bg + 1)
         v0, last0, end0 = Signal(), Signal(), Signal()
         bg0 = Signal.like(bg)
-        x0 = [Signal(signed(8), name=f"x0_{d}") for d in range(D)]
+        x0 = [Signal(signed(vb), name=f"x0_{d}") for d in range(D)]
         blanes = keys.lanes(m, bg, adv)
         with m.If(adv):
             m.d.sync += v0.eq(self.i.valid)
@@ -186,7 +200,7 @@ class MergeLocalKWTA(LocalKWTA):
         v1, last1, end1, first1 = Signal(), Signal(), Signal(), Signal()
         key1 = [Signal(kb, name=f"key1_{d}") for d in range(D)]
         idx1 = [Signal(ib, name=f"idx1_{d}") for d in range(D)]
-        x1 = [Signal(signed(8), name=f"x1_{d}") for d in range(D)]
+        x1 = [Signal(signed(ob), name=f"x1_{d}") for d in range(D)]
         lv1 = [Signal(name=f"lv1_{d}") for d in range(D)]
         with m.If(adv):
             m.d.sync += [v1.eq(v0), last1.eq(last0), end1.eq(end0), first1.eq(bg0 == 0)]
@@ -194,7 +208,7 @@ class MergeLocalKWTA(LocalKWTA):
                 m.d.sync += [
                     key1[d].eq(keys.ukey(x0[d], None if blanes is None else blanes[d])),
                     idx1[d].eq(bg0 * D + d),
-                    x1[d].eq(rescaled(x0[d], self.rescale)),
+                    x1[d].eq(rescaled(x0[d], self.rescale, self.out_range)),
                     lv1[d].eq(bg0 * D + d < C),
                 ]
 
@@ -227,11 +241,8 @@ class InsertionLocalKWTA(LocalKWTA):
     :class:`LocalKWTA`; ``width`` must be 1.
     """
 
-    def __init__(self, channels: int, k: int, *, width: int = 1, entries: int = 8, boost=None,
-                 max_winners: int | None = None, key_shift: int | None = None,
-                 rescale: tuple[int, int] | None = None):
-        super().__init__(channels, k, width=width, entries=entries, boost=boost,
-                         max_winners=max_winners, key_shift=key_shift, rescale=rescale)
+    def __init__(self, channels: int, k: int, *, width: int = 1, **params):
+        super().__init__(channels, k, width=width, **params)
         if width != 1:
             raise ValueError(f"InsertionLocalKWTA needs width (D) 1, got {width!r}")
 
@@ -245,11 +256,12 @@ class InsertionLocalKWTA(LocalKWTA):
         m = Module()
         C, k, R = self.channels, self.cells, self.entries
         ib, kb = self.index_bits, self.key_bits
-        keys = Keys(self.boost, 1, C, self.key_shift)
+        keys = Keys(self.boost, 1, C, self.key_shift, self.value_bits, self.key_range)
+        vb, ob = self.value_bits, self.out_bits
         if keys.rom is not None:
             m.submodules.boost_rom = keys.rom
-        m.submodules.cells = cells = SortedInsert(k, kb, ib)
-        m.submodules.emit = emit = WinnerPicker(k, R, ib)
+        m.submodules.cells = cells = SortedInsert(k, kb, ib, ob)
+        m.submodules.emit = emit = WinnerPicker(k, R, ib, ob)
         adv = Signal()
         p = self.i.payload
         m.d.comb += self.i.ready.eq(adv)
@@ -260,7 +272,7 @@ class InsertionLocalKWTA(LocalKWTA):
             m.d.sync += ch.eq(Mux(p.last | (ch == C - 1), 0, ch + 1))
         v0, last0, end0 = Signal(), Signal(), Signal()
         ch0 = Signal.like(ch)
-        x0 = Signal(signed(8))
+        x0 = Signal(signed(vb))
         blane = keys.lanes(m, ch, adv)
         with m.If(adv):
             m.d.sync += v0.eq(self.i.valid)
@@ -271,11 +283,11 @@ class InsertionLocalKWTA(LocalKWTA):
         v1, last1, end1, first1 = Signal(), Signal(), Signal(), Signal()
         key1 = Signal(kb)
         idx1 = Signal(ib)
-        x1 = Signal(signed(8))
+        x1 = Signal(signed(ob))
         with m.If(adv):
             m.d.sync += [v1.eq(v0), last1.eq(last0), end1.eq(end0), first1.eq(ch0 == 0),
                          key1.eq(keys.ukey(x0, None if blane is None else blane[0])),
-                         idx1.eq(ch0), x1.eq(rescaled(x0, self.rescale))]
+                         idx1.eq(ch0), x1.eq(rescaled(x0, self.rescale, self.out_range))]
 
         # cells: the best k so far; the picker takes them the cycle after the last insertion
         pend, pend_end = Signal(), Signal()

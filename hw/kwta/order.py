@@ -22,13 +22,14 @@ __all__ = ["WinnerSorter", "WinnerPicker"]
 
 
 class _Emitter(wiring.Component):
-    def __init__(self, k: int, entries: int, index_bits: int):
+    def __init__(self, k: int, entries: int, index_bits: int, value_bits: int = 8):
         check_int("k", k, 1)
         check_int("entries (R)", entries, 1, 64)
         check_int("index_bits", index_bits, 1)
         self.k, self.entries, self.index_bits = k, entries, index_bits
-        self.in_layout = winners_layout(k, index_bits)
-        self.out_layout = sparse_layout(entries, index_bits, signed(8))
+        self.value_bits = check_int("value_bits", value_bits, 2, 16)
+        self.in_layout = winners_layout(k, index_bits, value_bits)
+        self.out_layout = sparse_layout(entries, index_bits, signed(value_bits))
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
@@ -56,14 +57,14 @@ class WinnerSorter(_Emitter):
     Members
     -------
     i : In(stream.Signature(winners_layout(k, index_bits)))
-    o : Out(stream.Signature(sparse_layout(R, index_bits, signed(8))))
+    o : Out(stream.Signature(sparse_layout(R, index_bits, signed(V))))
     """
 
     def elaborate(self, platform):
         m = Module()
-        k, R, ib = self.k, self.entries, self.index_bits
+        k, R, ib, vb = self.k, self.entries, self.index_bits, self.value_bits
         hold_v, hold_end = Signal(), Signal()
-        hold = [Signal(ib + 8 + 1, name=f"hold_{w}") for w in range(k)]  # idx, x, valid
+        hold = [Signal(ib + vb + 1, name=f"hold_{w}") for w in range(k)]  # idx, x, valid
         sl_v, sl_end = Signal(), Signal()
         o_v, o_end = Signal(), Signal()  # out head: the position being emitted
         o_rem = Signal(range(k + 1))
@@ -87,11 +88,11 @@ class WinnerSorter(_Emitter):
 
         # slot: place of each non-zero winner in channel order
         h_idx = [h[:ib] for h in hold]
-        h_x = [h[ib:ib + 8] for h in hold]
-        h_nz = [h[ib + 8] & (h[ib:ib + 8] != 0) for h in hold]
+        h_x = [h[ib:ib + vb] for h in hold]
+        h_nz = [h[ib + vb] & (h[ib:ib + vb] != 0) for h in hold]
         sb = bits(k + 1)
         sl_slot = [Signal(sb, name=f"sl_slot_{w}") for w in range(k)]
-        sl_ent = [Signal(ib + 8, name=f"sl_ent_{w}") for w in range(k)]
+        sl_ent = [Signal(ib + vb, name=f"sl_ent_{w}") for w in range(k)]
         sl_nz = [Signal(name=f"sl_nz_{w}") for w in range(k)]
         sl_count = Signal(range(k + 1))
         with m.If(sl_move):
@@ -104,11 +105,11 @@ class WinnerSorter(_Emitter):
                              sl_nz[w].eq(h_nz[w])]
 
         # out: winners sorted by channel, shifted out R per beat
-        sorted_ = [Signal(ib + 8, name=f"sorted_{s}") for s in range(k)]
+        sorted_ = [Signal(ib + vb, name=f"sorted_{s}") for s in range(k)]
         m.d.comb += [sorted_[s].eq(onehot((sl_nz[w] & (sl_slot[w] == s), sl_ent[w])
                                           for w in range(k))) for s in range(k)]
-        o_ent = [Signal(ib + 8, name=f"o_ent_{s}") for s in range(k)]
-        ob_ent = [Signal(ib + 8, name=f"ob_ent_{s}") for s in range(k)]
+        o_ent = [Signal(ib + vb, name=f"o_ent_{s}") for s in range(k)]
+        ob_ent = [Signal(ib + vb, name=f"ob_ent_{s}") for s in range(k)]
         with m.If(self.o.ready & o_v):
             with m.If(o_last):
                 m.d.sync += o_v.eq(0)
@@ -157,15 +158,15 @@ class WinnerPicker(_Emitter):
     Members
     -------
     i : In(stream.Signature(winners_layout(k, index_bits)))
-    o : Out(stream.Signature(sparse_layout(R, index_bits, signed(8))))
+    o : Out(stream.Signature(sparse_layout(R, index_bits, signed(V))))
     """
 
     def elaborate(self, platform):
         m = Module()
-        k, R, ib = self.k, self.entries, self.index_bits
+        k, R, ib, vb = self.k, self.entries, self.index_bits, self.value_bits
         hold_v, hold_end = Signal(), Signal()
         h_idx = [Signal(ib, name=f"h_idx_{i}") for i in range(k)]
-        h_x = [Signal(signed(8), name=f"h_x_{i}") for i in range(k)]
+        h_x = [Signal(signed(vb), name=f"h_x_{i}") for i in range(k)]
         # lower[(i, j)], i < j: cell i's channel is lower than cell j's (the channels of
         # valid cells differ, so j's is lower when it is not; invalid cells never remain)
         lower = {(i, j): Signal(name=f"lower_{i}_{j}") for i in range(k) for j in range(i + 1, k)}
@@ -191,7 +192,7 @@ class WinnerPicker(_Emitter):
         m.d.comb += rem_next.eq(rem & ~sel)
 
         # beat being filled, then the output register
-        out = SerialOutput(m, self.o, R, k, ib)
+        out = SerialOutput(m, self.o, R, k, ib, vb)
         entry = Cat(sel_idx, sel_x)
         done = Signal()  # this entry is the last: one winner remains (from rem, not sel)
         m.d.comb += done.eq((rem & (rem - 1)) == 0)

@@ -17,17 +17,18 @@ from ..util import bits, onehot, popcount
 __all__ = ["record_layout", "beat_layout", "BeatSorter", "MergeArray", "SortedInsert"]
 
 
-def record_layout(key_bits: int, index_bits: int) -> data.StructLayout:
+def record_layout(key_bits: int, index_bits: int, value_bits: int = 8) -> data.StructLayout:
     """A record: offset-binary ``key``, channel ``index``, ``value`` and ``valid``."""
     return data.StructLayout({"key": unsigned(key_bits), "index": unsigned(index_bits),
-                              "value": signed(8), "valid": unsigned(1)})
+                              "value": signed(value_bits), "valid": unsigned(1)})
 
 
-def beat_layout(lanes: int, key_bits: int, index_bits: int) -> data.StructLayout:
+def beat_layout(lanes: int, key_bits: int, index_bits: int,
+                value_bits: int = 8) -> data.StructLayout:
     """A beat of ``lanes`` records with its flags: ``valid`` (a beat is there), ``first``
     and ``last`` beat of its position, ``end`` of the frame."""
-    return data.StructLayout({"lanes": data.ArrayLayout(record_layout(key_bits, index_bits),
-                                                        lanes),
+    return data.StructLayout({"lanes": data.ArrayLayout(record_layout(key_bits, index_bits,
+                                                                      value_bits), lanes),
                               "valid": unsigned(1), "first": unsigned(1), "last": unsigned(1),
                               "end": unsigned(1)})
 
@@ -58,13 +59,14 @@ class BeatSorter(wiring.Component):
         ``i`` two moves later, its lanes sorted.
     """
 
-    def __init__(self, width: int, k: int, key_bits: int, index_bits: int):
+    def __init__(self, width: int, k: int, key_bits: int, index_bits: int,
+                 value_bits: int = 8):
         self.width, self.k, self.kb, self.ib = width, k, key_bits, index_bits
         self.kept = min(width, k)
         super().__init__({
             "en": In(1),
-            "i": In(beat_layout(width, key_bits, index_bits)),
-            "o": Out(beat_layout(self.kept, key_bits, index_bits)),
+            "i": In(beat_layout(width, key_bits, index_bits, value_bits)),
+            "o": Out(beat_layout(self.kept, key_bits, index_bits, value_bits)),
         })
 
     def elaborate(self, platform):
@@ -137,12 +139,13 @@ class MergeArray(wiring.Component):
         ``last``, ``cells`` are the position's winners.
     """
 
-    def __init__(self, lanes: int, k: int, key_bits: int, index_bits: int):
+    def __init__(self, lanes: int, k: int, key_bits: int, index_bits: int,
+                 value_bits: int = 8):
         self.lanes, self.k, self.kb, self.ib = lanes, k, key_bits, index_bits
-        rec = record_layout(key_bits, index_bits)
+        rec = record_layout(key_bits, index_bits, value_bits)
         super().__init__({
             "en": In(1),
-            "i": In(beat_layout(lanes, key_bits, index_bits)),
+            "i": In(beat_layout(lanes, key_bits, index_bits, value_bits)),
             "o": Out(data.StructLayout({"cells": data.ArrayLayout(rec, k), "valid": unsigned(1),
                                         "last": unsigned(1), "end": unsigned(1)})),
         })
@@ -253,13 +256,13 @@ class SortedInsert(wiring.Component):
         The cells (registers).
     """
 
-    def __init__(self, k: int, key_bits: int, index_bits: int):
+    def __init__(self, k: int, key_bits: int, index_bits: int, value_bits: int = 8):
         self.k, self.kb, self.ib = k, key_bits, index_bits
         super().__init__({
             "en": In(1),
             "i": In(data.StructLayout({"key": unsigned(key_bits), "index": unsigned(index_bits),
-                                       "value": signed(8), "first": unsigned(1)})),
-            "cells": Out(data.ArrayLayout(record_layout(key_bits, index_bits), k)),
+                                       "value": signed(value_bits), "first": unsigned(1)})),
+            "cells": Out(data.ArrayLayout(record_layout(key_bits, index_bits, value_bits), k)),
         })
 
     def elaborate(self, platform):

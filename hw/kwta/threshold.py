@@ -22,14 +22,14 @@ __all__ = ["lane_layout", "FrameWriter", "FrameReader", "LaneHistograms", "Thres
            "ThresholdCompare", "WinnerPacker"]
 
 
-def lane_layout(key_width: int) -> data.StructLayout:
+def lane_layout(key_width: int, value_bits: int = 8) -> data.StructLayout:
     """One lane of a word being read: ``key``, ``value``, ``valid`` (an element of the group)."""
-    return data.StructLayout({"key": unsigned(key_width), "value": signed(8),
+    return data.StructLayout({"key": unsigned(key_width), "value": signed(value_bits),
                               "valid": unsigned(1)})
 
 
-def _padded_key(x, b, kb: int, KP: int, key_shift: int | None):
-    u = offset_key(x, b, kb, key_shift)
+def _padded_key(x, b, kb: int, KP: int, key_shift: int | None, key_range=(-128, 127)):
+    u = offset_key(x, b, kb, key_shift, key_range)
     return Cat(u, Const(0, KP - kb)) if KP > kb else u
 
 
@@ -50,7 +50,7 @@ class FrameWriter(wiring.Component):
 
     Members
     -------
-    i : In(stream.Signature(dense_layout(D, signed(8))))
+    i : In(stream.Signature(dense_layout(D, signed(value_bits))))
     buf_addr, buf_data, buf_en : Out
         The frame buffer's write port (``2 * W`` words, half ``slot`` first).
     boost_addr : Out
@@ -69,13 +69,16 @@ class FrameWriter(wiring.Component):
     """
 
     def __init__(self, words: int, beats: int, width: int, group: int, key_bits: int,
-                 boost_bits: int, key_shift: int | None = None):
+                 boost_bits: int, key_shift: int | None = None, value_bits: int = 8,
+                 key_range: tuple[int, int] = (-128, 127)):
         self.W, self.BG, self.D, self.G = words, beats, width, group
         self.kb, self.bb, self.key_shift = key_bits, boost_bits, key_shift
+        self.vb, self.key_range = value_bits, key_range
         self.KP = 8 * -(-key_bits // 8)
         super().__init__({
-            "i": In(stream.Signature(dense_layout(width, signed(8)))),
-            "buf_addr": Out(range(2 * words)), "buf_data": Out(8 * width), "buf_en": Out(1),
+            "i": In(stream.Signature(dense_layout(width, signed(value_bits)))),
+            "buf_addr": Out(range(2 * words)), "buf_data": Out(value_bits * width),
+            "buf_en": Out(1),
             "boost_addr": Out(range(max(beats, 2))), "boost": In(max(1, width * boost_bits)),
             "keys_valid": Out(1),
             "keys": Out(data.ArrayLayout(data.StructLayout({"key": unsigned(self.KP),
@@ -109,14 +112,14 @@ class FrameWriter(wiring.Component):
             m.d.sync += filled.eq(0)
         w0_v = Signal()
         w0_bg = Signal.like(wbg)
-        w0_x = [Signal(signed(8), name=f"w0_x{d}") for d in range(D)]
+        w0_x = [Signal(signed(self.vb), name=f"w0_x{d}") for d in range(D)]
         m.d.sync += w0_v.eq(take)
         with m.If(take):
             m.d.sync += [w0_bg.eq(wbg)] + [w0_x[d].eq(p.data[d]) for d in range(D)]
         # WB: register the boost ROM output (block RAM) before the multipliers
         wb_v = Signal()
         wb_bg = Signal.like(wbg)
-        wb_x = [Signal(signed(8), name=f"wb_x{d}") for d in range(D)]
+        wb_x = [Signal(signed(self.vb), name=f"wb_x{d}") for d in range(D)]
         wb_b = None if not bb else [Signal(bb, name=f"wb_b{d}") for d in range(D)]
         m.d.sync += [wb_v.eq(w0_v), wb_bg.eq(w0_bg)] + [wb_x[d].eq(w0_x[d]) for d in range(D)]
         if wb_b is not None:
@@ -124,7 +127,8 @@ class FrameWriter(wiring.Component):
         m.d.sync += self.keys_valid.eq(wb_v)
         for d in range(D):
             m.d.sync += [self.keys[d].key.eq(_padded_key(wb_x[d], None if wb_b is None else wb_b[d],
-                                                         self.kb, self.KP, self.key_shift)),
+                                                         self.kb, self.KP, self.key_shift,
+                                                         self.key_range)),
                          self.keys[d].valid.eq(wb_bg * D + d < G)]
         m.d.comb += self.busy.eq(w0_v | wb_v | self.keys_valid)
         return m
@@ -164,24 +168,29 @@ class FrameReader(wiring.Component):
 
     def __init__(self, words: int, beats: int, width: int, group: int, key_bits: int,
                  boost_bits: int, key_shift: int | None = None,
-                 rescale: tuple[int, int] | None = None):
+                 rescale: tuple[int, int] | None = None, value_bits: int = 8,
+                 key_range: tuple[int, int] = (-128, 127),
+                 out_range: tuple[int, int] = (-128, 127), out_bits: int = 8):
         self.W, self.BG, self.D, self.G = words, beats, width, group
         self.kb, self.bb, self.key_shift, self.rescale = key_bits, boost_bits, key_shift, rescale
+        self.vb, self.ob, self.key_range, self.out_range = (value_bits, out_bits, key_range,
+                                                            out_range)
         self.KP = 8 * -(-key_bits // 8)
         super().__init__({
             "start": In(1), "slot": In(1), "en": In(1),
-            "buf_addr": Out(range(2 * words)), "buf_data": In(8 * width),
+            "buf_addr": Out(range(2 * words)), "buf_data": In(value_bits * width),
             "boost_addr": Out(range(max(beats, 2))), "boost": In(max(1, width * boost_bits)),
             "o": Out(data.StructLayout({
                 "valid": unsigned(1), "glast": unsigned(1), "fend": unsigned(1),
                 "bg": range(max(beats, 2)),
-                "lanes": data.ArrayLayout(lane_layout(self.KP), width)})),
+                "lanes": data.ArrayLayout(lane_layout(self.KP, out_bits), width)})),
             "busy": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         W, BG, D, G, bb = self.W, self.BG, self.D, self.G, self.bb
+        vb = self.vb
         rd_active = Signal()
         rd_slot = Signal()
         rd_word = Signal(range(max(W, 2)))
@@ -204,12 +213,12 @@ class FrameReader(wiring.Component):
         # R1B: register the buffer and boost ROM outputs (block RAM) before the multipliers
         rb_v, rb_glast, rb_fend = Signal(), Signal(), Signal()
         rb_bg = Signal.like(rd_bg)
-        rb_x = [Signal(signed(8), name=f"rb_x{d}") for d in range(D)]
+        rb_x = [Signal(signed(vb), name=f"rb_x{d}") for d in range(D)]
         rb_b = None if not bb else [Signal(bb, name=f"rb_b{d}") for d in range(D)]
         with m.If(adv_r):
             m.d.sync += [rb_v.eq(r1_v), rb_bg.eq(r1_bg), rb_glast.eq(r1_glast),
                          rb_fend.eq(r1_fend)]
-            m.d.sync += [rb_x[d].eq(self.buf_data[8 * d:8 * d + 8]) for d in range(D)]
+            m.d.sync += [rb_x[d].eq(self.buf_data[vb * d:vb * d + vb]) for d in range(D)]
             if rb_b is not None:
                 m.d.sync += [rb_b[d].eq(self.boost[d * bb:(d + 1) * bb]) for d in range(D)]
         o = self.o
@@ -219,8 +228,9 @@ class FrameReader(wiring.Component):
             for d in range(D):
                 m.d.sync += [o.lanes[d].key.eq(_padded_key(rb_x[d], None if rb_b is None
                                                            else rb_b[d], self.kb, self.KP,
-                                                           self.key_shift)),
-                             o.lanes[d].value.eq(rescaled(rb_x[d], self.rescale)),
+                                                           self.key_shift, self.key_range)),
+                             o.lanes[d].value.eq(rescaled(rb_x[d], self.rescale,
+                                                          self.out_range)),
                              o.lanes[d].valid.eq(rb_bg * D + d < G)]
         m.d.comb += self.busy.eq(rd_active | r1_v | rb_v | o.valid)
         return m
@@ -413,20 +423,21 @@ class ThresholdCompare(wiring.Component):
     """
 
     def __init__(self, width: int, key_width: int, index_bits: int, total_bits: int,
-                 beats: int):
+                 beats: int, value_bits: int = 8):
         self.D, self.KP, self.ib, self.tb = width, key_width, index_bits, total_bits
-        self.beats = beats
+        self.beats, self.vb = beats, value_bits
         super().__init__({
             "en": In(1),
             "i": In(data.StructLayout({
                 "valid": unsigned(1), "glast": unsigned(1), "fend": unsigned(1),
                 "bg": range(max(beats, 2)),
-                "lanes": data.ArrayLayout(lane_layout(key_width), width)})),
+                "lanes": data.ArrayLayout(lane_layout(key_width, value_bits), width)})),
             "load": In(1), "thr": In(key_width), "quota": In(total_bits),
             "o": Out(data.StructLayout({
                 "valid": unsigned(1), "glast": unsigned(1), "fend": unsigned(1),
                 "win": unsigned(width),
-                "entries": data.ArrayLayout(entry_layout(index_bits), width)})),
+                "entries": data.ArrayLayout(entry_layout(index_bits, signed(value_bits)),
+                                            width)})),
             "busy": Out(1),
         })
 
@@ -448,7 +459,7 @@ class ThresholdCompare(wiring.Component):
         rb_eq = bits(D + 1)
         rc_pre = [Signal(rb_eq, name=f"rc_pre{d}") for d in range(D)]
         rc_neq = Signal(rb_eq)
-        rc_ent = [Signal(ib + 8, name=f"rc_ent{d}") for d in range(D)]
+        rc_ent = [Signal(ib + self.vb, name=f"rc_ent{d}") for d in range(D)]
         eq = [lv[d] & (key[d] == thr) for d in range(D)]
         with m.If(self.en):
             m.d.sync += rc_v.eq(i.valid)
@@ -500,15 +511,15 @@ class WinnerPacker(wiring.Component):
     i : In(stream.Signature(StructLayout))
         ``entries`` (:func:`~cosparse.hw.streams.entry_layout`), ``win``
         (a bit per entry), ``last``, ``end``.
-    o : Out(stream.Signature(sparse_layout(R, index_bits, signed(8))))
+    o : Out(stream.Signature(sparse_layout(R, index_bits, signed(value_bits))))
     """
 
-    def __init__(self, width: int, entries: int, index_bits: int):
-        self.D, self.R, self.ib = width, entries, index_bits
+    def __init__(self, width: int, entries: int, index_bits: int, value_bits: int = 8):
+        self.D, self.R, self.ib, self.vb = width, entries, index_bits, value_bits
         self.in_layout = data.StructLayout({
-            "entries": data.ArrayLayout(entry_layout(index_bits), width),
+            "entries": data.ArrayLayout(entry_layout(index_bits, signed(value_bits)), width),
             "win": unsigned(width), "last": unsigned(1), "end": unsigned(1)})
-        self.out_layout = sparse_layout(entries, index_bits, signed(8))
+        self.out_layout = sparse_layout(entries, index_bits, signed(value_bits))
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
@@ -524,7 +535,7 @@ class WinnerPacker(wiring.Component):
                         fend=Signal(name=f"{tag}_fend"), mask=Signal(D, name=f"{tag}_mask"),
                         n=Signal(rk, name=f"{tag}_n"),
                         rank=[Signal(rk, name=f"{tag}_rank{d}") for d in range(D)],
-                        ent=[Signal(ib + 8, name=f"{tag}_ent{d}") for d in range(D)])
+                        ent=[Signal(ib + self.vb, name=f"{tag}_ent{d}") for d in range(D)])
 
         def e_load(dst, src):
             return ([dst["v"].eq(1), dst["glast"].eq(src["glast"]), dst["fend"].eq(src["fend"]),
@@ -543,10 +554,10 @@ class WinnerPacker(wiring.Component):
 
         # staging beat S and output register O
         s_fill = Signal(range(R + 1))
-        s_ent = [Signal(ib + 8, name=f"s_ent{j}") for j in range(R)]
+        s_ent = [Signal(ib + self.vb, name=f"s_ent{j}") for j in range(R)]
         o_v, o_last, o_end = Signal(), Signal(), Signal()
         o_count = Signal(range(R + 1))
-        o_ent = [Signal(ib + 8, name=f"o_ent{j}") for j in range(R)]
+        o_ent = [Signal(ib + self.vb, name=f"o_ent{j}") for j in range(R)]
         o_free = Signal()
         m.d.comb += o_free.eq(~o_v | self.o.ready)
         with m.If(self.o.ready & o_v):

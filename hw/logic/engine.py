@@ -11,7 +11,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..streams import dense_layout
-from ..util import check_int, skid_output, typed_payload
+from ..util import check_int, skid_output, typed_payload, value_bits
 from .graph import AdderGraph
 
 __all__ = ["LogicEngine", "ICE40_LUT_FACTOR"]
@@ -94,7 +94,9 @@ class LogicEngine(wiring.Component):
         #: Fields the output FIFO holds: enough for those in flight at full rate.
         self.fifo_depth = -(-(self.graph.depth + 6) // self.beats_per_group) + 2
         self.latency = self.graph.depth + 5
-        self.in_layout = dense_layout(self.fan_in, signed(8))
+        #: Signed bits of an input value (8, or 9 for an int9 range).
+        self.value_bits = max(8, value_bits(*in_range))
+        self.in_layout = dense_layout(self.fan_in, signed(self.value_bits))
         self.out_layout = dense_layout(self.lanes_per_beat, signed(self.acc_bits))
         super().__init__({"i": In(stream.Signature(self.in_layout)),
                           "o": Out(stream.Signature(self.out_layout))})
@@ -147,7 +149,7 @@ class LogicEngine(wiring.Component):
         # where a later stage reads an earlier value.
         regs: dict[tuple[int, int], Signal] = {}
         for t in range(self.fan_in):
-            r = Signal(signed(8), name=f"x_{t}", reset_less=True)
+            r = Signal(signed(self.value_bits), name=f"x_{t}", reset_less=True)
             m.d.sync += r.eq(self.i.payload.data[t])
             regs[(t, 0)] = r
 

@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..loader import LoadPort
 from ..streams import dense_layout, sparse_layout
-from ..util import bits
+from ..util import bits, check_int
 from .banks import AccumulatorBanks
 from .drain import Drain
 from .memory import ReadMemory
@@ -58,14 +58,16 @@ def _has_spram(platform) -> bool:
     return str(getattr(platform, "device", "")).startswith("iCE40UP")
 
 
-def worst_case_sum(weights: np.ndarray, kernel_ids: np.ndarray, kernels_per_overlay: int) -> int:
-    """Largest |sum| one accumulator ``[lane][kernel id]`` can reach with int8 inputs."""
+def worst_case_sum(weights: np.ndarray, kernel_ids: np.ndarray, kernels_per_overlay: int,
+                   input_bound: int = 128) -> int:
+    """Largest |sum| one accumulator ``[lane][kernel id]`` can reach with inputs of at most
+    ``input_bound`` in magnitude (128: int8)."""
     lanes = weights.shape[1]
     acc = np.zeros(lanes * kernels_per_overlay, dtype=np.int64)
     lane = np.broadcast_to(np.arange(lanes), weights.shape)
     np.add.at(acc, lane.ravel() * kernels_per_overlay + kernel_ids.astype(np.int64).ravel(),
               np.abs(weights.astype(np.int64)).ravel())
-    return int(acc.max(initial=0)) * 128
+    return int(acc.max(initial=0)) * input_bound
 
 
 def _check_arrays(weights, kernel_ids, row_start, kernel_map) -> None:
@@ -126,6 +128,11 @@ class OverlayEngine(wiring.Component):
         taken). The drain issues on ``o.ready``; same rate, two cycles less
         latency. On iCE40, which has no LUT RAM, the FIFO is about 90 logic
         cells.
+    value_bits : int
+        Signed bits of an input value: 8 (int8 activations) or 9 (int9).
+    input_bound : int, optional
+        The largest |input value| (default ``2**(value_bits - 1)``): the
+        accumulators are proven for it.
 
     Attributes
     ----------
@@ -138,7 +145,7 @@ class OverlayEngine(wiring.Component):
 
     Members
     -------
-    i : In(stream.Signature(sparse_layout(R, index_bits)))
+    i : In(stream.Signature(sparse_layout(R, index_bits, signed(value_bits))))
         Groups of active inputs (index = fan-in position).
     o : Out(stream.Signature(dense_layout(P, signed(acc_bits))))
         Per group, the ``M`` sums in drain order; ``last``/``end`` follow the
@@ -157,8 +164,11 @@ class OverlayEngine(wiring.Component):
     def __init__(self, weights: np.ndarray, kernel_ids: np.ndarray, row_start: np.ndarray,
                  kernel_map: np.ndarray, *, entries: int = 1, lanes_per_beat: int | None = None,
                  acc_bits: int | None = None, loadable: bool = False, spram: bool = False,
-                 compact: bool = False):
+                 compact: bool = False, value_bits: int = 8, input_bound: int | None = None):
         _check_arrays(weights, kernel_ids, row_start, kernel_map)
+        self.value_bits = check_int("value_bits", value_bits, 2, 10)
+        bound = 1 << (value_bits - 1) if input_bound is None else check_int(
+            "input_bound", input_bound, 1, 1 << (value_bits - 1))
         lanes, k = kernel_map.shape
         if not isinstance(entries, int) or not 1 <= entries <= 64:
             raise ValueError(f"entries (R) must be an integer from 1 to 64, got {entries!r}")
@@ -170,7 +180,7 @@ class OverlayEngine(wiring.Component):
         if not np.array_equal(used, order < np.count_nonzero(used)):
             raise ValueError("the used slots (lane l, id j) must be exactly those with "
                              "j * L + l < M; pack the layer with cosparse.compiler.packer.pack")
-        worst = worst_case_sum(weights, kernel_ids, k)
+        worst = worst_case_sum(weights, kernel_ids, k, bound)
         need = max(worst.bit_length() + 1, 2)
         acc_bits = need if acc_bits is None else acc_bits
         if not isinstance(acc_bits, int) or not need <= acc_bits <= 48:
@@ -184,7 +194,7 @@ class OverlayEngine(wiring.Component):
         self.entries, self.lanes_per_beat, self.acc_bits = entries, p, acc_bits
         self.passes = lanes // p
         self.index_bits = bits(self.fan_in)
-        self.in_layout = sparse_layout(entries, self.index_bits)
+        self.in_layout = sparse_layout(entries, self.index_bits, signed(value_bits))
         self.out_layout = dense_layout(p, signed(acc_bits))
         if spram and (not loadable or entries != 1):
             raise ValueError("spram (a single-port weight memory without initial contents) "
@@ -261,7 +271,7 @@ class OverlayEngine(wiring.Component):
         m.submodules.weight_memory = weights
         if wload is not None:
             wiring.connect(m, wiring.flipped(self.load_weights), weights.load)
-        seq = m.submodules.sequencer = Sequencer(R, self.row_start, passes)
+        seq = m.submodules.sequencer = Sequencer(R, self.row_start, passes, self.value_bits)
         if seq.table:
             table = ReadMemory("rows", seq.word_bits + seq.beat_bits,
                                rload.image if rload else row_table(self.row_start)[1],
@@ -294,9 +304,10 @@ class OverlayEngine(wiring.Component):
             R, P, K, passes, banked_weights=weights.banked, registers=shallow, split=split,
             direct_weights=(not weights.banked
                             and max(self.words * passes, 1) <= DSP_DIRECT_WEIGHT_WORDS),
-            **parts)
+            value_bits=self.value_bits, **parts)
         banks = m.submodules.banks = AccumulatorBanks(
-            R, P, rows, A, registers=shallow, read_register=split, **parts)
+            R, P, rows, A, registers=shallow, read_register=split, prod_bits=products.prod_bits,
+            **parts)
         drain = m.submodules.drain = Drain(self.num_kernels, P, K, passes, A,
                                            compact=self.compact, **parts)
 

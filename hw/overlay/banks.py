@@ -54,7 +54,7 @@ class AccumulatorBanks(wiring.Component):
         The accumulation's read of row ``read_addr`` in buffer ``read_buf``
         (memory banks), the cycle before its write (two with ``read_register``).
     write_live : In(1).array(R, copies); write_buf : In(1).array(copies)
-    write_addr : In(range(rows)).array(R, P); prod : In(signed(16)).array(R, P)
+    write_addr : In(range(rows)).array(R, P); prod : In(signed(prod_bits)).array(R, P)
         The accumulation's write: ``prod`` added into row ``write_addr``.
     drain_en, drain_buf : In(1); drain_addr : In(range(rows))
         The drain's read (memory banks).
@@ -67,8 +67,9 @@ class AccumulatorBanks(wiring.Component):
     """
 
     def __init__(self, entries: int, lanes_per_beat: int, rows: int, acc_bits: int, *,
-                 lanes_per_copy: int, registers: bool, read_register: bool):
+                 lanes_per_copy: int, registers: bool, read_register: bool, prod_bits: int = 16):
         self.entries, self.lanes_per_beat, self.rows = entries, lanes_per_beat, rows
+        self.prod_bits = prod_bits
         self.acc_bits, self.lanes_per_copy = acc_bits, lanes_per_copy
         self.copies = -(-lanes_per_beat // lanes_per_copy)
         self.registers, self.read_register = registers, read_register
@@ -77,7 +78,8 @@ class AccumulatorBanks(wiring.Component):
             "read_valid": In(1).array(c), "read_buf": In(1).array(c),
             "read_addr": In(range(rows)).array(R, P),
             "write_live": In(1).array(R, c), "write_buf": In(1).array(c),
-            "write_addr": In(range(rows)).array(R, P), "prod": In(signed(16)).array(R, P),
+            "write_addr": In(range(rows)).array(R, P),
+            "prod": In(signed(prod_bits)).array(R, P),
             "drain_en": In(1), "drain_buf": In(1), "drain_addr": In(range(rows)),
             "clear": In(1).array(c), "clear_buf": In(1).array(c),
             "clear_addr": In(range(rows)).array(c),

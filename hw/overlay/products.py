@@ -61,7 +61,7 @@ class Products(wiring.Component):
     write_live : Out(1).array(R, copies), write_buf : Out(1).array(copies)
         The write: per entry and lane group, product ``prod`` is added into
         row ``write_addr`` of bank buffer ``write_buf``.
-    write_addr : Out(range(passes * K)).array(R, P), prod : Out(signed(16)).array(R, P)
+    write_addr : Out(range(passes * K)).array(R, P), prod : Out(signed(8 + value_bits)).array(R, P)
     group_done, group_buf, group_end : Out(1)
         A group's last op, in buffer ``group_buf``, the cycle before its write:
         a drain that starts on it reads the cycle after the write.
@@ -69,8 +69,11 @@ class Products(wiring.Component):
 
     def __init__(self, entries: int, lanes_per_beat: int, kernels_per_overlay: int,
                  passes: int, *, lanes_per_copy: int, banked_weights: bool,
-                 direct_weights: bool, registers: bool, split: bool):
+                 direct_weights: bool, registers: bool, split: bool, value_bits: int = 8):
         self.entries, self.lanes_per_beat = entries, lanes_per_beat
+        self.value_bits = value_bits
+        #: Signed bits of a product: an int8 weight times a value.
+        self.prod_bits = value_bits + 8
         self.kernels_per_overlay, self.passes = kernels_per_overlay, passes
         self.lanes_per_copy = lanes_per_copy
         self.copies = -(-lanes_per_beat // lanes_per_copy)
@@ -81,12 +84,12 @@ class Products(wiring.Component):
         rows = range(passes * kernels_per_overlay)
         super().__init__({
             "issue": In(1), "pass_index": In(bits(passes)), "buf": In(1), "group": In(1),
-            "end": In(1), "live": In(1).array(R), "value": In(signed(8)).array(R),
+            "end": In(1), "live": In(1).array(R), "value": In(signed(value_bits)).array(R),
             "word": In(word_layout(P, self.id_bits)).array(R),
             "read_valid": Out(1).array(c), "read_buf": Out(1).array(c),
             "read_addr": Out(rows).array(R, P),
             "write_live": Out(1).array(R, c), "write_buf": Out(1).array(c),
-            "write_addr": Out(rows).array(R, P), "prod": Out(signed(16)).array(R, P),
+            "write_addr": Out(rows).array(R, P), "prod": Out(signed(self.prod_bits)).array(R, P),
             "group_done": Out(1), "group_buf": Out(1), "group_end": Out(1),
         })
 

@@ -72,20 +72,20 @@ class Sequencer(wiring.Component):
     pass_index : Out(bits(passes))
     live : Out(1).array(R)
         Entry ``r``'s row has a word at the op's beat.
-    value : Out(signed(8)).array(R)
+    value : Out(signed(value_bits)).array(R)
         The entries' input values.
     buf, group, end : Out(1)
         The op's accumulator buffer; the op completes a group; the group's ``end``.
     """
 
-    def __init__(self, entries: int, row_start: np.ndarray, passes: int):
-        self.entries, self.passes = entries, passes
+    def __init__(self, entries: int, row_start: np.ndarray, passes: int, value_bits: int = 8):
+        self.entries, self.passes, self.value_bits = entries, passes, value_bits
         self.fan_in = row_start.shape[0] - 1
         self.words = int(row_start[-1])
         beats = np.diff(row_start)
         self.table = not bool(np.all(beats == 1))
         self.word_bits, self.beat_bits = _row_fields(row_start)
-        self.in_layout = sparse_layout(entries, bits(self.fan_in))
+        self.in_layout = sparse_layout(entries, bits(self.fan_in), signed(value_bits))
         members = {"i": In(stream.Signature(self.in_layout))}
         if self.table:
             members.update({"row_addr": Out(bits(self.fan_in)).array(entries), "row_en": Out(1),
@@ -96,7 +96,7 @@ class Sequencer(wiring.Component):
             "addr": Out(range(max(self.words * passes, 2))).array(entries),
             "pass_index": Out(bits(passes)),
             "live": Out(1).array(entries),
-            "value": Out(signed(8)).array(entries),
+            "value": Out(signed(value_bits)).array(entries),
             "buf": Out(1), "group": Out(1), "end": Out(1),
         })
         super().__init__(members)
@@ -145,7 +145,8 @@ class Sequencer(wiring.Component):
         a1_active = Signal()
         waddr = [Signal(range(max(self.words * passes, 2)), name=f"waddr_{r}") for r in range(R)]
         cur_nbeats = [Signal(beat_bits, name=f"cur_nbeats_{r}") for r in range(R)]
-        cur_value = [Signal(signed(8), name=f"cur_value_{r}", reset_less=True) for r in range(R)]
+        cur_value = [Signal(signed(self.value_bits), name=f"cur_value_{r}", reset_less=True)
+                     for r in range(R)]
         cur_maxb = Signal(beat_bits)
         cur_last = Signal()
         cur_end = Signal()

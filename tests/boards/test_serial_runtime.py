@@ -12,19 +12,29 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from cosparse.compiler.build import compile_model
 from cosparse.compiler.cli import main
 from cosparse.boards.serial_bridge import serve
 
-from ..helpers import write_tiny
+from ..helpers import quantize_qdq, write_tiny
 
 
-def test_run_over_simulated_serial_equals_golden(tmp_path):
+@pytest.mark.parametrize("quantized", [False, True])
+def test_run_over_simulated_serial_equals_golden(tmp_path, quantized):
+    """A float model calibrated here, and one ONNX Runtime quantized with its defaults
+    (uint8 activations with zero points: int9 values, the input sent as value - lo)."""
     model, cal, x = write_tiny(tmp_path)
     out = tmp_path / "out"
-    compile_model(model, board="icebreaker", outdir=out, calibration=np.load(cal),
+    if quantized:
+        model = quantize_qdq(model, tmp_path / "u8.onnx", np.load(cal), symmetric=False)
+    compile_model(model, board="icebreaker", outdir=out,
+                  calibration=None if quantized else np.load(cal),
                   spram_bits=64, progress=lambda s: None)
+    if quantized:
+        assert json.loads((out / "link.json").read_text())["in_offset"] < 0 or \
+            json.loads((out / "manifest.json").read_text())["input"]["dtype"] == "int9"
     link = json.loads((out / "link.json").read_text())
     assert any(not t["has_init"] for t in link["targets"])
 

@@ -440,24 +440,25 @@ def test_qdq_conv_chain_matches_onnxruntime_qdq(tmp_path):
     assert max_err < 0.01 and mean_err < 0.001 and agree == 1.0, (max_err, mean_err, agree)
 
 
-def test_qdq_rejects_asymmetric_activations(tmp_path):
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-    cal, _, _ = digits("mlp_threshold")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"x": cal[:32]}])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    out = tmp_path / "u8.onnx"
-    quantize_static(str(DATA / "mlp_threshold_legacy.onnx"), str(out), Reader(),
-                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)
-    with pytest.raises(FrontendError, match=r"UINT8 .*signed int8 \(activation_type=QInt8, ActivationSymmetric=True\)"):
-        import_onnx(out)
+def test_qdq_asymmetric_activations_are_int9(tmp_path):
+    """ONNX Runtime's defaults (uint8 activations with zero points): the zero points come
+    off, the values are int9 (the input 0..255), and the golden model follows the model."""
+    from cosparse.compiler.fidelity import layer_agreement
+    cal, x, _ = digits("mlp_threshold")
+    path = quantize_qdq(DATA / "mlp_threshold_legacy.onnx", tmp_path / "u8.onnx", cal[:128],
+                        symmetric=False)
+    net = import_onnx(path)
+    assert net.input.dtype == "int9" and net.input.bounds[0] <= 0 < 127 < net.input.bounds[1]
+    first = next(la for la in net.layers if isinstance(la, ir.OverlayLinear))
+    assert first.input_bound > 128
+    assert to_ir_input(net, x).dtype == np.int16
+    fid = layer_agreement(path, net, x)
+    hidden = [a.equal for a in fid.layers[:-1] if a.equal is not None]
+    # measured: 99.98% at the first layer and its k-WTA, 99.82% at the second layer (the
+    # few first-layer values that round the other way flip k-WTA winners, and each flip
+    # moves many sums), 99.15% of the quantized logits, every class the same
+    assert hidden and min(hidden) >= 0.998, fid.layers
+    assert fid.layers[-1].equal >= 0.99 and fid.top1 == 1.0, fid.layers
 
 
 # --------------------------------------------------------------------------

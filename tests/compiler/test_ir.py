@@ -95,7 +95,7 @@ def _layer(doc, name):
     (lambda d: _layer(d, "conv1")["overlays"]["arrays"].update(weights="nope"),
      r"array 'nope' not found in tensors.npz"),
     (lambda d: _layer(d, "fc1").update(name="conv1"), r"unique"),
-    (lambda d: d["layers"].pop(7), r"fc1.*needs an int8 vector"),
+    (lambda d: d["layers"].pop(7), r"fc1.*needs an int8 or int9 vector"),
 ])
 def test_malformed_manifest_rejected_with_field(tmp_path, small_net, change, match):
     with pytest.raises(ManifestError, match=match):

@@ -82,17 +82,23 @@ def _act_quant(model):
                 if next(a.i for a in n.attribute if a.name == "signed") == 0)
 
 
-def test_unsigned_8_bit_activations_are_refused_by_name(tmp_path):
+def test_unsigned_8_bit_activations_are_int9(tmp_path):
+    """An 8-bit QuantReLU (Brevitas's default): 0..255, carried as int9 values."""
     def edit(model):
         q = _act_quant(model)
-        bits = q.input[3]
-        # its own bit width constant: 8 bits, unsigned
         model.graph.initializer.append(numpy_helper.from_array(np.array(8.0, np.float32),
-                                                               bits + "_8"))
-        q.input[3] = bits + "_8"
-    path = _edited(tmp_path, edit)
-    with pytest.raises(FrontendError, match=r"Quant .* unsigned 8 bits \(0\.\.255\).*9 bits"):
-        import_onnx(path)
+                                                               q.input[3] + "_8"))
+        q.input[3] = q.input[3] + "_8"
+    net = import_onnx(_edited(tmp_path, edit))
+    conv = next(la for la in net.layers if isinstance(la, ir.OverlayConv))
+    assert conv.requant.bounds == (0, 255)
+    specs = net.specs()
+    assert specs[net.layers.index(conv) + 1].dtype == "int9"
+    linear = next(la for la in net.layers if isinstance(la, ir.OverlayLinear))
+    assert linear.input_bound == 255
+    _, x, _ = digits("bv_cnn")
+    y = golden.run(net, to_ir_input(net, x), trace=True).outputs[net.layers.index(conv)]
+    assert y.dtype == np.int16 and 0 <= y.min() and y.max() <= 255
 
 
 @pytest.mark.parametrize("value, match", [(9.0, r"bit width \[9\.0\]"), (1.0, r"bit width")])
@@ -125,12 +131,24 @@ def test_other_rounding_modes_and_binary_quantizers_are_refused(tmp_path):
         check_supported(_edited(tmp_path, bipolar, "bipolar.onnx"))
 
 
-def test_asymmetric_activation_quant_is_refused(tmp_path):
+def test_activation_zero_points_come_off(tmp_path):
+    """A zero point z inside the range: the values are q - z, 0 inactive."""
     def edit(model):
         q = _act_quant(model)
         model.graph.initializer.append(numpy_helper.from_array(np.array(3.0, np.float32), "zp3"))
         q.input[2] = "zp3"
-    with pytest.raises(FrontendError, match=r"zero point \[3\.0\]"):
+    net = import_onnx(_edited(tmp_path, edit))
+    conv = next(la for la in net.layers if isinstance(la, ir.OverlayConv))
+    assert conv.requant.bounds == (0, 12)  # uint4 with zero point 3 (-3..12), after a ReLU
+
+
+def test_zero_point_outside_the_range_is_refused(tmp_path):
+    def edit(model):
+        q = _act_quant(model)
+        model.graph.initializer.append(numpy_helper.from_array(np.array(20.0, np.float32),
+                                                               "zp20"))
+        q.input[2] = "zp20"
+    with pytest.raises(FrontendError, match=r"zero point 20 outside its range 0\.\.15"):
         import_onnx(_edited(tmp_path, edit))
 
 

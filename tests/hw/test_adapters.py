@@ -4,8 +4,11 @@ import gc
 
 import numpy as np
 import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
 
-from cosparse.hw.adapters import Densify, Narrow, ZeroSkip
+from cosparse.hw.adapters import Densify, InputOffset, Narrow, Widen, ZeroSkip
 from cosparse.hw.streams import sparse_beats
 
 from ..helpers import dense_frames, nonzero_pairs, simulate_io, sparse_frames, verilate_io
@@ -93,6 +96,55 @@ def test_densify_matches_numpy_under_stalls(C, D, R):
     beats_in, want = densify_io(xs, D, R, rng)
     res = simulate_io(dut, beats_in, len(want), stall=0.3, seed=C + R)
     assert res.outputs[0] == want
+
+
+@pytest.mark.parametrize("C, D, R", [(16, 8, 4), (25, 25, 2), (13, 4, 8)])
+def test_nine_bit_values_round_trip(C, D, R):
+    """int9 activations (a model's uint8, its zero point off): -255..255 pass unchanged."""
+    rng = np.random.default_rng(C + D + R)
+    xs = [np.where(rng.random((4, C)) < 0.5, 0, rng.integers(-255, 256, (4, C)))
+          for _ in range(2)]
+    xs[0][1, :] = 255
+    xs[0][2, :] = -255
+    zs = ZeroSkip(C, width=D, entries=R, value_bits=9)
+    dn = Densify(C, entries=R, width=D, value_bits=9)
+    beats_in, mid = zero_skip_io(xs, D, R)
+    res = simulate_io(zs, beats_in, len(mid), stall=0.3, seed=C)
+    assert res.outputs[0] == mid
+    res = simulate_io(dn, res.outputs[0], len(beats_in), stall=0.3, seed=D)
+    assert res.outputs[0] == beats_in
+
+
+class Clocked(wiring.Component):
+    """A combinational unit with a clock domain around it, for the stream simulator."""
+
+    def __init__(self, unit):
+        self.unit, self.in_layout, self.out_layout = unit, unit.in_layout, unit.out_layout
+        super().__init__({"i": In(stream.Signature(unit.in_layout)),
+                          "o": Out(stream.Signature(unit.out_layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = self.unit
+        wiring.connect(m, wiring.flipped(self.i), self.unit.i)
+        wiring.connect(m, self.unit.o, wiring.flipped(self.o))
+        tick = Signal()
+        m.d.sync += tick.eq(~tick)
+        return m
+
+
+def test_input_offset_and_widen():
+    """The host link's bytes to int9 values (byte + lo), and int9 values to 16 bits."""
+    rng = np.random.default_rng(3)
+    b = rng.integers(0, 256, (5, 4))
+    signed_bytes = np.where(b > 127, b - 256, b)  # the bytes as the core's int8 lanes hold them
+    dut = Clocked(InputOffset(4, -100))
+    res = simulate_io(dut, dense_frames([signed_bytes], 4), 5, stall=0.3)
+    assert res.outputs[0] == dense_frames([b - 100], 4)
+    wide = Clocked(Widen(4, 9, 16))
+    v = rng.integers(-256, 256, (5, 4))
+    res = simulate_io(wide, dense_frames([v], 4), 5, stall=0.3, seed=1)
+    assert res.outputs[0] == dense_frames([v], 4)
 
 
 def test_zero_skip_then_densify_round_trip():

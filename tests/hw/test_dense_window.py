@@ -51,6 +51,17 @@ def test_fields_match_numpy_under_stalls(H, W, C, kernel, stride, padding):
     assert res.outputs[0] == want
 
 
+def test_nine_bit_fields():
+    """int9 activations (0..255 from a model's uint8): the fields carry them unchanged."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(-255, 256, (2, 6, 5, 2))
+    dut = DenseWindow(6, 5, 2, kernel=(3, 3), padding=(1, 1, 1, 1), value_bits=9)
+    beats, want = io(dut, x)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=2)
+    assert res.outputs[0] == want
+
+
 def test_one_position_per_cycle():
     """Back to back, a frame takes max(H*W, Ho*Wo) cycles: the writes of the next overlap."""
     dut = DenseWindow(16, 16, 1, kernel=(5, 5), padding=(2, 2, 2, 2))

@@ -15,19 +15,21 @@ from cosparse.sim.verilate import run_streams
 # Models and stimuli
 
 
-def local_expected(x, k, boost, R, max_winners=None, key_shift=None, rescale=None):
+def local_expected(x, k, boost, R, max_winners=None, key_shift=None, rescale=None,
+                   key_range=(-128, 127), out_range=(-128, 127)):
     """Sparse beats of frame ``x[positions, C]`` after a local k-WTA (zero winners dropped)."""
     y = np.where(kwta_mask(x, k, None if boost is None else np.asarray(boost), max_winners,
-                           key_shift), kwta_values(x, rescale), 0)
+                           key_shift, key_range), kwta_values(x, rescale, out_range), 0)
     return sparse_beats([[(int(c), int(row[c])) for c in np.flatnonzero(row)] for row in y], R)
 
 
-def global_expected(x, k, boost, G, R, max_winners=None, key_shift=None, rescale=None):
+def global_expected(x, k, boost, G, R, max_winners=None, key_shift=None, rescale=None,
+                    key_range=(-128, 127), out_range=(-128, 127)):
     """Sparse beats of frame ``x`` (N values in HWC order, groups of G) after a global k-WTA."""
     flat = np.asarray(x).reshape(-1)
     b = None if boost is None else np.tile(np.asarray(boost), flat.size // G)
-    y = np.where(kwta_mask(flat, k, b, max_winners, key_shift), kwta_values(flat, rescale),
-                 0).reshape(-1, G)
+    y = np.where(kwta_mask(flat, k, b, max_winners, key_shift, key_range),
+                 kwta_values(flat, rescale, out_range), 0).reshape(-1, G)
     return sparse_beats([[(int(c), int(row[c])) for c in np.flatnonzero(row)] for row in y], R)
 
 
@@ -158,6 +160,49 @@ def test_local_rescaled_winners_match_golden(C, k, D, rescale):
     want = local_expected(x, k, boost, 3, rescale=rescale)
     res = simulate(dut, [Port(dut.i, dut.in_layout, frame_beats(x, C, D))],
                    [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=C)
+    assert res.outputs[0] == want
+
+
+NINE_BIT_CASES = [  # D, boost, key_shift, key_range, rescale, out_range, max_winners
+    (4, None, None, (-128, 127), None, (-128, 127), None),  # plain int9 values
+    (8, "small", None, (-128, 127), None, (-128, 127), 6),  # boosted, threshold ties
+    (1, "small", 3, (-100, 155), None, (-128, 127), None),  # a key quantized with a zero point
+    (4, None, None, (-128, 127), (3, 2), (0, 255), None),  # winners rescaled to 0..255
+]
+
+
+@pytest.mark.parametrize("D, boost_kind, shift, key_range, rescale, out_range, B", NINE_BIT_CASES)
+def test_local_nine_bit_values(D, boost_kind, shift, key_range, rescale, out_range, B):
+    """int9 activations (a model's uint8 or int8 with a zero point, the zero point off)."""
+    rng = np.random.default_rng(D + (shift or 0))
+    C, k = 12, 3
+    boost = make_boost(boost_kind, C, rng)
+    dut = LocalKWTA(C, k, width=D, entries=3, boost=boost, max_winners=B, key_shift=shift,
+                    rescale=rescale, value_bits=9, key_range=key_range, out_range=out_range)
+    x = rng.integers(-255, 256, (8, C))
+    x[0] = 255
+    x[1] = rng.integers(-2, 3, C)
+    want = local_expected(x, k, boost, 3, B, shift, rescale, key_range, out_range)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, frame_beats(x, C, D))],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=D)
+    assert res.outputs[0] == want
+
+
+@pytest.mark.parametrize("D, boost_kind, shift, key_range, rescale, out_range, B", NINE_BIT_CASES)
+def test_global_nine_bit_values(D, boost_kind, shift, key_range, rescale, out_range, B):
+    rng = np.random.default_rng(2 * D + (shift or 0))
+    N, G, k = 24, 6, 5
+    boost = make_boost(boost_kind, G, rng)
+    dut = GlobalKWTA(N, k, group=G, width=D, entries=3, boost=boost, serial=D == 1,
+                     max_winners=B, key_shift=shift, rescale=rescale, value_bits=9,
+                     key_range=key_range, out_range=out_range)
+    beats_in, want = [], []
+    frames = [rng.integers(-255, 256, N), np.full(N, 255), rng.integers(-2, 3, N)]
+    for x in frames:
+        beats_in += frame_beats(x, G, D)
+        want += global_expected(x, k, boost, G, 3, B, shift, rescale, key_range, out_range)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=D)
     assert res.outputs[0] == want
 
 

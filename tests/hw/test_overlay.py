@@ -89,6 +89,23 @@ def test_extreme_values_reach_the_worst_case_exactly():
     assert res.outputs[0][0]["data"][0] == 16 * 128 * 128 == worst
 
 
+@pytest.mark.parametrize("compact, r, p", [(False, 2, 2), (True, 1, 4)])
+def test_nine_bit_values_reach_their_worst_case(compact, r, p):
+    """int9 inputs (-255..255): products of 17 bits, accumulators for 256 x sum |w|."""
+    rng = np.random.default_rng(13)
+    w = zoo.complementary_weights(12, 20, 3, rng)
+    w[0, w[0] != 0] = -128
+    ov = pack(w, 3)
+    dut = OverlayEngine(**engine_parameters(ov), entries=r, lanes_per_beat=p, compact=compact,
+                        value_bits=9)
+    assert dut.acc_bits >= (ov.worst_case_sum(256)).bit_length() + 1
+    groups = [[(i, int(v)) for i, v in zip(range(20), rng.integers(-255, 256, 20))],
+              [(i, -255) for i in range(20)], [(i, 255) for i in range(20)], []]
+    groups += [[(i, int(rng.integers(-255, 256))) for i in sorted(rng.choice(20, 7, False))]
+               for _ in range(4)]
+    check(dut, ov, groups, seed=3)
+
+
 @pytest.mark.parametrize("compact, banked", [(False, False), (True, False), (False, True)])
 def test_throughput_has_no_bubbles(compact, banked, monkeypatch):
     """Steady state: one beat per L/P cycles, a group per max(beats * L/P, ceil(M/P)).

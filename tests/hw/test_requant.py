@@ -146,6 +146,8 @@ def tie_acc(rng, shift, mult, bias, shape, acc_bits: int = 20, lo=None, hi=None)
     (10, 8, 28, (9, 30), -100, 90, 18),  # coarse and fine shifts, narrowed range
     (6, 2, 20, (6, 6), 0, 15, 16),  # one shift (base only), unsigned 4-bit outputs
     (7, 1, 24, (0, 12), -8, 7, 16),  # shift 0 beside others: signed 4-bit outputs, split sum
+    (9, 4, 24, (3, 12), 0, 255, 18),  # int9 outputs: a model's uint8, 0..255
+    (8, 2, 22, (2, 9), -200, 55, 16),  # int9: int8 with zero point 72
 ])
 def test_half_even_rounding_and_narrow_ranges(C, D, acc_bits, shifts, lo, hi, dsp_width):
     """Exact halves round to even (2.5 -> 2, 3.5 -> 4, -2.5 -> -2); the range clamps."""

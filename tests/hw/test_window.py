@@ -11,7 +11,7 @@ from cosparse.sim.streamsim import Port, simulate
 from cosparse.sim.verilate import run_streams
 
 
-def sparse_map(rng, h, w, c, max_active, p_empty=0.2):
+def sparse_map(rng, h, w, c, max_active, p_empty=0.2, lo=-128, hi=127):
     x = np.zeros((h, w, c), dtype=np.int64)
     for y in range(h):
         for xx in range(w):
@@ -19,7 +19,7 @@ def sparse_map(rng, h, w, c, max_active, p_empty=0.2):
                 continue
             n = int(rng.integers(1, max_active + 1))
             ch = rng.choice(c, n, replace=False)
-            x[y, xx, ch] = rng.choice([v for v in range(-128, 128) if v], n)
+            x[y, xx, ch] = rng.choice([v for v in range(lo, hi + 1) if v], n)
     return x
 
 
@@ -83,6 +83,22 @@ def test_window_matches_model_under_stalls(h, w, c, kernel, stride, padding, R, 
         want += expected_beats(x, dut)
     res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
                    [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=h)
+    assert strip(res.outputs[0], R) == strip(want, R)
+
+
+def test_nine_bit_values_pass_the_window():
+    """int9 activations: values -255..255 stored and read back unchanged."""
+    rng = np.random.default_rng(9)
+    h, w, c, R = 5, 6, 4, 2
+    dut = SparseWindow(h, w, c, kernel=(3, 3), padding=(1, 1, 1, 1), entries=R, max_active=3,
+                       value_bits=9)
+    frames = [sparse_map(rng, h, w, c, 3, lo=-255, hi=255) for _ in range(2)]
+    beats_in, want = [], []
+    for x in frames:
+        beats_in += sparse_beats(input_groups(x), R)
+        want += expected_beats(x, dut)
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=1)
     assert strip(res.outputs[0], R) == strip(want, R)
 
 

@@ -167,6 +167,9 @@ def networks(draw):
     c = draw(st.integers(1, 6))
     layers, dense = [], {}
     shape = (h, h, c)
+    # int9 activations: a uint8 input (0..255), or int8 ones
+    wide_in = draw(st.booleans())
+    bound = 255 if wide_in else 128  # the largest |value| flowing into the next layer
     if draw(st.booleans()):
         layers.append(ir.ZeroSkip("skip"))
     for i in range(draw(st.integers(0, 2))):
@@ -178,13 +181,19 @@ def networks(draw):
         w = zoo.random_sparse_weights(m, kh * kh * shape[2], density, rng)
         k = draw(st.integers(1, 6))
         rq_kw = draw(st.sampled_from([{}, {"rounding": "half-even"},
-                                      {"rounding": "half-even", "lo": -8, "hi": 7}]))
+                                      {"rounding": "half-even", "lo": -8, "hi": 7},
+                                      {"rounding": "half-even", "lo": 0, "hi": 255},
+                                      {"lo": -200, "hi": 55}]))
         layers.append(overlay_layer(ir.OverlayConv, f"conv{i}", w, k, rng, relu=draw(st.booleans()),
-                                    rq_kw=rq_kw,
+                                    rq_kw=rq_kw, input_bound=bound,
                                     kernel=(kh, kh), stride=(stride, stride),
                                     padding=(pad, pad, pad, pad)))
         dense[f"conv{i}"] = w
-        shape = layers[-1].output_spec(ir.TensorSpec(shape), "t").shape
+        lo, hi = layers[-1].requant.bounds
+        bound = max(-lo, hi) if max(-lo, hi) > 128 else 128
+        in_bound = layers[-1].input_bound
+        shape = layers[-1].output_spec(ir.TensorSpec(shape, "int9", 1.0, -in_bound, 0)
+                                       if in_bound > 128 else ir.TensorSpec(shape), "t").shape
         k = draw(st.integers(1, m))
         rescale = draw(st.one_of(st.none(), st.tuples(st.integers(1, 65535), st.integers(0, 20))))
         kwta = ir.LocalKWTA(f"kwta{i}", k=k, max_winners=tie_bound(draw, k, m),
@@ -210,7 +219,8 @@ def networks(draw):
         w = zoo.random_sparse_weights(m, n, draw(st.sampled_from([0.05, 0.25, 1.0])), rng)
         last = j == 1 or draw(st.booleans())
         layers.append(overlay_layer(ir.OverlayLinear, f"fc{j}", w, draw(st.integers(1, 10)), rng,
-                                    requant=not last or draw(st.booleans())))
+                                    requant=not last or draw(st.booleans()), input_bound=bound))
+        bound = 128
         dense[f"fc{j}"] = w
         n = m
         if last:
@@ -218,9 +228,11 @@ def networks(draw):
         k = draw(st.integers(1, m))
         layers.append(ir.GlobalKWTA(f"g{j}", k=k, max_winners=tie_bound(draw, k, m),
                                     boost=rng.integers(1, 1000, m) if draw(st.booleans()) else None))
-    net = ir.Network("random", ir.TensorSpec((h, h, c)), layers)
+    inp = ir.activation_spec((h, h, c), 1.0, 0, 255) if wide_in else ir.TensorSpec((h, h, c))
+    net = ir.Network("random", inp, layers)
     net.specs()
-    x = rng.integers(-128, 128, (6, h, h, c)).astype(np.int8)
+    x = (rng.integers(0, 256, (6, h, h, c)).astype(np.int16) if wide_in
+         else rng.integers(-128, 128, (6, h, h, c)).astype(np.int8))
     x[0] = 0  # an all-inactive input: empty groups everywhere
     x[1] = x[1, 0, 0, 0]  # all-equal values: ties everywhere
     return net, dense, x

@@ -244,6 +244,8 @@ def strip_qdq(g: Graph) -> None:
         scale = g.consts.get(q.inputs[1])
         zp = g.consts.get(q.inputs[2]) if len(q.inputs) > 2 and q.inputs[2] else None
         where = f"QuantizeLinear {q.name!r} (on {x!r})"
+        if len(q.inputs) > 2 and q.inputs[2] and zp is None:
+            raise g.fail(f"{where} has a zero point {q.inputs[2]!r} that is not a constant")
         if scale is None or scale.size != 1:
             raise g.fail(f"{where} has a non-constant or per-axis scale; activations need one "
                          "constant scale per tensor")

@@ -242,7 +242,7 @@ class Requantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         D, B, ab = self.width, self.beats, self.acc_bits
-        bb, mb, _ = self._const_bits()
+        _, mb, _ = self._const_bits()
         tb, base = self.shift_bits, self.shift_base
         sb = sum_bits(ab, min(self.bias), max(self.bias))  # acc + bias
         pb = sb + mb  # product, signed
@@ -266,31 +266,7 @@ class Requantizer(wiring.Component):
             with m.Else():
                 m.d.comb += bg_next.eq(bg + 1)
         m.d.sync += bg.eq(bg_next)
-        if B == 1 and self.load_port is None:
-            consts = [[Const(v, w) for v, w in zip(self._lane_constants(0, d),
-                                                   (signed(bb), mb, tb, 1))] for d in range(D)]
-        else:
-            lp = self.load_port
-            layout = self.consts_layout
-            words = lp.hw_init() if lp else self._const_words()
-            m.submodules.consts = rom = Memory(shape=layout, depth=lp.hw_depth if lp else B,
-                                               init=[layout.from_bits(w) for w in words])
-            if lp is not None:
-                wp = rom.write_port()
-                load = self.load_consts
-                m.d.comb += [wp.addr.eq(load.addr), wp.data.eq(load.data), wp.en.eq(load.en)]
-            # Read ahead: the ROM output always holds the constants of the beat offered
-            # at the input, and is registered into S0 with it (the block RAM's slow
-            # clock-to-out then ends in a register instead of the bias adder).
-            port = rom.read_port()
-            m.d.comb += [port.addr.eq(bg_next), port.en.eq(1)]
-            if self.compact:
-                s0_consts = port.data
-            else:
-                s0_consts = Signal(layout)
-                with m.If(adv):
-                    m.d.sync += s0_consts.eq(port.data)
-            consts = [[f.bias, f.mult, f.t, f.rnd] for f in (s0_consts[d] for d in range(D))]
+        consts = self._lane_consts(m, bg_next, adv)
 
         def stage(name, **fields):
             """Registered per-lane fields of one stage plus valid/last/end."""
@@ -387,35 +363,70 @@ class Requantizer(wiring.Component):
                         if tb else fine["sticky"][d]} if even else {}))
 
         # ---------------- S6: round and saturate (combinational into the skid register)
-        lo, hi = self.lo, self.hi
-        ys = []
-        for d in range(D):
-            q, rnd = s5["q"][d], s5["rnd"][d]
-            # y = (q + up) >> 1 (rnd) or y = q (no rnd). Half up: up = 1. Half to even:
-            # q's lowest bit is the half, the sticky bit says whether more was dropped;
-            # an exact half rounds up only to an even result.
-            if even:
-                up = Signal(name=f"s6_up{d}")
-                m.d.comb += up.eq(~(q[0] & ~s5["sticky"][d] & ~q[1]))
-                qa = Signal(signed(qb + 1), name=f"s6_qa{d}")
-                m.d.comb += qa.eq(q + up)
-                over = Mux(rnd, qa >= 2 * hi + 2, q > hi)
-                under = Mux(rnd, qa < 2 * lo, q < lo)
-            else:
-                up = 1
-                over = Mux(rnd, q >= 2 * hi + 1, q > hi)
-                under = Mux(rnd, q < 2 * lo - 1, q < lo)
-            nb = self.out_bits + 2  # q near the range: the rounding add's width
-            small = Signal(signed(nb), name=f"s6_small{d}")
-            m.d.comb += small.eq(Mux(rnd, (q[:nb].as_signed() + up) >> 1, q[:nb].as_signed()))
-            y = Signal(signed(self.out_bits), name=f"s6_y{d}")
-            m.d.comb += y.eq(Mux(over, hi, Mux(under, lo, small)))
-            ys.append(y)
+        ys = [self._round_saturate(m, d, s5["q"][d], s5["rnd"][d],
+                                   s5["sticky"][d] if even else None, qb) for d in range(D)]
         adv_ = skid_output(m, self.o, s5["valid"],
                            typed_payload(m, self.o, data=ys, last=s5["last"],
                                          end=s5["end"]))
         m.d.comb += adv.eq(adv_)
         return m
+
+
+    def _lane_consts(self, m: Module, bg_next, adv) -> list:
+        """Per lane ``[bias, mult, t, rnd]`` of the beat offered at the input: wired in for a
+        one-beat group, else read ahead from the constants ROM (registered into S0 unless
+        ``compact``)."""
+        D, B = self.width, self.beats
+        bb, mb, _ = self._const_bits()
+        tb = self.shift_bits
+        if B == 1 and self.load_port is None:
+            return [[Const(v, w) for v, w in zip(self._lane_constants(0, d),
+                                                 (signed(bb), mb, tb, 1))] for d in range(D)]
+        lp = self.load_port
+        layout = self.consts_layout
+        words = lp.hw_init() if lp else self._const_words()
+        m.submodules.consts = rom = Memory(shape=layout, depth=lp.hw_depth if lp else B,
+                                           init=[layout.from_bits(w) for w in words])
+        if lp is not None:
+            wp = rom.write_port()
+            load = self.load_consts
+            m.d.comb += [wp.addr.eq(load.addr), wp.data.eq(load.data), wp.en.eq(load.en)]
+        # Read ahead: the ROM output always holds the constants of the beat offered
+        # at the input, and is registered into S0 with it (the block RAM's slow
+        # clock-to-out then ends in a register instead of the bias adder).
+        port = rom.read_port()
+        m.d.comb += [port.addr.eq(bg_next), port.en.eq(1)]
+        if self.compact:
+            s0_consts = port.data
+        else:
+            s0_consts = Signal(layout)
+            with m.If(adv):
+                m.d.sync += s0_consts.eq(port.data)
+        return [[f.bias, f.mult, f.t, f.rnd] for f in (s0_consts[d] for d in range(D))]
+
+    def _round_saturate(self, m: Module, d: int, q, rnd, sticky, qb: int) -> Signal:
+        """Lane ``d``'s output from ``q = p >> (s - 1)``: ``y = (q + up) >> 1`` (``rnd``) or
+        ``y = q``, saturated to ``lo..hi``. Half up: ``up = 1``. Half to even (``sticky``
+        given): ``q``'s lowest bit is the half and ``sticky`` says whether more was dropped;
+        an exact half rounds up only to an even result."""
+        lo, hi = self.lo, self.hi
+        if sticky is not None:
+            up = Signal(name=f"s6_up{d}")
+            m.d.comb += up.eq(~(q[0] & ~sticky & ~q[1]))
+            qa = Signal(signed(qb + 1), name=f"s6_qa{d}")
+            m.d.comb += qa.eq(q + up)
+            over = Mux(rnd, qa >= 2 * hi + 2, q > hi)
+            under = Mux(rnd, qa < 2 * lo, q < lo)
+        else:
+            up = 1
+            over = Mux(rnd, q >= 2 * hi + 1, q > hi)
+            under = Mux(rnd, q < 2 * lo - 1, q < lo)
+        nb = self.out_bits + 2  # q near the range: the rounding add's width
+        small = Signal(signed(nb), name=f"s6_small{d}")
+        m.d.comb += small.eq(Mux(rnd, (q[:nb].as_signed() + up) >> 1, q[:nb].as_signed()))
+        y = Signal(signed(self.out_bits), name=f"s6_y{d}")
+        m.d.comb += y.eq(Mux(over, hi, Mux(under, lo, small)))
+        return y
 
 
 class BiasAdd(wiring.Component):

@@ -34,6 +34,7 @@ PACKAGES = {"hw": "cosparse.hw", "compiler": "cosparse.compiler", "sim": "cospar
 LAYERS = {
     "cosparse.compiler.errors": 1,
     "cosparse.compiler.ir": 1,
+    "cosparse.compiler.manifest": 1,
     "cosparse.compiler.images": 1,
     "cosparse.hw.streams": 1,
     "cosparse.hw.protocol": 1,

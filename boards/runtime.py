@@ -108,9 +108,9 @@ class LinkLayout:
         """One int8 frame (IR layout) to the INFER payload: input beats, padding lanes zero."""
         g, w = self.in_group_size, self.in_width
         per = -(-g // w) * w
-        v = np.asarray(frame, np.int64).reshape(self.in_groups, g) - self.in_offset
-        x = np.zeros((self.in_groups, per), np.uint8 if self.in_offset else np.int8)
-        x[:, :g] = v
+        x = np.zeros((self.in_groups, per), np.uint8)
+        # one byte a value: int8 in two's complement, an int9 input as value - in_offset
+        x[:, :g] = (np.asarray(frame, np.int64).reshape(self.in_groups, g) - self.in_offset) % 256
         return x.tobytes()
 
     def decode_output(self, payload: bytes) -> np.ndarray:

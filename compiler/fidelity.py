@@ -83,8 +83,7 @@ def _session(model, optimized: bool):
                                 providers=["CPUExecutionProvider"])
 
 
-def _to_ir(a: np.ndarray, spec: ir.TensorSpec, prev: ir.TensorSpec | None,
-           flatten: bool) -> np.ndarray | None:  # noqa: C901
+def _to_ir(a: np.ndarray, spec: ir.TensorSpec) -> np.ndarray | None:
     """ONNX Runtime's tensor ``a[B, ...]`` in the IR's layout for ``spec``, or None."""
     shape = spec.shape
     if a.ndim == 4 and len(shape) == 3 and a.shape[1:] == (shape[2], shape[0], shape[1]):
@@ -93,9 +92,6 @@ def _to_ir(a: np.ndarray, spec: ir.TensorSpec, prev: ir.TensorSpec | None,
         h, w, c = shape  # a map the model holds flattened in CHW order
         return a.reshape(len(a), c, h, w).transpose(0, 2, 3, 1)
     if a.ndim == 2 and len(shape) == 1 and a.shape[1] == shape[0]:
-        if flatten and prev is not None and len(prev.shape) == 3:
-            h, w, c = prev.shape  # ONNX flattens CHW, the IR HWC
-            return a.reshape(len(a), c, h, w).transpose(0, 2, 3, 1).reshape(len(a), -1)
         return a
     return None
 
@@ -194,12 +190,12 @@ def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarra
         ref = None
         if tensor is not None:
             zp = quantizers.get(tensor, (1.0, 0))[1]
-            ref = _to_ir(got[tensor].astype(np.int64) - zp, specs[i + 1], specs[i], False)
+            ref = _to_ir(got[tensor].astype(np.int64) - zp, specs[i + 1])
         elif lm.get("onnx_output") in got and specs[i + 1].dtype == "int8":
             tensor = lm["onnx_output"]
             grid = got[tensor] / np.float64(specs[i + 1].scale)
             if np.abs(grid - np.rint(grid)).max(initial=0) < 1e-3:  # on the grid
-                ref = _to_ir(np.rint(grid).astype(np.int64), specs[i + 1], specs[i], False)
+                ref = _to_ir(np.rint(grid).astype(np.int64), specs[i + 1])
         y = trace[i]
         if ref is not None and y.dtype == np.int32 and tensor in quantizers:
             # int32 logits: quantized as the model's QuantizeLinear does

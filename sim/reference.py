@@ -48,8 +48,7 @@ def _topk_rows(x: np.ndarray, k: int, boost: np.ndarray | None,
         key = np.vectorize(lambda v: min(khi, max(klo, _round_half_even(int(v), key_shift))),
                            otypes=[np.int64])(key)
     olo, ohi = out_range
-    out = np.zeros(x.shape, np.promote_types(
-        x.dtype, np.int8 if -128 <= olo and ohi <= 127 or rescale is None else np.int16))
+    out = np.zeros(x.shape, np.int16 if rescale is not None else x.dtype)
     for r in range(x.shape[0]):
         order = np.argsort(-key[r], kind="stable")  # stable: lower index first on ties
         win = order[:k]

@@ -9,6 +9,7 @@ from amaranth.lib.memory import Memory
 from amaranth.utils import ceil_log2
 
 from ..util import check_int
+from ..util import value_bits as range_bits
 
 __all__ = ["MAX_BOOST", "key_bits", "check_key_shift", "check_rescale", "check_range", "rescaled",
            "offset_key", "check_boost", "boost_rom", "Keys", "SerialOutput",
@@ -23,14 +24,10 @@ def key_bits(boost, key_shift: int | None = None, value_bits: int = 8,
     """Signed width of the key: ``x * boost`` for ``value_bits``-bit ``x``, ``value_bits +
     ceil(log2(max boost))``; that of ``key_range`` for a quantized key (``key_shift``)."""
     if key_shift is not None:
-        return max(8, _range_bits(*key_range))
+        return max(8, range_bits(*key_range))
     if boost is None:
         return value_bits
     return value_bits + ceil_log2(max(boost))
-
-
-def _range_bits(lo: int, hi: int) -> int:
-    return max((-lo - 1).bit_length() if lo < 0 else 0, hi.bit_length() if hi > 0 else 0) + 1
 
 
 def check_range(name: str, rng) -> tuple[int, int]:
@@ -148,7 +145,7 @@ def rescaled(x, rescale: tuple[int, int] | None,
     if rescale is None:
         return x
     m, s = rescale
-    ob = max(8, _range_bits(*out_range))
+    ob = max(8, range_bits(*out_range))
     u = offset_key(x, Const(m, unsigned(m.bit_length())), ob, s, out_range)
     return Cat(u[:ob - 1], ~u[ob - 1]).as_signed()
 

@@ -32,9 +32,10 @@ def test_run_over_simulated_serial_equals_golden(tmp_path, quantized):
     compile_model(model, board="icebreaker", outdir=out,
                   calibration=None if quantized else np.load(cal),
                   spram_bits=64, progress=lambda s: None)
-    if quantized:
-        assert json.loads((out / "link.json").read_text())["in_offset"] < 0 or \
-            json.loads((out / "manifest.json").read_text())["input"]["dtype"] == "int9"
+    if quantized:  # the input is int9: the host sends value - lo, lo the range's low end
+        spec = json.loads((out / "manifest.json").read_text())["input"]
+        assert spec["dtype"] == "int9"
+        assert json.loads((out / "link.json").read_text())["in_offset"] == spec["range"][0]
     link = json.loads((out / "link.json").read_text())
     assert any(not t["has_init"] for t in link["targets"])
 

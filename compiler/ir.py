@@ -34,7 +34,7 @@ import numpy as np
 from .errors import CosparseError
 
 __all__ = [
-    "FORMAT_VERSION", "ManifestError", "Overlays", "Requant", "TensorSpec",
+    "FORMAT_VERSION", "ManifestError", "Overlays", "Requant", "Rescale", "TensorSpec",
     "OverlayLinear", "OverlayConv", "MaxPool", "LocalKWTA", "GlobalKWTA",
     "Flatten", "ZeroSkip", "Densify", "Layer", "Network", "save", "load",
     "MAX_KERNELS_PER_OVERLAY", "MAX_BOOST",
@@ -49,6 +49,8 @@ MAX_BOOST = (1 << 16) - 1
 #: Requantization multipliers are unsigned 16-bit integers.
 MAX_MULTIPLIER = (1 << 16) - 1
 MAX_SHIFT = 62
+#: A rescale shifts its int8/int9 input left by at most this much (the sum stays in 32 bits).
+MAX_IN_SHIFT = 22
 #: Activation dtypes: int8, or int9 for the values of a model's uint8 (or int8 with a
 #: zero point) with the zero point subtracted (so that 0 stays inactive).
 ACTIVATION_DTYPES = ("int8", "int9")
@@ -242,10 +244,15 @@ class Requant:
             lo = max(lo, 0)
         return lo, 127 if self.hi is None else self.hi
 
-    def check(self, where: str, channels: int) -> None:
-        for name, arr, lo, hi in (("multiplier", self.multiplier, 1, MAX_MULTIPLIER),
+    def check(self, where: str, channels: int, *, signed: bool = False) -> None:
+        """Raise :class:`ManifestError` on a malformed field; ``signed`` lets multipliers
+        be negative (a :class:`Rescale`'s), never zero."""
+        for name, arr, lo, hi in (("multiplier", self.multiplier,
+                                   -MAX_MULTIPLIER if signed else 1, MAX_MULTIPLIER),
                                   ("shift", self.shift, 0, MAX_SHIFT)):
             _check_int_vector(f"{where}.{name}", arr, channels, lo, hi)
+        if signed and np.any(np.asarray(self.multiplier) == 0):
+            _fail(f"{where}.multiplier", "expected nonzero multipliers")
         if not isinstance(self.relu, bool):
             _fail(f"{where}.relu", f"expected true or false, got {self.relu!r}")
         for name, v, a, b in (("lo", self.lo, -MAX_ACTIVATION, 0),
@@ -259,6 +266,53 @@ class Requant:
         if self.rounding not in ROUNDINGS:
             _fail(f"{where}.rounding", f"expected one of {', '.join(ROUNDINGS)}, "
                                        f"got {self.rounding!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class Rescale:
+    """Per-channel affine map of a layer's requantized values onto a second scale.
+
+    A model that quantizes a layer's output and then quantizes it again after a
+    per-channel affine (a ``BatchNormalization`` or bias ``Add`` between two
+    ``QuantizeLinear``) rounds twice; the second rounding is this stage::
+
+        y = clamp(round(((x << in_shift) + bias) * multiplier / 2**shift), lo, hi)
+
+    with ``x`` the first requantization's output and ``round`` ``requant.rounding``.
+    The left shift gives ``bias`` fractional precision at ``x``'s scale. A negative
+    multiplier (a negative BatchNormalization scale) reverses the order of values.
+
+    Parameters
+    ----------
+    requant : Requant
+        ``multiplier`` (nonzero, ``|m| <= 65535``), ``shift``, ``relu``, ``lo``, ``hi``
+        and ``rounding`` of the second rounding.
+    bias : ndarray of int32, shape (M,)
+        Added to ``x << in_shift``.
+    in_shift : int
+        ``0 .. MAX_IN_SHIFT``.
+    """
+
+    requant: Requant
+    bias: np.ndarray
+    in_shift: int = 0
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """``(lo, hi)``: the clamp range of the outputs."""
+        return self.requant.bounds
+
+    @property
+    def monotone(self) -> bool:
+        """Whether larger inputs never give smaller outputs (every multiplier positive)."""
+        return bool(np.all(np.asarray(self.requant.multiplier) > 0))
+
+    def check(self, where: str, channels: int) -> None:
+        self.requant.check(where, channels, signed=True)
+        _check_int_vector(f"{where}.bias", self.bias, channels, -(1 << 31), (1 << 31) - 1)
+        if not isinstance(self.in_shift, int) or not 0 <= self.in_shift <= MAX_IN_SHIFT:
+            _fail(f"{where}.in_shift", f"expected an integer from 0 to {MAX_IN_SHIFT}, "
+                                       f"got {self.in_shift!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -370,6 +424,8 @@ class OverlayLayer(Layer):
     bias: np.ndarray = None  # type: ignore[assignment]
     #: Requantization to int8; ``None`` keeps the int32 accumulators (logits).
     requant: Requant | None = None
+    #: A second rounding after the requantization (needs ``requant``), or None.
+    rescale: Rescale | None = None
     #: Scale of the int8 output (ignored without requant).
     out_scale: float = 1.0
     #: Per-channel real scale of one accumulator unit (input scale x weight scale).
@@ -388,6 +444,10 @@ class OverlayLayer(Layer):
         _check_int_vector(f"{where}.bias", self.bias, m, -(1 << 31), (1 << 31) - 1)
         if self.requant is not None:
             self.requant.check(f"{where}.requant", m)
+        if self.rescale is not None:
+            if self.requant is None:
+                _fail(f"{where}.rescale", "a rescale needs a requantization before it")
+            self.rescale.check(f"{where}.rescale", m)
         if not isinstance(self.input_bound, int) or not 1 <= self.input_bound <= MAX_ACTIVATION + 1:
             _fail(f"{where}.input_bound", f"expected an integer from 1 to {MAX_ACTIVATION + 1}, "
                                           f"got {self.input_bound!r}")
@@ -413,7 +473,8 @@ class OverlayLayer(Layer):
     def _out(self, shape: tuple[int, ...]) -> TensorSpec:
         if self.requant is None:
             return TensorSpec(shape, "int32", tuple(self.acc_scale))
-        return activation_spec(shape, self.out_scale, *self.requant.bounds)
+        last = self.requant if self.rescale is None else self.rescale
+        return activation_spec(shape, self.out_scale, *last.bounds)
 
     def output_format(self, inp: str) -> str:
         return "dense"

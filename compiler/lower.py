@@ -123,7 +123,8 @@ def pools_before_requant(net: ir.Network, folding: Folding) -> dict[str, str]:
     """Overlay layers whose accumulators are max-pooled before their requantizer.
 
     With ``folding.pool_before_requant``: a layer with a requantization that a
-    dense max pool follows. Requantization is monotonic (positive multipliers),
+    dense max pool follows. Requantization is monotonic (positive multipliers,
+    and a rescale after it too unless a multiplier of its is negative),
     so pooling first gives the same int8 map while the requantizer, and every
     unit behind it, handles ``kh * kw`` times fewer positions. Returns the
     overlay layer's name -> the pool's.
@@ -133,6 +134,7 @@ def pools_before_requant(net: ir.Network, folding: Folding) -> dict[str, str]:
     layers = net.layers
     return {layer.name: nxt.name for layer, nxt in zip(layers, layers[1:])
             if isinstance(layer, ir.OverlayLayer) and layer.requant is not None
+            and (layer.rescale is None or layer.rescale.monotone)
             and isinstance(nxt, ir.MaxPool)}
 
 
@@ -318,6 +320,16 @@ class _Lowering:
                                              loadable=self.loadable,
                                              dsp_width=folding.dsp_width,
                                              compact=folding.compact))
+        if layer.rescale is not None:
+            rs, vb = layer.rescale, max(8, ir.value_bits(*rq.bounds))
+            self.add(name, Requantizer(m, width=self.width, acc_bits=vb, in_shift=rs.in_shift,
+                                       multiplier=[int(v) for v in rs.requant.multiplier],
+                                       shift=[int(v) for v in rs.requant.shift],
+                                       bias=[int(v) for v in rs.bias],
+                                       relu=bool(rs.requant.relu), lo=rs.bounds[0],
+                                       hi=rs.bounds[1], rounding=rs.requant.rounding,
+                                       loadable=self.loadable, dsp_width=folding.dsp_width,
+                                       compact=folding.compact))
         self.fmt, self.max_active = "dense", m
 
     def max_pool(self, i: int, layer: ir.MaxPool) -> None:

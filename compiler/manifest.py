@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .ir import (FORMAT_VERSION, ManifestError, _fail, Overlays, Requant, TensorSpec, Layer, OverlayLayer, OverlayLinear, OverlayConv, MaxPool, KWTALayer, LocalKWTA, GlobalKWTA, LAYER_KINDS, Network)
+from .ir import (FORMAT_VERSION, ManifestError, _fail, Overlays, Requant, Rescale, TensorSpec, Layer, OverlayLayer, OverlayLinear, OverlayConv, MaxPool, KWTALayer, LocalKWTA, GlobalKWTA, LAYER_KINDS, Network)
 
 __all__ = ["save", "load"]
 
@@ -24,6 +24,11 @@ _ARRAY_FIELDS = ("weights", "kernel_ids", "row_start", "kernel_map")
 
 def _vec(v: np.ndarray | None) -> list[int] | None:
     return None if v is None else [int(x) for x in v]
+
+
+def _requant_dict(rq: Requant) -> dict:
+    return {"multiplier": _vec(rq.multiplier), "shift": _vec(rq.shift), "relu": rq.relu,
+            "lo": rq.bounds[0], "hi": rq.bounds[1], "rounding": rq.rounding}
 
 
 def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
@@ -39,10 +44,11 @@ def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
             "arrays": {f: f"{layer.name}/{f}" for f in _ARRAY_FIELDS},
         }
         d["bias"] = _vec(layer.bias)
-        d["requant"] = None if layer.requant is None else {
-            "multiplier": _vec(layer.requant.multiplier), "shift": _vec(layer.requant.shift),
-            "relu": layer.requant.relu, "lo": layer.requant.bounds[0],
-            "hi": layer.requant.bounds[1], "rounding": layer.requant.rounding}
+        d["requant"] = None if layer.requant is None else _requant_dict(layer.requant)
+        if layer.rescale is not None:
+            rs = layer.rescale
+            d["rescale"] = {**_requant_dict(rs.requant), "bias": _vec(rs.bias),
+                            "in_shift": rs.in_shift}
         d["out_scale"] = layer.out_scale
         d["acc_scale"] = list(layer.acc_scale)
         d["accumulator_bits"] = layer.accumulator_bits()
@@ -157,6 +163,12 @@ def _spec_from(r: _Reader) -> TensorSpec:
     return spec
 
 
+def _read_requant(q: _Reader) -> Requant:
+    return Requant(q.vec("multiplier", np.int32), q.vec("shift", np.int32), q.get("relu", bool),
+                   lo=q.get("lo", int, optional=True), hi=q.get("hi", int, optional=True),
+                   rounding=q.get("rounding", str, optional=True) or "half-up")
+
+
 def _layer_from(r: _Reader, tensors: dict[str, np.ndarray], npz_name: str) -> Layer:
     name = r.get("name", str)
     r.where += f" ({name})"
@@ -177,14 +189,13 @@ def _layer_from(r: _Reader, tensors: dict[str, np.ndarray], npz_name: str) -> La
             object.__setattr__(ov, f, v)
         object.__setattr__(ov, "num_kernels", o.get("num_kernels", int))
         ov.check(o.where)
-        rq = None
+        rq = rs = None
         if r.get("requant", dict, optional=True) is not None:
-            q = r.sub("requant")
-            rq = Requant(q.vec("multiplier", np.int32), q.vec("shift", np.int32),
-                         q.get("relu", bool), lo=q.get("lo", int, optional=True),
-                         hi=q.get("hi", int, optional=True),
-                         rounding=q.get("rounding", str, optional=True) or "half-up")
-        kw = dict(name=name, overlays=ov, bias=r.vec("bias", np.int32), requant=rq,
+            rq = _read_requant(r.sub("requant"))
+        if r.get("rescale", dict, optional=True) is not None:
+            q = r.sub("rescale")
+            rs = Rescale(_read_requant(q), q.vec("bias", np.int32), q.get("in_shift", int))
+        kw = dict(name=name, overlays=ov, bias=r.vec("bias", np.int32), requant=rq, rescale=rs,
                   out_scale=float(r.get("out_scale", (int, float))),
                   acc_scale=tuple(float(s) for s in r.get("acc_scale", list)),
                   input_bound=r.get("input_bound", int, optional=True) or 128)

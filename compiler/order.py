@@ -70,6 +70,13 @@ def to_drain_order(net: ir.Network) -> ir.Network:
                 rq = layer.requant
                 layer.requant = dataclasses.replace(rq, multiplier=np.asarray(rq.multiplier)[p],
                                                     shift=np.asarray(rq.shift)[p])
+            if layer.rescale is not None:
+                rs = layer.rescale
+                layer.rescale = dataclasses.replace(
+                    rs, bias=np.asarray(rs.bias)[p],
+                    requant=dataclasses.replace(
+                        rs.requant, multiplier=np.asarray(rs.requant.multiplier)[p],
+                        shift=np.asarray(rs.requant.shift)[p]))
             layer.acc_scale = tuple(np.asarray(layer.acc_scale, dtype=np.float64)[p].tolist())
             perm = p
         elif perm is None:

@@ -12,9 +12,9 @@ import math
 
 import numpy as np
 
-from .ir import MAX_BOOST, MAX_MULTIPLIER, MAX_SHIFT, Requant
+from .ir import MAX_BOOST, MAX_IN_SHIFT, MAX_MULTIPLIER, MAX_SHIFT, Requant, Rescale
 
-__all__ = ["requant_for_range", "fixed_point", "quantize_input", "dequantize",
+__all__ = ["requant_for_range", "rescale_for", "fixed_point", "quantize_input", "dequantize",
            "quantize_boost", "boost_ranking_exact"]
 
 
@@ -49,6 +49,35 @@ def requant_for_range(real: np.ndarray, *, relu: bool, lo: int | None = None,
     ``lo..hi`` (default the int8 range, from 0 with ``relu``)."""
     mult, shift = fixed_point(real)
     return Requant(mult, shift, relu, lo=lo, hi=hi, rounding=rounding)
+
+
+def rescale_for(factor: np.ndarray, offset: np.ndarray, *, relu: bool, lo: int | None = None,
+                hi: int | None = None) -> Rescale:
+    """The :class:`Rescale` ``y = round(x * factor + offset)`` (half to even) per channel.
+
+    ``x << in_shift`` gives the bias fractional bits: the largest shift (at most
+    ``MAX_IN_SHIFT``) whose bias ``offset / factor * 2**in_shift`` fits int32.
+
+    Raises
+    ------
+    ValueError
+        A factor is zero or not finite, or a fixed-point factor is out of range.
+    """
+    factor = np.asarray(factor, dtype=np.float64)
+    offset = np.asarray(offset, dtype=np.float64)
+    if not np.all(np.isfinite(factor)) or np.any(factor == 0) or \
+            not np.all(np.isfinite(offset)):
+        raise ValueError("rescale factors must be nonzero and finite")
+    units = np.abs(offset / factor)  # the bias in units of x
+    room = 30 - int(np.ceil(np.log2(max(float(units.max(initial=0.0)), 1.0))))
+    in_shift = int(np.clip(room, 0, MAX_IN_SHIFT))
+    mult, shift = fixed_point(np.abs(factor) * 2.0 ** -in_shift)
+    bias = np.rint(offset / factor * 2.0 ** in_shift).astype(np.int64)
+    if np.any(np.abs(bias) >= 2 ** 31):
+        raise ValueError(f"a rescale offset of {float(units.max()):.6g} values does not fit")
+    rq = Requant(np.where(factor < 0, -mult, mult).astype(np.int32), shift, relu, lo=lo, hi=hi,
+                 rounding="half-even")
+    return Rescale(rq, bias.astype(np.int32), in_shift)
 
 
 def quantize_input(x: np.ndarray, scale: float) -> np.ndarray:

@@ -101,11 +101,15 @@ class Requantizer(wiring.Component):
     acc_bits : int
         Signed width of the input accumulators, 2 to 32.
     multiplier : sequence of int
-        ``C`` multipliers, 0 to 65535.
+        ``C`` multipliers, -65535 to 65535 (a negative one reverses the order of
+        its channel's values: a :class:`~cosparse.compiler.ir.Rescale`'s).
     shift : sequence of int
         ``C`` right shifts, 0 to 62.
     bias : sequence of int, optional
         ``C`` int32 biases added to the accumulators (default zeros).
+    in_shift : int
+        The accumulators are shifted left by this much before the bias is added
+        (0 to 22): a rescale of int8 values with a fractional bias.
     relu : bool
         Clamp at 0 instead of -128 (fused ReLU).
     lo, hi : int, optional
@@ -142,10 +146,12 @@ class Requantizer(wiring.Component):
     def __init__(self, channels: int, *, width: int = 8, acc_bits: int = 32, multiplier,
                  shift, bias=None, relu: bool = False, loadable: bool = False,
                  dsp_width: int = 18, compact: bool = False, lo: int | None = None,
-                 hi: int | None = None, rounding: str = "half-up"):
+                 hi: int | None = None, rounding: str = "half-up", in_shift: int = 0):
         check_int("channels", channels, 1)
         check_int("width (D)", width, 1, 256)
         check_int("acc_bits", acc_bits, 2, MAX_ACC_BITS)
+        #: Left shift of the input before the bias is added.
+        self.in_shift = check_int("in_shift", in_shift, 0, 22)
         for name, flag in (("relu", relu), ("compact", compact)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
@@ -165,7 +171,8 @@ class Requantizer(wiring.Component):
             raise ValueError(f"dsp_width must be 16 (iCE40) or 18 (ECP5), got {dsp_width!r}")
         #: Unsigned low part of the split product, sized for one signed DSP input.
         self.lo_split = dsp_width - 1
-        self.multiplier = _int_vector("multiplier", multiplier, channels, 0, MAX_MULTIPLIER)
+        self.multiplier = _int_vector("multiplier", multiplier, channels, -MAX_MULTIPLIER,
+                                      MAX_MULTIPLIER)
         self.shift = _int_vector("shift", shift, channels, 0, MAX_SHIFT)
         self.bias = (_int_vector("bias", bias, channels, -(1 << 31), (1 << 31) - 1)
                      if bias is not None else (0,) * channels)
@@ -185,13 +192,24 @@ class Requantizer(wiring.Component):
     @property
     def dsps(self) -> int:
         """DSP multipliers: one or two per lane (see :func:`dsps_per_lane`)."""
-        return self.width * dsps_per_lane(self.acc_bits, min(self.bias), max(self.bias),
+        return self.width * dsps_per_lane(self.sum_in_bits, min(self.bias), max(self.bias),
                                           self.lo_split + 1)
 
     @property
     def cycles_per_group(self) -> int:
         """Steady-state cycles per group."""
         return self.beats
+
+    @property
+    def sum_in_bits(self) -> int:
+        """Signed width of an input shifted by ``in_shift`` (what the bias is added to)."""
+        return self.acc_bits + self.in_shift
+
+    @property
+    def mult_shape(self):
+        """Shape of a multiplier: unsigned, or signed with a negative one."""
+        mb = max(1, max(abs(v) for v in self.multiplier).bit_length())
+        return signed(mb + 1) if min(self.multiplier) < 0 else unsigned(mb)
 
     @property
     def shift_base(self) -> int:
@@ -220,7 +238,7 @@ class Requantizer(wiring.Component):
     def _const_bits(self) -> tuple[int, int, int]:
         """Bits of the bias, the multiplier and one lane's constants word."""
         bb = _sbits(min(self.bias), max(self.bias))
-        mb = max(1, max(self.multiplier).bit_length())
+        mb = self.mult_shape.width
         return bb, mb, bb + mb + self.shift_bits + 1
 
     @property
@@ -228,7 +246,7 @@ class Requantizer(wiring.Component):
         """One word of the constants memory: per lane the bias, multiplier, variable
         shift ``t`` and round flag."""
         bb, mb, _ = self._const_bits()
-        lane = data.StructLayout({"bias": signed(bb), "mult": unsigned(mb),
+        lane = data.StructLayout({"bias": signed(bb), "mult": self.mult_shape,
                                   "t": unsigned(self.shift_bits), "rnd": unsigned(1)})
         return data.ArrayLayout(lane, self.width)
 
@@ -244,7 +262,7 @@ class Requantizer(wiring.Component):
         D, B, ab = self.width, self.beats, self.acc_bits
         _, mb, _ = self._const_bits()
         tb, base = self.shift_bits, self.shift_base
-        sb = sum_bits(ab, min(self.bias), max(self.bias))  # acc + bias
+        sb = sum_bits(self.sum_in_bits, min(self.bias), max(self.bias))  # (acc << in_shift) + bias
         pb = sb + mb  # product, signed
         qb = max(pb - base, 11)  # p >> base (at least the 10 bits the rounding reads, signed)
 
@@ -301,7 +319,8 @@ class Requantizer(wiring.Component):
         split = sb > ls + 1
         hi_bits = max(sb - ls, 1)
         narrow_hi = split and hi_bits <= 6
-        s1 = stage("s1", sh=tb, rnd=1, **({"sum": signed(sb), "mult": mb} if narrow_hi else {}))
+        s1 = stage("s1", sh=tb, rnd=1,
+                   **({"sum": signed(sb), "mult": self.mult_shape} if narrow_hi else {}))
         # ---------------- S2: partial products (low part unsigned 17 bits)
         s2 = stage("s2", sh=tb, rnd=1, **({"hi": signed(hi_bits + mb + 1)} if narrow_hi else {}))
         # The DSP products take their operands where S1 registers them, in the blocks'
@@ -310,7 +329,8 @@ class Requantizer(wiring.Component):
         # out to S2, would be two routes across the die (gsc-cs fc2's requantizer: 15.4 ns,
         # the critical path of the routed whole build).
         total = [Signal(signed(sb), name=f"s0_sum{d}") for d in range(D)]  # S1's sum
-        m.d.comb += [total[d].eq(s0["acc"][d] + consts[d][0]) for d in range(D)]
+        m.d.comb += [total[d].eq((s0["acc"][d] << self.in_shift) + consts[d][0])
+                     for d in range(D)]
         s2["lo"] = [registered_product(m, f"s2_lo{d}", total[d][:ls] if split else total[d],
                                        consts[d][1], platform, en=adv) for d in range(D)]
         if split and hi_bits > 6:
@@ -381,7 +401,8 @@ class Requantizer(wiring.Component):
         tb = self.shift_bits
         if B == 1 and self.load_port is None:
             return [[Const(v, w) for v, w in zip(self._lane_constants(0, d),
-                                                 (signed(bb), mb, tb, 1))] for d in range(D)]
+                                                 (signed(bb), self.mult_shape, tb, 1))]
+                    for d in range(D)]
         lp = self.load_port
         layout = self.consts_layout
         words = lp.hw_init() if lp else self._const_words()

@@ -22,11 +22,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from cosparse.compiler.errors import CosparseError
 from cosparse.compiler.ir import (Densify, Flatten, GlobalKWTA, Layer, LocalKWTA, MaxPool,
-                                  Network, OverlayConv, Overlays, Requant,
+                                  Network, OverlayConv, Overlays, Requant, Rescale,
                                   ZeroSkip, OverlayLayer)
 
-__all__ = ["GoldenError", "run", "run_layer", "requantize", "kwta_mask", "kwta_keys", "kwta_values",
-           "value_dtype",
+__all__ = ["GoldenError", "run", "run_layer", "requantize", "rescale", "kwta_mask", "kwta_keys",
+           "kwta_values", "value_dtype",
            "overlay_accumulate", "overlay_matmul", "Trace"]
 
 
@@ -218,10 +218,17 @@ def _accumulate(layer: OverlayLayer, x: np.ndarray) -> np.ndarray:
     return overlay_matmul(layer.overlays, x)
 
 
+def rescale(x: np.ndarray, rs: Rescale) -> np.ndarray:
+    """A layer's second rounding (:class:`~cosparse.compiler.ir.Rescale`) of its
+    requantized values ``x[..., M]``."""
+    return requantize(x.astype(np.int64) << rs.in_shift, rs.requant, rs.bias)
+
+
 def _finish(layer: OverlayLayer, acc: np.ndarray) -> np.ndarray:
     if layer.requant is None:
         return np.rint(acc + layer.bias).astype(np.int32)
-    return requantize(acc, layer.requant, layer.bias)
+    y = requantize(acc, layer.requant, layer.bias)
+    return y if layer.rescale is None else rescale(y, layer.rescale)
 
 
 def run_layer(layer: Layer, x: np.ndarray) -> np.ndarray:
@@ -264,7 +271,8 @@ def _run_fused(layers: list[Layer], y: np.ndarray) -> np.ndarray:
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if isinstance(layer, OverlayConv) and isinstance(nxt, MaxPool) and layer.requant:
+        if isinstance(layer, OverlayConv) and isinstance(nxt, MaxPool) and layer.requant \
+                and (layer.rescale is None or layer.rescale.monotone):
             y = _finish(layer, _max_pool(_accumulate(layer, y), nxt.kernel, nxt.stride))
             i += 2
         else:

@@ -89,6 +89,9 @@ def reference_run(net: Network, dense_weights: dict[str, np.ndarray], x: np.ndar
                 y = acc.astype(np.int32)
             else:
                 y = _requant(acc, layer.requant)
+                if layer.rescale is not None:
+                    rs = layer.rescale
+                    y = _requant((y.astype(np.int64) << rs.in_shift) + rs.bias, rs.requant)
         elif isinstance(layer, MaxPool):
             kh, kw = layer.kernel
             sh, sw = layer.stride

@@ -28,6 +28,8 @@ from tests.helpers import ONNX_DATA, digits, quantize_qdq, rescaled_kwta_model
     ("bv_mlp_qcdq_legacy", "sparse-weights", "model"),  # Brevitas QCDQ: uint7, int8
     ("cnn_local_dynamo", "sparse-sparse", "ort-u8"),  # ONNX Runtime's defaults: int9 values
     ("mlp_threshold_legacy", "sparse-weights", "ort-u8"),
+    ("cnn_local_legacy", "sparse-sparse", "ort"),  # rounded before and after BN: a rescale
+    ("mlp_scatter_legacy", "sparse-weights", "ort-u8"),
 ])
 def test_onnx_model_in_verilator_equals_golden(model, mode, quantized, tmp_path):
     cal, x, _ = digits(model)
@@ -55,4 +57,28 @@ def test_rescaled_kwta_in_verilator_equals_golden(tmp_path):
     xq = to_ir_input(net, rng.uniform(-1, 1, (6, 12)).astype(np.float32))
     folding = choose_folding(net, xq, max_multipliers=8)
     run = simulate_network(net, folding, xq, name="onnx_rescale")
+    assert np.array_equal(run.outputs, golden.run(net, xq))
+
+
+def test_rescale_with_negative_scales_in_verilator_equals_golden(tmp_path):
+    """A BatchNormalization with negative scales between two roundings: the rescale
+    reverses those channels' order, so the max pool stays after it."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(ONNX_DATA / "cnn_local_legacy.onnx")
+    for t in model.graph.initializer:
+        if t.name == "body.1.weight":  # the BatchNormalization's scale
+            gamma = numpy_helper.to_array(t).copy()
+            gamma[::2] *= -1
+            t.CopyFrom(numpy_helper.from_array(gamma, t.name))
+    onnx.save(model, tmp_path / "neg.onnx")
+    cal, x, _ = digits("cnn_local")
+    path = quantize_qdq(tmp_path / "neg.onnx", tmp_path / "qdq.onnx", cal[:128])
+    net = to_drain_order(import_onnx(path))
+    rescaled = [la for la in net.layers if getattr(la, "rescale", None) is not None]
+    assert rescaled and not rescaled[0].rescale.monotone
+    xq = to_ir_input(net, x[:4])
+    folding = choose_folding(net, xq, max_multipliers=24)
+    run = simulate_network(net, folding, xq, name="onnx_negative_rescale")
     assert np.array_equal(run.outputs, golden.run(net, xq))

@@ -14,7 +14,7 @@ import numpy as np
 from .. import ir
 from ..formats import insert_adapters
 from ..packer import PackError, pack
-from ..quantize import fixed_point, quantize_boost, requant_for_range
+from ..quantize import fixed_point, quantize_boost, requant_for_range, rescale_for
 from .calibrate import Scales
 from .graph import Graph
 from .layout import ir_shape
@@ -88,27 +88,49 @@ def _quantize_layer(g: Graph, s: Step, s_in: float, s_out: float | None,
     if np.any(np.abs(bq) >= 2**31):
         raise g.fail(f"layer {s.name!r}: bias {float(np.abs(s.bias).max()):.6g} does not fit "
                      f"int32 at the accumulator scale {float(acc_scale.min()):.3g}")
-    rq = None
+    rq = rs = None
     if s_out is not None:
+        lo, hi = out_range or (None, None)
         try:
             # Rounded half to even, as the QuantizeLinear of a quantized model does.
-            lo, hi = out_range or (None, None)
-            rq = requant_for_range(acc_scale / s_out, relu=s.relu, rounding="half-even",
-                                   lo=lo, hi=hi)
+            if s.post is None:
+                rq = requant_for_range(acc_scale / s_out, relu=s.relu, rounding="half-even",
+                                       lo=lo, hi=hi)
+            else:  # rounded to the middle tensor's scale, then again after the affine
+                s_mid = g.act_scale[s.mid_name]
+                mid_lo, mid_hi = g.act_range.get(s.mid_name, (None, None))
+                rq = requant_for_range(acc_scale / s_mid, relu=False, rounding="half-even",
+                                       lo=mid_lo, hi=mid_hi)
+                a, c = s.post
+                rs = rescale_for(a * (s_mid / s_out), c / s_out, relu=s.relu, lo=lo, hi=hi)
         except ValueError as e:
             raise g.fail(f"layer {s.name!r}: cannot requantize ({e})") from None
-    return dict(weights=wq, bias=bq.astype(np.int32), acc_scale=acc_scale, requant=rq)
+    return dict(weights=wq, bias=bq.astype(np.int32), acc_scale=acc_scale, requant=rq,
+                rescale=rs)
+
+
+def _fold_post(s: Step) -> None:
+    """Fold a step's affine after its first rounding into its weights and bias (its
+    output is not requantized, so there is no second rounding to keep)."""
+    a, c = s.post
+    s.weight = s.weight * a[:, None]
+    s.bias = s.bias * a + c
+    if not np.all(a == 1):
+        s.w_scale = None
+    s.post = s.mid_name = None
 
 
 def _overlay_layer(g: Graph, s: Step, s_in: float, s_out: float | None, k: int | None,
                    mode: str, out_range: tuple[int, int] | None = None) -> ir.Layer:
     """Quantize and pack one conv or linear step."""
+    if s.post is not None and s_out is None:
+        _fold_post(s)
     q = _quantize_layer(g, s, s_in, s_out, out_range)
     try:
         ov = pack(q["weights"], k, dense=mode == "dense")
     except PackError as e:
         raise g.fail(f"layer {s.name!r}: {e}") from None
-    common = dict(overlays=ov, bias=q["bias"], requant=q["requant"],
+    common = dict(overlays=ov, bias=q["bias"], requant=q["requant"], rescale=q["rescale"],
                   out_scale=float(s_out or 1.0),
                   acc_scale=tuple(float(v) for v in q["acc_scale"]))
     if s.kind == "conv":

@@ -38,6 +38,8 @@ class Step:
     key_scale: float | None = None  # a QDQ model's scale of the boosted key
     key_range: tuple[int, int] | None = None  # ... and its integer range, zero point off
     out_scale: float | None = None  # a QDQ model's scale of a k-WTA's output
+    post: tuple[np.ndarray, np.ndarray] | None = None  # (a, c): y = a * x + c, x rounded
+    mid_name: str | None = None  # ... to this QDQ tensor's scale
     channels: int = 0  # of the map a flatten flattens
     scale_names: list[str] = field(default_factory=list)
     onnx_nodes: list[str] = field(default_factory=list)
@@ -112,7 +114,7 @@ def lower(g: Graph, chain: list[Node]) -> tuple[list[Step], dict]:
                              f"input has {dims['C']}")
             steps.append(Step("conv", n.name, n, w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1),
                               a["bias"], a["w_scale"], a["relu"], a["kernel"], a["stride"],
-                              a["padding"]))
+                              a["padding"], post=a.get("post"), mid_name=a.get("mid_name")))
             dims = dict(zip(order, out_shape[1:]))
         elif n.op == LAYER_OP:
             if is_map:
@@ -121,7 +123,8 @@ def lower(g: Graph, chain: list[Node]) -> tuple[list[Step], dict]:
             if w.shape[1] != len(perm):
                 raise g.fail(f"linear layer {n.name!r}: weight has {w.shape[1]} inputs, the "
                              f"input vector has {len(perm)}")
-            steps.append(Step("linear", n.name, n, w[:, perm], a["bias"], a["w_scale"], a["relu"]))
+            steps.append(Step("linear", n.name, n, w[:, perm], a["bias"], a["w_scale"], a["relu"],
+                              post=a.get("post"), mid_name=a.get("mid_name")))
             perm = np.arange(w.shape[0])
         elif n.op == "MaxPool":
             need_map(n, "MaxPool")

@@ -231,10 +231,18 @@ def _fold_affine(g: Graph) -> bool:
             else:
                 continue
         la = layer.attrs
-        la["weight"] = la["weight"] * a.reshape((-1,) + (1,) * (la["weight"].ndim - 1))
-        la["bias"] = la["bias"] * a + c
-        if not np.all(a == 1):
-            la["w_scale"] = None  # scaled weights are not the model's integer weights
+        if la.get("post") is not None:  # after a second rounding: part of it
+            pa, pc = la["post"]
+            la["post"] = (pa * a, pc * a + c)
+        elif x in g.act_scale:
+            # The model rounds the layer's output to ``x``'s scale before this affine
+            # and again after it: the affine stays a second rounding (ir.Rescale).
+            la["post"], la["mid_name"] = (a, c), x
+        else:
+            la["weight"] = la["weight"] * a.reshape((-1,) + (1,) * (la["weight"].ndim - 1))
+            la["bias"] = la["bias"] * a + c
+            if not np.all(a == 1):
+                la["w_scale"] = None  # scaled weights are not the model's integer weights
         la["onnx_nodes"].append(n.name)
         layer.outputs = [n.outputs[0]]
         la["scale_names"].append(n.outputs[0])

@@ -15,7 +15,8 @@ ends, unpaired LUTs): :data:`PLACEMENT_FACTOR`, measured on a gsc-cs build.
 
 from __future__ import annotations
 
-from cosparse.hw import adapters, dense_window, kwta, logic, overlay, pool, requant, reshape, window
+from cosparse.hw import (adapters, dense_window, kwta, logic, overlay, pool, requant, rescale,
+                         reshape, window)
 from cosparse.hw.network import NetworkCore
 
 __all__ = ["unit_luts", "core_luts", "PLACEMENT_FACTOR", "LINK_LUTS"]
@@ -53,6 +54,8 @@ def unit_luts(c) -> float:
         return 600 + 300 * c.width
     if isinstance(c, requant.Requantizer):
         return 600 + 270 * min(c.width, 16) + 30 * max(c.width - 16, 0)
+    if isinstance(c, rescale.Rescaler):
+        return 150 + 170 * c.width
     if isinstance(c, requant.BiasAdd):
         return 40 + 2 * c.width * c.acc_bits
     if isinstance(c, pool.MaxPool):

@@ -25,6 +25,7 @@ from cosparse.hw.network import NetworkCore, Stage
 from cosparse.hw.overlay import OverlayEngine
 from cosparse.hw.pool import MaxPool, SparseMaxPool
 from cosparse.hw.requant import BiasAdd, Requantizer
+from cosparse.hw.rescale import Rescaler
 from cosparse.hw.reshape import DenseFlatten, SparseFlatten
 from cosparse.hw.streams import dense_layout
 from cosparse.hw.window import SparseWindow
@@ -321,15 +322,12 @@ class _Lowering:
                                              dsp_width=folding.dsp_width,
                                              compact=folding.compact))
         if layer.rescale is not None:
-            rs, vb = layer.rescale, max(8, ir.value_bits(*rq.bounds))
-            self.add(name, Requantizer(m, width=self.width, acc_bits=vb, in_shift=rs.in_shift,
-                                       multiplier=[int(v) for v in rs.requant.multiplier],
-                                       shift=[int(v) for v in rs.requant.shift],
-                                       bias=[int(v) for v in rs.bias],
-                                       relu=bool(rs.requant.relu), lo=rs.bounds[0],
-                                       hi=rs.bounds[1], rounding=rs.requant.rounding,
-                                       loadable=self.loadable, dsp_width=folding.dsp_width,
-                                       compact=folding.compact))
+            rs = layer.rescale
+            self.add(name, Rescaler(m, width=self.width, value_bits=max(8, ir.value_bits(
+                *rq.bounds)), multiplier=[int(v) for v in rs.multiplier],
+                shift=[int(v) for v in rs.shift], offset=[int(v) for v in rs.offset],
+                relu=bool(rs.relu), lo=rs.bounds[0], hi=rs.bounds[1], loadable=self.loadable,
+                dsp_width=folding.dsp_width))
         self.fmt, self.max_active = "dense", m
 
     def max_pool(self, i: int, layer: ir.MaxPool) -> None:

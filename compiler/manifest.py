@@ -47,8 +47,9 @@ def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
         d["requant"] = None if layer.requant is None else _requant_dict(layer.requant)
         if layer.rescale is not None:
             rs = layer.rescale
-            d["rescale"] = {**_requant_dict(rs.requant), "bias": _vec(rs.bias),
-                            "in_shift": rs.in_shift}
+            d["rescale"] = {"multiplier": _vec(rs.multiplier), "shift": _vec(rs.shift),
+                            "offset": _vec(rs.offset), "relu": rs.relu, "lo": rs.bounds[0],
+                            "hi": rs.bounds[1]}
         d["out_scale"] = layer.out_scale
         d["acc_scale"] = list(layer.acc_scale)
         d["accumulator_bits"] = layer.accumulator_bits()
@@ -194,7 +195,9 @@ def _layer_from(r: _Reader, tensors: dict[str, np.ndarray], npz_name: str) -> La
             rq = _read_requant(r.sub("requant"))
         if r.get("rescale", dict, optional=True) is not None:
             q = r.sub("rescale")
-            rs = Rescale(_read_requant(q), q.vec("bias", np.int32), q.get("in_shift", int))
+            rs = Rescale(q.vec("multiplier", np.int32), q.vec("shift", np.int32),
+                         q.vec("offset", np.int64), q.get("relu", bool),
+                         lo=q.get("lo", int, optional=True), hi=q.get("hi", int, optional=True))
         kw = dict(name=name, overlays=ov, bias=r.vec("bias", np.int32), requant=rq, rescale=rs,
                   out_scale=float(r.get("out_scale", (int, float))),
                   acc_scale=tuple(float(s) for s in r.get("acc_scale", list)),

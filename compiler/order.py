@@ -73,10 +73,8 @@ def to_drain_order(net: ir.Network) -> ir.Network:
             if layer.rescale is not None:
                 rs = layer.rescale
                 layer.rescale = dataclasses.replace(
-                    rs, bias=np.asarray(rs.bias)[p],
-                    requant=dataclasses.replace(
-                        rs.requant, multiplier=np.asarray(rs.requant.multiplier)[p],
-                        shift=np.asarray(rs.requant.shift)[p]))
+                    rs, multiplier=np.asarray(rs.multiplier)[p], shift=np.asarray(rs.shift)[p],
+                    offset=np.asarray(rs.offset)[p])
             layer.acc_scale = tuple(np.asarray(layer.acc_scale, dtype=np.float64)[p].tolist())
             perm = p
         elif perm is None:

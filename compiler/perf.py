@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from cosparse.hw import adapters, dense_window, kwta, logic, overlay, pool, requant, reshape, window
+from cosparse.hw import (adapters, dense_window, kwta, logic, overlay, pool, requant, rescale,
+                         reshape, window)
 from cosparse.compiler.folding import Folding
 from cosparse.compiler.lower import lower
 from cosparse.hw.network import NetworkCore
@@ -250,7 +251,7 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
             feed, keep_all = None, False
         elif isinstance(c, adapters.Narrow):
             cyc = np.full(n, _groups(acts[i + 1]).shape[1] * c.beats)
-        elif isinstance(c, (requant.Requantizer, requant.BiasAdd)):
+        elif isinstance(c, (requant.Requantizer, requant.BiasAdd, rescale.Rescaler)):
             cyc = np.full(n, _groups(acts[i + 1]).shape[1] * c.beats)
         elif isinstance(c, pool.MaxPool):
             cyc = np.full(n, g.shape[1] * -(-g.shape[2] // c.width))

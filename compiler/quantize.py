@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-from .ir import MAX_BOOST, MAX_IN_SHIFT, MAX_MULTIPLIER, MAX_SHIFT, Requant, Rescale
+from .ir import (MAX_BOOST, MAX_MULTIPLIER, MAX_RESCALE_MULTIPLIER,
+                 MAX_RESCALE_OFFSET_BITS, MAX_SHIFT, Requant, Rescale)
 
 __all__ = ["requant_for_range", "rescale_for", "fixed_point", "quantize_input", "dequantize",
            "quantize_boost", "boost_ranking_exact"]
@@ -53,31 +54,37 @@ def requant_for_range(real: np.ndarray, *, relu: bool, lo: int | None = None,
 
 def rescale_for(factor: np.ndarray, offset: np.ndarray, *, relu: bool, lo: int | None = None,
                 hi: int | None = None) -> Rescale:
-    """The :class:`Rescale` ``y = round(x * factor + offset)`` (half to even) per channel.
-
-    ``x << in_shift`` gives the bias fractional bits: the largest shift (at most
-    ``MAX_IN_SHIFT``) whose bias ``offset / factor * 2**in_shift`` fits int32.
+    """The :class:`Rescale` ``y = round(x * factor + offset)`` (half to even) per channel:
+    multipliers normalised to 24 bits of magnitude (``[2**23, 2**24)`` where the shift
+    range allows).
 
     Raises
     ------
     ValueError
-        A factor is zero or not finite, or a fixed-point factor is out of range.
+        A factor is zero or not finite, or an offset does not fit.
     """
     factor = np.asarray(factor, dtype=np.float64)
     offset = np.asarray(offset, dtype=np.float64)
     if not np.all(np.isfinite(factor)) or np.any(factor == 0) or \
             not np.all(np.isfinite(offset)):
         raise ValueError("rescale factors must be nonzero and finite")
-    units = np.abs(offset / factor)  # the bias in units of x
-    room = 30 - int(np.ceil(np.log2(max(float(units.max(initial=0.0)), 1.0))))
-    in_shift = int(np.clip(room, 0, MAX_IN_SHIFT))
-    mult, shift = fixed_point(np.abs(factor) * 2.0 ** -in_shift)
-    bias = np.rint(offset / factor * 2.0 ** in_shift).astype(np.int64)
-    if np.any(np.abs(bias) >= 2 ** 31):
-        raise ValueError(f"a rescale offset of {float(units.max()):.6g} values does not fit")
-    rq = Requant(np.where(factor < 0, -mult, mult).astype(np.int32), shift, relu, lo=lo, hi=hi,
-                 rounding="half-even")
-    return Rescale(rq, bias.astype(np.int32), in_shift)
+    _, exp = np.frexp(np.abs(factor))  # |factor| = f * 2**exp, f in [0.5, 1)
+    shift = np.clip(24 - exp, 0, MAX_SHIFT)
+    mult = np.rint(np.abs(factor) * np.exp2(shift)).astype(np.int64)
+    over = mult > MAX_RESCALE_MULTIPLIER  # rounding reached 2**24
+    mult[over] = (mult[over] + 1) // 2
+    shift[over] -= 1
+    if np.any(mult > MAX_RESCALE_MULTIPLIER):
+        raise ValueError(f"rescale factor {float(np.abs(factor).max()):.6g} exceeds "
+                         f"{MAX_RESCALE_MULTIPLIER}")
+    off = np.rint(offset * np.exp2(shift))
+    # |x| <= 255: the sum x * m + offset stays within the IR's bound
+    if np.any(np.abs(off) + 255 * mult >= 2.0 ** MAX_RESCALE_OFFSET_BITS):
+        raise ValueError(f"a rescale offset of {float(np.abs(offset).max()):.6g} output units "
+                         "does not fit")
+    sign = np.where(factor < 0, -1, 1)
+    return Rescale((sign * np.maximum(mult, 1)).astype(np.int32), shift.astype(np.int32),
+                   off.astype(np.int64), relu, lo=lo, hi=hi)
 
 
 def quantize_input(x: np.ndarray, scale: float) -> np.ndarray:

@@ -101,15 +101,11 @@ class Requantizer(wiring.Component):
     acc_bits : int
         Signed width of the input accumulators, 2 to 32.
     multiplier : sequence of int
-        ``C`` multipliers, -65535 to 65535 (a negative one reverses the order of
-        its channel's values: a :class:`~cosparse.compiler.ir.Rescale`'s).
+        ``C`` multipliers, 0 to 65535.
     shift : sequence of int
         ``C`` right shifts, 0 to 62.
     bias : sequence of int, optional
         ``C`` int32 biases added to the accumulators (default zeros).
-    in_shift : int
-        The accumulators are shifted left by this much before the bias is added
-        (0 to 22): a rescale of int8 values with a fractional bias.
     relu : bool
         Clamp at 0 instead of -128 (fused ReLU).
     lo, hi : int, optional
@@ -146,12 +142,10 @@ class Requantizer(wiring.Component):
     def __init__(self, channels: int, *, width: int = 8, acc_bits: int = 32, multiplier,
                  shift, bias=None, relu: bool = False, loadable: bool = False,
                  dsp_width: int = 18, compact: bool = False, lo: int | None = None,
-                 hi: int | None = None, rounding: str = "half-up", in_shift: int = 0):
+                 hi: int | None = None, rounding: str = "half-up"):
         check_int("channels", channels, 1)
         check_int("width (D)", width, 1, 256)
         check_int("acc_bits", acc_bits, 2, MAX_ACC_BITS)
-        #: Left shift of the input before the bias is added.
-        self.in_shift = check_int("in_shift", in_shift, 0, 22)
         for name, flag in (("relu", relu), ("compact", compact)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
@@ -171,8 +165,7 @@ class Requantizer(wiring.Component):
             raise ValueError(f"dsp_width must be 16 (iCE40) or 18 (ECP5), got {dsp_width!r}")
         #: Unsigned low part of the split product, sized for one signed DSP input.
         self.lo_split = dsp_width - 1
-        self.multiplier = _int_vector("multiplier", multiplier, channels, -MAX_MULTIPLIER,
-                                      MAX_MULTIPLIER)
+        self.multiplier = _int_vector("multiplier", multiplier, channels, 0, MAX_MULTIPLIER)
         self.shift = _int_vector("shift", shift, channels, 0, MAX_SHIFT)
         self.bias = (_int_vector("bias", bias, channels, -(1 << 31), (1 << 31) - 1)
                      if bias is not None else (0,) * channels)
@@ -192,24 +185,13 @@ class Requantizer(wiring.Component):
     @property
     def dsps(self) -> int:
         """DSP multipliers: one or two per lane (see :func:`dsps_per_lane`)."""
-        return self.width * dsps_per_lane(self.sum_in_bits, min(self.bias), max(self.bias),
+        return self.width * dsps_per_lane(self.acc_bits, min(self.bias), max(self.bias),
                                           self.lo_split + 1)
 
     @property
     def cycles_per_group(self) -> int:
         """Steady-state cycles per group."""
         return self.beats
-
-    @property
-    def sum_in_bits(self) -> int:
-        """Signed width of an input shifted by ``in_shift`` (what the bias is added to)."""
-        return self.acc_bits + self.in_shift
-
-    @property
-    def mult_shape(self):
-        """Shape of a multiplier: unsigned, or signed with a negative one."""
-        mb = max(1, max(abs(v) for v in self.multiplier).bit_length())
-        return signed(mb + 1) if min(self.multiplier) < 0 else unsigned(mb)
 
     @property
     def shift_base(self) -> int:
@@ -238,7 +220,7 @@ class Requantizer(wiring.Component):
     def _const_bits(self) -> tuple[int, int, int]:
         """Bits of the bias, the multiplier and one lane's constants word."""
         bb = _sbits(min(self.bias), max(self.bias))
-        mb = self.mult_shape.width
+        mb = max(1, max(self.multiplier).bit_length())
         return bb, mb, bb + mb + self.shift_bits + 1
 
     @property
@@ -246,7 +228,7 @@ class Requantizer(wiring.Component):
         """One word of the constants memory: per lane the bias, multiplier, variable
         shift ``t`` and round flag."""
         bb, mb, _ = self._const_bits()
-        lane = data.StructLayout({"bias": signed(bb), "mult": self.mult_shape,
+        lane = data.StructLayout({"bias": signed(bb), "mult": unsigned(mb),
                                   "t": unsigned(self.shift_bits), "rnd": unsigned(1)})
         return data.ArrayLayout(lane, self.width)
 
@@ -262,7 +244,7 @@ class Requantizer(wiring.Component):
         D, B, ab = self.width, self.beats, self.acc_bits
         _, mb, _ = self._const_bits()
         tb, base = self.shift_bits, self.shift_base
-        sb = sum_bits(self.sum_in_bits, min(self.bias), max(self.bias))  # (acc << in_shift) + bias
+        sb = sum_bits(ab, min(self.bias), max(self.bias))  # acc + bias
         pb = sb + mb  # product, signed
         qb = max(pb - base, 11)  # p >> base (at least the 10 bits the rounding reads, signed)
 
@@ -319,8 +301,7 @@ class Requantizer(wiring.Component):
         split = sb > ls + 1
         hi_bits = max(sb - ls, 1)
         narrow_hi = split and hi_bits <= 6
-        s1 = stage("s1", sh=tb, rnd=1,
-                   **({"sum": signed(sb), "mult": self.mult_shape} if narrow_hi else {}))
+        s1 = stage("s1", sh=tb, rnd=1, **({"sum": signed(sb), "mult": mb} if narrow_hi else {}))
         # ---------------- S2: partial products (low part unsigned 17 bits)
         s2 = stage("s2", sh=tb, rnd=1, **({"hi": signed(hi_bits + mb + 1)} if narrow_hi else {}))
         # The DSP products take their operands where S1 registers them, in the blocks'
@@ -329,8 +310,7 @@ class Requantizer(wiring.Component):
         # out to S2, would be two routes across the die (gsc-cs fc2's requantizer: 15.4 ns,
         # the critical path of the routed whole build).
         total = [Signal(signed(sb), name=f"s0_sum{d}") for d in range(D)]  # S1's sum
-        m.d.comb += [total[d].eq((s0["acc"][d] << self.in_shift) + consts[d][0])
-                     for d in range(D)]
+        m.d.comb += [total[d].eq(s0["acc"][d] + consts[d][0]) for d in range(D)]
         s2["lo"] = [registered_product(m, f"s2_lo{d}", total[d][:ls] if split else total[d],
                                        consts[d][1], platform, en=adv) for d in range(D)]
         if split and hi_bits > 6:
@@ -401,8 +381,7 @@ class Requantizer(wiring.Component):
         tb = self.shift_bits
         if B == 1 and self.load_port is None:
             return [[Const(v, w) for v, w in zip(self._lane_constants(0, d),
-                                                 (signed(bb), self.mult_shape, tb, 1))]
-                    for d in range(D)]
+                                                 (signed(bb), mb, tb, 1))] for d in range(D)]
         lp = self.load_port
         layout = self.consts_layout
         words = lp.hw_init() if lp else self._const_words()
@@ -426,28 +405,32 @@ class Requantizer(wiring.Component):
         return [[f.bias, f.mult, f.t, f.rnd] for f in (s0_consts[d] for d in range(D))]
 
     def _round_saturate(self, m: Module, d: int, q, rnd, sticky, qb: int) -> Signal:
-        """Lane ``d``'s output from ``q = p >> (s - 1)``: ``y = (q + up) >> 1`` (``rnd``) or
-        ``y = q``, saturated to ``lo..hi``. Half up: ``up = 1``. Half to even (``sticky``
-        given): ``q``'s lowest bit is the half and ``sticky`` says whether more was dropped;
-        an exact half rounds up only to an even result."""
-        lo, hi = self.lo, self.hi
-        if sticky is not None:
-            up = Signal(name=f"s6_up{d}")
-            m.d.comb += up.eq(~(q[0] & ~sticky & ~q[1]))
-            qa = Signal(signed(qb + 1), name=f"s6_qa{d}")
-            m.d.comb += qa.eq(q + up)
-            over = Mux(rnd, qa >= 2 * hi + 2, q > hi)
-            under = Mux(rnd, qa < 2 * lo, q < lo)
-        else:
-            up = 1
-            over = Mux(rnd, q >= 2 * hi + 1, q > hi)
-            under = Mux(rnd, q < 2 * lo - 1, q < lo)
-        nb = self.out_bits + 2  # q near the range: the rounding add's width
-        small = Signal(signed(nb), name=f"s6_small{d}")
-        m.d.comb += small.eq(Mux(rnd, (q[:nb].as_signed() + up) >> 1, q[:nb].as_signed()))
-        y = Signal(signed(self.out_bits), name=f"s6_y{d}")
-        m.d.comb += y.eq(Mux(over, hi, Mux(under, lo, small)))
-        return y
+        return round_saturate(m, f"s6_{d}", q, rnd, sticky, qb, self.lo, self.hi, self.out_bits)
+
+
+def round_saturate(m: Module, name: str, q, rnd, sticky, qb: int, lo: int, hi: int,
+                   out_bits: int) -> Signal:
+    """An output from ``q = p >> (s - 1)``: ``y = (q + up) >> 1`` (``rnd``) or ``y = q``,
+    saturated to ``lo..hi``. Half up: ``up = 1``. Half to even (``sticky`` given):
+    ``q``'s lowest bit is the half and ``sticky`` says whether more was dropped; an
+    exact half rounds up only to an even result."""
+    if sticky is not None:
+        up = Signal(name=f"{name}_up")
+        m.d.comb += up.eq(~(q[0] & ~sticky & ~q[1]))
+        qa = Signal(signed(qb + 1), name=f"{name}_qa")
+        m.d.comb += qa.eq(q + up)
+        over = Mux(rnd, qa >= 2 * hi + 2, q > hi)
+        under = Mux(rnd, qa < 2 * lo, q < lo)
+    else:
+        up = 1
+        over = Mux(rnd, q >= 2 * hi + 1, q > hi)
+        under = Mux(rnd, q < 2 * lo - 1, q < lo)
+    nb = out_bits + 2  # q near the range: the rounding add's width
+    small = Signal(signed(nb), name=f"{name}_small")
+    m.d.comb += small.eq(Mux(rnd, (q[:nb].as_signed() + up) >> 1, q[:nb].as_signed()))
+    y = Signal(signed(out_bits), name=f"{name}_y")
+    m.d.comb += y.eq(Mux(over, hi, Mux(under, lo, small)))
+    return y
 
 
 class BiasAdd(wiring.Component):

@@ -97,7 +97,7 @@ def skid_output(m: Module, o, valid: Value, payload: Value) -> Signal:
 
 
 def lut_mul(a: Value, b: Value) -> Value:
-    """``a * b`` for a narrow signed ``a`` as shifted adds of ``b`` (either signedness).
+    """``a * b`` for a narrow signed ``a`` as shifted adds of unsigned ``b``.
 
     Synthesis sees adders, not a multiplier, so no DSP block is spent on a
     product that a few LUTs make (the high part of a split product).
@@ -105,7 +105,7 @@ def lut_mul(a: Value, b: Value) -> Value:
     n = len(a)
     acc = None
     for i in range(n):
-        term = Mux(a[i], b << i, 0)
+        term = Mux(a[i], b.as_unsigned() << i, 0)
         if i == n - 1:  # two's complement: the sign bit weighs -2**(n-1)
             acc = (0 - term) if acc is None else acc - term
         else:

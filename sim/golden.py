@@ -221,7 +221,11 @@ def _accumulate(layer: OverlayLayer, x: np.ndarray) -> np.ndarray:
 def rescale(x: np.ndarray, rs: Rescale) -> np.ndarray:
     """A layer's second rounding (:class:`~cosparse.compiler.ir.Rescale`) of its
     requantized values ``x[..., M]``."""
-    return requantize(x.astype(np.int64) << rs.in_shift, rs.requant, rs.bias)
+    scale = np.exp2(-np.asarray(rs.shift, dtype=np.float64))
+    # exact in float64: |x * m + offset| < 2**47, and the scale is a power of two
+    y = (x.astype(np.float64) * rs.multiplier + rs.offset) * scale
+    lo, hi = rs.bounds
+    return np.clip(np.rint(y), lo, hi).astype(value_dtype(lo, hi))
 
 
 def _finish(layer: OverlayLayer, acc: np.ndarray) -> np.ndarray:

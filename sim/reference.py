@@ -33,6 +33,16 @@ def _requant(acc: np.ndarray, rq) -> np.ndarray:
     return np.clip(out, lo, hi).astype(np.int8 if -128 <= lo and hi <= 127 else np.int16)
 
 
+def _rescale(x: np.ndarray, rs) -> np.ndarray:
+    out = np.empty(x.shape, dtype=np.int64)
+    flat_x, flat_out = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])
+    for c in range(x.shape[-1]):
+        m, off, s = int(rs.multiplier[c]), int(rs.offset[c]), int(rs.shift[c])
+        flat_out[:, c] = [_round_half_even(int(v) * m + off, s) for v in flat_x[:, c]]
+    lo, hi = rs.bounds
+    return np.clip(out, lo, hi).astype(np.int8 if -128 <= lo and hi <= 127 else np.int16)
+
+
 def _round_half_even(num: int, shift: int) -> int:
     """``num / 2**shift`` rounded half to even, with Python's exact rationals."""
     return round(Fraction(num, 1 << shift))
@@ -90,8 +100,7 @@ def reference_run(net: Network, dense_weights: dict[str, np.ndarray], x: np.ndar
             else:
                 y = _requant(acc, layer.requant)
                 if layer.rescale is not None:
-                    rs = layer.rescale
-                    y = _requant((y.astype(np.int64) << rs.in_shift) + rs.bias, rs.requant)
+                    y = _rescale(y, layer.rescale)
         elif isinstance(layer, MaxPool):
             kh, kw = layer.kernel
             sh, sw = layer.stride

@@ -57,23 +57,22 @@ def test_rescale_roundtrips_and_is_checked(tmp_path):
     net = zoo.gsc_cs(seed=3, reduced=True)
     conv = next(l for l in net.layers if isinstance(l, ir.OverlayConv))
     m = conv.overlays.num_kernels
-    rq = ir.Requant(np.arange(1, m + 1, dtype=np.int32) * np.where(np.arange(m) % 2, -1, 1),
-                    np.full(m, 20, np.int32), True, lo=0, hi=100, rounding="half-even")
-    conv.rescale = ir.Rescale(rq, np.arange(m, dtype=np.int32) - 5, 12)
+    mult = (np.arange(m, dtype=np.int32) + 1) * np.where(np.arange(m) % 2, -1, 1) << 16
+    conv.rescale = ir.Rescale(mult, np.full(m, 24, np.int32),
+                              np.arange(m, dtype=np.int64) << 30, True, lo=0, hi=100)
     assert not conv.rescale.monotone and net.specs()[net.layers.index(conv) + 1].bounds == (0, 100)
     ir.save(net, tmp_path)
     back = next(l for l in ir.load(tmp_path).layers if l.name == conv.name)
-    for f in ("multiplier", "shift"):
-        assert np.array_equal(getattr(back.rescale.requant, f), getattr(rq, f))
-    assert np.array_equal(back.rescale.bias, conv.rescale.bias)
-    assert back.rescale.in_shift == 12 and back.rescale.bounds == (0, 100)
+    for f in ("multiplier", "shift", "offset"):
+        assert np.array_equal(getattr(back.rescale, f), getattr(conv.rescale, f))
+    assert back.rescale.bounds == (0, 100) and back.rescale.relu
     x = np.random.default_rng(1).integers(-128, 128, (4, *net.input.shape)).astype(np.int8)
     assert np.array_equal(golden.run(net, x), golden.run(ir.load(tmp_path), x))
     for change, match in (
-            (lambda r: r.update(in_shift=40), r"conv1\).rescale.in_shift: expected an integer "
-                                               r"from 0 to 22"),
+            (lambda r: r.update(offset=[1 << 50] * m), r"conv1\).rescale.offset: values must "
+                                                       r"lie in"),
             (lambda r: r.update(multiplier=[0] * m), r"conv1\).rescale.multiplier"),
-            (lambda r: r.update(bias=[0] * (m - 1)), r"conv1\).rescale.bias")):
+            (lambda r: r.update(shift=[0] * (m - 1)), r"conv1\).rescale.shift")):
         _edit(tmp_path, net, lambda d: change(_layer(d, conv.name)["rescale"]))
         with pytest.raises(ManifestError, match=match):
             ir.load(tmp_path)

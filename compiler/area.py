@@ -50,8 +50,8 @@ def unit_luts(c) -> float:
         # is an insertion into k cells
         key = 8 + max(1, (c.channels - 1).bit_length())
         return 950 if c.width == 1 else 3.7 * key * c.cells * c.width + 400
-    if isinstance(c, kwta.GlobalKWTA):
-        return 600 + 300 * c.width
+    if isinstance(c, kwta.GlobalKWTA):  # channel-major ties: a quota counter per channel
+        return 600 + 300 * c.width + (25 * c.group if c.tie_order == "channel-major" else 0)
     if isinstance(c, requant.Requantizer):
         return 600 + 270 * min(c.width, 16) + 30 * max(c.width - 16, 0)
     if isinstance(c, rescale.Rescaler):

@@ -7,6 +7,12 @@ layer made from an ONNX layer should compute the same integers.
 layer, the fraction of elements equal to ONNX Runtime's and the largest
 difference, and the share of inputs whose top-1 class agrees.
 
+Each layer is measured twice: chained (the golden model end to end, so a
+rare difference early on, a near-tie rounded the other way, can change a
+k-WTA's winners and with them many values after it) and alone (the layer
+fed ONNX Runtime's own values of its input: what the layer's integer
+semantics reproduce).
+
 ONNX Runtime runs the QDQ graph with graph optimizations off by default,
 so each operator computes in float between its Q/DQ pairs, as the graph
 says; ``optimized=True`` measures the fused integer kernels instead (on
@@ -38,9 +44,12 @@ class LayerAgreement:
     """One IR layer against the model's quantized tensor.
 
     ``equal`` is the fraction of elements whose integer value is ONNX
-    Runtime's; ``max_diff`` the largest |difference| in integer steps;
+    Runtime's, the golden model run end to end; ``alone`` the same with the
+    layer fed ONNX Runtime's values of its input (None where that input is
+    not the model's: the layer before had no quantized tensor);
+    ``max_diff`` the largest |difference| in integer steps (chained);
     ``tensor`` the model's quantized tensor (None when the layer has none:
-    its agreement is then None).
+    its agreements are then None).
     """
 
     layer: str
@@ -49,6 +58,7 @@ class LayerAgreement:
     elements: int
     equal: float | None
     max_diff: int | None
+    alone: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,8 +74,14 @@ class Fidelity:
         vals = [a.equal for a in self.layers if a.equal is not None]
         return min(vals, default=1.0)
 
+    def worst_alone(self) -> float:
+        """The lowest agreement of a layer fed ONNX Runtime's input (1.0: none compared)."""
+        vals = [a.alone for a in self.layers if a.alone is not None]
+        return min(vals, default=1.0)
+
     def to_dict(self) -> dict:
         return {"inputs": self.inputs, "top1": self.top1, "worst_layer": self.worst(),
+                "worst_layer_alone": self.worst_alone(),
                 "layers": [a.__dict__ for a in self.layers]}
 
 
@@ -182,8 +198,11 @@ def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarra
     specs = net.specs()
     quantizers = _quantizers(model)
     rows = []
+    feed, fed = to_ir_input(net, x), True  # a layer's input, and whether it is the model's
     for i, layer in enumerate(net.layers):
+        alone_y = golden.run_layer(layer, feed)
         if isinstance(layer, (ir.ZeroSkip, ir.Densify, ir.Flatten)):
+            feed = alone_y
             continue  # the previous layer's values, in another stream or shape
         lm = layer_meta.get(layer.name, {})
         tensor = lm.get("onnx_quantized")
@@ -191,7 +210,7 @@ def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarra
         if tensor is not None:
             zp = quantizers.get(tensor, (1.0, 0))[1]
             ref = _to_ir(got[tensor].astype(np.int64) - zp, specs[i + 1])
-        elif lm.get("onnx_output") in got and specs[i + 1].dtype == "int8":
+        elif lm.get("onnx_output") in got and specs[i + 1].activation:
             tensor = lm["onnx_output"]
             grid = got[tensor] / np.float64(specs[i + 1].scale)
             if np.abs(grid - np.rint(grid)).max(initial=0) < 1e-3:  # on the grid
@@ -199,13 +218,17 @@ def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarra
         y = trace[i]
         if ref is not None and y.dtype == np.int32 and tensor in quantizers:
             # int32 logits: quantized as the model's QuantizeLinear does
-            y = _quantize_logits(y, specs[i + 1].scale, quantizers[tensor], got[tensor].dtype)
+            y, alone_y = (_quantize_logits(v, specs[i + 1].scale, quantizers[tensor],
+                                           got[tensor].dtype) for v in (y, alone_y))
         if ref is None:
             rows.append(LayerAgreement(layer.name, layer.kind, None, y[0].size, None, None))
+            feed, fed = alone_y, False
             continue
         diff = np.abs(y.astype(np.int64) - ref.astype(np.int64))
+        alone = float((alone_y.astype(np.int64) == ref).mean()) if fed else None
         rows.append(LayerAgreement(layer.name, layer.kind, tensor, y[0].size,
-                                   float((diff == 0).mean()), int(diff.max(initial=0))))
+                                   float((diff == 0).mean()), int(diff.max(initial=0)), alone))
+        feed, fed = ref.astype(trace[i].dtype), True
     ort_out = got[g.output[0].name].reshape(len(x), -1)
     gold = from_ir_output(net, trace[-1]).reshape(len(x), -1)
     out_q = layer_meta.get(net.layers[-1].name, {}).get("onnx_quantized")
@@ -218,11 +241,13 @@ def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarra
 
 def format_table(f: Fidelity) -> str:
     """The per-layer agreement as a markdown table."""
-    lines = ["| layer | kind | elements | equal to ONNX Runtime | max diff |",
-             "|---|---|---:|---:|---:|"]
+    lines = ["| layer | kind | elements | equal to ONNX Runtime (chained) | max diff "
+             "| equal, fed ONNX Runtime's input |",
+             "|---|---|---:|---:|---:|---:|"]
     for a in f.layers:
         eq = "not compared" if a.equal is None else f"{100 * a.equal:.3f}%"
         md = "" if a.max_diff is None else str(a.max_diff)
-        lines.append(f"| {a.layer} | {a.kind} | {a.elements:,} | {eq} | {md} |")
+        al = "" if a.alone is None else f"{100 * a.alone:.3f}%"
+        lines.append(f"| {a.layer} | {a.kind} | {a.elements:,} | {eq} | {md} | {al} |")
     lines.append(f"\ntop-1 agreement: {100 * f.top1:.2f}% of {f.inputs:,} inputs")
     return "\n".join(lines)

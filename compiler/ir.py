@@ -49,6 +49,8 @@ MAX_BOOST = (1 << 16) - 1
 #: Requantization multipliers are unsigned 16-bit integers.
 MAX_MULTIPLIER = (1 << 16) - 1
 MAX_SHIFT = 62
+#: Orders of a global k-WTA's ties (:attr:`GlobalKWTA.tie_order`).
+TIE_ORDERS = ("stream", "channel-major")
 #: A rescale's multipliers are signed 25-bit (24 bits of magnitude).
 MAX_RESCALE_MULTIPLIER = (1 << 24) - 1
 #: ... and ``|x * multiplier + offset|`` stays below 2**47 (exact in float64).
@@ -670,10 +672,18 @@ class GlobalKWTA(KWTALayer):
     """
 
     kind: ClassVar[str] = "global_kwta"
+    #: The order in which ties go to the lower index: ``"stream"`` (the IR's HWC
+    #: order) or, over a map, ``"channel-major"`` (CHW: a TopK over an NCHW map
+    #: flattened, which keeps the lower channel first).
+    tie_order: str = "stream"
 
     def output_spec(self, inp: TensorSpec, where: str) -> TensorSpec:
         if not inp.activation:
             _fail(where, f"needs an int8 or int9 activation, got {inp.dtype}")
+        if self.tie_order not in TIE_ORDERS or (self.tie_order != "stream"
+                                                and len(inp.shape) != 3):
+            _fail(f"{where}.tie_order", f"expected one of {', '.join(TIE_ORDERS)} "
+                                        f"('channel-major' over a map), got {self.tie_order!r}")
         self._check_k(where, int(np.prod(inp.shape)))
         self._check_boost(where, inp.shape[-1])
         return self._out(inp)

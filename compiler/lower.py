@@ -373,10 +373,12 @@ class _Lowering:
                                                 depth=groups * -(-g // width) + 2))
             gk = self.add(layer.name, GlobalKWTA(groups * g, layer.k, group=g, width=width,
                                                  entries=r_out, boost=boost,
-                                                 serial=folding.compact and width == 1,
+                                                 serial=folding.compact and width == 1
+                                                 and layer.tie_order == "stream",
                                                  max_winners=layer.max_winners,
                                                  key_shift=layer.key_shift,
-                                                 rescale=layer.rescale, **ranges))
+                                                 rescale=layer.rescale,
+                                                 tie_order=layer.tie_order, **ranges))
             # Room for a whole frame's winners: the unit never waits for a slower
             # consumer, so it can take the next frame (see StreamFIFO).
             if folding.frame_fifos:

@@ -60,6 +60,8 @@ def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
         d.update(kernel=list(layer.kernel), stride=list(layer.stride))
     if isinstance(layer, KWTALayer):
         d.update(k=layer.k, boost=_vec(layer.boost), tie_rule=layer.tie_rule)
+        if isinstance(layer, GlobalKWTA) and layer.tie_order != "stream":
+            d["tie_order"] = layer.tie_order
         if layer.max_winners is not None:
             d["max_winners"] = layer.max_winners
         if layer.key_shift is not None:
@@ -220,10 +222,16 @@ def _layer_from(r: _Reader, tensors: dict[str, np.ndarray], npz_name: str) -> La
         rescale = r.ints("rescale", n=2, optional=True)
         out_scale = r.get("out_scale", (int, float), optional=True)
         ranges = {f: r.ints(f, n=2, optional=True) for f in ("key_range", "out_range")}
-        return cls(name, k=r.get("k", int), boost=r.vec("boost", np.int64, optional=True),
-                   max_winners=bound, key_shift=r.get("key_shift", int, optional=True),
-                   rescale=rescale, out_scale=None if out_scale is None else float(out_scale),
-                   **{f: v for f, v in ranges.items() if v is not None})
+        order = r.get("tie_order", str, optional=True)
+        if order is not None and kind != "global_kwta":
+            _fail(f"{r.where}.tie_order", "only a global k-WTA takes a tie order")
+        layer = cls(name, k=r.get("k", int), boost=r.vec("boost", np.int64, optional=True),
+                    max_winners=bound, key_shift=r.get("key_shift", int, optional=True),
+                    rescale=rescale, out_scale=None if out_scale is None else float(out_scale),
+                    **{f: v for f, v in ranges.items() if v is not None})
+        if order is not None:
+            layer.tie_order = order
+        return layer
     return LAYER_KINDS[kind](name)
 
 

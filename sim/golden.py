@@ -248,14 +248,18 @@ def run_layer(layer: Layer, x: np.ndarray) -> np.ndarray:
         return np.where(win, values, 0).astype(values.dtype)
     if isinstance(layer, GlobalKWTA):
         b = x.shape[0]
-        flat = x.reshape(b, -1)
+        chw = layer.tie_order == "channel-major"
+        xs = x.transpose(0, 3, 1, 2) if chw else x  # ties follow the flat order
+        flat = xs.reshape(b, -1)
         boost = None
         if layer.boost is not None:
-            boost = np.tile(layer.boost, flat.shape[1] // layer.boost.shape[0])
+            reps = flat.shape[1] // layer.boost.shape[0]
+            boost = np.repeat(layer.boost, reps) if chw else np.tile(layer.boost, reps)
         win = kwta_mask(flat, layer.k, boost, layer.max_winners, layer.key_shift,
                         layer.key_range)
         values = kwta_values(flat, layer.rescale, layer.out_range)
-        return np.where(win, values, 0).astype(values.dtype).reshape(x.shape)
+        y = np.where(win, values, 0).astype(values.dtype).reshape(xs.shape)
+        return y.transpose(0, 2, 3, 1) if chw else y
     if isinstance(layer, Flatten):
         return x.reshape(x.shape[0], -1)
     if isinstance(layer, (ZeroSkip, Densify)):

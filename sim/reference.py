@@ -117,12 +117,16 @@ def reference_run(net: Network, dense_weights: dict[str, np.ndarray], x: np.ndar
                            layer.key_shift, layer.rescale, layer.key_range,
                            layer.out_range).reshape(y.shape)
         elif isinstance(layer, GlobalKWTA):
-            shape = y.shape
-            flat = y.reshape(shape[0], -1)
-            boost = None if layer.boost is None else \
-                np.tile(layer.boost, flat.shape[1] // layer.boost.size)
+            chw = layer.tie_order == "channel-major"
+            ys = y.transpose(0, 3, 1, 2) if chw else y  # the order ties follow
+            flat = ys.reshape(ys.shape[0], -1)
+            boost = None
+            if layer.boost is not None:
+                reps = flat.shape[1] // layer.boost.size
+                boost = np.repeat(layer.boost, reps) if chw else np.tile(layer.boost, reps)
             y = _topk_rows(flat, layer.k, boost, layer.max_winners, layer.key_shift,
-                           layer.rescale, layer.key_range, layer.out_range).reshape(shape)
+                           layer.rescale, layer.key_range, layer.out_range).reshape(ys.shape)
+            y = y.transpose(0, 2, 3, 1) if chw else y
         elif isinstance(layer, Flatten):
             y = y.reshape(y.shape[0], -1)
         elif isinstance(layer, (ZeroSkip, Densify)):

@@ -156,10 +156,14 @@ def _kwta_layer(s: Step, s_in: float) -> tuple[ir.Layer, dict]:
         # keys as the model quantizes them: round(x * s_in * boost / s_key)
         boost, shift = quantized_key(s.boost * (s_in / s.key_scale))
         info = dict(form, key="quantized", key_scale=s.key_scale, shift=shift, exact=False)
-        return cls(s.name, k=s.k, boost=boost, key_shift=shift), info
-    boost, info = (None, {"shift": None, "exact": True}) if s.boost is None \
-        else quantize_boost(s.boost)
-    return cls(s.name, k=s.k, boost=boost), dict(info, **form)
+        layer = cls(s.name, k=s.k, boost=boost, key_shift=shift)
+    else:
+        boost, info = (None, {"shift": None, "exact": True}) if s.boost is None \
+            else quantize_boost(s.boost)
+        layer, info = cls(s.name, k=s.k, boost=boost), dict(info, **form)
+    if cls is ir.GlobalKWTA:
+        layer.tie_order = info["tie_order"] = s.tie_order
+    return layer, info
 
 
 def _layer_meta(g: Graph, s: Step) -> dict:
@@ -168,6 +172,8 @@ def _layer_meta(g: Graph, s: Step) -> dict:
     shape = g.shape(s.onnx_out)
     quantized = [g.act_quantized[t] for t in reversed(s.scale_names)
                  if t in g.act_quantized and g.shape(t) == shape]
+    if s.out_name in g.act_quantized:  # a k-WTA's output quantized after a flatten
+        quantized.insert(0, g.act_quantized[s.out_name])
     if quantized:
         meta["onnx_quantized"] = quantized[0]
     return meta
@@ -213,7 +219,7 @@ def build_network(g: Graph, steps: list[Step], calibration: np.ndarray | None, m
             layer, kwta[s.name] = _kwta_layer(s, s_in)
             if s.key_range is not None and layer.key_shift is not None:
                 layer.key_range = s.key_range  # the key's quantizer, its zero point off
-            out_range = g.act_range.get(s.onnx_out)
+            out_range = g.act_range.get(s.out_name or s.onnx_out)
             if s.out_scale is not None and (abs(s.out_scale / s_in - 1) > 1e-6 or (
                     out_range is not None and out_range != tuple(rng))):
                 # the model requantizes the winners to a scale (or range) of their own

@@ -38,8 +38,11 @@ class Step:
     key_scale: float | None = None  # a QDQ model's scale of the boosted key
     key_range: tuple[int, int] | None = None  # ... and its integer range, zero point off
     out_scale: float | None = None  # a QDQ model's scale of a k-WTA's output
+    out_name: str | None = None  # ... the tensor quantized with it
     post: tuple[np.ndarray, np.ndarray] | None = None  # (a, c): y = a * x + c, x rounded
     mid_name: str | None = None  # ... to this QDQ tensor's scale
+    tie_order: str = "stream"  # a global k-WTA over a map: "channel-major" for CHW
+    order: tuple[str, ...] = ()  # a flatten: the map's axes of more than one element, in order
     channels: int = 0  # of the map a flatten flattens
     scale_names: list[str] = field(default_factory=list)
     onnx_nodes: list[str] = field(default_factory=list)
@@ -138,7 +141,8 @@ def lower(g: Graph, chain: list[Node]) -> tuple[list[Step], dict]:
                              "a map to [batch, C*H*W] is supported outside a k-WTA")
             if is_map:
                 perm = _flatten_perm(dims, order)
-                steps.append(Step("flatten", n.name, n, channels=dims["C"]))
+                steps.append(Step("flatten", n.name, n, channels=dims["C"],
+                                  order=tuple(a for a in order if dims[a] > 1)))
                 is_map = False
         elif n.op == "Transpose":
             p = list(a.get("perm", [3, 2, 1, 0]))
@@ -190,15 +194,33 @@ def _kwta_before_flatten(steps: list[Step]) -> list[Step]:
             if np.any(rows != rows[:1]):
                 continue  # a boost per unit of the map: keep the vector form
             kwta.boost = rows[0].copy()
+        kwta.tie_order = _tie_order(flat.order)
         out[i], out[i + 1] = kwta, flat
     return out
 
 
+def _tie_order(kept: tuple[str, ...]) -> str:
+    """A global k-WTA's tie order over a map flattened with its axes of more than one
+    element in this order: "channel-major" for C first then H, W (an NCHW map), else the
+    IR's stream order (HWC; an order with C between H and W is not reproduced)."""
+    chw = len(kept) > 1 and kept[0] == "C" and list(kept[1:]) == [a for a in "HW" if a in kept]
+    return "channel-major" if chw else "stream"
+
+
 def _kwta_out_scale(g: Graph, steps: list[Step]) -> None:
-    """Each k-WTA step's output scale in a QDQ model (its own quantizer, if any)."""
-    for s in steps:
+    """Each k-WTA step's output scale in a QDQ model: its own quantizer's, or else that
+    of a flatten right after it (the last quantizer before the next layer reads it)."""
+    for i, s in enumerate(steps):
         if s.kind in ("local_kwta", "global_kwta"):
-            s.out_scale = g.act_scale.get(s.onnx_out)
+            names = [s.onnx_out]
+            for f in steps[i + 1:]:
+                if f.kind != "flatten":
+                    break
+                names += f.scale_names
+            quantized = [t for t in names if t in g.act_scale]
+            if quantized:
+                s.out_name = quantized[-1]
+                s.out_scale = g.act_scale[s.out_name]
 
 
 def _annotate(step: Step, n: Node) -> None:
@@ -230,8 +252,10 @@ def _kwta_step(g: Graph, n: Node, is_map: bool, order: tuple[str, ...], dims: di
                 raise g.fail(f"{where}: a global k-WTA over a map needs one boost per channel; "
                              "this boost varies across positions")
             boost = by_c[:, 0]
+        flat = tuple(x for x in (order[ax - 1] for ax in sorted(a["axes"])) if dims[x] > 1)
         return Step("local_kwta" if local else "global_kwta", n.name, n, k=a["k"],
                     exact=a["exact"], key_scale=a.get("key_scale"),
-                    key_range=a.get("key_range"), boost=None if boost is None else boost.ravel())
+                    key_range=a.get("key_range"), boost=None if boost is None else boost.ravel(),
+                    tie_order="stream" if local else _tie_order(flat))
     raise g.fail(f"{where} selects over the {'/'.join(letters)} axes of a map; the IR selects "
                  "over the channels at each position (local) or over the whole map (global)")

@@ -37,9 +37,10 @@ class GlobalKWTA(wiring.Component):
     A frame is ``size`` (``N``) elements in ``N / G`` groups of ``group``
     (``G``) elements: a vector is one group (``G = N``), a map one group of
     ``C`` channels per position (``N = H * W * C``). Exactly ``k`` winners
-    per frame, ties to the lower flat index (position * G + channel). The
-    output has one sparse group per input group (empty ones included), index
-    = element within the group.
+    per frame, ties to the lower flat index (position * G + channel; or, with
+    ``tie_order="channel-major"``, channel * positions + position: an NCHW map's
+    order). The output has one sparse group per input group (empty ones
+    included), index = element within the group.
 
     ``GlobalKWTA(...)`` builds :class:`HistogramGlobalKWTA`, or
     :class:`SerialGlobalKWTA` with ``serial=True``.
@@ -76,6 +77,10 @@ class GlobalKWTA(wiring.Component):
         Signed bits of an input value (8, or 9 for int9 activations).
     key_range, out_range : (int, int)
         The clamp ranges of quantized keys and of rescaled values.
+    tie_order : {"stream", "channel-major"}
+        The flat order ties follow (see above). Channel-major needs the
+        histogram build; it adds a pass counting each channel's keys equal to
+        the threshold, and ``G`` cycles handing out their quotas.
 
     Members
     -------
@@ -90,10 +95,11 @@ class GlobalKWTA(wiring.Component):
     """
 
     SCAN_OVERHEAD = 11  # cycles of pipeline and hand-off around each scan
+    COUNT_OVERHEAD = 6  # ... around the channel-major counting pass and quotas
 
     def __new__(cls, size=None, k=None, *, group=None, width: int = 8, entries: int = 8,
                 boost=None, serial: bool = False, max_winners=None, key_shift=None, rescale=None,
-                value_bits=8, key_range=(-128, 127), out_range=(-128, 127)):
+                value_bits=8, key_range=(-128, 127), out_range=(-128, 127), tie_order="stream"):
         design = cls
         if cls is GlobalKWTA:
             design = SerialGlobalKWTA if serial else HistogramGlobalKWTA
@@ -104,7 +110,7 @@ class GlobalKWTA(wiring.Component):
                  max_winners: int | None = None, key_shift: int | None = None,
                  rescale: tuple[int, int] | None = None, value_bits: int = 8,
                  key_range: tuple[int, int] = (-128, 127),
-                 out_range: tuple[int, int] = (-128, 127)):
+                 out_range: tuple[int, int] = (-128, 127), tie_order: str = "stream"):
         check_int("size", size, 1)
         check_int("k", k, 1, size)
         if max_winners is not None:
@@ -119,6 +125,12 @@ class GlobalKWTA(wiring.Component):
         check_int("width (D)", width, 1)
         check_int("entries (R)", entries, 1, 64)
         self.size, self.k, self.group, self.width, self.entries = size, k, group, width, entries
+        if tie_order not in ("stream", "channel-major"):
+            raise ValueError(f"tie_order must be 'stream' or 'channel-major', got {tie_order!r}")
+        if tie_order != "stream" and serial:
+            raise ValueError("the channel-major tie order needs the histogram build "
+                             "(serial=False)")
+        self.tie_order = tie_order
         if serial and width != 1:
             raise ValueError(f"serial needs width (D) 1, got {width!r}")
         if bool(serial) != self.serial:
@@ -184,8 +196,11 @@ class HistogramGlobalKWTA(GlobalKWTA):
     @property
     def cycles_per_frame(self) -> int:
         """Steady-state cycles per frame: ``P`` scans of 256 bins and ``P - 1`` refine reads
-        around the write of ``W`` words."""
-        return self.digits * (self.words + 256 + self.SCAN_OVERHEAD)
+        around the write of ``W`` words (channel-major ties: a counting pass of ``W`` and
+        ``G`` cycles of quotas more)."""
+        extra = self.words + self.group + self.COUNT_OVERHEAD \
+            if self.tie_order == "channel-major" else 0
+        return self.digits * (self.words + 256 + self.SCAN_OVERHEAD) + extra
 
     def elaborate(self, platform):
         m = Module()
@@ -209,7 +224,9 @@ class HistogramGlobalKWTA(GlobalKWTA):
                                                    self.out_range, ob)
         m.submodules.hist = hist = LaneHistograms(D, lane_cnt)
         m.submodules.scan = scan = ThresholdScan(D, lane_cnt, cnt)
-        m.submodules.compare = compare = ThresholdCompare(D, KP, ib, cnt, BG, ob)
+        chw = self.tie_order == "channel-major"
+        m.submodules.compare = compare = ThresholdCompare(D, KP, ib, cnt, BG, ob,
+                                                          channels=G if chw else None)
         m.submodules.packer = packer = WinnerPacker(D, R, ib, ob)
 
         # writer: frame -> buffer, top digit -> histograms
@@ -220,9 +237,9 @@ class HistogramGlobalKWTA(GlobalKWTA):
         if wboost is not None:
             m.d.comb += writer.boost.eq(Cat(*wboost))
 
-        # reader: refine passes and emission
-        REFINE, EMIT = 0, 1
-        rd_mode = Signal()
+        # reader: refine passes, the channel-major counting pass and emission
+        REFINE, EMIT, COUNT = 0, 1, 2
+        rd_mode = Signal(2)
         adv_r = Signal()
         m.d.comb += [buf_r.addr.eq(reader.buf_addr), buf_r.en.eq(adv_r),
                      reader.buf_data.eq(buf_r.data), reader.en.eq(adv_r),
@@ -289,19 +306,33 @@ class HistogramGlobalKWTA(GlobalKWTA):
                     m.next = "SCAN"
             with m.State("DONE"):
                 with m.If(rd_idle):
+                    m.d.comb += [reader.start.eq(1), compare.load.eq(1)]
+                    if chw:  # count each channel's keys equal to the threshold first
+                        m.d.sync += rd_mode.eq(COUNT)
+                        m.next = "COUNT"
+                    else:
+                        m.d.sync += rd_mode.eq(EMIT)
+                        m.d.comb += writer.release.eq(1)
+                        m.next = "IDLE"
+            with m.State("COUNT"):
+                with m.If(rd_idle):
+                    m.d.comb += compare.settle.eq(1)
+                    m.next = "SETTLE"
+            with m.State("SETTLE"):
+                with m.If(rd_idle):
                     m.d.sync += rd_mode.eq(EMIT)
-                    m.d.comb += [reader.start.eq(1), compare.load.eq(1), writer.release.eq(1)]
+                    m.d.comb += [reader.start.eq(1), writer.release.eq(1)]
                     m.next = "IDLE"
 
         # emission: the winners of each word, packed R per beat
-        m.d.comb += [compare.en.eq(adv_r), compare.i.eq(r2),
-                     compare.i.valid.eq(r2.valid & (rd_mode == EMIT)),
+        m.d.comb += [compare.en.eq(adv_r), compare.i.eq(r2), compare.count.eq(rd_mode == COUNT),
+                     compare.i.valid.eq(r2.valid & ((rd_mode == EMIT) | (rd_mode == COUNT))),
                      compare.thr.eq(prefix), compare.quota.eq(need + (self.winners - k))]
         m.d.comb += [packer.i.valid.eq(compare.o.valid), packer.i.payload.win.eq(compare.o.win),
                      packer.i.payload.last.eq(compare.o.glast),
                      packer.i.payload.end.eq(compare.o.fend),
                      packer.i.payload.entries.eq(compare.o.entries)]
-        m.d.comb += adv_r.eq((rd_mode == REFINE) | packer.i.ready)
+        m.d.comb += adv_r.eq((rd_mode != EMIT) | packer.i.ready)
         wiring.connect(m, packer.o, wiring.flipped(self.o))
         return m
 

@@ -9,7 +9,7 @@ histograms) are registered before use.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -400,12 +400,22 @@ class ThresholdCompare(wiring.Component):
     values can be output winners. ``load`` sets the threshold and quota of
     the next frame.
 
+    With ``channels`` (``G``, the channel-major tie order of a map: lower
+    channel first, then position), the equal keys win by a quota per
+    channel: a counting pass (``count`` high while a frame's words come in)
+    counts each channel's equal keys, ``settle`` then hands the quota out in
+    channel order (``G`` cycles, ``busy`` meanwhile), and the emission pass
+    takes each channel's equal keys from its own quota. A beat's lanes are
+    distinct channels, so no two lanes share a quota.
+
     Parameters
     ----------
     width : int
         ``D``, lanes.
     key_width, index_bits, total_bits : int
         Widths of a key (``8 * P``), an index within a group, the quota.
+    channels : int, optional
+        ``G``: a quota per channel (see above).
 
     Members
     -------
@@ -415,6 +425,9 @@ class ThresholdCompare(wiring.Component):
     load : In(1)
     thr : In(key_width)
     quota : In(total_bits)
+    count, settle : In(1)
+        With ``channels``: the words are counted, not emitted; start handing out
+        the quotas.
     o : Out(StructLayout)
         ``valid``, ``glast``, ``fend``, ``win`` (a bit per lane), ``entries``
         (index within the group and value of each lane).
@@ -423,9 +436,9 @@ class ThresholdCompare(wiring.Component):
     """
 
     def __init__(self, width: int, key_width: int, index_bits: int, total_bits: int,
-                 beats: int, value_bits: int = 8):
+                 beats: int, value_bits: int = 8, channels: int | None = None):
         self.D, self.KP, self.ib, self.tb = width, key_width, index_bits, total_bits
-        self.beats, self.vb = beats, value_bits
+        self.beats, self.vb, self.channels = beats, value_bits, channels
         super().__init__({
             "en": In(1),
             "i": In(data.StructLayout({
@@ -433,6 +446,7 @@ class ThresholdCompare(wiring.Component):
                 "bg": range(max(beats, 2)),
                 "lanes": data.ArrayLayout(lane_layout(key_width, value_bits), width)})),
             "load": In(1), "thr": In(key_width), "quota": In(total_bits),
+            "count": In(1), "settle": In(1),
             "o": Out(data.StructLayout({
                 "valid": unsigned(1), "glast": unsigned(1), "fend": unsigned(1),
                 "win": unsigned(width),
@@ -460,12 +474,13 @@ class ThresholdCompare(wiring.Component):
         rc_pre = [Signal(rb_eq, name=f"rc_pre{d}") for d in range(D)]
         rc_neq = Signal(rb_eq)
         rc_ent = [Signal(ib + self.vb, name=f"rc_ent{d}") for d in range(D)]
+        rc_bg = Signal.like(i.bg)
         eq = [lv[d] & (key[d] == thr) for d in range(D)]
         with m.If(self.en):
             m.d.sync += rc_v.eq(i.valid)
             with m.If(i.valid):
                 m.d.sync += [
-                    rc_glast.eq(i.glast), rc_fend.eq(i.fend), rc_eq.eq(Cat(*eq)),
+                    rc_glast.eq(i.glast), rc_fend.eq(i.fend), rc_eq.eq(Cat(*eq)), rc_bg.eq(i.bg),
                     rc_gt.eq(Cat(*[lv[d] & (key[d] > thr) for d in range(D)])),
                     rc_nz.eq(Cat(*[x[d] != 0 for d in range(D)])),
                     rc_neq.eq(popcount(eq)),
@@ -473,15 +488,60 @@ class ThresholdCompare(wiring.Component):
                 m.d.sync += [rc_pre[d].eq(popcount(eq[:d])) for d in range(D)]
                 m.d.sync += [rc_ent[d].eq(Cat((i.bg * D + d)[:ib], x[d])) for d in range(D)]
         # R3: the winners: above the threshold, or equal while the quota lasts
-        win = [(rc_gt[d] | (rc_eq[d] & (rc_pre[d] < qrem))) & rc_nz[d] for d in range(D)]
+        if self.channels is None:
+            win = [(rc_gt[d] | (rc_eq[d] & (rc_pre[d] < qrem))) & rc_nz[d] for d in range(D)]
+            settling = Const(0)
+        else:
+            win, settling = self._channel_quotas(m, rc_v, rc_bg, rc_eq, rc_gt, rc_nz, qrem)
         with m.If(self.en):
-            m.d.sync += o.valid.eq(rc_v)
+            m.d.sync += o.valid.eq(rc_v & ~self.count)
             with m.If(rc_v):
-                m.d.sync += [o.glast.eq(rc_glast), o.fend.eq(rc_fend), o.win.eq(Cat(*win)),
-                             qrem.eq(Mux(rc_neq >= qrem, 0, qrem - rc_neq))]
+                m.d.sync += [o.glast.eq(rc_glast), o.fend.eq(rc_fend), o.win.eq(Cat(*win))]
+                with m.If(~self.count):
+                    m.d.sync += qrem.eq(Mux(rc_neq >= qrem, 0, qrem - rc_neq))
                 m.d.sync += [o.entries[d].as_value().eq(rc_ent[d]) for d in range(D)]
-        m.d.comb += self.busy.eq(rc_v | o.valid)
+        m.d.comb += self.busy.eq(rc_v | o.valid | settling)
         return m
+
+    def _channel_quotas(self, m: Module, rc_v, bg, rc_eq, rc_gt, rc_nz, qrem):
+        """Per channel: equal keys counted, quotas handed out in channel order, and the
+        winners of the word in R3 (``bg``: its beat within the group; each channel's
+        equal keys from its quota); returns (win, settling)."""
+        D, G = self.D, self.channels
+        # A channel's equal keys: counted, then its quota, used up by the emission.
+        ties = [Signal(self.tb, name=f"ties{c}") for c in range(G)]
+        win = []
+        for d in range(D):
+            mine = [c for c in range(d, G, D)]  # lane d's channels: beat b holds b * D + d
+            left = Signal(self.tb, name=f"left{d}")
+            with m.Switch(bg):
+                for b, c in enumerate(mine):
+                    with m.Case(b):
+                        m.d.comb += left.eq(ties[c])
+                        with m.If(self.en & rc_v & rc_eq[d]):
+                            with m.If(self.count):
+                                m.d.sync += ties[c].eq(ties[c] + 1)
+                            with m.Elif(ties[c] != 0):
+                                m.d.sync += ties[c].eq(ties[c] - 1)
+            win.append((rc_gt[d] | (rc_eq[d] & (left != 0))) & rc_nz[d])
+        # settle: quota[c] = min(ties[c], what is left), in channel order
+        settling = Signal()
+        sc = Signal(range(max(G, 2)))
+        rem = Signal(self.tb)
+        with m.If(self.settle):
+            m.d.sync += [settling.eq(1), sc.eq(0), rem.eq(qrem)]
+        with m.Elif(settling):
+            cur = Signal(self.tb)
+            m.d.comb += cur.eq(Array(ties)[sc])
+            take = Mux(cur < rem, cur, rem)
+            with m.Switch(sc):
+                for c in range(G):
+                    with m.Case(c):
+                        m.d.sync += ties[c].eq(take)
+            m.d.sync += [rem.eq(rem - take), sc.eq(sc + 1)]
+            with m.If(sc == G - 1):
+                m.d.sync += settling.eq(0)
+        return win, settling
 
 
 class WinnerPacker(wiring.Component):

@@ -78,6 +78,25 @@ def test_rescale_roundtrips_and_is_checked(tmp_path):
             ir.load(tmp_path)
 
 
+def test_channel_major_tie_order_roundtrips_and_is_checked(tmp_path):
+    net = zoo.random_network((6, 6, 3), [("conv", 8, (3, 3), 2), ("relu",), ("global", 5, 3),
+                                         ("flatten",), ("linear", 16, 4), ("global", 4)], seed=1)
+    maps = [l for l in net.layers if isinstance(l, ir.GlobalKWTA)]
+    x = np.random.default_rng(2).integers(-2, 3, (16, *net.input.shape)).astype(np.int8)
+    stream = golden.run(net, x)
+    maps[0].tie_order = "channel-major"
+    chw = golden.run(net, x)
+    assert not np.array_equal(stream, chw)  # the order decides ties among small values
+    ir.save(net, tmp_path)
+    back = ir.load(tmp_path)
+    assert [l.tie_order for l in back.layers if isinstance(l, ir.GlobalKWTA)] == [
+        "channel-major", "stream"]
+    assert np.array_equal(golden.run(back, x), chw)
+    maps[1].tie_order = "channel-major"  # over a vector: refused
+    with pytest.raises(ManifestError, match="tie_order"):
+        net.specs()
+
+
 def test_specs_chain_shapes(small_net):
     specs = small_net.specs()
     assert specs[0].shape == (20, 20, 1)

@@ -24,12 +24,16 @@ def local_expected(x, k, boost, R, max_winners=None, key_shift=None, rescale=Non
 
 
 def global_expected(x, k, boost, G, R, max_winners=None, key_shift=None, rescale=None,
-                    key_range=(-128, 127), out_range=(-128, 127)):
-    """Sparse beats of frame ``x`` (N values in HWC order, groups of G) after a global k-WTA."""
-    flat = np.asarray(x).reshape(-1)
-    b = None if boost is None else np.tile(np.asarray(boost), flat.size // G)
+                    key_range=(-128, 127), out_range=(-128, 127), chw=False):
+    """Sparse beats of frame ``x`` (N values in HWC order, groups of G) after a global k-WTA
+    (``chw``: ties in channel-major order)."""
+    grid = np.asarray(x).reshape(-1, G)
+    flat = (grid.T if chw else grid).reshape(-1)
+    b = None if boost is None else (np.repeat if chw else np.tile)(np.asarray(boost),
+                                                                   flat.size // G)
     y = np.where(kwta_mask(flat, k, b, max_winners, key_shift, key_range),
-                 kwta_values(flat, rescale, out_range), 0).reshape(-1, G)
+                 kwta_values(flat, rescale, out_range), 0)
+    y = y.reshape(G, -1).T if chw else y.reshape(-1, G)
     return sparse_beats([[(int(c), int(row[c])) for c in np.flatnonzero(row)] for row in y], R)
 
 
@@ -451,6 +455,39 @@ def test_global_rescaled_winners_match_golden(N, G, k, D, rescale, serial):
     res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
                    [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=N)
     assert res.outputs[0] == want
+
+
+@pytest.mark.parametrize("N, G, k, B, D, boost_kind, shift", [
+    (48, 8, 5, None, 4, None, None),  # exactly k: ties to the lower channel, then position
+    (60, 6, 7, 10, 8, "small", None),  # the threshold rule's bound, one beat per position
+    (72, 12, 9, None, 4, "small", 3),  # quantized keys, three beats per position
+    (36, 9, 4, None, 2, "wide", None),  # two key digits
+])
+def test_global_channel_major_ties_match_golden(N, G, k, B, D, boost_kind, shift):
+    """An NCHW map's tie order: keys equal to the k-th win by channel, then position."""
+    rng = np.random.default_rng(N + k)
+    boost = make_boost(boost_kind, G, rng)
+    if shift is not None:
+        boost = [int(b) for b in rng.integers(1, 1 << (shift + 1), G)]
+    if boost_kind == "wide":  # two channels with the largest boost: ties across them
+        boost[0] = boost[G - 1] = 65535
+    kw = dict(max_winners=B, key_shift=shift)
+    dut = GlobalKWTA(N, k, group=G, width=D, entries=3, boost=boost, tie_order="channel-major",
+                     **kw)
+    frames = global_frames(rng, N, G) + [rng.integers(-2, 3, N) for _ in range(3)]
+    beats_in, want, differ = [], [], 0
+    for x in frames:
+        beats_in += frame_beats(x, G, D)
+        want += global_expected(x, k, boost, G, 3, B, shift, chw=True)
+        differ += want[-1] != global_expected(x, k, boost, G, 3, B, shift)[-1]
+    assert differ  # the stream order would pick other winners among the ties
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=N)
+    assert res.outputs[0] == want
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    starts = [res.input_cycles[0][f * dut.words] for f in range(len(frames))]
+    assert set(np.diff(starts)[1:]) == {dut.cycles_per_frame}, np.diff(starts)
 
 
 def test_global_benchmark_vector_and_throughput():

@@ -189,7 +189,15 @@ def networks(draw):
                                     kernel=(kh, kh), stride=(stride, stride),
                                     padding=(pad, pad, pad, pad)))
         dense[f"conv{i}"] = w
-        lo, hi = layers[-1].requant.bounds
+        if draw(st.booleans()):  # a second rounding: signed 24-bit multipliers, an offset
+            shift = rng.integers(20, 30, m)
+            layers[-1].rescale = ir.Rescale(
+                (rng.integers(1, 1 << 24, m) * rng.choice([-1, 1], m)).astype(np.int32),
+                shift.astype(np.int32), rng.integers(-40, 40, m) << shift,
+                draw(st.booleans()), **draw(st.sampled_from([{}, {"lo": 0, "hi": 255},
+                                                             {"lo": -20, "hi": 20}])))
+        last_rq = layers[-1].rescale or layers[-1].requant
+        lo, hi = last_rq.bounds
         bound = max(-lo, hi) if max(-lo, hi) > 128 else 128
         in_bound = layers[-1].input_bound
         shape = layers[-1].output_spec(ir.TensorSpec(shape, "int9", 1.0, -in_bound, 0)
@@ -212,6 +220,7 @@ def networks(draw):
         k = draw(st.integers(1, n))
         layers.append(ir.GlobalKWTA("gmap", k=k, max_winners=tie_bound(draw, k, n),
                                     boost=rng.integers(1, 50, shape[2]) if draw(st.booleans()) else None))
+        layers[-1].tie_order = draw(st.sampled_from(ir.TIE_ORDERS))
     layers.append(ir.Flatten("flat"))
     n = int(np.prod(shape))
     for j in range(draw(st.integers(1, 2))):

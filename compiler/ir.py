@@ -47,7 +47,9 @@ MAX_KERNELS_PER_OVERLAY = 256
 #: Boost factors are unsigned 16-bit integers (keys are at most 24 bits wide).
 MAX_BOOST = (1 << 16) - 1
 #: Requantization multipliers are unsigned 16-bit integers.
-MAX_MULTIPLIER = (1 << 16) - 1
+#: A requantization's multipliers: 16 bits for a calibrated network, up to 24 for a model
+#: that arrives quantized (rounding as its float scale does).
+MAX_REQUANT_MULTIPLIER = (1 << 24) - 1
 MAX_SHIFT = 62
 #: Orders of a global k-WTA's ties (:attr:`GlobalKWTA.tie_order`).
 TIE_ORDERS = ("stream", "channel-major")
@@ -222,7 +224,7 @@ class Requant:
     Parameters
     ----------
     multiplier : ndarray of int32, shape (M,)
-        ``1 .. 65535``.
+        ``1 .. 2**24 - 1`` (16 bits for a calibrated network, 24 for a quantized model).
     shift : ndarray of int32, shape (M,)
         ``0 .. 62``.
     relu : bool
@@ -249,7 +251,7 @@ class Requant:
         return lo, 127 if self.hi is None else self.hi
 
     def check(self, where: str, channels: int) -> None:
-        for name, arr, lo, hi in (("multiplier", self.multiplier, 1, MAX_MULTIPLIER),
+        for name, arr, lo, hi in (("multiplier", self.multiplier, 1, MAX_REQUANT_MULTIPLIER),
                                   ("shift", self.shift, 0, MAX_SHIFT)):
             _check_int_vector(f"{where}.{name}", arr, channels, lo, hi)
         if not isinstance(self.relu, bool):
@@ -616,9 +618,9 @@ class KWTALayer(Layer):
         r = self.rescale
         if r is not None and not (isinstance(r, tuple) and len(r) == 2 and all(
                 isinstance(v, int) and not isinstance(v, bool) for v in r)
-                and 1 <= r[0] <= MAX_MULTIPLIER and 0 <= r[1] <= MAX_KEY_SHIFT + 16):
-            _fail(f"{where}.rescale", f"expected (multiplier 1..{MAX_MULTIPLIER}, shift "
-                                      f"0..{MAX_KEY_SHIFT + 16}) or none, got {r!r}")
+                and 1 <= r[0] <= MAX_REQUANT_MULTIPLIER and 0 <= r[1] <= MAX_KEY_SHIFT + 24):
+            _fail(f"{where}.rescale", f"expected (multiplier 1..{MAX_REQUANT_MULTIPLIER}, "
+                                      f"shift 0..{MAX_KEY_SHIFT + 24}) or none, got {r!r}")
         for name, rng in (("key_range", self.key_range), ("out_range", self.out_range)):
             if not (isinstance(rng, tuple) and len(rng) == 2 and all(
                     isinstance(v, int) and not isinstance(v, bool) for v in rng)

@@ -1,9 +1,11 @@
 """Fixed-point requantization constants.
 
 A real per-channel factor ``r`` (input scale x weight scale / output scale)
-becomes an integer multiplier ``m`` of 16 bits and a right shift ``s`` with
-``r ~= m / 2**s``; ``m`` is normalised to ``[2**15, 2**16)`` where the shift
-range allows, which keeps the relative error below ``2**-16``.
+becomes an integer multiplier ``m`` of ``b`` bits and a right shift ``s`` with
+``r ~= m / 2**s``; ``m`` is normalised to ``[2**(b-1), 2**b)`` where the shift
+range allows, which keeps the relative error below ``2**-b``. A calibrated
+network takes 16 bits; a model that arrives quantized 24, so that its values
+round as its float scales do (16 bits leave about 0.02% of them one step off).
 """
 
 from __future__ import annotations
@@ -12,43 +14,46 @@ import math
 
 import numpy as np
 
-from .ir import (MAX_BOOST, MAX_MULTIPLIER, MAX_RESCALE_MULTIPLIER,
+from .ir import (MAX_BOOST, MAX_RESCALE_MULTIPLIER,
                  MAX_RESCALE_OFFSET_BITS, MAX_SHIFT, Requant, Rescale)
 
 __all__ = ["requant_for_range", "rescale_for", "fixed_point", "quantize_input", "dequantize",
            "quantize_boost", "boost_ranking_exact"]
 
 
-def fixed_point(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(multiplier, shift)`` int32 arrays approximating ``real > 0``.
+def fixed_point(real: np.ndarray, bits: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(multiplier, shift)`` int32 arrays approximating ``real > 0`` with
+    ``bits``-bit multipliers (16, or up to 24).
 
     Raises
     ------
     ValueError
-        A factor is not positive and finite, or is too large for a 16-bit
-        multiplier with no shift (``> 65535``).
+        A factor is not positive and finite, or is too large for the
+        multiplier with no shift (``> 2**bits - 1``).
     """
     real = np.asarray(real, dtype=np.float64)
+    top = (1 << bits) - 1
     if not np.all(np.isfinite(real)) or np.any(real <= 0):
         raise ValueError("requantization factors must be positive and finite")
-    if np.any(real > MAX_MULTIPLIER):
-        raise ValueError(f"requantization factor {real.max():.6g} exceeds {MAX_MULTIPLIER} "
+    if np.any(real > top):
+        raise ValueError(f"requantization factor {real.max():.6g} exceeds {top} "
                          "(an output scale far below the accumulator's)")
     _, exp = np.frexp(real)  # real = f * 2**exp, f in [0.5, 1)
-    shift = np.clip(16 - exp, 0, MAX_SHIFT)
+    shift = np.clip(bits - exp, 0, MAX_SHIFT)
     mult = np.rint(real * np.exp2(shift)).astype(np.int64)
-    over = mult > MAX_MULTIPLIER  # rounding reached 2**16
+    over = mult > top  # rounding reached 2**bits
     mult[over] = (mult[over] + 1) // 2
     shift[over] -= 1
-    mult = np.clip(mult, 1, MAX_MULTIPLIER)
+    mult = np.clip(mult, 1, top)
     return mult.astype(np.int32), shift.astype(np.int32)
 
 
 def requant_for_range(real: np.ndarray, *, relu: bool, lo: int | None = None,
-                      hi: int | None = None, rounding: str = "half-up") -> Requant:
-    """A :class:`Requant` whose per-channel factor approximates ``real``, clamped to
-    ``lo..hi`` (default the int8 range, from 0 with ``relu``)."""
-    mult, shift = fixed_point(real)
+                      hi: int | None = None, rounding: str = "half-up",
+                      bits: int = 16) -> Requant:
+    """A :class:`Requant` whose per-channel factor approximates ``real`` with ``bits``-bit
+    multipliers, clamped to ``lo..hi`` (default the int8 range, from 0 with ``relu``)."""
+    mult, shift = fixed_point(real, bits)
     return Requant(mult, shift, relu, lo=lo, hi=hi, rounding=rounding)
 
 

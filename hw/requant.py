@@ -33,7 +33,9 @@ from .streams import dense_layout
 __all__ = ["Requantizer", "BiasAdd", "MAX_MULTIPLIER", "MAX_SHIFT", "MAX_ACC_BITS", "sum_bits",
            "dsps_per_lane"]
 
-MAX_MULTIPLIER = (1 << 16) - 1
+#: Multipliers of up to 24 bits: a model that arrives quantized needs them to round as
+#: its float scale does (16 bits change about 0.02% of its values).
+MAX_MULTIPLIER = (1 << 24) - 1
 MAX_SHIFT = 62
 MAX_ACC_BITS = 32
 
@@ -65,11 +67,19 @@ def sum_bits(acc_bits: int, bias_min: int, bias_max: int) -> int:
                   (1 << (acc_bits - 1)) - 1 + max(bias_max, 0))
 
 
-def dsps_per_lane(acc_bits: int, bias_min: int, bias_max: int, dsp_width: int) -> int:
-    """DSP multipliers one requantizer lane uses: 2 when the sum's high part is wide."""
+def wide_multiplier(mult_bits: int, dsp_width: int) -> bool:
+    """Whether a multiplier of ``mult_bits`` takes two DSP inputs (low and high part)."""
+    return mult_bits > max(dsp_width - 1, 16)
+
+
+def dsps_per_lane(acc_bits: int, bias_min: int, bias_max: int, dsp_width: int,
+                  mult_bits: int = 16) -> int:
+    """DSP multipliers one requantizer lane uses: 2 when the sum's high part is wide, twice
+    that for a multiplier wider than one DSP input."""
     sb = sum_bits(acc_bits, bias_min, bias_max)
     ls = dsp_width - 1
-    return 2 if sb > ls + 1 and sb - ls > 6 else 1
+    parts = 2 if sb > ls + 1 and sb - ls > 6 else 1
+    return parts * (2 if wide_multiplier(mult_bits, dsp_width) else 1)
 
 
 class Requantizer(wiring.Component):
@@ -101,7 +111,8 @@ class Requantizer(wiring.Component):
     acc_bits : int
         Signed width of the input accumulators, 2 to 32.
     multiplier : sequence of int
-        ``C`` multipliers, 0 to 65535.
+        ``C`` multipliers, 0 to ``2**24 - 1``; beyond one DSP input (17 bits on
+        ECP5, 16 on iCE40) each product takes a second block for the high part.
     shift : sequence of int
         ``C`` right shifts, 0 to 62.
     bias : sequence of int, optional
@@ -186,7 +197,7 @@ class Requantizer(wiring.Component):
     def dsps(self) -> int:
         """DSP multipliers: one or two per lane (see :func:`dsps_per_lane`)."""
         return self.width * dsps_per_lane(self.acc_bits, min(self.bias), max(self.bias),
-                                          self.lo_split + 1)
+                                          self.lo_split + 1, self._const_bits()[1])
 
     @property
     def cycles_per_group(self) -> int:
@@ -311,11 +322,22 @@ class Requantizer(wiring.Component):
         # the critical path of the routed whole build).
         total = [Signal(signed(sb), name=f"s0_sum{d}") for d in range(D)]  # S1's sum
         m.d.comb += [total[d].eq(s0["acc"][d] + consts[d][0]) for d in range(D)]
-        s2["lo"] = [registered_product(m, f"s2_lo{d}", total[d][:ls] if split else total[d],
-                                       consts[d][1], platform, en=adv) for d in range(D)]
+        # A wide multiplier is two DSP inputs: its low ``ls`` bits and the rest (weight 2**ls).
+        wide = wide_multiplier(mb, ls + 1)
+        m_lo = [consts[d][1][:ls] if wide else consts[d][1] for d in range(D)]
+        low = [total[d][:ls] if split else total[d] for d in range(D)]
+        s2["lo"] = [registered_product(m, f"s2_lo{d}", low[d], m_lo[d], platform, en=adv)
+                    for d in range(D)]
+        if wide:
+            s2["lo_h"] = [registered_product(m, f"s2_loh{d}", low[d], consts[d][1][ls:],
+                                             platform, en=adv) for d in range(D)]
         if split and hi_bits > 6:
-            s2["hi"] = [registered_product(m, f"s2_hi{d}", total[d][ls:].as_signed(),
-                                           consts[d][1], platform, en=adv) for d in range(D)]
+            s2["hi"] = [registered_product(m, f"s2_hi{d}", total[d][ls:].as_signed(), m_lo[d],
+                                           platform, en=adv) for d in range(D)]
+            if wide:
+                s2["hi_h"] = [registered_product(m, f"s2_hih{d}", total[d][ls:].as_signed(),
+                                                 consts[d][1][ls:], platform, en=adv)
+                              for d in range(D)]
         # ---------------- S3: q = p >> base; S4 (wide spreads only), S5: the variable shift
         even = self.rounding == "half-even"
         st = {"sticky": 1} if even else {}  # a bit shifted out so far was 1
@@ -338,10 +360,17 @@ class Requantizer(wiring.Component):
                 advance(s2, s1, sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d],
                         **({"hi": lambda d: lut_mul(s1["sum"][d][ls:].as_signed(),
                                                     s1["mult"][d])} if narrow_hi else {}))
-                prod = [(s2["hi"][d] << ls) + s2["lo"][d] for d in range(D)]
             else:
                 advance(s2, s1, sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d])
-                prod = [s2["lo"][d] for d in range(D)]
+            prod = []
+            for d in range(D):
+                lo_part = s2["lo"][d] + (s2["lo_h"][d] << ls) if wide else s2["lo"][d]
+                if split:
+                    hi_part = s2["hi"][d] + (s2["hi_h"][d] << ls) if "hi_h" in s2 \
+                        else s2["hi"][d]
+                    prod.append((hi_part << ls) + lo_part)
+                else:
+                    prod.append(lo_part)
             advance(s3, s2, q=lambda d: prod[d] >> base,
                     sh=lambda d: s2["sh"][d], rnd=lambda d: s2["rnd"][d],
                     **({"sticky": lambda d: (prod[d][:base] != 0) if base else 0}

@@ -102,24 +102,25 @@ def overlay_accumulate(ov: Overlays, indices: np.ndarray, values: np.ndarray,
 def requantize(acc: np.ndarray, rq: Requant, bias: np.ndarray | None = None) -> np.ndarray:
     """int8 outputs of accumulators ``acc[..., M]`` (plus ``bias``); see module doc.
 
-    Computed in float64 as ``acc * (m / 2**s) + bias * m / 2**s``, rounded
-    (``floor(v + 0.5)`` half up, ``rint`` half to even), which equals the
-    integer rule exactly: ``m / 2**s`` is a power-of-two scaling of an
-    integer, ``|(acc + bias) * m| < 2**31 * 2**16 < 2**53``, and so every
-    step is an exact float64 operation.
+    In int64: ``p = (acc + bias) * m`` (below ``2**33 * 2**24``), then ``p / 2**s``
+    rounded (half up: ``(p + 2**(s - 1)) >> s``; half to even: the bits shifted
+    out decide), exactly as the hardware does.
     """
-    scale = rq.multiplier.astype(np.float64) * np.exp2(-rq.shift.astype(np.float64))
-    y = np.multiply(acc, scale, dtype=np.float64)
+    total = np.asarray(acc, dtype=np.float64).astype(np.int64)
     if bias is not None:
-        y += bias * scale
+        total = total + np.asarray(bias, dtype=np.int64)
+    p = total * rq.multiplier.astype(np.int64)
+    s = rq.shift.astype(np.int64)
+    half = np.left_shift(np.int64(1), np.maximum(s - 1, 0))
+    q = p >> np.maximum(s - 1, 0)  # floor(p / 2**(s - 1)); its lowest bit is the half
     if rq.rounding == "half-even":
-        np.rint(y, out=y)
+        dropped = (p & (half - 1)) != 0
+        y = (q >> 1) + ((q & 1) & ((dropped | ((q >> 1) & 1) == 1)).astype(np.int64))
     else:
-        y += np.where(rq.shift > 0, 0.5, 0.0)
-        np.floor(y, out=y)
+        y = (q + 1) >> 1
+    y = np.where(s > 0, y, p)
     lo, hi = rq.bounds
-    np.clip(y, lo, hi, out=y)
-    return y.astype(value_dtype(lo, hi))
+    return np.clip(y, lo, hi).astype(value_dtype(lo, hi))
 
 
 def im2col(x: np.ndarray, layer: OverlayConv) -> np.ndarray:

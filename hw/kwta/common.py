@@ -125,15 +125,15 @@ def offset_key(x, b, kb: int, key_shift: int | None = None,
 
 
 def check_rescale(rescale) -> tuple[int, int] | None:
-    """None, or ``(m, s)``: a multiplier from 1 to 65535 and a shift from 0 to 40."""
+    """None, or ``(m, s)``: a multiplier from 1 to ``2**24 - 1`` and a shift from 0 to 48."""
     if rescale is None:
         return None
     try:
         m, s = (int(v) for v in rescale)
     except (TypeError, ValueError):
         raise ValueError(f"rescale must be (multiplier, shift), got {rescale!r}") from None
-    check_int("rescale multiplier", m, 1, (1 << 16) - 1)
-    check_int("rescale shift", s, 0, 40)
+    check_int("rescale multiplier", m, 1, (1 << 24) - 1)
+    check_int("rescale shift", s, 0, 48)
     return m, s
 
 

@@ -155,6 +155,7 @@ def test_local_quantized_keys_match_golden(C, k, B, D, shift, brange):
     (16, 4, 4, (3, 2)),  # x * 3 / 4: halves round to even, large values saturate
     (12, 5, 1, (40000, 17)),  # x * 0.305: small winners become 0 and are dropped
     (10, 3, 8, (1, 0)),  # the identity
+    (9, 4, 2, (12582917, 24)),  # a 24-bit multiplier: x * 0.75000006
 ])
 def test_local_rescaled_winners_match_golden(C, k, D, rescale):
     rng = np.random.default_rng(C + rescale[1])
@@ -442,7 +443,7 @@ def test_global_quantized_keys_match_golden(N, G, k, B, D, shift, serial):
 
 @pytest.mark.parametrize("N, G, k, D, rescale, serial", [
     (48, 8, 7, 4, (3, 2), False), (30, 30, 6, 1, (40000, 17), True),
-    (24, 4, 5, 8, (5, 3), False)])
+    (24, 4, 5, 8, (5, 3), False), (32, 8, 6, 4, (16777215, 25), False)])
 def test_global_rescaled_winners_match_golden(N, G, k, D, rescale, serial):
     rng = np.random.default_rng(N + k)
     boost = make_boost("small", G, rng)

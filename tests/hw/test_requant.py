@@ -100,7 +100,7 @@ def test_throughput_one_beat_per_cycle():
     (dict(channels=0), "channels"),
     (dict(width=0), "width"),
     (dict(acc_bits=33), "acc_bits"),
-    (dict(multiplier=[1 << 16] * 4), r"multiplier\[0\].*65536"),
+    (dict(multiplier=[1 << 24] * 4), r"multiplier\[0\].*16777216"),
     (dict(shift=[0, 0, 63, 0]), r"shift\[2\].*63"),
     (dict(bias=[0, 1 << 31, 0, 0]), r"bias\[1\]"),
     (dict(shift=[0] * 3), "4 integers"),
@@ -305,3 +305,42 @@ def test_ecp5_products_are_registered_dsp_blocks(C, D, acc_bits, compact):
             len(beats_want), stall=0.3, seed=3, platform=plat)
         assert runs[plat is None].outputs[0] == beats_want
     assert runs[True].cycles == runs[False].cycles
+
+
+@pytest.mark.parametrize("C, D, acc_bits, dsp_width, bias_bits, compact, loadable", [
+    (12, 4, 16, 18, 10, False, False),  # the sum in one DSP input: two products a lane
+    (9, 8, 22, 18, 12, False, True),  # a narrow high part of the sum (shifted adds)
+    (10, 2, 30, 18, 20, True, False),  # a wide high part: four products a lane
+    (7, 1, 24, 16, 16, False, False),  # iCE40: 15-bit low parts
+])
+def test_wide_multipliers_match_golden(C, D, acc_bits, dsp_width, bias_bits, compact,
+                                       loadable):
+    """24-bit multipliers (a model that arrives quantized): products by both parts."""
+    rng = np.random.default_rng(C + acc_bits)
+    mult = rng.integers(1 << 23, 1 << 24, C)
+    mult[0] = (1 << 24) - 1
+    shift = rng.integers(acc_bits + 14, acc_bits + 20, C)
+    bias = rng.integers(-(1 << bias_bits), 1 << bias_bits, C)
+    kw = dict(lo=-120, hi=100, rounding="half-even")
+    dut = requantizer(C, D, acc_bits, mult, shift, bias, False, dsp_width=dsp_width,
+                      compact=compact, loadable=loadable, **kw)
+    assert dut.dsps >= 2 * D
+    acc = np.concatenate([tie_acc(rng, shift, mult, bias, (1, 4, C), acc_bits, -120, 100),
+                          random_acc(rng, (2, 4, C), acc_bits)])
+    want = requant_golden(acc, mult, shift, bias, False, **kw)
+    assert len(np.unique(want)) > 30
+    run(dut, acc, want, seed=C)
+
+
+def test_verilator_wide_multipliers_match_golden():
+    rng = np.random.default_rng(24)
+    C, D, acc_bits = 16, 4, 26
+    mult = rng.integers(1 << 20, 1 << 24, C)
+    shift = rng.integers(acc_bits + 12, acc_bits + 22, C)
+    bias = rng.integers(-(1 << 18), 1 << 18, C)
+    dut = requantizer(C, D, acc_bits, mult, shift, bias, True, rounding="half-even")
+    acc = random_acc(rng, (3, 4, C), acc_bits)
+    want = requant_golden(acc, mult, shift, bias, True, rounding="half-even")
+    beats_in, beats_want = dense_frames(acc, D), dense_frames(want, D)
+    res = verilate_io(dut, "requantizer_wide", beats_in, len(beats_want), stall=0.3, seed=4)
+    assert res.outputs[0] == beats_want

@@ -99,6 +99,70 @@ def _session(model, optimized: bool):
                                 providers=["CPUExecutionProvider"])
 
 
+def _qonnx_as_qcdq(model):
+    """A QONNX model's ``Quant`` nodes as ONNX Runtime runs them: a constant's folded into
+    its dequantized values, an activation's as ``QuantizeLinear -> Clip ->
+    DequantizeLinear`` (the same integers: ``clip(round_half_even(x / s) + z, lo, hi)``).
+    Returns the model and, per activation ``Quant``'s output, the tensor of its integers
+    (the ``Clip``'s output). A model without ``Quant`` comes back as it is."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from .frontend.graph import QONNX_DOMAINS
+    quants = [n for n in model.graph.node if n.op_type == "Quant" and n.domain in QONNX_DOMAINS]
+    if not quants:
+        return model, {}
+    g = model.graph
+    ints = {}
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    nodes = []
+    for n in g.node:
+        if n not in quants:
+            nodes.append(n)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if any(t not in consts for t in n.input[1:4]):
+            raise FidelityError(f"Quant {n.name!r}: its scale, zero point and bit width must "
+                                "be constants")
+        scale, zp, bits = (consts[t].astype(np.float64) for t in n.input[1:4])
+        b, signed, narrow = int(bits.ravel()[0]), int(attrs.get("signed", 1)), \
+            int(attrs.get("narrow", 0))
+        lo, hi = ((-(1 << (b - 1)) + narrow, (1 << (b - 1)) - 1) if signed
+                  else (0, (1 << b) - 1 - narrow))
+        if n.input[0] in consts:  # a weight: fold it
+            x = consts[n.input[0]].astype(np.float64)
+            q = np.clip(np.rint(x / scale + zp), lo, hi)
+            y = ((q - zp) * scale).astype(np.float32)
+            g.initializer.append(numpy_helper.from_array(y, n.output[0]))
+            consts[n.output[0]] = y
+            continue
+        if scale.size != 1 or zp.size != 1:
+            raise FidelityError(f"Quant {n.name!r}: a per-channel activation quantizer; the "
+                                "comparison runs per-tensor activation quantizers")
+        dtype = np.int8 if signed else np.uint8
+        names = [f"{n.output[0]}__{k}" for k in ("scale", "zp", "lo", "hi", "q", "c")]
+        g.initializer.extend([
+            numpy_helper.from_array(np.array(scale.ravel()[0], np.float32), names[0]),
+            numpy_helper.from_array(np.array(int(zp.ravel()[0]), dtype), names[1]),
+            numpy_helper.from_array(np.array(lo, dtype), names[2]),
+            numpy_helper.from_array(np.array(hi, dtype), names[3])])
+        nodes += [helper.make_node("QuantizeLinear", [n.input[0], names[0], names[1]],
+                                   [names[4]]),
+                  helper.make_node("Clip", [names[4], names[2], names[3]], [names[5]]),
+                  helper.make_node("DequantizeLinear", [names[5], names[0], names[1]],
+                                   [n.output[0]])]
+        ints[n.output[0]] = names[5]
+    del g.node[:]
+    g.node.extend(nodes)
+    opsets = {o.domain: o for o in model.opset_import}
+    if "" in opsets and opsets[""].version < 13:
+        opsets[""].version = 13  # Clip on integers
+    return onnx.shape_inference.infer_shapes(model), ints
+
+
 def _to_ir(a: np.ndarray, spec: ir.TensorSpec) -> np.ndarray | None:
     """ONNX Runtime's tensor ``a[B, ...]`` in the IR's layout for ``spec``, or None."""
     shape = spec.shape
@@ -173,9 +237,11 @@ def layer_agreement(model_path: str | os.PathLike, net: ir.Network, x: np.ndarra
     if not isinstance(x, np.ndarray) or x.dtype.kind != "f" or x.shape[1:] != want or not len(x):
         got = f"{x.dtype} {list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
         raise FidelityError(f"inputs must be float [N, {', '.join(map(str, want))}], got {got}")
-    model = onnx.load(str(model_path))
+    model, ints = _qonnx_as_qcdq(onnx.load(str(model_path)))
     g = model.graph
-    layer_meta = net.meta.get("layers", {})
+    layer_meta = {name: {k: ints.get(v, v) if k == "onnx_quantized" else v
+                         for k, v in m.items()}
+                  for name, m in net.meta.get("layers", {}).items()}
     # A layer's quantized tensor, or else its float output (a pool or k-WTA between
     # quantizers keeps its input's grid: its values divided by the scale are integers).
     wanted = [m.get("onnx_quantized") or m.get("onnx_output") for m in layer_meta.values()]

@@ -214,8 +214,8 @@ class Overlays:
 class Requant:
     """Per-channel requantization of accumulators to int8.
 
-    ``y = clamp(round((acc * multiplier) / 2**shift), lo, hi)`` where ``acc``
-    already includes the layer's bias and ``round`` is ``rounding``:
+    ``y = clamp(round((acc * multiplier + offset) / 2**shift), lo, hi)`` where
+    ``acc`` already includes the layer's bias and ``round`` is ``rounding``:
     ``"half-up"`` (half towards +inf: ``(p + (1 << (shift - 1))) >> shift``)
     or ``"half-even"`` (half to even, as ONNX's QuantizeLinear); a shift of 0
     does not round. ``lo`` and ``hi`` default to -128 (0 with ``relu``) and
@@ -233,6 +233,10 @@ class Requant:
         The output range, ``lo <= 0 <= hi``, at most 256 values within -255..255 (a
         range beyond int8's makes an int9 activation).
     rounding : {"half-up", "half-even"}
+    offset : ndarray of int64, shape (M,), optional
+        Added to the product before the shift, ``|offset| < 2**56``: a model's
+        float bias at the output's fixed point (a bias the model does not
+        quantize to the accumulator's scale). None: no offset.
     """
 
     multiplier: np.ndarray
@@ -241,6 +245,7 @@ class Requant:
     lo: int | None = None
     hi: int | None = None
     rounding: str = "half-up"
+    offset: np.ndarray | None = None
 
     @property
     def bounds(self) -> tuple[int, int]:
@@ -254,6 +259,9 @@ class Requant:
         for name, arr, lo, hi in (("multiplier", self.multiplier, 1, MAX_REQUANT_MULTIPLIER),
                                   ("shift", self.shift, 0, MAX_SHIFT)):
             _check_int_vector(f"{where}.{name}", arr, channels, lo, hi)
+        if self.offset is not None:
+            _check_int_vector(f"{where}.offset", self.offset, channels, -(1 << 56) + 1,
+                              (1 << 56) - 1)
         if not isinstance(self.relu, bool):
             _fail(f"{where}.relu", f"expected true or false, got {self.relu!r}")
         for name, v, a, b in (("lo", self.lo, -MAX_ACTIVATION, 0),

@@ -318,6 +318,8 @@ class _Lowering:
                                              shift=[int(v) for v in rq.shift], bias=bias,
                                              relu=bool(rq.relu), lo=rq.bounds[0],
                                              hi=rq.bounds[1], rounding=rq.rounding,
+                                             offset=None if rq.offset is None
+                                             else [int(v) for v in rq.offset],
                                              loadable=self.loadable,
                                              dsp_width=folding.dsp_width,
                                              compact=folding.compact))

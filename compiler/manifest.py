@@ -27,8 +27,11 @@ def _vec(v: np.ndarray | None) -> list[int] | None:
 
 
 def _requant_dict(rq: Requant) -> dict:
-    return {"multiplier": _vec(rq.multiplier), "shift": _vec(rq.shift), "relu": rq.relu,
-            "lo": rq.bounds[0], "hi": rq.bounds[1], "rounding": rq.rounding}
+    d = {"multiplier": _vec(rq.multiplier), "shift": _vec(rq.shift), "relu": rq.relu,
+         "lo": rq.bounds[0], "hi": rq.bounds[1], "rounding": rq.rounding}
+    if rq.offset is not None:
+        d["offset"] = _vec(rq.offset)
+    return d
 
 
 def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
@@ -169,7 +172,8 @@ def _spec_from(r: _Reader) -> TensorSpec:
 def _read_requant(q: _Reader) -> Requant:
     return Requant(q.vec("multiplier", np.int32), q.vec("shift", np.int32), q.get("relu", bool),
                    lo=q.get("lo", int, optional=True), hi=q.get("hi", int, optional=True),
-                   rounding=q.get("rounding", str, optional=True) or "half-up")
+                   rounding=q.get("rounding", str, optional=True) or "half-up",
+                   offset=q.vec("offset", np.int64, optional=True))
 
 
 def _layer_from(r: _Reader, tensors: dict[str, np.ndarray], npz_name: str) -> Layer:

@@ -68,8 +68,9 @@ def to_drain_order(net: ir.Network) -> ir.Network:
             layer.bias = np.asarray(layer.bias)[p]
             if layer.requant is not None:
                 rq = layer.requant
-                layer.requant = dataclasses.replace(rq, multiplier=np.asarray(rq.multiplier)[p],
-                                                    shift=np.asarray(rq.shift)[p])
+                layer.requant = dataclasses.replace(
+                    rq, multiplier=np.asarray(rq.multiplier)[p], shift=np.asarray(rq.shift)[p],
+                    offset=None if rq.offset is None else np.asarray(rq.offset)[p])
             if layer.rescale is not None:
                 rs = layer.rescale
                 layer.rescale = dataclasses.replace(

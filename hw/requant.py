@@ -117,6 +117,9 @@ class Requantizer(wiring.Component):
         ``C`` right shifts, 0 to 62.
     bias : sequence of int, optional
         ``C`` int32 biases added to the accumulators (default zeros).
+    offset : sequence of int, optional
+        ``C`` offsets added to the products before the shift, ``|offset| < 2**56``
+        (a model's float bias at the output's fixed point); None: none.
     relu : bool
         Clamp at 0 instead of -128 (fused ReLU).
     lo, hi : int, optional
@@ -153,7 +156,7 @@ class Requantizer(wiring.Component):
     def __init__(self, channels: int, *, width: int = 8, acc_bits: int = 32, multiplier,
                  shift, bias=None, relu: bool = False, loadable: bool = False,
                  dsp_width: int = 18, compact: bool = False, lo: int | None = None,
-                 hi: int | None = None, rounding: str = "half-up"):
+                 hi: int | None = None, rounding: str = "half-up", offset=None):
         check_int("channels", channels, 1)
         check_int("width (D)", width, 1, 256)
         check_int("acc_bits", acc_bits, 2, MAX_ACC_BITS)
@@ -180,12 +183,14 @@ class Requantizer(wiring.Component):
         self.shift = _int_vector("shift", shift, channels, 0, MAX_SHIFT)
         self.bias = (_int_vector("bias", bias, channels, -(1 << 31), (1 << 31) - 1)
                      if bias is not None else (0,) * channels)
+        self.offset = (None if offset is None else
+                       _int_vector("offset", offset, channels, -(1 << 56) + 1, (1 << 56) - 1))
         self.beats = -(-channels // width)
         self.in_layout = dense_layout(width, signed(acc_bits))
         self.out_layout = dense_layout(width, signed(self.out_bits))
         #: Host loader access to the constants memory (always a memory when loadable).
-        self.load_port = (LoadPort("consts", width * self._const_bits()[2], self.beats,
-                                   tuple(self._const_words())) if loadable else None)
+        self.load_port = (LoadPort("consts", width * self.consts_layout.elem_shape.size,
+                                   self.beats, tuple(self._const_words())) if loadable else None)
         self.load_ports = [self.load_port] if loadable else []
         super().__init__({
             "i": In(stream.Signature(self.in_layout)),
@@ -220,43 +225,52 @@ class Requantizer(wiring.Component):
         """Cycles from an accepted input beat to its output beat."""
         return (7 if self.shift_bits > 3 else 6) - int(self.compact)
 
-    def _lane_constants(self, b: int, d: int) -> tuple[int, int, int, int]:
-        """(bias, multiplier, t, round flag) of lane ``d`` of beat ``b``."""
+    def _lane_constants(self, b: int, d: int) -> dict:
+        """Bias, multiplier, variable shift ``t``, round flag (and offset) of lane ``d`` of
+        beat ``b``."""
         c = b * self.width + d
-        if c >= self.channels:
-            return 0, 0, 0, 0
-        s = self.shift[c]
-        return self.bias[c], self.multiplier[c], max(s - 1, 0) - self.shift_base, int(s > 0)
+        fields = {"bias": 0, "mult": 0, "t": 0, "rnd": 0}
+        if self.offset is not None:
+            fields["off"] = 0
+        if c < self.channels:
+            s = self.shift[c]
+            fields.update(bias=self.bias[c], mult=self.multiplier[c],
+                          t=max(s - 1, 0) - self.shift_base, rnd=int(s > 0))
+            if self.offset is not None:
+                fields["off"] = self.offset[c]
+        return fields
 
     def _const_bits(self) -> tuple[int, int, int]:
-        """Bits of the bias, the multiplier and one lane's constants word."""
+        """Bits of the bias, the multiplier and the offset (0: none)."""
         bb = _sbits(min(self.bias), max(self.bias))
         mb = max(1, max(self.multiplier).bit_length())
-        return bb, mb, bb + mb + self.shift_bits + 1
+        ob = 0 if self.offset is None else _sbits(min(self.offset), max(self.offset))
+        return bb, mb, ob
 
     @property
     def consts_layout(self) -> data.ArrayLayout:
         """One word of the constants memory: per lane the bias, multiplier, variable
-        shift ``t`` and round flag."""
-        bb, mb, _ = self._const_bits()
-        lane = data.StructLayout({"bias": signed(bb), "mult": unsigned(mb),
-                                  "t": unsigned(self.shift_bits), "rnd": unsigned(1)})
-        return data.ArrayLayout(lane, self.width)
+        shift ``t``, round flag (and offset)."""
+        bb, mb, ob = self._const_bits()
+        fields = {"bias": signed(bb), "mult": unsigned(mb), "t": unsigned(self.shift_bits),
+                  "rnd": unsigned(1)}
+        if ob:
+            fields["off"] = signed(ob)
+        return data.ArrayLayout(data.StructLayout(fields), self.width)
 
     def _const_words(self) -> list[int]:
         """The constants memory: one word of ``D`` lanes per beat of a group."""
         layout = self.consts_layout
-        return [layout.const([dict(zip(("bias", "mult", "t", "rnd"), self._lane_constants(b, d)))
-                              for d in range(self.width)]).as_bits()
+        return [layout.const([self._lane_constants(b, d) for d in range(self.width)]).as_bits()
                 for b in range(self.beats)]
 
     def elaborate(self, platform):
         m = Module()
         D, B, ab = self.width, self.beats, self.acc_bits
-        _, mb, _ = self._const_bits()
+        _, mb, ob = self._const_bits()
         tb, base = self.shift_bits, self.shift_base
         sb = sum_bits(ab, min(self.bias), max(self.bias))  # acc + bias
-        pb = sb + mb  # product, signed
+        pb = max(sb + mb, ob) + (1 if ob else 0)  # product (plus offset), signed
         qb = max(pb - base, 11)  # p >> base (at least the 10 bits the rounding reads, signed)
 
         adv = Signal()
@@ -312,9 +326,12 @@ class Requantizer(wiring.Component):
         split = sb > ls + 1
         hi_bits = max(sb - ls, 1)
         narrow_hi = split and hi_bits <= 6
-        s1 = stage("s1", sh=tb, rnd=1, **({"sum": signed(sb), "mult": mb} if narrow_hi else {}))
+        off = {"off": signed(ob)} if ob else {}  # the offset travels to S3's add
+        s1 = stage("s1", sh=tb, rnd=1, **off,
+                   **({"sum": signed(sb), "mult": mb} if narrow_hi else {}))
         # ---------------- S2: partial products (low part unsigned 17 bits)
-        s2 = stage("s2", sh=tb, rnd=1, **({"hi": signed(hi_bits + mb + 1)} if narrow_hi else {}))
+        s2 = stage("s2", sh=tb, rnd=1, **off,
+                   **({"hi": signed(hi_bits + mb + 1)} if narrow_hi else {}))
         # The DSP products take their operands where S1 registers them, in the blocks'
         # own input registers, and are registered there as S2 (``registered_product``;
         # ECP5: MULT18X18D with CE = adv). A fabric S1 register into a bare multiplier,
@@ -352,16 +369,18 @@ class Requantizer(wiring.Component):
             return (q.as_unsigned() & ((Const(1, qb + 1) << amount) - 1)[:qb]) != 0
 
         with m.If(adv):
-            advance(s1, s0, sh=lambda d: consts[d][2], rnd=lambda d: consts[d][3],
+            pass_off = {"off": lambda d: consts[d][4]} if ob else {}
+            advance(s1, s0, sh=lambda d: consts[d][2], rnd=lambda d: consts[d][3], **pass_off,
                     **({"sum": lambda d: total[d], "mult": lambda d: consts[d][1]}
                        if narrow_hi else {}))
+            pass_off = {"off": lambda d: s1["off"][d]} if ob else {}
             if split:
                 # A narrow high part is a few shifted adds (no DSP block for it).
-                advance(s2, s1, sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d],
+                advance(s2, s1, sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d], **pass_off,
                         **({"hi": lambda d: lut_mul(s1["sum"][d][ls:].as_signed(),
                                                     s1["mult"][d])} if narrow_hi else {}))
             else:
-                advance(s2, s1, sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d])
+                advance(s2, s1, sh=lambda d: s1["sh"][d], rnd=lambda d: s1["rnd"][d], **pass_off)
             prod = []
             for d in range(D):
                 lo_part = s2["lo"][d] + (s2["lo_h"][d] << ls) if wide else s2["lo"][d]
@@ -371,6 +390,8 @@ class Requantizer(wiring.Component):
                     prod.append((hi_part << ls) + lo_part)
                 else:
                     prod.append(lo_part)
+                if ob:
+                    prod[d] = prod[d] + s2["off"][d]
             advance(s3, s2, q=lambda d: prod[d] >> base,
                     sh=lambda d: s2["sh"][d], rnd=lambda d: s2["rnd"][d],
                     **({"sticky": lambda d: (prod[d][:base] != 0) if base else 0}
@@ -406,11 +427,10 @@ class Requantizer(wiring.Component):
         one-beat group, else read ahead from the constants ROM (registered into S0 unless
         ``compact``)."""
         D, B = self.width, self.beats
-        bb, mb, _ = self._const_bits()
-        tb = self.shift_bits
         if B == 1 and self.load_port is None:
-            return [[Const(v, w) for v, w in zip(self._lane_constants(0, d),
-                                                 (signed(bb), mb, tb, 1))] for d in range(D)]
+            lane = self.consts_layout.elem_shape
+            return [[Const(v, lane.members[f]) for f, v in self._lane_constants(0, d).items()]
+                    for d in range(D)]
         lp = self.load_port
         layout = self.consts_layout
         words = lp.hw_init() if lp else self._const_words()
@@ -431,7 +451,8 @@ class Requantizer(wiring.Component):
             s0_consts = Signal(layout)
             with m.If(adv):
                 m.d.sync += s0_consts.eq(port.data)
-        return [[f.bias, f.mult, f.t, f.rnd] for f in (s0_consts[d] for d in range(D))]
+        return [[f.bias, f.mult, f.t, f.rnd] + ([f.off] if self.offset is not None else [])
+                for f in (s0_consts[d] for d in range(D))]
 
     def _round_saturate(self, m: Module, d: int, q, rnd, sticky, qb: int) -> Signal:
         return round_saturate(m, f"s6_{d}", q, rnd, sticky, qb, self.lo, self.hi, self.out_bits)

@@ -102,7 +102,7 @@ def overlay_accumulate(ov: Overlays, indices: np.ndarray, values: np.ndarray,
 def requantize(acc: np.ndarray, rq: Requant, bias: np.ndarray | None = None) -> np.ndarray:
     """int8 outputs of accumulators ``acc[..., M]`` (plus ``bias``); see module doc.
 
-    In int64: ``p = (acc + bias) * m`` (below ``2**33 * 2**24``), then ``p / 2**s``
+    In int64: ``p = (acc + bias) * m + offset`` (below ``2**58``), then ``p / 2**s``
     rounded (half up: ``(p + 2**(s - 1)) >> s``; half to even: the bits shifted
     out decide), exactly as the hardware does.
     """
@@ -110,6 +110,8 @@ def requantize(acc: np.ndarray, rq: Requant, bias: np.ndarray | None = None) -> 
     if bias is not None:
         total = total + np.asarray(bias, dtype=np.int64)
     p = total * rq.multiplier.astype(np.int64)
+    if rq.offset is not None:
+        p = p + rq.offset.astype(np.int64)
     s = rq.shift.astype(np.int64)
     half = np.left_shift(np.int64(1), np.maximum(s - 1, 0))
     q = p >> np.maximum(s - 1, 0)  # floor(p / 2**(s - 1)); its lowest bit is the half

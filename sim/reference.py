@@ -24,11 +24,12 @@ def _requant(acc: np.ndarray, rq) -> np.ndarray:
     flat_out = out.reshape(-1, acc.shape[-1])
     for c in range(acc.shape[-1]):
         s, m = int(rq.shift[c]), int(rq.multiplier[c])
+        off = 0 if rq.offset is None else int(rq.offset[c])
         if rq.rounding == "half-even":
-            flat_out[:, c] = [_round_half_even(int(a) * m, s) for a in flat_acc[:, c]]
+            flat_out[:, c] = [_round_half_even(int(a) * m + off, s) for a in flat_acc[:, c]]
         else:
-            v = flat_acc[:, c] * m + ((1 << (s - 1)) if s else 0)
-            flat_out[:, c] = v >> s
+            flat_out[:, c] = [(int(a) * m + off + ((1 << (s - 1)) if s else 0)) >> s
+                              for a in flat_acc[:, c]]
     lo, hi = rq.bounds
     return np.clip(out, lo, hi).astype(np.int8 if -128 <= lo and hi <= 127 else np.int16)
 

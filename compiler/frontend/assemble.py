@@ -7,6 +7,7 @@ and inserts the ``ZeroSkip``/``Densify`` adapters of the build mode.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -97,18 +98,33 @@ def _quantize_layer(g: Graph, s: Step, s_in: float, s_out: float | None,
             # 0.02% of its values: products within 2**-16 of a half).
             kw = dict(rounding="half-even", bits=24 if g.act_scale else 16)
             if s.post is None:
+                s_first = s_out
                 rq = requant_for_range(acc_scale / s_out, relu=s.relu, lo=lo, hi=hi, **kw)
             else:  # rounded to the middle tensor's scale, then again after the affine
-                s_mid = g.act_scale[s.mid_name]
+                s_first = g.act_scale[s.mid_name]
                 mid_lo, mid_hi = g.act_range.get(s.mid_name, (None, None))
-                rq = requant_for_range(acc_scale / s_mid, relu=False, lo=mid_lo, hi=mid_hi,
+                rq = requant_for_range(acc_scale / s_first, relu=False, lo=mid_lo, hi=mid_hi,
                                        **kw)
                 a, c = s.post
-                rs = rescale_for(a * (s_mid / s_out), c / s_out, relu=s.relu, lo=lo, hi=hi)
+                rs = rescale_for(a * (s_first / s_out), c / s_out, relu=s.relu, lo=lo, hi=hi)
+            if g.act_scale and not s.bias_quantized and np.any(s.bias != 0):
+                # A float bias (the model does not quantize it): added at the output's
+                # fixed point, where its fraction survives, instead of as int32.
+                rq = dataclasses.replace(rq, offset=_bias_offset(s.bias, s_first, rq))
+                bq = np.zeros_like(bq)
         except ValueError as e:
             raise g.fail(f"layer {s.name!r}: cannot requantize ({e})") from None
     return dict(weights=wq, bias=bq.astype(np.int32), acc_scale=acc_scale, requant=rq,
                 rescale=rs)
+
+
+def _bias_offset(bias: np.ndarray, scale: float, rq: ir.Requant) -> np.ndarray:
+    """A float bias as a requantization offset: ``bias / scale * 2**shift`` per channel."""
+    off = np.rint(bias / scale * np.exp2(rq.shift.astype(np.float64)))
+    if np.any(np.abs(off) >= 2.0 ** 56):
+        raise ValueError(f"bias {float(np.abs(bias).max()):.6g} is too large for the output "
+                         f"scale {scale:.3g}")
+    return off.astype(np.int64)
 
 
 def _fold_post(s: Step) -> None:

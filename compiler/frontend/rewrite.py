@@ -140,8 +140,13 @@ def _canonical_layers(g: Graph) -> bool:
                 raise g.fail(f"{n.op} {n.name!r}: bias of shape {b.shape} is not one value per "
                              f"output channel ({m})") from None
         kind = "conv" if n.op == "Conv" else "linear"
+        # The model's bias is integers at the accumulator's scale (a dequantized int32)
+        # or absent; else it is a float the requantization adds at the output's scale.
+        exact_bias = b is None or (n.inputs[2] in g.qinfo and n.op != "Gemm") or (
+            n.inputs[2] in g.qinfo and n.attrs.get("beta", 1.0) == 1.0)
         layer = Node(LAYER_OP, n.name, [n.inputs[0]], list(n.outputs[:1]), dict(
             kind=kind, weight=weight, bias=bias, relu=False, w_scale=w_scale,
+            bias_quantized=exact_bias,
             weight_name=n.inputs[1], onnx_nodes=[n.name], scale_names=[n.outputs[0]], **attrs),
             scope=n.scope)
         g.replace([n], layer, n)
@@ -241,6 +246,7 @@ def _fold_affine(g: Graph) -> bool:
         else:
             la["weight"] = la["weight"] * a.reshape((-1,) + (1,) * (la["weight"].ndim - 1))
             la["bias"] = la["bias"] * a + c
+            la["bias_quantized"] = False
             if not np.all(a == 1):
                 la["w_scale"] = None  # scaled weights are not the model's integer weights
         la["onnx_nodes"].append(n.name)

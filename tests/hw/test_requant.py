@@ -344,3 +344,23 @@ def test_verilator_wide_multipliers_match_golden():
     beats_in, beats_want = dense_frames(acc, D), dense_frames(want, D)
     res = verilate_io(dut, "requantizer_wide", beats_in, len(beats_want), stall=0.3, seed=4)
     assert res.outputs[0] == beats_want
+
+
+@pytest.mark.parametrize("C, D, acc_bits, wide, dsp_width, compact", [
+    (8, 4, 20, True, 18, False), (6, 1, 24, False, 16, True), (11, 8, 28, True, 18, False)])
+def test_offsets_match_golden(C, D, acc_bits, wide, dsp_width, compact):
+    """A float bias at the output's fixed point: added to the product before the shift."""
+    rng = np.random.default_rng(C + acc_bits)
+    mult = rng.integers(1 << 23, 1 << 24, C) if wide else rng.integers(1 << 15, 1 << 16, C)
+    shift = rng.integers(acc_bits + 4, acc_bits + 8, C) + (8 if wide else 0)
+    bias = rng.integers(-(1 << 10), 1 << 10, C)
+    offset = np.rint(rng.uniform(-60, 60, C) * np.exp2(shift)).astype(np.int64)
+    offset[0] = 0
+    kw = dict(rounding="half-even", offset=offset)
+    dut = requantizer(C, D, acc_bits, mult, shift, bias, False, dsp_width=dsp_width,
+                      compact=compact, **kw)
+    acc = random_acc(rng, (3, 4, C), acc_bits)
+    want = requant_golden(acc, mult, shift, bias, False, **kw)
+    without = requant_golden(acc, mult, shift, bias, False, rounding="half-even")
+    assert (want != without).any()
+    run(dut, acc, want, seed=C)

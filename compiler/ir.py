@@ -455,6 +455,9 @@ class OverlayLayer(Layer):
     acc_scale: tuple[float, ...] = ()
     #: The largest |input value| the accumulators are proven for (128: int8).
     input_bound: int = 128
+    #: Signed bits of a weight (2 to 8): a model quantized to fewer bits than 8 declares
+    #: it, and the weight memories and products are that narrow.
+    weight_bits: int = 8
 
     def _check_common(self, where: str, fan_in: int) -> None:
         ov = self.overlays
@@ -474,6 +477,13 @@ class OverlayLayer(Layer):
         if not isinstance(self.input_bound, int) or not 1 <= self.input_bound <= MAX_ACTIVATION + 1:
             _fail(f"{where}.input_bound", f"expected an integer from 1 to {MAX_ACTIVATION + 1}, "
                                           f"got {self.input_bound!r}")
+        wb = self.weight_bits
+        if not isinstance(wb, int) or isinstance(wb, bool) or not 2 <= wb <= 8:
+            _fail(f"{where}.weight_bits", f"expected an integer from 2 to 8, got {wb!r}")
+        if ov.weights.size and (int(ov.weights.min()) < -(1 << (wb - 1))
+                                or int(ov.weights.max()) >= 1 << (wb - 1)):
+            _fail(f"{where}.weight_bits", f"weights {int(ov.weights.min())}.."
+                                          f"{int(ov.weights.max())} do not fit {wb} bits")
         worst = ov.worst_case_sum(self.input_bound) + int(np.abs(self.bias.astype(np.int64)).max(
             initial=0))
         if worst >= 1 << 31:

@@ -264,7 +264,8 @@ class _Lowering:
                                                  loadable=self.loadable,
                                                  spram=layer.name in self.in_spram,
                                                  compact=folding.compact, value_bits=vb,
-                                                 input_bound=layer.input_bound))
+                                                 input_bound=layer.input_bound,
+                                                 weight_bits=layer.weight_bits))
         self.output(i, layer, eng)
 
     def windowed(self, i: int, layer: ir.OverlayLayer) -> bool:

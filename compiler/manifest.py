@@ -57,6 +57,8 @@ def _layer_to_dict(layer: Layer, tensors: dict[str, np.ndarray]) -> dict:
         d["acc_scale"] = list(layer.acc_scale)
         d["accumulator_bits"] = layer.accumulator_bits()
         d["input_bound"] = layer.input_bound
+        if layer.weight_bits != 8:
+            d["weight_bits"] = layer.weight_bits
     if isinstance(layer, OverlayConv):
         d.update(kernel=list(layer.kernel), stride=list(layer.stride), padding=list(layer.padding))
     if isinstance(layer, MaxPool):
@@ -207,7 +209,8 @@ def _layer_from(r: _Reader, tensors: dict[str, np.ndarray], npz_name: str) -> La
         kw = dict(name=name, overlays=ov, bias=r.vec("bias", np.int32), requant=rq, rescale=rs,
                   out_scale=float(r.get("out_scale", (int, float))),
                   acc_scale=tuple(float(s) for s in r.get("acc_scale", list)),
-                  input_bound=r.get("input_bound", int, optional=True) or 128)
+                  input_bound=r.get("input_bound", int, optional=True) or 128,
+                  weight_bits=r.get("weight_bits", int, optional=True) or 8)
         if kind == "overlay_linear":
             return OverlayLinear(**kw)
         return OverlayConv(kernel=r.ints("kernel", n=2), stride=r.ints("stride", n=2),

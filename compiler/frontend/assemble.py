@@ -148,7 +148,10 @@ def _overlay_layer(g: Graph, s: Step, s_in: float, s_out: float | None, k: int |
         ov = pack(q["weights"], k, dense=mode == "dense")
     except PackError as e:
         raise g.fail(f"layer {s.name!r}: {e}") from None
+    # the model's narrow weights (its own scales: the integers are its quantizer's)
+    wbits = s.weight_bits if s.w_scale is not None else 8
     common = dict(overlays=ov, bias=q["bias"], requant=q["requant"], rescale=q["rescale"],
+                  weight_bits=wbits,
                   out_scale=float(s_out or 1.0),
                   acc_scale=tuple(float(v) for v in q["acc_scale"]))
     if s.kind == "conv":

@@ -91,8 +91,19 @@ def _dequantize(g: Graph, node: Node) -> np.ndarray:
         shape = [1] * q.ndim
         shape[axis] = -1
         scale, zp = scale.reshape(shape), (zp.reshape(shape) if zp.size > 1 else zp)
-    g.qinfo[node.outputs[0]] = QInfo(scale=scale.ravel(), zero_point=zp.ravel(), axis=axis)
+    lo, hi = g.int_range.get(node.inputs[0], _type_range(q))
+    g.qinfo[node.outputs[0]] = QInfo(scale=scale.ravel(), zero_point=zp.ravel(), axis=axis,
+                                     lo=lo, hi=hi)
     return ((q.astype(np.int64) - zp) * scale).astype(np.float32)
+
+
+def _type_range(q: np.ndarray) -> tuple[int, int]:
+    """The range of an integer array's type (its values' for a type numpy does not know)."""
+    try:
+        info = np.iinfo(q.dtype)
+        return int(info.min), int(info.max)
+    except ValueError:
+        return int(q.min(initial=0)), int(q.max(initial=0))
 
 
 def quant_params(g: Graph, node: Node) -> dict:
@@ -146,7 +157,8 @@ def _quant_const(g: Graph, node: Node) -> np.ndarray:
     q = np.clip(np.rint(w / p["scale"] + p["zero_point"]), p["lo"], p["hi"])
     scale = p["scale"].ravel() if axis is not None else p["scale"].reshape(1)
     zp = p["zero_point"].ravel() if zaxis is not None else p["zero_point"].reshape(1)
-    g.qinfo[node.outputs[0]] = QInfo(scale=scale, zero_point=zp.astype(np.int64), axis=axis)
+    g.qinfo[node.outputs[0]] = QInfo(scale=scale, zero_point=zp.astype(np.int64), axis=axis,
+                                     lo=p["lo"], hi=p["hi"])
     return ((q - p["zero_point"]) * p["scale"]).astype(np.float32)
 
 
@@ -174,6 +186,11 @@ def _fold_constants(g: Graph) -> bool:
             values = [_dequantize(g, node)]
         else:
             values = _evaluate(g, node, feeds)
+        if node.op == "Clip" and values[0].dtype.kind in "iu" and len(data) == 3:
+            # QCDQ: a Clip narrows quantized integers (a weight of fewer bits)
+            lo, hi = g.int_range.get(data[0], _type_range(g.consts[data[0]]))
+            g.int_range[node.outputs[0]] = (max(lo, int(feeds[data[1]])),
+                                            min(hi, int(feeds[data[2]])))
         for name, v in zip(node.outputs, values):
             g.consts[name] = v
             g.shapes[name] = tuple(v.shape)

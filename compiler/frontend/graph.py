@@ -76,6 +76,9 @@ class QInfo:
     scale: np.ndarray
     zero_point: np.ndarray
     axis: int | None
+    #: The integers' declared range (their type's, or a quantizer's narrower one).
+    lo: int = -128
+    hi: int = 127
 
 
 class Graph:
@@ -98,6 +101,8 @@ class Graph:
         #: The integer range ``(lo, hi)`` a quantized activation takes (zero point 0).
         self.act_range: dict[str, tuple[int, int]] = {}
         self.qinfo: dict[str, QInfo] = {}
+        #: Integer constants' declared ranges where a Clip narrows their type's.
+        self.int_range: dict[str, tuple[int, int]] = {}
 
     # -- queries
     def producer(self, t: str) -> Node | None:

@@ -43,6 +43,7 @@ class Step:
     mid_name: str | None = None  # ... to this QDQ tensor's scale
     tie_order: str = "stream"  # a global k-WTA over a map: "channel-major" for CHW
     bias_quantized: bool = True  # the model's bias is int32 at the accumulator scale
+    weight_bits: int = 8  # the model's weight quantizer's signed bits
     order: tuple[str, ...] = ()  # a flatten: the map's axes of more than one element, in order
     channels: int = 0  # of the map a flatten flattens
     scale_names: list[str] = field(default_factory=list)
@@ -119,7 +120,8 @@ def lower(g: Graph, chain: list[Node]) -> tuple[list[Step], dict]:
             steps.append(Step("conv", n.name, n, w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1),
                               a["bias"], a["w_scale"], a["relu"], a["kernel"], a["stride"],
                               a["padding"], post=a.get("post"), mid_name=a.get("mid_name"),
-                              bias_quantized=a.get("bias_quantized", True)))
+                              bias_quantized=a.get("bias_quantized", True),
+                              weight_bits=a.get("weight_bits", 8)))
             dims = dict(zip(order, out_shape[1:]))
         elif n.op == LAYER_OP:
             if is_map:
@@ -130,7 +132,8 @@ def lower(g: Graph, chain: list[Node]) -> tuple[list[Step], dict]:
                              f"input vector has {len(perm)}")
             steps.append(Step("linear", n.name, n, w[:, perm], a["bias"], a["w_scale"], a["relu"],
                               post=a.get("post"), mid_name=a.get("mid_name"),
-                              bias_quantized=a.get("bias_quantized", True)))
+                              bias_quantized=a.get("bias_quantized", True),
+                              weight_bits=a.get("weight_bits", 8)))
             perm = np.arange(w.shape[0])
         elif n.op == "MaxPool":
             need_map(n, "MaxPool")

@@ -17,6 +17,7 @@ import numpy as np
 from .graph import DEFAULT_DOMAINS, KWTA_OP, LAYER_OP, NEVER_FOLD, VIEWS, Graph, Node, QInfo
 from .kwta import kwta_patterns, kwta_views
 from .kwta_meaning import kwta_by_meaning
+from ..ir import value_bits
 
 __all__ = ["rewrite"]
 
@@ -144,9 +145,11 @@ def _canonical_layers(g: Graph) -> bool:
         # or absent; else it is a float the requantization adds at the output's scale.
         exact_bias = b is None or (n.inputs[2] in g.qinfo and n.op != "Gemm") or (
             n.inputs[2] in g.qinfo and n.attrs.get("beta", 1.0) == 1.0)
+        # A weight quantized to fewer bits than 8 keeps its narrow integers.
+        wbits = 8 if q is None else min(8, value_bits(q.lo, q.hi))
         layer = Node(LAYER_OP, n.name, [n.inputs[0]], list(n.outputs[:1]), dict(
             kind=kind, weight=weight, bias=bias, relu=False, w_scale=w_scale,
-            bias_quantized=exact_bias,
+            bias_quantized=exact_bias, weight_bits=wbits,
             weight_name=n.inputs[1], onnx_nodes=[n.name], scale_names=[n.outputs[0]], **attrs),
             scope=n.scope)
         g.replace([n], layer, n)

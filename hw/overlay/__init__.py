@@ -130,6 +130,9 @@ class OverlayEngine(wiring.Component):
         cells.
     value_bits : int
         Signed bits of an input value: 8 (int8 activations) or 9 (int9).
+    weight_bits : int
+        Signed bits of a weight, 2 to 8: a model quantized to fewer bits than 8
+        has narrower weight memories and products.
     input_bound : int, optional
         The largest |input value| (default ``2**(value_bits - 1)``): the
         accumulators are proven for it.
@@ -164,8 +167,14 @@ class OverlayEngine(wiring.Component):
     def __init__(self, weights: np.ndarray, kernel_ids: np.ndarray, row_start: np.ndarray,
                  kernel_map: np.ndarray, *, entries: int = 1, lanes_per_beat: int | None = None,
                  acc_bits: int | None = None, loadable: bool = False, spram: bool = False,
-                 compact: bool = False, value_bits: int = 8, input_bound: int | None = None):
+                 compact: bool = False, value_bits: int = 8, input_bound: int | None = None,
+                 weight_bits: int = 8):
         _check_arrays(weights, kernel_ids, row_start, kernel_map)
+        self.weight_bits = check_int("weight_bits", weight_bits, 2, 8)
+        wlo, whi = -(1 << (weight_bits - 1)), (1 << (weight_bits - 1)) - 1
+        if weights.size and (weights.min() < wlo or weights.max() > whi):
+            raise ValueError(f"weights must be {weight_bits}-bit values ({wlo}..{whi}), got "
+                             f"{weights.min()}..{weights.max()}")
         self.value_bits = check_int("value_bits", value_bits, 2, 10)
         bound = 1 << (value_bits - 1) if input_bound is None else check_int(
             "input_bound", input_bound, 1, 1 << (value_bits - 1))
@@ -207,7 +216,8 @@ class OverlayEngine(wiring.Component):
         self.load_ports: list[LoadPort] = []
         self._wload = self._rload = None
         if loadable:
-            self._wload = LoadPort("weights", p * (8 + bits(k)), max(self.words * self.passes, 1),
+            self._wload = LoadPort("weights", p * (weight_bits + bits(k)),
+                                   max(self.words * self.passes, 1),
                                    tuple(self._weight_image()), has_init=not spram)
             self.load_ports.append(self._wload)
             if not self._identity:
@@ -243,8 +253,10 @@ class OverlayEngine(wiring.Component):
         """The weight memory's words: per overlay word and pass, ``P`` slots of
         (weight, kernel id), slot 0 in the low bits."""
         p, id_bits = self.lanes_per_beat, bits(self.kernels_per_overlay)
-        slot_bits = 8 + id_bits
-        w = (self.weights.astype(np.int64) & 0xFF) | (self.kernel_ids.astype(np.int64) << 8)
+        wb = self.weight_bits
+        slot_bits = wb + id_bits
+        w = (self.weights.astype(np.int64) & ((1 << wb) - 1)) | (
+            self.kernel_ids.astype(np.int64) << wb)
         w = w.reshape(self.words, self.passes, p)  # word, pass, slot
         shifts = np.arange(p, dtype=object) * slot_bits
         return [int(sum(int(v) << int(s) for v, s in zip(row, shifts)))
@@ -264,7 +276,7 @@ class OverlayEngine(wiring.Component):
 
         wload, rload = self._wload, self._rload
         spram_blocks = self.spram and _has_spram(platform)
-        weights = ReadMemory("weights", P * (8 + bits(K)),
+        weights = ReadMemory("weights", P * (self.weight_bits + bits(K)),
                              wload.image if wload else self._weight_image(), reads=R,
                              load=wload, bank_words=WEIGHT_BANK_WORDS,
                              single_port=self.spram, spram=spram_blocks)
@@ -304,7 +316,7 @@ class OverlayEngine(wiring.Component):
             R, P, K, passes, banked_weights=weights.banked, registers=shallow, split=split,
             direct_weights=(not weights.banked
                             and max(self.words * passes, 1) <= DSP_DIRECT_WEIGHT_WORDS),
-            value_bits=self.value_bits, **parts)
+            value_bits=self.value_bits, weight_bits=self.weight_bits, **parts)
         banks = m.submodules.banks = AccumulatorBanks(
             R, P, rows, A, registers=shallow, read_register=split, prod_bits=products.prod_bits,
             **parts)

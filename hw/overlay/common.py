@@ -8,14 +8,15 @@ from amaranth.lib import data
 __all__ = ["register", "select", "slot_layout", "word_layout"]
 
 
-def slot_layout(id_bits: int) -> data.StructLayout:
-    """One slot of an overlay word: the weight and the id of the kernel it belongs to."""
-    return data.StructLayout({"weight": signed(8), "kernel_id": unsigned(id_bits)})
+def slot_layout(id_bits: int, weight_bits: int = 8) -> data.StructLayout:
+    """One slot of an overlay word: the weight (signed ``weight_bits``) and the id of the
+    kernel it belongs to."""
+    return data.StructLayout({"weight": signed(weight_bits), "kernel_id": unsigned(id_bits)})
 
 
-def word_layout(lanes: int, id_bits: int) -> data.ArrayLayout:
+def word_layout(lanes: int, id_bits: int, weight_bits: int = 8) -> data.ArrayLayout:
     """A weight-memory word: ``lanes`` slots, slot 0 in the low bits."""
-    return data.ArrayLayout(slot_layout(id_bits), lanes)
+    return data.ArrayLayout(slot_layout(id_bits, weight_bits), lanes)
 
 
 def register(m: Module, name: str, value: Value, *, reset_less: bool = False) -> Signal:

@@ -61,7 +61,8 @@ class Products(wiring.Component):
     write_live : Out(1).array(R, copies), write_buf : Out(1).array(copies)
         The write: per entry and lane group, product ``prod`` is added into
         row ``write_addr`` of bank buffer ``write_buf``.
-    write_addr : Out(range(passes * K)).array(R, P), prod : Out(signed(8 + value_bits)).array(R, P)
+    write_addr : Out(range(passes * K)).array(R, P)
+    prod : Out(signed(weight_bits + value_bits)).array(R, P)
     group_done, group_buf, group_end : Out(1)
         A group's last op, in buffer ``group_buf``, the cycle before its write:
         a drain that starts on it reads the cycle after the write.
@@ -69,11 +70,12 @@ class Products(wiring.Component):
 
     def __init__(self, entries: int, lanes_per_beat: int, kernels_per_overlay: int,
                  passes: int, *, lanes_per_copy: int, banked_weights: bool,
-                 direct_weights: bool, registers: bool, split: bool, value_bits: int = 8):
+                 direct_weights: bool, registers: bool, split: bool, value_bits: int = 8,
+                 weight_bits: int = 8):
         self.entries, self.lanes_per_beat = entries, lanes_per_beat
-        self.value_bits = value_bits
-        #: Signed bits of a product: an int8 weight times a value.
-        self.prod_bits = value_bits + 8
+        self.value_bits, self.weight_bits = value_bits, weight_bits
+        #: Signed bits of a product: a weight times a value.
+        self.prod_bits = value_bits + weight_bits
         self.kernels_per_overlay, self.passes = kernels_per_overlay, passes
         self.lanes_per_copy = lanes_per_copy
         self.copies = -(-lanes_per_beat // lanes_per_copy)
@@ -85,7 +87,7 @@ class Products(wiring.Component):
         super().__init__({
             "issue": In(1), "pass_index": In(bits(passes)), "buf": In(1), "group": In(1),
             "end": In(1), "live": In(1).array(R), "value": In(signed(value_bits)).array(R),
-            "word": In(word_layout(P, self.id_bits)).array(R),
+            "word": In(word_layout(P, self.id_bits, weight_bits)).array(R),
             "read_valid": Out(1).array(c), "read_buf": Out(1).array(c),
             "read_addr": Out(rows).array(R, P),
             "write_live": Out(1).array(R, c), "write_buf": Out(1).array(c),
@@ -133,7 +135,7 @@ class Products(wiring.Component):
         b_valid = Signal()
         b_live = [Signal(name=f"b_live_{r}") for r in range(R)]
         # Datapath registers without reset (the valid flags carry it).
-        b_data = [Signal(word_layout(P, id_bits), name=f"b_data_{r}", reset_less=True)
+        b_data = [Signal(word_layout(P, id_bits, self.weight_bits), name=f"b_data_{r}", reset_less=True)
                   for r in range(R)]
         b_buf = Signal()
         b_group = Signal()

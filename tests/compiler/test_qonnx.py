@@ -32,11 +32,13 @@ def test_narrow_ranges_and_rounding_come_from_the_model():
     assert conv.requant.bounds == (0, 15) and conv.requant.rounding == "half-even"  # uint4
     w = np.concatenate([conv.overlays.weights.ravel()])
     assert -7 <= w.min() and w.max() <= 7  # narrow signed 4-bit weights
+    assert conv.weight_bits == 4  # ... in 4-bit memory slots and products
     mlp = import_onnx(DATA / "bv_mlp_qcdq_dynamo.onnx")
     first, second = [la for la in mlp.layers if isinstance(la, ir.OverlayLinear)][:2]
     assert first.requant.bounds == (0, 127)  # uint7 after QuantReLU
     assert second.requant.bounds == (-128, 127)  # QuantIdentity int8
     assert np.abs(first.overlays.weights).max() <= 31  # 6-bit narrow weights
+    assert (first.weight_bits, second.weight_bits) == (6, 8)  # the Clip's range, declared
 
 
 @pytest.mark.parametrize("form", ["qcdq", "qonnx"])

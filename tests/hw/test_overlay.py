@@ -227,6 +227,34 @@ def test_synthesis_keeps_a_register_copy_per_lane_group(tmp_path):
     assert flip_flops[True] - flip_flops[False] >= (copies - 1) * 12
 
 
+@pytest.mark.parametrize("weight_bits, compact, r, p, value_bits", [
+    (4, False, 2, 2, 8), (2, True, 1, 4, 8), (6, False, 3, 1, 9)])
+def test_narrow_weights_match_golden(weight_bits, compact, r, p, value_bits):
+    """Weights of fewer bits (a model quantized to them): narrower memory words and
+    products, the same sums, both ends of the weight range included."""
+    rng = np.random.default_rng(weight_bits)
+    lo, hi = -(1 << (weight_bits - 1)), (1 << (weight_bits - 1)) - 1
+    w = zoo.complementary_weights(12, 24, 3, rng)
+    w = np.where(w != 0, rng.integers(lo, hi + 1, w.shape), 0).astype(np.int8)
+    w[0, np.flatnonzero(w[0])[:2]] = [lo, hi]
+    ov = pack(w, 3)
+    wide = OverlayEngine(**engine_parameters(ov), entries=r, lanes_per_beat=p)
+    dut = OverlayEngine(**engine_parameters(ov), entries=r, lanes_per_beat=p, compact=compact,
+                        value_bits=value_bits, weight_bits=weight_bits)
+    assert dut.load_ports == [] and dut._weight_image() != wide._weight_image()
+    vmax = (1 << (value_bits - 1)) - 1
+    groups = [[(i, int(v)) for i, v in zip(range(24), rng.integers(-vmax, vmax + 1, 24))],
+              [(i, -vmax - 1) for i in range(24)], []]
+    groups += random_groups(rng, 24, 4)
+    check(dut, ov, groups, seed=weight_bits)
+
+
+def test_narrow_weights_refuse_wider_values():
+    ov = pack(np.full((4, 8), 9, dtype=np.int8), 1)
+    with pytest.raises(ValueError, match=r"weights must be 4-bit values \(-8\.\.7\), got 9\.\.9"):
+        OverlayEngine(**engine_parameters(ov), weight_bits=4)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(entries=0), "entries"),
     (dict(lanes_per_beat=3), "divide"),

@@ -100,9 +100,11 @@ def network_output(net: ir.Network, y: np.ndarray) -> np.ndarray:
 
 
 def weight_memory_bits(layer: ir.OverlayLayer) -> int:
-    """Bits of an overlay layer's weight memory: an int8 weight and a kernel id per slot."""
+    """Bits of an overlay layer's weight memory: a weight (``weight_bits``) and a kernel id
+    per slot."""
     ov = layer.overlays
-    return int(ov.words * ov.lanes * (8 + max(1, (ov.kernels_per_overlay - 1).bit_length())))
+    return int(ov.words * ov.lanes * (layer.weight_bits
+                                      + max(1, (ov.kernels_per_overlay - 1).bit_length())))
 
 
 def layer_table(net: ir.Network, folding, sample: np.ndarray) -> list[dict]:

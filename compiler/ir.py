@@ -46,6 +46,8 @@ FORMAT_VERSION = 1
 MAX_KERNELS_PER_OVERLAY = 256
 #: Boost factors are unsigned 16-bit integers (keys are at most 24 bits wide).
 MAX_BOOST = (1 << 16) - 1
+#: ... and of quantized keys (``key_shift``), 24 bits: the model's float factor, closely.
+MAX_KEY_BOOST = (1 << 24) - 1
 #: Requantization multipliers are unsigned 16-bit integers.
 #: A requantization's multipliers: 16 bits for a calibrated network, up to 24 for a model
 #: that arrives quantized (rounding as its float scale does).
@@ -81,7 +83,7 @@ def activation_spec(shape: tuple[int, ...], scale: float, lo: int = -128,
 #: Requantization rounding rules (see :class:`Requant`).
 ROUNDINGS = ("half-up", "half-even")
 #: A quantized k-WTA key's right shift (the boost holds at most 16 bits).
-MAX_KEY_SHIFT = 24
+MAX_KEY_SHIFT = 32
 
 
 class ManifestError(CosparseError, ValueError):
@@ -627,7 +629,8 @@ class KWTALayer(Layer):
 
     def _check_boost(self, where: str, n: int) -> None:
         if self.boost is not None:
-            _check_int_vector(f"{where}.boost", self.boost, n, 1, MAX_BOOST)
+            top = MAX_BOOST if self.key_shift is None else MAX_KEY_BOOST
+            _check_int_vector(f"{where}.boost", self.boost, n, 1, top)
         s = self.key_shift
         if s is not None and (not isinstance(s, int) or isinstance(s, bool)
                               or not 0 <= s <= MAX_KEY_SHIFT):

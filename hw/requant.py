@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .channels import ChannelConstantsUnit, LaneStages
 from .util import (check_int, lut_mul, registered_product, skid_output, typed_payload,
                    value_bits)
-from .loader import LoadPort
 from .streams import dense_layout
 
 __all__ = ["Requantizer", "BiasAdd", "MAX_MULTIPLIER", "MAX_SHIFT", "MAX_ACC_BITS", "sum_bits",
@@ -82,7 +81,7 @@ def dsps_per_lane(acc_bits: int, bias_min: int, bias_max: int, dsp_width: int,
     return parts * (2 if wide_multiplier(mult_bits, dsp_width) else 1)
 
 
-class Requantizer(wiring.Component):
+class Requantizer(ChannelConstantsUnit):
     """Dense stream of accumulators to dense stream of int8, per-channel constants.
 
     Element ``lane`` of beat ``b`` of a group is channel ``c = b * D + lane``;
@@ -185,40 +184,13 @@ class Requantizer(wiring.Component):
                      if bias is not None else (0,) * channels)
         self.offset = (None if offset is None else
                        _int_vector("offset", offset, channels, -(1 << 56) + 1, (1 << 56) - 1))
-        self.beats = -(-channels // width)
-        self.in_layout = dense_layout(width, signed(acc_bits))
-        self.out_layout = dense_layout(width, signed(self.out_bits))
-        #: Host loader access to the constants memory (always a memory when loadable).
-        self.load_port = (LoadPort("consts", width * self.consts_layout.elem_shape.size,
-                                   self.beats, tuple(self._const_words())) if loadable else None)
-        self.load_ports = [self.load_port] if loadable else []
-        super().__init__({
-            "i": In(stream.Signature(self.in_layout)),
-            "o": Out(stream.Signature(self.out_layout)),
-            **{lp.member: In(lp.signature) for lp in self.load_ports},
-        })
+        self._init_signature(acc_bits, loadable)
 
     @property
     def dsps(self) -> int:
         """DSP multipliers: one or two per lane (see :func:`dsps_per_lane`)."""
         return self.width * dsps_per_lane(self.acc_bits, min(self.bias), max(self.bias),
                                           self.lo_split + 1, self._const_bits()[1])
-
-    @property
-    def cycles_per_group(self) -> int:
-        """Steady-state cycles per group."""
-        return self.beats
-
-    @property
-    def shift_base(self) -> int:
-        """The constant part of every shift: ``min(shift) - 1`` (0 when a shift is 0)."""
-        return max(min(self.shift) - 1, 0)
-
-    @property
-    def shift_bits(self) -> int:
-        """Bits of the variable part ``t = max(s - 1, 0) - base`` (0: no shifter)."""
-        spread = max(max(self.shift) - 1, 0) - self.shift_base
-        return spread.bit_length()
 
     @property
     def latency(self) -> int:
@@ -258,57 +230,19 @@ class Requantizer(wiring.Component):
             fields["off"] = signed(ob)
         return data.ArrayLayout(data.StructLayout(fields), self.width)
 
-    def _const_words(self) -> list[int]:
-        """The constants memory: one word of ``D`` lanes per beat of a group."""
-        layout = self.consts_layout
-        return [layout.const([self._lane_constants(b, d) for d in range(self.width)]).as_bits()
-                for b in range(self.beats)]
-
     def elaborate(self, platform):
         m = Module()
-        D, B, ab = self.width, self.beats, self.acc_bits
+        D, ab = self.width, self.acc_bits
         _, mb, ob = self._const_bits()
         tb, base = self.shift_bits, self.shift_base
         sb = sum_bits(ab, min(self.bias), max(self.bias))  # acc + bias
         pb = max(sb + mb, ob) + (1 if ob else 0)  # product (plus offset), signed
         qb = max(pb - base, 11)  # p >> base (at least the 10 bits the rounding reads, signed)
 
-        adv = Signal()
-        # The ROM's read-ahead needs one cycle after reset before the first beat.
-        primed = Signal()
-        m.d.sync += primed.eq(1)
-        take = Signal()
-        m.d.comb += [self.i.ready.eq(adv & primed), take.eq(self.i.valid & self.i.ready)]
+        adv, take, consts = self._input(m)
         p = self.i.payload
-
-        # ---------------- S0: input register and per-beat constants
-        bg = Signal(range(max(B, 2)))  # beat of the group offered at the input
-        bg_next = Signal.like(bg)  # ... on the next cycle
-        m.d.comb += bg_next.eq(bg)
-        with m.If(take):
-            with m.If(p.last | (bg == B - 1)):
-                m.d.comb += bg_next.eq(0)
-            with m.Else():
-                m.d.comb += bg_next.eq(bg + 1)
-        m.d.sync += bg.eq(bg_next)
-        consts = self._lane_consts(m, bg_next, adv)
-
-        def stage(name, **fields):
-            """Registered per-lane fields of one stage plus valid/last/end."""
-            regs = {"valid": Signal(name=f"{name}_valid"), "last": Signal(name=f"{name}_last"),
-                    "end": Signal(name=f"{name}_end")}
-            # Data fields without reset (valid carries it): synthesis can fold them into
-            # the DSP blocks' registers.
-            for f, shape in fields.items():
-                regs[f] = [Signal(shape, name=f"{name}_{f}{d}", reset_less=True)
-                           for d in range(D)]
-            return regs
-
-        def advance(dst, src, **values):
-            """On ``adv``: dst.valid/last/end <- src's; dst.<f>[d] <- values[f](d)."""
-            m.d.sync += [dst[k].eq(src[k]) for k in ("valid", "last", "end")]
-            for f, fn in values.items():
-                m.d.sync += [dst[f][d].eq(fn(d)) for d in range(D)]
+        lanes = LaneStages(m, D)
+        stage, advance = lanes.stage, lanes.advance
 
         if self.compact:  # S1 takes the input beat itself
             s0 = {"valid": take, "last": p.last, "end": p.end,
@@ -338,22 +272,22 @@ class Requantizer(wiring.Component):
         # out to S2, would be two routes across the die (gsc-cs fc2's requantizer: 15.4 ns,
         # the critical path of the routed whole build).
         total = [Signal(signed(sb), name=f"s0_sum{d}") for d in range(D)]  # S1's sum
-        m.d.comb += [total[d].eq(s0["acc"][d] + consts[d][0]) for d in range(D)]
+        m.d.comb += [total[d].eq(s0["acc"][d] + consts[d].bias) for d in range(D)]
         # A wide multiplier is two DSP inputs: its low ``ls`` bits and the rest (weight 2**ls).
         wide = wide_multiplier(mb, ls + 1)
-        m_lo = [consts[d][1][:ls] if wide else consts[d][1] for d in range(D)]
+        m_lo = [consts[d].mult[:ls] if wide else consts[d].mult for d in range(D)]
         low = [total[d][:ls] if split else total[d] for d in range(D)]
         s2["lo"] = [registered_product(m, f"s2_lo{d}", low[d], m_lo[d], platform, en=adv)
                     for d in range(D)]
         if wide:
-            s2["lo_h"] = [registered_product(m, f"s2_loh{d}", low[d], consts[d][1][ls:],
+            s2["lo_h"] = [registered_product(m, f"s2_loh{d}", low[d], consts[d].mult[ls:],
                                              platform, en=adv) for d in range(D)]
         if split and hi_bits > 6:
             s2["hi"] = [registered_product(m, f"s2_hi{d}", total[d][ls:].as_signed(), m_lo[d],
                                            platform, en=adv) for d in range(D)]
             if wide:
                 s2["hi_h"] = [registered_product(m, f"s2_hih{d}", total[d][ls:].as_signed(),
-                                                 consts[d][1][ls:], platform, en=adv)
+                                                 consts[d].mult[ls:], platform, en=adv)
                               for d in range(D)]
         # ---------------- S3: q = p >> base; S4 (wide spreads only), S5: the variable shift
         even = self.rounding == "half-even"
@@ -369,9 +303,9 @@ class Requantizer(wiring.Component):
             return (q.as_unsigned() & ((Const(1, qb + 1) << amount) - 1)[:qb]) != 0
 
         with m.If(adv):
-            pass_off = {"off": lambda d: consts[d][4]} if ob else {}
-            advance(s1, s0, sh=lambda d: consts[d][2], rnd=lambda d: consts[d][3], **pass_off,
-                    **({"sum": lambda d: total[d], "mult": lambda d: consts[d][1]}
+            pass_off = {"off": lambda d: consts[d].off} if ob else {}
+            advance(s1, s0, sh=lambda d: consts[d].t, rnd=lambda d: consts[d].rnd, **pass_off,
+                    **({"sum": lambda d: total[d], "mult": lambda d: consts[d].mult}
                        if narrow_hi else {}))
             pass_off = {"off": lambda d: s1["off"][d]} if ob else {}
             if split:
@@ -421,38 +355,6 @@ class Requantizer(wiring.Component):
         m.d.comb += adv.eq(adv_)
         return m
 
-
-    def _lane_consts(self, m: Module, bg_next, adv) -> list:
-        """Per lane ``[bias, mult, t, rnd]`` of the beat offered at the input: wired in for a
-        one-beat group, else read ahead from the constants ROM (registered into S0 unless
-        ``compact``)."""
-        D, B = self.width, self.beats
-        if B == 1 and self.load_port is None:
-            lane = self.consts_layout.elem_shape
-            return [[Const(v, lane.members[f]) for f, v in self._lane_constants(0, d).items()]
-                    for d in range(D)]
-        lp = self.load_port
-        layout = self.consts_layout
-        words = lp.hw_init() if lp else self._const_words()
-        m.submodules.consts = rom = Memory(shape=layout, depth=lp.hw_depth if lp else B,
-                                           init=[layout.from_bits(w) for w in words])
-        if lp is not None:
-            wp = rom.write_port()
-            load = self.load_consts
-            m.d.comb += [wp.addr.eq(load.addr), wp.data.eq(load.data), wp.en.eq(load.en)]
-        # Read ahead: the ROM output always holds the constants of the beat offered
-        # at the input, and is registered into S0 with it (the block RAM's slow
-        # clock-to-out then ends in a register instead of the bias adder).
-        port = rom.read_port()
-        m.d.comb += [port.addr.eq(bg_next), port.en.eq(1)]
-        if self.compact:
-            s0_consts = port.data
-        else:
-            s0_consts = Signal(layout)
-            with m.If(adv):
-                m.d.sync += s0_consts.eq(port.data)
-        return [[f.bias, f.mult, f.t, f.rnd] + ([f.off] if self.offset is not None else [])
-                for f in (s0_consts[d] for d in range(D))]
 
     def _round_saturate(self, m: Module, d: int, q, rnd, sticky, qb: int) -> Signal:
         return round_saturate(m, f"s6_{d}", q, rnd, sticky, qb, self.lo, self.hi, self.out_bits)

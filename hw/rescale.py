@@ -15,14 +15,11 @@ variable part over the spread of the shifts, as in the requantizer.
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Signal, Value, signed, unsigned
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.hdl import Const, Module, Value, signed, unsigned
+from amaranth.lib import data
 
-from .loader import LoadPort
+from .channels import ChannelConstantsUnit, LaneStages
 from .requant import _int_vector, _sbits, round_saturate
-from .streams import dense_layout
 from .util import check_int, registered_product, skid_output, typed_payload
 from .util import value_bits as _value_bits
 
@@ -33,7 +30,7 @@ MAX_RESCALE_MULTIPLIER = (1 << 24) - 1
 MAX_OFFSET_BITS = 46
 
 
-class Rescaler(wiring.Component):
+class Rescaler(ChannelConstantsUnit):
     """Dense stream of int8/int9 values to a dense stream on a second scale.
 
     Element ``lane`` of beat ``b`` of a group is channel ``c = b * D + lane``;
@@ -107,17 +104,8 @@ class Rescaler(wiring.Component):
         self.offset = _int_vector("offset", offset, channels, -big + 1, big - 1)
         #: Unsigned low part of a multiplier (one DSP input); the rest is signed.
         self.lo_split = dsp_width - 1
-        self.beats = -(-channels // width)
-        self.in_layout = dense_layout(width, signed(self.value_bits))
-        self.out_layout = dense_layout(width, signed(self.out_bits))
-        self.load_port = (LoadPort("consts", width * self.consts_layout.elem_shape.size,
-                                   self.beats, tuple(self._const_words())) if loadable else None)
-        self.load_ports = [self.load_port] if loadable else []
-        super().__init__({
-            "i": In(stream.Signature(self.in_layout)),
-            "o": Out(stream.Signature(self.out_layout)),
-            **{lp.member: In(lp.signature) for lp in self.load_ports},
-        })
+        self.compact = False
+        self._init_signature(self.value_bits, loadable)
 
     @property
     def dsps(self) -> int:
@@ -125,24 +113,9 @@ class Rescaler(wiring.Component):
         return 2 * self.width
 
     @property
-    def cycles_per_group(self) -> int:
-        """Steady-state cycles per group."""
-        return self.beats
-
-    @property
     def latency(self) -> int:
         """Cycles from an accepted input beat to its output beat."""
         return 6
-
-    @property
-    def shift_base(self) -> int:
-        """The constant part of every shift: ``min(shift) - 1`` (0 when a shift is 0)."""
-        return max(min(self.shift) - 1, 0)
-
-    @property
-    def shift_bits(self) -> int:
-        """Bits of the variable part ``t = max(s - 1, 0) - base``."""
-        return (max(max(self.shift) - 1, 0) - self.shift_base).bit_length()
 
     def _hi_bits(self) -> int:
         return max(2, _sbits(min(self.multiplier) >> self.lo_split,
@@ -169,14 +142,9 @@ class Rescaler(wiring.Component):
         return {"m_lo": mult & ((1 << self.lo_split) - 1), "m_hi": mult >> self.lo_split,
                 "off": self.offset[c], "t": max(s - 1, 0) - self.shift_base, "rnd": int(s > 0)}
 
-    def _const_words(self) -> list[int]:
-        layout = self.consts_layout
-        return [layout.const([self._lane_constants(b, d) for d in range(self.width)]).as_bits()
-                for b in range(self.beats)]
-
     def elaborate(self, platform):
         m = Module()
-        D, B, ls = self.width, self.beats, self.lo_split
+        D, ls = self.width, self.lo_split
         tb, base = self.shift_bits, self.shift_base
         vb = self.value_bits
         hb = self._hi_bits()
@@ -184,35 +152,10 @@ class Rescaler(wiring.Component):
         sb = max(vb + ls + 1, vb + hb + ls, self._offset_bits()) + 1
         qb = max(sb - base, self.out_bits + 3)
 
-        adv = Signal()
-        primed = Signal()  # the ROM's read-ahead needs one cycle after reset
-        m.d.sync += primed.eq(1)
-        take = Signal()
-        m.d.comb += [self.i.ready.eq(adv & primed), take.eq(self.i.valid & self.i.ready)]
+        adv, take, consts = self._input(m)
         p = self.i.payload
-
-        bg = Signal(range(max(B, 2)))  # beat of the group offered at the input
-        bg_next = Signal.like(bg)
-        m.d.comb += bg_next.eq(bg)
-        with m.If(take):
-            with m.If(p.last | (bg == B - 1)):
-                m.d.comb += bg_next.eq(0)
-            with m.Else():
-                m.d.comb += bg_next.eq(bg + 1)
-        m.d.sync += bg.eq(bg_next)
-        consts = self._lane_consts(m, bg_next, adv)
-
-        def stage(name, **fields):
-            regs = {k: Signal(name=f"{name}_{k}") for k in ("valid", "last", "end")}
-            for f, shape in fields.items():
-                regs[f] = [Signal(shape, name=f"{name}_{f}{d}", reset_less=True)
-                           for d in range(D)]
-            return regs
-
-        def advance(dst, src, **values):
-            m.d.sync += [dst[k].eq(src[k]) for k in ("valid", "last", "end")]
-            for f, fn in values.items():
-                m.d.sync += [dst[f][d].eq(fn(d)) for d in range(D)]
+        lanes = LaneStages(m, D)
+        stage, advance = lanes.stage, lanes.advance
 
         off = signed(self._offset_bits())
         s0 = stage("s0", x=signed(vb))
@@ -252,25 +195,3 @@ class Rescaler(wiring.Component):
                            typed_payload(m, self.o, data=ys, last=s4["last"], end=s4["end"]))
         m.d.comb += adv.eq(adv_)
         return m
-
-    def _lane_consts(self, m: Module, bg_next, adv) -> list:
-        """Per lane the constants of the beat offered at the input: wired in for a
-        one-beat group, else read ahead from the constants ROM and registered with it."""
-        layout = self.consts_layout
-        if self.beats == 1 and self.load_port is None:
-            word = layout.const([self._lane_constants(0, d) for d in range(self.width)])
-            return [word[d] for d in range(self.width)]
-        lp = self.load_port
-        words = lp.hw_init() if lp else self._const_words()
-        m.submodules.consts = rom = Memory(shape=layout, depth=lp.hw_depth if lp else self.beats,
-                                           init=[layout.from_bits(w) for w in words])
-        if lp is not None:
-            wp = rom.write_port()
-            load = self.load_consts
-            m.d.comb += [wp.addr.eq(load.addr), wp.data.eq(load.data), wp.en.eq(load.en)]
-        port = rom.read_port()
-        m.d.comb += [port.addr.eq(bg_next), port.en.eq(1)]
-        s0_consts = Signal(layout)
-        with m.If(adv):
-            m.d.sync += s0_consts.eq(port.data)
-        return [s0_consts[d] for d in range(self.width)]

@@ -164,8 +164,8 @@ def quantized_key(real: np.ndarray) -> tuple[np.ndarray, int]:
     """Integer boosts and a shift for quantized keys ``round(x * real)``: the boosts
     ``round(real * 2**shift)`` of at most 16 bits, with the largest shift that fits."""
     top = float(real.max())
-    shift = int(np.clip(np.floor(np.log2(ir.MAX_BOOST / top)), 0, ir.MAX_KEY_SHIFT))
-    boost = np.clip(np.rint(real * 2.0 ** shift), 1, ir.MAX_BOOST).astype(np.int64)
+    shift = int(np.clip(np.floor(np.log2(ir.MAX_KEY_BOOST / top)), 0, ir.MAX_KEY_SHIFT))
+    boost = np.clip(np.rint(real * 2.0 ** shift), 1, ir.MAX_KEY_BOOST).astype(np.int64)
     return boost, shift
 
 

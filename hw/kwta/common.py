@@ -11,12 +11,21 @@ from amaranth.utils import ceil_log2
 from ..util import check_int
 from ..util import value_bits as range_bits
 
-__all__ = ["MAX_BOOST", "key_bits", "check_key_shift", "check_rescale", "check_range", "rescaled",
+__all__ = ["MAX_BOOST", "MAX_KEY_BOOST", "boost_dsps", "key_bits", "check_key_shift", "check_rescale", "check_range", "rescaled",
            "offset_key", "check_boost", "boost_rom", "Keys", "SerialOutput",
            "winner_layout", "winners_layout"]
 
-#: Largest boost factor (unsigned 16 bits, as in the IR).
+#: Largest boost factor (unsigned 16 bits, as in the IR); 24 bits for quantized keys.
 MAX_BOOST = (1 << 16) - 1
+MAX_KEY_BOOST = (1 << 24) - 1
+
+
+def boost_dsps(boost, lanes: int) -> int:
+    """DSP products of the keys ``x * boost``: one a lane, two for boosts wider than one
+    DSP input (17 bits), none without boost."""
+    if boost is None:
+        return 0
+    return lanes * (2 if max(boost) >= 1 << 17 else 1)
 
 
 def key_bits(boost, key_shift: int | None = None, value_bits: int = 8,
@@ -43,14 +52,14 @@ def check_range(name: str, rng) -> tuple[int, int]:
 
 
 def check_key_shift(key_shift) -> int | None:
-    """None, or an integer from 0 to 24: the quantized key's right shift."""
+    """None, or an integer from 0 to 32: the quantized key's right shift."""
     if key_shift is not None:
-        check_int("key_shift", key_shift, 0, 24)
+        check_int("key_shift", key_shift, 0, 32)
     return key_shift
 
 
-def check_boost(boost, n: int, what: str) -> tuple[int, ...] | None:
-    """A tuple of ``n`` integers in 1..MAX_BOOST, or None (all ones is None)."""
+def check_boost(boost, n: int, what: str, top: int = MAX_BOOST) -> tuple[int, ...] | None:
+    """A tuple of ``n`` integers in 1..``top``, or None (all ones is None)."""
     if boost is None:
         return None
     try:
@@ -61,9 +70,9 @@ def check_boost(boost, n: int, what: str) -> tuple[int, ...] | None:
     if not ok or len(vals) != n:
         raise ValueError(f"boost must be a sequence of {n} integers (one per {what}), "
                          f"got {len(vals)} values: {boost!r}")
-    bad = [b for b in vals if not 1 <= b <= MAX_BOOST]
+    bad = [b for b in vals if not 1 <= b <= top]
     if bad:
-        raise ValueError(f"boost values must be integers from 1 to {MAX_BOOST}, got {bad[0]!r}")
+        raise ValueError(f"boost values must be integers from 1 to {top}, got {bad[0]!r}")
     if all(b == 1 for b in vals):
         return None
     return tuple(vals)

@@ -17,8 +17,8 @@ from amaranth.lib.wiring import In, Out
 from ..streams import dense_layout, sparse_layout
 from ..util import bits, check_int
 from ..util import value_bits as range_bits
-from .common import (Keys, SerialOutput, check_boost, check_key_shift, check_range,
-                     check_rescale, key_bits, rescaled)
+from .common import (MAX_BOOST, MAX_KEY_BOOST, Keys, SerialOutput, boost_dsps, check_boost,
+                     check_key_shift, check_range, check_rescale, key_bits, rescaled)
 from .threshold import (
     FrameReader,
     FrameWriter,
@@ -58,8 +58,8 @@ class GlobalKWTA(wiring.Component):
     entries : int
         ``R``, entries per output beat (1 to 64).
     boost : sequence of int, optional
-        ``G`` integers from 1 to 65535: one per unit of a vector, one per
-        channel of a map.
+        ``G`` integers from 1 to 65535 (``2**24 - 1`` with ``key_shift``): one per
+        unit of a vector, one per channel of a map.
     serial : bool
         The small, slow build (:class:`SerialGlobalKWTA`); needs ``width`` 1.
     max_winners : int, optional
@@ -68,7 +68,7 @@ class GlobalKWTA(wiring.Component):
         ones in flat order among the ties). None: exactly ``k`` winners.
     key_shift : int, optional
         Quantized keys: ``x * boost / 2**key_shift`` rounded half to even and
-        saturated to int8 (0 to 24). None: the exact ``x * boost``.
+        saturated to int8 (0 to 32). None: the exact ``x * boost``.
     rescale : (int, int), optional
         ``(m, s)``: winners keep ``x * m / 2**s`` rounded half to even and
         saturated to ``out_range`` (a winner that becomes 0 is dropped). None:
@@ -136,8 +136,9 @@ class GlobalKWTA(wiring.Component):
         if bool(serial) != self.serial:
             raise ValueError(f"{type(self).__name__} is built with serial={self.serial}, "
                              f"got serial={serial!r}")
-        self.boost = check_boost(boost, group, "unit or channel")
         self.key_shift = check_key_shift(key_shift)
+        self.boost = check_boost(boost, group, "unit or channel",
+                                 MAX_BOOST if self.key_shift is None else MAX_KEY_BOOST)
         self.rescale = check_rescale(rescale)
         self.value_bits = check_int("value_bits", value_bits, 2, 16)
         self.key_range = check_range("key_range", key_range)
@@ -160,8 +161,8 @@ class GlobalKWTA(wiring.Component):
 
     @property
     def dsps(self) -> int:
-        """Multipliers of the keys ``x * boost``: one per lane with boost, else none."""
-        return self.width if self.boost is not None else 0
+        """Multipliers of the keys ``x * boost`` (:func:`~.common.boost_dsps`)."""
+        return boost_dsps(self.boost, self.width)
 
     @property
     def serial(self) -> bool:

@@ -15,8 +15,8 @@ from amaranth.lib.wiring import In, Out
 from ..streams import dense_layout, sparse_layout
 from ..util import bits, check_int
 from ..util import value_bits as range_bits
-from .common import (Keys, check_boost, check_key_shift, check_range, check_rescale, key_bits,
-                     rescaled)
+from .common import (MAX_BOOST, MAX_KEY_BOOST, Keys, boost_dsps, check_boost, check_key_shift,
+                     check_range, check_rescale, key_bits, rescaled)
 from .order import WinnerPicker, WinnerSorter
 from .sort import BeatSorter, MergeArray, SortedInsert
 
@@ -45,14 +45,14 @@ class LocalKWTA(wiring.Component):
     entries : int
         ``R``, entries per output beat (1 to 64).
     boost : sequence of int, optional
-        Per-channel boost, ``C`` integers from 1 to 65535.
+        Per-channel boost, ``C`` integers from 1 to 65535 (``2**24 - 1`` with ``key_shift``).
     max_winners : int, optional
         ``B``: the threshold tie rule, every key equal to the ``k``-th best
         also wins, up to ``B`` winners (``k`` to ``C``; ``B`` cells). None:
         exactly ``k`` winners.
     key_shift : int, optional
         Quantized keys: ``x * boost / 2**key_shift`` rounded half to even and
-        saturated to int8 (0 to 24). None: the exact ``x * boost``.
+        saturated to int8 (0 to 32). None: the exact ``x * boost``.
     rescale : (int, int), optional
         ``(m, s)``: winners keep ``x * m / 2**s`` rounded half to even and
         saturated to ``out_range`` (a winner that becomes 0 is dropped). None:
@@ -95,8 +95,9 @@ class LocalKWTA(wiring.Component):
         self.max_winners = max_winners
         #: Winner cells: ``k``, or ``max_winners`` with the threshold tie rule.
         self.cells = k if max_winners is None else max_winners
-        self.boost = check_boost(boost, channels, "channel")
         self.key_shift = check_key_shift(key_shift)
+        self.boost = check_boost(boost, channels, "channel",
+                                 MAX_BOOST if self.key_shift is None else MAX_KEY_BOOST)
         self.rescale = check_rescale(rescale)
         self.value_bits = check_int("value_bits", value_bits, 2, 16)
         self.key_range = check_range("key_range", key_range)
@@ -116,8 +117,8 @@ class LocalKWTA(wiring.Component):
 
     @property
     def dsps(self) -> int:
-        """Multipliers of the keys ``x * boost``: one per lane with boost, else none."""
-        return self.width if self.boost is not None else 0
+        """Multipliers of the keys ``x * boost`` (:func:`~.common.boost_dsps`)."""
+        return boost_dsps(self.boost, self.width)
 
     @property
     def cycles_per_position(self) -> int:

@@ -39,11 +39,9 @@ def test_every_layer_reproduces_onnxruntime(model, exporter, symmetric, tmp_path
     fid = layer_agreement(path, net, x)
     compared = [a for a in fid.layers if a.equal is not None]
     assert len(compared) >= 3
-    # measured on 200 digits: 100.000% at every layer on 19 of the 20, chained and alone.
-    # mlp_scatter legacy uint8: two keys of 12,800 round the other way at the k-WTA (its
-    # 16-bit boost), 99.98% alone; chained, the changed winners move 0.45% of the logits.
+    # measured on 200 digits: 100.000% at every layer, chained and alone, on all 20
     assert fid.worst_alone() >= 0.999, [(a.layer, a.alone) for a in compared]
-    assert fid.worst() >= 0.995, [(a.layer, a.equal) for a in compared]
+    assert fid.worst() >= 0.999, [(a.layer, a.equal) for a in compared]
     assert fid.top1 == 1.0
 
 

@@ -46,8 +46,9 @@ FORMAT_VERSION = 1
 MAX_KERNELS_PER_OVERLAY = 256
 #: Boost factors are unsigned 16-bit integers (keys are at most 24 bits wide).
 MAX_BOOST = (1 << 16) - 1
-#: ... and of quantized keys (``key_shift``), 24 bits: the model's float factor, closely.
-MAX_KEY_BOOST = (1 << 24) - 1
+#: ... and of quantized keys (``key_shift``), 17 bits (one ECP5 DSP input): the model's
+#: float factor to 2**-17 (16 bits moved two keys of 12,800 in a test model's k-WTA).
+MAX_KEY_BOOST = (1 << 17) - 1
 #: Requantization multipliers are unsigned 16-bit integers.
 #: A requantization's multipliers: 16 bits for a calibrated network, up to 24 for a model
 #: that arrives quantized (rounding as its float scale does).

@@ -350,7 +350,8 @@ class _Lowering:
         groups, g = _shape_groups(self.specs[i])
         folding, r_out = self.folding, self.entries[i + 1]
         vb = self.vbits(i)
-        ranges = dict(value_bits=vb, key_range=layer.key_range, out_range=layer.out_range)
+        ranges = dict(value_bits=vb, key_range=layer.key_range, out_range=layer.out_range,
+                      dsp_width=folding.dsp_width)
         if self.fmt == "sparse":
             self.width = folding.of(layer.name).width or folding.default_width
             self.add("", Densify(g, entries=self.entries[i], width=self.width, value_bits=vb))

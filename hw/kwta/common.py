@@ -15,17 +15,17 @@ __all__ = ["MAX_BOOST", "MAX_KEY_BOOST", "boost_dsps", "key_bits", "check_key_sh
            "offset_key", "check_boost", "boost_rom", "Keys", "SerialOutput",
            "winner_layout", "winners_layout"]
 
-#: Largest boost factor (unsigned 16 bits, as in the IR); 24 bits for quantized keys.
+#: Largest boost factor (unsigned 16 bits, as in the IR); 17 bits for quantized keys.
 MAX_BOOST = (1 << 16) - 1
-MAX_KEY_BOOST = (1 << 24) - 1
+MAX_KEY_BOOST = (1 << 17) - 1
 
 
-def boost_dsps(boost, lanes: int) -> int:
+def boost_dsps(boost, lanes: int, dsp_width: int = 18) -> int:
     """DSP products of the keys ``x * boost``: one a lane, two for boosts wider than one
-    DSP input (17 bits), none without boost."""
+    unsigned DSP input (17 bits on ECP5, 16 on iCE40), none without boost."""
     if boost is None:
         return 0
-    return lanes * (2 if max(boost) >= 1 << 17 else 1)
+    return lanes * (2 if max(boost).bit_length() > max(dsp_width - 1, 16) else 1)
 
 
 def key_bits(boost, key_shift: int | None = None, value_bits: int = 8,

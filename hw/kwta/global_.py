@@ -58,7 +58,7 @@ class GlobalKWTA(wiring.Component):
     entries : int
         ``R``, entries per output beat (1 to 64).
     boost : sequence of int, optional
-        ``G`` integers from 1 to 65535 (``2**24 - 1`` with ``key_shift``): one per
+        ``G`` integers from 1 to 65535 (``2**17 - 1`` with ``key_shift``): one per
         unit of a vector, one per channel of a map.
     serial : bool
         The small, slow build (:class:`SerialGlobalKWTA`); needs ``width`` 1.
@@ -81,6 +81,9 @@ class GlobalKWTA(wiring.Component):
         The flat order ties follow (see above). Channel-major needs the
         histogram build; it adds a pass counting each channel's keys equal to
         the threshold, and ``G`` cycles handing out their quotas.
+    dsp_width : int
+        Signed input width of the part's multipliers (16 iCE40, 18 ECP5): a
+        boost wider than one unsigned input takes two per key.
 
     Members
     -------
@@ -99,7 +102,8 @@ class GlobalKWTA(wiring.Component):
 
     def __new__(cls, size=None, k=None, *, group=None, width: int = 8, entries: int = 8,
                 boost=None, serial: bool = False, max_winners=None, key_shift=None, rescale=None,
-                value_bits=8, key_range=(-128, 127), out_range=(-128, 127), tie_order="stream"):
+                value_bits=8, key_range=(-128, 127), out_range=(-128, 127), tie_order="stream",
+                dsp_width=18):
         design = cls
         if cls is GlobalKWTA:
             design = SerialGlobalKWTA if serial else HistogramGlobalKWTA
@@ -110,8 +114,11 @@ class GlobalKWTA(wiring.Component):
                  max_winners: int | None = None, key_shift: int | None = None,
                  rescale: tuple[int, int] | None = None, value_bits: int = 8,
                  key_range: tuple[int, int] = (-128, 127),
-                 out_range: tuple[int, int] = (-128, 127), tie_order: str = "stream"):
+                 out_range: tuple[int, int] = (-128, 127), tie_order: str = "stream",
+                 dsp_width: int = 18):
         check_int("size", size, 1)
+        #: Signed input width of the part's multipliers (16 iCE40, 18 ECP5): DSPs per key.
+        self.dsp_width = check_int("dsp_width", dsp_width, 16, 18)
         check_int("k", k, 1, size)
         if max_winners is not None:
             check_int("max_winners", max_winners, k, size)
@@ -162,7 +169,7 @@ class GlobalKWTA(wiring.Component):
     @property
     def dsps(self) -> int:
         """Multipliers of the keys ``x * boost`` (:func:`~.common.boost_dsps`)."""
-        return boost_dsps(self.boost, self.width)
+        return boost_dsps(self.boost, self.width, self.dsp_width)
 
     @property
     def serial(self) -> bool:

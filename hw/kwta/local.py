@@ -45,7 +45,7 @@ class LocalKWTA(wiring.Component):
     entries : int
         ``R``, entries per output beat (1 to 64).
     boost : sequence of int, optional
-        Per-channel boost, ``C`` integers from 1 to 65535 (``2**24 - 1`` with ``key_shift``).
+        Per-channel boost, ``C`` integers from 1 to 65535 (``2**17 - 1`` with ``key_shift``).
     max_winners : int, optional
         ``B``: the threshold tie rule, every key equal to the ``k``-th best
         also wins, up to ``B`` winners (``k`` to ``C``; ``B`` cells). None:
@@ -61,6 +61,9 @@ class LocalKWTA(wiring.Component):
         Signed bits of an input value (8, or 9 for int9 activations).
     key_range, out_range : (int, int)
         The clamp ranges of quantized keys and of rescaled values.
+    dsp_width : int
+        Signed input width of the part's multipliers (16 iCE40, 18 ECP5): a
+        boost wider than one unsigned input takes two per key.
 
     Members
     -------
@@ -76,7 +79,7 @@ class LocalKWTA(wiring.Component):
 
     def __new__(cls, channels=None, k=None, *, width: int = 8, entries: int = 8, boost=None,
                 max_winners=None, key_shift=None, rescale=None, value_bits=8,
-                key_range=(-128, 127), out_range=(-128, 127)):
+                key_range=(-128, 127), out_range=(-128, 127), dsp_width=18):
         design = (InsertionLocalKWTA if width == 1 else MergeLocalKWTA) if cls is LocalKWTA else cls
         return super().__new__(design, src_loc_at=1)
 
@@ -84,8 +87,10 @@ class LocalKWTA(wiring.Component):
                  max_winners: int | None = None, key_shift: int | None = None,
                  rescale: tuple[int, int] | None = None, value_bits: int = 8,
                  key_range: tuple[int, int] = (-128, 127),
-                 out_range: tuple[int, int] = (-128, 127)):
+                 out_range: tuple[int, int] = (-128, 127), dsp_width: int = 18):
         check_int("channels", channels, 1)
+        #: Signed input width of the part's multipliers (16 iCE40, 18 ECP5): DSPs per key.
+        self.dsp_width = check_int("dsp_width", dsp_width, 16, 18)
         check_int("k", k, 1, channels)
         check_int("width (D)", width, 1)
         check_int("entries (R)", entries, 1, 64)
@@ -118,7 +123,7 @@ class LocalKWTA(wiring.Component):
     @property
     def dsps(self) -> int:
         """Multipliers of the keys ``x * boost`` (:func:`~.common.boost_dsps`)."""
-        return boost_dsps(self.boost, self.width)
+        return boost_dsps(self.boost, self.width, self.dsp_width)
 
     @property
     def cycles_per_position(self) -> int:

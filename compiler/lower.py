@@ -265,7 +265,8 @@ class _Lowering:
                                                  spram=layer.name in self.in_spram,
                                                  compact=folding.compact, value_bits=vb,
                                                  input_bound=layer.input_bound,
-                                                 weight_bits=layer.weight_bits))
+                                                 weight_bits=layer.weight_bits,
+                                                 dsp_width=folding.dsp_width))
         self.output(i, layer, eng)
 
     def windowed(self, i: int, layer: ir.OverlayLayer) -> bool:

@@ -132,7 +132,11 @@ class OverlayEngine(wiring.Component):
         Signed bits of an input value: 8 (int8 activations) or 9 (int9).
     weight_bits : int
         Signed bits of a weight, 2 to 8: a model quantized to fewer bits than 8
-        has narrower weight memories and products.
+        has narrower weight memories and products, and where
+        ``value_bits + 2 * weight_bits + 1 <= dsp_width`` (4-bit weights and
+        int8 values on ECP5) two lanes share one multiplier (:attr:`paired`).
+    dsp_width : int
+        Signed input width of the part's multipliers (16 iCE40, 18 ECP5).
     input_bound : int, optional
         The largest |input value| (default ``2**(value_bits - 1)``): the
         accumulators are proven for it.
@@ -168,7 +172,7 @@ class OverlayEngine(wiring.Component):
                  kernel_map: np.ndarray, *, entries: int = 1, lanes_per_beat: int | None = None,
                  acc_bits: int | None = None, loadable: bool = False, spram: bool = False,
                  compact: bool = False, value_bits: int = 8, input_bound: int | None = None,
-                 weight_bits: int = 8):
+                 weight_bits: int = 8, dsp_width: int = 18):
         _check_arrays(weights, kernel_ids, row_start, kernel_map)
         self.weight_bits = check_int("weight_bits", weight_bits, 2, 8)
         wlo, whi = -(1 << (weight_bits - 1)), (1 << (weight_bits - 1)) - 1
@@ -202,6 +206,11 @@ class OverlayEngine(wiring.Component):
         self.fan_in, self.words = row_start.shape[0] - 1, weights.shape[0]
         self.entries, self.lanes_per_beat, self.acc_bits = entries, p, acc_bits
         self.passes = lanes // p
+        if dsp_width not in (16, 18):
+            raise ValueError(f"dsp_width must be 16 (iCE40) or 18 (ECP5), got {dsp_width!r}")
+        #: Two lanes' weights share a multiplier (``v * (w0 + (w1 << S))``): their packed
+        #: operand fits one signed DSP input.
+        self.paired = p >= 2 and value_bits + 2 * weight_bits + 1 <= dsp_width
         self.index_bits = bits(self.fan_in)
         self.in_layout = sparse_layout(entries, self.index_bits, signed(value_bits))
         self.out_layout = dense_layout(p, signed(acc_bits))
@@ -237,8 +246,14 @@ class OverlayEngine(wiring.Component):
 
     @property
     def dsps(self) -> int:
-        """DSP multipliers: the ``R * P`` products."""
-        return self.multipliers
+        """DSP multipliers: the ``R * P`` products, one per pair of lanes when
+        :attr:`paired` (lanes pair within a register copy's ``LANES_PER_COPY``)."""
+        if not self.paired:
+            return self.multipliers
+        p = self.lanes_per_beat
+        pairs = sum(min(LANES_PER_COPY, p - g) // 2 + min(LANES_PER_COPY, p - g) % 2
+                    for g in range(0, p, LANES_PER_COPY))
+        return self.entries * pairs
 
     @property
     def row_beats(self) -> np.ndarray:
@@ -316,7 +331,8 @@ class OverlayEngine(wiring.Component):
             R, P, K, passes, banked_weights=weights.banked, registers=shallow, split=split,
             direct_weights=(not weights.banked
                             and max(self.words * passes, 1) <= DSP_DIRECT_WEIGHT_WORDS),
-            value_bits=self.value_bits, weight_bits=self.weight_bits, **parts)
+            value_bits=self.value_bits, weight_bits=self.weight_bits, paired=self.paired,
+            **parts)
         banks = m.submodules.banks = AccumulatorBanks(
             R, P, rows, A, registers=shallow, read_register=split, prod_bits=products.prod_bits,
             **parts)

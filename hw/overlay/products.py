@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Signal, signed
+from amaranth.hdl import Const, Module, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -71,11 +71,13 @@ class Products(wiring.Component):
     def __init__(self, entries: int, lanes_per_beat: int, kernels_per_overlay: int,
                  passes: int, *, lanes_per_copy: int, banked_weights: bool,
                  direct_weights: bool, registers: bool, split: bool, value_bits: int = 8,
-                 weight_bits: int = 8):
+                 weight_bits: int = 8, paired: bool = False):
         self.entries, self.lanes_per_beat = entries, lanes_per_beat
         self.value_bits, self.weight_bits = value_bits, weight_bits
         #: Signed bits of a product: a weight times a value.
         self.prod_bits = value_bits + weight_bits
+        #: Lanes ``2j`` and ``2j + 1`` of a register copy share a multiplier.
+        self.paired = paired
         self.kernels_per_overlay, self.passes = kernels_per_overlay, passes
         self.lanes_per_copy = lanes_per_copy
         self.copies = -(-lanes_per_beat // lanes_per_copy)
@@ -94,6 +96,34 @@ class Products(wiring.Component):
             "write_addr": Out(rows).array(R, P), "prod": Out(signed(self.prod_bits)).array(R, P),
             "group_done": Out(1), "group_buf": Out(1), "group_end": Out(1),
         })
+
+    def _multiplier_lanes(self) -> list[tuple[int, ...]]:
+        """The lanes of each multiplier: pairs ``(2j, 2j + 1)`` within a register copy's
+        lanes when :attr:`paired` (an odd lane out alone), else one lane each."""
+        P, G = self.lanes_per_beat, self.lanes_per_copy
+        if not self.paired:
+            return [(k,) for k in range(P)]
+        out = []
+        for g in range(0, P, G):
+            copy = list(range(g, min(g + G, P)))
+            out += [tuple(copy[i:i + 2]) for i in range(0, len(copy), 2)]
+        return out
+
+    def _packed(self, m: Module, r: int, k: int, wdata, b_data, source: str) -> Value:
+        """The operand ``w_k + (w_{k+1} << S)`` of lanes ``k, k + 1`` of entry ``r``, where
+        the single weight's would be: from the words read (``"memory"``: into the
+        multiplier's own operand register), from B's registers (``"b"``: the same), or
+        a register of its own in B's place (``"register"``: it is the operand register)."""
+        S, wb = self.prod_bits, self.weight_bits
+        src = b_data if source == "b" else wdata
+        # one bit more than the two weights: w0 < 0 below the most negative w1 << S
+        packed = Signal(signed(S + wb + 1), name=f"b_pack_{r}_{k}", reset_less=True)
+        value = src[k].weight + (src[k + 1].weight << S)
+        if source == "register":
+            m.d.sync += packed.eq(value)
+        else:
+            m.d.comb += packed.eq(value)
+        return packed
 
     def elaborate(self, platform):
         m = Module()
@@ -170,16 +200,29 @@ class Products(wiring.Component):
                 m.d.sync += c_addr[r][k].eq(addr)
                 if not shallow:
                     m.d.comb += self.read_addr[r][k].eq(c_addr[r][k] if c_late else addr)
+            for lanes in self._multiplier_lanes():
                 # B's operand registers and C's product register (ECP5: in MULT18X18D).
                 # The weight's operand register is b_data (ECP5: then the DSP's register
                 # A, ``a_stage``), except that a weight memory of one block's depth feeds
                 # the DSP block's own input register directly.
-                weight = wdata[r][k].weight if direct else slot.weight
+                k = lanes[0]
+                if len(lanes) == 1:
+                    weight = wdata[r][k].weight if direct else b_data[r][k].weight
+                else:  # two weights in one operand: w0 + (w1 << S), S the product's width
+                    source = "memory" if direct else ("b" if a_stage else "register")
+                    weight = self._packed(m, r, k, wdata[r], b_data[r], source)
                 if late_product and not a_stage:  # off ECP5 the weight waits in the fabric
                     weight = register(m, f"b2_weight_{r}_{k}", weight, reset_less=True)
-                c_prod[r][k] = registered_product(m, f"c_prod_{r}_{k}", weight,
-                                                  rd_value[r][k // G], platform,
-                                                  a_registered=not (direct or a_stage))
+                prod = registered_product(m, f"c_prod_{r}_{k}", weight, rd_value[r][k // G],
+                                          platform, a_registered=not (direct or a_stage))
+                if len(lanes) == 1:
+                    c_prod[r][k] = prod
+                else:  # the low product sign-extended; the high one plus its borrow
+                    S = self.prod_bits
+                    lo, hi = (Signal(signed(S), name=f"c_prod_{r}_{j}") for j in lanes)
+                    m.d.comb += [lo.eq(prod[:S].as_signed()),
+                                 hi.eq((prod >> S) + prod[S - 1])]
+                    c_prod[r][lanes[0]], c_prod[r][lanes[1]] = lo, hi
         if not shallow:
             m.d.comb += [*(self.read_valid[g].eq(rd_valid[g]) for g in range(copies)),
                          *(self.read_buf[g].eq(rd_buf[g]) for g in range(copies))]

@@ -228,20 +228,24 @@ def test_synthesis_keeps_a_register_copy_per_lane_group(tmp_path):
 
 
 @pytest.mark.parametrize("weight_bits, compact, r, p, value_bits", [
-    (4, False, 2, 2, 8), (2, True, 1, 4, 8), (6, False, 3, 1, 9)])
+    (4, False, 2, 2, 8), (2, True, 1, 4, 8), (6, False, 3, 1, 9), (4, False, 1, 3, 9)])
 def test_narrow_weights_match_golden(weight_bits, compact, r, p, value_bits):
     """Weights of fewer bits (a model quantized to them): narrower memory words and
     products, the same sums, both ends of the weight range included."""
     rng = np.random.default_rng(weight_bits)
     lo, hi = -(1 << (weight_bits - 1)), (1 << (weight_bits - 1)) - 1
-    w = zoo.complementary_weights(12, 24, 3, rng)
+    k = 4 if p == 3 else 3  # 3 lanes for P = 3 (a lane without a partner), else 4
+    w = zoo.complementary_weights(12, 24, k, rng)
     w = np.where(w != 0, rng.integers(lo, hi + 1, w.shape), 0).astype(np.int8)
     w[0, np.flatnonzero(w[0])[:2]] = [lo, hi]
-    ov = pack(w, 3)
+    ov = pack(w, k)
     wide = OverlayEngine(**engine_parameters(ov), entries=r, lanes_per_beat=p)
     dut = OverlayEngine(**engine_parameters(ov), entries=r, lanes_per_beat=p, compact=compact,
                         value_bits=value_bits, weight_bits=weight_bits)
     assert dut.load_ports == [] and dut._weight_image() != wide._weight_image()
+    # two lanes a multiplier where the packed operand fits 18 bits (an odd lane alone)
+    assert dut.paired == (p >= 2 and value_bits + 2 * weight_bits + 1 <= 18)
+    assert dut.dsps == (r * (p // 2 + p % 2) if dut.paired else r * p)
     vmax = (1 << (value_bits - 1)) - 1
     groups = [[(i, int(v)) for i, v in zip(range(24), rng.integers(-vmax, vmax + 1, 24))],
               [(i, -vmax - 1) for i in range(24)], []]
@@ -288,10 +292,13 @@ def test_verilator_matches_golden(compact, p):
     assert res.outputs[0] == want
 
 
-@pytest.mark.parametrize("depth, passes, compact", [
-    ("direct", 2, False), ("deep", 1, False), ("deep", 2, False), ("deep", 2, True),
-    ("deep", 4, True), ("banked", 2, False), ("banked", 4, False)])
-def test_verilator_matches_golden_with_ecp5_dsp_registers(depth, passes, compact, monkeypatch):
+@pytest.mark.parametrize("depth, passes, compact, weight_bits", [
+    ("direct", 2, False, 8), ("deep", 1, False, 8), ("deep", 2, False, 8), ("deep", 2, True, 8),
+    ("deep", 4, True, 8), ("banked", 2, False, 8), ("banked", 4, False, 8),
+    # 4-bit weights: two lanes' products in one block, each weight source
+    ("direct", 1, False, 4), ("deep", 1, False, 4), ("banked", 2, False, 4)])
+def test_verilator_matches_golden_with_ecp5_dsp_registers(depth, passes, compact, weight_bits,
+                                                          monkeypatch):
     """Elaborated for the ULX3S (ECP5), every product is a MULT18X18D with its input and
     output registers (cosparse.sim.primitives models it): still the golden sums under
     random stalls. ``deep``: a weight memory deeper than DSP_DIRECT_WEIGHT_WORDS, whose
@@ -310,18 +317,25 @@ def test_verilator_matches_golden_with_ecp5_dsp_registers(depth, passes, compact
         monkeypatch.setattr(overlay, "WEIGHT_BANK_WORDS", 8)
 
     rng = np.random.default_rng(8)
-    ov = pack(zoo.random_sparse_weights(12, 30, 0.3, rng), 3)
+    w = zoo.random_sparse_weights(12, 30, 0.3, rng)
+    if weight_bits < 8:
+        w = np.where(w != 0, rng.integers(-8, 8, w.shape), 0).astype(np.int8)
+        w.flat[np.flatnonzero(w)[:2]] = -8  # the most negative weight, next to another
+    ov = pack(w, 3)
     assert ov.lanes == 4
 
     def engine():
         return OverlayEngine(**engine_parameters(ov), entries=2,
-                             lanes_per_beat=ov.lanes // passes, compact=compact)
+                             lanes_per_beat=ov.lanes // passes, compact=compact,
+                             weight_bits=weight_bits)
 
     text = rtlil.convert(engine(), name="top", platform=ULX3S_85F_Platform())
     dut = engine()
-    assert len(re.findall(r"cell \\MULT18X18D ", text)) == dut.multipliers
+    assert dut.paired == (weight_bits == 4 and dut.lanes_per_beat >= 2)
+    assert dut.dsps == (dut.multipliers // 2 if dut.paired else dut.multipliers)
+    assert len(re.findall(r"cell \\MULT18X18D ", text)) == dut.dsps
     for reg in ("INPUTA", "INPUTB", "OUTPUT"):
-        assert len(re.findall(rf'parameter \\REG_{reg}_CLK "CLK0"', text)) == dut.multipliers
+        assert len(re.findall(rf'parameter \\REG_{reg}_CLK "CLK0"', text)) == dut.dsps
     assert not re.search(r"cell \$mul ", text)
     groups = random_groups(rng, 30, 8)
     groups[2] = []
@@ -330,7 +344,7 @@ def test_verilator_matches_golden_with_ecp5_dsp_registers(depth, passes, compact
     cycles = {}
     for plat in (ULX3S_85F_Platform(), None):
         name = (f"overlay_engine_dsp{'_generic' * (plat is None)}_{depth}_{passes}"
-                f"{'_compact' * compact}")
+                f"{'_compact' * compact}_w{weight_bits}")
         for stall in (0.3, 0.0):
             dut = engine()
             res = run_streams(dut, name, [("i", dut.in_layout, beats)],

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Per layer, the share of a quantized model's integer activations the golden model reproduces.
 
-Imports a QDQ (or QCDQ) ONNX model, runs the golden model and ONNX Runtime
-on the same inputs and prints, for each IR layer, the fraction of int8
-activations equal to the model's (its ``QuantizeLinear`` outputs), the
+Imports a QDQ, QCDQ or QONNX model, runs the golden model and ONNX Runtime
+on the same inputs and prints, for each IR layer, the fraction of
+activations equal to the model's (its ``QuantizeLinear`` outputs, zero
+points off), chained and with the layer fed ONNX Runtime's own input, the
 largest difference, and the top-1 agreement of the outputs; ``--json``
-writes the same figures. Exits 1 when a layer is below ``--min``.
+writes the same figures. Exits 1 when a layer (chained) is below ``--min``.
 
     python3 scripts/fidelity.py model_qdq.onnx --inputs x.npy
     python3 scripts/fidelity.py model_qdq.onnx --inputs x.npy --min 0.999 --json out.json

@@ -47,9 +47,8 @@ MAX_KERNELS_PER_OVERLAY = 256
 #: Boost factors are unsigned 16-bit integers (keys are at most 24 bits wide).
 MAX_BOOST = (1 << 16) - 1
 #: ... and of quantized keys (``key_shift``), 17 bits (one ECP5 DSP input): the model's
-#: float factor to 2**-17 (16 bits moved two keys of 12,800 in a test model's k-WTA).
+#: float factor to 2**-17.
 MAX_KEY_BOOST = (1 << 17) - 1
-#: Requantization multipliers are unsigned 16-bit integers.
 #: A requantization's multipliers: 16 bits for a calibrated network, up to 24 for a model
 #: that arrives quantized (rounding as its float scale does).
 MAX_REQUANT_MULTIPLIER = (1 << 24) - 1
@@ -83,7 +82,7 @@ def activation_spec(shape: tuple[int, ...], scale: float, lo: int = -128,
 
 #: Requantization rounding rules (see :class:`Requant`).
 ROUNDINGS = ("half-up", "half-even")
-#: A quantized k-WTA key's right shift (the boost holds at most 16 bits).
+#: A quantized k-WTA key's right shift (the boost holds at most 17 bits).
 MAX_KEY_SHIFT = 32
 
 
@@ -817,5 +816,15 @@ class Network:
         return self.specs()[-1]
 
 
-# On disk (``manifest.json`` and ``tensors.npz``): :mod:`cosparse.compiler.manifest`.
-from .manifest import load, save  # noqa: E402  (it reads the classes above)
+# On disk (``manifest.json`` and ``tensors.npz``): :mod:`cosparse.compiler.manifest`,
+# imported when called (it imports this module).
+def save(net: Network, outdir):
+    """Write ``net`` into ``outdir`` (:func:`cosparse.compiler.manifest.save`)."""
+    from .manifest import save as _save
+    return _save(net, outdir)
+
+
+def load(path) -> Network:
+    """Read a network (:func:`cosparse.compiler.manifest.load`)."""
+    from .manifest import load as _load
+    return _load(path)

@@ -188,7 +188,7 @@ class Requantizer(ChannelConstantsUnit):
 
     @property
     def dsps(self) -> int:
-        """DSP multipliers: one or two per lane (see :func:`dsps_per_lane`)."""
+        """DSP multipliers: one to four per lane (see :func:`dsps_per_lane`)."""
         return self.width * dsps_per_lane(self.acc_bits, min(self.bias), max(self.bias),
                                           self.lo_split + 1, self._const_bits()[1])
 

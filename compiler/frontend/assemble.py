@@ -86,9 +86,6 @@ def _quantize_layer(g: Graph, s: Step, s_in: float, s_out: float | None,
     wq = np.clip(np.rint(w / w_scale[:, None]), -128, 127).astype(np.int8)
     acc_scale = s_in * w_scale
     bq = np.rint(s.bias / acc_scale)
-    if np.any(np.abs(bq) >= 2**31):
-        raise g.fail(f"layer {s.name!r}: bias {float(np.abs(s.bias).max()):.6g} does not fit "
-                     f"int32 at the accumulator scale {float(acc_scale.min()):.3g}")
     rq = rs = None
     if s_out is not None:
         lo, hi = out_range or (None, None)
@@ -114,6 +111,9 @@ def _quantize_layer(g: Graph, s: Step, s_in: float, s_out: float | None,
                 bq = np.zeros_like(bq)
         except ValueError as e:
             raise g.fail(f"layer {s.name!r}: cannot requantize ({e})") from None
+    if np.any(np.abs(bq) >= 2**31):
+        raise g.fail(f"layer {s.name!r}: bias {float(np.abs(s.bias).max()):.6g} does not fit "
+                     f"int32 at the accumulator scale {float(acc_scale.min()):.3g}")
     return dict(weights=wq, bias=bq.astype(np.int32), acc_scale=acc_scale, requant=rq,
                 rescale=rs)
 
@@ -162,7 +162,7 @@ def _overlay_layer(g: Graph, s: Step, s_in: float, s_out: float | None, k: int |
 
 def quantized_key(real: np.ndarray) -> tuple[np.ndarray, int]:
     """Integer boosts and a shift for quantized keys ``round(x * real)``: the boosts
-    ``round(real * 2**shift)`` of at most 16 bits, with the largest shift that fits."""
+    ``round(real * 2**shift)`` of at most 17 bits, with the largest shift that fits."""
     top = float(real.max())
     shift = int(np.clip(np.floor(np.log2(ir.MAX_KEY_BOOST / top)), 0, ir.MAX_KEY_SHIFT))
     boost = np.clip(np.rint(real * 2.0 ** shift), 1, ir.MAX_KEY_BOOST).astype(np.int64)

@@ -239,6 +239,11 @@ def _fold_affine(g: Graph) -> bool:
             else:
                 continue
         la = layer.attrs
+        if la.get("post") is not None and x in g.act_scale:
+            raise g.fail(f"{n.op} {n.name!r} follows a layer the model already rounds twice "
+                         f"({layer.name!r}, then after {', '.join(la['onnx_nodes'][1:])}): a "
+                         "third rounding is not supported; fold the affine ops together or "
+                         "drop the quantizer between them")
         if la.get("post") is not None:  # after a second rounding: part of it
             pa, pc = la["post"]
             la["post"] = (pa * a, pc * a + c)

@@ -117,6 +117,8 @@ def offset_key(x, b, kb: int, key_shift: int | None = None,
     """
     if key_shift is not None:
         prod = x.as_signed() if b is None else x.as_signed() * b
+        if len(prod) <= key_shift:  # sign-extended past the shift: its bits are all dropped
+            prod = Cat(prod, prod[-1].replicate(key_shift + 1 - len(prod))).as_signed()
         r = prod
         if key_shift:
             q = prod >> key_shift  # arithmetic: prod is signed
@@ -134,7 +136,7 @@ def offset_key(x, b, kb: int, key_shift: int | None = None,
 
 
 def check_rescale(rescale) -> tuple[int, int] | None:
-    """None, or ``(m, s)``: a multiplier from 1 to ``2**24 - 1`` and a shift from 0 to 48."""
+    """None, or ``(m, s)``: a multiplier from 1 to ``2**24 - 1`` and a shift from 0 to 56."""
     if rescale is None:
         return None
     try:
@@ -142,7 +144,7 @@ def check_rescale(rescale) -> tuple[int, int] | None:
     except (TypeError, ValueError):
         raise ValueError(f"rescale must be (multiplier, shift), got {rescale!r}") from None
     check_int("rescale multiplier", m, 1, (1 << 24) - 1)
-    check_int("rescale shift", s, 0, 48)
+    check_int("rescale shift", s, 0, 56)
     return m, s
 
 

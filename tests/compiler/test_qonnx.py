@@ -56,7 +56,8 @@ def test_golden_reproduces_onnxruntime(model, form):
     compared = [a for a in fid.layers if a.equal is not None]
     assert len(compared) >= 3
     # measured: 100.000% at every layer, both forms, both networks
-    assert fid.worst() >= 0.999, [(a.layer, a.equal) for a in compared]
+    assert fid.worst() == 1.0, [(a.layer, a.equal) for a in compared]
+    assert fid.worst_alone() == 1.0, [(a.layer, a.alone) for a in compared]
     assert fid.top1 == 1.0
 
 

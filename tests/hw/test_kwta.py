@@ -158,6 +158,7 @@ def test_local_quantized_keys_match_golden(C, k, B, D, shift, brange):
     (12, 5, 1, (40000, 17)),  # x * 0.305: small winners become 0 and are dropped
     (10, 3, 8, (1, 0)),  # the identity
     (9, 4, 2, (12582917, 24)),  # a 24-bit multiplier: x * 0.75000006
+    (8, 3, 4, (16000000, 44)),  # a shift past the product: every winner rounds to 0
 ])
 def test_local_rescaled_winners_match_golden(C, k, D, rescale):
     rng = np.random.default_rng(C + rescale[1])

@@ -303,8 +303,9 @@ class _Lowering:
         if layer.name in self.pool_first:
             pool = self.net.layers[i + 1]
             h, w, _ = self.specs[i + 1].shape
-            self.add(pool.name, MaxPool(h, w, m, kernel=pool.kernel, stride=pool.stride,
-                                        width=self.width, elem_bits=eng.acc_bits))
+            self.pool_rows(pool.name, self.add(pool.name, MaxPool(
+                h, w, m, kernel=pool.kernel, stride=pool.stride, width=self.width,
+                elem_bits=eng.acc_bits)))
             name = pool.name
         if fold.width is not None and fold.width != self.width:
             self.add(name, Narrow(m, width_in=self.width, width_out=fold.width,
@@ -334,12 +335,26 @@ class _Lowering:
                 dsp_width=folding.dsp_width))
         self.fmt, self.max_active = "dense", m
 
+    def pool_rows(self, name: str, mp: MaxPool) -> None:
+        """Room for a pooled row behind a dense max pool (not on the smallest parts).
+
+        A pool with a vertical stride emits a row of outputs only while its
+        last input row of each window streams in, and nothing in between:
+        without room for that row, a consumer as slow as the pool's mean
+        output rate idles between the bursts and stalls the pool (and the
+        stages before it) during them: ``(sh - 1) / sh`` of an input row's
+        time lost per pooled row. With it, every stage keeps its own rate.
+        """
+        if self.folding.frame_fifos and mp.stride[0] > 1 and mp.out_height > 1:
+            self.add(name, StreamFIFO(mp.out_layout, depth=mp.out_width * mp.beats + 2))
+
     def max_pool(self, i: int, layer: ir.MaxPool) -> None:
         h, w, c = self.specs[i].shape
         vb = self.vbits(i)
         if self.fmt == "dense":
-            self.add(layer.name, MaxPool(h, w, c, kernel=layer.kernel, stride=layer.stride,
-                                         width=self.width, elem_bits=vb))
+            self.pool_rows(layer.name, self.add(layer.name, MaxPool(
+                h, w, c, kernel=layer.kernel, stride=layer.stride, width=self.width,
+                elem_bits=vb)))
         else:
             width = self.folding.of(layer.name).width or self.folding.default_width
             self.add(layer.name, SparseMaxPool(h, w, c, kernel=layer.kernel, stride=layer.stride,

@@ -11,6 +11,7 @@ import pytest
 from cosparse.compiler.fold import choose_folding
 from cosparse.compiler.frontend import import_onnx, to_ir_input
 from cosparse.compiler.order import to_drain_order
+from cosparse.compiler.lower import lower
 from cosparse.compiler.perf import predict
 from cosparse.sim import golden
 from cosparse.sim.netsim import simulate_network
@@ -83,3 +84,27 @@ def test_rescale_with_negative_scales_in_verilator_equals_golden(tmp_path):
     folding = choose_folding(net, xq, max_multipliers=24)
     run = simulate_network(net, folding, xq, name="onnx_negative_rescale")
     assert np.array_equal(run.outputs, golden.run(net, xq))
+
+
+def test_stages_tied_across_a_max_pool_keep_their_rate():
+    """conv1 in logic at the rate of the stages behind its 2x2 pool (256 cycles a frame
+    each): the pool emits a row only on every second input row, so the room for a
+    pooled row behind it keeps the consumer busy; the interval is the model's (376
+    cycles without that room, where the model says 277)."""
+    cal, x, _ = digits("cnn_local")
+    net = to_drain_order(import_onnx(ONNX_DATA / "cnn_local_legacy.onnx", calibration=cal))
+    xq = to_ir_input(net, x[:8])
+    folding = choose_folding(net, xq, max_multipliers=24, weights_in_logic="auto",
+                             max_luts=84_000)
+    assert folding.of("body.0").in_logic
+    core = lower(net, folding)
+    units = [s.unit for s in core.stages]
+    pool = units.index("MaxPool")
+    assert units[pool + 1] == "StreamFIFO"
+    stages = predict(net, folding, xq[1:])["stages"]
+    assert [s["cycles"] for s in stages[:pool + 1]][1:] == [256.0] * pool  # tied upstream
+    run = simulate_network(net, folding, xq, name="onnx_cnn_local_logic")
+    assert np.array_equal(run.outputs, golden.run(net, xq))
+    predicted = predict(net, folding, xq[1:])["interval_cycles"]
+    assert abs(run.interval_cycles - predicted) <= 0.01 * predicted, (run.interval_cycles,
+                                                                        predicted)

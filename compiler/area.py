@@ -69,7 +69,7 @@ def unit_luts(c) -> float:
     if isinstance(c, adapters.Densify):
         return 300 + 250 * c.width
     if isinstance(c, dense_window.DenseWindow):
-        return 33 * c.taps * 8 * max(c.kernel) // 8 + 300
+        return 25 * c.taps * max(c.kernel) + 300
     if isinstance(c, window.SparseWindow):
         return 600 + 40 * c.entries
     if isinstance(c, (reshape.SparseFlatten, reshape.DenseFlatten, adapters.StreamFIFO,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -91,6 +91,8 @@ class AccumulatorBanks(wiring.Component):
         R, P, A, G = self.entries, self.lanes_per_beat, self.acc_bits, self.lanes_per_copy
         shallow, split = self.registers, self.read_register
         banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (registers)
+        word = unsigned(A + 1)  # a memory bank's word: the sum, and a valid bit
+        banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (registers)
         for r in range(R):
             row = []
             for k in range(P):
@@ -100,21 +102,22 @@ class AccumulatorBanks(wiring.Component):
                         pair.append([Signal(signed(A), name=f"acc_{r}_{k}_{b}_{j}",
                                             reset_less=True) for j in range(self.rows)])
                         continue
-                    mem = Memory(shape=signed(A), depth=self.rows, init=[])
+                    mem = Memory(shape=word, depth=self.rows, init=[])
                     m.submodules[f"acc_{r}_{k}_{b}"] = mem
                     wp = mem.write_port()
-                    pair.append((wp, mem.read_port(transparent_for=() if split else (wp,))))
+                    pair.append((wp, mem.read_port(transparent_for=())))
                 row.append(pair)
             banks.append(row)
 
+        drained_words = {}  # (r, k, b): the drain's read of bank (r, k, b), as a signed sum
         for r in range(R):
             for k in range(P):
                 g = k // G
                 live, cbuf = self.write_live[r][g], self.write_buf[g]
                 clear, ebuf, eaddr = self.clear[g], self.clear_buf[g], self.clear_addr[g]
                 prod, addr = self.prod[r][k], self.write_addr[r][k]
-                for b in range(2):
-                    if shallow:
+                if shallow:
+                    for b in range(2):
                         rows = banks[r][k][b]
                         total = Signal(signed(A), name=f"c_sum_{r}_{k}_{b}")
                         m.d.comb += total.eq(select(rows, addr) + prod)
@@ -126,30 +129,68 @@ class AccumulatorBanks(wiring.Component):
                             for j, acc_row in enumerate(rows):
                                 with m.If(eaddr == j):
                                     m.d.sync += acc_row.eq(0)
-                        continue
-                    wp, rp = banks[r][k][b]
-                    with m.If(self.read_valid[g] & (self.read_buf[g] == b)):
-                        m.d.comb += [rp.addr.eq(self.read_addr[r][k]), rp.en.eq(1)]
-                    with m.Else():
-                        m.d.comb += [rp.addr.eq(self.drain_addr),
-                                     rp.en.eq(self.drain_en & (self.drain_buf == b))]
-                    old = rp.data
-                    if split:  # C2: the read data registered
-                        old = register(m, f"c2_old_{r}_{k}_{b}", rp.data, reset_less=True)
-                    with m.If(live & (cbuf == b)):
-                        m.d.comb += [wp.addr.eq(addr), wp.data.eq(old + prod), wp.en.eq(1)]
-                    with m.Elif(clear & (ebuf == b)):
-                        m.d.comb += [wp.addr.eq(eaddr), wp.data.eq(0), wp.en.eq(1)]
-
-        def drained(r, k, b):  # the drain's read of bank (r, k, b)
-            if shallow:
-                return select(banks[r][k][b], self.clear_addr[k // G])
-            return banks[r][k][b][1].data
-
+                    continue
+                self._memory_bank(m, banks[r][k], r, k, g)
         for k in range(P):
             total = Const(0, signed(A))
             for r in range(R):
-                total = total + Mux(self.clear_buf[k // G], drained(r, k, 1), drained(r, k, 0))
+                total = total + self._drained(m, banks[r][k], k // G)
             s = Signal(signed(A), name=f"drain_sum_{k}")
             m.d.comb += [s.eq(total), self.sums[k].eq(s)]
         return m
+
+    def _memory_bank(self, m: Module, pair, r: int, k: int, g: int) -> None:
+        """Bank ``(r, k)`` in memory: one adder for both buffers, the drain's clear
+        a write of the valid bit (the sum bits are don't-cares), no zero multiplexer.
+
+        Without ``read_register``, a write in the cycle of the read (the previous
+        accumulation of the same row, or the drain's clear of it) is forwarded
+        here, as a transparent read port would, but once for both buffers and in
+        the same multiplexer as the valid bit's.
+        """
+        A = self.acc_bits
+        live, cbuf = self.write_live[r][g], self.write_buf[g]
+        clear, ebuf, eaddr = self.clear[g], self.clear_buf[g], self.clear_addr[g]
+        prod, addr = self.prod[r][k], self.write_addr[r][k]
+        total = Signal(signed(A), name=f"c_sum_{r}_{k}")
+        olds, wes, wvalid = [], [], []
+        for b, (wp, rp) in enumerate(pair):
+            with m.If(self.read_valid[g] & (self.read_buf[g] == b)):
+                m.d.comb += [rp.addr.eq(self.read_addr[r][k]), rp.en.eq(1)]
+            with m.Else():
+                m.d.comb += [rp.addr.eq(self.drain_addr),
+                             rp.en.eq(self.drain_en & (self.drain_buf == b))]
+            acc = Signal(name=f"c_acc_{r}_{k}_{b}")
+            m.d.comb += acc.eq(live & (cbuf == b))
+            m.d.comb += [wp.addr.eq(Mux(acc, addr, eaddr)), wp.data.eq(Cat(total, acc)),
+                         wp.en.eq(acc | (clear & (ebuf == b)))]
+            old = rp.data
+            if self.read_register:  # C2: the read data registered
+                old = register(m, f"c2_old_{r}_{k}_{b}", rp.data, reset_less=True)
+            olds.append(old)
+            wes.append((wp.en, wp.addr, acc))
+        cur = Mux(cbuf, olds[1], olds[0])
+        value = Mux(cur[A], cur[:A].as_signed(), 0)
+        if not self.read_register:
+            # The write of the read's cycle to the row now accumulated, if any.
+            hit, valid = Signal(name=f"c_hit_{r}_{k}"), Signal(name=f"c_hit_valid_{r}_{k}")
+            last_total = register(m, f"c_last_{r}_{k}", total, reset_less=True)
+            hits = []
+            for b, (we, waddr, acc) in enumerate(wes):
+                p_we = register(m, f"c_we_{r}_{k}_{b}", we)
+                p_addr = register(m, f"c_waddr_{r}_{k}_{b}", waddr, reset_less=True)
+                p_acc = register(m, f"c_wacc_{r}_{k}_{b}", acc)
+                hits.append((p_we & (p_addr == addr), p_acc))
+            m.d.comb += [hit.eq(Mux(cbuf, hits[1][0], hits[0][0])),
+                         valid.eq(Mux(cbuf, hits[1][1], hits[0][1]))]
+            value = Mux(hit, Mux(valid, last_total, 0), value)
+        m.d.comb += total.eq(value + prod)
+
+    def _drained(self, m: Module, pair, g: int) -> Value:
+        """The drain's read of one bank (the buffer ``clear_buf``): its sum, or 0."""
+        A = self.acc_bits
+        if self.registers:
+            return Mux(self.clear_buf[g], select(pair[1], self.clear_addr[g]),
+                       select(pair[0], self.clear_addr[g]))
+        cur = Mux(self.clear_buf[g], pair[1][1].data, pair[0][1].data)
+        return Mux(cur[A], cur[:A].as_signed(), 0)

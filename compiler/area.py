@@ -30,13 +30,20 @@ LINK_LUTS = 2_000
 
 
 def _engine(c: overlay.OverlayEngine) -> float:
-    # 223 per multiplier (accumulator banks, their adders, the drain's sums), 140 per
-    # read port, and the bank multiplexers of deep weight memories. Fitted on nine
-    # engines from 1 to 96 multipliers: within 10% from 32 multipliers up.
     r, p = c.entries, c.lanes_per_beat
     depth = c.words * (c.lanes // p)
     banks = -(-depth // overlay.WEIGHT_BANK_WORDS)
-    return 223 * r * p + 140 * r + 258 + (18 * banks * r * p if banks > 1 else 0)
+    muxes = 18 * banks * r * p if banks > 1 else 0  # deep weight memories' bank multiplexers
+    if not c.compact and c.passes * c.kernels_per_overlay <= overlay.SMALL_BANK_ROWS:
+        # Register banks: 223 per multiplier (the banks' rows, their adders and row
+        # selects, the drain's sums), 140 per read port. Fitted on gsc-cs conv1 engines
+        # of 32 and 96 multipliers: within 15%.
+        return 223 * r * p + 140 * r + 258 + muxes
+    # Memory banks: per multiplier one adder, the buffer and valid-bit multiplexers,
+    # the forwarded write; the drain's R-bank sums grow with R. Fitted on gsc-cs conv2
+    # engines of 8 to 64 multipliers (R = 1 to 8): within 5%; fc1 (R = 1, P = 3, banks
+    # in block RAM behind registered reads) 20% under.
+    return 121 * r * p + 6.3 * r * r * p + muxes
 
 
 def unit_luts(c) -> float:

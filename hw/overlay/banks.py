@@ -18,17 +18,20 @@ class AccumulatorBanks(wiring.Component):
     The products of entry ``r`` in lane ``k`` add into bank ``(r, k)`` of the
     buffer under accumulation: the entries of one beat never collide on an
     accumulator. The other buffer serves the drain, which reads each row,
-    sums the ``R`` banks of a lane (``sums``) and writes zero back the cycle
+    sums the ``R`` banks of a lane (``sums``) and clears the row the cycle
     after the read, leaving the buffer clear for reuse. The two never name
     the same buffer: a buffer is drained only once its group is complete.
 
     A bank is a memory with one synchronous read port and one write port (one
     simple dual-port RAM); the read port is the accumulation's when it reads,
-    else the drain's. Its read data is transparent to the write port (back-to-
-    back hits on one accumulator see the sum just written), or, with
-    ``read_register``, registered before the add (stage C2: two ops on one
-    accumulator are at least three cycles apart, so no bypass is needed, and
-    the block RAM's clock-to-out is not in the read-add-write loop). Banks of
+    else the drain's. A word is the sum and a valid bit: the clear writes
+    the valid bit only, and a word not valid reads as 0. The two buffers of
+    a bank share one adder. A write in the cycle of the read of the same row
+    (back-to-back hits on one accumulator, a clear just before) is forwarded
+    to the adder, or, with ``read_register``, the read data is registered
+    before the add (stage C2: two ops on one accumulator are at least three
+    cycles apart, so no bypass is needed, and the block RAM's clock-to-out
+    is not in the read-add-write loop). Banks of
     a few rows are registers instead (``registers``): a write adds into the
     row it names, with no read port; a 16-row LUT RAM would waste most of its
     rows.

@@ -134,8 +134,8 @@ class Drain(wiring.Component):
             with m.Else():
                 m.d.sync += [d_pass.eq(d_pass + 1), d_addr.eq(d_addr + K)]
         e_end = Signal()
-        # Stage E, per group of lanes: the bank address read, and a clear (write zero
-        # back) the cycle after the read.
+        # Stage E, per group of lanes: the bank address read, and a clear of that row
+        # the cycle after the read.
         re_clear = replicate(m, "e_clear", d_issue, copies)
         re_addr = replicate(m, "e_addr", d_addr, copies, en=d_issue)
         re_buf = replicate(m, "e_buf", d_buf, copies, en=d_issue)

@@ -53,14 +53,16 @@ def unit_luts(c) -> float:
     if isinstance(c, overlay.OverlayEngine):
         return _engine(c)
     if isinstance(c, kwta.LocalKWTA):
-        # the merge array: k cells of (key, index) per lane merged; the D = 1 design
-        # is an insertion into k cells
+        # the merge array: k cells of (key, index) per lane merged, and the sort in front
+        # of it (gsc-cs kwta1, C = 64, k = 8: 2,201, 3,336 and 6,603 LUTs at D = 2, 4
+        # and 16); the D = 1 design is an insertion into k cells (733)
         key = 8 + max(1, (c.channels - 1).bit_length())
-        return 950 if c.width == 1 else 3.7 * key * c.cells * c.width + 400
+        return 750 if c.width == 1 else key * c.cells * (14 + 2.8 * c.width)
     if isinstance(c, kwta.GlobalKWTA):  # channel-major ties: a quota counter per channel
         return 600 + 300 * c.width + (25 * c.group if c.tie_order == "channel-major" else 0)
     if isinstance(c, requant.Requantizer):
-        return 600 + 270 * min(c.width, 16) + 30 * max(c.width - 16, 0)
+        # gsc-cs: 1,108 LUTs at D = 2 (conv2), 3,548 at D = 16 (conv1)
+        return 760 + 174 * min(c.width, 16) + 30 * max(c.width - 16, 0)
     if isinstance(c, rescale.Rescaler):
         return 150 + 170 * c.width
     if isinstance(c, requant.BiasAdd):

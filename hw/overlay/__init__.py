@@ -335,7 +335,7 @@ class OverlayEngine(wiring.Component):
             **parts)
         banks = m.submodules.banks = AccumulatorBanks(
             R, P, rows, A, registers=shallow, read_register=split, prod_bits=products.prod_bits,
-            **parts)
+            compact=self.compact, **parts)
         drain = m.submodules.drain = Drain(self.num_kernels, P, K, passes, A,
                                            compact=self.compact, **parts)
 

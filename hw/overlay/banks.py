@@ -50,6 +50,9 @@ class AccumulatorBanks(wiring.Component):
         The banks are registers.
     read_register : bool
         The read data is registered before the add (memory banks).
+    compact : bool
+        Area first: an adder per buffer, zeros written back, transparent read
+        ports (memory banks; see ``_compact_bank``).
 
     Members
     -------
@@ -70,12 +73,14 @@ class AccumulatorBanks(wiring.Component):
     """
 
     def __init__(self, entries: int, lanes_per_beat: int, rows: int, acc_bits: int, *,
-                 lanes_per_copy: int, registers: bool, read_register: bool, prod_bits: int = 16):
+                 lanes_per_copy: int, registers: bool, read_register: bool, prod_bits: int = 16,
+                 compact: bool = False):
         self.entries, self.lanes_per_beat, self.rows = entries, lanes_per_beat, rows
         self.prod_bits = prod_bits
         self.acc_bits, self.lanes_per_copy = acc_bits, lanes_per_copy
         self.copies = -(-lanes_per_beat // lanes_per_copy)
         self.registers, self.read_register = registers, read_register
+        self.compact = compact
         R, P, c = entries, lanes_per_beat, self.copies
         super().__init__({
             "read_valid": In(1).array(c), "read_buf": In(1).array(c),
@@ -94,7 +99,8 @@ class AccumulatorBanks(wiring.Component):
         R, P, A, G = self.entries, self.lanes_per_beat, self.acc_bits, self.lanes_per_copy
         shallow, split = self.registers, self.read_register
         banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (registers)
-        word = unsigned(A + 1)  # a memory bank's word: the sum, and a valid bit
+        # A memory bank's word: the sum and a valid bit (compact: the sum alone)
+        word = signed(A) if self.compact else unsigned(A + 1)
         banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (registers)
         for r in range(R):
             row = []
@@ -108,7 +114,8 @@ class AccumulatorBanks(wiring.Component):
                     mem = Memory(shape=word, depth=self.rows, init=[])
                     m.submodules[f"acc_{r}_{k}_{b}"] = mem
                     wp = mem.write_port()
-                    pair.append((wp, mem.read_port(transparent_for=())))
+                    pair.append((wp, mem.read_port(
+                        transparent_for=(wp,) if self.compact and not split else ())))
                 row.append(pair)
             banks.append(row)
 
@@ -133,7 +140,10 @@ class AccumulatorBanks(wiring.Component):
                                 with m.If(eaddr == j):
                                     m.d.sync += acc_row.eq(0)
                     continue
-                self._memory_bank(m, banks[r][k], r, k, g)
+                if self.compact:
+                    self._compact_bank(m, banks[r][k], r, k, g)
+                else:
+                    self._memory_bank(m, banks[r][k], r, k, g)
         for k in range(P):
             total = Const(0, signed(A))
             for r in range(R):
@@ -189,6 +199,30 @@ class AccumulatorBanks(wiring.Component):
             value = Mux(hit, Mux(valid, last_total, 0), value)
         m.d.comb += total.eq(value + prod)
 
+    def _compact_bank(self, m: Module, pair, r: int, k: int, g: int) -> None:
+        """Bank ``(r, k)`` in memory, area first: an adder per buffer, the clear a
+        write of zero, the read port transparent to the write port. Fewer
+        flip-flops than :meth:`_memory_bank` (on iCE40, whose block RAMs hold
+        the banks, the flip-flops are what the valid bits and the forwarded
+        write cost: about 1,000 logic cells on the digits network's
+        iCEBreaker build)."""
+        live, cbuf = self.write_live[r][g], self.write_buf[g]
+        clear, ebuf, eaddr = self.clear[g], self.clear_buf[g], self.clear_addr[g]
+        prod, addr = self.prod[r][k], self.write_addr[r][k]
+        for b, (wp, rp) in enumerate(pair):
+            with m.If(self.read_valid[g] & (self.read_buf[g] == b)):
+                m.d.comb += [rp.addr.eq(self.read_addr[r][k]), rp.en.eq(1)]
+            with m.Else():
+                m.d.comb += [rp.addr.eq(self.drain_addr),
+                             rp.en.eq(self.drain_en & (self.drain_buf == b))]
+            old = rp.data
+            if self.read_register:
+                old = register(m, f"c2_old_{r}_{k}_{b}", rp.data, reset_less=True)
+            with m.If(live & (cbuf == b)):
+                m.d.comb += [wp.addr.eq(addr), wp.data.eq(old + prod), wp.en.eq(1)]
+            with m.Elif(clear & (ebuf == b)):
+                m.d.comb += [wp.addr.eq(eaddr), wp.data.eq(0), wp.en.eq(1)]
+
     def _drained(self, m: Module, pair, g: int) -> Value:
         """The drain's read of one bank (the buffer ``clear_buf``): its sum, or 0."""
         A = self.acc_bits
@@ -196,4 +230,6 @@ class AccumulatorBanks(wiring.Component):
             return Mux(self.clear_buf[g], select(pair[1], self.clear_addr[g]),
                        select(pair[0], self.clear_addr[g]))
         cur = Mux(self.clear_buf[g], pair[1][1].data, pair[0][1].data)
+        if self.compact:
+            return cur
         return Mux(cur[A], cur[:A].as_signed(), 0)

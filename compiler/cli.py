@@ -207,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sim-count", type=int, default=16,
                    help="test digits run in Verilator (default 16)")
     d.add_argument("--seed", type=int, default=0, help="weights and inputs seed (default 0)")
-    d.add_argument("--bitstream", metavar="BOARD", default="icebreaker",
+    d.add_argument("--bitstream", metavar="BOARD", default="ulx3s-85f",
                    help="board of the digits network's bitstream, built last with its "
-                        "resource and timing report (default icebreaker: about 6 minutes)")
+                        "resource and timing report (default ulx3s-85f: about 8 minutes)")
     d.add_argument("--no-bitstream", dest="bitstream", action="store_const", const=None,
                    help="skip the bitstream")
     d.set_defaults(func=_cmd_demo)

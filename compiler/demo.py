@@ -52,7 +52,7 @@ def run_demo(outdir: str | os.PathLike | None = None, count: int = 256, seed: in
     4. The reduced gsc-cs network: golden model against the dense integer
        reference (``count`` random inputs).
     5. With ``bitstream`` (a board name; ``cosparse demo`` defaults to the
-       iCEBreaker): the digits network's bitstream for that board and its
+       ULX3S-85F): the digits network's bitstream for that board and its
        resource and timing report.
     """
     if count < 1 or sim_count < 2:

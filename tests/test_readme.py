@@ -29,4 +29,4 @@ def test_the_api_example_runs(tmp_path):
                          text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "accuracy" in run.stdout and "cycles per inference" in run.stdout
-    assert (tmp_path / "digits-icebreaker" / "manifest.json").exists()
+    assert (tmp_path / "digits-ulx3s" / "manifest.json").exists()

@@ -119,7 +119,6 @@ class AccumulatorBanks(wiring.Component):
                 row.append(pair)
             banks.append(row)
 
-        drained_words = {}  # (r, k, b): the drain's read of bank (r, k, b), as a signed sum
         for r in range(R):
             for k in range(P):
                 g = k // G
@@ -166,20 +165,13 @@ class AccumulatorBanks(wiring.Component):
         clear, ebuf, eaddr = self.clear[g], self.clear_buf[g], self.clear_addr[g]
         prod, addr = self.prod[r][k], self.write_addr[r][k]
         total = Signal(signed(A), name=f"c_sum_{r}_{k}")
-        olds, wes, wvalid = [], [], []
+        olds, wes = [], []
         for b, (wp, rp) in enumerate(pair):
-            with m.If(self.read_valid[g] & (self.read_buf[g] == b)):
-                m.d.comb += [rp.addr.eq(self.read_addr[r][k]), rp.en.eq(1)]
-            with m.Else():
-                m.d.comb += [rp.addr.eq(self.drain_addr),
-                             rp.en.eq(self.drain_en & (self.drain_buf == b))]
+            old = self._bank_read(m, rp, r, k, g, b)
             acc = Signal(name=f"c_acc_{r}_{k}_{b}")
             m.d.comb += acc.eq(live & (cbuf == b))
             m.d.comb += [wp.addr.eq(Mux(acc, addr, eaddr)), wp.data.eq(Cat(total, acc)),
                          wp.en.eq(acc | (clear & (ebuf == b)))]
-            old = rp.data
-            if self.read_register:  # C2: the read data registered
-                old = register(m, f"c2_old_{r}_{k}_{b}", rp.data, reset_less=True)
             olds.append(old)
             wes.append((wp.en, wp.addr, acc))
         cur = Mux(cbuf, olds[1], olds[0])
@@ -199,25 +191,30 @@ class AccumulatorBanks(wiring.Component):
             value = Mux(hit, Mux(valid, last_total, 0), value)
         m.d.comb += total.eq(value + prod)
 
+    def _bank_read(self, m: Module, rp, r: int, k: int, g: int, b: int) -> Value:
+        """Buffer ``b``'s read port of bank ``(r, k)``: the accumulation's read when it
+        reads that buffer, else the drain's; its data as the add sees it (stage C2's
+        register with ``read_register``)."""
+        with m.If(self.read_valid[g] & (self.read_buf[g] == b)):
+            m.d.comb += [rp.addr.eq(self.read_addr[r][k]), rp.en.eq(1)]
+        with m.Else():
+            m.d.comb += [rp.addr.eq(self.drain_addr),
+                         rp.en.eq(self.drain_en & (self.drain_buf == b))]
+        if self.read_register:  # C2: the read data registered
+            return register(m, f"c2_old_{r}_{k}_{b}", rp.data, reset_less=True)
+        return rp.data
+
     def _compact_bank(self, m: Module, pair, r: int, k: int, g: int) -> None:
         """Bank ``(r, k)`` in memory, area first: an adder per buffer, the clear a
         write of zero, the read port transparent to the write port. Fewer
         flip-flops than :meth:`_memory_bank` (on iCE40, whose block RAMs hold
-        the banks, the flip-flops are what the valid bits and the forwarded
-        write cost: about 1,000 logic cells on the digits network's
-        iCEBreaker build)."""
+        the banks, the valid bits and the forwarded write cost 139 logic cells
+        more on the digits network's iCEBreaker build)."""
         live, cbuf = self.write_live[r][g], self.write_buf[g]
         clear, ebuf, eaddr = self.clear[g], self.clear_buf[g], self.clear_addr[g]
         prod, addr = self.prod[r][k], self.write_addr[r][k]
         for b, (wp, rp) in enumerate(pair):
-            with m.If(self.read_valid[g] & (self.read_buf[g] == b)):
-                m.d.comb += [rp.addr.eq(self.read_addr[r][k]), rp.en.eq(1)]
-            with m.Else():
-                m.d.comb += [rp.addr.eq(self.drain_addr),
-                             rp.en.eq(self.drain_en & (self.drain_buf == b))]
-            old = rp.data
-            if self.read_register:
-                old = register(m, f"c2_old_{r}_{k}_{b}", rp.data, reset_less=True)
+            old = self._bank_read(m, rp, r, k, g, b)
             with m.If(live & (cbuf == b)):
                 m.d.comb += [wp.addr.eq(addr), wp.data.eq(old + prod), wp.en.eq(1)]
             with m.Elif(clear & (ebuf == b)):

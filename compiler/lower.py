@@ -342,8 +342,8 @@ class _Lowering:
         last input row of each window streams in, and nothing in between:
         without room for that row, a consumer as slow as the pool's mean
         output rate idles between the bursts and stalls the pool (and the
-        stages before it) during them: ``(sh - 1) / sh`` of an input row's
-        time lost per pooled row. With it, every stage keeps its own rate.
+        stages before it) during them: up to ``sh - 1`` input rows' time lost
+        per pooled row. With it, every stage keeps its own rate.
         """
         if self.folding.frame_fifos and mp.stride[0] > 1 and mp.out_height > 1:
             self.add(name, StreamFIFO(mp.out_layout, depth=mp.out_width * mp.beats + 2))

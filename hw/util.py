@@ -10,7 +10,7 @@ from amaranth.hdl import (ClockSignal, Const, Elaboratable, Instance, Module, Mu
 from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
-__all__ = ["bits", "value_bits", "check_int", "onehot", "popcount", "skid_output", "lut_mul", "const_mul",
+__all__ = ["bits", "value_bits", "check_int", "onehot", "popcount", "mux_tree", "skid_output", "lut_mul", "const_mul",
            "replicate", "KEEP_REPLICAS", "is_ecp5", "registered_product"]
 
 
@@ -50,6 +50,24 @@ def popcount(bits) -> Value:
         terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
                  for i in range(0, len(terms), 2)]
     return terms[0]
+
+
+def mux_tree(words: list, sel: Value) -> Value:
+    """``words[sel]`` as a binary tree of two-way multiplexers on ``sel``'s bits
+    (``sel < len(words)``; past the end, the last word).
+
+    yosys maps an ``Array`` of a size that is not a power of two into several
+    times the LUTs of this tree (five 8-bit words: 81 LUT4, 40 PFUMX and 24
+    L6MUX21 against 24 LUT4).
+    """
+    n = len(words)
+    if n == 1:
+        return words[0]
+    depth = (n - 1).bit_length()
+    level = list(words) + [words[-1]] * ((1 << depth) - n)
+    for i in range(depth):
+        level = [Mux(sel[i], level[2 * j + 1], level[2 * j]) for j in range(len(level) // 2)]
+    return level[0]
 
 
 def typed_payload(m: Module, o, **fields) -> data.View:

@@ -101,10 +101,11 @@ def test_stages_tied_across_a_max_pool_keep_their_rate():
     units = [s.unit for s in core.stages]
     pool = units.index("MaxPool")
     assert units[pool + 1] == "StreamFIFO"
-    stages = predict(net, folding, xq[1:])["stages"]
+    prediction = predict(net, folding, xq[1:])
+    stages = prediction["stages"]
     assert [s["cycles"] for s in stages[:pool + 1]][1:] == [256.0] * pool  # tied upstream
     run = simulate_network(net, folding, xq, name="onnx_cnn_local_logic")
     assert np.array_equal(run.outputs, golden.run(net, xq))
-    predicted = predict(net, folding, xq[1:])["interval_cycles"]
+    predicted = prediction["interval_cycles"]
     assert abs(run.interval_cycles - predicted) <= 0.01 * predicted, (run.interval_cycles,
                                                                         predicted)

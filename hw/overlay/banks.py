@@ -98,7 +98,6 @@ class AccumulatorBanks(wiring.Component):
         m = Module()
         R, P, A, G = self.entries, self.lanes_per_beat, self.acc_bits, self.lanes_per_copy
         shallow, split = self.registers, self.read_register
-        banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (registers)
         # A memory bank's word: the sum and a valid bit (compact: the sum alone)
         word = signed(A) if self.compact else unsigned(A + 1)
         banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (registers)
@@ -122,10 +121,10 @@ class AccumulatorBanks(wiring.Component):
         for r in range(R):
             for k in range(P):
                 g = k // G
-                live, cbuf = self.write_live[r][g], self.write_buf[g]
-                clear, ebuf, eaddr = self.clear[g], self.clear_buf[g], self.clear_addr[g]
-                prod, addr = self.prod[r][k], self.write_addr[r][k]
                 if shallow:
+                    live, cbuf = self.write_live[r][g], self.write_buf[g]
+                    clear, ebuf, eaddr = self.clear[g], self.clear_buf[g], self.clear_addr[g]
+                    prod, addr = self.prod[r][k], self.write_addr[r][k]
                     for b in range(2):
                         rows = banks[r][k][b]
                         total = Signal(signed(A), name=f"c_sum_{r}_{k}_{b}")
@@ -146,7 +145,7 @@ class AccumulatorBanks(wiring.Component):
         for k in range(P):
             total = Const(0, signed(A))
             for r in range(R):
-                total = total + self._drained(m, banks[r][k], k // G)
+                total = total + self._drained(banks[r][k], k // G)
             s = Signal(signed(A), name=f"drain_sum_{k}")
             m.d.comb += [s.eq(total), self.sums[k].eq(s)]
         return m
@@ -177,7 +176,8 @@ class AccumulatorBanks(wiring.Component):
         cur = Mux(cbuf, olds[1], olds[0])
         value = Mux(cur[A], cur[:A].as_signed(), 0)
         if not self.read_register:
-            # The write of the read's cycle to the row now accumulated, if any.
+            # Forwarding: a write to the accumulated row in the cycle of its read, which
+            # the read data does not see.
             hit, valid = Signal(name=f"c_hit_{r}_{k}"), Signal(name=f"c_hit_valid_{r}_{k}")
             last_total = register(m, f"c_last_{r}_{k}", total, reset_less=True)
             hits = []
@@ -220,7 +220,7 @@ class AccumulatorBanks(wiring.Component):
             with m.Elif(clear & (ebuf == b)):
                 m.d.comb += [wp.addr.eq(eaddr), wp.data.eq(0), wp.en.eq(1)]
 
-    def _drained(self, m: Module, pair, g: int) -> Value:
+    def _drained(self, pair, g: int) -> Value:
         """The drain's read of one bank (the buffer ``clear_buf``): its sum, or 0."""
         A = self.acc_bits
         if self.registers:

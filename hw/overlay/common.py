@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Signal, Value, signed, unsigned
+from amaranth.hdl import Module, Signal, Value, signed, unsigned
 from amaranth.lib import data
+
+from ..util import mux_tree
 
 __all__ = ["register", "select", "slot_layout", "word_layout"]
 
@@ -28,5 +30,5 @@ def register(m: Module, name: str, value: Value, *, reset_less: bool = False) ->
 
 
 def select(rows: list[Signal], index: Value) -> Value:
-    """``rows[index]`` (a mux; no array proxy for a single row)."""
-    return rows[0] if len(rows) == 1 else Array(rows)[index]
+    """``rows[index]`` (:func:`~cosparse.hw.util.mux_tree`)."""
+    return mux_tree(rows, index)

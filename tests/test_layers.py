@@ -28,7 +28,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"hw": "cosparse.hw", "compiler": "cosparse.compiler", "sim": "cosparse.sim",
-            "boards": "cosparse.boards", "examples": "cosparse.examples"}
+            "boards": "cosparse.boards", "examples": "cosparse.examples",
+            "train": "cosparse.train"}
 
 #: Module (or package) name -> layer. The longest matching name wins.
 LAYERS = {
@@ -62,6 +63,7 @@ LAYERS = {
     "cosparse.compiler.demo": 7,
     "cosparse.compiler.bench": 7,
     "cosparse.examples": 7,
+    "cosparse.train": 7,
 }
 
 #: Modules that a host talking to a board needs: pure Python, no Amaranth.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -255,3 +256,23 @@ def test_sparsify_keeps_the_largest_weights_and_inserts_kwta(tmp_path):
         sparsify(dense, {"1": 2})
     with pytest.raises(ValueError, match="do not split into overlays of 7"):
         sparsify(dense, {"6": 7})
+
+
+@pytest.mark.parametrize("example", ["digits", "digits-sparsify"])
+def test_trained_examples_write_onnx_and_figures(tmp_path, example, capsys):
+    pytest.importorskip("sklearn", reason="the digits examples read scikit-learn's digits")
+    from cosparse.train import examples
+    assert examples.main([example, "-o", str(tmp_path), "--epochs", "2"]) == 0
+    name = example.replace("-", "_")
+    figures = json.loads((tmp_path / f"{name}.json").read_text())
+    assert (tmp_path / figures["onnx"]).is_file()
+    assert set(figures["accuracy"]) == {"dense_float", "dual_sparse_float", "golden_int8"}
+    assert all(0.1 < a <= 1 for a in figures["accuracy"].values())  # above chance after 2 epochs
+    assert figures["weight_density"] == {"conv1": 0.5, "fc1": 0.125, "fc2": 1.0}
+    dens = figures["activation_density"]
+    assert dens["kwta1"] <= 5 / 16 + 1e-9 and dens["kwta2"] <= 16 / 128 + 1e-9
+    assert figures["fill"]["conv1"] == 1.0 and figures["fill"]["fc1"] > 0.95
+    assert figures["cycles_per_inference_ulx3s_85f"] > 0 and figures["test_images"] == 360
+    captured = capsys.readouterr()
+    assert f"{name}: dense" in captured.out
+    assert "] 2/2 loss" in captured.err  # the progress bar's last step

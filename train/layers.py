@@ -1,9 +1,13 @@
 """Complementary-sparse layers: ``CSLinear`` and ``CSConv2d``.
 
 Each holds a dense ``weight`` and a 0/1 ``mask`` buffer of the same shape
-and computes with ``weight * mask``, so the gradient outside the mask is 0
-whatever the optimizer, and the exported model's weights are the masked
-ones (the compiler folds the product). The mask is complementary in
+and computes with ``weight * mask``: the exported model's weights are the
+masked ones (the compiler folds the product). By default the gradient
+outside the mask is 0, whatever the optimizer. With ``straight_through``
+the gradient reaches every weight as if it were unmasked (the forward pass
+still uses the masked ones), so the weights outside the mask keep learning
+and :meth:`~ComplementarySparse.reassign` by magnitude can hand positions
+to them. The mask is complementary in
 overlays of ``kernels_per_overlay`` consecutive kernels (:mod:`.masks`).
 """
 
@@ -32,8 +36,10 @@ class ComplementarySparse:
     mask: torch.Tensor
     kernels_per_overlay: int
 
-    def _init_mask(self, kernels_per_overlay: int, generator: torch.Generator | None) -> None:
+    def _init_mask(self, kernels_per_overlay: int, generator: torch.Generator | None,
+                   straight_through: bool) -> None:
         self.kernels_per_overlay = kernels_per_overlay
+        self.straight_through = bool(straight_through)
         kernels, fan_in = self.weight.shape[0], self.weight[0].numel()
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
         owner = random_assignment(kernels, fan_in, kernels_per_overlay,
@@ -42,7 +48,9 @@ class ComplementarySparse:
         # The fan-in a kernel sees is 1/K of the dense one: scale the initial weights
         # up as for a layer of that fan-in (nupic's SparseWeights does the same).
         with torch.no_grad():
-            self.weight.mul_(math.sqrt(kernels_per_overlay)).mul_(self.mask)
+            self.weight.mul_(math.sqrt(kernels_per_overlay))
+            if not self.straight_through:
+                self.weight.mul_(self.mask)
 
     def _as_mask(self, owner: np.ndarray) -> torch.Tensor:
         mask = assignment_mask(owner, self.kernels_per_overlay)
@@ -59,17 +67,23 @@ class ComplementarySparse:
         return float(self.mask.mean())
 
     def masked_weight(self) -> torch.Tensor:
-        """``weight * mask``: the weights the layer computes with."""
-        return self.weight * self.mask
+        """``weight * mask``: the weights the layer computes with (in training with
+        ``straight_through``, their gradient goes to ``weight`` unmasked)."""
+        masked = self.weight * self.mask
+        if self.straight_through and self.training:
+            return self.weight + (masked - self.weight).detach()
+        return masked
 
     @torch.no_grad()
     def reassign(self, by: str = "magnitude", generator: torch.Generator | None = None) -> float:
         """Choose the mask again: ``"magnitude"`` (each position to the kernel with the
         largest ``|weight|`` for it, shares kept balanced) or ``"random"``.
 
-        Weights that leave the mask become 0; those that enter it start from their
-        stored value (0 unless set outside the mask). Returns the fraction of mask
-        positions that changed owner.
+        Without ``straight_through`` the weights outside the mask are 0, so
+        ``"magnitude"`` keeps the mask, and the weights that leave it (``"random"``)
+        become 0; with it, every weight keeps its value and those that enter the
+        mask take part from then on. Returns the fraction of mask positions that
+        changed owner.
         """
         kernels = self.weight.shape[0]
         if by == "magnitude":
@@ -84,7 +98,8 @@ class ComplementarySparse:
         new = self._as_mask(owner).to(self.mask.device)
         changed = float((new != self.mask).sum()) / 2 / max(1, float(self.mask.sum()))
         self.mask.copy_(new)
-        self.weight.mul_(self.mask)
+        if not self.straight_through:
+            self.weight.mul_(self.mask)
         return changed
 
     def check_complementary(self) -> bool:
@@ -107,6 +122,9 @@ class CSLinear(ComplementarySparse, nn.Linear):
         As :class:`torch.nn.Linear`.
     generator : torch.Generator, optional
         Draws the first (random) mask.
+    straight_through : bool
+        The gradient reaches the weights outside the mask too (see the module
+        docstring).
 
     Examples
     --------
@@ -117,10 +135,10 @@ class CSLinear(ComplementarySparse, nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, kernels_per_overlay: int,
                  bias: bool = True, *, generator: torch.Generator | None = None,
-                 device=None, dtype=None):
+                 straight_through: bool = False, device=None, dtype=None):
         nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device,
                            dtype=dtype)
-        self._init_mask(kernels_per_overlay, generator)
+        self._init_mask(kernels_per_overlay, generator, straight_through)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.masked_weight(), self.bias)
@@ -141,14 +159,15 @@ class CSConv2d(ComplementarySparse, nn.Conv2d):
         ``out_channels``. A kernel's fan-in is ``in_channels / groups x kh x kw``.
     **conv_options
         ``stride``, ``padding``, ``dilation``, ``groups``, ``bias``,
-        ``padding_mode`` as :class:`torch.nn.Conv2d`; ``generator`` draws the
-        first mask.
+        ``padding_mode`` as :class:`torch.nn.Conv2d`; ``generator`` and
+        ``straight_through`` as :class:`CSLinear`.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, kernels_per_overlay: int,
-                 *, generator: torch.Generator | None = None, **conv_options):
+                 *, generator: torch.Generator | None = None, straight_through: bool = False,
+                 **conv_options):
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, **conv_options)
-        self._init_mask(kernels_per_overlay, generator)
+        self._init_mask(kernels_per_overlay, generator, straight_through)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.masked_weight(), self.bias)

@@ -1,0 +1,244 @@
+"""Trained examples: ``python3 -m cosparse.train.examples {digits,digits-sparsify} -o DIR``.
+
+Both train on scikit-learn's 8x8 digits (1,437 training and 360 test
+images) the network of the bundled example (the gsc-cs kind, scaled down)::
+
+    conv1 16x1x3x3 (K = 2) - BatchNorm - max pool 2 - local k-WTA 5/16
+      - fc1 128x256 (K = 8) - BatchNorm - global k-WTA 16/128 - fc2 10x128
+
+- ``digits``: dual-sparse from scratch;
+- ``digits-sparsify``: the same architecture dense (ReLU in place of the
+  k-WTAs), trained, then :func:`~cosparse.train.sparsify` and fine-tuned.
+
+Each also trains the dense baseline, exports the dual-sparse model (ONNX,
+TorchScript exporter), compiles it for the ULX3S-85F and writes
+``<example>.json``: accuracy of the dense float, dual-sparse float and
+golden int8 models on the test split, weight density, activation density
+after each k-WTA, packing fill per overlay layer, and the fold's cycles per
+inference. Needs scikit-learn (``pip install -e '.[train]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..compiler import api, ir
+from ..compiler.errors import CosparseError
+from .convert import sparsify
+from .export import export_onnx
+from .kwinners import KWinners, KWinners2d
+from .layers import ComplementarySparse, CSConv2d, CSLinear
+
+__all__ = ["DigitsNet", "load_digits_split", "train_epochs", "main"]
+
+CHANNELS, LOCAL_K, CONV_K = 16, 5, 2
+UNITS, GLOBAL_K, FC1_K = 128, 16, 8
+CLASSES = 10
+
+
+class DigitsNet(nn.Module):
+    """The digits network, dual-sparse (``sparse=True``) or dense with ReLUs."""
+
+    def __init__(self, sparse: bool, boost_strength: float = 1.0,
+                 generator: torch.Generator | None = None, straight_through: bool = False):
+        super().__init__()
+        if sparse:
+            self.conv1 = CSConv2d(1, CHANNELS, 3, CONV_K, padding=1, bias=False,
+                                  generator=generator, straight_through=straight_through)
+            self.fc1 = CSLinear(CHANNELS * 16, UNITS, FC1_K, generator=generator,
+                                straight_through=straight_through)
+            self.act1 = KWinners2d(CHANNELS, LOCAL_K, boost_strength=boost_strength)
+            self.act2 = KWinners(UNITS, GLOBAL_K, boost_strength=boost_strength)
+        else:
+            self.conv1 = nn.Conv2d(1, CHANNELS, 3, padding=1, bias=False)
+            self.fc1 = nn.Linear(CHANNELS * 16, UNITS)
+            self.act1, self.act2 = nn.ReLU(), nn.ReLU()
+        # BatchNorm without affine parameters before each k-WTA, as nupic's GSC networks.
+        self.bn1 = nn.BatchNorm2d(CHANNELS, affine=False)
+        self.pool1 = nn.MaxPool2d(2)
+        self.bn2 = nn.BatchNorm1d(UNITS, affine=False)
+        self.fc2 = nn.Linear(UNITS, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.pool1(self.bn1(self.conv1(x))))
+        return self.fc2(self.act2(self.bn2(self.fc1(torch.flatten(x, 1)))))
+
+
+def load_digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits as float32 ``[N, 1, 8, 8]`` in 0..1, split 80/20 (stratified,
+    ``random_state=0``, as the bundled example): ``x_train, y_train, x_test, y_test``."""
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:
+        raise CosparseError(f"the digits examples need scikit-learn ({exc}): "
+                            "pip install -e '.[train]'") from None
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    y = d.target.astype(np.int64)
+    xa, xb, ya, yb = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    return (np.ascontiguousarray(xa), ya, np.ascontiguousarray(xb), yb)
+
+
+def _bar(label: str, done: int, total: int, note: str) -> None:
+    filled = 30 * done // total
+    sys.stderr.write(f"\r  {label}: [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {note}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def train_epochs(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, *, lr: float,
+                 batch: int, generator: torch.Generator, label: str,
+                 reassign_every: int = 0) -> float:
+    """Adam with a cosine schedule; a progress bar on stderr. Complementary-sparse
+    layers re-choose their masks by magnitude every ``reassign_every`` epochs (0:
+    never), before the last quarter. Returns the last epoch's mean loss."""
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    cs = [m for m in net.modules() if isinstance(m, ComplementarySparse)]
+    kw = [m for m in net.modules() if isinstance(m, (KWinners, KWinners2d))]
+    loss_mean = float("nan")
+    net.train()
+    for epoch in range(epochs):
+        perm = torch.randperm(len(xt), generator=generator)
+        total = 0.0
+        for i in range(0, len(xt), batch):
+            sel = perm[i:i + batch]
+            opt.zero_grad()
+            loss = F.cross_entropy(net(xt[sel]), yt[sel])
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(sel)
+        sched.step()
+        for m in kw:
+            m.update_boost_strength()
+        if reassign_every and (epoch + 1) % reassign_every == 0 and epoch + 1 < 0.75 * epochs:
+            for m in cs:
+                m.reassign("magnitude")
+        loss_mean = total / len(xt)
+        _bar(label, epoch + 1, epochs, f"loss {loss_mean:.4f}")
+    net.eval()
+    return loss_mean
+
+
+@torch.no_grad()
+def _accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    net.eval()
+    return float(np.mean(net(torch.from_numpy(x)).numpy().argmax(1) == y))
+
+
+@torch.no_grad()
+def _activation_density(net: DigitsNet, x: np.ndarray) -> dict[str, float]:
+    """Fraction of non-zero values after each k-WTA (and the pool before the first)."""
+    seen: dict[str, float] = {}
+    hooks = [getattr(net, n).register_forward_hook(
+        lambda _m, _i, out, n=n: seen.__setitem__(n, float((out != 0).float().mean())))
+        for n in ("pool1", "act1", "act2")]
+    net.eval()
+    net(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    return {"pool1": seen["pool1"], "kwta1": seen["act1"], "kwta2": seen["act2"]}
+
+
+def _figures(name: str, net: DigitsNet, dense_acc: float, data, out: Path, seconds: float,
+             progress) -> dict:
+    x_train, _, x_test, y_test = data
+    onnx_path = export_onnx(net, torch.from_numpy(x_test[:1]), out / f"{name}.onnx")
+    progress(f"compile {onnx_path.name} for the ULX3S-85F")
+    acc = api.compile(str(onnx_path), board="ulx3s-85f", calibration=x_train[:256])
+    golden = acc.golden(x_test)
+    overlays = [l for l in acc.network.layers if isinstance(l, ir.OverlayLayer)]
+    return {
+        "example": name,
+        "onnx": onnx_path.name,
+        "train_seconds": round(seconds, 1),
+        "accuracy": {"dense_float": dense_acc,
+                     "dual_sparse_float": _accuracy(net, x_test, y_test),
+                     "golden_int8": float(np.mean(golden.argmax(1) == y_test))},
+        "weight_density": {n: float((getattr(net, n).masked_weight() != 0).float().mean())
+                           for n in ("conv1", "fc1")} | {"fc2": 1.0},
+        "activation_density": _activation_density(net, x_test),
+        "fill": {l.name: round(l.overlays.fill, 4) for l in overlays},
+        "cycles_per_inference_ulx3s_85f": acc.predicted_interval_cycles,
+        "test_images": int(len(y_test)),
+    }
+
+
+def run(example: str, out: Path, *, epochs: int, seed: int, reassign_every: int = 0,
+        progress=lambda s: print(f"  {s}", file=sys.stderr)) -> dict:
+    """Train ``example`` (``"digits"`` or ``"digits-sparsify"``), write its ONNX and JSON
+    into ``out``, and return the figures. ``reassign_every`` > 0 trains ``digits`` with
+    straight-through gradients and re-chooses its masks by magnitude that often (epochs)."""
+    if example not in ("digits", "digits-sparsify"):
+        raise CosparseError(f"no example {example!r}: digits or digits-sparsify")
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(seed)
+    data = load_digits_split()
+    x_train, y_train, x_test, y_test = data
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    dense = DigitsNet(sparse=False)
+    train_epochs(dense, x_train, y_train, epochs, lr=3e-3, batch=32, generator=gen,
+                 label="dense baseline")
+    dense_acc = _accuracy(dense, x_test, y_test)
+    if example == "digits":
+        t0 = time.perf_counter()
+        net = DigitsNet(sparse=True, generator=gen, straight_through=reassign_every > 0)
+        train_epochs(net, x_train, y_train, epochs, lr=3e-3, batch=32, generator=gen,
+                     label="dual-sparse", reassign_every=reassign_every)
+    else:
+        net = sparsify(dense, {"conv1": CONV_K, "fc1": FC1_K})
+        net.act1, net.act2 = KWinners2d(CHANNELS, LOCAL_K), KWinners(UNITS, GLOBAL_K)
+        train_epochs(net, x_train, y_train, max(1, epochs // 2), lr=1e-3, batch=32,
+                     generator=gen, label="fine-tune")
+    figures = _figures(example.replace("-", "_"), net, dense_acc, data, out,
+                       time.perf_counter() - t0, progress)
+    (out / f"{example.replace('-', '_')}.json").write_text(json.dumps(figures, indent=1) + "\n")
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m cosparse.train.examples",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("example", choices=("digits", "digits-sparsify"))
+    ap.add_argument("-o", "--outdir", type=Path, default=Path("trained"),
+                    help="output folder (default: ./trained)")
+    ap.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    ap.add_argument("--reassign-every", type=int, default=0, metavar="N",
+                    help="digits: re-choose the masks by magnitude every N epochs, with "
+                         "straight-through gradients (default 0: fixed masks)")
+    args = ap.parse_args(argv)
+    if args.epochs < 1:
+        ap.error(f"--epochs must be at least 1, got {args.epochs}")
+    if args.reassign_every < 0:
+        ap.error(f"--reassign-every must be 0 or more, got {args.reassign_every}")
+    try:
+        fig = run(args.example, args.outdir, epochs=args.epochs, seed=args.seed,
+                  reassign_every=args.reassign_every)
+    except CosparseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    a = fig["accuracy"]
+    print(f"{fig['example']}: dense {a['dense_float']:.4f}, dual-sparse {a['dual_sparse_float']:.4f}, "
+          f"golden int8 {a['golden_int8']:.4f}; {fig['cycles_per_inference_ulx3s_85f']:,.0f} cycles "
+          f"per inference on the ULX3S-85F; trained in {fig['train_seconds']} s -> "
+          f"{args.outdir / (fig['example'] + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

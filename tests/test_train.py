@@ -15,7 +15,7 @@ from torch import nn  # noqa: E402
 from cosparse.compiler import api, ir  # noqa: E402
 from cosparse.train import (CSConv2d, CSLinear, KWinners, KWinners2d, export_onnx,  # noqa: E402
                             is_complementary, magnitude_assignment, random_assignment,
-                            sparsify)
+                            from_nupic, sparsify)
 from cosparse.train.masks import assignment_mask  # noqa: E402
 
 
@@ -276,3 +276,102 @@ def test_trained_examples_write_onnx_and_figures(tmp_path, example, capsys):
     captured = capsys.readouterr()
     assert f"{name}: dense" in captured.out
     assert "] 2/2 loss" in captured.err  # the progress bar's last step
+
+
+# ----------------------------------------------------------------------------- nupic
+
+class _NupicKWinnersBase(nn.Module):
+    """nupic.torch's k-WTA as its source defines it (kthvalue threshold; eval uses
+    k_inference and the boost from the duty cycles), for the converter's tests."""
+
+    def _kwinners(self, x, duty, k, dim_units):
+        boosted = x.detach() * torch.exp((k / dim_units - duty) * self.boost_strength)
+        if self.break_ties:
+            mask = torch.ones_like(boosted, dtype=torch.bool)
+            mask.scatter_(1, boosted.topk(k, dim=1).indices, False)
+        else:
+            thr = boosted.kthvalue(boosted.shape[1] - k + 1, dim=1, keepdim=True)[0]
+            mask = boosted < thr
+        if self.relu:
+            mask = mask | (x <= 0)
+        return x.masked_fill(mask, 0)
+
+
+class _NupicKW1d(_NupicKWinnersBase):
+    def __init__(self, n, percent_on, k_inference_factor=1.5, boost_strength=1.0,
+                 break_ties=False, relu=False):
+        super().__init__()
+        self.n, self.percent_on, self.k_inference_factor = n, percent_on, k_inference_factor
+        self.boost_strength, self.break_ties, self.relu = boost_strength, break_ties, relu
+        self.k = int(round(n * percent_on))
+        self.k_inference = int(self.k * k_inference_factor)
+        self.register_buffer("duty_cycles", torch.zeros(n))
+
+    def forward(self, x):
+        return self._kwinners(x, self.duty_cycles, self.k_inference, self.n)
+
+
+class _NupicKW2d(_NupicKWinnersBase):
+    def __init__(self, channels, percent_on, k_inference_factor=1.5, boost_strength=1.0,
+                 local=False, break_ties=False, relu=False):
+        super().__init__()
+        self.channels, self.percent_on, self.k_inference_factor = channels, percent_on, k_inference_factor
+        self.boost_strength, self.local, self.break_ties, self.relu = boost_strength, local, break_ties, relu
+        self.n = self.k = self.k_inference = 0
+        self.register_buffer("duty_cycles", torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x):
+        if self.n == 0:
+            self.n = int(np.prod(x.shape[1:]))
+            units = self.channels if self.local else self.n
+            self.k = int(round(units * self.percent_on))
+            self.k_inference = int(round(units * self.percent_on * self.k_inference_factor))
+        if self.local:
+            b, c, h, w = x.shape
+            rows = x.permute(0, 2, 3, 1).reshape(-1, c)
+            out = self._kwinners(rows, self.duty_cycles.reshape(1, c), self.k_inference, c)
+            return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        flat_duty = self.duty_cycles.expand(1, *x.shape[1:]).reshape(1, -1)
+        return self._kwinners(x.reshape(x.shape[0], -1), flat_duty, self.k_inference,
+                              self.n).reshape(x.shape)
+
+
+# The converter knows nupic's modules by their class names.
+_NUPIC_KW = type("KWinners", (_NupicKW1d,), {})
+_NUPIC_KW2D = type("KWinners2d", (_NupicKW2d,), {})
+
+
+@pytest.mark.parametrize("break_ties,relu", [(False, False), (True, True)])
+def test_from_nupic_computes_the_nupic_modules_inference_and_exports(tmp_path, break_ties, relu):
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), _NUPIC_KW2D(8, 0.25, local=True,
+                        break_ties=break_ties, relu=relu),
+                        nn.MaxPool2d(2), _NUPIC_KW2D(8, 0.1, local=False, relu=relu),
+                        nn.Flatten(), nn.Linear(8 * 16, 32),
+                        _NUPIC_KW(32, 0.2, break_ties=break_ties, relu=relu), nn.Linear(32, 4))
+    with torch.no_grad():
+        for m in net.modules():
+            if hasattr(m, "duty_cycles"):
+                m.duty_cycles.copy_(torch.rand_like(m.duty_cycles) * 0.3)
+    net.eval()
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        ref = net(x)
+    from_nupic(net)
+    assert not any(type(m) in (_NUPIC_KW, _NUPIC_KW2D) for m in net.modules())
+    kws = [m for m in net.modules() if isinstance(m, (KWinners, KWinners2d))]
+    assert [m.k for m in kws] == [3, 19, 9]  # inference k: round(8*.25*1.5), round(128*.1*1.5), int(6*1.5)
+    assert [m.tie_rule for m in kws] == ["index" if break_ties else "threshold", "threshold",
+                                         "index" if break_ties else "threshold"]
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), ref)
+    path = export_onnx(net, x[:1], tmp_path / "converted.onnx")
+    acc = api.compile(str(path), board="sim", calibration=x.numpy())
+    kinds = [type(l).__name__ for l in acc.network.layers]
+    assert kinds.count("LocalKWTA") == 1 and kinds.count("GlobalKWTA") == 2
+
+
+def test_from_nupic_refuses_a_global_map_module_that_never_ran():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), _NUPIC_KW2D(4, 0.1, local=False))
+    with pytest.raises(ValueError, match="run one batch"):
+        from_nupic(net)

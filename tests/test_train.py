@@ -271,7 +271,7 @@ def test_trained_examples_write_onnx_and_figures(tmp_path, example, capsys):
     assert figures["weight_density"] == {"conv1": 0.5, "fc1": 0.125, "fc2": 1.0}
     dens = figures["activation_density"]
     assert dens["kwta1"] <= 5 / 16 + 1e-9 and dens["kwta2"] <= 16 / 128 + 1e-9
-    assert figures["fill"]["conv1"] == 1.0 and figures["fill"]["fc1"] > 0.95
+    assert figures["fill"]["conv1"] > 0.95 and figures["fill"]["fc1"] > 0.95  # int8 rounds a few to 0
     assert figures["cycles_per_inference_ulx3s_85f"] > 0 and figures["test_images"] == 360
     captured = capsys.readouterr()
     assert f"{name}: dense" in captured.out

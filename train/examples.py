@@ -56,8 +56,11 @@ class DigitsNet(nn.Module):
                                   generator=generator, straight_through=straight_through)
             self.fc1 = CSLinear(CHANNELS * 16, UNITS, FC1_K, generator=generator,
                                 straight_through=straight_through)
-            self.act1 = KWinners2d(CHANNELS, LOCAL_K, boost_strength=boost_strength)
-            self.act2 = KWinners(UNITS, GLOBAL_K, boost_strength=boost_strength)
+            # nupic's schedule: the boost strength decays by 0.9 per epoch.
+            self.act1 = KWinners2d(CHANNELS, LOCAL_K, boost_strength=boost_strength,
+                                   boost_strength_factor=0.9)
+            self.act2 = KWinners(UNITS, GLOBAL_K, boost_strength=boost_strength,
+                                 boost_strength_factor=0.9)
         else:
             self.conv1 = nn.Conv2d(1, CHANNELS, 3, padding=1, bias=False)
             self.fc1 = nn.Linear(CHANNELS * 16, UNITS)
@@ -196,13 +199,16 @@ def run(example: str, out: Path, *, epochs: int, seed: int, reassign_every: int 
     dense_acc = _accuracy(dense, x_test, y_test)
     if example == "digits":
         t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(seed)  # the same draws as without the baseline
+        torch.manual_seed(seed)
         net = DigitsNet(sparse=True, generator=gen, straight_through=reassign_every > 0)
         train_epochs(net, x_train, y_train, epochs, lr=3e-3, batch=32, generator=gen,
                      label="dual-sparse", reassign_every=reassign_every)
     else:
         net = sparsify(dense, {"conv1": CONV_K, "fc1": FC1_K})
-        net.act1, net.act2 = KWinners2d(CHANNELS, LOCAL_K), KWinners(UNITS, GLOBAL_K)
-        train_epochs(net, x_train, y_train, max(1, epochs // 2), lr=1e-3, batch=32,
+        net.act1 = KWinners2d(CHANNELS, LOCAL_K, boost_strength_factor=0.9)
+        net.act2 = KWinners(UNITS, GLOBAL_K, boost_strength_factor=0.9)
+        train_epochs(net, x_train, y_train, epochs, lr=3e-3, batch=32,
                      generator=gen, label="fine-tune")
     figures = _figures(example.replace("-", "_"), net, dense_acc, data, out,
                        time.perf_counter() - t0, progress)

@@ -1,4 +1,4 @@
-"""Trained examples: ``python3 -m cosparse.train.examples {digits,digits-sparsify} -o DIR``.
+"""Trained examples: ``python3 -m cosparse.train.examples {digits,digits-sparsify,gsc} -o DIR``.
 
 Both train on scikit-learn's 8x8 digits (1,437 training and 360 test
 images) the network of the bundled example (the gsc-cs kind, scaled down)::
@@ -8,14 +8,18 @@ images) the network of the bundled example (the gsc-cs kind, scaled down)::
 
 - ``digits``: dual-sparse from scratch;
 - ``digits-sparsify``: the same architecture dense (ReLU in place of the
-  k-WTAs), trained, then :func:`~cosparse.train.sparsify` and fine-tuned.
+  k-WTAs), trained, then :func:`~cosparse.train.sparsify` and fine-tuned;
+- ``gsc``: the gsc-cs benchmark network (:class:`GscNet`) on twelve spoken
+  keyword classes synthesised with espeak-ng (:mod:`.keywords`), dense and
+  dual-sparse from scratch.
 
 Each also trains the dense baseline, exports the dual-sparse model (ONNX,
 TorchScript exporter), compiles it for the ULX3S-85F and writes
 ``<example>.json``: accuracy of the dense float, dual-sparse float and
 golden int8 models on the test split, weight density, activation density
 after each k-WTA, packing fill per overlay layer, and the fold's cycles per
-inference. Needs scikit-learn (``pip install -e '.[train]'``).
+inference. The digits need scikit-learn (``pip install -e '.[train]'``), the
+keywords espeak-ng (``apt-get install espeak-ng``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from .export import export_onnx
 from .kwinners import KWinners, KWinners2d
 from .layers import ComplementarySparse, CSConv2d, CSLinear
 
-__all__ = ["DigitsNet", "load_digits_split", "train_epochs", "main"]
+__all__ = ["DigitsNet", "GscNet", "EXAMPLES", "load_digits_split", "train_epochs", "run", "main"]
 
 CHANNELS, LOCAL_K, CONV_K = 16, 5, 2
 UNITS, GLOBAL_K, FC1_K = 128, 16, 8
@@ -74,6 +78,39 @@ class DigitsNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.pool1(self.bn1(self.conv1(x))))
         return self.fc2(self.act2(self.bn2(self.fc1(torch.flatten(x, 1)))))
+
+
+class GscNet(nn.Module):
+    """The gsc-cs benchmark network (``cosparse.compiler.zoo.gsc_cs``) for 32x32 log-mel
+    input: conv1 64x1x5x5 (K = 2), max pool 2, local k-WTA 8/64; conv2 64x64x5x5
+    (K = 8), max pool 2, local k-WTA 8/64; fc1 1500x1600 (K = 25), global k-WTA
+    150/1500; fc2 12. A BatchNorm without affine parameters before each k-WTA;
+    ``sparse=False`` is the dense twin with ReLUs."""
+
+    def __init__(self, sparse: bool, generator: torch.Generator | None = None):
+        super().__init__()
+        if sparse:
+            self.conv1 = CSConv2d(1, 64, 5, 2, bias=False, generator=generator)
+            self.conv2 = CSConv2d(64, 64, 5, 8, bias=False, generator=generator)
+            self.fc1 = CSLinear(1600, 1500, 25, generator=generator)
+            self.act1 = KWinners2d(64, 8, boost_strength_factor=0.9)
+            self.act2 = KWinners2d(64, 8, boost_strength_factor=0.9)
+            self.act3 = KWinners(1500, 150, boost_strength_factor=0.9)
+        else:
+            self.conv1 = nn.Conv2d(1, 64, 5, bias=False)
+            self.conv2 = nn.Conv2d(64, 64, 5, bias=False)
+            self.fc1 = nn.Linear(1600, 1500)
+            self.act1, self.act2, self.act3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
+        self.bn1 = nn.BatchNorm2d(64, affine=False)
+        self.bn2 = nn.BatchNorm2d(64, affine=False)
+        self.bn3 = nn.BatchNorm1d(1500, affine=False)
+        self.pool1, self.pool2 = nn.MaxPool2d(2), nn.MaxPool2d(2)
+        self.fc2 = nn.Linear(1500, 12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.pool1(self.bn1(self.conv1(x))))
+        x = self.act2(self.pool2(self.bn2(self.conv2(x))))
+        return self.fc2(self.act3(self.bn3(self.fc1(torch.flatten(x, 1)))))
 
 
 def load_digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -138,31 +175,42 @@ def train_epochs(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, *, l
 @torch.no_grad()
 def _accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     net.eval()
-    return float(np.mean(net(torch.from_numpy(x)).numpy().argmax(1) == y))
+    pred = np.concatenate([net(torch.from_numpy(x[i:i + 256])).numpy().argmax(1)
+                           for i in range(0, len(x), 256)])
+    return float(np.mean(pred == y))
 
 
 @torch.no_grad()
-def _activation_density(net: DigitsNet, x: np.ndarray) -> dict[str, float]:
-    """Fraction of non-zero values after each k-WTA (and the pool before the first)."""
-    seen: dict[str, float] = {}
-    hooks = [getattr(net, n).register_forward_hook(
-        lambda _m, _i, out, n=n: seen.__setitem__(n, float((out != 0).float().mean())))
-        for n in ("pool1", "act1", "act2")]
+def _activation_density(net: nn.Module, x: np.ndarray) -> dict[str, float]:
+    """Fraction of non-zero values after each k-WTA, by module name."""
+    counts: dict[str, list[int]] = {}
+
+    def count(name, out):
+        c = counts.setdefault(name, [0, 0])
+        c[0] += int((out != 0).sum())
+        c[1] += out.numel()
+
+    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: count(n, out))
+             for n, m in net.named_modules() if isinstance(m, (KWinners, KWinners2d))]
     net.eval()
-    net(torch.from_numpy(x))
+    for i in range(0, len(x), 256):
+        net(torch.from_numpy(x[i:i + 256]))
     for h in hooks:
         h.remove()
-    return {"pool1": seen["pool1"], "kwta1": seen["act1"], "kwta2": seen["act2"]}
+    return {n: nz / total for n, (nz, total) in counts.items()}
 
 
-def _figures(name: str, net: DigitsNet, dense_acc: float, data, out: Path, seconds: float,
+def _figures(name: str, net: nn.Module, dense_acc: float, data, out: Path, seconds: float,
              progress) -> dict:
     x_train, _, x_test, y_test = data
     onnx_path = export_onnx(net, torch.from_numpy(x_test[:1]), out / f"{name}.onnx")
     progress(f"compile {onnx_path.name} for the ULX3S-85F")
     acc = api.compile(str(onnx_path), board="ulx3s-85f", calibration=x_train[:256])
+    progress(f"golden model on {len(y_test)} test inputs")
     golden = acc.golden(x_test)
     overlays = [l for l in acc.network.layers if isinstance(l, ir.OverlayLayer)]
+    dense = {n: 1.0 for n, m in net.named_modules()
+             if isinstance(m, (nn.Linear, nn.Conv2d)) and not isinstance(m, ComplementarySparse)}
     return {
         "example": name,
         "onnx": onnx_path.name,
@@ -170,8 +218,9 @@ def _figures(name: str, net: DigitsNet, dense_acc: float, data, out: Path, secon
         "accuracy": {"dense_float": dense_acc,
                      "dual_sparse_float": _accuracy(net, x_test, y_test),
                      "golden_int8": float(np.mean(golden.argmax(1) == y_test))},
-        "weight_density": {n: float((getattr(net, n).masked_weight() != 0).float().mean())
-                           for n in ("conv1", "fc1")} | {"fc2": 1.0},
+        "weight_density": {n: float((m.masked_weight() != 0).float().mean())
+                           for n, m in net.named_modules()
+                           if isinstance(m, ComplementarySparse)} | dense,
         "activation_density": _activation_density(net, x_test),
         "fill": {l.name: round(l.overlays.fill, 4) for l in overlays},
         "cycles_per_inference_ulx3s_85f": acc.predicted_interval_cycles,
@@ -179,19 +228,59 @@ def _figures(name: str, net: DigitsNet, dense_acc: float, data, out: Path, secon
     }
 
 
-def run(example: str, out: Path, *, epochs: int, seed: int, reassign_every: int = 0,
-        progress=lambda s: print(f"  {s}", file=sys.stderr)) -> dict:
-    """Train ``example`` (``"digits"`` or ``"digits-sparsify"``), write its ONNX and JSON
-    into ``out``, and return the figures. ``reassign_every`` > 0 trains ``digits`` with
-    straight-through gradients and re-chooses its masks by magnitude that often (epochs)."""
-    if example not in ("digits", "digits-sparsify"):
-        raise CosparseError(f"no example {example!r}: digits or digits-sparsify")
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
+def _run_gsc(out: Path, *, epochs: int, seed: int, per_class: int, progress) -> dict:
+    """The gsc-cs network on synthesised keywords (:mod:`.keywords`), dense and dual-sparse."""
+    from .keywords import CLASSES, make_dataset
+
+    cache = out / f"keywords_{per_class}_{seed}.npz"
+    if cache.is_file():
+        with np.load(cache) as d:
+            x, y = d["x"], d["y"]
+    else:
+        x, y = make_dataset(per_class, seed, progress=lambda i, n: _bar("speak", i, n, "clips")
+                            if i % 50 == 0 or i == n else None)
+        np.savez_compressed(cache, x=x, y=y)
+    mean, std = float(x.mean()), float(x.std())
+    x = (x - mean) / std  # the network's input: normalised log-mel
+    n = int(0.8 * len(y))
+    data = (x[:n], y[:n], x[n:], y[n:])
     gen = torch.Generator().manual_seed(seed)
+    dense = GscNet(sparse=False)
+    train_epochs(dense, data[0], data[1], epochs, lr=1e-3, batch=64, generator=gen,
+                 label="dense baseline")
+    dense_acc = _accuracy(dense, data[2], data[3])
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    net = GscNet(sparse=True, generator=gen)
+    train_epochs(net, data[0], data[1], epochs, lr=1e-3, batch=64, generator=gen,
+                 label="dual-sparse")
+    figures = _figures("gsc", net, dense_acc, data, out, time.perf_counter() - t0, progress)
+    figures |= {"classes": list(CLASSES), "clips_per_class": per_class,
+                "input_normalisation": {"mean": mean, "std": std}}
+    (out / "gsc.json").write_text(json.dumps(figures, indent=1) + "\n")
+    return figures
+
+
+#: The examples :func:`run` trains.
+EXAMPLES = ("digits", "digits-sparsify", "gsc")
+
+
+def run(example: str, out: Path, *, epochs: int, seed: int, reassign_every: int = 0,
+        per_class: int = 300, progress=lambda s: print(f"  {s}", file=sys.stderr)) -> dict:
+    """Train ``example`` (one of :data:`EXAMPLES`), write its ONNX and JSON into ``out``,
+    and return the figures. ``per_class``: keyword clips per class (``gsc``). ``reassign_every`` > 0 trains ``digits`` with
+    straight-through gradients and re-chooses its masks by magnitude that often (epochs)."""
+    if example not in EXAMPLES:
+        raise CosparseError(f"no example {example!r}: one of {', '.join(EXAMPLES)}")
+    torch.manual_seed(seed)
+    torch.set_num_threads(1 if example != "gsc" else max(1, torch.get_num_threads()))
+    gen = torch.Generator().manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    if example == "gsc":
+        return _run_gsc(out, epochs=epochs, seed=seed, per_class=per_class, progress=progress)
     data = load_digits_split()
     x_train, y_train, x_test, y_test = data
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     dense = DigitsNet(sparse=False)
     train_epochs(dense, x_train, y_train, epochs, lr=3e-3, batch=32, generator=gen,
@@ -219,22 +308,29 @@ def run(example: str, out: Path, *, epochs: int, seed: int, reassign_every: int 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m cosparse.train.examples",
                                  description=__doc__.split("\n\n")[0])
-    ap.add_argument("example", choices=("digits", "digits-sparsify"))
+    ap.add_argument("example", choices=EXAMPLES)
     ap.add_argument("-o", "--outdir", type=Path, default=Path("trained"),
                     help="output folder (default: ./trained)")
-    ap.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="training epochs (default: 40 for digits, 30 for gsc)")
+    ap.add_argument("--clips-per-class", type=int, default=300,
+                    help="gsc: synthesised clips per class (default: 300)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     ap.add_argument("--reassign-every", type=int, default=0, metavar="N",
                     help="digits: re-choose the masks by magnitude every N epochs, with "
                          "straight-through gradients (default 0: fixed masks)")
     args = ap.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 30 if args.example == "gsc" else 40
     if args.epochs < 1:
         ap.error(f"--epochs must be at least 1, got {args.epochs}")
+    if args.clips_per_class < 1:
+        ap.error(f"--clips-per-class must be at least 1, got {args.clips_per_class}")
     if args.reassign_every < 0:
         ap.error(f"--reassign-every must be 0 or more, got {args.reassign_every}")
     try:
         fig = run(args.example, args.outdir, epochs=args.epochs, seed=args.seed,
-                  reassign_every=args.reassign_every)
+                  reassign_every=args.reassign_every, per_class=args.clips_per_class)
     except CosparseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

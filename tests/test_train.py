@@ -408,3 +408,21 @@ def test_keyword_dataset_speaks_every_class():
     with pytest.raises(CosparseError, match="espeak-ng failed on 'yes' with voice 'xx-nope'"):
         keywords.speak("yes", "xx-nope", 150, 50)
 
+
+
+@pytest.mark.skipif(not __import__("shutil").which("espeak-ng"),
+                    reason="needs espeak-ng (apt-get install espeak-ng; .ci/run installs it)")
+def test_gsc_example_trains_the_benchmark_network_on_keywords(tmp_path):
+    from cosparse.train import examples
+    from cosparse.train.keywords import CLASSES
+    assert examples.main(["gsc", "-o", str(tmp_path), "--epochs", "1",
+                          "--clips-per-class", "3"]) == 0
+    fig = json.loads((tmp_path / "gsc.json").read_text())
+    assert fig["classes"] == list(CLASSES) and fig["test_images"] == 8  # 20% of 36 clips
+    assert fig["weight_density"] == pytest.approx({"conv1": 0.5, "conv2": 0.125, "fc1": 0.04,
+                                                   "fc2": 1.0})
+    dens = fig["activation_density"]
+    assert dens["act1"] <= 8 / 64 and dens["act2"] <= 8 / 64 and dens["act3"] <= 150 / 1500 + 1e-9
+    assert all(f > 0.95 for f in fig["fill"].values()) and len(fig["fill"]) == 4
+    assert fig["cycles_per_inference_ulx3s_85f"] > 0
+    assert (tmp_path / "keywords_3_0.npz").is_file() and (tmp_path / "gsc.onnx").is_file()

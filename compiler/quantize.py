@@ -17,7 +17,7 @@ import numpy as np
 from .ir import (MAX_BOOST, MAX_RESCALE_MULTIPLIER,
                  MAX_RESCALE_OFFSET_BITS, MAX_SHIFT, Requant, Rescale)
 
-__all__ = ["requant_for_range", "rescale_for", "fixed_point", "quantize_input", "dequantize",
+__all__ = ["requant_for_range", "rescale_for", "bias_offset", "fixed_point", "quantize_input", "dequantize",
            "quantize_boost", "boost_ranking_exact"]
 
 
@@ -55,6 +55,23 @@ def requant_for_range(real: np.ndarray, *, relu: bool, lo: int | None = None,
     multipliers, clamped to ``lo..hi`` (default the int8 range, from 0 with ``relu``)."""
     mult, shift = fixed_point(real, bits)
     return Requant(mult, shift, relu, lo=lo, hi=hi, rounding=rounding)
+
+
+def bias_offset(bias: np.ndarray, scale: float, shift: np.ndarray) -> np.ndarray:
+    """A float bias as a requantization offset, ``round(bias / scale * 2**shift)`` per
+    channel: added at the output's fixed point, where its fraction survives.
+
+    Raises
+    ------
+    ValueError
+        The offset does not fit 56 bits (a bias far beyond the output's range).
+    """
+    off = np.rint(np.asarray(bias, dtype=np.float64) / scale *
+                  np.exp2(np.asarray(shift, dtype=np.float64)))
+    if np.any(np.abs(off) >= 2.0 ** 56):
+        raise ValueError(f"bias {float(np.abs(bias).max()):.6g} is too large for the output "
+                         f"scale {scale:.3g}")
+    return off.astype(np.int64)
 
 
 def rescale_for(factor: np.ndarray, offset: np.ndarray, *, relu: bool, lo: int | None = None,

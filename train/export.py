@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .qat import QuantizedNet
 
 __all__ = ["export_onnx", "EXPORTERS"]
 
@@ -15,7 +18,8 @@ EXPORTERS = ("legacy", "dynamo")
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *,
                 exporter: str = "legacy", opset: int = 17) -> Path:
-    """Write ``model`` (put in eval mode) as ONNX with a dynamic batch axis.
+    """Write ``model`` (put in eval mode) as ONNX with a dynamic batch axis; a
+    :class:`~cosparse.train.QuantizedNet` as a QDQ model with its scales.
 
     Parameters
     ----------
@@ -40,11 +44,22 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *,
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     path = Path(path)
     model.eval()
+    form = model.exporting(exporter) if isinstance(model, QuantizedNet) \
+        else contextlib.nullcontext()
+    with form:
+        _export(model, example, path, exporter, opset)
+    return path
+
+
+def _export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str,
+            opset: int) -> None:
     if exporter == "legacy":
         torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
                           input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-        return path
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                          # the weights' QuantizeLinear/DequantizeLinear stay (their scales)
+                          do_constant_folding=not isinstance(model, QuantizedNet))
+        return
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError as exc:
@@ -56,4 +71,3 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *,
     torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset,
                       input_names=["input"], output_names=["output"],
                       dynamic_shapes=({0: batch},), external_data=False, optimize=True)
-    return path

@@ -15,7 +15,8 @@ import numpy as np
 from .. import ir
 from ..formats import insert_adapters
 from ..packer import PackError, pack
-from ..quantize import fixed_point, quantize_boost, requant_for_range, rescale_for
+from ..quantize import (bias_offset, fixed_point, quantize_boost, requant_for_range,
+                        rescale_for)
 from .calibrate import Scales
 from .graph import Graph
 from .layout import ir_shape
@@ -107,7 +108,7 @@ def _quantize_layer(g: Graph, s: Step, s_in: float, s_out: float | None,
             if g.act_scale and not s.bias_quantized and np.any(s.bias != 0):
                 # A float bias (the model does not quantize it): added at the output's
                 # fixed point, where its fraction survives, instead of as int32.
-                rq = dataclasses.replace(rq, offset=_bias_offset(s.bias, s_first, rq))
+                rq = dataclasses.replace(rq, offset=bias_offset(s.bias, s_first, rq.shift))
                 bq = np.zeros_like(bq)
         except ValueError as e:
             raise g.fail(f"layer {s.name!r}: cannot requantize ({e})") from None
@@ -116,15 +117,6 @@ def _quantize_layer(g: Graph, s: Step, s_in: float, s_out: float | None,
                      f"int32 at the accumulator scale {float(acc_scale.min()):.3g}")
     return dict(weights=wq, bias=bq.astype(np.int32), acc_scale=acc_scale, requant=rq,
                 rescale=rs)
-
-
-def _bias_offset(bias: np.ndarray, scale: float, rq: ir.Requant) -> np.ndarray:
-    """A float bias as a requantization offset: ``bias / scale * 2**shift`` per channel."""
-    off = np.rint(bias / scale * np.exp2(rq.shift.astype(np.float64)))
-    if np.any(np.abs(off) >= 2.0 ** 56):
-        raise ValueError(f"bias {float(np.abs(bias).max()):.6g} is too large for the output "
-                         f"scale {scale:.3g}")
-    return off.astype(np.int64)
 
 
 def _fold_post(s: Step) -> None:

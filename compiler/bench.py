@@ -40,7 +40,7 @@ from .build import compile_network, resolve_board, weight_memory_bits
 from .errors import CosparseError
 from .fold import FoldingError, block_rams, board_block_rams, choose_folding, multipliers
 from .lower import lower
-from .order import to_drain_order
+from .order import restore_output_order, to_drain_order
 from .packer import unpack
 from .perf import stage_cycles
 
@@ -211,10 +211,85 @@ def onnxruntime_throughput(model, input_shape: tuple[int, ...], *,
             "onnxruntime": ort.__version__, "cpus": os.cpu_count()}
 
 
+class ZooSource:
+    """The gsc-cs network of :func:`cosparse.compiler.zoo.gsc_cs` with random weights,
+    on random int8 inputs."""
+
+    def __init__(self, seed: int, reduced: bool):
+        self.seed, self.reduced = seed, reduced
+
+    def network(self, mode: str) -> ir.Network:
+        return zoo.gsc_cs(seed=self.seed, mode=mode, reduced=self.reduced)
+
+    def inputs(self, net: ir.Network, count: int) -> np.ndarray:
+        return np.random.default_rng(self.seed + 1).integers(
+            -128, 128, (count, *net.input.shape), dtype=np.int8)
+
+    def onnx_model(self, net: ir.Network) -> tuple[object, tuple[int, ...]]:
+        return float_onnx(net), (net.input.shape[2], *net.input.shape[:2])
+
+    def describe(self, net: ir.Network) -> dict:
+        return {"network": net.name, "weights": "random", "seed": self.seed}
+
+
+class ModelSource:
+    """A trained ONNX model (float or QDQ) on its own float inputs ``[N, *input shape]``
+    (the model's layout), with their labels where given: each mode compiles the model
+    with the inputs as calibration data; the golden model's accuracy is reported."""
+
+    def __init__(self, model: str | os.PathLike, inputs: str | os.PathLike,
+                 labels: str | os.PathLike | None = None):
+        from .frontend import import_onnx  # (the frontend loads onnx's reference evaluator)
+        self._import = import_onnx
+        self.path = Path(model)
+        self.x = _load_array(inputs, "inputs", float_only=True)
+        self.labels = None if labels is None else _load_array(labels, "labels")
+        if self.labels is not None and (self.labels.ndim != 1 or len(self.labels) != len(self.x)
+                                        or self.labels.dtype.kind not in "iu"):
+            raise CosparseError(f"labels {labels}: want one integer class per input "
+                                f"({len(self.x)}), got {self.labels.dtype} "
+                                f"{list(self.labels.shape)}")
+        self._nets: dict[str, ir.Network] = {}
+
+    def network(self, mode: str) -> ir.Network:
+        if mode not in self._nets:
+            self._nets[mode] = self._import(self.path, calibration=self.x[:256], mode=mode)
+        return self._nets[mode]
+
+    def inputs(self, net: ir.Network, count: int) -> np.ndarray:
+        from .frontend import to_ir_input
+        picks = np.resize(np.arange(len(self.x)), count)  # the inputs in turn, repeated
+        return to_ir_input(net, self.x[picks])
+
+    def onnx_model(self, net: ir.Network) -> tuple[object, tuple[int, ...]]:
+        return onnx.load(str(self.path)), tuple(self.x.shape[1:])
+
+    def describe(self, net: ir.Network) -> dict:
+        d = {"network": net.name, "weights": "trained", "model": self.path.name,
+             "quantization": net.meta.get("quantization"), "model_inputs": int(len(self.x))}
+        if self.labels is not None:
+            y = golden.run(net, self.inputs(net, len(self.x)))
+            pred = restore_output_order(net, y).argmax(axis=-1)
+            d["golden_accuracy"] = round(float(np.mean(pred == self.labels)), 4)
+        return d
+
+
+def _load_array(path: str | os.PathLike, what: str, float_only: bool = False) -> np.ndarray:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CosparseError(f"cannot read the {what} {path} as a .npy array ({e})") from None
+    if float_only and (a.dtype.kind != "f" or a.ndim < 2 or len(a) < 1
+                       or not np.all(np.isfinite(a))):
+        raise CosparseError(f"{what} {path}: want finite float inputs [N, *input shape] in "
+                            f"the model's layout, got {a.dtype} {list(a.shape)}")
+    return a.astype(np.float32) if float_only else a
+
+
 def bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: bool,
                outdir: Path, progress: Callable[[str], None],
                engine_budget: int | None = None, pnr_minutes: float | None = None,
-               pnr_deadline: float | None = None) -> tuple[dict, list, object]:
+               pnr_deadline: float | None = None, source=None) -> tuple[dict, list, object]:
     """Fold, simulate and measure one mode of the gsc-cs network: one row of the bench.
 
     Parameters
@@ -240,6 +315,8 @@ def bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: b
         another mode) in place of the board's budget.
     pnr_minutes, pnr_deadline : float or None
         Passed to the place-and-route job: its time cap and the bench's deadline.
+    source : ZooSource or ModelSource, optional
+        The network and its inputs (default: ``ZooSource(seed, reduced)``).
 
     Returns
     -------
@@ -256,9 +333,9 @@ def bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: b
     CosparseError
         The Verilator outputs differ from the golden model's.
     """
-    net = to_drain_order(zoo.gsc_cs(seed=seed, mode=mode, reduced=reduced))
-    x = np.random.default_rng(seed + 1).integers(-128, 128, (count, *net.input.shape),
-                                                 dtype=np.int8)
+    source = source or ZooSource(seed, reduced)
+    net = to_drain_order(source.network(mode))
+    x = source.inputs(net, count)
     sample = x[:8]
     bram_budget = board_block_rams(board)
     if engine_budget is None:
@@ -511,7 +588,11 @@ def bench_markdown(res: dict) -> str:
     def cell(v, fmt="{:,}"):
         return "-" if v is None else fmt.format(v)
 
-    lines = [f"# gsc-cs benchmark on {res['board']} ({res['network']})", "",
+    trained = "" if res.get("weights") != "trained" else (
+        f", trained weights from {res['model']}" + (
+            f"; golden accuracy {res['golden_accuracy']:.2%} on its {res['model_inputs']:,} "
+            "labelled inputs" if "golden_accuracy" in res else ""))
+    lines = [f"# gsc-cs benchmark on {res['board']} ({res['network']}{trained})", "",
              "| mode | interval (cycles) | latency (cycles) | multipliers | DSP MAC utilisation "
              "| Fmax (MHz) | inferences/s | LUT | FF | DSP | BRAM | fits |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -600,6 +681,8 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
               count: int = 32, seed: int = 0, reduced: bool = False,
               pnr_modes=("sparse-weights", "sparse-sparse"), pnr_minutes: float | None = None,
               minutes: float | None = None, route: bool = False,
+              model: str | os.PathLike | None = None, inputs: str | os.PathLike | None = None,
+              labels: str | os.PathLike | None = None,
               progress: Callable[[str], None] = print) -> dict:
     """Run the benchmark (see the module doc); returns what ``bench.json`` holds.
 
@@ -610,7 +693,19 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
     within about that time once its simulations are done. ``route`` lets
     place and route finish, for routed Fmax figures; it takes no
     ``pnr_minutes``.
+
+    ``model`` benches a trained ONNX model in place of gsc-cs with random
+    weights, on its float ``inputs`` (a ``.npy`` in the model's layout, also
+    its calibration data; needed) with their ``labels`` (optional: the
+    golden model's accuracy).
     """
+    if model is None and (inputs is not None or labels is not None):
+        raise CosparseError("--inputs and --labels go with --model (a trained model)")
+    if model is not None and inputs is None:
+        raise CosparseError("--model needs --inputs X.npy: float inputs [N, *input shape] "
+                            "to calibrate with and to simulate")
+    if model is not None and reduced:
+        raise CosparseError("--reduced applies to the built-in gsc-cs network, not --model")
     if route and pnr_minutes is not None:
         raise CosparseError("--route lets every place and route finish; it takes no "
                             "--pnr-minutes (--minutes still bounds the whole bench)")
@@ -635,9 +730,10 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
     # (monotonic, as the build steps' own clocks; 20 s left to write the results)
     deadline = time.monotonic() + minutes * 60 - 20
     # ONNX Runtime first, on an otherwise idle machine (it uses every core).
-    net = zoo.gsc_cs(seed=seed, mode="sparse-sparse", reduced=reduced)
+    source = ZooSource(seed, reduced) if model is None else ModelSource(model, inputs, labels)
+    net = source.network("sparse-sparse")
     progress("ONNX Runtime on the float model ...")
-    ort = onnxruntime_throughput(float_onnx(net), (net.input.shape[2], *net.input.shape[:2]))
+    ort = onnxruntime_throughput(*source.onnx_model(net))
     rows, stages, running = {}, {}, []
     # A mode's place and route starts as soon as its simulation is done and runs
     # beside the next simulations (one nextpnr per core).
@@ -654,7 +750,8 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
                       if mode == "dense" and "sparse-sparse" in rows else None)
             run = partial(bench_mode, mode, board=b, count=count, seed=seed, reduced=reduced,
                           pnr=mode in pnr_modes, outdir=out, progress=progress,
-                          engine_budget=budget, pnr_minutes=pnr_minutes, pnr_deadline=deadline)
+                          engine_budget=budget, pnr_minutes=pnr_minutes, pnr_deadline=deadline,
+                          source=source)
             if mode == "sparse-sparse" or mode in pnr_modes:
                 row, st, job = run()
                 if job is not None:
@@ -675,7 +772,8 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
         for f in running:
             f.result()
     rows = [rows[m] for m in MODES if m in rows]
-    res = {"network": net.name, "board": b.name, "fpga": b.fpga, "seed": seed, "inputs": count,
+    res = {**source.describe(to_drain_order(net)), "board": b.name, "fpga": b.fpga,
+           "inputs": count,
            "route": route, "minutes": minutes, "pnr_minutes": pnr_minutes, "modes": rows, "onnxruntime_cpu_inferences_per_s": ort["best"],
            "onnxruntime_cpu": ort, "paper": PAPER,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -180,7 +180,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise CosparseError(f"{flag} must be positive, got {v:g}")
     run_bench(args.outdir, modes=modes, board=args.board, count=args.count, seed=args.seed,
               reduced=args.reduced, pnr_modes=pnr, pnr_minutes=args.pnr_minutes,
-              minutes=args.minutes, route=args.route)
+              minutes=args.minutes, route=args.route, model=args.model, inputs=args.inputs,
+              labels=args.labels)
     return 0
 
 
@@ -244,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="let place and route finish, for routed Fmax figures (a routed "
                          "gsc-cs takes YoWASP's nextpnr 60-120 minutes: the bench's limit "
                          "becomes 150 minutes)")
+    be.add_argument("--model", metavar="ONNX", default=None,
+                    help="bench this trained model (float or QDQ ONNX, e.g. the gsc example's "
+                         "of cosparse.train) in place of gsc-cs with random weights")
+    be.add_argument("--inputs", metavar="X.npy", default=None,
+                    help="with --model: float inputs [N, *input shape] in the model's layout "
+                         "(calibration data and the simulated inputs, in turn)")
+    be.add_argument("--labels", metavar="Y.npy", default=None,
+                    help="with --model: a class per input; bench.json gets the golden "
+                         "model's accuracy")
     be.add_argument("--dense-pnr", action="store_true",
                     help="also place and route the dense build when it fits the part")
     be.set_defaults(func=_cmd_bench)

@@ -214,3 +214,15 @@ def test_bench_rows_say_whether_fmax_is_routed_or_estimated(tmp_path, monkeypatc
     assert "| 55.0* | 2,293* |" in table["| sparse-weights"]
     assert "| 64.8 | 9,194 |" in table["| sparse-sparse"]
     assert "routing was stopped at the bench's 29-minute limit" in bench.bench_markdown(res)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--inputs", "x.npy"], "go with --model"),
+    (["--model", "m.onnx"], "--model needs --inputs"),
+    (["--model", "m.onnx", "--inputs", "x.npy", "--reduced"], "--reduced applies to"),
+    (["--model", "m.onnx", "--inputs", "missing.npy"], "cannot read the inputs"),
+])
+def test_bench_model_options_are_checked(tmp_path, capsys, args, message):
+    assert main(["bench", "-o", str(tmp_path / "b"), "--no-pnr", *args]) != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -210,3 +210,32 @@ def test_quantize_errors_name_the_module():
 
     with pytest.raises(QuantizeError, match="chain"):
         quantize(Residual(), x)
+
+
+def test_bench_runs_a_trained_model_and_reports_its_golden_accuracy(tmp_path):
+    """``cosparse bench --model`` on a quantization-aware model: the bench's golden
+    accuracy is the PyTorch model's, and Verilator matches the golden model."""
+    import json
+
+    from cosparse.compiler.cli import main
+
+    rng = np.random.default_rng(3)
+    net = _digits_net(3)
+    _randomise(net, rng)
+    x = rng.normal(size=(40, 1, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, 40)
+    q = quantize(net.eval(), x).eval()
+    with torch.no_grad():
+        accuracy = float(np.mean(q(torch.from_numpy(x)).numpy().argmax(1) == labels))
+    export_onnx(q, torch.from_numpy(x[:1]), tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", labels)
+    assert main(["bench", "-o", str(tmp_path / "b"), "--model", str(tmp_path / "m.onnx"),
+                 "--inputs", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+                 "--mode", "sparse-sparse", "--no-pnr", "-n", "3"]) == 0
+    res = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert res["weights"] == "trained" and res["quantization"] == "qdq"
+    assert res["model_inputs"] == 40 and res["golden_accuracy"] == round(accuracy, 4)
+    row = res["modes"][0]
+    assert row["bit_exact"] and row["interval_cycles"] > 0
+    assert "trained weights from m.onnx" in (tmp_path / "b" / "bench.md").read_text()

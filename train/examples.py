@@ -41,6 +41,7 @@ from .convert import sparsify
 from .export import export_onnx
 from .kwinners import KWinners, KWinners2d
 from .layers import ComplementarySparse, CSConv2d, CSLinear
+from .qat import quantize
 
 __all__ = ["DigitsNet", "GscNet", "EXAMPLES", "load_digits_split", "train_epochs", "run", "main"]
 
@@ -228,7 +229,33 @@ def _figures(name: str, net: nn.Module, dense_acc: float, data, out: Path, secon
     }
 
 
-def _run_gsc(out: Path, *, epochs: int, seed: int, per_class: int, progress) -> dict:
+def _qat_figures(name: str, net: nn.Module, data, out: Path, *, epochs: int, lr: float,
+                 batch: int, generator: torch.Generator, progress) -> dict:
+    """Quantization-aware fine-tuning of the trained dual-sparse model in the compiler's
+    integer semantics (:func:`~cosparse.train.quantize`), its QDQ export compiled for the
+    ULX3S-85F, and the PyTorch model's predictions against the golden model's."""
+    x_train, y_train, x_test, y_test = data
+    t0 = time.perf_counter()
+    qnet = quantize(net, x_train[:256])
+    train_epochs(qnet, x_train, y_train, epochs, lr=lr, batch=batch, generator=generator,
+                 label="quantization-aware")
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        y_qat = np.concatenate([qnet(torch.from_numpy(x_test[i:i + 256])).numpy()
+                                for i in range(0, len(x_test), 256)])
+    onnx_path = export_onnx(qnet, torch.from_numpy(x_test[:1]), out / f"{name}_qat.onnx")
+    progress(f"compile {onnx_path.name} (QDQ, its own scales) for the ULX3S-85F")
+    acc = api.compile(str(onnx_path), board="ulx3s-85f")
+    golden = acc.golden(x_test)
+    return {"onnx": onnx_path.name, "epochs": epochs, "train_seconds": round(seconds, 1),
+            "accuracy_pytorch": float(np.mean(y_qat.argmax(1) == y_test)),
+            "accuracy_golden": float(np.mean(golden.argmax(1) == y_test)),
+            "same_predictions": float(np.mean(y_qat.argmax(1) == golden.argmax(1))),
+            "same_outputs": bool(np.array_equal(y_qat, golden))}
+
+
+def _run_gsc(out: Path, *, epochs: int, seed: int, per_class: int, qat_epochs: int,
+             progress) -> dict:
     """The gsc-cs network on synthesised keywords (:mod:`.keywords`), dense and dual-sparse."""
     from .keywords import CLASSES, make_dataset
 
@@ -256,8 +283,15 @@ def _run_gsc(out: Path, *, epochs: int, seed: int, per_class: int, progress) -> 
     train_epochs(net, data[0], data[1], epochs, lr=1e-3, batch=64, generator=gen,
                  label="dual-sparse")
     figures = _figures("gsc", net, dense_acc, data, out, time.perf_counter() - t0, progress)
+    if qat_epochs:
+        figures["qat"] = _qat_figures("gsc", net, data, out, epochs=qat_epochs, lr=1e-4,
+                                      batch=64, generator=gen, progress=progress)
+    # the test split, for `cosparse bench --model gsc.onnx --inputs ... --labels ...`
+    np.save(out / "gsc_test_inputs.npy", data[2])
+    np.save(out / "gsc_test_labels.npy", data[3])
     figures |= {"classes": list(CLASSES), "clips_per_class": per_class,
-                "input_normalisation": {"mean": mean, "std": std}}
+                "input_normalisation": {"mean": mean, "std": std},
+                "test_inputs": "gsc_test_inputs.npy", "test_labels": "gsc_test_labels.npy"}
     (out / "gsc.json").write_text(json.dumps(figures, indent=1) + "\n")
     return figures
 
@@ -267,10 +301,12 @@ EXAMPLES = ("digits", "digits-sparsify", "gsc")
 
 
 def run(example: str, out: Path, *, epochs: int, seed: int, reassign_every: int = 0,
-        per_class: int = 300, progress=lambda s: print(f"  {s}", file=sys.stderr)) -> dict:
+        per_class: int = 300, qat_epochs: int = 5, progress=lambda s: print(f"  {s}", file=sys.stderr)) -> dict:
     """Train ``example`` (one of :data:`EXAMPLES`), write its ONNX and JSON into ``out``,
     and return the figures. ``per_class``: keyword clips per class (``gsc``). ``reassign_every`` > 0 trains ``digits`` with
-    straight-through gradients and re-chooses its masks by magnitude that often (epochs)."""
+    straight-through gradients and re-chooses its masks by magnitude that often (epochs).
+    ``qat_epochs`` > 0 fine-tunes the dual-sparse model that long in the compiler's integer
+    semantics (``figures["qat"]``)."""
     if example not in EXAMPLES:
         raise CosparseError(f"no example {example!r}: one of {', '.join(EXAMPLES)}")
     torch.manual_seed(seed)
@@ -279,7 +315,8 @@ def run(example: str, out: Path, *, epochs: int, seed: int, reassign_every: int 
     gen = torch.Generator().manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     if example == "gsc":
-        return _run_gsc(out, epochs=epochs, seed=seed, per_class=per_class, progress=progress)
+        return _run_gsc(out, epochs=epochs, seed=seed, per_class=per_class,
+                        qat_epochs=qat_epochs, progress=progress)
     data = load_digits_split()
     x_train, y_train, x_test, y_test = data
     t0 = time.perf_counter()
@@ -302,6 +339,10 @@ def run(example: str, out: Path, *, epochs: int, seed: int, reassign_every: int 
                      generator=gen, label="fine-tune")
     figures = _figures(example.replace("-", "_"), net, dense_acc, data, out,
                        time.perf_counter() - t0, progress)
+    if qat_epochs:
+        figures["qat"] = _qat_figures(example.replace("-", "_"), net, data, out,
+                                      epochs=qat_epochs, lr=3e-4, batch=32, generator=gen,
+                                      progress=progress)
     (out / f"{example.replace('-', '_')}.json").write_text(json.dumps(figures, indent=1) + "\n")
     return figures
 
@@ -316,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="training epochs (default: 40 for digits, 30 for gsc)")
     ap.add_argument("--clips-per-class", type=int, default=300,
                     help="gsc: synthesised clips per class (default: 300)")
+    ap.add_argument("--qat-epochs", type=int, default=5,
+                    help="quantization-aware fine-tuning epochs after training (default 5; "
+                         "0: none)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     ap.add_argument("--reassign-every", type=int, default=0, metavar="N",
                     help="digits: re-choose the masks by magnitude every N epochs, with "
@@ -327,11 +371,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--epochs must be at least 1, got {args.epochs}")
     if args.clips_per_class < 1:
         ap.error(f"--clips-per-class must be at least 1, got {args.clips_per_class}")
+    if args.qat_epochs < 0:
+        ap.error(f"--qat-epochs must be 0 or more, got {args.qat_epochs}")
     if args.reassign_every < 0:
         ap.error(f"--reassign-every must be 0 or more, got {args.reassign_every}")
     try:
         fig = run(args.example, args.outdir, epochs=args.epochs, seed=args.seed,
-                  reassign_every=args.reassign_every, per_class=args.clips_per_class)
+                  reassign_every=args.reassign_every, per_class=args.clips_per_class,
+                  qat_epochs=args.qat_epochs)
     except CosparseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -340,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
           f"golden int8 {a['golden_int8']:.4f}; {fig['cycles_per_inference_ulx3s_85f']:,.0f} cycles "
           f"per inference on the ULX3S-85F; trained in {fig['train_seconds']} s -> "
           f"{args.outdir / (fig['example'] + '.json')}")
+    if "qat" in fig:
+        q = fig["qat"]
+        print(f"quantization-aware ({q['epochs']} epochs, {q['train_seconds']} s): PyTorch "
+              f"{q['accuracy_pytorch']:.4f}, golden {q['accuracy_golden']:.4f}, same "
+              f"predictions {q['same_predictions']:.4f}, same outputs {q['same_outputs']}")
     return 0
 
 

@@ -147,7 +147,7 @@ class _Affine(_Step):
         bias = layer.bias.detach().clone() if layer.bias is not None else torch.zeros(w.shape[0])
         self.bias = nn.Parameter(bias)
         self.relu = False
-        self.export_scale: list[float] | None = None
+        self.register_buffer("export_scale", None, persistent=False)
         self.pack_mode = "sparse-sparse"  # the compile mode whose packing orders the ties
         self._drain: tuple[bytes, np.ndarray | None] | None = None
         self.out_scale: float | None = None  # None: the logits (int32 accumulators out)
@@ -257,7 +257,7 @@ class _Affine(_Step):
             kept = self.weight.detach().clone()
             shape = (-1, *[1] * (w_int.dim() - 1))
             self.weight.copy_((w_int * w_scale.double().reshape(shape)).float())
-        self.export_scale = w_scale.tolist()
+        self.export_scale = w_scale.clone()
         try:
             yield
         finally:
@@ -267,7 +267,7 @@ class _Affine(_Step):
 
     def export(self, x: torch.Tensor, form: str) -> torch.Tensor:
         w = self.weight
-        w_scale = torch.tensor(self.export_scale, dtype=torch.float32)
+        w_scale = self.export_scale
         zero = torch.zeros(w_scale.shape, dtype=torch.int32 if form == "legacy" else torch.int64)
         if form == "dynamo":
             qd = torch.ops.quantized_decomposed

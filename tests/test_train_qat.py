@@ -107,7 +107,7 @@ def random_network(rng: np.random.Generator) -> tuple[nn.Module, tuple[int, ...]
     return net.eval(), shape
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from(["legacy", "dynamo"]))
 def test_quantized_model_equals_the_golden_model_of_its_export(tmp_path_factory, seed, exporter):
     rng = np.random.default_rng(seed)
@@ -125,6 +125,28 @@ def test_quantized_model_equals_the_golden_model_of_its_export(tmp_path_factory,
     gold = acc.golden(x)
     assert gold.dtype == y.dtype and gold.shape == y.shape
     np.testing.assert_array_equal(gold, y)
+
+
+def test_dynamo_global_map_kwta_with_boost_keeps_its_boost(tmp_path):
+    """torch.export writes a global k-WTA over a map as TopK on reshape(x * boost) with
+    GatherElements on reshape(x): the frontend reads the boost through the reshape."""
+    rng = np.random.default_rng(200)
+    torch.manual_seed(200)
+    net = Chain(CSConv2d(1, 4, 3, 1, padding=1, bias=False), nn.BatchNorm2d(4),
+                nn.MaxPool2d(2), KWinners2d(4, 2, local=False), nn.Flatten(),
+                CSLinear(64, 24, 2), nn.Linear(24, 6))
+    _randomise(net, rng)
+    with torch.no_grad():
+        net.body[3].boost.copy_(torch.tensor([1.0, 1.7, 0.6, 2.3]).reshape(1, 4, 1, 1))
+    x = rng.normal(size=(48, 1, 8, 8)).astype(np.float32)
+    q = quantize(net.eval(), x).eval()
+    with torch.no_grad():
+        y = q(torch.from_numpy(x)).numpy()
+    export_onnx(q, torch.from_numpy(x[:2]), tmp_path / "m.onnx", exporter="dynamo")
+    acc = api.compile(str(tmp_path / "m.onnx"), board="sim")
+    kwta = [layer for layer in acc.network.layers if layer.name == "kwta"][0]
+    assert kwta.boost is not None and len(set(kwta.boost.tolist())) == 4
+    np.testing.assert_array_equal(acc.golden(x), y)
 
 
 def _digits_net(seed: int) -> nn.Module:

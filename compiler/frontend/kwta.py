@@ -83,6 +83,7 @@ class _KwtaMatch:
     axis: int  # TopK axis on its input
     nodes: list[Node]  # every node of the pattern (replaced by one KWTA node)
     exact: bool  # gather/scatter: exactly k winners; threshold: ties kept
+    boost: np.ndarray | None = None  # the constant b of key = x * b
 
 
 #: Views a k-WTA may sit between (a view and its inverse fold into its axes).
@@ -185,7 +186,9 @@ def _exclusive(g: Graph, nodes: list[Node], out: str) -> bool:
 
 def _key_source(g: Graph, key: str, x: str,
                 nodes: list[Node]) -> tuple[str, np.ndarray | None] | None:
-    """``key`` is ``x`` or ``x * b`` with constant ``b``: return (x, b)."""
+    """``key`` is ``x`` or ``x * b`` with constant ``b``: return (x, b). ``key`` and ``x``
+    may also be the same reshape of ``x0 * b`` and ``x0`` (torch.export's form): ``b``
+    then comes back broadcast and reshaped as ``x``."""
     if key == x:
         return x, None
     p = g.producer(key)
@@ -195,6 +198,19 @@ def _key_source(g: Graph, key: str, x: str,
             if b is not None and a == x:
                 nodes.append(p)
                 return a, b
+    q = g.producer(x)
+    if p is not None and q is not None and p.op == q.op and p.op in ("Reshape", "Flatten") \
+            and p.attrs == q.attrs and p.inputs[1:] == q.inputs[1:]:
+        inner: list[Node] = []
+        got = _key_source(g, p.inputs[0], q.inputs[0], inner)
+        before, after = g.shape(p.inputs[0]), g.shape(key)
+        if got is not None and got[1] is not None and before is not None and after is not None:
+            try:
+                b = np.broadcast_to(got[1], before).reshape(after)
+            except ValueError:
+                return None
+            nodes += [p, *inner]
+            return x, b
     return None
 
 
@@ -247,7 +263,7 @@ def _match_threshold(g: Graph, node: Node) -> _KwtaMatch | None:
     if src is None:
         return None
     m = _KwtaMatch(x=x, out=node.outputs[0], key=key, topk=topk, k=j + 1, axis=axis,
-                   nodes=nodes, exact=False)
+                   nodes=nodes, exact=False, boost=src[1])
     return m if _exclusive(g, nodes, m.out) else None
 
 
@@ -296,7 +312,7 @@ def _match_scatter(g: Graph, node: Node) -> _KwtaMatch | None:
     if src is None or k is None or g.shape(x) != g.shape(data):
         return None
     m = _KwtaMatch(x=x, out=nodes[0].outputs[0], key=topk.inputs[0], topk=topk, k=k, axis=axis,
-                   nodes=nodes, exact=True)
+                   nodes=nodes, exact=True, boost=src[1])
     return m if _exclusive(g, nodes, m.out) else None
 
 
@@ -346,9 +362,7 @@ def _make_kwta(g: Graph, m: _KwtaMatch) -> None:
     if group is None or shape is None or not group or 0 in group:
         raise g.fail(f"k-WTA {where}: cannot tell which axes of {m.x!r} it selects over (the "
                      "TopK runs on a view that mixes the batch or splits an axis)")
-    boost_c = next((g.const(i) for n in m.nodes if n.op == "Mul" and m.key in n.outputs
-                    for i in n.inputs if g.const(i) is not None), None)
-    boost = _boost_over_group(g, where, boost_c, shape, group)
+    boost = _boost_over_group(g, where, m.boost, shape, group)
     # A QDQ model that quantizes the boosted key compares the quantized keys.
     key_scale = g.act_scale.get(m.key) if m.key != m.x else None
     kwta = Node(KWTA_OP, m.topk.name, [m.x], [m.out], dict(

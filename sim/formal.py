@@ -25,6 +25,7 @@ path.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import subprocess
 import time
@@ -32,8 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from amaranth.back import rtlil
-from amaranth.hdl import (Assert, Assume, ClockDomain, Cover, Elaboratable, Module, Shape, Signal,
-                          unsigned)
+from amaranth.hdl import (Assert, Assume, ClockDomain, Cover, Elaboratable, Module, Mux, Shape,
+                          Signal, unsigned)
 from amaranth.lib import stream, wiring
 
 __all__ = ["StreamHarness", "ProofResult", "prove", "sby_command"]
@@ -73,15 +74,21 @@ class StreamHarness(Elaboratable):
         Sparse stream port -> ``C``, its group size: its entries are assumed
         (inputs) or asserted (outputs) to be at most ``R`` a beat, non-zero, with
         indices below ``C``, strictly increasing through a group.
+    framing : dict, optional
+        Port -> ``(beats per group, groups per frame)`` (either None: any):
+        ``last`` exactly on a group's final beat and ``end`` exactly on a
+        frame's, assumed on inputs and asserted on outputs.
     extra : callable, optional
         ``extra(m, dut, harness)`` adds the unit's own properties.
     """
 
     def __init__(self, dut: wiring.Component, *, one_to_one: bool = False,
                  capacity: int | None = None, sparse_groups: dict[str, int] | None = None,
+                 framing: dict[str, tuple[int | None, int | None]] | None = None,
                  extra: Callable[[Module, wiring.Component, "StreamHarness"], None] | None = None):
         self.dut, self.one_to_one, self.capacity, self.extra = dut, one_to_one, capacity, extra
         self.sparse_groups = dict(sparse_groups or {})
+        self.framing = dict(framing or {})
         self.cd = ClockDomain("sync")
         self.rst = self.cd.rst
         self.streams: list[_Port] = []
@@ -143,6 +150,8 @@ class StreamHarness(Elaboratable):
             self.beats[p.name], self.frames[p.name] = beats, frames
             if p.name in self.sparse_groups:
                 self._sparse(m, p, view, prop, self.sparse_groups[p.name])
+            if p.name in self.framing:
+                self._framing(m, p, view, prop, *self.framing[p.name])
         for o in self.outputs:  # (cover mode: a whole frame gets through, within the depth)
             m.d.comb += Cover(self.frames[o.name] >= 1 if "end" in o.fields
                               else self.beats[o.name] >= 1)
@@ -159,6 +168,21 @@ class StreamHarness(Elaboratable):
             self.extra(m, dut, self)
         return m
 
+
+    def _framing(self, m: Module, p: _Port, view, prop, beats: int | None,
+                 groups: int | None) -> None:
+        """``last`` on every ``beats``-th beat, ``end`` on every ``groups``-th group."""
+        fire = p.valid & p.ready
+        if beats is not None:
+            beat = Signal(range(beats), name=f"{p.name}_beat")
+            m.d.comb += prop(~p.valid | (view.last == (beat == beats - 1)))
+            with m.If(fire):
+                m.d.sync += beat.eq(Mux(view.last, 0, beat + 1))
+        if groups is not None:
+            group = Signal(range(groups), name=f"{p.name}_group")
+            m.d.comb += prop(~p.valid | (view.end == (view.last & (group == groups - 1))))
+            with m.If(fire & view.last):
+                m.d.sync += group.eq(Mux(view.end, 0, group + 1))
 
     def _sparse(self, m: Module, p: _Port, view, prop, group: int) -> None:
         """Entries of a sparse beat: at most R, non-zero, indices below ``group`` and
@@ -193,6 +217,8 @@ class ProofResult:
     seconds: float
     trace: Path | None
     log_tail: str
+    #: cover mode: the step at which each cover was first reached
+    cover_steps: list[int] = dataclasses.field(default_factory=list)
 
 
 def sby_command() -> list[str]:
@@ -234,5 +260,6 @@ def prove(name: str, harness: StreamHarness, workdir: Path, *, mode: str = "bmc"
     if not passed:
         traces = sorted((workdir / name).glob("engine_*/trace*.vcd"))
         trace = traces[0] if traces else None
+    steps = [int(v) for v in re.findall(r"Reached cover statement in step (\d+)", log)]
     return ProofResult(name, passed, mode, depth, round(seconds, 1), trace,
-                       "\n".join(log.strip().splitlines()[-12:]))
+                       "\n".join(log.strip().splitlines()[-12:]), steps)

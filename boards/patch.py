@@ -38,6 +38,7 @@ from amaranth.back import verilog
 
 from cosparse.compiler import ir
 from cosparse.compiler.emit import memory_images, write_images
+from cosparse.compiler.manifest import seal, verify
 from cosparse.compiler.errors import CosparseError
 from cosparse.compiler.folding import Folding
 from cosparse.compiler.frontend import check_supported, import_onnx
@@ -90,6 +91,7 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
     if not placed.exists():
         raise PatchError(f"{placed} is missing: the placed design is kept by the bitstream "
                          "build and needed to patch it; rebuild with --bitstream")
+    verify(out)
     old = ir.load(out)
     link_cfg = json.loads((out / "link.json").read_text())
     folding = Folding.from_dict(old.meta["folding"])
@@ -153,6 +155,7 @@ def patch_model(outdir: str | os.PathLike, model: str | os.PathLike, *,
             os.replace(work / "net" / f, out / f)
         shutil.rmtree(out / "images", ignore_errors=True)
         os.replace(work / "images", out / "images")
+        seal(out)  # the new arrays and images are the folder's now
         os.replace(placed, build / f"{TOP_NAME}.filled{placed.suffix}")
         os.replace(build / f"{TOP_NAME}.patched.{ext}", out / f"{TOP_NAME}.{ext}")
     finally:

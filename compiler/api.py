@@ -38,6 +38,7 @@ from cosparse.sim import golden as golden_model
 from cosparse.sim.netsim import simulate_network
 
 from . import ir
+from .manifest import verify
 from .build import (DEFAULT_BAUD, check_outdir, compile_model, compile_network, network_input,
                     network_output, new_folder)
 from .errors import CosparseError
@@ -121,6 +122,7 @@ class Accelerator:
 
     def __init__(self, folder: str | os.PathLike, *, temporary: bool = False):
         self.folder = Path(folder)
+        verify(self.folder)  # never run a folder edited after compiling
         self.network = ir.load(self.folder)
         fold = self.network.meta.get("folding")
         self.folding = None if fold is None else Folding.from_dict(fold)

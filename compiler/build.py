@@ -46,6 +46,7 @@ from .fold import (ECP5_BRAM_KBIT, block_rams, board_block_rams, choose_folding,
 from .folding import LayerFold
 from .frontend import check_supported, from_ir_output, import_onnx, to_ir_input
 from .lower import lower, spram_weight_layers
+from .manifest import seal
 from .order import restore_output_order, to_drain_order
 from .perf import predict, stage_cycles
 from .quantize import dequantize, quantize_input
@@ -362,6 +363,7 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
         progress(f"wrote {len(images)} memory images and bundle.bin")
         (tmp / "report.md").write_text(_report(net, rows, perf, b, mults,
                                                   block_rams(net, folding, b.family)))
+        seal(tmp)
     progress(f"wrote {out}: predicted {perf['interval_cycles']:,.0f} cycles per inference "
              f"(bottleneck {perf['bottleneck']}), {mults} multipliers")
     return out

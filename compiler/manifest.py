@@ -4,10 +4,15 @@
 rejects a malformed pair with a :class:`~cosparse.compiler.ir.ManifestError`
 that names the file, the field and the problem. Both are also reachable as
 ``ir.save`` and ``ir.load``.
+
+:func:`seal` records in the manifest the SHA-256 of a compiled folder's
+files that running it reads (:data:`SEALED`) and of the manifest's own
+content; :func:`verify` finds any of them edited, missing or added since.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -17,7 +22,7 @@ import numpy as np
 
 from .ir import (FORMAT_VERSION, ManifestError, _fail, Overlays, Requant, Rescale, TensorSpec, Layer, OverlayLayer, OverlayLinear, OverlayConv, MaxPool, KWTALayer, LocalKWTA, GlobalKWTA, LAYER_KINDS, Network)
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "seal", "verify", "SEALED"]
 
 _ARRAY_FIELDS = ("weights", "kernel_ids", "row_start", "kernel_map")
 
@@ -282,3 +287,80 @@ def load(path: str | Path) -> Network:
     except ManifestError as e:
         raise ManifestError(f"{manifest.name}: {e}") from None
     return net
+
+
+#: What :func:`seal` covers in a compiled folder: the arrays, the host link's settings and
+#: the memory images with the weight bundle (``images/``, every file in it).
+SEALED = ("tensors.npz", "link.json", "images")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sealed_files(folder: Path) -> list[str]:
+    out = []
+    for name in SEALED:
+        p = folder / name
+        if p.is_dir():
+            out += sorted(str(f.relative_to(folder)) for f in p.rglob("*") if f.is_file())
+        elif p.is_file():
+            out.append(name)
+    return out
+
+
+def _doc_digest(doc: dict) -> str:
+    body = {k: v for k, v in doc.items() if k != "digests"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
+                          .encode()).hexdigest()
+
+
+def seal(folder: str | Path) -> None:
+    """Record the SHA-256 of ``folder``'s :data:`SEALED` files, and of the manifest's
+    content, in its ``manifest.json`` (``"digests"``)."""
+    folder = Path(folder)
+    manifest = folder / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc.pop("digests", None)
+    doc["digests"] = {"manifest": _doc_digest(doc),
+                      "files": {rel: _sha256(folder / rel) for rel in _sealed_files(folder)}}
+    manifest.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def verify(folder: str | Path) -> None:
+    """Check a sealed compiled folder against its digests (an unsealed one passes).
+
+    Raises
+    ------
+    ManifestError
+        The manifest or a sealed file was edited, removed or added after
+        compiling; the message names it.
+    """
+    folder = Path(folder)
+    manifest = folder / "manifest.json"
+    try:
+        doc = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # load() reports an unreadable manifest
+    digests = doc.get("digests") if isinstance(doc, dict) else None
+    if digests is None:
+        return
+    again = "compile the model again (cosparse compile)"
+    if not isinstance(digests, dict) or digests.get("manifest") != _doc_digest(doc):
+        raise ManifestError(f"{manifest} was edited after compiling (its content no longer "
+                            f"matches the digest it records): {again}")
+    files = digests.get("files") or {}
+    for rel in sorted(set(files) | set(_sealed_files(folder))):
+        path = folder / rel
+        if rel not in files:
+            raise ManifestError(f"{path} was added after compiling (the folder's {rel.split('/')[0]} "
+                                f"held only what the compile wrote): remove it, or {again}")
+        if not path.is_file():
+            raise ManifestError(f"{path} is missing (the compile wrote it): {again}")
+        if _sha256(path) != files[rel]:
+            raise ManifestError(f"{path} was edited after compiling (its SHA-256 is not the one "
+                                f"manifest.json records): restore it, or {again}")

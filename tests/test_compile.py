@@ -156,3 +156,46 @@ def test_config_overrides_a_layers_fold(tmp_path):
             "--calibration", EXAMPLES / "digits_calib.npy", "--config", cfg)
     assert r.returncode == 2 and "unknown layers ['nope']" in r.stderr
     assert not (tmp_path / "o2").exists()
+
+
+def _edit_manifest(folder: Path) -> None:
+    doc = json.loads((folder / "manifest.json").read_text())
+    doc["meta"]["input_scale"] *= 2  # a plausible edit: every input would quantize wrong
+    (folder / "manifest.json").write_text(json.dumps(doc, indent=1))
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _edit_first_image(folder: Path) -> None:
+    hexfile = sorted((folder / "images").glob("*.hex"))[0]
+    lines = hexfile.read_text().splitlines()
+    lines[0] = ("1" if lines[0][0] != "1" else "2") + lines[0][1:]
+    hexfile.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_edit_manifest, "manifest.json was edited after compiling"),
+    (lambda f: _flip_a_byte(f / "tensors.npz"), "tensors.npz was edited after compiling"),
+    (_edit_first_image, ".hex was edited after compiling"),
+    (lambda f: (f / "images" / "bundle.bin").unlink(), "bundle.bin is missing"),
+    (lambda f: (f / "images" / "extra.hex").write_text("00\n"), "extra.hex was added"),
+])
+def test_an_edited_compiled_folder_is_refused(digits, tmp_path, edit, message):
+    import shutil
+
+    tmp, out, _ = digits
+    folder = tmp_path / "copy"
+    shutil.copytree(out, folder)
+    r = run_cli("golden", folder, "--input", tmp / "x8.npy", "-o", tmp_path / "y.npy")
+    assert r.returncode == 0, r.stderr  # the copy as compiled runs
+    (tmp_path / "y.npy").unlink()
+    edit(folder)
+    for cmd in (["golden"], ["sim"]):
+        r = run_cli(*cmd, folder, "--input", tmp / "x8.npy", "-o", tmp_path / "y.npy")
+        assert r.returncode == 2 and message in r.stderr and "compile the model again" in \
+            r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / "y.npy").exists()

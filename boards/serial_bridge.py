@@ -10,7 +10,8 @@ decoded and written back. The host runtime connects with pyserial's
 board (``cosparse run OUTDIR --port socket://...``).
 
 The simulated UART runs at :data:`SIM_DIVISOR` cycles per bit, whatever the
-board's baud rate; the session ends when the client disconnects.
+board's baud rate. Clients are served one after another; the board keeps
+running, with its state, between them.
 """
 
 from __future__ import annotations
@@ -50,14 +51,18 @@ def link_top_for(outdir: str | Path):
 
 def serve(outdir: str | Path, *, port: int = 0, port_file: str | Path | None = None,
           build_root: Path | None = None, max_seconds: float = 3600.0,
-          progress=print, ready=None) -> dict:
-    """Serve the simulated board of ``outdir`` on ``127.0.0.1:port`` for one client.
+          clients: int | None = 1, progress=print, ready=None) -> dict:
+    """Serve the simulated board of ``outdir`` on ``127.0.0.1:port``.
 
-    ``port`` 0 picks a free port; it is written to ``port_file`` (when
-    given) once the simulation listens. Returns the session's figures:
-    bytes each way, simulated cycles, wall seconds.
-    ``ready(port)`` is called once it listens.
+    One client at a time, ``clients`` of them (None: until ``max_seconds``);
+    between clients the board keeps running with its state (loaded weights
+    stay loaded), as a board on a serial port does. ``port`` 0 picks a free
+    port; it is written to ``port_file`` (when given) once the simulation
+    listens. Returns the session's figures: bytes each way, clients served,
+    simulated cycles, wall seconds. ``ready(port)`` is called once it listens.
     """
+    if clients is not None and clients < 1:
+        raise ValueError(f"clients must be at least 1 (or None), got {clients!r}")
     from cocotb_tools.check_results import get_results  # cocotb's runner side, as sim.verilate
 
     top = link_top_for(outdir)
@@ -70,7 +75,8 @@ def serve(outdir: str | Path, *, port: int = 0, port_file: str | Path | None = N
         pf.unlink(missing_ok=True)
         env = {"COSPARSE_SERIAL_PORT": str(port), "COSPARSE_SERIAL_PORT_FILE": str(pf.resolve()),
                "COSPARSE_SERIAL_RESULT": str(result), "COSPARSE_SERIAL_DIVISOR": str(SIM_DIVISOR),
-               "COSPARSE_SERIAL_MAX_SECONDS": str(max_seconds)}
+               "COSPARSE_SERIAL_MAX_SECONDS": str(max_seconds),
+               "COSPARSE_SERIAL_CLIENTS": str(clients or 0)}
         stop = threading.Event()
 
         def announce():  # the simulator runs in another process: watch for its port file
@@ -108,7 +114,7 @@ if cocotb is not None:
 
     @cocotb.test()
     async def bridge(dut):
-        """Bridge a TCP client to the top's UART pins until it disconnects."""
+        """Bridge TCP clients, one at a time, to the top's UART pins."""
         d = int(os.environ["COSPARSE_SERIAL_DIVISOR"])
         max_seconds = float(os.environ["COSPARSE_SERIAL_MAX_SECONDS"])
         cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
@@ -126,13 +132,12 @@ if cocotb is not None:
         tmp = pf.with_suffix(".tmp")
         tmp.write_text(str(srv.getsockname()[1]))
         os.replace(tmp, pf)  # whole, so a reader never sees a half-written number
-        srv.settimeout(max_seconds)
-        conn, _ = srv.accept()
-        conn.setblocking(False)
+        srv.setblocking(False)
+        clients = int(os.environ.get("COSPARSE_SERIAL_CLIENTS", "1"))  # 0: no limit
         t0 = time.monotonic()
 
         received = bytearray()  # from the top's tx
-        stats = {"bytes_to_device": 0, "bytes_from_device": 0}
+        stats = {"bytes_to_device": 0, "bytes_from_device": 0, "clients": 0}
 
         async def tx_monitor():
             while True:
@@ -145,40 +150,58 @@ if cocotb is not None:
                 received.append(v)
 
         cocotb.start_soon(tx_monitor())
-        pending = bytearray()
         cycles = 0
-        open_ = True
-        while open_ or pending:
-            if open_:
+
+        def out_of_time() -> bool:
+            return time.monotonic() - t0 > max_seconds
+
+        # One client at a time; the board runs on, with its state, between them.
+        while (clients == 0 or stats["clients"] < clients) and not out_of_time():
+            conn = None
+            while conn is None and not out_of_time():
                 try:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        open_ = False
-                    pending += chunk
+                    conn, _ = srv.accept()
                 except BlockingIOError:
-                    pass
-                except ConnectionError:
-                    open_ = False
-            if pending:
-                b = pending.pop(0)
-                stats["bytes_to_device"] += 1
-                for bit in [0] + [(b >> i) & 1 for i in range(8)] + [1]:
-                    dut.rx.value = bit
-                    await ClockCycles(dut.clk, d)
-                cycles += 10 * d
-            else:
-                await ClockCycles(dut.clk, 16 * d)
-                cycles += 16 * d
-            if received and open_:
-                try:
-                    conn.sendall(bytes(received))
-                    stats["bytes_from_device"] += len(received)
-                except ConnectionError:
-                    open_ = False
-                received.clear()
-            if time.monotonic() - t0 > max_seconds:
+                    await ClockCycles(dut.clk, 64 * d)  # nobody listens to tx meanwhile
+                    cycles += 64 * d
+                    received.clear()
+            if conn is None:
                 break
-        conn.close()
+            conn.setblocking(False)
+            stats["clients"] += 1
+            pending = bytearray()
+            open_ = True
+            while open_ or pending:
+                if open_:
+                    try:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            open_ = False
+                        pending += chunk
+                    except BlockingIOError:
+                        pass
+                    except ConnectionError:
+                        open_ = False
+                if pending:
+                    b = pending.pop(0)
+                    stats["bytes_to_device"] += 1
+                    for bit in [0] + [(b >> i) & 1 for i in range(8)] + [1]:
+                        dut.rx.value = bit
+                        await ClockCycles(dut.clk, d)
+                    cycles += 10 * d
+                else:
+                    await ClockCycles(dut.clk, 16 * d)
+                    cycles += 16 * d
+                if received and open_:
+                    try:
+                        conn.sendall(bytes(received))
+                        stats["bytes_from_device"] += len(received)
+                    except ConnectionError:
+                        open_ = False
+                    received.clear()
+                if out_of_time():
+                    break
+            conn.close()
         srv.close()
         stats.update(cycles=cycles, seconds=time.monotonic() - t0)
         Path(os.environ["COSPARSE_SERIAL_RESULT"]).write_text(json.dumps(stats))

@@ -272,11 +272,13 @@ class Accelerator:
         return BoardRun(self.dequantize(raw), raw, lat, dt, sent)
 
     def serve(self, *, port: int = 0, port_file: str | os.PathLike | None = None,
+              clients: int | None = 1, max_seconds: float = 3600.0,
               progress: Progress = _quiet, ready: Callable[[int], None] | None = None) -> dict:
-        """The board top in Verilator behind a TCP serial port (``socket://127.0.0.1:port``)
-        for one client; returns the session's figures."""
-        return serve(self.folder, port=port, port_file=port_file, progress=progress,
-                     ready=ready)
+        """The board top in Verilator behind a TCP serial port (``socket://127.0.0.1:port``),
+        for ``clients`` clients one after another (None: until ``max_seconds``), the board
+        keeping its state between them; returns the session's figures."""
+        return serve(self.folder, port=port, port_file=port_file, clients=clients,
+                     max_seconds=max_seconds, progress=progress, ready=ready)
 
 
 def _model_path(model: str | os.PathLike | onnx.ModelProto, work: Path) -> Path:
@@ -402,12 +404,15 @@ def patch(folder: str | os.PathLike, model: str | os.PathLike, *,
 
 
 def serve(folder: str | os.PathLike, *, port: int = 0,
-          port_file: str | os.PathLike | None = None, progress: Progress = _quiet,
+          port_file: str | os.PathLike | None = None, clients: int | None = 1,
+          max_seconds: float = 3600.0, progress: Progress = _quiet,
           ready: Callable[[int], None] | None = None) -> dict:
     """The board top of the compiled ``folder`` in Verilator on a TCP serial port
     (see :meth:`Accelerator.serve`)."""
-    return serve_board(folder, port=port, port_file=port_file,
-                       build_root=Path(folder) / "sim_build", progress=progress, ready=ready)
+    verify(folder)
+    return serve_board(folder, port=port, port_file=port_file, clients=clients,
+                       max_seconds=max_seconds, build_root=Path(folder) / "sim_build",
+                       progress=progress, ready=ready)
 
 
 def boards() -> dict[str, Board]:

@@ -132,7 +132,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _save_npy(args.output, res.outputs)
     n, lat = len(res.raw), res.latency_cycles
     stats = {"network": acc.network.name, "inferences": n, "latency_cycles": lat,
-             "wall_seconds": round(res.seconds, 3),
+             "wall_seconds": round(res.seconds, 3), "loaded_bytes": res.loaded_bytes,
              "inferences_per_s_over_link": n / max(res.seconds, 1e-9)}
     Path(args.output).with_suffix(".json").write_text(json.dumps(stats, indent=1) + "\n")
     say(f"{n} inferences in {res.seconds:.2f} s over the link; latency {min(lat):,}-{max(lat):,} "
@@ -147,11 +147,15 @@ def _cmd_patch(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    if args.clients is not None and args.clients < 1:
+        raise CosparseError(f"--clients must be at least 1, got {args.clients}")
+    if args.max_seconds <= 0:
+        raise CosparseError(f"--max-seconds must be positive, got {args.max_seconds:g}")
     res = api.serve(args.outdir, port=args.tcp_port, port_file=args.port_file,
-                    progress=_say("serve"),
+                    clients=args.clients, max_seconds=args.max_seconds, progress=_say("serve"),
                     ready=lambda port: print(f"serve: listening on socket://127.0.0.1:{port}",
                                              flush=True))
-    print(f"serve: session over: {res['bytes_to_device']:,} bytes in, "
+    print(f"serve: session over: {res['clients']} client(s), {res['bytes_to_device']:,} bytes in, "
           f"{res['bytes_from_device']:,} out, {res['cycles']:,} cycles in {res['seconds']:.1f} s",
           flush=True)
     return 0
@@ -319,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("outdir", help="compiled network folder")
     sv.add_argument("--tcp-port", type=int, default=0, help="TCP port (default: a free one)")
     sv.add_argument("--port-file", help="write the TCP port number here once listening")
+    sv.add_argument("--clients", type=int, default=None,
+                    help="serve this many clients, one after another, then stop (default: "
+                         "until --max-seconds or Ctrl-C); the board keeps its state between")
+    sv.add_argument("--max-seconds", type=float, default=3600.0,
+                    help="stop serving after this long (default 3600)")
     sv.set_defaults(func=_cmd_serve)
 
     b = sub.add_parser("boards", help="list the target boards and their resources")

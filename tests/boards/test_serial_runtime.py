@@ -42,9 +42,9 @@ def test_run_over_simulated_serial_equals_golden(tmp_path, quantized):
     port_file = tmp_path / "port"
     result = {}
 
-    def session():
+    def session():  # two clients, one after the other: the board keeps its weights
         result["serve"] = serve(out, port_file=port_file, build_root=tmp_path / "sim",
-                                progress=lambda s: None)
+                                clients=2, progress=lambda s: None)
 
     th = threading.Thread(target=session, daemon=True)
     th.start()
@@ -56,10 +56,17 @@ def test_run_over_simulated_serial_equals_golden(tmp_path, quantized):
     y, g = tmp_path / "y.npy", tmp_path / "g.npy"
     assert main(["run", str(out), "--port", f"socket://127.0.0.1:{port}", "--input", str(x),
                  "-o", str(y), "--timeout", "120"]) == 0
+    y2 = tmp_path / "y2.npy"  # a second client: served, and the weights are still there
+    assert main(["run", str(out), "--port", f"socket://127.0.0.1:{port}", "--input", str(x),
+                 "-o", str(y2), "--timeout", "120"]) == 0
     th.join(timeout=300)
     assert main(["golden", str(out), "--input", str(x), "-o", str(g)]) == 0
     np.testing.assert_array_equal(np.load(y), np.load(g))
+    np.testing.assert_array_equal(np.load(y2), np.load(g))
     stats = json.loads(y.with_suffix(".json").read_text())
     assert stats["inferences"] == 5 and all(c > 0 for c in stats["latency_cycles"])
+    assert stats["loaded_bytes"] > 0
+    assert json.loads(y2.with_suffix(".json").read_text())["loaded_bytes"] == 0
     s = result["serve"]
+    assert s["clients"] == 2
     assert s["bytes_to_device"] > 0 and s["bytes_from_device"] > 0 and s["cycles"] > 0

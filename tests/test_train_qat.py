@@ -144,6 +144,8 @@ def test_dynamo_global_map_kwta_with_boost_keeps_its_boost(tmp_path):
         y = q(torch.from_numpy(x)).numpy()
     export_onnx(q, torch.from_numpy(x[:2]), tmp_path / "m.onnx", exporter="dynamo")
     acc = api.compile(str(tmp_path / "m.onnx"), board="sim")
+    names = [layer.name for layer in acc.network.layers]
+    assert {"body_0", "body_5", "body_6"} <= set(names)  # the modules' names, not "conv"
     kwta = [layer for layer in acc.network.layers if layer.name == "kwta"][0]
     assert kwta.boost is not None and len(set(kwta.boost.tolist())) == 4
     np.testing.assert_array_equal(acc.golden(x), y)

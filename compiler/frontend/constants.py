@@ -162,11 +162,22 @@ def _quant_const(g: Graph, node: Node) -> np.ndarray:
     return ((q - p["zero_point"]) * p["scale"]).astype(np.float32)
 
 
+#: Ops whose folded output keeps its first input's source name (a weight's quantizers).
+_KEEPS_ORIGIN = ("QuantizeLinear", "DequantizeLinear", "Clip", "Cast", "Identity", "Quant")
+
+
+def _keep_origin(g: Graph, node: Node) -> None:
+    if node.op in _KEEPS_ORIGIN and node.inputs and node.inputs[0]:
+        src = node.inputs[0]
+        g.origin[node.outputs[0]] = g.origin.get(src, src)
+
+
 def _fold_constants(g: Graph) -> bool:
     """Evaluate every node whose inputs are known; record dequantized weights' scales."""
     changed = False
     for node in list(g.nodes):
         if is_quant(node) and all(x in g.consts for x in node.inputs if x):
+            _keep_origin(g, node)
             values = [_quant_const(g, node)]
             g.consts[node.outputs[0]] = values[0]
             g.shapes[node.outputs[0]] = tuple(values[0].shape)
@@ -182,6 +193,7 @@ def _fold_constants(g: Graph) -> bool:
             feeds = {x: g.consts[x] for x in data}
         else:
             continue
+        _keep_origin(g, node)
         if node.op == "DequantizeLinear":
             values = [_dequantize(g, node)]
         else:

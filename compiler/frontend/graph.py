@@ -88,6 +88,9 @@ class Graph:
         self.path = path
         self.nodes: list[Node] = []
         self.consts: dict[str, np.ndarray] = {}
+        #: A folded constant's source initializer, through quantizers and casts (a weight
+        #: ``fc1.weight`` stays named so after its QuantizeLinear/DequantizeLinear).
+        self.origin: dict[str, str] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.types: dict[str, int] = {}
         self.input = ""

@@ -37,7 +37,7 @@ from pathlib import Path
 from amaranth.hdl import Assert, Module, Signal, signed, unsigned
 
 from cosparse.hw.adapters import Densify, InputOffset, Narrow, StreamFIFO, ZeroSkip
-from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
+from cosparse.hw.kwta import LocalKWTA
 from cosparse.hw.pool import MaxPool
 from cosparse.hw.requant import BiasAdd, Requantizer
 from cosparse.hw.reshape import DenseFlatten, SparseFlatten
@@ -110,10 +110,6 @@ UNITS = {
         LocalKWTA(4, 1, width=1, entries=2, boost=[1, 2, 1, 3], max_winners=2),
         framing={"i": (4, None)}, sparse_groups={"o": 4}, extra=winners_bound(2)),
         "LocalKWTA C=4 k=1 B=2 (insertion, boost, threshold rule): at most B winners"),
-    "kwta_global": (lambda: StreamHarness(GlobalKWTA(4, 2, width=1, entries=2),
-                                          framing={"i": (4, 1), "o": (None, 1)},
-                                          sparse_groups={"o": 4}, extra=winners_bound(2, "end")),
-                    "GlobalKWTA N=4 k=2: one group a frame, at most k winners"),
 }
 
 

@@ -263,3 +263,14 @@ def rescaled_kwta_model(path, rng) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
         initializer=[numpy_helper.from_array(np.asarray(v), name) for name, v in inits.items()])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (the scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"script_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

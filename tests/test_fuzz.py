@@ -1,21 +1,17 @@
 """scripts/fuzz.py: random networks, golden model against Verilator under random stalls."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
 from cosparse.compiler import ir
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fuzz.py"
+from .helpers import load_script
+
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("fuzz", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("fuzz")
 
 
 def test_generator_draws_every_kind_of_network():

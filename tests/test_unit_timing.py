@@ -1,6 +1,5 @@
 """scripts/unit_timing.py: one small unit placed and routed alone, its Fmax and critical path."""
 
-import importlib.util
 import json
 import tempfile
 from pathlib import Path
@@ -9,14 +8,12 @@ from amaranth.hdl import signed
 
 from cosparse.hw.adapters import Narrow
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "unit_timing.py"
+from .helpers import load_script
+
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("unit_timing", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("unit_timing")
 
 
 def test_small_unit_fmax_and_critical_path(tmp_path):

@@ -1,9 +1,7 @@
 """sim.formal and scripts/formal.py: stream-contract proofs with SymbiYosys and z3."""
 
-import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from amaranth.hdl import Module, Signal, signed
@@ -14,17 +12,15 @@ from cosparse.hw.adapters import StreamFIFO
 from cosparse.hw.streams import dense_layout
 from cosparse.sim.formal import StreamHarness, prove
 
+from ..helpers import load_script
+
 pytestmark = pytest.mark.skipif(shutil.which("z3") is None or shutil.which("yowasp-sby") is None,
                                 reason="needs z3 (pip install z3-solver) and yowasp-sby")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "formal.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("formal_script", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("formal")
 
 
 class Impatient(wiring.Component):

@@ -107,7 +107,7 @@ def random_network(rng: np.random.Generator) -> tuple[nn.Module, tuple[int, ...]
     return net.eval(), shape
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from(["legacy", "dynamo"]))
 def test_quantized_model_equals_the_golden_model_of_its_export(tmp_path_factory, seed, exporter):
     rng = np.random.default_rng(seed)

@@ -69,7 +69,7 @@ def simulate_network(net: ir.Network, folding: Folding, x: np.ndarray, *,
                      build_root: Path | None = None, waves: bool = False,
                      name: str = "cosparse_core", chunk: int = 64,
                      progress: Callable[[int, int], None] | None = None,
-                     platform=None) -> NetworkRun:
+                     platform=None, netlist=None) -> NetworkRun:
     """Run int8 frames ``x`` through the network's core in Verilator.
 
     Parameters
@@ -91,6 +91,8 @@ def simulate_network(net: ir.Network, folding: Folding, x: np.ndarray, *,
         Elaborate the core for this board's platform, as its bitstream does
         (vendor primitives by their :mod:`cosparse.sim.primitives` models):
         the cycles and outputs of the board's own netlist.
+    netlist : callable, optional
+        Simulate a synthesized netlist instead (:mod:`cosparse.sim.gatelevel`).
     """
     core = lower(net, folding)
     out_shape = net.output.shape
@@ -103,7 +105,7 @@ def simulate_network(net: ir.Network, folding: Folding, x: np.ndarray, *,
         res = run_streams(core, name, [("i", core.in_layout, frame_beats(xs, folding.input_width))],
                           [("o", core.out_layout, per_frame * len(xs))], stall=0.0,
                           max_cycles=50_000_000, build_root=build_root, waves=waves,
-                          platform=platform)
+                          platform=platform, netlist=netlist)
         ys.append(frames_from_beats(res.outputs[0], out_shape, core.out_width))
         ends = [res.cycles[0][(f + 1) * per_frame - 1] for f in range(len(xs))]
         start = res.input_cycles[0][0]

@@ -18,7 +18,7 @@ import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from amaranth.back import verilog
 
@@ -60,8 +60,13 @@ class VerilatorResult:
 
 @contextmanager
 def built_model(component, name: str, build_root: Path, waves: bool = False,
-                platform=None) -> Iterator[tuple[Any, Path]]:
+                platform=None, netlist: Callable[[str, str], dict[str, str]] | None = None,
+                ) -> Iterator[tuple[Any, Path]]:
     """Build ``component``'s Verilator model (once per distinct Verilog) and hold it in use.
+
+    ``netlist(verilog, name)`` returns the sources to build instead of the component's Verilog
+    and primitive models (file name -> text; the top module keeps ``name`` and its
+    ports): a synthesized netlist with its cell models, for gate-level simulation.
 
     Yields ``(runner, build_dir)``: cocotb's runner and the model's folder
     under ``build_root``, which :func:`cosparse.sim.cache.prune` leaves alone
@@ -74,6 +79,10 @@ def built_model(component, name: str, build_root: Path, waves: bool = False,
 
     text = verilog.convert(component, name=name, platform=platform, emit_src=False)
     models = models_for(platform)
+    sources = [(f"{name}.v", text), *models.items()]
+    if netlist is not None:
+        sources = list(netlist(text, name).items())
+        text, models = "\0".join(body for _, body in sources), {}
     # The model links cocotb's VPI libraries from this Python's install: a build
     # from another install (another venv) is another build.
     key = [text, *models.values(), str(libs_dir), *_VERILATOR_ARGS, _MAKE_OVERRIDES]
@@ -91,7 +100,7 @@ def built_model(component, name: str, build_root: Path, waves: bool = False,
         # the same folder at once.
         with _lock, cache.locked(build_dir):
             srcs = []
-            for fname, body in [(f"{name}.v", text), *models.items()]:
+            for fname, body in sources:
                 src = build_dir / fname
                 if not src.exists() or src.read_text() != body:
                     src.write_text(body)
@@ -123,7 +132,8 @@ def _build_locked(runner, srcs: list[Path], name: str, build_dir: Path, waves: b
 def run_streams(component, name: str, inputs: list[tuple[str, Any, list]],
                 outputs: list[tuple[str, Any, int]], *, stall: float = 0.3, seed: int = 0,
                 max_cycles: int = 200_000, build_root: Path | None = None,
-                waves: bool | None = None, platform=None) -> VerilatorResult:
+                waves: bool | None = None, platform=None,
+                netlist: Callable[[str, str], dict[str, str]] | None = None) -> VerilatorResult:
     """Run ``component`` in Verilator with cocotb driving its streams.
 
     Parameters
@@ -142,12 +152,15 @@ def run_streams(component, name: str, inputs: list[tuple[str, Any, list]],
     platform : amaranth.build.Platform, optional
         Elaborate for this board's platform (what a board build instantiates,
         with :mod:`cosparse.sim.primitives` models of its vendor primitives).
+    netlist : callable, optional
+        Simulate these sources instead (see :func:`built_model`).
     """
     from cocotb_tools.check_results import get_results  # as in built_model
 
     waves = bool(int(os.environ.get("WAVES", "0"))) if waves is None else waves
     build_root = build_root or default_build_root()
-    with built_model(component, name, build_root, waves, platform) as (runner, build_dir), \
+    with built_model(component, name, build_root, waves, platform, netlist) as \
+            (runner, build_dir), \
             tempfile.TemporaryDirectory(dir=build_dir, prefix="run-") as run:
         spec = {"seed": seed, "stall": stall, "max_cycles": max_cycles,
                 "inputs": [{"port": p, "beats": [hex(encode(lay, b)) for b in beats]}

@@ -45,8 +45,23 @@ def cell_models(family: str) -> dict[str, str]:
     models = {f"{family}_cells_sim.v": _inline_includes((folder / "cells_sim.v").read_text(),
                                                         folder)}
     if family == "ecp5":
-        models["mult18x18d_model.v"] = MULT18X18D_MODEL
+        models["mult18x18d_model.v"] = _with_every_pin(MULT18X18D_MODEL, "MULT18X18D",
+                                                       (folder / "cells_bb.v").read_text())
     return models
+
+
+def _with_every_pin(model: str, cell: str, blackboxes: str) -> str:
+    """``model`` with the pins its cell has in yosys's blackbox and the model leaves out
+    (unused): yosys's own instances of the cell connect every pin."""
+    box = re.search(rf"module {cell}\b.*?endmodule", blackboxes, flags=re.S).group(0)
+    pins = re.findall(r"^\s*(input|output)\s+(\w+)\s*;", box, flags=re.M)
+    head = model[model.index(f"module {cell}"):model.index(");", model.index(") ("))]
+    have = set(re.findall(r"\b([A-Z][A-Z0-9_]*)\b", head.split(") (", 1)[1]))
+    extra = [f"{d} {n}" for d, n in pins if n not in have]
+    if not extra:
+        return model
+    at = model.index(");", model.index(") ("))
+    return model[:at].rstrip() + ",\n    " + ",\n    ".join(extra) + "\n" + model[at:]
 
 
 def synthesize(verilog: str, family: str, top: str, workdir: Path, options: str = "",

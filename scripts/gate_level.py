@@ -3,8 +3,9 @@
 
 Compiles the bundled digits network (``examples/digits_cs.onnx``) for
 ``--board``, elaborates its core as the board's bitstream does, synthesizes
-it with yosys as its bitstream build does (``synth_ice40 -dsp -dff`` or
-``synth_ecp5``), simulates the netlist in
+it with yosys as its bitstream build does (``synth_ice40 -spram -dsp -dff``;
+``synth_ecp5 -nobram``, since yosys models ECP5's DP16KD block RAM with no
+behaviour), simulates the netlist in
 Verilator with yosys's cell models, and compares every output with the
 golden model's on the test digits. Exits 1 on any difference. ``--json``
 writes the figures.
@@ -27,7 +28,7 @@ from cosparse.hw.util import KEEP_REPLICAS
 from cosparse.boards.top import platform_for
 from cosparse.compiler import api
 from cosparse.sim import golden
-from cosparse.sim.gatelevel import netlist_for
+from cosparse.sim.gatelevel import FAMILIES, netlist_for
 from cosparse.sim.netsim import simulate_network
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -45,7 +46,9 @@ def run(board: str, count: int, build_root: Path, progress=print) -> dict:
     x = acc.quantize(test["x"][:count])
     progress(f"{acc.network.name} for {board} ({family}): {len(x)} test digits")
     # the bitstream build's synthesis options (boards/bitstream.py)
-    options = "" if family == "ecp5" else \
+    # (ECP5: yosys's cells_sim.v declares DP16KD with no behaviour, so block RAMs map to
+    # LUT RAM and registers here, -nobram; the bitstream's DP16KD mapping is not covered)
+    options = "-nobram" if family == "ecp5" else \
         ("-spram " if acc.board.spram_kbit else "") + "-dsp -dff"
     hook = netlist_for(family, build_root, options, KEEP_REPLICAS, progress)
     sim = simulate_network(acc.network, acc.folding, x, build_root=build_root,
@@ -55,7 +58,8 @@ def run(board: str, count: int, build_root: Path, progress=print) -> dict:
     exact = bool(np.array_equal(sim.outputs, want))
     labels = test["y"][:count]
     pred = acc.dequantize(sim.outputs).argmax(axis=-1)
-    return {"board": board, "family": family, "digits": int(len(x)), "exact": exact,
+    return {"board": board, "family": family, "synthesis": f"{FAMILIES[family]} {options}",
+            "digits": int(len(x)), "exact": exact,
             "mismatches": int(np.sum(sim.outputs != want)),
             "accuracy": round(float(np.mean(pred == labels)), 4),
             "latency_cycles": sim.latency_cycles, "interval_cycles": sim.interval_cycles,

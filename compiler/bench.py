@@ -37,6 +37,7 @@ from cosparse.sim.netsim import simulate_network
 
 from . import ir, zoo
 from .build import compile_network, resolve_board, weight_memory_bits
+from .frontend import import_onnx, to_ir_input
 from .errors import CosparseError
 from .fold import FoldingError, block_rams, board_block_rams, choose_folding, multipliers
 from .lower import lower
@@ -239,8 +240,6 @@ class ModelSource:
 
     def __init__(self, model: str | os.PathLike, inputs: str | os.PathLike,
                  labels: str | os.PathLike | None = None):
-        from .frontend import import_onnx  # (the frontend loads onnx's reference evaluator)
-        self._import = import_onnx
         self.path = Path(model)
         self.x = _load_array(inputs, "inputs", float_only=True)
         self.labels = None if labels is None else _load_array(labels, "labels")
@@ -253,11 +252,10 @@ class ModelSource:
 
     def network(self, mode: str) -> ir.Network:
         if mode not in self._nets:
-            self._nets[mode] = self._import(self.path, calibration=self.x[:256], mode=mode)
+            self._nets[mode] = import_onnx(self.path, calibration=self.x[:256], mode=mode)
         return self._nets[mode]
 
     def inputs(self, net: ir.Network, count: int) -> np.ndarray:
-        from .frontend import to_ir_input
         picks = np.resize(np.arange(len(self.x)), count)  # the inputs in turn, repeated
         return to_ir_input(net, self.x[picks])
 

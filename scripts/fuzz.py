@@ -39,6 +39,7 @@ from cosparse.compiler.lower import lower
 from cosparse.compiler.order import to_drain_order
 from cosparse.compiler.perf import predict
 from cosparse.sim import golden
+from cosparse.sim.netsim import frame_beats, frames_from_beats
 from cosparse.sim.verilate import run_streams
 
 MODES = ("sparse-sparse", "sparse-weights", "dense")
@@ -146,8 +147,6 @@ def build_case(seed: int) -> dict:
 
 def run_case(case: dict, build_root: Path) -> dict:
     """Simulate one case in Verilator and compare with the golden model."""
-    from cosparse.sim.netsim import frame_beats, frames_from_beats
-
     net, folding, x = case["net"], case["folding"], case["x"]
     core = lower(net, folding)
     want = golden.run(net, x)

@@ -34,6 +34,7 @@ the weights and biases train, within their complementary masks.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import re
@@ -84,16 +85,14 @@ def _scale_for(peak: float) -> float:
     return _f32(peak / 127) if peak > 0 else 1.0
 
 
-def _fake_quant(x: torch.Tensor, scale: float, lo: int, hi: int, form: str | None) -> torch.Tensor:
-    """``x`` rounded to ``scale``'s grid, clamped to ``lo..hi`` steps, in the ops each
-    exporter writes as QuantizeLinear/DequantizeLinear (``form``: the exporter, or None
-    in training)."""
+def _quant_ops(x: torch.Tensor, scale: float, form: str) -> torch.Tensor:
+    """``x`` on ``scale``'s int8 grid in the ops each exporter writes as
+    QuantizeLinear/DequantizeLinear (``form``: ``"legacy"`` or ``"dynamo"``)."""
     if form == "dynamo":
         qd = torch.ops.quantized_decomposed
         q = qd.quantize_per_tensor(x, scale, 0, -128, 127, torch.int8)
-        y = qd.dequantize_per_tensor(q, scale, 0, -128, 127, torch.int8)
-        return y if lo == -128 else torch.clamp(y, min=lo * scale)
-    return torch.fake_quantize_per_tensor_affine(x, scale, 0, lo, hi)
+        return qd.dequantize_per_tensor(q, scale, 0, -128, 127, torch.int8)
+    return torch.fake_quantize_per_tensor_affine(x, scale, 0, -128, 127)
 
 
 class _Step(nn.Module):
@@ -122,7 +121,7 @@ class _Input(_Step):
         return _Act((ints * self.scale).float(), ints.long(), self.scale)
 
     def export(self, x: torch.Tensor, form: str) -> torch.Tensor:
-        return _fake_quant(x, self.scale, -128, 127, form)
+        return _quant_ops(x, self.scale, form)
 
 
 class _Affine(_Step):
@@ -239,7 +238,8 @@ class _Affine(_Step):
                 -128, 127)
             sur = self._op(a.value, w_fq, self.bias)
             if self.out_scale is not None:
-                sur = _fake_quant(sur, self.out_scale, 0 if self.relu else -128, 127, None)
+                sur = torch.fake_quantize_per_tensor_affine(
+                    sur, self.out_scale, 0, 0 if self.relu else -128, 127)
             out.value = sur + (out.value - sur).detach()
         return out
 
@@ -279,7 +279,7 @@ class _Affine(_Step):
         y = self._op(x, w, self.bias.detach())
         if self.relu:
             y = torch.relu(y)
-        return y if self.out_scale is None else _fake_quant(y, self.out_scale, -128, 127, form)
+        return y if self.out_scale is None else _quant_ops(y, self.out_scale, form)
 
 
 class _Pool(_Step):
@@ -312,11 +312,9 @@ class _KWTA(_Step):
     def run(self, a: _Act) -> _Act:
         x = a.ints.numpy()
         k, rule = self.kwta.k, self.kwta.tie_rule
-        perm = np.arange(x.shape[1]) if a.perm is None and a.chw is None else a.perm
         if a.chw is not None:  # a vector flattened from a map: the compiler's global k-WTA
             x = x.reshape(len(x), *a.chw)
-            if perm is None:
-                perm = np.arange(a.chw[0])
+        perm = np.arange(x.shape[1]) if a.perm is None else a.perm
         boost = self.boost_int
         # ties go to the lower channel number of the compiled network: permute, select,
         # put back
@@ -566,7 +564,6 @@ def _translate(chain: _Chain, node: fx.Node, modules: dict[str, nn.Module]) -> N
 
 
 def _frozen_copy(m: _KWinnersBase) -> _KWinnersBase:
-    import copy
     c = copy.deepcopy(m)
     c.eval()
     return c

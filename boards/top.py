@@ -9,9 +9,10 @@ host-runtime tests, so the runtime talks to the same logic as on a board.
 :class:`BoardTop` puts a :class:`LinkTop` on an ``amaranth-boards``
 platform: the board's oscillator, a PLL when the target clock differs from
 it (iCE40 ``SB_PLL40_PAD``, ECP5 ``EHXPLLL``; the core is held in reset
-until it locks), the USB-serial UART (on OrangeCrab, header pins 0/1: an
-external 3.3 V adapter) and the LEDs: loaded, running, error, link busy,
-and a heartbeat on the next LED when the board has one.
+until it locks, and while the board's first user button is pressed), the
+USB-serial UART (on OrangeCrab, header pins 0/1: an external 3.3 V adapter)
+and the LEDs: loaded, running, error, link busy, and a heartbeat on the next
+LED when the board has one.
 """
 
 import re
@@ -306,7 +307,18 @@ class BoardTop(Elaboratable):
                 i_PHASEDIR=Const(0), i_PHASESTEP=Const(0), i_PHASELOADREG=Const(0),
                 i_PLLWAKESYNC=Const(0), i_ENCLKOP=Const(0), o_LOCK=locked)
         platform.add_clock_constraint(cd_sync.clk, self.clock_hz)
-        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        # The board's first user button is its reset: core and link start again, the
+        # memories keep their words and the host link its seal (docs/host-link.md).
+        reset = Signal()
+        m.d.comb += reset.eq(~locked)
+        try:
+            button = platform.request("button", 0, dir="-")
+        except ResourceError:
+            button = None
+        if button is not None:
+            m.submodules.reset_button = btn = io.Buffer("i", button)
+            m.d.comb += reset.eq(~locked | btn.i)
+        m.submodules.reset_sync = ResetSynchronizer(reset, domain="sync")
 
         m.submodules.link = link = self.link
         uart = platform.request("uart", 0, dir="-")

@@ -547,7 +547,7 @@ class Executor(wiring.Component):
             "trailer": Out(InferTrailer),
             "framing_errors": In(8),
             "overruns": In(8),
-            "loaded": Out(1, init=int(not self.needs_load)),
+            "loaded": Out(1),
             "running": Out(1),
             "error_seen": Out(1),
         })
@@ -568,7 +568,17 @@ class Executor(wiring.Component):
         wiring.connect(m, infer.out_buf, wiring.flipped(self.out_buf))
         m.d.comb += [infer.buf.data.eq(buf.data), self.trailer.eq(infer.trailer)]
 
-        weights_id = Signal(32)
+        # The seal survives a reset (the memories keep their words through it): a reset
+        # during a LOAD leaves the weights unsealed, one after a SEAL leaves them sealed.
+        sealed = Signal(init=int(not self.needs_load), reset_less=True)
+        weights_id = Signal(32, reset_less=True)
+        # Set by a reset (the flop ``booted`` is cleared by it), cleared by a STATUS answer.
+        booted = Signal()
+        reset_seen = Signal(init=1, reset_less=True)
+        m.d.sync += booted.eq(1)
+        with m.If(~booted):
+            m.d.sync += reset_seen.eq(1)
+        m.d.comb += loaded.eq(sealed)
         last_error = Signal(8)
         inferences = Signal(16)
         rejected = Signal(8)
@@ -582,12 +592,13 @@ class Executor(wiring.Component):
         # byte of the word (LOAD) or of the weights id (SEAL, to 4)
         x_j = Signal(range(max(self.word_bits // 8, 4) + 1))
         x_k = Signal(range(max(self.hw_depths, default=1) + 1))
-        r = types.SimpleNamespace(ra=x_ra, rl=x_rl, left=x_left, j=x_j, k=x_k, loaded=loaded,
-                            running=running)
+        r = types.SimpleNamespace(ra=x_ra, rl=x_rl, left=x_left, j=x_j, k=x_k, loaded=sealed,
+                                  running=running)
 
         st = self.status  # the constant fields are its initial value
         m.d.comb += [
-            st.flags.loaded.eq(loaded), st.last_error.eq(last_error),
+            st.flags.loaded.eq(loaded), st.flags.reset.eq(reset_seen),
+            st.last_error.eq(last_error),
             st.weights_id.eq(weights_id), st.inferences.eq(inferences), st.rejected.eq(rejected),
             st.framing_errors.eq(self.framing_errors), st.overruns.eq(self.overruns),
             self.resp.payload.eq(resp),
@@ -647,7 +658,7 @@ class Executor(wiring.Component):
             with m.State("SEAL_READ"):
                 m.d.comb += [buf.addr.eq(x_ra), buf.en.eq(1)]
                 with m.If(x_j == 4):
-                    m.d.sync += loaded.eq(1)
+                    m.d.sync += sealed.eq(1)
                     finish(Code.OK)
                 with m.Else():
                     m.next = "SEAL_BYTE"
@@ -669,6 +680,8 @@ class Executor(wiring.Component):
                 m.d.comb += self.resp.valid.eq(1)
                 with m.If(self.resp.ready):
                     m.d.comb += self.req.ready.eq(1)
+                    with m.If(resp.body == Body.STATUS):
+                        m.d.sync += reset_seen.eq(0)
                     m.next = "IDLE"
         return m
 

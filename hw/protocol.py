@@ -84,6 +84,8 @@ class StatusFlag(enum.IntFlag):
 
     LOADED = 1
     NEEDS_LOAD = 2
+    #: The device was reset (or configured) since its last STATUS answer.
+    RESET = 4
 
 
 #: The STATUS payload's fields in wire order, with their widths in bits (little-endian).
@@ -110,16 +112,19 @@ class Status:
     rejected: int
     framing_errors: int
     overruns: int
+    #: Reset (or configured) since the last STATUS answer: the counters started again.
+    reset: bool = False
 
     @classmethod
     def unpack(cls, payload: bytes) -> "Status":
         v, flags, err, did, wid, n, rej, fe, ov = struct.unpack(STATUS_FORMAT, payload)
         return cls(v, bool(flags & StatusFlag.LOADED), bool(flags & StatusFlag.NEEDS_LOAD), err,
-                   did, wid, n, rej, fe, ov)
+                   did, wid, n, rej, fe, ov, bool(flags & StatusFlag.RESET))
 
     def pack(self) -> bytes:
-        v, loaded, needs, *rest = astuple(self)
-        flags = (StatusFlag.LOADED if loaded else 0) | (StatusFlag.NEEDS_LOAD if needs else 0)
+        v, loaded, needs, *rest, reset = astuple(self)
+        flags = ((StatusFlag.LOADED if loaded else 0) | (StatusFlag.NEEDS_LOAD if needs else 0)
+                 | (StatusFlag.RESET if reset else 0))
         return struct.pack(STATUS_FORMAT, v, flags, *rest)
 
 

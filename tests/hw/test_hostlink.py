@@ -13,6 +13,7 @@ import struct
 
 import numpy as np
 import pytest
+from amaranth.hdl import ResetInserter, Signal
 
 from cosparse.boards.top import LinkTop
 from cosparse.compiler import zoo
@@ -148,3 +149,116 @@ def test_spram_weights_banked_off_the_ice40_load_and_infer(design, monkeypatch):
     res = parse_responses(run_link(top, reqs))
     assert [c for c, _ in res] == [0] * len(reqs)
     np.testing.assert_array_equal(np.frombuffer(res[-1][1][:16], "<i4"), want[0])
+
+
+def run_link_with_reset(top: LinkTop, requests: list[tuple[bytes, int]], reset_at: int,
+                        when) -> bytes:
+    """As :func:`run_link`, with the reset button pressed (two cycles) during request
+    ``reset_at``: ``when(ctx)`` cycles after its last byte, once it holds."""
+    out = bytearray()
+    rst = Signal()
+    dut = ResetInserter({"sync": rst})(top)
+    pressed = []
+
+    async def host(ctx):
+        for k, (data, wait) in enumerate(requests):
+            for b in data:
+                for v in uart_bits(b):
+                    ctx.set(top.rx, v)
+                    await ctx.tick().repeat(DIV)
+            if k == reset_at:
+                for _ in range(20 * DIV * wait):
+                    if when(ctx):
+                        break
+                    await ctx.tick()
+                else:
+                    raise AssertionError("the moment to reset never came")
+                ctx.set(rst, 1)
+                await ctx.tick().repeat(2)
+                ctx.set(rst, 0)
+                pressed.append(len(out))
+            await ctx.tick().repeat(DIV * wait)
+
+    async def line(ctx):
+        while True:
+            await ctx.tick()
+            if ctx.get(top.tx) == 0:
+                await ctx.tick().repeat(DIV + DIV // 2)
+                v = 0
+                for i in range(8):
+                    v |= ctx.get(top.tx) << i
+                    await ctx.tick().repeat(DIV)
+                out.append(v)
+
+    run_sim(dut, [host], background=[line])
+    assert pressed, "the reset was not pressed"
+    return bytes(out)
+
+
+def test_reset_during_a_weight_load_leaves_the_weights_unsealed(design):
+    """A reset in the middle of a LOAD's writes: the words already written stay, so the
+    device must not run on them. STATUS says 'reset' and 'not loaded', INFER is refused
+    until the host loads and seals again; then the answer is the golden model's."""
+    net, _ = design
+    top = LinkTop(net, Folding(input_width=1), divisor=DIV, timeout=TIMEOUT)  # all in BRAM
+    ports = top.core.load_ports
+    p = max(ports, key=lambda q: q.depth)
+    assert all(q.has_init for q in ports) and p.depth >= 4
+    x = np.random.default_rng(11).integers(-128, 128, 12).astype(np.int8)
+    want = golden.run(net, x[None])[0]
+    status, infer = request_frame(Command.STATUS), request_frame(Command.INFER, x.tobytes())
+    zeros = request_frame(Command.LOAD, load_payload(ports.index(p), 0, [0] * p.depth,
+                                                     p.word_bytes))
+    reqs = [(status, 300), (status, 300),
+            (zeros, 1200),                                      # 2: reset amid its writes
+            (status, 300), (infer, 300),
+            *[(request_frame(Command.LOAD, load_payload(i, 0, q.image, q.word_bytes)), 1200)
+              for i, q in enumerate(ports)],
+            (request_frame(Command.SEAL, struct.pack("<I", 0x5EA1)), 300),
+            (infer, 2500), (status, 300)]
+    writes = []
+
+    def second_write(ctx) -> bool:  # a word of the LOAD has been written, more to come
+        if ctx.get(top.link.load.en):
+            writes.append(1)
+        return len(writes) >= 2
+
+    res = parse_responses(run_link_with_reset(top, reqs, 2, second_write))
+    assert len(res) == len(reqs) - 1  # the interrupted LOAD got no answer
+    codes = [c for c, _ in res]
+    n = len(ports)
+    assert codes == [0, 0, 0, 7] + [0] * n + [0, 0, 0]
+    first, second, after = (Status.unpack(res[k][1]) for k in (0, 1, 2))
+    assert first.reset and first.loaded  # configured: the bitstream's weights
+    assert not second.reset  # a STATUS answer clears the flag
+    assert after.reset and not after.loaded and after.inferences == 0
+    np.testing.assert_array_equal(np.frombuffer(res[-2][1][:16], "<i4"), want)
+    last = Status.unpack(res[-1][1])
+    assert last.loaded and not last.reset and last.weights_id == 0x5EA1
+
+
+def test_reset_during_an_inference_keeps_the_sealed_weights(design):
+    """A reset while the core computes: no answer; the weights (SPRAM-style, loaded by the
+    host) stay sealed with their id, and the host's retry is answered correctly."""
+    net, _ = design
+    top = LinkTop(net, Folding(input_width=1), divisor=DIV, timeout=TIMEOUT, spram_bits=64)
+    ports = top.core.load_ports
+    assert any(not q.has_init for q in ports)
+    x = np.random.default_rng(12).integers(-128, 128, 12).astype(np.int8)
+    want = golden.run(net, x[None])[0]
+    status, infer = request_frame(Command.STATUS), request_frame(Command.INFER, x.tobytes())
+    reqs = [*[(request_frame(Command.LOAD, load_payload(i, 0, q.image, q.word_bytes)), 1200)
+              for i, q in enumerate(ports)],
+            (request_frame(Command.SEAL, struct.pack("<I", 0xBEEF)), 300),
+            (status, 300), (status, 300),  # the first says 'reset' (configured)
+            (infer, 2500),                                      # reset while it runs
+            (status, 300), (infer, 2500)]
+    k_infer = len(ports) + 3
+    res = parse_responses(run_link_with_reset(top, reqs, k_infer,
+                                              lambda ctx: ctx.get(top.link.leds[1])))
+    assert [c for c, _ in res] == [0] * (len(reqs) - 1)
+    before, after = Status.unpack(res[k_infer - 1][1]), Status.unpack(res[k_infer][1])
+    assert before.loaded and not before.reset and before.weights_id == 0xBEEF
+    assert after.reset and after.loaded and after.weights_id == 0xBEEF
+    assert after.inferences == 0 and after.last_error == 0
+    np.testing.assert_array_equal(np.frombuffer(res[-1][1][:16], "<i4"), want)

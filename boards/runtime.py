@@ -26,7 +26,7 @@ import numpy as np
 
 from cosparse.compiler.errors import CosparseError
 from cosparse.compiler.images import read_bundle
-from cosparse.hw.protocol import (CRC_FORMAT, ERRORS, HEADER_FORMAT, INFER_TRAILER_FORMAT,
+from cosparse.hw.protocol import (CRC_FORMAT, ERRORS, Code, HEADER_FORMAT, INFER_TRAILER_FORMAT,
                                   MAX_LOAD_BYTES, SEAL_FORMAT, STATUS_BYTES, SYNC_RESPONSE,
                                   Command, Status, crc16, load_payload, request_frame)
 
@@ -133,15 +133,36 @@ class Device:
     layout : LinkLayout
     timeout : float
         Seconds to wait for a whole response.
+    retries : int
+        Times a request is sent again after no answer, a corrupted one, or the device's
+        report of a damaged frame (CRC, length, truncated): every request is idempotent,
+        so a retry after line noise or a reset of the board is safe.
+    quiet : float
+        Seconds of silence on the line before a retry: longer than the device's
+        truncation timeout (50 ms on a board), so a frame it was receiving has ended.
+    progress : callable, optional
+        Told of each retry.
+
+    Attributes
+    ----------
+    retried : int
+        Requests sent again so far.
     """
 
-    def __init__(self, port, layout: LinkLayout, *, timeout: float = 5.0):
+    #: Device answers that mean the request was damaged on the way, not refused.
+    DAMAGED = (Code.CRC, Code.LENGTH, Code.TRUNCATED)
+
+    def __init__(self, port, layout: LinkLayout, *, timeout: float = 5.0, retries: int = 2,
+                 quiet: float = 0.25, progress: Callable[[str], None] | None = None):
         self.port, self.layout, self.timeout = port, layout, timeout
+        self.retries, self.quiet, self.progress = retries, quiet, progress
+        self.retried = 0
 
     @classmethod
     def open(cls, outdir: str | Path, url: str, *, baud: int | None = None,
-             timeout: float = 5.0) -> "Device":
-        """Open ``url`` with pyserial at the design's baud rate."""
+             timeout: float = 5.0, **options) -> "Device":
+        """Open ``url`` with pyserial at the design's baud rate (``options``: ``retries``,
+        ``quiet``, ``progress``)."""
         import serial  # only a host that opens a port needs pyserial
 
         layout = LinkLayout.read(outdir)
@@ -149,7 +170,7 @@ class Device:
             port = serial.serial_for_url(url, baudrate=baud or layout.baud, timeout=0.05)
         except (serial.SerialException, ValueError, OSError) as e:
             raise HostLinkError(f"cannot open serial port {url!r}: {e}") from None
-        return cls(port, layout, timeout=timeout)
+        return cls(port, layout, timeout=timeout, **options)
 
     def close(self) -> None:
         self.port.close()
@@ -165,8 +186,37 @@ class Device:
             buf += self.port.read(n - len(buf))
         return buf
 
+    def resync(self) -> None:
+        """Wait until the line has been silent for ``quiet`` seconds (at most ``timeout``),
+        dropping what arrives: a stale or half-sent response, the answer to a frame the
+        device saw start amid noise."""
+        deadline = time.monotonic() + self.timeout
+        last = time.monotonic()
+        while time.monotonic() - last < self.quiet and time.monotonic() < deadline:
+            if self.port.read(4096):
+                last = time.monotonic()
+
     def request(self, cmd: str, payload: bytes = b"") -> bytes:
-        """Send one request, return the response payload; :class:`DeviceError` on a refusal."""
+        """Send one request, return the response payload; :class:`DeviceError` on a refusal.
+
+        A request that gets no answer, a corrupted one or a 'damaged frame' code is sent
+        again, after :meth:`resync`, up to ``retries`` times."""
+        for attempt in range(self.retries + 1):
+            try:
+                return self._exchange(cmd, payload)
+            except (HostLinkError, DeviceError) as e:
+                if (isinstance(e, DeviceError) and e.code not in self.DAMAGED) \
+                        or attempt == self.retries:
+                    raise
+                self.retried += 1
+                if self.progress:
+                    reason = str(e).split(";")[0]
+                    self.progress(f"{reason}; sending {cmd} again "
+                                  f"(retry {attempt + 1} of {self.retries})")
+                self.resync()
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _exchange(self, cmd: str, payload: bytes) -> bytes:
         self.port.write(request_frame(Command[cmd], payload))
         deadline = time.monotonic() + self.timeout
         while True:  # skip anything before the response's sync byte

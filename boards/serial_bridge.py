@@ -12,6 +12,10 @@ board (``cosparse run OUTDIR --port socket://...``).
 The simulated UART runs at :data:`SIM_DIVISOR` cycles per bit, whatever the
 board's baud rate. Clients are served one after another; the board keeps
 running, with its state, between them.
+
+For the host's recovery, the board's reset button can be pressed at chosen
+moments (``resets``): after the host's n-th byte (amid a request, or right
+after it), or a few cycles into the n-th inference.
 """
 
 from __future__ import annotations
@@ -31,12 +35,26 @@ from cosparse.sim.verilate import built_model, default_build_root
 from .runtime import LinkLayout
 from .top import LinkTop
 
-__all__ = ["serve", "SIM_DIVISOR", "SIM_TIMEOUT"]
+__all__ = ["serve", "parse_reset", "SIM_DIVISOR", "SIM_TIMEOUT"]
 
 #: Clock cycles per UART bit in simulation.
 SIM_DIVISOR = 4
 #: Cycles of line silence that truncate a frame in simulation.
 SIM_TIMEOUT = 20_000
+
+
+#: Cycles the reset button is held, and cycles into an inference it is pressed.
+RESET_CYCLES = 4
+RESET_INTO_INFERENCE = 8
+
+
+def parse_reset(spec: str) -> tuple[str, int]:
+    """A reset moment, ``byte:N`` or ``infer:N`` (N from 1), as ``(kind, N)``."""
+    kind, _, n = spec.partition(":")
+    if kind not in ("byte", "infer") or not n.isdigit() or int(n) < 1:
+        raise ValueError(f"a reset moment is byte:N (after the host's N-th byte) or infer:N "
+                         f"(amid the N-th inference), N from 1; got {spec!r}")
+    return kind, int(n)
 
 
 def link_top_for(outdir: str | Path):
@@ -51,18 +69,21 @@ def link_top_for(outdir: str | Path):
 
 def serve(outdir: str | Path, *, port: int = 0, port_file: str | Path | None = None,
           build_root: Path | None = None, max_seconds: float = 3600.0,
-          clients: int | None = 1, progress=print, ready=None) -> dict:
+          clients: int | None = 1, resets: tuple[str, ...] = (), progress=print,
+          ready=None) -> dict:
     """Serve the simulated board of ``outdir`` on ``127.0.0.1:port``.
 
     One client at a time, ``clients`` of them (None: until ``max_seconds``);
     between clients the board keeps running with its state (loaded weights
     stay loaded), as a board on a serial port does. ``port`` 0 picks a free
     port; it is written to ``port_file`` (when given) once the simulation
-    listens. Returns the session's figures: bytes each way, clients served,
+    listens. ``resets``: moments to press the reset button (:func:`parse_reset`).
+    Returns the session's figures: bytes each way, clients served, resets,
     simulated cycles, wall seconds. ``ready(port)`` is called once it listens.
     """
     if clients is not None and clients < 1:
         raise ValueError(f"clients must be at least 1 (or None), got {clients!r}")
+    moments = [parse_reset(r) for r in resets]
     from cocotb_tools.check_results import get_results  # cocotb's runner side, as sim.verilate
 
     top = link_top_for(outdir)
@@ -76,7 +97,8 @@ def serve(outdir: str | Path, *, port: int = 0, port_file: str | Path | None = N
         env = {"COSPARSE_SERIAL_PORT": str(port), "COSPARSE_SERIAL_PORT_FILE": str(pf.resolve()),
                "COSPARSE_SERIAL_RESULT": str(result), "COSPARSE_SERIAL_DIVISOR": str(SIM_DIVISOR),
                "COSPARSE_SERIAL_MAX_SECONDS": str(max_seconds),
-               "COSPARSE_SERIAL_CLIENTS": str(clients or 0)}
+               "COSPARSE_SERIAL_CLIENTS": str(clients or 0),
+               "COSPARSE_SERIAL_RESETS": ",".join(f"{k}:{n}" for k, n in moments)}
         stop = threading.Event()
 
         def announce():  # the simulator runs in another process: watch for its port file
@@ -110,7 +132,7 @@ except ImportError:  # pragma: no cover - cocotb is a dependency
 
 if cocotb is not None:
     from cocotb.clock import Clock
-    from cocotb.triggers import ClockCycles, FallingEdge
+    from cocotb.triggers import ClockCycles, Edge, FallingEdge
 
     @cocotb.test()
     async def bridge(dut):
@@ -137,7 +159,33 @@ if cocotb is not None:
         t0 = time.monotonic()
 
         received = bytearray()  # from the top's tx
-        stats = {"bytes_to_device": 0, "bytes_from_device": 0, "clients": 0}
+        stats = {"bytes_to_device": 0, "bytes_from_device": 0, "clients": 0, "resets": 0}
+        moments = [parse_reset(r) for r in os.environ.get("COSPARSE_SERIAL_RESETS", "")
+                   .split(",") if r]
+        after_byte = {n for k, n in moments if k == "byte"}
+        into_inference = {n for k, n in moments if k == "infer"}
+
+        async def press_reset():
+            dut.rst.value = 1
+            await ClockCycles(dut.clk, RESET_CYCLES)
+            dut.rst.value = 0
+            stats["resets"] += 1
+
+        async def inference_watch():  # the 'running' LED rises as an inference starts
+            started, was = 0, 0
+            while True:
+                await Edge(dut.leds)
+                now = (int(dut.leds.value) >> 1) & 1
+                if now and not was:
+                    started += 1
+                    if started in into_inference:
+                        await ClockCycles(dut.clk, RESET_INTO_INFERENCE)
+                        await press_reset()
+                        now = 0
+                was = now
+
+        if into_inference:
+            cocotb.start_soon(inference_watch())
 
         async def tx_monitor():
             while True:
@@ -189,6 +237,9 @@ if cocotb is not None:
                         dut.rx.value = bit
                         await ClockCycles(dut.clk, d)
                     cycles += 10 * d
+                    if stats["bytes_to_device"] in after_byte:
+                        await press_reset()
+                        cycles += RESET_CYCLES
                 else:
                     await ClockCycles(dut.clk, 16 * d)
                     cycles += 16 * d

@@ -32,9 +32,10 @@ import onnx
 from cosparse.boards.bitstream import build_bitstream, tool_env
 from cosparse.boards.catalog import BOARDS, Board, get_board
 from cosparse.boards.patch import patch_model
-from cosparse.boards.runtime import Device
-from cosparse.boards.serial_bridge import serve as serve_board
+from cosparse.boards.runtime import Device, DeviceError
+from cosparse.boards.serial_bridge import parse_reset, serve as serve_board
 from cosparse.sim import golden as golden_model
+from cosparse.hw.protocol import Code
 from cosparse.sim.netsim import simulate_network
 
 from . import ir
@@ -98,6 +99,10 @@ class BoardRun:
     latency_cycles: list[int]
     seconds: float
     loaded_bytes: int
+    #: Requests sent again (no answer, a corrupted one, a damaged frame) and weight
+    #: bundles loaded again after the device lost them.
+    retries: int = 0
+    reloads: int = 0
 
 
 class Accelerator:
@@ -231,36 +236,65 @@ class Accelerator:
         self.network = ir.load(self.folder)
 
     def run(self, x: np.ndarray, port: str, *, baud: int | None = None, timeout: float = 5.0,
-            load: str = "auto", progress: Progress = _quiet) -> BoardRun:
+            load: str = "auto", retries: int = 2, progress: Progress = _quiet) -> BoardRun:
         """Inferences on a board programmed with this build, over its serial ``port``.
 
-        ``load``: ``auto`` loads the weight bundle when the device has none,
-        ``always`` loads it anyway, ``never`` refuses a device without weights.
+        ``load``: ``auto`` loads the weight bundle when the device has none (and again
+        if it loses them, as a reset amid a load does), ``always`` loads it first anyway,
+        ``never`` refuses a device without weights. A request with no answer (a reset
+        amid an inference, line noise) is sent again up to ``retries`` times.
         """
         if load not in ("auto", "always", "never"):
             raise CosparseError(f"load must be auto, always or never, not {load!r}")
         xq = self.quantize(x)
-        dev = Device.open(self.folder, port, baud=baud, timeout=timeout)
-        sent = 0
+        dev = Device.open(self.folder, port, baud=baud, timeout=timeout, retries=retries,
+                          progress=progress)
+        bundle = self.folder / "images" / "bundle.bin"
+        sent, reloads = 0, 0
+
+        def load_weights() -> None:
+            nonlocal sent
+            t0 = time.perf_counter()
+            n = dev.load_bundle(bundle.read_bytes(), progress=progress)
+            dt = time.perf_counter() - t0
+            sent += n
+            progress(f"loaded {n:,} bytes of weights in {dt:.1f} s ({n / max(dt, 1e-9):,.0f} B/s)")
+
+        def infer(xi: np.ndarray) -> tuple[np.ndarray, int]:
+            nonlocal reloads
+            while True:
+                before = dev.retried
+                try:
+                    y, latency, _ = dev.infer(xi)
+                except DeviceError as e:
+                    if e.code != Code.NOT_LOADED or load == "never" or reloads >= retries:
+                        raise
+                    progress("the device has lost its weights (a reset amid a load?): "
+                             "loading them again")
+                    reloads += 1
+                    load_weights()
+                    continue
+                if dev.retried > before:  # say what the device went through
+                    st = dev.status()
+                    if st.reset:
+                        progress(f"the device was reset: weights "
+                                 f"{'still sealed' if st.loaded else 'not loaded'}")
+                return y, latency
+
         try:
             st = dev.check_design()
             progress(f"device runs design {st.design_id:08x}: weights "
                      f"{'loaded' if st.loaded else 'not loaded'}, {st.inferences} inferences "
                      "so far")
             if load == "always" or (load == "auto" and not st.loaded):
-                t0 = time.perf_counter()
-                sent = dev.load_bundle((self.folder / "images" / "bundle.bin").read_bytes(),
-                                       progress=progress)
-                dt = time.perf_counter() - t0
-                progress(f"loaded {sent:,} bytes of weights in {dt:.1f} s "
-                         f"({sent / max(dt, 1e-9):,.0f} B/s)")
+                load_weights()
             elif not st.loaded:
                 raise CosparseError("the device's weights are not loaded and load='never'")
             ys, lat = [], []
             t0 = time.perf_counter()
             step = max(1, len(xq) // 10)
             for i, xi in enumerate(xq):
-                y, latency, _ = dev.infer(xi)
+                y, latency = infer(xi)
                 ys.append(y)
                 lat.append(latency)
                 if (i + 1) % step == 0 or i + 1 == len(xq):
@@ -269,16 +303,19 @@ class Accelerator:
         finally:
             dev.close()
         raw = np.stack(ys)
-        return BoardRun(self.dequantize(raw), raw, lat, dt, sent)
+        return BoardRun(self.dequantize(raw), raw, lat, dt, sent, dev.retried, reloads)
 
     def serve(self, *, port: int = 0, port_file: str | os.PathLike | None = None,
               clients: int | None = 1, max_seconds: float = 3600.0,
-              progress: Progress = _quiet, ready: Callable[[int], None] | None = None) -> dict:
+              resets: tuple[str, ...] = (), progress: Progress = _quiet,
+              ready: Callable[[int], None] | None = None) -> dict:
         """The board top in Verilator behind a TCP serial port (``socket://127.0.0.1:port``),
         for ``clients`` clients one after another (None: until ``max_seconds``), the board
-        keeping its state between them; returns the session's figures."""
+        keeping its state between them; returns the session's figures. ``resets``: moments
+        to press its reset button, ``byte:N`` (after the host's N-th byte) or ``infer:N``
+        (amid the N-th inference)."""
         return serve(self.folder, port=port, port_file=port_file, clients=clients,
-                     max_seconds=max_seconds, progress=progress, ready=ready)
+                     max_seconds=max_seconds, resets=resets, progress=progress, ready=ready)
 
 
 def _model_path(model: str | os.PathLike | onnx.ModelProto, work: Path) -> Path:
@@ -405,14 +442,19 @@ def patch(folder: str | os.PathLike, model: str | os.PathLike, *,
 
 def serve(folder: str | os.PathLike, *, port: int = 0,
           port_file: str | os.PathLike | None = None, clients: int | None = 1,
-          max_seconds: float = 3600.0, progress: Progress = _quiet,
-          ready: Callable[[int], None] | None = None) -> dict:
+          max_seconds: float = 3600.0, resets: tuple[str, ...] = (),
+          progress: Progress = _quiet, ready: Callable[[int], None] | None = None) -> dict:
     """The board top of the compiled ``folder`` in Verilator on a TCP serial port
     (see :meth:`Accelerator.serve`)."""
     verify(folder)
+    try:
+        for r in resets:
+            parse_reset(r)
+    except ValueError as e:
+        raise CosparseError(str(e)) from None
     return serve_board(folder, port=port, port_file=port_file, clients=clients,
-                       max_seconds=max_seconds, build_root=Path(folder) / "sim_build",
-                       progress=progress, ready=ready)
+                       max_seconds=max_seconds, resets=tuple(resets),
+                       build_root=Path(folder) / "sim_build", progress=progress, ready=ready)
 
 
 def boards() -> dict[str, Board]:

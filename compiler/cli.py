@@ -124,15 +124,18 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.retries < 0:
+        raise CosparseError(f"--retries must be 0 or more, got {args.retries}")
     acc = api.load(args.outdir)
     xq = acc.quantize(_load_npy(args.input, "input"), repr(args.input))
     say = _say("run")
     res = acc.run(xq, args.port, baud=args.baud, timeout=args.timeout, load=args.load,
-                  progress=say)
+                  retries=args.retries, progress=say)
     _save_npy(args.output, res.outputs)
     n, lat = len(res.raw), res.latency_cycles
     stats = {"network": acc.network.name, "inferences": n, "latency_cycles": lat,
              "wall_seconds": round(res.seconds, 3), "loaded_bytes": res.loaded_bytes,
+             "retries": res.retries, "reloads": res.reloads,
              "inferences_per_s_over_link": n / max(res.seconds, 1e-9)}
     Path(args.output).with_suffix(".json").write_text(json.dumps(stats, indent=1) + "\n")
     say(f"{n} inferences in {res.seconds:.2f} s over the link; latency {min(lat):,}-{max(lat):,} "
@@ -152,10 +155,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.max_seconds <= 0:
         raise CosparseError(f"--max-seconds must be positive, got {args.max_seconds:g}")
     res = api.serve(args.outdir, port=args.tcp_port, port_file=args.port_file,
-                    clients=args.clients, max_seconds=args.max_seconds, progress=_say("serve"),
+                    clients=args.clients, max_seconds=args.max_seconds,
+                    resets=tuple(args.reset_at or ()), progress=_say("serve"),
                     ready=lambda port: print(f"serve: listening on socket://127.0.0.1:{port}",
                                              flush=True))
-    print(f"serve: session over: {res['clients']} client(s), {res['bytes_to_device']:,} bytes in, "
+    print(f"serve: session over: {res['clients']} client(s), {res['resets']} reset(s), "
+          f"{res['bytes_to_device']:,} bytes in, "
           f"{res['bytes_from_device']:,} out, {res['cycles']:,} cycles in {res['seconds']:.1f} s",
           flush=True)
     return 0
@@ -309,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--baud", type=int, help="override the design's baud rate")
     r.add_argument("--timeout", type=float, default=5.0,
                    help="seconds to wait for each answer (default 5)")
+    r.add_argument("--retries", type=int, default=2,
+                   help="times a request is sent again after no answer or a damaged frame "
+                        "(a reset of the board, line noise); default 2")
     r.set_defaults(func=_cmd_run)
 
     pa = sub.add_parser("patch", help="put new weights of the same topology into the built "
@@ -328,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "until --max-seconds or Ctrl-C); the board keeps its state between")
     sv.add_argument("--max-seconds", type=float, default=3600.0,
                     help="stop serving after this long (default 3600)")
+    sv.add_argument("--reset-at", action="append", metavar="byte:N|infer:N",
+                    help="press the board's reset button after the host's N-th byte, or "
+                         "amid the N-th inference (repeatable): to try the host's recovery")
     sv.set_defaults(func=_cmd_serve)
 
     b = sub.add_parser("boards", help="list the target boards and their resources")

@@ -70,3 +70,37 @@ def test_run_over_simulated_serial_equals_golden(tmp_path, quantized):
     s = result["serve"]
     assert s["clients"] == 2
     assert s["bytes_to_device"] > 0 and s["bytes_from_device"] > 0 and s["cycles"] > 0
+
+
+def test_run_recovers_from_resets_amid_a_load_and_an_inference(tmp_path):
+    """The board's reset button pressed amid the first LOAD frame and amid the second
+    inference: `cosparse run` gets no answer (or a damaged-frame code), waits for a
+    silent line, sends the request again, and every output is the golden model's."""
+    model, cal, x = write_tiny(tmp_path)
+    out = tmp_path / "out"
+    compile_model(model, board="icebreaker", outdir=out, calibration=np.load(cal),
+                  spram_bits=64, progress=lambda s: None)
+    port_file = tmp_path / "port"
+    result = {}
+
+    def session():
+        result["serve"] = serve(out, port_file=port_file, build_root=tmp_path / "sim",
+                                clients=1, resets=("byte:20", "infer:2"),
+                                progress=lambda s: None)
+
+    th = threading.Thread(target=session, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 600
+    while not port_file.exists():
+        assert th.is_alive() and time.monotonic() < deadline, "the simulated board did not start"
+        time.sleep(0.5)
+    port = int(port_file.read_text())
+    y, g = tmp_path / "y.npy", tmp_path / "g.npy"
+    assert main(["run", str(out), "--port", f"socket://127.0.0.1:{port}", "--input", str(x),
+                 "-o", str(y), "--timeout", "4"]) == 0
+    th.join(timeout=300)
+    assert main(["golden", str(out), "--input", str(x), "-o", str(g)]) == 0
+    np.testing.assert_array_equal(np.load(y), np.load(g))
+    stats = json.loads(y.with_suffix(".json").read_text())
+    assert stats["inferences"] == 5 and stats["retries"] >= 2
+    assert result["serve"]["resets"] == 2

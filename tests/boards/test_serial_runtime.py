@@ -21,6 +21,25 @@ from cosparse.boards.serial_bridge import serve
 from ..helpers import quantize_qdq, write_tiny
 
 
+def serve_in_background(out, tmp_path, **options) -> tuple[int, threading.Thread, dict]:
+    """``serve(out, **options)`` in a thread; returns its TCP port once it listens, the
+    thread and the dict that gets its result (``"serve"``)."""
+    port_file = tmp_path / "port"
+    result = {}
+
+    def session():
+        result["serve"] = serve(out, port_file=port_file, build_root=tmp_path / "sim",
+                                progress=lambda s: None, **options)
+
+    th = threading.Thread(target=session, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 600
+    while not port_file.exists():
+        assert th.is_alive() and time.monotonic() < deadline, "the simulated board did not start"
+        time.sleep(0.5)
+    return int(port_file.read_text()), th, result
+
+
 @pytest.mark.parametrize("quantized", [False, True])
 def test_run_over_simulated_serial_equals_golden(tmp_path, quantized):
     """A float model calibrated here, and one ONNX Runtime quantized with its defaults
@@ -39,20 +58,8 @@ def test_run_over_simulated_serial_equals_golden(tmp_path, quantized):
     link = json.loads((out / "link.json").read_text())
     assert any(not t["has_init"] for t in link["targets"])
 
-    port_file = tmp_path / "port"
-    result = {}
-
-    def session():  # two clients, one after the other: the board keeps its weights
-        result["serve"] = serve(out, port_file=port_file, build_root=tmp_path / "sim",
-                                clients=2, progress=lambda s: None)
-
-    th = threading.Thread(target=session, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 600
-    while not port_file.exists():
-        assert th.is_alive() and time.monotonic() < deadline, "the simulated board did not start"
-        time.sleep(0.5)
-    port = int(port_file.read_text())
+    # two clients, one after the other: the board keeps its weights
+    port, th, result = serve_in_background(out, tmp_path, clients=2)
     y, g = tmp_path / "y.npy", tmp_path / "g.npy"
     assert main(["run", str(out), "--port", f"socket://127.0.0.1:{port}", "--input", str(x),
                  "-o", str(y), "--timeout", "120"]) == 0
@@ -80,21 +87,8 @@ def test_run_recovers_from_resets_amid_a_load_and_an_inference(tmp_path):
     out = tmp_path / "out"
     compile_model(model, board="icebreaker", outdir=out, calibration=np.load(cal),
                   spram_bits=64, progress=lambda s: None)
-    port_file = tmp_path / "port"
-    result = {}
-
-    def session():
-        result["serve"] = serve(out, port_file=port_file, build_root=tmp_path / "sim",
-                                clients=1, resets=("byte:20", "infer:2"),
-                                progress=lambda s: None)
-
-    th = threading.Thread(target=session, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 600
-    while not port_file.exists():
-        assert th.is_alive() and time.monotonic() < deadline, "the simulated board did not start"
-        time.sleep(0.5)
-    port = int(port_file.read_text())
+    port, th, result = serve_in_background(out, tmp_path, clients=1,
+                                           resets=("byte:20", "infer:2"))
     y, g = tmp_path / "y.npy", tmp_path / "g.npy"
     assert main(["run", str(out), "--port", f"socket://127.0.0.1:{port}", "--input", str(x),
                  "-o", str(y), "--timeout", "4"]) == 0

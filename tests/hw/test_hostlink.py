@@ -40,6 +40,13 @@ def run_link(top: LinkTop, requests: list[tuple[bytes, int]]) -> bytes:
                     await ctx.tick().repeat(DIV)
             await ctx.tick().repeat(DIV * wait)
 
+    run_sim(top, [host], background=[tx_line(top, out)])
+    return bytes(out)
+
+
+def tx_line(top: LinkTop, out: bytearray):
+    """A testbench decoding the bytes ``top`` sends on ``tx`` into ``out``."""
+
     async def line(ctx):
         while True:
             await ctx.tick()
@@ -51,8 +58,7 @@ def run_link(top: LinkTop, requests: list[tuple[bytes, int]]) -> bytes:
                     await ctx.tick().repeat(DIV)
                 out.append(v)
 
-    run_sim(top, [host], background=[line])
-    return bytes(out)
+    return line
 
 
 @pytest.fixture(scope="module")
@@ -179,18 +185,7 @@ def run_link_with_reset(top: LinkTop, requests: list[tuple[bytes, int]], reset_a
                 pressed.append(len(out))
             await ctx.tick().repeat(DIV * wait)
 
-    async def line(ctx):
-        while True:
-            await ctx.tick()
-            if ctx.get(top.tx) == 0:
-                await ctx.tick().repeat(DIV + DIV // 2)
-                v = 0
-                for i in range(8):
-                    v |= ctx.get(top.tx) << i
-                    await ctx.tick().repeat(DIV)
-                out.append(v)
-
-    run_sim(dut, [host], background=[line])
+    run_sim(dut, [host], background=[tx_line(top, out)])
     assert pressed, "the reset was not pressed"
     return bytes(out)
 

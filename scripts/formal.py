@@ -54,6 +54,7 @@ from cosparse.hw.adapters import Densify, InputOffset, Narrow, StreamFIFO, Widen
 from cosparse.hw.hostlink import HostLink
 from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
 from cosparse.hw.loader import LoadPort
+from cosparse.hw.overlay import OverlayEngine
 from cosparse.hw.pool import MaxPool, SparseMaxPool
 from cosparse.hw.protocol import (CRC16_POLYNOMIAL, LOAD_HEADER_BYTES, SYNC_REQUEST,
                                   Command)
@@ -153,10 +154,11 @@ def host_link_harness(in_group_size: int = 2) -> StreamHarness:
                          framing={"core_o": (1, 1), "core_i": (in_group_size, 1)})
 
 
-def exact_sums(depth: int = 8):
-    """``extra`` for an overlay engine: every output sum equals the exact sum of its
-    group's products (a shadow of the layer's weights, ``depth`` groups queued), so no
-    accumulator wraps, for any input values of the engine's width."""
+def exact_sums(groups: int = 2):
+    """``extra`` for an overlay engine: each sum of the first ``groups`` output groups
+    equals the exact sum of its input group's products (a shadow of the layer's
+    weights), so no accumulator wraps, for any input values of the engine's width.
+    Two groups cover both accumulator banks; later groups take the same paths."""
 
     def extra(m: Module, dut, h: StreamHarness) -> None:
         M, L, P = dut.num_kernels, dut.lanes, dut.lanes_per_beat
@@ -169,41 +171,35 @@ def exact_sums(depth: int = 8):
                         dense[n, i] += int(dut.weights[w, lane])
         wide = signed(dut.acc_bits + 8)
         i, o = dut.i, dut.o
-        sums = [Signal(wide, name=f"sum{n}") for n in range(M)]
-        queue = [[Signal(wide, name=f"q{d}_{n}") for n in range(M)] for d in range(depth)]
-        head, tail = Signal(range(depth)), Signal(range(depth))
-        count = Signal(range(depth + 1))
-        new = []
-        for n in range(M):
-            total = sums[n]
-            for j, e in enumerate(i.payload.entries):
-                product = sum((Mux(e.index == k, e.value * int(dense[n, k]), 0)
-                               for k in range(dut.fan_in) if dense[n, k]), Const(0, wide))
-                total = total + Mux(i.payload.count > j, product, 0)
-            new.append(total)
-        push = i.valid & i.ready & i.payload.last
-        pop = o.valid & o.ready & o.payload.last
-        with m.If(i.valid & i.ready):
-            m.d.sync += [sums[n].eq(Mux(i.payload.last, 0, new[n])) for n in range(M)]
-        with m.If(push):
-            for d in range(depth):
-                with m.If(tail == d):
-                    m.d.sync += [queue[d][n].eq(new[n]) for n in range(M)]
-            m.d.sync += tail.eq(Mux(tail == depth - 1, 0, tail + 1))
-        with m.If(pop):
-            m.d.sync += head.eq(Mux(head == depth - 1, 0, head + 1))
-        m.d.sync += count.eq(count + push - pop)
+        sums = [[Signal(wide, name=f"sum{g}_{n}") for n in range(M)] for g in range(groups)]
+        g_in = Signal(range(groups + 1))  # input groups taken (saturating)
+        g_out = Signal(range(groups + 1))
+        with m.If(i.valid & i.ready & (g_in < groups)):
+            for g in range(groups):
+                with m.If(g_in == g):
+                    for n in range(M):
+                        total = sums[g][n]
+                        for j, e in enumerate(i.payload.entries):
+                            product = sum((Mux(e.index == k, e.value * int(dense[n, k]), 0)
+                                           for k in range(dut.fan_in) if dense[n, k]),
+                                          Const(0, wide))
+                            total = total + Mux(i.payload.count > j, product, 0)
+                        m.d.sync += sums[g][n].eq(total)
+            with m.If(i.payload.last):
+                m.d.sync += g_in.eq(g_in + 1)
         beat = Signal(range(-(-M // P) + 1))  # output beat within its group
         with m.If(o.valid & o.ready):
             m.d.sync += beat.eq(Mux(o.payload.last, 0, beat + 1))
-        m.d.comb += [Assert(count < depth), Assert(~o.valid | (count > 0))]
-        for d in range(depth):
+            with m.If(o.payload.last & (g_out < groups)):
+                m.d.sync += g_out.eq(g_out + 1)
+        for g in range(groups):
             for t in range(-(-M // P)):
                 for lane in range(P):
                     n = t * P + lane
                     if n < M:
-                        m.d.comb += Assert(~(o.valid & (head == d) & (beat == t))
-                                           | (o.payload.data[lane] == queue[d][n]))
+                        here = o.valid & (g_out == g) & (beat == t)
+                        m.d.comb += Assert(~here | ((g_in > g)
+                                                    & (o.payload.data[lane] == sums[g][n])))
 
     return extra
 
@@ -224,9 +220,18 @@ def tiny_stage(layer: str, unit: str, *, logic: bool = False):
     return next(s.component for s in core.stages if s.layer == layer and s.unit == unit)
 
 
+def small_engine():
+    """The tiny network's first overlay engine (its masks and kernel ids) with 2-bit
+    weights and 3-bit input values, accumulators sized by the engine's own bound: narrow
+    enough for the solver to check every product (8-bit operands make it too slow)."""
+    g = tiny_stage("conv0", "OverlayEngine")
+    return OverlayEngine(np.array([[1], [-2], [-1], [1]]), g.kernel_ids, g.row_start,
+                         g.kernel_map, entries=g.entries, value_bits=3, weight_bits=2)
+
+
 #: Units proven deeper than ``--depth`` (their first write or frame comes later).
-MIN_DEPTH = {"host_link": 26, "sparse_max_pool": 20, "kwta_global_serial": 38,
-             "dense_window": 20, "overlay_engine": 24}
+MIN_DEPTH = {"host_link": 20, "sparse_max_pool": 20, "kwta_global_serial": 38,
+             "dense_window": 20, "overlay_engine": 24, "overlay_engine_sums": 24}
 
 #: name -> (harness factory, what it shows)
 UNITS = {
@@ -298,9 +303,14 @@ UNITS = {
         "position"),
     "overlay_engine": (lambda: StreamHarness(
         tiny_stage("conv0", "OverlayEngine"), framing={"i": (None, 4), "o": (2, 4)},
-        sparse_groups={"i": 4}, empty_beats={"i"}, extra=exact_sums()),
-        "OverlayEngine fan-in 4, M=2, K=2: M sums a group, each the exact sum of its "
-        "group's products (no accumulator wraps)"),
+        sparse_groups={"i": 4}, empty_beats={"i"}),
+        "OverlayEngine fan-in 4, M=2, K=2: M sums a group in 2 beats, a group per input "
+        "group"),
+    "overlay_engine_sums": (lambda: StreamHarness(
+        small_engine(), framing={"i": (None, 4), "o": (2, 4)}, sparse_groups={"i": 4},
+        empty_beats={"i"}, extra=exact_sums()),
+        "OverlayEngine as above with 2-bit weights and 3-bit values: each sum of the first "
+        "two groups (both accumulator banks) the exact one, so no accumulator wraps"),
     "logic_engine": (lambda: StreamHarness(
         tiny_stage("conv0", "LogicEngine", logic=True), one_to_one=True,
         framing={"i": (1, 4), "o": (1, 4)}),

@@ -190,3 +190,11 @@ def test_refusals_are_not_retried(folder):
     with pytest.raises(HostLinkError):
         Device(ModelBoard(out, {0: "garble", 1: "garble"}), LinkLayout.read(out), timeout=0.3,
                retries=1, quiet=0.01).status()
+
+
+@pytest.mark.parametrize("spec", ["soon", "byte:0", "infer:x", "byte"])
+def test_serve_refuses_a_bad_reset_moment(folder, capsys, spec):
+    out, _ = folder
+    assert main(["serve", str(out), "--reset-at", spec]) == 2
+    err = capsys.readouterr().err
+    assert "a reset moment is byte:N" in err and repr(spec) in err and "Traceback" not in err

@@ -301,7 +301,7 @@ EXAMPLES = ("digits", "digits-sparsify", "gsc")
 
 
 def run(example: str, out: Path, *, epochs: int, seed: int, reassign_every: int = 0,
-        per_class: int = 300, qat_epochs: int = 5, progress=lambda s: print(f"  {s}", file=sys.stderr)) -> dict:
+        per_class: int = 800, qat_epochs: int = 5, progress=lambda s: print(f"  {s}", file=sys.stderr)) -> dict:
     """Train ``example`` (one of :data:`EXAMPLES`), write its ONNX and JSON into ``out``,
     and return the figures. ``per_class``: keyword clips per class (``gsc``). ``reassign_every`` > 0 trains ``digits`` with
     straight-through gradients and re-chooses its masks by magnitude that often (epochs).
@@ -355,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="output folder (default: ./trained)")
     ap.add_argument("--epochs", type=int, default=None,
                     help="training epochs (default: 40 for digits, 30 for gsc)")
-    ap.add_argument("--clips-per-class", type=int, default=300,
-                    help="gsc: synthesised clips per class (default: 300)")
+    ap.add_argument("--clips-per-class", type=int, default=800,
+                    help="gsc: synthesised clips per class (default: 800)")
     ap.add_argument("--qat-epochs", type=int, default=5,
                     help="quantization-aware fine-tuning epochs after training (default 5; "
                          "0: none)")

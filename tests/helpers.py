@@ -195,6 +195,18 @@ def write_tiny(folder: Path, *, negate_w2: bool = False, seed: int = 0) -> tuple
 ONNX_DATA = Path(__file__).resolve().parent / "compiler" / "data"
 
 
+def compile_tiny(folder: Path, board: str, **options) -> tuple[Path, Path, Path, Path]:
+    """:func:`write_tiny` compiled for ``board`` (calibrated on its ``cal.npy``) into
+    ``folder / "out"``: (model, calibration, inputs, compiled folder)."""
+    from cosparse.compiler.build import compile_model
+
+    model, cal, x = write_tiny(folder)
+    out = folder / "out"
+    compile_model(model, board=board, outdir=out, calibration=np.load(cal),
+                  progress=lambda s: None, **options)
+    return model, cal, x, out
+
+
 def digits(model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(calibration, test inputs, labels) of the 8x8 digits in ``model``'s input layout.
 

@@ -19,12 +19,11 @@ import pytest
 from cosparse.boards import runtime
 from cosparse.boards.runtime import Device, HostLinkError, LinkLayout
 from cosparse.compiler import api
-from cosparse.compiler.build import compile_model
 from cosparse.compiler.cli import main
 from cosparse.hw.protocol import (HEADER_FORMAT, Code, Command, Status, response_frame)
 from cosparse.sim import golden
 
-from ..helpers import write_tiny
+from ..helpers import compile_tiny
 
 
 class ModelBoard:
@@ -99,11 +98,7 @@ class ModelBoard:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("faults")
-    model, cal, x = write_tiny(tmp)
-    out = tmp / "out"
-    compile_model(model, board="icebreaker", outdir=out, calibration=np.load(cal),
-                  spram_bits=64, progress=lambda s: None)
+    _, _, x, out = compile_tiny(tmp_path_factory.mktemp("faults"), "icebreaker", spram_bits=64)
     return out, x
 
 

@@ -2,17 +2,15 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from cosparse.boards.catalog import BOARDS
 from cosparse.boards.top import BoardTop, ecp5_pll, ice40_pll, platform_for, uart_divisor
 from cosparse.compiler import ir
-from cosparse.compiler.build import compile_model
 from cosparse.compiler.cli import main
 from cosparse.compiler.folding import Folding
 
-from ..helpers import write_tiny
+from ..helpers import compile_tiny
 
 
 def test_pll_settings_match_icepll_and_ecppll():
@@ -38,11 +36,7 @@ def test_uart_divisor_limits():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tops")
-    model, cal, _ = write_tiny(tmp)
-    out = tmp / "out"
-    compile_model(model, board="ulx3s-85f", outdir=out, calibration=np.load(cal),
-                  progress=lambda s: None)
+    model, cal, _, out = compile_tiny(tmp_path_factory.mktemp("tops"), "ulx3s-85f")
     return model, cal, out
 
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from cosparse.compiler.errors import CosparseError
 from cosparse.compiler.images import read_bundle
-from cosparse.hw.protocol import (CRC_FORMAT, ERRORS, Code, HEADER_FORMAT, INFER_TRAILER_FORMAT,
-                                  MAX_LOAD_BYTES, SEAL_FORMAT, STATUS_BYTES, SYNC_RESPONSE,
+from cosparse.hw.protocol import (CRC_FORMAT, ERRORS, HEADER_FORMAT, INFER_TRAILER_FORMAT,
+                                  MAX_LOAD_BYTES, Code, SEAL_FORMAT, STATUS_BYTES, SYNC_RESPONSE,
                                   Command, Status, crc16, load_payload, request_frame)
 
 __all__ = ["HostLinkError", "DeviceError", "Status", "LinkLayout", "Device", "request_frame",
@@ -154,6 +154,8 @@ class Device:
 
     def __init__(self, port, layout: LinkLayout, *, timeout: float = 5.0, retries: int = 2,
                  quiet: float = 0.25, progress: Callable[[str], None] | None = None):
+        if retries < 0:
+            raise CosparseError(f"retries must be 0 or more, got {retries}")
         self.port, self.layout, self.timeout = port, layout, timeout
         self.retries, self.quiet, self.progress = retries, quiet, progress
         self.retried = 0
@@ -170,7 +172,11 @@ class Device:
             port = serial.serial_for_url(url, baudrate=baud or layout.baud, timeout=0.05)
         except (serial.SerialException, ValueError, OSError) as e:
             raise HostLinkError(f"cannot open serial port {url!r}: {e}") from None
-        return cls(port, layout, timeout=timeout, **options)
+        try:
+            return cls(port, layout, timeout=timeout, **options)
+        except Exception:
+            port.close()
+            raise
 
     def close(self) -> None:
         self.port.close()
@@ -201,20 +207,21 @@ class Device:
 
         A request that gets no answer, a corrupted one or a 'damaged frame' code is sent
         again, after :meth:`resync`, up to ``retries`` times."""
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             try:
                 return self._exchange(cmd, payload)
             except (HostLinkError, DeviceError) as e:
                 if (isinstance(e, DeviceError) and e.code not in self.DAMAGED) \
                         or attempt == self.retries:
                     raise
+                attempt += 1
                 self.retried += 1
                 if self.progress:
                     reason = str(e).split(";")[0]
                     self.progress(f"{reason}; sending {cmd} again "
-                                  f"(retry {attempt + 1} of {self.retries})")
+                                  f"(retry {attempt} of {self.retries})")
                 self.resync()
-        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _exchange(self, cmd: str, payload: bytes) -> bytes:
         self.port.write(request_frame(Command[cmd], payload))

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from cosparse.compiler import ir
+from cosparse.compiler.errors import CosparseError
 from cosparse.compiler.folding import Folding
 from cosparse.sim.verilate import built_model, default_build_root
 
@@ -52,7 +53,7 @@ def parse_reset(spec: str) -> tuple[str, int]:
     """A reset moment, ``byte:N`` or ``infer:N`` (N from 1), as ``(kind, N)``."""
     kind, _, n = spec.partition(":")
     if kind not in ("byte", "infer") or not n.isdigit() or int(n) < 1:
-        raise ValueError(f"a reset moment is byte:N (after the host's N-th byte) or infer:N "
+        raise CosparseError(f"a reset moment is byte:N (after the host's N-th byte) or infer:N "
                          f"(amid the N-th inference), N from 1; got {spec!r}")
     return kind, int(n)
 

@@ -33,9 +33,9 @@ from cosparse.boards.bitstream import build_bitstream, tool_env
 from cosparse.boards.catalog import BOARDS, Board, get_board
 from cosparse.boards.patch import patch_model
 from cosparse.boards.runtime import Device, DeviceError
-from cosparse.boards.serial_bridge import parse_reset, serve as serve_board
-from cosparse.sim import golden as golden_model
+from cosparse.boards.serial_bridge import serve as serve_board
 from cosparse.hw.protocol import Code
+from cosparse.sim import golden as golden_model
 from cosparse.sim.netsim import simulate_network
 
 from . import ir
@@ -242,7 +242,8 @@ class Accelerator:
         ``load``: ``auto`` loads the weight bundle when the device has none (and again
         if it loses them, as a reset amid a load does), ``always`` loads it first anyway,
         ``never`` refuses a device without weights. A request with no answer (a reset
-        amid an inference, line noise) is sent again up to ``retries`` times.
+        amid an inference, line noise) is sent again up to ``retries`` times, and lost
+        weights are loaded again up to ``retries`` times.
         """
         if load not in ("auto", "always", "never"):
             raise CosparseError(f"load must be auto, always or never, not {load!r}")
@@ -447,11 +448,6 @@ def serve(folder: str | os.PathLike, *, port: int = 0,
     """The board top of the compiled ``folder`` in Verilator on a TCP serial port
     (see :meth:`Accelerator.serve`)."""
     verify(folder)
-    try:
-        for r in resets:
-            parse_reset(r)
-    except ValueError as e:
-        raise CosparseError(str(e)) from None
     return serve_board(folder, port=port, port_file=port_file, clients=clients,
                        max_seconds=max_seconds, resets=tuple(resets),
                        build_root=Path(folder) / "sim_build", progress=progress, ready=ready)

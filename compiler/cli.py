@@ -124,8 +124,6 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    if args.retries < 0:
-        raise CosparseError(f"--retries must be 0 or more, got {args.retries}")
     acc = api.load(args.outdir)
     xq = acc.quantize(_load_npy(args.input, "input"), repr(args.input))
     say = _say("run")

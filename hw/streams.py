@@ -14,8 +14,9 @@ Sparse stream (:func:`sparse_layout`)
     Up to ``R`` active elements per beat as ``(index, value)`` entries, the
     first ``count`` of them valid, in increasing index order; ``last`` and
     ``end`` as above. A group may be empty: one beat with ``count == 0`` and
-    ``last`` set (the only beat that may have no entries). Indices are the element's position within its group
-    (channel for a map position, element for a vector).
+    ``last`` set (the only beat that may have no entries). Indices are the
+    element's position within its group (channel for a map position, element
+    for a vector).
 
 :func:`encode` and :func:`decode` turn Python dicts into payload integers and
 back, by the layout's own field offsets, for testbenches on both the

@@ -15,14 +15,15 @@ than it took, and per unit:
   indices below the group size and strictly increasing through a group;
 - k-WTAs: no output group has more winners than its tie rule allows (``k``,
   or ``max_winners`` with the threshold rule);
-- the overlay engine: every output sum equals the exact sum of its group's
-  products (a shadow of the layer's weights), so no accumulator wraps;
+- the overlay engine (at narrow widths): every sum of its first two groups
+  equals the exact sum of the group's products (a shadow of the layer's
+  weights), so no accumulator wraps;
 - the host link: a memory write only for a LOAD, an inference only for an
   INFER of the right length, each of a whole frame whose CRC (computed by the
   harness bit by bit) matched and whose length fitted the buffer.
 
-The windows, engines and global k-WTA are the units the compiler lowers for a
-tiny network (:data:`TINY`), at its own parameters.
+The windows and engines are the units the compiler lowers for a tiny network
+(:data:`TINY`), at its own parameters.
 
 Bounded model checking to ``--depth`` cycles (every state the unit reaches
 from reset within that many cycles), after a cover run that shows a whole
@@ -48,8 +49,10 @@ from amaranth.hdl import (Assert, Assume, Cat, Const, Cover, Module, Mux, Signal
 
 from cosparse.compiler import zoo
 from cosparse.compiler.folding import Folding, LayerFold
+from cosparse.compiler.ir import Overlays
 from cosparse.compiler.lower import lower
 from cosparse.compiler.order import to_drain_order
+from cosparse.compiler.packer import unpack
 from cosparse.hw.adapters import Densify, InputOffset, Narrow, StreamFIFO, Widen, ZeroSkip
 from cosparse.hw.hostlink import HostLink
 from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
@@ -99,8 +102,9 @@ def host_link_harness(in_group_size: int = 2) -> StreamHarness:
     link writes a word only for a LOAD, and starts an inference only for an INFER of the
     right length, whose frame's CRC matched and whose length fitted."""
     port = LoadPort("w", 8, 4, (1, 2, 3, 4))
-    link = HostLink(in_width=1, in_groups=1, in_group_size=in_group_size, out_width=1, out_bits=8,
-                    out_beats=1, load_ports=[port], design_id=0xC0FFEE, timeout=4096)
+    link = HostLink(in_width=1, in_groups=1, in_group_size=in_group_size, out_width=1,
+                    out_bits=8, out_beats=1, load_ports=[port], design_id=0xC0FFEE,
+                    timeout=4096)
 
     def extra(m: Module, dut, h: StreamHarness) -> None:
         rx = next(p for p in h.streams if p.name == "rx")
@@ -161,14 +165,9 @@ def exact_sums(groups: int = 2):
     Two groups cover both accumulator banks; later groups take the same paths."""
 
     def extra(m: Module, dut, h: StreamHarness) -> None:
-        M, L, P = dut.num_kernels, dut.lanes, dut.lanes_per_beat
-        dense = np.zeros((M, dut.fan_in), np.int64)  # the layer's weights, drain order
-        for i in range(dut.fan_in):
-            for w in range(dut.row_start[i], dut.row_start[i + 1]):
-                for lane in range(L):
-                    n = int(dut.kernel_ids[w, lane]) * L + lane
-                    if n < M:
-                        dense[n, i] += int(dut.weights[w, lane])
+        M, P = dut.num_kernels, dut.lanes_per_beat
+        # The layer's weights, output channels in drain order (the engine's output order).
+        dense = unpack(Overlays(dut.weights, dut.kernel_ids, dut.row_start, dut.kernel_map, M))
         wide = signed(dut.acc_bits + 8)
         i, o = dut.i, dut.o
         sums = [[Signal(wide, name=f"sum{g}_{n}") for n in range(M)] for g in range(groups)]
@@ -204,9 +203,9 @@ def exact_sums(groups: int = 2):
     return extra
 
 
-#: A tiny network whose lowering gives the windows, engines and the histogram global
-#: k-WTA at the compiler's own parameters: a 3x3x1 input, two 2x2 convs of 2 channels
-#: (K = 2) with ReLU, a flatten, a global k-WTA (k = 1 of 2) and 2 logits.
+#: A tiny network whose lowering gives the windows and engines at the compiler's own
+#: parameters: a 3x3x1 input, two 2x2 convs of 2 channels (K = 2) with ReLU, a flatten,
+#: a global k-WTA (k = 1 of 2) and 2 logits.
 TINY = [("conv", 2, (2, 2), 2), ("relu",), ("conv", 2, (2, 2), 2), ("relu",), ("flatten",),
         ("global", 1), ("logits", 2, 1)]
 
@@ -225,8 +224,15 @@ def small_engine():
     weights and 3-bit input values, accumulators sized by the engine's own bound: narrow
     enough for the solver to check every product (8-bit operands make it too slow)."""
     g = tiny_stage("conv0", "OverlayEngine")
-    return OverlayEngine(np.array([[1], [-2], [-1], [1]]), g.kernel_ids, g.row_start,
+    return OverlayEngine(np.array([[1], [-2], [-1], [1]], np.int8), g.kernel_ids, g.row_start,
                          g.kernel_map, entries=g.entries, value_bits=3, weight_bits=2)
+
+
+def engine_sums_harness(engine: OverlayEngine) -> StreamHarness:
+    """``engine`` (the tiny network's first, as :func:`small_engine`) with
+    :func:`exact_sums`, on frames of two groups."""
+    return StreamHarness(engine, framing={"i": (None, 2), "o": (2, 2)}, sparse_groups={"i": 4},
+                         empty_beats={"i"}, extra=exact_sums())
 
 
 #: Units proven deeper than ``--depth`` (their first write or frame comes later).
@@ -306,9 +312,7 @@ UNITS = {
         sparse_groups={"i": 4}, empty_beats={"i"}),
         "OverlayEngine fan-in 4, M=2, K=2: M sums a group in 2 beats, a group per input "
         "group"),
-    "overlay_engine_sums": (lambda: StreamHarness(
-        small_engine(), framing={"i": (None, 2), "o": (2, 2)}, sparse_groups={"i": 4},
-        empty_beats={"i"}, extra=exact_sums()),
+    "overlay_engine_sums": (lambda: engine_sums_harness(small_engine()),
         "OverlayEngine as above with 2-bit weights and 3-bit values, frames of 2 groups: "
         "each sum of the first two groups (both accumulator banks) the exact one, so no "
         "accumulator wraps"),
@@ -379,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     deeper = sorted({r["depth"] for r in results} - {args.depth})
     print(f"{len(names) - len(failed)} of {len(names)} units proven to depth {args.depth}"
           + (f" (some to {', '.join(map(str, deeper))})" if deeper else "")
-          + f" in {summary['seconds']:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+          + f" in {summary['seconds']:.0f} s"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

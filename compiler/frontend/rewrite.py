@@ -150,7 +150,8 @@ def _canonical_layers(g: Graph) -> bool:
         layer = Node(LAYER_OP, n.name, [n.inputs[0]], list(n.outputs[:1]), dict(
             kind=kind, weight=weight, bias=bias, relu=False, w_scale=w_scale,
             bias_quantized=exact_bias, weight_bits=wbits,
-            weight_name=g.origin.get(n.inputs[1], n.inputs[1]), onnx_nodes=[n.name], scale_names=[n.outputs[0]], **attrs),
+            weight_name=g.origin.get(n.inputs[1], n.inputs[1]), onnx_nodes=[n.name],
+            scale_names=[n.outputs[0]], **attrs),
             scope=n.scope)
         g.replace([n], layer, n)
         return True

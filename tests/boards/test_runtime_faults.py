@@ -84,10 +84,9 @@ class ModelBoard:
         if not self.sealed:
             return response_frame(Code.NOT_LOADED)
         g, w = lay.in_group_size, lay.in_width
-        x = np.frombuffer(payload, np.uint8).reshape(lay.in_groups, -(-g // w) * w)[:, :g]
-        x = ((x.astype(np.int64) + lay.in_offset + 128) % 256 - 128 if lay.in_offset == 0
-             else x.astype(np.int64) + lay.in_offset)
-        y = golden.run(self.acc.network, x.reshape(1, *lay.input_shape).astype(np.int8))[0]
+        assert lay.in_offset == 0  # an int8 input: the bytes are the values
+        x = np.frombuffer(payload, np.int8).reshape(lay.in_groups, -(-g // w) * w)[:, :g]
+        y = golden.run(self.acc.network, x.reshape(1, *lay.input_shape))[0]
         per = -(-lay.out_group_size // lay.out_width) * lay.out_width
         beats = np.zeros((lay.out_groups, per), np.int64)
         beats[:, :lay.out_group_size] = np.asarray(y).reshape(lay.out_groups, -1)
@@ -141,10 +140,10 @@ def test_weights_lost_to_a_reset_are_loaded_again(monkeypatch, folder):
     monkeypatch.setattr(Device, "open", staticmethod(
         lambda outdir, url, *, baud=None, timeout=5.0, **options:
         Device(board, LinkLayout.read(outdir), timeout=timeout, **options)))
-    status = board.answer
+    answer = board.answer
 
     def lose_seal_after_status(cmd, payload):
-        r = status(cmd, payload)
+        r = answer(cmd, payload)
         if cmd == Command.STATUS:
             board.sealed = False
         return r
@@ -172,6 +171,12 @@ def test_retries_zero_gives_up_at_once(monkeypatch, folder, capsys):
     code, board = _run_with(monkeypatch, folder, {0: "noise"}, "--retries", "0")
     assert code == 2 and "CRC mismatch" in capsys.readouterr().err
     assert len(board.log) == 1
+
+
+def test_negative_retries_are_refused(monkeypatch, folder, capsys):
+    code, board = _run_with(monkeypatch, folder, {}, "--retries", "-1")
+    assert code == 2 and "retries must be 0 or more, got -1" in capsys.readouterr().err
+    assert board.log == []  # nothing was sent
 
 
 def test_refusals_are_not_retried(folder):

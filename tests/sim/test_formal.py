@@ -88,31 +88,34 @@ def test_formal_script_names_a_failure_and_its_trace(tmp_path, capsys, monkeypat
 
 
 def test_host_link_proof_catches_a_framer_with_the_wrong_crc(tmp_path, monkeypatch):
-    """The host-link proof checks the framer against a CRC of its own: a framer computing
-    CRC-16/XMODEM (same polynomial, initial value 0) starts an inference on a frame
-    whose CRC-16/CCITT-FALSE is wrong, and the proof says so with a trace."""
+    """The host-link proof checks the framer against a CRC of its own: the link passes it;
+    a framer computing CRC-16/XMODEM (same polynomial, initial value 0) starts an
+    inference on a frame whose CRC-16/CCITT-FALSE is wrong, and the proof says so."""
     from amaranth.lib.crc import catalog
 
     from cosparse.hw import hostlink_parts
 
     fm = _script()
+    ok = prove("link", fm.host_link_harness(in_group_size=1), tmp_path, depth=12)
+    assert ok.passed, ok.log_tail
     monkeypatch.setattr(hostlink_parts, "CRC16", catalog.CRC16_XMODEM(data_width=8))
     r = prove("link_xmodem", fm.host_link_harness(in_group_size=1), tmp_path, depth=12)
     assert not r.passed and r.trace is not None and r.trace.exists()
 
 
 def test_engine_sums_proof_catches_an_accumulator_too_narrow(tmp_path, monkeypatch):
-    """The overlay engine's exact-sum property: an engine whose accumulators were sized for
-    a worst case far below the layer's wraps, and the proof finds the input that does it."""
+    """The overlay engine's exact-sum property holds for the engine as sized, and fails
+    for one whose accumulators were sized for a worst case below its layer's."""
     from cosparse.hw import overlay
 
     fm = _script()
-    good = fm.tiny_stage("conv0", "OverlayEngine")
-    monkeypatch.setattr(overlay, "worst_case_sum", lambda *args: 100)
+    good = fm.small_engine()
+    ok = prove("sums", fm.engine_sums_harness(good), tmp_path, depth=16)
+    assert ok.passed, ok.log_tail
+    monkeypatch.setattr(overlay, "worst_case_sum", lambda *args: 3)
     narrow = overlay.OverlayEngine(good.weights, good.kernel_ids, good.row_start,
-                                   good.kernel_map, entries=good.entries)
+                                   good.kernel_map, entries=good.entries, value_bits=3,
+                                   weight_bits=2)
     assert narrow.acc_bits < good.acc_bits
-    r = prove("narrow_acc", StreamHarness(narrow, framing={"i": (None, 4), "o": (2, 4)},
-                                          sparse_groups={"i": 4}, extra=fm.exact_sums()),
-              tmp_path, depth=14)
+    r = prove("narrow_sums", fm.engine_sums_harness(narrow), tmp_path, depth=16)
     assert not r.passed and r.trace is not None

@@ -4,9 +4,9 @@
 Compiles the bundled digits network (``examples/digits_cs.onnx``) for
 ``--board``, elaborates its core as the board's bitstream does, synthesizes
 it with yosys as its bitstream build does (``synth_ice40 -spram -dsp -dff``;
-``synth_ecp5 -nobram``, since yosys models ECP5's DP16KD block RAM with no
-behaviour), simulates the netlist in
-Verilator with yosys's cell models, and compares every output with the
+``synth_ecp5``), simulates the netlist in Verilator with yosys's cell models
+(and cosparse's models of ECP5's MULT18X18D and DP16KD, which yosys only
+declares), and compares every output with the
 golden model's on the test digits. Exits 1 on any difference. ``--json``
 writes the figures.
 
@@ -46,9 +46,7 @@ def run(board: str, count: int, build_root: Path, progress=print) -> dict:
     x = acc.quantize(test["x"][:count])
     progress(f"{acc.network.name} for {board} ({family}): {len(x)} test digits")
     # the bitstream build's synthesis options (boards/bitstream.py)
-    # (ECP5: yosys's cells_sim.v declares DP16KD with no behaviour, so block RAMs map to
-    # LUT RAM and registers here, -nobram; the bitstream's DP16KD mapping is not covered)
-    options = "-nobram" if family == "ecp5" else \
+    options = "" if family == "ecp5" else \
         ("-spram " if acc.board.spram_kbit else "") + "-dsp -dff"
     hook = netlist_for(family, build_root, options, KEEP_REPLICAS, progress)
     sim = simulate_network(acc.network, acc.folding, x, build_root=build_root,

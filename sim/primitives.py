@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from cosparse.hw.util import is_ecp5
 
-__all__ = ["MULT18X18D_MODEL", "models_for"]
+__all__ = ["MULT18X18D_MODEL", "DP16KD_MODEL", "models_for"]
 
 
 def _mult18x18d() -> str:
@@ -98,3 +98,158 @@ MULT18X18D_MODEL = _mult18x18d()
 def models_for(platform) -> dict[str, str]:
     """File name -> Verilog text of the primitive models a unit built for ``platform`` needs."""
     return {"mult18x18d_model.v": MULT18X18D_MODEL} if is_ecp5(platform) else {}
+
+
+def _dp16kd() -> str:
+    def pins(prefix: str, n: int) -> str:
+        return ", ".join(f"{prefix}{i}" for i in reversed(range(n)))
+
+    inits = "\n".join(f"    parameter INITVAL_{i:02X} = 320'h0," for i in range(64))
+    load = "\n".join(f"        for (i = 0; i < 16; i = i + 1) mem[{16 * i0} + i] = "
+                     f"INITVAL_{i0:02X}[20 * i +: 18];" for i0 in range(64))
+    return f"""\
+// DP16KD (Lattice ECP5 sysMEM, 18 Kbit), the modes yosys's block-RAM mapping
+// uses: 1,024 words of 18 bits (INITVAL_xx holds 16 words at a 20-bit
+// stride), ports of 9 or 18 bits or, as the pseudo-dual-port x36 pair, a
+// 36-bit write on A ({{DIB, DIA}}) and a 36-bit read on B ({{DOB, DOA}});
+// byte enables on AD[1:0] (x18) or AD[3:0] (x36); NOREG outputs, a write
+// mode per port, a reset (sync or async) that clears the output and
+// blocks the write, chip select "0b000". Any other setting stops the
+// simulation. Both ports see the words of the previous cycle.
+module DP16KD #(
+{inits}
+    parameter DATA_WIDTH_A = 18,
+    parameter DATA_WIDTH_B = 18,
+    parameter REGMODE_A = "NOREG",
+    parameter REGMODE_B = "NOREG",
+    parameter RESETMODE = "SYNC",
+    parameter ASYNC_RESET_RELEASE = "SYNC",
+    parameter CSDECODE_A = "0b000",
+    parameter CSDECODE_B = "0b000",
+    parameter WRITEMODE_A = "NORMAL",
+    parameter WRITEMODE_B = "NORMAL",
+    parameter CLKAMUX = "CLKA",
+    parameter CLKBMUX = "CLKB",
+    parameter GSR = "ENABLED",
+    parameter unused = 0
+) (
+    input {pins("DIA", 18)},
+    input {pins("ADA", 14)},
+    input CEA, OCEA, CLKA, WEA, RSTA, CSA2, CSA1, CSA0,
+    output {pins("DOA", 18)},
+    input {pins("DIB", 18)},
+    input {pins("ADB", 14)},
+    input CEB, OCEB, CLKB, WEB, RSTB, CSB2, CSB1, CSB0,
+    output {pins("DOB", 18)}
+);
+    wire [17:0] dia = {{{pins("DIA", 18)}}};
+    wire [17:0] dib = {{{pins("DIB", 18)}}};
+    wire [13:0] ada = {{{pins("ADA", 14)}}};
+    wire [13:0] adb = {{{pins("ADB", 14)}}};
+    reg [17:0] mem [0:1023];
+    reg [17:0] doa_r, dob_r;
+    integer i;
+    initial begin
+        if (!(DATA_WIDTH_A == 9 || DATA_WIDTH_A == 18 || DATA_WIDTH_A == 36)
+            || !(DATA_WIDTH_B == 9 || DATA_WIDTH_B == 18 || DATA_WIDTH_B == 36)
+            || (DATA_WIDTH_B == 36 && DATA_WIDTH_A != 36 && DATA_WIDTH_A != 18)
+            || REGMODE_A != "NOREG" || REGMODE_B != "NOREG"
+            || CSDECODE_A != "0b000" || CSDECODE_B != "0b000"
+            || CLKAMUX != "CLKA" || CLKBMUX != "CLKB"
+            || (RESETMODE != "SYNC" && RESETMODE != "ASYNC")) begin
+            $display("DP16KD model: unmodelled mode");
+            $finish;
+        end
+        doa_r = 0;
+        dob_r = 0;
+{load}
+    end
+    always @(posedge CLKA) if ({{CSA2, CSA1, CSA0}} != 0 || (DATA_WIDTH_A == 36 && WEB)
+                               || (DATA_WIDTH_B == 36 && WEB)) begin
+        $display("DP16KD model: chip select or a write on B of the x36 pair is not modelled");
+        $finish;
+    end
+    always @(posedge CLKB) if ({{CSB2, CSB1, CSB0}} != 0) begin
+        $display("DP16KD model: chip select is not modelled");
+        $finish;
+    end
+
+    // port A: the word (x18, x36 low half) or byte (x9) at its address
+    wire [9:0] wa = DATA_WIDTH_A == 36 ? {{ada[13:5], 1'b0}} : ada[13:4];
+    wire [17:0] old_a = mem[wa];
+    wire [17:0] old_a1 = mem[wa | 10'd1];
+    wire [1:0] be_a = DATA_WIDTH_A == 9 ? (ada[3] ? 2'b10 : 2'b01) : ada[1:0];
+    wire [17:0] new_a = DATA_WIDTH_A == 9 ? {{dia[8:0], dia[8:0]}} : dia;
+    wire [17:0] merged_a = {{be_a[1] ? new_a[17:9] : old_a[17:9],
+                             be_a[0] ? new_a[8:0] : old_a[8:0]}};
+    wire [17:0] merged_a1 = {{ada[3] ? dib[17:9] : old_a1[17:9],
+                              ada[2] ? dib[8:0] : old_a1[8:0]}};
+    wire [17:0] view_a = DATA_WIDTH_A == 9 ? {{9'd0, ada[3] ? old_a[17:9] : old_a[8:0]}}
+                                           : old_a;
+    wire [17:0] view_new_a = DATA_WIDTH_A == 9 ? {{9'd0, dia[8:0]}} : merged_a;
+    generate if (RESETMODE == "ASYNC") begin : a_async
+        always @(posedge CLKA or posedge RSTA)
+            if (RSTA) doa_r <= 0;
+            else if (CEA) begin
+                if (!WEA) doa_r <= view_a;
+                else if (WRITEMODE_A == "READBEFOREWRITE") doa_r <= view_a;
+                else if (WRITEMODE_A == "WRITETHROUGH") doa_r <= view_new_a;
+            end
+    end else begin : a_sync
+        always @(posedge CLKA)
+            if (RSTA) doa_r <= 0;
+            else if (CEA) begin
+                if (!WEA) doa_r <= view_a;
+                else if (WRITEMODE_A == "READBEFOREWRITE") doa_r <= view_a;
+                else if (WRITEMODE_A == "WRITETHROUGH") doa_r <= view_new_a;
+            end
+    end endgenerate
+    always @(posedge CLKA) if (!RSTA && CEA && WEA) begin
+        mem[wa] <= merged_a;
+        if (DATA_WIDTH_A == 36) mem[wa | 10'd1] <= merged_a1;
+    end
+
+    // port B: likewise; as the x36 read, both halves ({{DOB, DOA}})
+    wire [9:0] wb = DATA_WIDTH_B == 36 ? {{adb[13:5], 1'b0}} : adb[13:4];
+    wire [17:0] old_b = mem[wb];
+    wire [17:0] old_b1 = mem[wb | 10'd1];
+    wire [1:0] be_b = DATA_WIDTH_B == 9 ? (adb[3] ? 2'b10 : 2'b01) : adb[1:0];
+    wire [17:0] new_b = DATA_WIDTH_B == 9 ? {{dib[8:0], dib[8:0]}} : dib;
+    wire [17:0] merged_b = {{be_b[1] ? new_b[17:9] : old_b[17:9],
+                             be_b[0] ? new_b[8:0] : old_b[8:0]}};
+    wire [17:0] view_b = DATA_WIDTH_B == 9 ? {{9'd0, adb[3] ? old_b[17:9] : old_b[8:0]}}
+                       : DATA_WIDTH_B == 36 ? old_b1 : old_b;
+    wire [17:0] view_new_b = DATA_WIDTH_B == 9 ? {{9'd0, dib[8:0]}} : merged_b;
+    reg [17:0] dob_low_r;  // the x36 read's low half, on DOA
+    initial dob_low_r = 0;
+    generate if (RESETMODE == "ASYNC") begin : b_async
+        always @(posedge CLKB or posedge RSTB)
+            if (RSTB) begin dob_r <= 0; dob_low_r <= 0; end
+            else if (CEB) begin
+                dob_low_r <= old_b;
+                if (!WEB) dob_r <= view_b;
+                else if (WRITEMODE_B == "READBEFOREWRITE") dob_r <= view_b;
+                else if (WRITEMODE_B == "WRITETHROUGH") dob_r <= view_new_b;
+            end
+    end else begin : b_sync
+        always @(posedge CLKB)
+            if (RSTB) begin dob_r <= 0; dob_low_r <= 0; end
+            else if (CEB) begin
+                dob_low_r <= old_b;
+                if (!WEB) dob_r <= view_b;
+                else if (WRITEMODE_B == "READBEFOREWRITE") dob_r <= view_b;
+                else if (WRITEMODE_B == "WRITETHROUGH") dob_r <= view_new_b;
+            end
+    end endgenerate
+    always @(posedge CLKB) if (!RSTB && CEB && WEB && DATA_WIDTH_B != 36)
+        mem[wb] <= merged_b;
+
+    wire [17:0] doa = DATA_WIDTH_B == 36 ? dob_low_r : doa_r;
+    assign {{{pins("DOA", 18)}}} = doa;
+    assign {{{pins("DOB", 18)}}} = dob_r;
+endmodule
+"""
+
+
+#: Verilog model of ECP5's ``DP16KD`` (the modes above).
+DP16KD_MODEL = _dp16kd()

@@ -1,8 +1,16 @@
 """sim.gatelevel: a unit's yosys netlist, with yosys's cell models, in Verilator against golden."""
 
+import re
+
 import numpy as np
 import pytest
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
 
+from cosparse.hw.adapters import StreamFIFO
+from cosparse.hw.streams import dense_beats, dense_layout
 from cosparse.sim.gatelevel import netlist_for
 from cosparse.sim.verilate import run_streams
 
@@ -31,3 +39,85 @@ def test_requantizer_netlist_equals_golden_under_stalls(tmp_path, family):
     gate = next(tmp_path.glob(f"gate-{family}-*/gate.v")).read_text()
     cell = "SB_MAC16" if family == "ice40" else "MULT18X18D"
     assert cell in gate and ("SB_LUT4" in gate or "LUT4" in gate)  # a netlist, not RTL
+
+
+class _RomReader(wiring.Component):
+    """Reads a word of an initialised ``depth`` x ``9 * lanes``-bit memory per beat: the
+    address in ``i.data[0]``, the word's 9-bit pieces in ``o.data`` (a block RAM on ECP5)."""
+
+    def __init__(self, words: list[int], lanes: int):
+        self.words, self.lanes = words, lanes
+        self.in_layout = dense_layout(1, unsigned(10))
+        self.out_layout = dense_layout(lanes, unsigned(9))
+        super().__init__({"i": In(stream.Signature(self.in_layout)),
+                          "o": Out(stream.Signature(self.out_layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.rom = rom = Memory(shape=unsigned(9 * self.lanes), depth=len(self.words),
+                                        init=self.words)
+        rd = rom.read_port()
+        take = Signal()
+        m.d.comb += [take.eq(~self.o.valid | self.o.ready), self.i.ready.eq(take),
+                     rd.en.eq(take), rd.addr.eq(self.i.payload.data[0])]
+        m.d.comb += [self.o.payload.data[j].eq(rd.data[9 * j:9 * j + 9])
+                     for j in range(self.lanes)]
+        with m.If(take):
+            m.d.sync += [self.o.valid.eq(self.i.valid),
+                         self.o.payload.last.eq(self.i.payload.last),
+                         self.o.payload.end.eq(self.i.payload.end)]
+        return m
+
+
+class _MemoryUnits(wiring.Component):
+    """Block RAMs of the widths yosys maps to DP16KD side by side: FIFOs on x18 and x9
+    ports, and initialised ROMs of 1,024 x 18 bits (x18) and 512 x 36 (the x36 pair)."""
+
+    def __init__(self, words18: list[int], words36: list[int]):
+        self.units = {"w": StreamFIFO(dense_layout(4, signed(8)), 600),
+                      "n": StreamFIFO(dense_layout(1, signed(7)), 1500),
+                      "r": _RomReader(words18, 2), "q": _RomReader(words36, 4)}
+        ports = {}
+        for key, unit in self.units.items():
+            ports[f"{key}i"] = In(stream.Signature(unit.in_layout))
+            ports[f"{key}o"] = Out(stream.Signature(unit.out_layout))
+        super().__init__(ports)
+
+    def elaborate(self, platform):
+        m = Module()
+        for key, unit in self.units.items():
+            m.submodules[key] = unit
+            wiring.connect(m, wiring.flipped(getattr(self, f"{key}i")), unit.i)
+            wiring.connect(m, unit.o, wiring.flipped(getattr(self, f"{key}o")))
+        return m
+
+
+def test_ecp5_block_ram_netlist_equals_rtl_under_stalls(tmp_path):
+    """The DP16KD model: FIFOs mapped to the x36 pair and to x9 ports (read while written,
+    under random stalls) and an initialised ROM (INITVAL words) give, as a synth_ecp5
+    netlist, what the RTL does."""
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    rng = np.random.default_rng(7)
+    words18 = rng.integers(0, 1 << 18, 1024).tolist()
+    words36 = rng.integers(0, 1 << 36, 512).tolist()
+    dut = _MemoryUnits(words18, words36)
+    beats = {"w": dense_frames(rng.integers(-128, 128, (3, 700, 4)), 4),
+             "n": dense_frames(rng.integers(-64, 64, (2, 1700, 1)), 1)}
+    want = dict(beats)
+    for key, words, lanes in (("r", words18, 2), ("q", words36, 4)):
+        addrs = rng.integers(0, len(words), 900)
+        beats[key] = dense_beats([[int(a)] for a in addrs], 1)
+        want[key] = dense_beats([[(words[a] >> 9 * j) & 511 for j in range(lanes)]
+                                 for a in addrs], lanes)
+    hook = netlist_for("ecp5", tmp_path)
+    units = dut.units
+    res = run_streams(dut, "gl_bram_ecp5",
+                      [(f"{k}i", units[k].in_layout, beats[k]) for k in units],
+                      [(f"{k}o", units[k].out_layout, len(want[k])) for k in units],
+                      stall=0.3, seed=11, build_root=tmp_path, platform=ULX3S_85F_Platform(),
+                      netlist=hook)
+    assert res.outputs == [want[k] for k in units]
+    gate = next(tmp_path.glob("gate-ecp5-*/gate.v")).read_text()
+    widths = set(re.findall(r"\.DATA_WIDTH_[AB]\(32'd(\d+)\)", gate))
+    assert gate.count("DP16KD #") >= 4 and {"9", "18", "36"} <= widths  # block RAMs, each width

@@ -522,12 +522,13 @@ class StreamFIFO(wiring.Component):
         check_int("depth", depth, 1)
         self.layout, self.depth = layout, depth
         self.in_layout = self.out_layout = layout
+        #: The buffer (its ``level``: beats held).
+        self.fifo = SyncFIFOBuffered(width=Shape.cast(layout).width, depth=depth)
         super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=Shape.cast(self.layout).width,
-                                                    depth=self.depth)
+        m.submodules.fifo = fifo = self.fifo
         m.d.comb += [fifo.w_data.eq(self.i.payload.as_value()), fifo.w_en.eq(self.i.valid),
                      self.i.ready.eq(fifo.w_rdy),
                      self.o.payload.as_value().eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy),

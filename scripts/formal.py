@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Formal proofs of the stream units' contracts (SymbiYosys, smtbmc with z3).
+"""Formal proofs of the stream units' contracts (SymbiYosys, smtbmc with Yices or z3).
 
 Each unit, at small parameters, inside :class:`cosparse.sim.formal.StreamHarness`:
 its inputs follow the stream contract (assumed), and it is proven to keep it
@@ -18,6 +18,8 @@ than it took, and per unit:
 - the overlay engine (at narrow widths): every sum of its first two groups
   equals the exact sum of the group's products (a shadow of the layer's
   weights), so no accumulator wraps;
+- the histogram global k-WTA, with 2-bit radix digits (4 bins, four passes;
+  the same generator as the hardware's 8-bit digits);
 - the host link: a memory write only for a LOAD, an inference only for an
   INFER of the right length, each of a whole frame whose CRC (computed by the
   harness bit by bit) matched and whose length fitted the buffer.
@@ -27,8 +29,12 @@ The windows and engines are the units the compiler lowers for a tiny network
 
 Bounded model checking to ``--depth`` cycles (every state the unit reaches
 from reset within that many cycles), after a cover run that shows a whole
-frame gets through within that depth (the proof is not vacuous). Exits 1
-when a proof fails, printing the counterexample trace's path (a VCD).
+frame gets through within that depth (the proof is not vacuous). The units
+of :data:`INDUCTION` are proven for every depth, by k-induction: their
+harnesses add invariants tying the unit's state to the harness's counters
+(the FIFO's level is the beats in flight; a combinational unit's output is
+at its input's place in the group). Exits 1 when a proof fails, printing
+the counterexample trace's path (a VCD).
 
     python3 scripts/formal.py                     # every unit, depth 16 (or its minimum)
     python3 scripts/formal.py --units fifo,kwta_local --depth 16
@@ -46,6 +52,7 @@ from pathlib import Path
 import numpy as np
 from amaranth.hdl import (Assert, Assume, Cat, Const, Cover, Module, Mux, Signal, signed,
                           unsigned)
+from amaranth.lib import data
 
 from cosparse.compiler import zoo
 from cosparse.compiler.folding import Folding, LayerFold
@@ -84,6 +91,18 @@ def winners_bound(bound: int, groups_by: str = "last"):
                 m.d.sync += count.eq(0)
 
     return extra
+
+
+def same_framing(m: Module, dut, h: StreamHarness) -> None:
+    """Invariants of a combinational one-to-one unit (for its proof by induction): the
+    output is at the input's beat of its group, and no frame is in flight."""
+    m.d.comb += [Assert(h.group_beat["o"] == h.group_beat["i"]),
+                 Assert(h.in_flight["o_frames"] == 0)]
+
+
+def fifo_level(m: Module, dut, h: StreamHarness) -> None:
+    """The FIFO's invariant (for its proof by induction): the beats in flight are its level."""
+    m.d.comb += Assert(h.in_flight["beats"] == dut.fifo.level)
 
 
 def crc16_byte(crc, byte):
@@ -237,15 +256,24 @@ def engine_sums_harness(engine: OverlayEngine) -> StreamHarness:
 
 #: Units proven deeper than ``--depth`` (their first write or frame comes later).
 MIN_DEPTH = {"host_link": 20, "sparse_max_pool": 20, "kwta_global_serial": 38,
-             "dense_window": 20, "overlay_engine": 24, "overlay_engine_sums": 18}
+             "kwta_global": 50, "dense_window": 20, "overlay_engine": 24,
+             "overlay_engine_sums": 18}
+
+#: Units proven for every depth, by k-induction of this length (their harness's ``extra``
+#: holds the invariants that make the properties inductive); the others by BMC.
+INDUCTION = {"fifo": 4, "input_offset": 4, "widen": 4}
 
 #: name -> (harness factory, what it shows)
 UNITS = {
-    "fifo": (lambda: StreamHarness(StreamFIFO(dense_layout(2, signed(4)), 2),
-                                   one_to_one=True, capacity=2),
-             "StreamFIFO depth 2: none lost, at most 2 in flight"),
+    "fifo": (lambda: StreamHarness(StreamFIFO(data.StructLayout({"x": signed(4)}), 2),
+                                   one_to_one=True, capacity=2, extra=fifo_level),
+             "StreamFIFO depth 2: none lost, at most 2 in flight (beats of 4 bits)"),
+    "fifo_frames": (lambda: StreamHarness(StreamFIFO(dense_layout(2, signed(4)), 2),
+                                          one_to_one=True, capacity=2),
+                    "StreamFIFO depth 2 of dense beats: frames out never ahead of frames in"),
     "input_offset": (lambda: StreamHarness(InputOffset(2, -128), one_to_one=True, capacity=0,
-                                           framing={"i": (2, None), "o": (2, None)}),
+                                           framing={"i": (2, None), "o": (2, None)},
+                                           extra=same_framing),
                      "InputOffset: combinational, one beat out per beat in"),
     "bias_add": (lambda: StreamHarness(BiasAdd(3, width=2, acc_bits=6, bias=[1, -2, 3]),
                                        one_to_one=True, capacity=4,
@@ -287,7 +315,8 @@ UNITS = {
         framing={"i": (4, None)}, sparse_groups={"o": 4}, extra=winners_bound(2)),
         "LocalKWTA C=4 k=1 B=2 (insertion, boost, threshold rule): at most B winners"),
     "widen": (lambda: StreamHarness(Widen(2, 4, 6), one_to_one=True, capacity=0,
-                                    framing={"i": (2, None), "o": (2, None)}),
+                                    framing={"i": (2, None), "o": (2, None)},
+                                    extra=same_framing),
               "Widen: combinational, one beat out per beat in"),
     "sparse_max_pool": (lambda: StreamHarness(
         SparseMaxPool(2, 2, 2, kernel=(2, 2), stride=(2, 2), entries=1, width=1,
@@ -299,6 +328,12 @@ UNITS = {
         framing={"i": (2, 1), "o": (None, 1)}, sparse_groups={"o": 2},
         extra=winners_bound(1, "end")),
         "SerialGlobalKWTA N=2 k=1 (bit-serial threshold search): at most k winners a frame"),
+    "kwta_global": (lambda: StreamHarness(
+        GlobalKWTA(2, 1, width=1, entries=1, value_bits=4, key_range=(-8, 7), digit_bits=2),
+        framing={"i": (2, 1), "o": (None, 1)}, sparse_groups={"o": 2},
+        extra=winners_bound(1, "end")),
+        "HistogramGlobalKWTA N=2 k=1, 2-bit digits (four radix passes of 4 bins; the "
+        "hardware's are 8-bit, 256 bins): at most k winners a frame"),
     "dense_window": (lambda: StreamHarness(
         tiny_stage("conv0", "DenseWindow"), framing={"i": (1, 9), "o": (1, 4)}),
         "DenseWindow 3x3x1, 2x2 kernel: a receptive field a beat, 4 positions a frame"),
@@ -351,20 +386,24 @@ def main(argv: list[str] | None = None) -> int:
         for i, name in enumerate(names):
             make, what = UNITS[name]
             depth = max(args.depth, MIN_DEPTH.get(name, 0))
-            print(f"[{i + 1}/{len(names)}] {name}: {what} (BMC depth {depth}) ...",
-                  flush=True)
+            mode = "prove" if name in INDUCTION else "bmc"
+            how = (f"k-induction, k = {INDUCTION[name]}" if mode == "prove"
+                   else f"BMC depth {depth}")
+            print(f"[{i + 1}/{len(names)}] {name}: {what} ({how}) ...", flush=True)
             # Not vacuous: a whole frame (or beat) gets through within the depth.
             c = prove(f"{name}_cover", make(), work, mode="cover", depth=depth)
-            r = prove(name, make(), work, mode="bmc", depth=depth)
+            r = prove(name, make(), work, mode=mode,
+                      depth=INDUCTION[name] if mode == "prove" else depth)
             first = min(c.cover_steps) if c.cover_steps else None
             row = {"unit": name, "property": what, "passed": r.passed and c.passed,
-                   "depth": r.depth, "first_output_step": first,
+                   "mode": "induction" if mode == "prove" else "bmc",
+                   "depth": None if mode == "prove" else r.depth, "first_output_step": first,
                    "seconds": round(r.seconds + c.seconds, 1)}
             if not c.passed:
                 r = c  # its trace (if any) and log say why no frame got through
             if row["passed"]:
-                print(f"    proven in {r.seconds:.1f} s (first frame out at step {first})",
-                      flush=True)
+                print(f"    proven{' for every depth' if mode == 'prove' else ''} in "
+                      f"{r.seconds:.1f} s (first frame out at step {first})", flush=True)
             else:
                 failed.append(name)
                 trace = None
@@ -380,9 +419,11 @@ def main(argv: list[str] | None = None) -> int:
                "failed": failed, "seconds": round(time.perf_counter() - t0, 1)}
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
-    deeper = sorted({r["depth"] for r in results} - {args.depth})
+    deeper = sorted({r["depth"] for r in results if r["depth"]} - {args.depth})
+    inductive = sum(r["mode"] == "induction" for r in results)
     print(f"{len(names) - len(failed)} of {len(names)} units proven to depth {args.depth}"
           + (f" (some to {', '.join(map(str, deeper))})" if deeper else "")
+          + (f", {inductive} of them for every depth (induction)" if inductive else "")
           + f" in {summary['seconds']:.0f} s"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

@@ -56,7 +56,8 @@ def run(board: str, count: int, build_root: Path, progress=print) -> dict:
     exact = bool(np.array_equal(sim.outputs, want))
     labels = test["y"][:count]
     pred = acc.dequantize(sim.outputs).argmax(axis=-1)
-    return {"board": board, "family": family, "synthesis": f"{FAMILIES[family]} {options}",
+    return {"board": board, "family": family,
+            "synthesis": f"{FAMILIES[family]} {options}".strip(),
             "digits": int(len(x)), "exact": exact,
             "mismatches": int(np.sum(sim.outputs != want)),
             "accuracy": round(float(np.mean(pred == labels)), 4),

@@ -114,9 +114,17 @@ class StreamHarness(Elaboratable):
             raise ValueError("one_to_one needs one input and one output stream")
         self.ports = [self.cd.clk, self.rst] + [s for p in self.streams for s in
                                    ((p.valid, p.payload) if p.inbound else (p.ready,))]
-        #: The counters ``extra`` may use: beats (``valid & ready``) per stream port.
+        #: The counters ``extra`` may use: beats (``valid & ready``) and frames per stream
+        #: port (8 bits, wrapping: for bounded proofs)...
         self.beats: dict[str, Signal] = {}
         self.frames: dict[str, Signal] = {}
+        #: ... the framing's beat within a group and group within a frame, per port ...
+        self.group_beat: dict[str, Signal] = {}
+        self.frame_group: dict[str, Signal] = {}
+        #: ... and what is in flight: frames per output port (``"<port>_frames"``) and,
+        #: one to one, beats (``"beats"``). An unbounded proof (``prove`` mode) needs
+        #: ``extra`` to tie these to the unit's state (its invariants).
+        self.in_flight: dict[str, Signal] = {}
 
     @property
     def inputs(self) -> list[_Port]:
@@ -164,22 +172,34 @@ class StreamHarness(Elaboratable):
                 self._sparse(m, p, view, prop, self.sparse_groups[p.name])
             if p.name in self.framing:
                 self._framing(m, p, view, prop, *self.framing[p.name])
+        # The counts' relations are asserted on counters of what is in flight (in minus
+        # out), which never wrap: they hold at any depth, as an unbounded proof needs.
         for o in self.outputs:  # (cover mode: a whole frame gets through, within the depth)
             m.d.comb += Cover(self.frames[o.name] >= 1 if "end" in o.fields
                               else self.beats[o.name] >= 1)
-            if "end" in o.fields and self.frames_bound:
-                total = sum(self.frames[i.name] for i in self.inputs if "end" in i.fields)
-                if any("end" in i.fields for i in self.inputs):
-                    m.d.comb += Assert(self.frames[o.name] <= total)
+            ins = [i for i in self.inputs if "end" in i.fields]
+            if "end" in o.fields and self.frames_bound and ins:
+                ends_in = sum(self._fires_end(i) for i in ins)
+                self._in_flight(m, f"{o.name}_frames", ends_in, self._fires_end(o), None)
         if self.one_to_one:
-            i, o = self.beats[self.inputs[0].name], self.beats[self.outputs[0].name]
-            m.d.comb += Assert(o <= i)
-            if self.capacity is not None:
-                m.d.comb += Assert(i - o <= self.capacity)
+            i, o = self.inputs[0], self.outputs[0]
+            self._in_flight(m, "beats", i.valid & i.ready, o.valid & o.ready, self.capacity)
         if self.extra is not None:
             self.extra(m, dut, self)
         return m
 
+
+    def _fires_end(self, p: _Port):
+        return p.valid & p.ready & getattr(self.dut, p.name).payload.end
+
+    def _in_flight(self, m: Module, name: str, came, went, capacity: int | None) -> None:
+        """Assert that ``went`` (per cycle) never gets ahead of ``came``, and that what came
+        and has not gone stays within ``capacity`` (None: below 255)."""
+        pending = Signal(unsigned(8), name=f"{name}_in_flight")
+        self.in_flight[name] = pending
+        m.d.sync += pending.eq(pending + came - went)
+        m.d.comb += Assert(pending + came >= went)
+        m.d.comb += Assert(pending <= capacity if capacity is not None else pending < 255)
 
     def _framing(self, m: Module, p: _Port, view, prop, beats: int | None,
                  groups: int | None) -> None:
@@ -187,11 +207,13 @@ class StreamHarness(Elaboratable):
         fire = p.valid & p.ready
         if beats is not None:
             beat = Signal(range(beats), name=f"{p.name}_beat")
+            self.group_beat[p.name] = beat
             m.d.comb += prop(~p.valid | (view.last == (beat == beats - 1)))
             with m.If(fire):
                 m.d.sync += beat.eq(Mux(view.last, 0, beat + 1))
         if groups is not None:
             group = Signal(range(groups), name=f"{p.name}_group")
+            self.frame_group[p.name] = group
             m.d.comb += prop(~p.valid | (view.end == (view.last & (group == groups - 1))))
             with m.If(fire & view.last):
                 m.d.sync += group.eq(Mux(view.end, 0, group + 1))

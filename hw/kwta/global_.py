@@ -84,6 +84,10 @@ class GlobalKWTA(wiring.Component):
     dsp_width : int
         Signed input width of the part's multipliers (16 iCE40, 18 ECP5): a
         boost wider than one unsigned input takes two per key.
+    digit_bits : int
+        Bits of a radix digit of the histogram build (1 to 8): ``2**digit_bits``
+        bins a histogram. 8 in hardware; fewer make the unit small enough
+        for a formal proof. The serial build takes only 8.
 
     Members
     -------
@@ -103,7 +107,7 @@ class GlobalKWTA(wiring.Component):
     def __new__(cls, size=None, k=None, *, group=None, width: int = 8, entries: int = 8,
                 boost=None, serial: bool = False, max_winners=None, key_shift=None, rescale=None,
                 value_bits=8, key_range=(-128, 127), out_range=(-128, 127), tie_order="stream",
-                dsp_width=18):
+                dsp_width=18, digit_bits=8):
         design = cls
         if cls is GlobalKWTA:
             design = SerialGlobalKWTA if serial else HistogramGlobalKWTA
@@ -115,7 +119,7 @@ class GlobalKWTA(wiring.Component):
                  rescale: tuple[int, int] | None = None, value_bits: int = 8,
                  key_range: tuple[int, int] = (-128, 127),
                  out_range: tuple[int, int] = (-128, 127), tie_order: str = "stream",
-                 dsp_width: int = 18):
+                 dsp_width: int = 18, digit_bits: int = 8):
         check_int("size", size, 1)
         #: Signed input width of the part's multipliers (16 iCE40, 18 ECP5): DSPs per key.
         self.dsp_width = check_int("dsp_width", dsp_width, 16, 18)
@@ -140,6 +144,11 @@ class GlobalKWTA(wiring.Component):
         self.tie_order = tie_order
         if serial and width != 1:
             raise ValueError(f"serial needs width (D) 1, got {width!r}")
+        #: Bits of a radix digit (histogram build): ``2**digit_bits`` bins.
+        self.digit_bits = check_int("digit_bits", digit_bits, 1, 8)
+        if serial and digit_bits != 8:
+            raise ValueError(f"digit_bits is the histogram build's (serial=False), got "
+                             f"{digit_bits!r} with serial=True")
         if bool(serial) != self.serial:
             raise ValueError(f"{type(self).__name__} is built with serial={self.serial}, "
                              f"got serial={serial!r}")
@@ -158,7 +167,7 @@ class GlobalKWTA(wiring.Component):
         self.words = self.positions * self.beats  # beats per frame
         self.index_bits = bits(group)
         self.key_bits = key_bits(self.boost, self.key_shift, value_bits, self.key_range)
-        self.digits = -(-self.key_bits // 8)
+        self.digits = -(-self.key_bits // self.digit_bits)
         self.in_layout = dense_layout(width, signed(value_bits))
         self.out_layout = sparse_layout(entries, self.index_bits, signed(self.out_bits))
         super().__init__({
@@ -183,7 +192,7 @@ class GlobalKWTA(wiring.Component):
 
 
 class HistogramGlobalKWTA(GlobalKWTA):
-    """Global k-WTA by radix histograms of the keys' 8-bit digits.
+    """Global k-WTA by radix histograms of the keys' digits (8 bits: 256 bins).
 
     ::
 
@@ -191,31 +200,31 @@ class HistogramGlobalKWTA(GlobalKWTA):
                |  top digit of each key
                v
              LaneHistograms <- FrameReader (refine: next digit) <- frame buffer
-               |  ThresholdScan per digit (256 bins, top down)
+               |  ThresholdScan per digit (``2**digit_bits`` bins, top down)
                v
              threshold key T, quota q
                -> FrameReader (emit) -> ThresholdCompare -> WinnerPacker -> o
 
-    A frame takes ``P * (W + 256 + SCAN_OVERHEAD)`` cycles in steady state
+    A frame takes ``P * (W + 2**digit_bits + SCAN_OVERHEAD)`` cycles in steady state
     (``P`` digits, ``W`` words); emission overlaps the next frame's write.
     Parameters and members as :class:`GlobalKWTA` (``serial`` False).
     """
 
     @property
     def cycles_per_frame(self) -> int:
-        """Steady-state cycles per frame: ``P`` scans of 256 bins and ``P - 1`` refine reads
+        """Steady-state cycles per frame: ``P`` scans of all bins and ``P - 1`` refine reads
         around the write of ``W`` words (channel-major ties: a counting pass of ``W`` and
         ``G`` cycles of quotas more)."""
         extra = self.words + self.group + self.COUNT_OVERHEAD \
             if self.tie_order == "channel-major" else 0
-        return self.digits * (self.words + 256 + self.SCAN_OVERHEAD) + extra
+        return self.digits * (self.words + (1 << self.digit_bits) + self.SCAN_OVERHEAD) + extra
 
     def elaborate(self, platform):
         m = Module()
         N, k, G, D, R = self.size, self.k, self.group, self.width, self.entries
         BG, W, P = self.beats, self.words, self.digits
-        ib, kb = self.index_bits, self.key_bits
-        KP = 8 * P
+        ib, kb, DB = self.index_bits, self.key_bits, self.digit_bits
+        KP = DB * P
         cnt = bits(N + 1)
         lane_cnt = bits(W + 1)
         keys = Keys(self.boost, D, BG, self.key_shift, self.value_bits, self.key_range)
@@ -226,12 +235,12 @@ class HistogramGlobalKWTA(GlobalKWTA):
         m.submodules.buf = buf = Memory(shape=unsigned(D * vb), depth=2 * W, init=[])
         buf_w, buf_r = buf.write_port(), buf.read_port()
         m.submodules.writer = writer = FrameWriter(W, BG, D, G, kb, bb, self.key_shift, vb,
-                                                   self.key_range)
+                                                   self.key_range, digit_bits=DB)
         m.submodules.reader = reader = FrameReader(W, BG, D, G, kb, bb, self.key_shift,
                                                    self.rescale, vb, self.key_range,
-                                                   self.out_range, ob)
-        m.submodules.hist = hist = LaneHistograms(D, lane_cnt)
-        m.submodules.scan = scan = ThresholdScan(D, lane_cnt, cnt)
+                                                   self.out_range, ob, digit_bits=DB)
+        m.submodules.hist = hist = LaneHistograms(D, lane_cnt, DB)
+        m.submodules.scan = scan = ThresholdScan(D, lane_cnt, cnt, DB)
         chw = self.tie_order == "channel-major"
         m.submodules.compare = compare = ThresholdCompare(D, KP, ib, cnt, BG, ob,
                                                           channels=G if chw else None)
@@ -267,17 +276,18 @@ class HistogramGlobalKWTA(GlobalKWTA):
             with m.Switch(sel_pass):
                 for q in range(1, P):
                     with m.Case(q):
-                        hi = 8 * (P - q)
+                        hi = DB * (P - q)
                         for d in range(D):
                             key = r2.lanes[d].key
                             m.d.comb += [
-                                hist.digits[d].eq(key[hi - 8:hi]),
-                                hist.incs[d].eq(r2.lanes[d].valid & (key[hi:] == prefix[:8 * q])),
+                                hist.digits[d].eq(key[hi - DB:hi]),
+                                hist.incs[d].eq(r2.lanes[d].valid
+                                                & (key[hi:] == prefix[:DB * q])),
                             ]
         with m.Else():
             m.d.comb += hist.valid.eq(writer.keys_valid)
             for d in range(D):
-                m.d.comb += [hist.digits[d].eq(writer.keys[d].key[KP - 8:]),
+                m.d.comb += [hist.digits[d].eq(writer.keys[d].key[KP - DB:]),
                              hist.incs[d].eq(writer.keys_valid & writer.keys[d].valid)]
         m.d.comb += [hist.scanning.eq(scan.scanning), hist.scan_bin.eq(scan.bin),
                      hist.clear_bin.eq(scan.clear_bin), hist.clear.eq(scan.clear),
@@ -296,7 +306,7 @@ class HistogramGlobalKWTA(GlobalKWTA):
                 with m.If(scan.done):
                     m.next = "FINISH"
             with m.State("FINISH"):
-                m.d.sync += [prefix.eq(Cat(scan.digit, prefix[:KP - 8])),
+                m.d.sync += [prefix.eq(Cat(scan.digit, prefix[:KP - DB])),
                              need.eq(need - scan.above)]
                 with m.If(sel_pass == P - 1):
                     m.next = "DONE"

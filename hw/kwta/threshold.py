@@ -2,8 +2,8 @@
 histograms, the threshold scan, the threshold compare and the winner packer.
 
 Keys are offset-binary (:func:`~.common.offset_key`) and zero-extended to
-``8 * P`` bits, ``P`` radix digits of 8 bits; the top digit is bits
-``8 * P - 8`` and up. Block RAM outputs (frame buffer, boost ROM,
+``DB * P`` bits, ``P`` radix digits of ``DB`` bits (8 in hardware: 256
+bins); the top digit is bits ``DB * P - DB`` and up. Block RAM outputs (frame buffer, boost ROM,
 histograms) are registered before use.
 """
 
@@ -47,6 +47,8 @@ class FrameWriter(wiring.Component):
         ``W`` words per frame, ``beats`` per group, ``D`` lanes, ``G`` elements per group.
     key_bits, boost_bits : int
         Key width ``kb``; width of a lane's boost (0: no boost).
+    digit_bits : int
+        ``DB``, bits of a radix digit: keys are padded to ``DB * P`` bits.
 
     Members
     -------
@@ -59,7 +61,7 @@ class FrameWriter(wiring.Component):
         The ROM's data, one cycle after ``boost_addr``.
     keys_valid : Out(1)
     keys : Out(ArrayLayout(StructLayout({"key", "valid"}), D))
-        A written word's keys (``8 * P`` bits) and lane valid bits.
+        A written word's keys (``DB * P`` bits) and lane valid bits.
     busy : Out(1)
         Keys are still in flight.
     filled, slot : Out(1)
@@ -70,11 +72,11 @@ class FrameWriter(wiring.Component):
 
     def __init__(self, words: int, beats: int, width: int, group: int, key_bits: int,
                  boost_bits: int, key_shift: int | None = None, value_bits: int = 8,
-                 key_range: tuple[int, int] = (-128, 127)):
+                 key_range: tuple[int, int] = (-128, 127), *, digit_bits: int = 8):
         self.W, self.BG, self.D, self.G = words, beats, width, group
         self.kb, self.bb, self.key_shift = key_bits, boost_bits, key_shift
         self.vb, self.key_range = value_bits, key_range
-        self.KP = 8 * -(-key_bits // 8)
+        self.KP = digit_bits * -(-key_bits // digit_bits)
         super().__init__({
             "i": In(stream.Signature(dense_layout(width, signed(value_bits)))),
             "buf_addr": Out(range(2 * words)), "buf_data": Out(value_bits * width),
@@ -147,6 +149,8 @@ class FrameReader(wiring.Component):
         ``W`` words per frame, ``beats`` per group, ``D`` lanes, ``G`` elements per group.
     key_bits, boost_bits : int
         Key width ``kb``; width of a lane's boost (0: no boost).
+    digit_bits : int
+        ``DB``, bits of a radix digit: keys are padded to ``DB * P`` bits.
 
     Members
     -------
@@ -170,12 +174,13 @@ class FrameReader(wiring.Component):
                  boost_bits: int, key_shift: int | None = None,
                  rescale: tuple[int, int] | None = None, value_bits: int = 8,
                  key_range: tuple[int, int] = (-128, 127),
-                 out_range: tuple[int, int] = (-128, 127), out_bits: int = 8):
+                 out_range: tuple[int, int] = (-128, 127), out_bits: int = 8, *,
+                 digit_bits: int = 8):
         self.W, self.BG, self.D, self.G = words, beats, width, group
         self.kb, self.bb, self.key_shift, self.rescale = key_bits, boost_bits, key_shift, rescale
         self.vb, self.ob, self.key_range, self.out_range = (value_bits, out_bits, key_range,
                                                             out_range)
-        self.KP = 8 * -(-key_bits // 8)
+        self.KP = digit_bits * -(-key_bits // digit_bits)
         super().__init__({
             "start": In(1), "slot": In(1), "en": In(1),
             "buf_addr": Out(range(2 * words)), "buf_data": In(value_bits * width),
@@ -237,7 +242,7 @@ class FrameReader(wiring.Component):
 
 
 class LaneHistograms(wiring.Component):
-    """``D`` histograms of 256 bins, one per lane, counted and scanned.
+    """``D`` histograms of ``2**digit_bits`` bins (256), one per lane, counted and scanned.
 
     Counting is a read-modify-write, block RAM output registered: read at
     H0, data registered at H1, bin + 1 written at H2. The two previous
@@ -251,12 +256,14 @@ class LaneHistograms(wiring.Component):
         ``D``, lanes.
     count_bits : int
         Width of a bin.
+    digit_bits : int
+        ``DB``, bits of a digit (a bin's address).
 
     Members
     -------
     valid : In(1)
         A word's digits come in.
-    digits : In(ArrayLayout(8, D))
+    digits : In(ArrayLayout(DB, D))
     incs : In(D)
         Lanes whose bin is counted.
     scanning, scan_bin, clear_bin, clear : In
@@ -267,35 +274,36 @@ class LaneHistograms(wiring.Component):
         Counts are in flight.
     """
 
-    def __init__(self, width: int, count_bits: int):
-        self.D, self.cb = width, count_bits
+    def __init__(self, width: int, count_bits: int, digit_bits: int = 8):
+        self.D, self.cb, self.DB = width, count_bits, digit_bits
         super().__init__({
-            "valid": In(1), "digits": In(data.ArrayLayout(8, width)), "incs": In(width),
-            "scanning": In(1), "scan_bin": In(8), "clear_bin": In(8), "clear": In(1),
+            "valid": In(1), "digits": In(data.ArrayLayout(digit_bits, width)),
+            "incs": In(width), "scanning": In(1), "scan_bin": In(digit_bits),
+            "clear_bin": In(digit_bits), "clear": In(1),
             "counts": Out(data.ArrayLayout(count_bits, width)), "busy": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        D, cb = self.D, self.cb
+        D, cb, DB = self.D, self.cb, self.DB
         h1_v, h2_v = Signal(), Signal()
-        h1_addr = [Signal(8, name=f"h1_addr{d}") for d in range(D)]
+        h1_addr = [Signal(DB, name=f"h1_addr{d}") for d in range(D)]
         h1_inc = [Signal(name=f"h1_inc{d}") for d in range(D)]
-        h2_addr = [Signal(8, name=f"h2_addr{d}") for d in range(D)]
+        h2_addr = [Signal(DB, name=f"h2_addr{d}") for d in range(D)]
         h2_inc = [Signal(name=f"h2_inc{d}") for d in range(D)]
         h2_data = [Signal(cb, name=f"h2_data{d}") for d in range(D)]
         h2_new = [Signal(cb, name=f"h2_new{d}") for d in range(D)]
-        p1_addr = [Signal(8, name=f"p1_addr{d}") for d in range(D)]
+        p1_addr = [Signal(DB, name=f"p1_addr{d}") for d in range(D)]
         p1_inc = [Signal(name=f"p1_inc{d}") for d in range(D)]
         p1_val = [Signal(cb, name=f"p1_val{d}") for d in range(D)]
-        p2_addr = [Signal(8, name=f"p2_addr{d}") for d in range(D)]
+        p2_addr = [Signal(DB, name=f"p2_addr{d}") for d in range(D)]
         p2_inc = [Signal(name=f"p2_inc{d}") for d in range(D)]
         p2_val = [Signal(cb, name=f"p2_val{d}") for d in range(D)]
         m.d.sync += [h1_v.eq(self.valid), h2_v.eq(h1_v)]
         m.d.comb += self.busy.eq(h1_v | h2_v)
         scanning = self.scanning
         for d in range(D):
-            h = Memory(shape=unsigned(cb), depth=256, init=[])
+            h = Memory(shape=unsigned(cb), depth=1 << DB, init=[])
             m.submodules[f"hist{d}"] = h
             hist_w, hist_r = h.write_port(), h.read_port()
             m.d.sync += [h1_addr[d].eq(self.digits[d]), h1_inc[d].eq(self.valid & self.incs[d]),
@@ -322,7 +330,7 @@ class LaneHistograms(wiring.Component):
 class ThresholdScan(wiring.Component):
     """The threshold digit: bins read from the top down until ``need`` keys are counted.
 
-    ``start`` issues the 256 bins, 255 first, one per cycle; each bin's
+    ``start`` issues the ``2**DB`` bins, the top one first, one per cycle; each bin's
     lane counts (``counts``, one cycle after ``bin``) are registered, then
     summed. The first bin where the running count reaches ``need`` is
     ``digit``, and ``above`` the count of the bins before it. Every bin is
@@ -336,25 +344,28 @@ class ThresholdScan(wiring.Component):
         ``D``, lanes.
     count_bits, total_bits : int
         Widths of a lane's bin and of a count of keys.
+    digit_bits : int
+        ``DB``, bits of a digit.
 
     Members
     -------
     start : In(1)
     need : In(total_bits)
     counts : In(ArrayLayout(count_bits, D))
-    bin, clear_bin : Out(8)
+    bin, clear_bin : Out(DB)
     clear, scanning, done : Out(1)
-    digit : Out(8)
+    digit : Out(DB)
     above : Out(total_bits)
     """
 
-    def __init__(self, width: int, count_bits: int, total_bits: int):
-        self.D, self.cb, self.tb = width, count_bits, total_bits
+    def __init__(self, width: int, count_bits: int, total_bits: int, digit_bits: int = 8):
+        self.D, self.cb, self.tb, self.DB = width, count_bits, total_bits, digit_bits
         super().__init__({
             "start": In(1), "need": In(total_bits),
             "counts": In(data.ArrayLayout(count_bits, width)),
-            "bin": Out(8), "clear_bin": Out(8), "clear": Out(1), "scanning": Out(1),
-            "done": Out(1), "digit": Out(8), "above": Out(total_bits),
+            "bin": Out(digit_bits), "clear_bin": Out(digit_bits), "clear": Out(1),
+            "scanning": Out(1), "done": Out(1), "digit": Out(digit_bits),
+            "above": Out(total_bits),
         })
 
     def elaborate(self, platform):
@@ -363,7 +374,7 @@ class ThresholdScan(wiring.Component):
         sc_issue = Signal()
         sc_bin = self.bin
         sc1_v, scb_v, sc2_v = self.clear, Signal(), Signal()
-        sc1_bin, scb_bin, sc2_bin = self.clear_bin, Signal(8), Signal(8)
+        sc1_bin, scb_bin, sc2_bin = self.clear_bin, Signal(self.DB), Signal(self.DB)
         scb_lane = [Signal(cb, name=f"scb_lane{d}") for d in range(D)]
         sc2_sum = Signal(cnt)
         cum = Signal(cnt)
@@ -386,7 +397,7 @@ class ThresholdScan(wiring.Component):
         with m.If(self.done):
             m.d.sync += self.scanning.eq(0)
         with m.If(self.start):
-            m.d.sync += [self.scanning.eq(1), sc_issue.eq(1), sc_bin.eq(255), cum.eq(0),
+            m.d.sync += [self.scanning.eq(1), sc_issue.eq(1), sc_bin.eq((1 << self.DB) - 1), cum.eq(0),
                          found.eq(0)]
         return m
 
@@ -413,7 +424,7 @@ class ThresholdCompare(wiring.Component):
     width : int
         ``D``, lanes.
     key_width, index_bits, total_bits : int
-        Widths of a key (``8 * P``), an index within a group, the quota.
+        Widths of a key (``DB * P``), an index within a group, the quota.
     channels : int, optional
         ``G``: a quota per channel (see above).
 

@@ -538,6 +538,31 @@ def test_global_multipass_throughput(boost_hi, digits):
     assert set(np.diff(starts)) == {dut.cycles_per_frame}
 
 
+@pytest.mark.parametrize("digit_bits, B, tie_order, D", [
+    (2, None, "stream", 1), (3, 9, "stream", 4), (4, None, "channel-major", 2), (1, 7, "stream", 3)])
+def test_global_narrow_digits_match_golden(digit_bits, B, tie_order, D):
+    """The histogram build with fewer bins a digit (the formal proof's size) picks the
+    same winners: more radix passes, each over ``2**digit_bits`` bins."""
+    rng = np.random.default_rng(digit_bits)
+    N, G, k = 48, 8, 5
+    boost = make_boost("small", G, rng)
+    dut = GlobalKWTA(N, k, group=G, width=D, entries=3, boost=boost, max_winners=B,
+                     tie_order=tie_order, digit_bits=digit_bits)
+    assert dut.digits == -(-dut.key_bits // digit_bits) > 1
+    frames = global_frames(rng, N, G) + [rng.integers(-2, 3, N) for _ in range(2)]
+    beats_in, want = [], []
+    for x in frames:
+        beats_in += frame_beats(x, G, D)
+        want += global_expected(x, k, boost, G, 3, B, chw=tie_order == "channel-major")
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=digit_bits)
+    assert res.outputs[0] == want
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    starts = [res.input_cycles[0][f * dut.words] for f in range(len(frames))]
+    assert set(np.diff(starts)[1:]) == {dut.cycles_per_frame}, np.diff(starts)
+
+
 @pytest.mark.parametrize("args, kwargs, match", [
     ((0, 1), {}, "size"),
     ((10, 11), {}, "k must be an integer from 1 to 10, got 11"),
@@ -548,6 +573,9 @@ def test_global_multipass_throughput(boost_hi, digits):
     ((12, 2), dict(group=4, boost=[1] * 12), "boost"),
     ((12, 2), dict(group=4, boost=[1, 2, 3, 66000]), "66000"),
     ((12, 2), dict(group=4, boost=[1, 2, 3, 1.5]), "boost"),
+    ((12, 2), dict(digit_bits=0), "digit_bits"),
+    ((12, 2), dict(digit_bits=9), "digit_bits"),
+    ((12, 2), dict(width=1, serial=True, digit_bits=4), "histogram build"),
 ])
 def test_global_bad_parameters(args, kwargs, match):
     with pytest.raises(ValueError, match=match):

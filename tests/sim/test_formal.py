@@ -66,15 +66,18 @@ def test_a_unit_that_drops_a_waiting_beat_fails_its_proof(tmp_path):
 def test_formal_script_proves_units_and_reports(tmp_path, capsys):
     fm = _script()
     out = tmp_path / "formal.json"
-    assert fm.main(["--units", "requantizer,kwta_local,sparse_flatten", "--depth", "14",
+    assert fm.main(["--units", "requantizer,kwta_local,sparse_flatten,widen", "--depth", "14",
                     "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["failed"] == [] and [u["unit"] for u in res["units"]] == \
-        ["requantizer", "kwta_local", "sparse_flatten"]
+        ["requantizer", "kwta_local", "sparse_flatten", "widen"]
     for u in res["units"]:
-        assert u["passed"] and u["first_output_step"] is not None and \
-            u["first_output_step"] < u["depth"]
-    assert "3 of 3 units proven to depth 14" in capsys.readouterr().out
+        assert u["passed"] and u["first_output_step"] is not None
+        if u["mode"] == "bmc":
+            assert u["first_output_step"] < u["depth"]
+    assert [u["mode"] for u in res["units"]] == ["bmc"] * 3 + ["induction"]
+    assert "4 of 4 units proven to depth 14, 1 of them for every depth (induction)" in \
+        capsys.readouterr().out
 
 
 def test_formal_script_names_a_failure_and_its_trace(tmp_path, capsys, monkeypatch):
@@ -118,4 +121,38 @@ def test_engine_sums_proof_catches_an_accumulator_too_narrow(tmp_path, monkeypat
                                    weight_bits=2)
     assert narrow.acc_bits < good.acc_bits
     r = prove("narrow_sums", fm.engine_sums_harness(narrow), tmp_path, depth=16)
+    assert not r.passed and r.trace is not None
+
+
+def test_induction_proves_the_fifo_for_every_depth_given_its_invariant(tmp_path):
+    """k-induction: the FIFO's contract holds at every depth with its invariant (level ==
+    beats in flight); without it the induction step fails (unreachable states), and a
+    capacity below the FIFO's is refuted."""
+    fm = _script()
+    make, _ = fm.UNITS["fifo"]
+    ok = prove("fifo_ind", make(), tmp_path, mode="prove", depth=fm.INDUCTION["fifo"])
+    assert ok.passed, ok.log_tail
+    bare = StreamHarness(StreamFIFO(make().dut.layout, 2), one_to_one=True, capacity=2)
+    r = prove("fifo_bare", bare, tmp_path, mode="prove", depth=fm.INDUCTION["fifo"])
+    assert not r.passed and "induction" in r.log_tail
+    small = StreamHarness(StreamFIFO(make().dut.layout, 2), one_to_one=True, capacity=1,
+                          extra=fm.fifo_level)
+    assert not prove("fifo_small", small, tmp_path, mode="prove", depth=4).passed
+
+
+def test_histogram_global_kwta_proof_catches_more_winners_than_asserted(tmp_path):
+    """The histogram build (2-bit digits) is proven to give at most k winners; asked for at
+    most 1 where its threshold rule allows 2 (ties), the proof finds the frame."""
+    from cosparse.hw.kwta import GlobalKWTA
+
+    fm = _script()
+    make, _ = fm.UNITS["kwta_global"]
+    depth = fm.MIN_DEPTH["kwta_global"]
+    assert prove("hist", make(), tmp_path, depth=depth).passed
+    ties = StreamHarness(
+        GlobalKWTA(2, 1, width=1, entries=1, value_bits=4, key_range=(-8, 7), digit_bits=2,
+                   max_winners=2),
+        framing={"i": (2, 1), "o": (None, 1)}, sparse_groups={"o": 2},
+        extra=fm.winners_bound(1, "end"))
+    r = prove("hist_ties", ties, tmp_path, depth=depth)
     assert not r.passed and r.trace is not None

@@ -522,9 +522,16 @@ class StreamFIFO(wiring.Component):
         check_int("depth", depth, 1)
         self.layout, self.depth = layout, depth
         self.in_layout = self.out_layout = layout
-        #: The buffer (its ``level``: beats held).
-        self.fifo = SyncFIFOBuffered(width=Shape.cast(layout).width, depth=depth)
+        self._fifo = None
         super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
+
+    @property
+    def fifo(self) -> SyncFIFOBuffered:
+        """The buffer (its ``level``: the beats held), made when first asked for."""
+        if self._fifo is None:
+            self._fifo = SyncFIFOBuffered(width=Shape.cast(self.layout).width,
+                                          depth=self.depth)
+        return self._fifo
 
     def elaborate(self, platform):
         m = Module()

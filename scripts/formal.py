@@ -33,7 +33,9 @@ frame gets through within that depth (the proof is not vacuous). The units
 of :data:`INDUCTION` are proven for every depth, by k-induction: their
 harnesses add invariants tying the unit's state to the harness's counters
 (the FIFO's level is the beats in flight; a combinational unit's output is
-at its input's place in the group). Exits 1 when a proof fails, printing
+at its input's place in the group); for those of :data:`LOCAL_INDUCTION`,
+the properties of each beat (held until ready, ``end`` with ``last``) are
+proven for every depth and the rest by BMC. Exits 1 when a proof fails, printing
 the counterexample trace's path (a VCD).
 
     python3 scripts/formal.py                     # every unit, depth 16 (or its minimum)
@@ -263,6 +265,11 @@ MIN_DEPTH = {"host_link": 20, "sparse_max_pool": 20, "kwta_global_serial": 38,
 #: holds the invariants that make the properties inductive); the others by BMC.
 INDUCTION = {"fifo": 4, "input_offset": 4, "widen": 4}
 
+#: Units whose beat-local properties (valid and payload held until ready, ``end`` with
+#: ``last``; ``StreamHarness(local_only=True)``) are also proven for every depth, by
+#: k-induction of this length without invariants; the rest of their contract by BMC.
+LOCAL_INDUCTION = {"narrow": 8, "dense_flatten": 8}
+
 #: name -> (harness factory, what it shows)
 UNITS = {
     "fifo": (lambda: StreamHarness(StreamFIFO(data.StructLayout({"x": signed(4)}), 2),
@@ -394,16 +401,30 @@ def main(argv: list[str] | None = None) -> int:
             c = prove(f"{name}_cover", make(), work, mode="cover", depth=depth)
             r = prove(name, make(), work, mode=mode,
                       depth=INDUCTION[name] if mode == "prove" else depth)
+            seconds = r.seconds + c.seconds
+            if r.passed and name in LOCAL_INDUCTION:
+                local = make()
+                local.local_only = True
+                loc = prove(f"{name}_local", local, work, mode="prove",
+                            depth=LOCAL_INDUCTION[name])
+                seconds += loc.seconds
+                if not loc.passed:
+                    r = loc  # its trace and log say what failed
             first = min(c.cover_steps) if c.cover_steps else None
             row = {"unit": name, "property": what, "passed": r.passed and c.passed,
-                   "mode": "induction" if mode == "prove" else "bmc",
-                   "depth": None if mode == "prove" else r.depth, "first_output_step": first,
-                   "seconds": round(r.seconds + c.seconds, 1)}
+                   "mode": "induction" if mode == "prove" else
+                   "bmc, beat-local properties by induction" if name in LOCAL_INDUCTION
+                   else "bmc",
+                   "depth": None if mode == "prove" else depth, "first_output_step": first,
+                   "seconds": round(seconds, 1)}
             if not c.passed:
                 r = c  # its trace (if any) and log say why no frame got through
             if row["passed"]:
-                print(f"    proven{' for every depth' if mode == 'prove' else ''} in "
-                      f"{r.seconds:.1f} s (first frame out at step {first})", flush=True)
+                every = (" for every depth" if mode == "prove" else
+                         " (held beats and end marks for every depth)"
+                         if name in LOCAL_INDUCTION else "")
+                print(f"    proven{every} in {row['seconds']:.1f} s (first frame out at step "
+                      f"{first})", flush=True)
             else:
                 failed.append(name)
                 trace = None

@@ -88,6 +88,12 @@ class StreamHarness(Elaboratable):
         frame's, assumed on inputs and asserted on outputs.
     extra : callable, optional
         ``extra(m, dut, harness)`` adds the unit's own properties.
+    local_only : bool
+        Assert only the properties of each output beat and the one before it (valid and
+        payload held until ready, ``end`` with ``last``, a sparse beat's entries at most
+        ``R``, non-zero, indices below ``C``), none that counts (framing, order through a
+        group, frames and beats in flight, ``extra``): these hold by k-induction without
+        invariants of the unit's state, for every depth. Inputs keep every assumption.
     """
 
     def __init__(self, dut: wiring.Component, *, one_to_one: bool = False,
@@ -95,12 +101,14 @@ class StreamHarness(Elaboratable):
                  framing: dict[str, tuple[int | None, int | None]] | None = None,
                  empty_beats: set[str] | frozenset[str] = frozenset(),
                  frames_bound: bool = True,
-                 extra: Callable[[Module, wiring.Component, "StreamHarness"], None] | None = None):
+                 extra: Callable[[Module, wiring.Component, "StreamHarness"], None] | None = None,
+                 local_only: bool = False):
         self.dut, self.one_to_one, self.capacity, self.extra = dut, one_to_one, capacity, extra
         self.sparse_groups = dict(sparse_groups or {})
         self.framing = dict(framing or {})
         self.empty_beats = set(empty_beats)
         self.frames_bound = frames_bound
+        self.local_only = local_only
         self.cd = ClockDomain("sync")
         self.rst = self.cd.rst
         self.streams: list[_Port] = []
@@ -161,6 +169,8 @@ class StreamHarness(Elaboratable):
             marks = ~p.valid | ~view.end | view.last if {"end", "last"} <= set(p.fields) else 1
             prop = Assume if p.inbound else Assert
             m.d.comb += [prop(keep), prop(marks)]
+            # what depends on earlier beats (not asserted with local_only)
+            counted = prop if p.inbound or not self.local_only else (lambda _: [])
             beats = Signal(unsigned(8), name=f"{p.name}_beats")
             frames = Signal(unsigned(8), name=f"{p.name}_frames")
             fire = p.valid & p.ready
@@ -169,22 +179,22 @@ class StreamHarness(Elaboratable):
                 m.d.sync += frames.eq(frames + (fire & view.end))
             self.beats[p.name], self.frames[p.name] = beats, frames
             if p.name in self.sparse_groups:
-                self._sparse(m, p, view, prop, self.sparse_groups[p.name])
+                self._sparse(m, p, view, prop, counted, self.sparse_groups[p.name])
             if p.name in self.framing:
-                self._framing(m, p, view, prop, *self.framing[p.name])
+                self._framing(m, p, view, counted, *self.framing[p.name])
         # The counts' relations are asserted on counters of what is in flight (in minus
         # out), which never wrap: they hold at any depth, as an unbounded proof needs.
         for o in self.outputs:  # (cover mode: a whole frame gets through, within the depth)
             m.d.comb += Cover(self.frames[o.name] >= 1 if "end" in o.fields
                               else self.beats[o.name] >= 1)
             ins = [i for i in self.inputs if "end" in i.fields]
-            if "end" in o.fields and self.frames_bound and ins:
+            if "end" in o.fields and self.frames_bound and ins and not self.local_only:
                 ends_in = sum(self._fires_end(i) for i in ins)
                 self._in_flight(m, f"{o.name}_frames", ends_in, self._fires_end(o), None)
-        if self.one_to_one:
+        if self.one_to_one and not self.local_only:
             i, o = self.inputs[0], self.outputs[0]
             self._in_flight(m, "beats", i.valid & i.ready, o.valid & o.ready, self.capacity)
-        if self.extra is not None:
+        if self.extra is not None and not self.local_only:
             self.extra(m, dut, self)
         return m
 
@@ -218,9 +228,10 @@ class StreamHarness(Elaboratable):
             with m.If(fire & view.last):
                 m.d.sync += group.eq(Mux(view.end, 0, group + 1))
 
-    def _sparse(self, m: Module, p: _Port, view, prop, group: int) -> None:
-        """Entries of a sparse beat: at most R, non-zero, indices below ``group`` and
-        strictly increasing through the group; no empty beat but an empty group's."""
+    def _sparse(self, m: Module, p: _Port, view, prop, counted, group: int) -> None:
+        """Entries of a sparse beat: at most R, non-zero, indices below ``group`` (``prop``)
+        and strictly increasing through the group; no empty beat but an empty group's
+        (``counted``)."""
         entries = view.entries
         r = len(entries)
         last_index = Signal(entries[0].index.shape(), name=f"{p.name}_last_index")
@@ -229,12 +240,13 @@ class StreamHarness(Elaboratable):
         if p.name not in self.empty_beats:
             # A beat without entries is an empty group's only beat: it has ``last``, and no
             # entry of the group came before it.
-            m.d.comb += prop(~p.valid | (view.count != 0) | (view.last & ~in_group))
+            m.d.comb += counted(~p.valid | (view.count != 0) | (view.last & ~in_group))
         for j, e in enumerate(entries):
             live = p.valid & (view.count > j)
             before = entries[j - 1].index if j else last_index
             later = (e.index > before) if j else (~in_group | (e.index > before))
-            m.d.comb += prop(~live | ((e.index < group) & (e.value != 0) & later))
+            m.d.comb += [prop(~live | ((e.index < group) & (e.value != 0))),
+                         counted(~live | later)]
         with m.If(p.valid & p.ready):
             for j in range(r):
                 with m.If(view.count == j + 1):

@@ -59,6 +59,11 @@ def test_a_unit_that_drops_a_waiting_beat_fails_its_proof(tmp_path):
     r = prove("impatient", StreamHarness(Impatient(), one_to_one=True, capacity=1), tmp_path,
               depth=8)
     assert not r.passed and r.trace is not None
+    # the beat-local properties alone, by induction, catch it too (a real fault, not an
+    # unreachable state: its base case fails)
+    local = prove("impatient_local", StreamHarness(Impatient(), local_only=True), tmp_path,
+                  mode="prove", depth=8)
+    assert not local.passed and "basecase: FAIL" in local.log_tail
     cover = prove("impatient_cover", StreamHarness(Impatient()), tmp_path, mode="cover", depth=8)
     assert cover.passed and cover.cover_steps  # a beat does get through
 
@@ -66,18 +71,20 @@ def test_a_unit_that_drops_a_waiting_beat_fails_its_proof(tmp_path):
 def test_formal_script_proves_units_and_reports(tmp_path, capsys):
     fm = _script()
     out = tmp_path / "formal.json"
-    assert fm.main(["--units", "requantizer,kwta_local,sparse_flatten,widen", "--depth", "14",
-                    "--json", str(out)]) == 0
+    assert fm.main(["--units", "requantizer,kwta_local,sparse_flatten,widen,narrow", "--depth",
+                    "14", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["failed"] == [] and [u["unit"] for u in res["units"]] == \
-        ["requantizer", "kwta_local", "sparse_flatten", "widen"]
+        ["requantizer", "kwta_local", "sparse_flatten", "widen", "narrow"]
     for u in res["units"]:
         assert u["passed"] and u["first_output_step"] is not None
         if u["mode"] == "bmc":
             assert u["first_output_step"] < u["depth"]
-    assert [u["mode"] for u in res["units"]] == ["bmc"] * 3 + ["induction"]
-    assert "4 of 4 units proven to depth 14, 1 of them for every depth (induction)" in \
-        capsys.readouterr().out
+    assert [u["mode"] for u in res["units"]] == \
+        ["bmc"] * 3 + ["induction", "bmc, beat-local properties by induction"]
+    printed = capsys.readouterr().out
+    assert "5 of 5 units proven to depth 14, 1 of them for every depth (induction)" in printed
+    assert "proven (held beats and end marks for every depth)" in printed
 
 
 def test_formal_script_names_a_failure_and_its_trace(tmp_path, capsys, monkeypatch):

@@ -20,6 +20,8 @@ than it took, and per unit:
   weights), so no accumulator wraps;
 - the histogram global k-WTA, with 2-bit radix digits (4 bins, four passes;
   the same generator as the hardware's 8-bit digits);
+- the UARTs: the receiver holds a byte until taken whatever the line does;
+  bytes sent through transmitter and receiver come out unchanged, in order;
 - the host link: a memory write only for a LOAD, an inference only for an
   INFER of the right length, each of a whole frame whose CRC (computed by the
   harness bit by bit) matched and whose length fitted the buffer.
@@ -54,7 +56,8 @@ from pathlib import Path
 import numpy as np
 from amaranth.hdl import (Assert, Assume, Cat, Const, Cover, Module, Mux, Signal, signed,
                           unsigned)
-from amaranth.lib import data
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
 
 from cosparse.compiler import zoo
 from cosparse.compiler.folding import Folding, LayerFold
@@ -73,6 +76,7 @@ from cosparse.hw.protocol import (CRC16_POLYNOMIAL, LOAD_HEADER_BYTES, SYNC_REQU
 from cosparse.hw.requant import BiasAdd, Requantizer
 from cosparse.hw.reshape import DenseFlatten, SparseFlatten
 from cosparse.hw.streams import dense_layout
+from cosparse.hw.uart import MIN_DIVISOR, UARTRx, UARTTx
 from cosparse.sim.formal import StreamHarness, default_engine, prove
 
 
@@ -240,6 +244,57 @@ def tiny_stage(layer: str, unit: str, *, logic: bool = False):
     return next(s.component for s in core.stages if s.layer == layer and s.unit == unit)
 
 
+def uart_rx_harness() -> StreamHarness:
+    """The UART receiver with its serial line free (any waveform, glitches included)."""
+    h = StreamHarness(UARTRx(MIN_DIVISOR))
+    line = Signal(init=1, name="line")
+    h.ports.append(line)
+
+    def extra(m: Module, dut, h: StreamHarness) -> None:
+        m.d.comb += dut.rx.eq(line)
+
+    h.extra = extra
+    return h
+
+
+class UARTLoop(wiring.Component):
+    """The UART transmitter's line into the receiver (its own ``rx_divisor``, default the
+    transmitter's): bytes in, bytes out."""
+
+    def __init__(self, divisor: int, rx_divisor: int | None = None):
+        self.tx, self.rx = UARTTx(divisor), UARTRx(rx_divisor or divisor)
+        super().__init__({"i": In(stream.Signature(unsigned(8))),
+                          "o": Out(stream.Signature(unsigned(8)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.tx, m.submodules.rx = self.tx, self.rx
+        wiring.connect(m, wiring.flipped(self.i), self.tx.i)
+        wiring.connect(m, self.rx.o, wiring.flipped(self.o))
+        m.d.comb += self.rx.rx.eq(self.tx.tx)
+        return m
+
+
+def uart_loop_harness(rx_divisor: int = MIN_DIVISOR) -> StreamHarness:
+    """Bytes through transmitter and receiver come out as they went in, in order, none
+    lost (the consumer takes every byte, so the receiver never overruns)."""
+
+    def extra(m: Module, dut, h: StreamHarness) -> None:
+        m.d.comb += Assume(h.streams[1].ready)
+        sent = [Signal(8, name=f"sent{j}") for j in range(2)]  # byte n in sent[n % 2]
+        n_in, n_out = h.beats["i"], h.beats["o"]
+        with m.If(dut.i.valid & dut.i.ready):
+            with m.If(n_in[0]):
+                m.d.sync += sent[1].eq(dut.i.payload)
+            with m.Else():
+                m.d.sync += sent[0].eq(dut.i.payload)
+        m.d.comb += Assert(~dut.o.valid | (dut.o.payload == Mux(n_out[0], sent[1], sent[0])))
+        m.d.comb += Cover(n_out == 2)
+
+    return StreamHarness(UARTLoop(MIN_DIVISOR, rx_divisor), one_to_one=True, capacity=2,
+                         extra=extra)
+
+
 def small_engine():
     """The tiny network's first overlay engine (its masks and kernel ids) with 2-bit
     weights and 3-bit input values, accumulators sized by the engine's own bound: narrow
@@ -259,11 +314,11 @@ def engine_sums_harness(engine: OverlayEngine) -> StreamHarness:
 #: Units proven deeper than ``--depth`` (their first write or frame comes later).
 MIN_DEPTH = {"host_link": 20, "sparse_max_pool": 20, "kwta_global_serial": 38,
              "kwta_global": 50, "dense_window": 20, "overlay_engine": 24,
-             "overlay_engine_sums": 18}
+             "overlay_engine_sums": 18, "uart_rx": 50, "uart_loop": 90}
 
 #: Units proven for every depth, by k-induction of this length (their harness's ``extra``
 #: holds the invariants that make the properties inductive); the others by BMC.
-INDUCTION = {"fifo": 4, "input_offset": 4, "widen": 4}
+INDUCTION = {"fifo": 4, "input_offset": 4, "widen": 4, "uart_rx": 4}
 
 #: Units whose beat-local properties (valid and payload held until ready, ``end`` with
 #: ``last``; ``StreamHarness(local_only=True)``) are also proven for every depth, by
@@ -362,6 +417,12 @@ UNITS = {
         tiny_stage("conv0", "LogicEngine", logic=True), one_to_one=True,
         framing={"i": (1, 4), "o": (1, 4)}),
         "LogicEngine fan-in 4, M=2: a beat of M sums per receptive field"),
+    "uart_rx": (uart_rx_harness,
+                "UARTRx, 4 cycles a bit, any line waveform: a byte held until taken (an "
+                "overrun drops the new byte)"),
+    "uart_loop": (uart_loop_harness,
+                  "UARTTx into UARTRx, 4 cycles a bit: each byte out is the byte in, in order, "
+                  "two bytes through"),
     "host_link": (host_link_harness,
                   "HostLink: a memory write only for a LOAD, an inference only for an INFER "
                   "of the right length, each of a whole frame whose CRC matched and length "

@@ -163,3 +163,13 @@ def test_histogram_global_kwta_proof_catches_more_winners_than_asserted(tmp_path
         extra=fm.winners_bound(1, "end"))
     r = prove("hist_ties", ties, tmp_path, depth=depth)
     assert not r.passed and r.trace is not None
+
+
+def test_uart_loop_proof_catches_a_receiver_at_another_baud(tmp_path):
+    """Bytes through the UARTs are proven to arrive unchanged at one baud; a receiver at 5
+    cycles a bit against a transmitter at 4 garbles them, and the proof finds it."""
+    fm = _script()
+    depth = fm.MIN_DEPTH["uart_loop"]
+    assert prove("loop", fm.uart_loop_harness(), tmp_path, depth=depth).passed
+    r = prove("loop_baud", fm.uart_loop_harness(rx_divisor=5), tmp_path, depth=depth)
+    assert not r.passed and r.trace is not None

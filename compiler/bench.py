@@ -39,7 +39,8 @@ from . import ir, zoo
 from .build import compile_network, resolve_board, weight_memory_bits
 from .frontend import import_onnx, to_ir_input
 from .errors import CosparseError
-from .fold import FoldingError, block_rams, board_block_rams, choose_folding, multipliers
+from .fold import (LUT_SHARE, FoldingError, block_rams, board_block_rams, choose_folding,
+                   multipliers)
 from .lower import lower
 from .order import restore_output_order, to_drain_order
 from .packer import unpack
@@ -287,7 +288,8 @@ def _load_array(path: str | os.PathLike, what: str, float_only: bool = False) ->
 def bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: bool,
                outdir: Path, progress: Callable[[str], None],
                engine_budget: int | None = None, pnr_minutes: float | None = None,
-               pnr_deadline: float | None = None, source=None) -> tuple[dict, list, object]:
+               pnr_deadline: float | None = None, source=None,
+               lut_share: float = LUT_SHARE) -> tuple[dict, list, object]:
     """Fold, simulate and measure one mode of the gsc-cs network: one row of the bench.
 
     Parameters
@@ -315,6 +317,8 @@ def bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: b
         Passed to the place-and-route job: its time cap and the bench's deadline.
     source : ZooSource or ModelSource, optional
         The network and its inputs (default: ``ZooSource(seed, reduced)``).
+    lut_share : float
+        The share of the part's LUTs the fold may fill (:func:`choose_folding`).
 
     Returns
     -------
@@ -340,16 +344,18 @@ def bench_mode(mode: str, *, board, count: int, seed: int, reduced: bool, pnr: b
         try:
             folding = choose_folding(net, sample, max_multipliers=board.multipliers,
                                      weights_in_logic="auto", max_luts=board.luts,
-                                     max_block_rams=bram_budget)
+                                     max_block_rams=bram_budget, lut_share=lut_share)
         except FoldingError:
             # Not even the least parallelism's memories fit the part (dense, benched
             # alone): fold for its multipliers; the row says what the mode needs, and
             # its cycles still come from simulation.
             folding = choose_folding(net, sample, max_multipliers=board.multipliers,
-                                     weights_in_logic="auto", max_luts=board.luts)
+                                     weights_in_logic="auto", max_luts=board.luts,
+                                     lut_share=lut_share)
     else:  # the same engine multipliers as another mode, for the cycles comparison
         folding = choose_folding(net, sample, max_multipliers=engine_budget, engines_only=True,
-                                 weights_in_logic="auto", max_luts=board.luts)
+                                 weights_in_logic="auto", max_luts=board.luts,
+                                 lut_share=lut_share)
     mults = multipliers(net, folding)
     stages = stage_cycles(net, folding, x)
     weight_kbit = sum(weight_memory_bits(layer) for layer in net.layers
@@ -680,7 +686,7 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
               pnr_modes=("sparse-weights", "sparse-sparse"), pnr_minutes: float | None = None,
               minutes: float | None = None, route: bool = False,
               model: str | os.PathLike | None = None, inputs: str | os.PathLike | None = None,
-              labels: str | os.PathLike | None = None,
+              labels: str | os.PathLike | None = None, lut_share: float = LUT_SHARE,
               progress: Callable[[str], None] = print) -> dict:
     """Run the benchmark (see the module doc); returns what ``bench.json`` holds.
 
@@ -696,7 +702,12 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
     weights, on its float ``inputs`` (a ``.npy`` in the model's layout, also
     its calibration data; needed) with their ``labels`` (optional: the
     golden model's accuracy).
+
+    ``lut_share``: the share of the part's LUTs each mode's fold may fill
+    (default :data:`~.fold.LUT_SHARE`); less for a design the router can finish.
     """
+    if not 0.1 <= lut_share <= 1.0:
+        raise CosparseError(f"--lut-share must be from 0.1 to 1, got {lut_share:g}")
     if model is None and (inputs is not None or labels is not None):
         raise CosparseError("--inputs and --labels go with --model (a trained model)")
     if model is not None and inputs is None:
@@ -749,7 +760,7 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
             run = partial(bench_mode, mode, board=b, count=count, seed=seed, reduced=reduced,
                           pnr=mode in pnr_modes, outdir=out, progress=progress,
                           engine_budget=budget, pnr_minutes=pnr_minutes, pnr_deadline=deadline,
-                          source=source)
+                          source=source, lut_share=lut_share)
             if mode == "sparse-sparse" or mode in pnr_modes:
                 row, st, job = run()
                 if job is not None:
@@ -772,7 +783,9 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
     rows = [rows[m] for m in MODES if m in rows]
     res = {**source.describe(to_drain_order(net)), "board": b.name, "fpga": b.fpga,
            "inputs": count,
-           "route": route, "minutes": minutes, "pnr_minutes": pnr_minutes, "modes": rows, "onnxruntime_cpu_inferences_per_s": ort["best"],
+           "route": route, "minutes": minutes, "pnr_minutes": pnr_minutes,
+           "lut_share": lut_share, "modes": rows,
+           "onnxruntime_cpu_inferences_per_s": ort["best"],
            "onnxruntime_cpu": ort, "paper": PAPER,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                        "processor": platform.processor() or platform.machine()},

@@ -27,6 +27,7 @@ from . import api
 from .bench import MODES, run_bench
 from .demo import run_demo
 from .errors import CosparseError
+from .fold import LUT_SHARE
 
 __all__ = ["main"]
 
@@ -188,7 +189,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     run_bench(args.outdir, modes=modes, board=args.board, count=args.count, seed=args.seed,
               reduced=args.reduced, pnr_modes=pnr, pnr_minutes=args.pnr_minutes,
               minutes=args.minutes, route=args.route, model=args.model, inputs=args.inputs,
-              labels=args.labels)
+              labels=args.labels, lut_share=args.lut_share)
     return 0
 
 
@@ -263,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "model's accuracy")
     be.add_argument("--dense-pnr", action="store_true",
                     help="also place and route the dense build when it fits the part")
+    be.add_argument("--lut-share", type=float, default=LUT_SHARE, metavar="S",
+                    help=f"the share of the part's LUTs each fold may fill (default "
+                         f"{LUT_SHARE:g}; less leaves the router room, at more cycles)")
     be.set_defaults(func=_cmd_bench)
 
     g = sub.add_parser("golden", help="run the numpy golden model of a compiled network")

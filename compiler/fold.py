@@ -219,7 +219,8 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
                    max_steps: int = 64, area_first: bool = False,
                    engines_only: bool = False,
                    max_block_rams: int | None = None,
-                   weights_in_logic="none", max_luts: int | None = None) -> Folding:
+                   weights_in_logic="none", max_luts: int | None = None,
+                   lut_share: float = LUT_SHARE) -> Folding:
     """Balance the pipeline within ``max_multipliers``.
 
     Parameters
@@ -251,9 +252,12 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
         Which layers' weights become shift-and-add logic (:func:`choose_engines`);
         an override's own engine is kept. Their ``P`` grows like an engine's.
     max_luts : int, optional
-        The part's LUTs: a step that would take the core past :data:`LUT_SHARE`
-        of them (:func:`~.area.core_luts`) is not taken, and ``"auto"`` puts no
+        The part's LUTs: a step that would take the core past ``lut_share`` of
+        them (:func:`~.area.core_luts`) is not taken, and ``"auto"`` puts no
         layer in logic when the least parallelism with it would not fit.
+    lut_share : float
+        The share of ``max_luts`` the fold may fill (default :data:`LUT_SHARE`;
+        less leaves the router room on a congested part, at more cycles).
 
     Raises
     ------
@@ -263,22 +267,32 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
     """
     kw = dict(max_multipliers=max_multipliers, overrides=overrides, max_steps=max_steps,
               area_first=area_first, engines_only=engines_only, max_block_rams=max_block_rams,
-              weights_in_logic=weights_in_logic, max_luts=max_luts)
+              weights_in_logic=weights_in_logic, max_luts=max_luts, lut_share=lut_share)
+    if not 0.1 <= lut_share <= 1.0:
+        raise ValueError(f"lut_share must be from 0.1 to 1, got {lut_share!r}")
     if area_first:
         return _choose_folding(net, sample, pool_first=False, **kw)
     # Pooling sums before their requantizer saves DSP products and requantizer lanes,
     # but pools wider elements: fold both ways, keep the faster (then the smaller).
+    # "auto" weights in logic are weighed likewise against none: logic that fits the part
+    # can leave the other layers too few LUTs to grow, and then DSP engines do better.
+    choices = [weights_in_logic]
+    if weights_in_logic == "auto" and max_luts is not None:
+        choices.append("none")
     best, error = None, None
-    for pool_first in (False, True):
-        try:
-            folding = _choose_folding(net, sample, pool_first=pool_first, **kw)
-        except FoldingError as e:  # (pooled sums take wider pool memories)
-            error = error or e
-            continue
-        core = lower(net, folding)
-        key = (max(s.mean for s in stage_cycles(net, folding, sample, core)), core_luts(core))
-        if best is None or key < best[0]:
-            best = (key, folding)
+    for logic in choices:
+        for pool_first in (False, True):
+            try:
+                folding = _choose_folding(net, sample, pool_first=pool_first,
+                                          **{**kw, "weights_in_logic": logic})
+            except FoldingError as e:  # (pooled sums take wider pool memories)
+                error = error or e
+                continue
+            core = lower(net, folding)
+            key = (max(s.mean for s in stage_cycles(net, folding, sample, core)),
+                   core_luts(core))
+            if best is None or key < best[0]:
+                best = (key, folding)
     if best is None:
         raise error
     return best[1]
@@ -287,7 +301,8 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
 def _choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
                     overrides: dict[str, LayerFold] | None, max_steps: int, area_first: bool,
                     engines_only: bool, max_block_rams: int | None, weights_in_logic,
-                    max_luts: int | None, pool_first: bool) -> Folding:
+                    max_luts: int | None, pool_first: bool,
+                    lut_share: float = LUT_SHARE) -> Folding:
     """:func:`choose_folding` with sums pooled before requantization or not."""
     overrides = dict(overrides or {})
     overlay = [layer for layer in net.layers if isinstance(layer, ir.OverlayLayer)]
@@ -317,7 +332,7 @@ def _choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int
     by_name = {layer.name: layer for layer in overlay}
     # a stage behind a pool of sums is its overlay layer's (see pools_before_requant)
     owner_of = {pool: name for name, pool in pools_before_requant(net, folding).items()}
-    lut_budget = None if max_luts is None else LUT_SHARE * max_luts
+    lut_budget = None if max_luts is None else lut_share * max_luts
     first = _narrowed(net, folding, sample, overrides)
     if logic and weights_in_logic == "auto" and lut_budget is not None \
             and core_luts(lower(net, first[0])) > lut_budget:
@@ -326,7 +341,7 @@ def _choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int
                                overrides=overrides, max_steps=max_steps, area_first=area_first,
                                engines_only=engines_only, max_block_rams=max_block_rams,
                                weights_in_logic="none", max_luts=max_luts,
-                               pool_first=pool_first)
+                               pool_first=pool_first, lut_share=lut_share)
 
     def grow(check_brams: bool) -> Folding:
         folding, stages = first

@@ -159,6 +159,46 @@ def test_fold_keeps_the_core_within_the_luts():
     assert tiny.logic_layers == []
 
 
+@pytest.mark.parametrize("share", [0.35, 0.5, 0.65, 0.8])
+def test_fold_fills_its_lut_share_and_weighs_logic_against_dsp(share):
+    """At any LUT share the core stays within it (also when the least fold with weights in
+    logic does not fit and the fold falls back to DSP engines), and "auto" is never slower
+    than no weights in logic (logic that fits can starve the other layers' growth)."""
+    from cosparse.compiler.area import core_luts
+    from cosparse.compiler.perf import predict
+
+    net, x = _net("sparse-sparse")
+    luts = 40_000
+    least = choose_folding(net, x, max_multipliers=156, weights_in_logic="none",
+                           max_luts=luts, lut_share=share, max_steps=0)
+    auto = choose_folding(net, x, max_multipliers=156, weights_in_logic="auto",
+                          max_luts=luts, lut_share=share)
+    none = choose_folding(net, x, max_multipliers=156, weights_in_logic="none",
+                          max_luts=luts, lut_share=share)
+    assert core_luts(lower(net, auto)) <= share * luts or auto == least
+    assert predict(net, auto, x)["interval_cycles"] <= predict(net, none, x)["interval_cycles"]
+    with pytest.raises(ValueError, match="lut_share"):
+        choose_folding(net, x, max_multipliers=156, max_luts=luts, lut_share=1.5)
+
+
+def test_auto_logic_gives_way_to_dsp_engines_when_it_starves_the_rest():
+    """gsc-cs on the ULX3S-85F with 60% of its LUTs: conv1 in logic fits, but leaves
+    conv2 and fc1 too few LUTs to grow; the fold keeps DSP engines, which are faster."""
+    from cosparse.compiler.fold import _choose_folding
+    from cosparse.compiler.perf import predict
+
+    net = to_drain_order(zoo.gsc_cs(seed=0, mode="sparse-sparse"))
+    x = np.random.default_rng(1).integers(-128, 128, (4, *net.input.shape), dtype=np.int8)
+    kw = dict(max_multipliers=156, max_luts=83_640, lut_share=0.6)
+    logic = _choose_folding(net, x, overrides=None, max_steps=64, area_first=False,
+                            engines_only=False, max_block_rams=None, pool_first=False,
+                            weights_in_logic="auto", **kw)
+    assert logic.logic_layers == ["conv1"]
+    f = choose_folding(net, x, weights_in_logic="auto", **kw)
+    assert f.logic_layers == []
+    assert predict(net, f, x)["interval_cycles"] < 0.9 * predict(net, logic, x)["interval_cycles"]
+
+
 def test_local_kwta_narrowed_to_the_interval():
     """A local k-WTA behind a wide requantizer takes fewer elements per beat (a Narrow in
     front) when the interval allows; the network computes the same."""

@@ -279,8 +279,10 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
     choices = [weights_in_logic]
     if weights_in_logic == "auto" and max_luts is not None:
         choices.append("none")
-    best, error = None, None
-    for logic in choices:
+    best, error, any_logic = None, None, False
+    for i, logic in enumerate(choices):
+        if i and not any_logic:
+            break  # auto put no layer in logic: the same folds as none
         for pool_first in (False, True):
             try:
                 folding = _choose_folding(net, sample, pool_first=pool_first,
@@ -288,6 +290,7 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
             except FoldingError as e:  # (pooled sums take wider pool memories)
                 error = error or e
                 continue
+            any_logic = any_logic or bool(folding.logic_layers)
             core = lower(net, folding)
             key = (max(s.mean for s in stage_cycles(net, folding, sample, core)),
                    core_luts(core))

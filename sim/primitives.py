@@ -100,6 +100,46 @@ def models_for(platform) -> dict[str, str]:
     return {"mult18x18d_model.v": MULT18X18D_MODEL} if is_ecp5(platform) else {}
 
 
+def _dp16kd_port(p: str, q: str) -> str:
+    """One DP16KD port ``p`` (the other is ``q``): its word (x18; x36: the pair's low half)
+    or byte (x9), its write and its output register. Port A may be the x36 pair's write
+    (the high half from ``DIB`` and byte enables ``AD[3:2]``), port B its read (the high half
+    on ``DOB``, the low one kept in ``low_b_r`` for ``DOA``)."""
+    x, y = p.lower(), q.lower()
+    return f"""\
+    // port {p}
+    wire [9:0] w_{x} = DATA_WIDTH_{p} == 36 ? {{ad{x}[13:5], 1'b0}} : ad{x}[13:4];
+    wire [17:0] old_{x} = mem[w_{x}];
+    wire [17:0] old1_{x} = mem[w_{x} | 10'd1];
+    wire [1:0] be_{x} = DATA_WIDTH_{p} == 9 ? (ad{x}[3] ? 2'b10 : 2'b01) : ad{x}[1:0];
+    wire [17:0] new_{x} = DATA_WIDTH_{p} == 9 ? {{di{x}[8:0], di{x}[8:0]}} : di{x};
+    wire [17:0] merged_{x} = {{be_{x}[1] ? new_{x}[17:9] : old_{x}[17:9],
+                             be_{x}[0] ? new_{x}[8:0] : old_{x}[8:0]}};
+    wire [17:0] merged1_{x} = {{ad{x}[3] ? di{y}[17:9] : old1_{x}[17:9],
+                              ad{x}[2] ? di{y}[8:0] : old1_{x}[8:0]}};
+    wire [17:0] view_{x} = DATA_WIDTH_{p} == 9 ? {{9'd0, ad{x}[3] ? old_{x}[17:9] : old_{x}[8:0]}}
+                       : DATA_WIDTH_{p} == 36 ? old1_{x} : old_{x};
+    wire [17:0] view_new_{x} = DATA_WIDTH_{p} == 9 ? {{9'd0, di{x}[8:0]}} : merged_{x};
+    wire write_{x} = !RST{p} && CE{p} && WE{p};
+    // the output register; an asynchronous reset also clears it between clock edges
+    wire async_rst_{x} = RESETMODE == "ASYNC" && RST{p};
+    reg [17:0] do_{x}_r = 0, low_{x}_r = 0;
+    always @(posedge CLK{p} or posedge async_rst_{x})
+        if (RST{p}) begin
+            do_{x}_r <= 0;
+            low_{x}_r <= 0;
+        end else if (CE{p}) begin
+            low_{x}_r <= old_{x};
+            if (!WE{p} || WRITEMODE_{p} == "READBEFOREWRITE") do_{x}_r <= view_{x};
+            else if (WRITEMODE_{p} == "WRITETHROUGH") do_{x}_r <= view_new_{x};
+        end
+    always @(posedge CLK{p}) if (write_{x}) begin  // (no x36 write on B: stopped above)
+        mem[w_{x}] <= merged_{x};
+        if (DATA_WIDTH_{p} == 36) mem[w_{x} | 10'd1] <= merged1_{x};
+    end
+"""
+
+
 def _dp16kd() -> str:
     def pins(prefix: str, n: int) -> str:
         return ", ".join(f"{prefix}{i}" for i in reversed(range(n)))
@@ -147,7 +187,6 @@ module DP16KD #(
     wire [13:0] ada = {{{pins("ADA", 14)}}};
     wire [13:0] adb = {{{pins("ADB", 14)}}};
     reg [17:0] mem [0:1023];
-    reg [17:0] doa_r, dob_r;
     integer i;
     initial begin
         if (!(DATA_WIDTH_A == 9 || DATA_WIDTH_A == 18 || DATA_WIDTH_A == 36)
@@ -160,8 +199,6 @@ module DP16KD #(
             $display("DP16KD model: unmodelled mode");
             $finish;
         end
-        doa_r = 0;
-        dob_r = 0;
 {load}
     end
     always @(posedge CLKA) if ({{CSA2, CSA1, CSA0}} != 0 || (DATA_WIDTH_A == 36 && WEB)
@@ -174,79 +211,11 @@ module DP16KD #(
         $finish;
     end
 
-    // port A: the word (x18, x36 low half) or byte (x9) at its address
-    wire [9:0] wa = DATA_WIDTH_A == 36 ? {{ada[13:5], 1'b0}} : ada[13:4];
-    wire [17:0] old_a = mem[wa];
-    wire [17:0] old_a1 = mem[wa | 10'd1];
-    wire [1:0] be_a = DATA_WIDTH_A == 9 ? (ada[3] ? 2'b10 : 2'b01) : ada[1:0];
-    wire [17:0] new_a = DATA_WIDTH_A == 9 ? {{dia[8:0], dia[8:0]}} : dia;
-    wire [17:0] merged_a = {{be_a[1] ? new_a[17:9] : old_a[17:9],
-                             be_a[0] ? new_a[8:0] : old_a[8:0]}};
-    wire [17:0] merged_a1 = {{ada[3] ? dib[17:9] : old_a1[17:9],
-                              ada[2] ? dib[8:0] : old_a1[8:0]}};
-    wire [17:0] view_a = DATA_WIDTH_A == 9 ? {{9'd0, ada[3] ? old_a[17:9] : old_a[8:0]}}
-                                           : old_a;
-    wire [17:0] view_new_a = DATA_WIDTH_A == 9 ? {{9'd0, dia[8:0]}} : merged_a;
-    generate if (RESETMODE == "ASYNC") begin : a_async
-        always @(posedge CLKA or posedge RSTA)
-            if (RSTA) doa_r <= 0;
-            else if (CEA) begin
-                if (!WEA) doa_r <= view_a;
-                else if (WRITEMODE_A == "READBEFOREWRITE") doa_r <= view_a;
-                else if (WRITEMODE_A == "WRITETHROUGH") doa_r <= view_new_a;
-            end
-    end else begin : a_sync
-        always @(posedge CLKA)
-            if (RSTA) doa_r <= 0;
-            else if (CEA) begin
-                if (!WEA) doa_r <= view_a;
-                else if (WRITEMODE_A == "READBEFOREWRITE") doa_r <= view_a;
-                else if (WRITEMODE_A == "WRITETHROUGH") doa_r <= view_new_a;
-            end
-    end endgenerate
-    always @(posedge CLKA) if (!RSTA && CEA && WEA) begin
-        mem[wa] <= merged_a;
-        if (DATA_WIDTH_A == 36) mem[wa | 10'd1] <= merged_a1;
-    end
-
-    // port B: likewise; as the x36 read, both halves ({{DOB, DOA}})
-    wire [9:0] wb = DATA_WIDTH_B == 36 ? {{adb[13:5], 1'b0}} : adb[13:4];
-    wire [17:0] old_b = mem[wb];
-    wire [17:0] old_b1 = mem[wb | 10'd1];
-    wire [1:0] be_b = DATA_WIDTH_B == 9 ? (adb[3] ? 2'b10 : 2'b01) : adb[1:0];
-    wire [17:0] new_b = DATA_WIDTH_B == 9 ? {{dib[8:0], dib[8:0]}} : dib;
-    wire [17:0] merged_b = {{be_b[1] ? new_b[17:9] : old_b[17:9],
-                             be_b[0] ? new_b[8:0] : old_b[8:0]}};
-    wire [17:0] view_b = DATA_WIDTH_B == 9 ? {{9'd0, adb[3] ? old_b[17:9] : old_b[8:0]}}
-                       : DATA_WIDTH_B == 36 ? old_b1 : old_b;
-    wire [17:0] view_new_b = DATA_WIDTH_B == 9 ? {{9'd0, dib[8:0]}} : merged_b;
-    reg [17:0] dob_low_r;  // the x36 read's low half, on DOA
-    initial dob_low_r = 0;
-    generate if (RESETMODE == "ASYNC") begin : b_async
-        always @(posedge CLKB or posedge RSTB)
-            if (RSTB) begin dob_r <= 0; dob_low_r <= 0; end
-            else if (CEB) begin
-                dob_low_r <= old_b;
-                if (!WEB) dob_r <= view_b;
-                else if (WRITEMODE_B == "READBEFOREWRITE") dob_r <= view_b;
-                else if (WRITEMODE_B == "WRITETHROUGH") dob_r <= view_new_b;
-            end
-    end else begin : b_sync
-        always @(posedge CLKB)
-            if (RSTB) begin dob_r <= 0; dob_low_r <= 0; end
-            else if (CEB) begin
-                dob_low_r <= old_b;
-                if (!WEB) dob_r <= view_b;
-                else if (WRITEMODE_B == "READBEFOREWRITE") dob_r <= view_b;
-                else if (WRITEMODE_B == "WRITETHROUGH") dob_r <= view_new_b;
-            end
-    end endgenerate
-    always @(posedge CLKB) if (!RSTB && CEB && WEB && DATA_WIDTH_B != 36)
-        mem[wb] <= merged_b;
-
-    wire [17:0] doa = DATA_WIDTH_B == 36 ? dob_low_r : doa_r;
-    assign {{{pins("DOA", 18)}}} = doa;
-    assign {{{pins("DOB", 18)}}} = dob_r;
+{_dp16kd_port("A", "B")}
+{_dp16kd_port("B", "A")}
+    // the x36 read (port B) puts its low half on DOA
+    assign {{{pins("DOA", 18)}}} = DATA_WIDTH_B == 36 ? low_b_r : do_a_r;
+    assign {{{pins("DOB", 18)}}} = do_b_r;
 endmodule
 """
 

@@ -462,6 +462,18 @@ def test_global_rescaled_winners_match_golden(N, G, k, D, rescale, serial):
     assert res.outputs[0] == want
 
 
+def _golden_then_rate(dut, beats_in, want, frames: int, seed: int) -> None:
+    """The global k-WTA's output equals ``want`` under random stalls, and without stalls
+    its frames start every ``cycles_per_frame`` cycles (after the first)."""
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=seed)
+    assert res.outputs[0] == want
+    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
+                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
+    starts = [res.input_cycles[0][f * dut.words] for f in range(frames)]
+    assert set(np.diff(starts)[1:]) == {dut.cycles_per_frame}, np.diff(starts)
+
+
 @pytest.mark.parametrize("N, G, k, B, D, boost_kind, shift", [
     (48, 8, 5, None, 4, None, None),  # exactly k: ties to the lower channel, then position
     (60, 6, 7, 10, 8, "small", None),  # the threshold rule's bound, one beat per position
@@ -486,13 +498,7 @@ def test_global_channel_major_ties_match_golden(N, G, k, B, D, boost_kind, shift
         want += global_expected(x, k, boost, G, 3, B, shift, chw=True)
         differ += want[-1] != global_expected(x, k, boost, G, 3, B, shift)[-1]
     assert differ  # the stream order would pick other winners among the ties
-    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=N)
-    assert res.outputs[0] == want
-    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
-    starts = [res.input_cycles[0][f * dut.words] for f in range(len(frames))]
-    assert set(np.diff(starts)[1:]) == {dut.cycles_per_frame}, np.diff(starts)
+    _golden_then_rate(dut, beats_in, want, len(frames), seed=N)
 
 
 def test_global_benchmark_vector_and_throughput():
@@ -554,13 +560,7 @@ def test_global_narrow_digits_match_golden(digit_bits, B, tie_order, D):
     for x in frames:
         beats_in += frame_beats(x, G, D)
         want += global_expected(x, k, boost, G, 3, B, chw=tie_order == "channel-major")
-    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.3, seed=digit_bits)
-    assert res.outputs[0] == want
-    res = simulate(dut, [Port(dut.i, dut.in_layout, beats_in)],
-                   [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
-    starts = [res.input_cycles[0][f * dut.words] for f in range(len(frames))]
-    assert set(np.diff(starts)[1:]) == {dut.cycles_per_frame}, np.diff(starts)
+    _golden_then_rate(dut, beats_in, want, len(frames), seed=digit_bits)
 
 
 @pytest.mark.parametrize("args, kwargs, match", [

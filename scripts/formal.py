@@ -18,7 +18,7 @@ than it took, and per unit:
 - the overlay engine (at narrow widths): every sum of its first two groups
   equals the exact sum of the group's products (a shadow of the layer's
   weights), so no accumulator wraps;
-- the histogram global k-WTA, with 2-bit radix digits (4 bins, four passes;
+- the histogram global k-WTA, with 1-bit radix digits (2 bins, four passes;
   the same generator as the hardware's 8-bit digits);
 - the UARTs: the receiver holds a byte until taken whatever the line does;
   bytes sent through transmitter and receiver come out unchanged, in order;
@@ -313,7 +313,7 @@ def engine_sums_harness(engine: OverlayEngine) -> StreamHarness:
 
 #: Units proven deeper than ``--depth`` (their first write or frame comes later).
 MIN_DEPTH = {"host_link": 20, "sparse_max_pool": 20, "kwta_global_serial": 38,
-             "kwta_global": 50, "dense_window": 20, "overlay_engine": 24,
+             "kwta_global": 76, "dense_window": 20, "overlay_engine": 24,
              "overlay_engine_sums": 18, "uart_rx": 50, "uart_loop": 90}
 
 #: Units proven for every depth, by k-induction of this length (their harness's ``extra``
@@ -391,10 +391,10 @@ UNITS = {
         extra=winners_bound(1, "end")),
         "SerialGlobalKWTA N=2 k=1 (bit-serial threshold search): at most k winners a frame"),
     "kwta_global": (lambda: StreamHarness(
-        GlobalKWTA(2, 1, width=1, entries=1, value_bits=4, key_range=(-8, 7), digit_bits=2),
+        GlobalKWTA(2, 1, width=1, entries=1, value_bits=4, key_range=(-8, 7), digit_bits=1),
         framing={"i": (2, 1), "o": (None, 1)}, sparse_groups={"o": 2},
         extra=winners_bound(1, "end")),
-        "HistogramGlobalKWTA N=2 k=1, 2-bit digits (four radix passes of 4 bins; the "
+        "HistogramGlobalKWTA N=2 k=1, 4-bit keys in 1-bit digits (four radix passes of 2 bins; the "
         "hardware's are 8-bit, 256 bins): at most k winners a frame"),
     "dense_window": (lambda: StreamHarness(
         tiny_stage("conv0", "DenseWindow"), framing={"i": (1, 9), "o": (1, 4)}),

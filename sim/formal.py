@@ -34,7 +34,7 @@ from pathlib import Path
 
 from amaranth.back import rtlil
 from amaranth.hdl import (Assert, Assume, ClockDomain, Cover, Elaboratable, Module, Mux, Shape,
-                          Signal, unsigned)
+                          Signal, signed, unsigned)
 from amaranth.lib import stream, wiring
 
 __all__ = ["StreamHarness", "ProofResult", "prove", "sby_command", "default_engine"]
@@ -92,8 +92,9 @@ class StreamHarness(Elaboratable):
         Assert only the properties of each output beat and the one before it (valid and
         payload held until ready, ``end`` with ``last``, a sparse beat's entries at most
         ``R``, non-zero, indices below ``C``), none that counts (framing, order through a
-        group, frames and beats in flight, ``extra``): these hold by k-induction without
-        invariants of the unit's state, for every depth. Inputs keep every assumption.
+        group, frames and beats in flight): these hold by k-induction without invariants
+        of the unit's state, for every depth. Inputs keep every assumption; no ``extra``
+        (it may tie ports off as well as assert).
     """
 
     def __init__(self, dut: wiring.Component, *, one_to_one: bool = False,
@@ -194,7 +195,9 @@ class StreamHarness(Elaboratable):
         if self.one_to_one and not self.local_only:
             i, o = self.inputs[0], self.outputs[0]
             self._in_flight(m, "beats", i.valid & i.ready, o.valid & o.ready, self.capacity)
-        if self.extra is not None and not self.local_only:
+        if self.extra is not None:
+            if self.local_only:  # (it may tie ports off as well as assert)
+                raise ValueError("local_only harnesses take no extra")
             self.extra(m, dut, self)
         return m
 
@@ -204,12 +207,14 @@ class StreamHarness(Elaboratable):
 
     def _in_flight(self, m: Module, name: str, came, went, capacity: int | None) -> None:
         """Assert that ``went`` (per cycle) never gets ahead of ``came``, and that what came
-        and has not gone stays within ``capacity`` (None: below 255)."""
+        and has not gone stays within ``capacity`` (None: below 255, the counter's range)."""
         pending = Signal(unsigned(8), name=f"{name}_in_flight")
         self.in_flight[name] = pending
-        m.d.sync += pending.eq(pending + came - went)
-        m.d.comb += Assert(pending + came >= went)
-        m.d.comb += Assert(pending <= capacity if capacity is not None else pending < 255)
+        after = Signal(signed(11), name=f"{name}_after")  # (came: a few 1-bit terms)
+        m.d.comb += after.eq(pending + came - went)
+        m.d.sync += pending.eq(after)
+        limit = 254 if capacity is None else min(capacity, 254)
+        m.d.comb += [Assert(after >= 0), Assert(after <= limit)]
 
     def _framing(self, m: Module, p: _Port, view, prop, beats: int | None,
                  groups: int | None) -> None:

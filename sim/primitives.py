@@ -120,7 +120,9 @@ def _dp16kd_port(p: str, q: str) -> str:
     wire [17:0] view_{x} = DATA_WIDTH_{p} == 9 ? {{9'd0, ad{x}[3] ? old_{x}[17:9] : old_{x}[8:0]}}
                        : DATA_WIDTH_{p} == 36 ? old1_{x} : old_{x};
     wire [17:0] view_new_{x} = DATA_WIDTH_{p} == 9 ? {{9'd0, di{x}[8:0]}} : merged_{x};
-    wire write_{x} = !RST{p} && CE{p} && WE{p};
+    // (a synchronous reset blocks the write, as yosys's mapping assumes; an asynchronous
+    // one clears only the output)
+    wire write_{x} = (RESETMODE == "ASYNC" || !RST{p}) && CE{p} && WE{p};
     // the output register; an asynchronous reset also clears it between clock edges
     wire async_rst_{x} = RESETMODE == "ASYNC" && RST{p};
     reg [17:0] do_{x}_r = 0, low_{x}_r = 0;
@@ -153,8 +155,8 @@ def _dp16kd() -> str:
 // stride), ports of 9 or 18 bits or, as the pseudo-dual-port x36 pair, a
 // 36-bit write on A ({{DIB, DIA}}) and a 36-bit read on B ({{DOB, DOA}});
 // byte enables on AD[1:0] (x18) or AD[3:0] (x36); NOREG outputs, a write
-// mode per port, a reset (sync or async) that clears the output and
-// blocks the write, chip select "0b000". Any other setting stops the
+// mode per port, a reset (sync: clears the output and blocks the write;
+// async: clears the output), chip select "0b000". Any other setting stops the
 // simulation. Both ports see the words of the previous cycle.
 module DP16KD #(
 {inits}
@@ -191,7 +193,11 @@ module DP16KD #(
     initial begin
         if (!(DATA_WIDTH_A == 9 || DATA_WIDTH_A == 18 || DATA_WIDTH_A == 36)
             || !(DATA_WIDTH_B == 9 || DATA_WIDTH_B == 18 || DATA_WIDTH_B == 36)
-            || (DATA_WIDTH_B == 36 && DATA_WIDTH_A != 36 && DATA_WIDTH_A != 18)
+            || (DATA_WIDTH_B == 36 && DATA_WIDTH_A != 36)
+            || (WRITEMODE_A != "NORMAL" && WRITEMODE_A != "WRITETHROUGH"
+                && WRITEMODE_A != "READBEFOREWRITE")
+            || (WRITEMODE_B != "NORMAL" && WRITEMODE_B != "WRITETHROUGH"
+                && WRITEMODE_B != "READBEFOREWRITE")
             || REGMODE_A != "NOREG" || REGMODE_B != "NOREG"
             || CSDECODE_A != "0b000" || CSDECODE_B != "0b000"
             || CLKAMUX != "CLKA" || CLKBMUX != "CLKB"

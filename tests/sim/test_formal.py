@@ -148,8 +148,9 @@ def test_induction_proves_the_fifo_for_every_depth_given_its_invariant(tmp_path)
 
 
 def test_histogram_global_kwta_proof_catches_more_winners_than_asserted(tmp_path):
-    """The histogram build (2-bit digits) is proven to give at most k winners; asked for at
-    most 1 where its threshold rule allows 2 (ties), the proof finds the frame."""
+    """The histogram build (1-bit digits: four radix passes) is proven to give at most k
+    winners; asked for at most 1 where its threshold rule allows 2 (ties), the proof finds
+    the frame."""
     from cosparse.hw.kwta import GlobalKWTA
 
     fm = _script()
@@ -157,7 +158,7 @@ def test_histogram_global_kwta_proof_catches_more_winners_than_asserted(tmp_path
     depth = fm.MIN_DEPTH["kwta_global"]
     assert prove("hist", make(), tmp_path, depth=depth).passed
     ties = StreamHarness(
-        GlobalKWTA(2, 1, width=1, entries=1, value_bits=4, key_range=(-8, 7), digit_bits=2,
+        GlobalKWTA(2, 1, width=1, entries=1, value_bits=4, key_range=(-8, 7), digit_bits=1,
                    max_winners=2),
         framing={"i": (2, 1), "o": (None, 1)}, sparse_groups={"o": 2},
         extra=fm.winners_bound(1, "end"))
@@ -173,3 +174,13 @@ def test_uart_loop_proof_catches_a_receiver_at_another_baud(tmp_path):
     assert prove("loop", fm.uart_loop_harness(), tmp_path, depth=depth).passed
     r = prove("loop_baud", fm.uart_loop_harness(rx_divisor=5), tmp_path, depth=depth)
     assert not r.passed and r.trace is not None
+
+
+def test_local_only_harness_refuses_an_extra(tmp_path):
+    """``extra`` may tie ports off as well as assert: a beat-local harness takes none."""
+    fm = _script()
+    make, _ = fm.UNITS["widen"]
+    h = make()
+    h.local_only = True
+    with pytest.raises(ValueError, match="local_only harnesses take no extra"):
+        prove("widen_local", h, tmp_path, mode="prove", depth=4)

@@ -43,6 +43,7 @@ from .manifest import verify
 from .build import (DEFAULT_BAUD, check_outdir, compile_model, compile_network, network_input,
                     network_output, new_folder)
 from .errors import CosparseError
+from .fold import LUT_SHARE
 from .folding import Folding
 from .perf import predict
 
@@ -333,7 +334,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto, *, board: str = "sim",
             calibration: np.ndarray | None = None, mode: str = "sparse-sparse",
             outdir: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
             baud: int = DEFAULT_BAUD, clock_mhz: float | None = None,
-            weights_in_logic: str | list[str] = "auto",
+            weights_in_logic: str | list[str] = "auto", lut_share: float = LUT_SHARE,
             progress: Progress = _quiet) -> Accelerator:
     """Compile an ONNX model into an accelerator for ``board``.
 
@@ -361,6 +362,9 @@ def compile(model: str | os.PathLike | onnx.ModelProto, *, board: str = "sim",
         ``"auto"`` takes them where the part's LUTs allow, a list names them.
         Their weights are fixed at build time (:meth:`Accelerator.patch`
         refuses to change them).
+    lut_share : float
+        The share of the part's LUTs the fold may fill (0.1 to 1, default 0.8):
+        less leaves the router room on a congested part, at more cycles.
 
     Returns
     -------
@@ -384,7 +388,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, *, board: str = "sim",
         model_path = _model_path(model, work or out.parent)
         compile_model(model_path, board=board, outdir=out, calibration=calibration, mode=mode,
                       config=None if config is None else str(config), baud=baud,
-                      clock_mhz=clock_mhz, weights_in_logic=weights_in_logic, progress=progress)
+                      clock_mhz=clock_mhz, weights_in_logic=weights_in_logic,
+                      lut_share=lut_share, progress=progress)
     except BaseException:
         if temporary:
             shutil.rmtree(out.parent, ignore_errors=True)
@@ -398,7 +403,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto, *, board: str = "sim",
 def compile_ir(net: ir.Network, sample: np.ndarray, *, board: str = "sim",
                mode: str = "sparse-sparse", outdir: str | os.PathLike | None = None,
                config: dict | None = None, weights_in_logic: str | list[str] = "auto",
-               progress: Progress = _quiet) -> Accelerator:
+               lut_share: float = LUT_SHARE, progress: Progress = _quiet) -> Accelerator:
     """Compile an IR network (overlay layers in drain order) for ``board``.
 
     ``sample`` holds a few int8 network inputs: the activity the fold and
@@ -410,7 +415,8 @@ def compile_ir(net: ir.Network, sample: np.ndarray, *, board: str = "sim",
         out, temporary = Path(tempfile.mkdtemp(prefix="cosparse-")) / "accelerator", True
     try:
         compile_network(net, np.asarray(sample), board=board, outdir=out, mode=mode,
-                        config=config, weights_in_logic=weights_in_logic, progress=progress)
+                        config=config, weights_in_logic=weights_in_logic,
+                        lut_share=lut_share, progress=progress)
     except BaseException:
         if temporary:
             shutil.rmtree(out.parent, ignore_errors=True)

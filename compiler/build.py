@@ -41,8 +41,8 @@ from cosparse.sim import golden
 from . import ir
 from .emit import write_images
 from .errors import CosparseError
-from .fold import (ECP5_BRAM_KBIT, block_rams, board_block_rams, choose_folding, logic_luts,
-                   multipliers)
+from .fold import (ECP5_BRAM_KBIT, LUT_SHARE, block_rams, board_block_rams, choose_folding,
+                   logic_luts, multipliers)
 from .folding import LayerFold
 from .frontend import check_supported, from_ir_output, import_onnx, to_ir_input
 from .lower import lower, spram_weight_layers
@@ -265,7 +265,7 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
                   calibration: np.ndarray | None = None, mode: str = "sparse-sparse",
                   config: str | None = None, baud: int = DEFAULT_BAUD,
                   spram_bits: int | None | str = "auto", clock_mhz: float | None = None,
-                  weights_in_logic="auto",
+                  weights_in_logic="auto", lut_share: float = LUT_SHARE,
                   progress: Callable[[str], None] = print) -> Path:
     """Compile ``model`` for ``board`` into ``outdir`` (see the module doc)."""
     b = resolve_board(board, clock_mhz)
@@ -285,14 +285,15 @@ def compile_model(model: str | os.PathLike, *, board: str, outdir: str | os.Path
         sample = np.random.default_rng(0).integers(-128, 128, (4, *net.input.shape)).astype(np.int8)
     return compile_network(net, sample, board=b.name, outdir=out, mode=mode, config=cfg,
                            baud=baud, spram_bits=spram_bits, clock_mhz=clock_mhz,
-                           weights_in_logic=weights_in_logic, progress=progress)
+                           weights_in_logic=weights_in_logic, lut_share=lut_share,
+                           progress=progress)
 
 
 def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
                     outdir: str | os.PathLike, mode: str = "sparse-sparse",
                     config: dict | None = None, baud: int = DEFAULT_BAUD,
                     spram_bits: int | None | str = "auto", clock_mhz: float | None = None,
-                    weights_in_logic="auto",
+                    weights_in_logic="auto", lut_share: float = LUT_SHARE,
                     progress: Callable[[str], None] = print) -> Path:
     """Compile an IR network (in drain order) for ``board`` into ``outdir``.
 
@@ -300,8 +301,11 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
     write the network, Verilog, images, link description and report.
     ``sample`` holds a few int8 network inputs (the activity the folding and
     the performance model use). ``weights_in_logic``: ``"auto"``, ``"none"``
-    or a list of layer names (:func:`~.fold.choose_engines`).
+    or a list of layer names (:func:`~.fold.choose_engines`). ``lut_share``: the share
+    of the part's LUTs the fold may fill (:func:`~.fold.choose_folding`).
     """
+    if not 0.1 <= lut_share <= 1.0:
+        raise CosparseError(f"the LUT share must be from 0.1 to 1, got {lut_share:g}")
     b = resolve_board(board, clock_mhz)
     out = Path(outdir)
     check_outdir(out)
@@ -319,7 +323,8 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
     folding = choose_folding(net, sample, max_multipliers=b.multipliers, overrides=overrides,
                              area_first=b.family == "ice40",
                              max_block_rams=board_block_rams(b),
-                             weights_in_logic=weights_in_logic, max_luts=b.luts)
+                             weights_in_logic=weights_in_logic, max_luts=b.luts,
+                             lut_share=lut_share)
     if folding.logic_layers:
         progress(f"weights in logic: {', '.join(folding.logic_layers)}")
     perf = predict(net, folding, sample)

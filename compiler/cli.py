@@ -118,7 +118,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     acc = api.compile(args.model, board=args.board, outdir=args.outdir, calibration=cal,
                       mode=args.mode, config=args.config, baud=args.baud, clock_mhz=args.clock,
                       weights_in_logic=_logic_layers(args.weights_in_logic),
-                      progress=_say("compile"))
+                      lut_share=args.lut_share, progress=_say("compile"))
     if args.bitstream:
         acc.build(progress=_say("bitstream"))
     return 0
@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weights-in-logic", default="auto", metavar="auto|none|LAYER,...",
                    help="layers whose fixed weights become shift-and-add logic (a first conv "
                         "on a dense map): auto (where the part's LUTs allow), none, or names")
+    c.add_argument("--lut-share", type=float, default=LUT_SHARE, metavar="S",
+                   help=f"the share of the part's LUTs the fold may fill (default "
+                        f"{LUT_SHARE:g}; less leaves the router room, at more cycles)")
     c.set_defaults(func=_cmd_compile)
 
     r = sub.add_parser("run", help="run inferences on a board (or a simulated one) over the "

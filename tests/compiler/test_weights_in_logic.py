@@ -174,3 +174,22 @@ def test_lut_estimate_against_yosys(tmp_path):
     assert fig["positions_per_cycle"] == 0.5 and fig["sums_per_cycle"] == 8
     assert fig["luts_estimated"] == logic_luts(net.layers[1], 8)
     assert abs(fig["lut_estimate_error"]) < 0.05, fig
+
+
+def test_compile_folds_within_a_lut_share(tmp_path):
+    """``lut_share``: the compiled core stays within that share of the part's LUTs (by the
+    area model), trading cycles for them; a share out of range is one paragraph."""
+    from cosparse.compiler.area import core_luts
+
+    net = to_drain_order(zoo.gsc_cs(seed=0, mode="sparse-sparse", reduced=True))
+    x = np.random.default_rng(1).integers(-128, 128, (4, *net.input.shape), dtype=np.int8)
+    small = api.compile_ir(net, x, board="ulx3s-85f", lut_share=0.3)
+    full = api.compile_ir(net, x, board="ulx3s-85f")
+    assert core_luts(lower(net, small.folding)) <= 0.3 * 83_640
+    assert core_luts(lower(net, small.folding)) < core_luts(lower(net, full.folding))
+    assert small.predicted_interval_cycles > full.predicted_interval_cycles
+    model, cal, _ = write_tiny(tmp_path)
+    r = run_cli("compile", model, "--board", "ulx3s-85f", "-o", tmp_path / "out",
+                "--calibration", cal, "--lut-share", "2")
+    assert r.returncode == 2 and "the LUT share must be from 0.1 to 1, got 2" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()

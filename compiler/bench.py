@@ -39,8 +39,8 @@ from . import ir, zoo
 from .build import compile_network, resolve_board, weight_memory_bits
 from .frontend import import_onnx, to_ir_input
 from .errors import CosparseError
-from .fold import (LUT_SHARE, FoldingError, block_rams, board_block_rams, choose_folding,
-                   multipliers)
+from .fold import (LUT_SHARE, FoldingError, block_rams, board_block_rams, check_lut_share,
+                   choose_folding, multipliers)
 from .lower import lower
 from .order import restore_output_order, to_drain_order
 from .packer import unpack
@@ -706,8 +706,7 @@ def run_bench(outdir: str | os.PathLike, *, modes=MODES, board: str = "ulx3s-85f
     ``lut_share``: the share of the part's LUTs each mode's fold may fill
     (default :data:`~.fold.LUT_SHARE`); less for a design the router can finish.
     """
-    if not 0.1 <= lut_share <= 1.0:
-        raise CosparseError(f"--lut-share must be from 0.1 to 1, got {lut_share:g}")
+    check_lut_share(lut_share)  # before ONNX Runtime's minutes
     if model is None and (inputs is not None or labels is not None):
         raise CosparseError("--inputs and --labels go with --model (a trained model)")
     if model is not None and inputs is None:

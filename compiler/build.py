@@ -304,8 +304,6 @@ def compile_network(net: ir.Network, sample: np.ndarray, *, board: str,
     or a list of layer names (:func:`~.fold.choose_engines`). ``lut_share``: the share
     of the part's LUTs the fold may fill (:func:`~.fold.choose_folding`).
     """
-    if not 0.1 <= lut_share <= 1.0:
-        raise CosparseError(f"the LUT share must be from 0.1 to 1, got {lut_share:g}")
     b = resolve_board(board, clock_mhz)
     out = Path(outdir)
     check_outdir(out)

@@ -200,29 +200,13 @@ def _cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cosparse",
-        description="FPGA accelerators for dual-sparse (Complementary Sparsity) networks.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+def _add_lut_share(parser: argparse.ArgumentParser, fold: str) -> None:
+    parser.add_argument("--lut-share", type=float, default=LUT_SHARE, metavar="S",
+                        help=f"the share of the part's LUTs {fold} may fill (default "
+                             f"{LUT_SHARE:g}; less leaves the router room, at more cycles)")
 
-    d = sub.add_parser("demo", help="compile the bundled digits network, run golden and Verilator")
-    d.add_argument("-o", "--outdir", default="cosparse-demo",
-                   help="keep what the demo builds here: digits/ (the compiled network) and "
-                        "digits_BOARD/ (its bitstream) (default ./cosparse-demo)")
-    d.add_argument("-n", "--count", type=int, default=256,
-                   help="golden inferences on the reduced gsc-cs network (default 256)")
-    d.add_argument("--sim-count", type=int, default=16,
-                   help="test digits run in Verilator (default 16)")
-    d.add_argument("--seed", type=int, default=0, help="weights and inputs seed (default 0)")
-    d.add_argument("--bitstream", metavar="BOARD", default="ulx3s-85f",
-                   help="board of the digits network's bitstream, built last with its "
-                        "resource and timing report (default ulx3s-85f: about 8 minutes)")
-    d.add_argument("--no-bitstream", dest="bitstream", action="store_const", const=None,
-                   help="skip the bitstream")
-    d.set_defaults(func=_cmd_demo)
 
+def _add_bench_parser(sub) -> None:
     be = sub.add_parser("bench", help="benchmark gsc-cs: dense vs sparse weights vs "
                         "sparse-sparse (Verilator cycles, nextpnr Fmax, ONNX Runtime)")
     be.add_argument("-o", "--outdir", default="bench-out",
@@ -264,25 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "model's accuracy")
     be.add_argument("--dense-pnr", action="store_true",
                     help="also place and route the dense build when it fits the part")
-    be.add_argument("--lut-share", type=float, default=LUT_SHARE, metavar="S",
-                    help=f"the share of the part's LUTs each fold may fill (default "
-                         f"{LUT_SHARE:g}; less leaves the router room, at more cycles)")
+    _add_lut_share(be, "each mode's fold")
     be.set_defaults(func=_cmd_bench)
 
-    g = sub.add_parser("golden", help="run the numpy golden model of a compiled network")
-    g.add_argument("outdir", help="compiled network folder (holding manifest.json)")
-    g.add_argument("--input", required=True, help="X.npy: float32 [N, *input shape] (or int8)")
-    g.add_argument("-o", "--output", required=True, help="Y.npy: float32 [N, *output shape]")
-    g.set_defaults(func=_cmd_golden)
 
-    s = sub.add_parser("sim", help="run a compiled network's Verilog in Verilator")
-    s.add_argument("outdir", help="compiled network folder")
-    s.add_argument("--input", required=True, help="X.npy: float32 [N, *model input shape]")
-    s.add_argument("-o", "--output", required=True,
-                   help="Y.npy: float32 [N, *model output shape]; cycle counts go to Y.json")
-    s.add_argument("--waves", action="store_true", help="write an FST trace into OUTDIR/sim_build")
-    s.set_defaults(func=_cmd_sim)
-
+def _add_compile_parser(sub) -> None:
     c = sub.add_parser("compile", help="compile an ONNX model (float or QDQ) to an accelerator")
     c.add_argument("model", help="MODEL.onnx")
     c.add_argument("--board", required=True, help="target board (see cosparse boards) or sim")
@@ -300,10 +270,50 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weights-in-logic", default="auto", metavar="auto|none|LAYER,...",
                    help="layers whose fixed weights become shift-and-add logic (a first conv "
                         "on a dense map): auto (where the part's LUTs allow), none, or names")
-    c.add_argument("--lut-share", type=float, default=LUT_SHARE, metavar="S",
-                   help=f"the share of the part's LUTs the fold may fill (default "
-                        f"{LUT_SHARE:g}; less leaves the router room, at more cycles)")
+    _add_lut_share(c, "the fold")
     c.set_defaults(func=_cmd_compile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cosparse",
+        description="FPGA accelerators for dual-sparse (Complementary Sparsity) networks.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    d = sub.add_parser("demo", help="compile the bundled digits network, run golden and Verilator")
+    d.add_argument("-o", "--outdir", default="cosparse-demo",
+                   help="keep what the demo builds here: digits/ (the compiled network) and "
+                        "digits_BOARD/ (its bitstream) (default ./cosparse-demo)")
+    d.add_argument("-n", "--count", type=int, default=256,
+                   help="golden inferences on the reduced gsc-cs network (default 256)")
+    d.add_argument("--sim-count", type=int, default=16,
+                   help="test digits run in Verilator (default 16)")
+    d.add_argument("--seed", type=int, default=0, help="weights and inputs seed (default 0)")
+    d.add_argument("--bitstream", metavar="BOARD", default="ulx3s-85f",
+                   help="board of the digits network's bitstream, built last with its "
+                        "resource and timing report (default ulx3s-85f: about 8 minutes)")
+    d.add_argument("--no-bitstream", dest="bitstream", action="store_const", const=None,
+                   help="skip the bitstream")
+    d.set_defaults(func=_cmd_demo)
+
+    _add_bench_parser(sub)
+
+    g = sub.add_parser("golden", help="run the numpy golden model of a compiled network")
+    g.add_argument("outdir", help="compiled network folder (holding manifest.json)")
+    g.add_argument("--input", required=True, help="X.npy: float32 [N, *input shape] (or int8)")
+    g.add_argument("-o", "--output", required=True, help="Y.npy: float32 [N, *output shape]")
+    g.set_defaults(func=_cmd_golden)
+
+    s = sub.add_parser("sim", help="run a compiled network's Verilog in Verilator")
+    s.add_argument("outdir", help="compiled network folder")
+    s.add_argument("--input", required=True, help="X.npy: float32 [N, *model input shape]")
+    s.add_argument("-o", "--output", required=True,
+                   help="Y.npy: float32 [N, *model output shape]; cycle counts go to Y.json")
+    s.add_argument("--waves", action="store_true", help="write an FST trace into OUTDIR/sim_build")
+    s.set_defaults(func=_cmd_sim)
+
+    _add_compile_parser(sub)
 
     r = sub.add_parser("run", help="run inferences on a board (or a simulated one) over the "
                                    "UART host link")

@@ -30,8 +30,8 @@ from .lower import logic_candidates, lower, pools_before_requant
 from .packer import unpack
 from .perf import stage_cycles
 
-__all__ = ["choose_folding", "choose_engines", "logic_luts", "LOGIC_LUT_SHARE", "LUT_SHARE",
-           "multipliers", "dsp_blocks", "block_rams", "board_block_rams", "memory_census",
+__all__ = ["choose_folding", "check_lut_share", "choose_engines", "logic_luts",
+           "LOGIC_LUT_SHARE", "LUT_SHARE", "multipliers", "dsp_blocks", "block_rams", "board_block_rams", "memory_census",
            "ecp5_blocks", "FoldingError", "ECP5_BRAM_KBIT"]
 
 MAX_ENTRIES = 32
@@ -214,6 +214,12 @@ def _input_width(net: ir.Network) -> int:
     return min(c, 8) if len(net.input.shape) == 3 else 8
 
 
+def check_lut_share(share: float) -> None:
+    """Raise :class:`FoldingError` unless ``share`` (of the part's LUTs) is from 0.1 to 1."""
+    if not 0.1 <= share <= 1.0:
+        raise FoldingError(f"the LUT share (--lut-share) must be from 0.1 to 1, got {share:g}")
+
+
 def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
                    overrides: dict[str, LayerFold] | None = None,
                    max_steps: int = 64, area_first: bool = False,
@@ -268,8 +274,7 @@ def choose_folding(net: ir.Network, sample: np.ndarray, *, max_multipliers: int,
     kw = dict(max_multipliers=max_multipliers, overrides=overrides, max_steps=max_steps,
               area_first=area_first, engines_only=engines_only, max_block_rams=max_block_rams,
               weights_in_logic=weights_in_logic, max_luts=max_luts, lut_share=lut_share)
-    if not 0.1 <= lut_share <= 1.0:
-        raise ValueError(f"lut_share must be from 0.1 to 1, got {lut_share!r}")
+    check_lut_share(lut_share)
     if area_first:
         return _choose_folding(net, sample, pool_first=False, **kw)
     # Pooling sums before their requantizer saves DSP products and requantizer lanes,

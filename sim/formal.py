@@ -127,9 +127,8 @@ class StreamHarness(Elaboratable):
         #: port (8 bits, wrapping: for bounded proofs)...
         self.beats: dict[str, Signal] = {}
         self.frames: dict[str, Signal] = {}
-        #: ... the framing's beat within a group and group within a frame, per port ...
+        #: ... the framing's beat within a group, per port ...
         self.group_beat: dict[str, Signal] = {}
-        self.frame_group: dict[str, Signal] = {}
         #: ... and what is in flight: frames per output port (``"<port>_frames"``) and,
         #: one to one, beats (``"beats"``). An unbounded proof (``prove`` mode) needs
         #: ``extra`` to tie these to the unit's state (its invariants).
@@ -201,7 +200,6 @@ class StreamHarness(Elaboratable):
             self.extra(m, dut, self)
         return m
 
-
     def _fires_end(self, p: _Port):
         return p.valid & p.ready & getattr(self.dut, p.name).payload.end
 
@@ -228,7 +226,6 @@ class StreamHarness(Elaboratable):
                 m.d.sync += beat.eq(Mux(view.last, 0, beat + 1))
         if groups is not None:
             group = Signal(range(groups), name=f"{p.name}_group")
-            self.frame_group[p.name] = group
             m.d.comb += prop(~p.valid | (view.end == (view.last & (group == groups - 1))))
             with m.If(fire & view.last):
                 m.d.sync += group.eq(Mux(view.end, 0, group + 1))

@@ -84,7 +84,7 @@ def test_bench_refuses_bad_arguments(tmp_path, capsys):
     assert main(["bench", "-o", str(tmp_path), "--route", "--pnr-minutes", "60"]) == 2
     assert "--route lets every place and route finish" in capsys.readouterr().err
     assert main(["bench", "-o", str(tmp_path), "--lut-share", "1.5", "--no-pnr"]) == 2
-    assert "--lut-share must be from 0.1 to 1, got 1.5" in capsys.readouterr().err
+    assert "the LUT share (--lut-share) must be from 0.1 to 1, got 1.5" in capsys.readouterr().err
 
 
 def test_fits_cell_names_what_a_mode_needs():

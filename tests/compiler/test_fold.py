@@ -165,6 +165,7 @@ def test_fold_fills_its_lut_share_and_weighs_logic_against_dsp(share):
     logic does not fit and the fold falls back to DSP engines), and "auto" is never slower
     than no weights in logic (logic that fits can starve the other layers' growth)."""
     from cosparse.compiler.area import core_luts
+    from cosparse.compiler.fold import FoldingError
     from cosparse.compiler.perf import predict
 
     net, x = _net("sparse-sparse")
@@ -177,7 +178,7 @@ def test_fold_fills_its_lut_share_and_weighs_logic_against_dsp(share):
                           max_luts=luts, lut_share=share)
     assert core_luts(lower(net, auto)) <= share * luts or auto == least
     assert predict(net, auto, x)["interval_cycles"] <= predict(net, none, x)["interval_cycles"]
-    with pytest.raises(ValueError, match="lut_share"):
+    with pytest.raises(FoldingError, match="must be from 0.1 to 1, got 1.5"):
         choose_folding(net, x, max_multipliers=156, max_luts=luts, lut_share=1.5)
 
 

@@ -191,5 +191,5 @@ def test_compile_folds_within_a_lut_share(tmp_path):
     model, cal, _ = write_tiny(tmp_path)
     r = run_cli("compile", model, "--board", "ulx3s-85f", "-o", tmp_path / "out",
                 "--calibration", cal, "--lut-share", "2")
-    assert r.returncode == 2 and "the LUT share must be from 0.1 to 1, got 2" in r.stderr
+    assert r.returncode == 2 and "the LUT share (--lut-share) must be from 0.1 to 1, got 2" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()

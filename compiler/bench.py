@@ -429,7 +429,8 @@ def logic_figures(net: ir.Network, folding, board, synth_dir: Path | None,
             continue
         est = c.lut_estimate(board.family)
         fig = {"sums_per_cycle": c.lanes_per_beat,
-               "positions_per_cycle": round(1 / c.beats_per_group, 4),
+               "positions_per_cycle": round(1 / c.cycles_per_field, 4),
+               "digit_bits": c.digit_bits if c.digits > 1 else None,
                "adders": c.graph.adders, "shared_product_adders": c.graph.product_adders,
                "luts_estimated": est, "luts_yosys": None, "lut_estimate_error": None}
         if synth_dir is not None and board.family in ("ecp5", "ice40"):
@@ -611,8 +612,10 @@ def bench_markdown(res: dict) -> str:
         for name, fig in (m.get("logic_layers") or {}).items():
             yosys = ("" if fig["luts_yosys"] is None else
                      f", {fig['luts_yosys']:,} in yosys ({fig['lut_estimate_error']:+.1%})")
+            digits = (f" ({fig['digit_bits']}-bit digits)" if fig.get("digit_bits") else "")
             lines += ["", f"{m['mode']}: {name}'s weights in logic, {fig['positions_per_cycle']:g} "
-                      f"positions per cycle, {fig['adders']:,} adders, {fig['luts_estimated']:,} "
+                      f"positions per cycle{digits}, {fig['adders']:,} adders, "
+                      f"{fig['luts_estimated']:,} "
                       f"LUTs estimated{yosys}."]
     lines += ["", "DSP MAC utilisation: useful MACs of the layers on DSP engines over (their "
               "multipliers x interval)."]

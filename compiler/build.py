@@ -42,7 +42,7 @@ from . import ir
 from .emit import write_images
 from .errors import CosparseError
 from .fold import (ECP5_BRAM_KBIT, LUT_SHARE, block_rams, board_block_rams, choose_folding,
-                   logic_luts, multipliers)
+                   logic_engine, multipliers)
 from .folding import LayerFold
 from .frontend import check_supported, from_ir_output, import_onnx, to_ir_input
 from .lower import lower, spram_weight_layers
@@ -143,7 +143,9 @@ def layer_table(net: ir.Network, folding, sample: np.ndarray) -> list[dict]:
                        Q=f.width or p,
                        memory_bits=0 if f.in_logic else weight_memory_bits(layer))
             if f.in_logic:
-                row["luts"] = logic_luts(layer, p)
+                eng = logic_engine(layer, p)
+                row.update(luts=eng.lut_estimate(),
+                           digit_bits=eng.digit_bits if eng.digits > 1 else None)
         rows.append(row)
     return rows
 
@@ -169,7 +171,8 @@ def _report(net: ir.Network, rows: list[dict], perf: dict, board, mults: int,
         lines += ["", "Weights in logic (shift-and-add, no multiplier or weight memory; fixed "
                   "at build time, so `cosparse patch` cannot change them): "
                   + "; ".join(f"{r['layer']} about {r['luts']:,} LUTs, {r['P']} sums per cycle"
-                              for r in logic)
+                              + (f", inputs in {r['digit_bits']}-bit digits" if r["digit_bits"]
+                                 else "") for r in logic)
                   + (f" ({sum(r['luts'] for r in logic):,} of the part's {board.luts:,} LUTs)."
                      if board.luts else ".")]
     dense = sum(r.get("dense_macs", 0) for r in rows)

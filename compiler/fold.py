@@ -30,7 +30,7 @@ from .lower import logic_candidates, lower, pools_before_requant
 from .packer import unpack
 from .perf import stage_cycles
 
-__all__ = ["choose_folding", "check_lut_share", "choose_engines", "logic_luts",
+__all__ = ["choose_folding", "check_lut_share", "choose_engines", "logic_engine", "logic_luts",
            "LOGIC_LUT_SHARE", "LUT_SHARE", "multipliers", "dsp_blocks", "block_rams", "board_block_rams", "memory_census",
            "ecp5_blocks", "FoldingError", "ECP5_BRAM_KBIT"]
 
@@ -65,10 +65,15 @@ def _lanes(layer: ir.OverlayLayer, f: LayerFold) -> int:
     return f.lanes_per_beat or (layer.overlays.num_kernels if f.in_logic else layer.overlays.lanes)
 
 
+def logic_engine(layer: ir.OverlayLayer, lanes_per_beat: int | None = None) -> LogicEngine:
+    """``layer``'s weights as logic at ``P`` sums a beat (digits as the engine chooses)."""
+    return LogicEngine(unpack(layer.overlays), lanes_per_beat=lanes_per_beat,
+                       acc_bits=layer.accumulator_bits())
+
+
 def logic_luts(layer: ir.OverlayLayer, lanes_per_beat: int | None = None) -> int:
     """Estimated ECP5 LUTs of ``layer``'s weights as logic (:meth:`LogicEngine.lut_estimate`)."""
-    return LogicEngine(unpack(layer.overlays), lanes_per_beat=lanes_per_beat,
-                       acc_bits=layer.accumulator_bits()).lut_estimate()
+    return logic_engine(layer, lanes_per_beat).lut_estimate()
 
 
 def choose_engines(net: ir.Network, folding: Folding, weights_in_logic="auto", *,

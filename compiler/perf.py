@@ -235,8 +235,8 @@ def stage_cycles(net: ir.Network, folding: Folding, x: np.ndarray,
             cyc = np.full(n, c.cycles_per_frame)
             windows = _fields(xin, c)
         elif isinstance(c, logic.LogicEngine):
-            # one receptive field per ceil(M / P) cycles, whatever its values
-            cyc = np.full(n, windows.shape[1] * c.beats_per_group)
+            # one receptive field per max(digits, ceil(M / P)) cycles, whatever its values
+            cyc = np.full(n, windows.shape[1] * c.cycles_per_field)
             windows, feed, keep_all = None, None, False
         elif isinstance(c, window.SparseWindow):
             seen = np.ones_like(xin) if keep_all else xin

@@ -185,7 +185,7 @@ def test_compile_folds_within_a_lut_share(tmp_path):
     x = np.random.default_rng(1).integers(-128, 128, (4, *net.input.shape), dtype=np.int8)
     small = api.compile_ir(net, x, board="ulx3s-85f", lut_share=0.3)
     full = api.compile_ir(net, x, board="ulx3s-85f")
-    assert core_luts(lower(net, small.folding)) <= 0.3 * 83_640
+    assert core_luts(lower(net, small.folding)) <= 0.3 * get_board("ulx3s-85f").luts
     assert core_luts(lower(net, small.folding)) < core_luts(lower(net, full.folding))
     assert small.predicted_interval_cycles > full.predicted_interval_cycles
     model, cal, _ = write_tiny(tmp_path)

@@ -110,6 +110,44 @@ def test_one_group_per_cycle_and_latency():
         assert res.cycles[0][0] - res.input_cycles[0][0] == dut.latency
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(weight_matrices(8, 10), st.integers(1, 8), st.integers(1, 9),
+       st.sampled_from([(-128, 127), (0, 127), (-256, 255), (-3, 200)]), st.integers(0, 2**16))
+def test_digit_serial_engines_match_numpy(w, p, digit_bits, in_range, seed):
+    """Any digit size (a signed top digit, unsigned others) on int8, uint7 and int9 inputs,
+    including the extremes of the range, under random stalls."""
+    p = min(p, w.shape[0])
+    dut = LogicEngine(w, lanes_per_beat=p, in_range=in_range,
+                      digit_bits=min(digit_bits, max(8, in_range[1].bit_length() + 1)))
+    x = np.random.default_rng(seed).integers(in_range[0], in_range[1] + 1, (5, w.shape[1]))
+    x[0], x[1] = in_range
+    want = groups(x, w, p)
+    assert simulate_io(dut, inputs(x), len(want), stall=0.3, seed=seed).outputs[0] == want
+
+
+def test_digit_serial_rate_and_choice():
+    """D digits take D cycles a field; the default digit fills a group's beats when that
+    saves LUTs, and whole values at one group a cycle."""
+    rng = np.random.default_rng(7)
+    w = rng.integers(-128, 128, (8, 25))
+    w[rng.random(w.shape) < 0.5] = 0
+    x = rng.integers(-128, 128, (16, 25))
+    for p, digit_bits, per in ((8, 2, 4), (4, 3, 3), (2, 4, 4), (1, 8, 8)):
+        dut = LogicEngine(w, lanes_per_beat=p, digit_bits=digit_bits)
+        assert dut.cycles_per_field == per
+        want = groups(x, w, p)
+        res = simulate_io(dut, inputs(x), len(want), stall=0.0)
+        assert res.outputs[0] == want
+        assert np.all(np.diff(res.input_cycles[0][-8:]) == per)
+        assert res.cycles[0][0] - res.input_cycles[0][0] == dut.latency
+    assert LogicEngine(w).digit_bits == 8  # P = M: a field every cycle
+    auto = LogicEngine(w, lanes_per_beat=2)  # four beats a group: up to four digits
+    assert auto.digits <= 4 and auto.digit_bits in (2, 3, 4, 8)
+    whole = LogicEngine(w, lanes_per_beat=2, digit_bits=8)
+    assert auto.lut_estimate() <= whole.lut_estimate()
+    assert auto.graph.lut_estimate() < whole.graph.lut_estimate()  # narrower adders
+
+
 def test_parameters_are_checked():
     with pytest.raises(ValueError, match="int8"):
         LogicEngine(np.array([[300]]))
@@ -119,18 +157,22 @@ def test_parameters_are_checked():
         LogicEngine(np.full((1, 3), 127), acc_bits=8)
     with pytest.raises(ValueError, match="fan_in"):
         LogicEngine(np.ones(4, dtype=np.int8))
+    with pytest.raises(ValueError, match="digit_bits"):
+        LogicEngine(np.ones((4, 3), dtype=np.int8), digit_bits=9)
 
 
-@pytest.mark.parametrize("board", [None, "icebreaker", "ulx3s-85f"])
-def test_verilator_matches_numpy(board):
-    """Generic, and as elaborated for an iCE40 and an ECP5 board."""
+@pytest.mark.parametrize("board, digit_bits", [(None, 8), (None, 3), ("icebreaker", 2),
+                                               ("ulx3s-85f", 8), ("ulx3s-85f", 2)])
+def test_verilator_matches_numpy(board, digit_bits):
+    """Generic, and as elaborated for an iCE40 and an ECP5 board; whole values and digits."""
     rng = np.random.default_rng(5)
     w = rng.integers(-128, 128, (12, 25))
     w[rng.random(w.shape) < 0.5] = 0
     x = rng.integers(-128, 128, (9, 25))
-    dut = LogicEngine(w, lanes_per_beat=6)
-    want = groups(x, w, 6)
+    dut = LogicEngine(w, lanes_per_beat=3, digit_bits=digit_bits)
+    want = groups(x, w, 3)
     platform = None if board is None else platform_for(get_board(board))
-    res = verilate_io(dut, f"logic_engine_{board or 'generic'}".replace("-", "_"), inputs(x),
+    name = f"logic_engine_{board or 'generic'}_{digit_bits}".replace("-", "_")
+    res = verilate_io(dut, name, inputs(x),
                       len(want), stall=0.3, seed=4, platform=platform)
     assert res.outputs[0] == want

@@ -69,6 +69,7 @@ from cosparse.hw.adapters import Densify, InputOffset, Narrow, StreamFIFO, Widen
 from cosparse.hw.hostlink import HostLink
 from cosparse.hw.kwta import GlobalKWTA, LocalKWTA
 from cosparse.hw.loader import LoadPort
+from cosparse.hw.logic import LogicEngine
 from cosparse.hw.overlay import OverlayEngine
 from cosparse.hw.pool import MaxPool, SparseMaxPool
 from cosparse.hw.protocol import (CRC16_POLYNOMIAL, LOAD_HEADER_BYTES, SYNC_REQUEST,
@@ -244,6 +245,13 @@ def tiny_stage(layer: str, unit: str, *, logic: bool = False):
     return next(s.component for s in core.stages if s.layer == layer and s.unit == unit)
 
 
+def tiny_digit_engine() -> LogicEngine:
+    """The tiny network's first conv in logic, digit-serial: one sum a beat, 3-bit digits."""
+    c = tiny_stage("conv0", "LogicEngine", logic=True)
+    return LogicEngine(c.weights, lanes_per_beat=1, acc_bits=c.acc_bits, in_range=c.in_range,
+                       digit_bits=3)
+
+
 def uart_rx_harness() -> StreamHarness:
     """The UART receiver with its serial line free (any waveform, glitches included)."""
     h = StreamHarness(UARTRx(MIN_DIVISOR))
@@ -314,7 +322,8 @@ def engine_sums_harness(engine: OverlayEngine) -> StreamHarness:
 #: Units proven deeper than ``--depth`` (their first write or frame comes later).
 MIN_DEPTH = {"host_link": 20, "sparse_max_pool": 20, "kwta_global_serial": 38,
              "kwta_global": 76, "dense_window": 20, "overlay_engine": 24,
-             "overlay_engine_sums": 18, "uart_rx": 50, "uart_loop": 90}
+             "overlay_engine_sums": 18, "logic_engine_digits": 26, "uart_rx": 50,
+             "uart_loop": 90}
 
 #: Units proven for every depth, by k-induction of this length (their harness's ``extra``
 #: holds the invariants that make the properties inductive); the others by BMC.
@@ -417,6 +426,9 @@ UNITS = {
         tiny_stage("conv0", "LogicEngine", logic=True), one_to_one=True,
         framing={"i": (1, 4), "o": (1, 4)}),
         "LogicEngine fan-in 4, M=2: a beat of M sums per receptive field"),
+    "logic_engine_digits": (lambda: StreamHarness(
+        tiny_digit_engine(), framing={"i": (1, 4), "o": (2, 4)}),
+        "LogicEngine as above, digit-serial (3-bit digits: 3 cycles a field), a sum a beat"),
     "uart_rx": (uart_rx_harness,
                 "UARTRx, 4 cycles a bit, any line waveform: a byte held until taken (an "
                 "overrun drops the new byte)"),

@@ -268,10 +268,12 @@ def test_trained_examples_write_onnx_and_figures(tmp_path, example, capsys):
     assert (tmp_path / figures["onnx"]).is_file()
     assert set(figures["accuracy"]) == {"dense_float", "dual_sparse_float", "golden_int8"}
     assert all(0.1 < a <= 1 for a in figures["accuracy"].values())  # above chance after 2 epochs
-    assert figures["weight_density"] == {"conv1": 0.5, "fc1": 0.125, "fc2": 1.0}
+    assert figures["weight_density"] == {"conv1": 1 / examples.CONV_K, "fc1": 1 / examples.FC1_K,
+                                         "fc2": 1.0}
     dens = figures["activation_density"]
     assert set(dens) == {"act1", "act2"}
-    assert 0 < dens["act1"] <= 5 / 16 + 1e-9 and 0 < dens["act2"] <= 16 / 128 + 1e-9
+    assert 0 < dens["act1"] <= examples.LOCAL_K / examples.CHANNELS + 1e-9
+    assert 0 < dens["act2"] <= examples.GLOBAL_K / examples.UNITS + 1e-9
     assert figures["fill"]["conv1"] > 0.95 and figures["fill"]["fc1"] > 0.95  # int8 rounds a few to 0
     assert figures["cycles_per_inference_ulx3s_85f"] > 0 and figures["test_images"] == 360
     captured = capsys.readouterr()

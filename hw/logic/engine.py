@@ -88,6 +88,8 @@ class LogicEngine(wiring.Component):
     ----------
     graph : AdderGraph
         The plan (over a digit's range when digit-serial).
+    weights : array of int64, shape (M, fan_in)
+    in_range : (int, int)
     num_kernels, fan_in, lanes_per_beat, acc_bits, beats_per_group, latency, fifo_depth : int
     value_bits, digit_bits, digits, cycles_per_field : int
 
@@ -115,9 +117,9 @@ class LogicEngine(wiring.Component):
         self.beats_per_group = -(-self.num_kernels // self.lanes_per_beat)
         #: Signed bits of an input value (8, or 9 for an int9 range).
         self.value_bits = max(8, value_bits(*in_range))
-        self._weights = w.astype(np.int64)
-        self._in_range = in_range
-        need = max(_sum_bits(self._weights, in_range), 2)
+        self.weights = w.astype(np.int64)
+        self.in_range = in_range
+        need = max(_sum_bits(self.weights, in_range), 2)
         self.acc_bits = check_int("acc_bits", acc_bits or need, need, 64)
         if digit_bits is None:
             digit_bits = min(self._digit_choices(), key=lambda b: (self._estimate(b), -b))
@@ -141,11 +143,11 @@ class LogicEngine(wiring.Component):
         self.digits = -(-vb // digit_bits)
         self.cycles_per_field = max(self.digits, self.beats_per_group)
         if self.digits == 1:
-            rng = self._in_range
+            rng = self.in_range
         else:  # the top digit signed, the others unsigned
             top = vb - digit_bits * (self.digits - 1)
             rng = (-(1 << (top - 1)), (1 << digit_bits) - 1)
-        self.graph = _plan(self._weights.tobytes(), self._weights.shape, rng)
+        self.graph = _plan(self.weights.tobytes(), self.weights.shape, rng)
         #: Signed bits of the plan's inputs (a digit, or a whole value).
         self.tap_bits = self.value_bits if self.digits == 1 else digit_bits + 1
 

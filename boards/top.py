@@ -28,12 +28,17 @@ from amaranth.lib.wiring import In, Out
 from amaranth_boards.resources import UARTResource
 
 from cosparse.compiler import ir
+from cosparse.hw.adapters import StreamFIFO
 from cosparse.hw.hostlink import HostLink
 from cosparse.compiler.folding import Folding
 from cosparse.compiler.lower import lower
 from cosparse.hw.uart import MIN_DIVISOR, UARTRx, UARTTx
 
 from .catalog import Board
+
+#: Beats of the FIFOs between the host link and the core: three keep one beat a cycle
+#: (at two, Amaranth's buffered FIFO takes a beat every other cycle).
+SLICE_DEPTH = 3
 
 __all__ = ["LinkTop", "BoardTop", "ice40_pll", "ecp5_pll", "pll_outputs", "highest_pll_clock",
            "uart_divisor", "platform_for", "strip_memory_contents", "design_id"]
@@ -64,6 +69,11 @@ def uart_divisor(clock_hz: float, baud: int) -> int:
 
 class LinkTop(wiring.Component):
     """UART, host link and network core: the logic of every board top.
+
+    A three-beat FIFO on each stream between the link and the core registers
+    its handshake: the core's first unit's ``ready`` would otherwise reach the
+    link's inference runner and back within one cycle, across the die (the
+    routed gsc-cs build's critical path at 70.9 MHz).
 
     Parameters
     ----------
@@ -125,8 +135,12 @@ class LinkTop(wiring.Component):
                      link.framing_errors.eq(rx.framing_errors), link.overruns.eq(rx.overruns)]
         wiring.connect(m, rx.o, link.rx)
         wiring.connect(m, link.tx, tx.i)
-        wiring.connect(m, link.core_i, core.i)
-        wiring.connect(m, core.o, link.core_o)
+        m.submodules.core_in = core_in = StreamFIFO(core.i.payload.shape(), SLICE_DEPTH)
+        m.submodules.core_out = core_out = StreamFIFO(core.o.payload.shape(), SLICE_DEPTH)
+        wiring.connect(m, link.core_i, core_in.i)
+        wiring.connect(m, core_in.o, core.i)
+        wiring.connect(m, core.o, core_out.i)
+        wiring.connect(m, core_out.o, link.core_o)
         if core.load_ports:
             wiring.connect(m, link.load, core.load)
         return m

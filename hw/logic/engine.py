@@ -28,13 +28,13 @@ def _plan(weights: bytes, shape: tuple[int, int], in_range: tuple[int, int]) -> 
     return AdderGraph(np.frombuffer(weights, dtype=np.int64).reshape(shape), in_range)
 
 
-
 def _sum_bits(weights: np.ndarray, in_range: tuple[int, int]) -> int:
     """Signed bits of the widest kernel sum ``W x`` over inputs in ``in_range``."""
     lo, hi = in_range
     low = np.minimum(weights * lo, weights * hi).sum(axis=1)
     high = np.maximum(weights * lo, weights * hi).sum(axis=1)
     return max(max(int(a).bit_length(), int(b).bit_length()) + 1 for a, b in zip(low, high))
+
 
 class LogicEngine(wiring.Component):
     """``y = W x`` for fixed weights: no multiplier, no weight memory.

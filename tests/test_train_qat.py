@@ -163,6 +163,27 @@ def test_dynamo_global_map_kwta_with_boost_keeps_its_boost(tmp_path):
     np.testing.assert_array_equal(acc.golden(x), y)
 
 
+@pytest.mark.parametrize("local", [False, True])
+def test_dynamo_threshold_kwta_with_one_winner(tmp_path, local):
+    """k = 1 under the threshold rule: torch.export compares the key with TopK's values
+    themselves (no slice of the k-th); found by the property test above."""
+    rng = np.random.default_rng(201)
+    torch.manual_seed(201)
+    net = Chain(CSConv2d(1, 4, 3, 1, padding=1, bias=False), nn.BatchNorm2d(4),
+                nn.MaxPool2d(2), KWinners2d(4, 1, local=local, tie_rule="threshold"),
+                nn.Flatten(), CSLinear(64, 24, 2), nn.Linear(24, 6))
+    _randomise(net, rng)
+    x = rng.normal(size=(48, 1, 8, 8)).astype(np.float32)
+    q = quantize(net.eval(), x).eval()
+    with torch.no_grad():
+        y = q(torch.from_numpy(x)).numpy()
+    export_onnx(q, torch.from_numpy(x[:2]), tmp_path / "m.onnx", exporter="dynamo")
+    acc = api.compile(str(tmp_path / "m.onnx"), board="sim")
+    kwta = [layer for layer in acc.network.layers if layer.name == "kwta"]
+    assert len(kwta) == 1 and kwta[0].k == 1
+    np.testing.assert_array_equal(acc.golden(x), y)
+
+
 def _digits_net(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)

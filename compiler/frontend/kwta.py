@@ -112,6 +112,10 @@ def _threshold_source(g: Graph, thr: str, nodes: list[Node]) -> tuple[Node, int]
     """The TopK whose values give ``thr``, and which of its values (0-based)."""
     t = _unwrap(g, thr, ("Reshape", "Unsqueeze", "Squeeze", "Expand", "Identity", "Flatten"), nodes)
     p = g.producer(t)
+    if p is not None and p.op == "TopK" and p.outputs[0] == t and _topk_k(g, p) == 1:
+        # k = 1: the values are the threshold themselves (torch.export drops the slice)
+        nodes.append(p)
+        return p, 0
     if p is None or p.op not in ("Slice", "Gather", "ReduceMin"):
         return None
     topk = g.producer(p.inputs[0])

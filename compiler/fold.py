@@ -31,8 +31,8 @@ from .packer import unpack
 from .perf import stage_cycles
 
 __all__ = ["choose_folding", "check_lut_share", "choose_engines", "logic_engine", "logic_luts",
-           "LOGIC_LUT_SHARE", "LUT_SHARE", "multipliers", "dsp_blocks", "block_rams", "board_block_rams", "memory_census",
-           "ecp5_blocks", "FoldingError", "ECP5_BRAM_KBIT"]
+           "LOGIC_LUT_SHARE", "LUT_SHARE", "multipliers", "dsp_blocks", "block_rams",
+           "board_block_rams", "memory_census", "ecp5_blocks", "FoldingError", "ECP5_BRAM_KBIT"]
 
 MAX_ENTRIES = 32
 

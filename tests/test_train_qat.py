@@ -139,6 +139,16 @@ def test_quantized_model_equals_the_golden_model_of_its_export(tmp_path_factory,
     np.testing.assert_array_equal(gold, y)
 
 
+def _dynamo_compiled(net: nn.Module, x: np.ndarray, tmp_path):
+    """``net`` quantized on ``x``, exported by torch.export and compiled: the accelerator
+    and the quantized model's outputs on ``x``."""
+    q = quantize(net.eval(), x).eval()
+    with torch.no_grad():
+        y = q(torch.from_numpy(x)).numpy()
+    export_onnx(q, torch.from_numpy(x[:2]), tmp_path / "m.onnx", exporter="dynamo")
+    return api.compile(str(tmp_path / "m.onnx"), board="sim"), y
+
+
 def test_dynamo_global_map_kwta_with_boost_keeps_its_boost(tmp_path):
     """torch.export writes a global k-WTA over a map as TopK on reshape(x * boost) with
     GatherElements on reshape(x): the frontend reads the boost through the reshape."""
@@ -151,11 +161,7 @@ def test_dynamo_global_map_kwta_with_boost_keeps_its_boost(tmp_path):
     with torch.no_grad():
         net.body[3].boost.copy_(torch.tensor([1.0, 1.7, 0.6, 2.3]).reshape(1, 4, 1, 1))
     x = rng.normal(size=(48, 1, 8, 8)).astype(np.float32)
-    q = quantize(net.eval(), x).eval()
-    with torch.no_grad():
-        y = q(torch.from_numpy(x)).numpy()
-    export_onnx(q, torch.from_numpy(x[:2]), tmp_path / "m.onnx", exporter="dynamo")
-    acc = api.compile(str(tmp_path / "m.onnx"), board="sim")
+    acc, y = _dynamo_compiled(net, x, tmp_path)
     names = [layer.name for layer in acc.network.layers]
     assert {"body_0", "body_5", "body_6"} <= set(names)  # the modules' names, not "conv"
     kwta = [layer for layer in acc.network.layers if layer.name == "kwta"][0]
@@ -174,11 +180,7 @@ def test_dynamo_threshold_kwta_with_one_winner(tmp_path, local):
                 nn.Flatten(), CSLinear(64, 24, 2), nn.Linear(24, 6))
     _randomise(net, rng)
     x = rng.normal(size=(48, 1, 8, 8)).astype(np.float32)
-    q = quantize(net.eval(), x).eval()
-    with torch.no_grad():
-        y = q(torch.from_numpy(x)).numpy()
-    export_onnx(q, torch.from_numpy(x[:2]), tmp_path / "m.onnx", exporter="dynamo")
-    acc = api.compile(str(tmp_path / "m.onnx"), board="sim")
+    acc, y = _dynamo_compiled(net, x, tmp_path)
     kwta = [layer for layer in acc.network.layers if layer.name == "kwta"]
     assert len(kwta) == 1 and kwta[0].k == 1
     np.testing.assert_array_equal(acc.golden(x), y)

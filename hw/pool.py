@@ -51,7 +51,7 @@ class MaxPool(wiring.Component):
     the current output row. One input beat per cycle, no bubbles:
     ``H * W * ceil(C / D)`` cycles per frame; an output position leaves
     ``ceil(C / D)`` beats on consecutive cycles when its window completes,
-    latency 3 cycles. See docs/hardware.md, 'Max pool'.
+    latency 4 cycles. See docs/hardware.md, 'Max pool'.
 
     Parameters
     ----------
@@ -173,7 +173,6 @@ class MaxPool(wiring.Component):
         s1_mem = Signal(D * E)  # the block RAM output, straight into a register
         s1_fwd = Signal()
         s1_fwd_data = Signal(D * E)
-        s1_old = Signal(D * E)
         best = Signal(D * E)  # S1's lane-wise max, written back or emitted
         writes = Signal()
         m.d.comb += writes.eq(s1["valid"] & ~s1["emit"])
@@ -198,17 +197,28 @@ class MaxPool(wiring.Component):
                          s1_fwd.eq(fwd[0] | fwd[1] | fwd[2]), s1_fwd_data.eq(fwd_data)]
             m.d.sync += [w_en.eq(writes), w_addr.eq(s1_addr), w_data.eq(best),
                          w2_en.eq(w_en), w2_addr.eq(w_addr), w2_data.eq(w_data)]
-        m.d.comb += s1_old.eq(Mux(s1_fwd, s1_fwd_data, s1_mem))
+        # The stored maximum is the block RAM's word or a forwarded one; the new
+        # element is compared with both at once, so the carry chains start at
+        # registers and the selection follows them (the forwarding select does
+        # not precede the comparison on the clock's critical path).
         lanes = []
         for d in range(D):
             new = s1_data[d * E:(d + 1) * E].as_signed()
-            old = s1_old[d * E:(d + 1) * E].as_signed()
-            lanes.append(Mux(s1["first"] | (new > old), new, old))
+            mem = s1_mem[d * E:(d + 1) * E].as_signed()
+            fwd_old = s1_fwd_data[d * E:(d + 1) * E].as_signed()
+            lanes.append(Mux(s1_fwd, Mux(s1["first"] | (new > fwd_old), new, fwd_old),
+                             Mux(s1["first"] | (new > mem), new, mem)))
         m.d.comb += best.eq(Cat(*lanes))
         m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
-        adv_ = skid_output(m, self.o, s1["valid"] & s1["emit"],
-                           typed_payload(m, self.o, data=best, last=s1["last"],
-                                         end=s1["end"]))
+        # S2: an emitted maximum is registered before the output's skid buffer,
+        # so the comparison's result does not travel to the next unit in its cycle.
+        s2_valid, s2_last, s2_end = Signal(), Signal(), Signal()
+        s2_data = Signal(D * E)
+        with m.If(adv):
+            m.d.sync += [s2_valid.eq(s1["valid"] & s1["emit"]), s2_last.eq(s1["last"]),
+                         s2_end.eq(s1["end"]), s2_data.eq(best)]
+        adv_ = skid_output(m, self.o, s2_valid,
+                           typed_payload(m, self.o, data=s2_data, last=s2_last, end=s2_end))
         m.d.comb += adv.eq(adv_)
         return m
 
@@ -226,7 +236,7 @@ class SparseMaxPool(wiring.Component):
     channels fit one sparse beat, plus the boundary cycles of
     :class:`~cosparse.hw.adapters.Densify`. Latency from a window's last
     input beat to the last output beat of its pooled position:
-    ``7 + ceil(C / D)`` cycles (one more when that position has more than
+    ``8 + ceil(C / D)`` cycles (one more when that position has more than
     ``R`` non-zeros). See docs/hardware.md, 'Max pool'.
 
     Parameters

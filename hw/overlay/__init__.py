@@ -337,7 +337,8 @@ class OverlayEngine(wiring.Component):
             R, P, rows, A, registers=shallow, read_register=split, prod_bits=products.prod_bits,
             compact=self.compact, **parts)
         drain = m.submodules.drain = Drain(self.num_kernels, P, K, passes, A,
-                                           compact=self.compact, **parts)
+                                           compact=self.compact,
+                                           read_latency=banks.drain_latency, **parts)
 
         wiring.connect(m, wiring.flipped(self.i), seq.i)
         m.d.comb += [

@@ -69,7 +69,9 @@ class AccumulatorBanks(wiring.Component):
         register banks' drain read.
     sums : Out(signed(acc_bits)).array(P)
         Per lane, the sum over the ``R`` banks of row ``clear_addr`` of buffer
-        ``clear_buf`` (memory banks: of the drain's read the cycle before).
+        ``clear_buf`` (memory banks: of the drain's read the cycle before, and
+        one cycle later than the clear unless ``compact``: see
+        :attr:`drain_latency`).
     """
 
     def __init__(self, entries: int, lanes_per_beat: int, rows: int, acc_bits: int, *,
@@ -81,6 +83,10 @@ class AccumulatorBanks(wiring.Component):
         self.copies = -(-lanes_per_beat // lanes_per_copy)
         self.registers, self.read_register = registers, read_register
         self.compact = compact
+        #: Cycles from the drain's read to its ``sums``: memory banks (not compact)
+        #: register the read data before the buffer select and the R-bank sum, so
+        #: the block RAM's clock-to-out (ECP5: 5.8 ns) ends at a register beside it.
+        self.drain_latency = 2 if not (registers or compact) else 1
         R, P, c = entries, lanes_per_beat, self.copies
         super().__init__({
             "read_valid": In(1).array(c), "read_buf": In(1).array(c),
@@ -100,6 +106,7 @@ class AccumulatorBanks(wiring.Component):
         shallow, split = self.registers, self.read_register
         # A memory bank's word: the sum and a valid bit (compact: the sum alone)
         word = signed(A) if self.compact else unsigned(A + 1)
+        self._read_regs = {}  # (r, k, buffer) -> the registered read data
         banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (registers)
         for r in range(R):
             row = []
@@ -142,10 +149,14 @@ class AccumulatorBanks(wiring.Component):
                     self._compact_bank(m, banks[r][k], r, k, g)
                 else:
                     self._memory_bank(m, banks[r][k], r, k, g)
+        # The buffer select of the registered drain reads: clear_buf a cycle later.
+        drain_buf = [register(m, f"d2_buf_{g}", self.clear_buf[g])
+                     if self.drain_latency == 2 else self.clear_buf[g]
+                     for g in range(self.copies)]
         for k in range(P):
             total = Const(0, signed(A))
             for r in range(R):
-                total = total + self._drained(banks[r][k], k // G)
+                total = total + self._drained(banks[r][k], r, k, k // G, drain_buf[k // G])
             s = Signal(signed(A), name=f"drain_sum_{k}")
             m.d.comb += [s.eq(total), self.sums[k].eq(s)]
         return m
@@ -200,8 +211,13 @@ class AccumulatorBanks(wiring.Component):
         with m.Else():
             m.d.comb += [rp.addr.eq(self.drain_addr),
                          rp.en.eq(self.drain_en & (self.drain_buf == b))]
-        if self.read_register:  # C2: the read data registered
-            return register(m, f"c2_old_{r}_{k}_{b}", rp.data, reset_less=True)
+        if self.read_register:  # C2: the read data registered (the drain's too)
+            self._read_regs[r, k, b] = register(m, f"c2_old_{r}_{k}_{b}", rp.data,
+                                                reset_less=True)
+            return self._read_regs[r, k, b]
+        if self.drain_latency == 2:
+            self._read_regs[r, k, b] = register(m, f"d2_old_{r}_{k}_{b}", rp.data,
+                                                reset_less=True)
         return rp.data
 
     def _compact_bank(self, m: Module, pair, r: int, k: int, g: int) -> None:
@@ -220,13 +236,13 @@ class AccumulatorBanks(wiring.Component):
             with m.Elif(clear & (ebuf == b)):
                 m.d.comb += [wp.addr.eq(eaddr), wp.data.eq(0), wp.en.eq(1)]
 
-    def _drained(self, pair, g: int) -> Value:
-        """The drain's read of one bank (the buffer ``clear_buf``): its sum, or 0."""
+    def _drained(self, pair, r: int, k: int, g: int, buf: Value) -> Value:
+        """The drain's read of bank ``(r, k)`` (buffer ``buf``): its sum, or 0."""
         A = self.acc_bits
         if self.registers:
-            return Mux(self.clear_buf[g], select(pair[1], self.clear_addr[g]),
+            return Mux(buf, select(pair[1], self.clear_addr[g]),
                        select(pair[0], self.clear_addr[g]))
-        cur = Mux(self.clear_buf[g], pair[1][1].data, pair[0][1].data)
         if self.compact:
-            return cur
+            return Mux(buf, pair[1][1].data, pair[0][1].data)
+        cur = Mux(buf, self._read_regs[r, k, 1], self._read_regs[r, k, 0])
         return Mux(cur[A], cur[:A].as_signed(), 0)

@@ -9,6 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..streams import dense_layout
 from ..util import bits, replicate
+from .common import register
 
 __all__ = ["Drain"]
 
@@ -24,7 +25,8 @@ class Drain(wiring.Component):
     E has the banks' sums and clears the row (``clear``, one copy of its
     controls per ``lanes_per_copy`` lanes); F registers the sums before a
     FIFO (the bank reads, their buffer select and the ``R``-bank sum are one
-    path up to F). ``compact``: no F and no FIFO, the banks' read data is the
+    path up to F; with ``read_latency`` 2 the banks register their read data
+    first, and stage E2 carries the flags of those sums). ``compact``: no F and no FIFO, the banks' read data is the
     output register and the drain issues when it is free or taken; a drained
     buffer's last sum is then held in the read data until it is taken
     (``held``), and no new group may use that buffer before.
@@ -37,6 +39,9 @@ class Drain(wiring.Component):
         Lanes served by one copy of the clear's controls.
     compact : bool
         No output FIFO.
+    read_latency : int
+        Cycles from the read to ``sums`` (:attr:`AccumulatorBanks.drain_latency`):
+        1, or 2 (not ``compact``).
 
     Members
     -------
@@ -49,7 +54,7 @@ class Drain(wiring.Component):
     clear, clear_buf : Out(1).array(copies); clear_addr : Out(range(passes * K)).array(copies)
         Stage E: the row read the cycle before, to clear.
     sums : In(signed(acc_bits)).array(P)
-        The banks' sums of stage E's row.
+        The banks' sums of stage E's row (of E2's with ``read_latency`` 2).
     done : Out(1)
         The drain reads the last block of buffer ``buf``: it is free from the next cycle.
     held, held_buf : Out(1)
@@ -59,7 +64,11 @@ class Drain(wiring.Component):
     """
 
     def __init__(self, num_kernels: int, lanes_per_beat: int, kernels_per_overlay: int,
-                 passes: int, acc_bits: int, *, lanes_per_copy: int, compact: bool):
+                 passes: int, acc_bits: int, *, lanes_per_copy: int, compact: bool,
+                 read_latency: int = 1):
+        if read_latency not in (1, 2) or (compact and read_latency != 1):
+            raise ValueError(f"read_latency must be 1, or 2 without compact, got {read_latency!r}")
+        self.read_latency = read_latency
         self.num_kernels, self.lanes_per_beat = num_kernels, lanes_per_beat
         self.kernels_per_overlay, self.passes, self.acc_bits = kernels_per_overlay, passes, acc_bits
         self.lanes_per_copy, self.compact = lanes_per_copy, compact
@@ -108,7 +117,7 @@ class Drain(wiring.Component):
         else:
             fifo = SyncFIFOBuffered(width=P * A + 2, depth=6)
             m.submodules.fifo = fifo
-            # Two sums in flight: one read from the banks (E), one summed into F.
+            # Sums in flight: read from the banks (E), in their registers (E2), summed into F.
             m.d.comb += d_issue.eq(d_active & (fifo.level + inflight < fifo.depth))
         m.d.comb += d_final.eq(d_issue & (d_block == n_blocks - 1))
         start = Signal()
@@ -150,17 +159,22 @@ class Drain(wiring.Component):
                      *(self.clear_buf[g].eq(re_buf[g]) for g in range(copies)),
                      *(self.clear_addr[g].eq(re_addr[g]) for g in range(copies))]
 
-        sums = Cat(*self.sums, e_last, e_end)
         if self.compact:
+            sums = Cat(*self.sums, e_last, e_end)
             m.d.comb += [self.o.valid.eq(e_valid), self.o.payload.as_value().eq(sums),
                          inflight.eq(e_valid)]
         else:
+            # E2 (read latency 2): the banks' read data in their registers.
+            s_valid, s_last, s_end = e_valid, e_last, e_end
+            if self.read_latency == 2:
+                s_valid, s_last, s_end = (register(m, f"e2_{n}", v) for n, v in
+                                          (("valid", e_valid), ("last", e_last), ("end", e_end)))
             # F: the drain's sums registered before the FIFO.
             f_valid = Signal()
             f_data = Signal(P * A + 2, reset_less=True)
-            m.d.sync += [f_valid.eq(e_valid), f_data.eq(sums)]
+            m.d.sync += [f_valid.eq(s_valid), f_data.eq(Cat(*self.sums, s_last, s_end))]
             m.d.comb += [
-                inflight.eq(e_valid + f_valid),
+                inflight.eq(e_valid + f_valid + (s_valid if self.read_latency == 2 else 0)),
                 fifo.w_data.eq(f_data),
                 fifo.w_en.eq(f_valid),
                 self.o.valid.eq(fifo.r_rdy),

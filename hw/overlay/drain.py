@@ -26,10 +26,11 @@ class Drain(wiring.Component):
     controls per ``lanes_per_copy`` lanes); F registers the sums before a
     FIFO (the bank reads, their buffer select and the ``R``-bank sum are one
     path up to F; with ``read_latency`` 2 the banks register their read data
-    first, and stage E2 carries the flags of those sums). ``compact``: no F and no FIFO, the banks' read data is the
-    output register and the drain issues when it is free or taken; a drained
-    buffer's last sum is then held in the read data until it is taken
-    (``held``), and no new group may use that buffer before.
+    first, and stage E2 carries the flags of those sums). ``compact``: no F
+    and no FIFO, the banks' read data is the output register and the drain
+    issues when it is free or taken; a drained buffer's last sum is then held
+    in the read data until it is taken (``held``), and no new group may use
+    that buffer before.
 
     Parameters
     ----------

@@ -159,7 +159,8 @@ def test_three_passes_register_the_bank_read(compact):
     assert set(accepted[5:-5].tolist()) == {3}
     res = check(dut, ov, [[(5, 1)]], stall=0.0)
     # one more for C2, and one for the drain's registered bank reads (not compact)
-    assert res.cycles[0][0] - res.input_cycles[0][-1] == 9 + dut.passes - 3 * compact + 2 * (not compact)
+    assert (res.cycles[0][0] - res.input_cycles[0][-1]
+            == 9 + dut.passes - 3 * compact + 2 * (not compact))
     for seed in range(3):
         check(dut, ov, random_groups(rng, 120, 6), stall=0.5, seed=seed)
 

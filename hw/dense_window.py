@@ -81,7 +81,9 @@ class BankWriter(wiring.Component):
     x mod kw)`` at ``buffer * depth + (y div kh) * ceil(Wp / kw) + x div kw``;
     frame ``f`` to buffer ``f mod 2``. A buffer is written from its frame's
     ``end`` until the read side ``clear``\\ s it; the input waits while its
-    buffer is written and not released this cycle.
+    buffer is written and not released this cycle. ``i.ready`` is a register
+    (a skid register holds the beat offered while the input waits), and a
+    position is written to its bank the cycle after it is taken.
 
     Parameters
     ----------
@@ -97,7 +99,7 @@ class BankWriter(wiring.Component):
         Positions in raster order, ``end`` on the frame's last.
     banks : In(WritePort.Signature(...)).array(kh, kw)
     written : Out(2)
-        Buffer written, or completed this cycle.
+        Buffer written, its frame's last position included.
     clear : In(2)
         The read side releases a buffer.
     """
@@ -124,9 +126,10 @@ class BankWriter(wiring.Component):
         Hp, Wp = H + pt + pb, W + pl + pr
         bw, depth = _bank_shape(H, W, self.kernel, self.padding)
         full = Signal(2)
-        filled = Signal(2)
-        m.d.sync += full.eq((full | filled) & ~self.clear)
-        m.d.comb += self.written.eq(full | filled)
+        filled = Signal(2)  # the frame's last position taken this cycle
+        filled_r = Signal(2)  # ... and written to its bank this cycle
+        m.d.sync += [filled_r.eq(filled), full.eq((full | filled_r) & ~self.clear)]
+        m.d.comb += self.written.eq(full | filled_r)
 
         # padded coordinates, kept as quotient and remainder
         in_buf = Signal()
@@ -136,25 +139,45 @@ class BankWriter(wiring.Component):
         wx_q = Signal(range(Wp // kw + 2), init=init_x[0])
         wx_r = Signal(range(kw), init=init_x[1])
         wx = Signal(range(W + 1))
-        # A buffer the reader releases this cycle can be written at once.
-        m.d.comb += self.i.ready.eq(~full.bit_select(in_buf, 1) |
-                                    self.clear.bit_select(in_buf, 1))
+        # The input's ready and the banks' write enables are functions of registers,
+        # so the reader's release (a long way off on a large part) ends here: the
+        # input goes through a skid register, and a position is written the cycle
+        # after it is taken (a bank of LUT RAM is many cells behind one write-enable
+        # tree). A buffer the reader releases this cycle can be taken at once: its
+        # last read is in this cycle, before the write.
+        skid_valid = Signal()
+        skid = Signal.like(self.i.payload)
+        valid = Signal()
+        pos = Signal.like(self.i.payload)
+        ready = Signal()
+        m.d.comb += [self.i.ready.eq(~skid_valid),
+                     valid.eq(skid_valid | self.i.valid),
+                     pos.eq(Mux(skid_valid, skid, self.i.payload)),
+                     ready.eq(~full.bit_select(in_buf, 1) | self.clear.bit_select(in_buf, 1))]
+        with m.If(skid_valid):
+            m.d.sync += skid_valid.eq(~ready)
+        with m.Elif(self.i.valid & ~ready):
+            m.d.sync += [skid_valid.eq(1), skid.eq(self.i.payload)]
         take = Signal()
-        m.d.comb += take.eq(self.i.valid & self.i.ready)
+        m.d.comb += take.eq(valid & ready)
         waddr = Signal(range(2 * depth))
         # shifted adds, not DSP blocks, for the constant factors
         m.d.comb += waddr.eq(Mux(in_buf, depth, 0) + const_mul(wy_q, bw) + wx_q)
+        w_addr = Signal.like(waddr)
+        w_data = Signal(self.banks[0][0].data.shape())
+        m.d.sync += [w_addr.eq(waddr), w_data.eq(pos.data.as_value())]
         for r in range(kh):
             for c in range(kw):
                 wp = self.banks[r][c]
-                m.d.comb += [wp.addr.eq(waddr), wp.data.eq(self.i.payload.data.as_value()),
-                             wp.en.eq(take & (wy_r == r) & (wx_r == c))]
+                w_en = Signal(name=f"w_en_{r}_{c}")
+                m.d.sync += w_en.eq(take & (wy_r == r) & (wx_r == c))
+                m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
 
         def step(q, rem, mod):
             return [rem.eq(Mux(rem == mod - 1, 0, rem + 1)), q.eq(Mux(rem == mod - 1, q + 1, q))]
 
         with m.If(take):
-            with m.If(self.i.payload.end):
+            with m.If(pos.end):
                 m.d.sync += [in_buf.eq(~in_buf), wx.eq(0), wy_q.eq(init_y[0]), wy_r.eq(init_y[1]),
                              wx_q.eq(init_x[0]), wx_r.eq(init_x[1])]
                 m.d.comb += filled.bit_select(in_buf, 1).eq(1)

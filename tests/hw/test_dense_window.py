@@ -62,17 +62,24 @@ def test_nine_bit_fields():
     assert res.outputs[0] == want
 
 
-def test_one_position_per_cycle():
-    """Back to back, a frame takes max(H*W, Ho*Wo) cycles: the writes of the next overlap."""
-    dut = DenseWindow(16, 16, 1, kernel=(5, 5), padding=(2, 2, 2, 2))
+@pytest.mark.parametrize("stride, padding, period", [
+    ((1, 1), (2, 2, 2, 2), 256),  # reads = writes: a frame's writes overlap the last one's reads
+    ((2, 1), (2, 2, 2, 2), 256),  # writes set the pace
+    ((1, 1), (4, 4, 4, 3), 380),  # reads set the pace: 20 x 19 windows
+])
+def test_one_position_per_cycle(stride, padding, period):
+    """Back to back, a frame takes max(H*W, Ho*Wo) cycles: the writes of the next
+    frame overlap the reads of this one."""
+    dut = DenseWindow(16, 16, 1, kernel=(5, 5), stride=stride, padding=padding)
     x = np.random.default_rng(0).integers(-128, 128, (4, 16, 16, 1)).astype(np.int8)
     beats, want = io(dut, x)
     res = simulate(dut, [Port(dut.i, dut.in_layout, beats)],
                    [Port(dut.o, dut.out_layout, count=len(want))], stall=0.0)
     assert res.outputs[0] == want
-    ends = res.cycles[0][255::256]
-    assert dut.cycles_per_frame == 256
-    assert np.all(np.diff(ends) == 256), np.diff(ends)
+    per_frame = dut.out_height * dut.out_width
+    ends = res.cycles[0][per_frame - 1::per_frame]
+    assert dut.cycles_per_frame == period
+    assert np.all(np.diff(ends) == period), np.diff(ends)
 
 
 def test_parameters_are_checked():

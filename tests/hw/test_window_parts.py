@@ -234,12 +234,13 @@ def test_bank_writer_puts_each_pixel_in_its_bank():
             await ctx.tick().until(dut.written[buf])
             await ctx.tick()  # the frame's last pixel is written at this edge
             seen.append(frame(ctx, buf))
-            if f == 1:  # both buffers written: the input waits unless a release comes
-                assert not ctx.get(dut.i.ready)
-                ctx.set(dut.clear, 1)
-                assert ctx.get(dut.i.ready)  # released this cycle: written at once
+            if f == 1:  # both buffers written: the next frame's first beat waits in the skid
+                await ctx.tick().until(~dut.i.ready)
+                assert ctx.get(dut.written) == 0b11
+                ctx.set(dut.clear, 1)  # released this cycle: the skid's beat is taken at once
                 await ctx.tick()
                 ctx.set(dut.clear, 0)
+                assert ctx.get(dut.i.ready)
         ctx.set(dut.clear, 0b10)
         await ctx.tick()
         ctx.set(dut.clear, 0)

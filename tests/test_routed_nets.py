@@ -27,7 +27,7 @@ def test_longest_nets_per_unit(tmp_path, capsys):
             _net("d", "top_level_cell", 6.0),
             _net("unrouted", "link.core.s0_densewindow.w")]
     path = _report(tmp_path, nets)
-    assert sorted(rn.net_delays(json.loads(path.read_text()))) == [
+    assert sorted(rn.net_arrivals(json.loads(path.read_text()))) == [
         (2.0, "c", "link.core.s0_densewindow.z", 2),
         (3.5, "b", "link.core.s8_overlayengine.drain.y", 1),
         (4.5, "a", "link.core.s8_overlayengine.banks.x_LUT4_Z", 2),

@@ -463,7 +463,7 @@ class InferRunner(wiring.Component):
 class Executor(wiring.Component):
     """Runs checked requests: STATUS, LOAD, SEAL and INFER, and keeps the link's state.
 
-    A request is decided the cycle it is offered: a framing error or a bad
+    A request is decided the cycle after it is offered: a framing error or a bad
     command, length, target or range is refused (counted in ``rejected``,
     kept as the last error) and changes nothing. LOAD reads the payload
     buffer a byte at a time and writes whole words (``write``); INFER feeds
@@ -624,9 +624,16 @@ class Executor(wiring.Component):
             with m.Else():
                 m.d.sync += x_rl.eq(x_rl + 1)
 
+        checks = self._checks(m)
         with m.FSM(name="executor"):
+            # A request waits a cycle in IDLE while its checks are registered: the
+            # decision then starts from registers beside it, not from the framer's
+            # and the load check's outputs across the link.
             with m.State("IDLE"):
-                self._decide(m, r, infer, reject, finish)
+                with m.If(self.req.valid):
+                    m.next = "DECIDE"
+            with m.State("DECIDE"):
+                self._decide(m, r, checks, infer, reject, finish)
 
             # LOAD: read payload bytes in order, assemble words, write them.
             with m.State("LOAD_READ"):
@@ -686,48 +693,69 @@ class Executor(wiring.Component):
         return m
 
 
-    def _decide(self, m: Module, r: types.SimpleNamespace, infer: InferRunner, reject,
-                finish) -> None:
-        """IDLE: a request's checks, and the first state of the command it passes to."""
+    def _checks(self, m: Module) -> types.SimpleNamespace:
+        """A request's checks, registered every cycle from the framer's request and the
+        load check's verdict (both hold still while a request waits)."""
         W, req, load = self.in_width, self.req.payload, self.load
-        with m.If(self.req.valid):
-            with m.If(req.error != Code.OK):
-                reject(req.error)
-            with m.Elif(req.cmd == Command.STATUS):
-                with m.If(req.length != 0):
-                    reject(Code.LENGTH)
-                with m.Else():
-                    finish(Code.OK, Body.STATUS)
-            with m.Elif(req.cmd == Command.LOAD):
-                with m.If(req.length < LOAD_HEADER_BYTES):
-                    reject(Code.LENGTH)
-                with m.Elif(load.bad_target):
-                    reject(Code.UNKNOWN_TARGET)
-                with m.Elif(load.bad_range):
-                    reject(Code.RANGE)
-                with m.Else():
-                    m.d.sync += [r.ra.eq(LOAD_HEADER_BYTES // W),
-                                 r.rl.eq(LOAD_HEADER_BYTES % W),
-                                 r.left.eq(req.length - LOAD_HEADER_BYTES),
-                                 r.j.eq(0), r.k.eq(load.address), r.loaded.eq(0)]
-                    m.next = "LOAD_READ"
-            with m.Elif(req.cmd == Command.SEAL):
-                with m.If(req.length != 4):
-                    reject(Code.LENGTH)
-                with m.Else():
-                    m.d.sync += [r.ra.eq(0), r.rl.eq(0), r.j.eq(0)]
-                    m.next = "SEAL_READ"
-            with m.Elif(req.cmd == Command.INFER):
-                with m.If(req.length != self.in_beats * W):
-                    reject(Code.LENGTH)
-                with m.Elif(~r.loaded):
-                    reject(Code.NOT_LOADED)
-                with m.Else():
-                    m.d.comb += infer.start.eq(1)
-                    m.d.sync += r.running.eq(1)
-                    m.next = "INFER"
+        c = types.SimpleNamespace(
+            error=Signal(Code), cmd=Signal(Command), left=Signal(16),
+            status_length=Signal(), load_short=Signal(), seal_length=Signal(),
+            infer_length=Signal(), bad_target=Signal(), bad_range=Signal(),
+            address=Signal(16))
+        m.d.sync += [
+            c.error.eq(req.error), c.cmd.eq(req.cmd),
+            c.left.eq(req.length - LOAD_HEADER_BYTES),
+            c.status_length.eq(req.length == 0),
+            c.load_short.eq(req.length < LOAD_HEADER_BYTES),
+            c.seal_length.eq(req.length == 4),
+            c.infer_length.eq(req.length == self.in_beats * W),
+            c.bad_target.eq(load.bad_target), c.bad_range.eq(load.bad_range),
+            c.address.eq(load.address),
+        ]
+        return c
+
+    def _decide(self, m: Module, r: types.SimpleNamespace, c: types.SimpleNamespace,
+                infer: InferRunner, reject, finish) -> None:
+        """DECIDE: a request's registered checks ``c``, and the first state of the
+        command it passes to."""
+        W = self.in_width
+        with m.If(c.error != Code.OK):
+            reject(c.error)
+        with m.Elif(c.cmd == Command.STATUS):
+            with m.If(~c.status_length):
+                reject(Code.LENGTH)
             with m.Else():
-                reject(Code.UNKNOWN_COMMAND)
+                finish(Code.OK, Body.STATUS)
+        with m.Elif(c.cmd == Command.LOAD):
+            with m.If(c.load_short):
+                reject(Code.LENGTH)
+            with m.Elif(c.bad_target):
+                reject(Code.UNKNOWN_TARGET)
+            with m.Elif(c.bad_range):
+                reject(Code.RANGE)
+            with m.Else():
+                m.d.sync += [r.ra.eq(LOAD_HEADER_BYTES // W),
+                             r.rl.eq(LOAD_HEADER_BYTES % W),
+                             r.left.eq(c.left),
+                             r.j.eq(0), r.k.eq(c.address), r.loaded.eq(0)]
+                m.next = "LOAD_READ"
+        with m.Elif(c.cmd == Command.SEAL):
+            with m.If(~c.seal_length):
+                reject(Code.LENGTH)
+            with m.Else():
+                m.d.sync += [r.ra.eq(0), r.rl.eq(0), r.j.eq(0)]
+                m.next = "SEAL_READ"
+        with m.Elif(c.cmd == Command.INFER):
+            with m.If(~c.infer_length):
+                reject(Code.LENGTH)
+            with m.Elif(~r.loaded):
+                reject(Code.NOT_LOADED)
+            with m.Else():
+                m.d.comb += infer.start.eq(1)
+                m.d.sync += r.running.eq(1)
+                m.next = "INFER"
+        with m.Else():
+            reject(Code.UNKNOWN_COMMAND)
 
 
 class Responder(wiring.Component):

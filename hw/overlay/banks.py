@@ -9,20 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from .common import register, select
 
-__all__ = ["AccumulatorBanks", "in_lut_ram", "LUTRAM_MAX_DEPTH", "LUTRAM_MAX_BITS"]
-
-#: yosys (``memory_libmap``) puts an ECP5 memory in LUT RAM when it is at most this
-#: deep or holds fewer bits than ``LUTRAM_MAX_BITS``; otherwise in DP16KD. Fitted to
-#: the gsc-cs builds: 98 x 8, 392 x 2, 64 x 19 and 25 x 288 (three read ports) went to
-#: LUT RAM; 56 x 128, 152 x 22, 320 x 8 and 256 x 11 to block RAM.
-LUTRAM_MAX_DEPTH = 32
-LUTRAM_MAX_BITS = 2048
-
-
-def in_lut_ram(depth: int, width: int) -> bool:
-    """A memory of ``depth`` words of ``width`` bits goes to LUT RAM on ECP5 (see
-    ``LUTRAM_MAX_*``), not to block RAM."""
-    return depth <= LUTRAM_MAX_DEPTH or depth * width < LUTRAM_MAX_BITS
+__all__ = ["AccumulatorBanks"]
 
 
 class AccumulatorBanks(wiring.Component):
@@ -97,14 +84,9 @@ class AccumulatorBanks(wiring.Component):
         self.registers, self.read_register = registers, read_register
         self.compact = compact
         #: Cycles from the drain's read to its ``sums``: memory banks (not compact)
-        #: in block RAM register the read data before the buffer select and the
-        #: R-bank sum, so the block RAM's clock-to-out (ECP5: 5.8 ns) ends at a
-        #: register beside it; so do banks whose reads stage C2 registers anyway.
-        #: Banks in LUT RAM (:func:`in_lut_ram`) have no such clock-to-out.
-        word_bits = acc_bits + (0 if compact else 1)
-        memory = not (registers or compact)
-        self.drain_latency = 2 if memory and (read_register or
-                                              not in_lut_ram(rows, word_bits)) else 1
+        #: register the read data before the buffer select and the R-bank sum, so
+        #: the block RAM's clock-to-out (ECP5: 5.8 ns) ends at a register beside it.
+        self.drain_latency = 2 if not (registers or compact) else 1
         R, P, c = entries, lanes_per_beat, self.copies
         super().__init__({
             "read_valid": In(1).array(c), "read_buf": In(1).array(c),
@@ -233,7 +215,6 @@ class AccumulatorBanks(wiring.Component):
             self._read_regs[r, k, b] = register(m, f"c2_old_{r}_{k}_{b}", rp.data,
                                                 reset_less=True)
             return self._read_regs[r, k, b]
-        self._read_regs[r, k, b] = rp.data
         if self.drain_latency == 2:
             self._read_regs[r, k, b] = register(m, f"d2_old_{r}_{k}_{b}", rp.data,
                                                 reset_less=True)

@@ -13,7 +13,6 @@ from cosparse.compiler import zoo
 from cosparse.compiler.packer import engine_parameters, pack
 from cosparse.hw.util import KEEP_REPLICAS
 from cosparse.hw.overlay import LANES_PER_COPY, SMALL_BANK_ROWS, OverlayEngine
-from cosparse.hw.overlay.banks import in_lut_ram
 from cosparse.hw.streams import dense_beats, sparse_beats
 from cosparse.sim import golden
 from cosparse.sim.streamsim import Port, simulate
@@ -130,13 +129,10 @@ def test_throughput_has_no_bubbles(compact, banked, monkeypatch):
     assert set(per_group[2:].tolist()) == {max(10 * 2, 64 // 4)}  # 20 cycles per group
     # Latency of a lone group: 9 + L/P cycles from its last input beat to its first output
     # (three less without the output register and FIFO; one more where the drain's reads
-    # of memory banks in block RAM are registered beside them: not here, 16 rows are LUT
-    # RAM).
-    rows = dut.passes * dut.kernels_per_overlay
-    assert rows == 16 and in_lut_ram(rows, dut.acc_bits + 1)
+    # of memory banks are registered beside them, i.e. not compact).
     res = check(dut, ov, [[(5, 1)]], stall=0.0)
     assert (res.cycles[0][0] - res.input_cycles[0][-1]
-            == 9 + dut.passes - 3 * compact + banked)
+            == 9 + dut.passes - 3 * compact + banked + (not compact))
     # The memory of 400 words is 7 banks of 64 (the last one short), or one memory.
     text = rtlil.convert(dut, name="top")
     assert len(re.findall(r"^ *memory .* \\weights(_\d+)?$", text, re.M)) == (7 if banked else 1)

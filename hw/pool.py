@@ -9,7 +9,7 @@ element. Only non-overlapping windows (``stride == kernel``) are built.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -101,6 +101,16 @@ class MaxPool(wiring.Component):
         """Steady-state cycles per frame (input-bound)."""
         return self.height * self.width_px * self.beats
 
+    @property
+    def forward_distance(self) -> int:
+        """The fewest beats between two beats that update one row-buffer word: the
+        next pixel of a window reads its word ``B`` beats later; with a window one
+        pixel wide, the next row reads it ``W * B`` beats later. Forwarding from
+        the write-back stages (one to three beats) is built only where this is
+        three or less."""
+        kw = self.kernel[1]
+        return self.beats * (1 if kw > 1 else self.width_px)
+
     def elaborate(self, platform):
         m = Module()
         H, W, D, B = self.height, self.width_px, self.width, self.beats
@@ -186,15 +196,20 @@ class MaxPool(wiring.Component):
         # Forwarding into S1: a beat that read its word fewer than three beats after
         # the word's last write gets the new value from S1 (it was not computed yet),
         # S2 (not written yet) or the write before (written in the cycle of the read).
-        fwd = [Signal(name=f"fwd{k}") for k in (1, 2, 3)]
-        m.d.comb += [fwd[0].eq(writes & (s0_addr == s1_addr)),
-                     fwd[1].eq(w_en & (s0_addr == w_addr)),
-                     fwd[2].eq(w2_en & (s0_addr == w2_addr))]
-        fwd_data = Mux(fwd[0], best, Mux(fwd[1], w_data, w2_data))
+        # Two beats that update one word are at least ``forward_distance`` beats
+        # apart: a stage closer than that never matches and is not built.
+        stages = [(k, en, addr, value) for k, en, addr, value in
+                  ((1, writes, s1_addr, best), (2, w_en, w_addr, w_data),
+                   (3, w2_en, w2_addr, w2_data)) if k >= self.forward_distance]
+        fwd = [Signal(name=f"fwd{k}") for k, *_ in stages]
+        m.d.comb += [f.eq(en & (s0_addr == addr)) for f, (_, en, addr, _) in zip(fwd, stages)]
+        fwd_data = Const(0, D * E)
+        for f, (_, _, _, value) in reversed(list(zip(fwd, stages))):
+            fwd_data = Mux(f, value, fwd_data)
         with m.If(adv):
             m.d.sync += [s1[n].eq(s0[n]) for n in s0]
             m.d.sync += [s1_addr.eq(s0_addr), s1_data.eq(s0_data), s1_mem.eq(rp.data),
-                         s1_fwd.eq(fwd[0] | fwd[1] | fwd[2]), s1_fwd_data.eq(fwd_data)]
+                         s1_fwd.eq(Cat(*fwd).any()), s1_fwd_data.eq(fwd_data)]
             m.d.sync += [w_en.eq(writes), w_addr.eq(s1_addr), w_data.eq(best),
                          w2_en.eq(w_en), w2_addr.eq(w_addr), w2_data.eq(w_data)]
         # The stored maximum is the block RAM's word or a forwarded one; the new
@@ -206,8 +221,9 @@ class MaxPool(wiring.Component):
             new = s1_data[d * E:(d + 1) * E].as_signed()
             mem = s1_mem[d * E:(d + 1) * E].as_signed()
             fwd_old = s1_fwd_data[d * E:(d + 1) * E].as_signed()
+            from_mem = Mux(s1["first"] | (new > mem), new, mem)
             lanes.append(Mux(s1_fwd, Mux(s1["first"] | (new > fwd_old), new, fwd_old),
-                             Mux(s1["first"] | (new > mem), new, mem)))
+                             from_mem) if stages else from_mem)
         m.d.comb += best.eq(Cat(*lanes))
         m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
         # S2: an emitted maximum is registered before the output's skid buffer,

@@ -4,6 +4,8 @@ import gc
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cosparse.compiler import ir
 from cosparse.hw.pool import MaxPool, SparseMaxPool
@@ -44,6 +46,10 @@ CASES = [  # h, w, c, kernel, D
     (4, 6, 8, (1, 2), 8),
     (3, 3, 2, (1, 1), 1),
     (5, 4, 1, (2, 4), 1),
+    (6, 6, 12, (2, 2), 4),  # 3 beats a position: only the farthest forwarding stage
+    (6, 8, 16, (2, 2), 4),  # 4 beats a position: no forwarding at all
+    (6, 3, 1, (2, 1), 1),  # a window one pixel wide: the next row, 3 beats later
+    (4, 2, 1, (2, 1), 1),  # ... 2 beats later
 ]
 
 
@@ -55,6 +61,27 @@ def test_max_pool_matches_golden_under_stalls(h, w, c, kernel, D):
     x = random_map(rng, 3, h, w, c)
     want = dense_frames(golden_pool(x, kernel), D)
     res = run(dut, dense_frames(x, D), len(want), stall=0.3, seed=c)
+    assert res.outputs[0] == want
+
+
+@drops_rows
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_max_pool_random_geometry(data):
+    """Random map sizes, windows, channels and beat widths (so every forwarding
+    distance, and none) match the golden model under random stalls, and the pool
+    builds exactly the forwarding stages a geometry can use."""
+    kh, kw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    h, w = data.draw(st.integers(kh, kh * 3 + 1)), data.draw(st.integers(kw, kw * 3 + 1))
+    c = data.draw(st.integers(1, 9))
+    D = data.draw(st.integers(1, c))
+    dut = MaxPool(h, w, c, kernel=(kh, kw), stride=(kh, kw), width=D)
+    B = -(-c // D)
+    assert dut.forward_distance == (B if kw > 1 else w * B)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x = random_map(rng, 2, h, w, c)
+    want = dense_frames(golden_pool(x, (kh, kw)), D)
+    res = run(dut, dense_frames(x, D), len(want), stall=0.3, seed=int(rng.integers(1 << 16)))
     assert res.outputs[0] == want
 
 

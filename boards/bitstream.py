@@ -109,7 +109,8 @@ def unbracketed_rtlil(text: str) -> str:
 
 def collision_free_rtlil(text: str) -> str:
     """RTLIL whose memories marked ``no_rw_check`` leave a read of a word in the cycle
-    it is written undefined (their read ports' ``COLLISION_X_MASK`` all ones).
+    it is written undefined (their synchronous read ports' ``COLLISION_X_MASK`` all
+    ones; an asynchronous read has no such cycle).
 
     yosys 0.70 keeps the attribute but does not act on it for the read ports
     Amaranth emits, which ask for the old data on such a collision; a block RAM
@@ -145,7 +146,8 @@ def collision_free_rtlil(text: str) -> str:
         if t == "end":
             memid = next(c.strip().split(None, 2)[2] for c in cell
                          if c.strip().startswith("parameter \\MEMID"))
-            if (module, "\\" + memid.strip('"').replace("\\\\", "", 1)) in marked:
+            sync = any(c.split() == ["parameter", "\\CLK_ENABLE", "1"] for c in cell)
+            if sync and (module, "\\" + memid.strip('"').replace("\\\\", "", 1)) in marked:
                 cell = [_all_ones(c) if c.strip().startswith("parameter \\COLLISION_X_MASK")
                         else c for c in cell]
             out += cell

@@ -205,12 +205,18 @@ class AccumulatorBanks(wiring.Component):
     def _bank_read(self, m: Module, rp, r: int, k: int, g: int, b: int) -> Value:
         """Buffer ``b``'s read port of bank ``(r, k)``: the accumulation's read when it
         reads that buffer, else the drain's; its data as the add sees it (stage C2's
-        register with ``read_register``)."""
+        register with ``read_register``).
+
+        Only ``compact`` banks hold their read data (a drained sum waits there to be
+        taken); the others use it the cycle after the read, so their ports read every
+        cycle and no enable fans out to every bank's data register (on the routed
+        gsc-cs build, one drove 736 of them)."""
         with m.If(self.read_valid[g] & (self.read_buf[g] == b)):
             m.d.comb += [rp.addr.eq(self.read_addr[r][k]), rp.en.eq(1)]
         with m.Else():
             m.d.comb += [rp.addr.eq(self.drain_addr),
-                         rp.en.eq(self.drain_en & (self.drain_buf == b))]
+                         rp.en.eq(self.drain_en & (self.drain_buf == b)
+                                  if self.compact else 1)]
         if self.read_register:  # C2: the read data registered (the drain's too)
             self._read_regs[r, k, b] = register(m, f"c2_old_{r}_{k}_{b}", rp.data,
                                                 reset_less=True)

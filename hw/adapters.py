@@ -22,10 +22,10 @@ from operator import or_
 
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from .fifo import BufferedFIFO
 from .util import bits, check_int, onehot, popcount, skid_output, typed_payload
 from .streams import dense_layout, sparse_layout
 
@@ -526,11 +526,10 @@ class StreamFIFO(wiring.Component):
         super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
 
     @property
-    def fifo(self) -> SyncFIFOBuffered:
+    def fifo(self) -> BufferedFIFO:
         """The buffer (its ``level``: the beats held), made when first asked for."""
         if self._fifo is None:
-            self._fifo = SyncFIFOBuffered(width=Shape.cast(self.layout).width,
-                                          depth=self.depth)
+            self._fifo = BufferedFIFO(width=Shape.cast(self.layout).width, depth=self.depth)
         return self._fifo
 
     def elaborate(self, platform):

@@ -116,7 +116,8 @@ def collision_free_rtlil(text: str) -> str:
     Amaranth emits, which ask for the old data on such a collision; a block RAM
     does not give that across its two ports, so yosys adds a comparator, a data
     multiplexer and registers per read port. The memories marked are those only
-    the loader writes (:data:`~cosparse.hw.loader.LOADED_MEMORY_ATTRS`).
+    the loader writes (:data:`~cosparse.hw.loader.LOADED_MEMORY_ATTRS`) and FIFO
+    storage (:data:`~cosparse.hw.fifo.STORAGE_ATTRS`).
     """
     lines = text.split("\n")
     marked, module, attrs = set(), None, []

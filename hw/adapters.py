@@ -516,11 +516,14 @@ class StreamFIFO(wiring.Component):
         The payload layout (both sides).
     depth : int
         Beats held (at least 1).
+    lut_ram : bool or None
+        :class:`~cosparse.hw.fifo.BufferedFIFO`'s choice of its head's place
+        (``None``: by the platform).
     """
 
-    def __init__(self, layout, depth: int):
+    def __init__(self, layout, depth: int, *, lut_ram: bool | None = None):
         check_int("depth", depth, 1)
-        self.layout, self.depth = layout, depth
+        self.layout, self.depth, self.lut_ram = layout, depth, lut_ram
         self.in_layout = self.out_layout = layout
         self._fifo = None
         super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
@@ -529,7 +532,8 @@ class StreamFIFO(wiring.Component):
     def fifo(self) -> BufferedFIFO:
         """The buffer (its ``level``: the beats held), made when first asked for."""
         if self._fifo is None:
-            self._fifo = BufferedFIFO(width=Shape.cast(self.layout).width, depth=self.depth)
+            self._fifo = BufferedFIFO(width=Shape.cast(self.layout).width, depth=self.depth,
+                                      lut_ram=self.lut_ram)
         return self._fifo
 
     def elaborate(self, platform):

@@ -6,7 +6,9 @@ buffered FIFO's head is an output register that loads when the reader takes
 a word, so the reader's ``r_en``, often from a unit placed far away, is the
 clock enable of a register as wide as the word. On ECP5, a FIFO small enough
 for LUT RAM keeps every word in the memory and reads the head asynchronously
-at a pointer register: ``r_en`` then moves a few pointer bits only.
+at a pointer register: ``r_en`` then moves a few pointer bits only. Either
+way a read never meets a write of the same word, and the storage says so to
+the board flow (:data:`STORAGE_ATTRS`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from amaranth.lib.memory import Memory
 
 from .util import in_lut_ram, is_ecp5
 
-__all__ = ["BufferedFIFO"]
+__all__ = ["BufferedFIFO", "STORAGE_ATTRS"]
+
+#: Attributes of a FIFO's storage: a word is read only while it is held and written
+#: only while its place is free, so a read never meets a write of the same word and
+#: the board flow leaves that collision undefined (as for the loader's memories:
+#: :data:`cosparse.hw.loader.LOADED_MEMORY_ATTRS`), sparing the comparator, data
+#: multiplexer and registers yosys adds to a block RAM's read port for it.
+STORAGE_ATTRS = {"no_rw_check": 1}
 
 
 class BufferedFIFO(Elaboratable, FIFOInterface):
@@ -30,7 +39,9 @@ class BufferedFIFO(Elaboratable, FIFOInterface):
     lut_ram : bool or None
         Keep the head in the memory, read asynchronously (``None``: on ECP5,
         when a ``depth x width`` memory goes to LUT RAM there and ``depth`` is
-        at least 2); ``False``: ``SyncFIFOBuffered`` itself.
+        at least 2); ``False``: ``SyncFIFOBuffered``'s form, ``depth - 1`` words
+        in a memory read into an output register (block RAM). Either way the
+        storage is marked :data:`STORAGE_ATTRS`.
 
     Members
     -------
@@ -50,17 +61,20 @@ class BufferedFIFO(Elaboratable, FIFOInterface):
         if lut_ram is None:
             lut_ram = is_ecp5(platform) and in_lut_ram(N, self.width)
         m.d.comb += [self.w_level.eq(self.level), self.r_level.eq(self.level)]
-        if not lut_ram or N < 2:
+        if N < 2:  # one register, no memory
             m.submodules.fifo = f = SyncFIFOBuffered(width=self.width, depth=N)
             m.d.comb += [f.w_data.eq(self.w_data), f.w_en.eq(self.w_en),
                          self.w_rdy.eq(f.w_rdy), self.r_data.eq(f.r_data),
                          self.r_rdy.eq(f.r_rdy), f.r_en.eq(self.r_en), self.level.eq(f.level)]
             return m
+        if not lut_ram:
+            return self._block_ram(m)
 
         # SyncFIFOBuffered's state: ``inner_level`` words behind the head and the head's
         # valid flag ``r_rdy``; here the head is word ``head`` of the memory, the words
         # behind it follow it, and a word written lands at ``produce``.
-        m.submodules.storage = storage = Memory(shape=self.width, depth=N, init=[])
+        m.submodules.storage = storage = Memory(shape=self.width, depth=N, init=[],
+                                                attrs=STORAGE_ATTRS)
         wp = storage.write_port()
         rp = storage.read_port(domain="comb")
         inner_level = Signal(range(N))
@@ -80,6 +94,42 @@ class BufferedFIFO(Elaboratable, FIFOInterface):
             m.d.sync += produce.eq(_incr(produce, N))
         with m.If(self.r_rdy & self.r_en):  # the head is taken: the next word is the head
             m.d.sync += head.eq(_incr(head, N))
+        with m.If(do_write & ~do_inner_read):
+            m.d.sync += inner_level.eq(inner_level + 1)
+        with m.If(do_inner_read & ~do_write):
+            m.d.sync += inner_level.eq(inner_level - 1)
+        with m.If(do_inner_read):
+            m.d.sync += self.r_rdy.eq(1)
+        with m.Elif(self.r_en):
+            m.d.sync += self.r_rdy.eq(0)
+        return m
+
+    def _block_ram(self, m: Module) -> Module:
+        """``SyncFIFOBuffered``'s own form: ``depth - 1`` words in a memory read
+        synchronously into the head (a block RAM's output register), its storage
+        marked :data:`STORAGE_ATTRS`."""
+        inner_depth = self.depth - 1
+        m.submodules.storage = storage = Memory(shape=self.width, depth=inner_depth, init=[],
+                                                attrs=STORAGE_ATTRS)
+        wp = storage.write_port()
+        rp = storage.read_port(domain="sync")
+        inner_level = Signal(range(inner_depth + 1))
+        produce = Signal(range(inner_depth))
+        consume = Signal(range(inner_depth))
+        do_write = Signal()
+        do_inner_read = Signal()
+        m.d.comb += [
+            self.w_rdy.eq(inner_level != inner_depth),
+            do_write.eq(self.w_rdy & self.w_en),
+            do_inner_read.eq((inner_level != 0) & (~self.r_rdy | self.r_en)),
+            wp.addr.eq(produce), wp.data.eq(self.w_data), wp.en.eq(do_write),
+            rp.addr.eq(consume), rp.en.eq(do_inner_read), self.r_data.eq(rp.data),
+            self.level.eq(inner_level + self.r_rdy),
+        ]
+        with m.If(do_write):
+            m.d.sync += produce.eq(_incr(produce, inner_depth))
+        with m.If(do_inner_read):
+            m.d.sync += consume.eq(_incr(consume, inner_depth))
         with m.If(do_write & ~do_inner_read):
             m.d.sync += inner_level.eq(inner_level + 1)
         with m.If(do_inner_read & ~do_write):

@@ -11,25 +11,27 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cosparse.boards.bitstream import collision_free_rtlil
 from cosparse.hw.fifo import BufferedFIFO
 
 from ..helpers import run_sim
 
 
-def _pair(width: int, depth: int):
+def _pair(width: int, depth: int, lut_ram: bool):
     m = Module()
-    m.submodules.ours = ours = BufferedFIFO(width=width, depth=depth, lut_ram=True)
+    m.submodules.ours = ours = BufferedFIFO(width=width, depth=depth, lut_ram=lut_ram)
     m.submodules.ref = ref = SyncFIFOBuffered(width=width, depth=depth)
     return m, ours, ref
 
 
-@settings(max_examples=30, deadline=None)
-@given(depth=st.integers(2, 20), width=st.integers(1, 24), p_write=st.floats(0.1, 1.0),
-       p_read=st.floats(0.1, 1.0), seed=st.integers(0, 2**32 - 1))
-def test_lut_ram_head_matches_sync_fifo_buffered(depth, width, p_write, p_read, seed):
-    """Random writes and reads (both FIFOs see the same enables): the same ready flags
-    and level every cycle, and the same word whenever one is readable."""
-    m, ours, ref = _pair(width, depth)
+@settings(max_examples=40, deadline=None)
+@given(depth=st.integers(1, 20), width=st.integers(1, 24), p_write=st.floats(0.1, 1.0),
+       p_read=st.floats(0.1, 1.0), seed=st.integers(0, 2**32 - 1), lut_ram=st.booleans())
+def test_matches_sync_fifo_buffered(depth, width, p_write, p_read, seed, lut_ram):
+    """Random writes and reads (both FIFOs see the same enables), the head in LUT RAM
+    or behind a block RAM's register: the same ready flags and level every cycle, and
+    the same word whenever one is readable."""
+    m, ours, ref = _pair(width, depth, lut_ram)
     rng = np.random.default_rng(seed)
     seen = {"reads": 0}
 
@@ -72,3 +74,13 @@ def test_head_in_lut_ram_only_on_ecp5_where_it_fits(depth, width, lut_ram):
     assert read_ports(ULX3S_85F_Platform()) == (["0"] if lut_ram else
                                                 ["1"] if depth > 1 else [])
     assert read_ports(None) == (["1"] if depth > 1 else [])
+
+
+def test_storage_collisions_left_undefined_on_the_board():
+    """The storage carries no_rw_check, so the board flow sets its read port's
+    COLLISION_X_MASK (a read never meets a write of the same word)."""
+    f = BufferedFIFO(width=130, depth=58)
+    text = rtlil.convert(f, name="top", ports=[f.w_data, f.w_en, f.w_rdy, f.r_data, f.r_en,
+                                               f.r_rdy, f.level])
+    assert "attribute \\no_rw_check 1" in text
+    assert re.findall(r"COLLISION_X_MASK (\S+)", collision_free_rtlil(text)) == ["1'1"]

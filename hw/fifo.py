@@ -17,16 +17,14 @@ from amaranth.hdl import Elaboratable, Module, Mux, Signal, Value
 from amaranth.lib.fifo import FIFOInterface, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 
-from .util import in_lut_ram, is_ecp5
+from .util import NO_RW_CHECK, in_lut_ram, is_ecp5
 
 __all__ = ["BufferedFIFO", "STORAGE_ATTRS"]
 
 #: Attributes of a FIFO's storage: a word is read only while it is held and written
-#: only while its place is free, so a read never meets a write of the same word and
-#: the board flow leaves that collision undefined (as for the loader's memories:
-#: :data:`cosparse.hw.loader.LOADED_MEMORY_ATTRS`), sparing the comparator, data
-#: multiplexer and registers yosys adds to a block RAM's read port for it.
-STORAGE_ATTRS = {"no_rw_check": 1}
+#: only while its place is free, so a read never meets a write of the same word
+#: (:data:`~cosparse.hw.util.NO_RW_CHECK`).
+STORAGE_ATTRS = NO_RW_CHECK
 
 
 class BufferedFIFO(Elaboratable, FIFOInterface):

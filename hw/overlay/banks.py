@@ -7,6 +7,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from ..util import NO_RW_CHECK
 from .common import register, select
 
 __all__ = ["AccumulatorBanks"]
@@ -117,7 +118,10 @@ class AccumulatorBanks(wiring.Component):
                         pair.append([Signal(signed(A), name=f"acc_{r}_{k}_{b}_{j}",
                                             reset_less=True) for j in range(self.rows)])
                         continue
-                    mem = Memory(shape=word, depth=self.rows, init=[])
+                    # Not compact: a read that meets a write of its row takes the new
+                    # sum by forwarding (or, with C2, never happens).
+                    mem = Memory(shape=word, depth=self.rows, init=[],
+                                 attrs=None if self.compact else NO_RW_CHECK)
                     m.submodules[f"acc_{r}_{k}_{b}"] = mem
                     wp = mem.write_port()
                     pair.append((wp, mem.read_port(

@@ -65,33 +65,39 @@ class BufferedFIFO(Elaboratable, FIFOInterface):
                          self.w_rdy.eq(f.w_rdy), self.r_data.eq(f.r_data),
                          self.r_rdy.eq(f.r_rdy), f.r_en.eq(self.r_en), self.level.eq(f.level)]
             return m
-        if not lut_ram:
-            return self._block_ram(m)
-
         # SyncFIFOBuffered's state: ``inner_level`` words behind the head and the head's
-        # valid flag ``r_rdy``; here the head is word ``head`` of the memory, the words
-        # behind it follow it, and a word written lands at ``produce``.
-        m.submodules.storage = storage = Memory(shape=self.width, depth=N, init=[],
+        # valid flag ``r_rdy``. Block RAM: the words behind the head are a memory of
+        # ``depth - 1`` read at ``read`` into the head register (the read port's).
+        # LUT RAM: every word is in a memory of ``depth``, the head is word ``read``,
+        # read asynchronously, and the words behind it follow it.
+        inner = N - 1
+        words = N if lut_ram else inner
+        m.submodules.storage = storage = Memory(shape=self.width, depth=words, init=[],
                                                 attrs=STORAGE_ATTRS)
         wp = storage.write_port()
-        rp = storage.read_port(domain="comb")
-        inner_level = Signal(range(N))
-        produce = Signal(range(N))
-        head = Signal(range(N))
+        rp = storage.read_port(domain="comb" if lut_ram else "sync")
+        inner_level = Signal(range(inner + 1))
+        produce = Signal(range(words))
+        read = Signal(range(words))
         do_write = Signal()
         do_inner_read = Signal()
         m.d.comb += [
-            self.w_rdy.eq(inner_level != N - 1),
+            self.w_rdy.eq(inner_level != inner),
             do_write.eq(self.w_rdy & self.w_en),
             do_inner_read.eq((inner_level != 0) & (~self.r_rdy | self.r_en)),
             wp.addr.eq(produce), wp.data.eq(self.w_data), wp.en.eq(do_write),
-            rp.addr.eq(head), self.r_data.eq(rp.data),
+            rp.addr.eq(read), self.r_data.eq(rp.data),
             self.level.eq(inner_level + self.r_rdy),
         ]
         with m.If(do_write):
-            m.d.sync += produce.eq(_incr(produce, N))
-        with m.If(self.r_rdy & self.r_en):  # the head is taken: the next word is the head
-            m.d.sync += head.eq(_incr(head, N))
+            m.d.sync += produce.eq(_incr(produce, words))
+        if lut_ram:
+            with m.If(self.r_rdy & self.r_en):  # the head is taken: the next word is the head
+                m.d.sync += read.eq(_incr(read, words))
+        else:
+            m.d.comb += rp.en.eq(do_inner_read)
+            with m.If(do_inner_read):
+                m.d.sync += read.eq(_incr(read, words))
         with m.If(do_write & ~do_inner_read):
             m.d.sync += inner_level.eq(inner_level + 1)
         with m.If(do_inner_read & ~do_write):
@@ -101,43 +107,6 @@ class BufferedFIFO(Elaboratable, FIFOInterface):
         with m.Elif(self.r_en):
             m.d.sync += self.r_rdy.eq(0)
         return m
-
-    def _block_ram(self, m: Module) -> Module:
-        """``SyncFIFOBuffered``'s own form: ``depth - 1`` words in a memory read
-        synchronously into the head (a block RAM's output register), its storage
-        marked :data:`STORAGE_ATTRS`."""
-        inner_depth = self.depth - 1
-        m.submodules.storage = storage = Memory(shape=self.width, depth=inner_depth, init=[],
-                                                attrs=STORAGE_ATTRS)
-        wp = storage.write_port()
-        rp = storage.read_port(domain="sync")
-        inner_level = Signal(range(inner_depth + 1))
-        produce = Signal(range(inner_depth))
-        consume = Signal(range(inner_depth))
-        do_write = Signal()
-        do_inner_read = Signal()
-        m.d.comb += [
-            self.w_rdy.eq(inner_level != inner_depth),
-            do_write.eq(self.w_rdy & self.w_en),
-            do_inner_read.eq((inner_level != 0) & (~self.r_rdy | self.r_en)),
-            wp.addr.eq(produce), wp.data.eq(self.w_data), wp.en.eq(do_write),
-            rp.addr.eq(consume), rp.en.eq(do_inner_read), self.r_data.eq(rp.data),
-            self.level.eq(inner_level + self.r_rdy),
-        ]
-        with m.If(do_write):
-            m.d.sync += produce.eq(_incr(produce, inner_depth))
-        with m.If(do_inner_read):
-            m.d.sync += consume.eq(_incr(consume, inner_depth))
-        with m.If(do_write & ~do_inner_read):
-            m.d.sync += inner_level.eq(inner_level + 1)
-        with m.If(do_inner_read & ~do_write):
-            m.d.sync += inner_level.eq(inner_level - 1)
-        with m.If(do_inner_read):
-            m.d.sync += self.r_rdy.eq(1)
-        with m.Elif(self.r_en):
-            m.d.sync += self.r_rdy.eq(0)
-        return m
-
 
 def _incr(value: Signal, modulo: int) -> Value:
     """``value + 1`` modulo ``modulo``."""

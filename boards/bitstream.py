@@ -109,15 +109,13 @@ def unbracketed_rtlil(text: str) -> str:
 
 def collision_free_rtlil(text: str) -> str:
     """RTLIL whose memories marked ``no_rw_check`` leave a read of a word in the cycle
-    it is written undefined (their synchronous read ports' ``COLLISION_X_MASK`` all
-    ones; an asynchronous read has no such cycle).
+    it is written undefined (their read ports' ``COLLISION_X_MASK`` all ones).
 
     yosys 0.70 keeps the attribute but does not act on it for the read ports
     Amaranth emits, which ask for the old data on such a collision; a block RAM
     does not give that across its two ports, so yosys adds a comparator, a data
     multiplexer and registers per read port. The memories marked are those only
-    the loader writes (:data:`~cosparse.hw.loader.LOADED_MEMORY_ATTRS`) and FIFO
-    storage (:data:`~cosparse.hw.fifo.STORAGE_ATTRS`).
+    the loader writes (:data:`~cosparse.hw.loader.LOADED_MEMORY_ATTRS`).
     """
     lines = text.split("\n")
     marked, module, attrs = set(), None, []
@@ -147,8 +145,7 @@ def collision_free_rtlil(text: str) -> str:
         if t == "end":
             memid = next(c.strip().split(None, 2)[2] for c in cell
                          if c.strip().startswith("parameter \\MEMID"))
-            sync = any(c.split() == ["parameter", "\\CLK_ENABLE", "1"] for c in cell)
-            if sync and (module, "\\" + memid.strip('"').replace("\\\\", "", 1)) in marked:
+            if (module, "\\" + memid.strip('"').replace("\\\\", "", 1)) in marked:
                 cell = [_all_ones(c) if c.strip().startswith("parameter \\COLLISION_X_MASK")
                         else c for c in cell]
             out += cell

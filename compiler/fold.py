@@ -21,7 +21,6 @@ from amaranth.hdl import Shape
 from cosparse.hw.kwta import LocalKWTA
 from cosparse.hw.logic import LogicEngine
 from cosparse.hw.network import NetworkCore
-from cosparse.hw.util import in_lut_ram
 
 from . import ir
 from .emit import core_memories
@@ -146,6 +145,13 @@ def dsp_blocks(net: ir.Network, folding: Folding, core: NetworkCore | None = Non
 ECP5_BRAM_KBIT = 18
 _DP16KD_SHAPES = ((18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
 
+#: yosys (``memory_libmap``) puts an ECP5 memory in LUT RAM when it is at most this
+#: deep or holds fewer bits than ``LUTRAM_MAX_BITS``; otherwise in DP16KD. Fitted to
+#: the gsc-cs builds: 98 x 8, 392 x 2, 64 x 19 and 25 x 288 (three read ports) went to
+#: LUT RAM; 56 x 128, 152 x 22, 320 x 8 and 256 x 11 to block RAM.
+LUTRAM_MAX_DEPTH = 32
+LUTRAM_MAX_BITS = 2048
+
 
 def memory_census(core: NetworkCore) -> list[tuple[str, int, int, int, int]]:
     """Every memory of the elaborated core: ``(path, depth, width, read ports, write ports)``."""
@@ -154,8 +160,7 @@ def memory_census(core: NetworkCore) -> list[tuple[str, int, int, int, int]]:
 
 
 def ecp5_blocks(depth: int, width: int, reads: int, writes: int) -> int:
-    """DP16KD blocks of one memory as yosys maps it (LUT RAM: see
-    :func:`~cosparse.hw.util.in_lut_ram`).
+    """DP16KD blocks of one memory as yosys maps it (see ``LUTRAM_MAX_*``).
 
     A block has two ports: with a write port each read port takes a copy of the
     memory, a ROM puts two read ports on each copy.
@@ -172,7 +177,7 @@ def ecp5_blocks(depth: int, width: int, reads: int, writes: int) -> int:
     int
         The DP16KD blocks; 0 for a memory yosys puts in LUT RAM (or one never read).
     """
-    if in_lut_ram(depth, width) or reads == 0:
+    if depth <= LUTRAM_MAX_DEPTH or depth * width < LUTRAM_MAX_BITS or reads == 0:
         return 0
     copies = reads if writes else -(-reads // 2)
     shapes = _DP16KD_SHAPES + (((36, 512),) if reads == 1 and writes <= 1 else ())

@@ -22,10 +22,10 @@ from operator import or_
 
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed
 from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .fifo import BufferedFIFO
 from .util import bits, check_int, onehot, popcount, skid_output, typed_payload
 from .streams import dense_layout, sparse_layout
 
@@ -516,24 +516,21 @@ class StreamFIFO(wiring.Component):
         The payload layout (both sides).
     depth : int
         Beats held (at least 1).
-    lut_ram : bool or None
-        :class:`~cosparse.hw.fifo.BufferedFIFO`'s choice of its head's place
-        (``None``: by the platform).
     """
 
-    def __init__(self, layout, depth: int, *, lut_ram: bool | None = None):
+    def __init__(self, layout, depth: int):
         check_int("depth", depth, 1)
-        self.layout, self.depth, self.lut_ram = layout, depth, lut_ram
+        self.layout, self.depth = layout, depth
         self.in_layout = self.out_layout = layout
         self._fifo = None
         super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
 
     @property
-    def fifo(self) -> BufferedFIFO:
+    def fifo(self) -> SyncFIFOBuffered:
         """The buffer (its ``level``: the beats held), made when first asked for."""
         if self._fifo is None:
-            self._fifo = BufferedFIFO(width=Shape.cast(self.layout).width, depth=self.depth,
-                                      lut_ram=self.lut_ram)
+            self._fifo = SyncFIFOBuffered(width=Shape.cast(self.layout).width,
+                                          depth=self.depth)
         return self._fifo
 
     def elaborate(self, platform):

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Const, Module, Shape, Signal, signed
+from amaranth.hdl import Const, Module, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .loader import LOADED_MEMORY_ATTRS, LoadPort
 from .streams import dense_layout
-from .util import in_lut_ram, is_ecp5
 
 __all__ = ["ChannelConstantsUnit", "LaneStages"]
 
@@ -66,7 +65,7 @@ class ChannelConstantsUnit(wiring.Component):
         return [layout.const([self._lane_constants(b, d) for d in range(self.width)]).as_bits()
                 for b in range(self.beats)]
 
-    def _input(self, m: Module, platform=None) -> tuple[Signal, Signal, list]:
+    def _input(self, m: Module) -> tuple[Signal, Signal, list]:
         """The input side: ``(adv, take, consts)``. ``adv`` (driven by the caller) moves
         the pipeline; ``take`` is an accepted input beat; ``consts[d]`` holds lane ``d``'s
         constants (fields by name) of the beat in S0 (with ``compact``: of the beat
@@ -85,16 +84,11 @@ class ChannelConstantsUnit(wiring.Component):
             with m.Else():
                 m.d.comb += bg_next.eq(bg + 1)
         m.d.sync += bg.eq(bg_next)
-        return adv, take, self._lane_consts(m, bg, bg_next, adv, platform)
+        return adv, take, self._lane_consts(m, bg_next, adv)
 
-    def _lane_consts(self, m: Module, bg, bg_next, adv, platform) -> list:
+    def _lane_consts(self, m: Module, bg_next, adv) -> list:
         """Wired in for a one-beat group, else read ahead from the constants ROM (the
-        block RAM's slow clock-to-out then ends in a register, S0's, unless ``compact``).
-
-        On ECP5 a memory small enough for LUT RAM is read asynchronously at ``bg``
-        into S0's register instead: the same word in the same cycle, but its address
-        is a register, not ``bg_next``, which depends on the input's ``valid`` and
-        ``last`` from the unit before."""
+        block RAM's slow clock-to-out then ends in a register, S0's, unless ``compact``)."""
         layout, D = self.consts_layout, self.width
         lane = layout.elem_shape
         if self.beats == 1 and self.load_port is None:
@@ -110,18 +104,11 @@ class ChannelConstantsUnit(wiring.Component):
             wp = rom.write_port()
             load = self.load_consts
             m.d.comb += [wp.addr.eq(load.addr), wp.data.eq(load.data), wp.en.eq(load.en)]
-        s0_consts = Signal(layout)
-        if (not self.compact and is_ecp5(platform)
-                and in_lut_ram(rom.depth, Shape.cast(layout).width)):
-            port = rom.read_port(domain="comb")
-            m.d.comb += port.addr.eq(bg)
-            with m.If(adv):
-                m.d.sync += s0_consts.eq(port.data)
-            return [s0_consts[d] for d in range(D)]
         port = rom.read_port()
         m.d.comb += [port.addr.eq(bg_next), port.en.eq(1)]
         if self.compact:
             return [port.data[d] for d in range(D)]
+        s0_consts = Signal(layout)
         with m.If(adv):
             m.d.sync += s0_consts.eq(port.data)
         return [s0_consts[d] for d in range(D)]

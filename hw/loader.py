@@ -17,7 +17,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .util import NO_RW_CHECK, check_int
+from .util import check_int
 
 __all__ = ["LoadPort", "LoadSignature", "load_bus_signature", "LoadDecoder", "PATCH_BLOCK",
            "LOAD_ADDR_BITS", "LOADED_MEMORY_ATTRS"]
@@ -31,10 +31,12 @@ PATCH_BLOCK = 256
 LOAD_ADDR_BITS = 16
 
 #: Attributes of a memory whose only write port is the loader's. The host loads while
-#: the core is idle, so a read never meets a write of the same word
-#: (:data:`~cosparse.hw.util.NO_RW_CHECK`; 52-bit words in block RAM: 74 LUT4 and
-#: 116 FF of yosys's collision logic spared).
-LOADED_MEMORY_ATTRS = NO_RW_CHECK
+#: the core is idle, so a read never meets a write of the same word: on the board the
+#: collision is left undefined (yosys's name for it, ``no_rw_check``; the board flow
+#: turns it into the read ports' ``COLLISION_X_MASK``), which spares the comparator,
+#: data multiplexer and registers yosys adds per read port to give a block RAM the
+#: old-data semantics across its two ports (52-bit words: 74 LUT4 and 116 FF).
+LOADED_MEMORY_ATTRS = {"no_rw_check": 1}
 
 
 class LoadSignature(wiring.Signature):

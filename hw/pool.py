@@ -15,7 +15,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .adapters import Densify, ZeroSkip
-from .util import NO_RW_CHECK, bits, check_int, skid_output, typed_payload
+from .util import bits, check_int, skid_output, typed_payload
 from .streams import dense_layout, sparse_layout
 
 __all__ = ["MaxPool", "SparseMaxPool"]
@@ -119,10 +119,7 @@ class MaxPool(wiring.Component):
         Ho, Wo = self.out_height, self.out_width
         p = self.i.payload
 
-        # A read that meets a write of its word in the same cycle takes the written
-        # word by forwarding (stage 3 below), or never happens (``forward_distance``).
-        m.submodules.rows = rows = Memory(shape=unsigned(D * E), depth=Wo * B, init=[],
-                                          attrs=NO_RW_CHECK)
+        m.submodules.rows = rows = Memory(shape=unsigned(D * E), depth=Wo * B, init=[])
         wp = rows.write_port()
         rp = rows.read_port()
 

@@ -239,7 +239,7 @@ class Requantizer(ChannelConstantsUnit):
         pb = max(sb + mb, ob) + (1 if ob else 0)  # product (plus offset), signed
         qb = max(pb - base, 11)  # p >> base (at least the 10 bits the rounding reads, signed)
 
-        adv, take, consts = self._input(m, platform)
+        adv, take, consts = self._input(m)
         p = self.i.payload
         lanes = LaneStages(m, D)
         stage, advance = lanes.stage, lanes.advance

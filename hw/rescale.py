@@ -152,7 +152,7 @@ class Rescaler(ChannelConstantsUnit):
         sb = max(vb + ls + 1, vb + hb + ls, self._offset_bits()) + 1
         qb = max(sb - base, self.out_bits + 3)
 
-        adv, take, consts = self._input(m, platform)
+        adv, take, consts = self._input(m)
         p = self.i.payload
         lanes = LaneStages(m, D)
         stage, advance = lanes.stage, lanes.advance

@@ -205,29 +205,6 @@ def is_ecp5(platform) -> bool:
     return str(getattr(platform, "device", "")).startswith("LFE5")
 
 
-#: Attributes of a memory none of whose reads needs the old word when a write of the
-#: same word lands in its cycle (it never happens, or the unit forwards the new word
-#: past the read): the board flow leaves that collision undefined (the read ports'
-#: ``COLLISION_X_MASK``, see :func:`cosparse.boards.bitstream.collision_free_rtlil`),
-#: which spares the comparator, data multiplexer and registers yosys adds per read
-#: port to give a block RAM the old-data semantics across its two ports.
-NO_RW_CHECK = {"no_rw_check": 1}
-
-
-#: yosys (``memory_libmap``) puts an ECP5 memory in LUT RAM when it is at most this
-#: deep or holds fewer bits than ``LUTRAM_MAX_BITS``; otherwise in DP16KD. Fitted to
-#: the gsc-cs builds: 98 x 8, 392 x 2, 64 x 19 and 25 x 288 (three read ports) went to
-#: LUT RAM; 56 x 128, 152 x 22, 320 x 8 and 256 x 11 to block RAM.
-LUTRAM_MAX_DEPTH = 32
-LUTRAM_MAX_BITS = 2048
-
-
-def in_lut_ram(depth: int, width: int) -> bool:
-    """An ECP5 memory of ``depth`` words of ``width`` bits goes to LUT RAM (see
-    ``LUTRAM_MAX_*``), not to block RAM."""
-    return depth <= LUTRAM_MAX_DEPTH or depth * width < LUTRAM_MAX_BITS
-
-
 def registered_product(m: Module, name: str, a: Value, b: Value, platform, *,
                        a_registered: bool = False, en: Value | None = None) -> Signal:
     """``a * b``, two cycles later: signed operands of at most 18 bits, unsigned of 17.

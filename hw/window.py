@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .fifo import BufferedFIFO
 from .util import bits, check_int, const_mul
 from .streams import sparse_layout
 
@@ -351,7 +351,7 @@ class TapReader(wiring.Component):
         st_r, tap = self.store, self.taps.payload
 
         # stage W: the words of the held tap
-        fifo = BufferedFIFO(width=self.out_layout.size, depth=6)
+        fifo = SyncFIFOBuffered(width=self.out_layout.size, depth=6)
         m.submodules.fifo = fifo
         inflight = Signal(2)
         room = Signal()

@@ -339,11 +339,6 @@ UNITS = {
     "fifo": (lambda: StreamHarness(StreamFIFO(data.StructLayout({"x": signed(4)}), 2),
                                    one_to_one=True, capacity=2, extra=fifo_level),
              "StreamFIFO depth 2: none lost, at most 2 in flight (beats of 4 bits)"),
-    "fifo_lut_ram": (lambda: StreamHarness(
-        StreamFIFO(data.StructLayout({"x": signed(4)}), 3, lut_ram=True), one_to_one=True,
-        capacity=3, extra=fifo_level),
-        "StreamFIFO depth 3, its head read from the memory (ECP5's LUT-RAM form): none "
-        "lost, at most 3 in flight"),
     "fifo_frames": (lambda: StreamHarness(StreamFIFO(dense_layout(2, signed(4)), 2),
                                           one_to_one=True, capacity=2),
                     "StreamFIFO depth 2 of dense beats: frames out never ahead of frames in"),

@@ -7,9 +7,9 @@ from functools import lru_cache
 import numpy as np
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from ..fifo import BufferedFIFO
 from ..streams import dense_layout
 from ..util import check_int, skid_output, typed_payload, value_bits
 from .graph import AdderGraph
@@ -182,8 +182,8 @@ class LogicEngine(wiring.Component):
         # Credits: a field enters only when the output FIFO has room for it and for
         # every field still in the pipeline, so the pipeline never stalls and its
         # registers need no enable (one enable would fan out to every flip-flop).
-        m.submodules.fifo = fifo = BufferedFIFO(width=s * p * self.acc_bits + 1,
-                                                depth=self.fifo_depth)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=s * p * self.acc_bits + 1,
+                                                    depth=self.fifo_depth)
         held = Signal(range(self.fifo_depth + 1))  # fields in the pipeline or the FIFO
         feed = Signal()  # a digit (or whole value) of each input enters the pipeline
         start = Signal()

@@ -7,7 +7,6 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..util import NO_RW_CHECK
 from .common import register, select
 
 __all__ = ["AccumulatorBanks"]
@@ -85,9 +84,8 @@ class AccumulatorBanks(wiring.Component):
         self.registers, self.read_register = registers, read_register
         self.compact = compact
         #: Cycles from the drain's read to its ``sums``: memory banks (not compact)
-        #: register the read data before the R-bank sum (E2; C2's registers, or the
-        #: buffer's word selected and zeroed), so the block RAM's clock-to-out (ECP5:
-        #: 5.8 ns) ends at a register beside it and only the sum lies beyond.
+        #: register the read data before the buffer select and the R-bank sum, so
+        #: the block RAM's clock-to-out (ECP5: 5.8 ns) ends at a register beside it.
         self.drain_latency = 2 if not (registers or compact) else 1
         R, P, c = entries, lanes_per_beat, self.copies
         super().__init__({
@@ -108,7 +106,7 @@ class AccumulatorBanks(wiring.Component):
         shallow, split = self.registers, self.read_register
         # A memory bank's word: the sum and a valid bit (compact: the sum alone)
         word = signed(A) if self.compact else unsigned(A + 1)
-        self._read_regs = {}  # (r, k, buffer) -> the read data (C2's register, if any)
+        self._read_regs = {}  # (r, k, buffer) -> the registered read data
         banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (registers)
         for r in range(R):
             row = []
@@ -119,10 +117,7 @@ class AccumulatorBanks(wiring.Component):
                         pair.append([Signal(signed(A), name=f"acc_{r}_{k}_{b}_{j}",
                                             reset_less=True) for j in range(self.rows)])
                         continue
-                    # Not compact: a read that meets a write of its row takes the new
-                    # sum by forwarding (or, with C2, never happens).
-                    mem = Memory(shape=word, depth=self.rows, init=[],
-                                 attrs=None if self.compact else NO_RW_CHECK)
+                    mem = Memory(shape=word, depth=self.rows, init=[])
                     m.submodules[f"acc_{r}_{k}_{b}"] = mem
                     wp = mem.write_port()
                     pair.append((wp, mem.read_port(
@@ -154,13 +149,14 @@ class AccumulatorBanks(wiring.Component):
                     self._compact_bank(m, banks[r][k], r, k, g)
                 else:
                     self._memory_bank(m, banks[r][k], r, k, g)
-        # The buffer select of C2's registered reads: clear_buf a cycle later.
-        drain_buf = [register(m, f"d2_buf_{g}", self.clear_buf[g]) if split
-                     else self.clear_buf[g] for g in range(self.copies)]
+        # The buffer select of the registered drain reads: clear_buf a cycle later.
+        drain_buf = [register(m, f"d2_buf_{g}", self.clear_buf[g])
+                     if self.drain_latency == 2 else self.clear_buf[g]
+                     for g in range(self.copies)]
         for k in range(P):
             total = Const(0, signed(A))
             for r in range(R):
-                total = total + self._drained(m, banks[r][k], r, k, k // G, drain_buf[k // G])
+                total = total + self._drained(banks[r][k], r, k, k // G, drain_buf[k // G])
             s = Signal(signed(A), name=f"drain_sum_{k}")
             m.d.comb += [s.eq(total), self.sums[k].eq(s)]
         return m
@@ -209,23 +205,19 @@ class AccumulatorBanks(wiring.Component):
     def _bank_read(self, m: Module, rp, r: int, k: int, g: int, b: int) -> Value:
         """Buffer ``b``'s read port of bank ``(r, k)``: the accumulation's read when it
         reads that buffer, else the drain's; its data as the add sees it (stage C2's
-        register with ``read_register``).
-
-        Only ``compact`` banks hold their read data (a drained sum waits there to be
-        taken); the others use it the cycle after the read, so their ports read every
-        cycle and no enable fans out to every bank's data register (on the routed
-        gsc-cs build, one drove 736 of them)."""
+        register with ``read_register``)."""
         with m.If(self.read_valid[g] & (self.read_buf[g] == b)):
             m.d.comb += [rp.addr.eq(self.read_addr[r][k]), rp.en.eq(1)]
         with m.Else():
             m.d.comb += [rp.addr.eq(self.drain_addr),
-                         rp.en.eq(self.drain_en & (self.drain_buf == b)
-                                  if self.compact else 1)]
+                         rp.en.eq(self.drain_en & (self.drain_buf == b))]
         if self.read_register:  # C2: the read data registered (the drain's too)
             self._read_regs[r, k, b] = register(m, f"c2_old_{r}_{k}_{b}", rp.data,
                                                 reset_less=True)
             return self._read_regs[r, k, b]
-        self._read_regs[r, k, b] = rp.data
+        if self.drain_latency == 2:
+            self._read_regs[r, k, b] = register(m, f"d2_old_{r}_{k}_{b}", rp.data,
+                                                reset_less=True)
         return rp.data
 
     def _compact_bank(self, m: Module, pair, r: int, k: int, g: int) -> None:
@@ -244,12 +236,8 @@ class AccumulatorBanks(wiring.Component):
             with m.Elif(clear & (ebuf == b)):
                 m.d.comb += [wp.addr.eq(eaddr), wp.data.eq(0), wp.en.eq(1)]
 
-    def _drained(self, m: Module, pair, r: int, k: int, g: int, buf: Value) -> Value:
-        """The drain's read of bank ``(r, k)`` (buffer ``buf``): its sum, or 0.
-
-        Memory banks (not compact) register it (E2): after C2's registers, which hold
-        both buffers' reads, the buffer select follows; otherwise the selected and
-        zeroed word is registered, so only the ``R``-bank sum lies between E2 and F."""
+    def _drained(self, pair, r: int, k: int, g: int, buf: Value) -> Value:
+        """The drain's read of bank ``(r, k)`` (buffer ``buf``): its sum, or 0."""
         A = self.acc_bits
         if self.registers:
             return Mux(buf, select(pair[1], self.clear_addr[g]),
@@ -257,7 +245,4 @@ class AccumulatorBanks(wiring.Component):
         if self.compact:
             return Mux(buf, pair[1][1].data, pair[0][1].data)
         cur = Mux(buf, self._read_regs[r, k, 1], self._read_regs[r, k, 0])
-        value = Mux(cur[A], cur[:A].as_signed(), 0)
-        if self.read_register:
-            return value
-        return register(m, f"e2_sum_{r}_{k}", value, reset_less=True)
+        return Mux(cur[A], cur[:A].as_signed(), 0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Signal, signed
 from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from ..fifo import BufferedFIFO
 from ..streams import dense_layout
 from ..util import bits, replicate
 from .common import register
@@ -115,7 +115,7 @@ class Drain(wiring.Component):
                 self.held.eq(e_valid & e_last & ~self.o.ready),
             ]
         else:
-            fifo = BufferedFIFO(width=P * A + 2, depth=6)
+            fifo = SyncFIFOBuffered(width=P * A + 2, depth=6)
             m.submodules.fifo = fifo
             # Credits: the FIFO's free places less the sums in flight (read from the
             # banks (E), in their registers (E2), summed into F). A register says whether

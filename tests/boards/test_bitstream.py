@@ -282,9 +282,9 @@ def test_abc9_keeps_a_wire_and_its_bracketed_namesake_apart(tmp_path):
 class _TwoMemories(wiring.Component):
     """A memory only the loader writes (marked) beside one the design writes and reads."""
 
-    def __init__(self, width: int, depth: int, async_read: bool = False):
-        self.width, self.depth, self.async_read = width, depth, async_read
-        super().__init__({"ra": In(range(depth)), "rd": Out(3 * width), "wa": In(range(depth)),
+    def __init__(self, width: int, depth: int):
+        self.width, self.depth = width, depth
+        super().__init__({"ra": In(range(depth)), "rd": Out(2 * width), "wa": In(range(depth)),
                           "wd": In(width), "we": In(1)})
 
     def elaborate(self, platform):
@@ -297,23 +297,16 @@ class _TwoMemories(wiring.Component):
                          rp.addr.eq(self.ra), rp.en.eq(1)]
             lo = 0 if name == "loaded" else self.width
             m.d.comb += self.rd[lo:lo + self.width].eq(rp.data)
-            if name == "loaded" and self.async_read:
-                ap = mem.read_port(domain="comb")
-                m.d.comb += [ap.addr.eq(self.ra), self.rd[2 * self.width:].eq(ap.data)]
         return m
 
 
-@pytest.mark.parametrize("async_read", [False, True])
-def test_loaded_memories_leave_collisions_undefined(async_read):
-    """Only the marked memory's synchronous read port gets COLLISION_X_MASK set (an
-    asynchronous one has no collision cycle); the rest of the RTLIL is as it was."""
-    text = rtlil.convert(_TwoMemories(8, 64, async_read), name="top")
+def test_loaded_memories_leave_collisions_undefined():
+    """Only the marked memory's read port gets COLLISION_X_MASK set; the rest of the
+    RTLIL is as it was."""
+    text = rtlil.convert(_TwoMemories(8, 64), name="top")
     out = collision_free_rtlil(text)
-    cells = re.findall(r"cell \$memrd_v2 .*?\n *end", out, re.S)
-    masks = [(re.search(r'MEMID "\\\\(\w+)"', c)[1], re.search(r"CLK_ENABLE (\d)", c)[1],
-              re.search(r"COLLISION_X_MASK (\S+)", c)[1]) for c in cells]
-    assert sorted(masks) == [("loaded", "0", "1'0")] * async_read + [
-        ("loaded", "1", "1'1"), ("plain", "1", "1'0")]
+    masks = re.findall(r'MEMID "\\\\(\w+)".*?COLLISION_X_MASK (\S+)', out, re.S)
+    assert sorted(masks) == [("loaded", "1'1"), ("plain", "1'0")]
     assert out.replace("COLLISION_X_MASK 1'1", "COLLISION_X_MASK 1'0") == text
     assert collision_free_rtlil(out) == out
 

@@ -1,10 +1,7 @@
 """The overlay engine's parts, each on its own in Amaranth's simulator."""
 
-import re
-
 import numpy as np
 import pytest
-from amaranth.back import rtlil
 from amaranth.hdl import Elaboratable, Module
 from amaranth.sim import Simulator
 
@@ -251,19 +248,6 @@ def test_products_multiply_and_route(banked, split):
             await ctx.tick()
 
     run(prods, bench)
-
-
-@pytest.mark.parametrize("compact", [False, True])
-def test_memory_banks_leave_collisions_undefined_unless_compact(compact):
-    """Memory banks forward a write to the row they read (or, with C2, never meet one):
-    they carry no_rw_check, so the board flow leaves the collision undefined; compact
-    banks read transparently and keep yosys's logic for it."""
-    banks = AccumulatorBanks(2, 4, 100, 20, lanes_per_copy=2, registers=False,
-                             read_register=False, compact=compact)
-    text = rtlil.convert(banks, name="top")
-    memories = re.findall(r"^ *memory .*\\acc_\d+_\d+_\d+$", text, re.M)
-    marked = re.findall(r"attribute \\no_rw_check 1\n *memory", text)
-    assert len(memories) == 2 * 4 * 2 and len(marked) == (0 if compact else len(memories))
 
 
 @pytest.mark.parametrize("registers, read_register", [(False, False), (False, True),

@@ -193,19 +193,3 @@ def test_verilator_sparse_max_pool():
     want = sparse_frames(golden_pool(x, (2, 2)), 8)
     res = verilate_io(dut, "sparse_max_pool", sparse_frames(x, 8), len(want), stall=0.3, seed=6)
     assert res.outputs[0] == want
-
-
-@pytest.mark.parametrize("kernel, D", [((2, 2), 8), ((2, 2), 2)])
-def test_row_buffer_collisions_left_undefined_on_the_board(kernel, D):
-    """The row buffer's read never needs the old word of a write in its cycle (forwarded,
-    or out of reach): it carries no_rw_check, and the board flow sets its read port's
-    COLLISION_X_MASK."""
-    import re
-
-    from amaranth.back import rtlil
-
-    from cosparse.boards.bitstream import collision_free_rtlil
-
-    text = rtlil.convert(MaxPool(6, 6, 16, kernel=kernel, stride=kernel, width=D), name="top")
-    assert re.search(r"attribute \\no_rw_check 1\n\s*memory .*\\rows$", text, re.M)
-    assert re.findall(r"COLLISION_X_MASK (\S+)", collision_free_rtlil(text)) == ["1'1"]

@@ -266,19 +266,16 @@ def test_verilator_run_stops_at_its_cycle_limit():
         verilate_io(dut, "requantizer_timeout", beats, 2, stall=0.0, max_cycles=300)
 
 
-@pytest.mark.parametrize("C, D, acc_bits, compact, loadable", [
-    (20, 4, 32, False, False),  # wide sum: two DSP products per lane (high part of 16 bits)
-    (8, 4, 12, False, False),  # one product per lane
-    (6, 2, 24, True, False),  # no input register: the products' operands come from the input
-    (20, 4, 20, False, True),  # constants the loader writes
+@pytest.mark.parametrize("C, D, acc_bits, compact", [
+    (20, 4, 32, False),  # wide sum: two DSP products per lane (high part of 16 bits)
+    (8, 4, 12, False),  # one product per lane
+    (6, 2, 24, True),  # no input register: the products' operands come from the input
 ])
-def test_ecp5_products_are_registered_dsp_blocks(C, D, acc_bits, compact, loadable):
+def test_ecp5_products_are_registered_dsp_blocks(C, D, acc_bits, compact):
     # On ECP5 the partial products are MULT18X18D blocks whose input and output
     # registers are S1 and S2, loaded on the pipeline's advance: no bare multiplier
-    # between fabric registers. The constants (a LUT RAM there) are read
-    # asynchronously at a register's address (compact: synchronously, ahead).
-    # Verilator (with the block's model) == golden under stalls, in the same cycles
-    # as the generic build.
+    # between fabric registers. Verilator (with the block's model) == golden under
+    # stalls, in the same cycles as the generic build.
     import re
 
     from amaranth.back import rtlil
@@ -290,14 +287,10 @@ def test_ecp5_products_are_registered_dsp_blocks(C, D, acc_bits, compact, loadab
     def build():
         return Requantizer(C, width=D, acc_bits=acc_bits, multiplier=[int(v) for v in mult],
                            shift=[int(v) for v in shift], bias=[int(v) for v in bias],
-                           relu=relu, compact=compact, loadable=loadable)
+                           relu=relu, compact=compact)
 
     dut = build()
     text = rtlil.convert(dut, name="top", platform=ULX3S_85F_Platform())
-    consts = [re.search(r"CLK_ENABLE (\d)", c)[1]
-              for c in re.findall(r"cell \$memrd_v2 .*?\n *end", text, re.S)
-              if 'MEMID "\\\\consts"' in c]
-    assert consts == ["1" if compact else "0"]
     assert len(re.findall(r"cell \\MULT18X18D ", text)) == dut.dsps
     assert not re.search(r"cell \$mul ", text)
     assert len(re.findall(r"connect \\CE0 \\adv ", text)) == dut.dsps  # loads on advance

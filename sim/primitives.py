@@ -135,6 +135,16 @@ def _dp16kd_port(p: str, q: str) -> str:
             if (!WE{p} || WRITEMODE_{p} == "READBEFOREWRITE") do_{x}_r <= view_{x};
             else if (WRITEMODE_{p} == "WRITETHROUGH") do_{x}_r <= view_new_{x};
         end
+    // REGMODE OUTREG: the output register, a cycle after the read (enable OCE)
+    reg [17:0] out_{x}_r = 0, out_low_{x}_r = 0;
+    always @(posedge CLK{p} or posedge async_rst_{x})
+        if (RST{p}) begin
+            out_{x}_r <= 0;
+            out_low_{x}_r <= 0;
+        end else if (OCE{p}) begin
+            out_{x}_r <= do_{x}_r;
+            out_low_{x}_r <= low_{x}_r;
+        end
     always @(posedge CLK{p}) if (write_{x}) begin  // (no x36 write on B: stopped above)
         mem[w_{x}] <= merged_{x};
         if (DATA_WIDTH_{p} == 36) mem[w_{x} | 10'd1] <= merged1_{x};
@@ -154,7 +164,8 @@ def _dp16kd() -> str:
 // uses: 1,024 words of 18 bits (INITVAL_xx holds 16 words at a 20-bit
 // stride), ports of 9 or 18 bits or, as the pseudo-dual-port x36 pair, a
 // 36-bit write on A ({{DIB, DIA}}) and a 36-bit read on B ({{DOB, DOA}});
-// byte enables on AD[1:0] (x18) or AD[3:0] (x36); NOREG outputs, a write
+// byte enables on AD[1:0] (x18) or AD[3:0] (x36); NOREG or OUTREG outputs
+// (the x36 pair: both REGMODEs alike, the register on CLKB and OCEB), a write
 // mode per port, a reset (sync: clears the output and blocks the write;
 // async: clears the output), chip select "0b000". Any other setting stops the
 // simulation. Both ports see the words of the previous cycle.
@@ -198,7 +209,9 @@ module DP16KD #(
                 && WRITEMODE_A != "READBEFOREWRITE")
             || (WRITEMODE_B != "NORMAL" && WRITEMODE_B != "WRITETHROUGH"
                 && WRITEMODE_B != "READBEFOREWRITE")
-            || REGMODE_A != "NOREG" || REGMODE_B != "NOREG"
+            || (REGMODE_A != "NOREG" && REGMODE_A != "OUTREG")
+            || (REGMODE_B != "NOREG" && REGMODE_B != "OUTREG")
+            || (DATA_WIDTH_B == 36 && REGMODE_A != REGMODE_B)
             || CSDECODE_A != "0b000" || CSDECODE_B != "0b000"
             || CLKAMUX != "CLKA" || CLKBMUX != "CLKB"
             || (RESETMODE != "SYNC" && RESETMODE != "ASYNC")) begin
@@ -220,8 +233,11 @@ module DP16KD #(
 {_dp16kd_port("A", "B")}
 {_dp16kd_port("B", "A")}
     // the x36 read (port B) puts its low half on DOA
-    assign {{{pins("DOA", 18)}}} = DATA_WIDTH_B == 36 ? low_b_r : do_a_r;
-    assign {{{pins("DOB", 18)}}} = do_b_r;
+    // (on the x36 pair both halves are port B's, in its output register with OUTREG)
+    assign {{{pins("DOA", 18)}}} = DATA_WIDTH_B == 36
+        ? (REGMODE_B == "OUTREG" ? out_low_b_r : low_b_r)
+        : (REGMODE_A == "OUTREG" ? out_a_r : do_a_r);
+    assign {{{pins("DOB", 18)}}} = REGMODE_B == "OUTREG" ? out_b_r : do_b_r;
 endmodule
 """
 

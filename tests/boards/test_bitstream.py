@@ -199,6 +199,14 @@ def test_ecp5_bitstream(tmp_path, monkeypatch):
     # ... and the loader's memories (the weights) with their collisions left undefined
     assert collision_free_rtlil(il) == il and "COLLISION_X_MASK 1'1" in il
     assert (out / f"{TOP_NAME}.bit").stat().st_size > 100_000
+    # nextpnr read the netlist with the registers behind block RAM reads in the blocks
+    moved = rep["block_ram_output_registers"]
+    netlist = json.loads((out / "build" / f"{TOP_NAME}.json").read_text())
+    rams = [c for m in netlist["modules"].values() for c in m["cells"].values()
+            if c["type"] == "DP16KD"]
+    outreg = sum(c["parameters"].get(f"REGMODE_{s}") == "OUTREG" for c in rams for s in "AB")
+    assert moved["ports"] <= outreg <= 2 * moved["ports"]  # (the x36 pair: two REGMODEs)
+    assert moved["flip_flops"] <= 36 * moved["ports"]
 
 
 def test_place_and_route_limit_is_the_earlier_of_cap_and_deadline():

@@ -1,10 +1,11 @@
 """sim.gatelevel: a unit's yosys netlist, with yosys's cell models, in Verilator against golden."""
 
+import json
 import re
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -121,3 +122,92 @@ def test_ecp5_block_ram_netlist_equals_rtl_under_stalls(tmp_path):
     gate = next(tmp_path.glob("gate-ecp5-*/gate.v")).read_text()
     widths = set(re.findall(r"\.DATA_WIDTH_[AB]\(32'd(\d+)\)", gate))
     assert gate.count("DP16KD #") >= 4 and {"9", "18", "36"} <= widths  # block RAMs, each width
+
+
+class _RegisteredRomReader(wiring.Component):
+    """A ROM read, then its word registered (both advance together, the enable a stall
+    pipeline's); with ``spy``, the read data's two low bits also drive logic (their XOR,
+    registered beside the word as the output's top bit), so the port's register cannot
+    move into the block."""
+
+    def __init__(self, words: list[int], width: int, spy: bool):
+        self.words, self.width, self.spy = words, width, spy
+        self.in_layout = dense_layout(1, unsigned(10))
+        self.out_layout = dense_layout(1, unsigned(width + spy))
+        super().__init__({"i": In(stream.Signature(self.in_layout)),
+                          "o": Out(stream.Signature(self.out_layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.rom = rom = Memory(shape=unsigned(self.width), depth=len(self.words),
+                                        init=self.words)
+        rd = rom.read_port()
+        advance, s1_valid, s1_last, s1_end = (Signal() for _ in range(4))
+        parity = Signal(reset_less=True)
+        word = Signal(self.width, reset_less=True)  # (a reset would stay in the fabric)
+        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance),
+                     rd.en.eq(advance), rd.addr.eq(self.i.payload.data[0])]
+        m.d.comb += self.o.payload.data[0].eq(Cat(word, parity) if self.spy else word)
+        with m.If(advance):
+            if self.spy:
+                m.d.sync += parity.eq(rd.data[0] ^ rd.data[1])
+            m.d.sync += [s1_valid.eq(self.i.valid), s1_last.eq(self.i.payload.last),
+                         s1_end.eq(self.i.payload.end), word.eq(rd.data),
+                         self.o.valid.eq(s1_valid), self.o.payload.last.eq(s1_last),
+                         self.o.payload.end.eq(s1_end)]
+        return m
+
+
+def test_ecp5_output_registers_move_into_block_rams(tmp_path):
+    """A register that only samples a block RAM's read data becomes the DP16KD's output
+    register (REGMODE OUTREG), on x18 ports and on the x36 pair, and the netlist gives
+    what the RTL does under random stalls; a read port one of whose outputs also drives
+    logic keeps its fabric register."""
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    from cosparse.sim.ecp5_netlist import absorb_output_registers
+
+    rng = np.random.default_rng(8)
+    specs = {"a": (1024, 18, False), "b": (512, 36, False), "c": (1024, 18, True)}
+    units = {k: _RegisteredRomReader(rng.integers(0, 1 << w, d).tolist(), w, spy)
+             for k, (d, w, spy) in specs.items()}
+
+    class Top(wiring.Component):
+        def __init__(self):
+            ports = {}
+            for k, u in units.items():
+                ports[f"{k}i"] = In(stream.Signature(u.in_layout))
+                ports[f"{k}o"] = Out(stream.Signature(u.out_layout))
+            super().__init__(ports)
+
+        def elaborate(self, platform):
+            m = Module()
+            for k, u in units.items():
+                m.submodules[k] = u
+                wiring.connect(m, wiring.flipped(getattr(self, f"{k}i")), u.i)
+                wiring.connect(m, u.o, wiring.flipped(getattr(self, f"{k}o")))
+            return m
+
+    beats, want = {}, {}
+    for k, u in units.items():
+        addrs = rng.integers(0, len(u.words), 700)
+        beats[k] = dense_beats([[int(a)] for a in addrs], 1)
+        words = [u.words[a] for a in addrs]
+        if u.spy:
+            words = [w | ((w ^ w >> 1) & 1) << u.width for w in words]
+        want[k] = dense_beats([[w] for w in words], 1)
+    dut = Top()
+    hook = netlist_for("ecp5", tmp_path)
+    res = run_streams(dut, "gl_outreg_ecp5",
+                      [(f"{k}i", units[k].in_layout, beats[k]) for k in units],
+                      [(f"{k}o", units[k].out_layout, len(want[k])) for k in units],
+                      stall=0.3, seed=12, build_root=tmp_path, platform=ULX3S_85F_Platform(),
+                      netlist=hook)
+    assert res.outputs == [want[k] for k in units]
+    work = next(tmp_path.glob("gate-ecp5-*"))
+    before = json.loads((work / "gate.json").read_text())
+    moved = absorb_output_registers(before)
+    # a: one x18 port (18 registers); b: the x36 pair (36); c: kept
+    assert moved == {"ports": 2, "flip_flops": 54}
+    gate = (work / "gate.v").read_text()
+    assert gate.count('"OUTREG"') == 3 and gate.count("DP16KD #") == 3  # x36: both REGMODEs

@@ -38,7 +38,11 @@ class UARTRx(wiring.Component):
     o : Out(stream.Signature(unsigned(8)))
         Received bytes.
     framing_errors, overruns : Out(8)
-        Saturating counts of dropped bytes.
+        Saturating counts of dropped bytes (a stop bit of 0; a byte complete while
+        the one before waits), counted the cycle after the stop bit.
+
+    A start bit is checked in its middle: a low pulse shorter than that (a glitch,
+    or the rest of a stop bit held low) starts no byte.
     """
 
     rx: In(1, init=1)
@@ -55,31 +59,43 @@ class UARTRx(wiring.Component):
         d = self.divisor
         rx = Signal(init=1)
         m.submodules.sync_rx = FFSynchronizer(self.rx, rx, init=1)
-        timer = Signal(range(d + d // 2 + 1))
-        nbit = Signal(range(10))
+        timer = Signal(range(d))
+        nbit = Signal(range(10))  # 0: the start bit, 1-8: data bits, 9: the stop bit
         shreg = Signal(8)
         busy = Signal()
+        framing_error, overrun = Signal(), Signal()  # a byte dropped, the cycle before
+        m.d.sync += [framing_error.eq(0), overrun.eq(0)]
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
+        # Each bit is sampled in its middle. A start bit still low there begins a
+        # byte; one that is not (a glitch, or the rest of a stop bit held low) does not.
         with m.If(~busy):
-            with m.If(~rx):  # start bit: first sample in the middle of bit 0
-                m.d.sync += [busy.eq(1), timer.eq(d + d // 2 - 1), nbit.eq(0)]
+            with m.If(~rx):
+                m.d.sync += [busy.eq(1), timer.eq(d // 2 - 1), nbit.eq(0)]
         with m.Elif(timer != 0):
             m.d.sync += timer.eq(timer - 1)
         with m.Else():
             m.d.sync += [timer.eq(d - 1), nbit.eq(nbit + 1)]
-            with m.If(nbit < 8):
+            with m.If(nbit == 0):
+                with m.If(rx):
+                    m.d.sync += busy.eq(0)
+            with m.Elif(nbit < 9):
                 m.d.sync += shreg.eq(Cat(shreg[1:], rx))
             with m.Else():  # stop bit
                 m.d.sync += busy.eq(0)
                 with m.If(~rx):
-                    with m.If(self.framing_errors != 0xFF):
-                        m.d.sync += self.framing_errors.eq(self.framing_errors + 1)
+                    m.d.sync += framing_error.eq(1)
                 with m.Elif(self.o.valid & ~self.o.ready):
-                    with m.If(self.overruns != 0xFF):
-                        m.d.sync += self.overruns.eq(self.overruns + 1)
+                    m.d.sync += overrun.eq(1)
                 with m.Else():
                     m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(shreg)]
+        # The counts follow a cycle after the stop bit, from registered events: the
+        # stop-bit decision (timer, bit count, line) does not reach the counters,
+        # which sit with the host link that reads them.
+        with m.If(framing_error & (self.framing_errors != 0xFF)):
+            m.d.sync += self.framing_errors.eq(self.framing_errors + 1)
+        with m.If(overrun & (self.overruns != 0xFF)):
+            m.d.sync += self.overruns.eq(self.overruns + 1)
         return m
 
 

@@ -123,27 +123,20 @@ def _dp16kd_port(p: str, q: str) -> str:
     // (a synchronous reset blocks the write, as yosys's mapping assumes; an asynchronous
     // one clears only the output)
     wire write_{x} = (RESETMODE == "ASYNC" || !RST{p}) && CE{p} && WE{p};
-    // the output register; an asynchronous reset also clears it between clock edges
+    // the read's output latch and (REGMODE OUTREG) the output register a cycle after
+    // it, enabled by OCE; an asynchronous reset also clears them between clock edges
     wire async_rst_{x} = RESETMODE == "ASYNC" && RST{p};
-    reg [17:0] do_{x}_r = 0, low_{x}_r = 0;
+    reg [17:0] do_{x}_r = 0, low_{x}_r = 0, out_{x}_r = 0, out_low_{x}_r = 0;
     always @(posedge CLK{p} or posedge async_rst_{x})
         if (RST{p}) begin
-            do_{x}_r <= 0;
-            low_{x}_r <= 0;
-        end else if (CE{p}) begin
-            low_{x}_r <= old_{x};
-            if (!WE{p} || WRITEMODE_{p} == "READBEFOREWRITE") do_{x}_r <= view_{x};
-            else if (WRITEMODE_{p} == "WRITETHROUGH") do_{x}_r <= view_new_{x};
-        end
-    // REGMODE OUTREG: the output register, a cycle after the read (enable OCE)
-    reg [17:0] out_{x}_r = 0, out_low_{x}_r = 0;
-    always @(posedge CLK{p} or posedge async_rst_{x})
-        if (RST{p}) begin
-            out_{x}_r <= 0;
-            out_low_{x}_r <= 0;
-        end else if (OCE{p}) begin
-            out_{x}_r <= do_{x}_r;
-            out_low_{x}_r <= low_{x}_r;
+            {{do_{x}_r, low_{x}_r, out_{x}_r, out_low_{x}_r}} <= 0;
+        end else begin
+            if (OCE{p}) {{out_{x}_r, out_low_{x}_r}} <= {{do_{x}_r, low_{x}_r}};
+            if (CE{p}) begin
+                low_{x}_r <= old_{x};
+                if (!WE{p} || WRITEMODE_{p} == "READBEFOREWRITE") do_{x}_r <= view_{x};
+                else if (WRITEMODE_{p} == "WRITETHROUGH") do_{x}_r <= view_new_{x};
+            end
         end
     always @(posedge CLK{p}) if (write_{x}) begin  // (no x36 write on B: stopped above)
         mem[w_{x}] <= merged_{x};

@@ -70,14 +70,11 @@ class _RomReader(wiring.Component):
         return m
 
 
-class _MemoryUnits(wiring.Component):
-    """Block RAMs of the widths yosys maps to DP16KD side by side: FIFOs on x18 and x9
-    ports, and initialised ROMs of 1,024 x 18 bits (x18) and 512 x 36 (the x36 pair)."""
+class _Units(wiring.Component):
+    """Stream units side by side: unit ``key``'s ports are ``<key>i`` and ``<key>o``."""
 
-    def __init__(self, words18: list[int], words36: list[int]):
-        self.units = {"w": StreamFIFO(dense_layout(4, signed(8)), 600),
-                      "n": StreamFIFO(dense_layout(1, signed(7)), 1500),
-                      "r": _RomReader(words18, 2), "q": _RomReader(words36, 4)}
+    def __init__(self, units: dict):
+        self.units = units
         ports = {}
         for key, unit in self.units.items():
             ports[f"{key}i"] = In(stream.Signature(unit.in_layout))
@@ -93,16 +90,33 @@ class _MemoryUnits(wiring.Component):
         return m
 
 
+def _units_netlist_match(dut: _Units, name: str, beats: dict, want: dict, seed: int,
+                         tmp_path) -> None:
+    """``dut``'s synth_ecp5 netlist in Verilator, under random stalls: each unit's output
+    beats are ``want``'s for ``beats`` in."""
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    units = dut.units
+    res = run_streams(dut, name,
+                      [(f"{k}i", units[k].in_layout, beats[k]) for k in units],
+                      [(f"{k}o", units[k].out_layout, len(want[k])) for k in units],
+                      stall=0.3, seed=seed, build_root=tmp_path, platform=ULX3S_85F_Platform(),
+                      netlist=netlist_for("ecp5", tmp_path))
+    assert res.outputs == [want[k] for k in units]
+
+
 def test_ecp5_block_ram_netlist_equals_rtl_under_stalls(tmp_path):
     """The DP16KD model: FIFOs mapped to the x36 pair and to x9 ports (read while written,
     under random stalls) and an initialised ROM (INITVAL words) give, as a synth_ecp5
     netlist, what the RTL does."""
-    from amaranth_boards.ulx3s import ULX3S_85F_Platform
-
     rng = np.random.default_rng(7)
     words18 = rng.integers(0, 1 << 18, 1024).tolist()
     words36 = rng.integers(0, 1 << 36, 512).tolist()
-    dut = _MemoryUnits(words18, words36)
+    # Block RAMs of the widths yosys maps to DP16KD: FIFOs on x18 and x9 ports, and
+    # initialised ROMs of 1,024 x 18 bits (x18) and 512 x 36 (the x36 pair).
+    dut = _Units({"w": StreamFIFO(dense_layout(4, signed(8)), 600),
+                  "n": StreamFIFO(dense_layout(1, signed(7)), 1500),
+                  "r": _RomReader(words18, 2), "q": _RomReader(words36, 4)})
     beats = {"w": dense_frames(rng.integers(-128, 128, (3, 700, 4)), 4),
              "n": dense_frames(rng.integers(-64, 64, (2, 1700, 1)), 1)}
     want = dict(beats)
@@ -111,14 +125,7 @@ def test_ecp5_block_ram_netlist_equals_rtl_under_stalls(tmp_path):
         beats[key] = dense_beats([[int(a)] for a in addrs], 1)
         want[key] = dense_beats([[(words[a] >> 9 * j) & 511 for j in range(lanes)]
                                  for a in addrs], lanes)
-    hook = netlist_for("ecp5", tmp_path)
-    units = dut.units
-    res = run_streams(dut, "gl_bram_ecp5",
-                      [(f"{k}i", units[k].in_layout, beats[k]) for k in units],
-                      [(f"{k}o", units[k].out_layout, len(want[k])) for k in units],
-                      stall=0.3, seed=11, build_root=tmp_path, platform=ULX3S_85F_Platform(),
-                      netlist=hook)
-    assert res.outputs == [want[k] for k in units]
+    _units_netlist_match(dut, "gl_bram_ecp5", beats, want, 11, tmp_path)
     gate = next(tmp_path.glob("gate-ecp5-*/gate.v")).read_text()
     widths = set(re.findall(r"\.DATA_WIDTH_[AB]\(32'd(\d+)\)", gate))
     assert gate.count("DP16KD #") >= 4 and {"9", "18", "36"} <= widths  # block RAMs, each width
@@ -163,30 +170,12 @@ def test_ecp5_output_registers_move_into_block_rams(tmp_path):
     register (REGMODE OUTREG), on x18 ports and on the x36 pair, and the netlist gives
     what the RTL does under random stalls; a read port one of whose outputs also drives
     logic keeps its fabric register."""
-    from amaranth_boards.ulx3s import ULX3S_85F_Platform
-
     from cosparse.sim.ecp5_netlist import absorb_output_registers
 
     rng = np.random.default_rng(8)
     specs = {"a": (1024, 18, False), "b": (512, 36, False), "c": (1024, 18, True)}
     units = {k: _RegisteredRomReader(rng.integers(0, 1 << w, d).tolist(), w, spy)
              for k, (d, w, spy) in specs.items()}
-
-    class Top(wiring.Component):
-        def __init__(self):
-            ports = {}
-            for k, u in units.items():
-                ports[f"{k}i"] = In(stream.Signature(u.in_layout))
-                ports[f"{k}o"] = Out(stream.Signature(u.out_layout))
-            super().__init__(ports)
-
-        def elaborate(self, platform):
-            m = Module()
-            for k, u in units.items():
-                m.submodules[k] = u
-                wiring.connect(m, wiring.flipped(getattr(self, f"{k}i")), u.i)
-                wiring.connect(m, u.o, wiring.flipped(getattr(self, f"{k}o")))
-            return m
 
     beats, want = {}, {}
     for k, u in units.items():
@@ -196,14 +185,7 @@ def test_ecp5_output_registers_move_into_block_rams(tmp_path):
         if u.spy:
             words = [w | ((w ^ w >> 1) & 1) << u.width for w in words]
         want[k] = dense_beats([[w] for w in words], 1)
-    dut = Top()
-    hook = netlist_for("ecp5", tmp_path)
-    res = run_streams(dut, "gl_outreg_ecp5",
-                      [(f"{k}i", units[k].in_layout, beats[k]) for k in units],
-                      [(f"{k}o", units[k].out_layout, len(want[k])) for k in units],
-                      stall=0.3, seed=12, build_root=tmp_path, platform=ULX3S_85F_Platform(),
-                      netlist=hook)
-    assert res.outputs == [want[k] for k in units]
+    _units_netlist_match(_Units(units), "gl_outreg_ecp5", beats, want, 12, tmp_path)
     work = next(tmp_path.glob("gate-ecp5-*"))
     before = json.loads((work / "gate.json").read_text())
     moved = absorb_output_registers(before)

@@ -84,8 +84,9 @@ class AccumulatorBanks(wiring.Component):
         self.registers, self.read_register = registers, read_register
         self.compact = compact
         #: Cycles from the drain's read to its ``sums``: memory banks (not compact)
-        #: register the read data before the buffer select and the R-bank sum, so
-        #: the block RAM's clock-to-out (ECP5: 5.8 ns) ends at a register beside it.
+        #: register the read data before the R-bank sum (E2; C2's registers, or the
+        #: buffer's word selected and zeroed), so the block RAM's clock-to-out (ECP5:
+        #: 5.8 ns) ends at a register beside it and only the sum lies beyond.
         self.drain_latency = 2 if not (registers or compact) else 1
         R, P, c = entries, lanes_per_beat, self.copies
         super().__init__({
@@ -106,7 +107,7 @@ class AccumulatorBanks(wiring.Component):
         shallow, split = self.registers, self.read_register
         # A memory bank's word: the sum and a valid bit (compact: the sum alone)
         word = signed(A) if self.compact else unsigned(A + 1)
-        self._read_regs = {}  # (r, k, buffer) -> the registered read data
+        self._read_regs = {}  # (r, k, buffer) -> the read data (C2's register, if any)
         banks = []  # banks[r][k][buffer]: (write port, read port), or the rows (registers)
         for r in range(R):
             row = []
@@ -149,14 +150,13 @@ class AccumulatorBanks(wiring.Component):
                     self._compact_bank(m, banks[r][k], r, k, g)
                 else:
                     self._memory_bank(m, banks[r][k], r, k, g)
-        # The buffer select of the registered drain reads: clear_buf a cycle later.
-        drain_buf = [register(m, f"d2_buf_{g}", self.clear_buf[g])
-                     if self.drain_latency == 2 else self.clear_buf[g]
-                     for g in range(self.copies)]
+        # The buffer select of C2's registered reads: clear_buf a cycle later.
+        drain_buf = [register(m, f"d2_buf_{g}", self.clear_buf[g]) if split
+                     else self.clear_buf[g] for g in range(self.copies)]
         for k in range(P):
             total = Const(0, signed(A))
             for r in range(R):
-                total = total + self._drained(banks[r][k], r, k, k // G, drain_buf[k // G])
+                total = total + self._drained(m, banks[r][k], r, k, k // G, drain_buf[k // G])
             s = Signal(signed(A), name=f"drain_sum_{k}")
             m.d.comb += [s.eq(total), self.sums[k].eq(s)]
         return m
@@ -215,9 +215,7 @@ class AccumulatorBanks(wiring.Component):
             self._read_regs[r, k, b] = register(m, f"c2_old_{r}_{k}_{b}", rp.data,
                                                 reset_less=True)
             return self._read_regs[r, k, b]
-        if self.drain_latency == 2:
-            self._read_regs[r, k, b] = register(m, f"d2_old_{r}_{k}_{b}", rp.data,
-                                                reset_less=True)
+        self._read_regs[r, k, b] = rp.data
         return rp.data
 
     def _compact_bank(self, m: Module, pair, r: int, k: int, g: int) -> None:
@@ -236,8 +234,12 @@ class AccumulatorBanks(wiring.Component):
             with m.Elif(clear & (ebuf == b)):
                 m.d.comb += [wp.addr.eq(eaddr), wp.data.eq(0), wp.en.eq(1)]
 
-    def _drained(self, pair, r: int, k: int, g: int, buf: Value) -> Value:
-        """The drain's read of bank ``(r, k)`` (buffer ``buf``): its sum, or 0."""
+    def _drained(self, m: Module, pair, r: int, k: int, g: int, buf: Value) -> Value:
+        """The drain's read of bank ``(r, k)`` (buffer ``buf``): its sum, or 0.
+
+        Memory banks (not compact) register it (E2): after C2's registers, which hold
+        both buffers' reads, the buffer select follows; otherwise the selected and
+        zeroed word is registered, so only the ``R``-bank sum lies between E2 and F."""
         A = self.acc_bits
         if self.registers:
             return Mux(buf, select(pair[1], self.clear_addr[g]),
@@ -245,4 +247,7 @@ class AccumulatorBanks(wiring.Component):
         if self.compact:
             return Mux(buf, pair[1][1].data, pair[0][1].data)
         cur = Mux(buf, self._read_regs[r, k, 1], self._read_regs[r, k, 0])
-        return Mux(cur[A], cur[:A].as_signed(), 0)
+        value = Mux(cur[A], cur[:A].as_signed(), 0)
+        if self.read_register:
+            return value
+        return register(m, f"e2_sum_{r}_{k}", value, reset_less=True)

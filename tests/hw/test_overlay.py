@@ -133,9 +133,10 @@ def test_throughput_has_no_bubbles(compact, banked, monkeypatch):
     res = check(dut, ov, [[(5, 1)]], stall=0.0)
     assert (res.cycles[0][0] - res.input_cycles[0][-1]
             == 9 + dut.passes - 3 * compact + banked + (not compact))
-    # The memory of 400 words is 7 banks of 64 (the last one short), or one memory.
+    # The memory of 400 words is 7 banks of 64 (the last one padded), or one memory.
     text = rtlil.convert(dut, name="top")
-    assert len(re.findall(r"^ *memory .* \\weights(_\d+)?$", text, re.M)) == (7 if banked else 1)
+    sizes = re.findall(r"^ *memory .*size (\d+) \\weights(?:_\d+)?$", text, re.M)
+    assert sizes == (["64"] * 7 if banked else ["400"])
 
 
 @pytest.mark.parametrize("compact", [False, True])

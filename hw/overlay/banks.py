@@ -58,7 +58,8 @@ class AccumulatorBanks(wiring.Component):
     -------
     read_valid, read_buf : In(1).array(copies); read_addr : In(range(rows)).array(R, P)
         The accumulation's read of row ``read_addr`` in buffer ``read_buf``
-        (memory banks), the cycle before its write (two with ``read_register``).
+        (memory banks), the cycle before its write (two with ``read_register``):
+        ``write_addr`` is ``read_addr`` that many cycles later.
     write_live : In(1).array(R, copies); write_buf : In(1).array(copies)
     write_addr : In(range(rows)).array(R, P); prod : In(signed(prod_bits)).array(R, P)
         The accumulation's write: ``prod`` added into row ``write_addr``.
@@ -188,15 +189,17 @@ class AccumulatorBanks(wiring.Component):
         value = Mux(cur[A], cur[:A].as_signed(), 0)
         if not self.read_register:
             # Forwarding: a write to the accumulated row in the cycle of its read, which
-            # the read data does not see.
+            # the read data does not see. The write's row is the read's a cycle later
+            # (``write_addr`` is ``read_addr`` registered), so the hit is found in the
+            # cycle of the read and registered: no comparator before the add.
             hit, valid = Signal(name=f"c_hit_{r}_{k}"), Signal(name=f"c_hit_valid_{r}_{k}")
             last_total = register(m, f"c_last_{r}_{k}", total, reset_less=True)
             hits = []
             for b, (we, waddr, acc) in enumerate(wes):
-                p_we = register(m, f"c_we_{r}_{k}_{b}", we)
-                p_addr = register(m, f"c_waddr_{r}_{k}_{b}", waddr, reset_less=True)
+                p_hit = register(m, f"c_hit_{r}_{k}_{b}",
+                                 we & (waddr == self.read_addr[r][k]))
                 p_acc = register(m, f"c_wacc_{r}_{k}_{b}", acc)
-                hits.append((p_we & (p_addr == addr), p_acc))
+                hits.append((p_hit, p_acc))
             m.d.comb += [hit.eq(Mux(cbuf, hits[1][0], hits[0][0])),
                          valid.eq(Mux(cbuf, hits[1][1], hits[0][1]))]
             value = Mux(hit, Mux(valid, last_total, 0), value)

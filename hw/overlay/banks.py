@@ -71,8 +71,8 @@ class AccumulatorBanks(wiring.Component):
     sums : Out(signed(acc_bits)).array(P)
         Per lane, the sum over the ``R`` banks of row ``clear_addr`` of buffer
         ``clear_buf`` (memory banks: of the drain's read the cycle before, and
-        one cycle later than the clear unless ``compact``: see
-        :attr:`drain_latency`).
+        one cycle later than the clear unless ``compact``, two with
+        :attr:`split_sum`: see :attr:`drain_latency`).
     """
 
     def __init__(self, entries: int, lanes_per_beat: int, rows: int, acc_bits: int, *,
@@ -88,7 +88,10 @@ class AccumulatorBanks(wiring.Component):
         #: register the read data before the R-bank sum (E2; C2's registers, or the
         #: buffer's word selected and zeroed), so the block RAM's clock-to-out (ECP5:
         #: 5.8 ns) ends at a register beside it and only the sum lies beyond.
-        self.drain_latency = 2 if not (registers or compact) else 1
+        #: With four banks or more a lane's sum is two halves, each registered (E3),
+        #: then their sum: one more cycle.
+        self.split_sum = not (registers or compact) and entries >= 4
+        self.drain_latency = 1 if registers or compact else 2 + self.split_sum
         R, P, c = entries, lanes_per_beat, self.copies
         super().__init__({
             "read_valid": In(1).array(c), "read_buf": In(1).array(c),
@@ -155,9 +158,16 @@ class AccumulatorBanks(wiring.Component):
         drain_buf = [register(m, f"d2_buf_{g}", self.clear_buf[g]) if split
                      else self.clear_buf[g] for g in range(self.copies)]
         for k in range(P):
-            total = Const(0, signed(A))
-            for r in range(R):
-                total = total + self._drained(m, banks[r][k], r, k, k // G, drain_buf[k // G])
+            parts = [self._drained(m, banks[r][k], r, k, k // G, drain_buf[k // G])
+                     for r in range(R)]
+            if self.split_sum:  # (A bits each: the sum is exact modulo 2**A, as the total)
+                halves = [Signal(signed(A), name=f"e3_half_{k}_{h}", reset_less=True)
+                          for h in range(2)]
+                m.d.sync += [halves[0].eq(sum(parts[:R // 2], Const(0, signed(A)))),
+                             halves[1].eq(sum(parts[R // 2:], Const(0, signed(A))))]
+                total = halves[0] + halves[1]
+            else:
+                total = sum(parts, Const(0, signed(A)))
             s = Signal(signed(A), name=f"drain_sum_{k}")
             m.d.comb += [s.eq(total), self.sums[k].eq(s)]
         return m
@@ -242,7 +252,8 @@ class AccumulatorBanks(wiring.Component):
 
         Memory banks (not compact) register it (E2): after C2's registers, which hold
         both buffers' reads, the buffer select follows; otherwise the selected and
-        zeroed word is registered, so only the ``R``-bank sum lies between E2 and F."""
+        zeroed word is registered, so only the ``R``-bank sum lies between E2 and F
+        (with :attr:`split_sum`, its halves' sums between E2 and E3)."""
         A = self.acc_bits
         if self.registers:
             return Mux(buf, select(pair[1], self.clear_addr[g]),

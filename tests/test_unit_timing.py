@@ -39,8 +39,11 @@ def test_keep_builds_in_the_folder_and_no_temporary_one(tmp_path, monkeypatch):
     ut = _script()
     seen = []
 
-    def fake(name, factory, workdir, mhz, router="router1"):
+    absorbs = []
+
+    def fake(name, factory, workdir, mhz, router="router1", absorb=True):
         seen.append(Path(workdir))
+        absorbs.append(absorb)
         return {"fmax_mhz": 50.0, "luts": 1, "ffs": 1, "seconds": 0, "critical_path": {}}
 
     made = []
@@ -58,3 +61,6 @@ def test_keep_builds_in_the_folder_and_no_temporary_one(tmp_path, monkeypatch):
     assert ut.main(["--only", "narrow", "-o", str(tmp_path / "o")]) == 0
     assert made == [1] and not seen[1].exists()
     assert json.loads((tmp_path / "o" / "unit_timing.json").read_text())["narrow"]["fmax_mhz"] == 50
+    # the board flow's pass on yosys's netlist unless --no-absorb
+    assert ut.main(["--only", "narrow", "-o", str(tmp_path / "o"), "--no-absorb"]) == 0
+    assert absorbs == [True, True, False]

@@ -37,8 +37,7 @@ class ReadMemory(wiring.Component):
     bank_words : int or None
         A memory deeper than this is banks of ``bank_words`` words, each
         bank's read data registered beside its block RAMs, then the bank
-        multiplexer: two cycles from address to data instead of one. Every
-        bank, the last one too, is ``bank_words`` deep.
+        multiplexer: two cycles from address to data instead of one.
     single_port : bool
         One address for reads and the loader's writes (the engine is idle
         while the host loads): the loader's address while it writes.
@@ -93,11 +92,8 @@ class ReadMemory(wiring.Component):
         self.memories: dict[str, Memory] = {}
         self._ports = []  # per memory: (read ports, write port or None)
         step = bank_words if self.banked else self.depth
-        # Every bank is ``bank_words`` deep, the last one too: a shorter one may map
-        # otherwise (gsc-cs fc1's last bank of 52-bit words went to 36-bit-wide blocks
-        # with a depth multiplexer before its register, the engine's latest path).
         for b in range(0 if spram else -(-self.depth // step)):
-            mem = Memory(shape=unsigned(width), depth=step,
+            mem = Memory(shape=unsigned(width), depth=min(step, self.depth - b * step),
                          init=init[b * step:(b + 1) * step] if self.banked else init,
                          attrs=LOADED_MEMORY_ATTRS if load is not None else None)
             self.memories[f"{name}_{b}" if self.banked else name] = mem

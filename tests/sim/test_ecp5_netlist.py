@@ -86,7 +86,7 @@ def test_registers_move_into_the_block_only_when_equivalent(tmp_path, depth, wid
     assert regmodes.count("OUTREG") == (2 if width == 36 else 1)
     enable = ram["connections"]["OCEB" if width == 36 or regmodes[1] == "OUTREG" else "OCEA"]
     assert (enable == ["1"]) == (not options.get("enable", True))
-    # every used output of the port is now the register's net: no flip-flop reads it
+    # the port's used outputs drive the registers' nets: no flip-flop samples them
     outs = {b for pin, bits in ram["connections"].items() if pin.startswith("DO")
             for b in bits if isinstance(b, int)}
     assert all(not (set(ff["connections"]["DI"]) & outs) for ff in _cells(netlist, "TRELLIS_FF"))

@@ -185,7 +185,10 @@ class Framer(wiring.Component):
         crc_lo = Signal(8)
         crc_seen = Signal()
         crc_bad = Signal()
-        idle = Signal(range(self.timeout + 1))
+        # Cycles without a byte: counts down from timeout - 1, and the frame is
+        # truncated once it is negative (its sign bit, not a comparison of all its bits).
+        idle = Signal(range(-1, self.timeout))
+        last = Signal()  # the payload byte to come is the last (left == 1)
         oversize = Signal()
         truncated = Signal()
 
@@ -196,18 +199,19 @@ class Framer(wiring.Component):
 
         def count_idle():
             """Inside a frame without a byte: count, and truncate it at the timeout."""
-            with m.If(idle == self.timeout):
+            with m.If(idle[-1]):
                 m.d.sync += truncated.eq(1)
                 m.next = "DONE"
             with m.Else():
-                m.d.sync += idle.eq(idle + 1)
+                m.d.sync += idle.eq(idle - 1)
 
         with m.FSM(name="framer") as fsm:
             with m.State("SYNC"):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take & (rxb == protocol.SYNC_REQUEST)):
                     m.d.comb += [crc.start.eq(1), self.start.eq(1)]
-                    m.d.sync += [hdr.eq(0), wa.eq(0), wl.eq(0), idle.eq(0), oversize.eq(0),
+                    m.d.sync += [hdr.eq(0), wa.eq(0), wl.eq(0), idle.eq(self.timeout - 1),
+                                 oversize.eq(0),
                                  truncated.eq(0), crc_seen.eq(0)]
                     m.next = "HEADER"
 
@@ -216,10 +220,11 @@ class Framer(wiring.Component):
                 with m.If(take):
                     m.d.comb += crc.valid.eq(1)
                     m.d.sync += [header.as_value().word_select(hdr, 8).eq(rxb), hdr.eq(hdr + 1),
-                                 idle.eq(0)]
+                                 idle.eq(self.timeout - 1)]
                     with m.If(hdr == 2):
                         length = Cat(header.length[:8], rxb)
-                        m.d.sync += [oversize.eq(length > self.max_payload), left.eq(length)]
+                        m.d.sync += [oversize.eq(length > self.max_payload), left.eq(length),
+                                     last.eq(length == 1)]
                         with m.If(length == 0):
                             m.next = "CRC"
                         with m.Else():
@@ -231,7 +236,8 @@ class Framer(wiring.Component):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
                     m.d.comb += [crc.valid.eq(1), self.payload.valid.eq(1)]
-                    m.d.sync += [left.eq(left - 1), idle.eq(0)]
+                    m.d.sync += [left.eq(left - 1), last.eq(left == 2),
+                                 idle.eq(self.timeout - 1)]
                     with m.If(~oversize):
                         m.d.comb += [self.buf.addr.eq(wa), self.buf.data.eq(rxb.replicate(W)),
                                      self.buf.en.eq(1 << wl)]
@@ -239,7 +245,7 @@ class Framer(wiring.Component):
                             m.d.sync += [wl.eq(0), wa.eq(wa + 1)]
                         with m.Else():
                             m.d.sync += wl.eq(wl + 1)
-                    with m.If(left == 1):
+                    with m.If(last):
                         m.next = "CRC"
                 with m.Else():
                     count_idle()
@@ -247,7 +253,7 @@ class Framer(wiring.Component):
             with m.State("CRC"):  # received low byte first
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += [crc_seen.eq(1), idle.eq(0)]
+                    m.d.sync += [crc_seen.eq(1), idle.eq(self.timeout - 1)]
                     with m.If(~crc_seen):
                         m.d.sync += crc_lo.eq(rxb)
                     with m.Else():
@@ -557,7 +563,6 @@ class Executor(wiring.Component):
         W = self.in_width
         load, buf = self.load, self.buf
         loaded, running = self.loaded, self.running
-        wb_table = _table(self.word_bytes, 8, 1)
         m.d.comb += buf.en.eq(0)  # a read port holds its data unless a state reads
         m.submodules.infer = infer = InferRunner(
             in_width=W, in_beats=self.in_beats, group_beats=self.group_beats,
@@ -587,13 +592,14 @@ class Executor(wiring.Component):
         x_ra = Signal(range(self.buf_depth))
         x_rl = Signal(range(max(W, 2)))
         x_left = Signal(range(self.max_payload + 1))
+        x_empty = Signal()  # x_left == 0, registered with it
         x_word = Signal(self.word_bits)
         l_byte = Signal(8)
         # byte of the word (LOAD) or of the weights id (SEAL, to 4)
         x_j = Signal(range(max(self.word_bits // 8, 4) + 1))
         x_k = Signal(range(max(self.hw_depths, default=1) + 1))
-        r = types.SimpleNamespace(ra=x_ra, rl=x_rl, left=x_left, j=x_j, k=x_k, loaded=sealed,
-                                  running=running)
+        r = types.SimpleNamespace(ra=x_ra, rl=x_rl, left=x_left, empty=x_empty, j=x_j, k=x_k,
+                                  loaded=sealed, running=running)
 
         st = self.status  # the constant fields are its initial value
         m.d.comb += [
@@ -638,7 +644,7 @@ class Executor(wiring.Component):
             # LOAD: read payload bytes in order, assemble words, write them.
             with m.State("LOAD_READ"):
                 m.d.comb += [buf.addr.eq(x_ra), buf.en.eq(1)]
-                with m.If(x_left == 0):
+                with m.If(x_empty):
                     finish(Code.OK)
                 with m.Else():
                     m.next = "LOAD_LATCH"
@@ -648,9 +654,10 @@ class Executor(wiring.Component):
                 m.d.sync += l_byte.eq(buf.data.word_select(x_rl, 8))
                 m.next = "LOAD_BYTE"
             with m.State("LOAD_BYTE"):
-                m.d.sync += [x_word.word_select(x_j, 8).eq(l_byte), x_left.eq(x_left - 1)]
+                m.d.sync += [x_word.word_select(x_j, 8).eq(l_byte), x_left.eq(x_left - 1),
+                             x_empty.eq(x_left == 1)]
                 next_byte()
-                with m.If(x_j == wb_table[load.target] - 1):
+                with m.If(x_j == checks.word_last):
                     m.d.sync += x_j.eq(0)
                     m.next = "LOAD_WRITE"
                 with m.Else():
@@ -701,7 +708,8 @@ class Executor(wiring.Component):
             error=Signal(Code), cmd=Signal(Command), left=Signal(16),
             status_length=Signal(), load_short=Signal(), seal_length=Signal(),
             infer_length=Signal(), bad_target=Signal(), bad_range=Signal(),
-            address=Signal(16))
+            address=Signal(16), load_empty=Signal(),
+            word_last=Signal(range(max(self.word_bits // 8, 4) + 1)))
         m.d.sync += [
             c.error.eq(req.error), c.cmd.eq(req.cmd),
             c.left.eq(req.length - LOAD_HEADER_BYTES),
@@ -711,6 +719,9 @@ class Executor(wiring.Component):
             c.infer_length.eq(req.length == self.in_beats * W),
             c.bad_target.eq(load.bad_target), c.bad_range.eq(load.bad_range),
             c.address.eq(load.address),
+            # (a LOAD's payload after its header is empty; the last byte of a target's word)
+            c.load_empty.eq(req.length == LOAD_HEADER_BYTES),
+            c.word_last.eq(_table(self.word_bytes, 8, 1)[load.target] - 1),
         ]
         return c
 
@@ -736,7 +747,7 @@ class Executor(wiring.Component):
             with m.Else():
                 m.d.sync += [r.ra.eq(LOAD_HEADER_BYTES // W),
                              r.rl.eq(LOAD_HEADER_BYTES % W),
-                             r.left.eq(c.left),
+                             r.left.eq(c.left), r.empty.eq(c.load_empty),
                              r.j.eq(0), r.k.eq(c.address), r.loaded.eq(0)]
                 m.next = "LOAD_READ"
         with m.Elif(c.cmd == Command.SEAL):

@@ -125,6 +125,34 @@ def test_framer_requests_and_payload():
     assert sum(starts) == len(want) and not any(overlap)  # no byte taken while a request waits
 
 
+@pytest.mark.parametrize("where", [1, 3, 5, 6])  # after the sync, in header, payload, CRC
+def test_framer_timeout_is_exact(where):
+    """A frame whose bytes are at most ``timeout`` idle cycles apart is whole; one idle
+    cycle more, anywhere in the frame, truncates it."""
+    TIMEOUT = 23
+    frame = request_frame(Cmd.LOAD, b"\x05")  # sync, 3 header bytes, 1 payload, 2 CRC
+    got = []
+    for gap in (TIMEOUT, TIMEOUT + 1):
+        dut = Framer(buf_width=2, max_payload=8, timeout=TIMEOUT)
+
+        async def host(ctx):
+            for i, b in enumerate(frame):
+                if i == where:
+                    await ctx.tick().repeat(gap)
+                ctx.set(dut.rx.valid, 1)
+                ctx.set(dut.rx.payload, b)
+                await ctx.tick().until(dut.rx.ready)
+                ctx.set(dut.rx.valid, 0)
+
+        async def sink(ctx):  # (accepting the request lets the framer drop the rest)
+            await ctx.tick().until(dut.req.valid)
+            got.append(ctx.get(dut.req.payload.error))
+            ctx.set(dut.req.ready, 1)
+
+        run_sim(dut, [host, sink])
+    assert got == [Code.OK, Code.TRUNCATED]
+
+
 @pytest.mark.parametrize("payload, verdict", [
     (load_payload(0, 3, [1, 2, 3], 2), (0, 3, 0, 0)),
     (load_payload(0, 8, [1, 2, 3], 2), (0, 8, 0, 1)),           # past the end

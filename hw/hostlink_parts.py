@@ -189,6 +189,7 @@ class Framer(wiring.Component):
         # truncated once it is negative (its sign bit, not a comparison of all its bits).
         idle = Signal(range(-1, self.timeout))
         last = Signal()  # the payload byte to come is the last (left == 1)
+        lo_over, lo_zero, lo_one = Signal(), Signal(), Signal()  # the length's low byte
         oversize = Signal()
         truncated = Signal()
 
@@ -221,11 +222,17 @@ class Framer(wiring.Component):
                     m.d.comb += crc.valid.eq(1)
                     m.d.sync += [header.as_value().word_select(hdr, 8).eq(rxb), hdr.eq(hdr + 1),
                                  idle.eq(self.timeout - 1)]
+                    # The length's low byte is compared as it arrives, its high byte
+                    # (from the receiver) with constants only.
+                    with m.If(hdr == 1):
+                        m.d.sync += [lo_over.eq(rxb > (self.max_payload & 0xFF)),
+                                     lo_zero.eq(rxb == 0), lo_one.eq(rxb == 1)]
                     with m.If(hdr == 2):
-                        length = Cat(header.length[:8], rxb)
-                        m.d.sync += [oversize.eq(length > self.max_payload), left.eq(length),
-                                     last.eq(length == 1)]
-                        with m.If(length == 0):
+                        hi_max = self.max_payload >> 8
+                        m.d.sync += [oversize.eq((rxb > hi_max) | ((rxb == hi_max) & lo_over)),
+                                     left.eq(Cat(header.length[:8], rxb)),
+                                     last.eq((rxb == 0) & lo_one)]
+                        with m.If((rxb == 0) & lo_zero):
                             m.next = "CRC"
                         with m.Else():
                             m.next = "PAYLOAD"

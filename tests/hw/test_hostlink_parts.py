@@ -125,6 +125,34 @@ def test_framer_requests_and_payload():
     assert sum(starts) == len(want) and not any(overlap)  # no byte taken while a request waits
 
 
+def test_framer_length_limits():
+    """Lengths around the payload limit (300: its high byte 1) and the byte boundaries:
+    longer than the limit is LENGTH, the rest whole, each length as sent."""
+    MAXP = 300
+    lengths = [0, 1, 2, 44, 45, 255, 256, 299, 300, 301, 511, 512, 556]
+    dut = Framer(buf_width=2, max_payload=MAXP, timeout=1000)
+    got = []
+
+    async def host(ctx):
+        for n in lengths:
+            for b in request_frame(Cmd.LOAD, bytes(i % 251 for i in range(n))):
+                ctx.set(dut.rx.valid, 1)
+                ctx.set(dut.rx.payload, b)
+                await ctx.tick().until(dut.rx.ready)
+            ctx.set(dut.rx.valid, 0)
+
+    async def sink(ctx):
+        for _ in lengths:
+            await ctx.tick().until(dut.req.valid)
+            got.append((ctx.get(dut.req.payload.length), ctx.get(dut.req.payload.error)))
+            ctx.set(dut.req.ready, 1)
+            await ctx.tick()
+            ctx.set(dut.req.ready, 0)
+
+    run_sim(dut, [host, sink])
+    assert got == [(n, Code.LENGTH if n > MAXP else Code.OK) for n in lengths]
+
+
 @pytest.mark.parametrize("where", [1, 3, 5, 6])  # after the sync, in header, payload, CRC
 def test_framer_timeout_is_exact(where):
     """A frame whose bytes are at most ``timeout`` idle cycles apart is whole; one idle

@@ -390,7 +390,8 @@ class InferRunner(wiring.Component):
     out_buf : In(WritePort.Signature(...))
         Write port of the output buffer.
     done : Out(1)
-        The frame's last output beat is taken (this cycle).
+        The frame's last output beat has been taken (a register: from the cycle
+        after, until ``start``).
     trailer : Out(InferTrailer)
         The counters.
     """
@@ -429,12 +430,16 @@ class InferRunner(wiring.Component):
         c_beats = Signal(range(self.out_beats + 1))
         started = Signal()
         feeding_done = Signal()
+        # The last output beat is taken: registered, so the executor's decision and the
+        # response's enables start from it, not from the core's output FIFO.
+        collected = Signal()
         m.d.comb += [self.buf.en.eq(0), self.trailer.latency.eq(latency),
-                     self.trailer.feed.eq(feed)]
+                     self.trailer.feed.eq(feed), self.done.eq(collected)]
 
         with m.If(self.start):
             m.d.sync += [f_addr.eq(0), f_valid.eq(0), f_beat.eq(0), f_gb.eq(0), c_beats.eq(0),
-                         started.eq(0), feeding_done.eq(0), latency.eq(0), feed.eq(0)]
+                         started.eq(0), feeding_done.eq(0), latency.eq(0), feed.eq(0),
+                         collected.eq(0)]
         with m.Elif(self.run):
             adv = Signal()
             m.d.comb += [adv.eq(~f_valid | self.core_i.ready), self.buf.addr.eq(f_addr),
@@ -459,7 +464,7 @@ class InferRunner(wiring.Component):
                     m.d.sync += feeding_done.eq(1)
             with m.If(started & ~feeding_done):
                 m.d.sync += feed.eq(feed + 1)
-            with m.If(started | fed):
+            with m.If((started | fed) & ~collected):
                 m.d.sync += latency.eq(latency + 1)
             m.d.comb += [self.core_o.ready.eq(1), self.out_buf.addr.eq(c_beats),
                          self.out_buf.data.eq(self.core_o.payload.data.as_value()),
@@ -468,8 +473,7 @@ class InferRunner(wiring.Component):
                 m.d.sync += c_beats.eq(c_beats + 1)
                 with m.If(c_beats == self.out_beats - 1):
                     # the latency stops here: last output beat minus first input beat
-                    m.d.comb += self.done.eq(1)
-                    m.d.sync += latency.eq(latency)
+                    m.d.sync += [collected.eq(1), latency.eq(latency)]
         return m
 
 

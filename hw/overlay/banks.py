@@ -58,7 +58,8 @@ class AccumulatorBanks(wiring.Component):
     -------
     read_valid, read_buf : In(1).array(copies); read_addr : In(range(rows)).array(R, P)
         The accumulation's read of row ``read_addr`` in buffer ``read_buf``
-        (memory banks), the cycle before its write (two with ``read_register``).
+        (memory banks), the cycle before its write (two with ``read_register``):
+        ``write_addr`` is ``read_addr`` that many cycles later.
     write_live : In(1).array(R, copies); write_buf : In(1).array(copies)
     write_addr : In(range(rows)).array(R, P); prod : In(signed(prod_bits)).array(R, P)
         The accumulation's write: ``prod`` added into row ``write_addr``.
@@ -70,8 +71,8 @@ class AccumulatorBanks(wiring.Component):
     sums : Out(signed(acc_bits)).array(P)
         Per lane, the sum over the ``R`` banks of row ``clear_addr`` of buffer
         ``clear_buf`` (memory banks: of the drain's read the cycle before, and
-        one cycle later than the clear unless ``compact``: see
-        :attr:`drain_latency`).
+        one cycle later than the clear unless ``compact``, two with
+        :attr:`split_sum`: see :attr:`drain_latency`).
     """
 
     def __init__(self, entries: int, lanes_per_beat: int, rows: int, acc_bits: int, *,
@@ -86,7 +87,10 @@ class AccumulatorBanks(wiring.Component):
         #: Cycles from the drain's read to its ``sums``: memory banks (not compact)
         #: register the read data before the buffer select and the R-bank sum, so
         #: the block RAM's clock-to-out (ECP5: 5.8 ns) ends at a register beside it.
-        self.drain_latency = 2 if not (registers or compact) else 1
+        #: With four banks or more a lane's sum is two halves, each registered (E3),
+        #: then their sum: one more cycle.
+        self.split_sum = not (registers or compact) and entries >= 4
+        self.drain_latency = 1 if registers or compact else 2 + self.split_sum
         R, P, c = entries, lanes_per_beat, self.copies
         super().__init__({
             "read_valid": In(1).array(c), "read_buf": In(1).array(c),
@@ -151,12 +155,19 @@ class AccumulatorBanks(wiring.Component):
                     self._memory_bank(m, banks[r][k], r, k, g)
         # The buffer select of the registered drain reads: clear_buf a cycle later.
         drain_buf = [register(m, f"d2_buf_{g}", self.clear_buf[g])
-                     if self.drain_latency == 2 else self.clear_buf[g]
+                     if self.drain_latency >= 2 else self.clear_buf[g]
                      for g in range(self.copies)]
         for k in range(P):
-            total = Const(0, signed(A))
-            for r in range(R):
-                total = total + self._drained(banks[r][k], r, k, k // G, drain_buf[k // G])
+            parts = [self._drained(banks[r][k], r, k, k // G, drain_buf[k // G])
+                     for r in range(R)]
+            if self.split_sum:  # (A bits each: the sum is exact modulo 2**A, as the total)
+                halves = [Signal(signed(A), name=f"e3_half_{k}_{h}", reset_less=True)
+                          for h in range(2)]
+                m.d.sync += [halves[0].eq(sum(parts[:R // 2], Const(0, signed(A)))),
+                             halves[1].eq(sum(parts[R // 2:], Const(0, signed(A))))]
+                total = halves[0] + halves[1]
+            else:
+                total = sum(parts, Const(0, signed(A)))
             s = Signal(signed(A), name=f"drain_sum_{k}")
             m.d.comb += [s.eq(total), self.sums[k].eq(s)]
         return m
@@ -188,15 +199,17 @@ class AccumulatorBanks(wiring.Component):
         value = Mux(cur[A], cur[:A].as_signed(), 0)
         if not self.read_register:
             # Forwarding: a write to the accumulated row in the cycle of its read, which
-            # the read data does not see.
+            # the read data does not see. The write's row is the read's a cycle later
+            # (``write_addr`` is ``read_addr`` registered), so the hit is found in the
+            # cycle of the read and registered: no comparator before the add.
             hit, valid = Signal(name=f"c_hit_{r}_{k}"), Signal(name=f"c_hit_valid_{r}_{k}")
             last_total = register(m, f"c_last_{r}_{k}", total, reset_less=True)
             hits = []
             for b, (we, waddr, acc) in enumerate(wes):
-                p_we = register(m, f"c_we_{r}_{k}_{b}", we)
-                p_addr = register(m, f"c_waddr_{r}_{k}_{b}", waddr, reset_less=True)
+                p_hit = register(m, f"c_hit_{r}_{k}_{b}",
+                                 we & (waddr == self.read_addr[r][k]))
                 p_acc = register(m, f"c_wacc_{r}_{k}_{b}", acc)
-                hits.append((p_we & (p_addr == addr), p_acc))
+                hits.append((p_hit, p_acc))
             m.d.comb += [hit.eq(Mux(cbuf, hits[1][0], hits[0][0])),
                          valid.eq(Mux(cbuf, hits[1][1], hits[0][1]))]
             value = Mux(hit, Mux(valid, last_total, 0), value)
@@ -215,7 +228,7 @@ class AccumulatorBanks(wiring.Component):
             self._read_regs[r, k, b] = register(m, f"c2_old_{r}_{k}_{b}", rp.data,
                                                 reset_less=True)
             return self._read_regs[r, k, b]
-        if self.drain_latency == 2:
+        if self.drain_latency >= 2:
             self._read_regs[r, k, b] = register(m, f"d2_old_{r}_{k}_{b}", rp.data,
                                                 reset_less=True)
         return rp.data
@@ -237,7 +250,8 @@ class AccumulatorBanks(wiring.Component):
                 m.d.comb += [wp.addr.eq(eaddr), wp.data.eq(0), wp.en.eq(1)]
 
     def _drained(self, pair, r: int, k: int, g: int, buf: Value) -> Value:
-        """The drain's read of bank ``(r, k)`` (buffer ``buf``): its sum, or 0."""
+        """The drain's read of bank ``(r, k)`` (buffer ``buf``): its sum, or 0
+        (memory banks, not compact: from the registered read data, E2)."""
         A = self.acc_bits
         if self.registers:
             return Mux(buf, select(pair[1], self.clear_addr[g]),

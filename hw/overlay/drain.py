@@ -26,7 +26,8 @@ class Drain(wiring.Component):
     controls per ``lanes_per_copy`` lanes); F registers the sums before a
     FIFO (the bank reads, their buffer select and the ``R``-bank sum are one
     path up to F; with ``read_latency`` 2 the banks register their read data
-    first, and stage E2 carries the flags of those sums). ``compact``: no F
+    first, and stage E2 carries the flags of those sums; with 3 they register
+    the halves of the sum as well, in stage E3). ``compact``: no F
     and no FIFO, the banks' read data is the output register and the drain
     issues when it is free or taken; a drained buffer's last sum is then held
     in the read data until it is taken (``held``), and no new group may use
@@ -42,7 +43,7 @@ class Drain(wiring.Component):
         No output FIFO.
     read_latency : int
         Cycles from the read to ``sums`` (:attr:`AccumulatorBanks.drain_latency`):
-        1, or 2 (not ``compact``).
+        1, or 2 or 3 (not ``compact``).
 
     Members
     -------
@@ -67,8 +68,9 @@ class Drain(wiring.Component):
     def __init__(self, num_kernels: int, lanes_per_beat: int, kernels_per_overlay: int,
                  passes: int, acc_bits: int, *, lanes_per_copy: int, compact: bool,
                  read_latency: int = 1):
-        if read_latency not in (1, 2) or (compact and read_latency != 1):
-            raise ValueError(f"read_latency must be 1, or 2 without compact, got {read_latency!r}")
+        if read_latency not in (1, 2, 3) or (compact and read_latency != 1):
+            raise ValueError(f"read_latency must be 1, or 2 or 3 without compact, got "
+                             f"{read_latency!r}")
         self.read_latency = read_latency
         self.num_kernels, self.lanes_per_beat = num_kernels, lanes_per_beat
         self.kernels_per_overlay, self.passes, self.acc_bits = kernels_per_overlay, passes, acc_bits
@@ -115,7 +117,9 @@ class Drain(wiring.Component):
                 self.held.eq(e_valid & e_last & ~self.o.ready),
             ]
         else:
-            fifo = SyncFIFOBuffered(width=P * A + 2, depth=6)
+            # (a place per stage in flight, so the credits do not throttle a drain
+            # whose reader takes a sum every cycle)
+            fifo = SyncFIFOBuffered(width=P * A + 2, depth=4 + self.read_latency)
             m.submodules.fifo = fifo
             # Credits: the FIFO's free places less the sums in flight (read from the
             # banks (E), in their registers (E2), summed into F). A register says whether
@@ -171,11 +175,12 @@ class Drain(wiring.Component):
             sums = Cat(*self.sums, e_last, e_end)
             m.d.comb += [self.o.valid.eq(e_valid), self.o.payload.as_value().eq(sums)]
         else:
-            # E2 (read latency 2): the banks' read data in their registers.
+            # E2 (read latency 2): the banks' read data in their registers; E3 (3): the
+            # halves of their sums.
             s_valid, s_last, s_end = e_valid, e_last, e_end
-            if self.read_latency == 2:
-                s_valid, s_last, s_end = (register(m, f"e2_{n}", v) for n, v in
-                                          (("valid", e_valid), ("last", e_last), ("end", e_end)))
+            for stage in range(2, self.read_latency + 1):
+                s_valid, s_last, s_end = (register(m, f"e{stage}_{n}", v) for n, v in
+                                          (("valid", s_valid), ("last", s_last), ("end", s_end)))
             # F: the drain's sums registered before the FIFO.
             f_valid = Signal()
             f_data = Signal(P * A + 2, reset_less=True)

@@ -128,11 +128,12 @@ def test_throughput_has_no_bubbles(compact, banked, monkeypatch):
     per_group = np.diff(ends)
     assert set(per_group[2:].tolist()) == {max(10 * 2, 64 // 4)}  # 20 cycles per group
     # Latency of a lone group: 9 + L/P cycles from its last input beat to its first output
-    # (three less without the output register and FIFO; one more where the drain's reads
-    # of memory banks are registered beside them, i.e. not compact).
+    # (three less without the output register and FIFO; where memory banks are drained,
+    # i.e. not compact, one more for their registered reads (E2) and one for the halves
+    # of the sum over four banks (E3)).
     res = check(dut, ov, [[(5, 1)]], stall=0.0)
     assert (res.cycles[0][0] - res.input_cycles[0][-1]
-            == 9 + dut.passes - 3 * compact + banked + (not compact))
+            == 9 + dut.passes - 3 * compact + banked + 2 * (not compact))
     # The memory of 400 words is 7 banks of 64 (the last one short), or one memory.
     text = rtlil.convert(dut, name="top")
     assert len(re.findall(r"^ *memory .* \\weights(_\d+)?$", text, re.M)) == (7 if banked else 1)

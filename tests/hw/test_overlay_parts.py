@@ -250,17 +250,19 @@ def test_products_multiply_and_route(banked, split):
     run(prods, bench)
 
 
-@pytest.mark.parametrize("registers, read_register", [(False, False), (False, True),
-                                                      (True, False)])
-def test_accumulator_banks_accumulate_drain_and_clear(registers, read_register):
+@pytest.mark.parametrize("registers, read_register, R", [
+    (False, False, 2), (False, True, 2), (True, False, 2),
+    (False, False, 4), (False, True, 5), (True, False, 4)])  # R >= 4: the sum in halves
+def test_accumulator_banks_accumulate_drain_and_clear(registers, read_register, R):
     """Random writes (back-to-back hits on one row included, but with the read data
     registered) into one buffer, then its drain: the drain's sums are the R banks' totals
-    (memory banks: a cycle after the clear), and a drained row is zero."""
+    (memory banks: a cycle after the clear, two with four banks or more), and a drained
+    row is zero."""
     rng = np.random.default_rng(4)
-    R, P, rows, G = 2, 4, 6, 2
+    P, rows, G = 4, 6, 2
     banks = AccumulatorBanks(R, P, rows, 20, lanes_per_copy=G, registers=registers,
                              read_register=read_register)
-    assert banks.drain_latency == (1 if registers else 2)
+    assert banks.drain_latency == (1 if registers else 2 + (R >= 4))
     gap = 1 + read_register  # read -> write
     acc = np.zeros((2, R, P, rows), dtype=np.int64)
 
@@ -294,8 +296,8 @@ def test_accumulator_banks_accumulate_drain_and_clear(registers, read_register):
                     ctx.set(banks.write_buf[g], buf)
                 await ctx.tick()
             for g in range(P // G):
-                ctx.set(banks.write_live[0][g], 0)
-                ctx.set(banks.write_live[1][g], 0)
+                for r in range(R):
+                    ctx.set(banks.write_live[r][g], 0)
             # Drain the buffer just filled: read row a, then clear it and take the sums.
             for a in range(rows):
                 ctx.set(banks.drain_en, 1)
@@ -311,13 +313,12 @@ def test_accumulator_banks_accumulate_drain_and_clear(registers, read_register):
                     ctx.set(banks.clear_buf[g], buf)
                     ctx.set(banks.clear_addr[g], a)
                 want = [int(acc[buf, :, k, a].sum()) for k in range(P)]
-                if banks.drain_latency == 1:
-                    assert [ctx.get(banks.sums[k]) for k in range(P)] == want
-                await ctx.tick()
-                if banks.drain_latency == 2:  # memory banks: the read data registered first
-                    assert [ctx.get(banks.sums[k]) for k in range(P)] == want
-                for g in range(P // G):
-                    ctx.set(banks.clear[g], 0)
+                for cycle in range(1, banks.drain_latency + 1):  # cycles after the read
+                    if cycle == banks.drain_latency:
+                        assert [ctx.get(banks.sums[k]) for k in range(P)] == want
+                    await ctx.tick()
+                    for g in range(P // G):
+                        ctx.set(banks.clear[g], 0)
             acc[buf] = 0
 
     run(banks, bench)

@@ -8,8 +8,8 @@ See ``docs/kwta.md`` for the structure and measured timing.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..streams import dense_layout, sparse_layout
@@ -131,6 +131,28 @@ class LocalKWTA(wiring.Component):
         raise NotImplementedError
 
 
+    def _input_skid(self, m: Module, adv: Value) -> tuple[Value, data.View]:
+        """The input beat the front takes when ``adv``: its valid and payload.
+
+        A beat offered while the front holds waits in a register, and ``i.ready``
+        is "no beat waiting", so the front's enable (from the emitter) does not
+        run into the upstream FIFO's read enable in the same cycle (a routed
+        gsc-cs build's critical path, 13.0 ns, ran from the first k-WTA's front
+        through the Narrow into the pooled rows' FIFO). Still one beat a cycle:
+        a waiting beat goes first, while the input is not ready.
+        """
+        s_valid = Signal()
+        s_beat = Signal(self.i.payload.shape())
+        valid = Signal()
+        beat = Signal(self.i.payload.shape())
+        m.d.comb += [self.i.ready.eq(~s_valid), valid.eq(s_valid | self.i.valid),
+                     beat.eq(Mux(s_valid, s_beat.as_value(), self.i.payload.as_value()))]
+        with m.If(~s_valid & self.i.valid & ~adv):
+            m.d.sync += [s_valid.eq(1), s_beat.eq(self.i.payload)]
+        with m.Elif(s_valid & adv):
+            m.d.sync += s_valid.eq(0)
+        return valid, beat
+
     def _emit_cells(self, m: Module, emit, cells, kb: int) -> None:
         """Connect the finished position's cells (best first) to the emitter: a cell past the
         ``k``-th wins only on a key equal to the ``k``-th's (the threshold rule)."""
@@ -182,12 +204,11 @@ class MergeLocalKWTA(LocalKWTA):
         m.submodules.emit = emit = WinnerSorter(k, R, ib, ob)
 
         adv = Signal()  # the whole front pipeline (P0..P3, merge) moves
-        p = self.i.payload
-        m.d.comb += self.i.ready.eq(adv)
+        i_valid, p = self._input_skid(m, adv)
 
         # P0: input register; the boost ROM is read alongside
         bg = Signal(range(max(B, 2)))  # beat of the position being accepted
-        with m.If(self.i.valid & adv):
+        with m.If(i_valid & adv):
             with m.If(p.last):
                 m.d.sync += bg.eq(0)
             with m.Elif(bg != B - 1):
@@ -197,8 +218,8 @@ class MergeLocalKWTA(LocalKWTA):
         x0 = [Signal(signed(vb), name=f"x0_{d}") for d in range(D)]
         blanes = keys.lanes(m, bg, adv)
         with m.If(adv):
-            m.d.sync += v0.eq(self.i.valid)
-            with m.If(self.i.valid):
+            m.d.sync += v0.eq(i_valid)
+            with m.If(i_valid):
                 m.d.sync += [bg0.eq(bg), last0.eq(p.last), end0.eq(p.end)]
                 m.d.sync += [x0[d].eq(p.data[d]) for d in range(D)]
 
@@ -269,20 +290,19 @@ class InsertionLocalKWTA(LocalKWTA):
         m.submodules.cells = cells = SortedInsert(k, kb, ib, ob)
         m.submodules.emit = emit = WinnerPicker(k, R, ib, ob)
         adv = Signal()
-        p = self.i.payload
-        m.d.comb += self.i.ready.eq(adv)
+        i_valid, p = self._input_skid(m, adv)
 
         # P0: input register; the channel's boost is read alongside
         ch = Signal(range(max(C, 2)))  # channel of the element being accepted
-        with m.If(self.i.valid & adv):
+        with m.If(i_valid & adv):
             m.d.sync += ch.eq(Mux(p.last | (ch == C - 1), 0, ch + 1))
         v0, last0, end0 = Signal(), Signal(), Signal()
         ch0 = Signal.like(ch)
         x0 = Signal(signed(vb))
         blane = keys.lanes(m, ch, adv)
         with m.If(adv):
-            m.d.sync += v0.eq(self.i.valid)
-            with m.If(self.i.valid):
+            m.d.sync += v0.eq(i_valid)
+            with m.If(i_valid):
                 m.d.sync += [ch0.eq(ch), x0.eq(p.data[0]), last0.eq(p.last), end0.eq(p.end)]
 
         # P1: key

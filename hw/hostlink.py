@@ -1,9 +1,10 @@
 """The host link: the request/response protocol of :mod:`cosparse.hw.protocol` over the UART.
 
 :class:`HostLink` sits between the UART byte streams and the network core;
-its parts are in :mod:`cosparse.hw.hostlink_parts`. A request is acted on
-only once its CRC has been checked; a corrupted, truncated or oversize frame
-gets an error response and changes nothing. :class:`LoadPort` is the write
+its parts are in :mod:`cosparse.hw.hostlink_parts` and
+:mod:`cosparse.hw.hostlink_executor`. A request is acted on only once its
+CRC has been checked; a corrupted, truncated or oversize frame gets an
+error response and changes nothing. :class:`LoadPort` is the write
 access of the LOAD command to one memory of a unit. The protocol and its
 timing are described in ``docs/host-link.md``.
 """
@@ -16,7 +17,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from . import protocol
-from .hostlink_parts import Executor, Framer, LoadCheck, Responder
+from .hostlink_executor import Executor
+from .hostlink_parts import Framer, LoadCheck, Responder
 from .loader import LoadPort, load_bus_signature
 from .protocol import LOAD_HEADER_BYTES, MAX_LOAD_BYTES
 from .streams import dense_layout

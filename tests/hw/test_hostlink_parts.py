@@ -15,8 +15,9 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
 from cosparse.hw import protocol
-from cosparse.hw.hostlink_parts import (CRC16, Body, Code, Command, Executor, Framer, InferRunner,
-                                        LoadCheck, Responder, StatusLayout)
+from cosparse.hw.hostlink_executor import Executor, InferRunner
+from cosparse.hw.hostlink_parts import (CRC16, Body, Code, Command, Framer, LoadCheck, Responder,
+                                        StatusLayout)
 from cosparse.hw.protocol import Command as Cmd
 from cosparse.hw.protocol import Status, crc16, load_payload, request_frame, response_frame
 from cosparse.hw.streams import dense_layout

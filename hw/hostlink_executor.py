@@ -381,7 +381,6 @@ class Executor(wiring.Component):
                     m.next = "IDLE"
         return m
 
-
     def _checks(self, m: Module) -> types.SimpleNamespace:
         """A request's checks, registered every cycle from the framer's request and the
         load check's verdict (both hold still while a request waits)."""

@@ -130,7 +130,6 @@ class LocalKWTA(wiring.Component):
         """Steady-state cycles per position."""
         raise NotImplementedError
 
-
     def _input_skid(self, m: Module, adv: Value) -> tuple[Value, data.View]:
         """The input beat the front takes when ``adv``: its valid and payload.
 
